@@ -1,0 +1,21 @@
+//! k8s.cni.cncf.io/v1 NetworkAttachmentDefinition (Multus), field for field.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A secondary network: `spec.config` is a CNI configuration (JSON, as a string). When it is
+/// empty, Multus reads the file named like the object from its CNI configuration directory.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8s.cni.cncf.io",
+    version = "v1",
+    kind = "NetworkAttachmentDefinition",
+    plural = "network-attachment-definitions",
+    shortname = "net-attach-def",
+    namespaced
+)]
+pub struct NetworkAttachmentDefinitionSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
+}
