@@ -1,2 +1,7 @@
+//! metalnet's common crate: the resource model, validation, cluster-state sources, and the
+//! machinery more than one daemon needs, in modules by concern.
+
+pub mod cli;
 pub mod model;
 pub mod state;
+pub mod telemetry;
