@@ -2,6 +2,7 @@
 //! machinery more than one daemon needs, in modules by concern.
 
 pub mod cli;
+pub mod manifest;
 pub mod model;
 pub mod state;
 pub mod telemetry;
