@@ -1,0 +1,386 @@
+//! The state-directory backend, tested through `ClusterState`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use metalnet_config::state::dir::list_events;
+use metalnet_config::state::{
+    ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
+    Subscription, Update,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start(dir: &Path) -> ClusterState {
+    tokio::time::timeout(
+        WAIT,
+        ClusterState::start(Source::Dir(dir.to_path_buf()), Kind::ALL),
+    )
+    .await
+    .expect("start timed out")
+    .expect("start failed")
+}
+
+async fn next(sub: &mut Subscription) -> Update {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("no update within 5 s")
+}
+
+/// Polls the snapshot until `cond` holds (at most 5 s).
+async fn wait_for(state: &ClusterState, what: &str, cond: impl Fn(&Snapshot) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond(&state.snapshot()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes like an editor does: a temporary file, then a rename.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn svc(name: &str) -> ObjectRef {
+    ObjectRef::new(Kind::Service, Some("default"), name)
+}
+
+fn pool(name: &str) -> ObjectRef {
+    ObjectRef::new(Kind::IPAddressPool, Some("metallb-system"), name)
+}
+
+fn key(name: &str, ns: &str) -> metalnet_config::state::ObjectKey {
+    ObjectRef::new(Kind::Service, Some(ns), name).key()
+}
+
+const SERVICE_WEB: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    owner: team-a
+spec:
+  type: LoadBalancer
+  ports:
+  - port: 80
+";
+
+fn pool_yaml(name: &str, addresses: &str) -> String {
+    format!(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  addresses: {addresses}\n"
+    )
+}
+
+fn changed(refs: &[&ObjectRef]) -> BTreeSet<ObjectRef> {
+    refs.iter().map(|r| (*r).clone()).collect()
+}
+
+#[tokio::test]
+async fn initial_load_and_file_changes_reach_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    std::fs::write(
+        dir.path().join("pools.yaml"),
+        pool_yaml("a", "[192.0.2.0/28]"),
+    )
+    .unwrap();
+    let state = start(dir.path()).await;
+    let snap = state.snapshot();
+    assert!(snap.services.contains_key(&key("web", "default")));
+    assert_eq!(snap.ip_address_pools.len(), 1);
+    assert!(dir.path().join("status").is_dir());
+
+    let mut sub = state.subscribe();
+    let first = next(&mut sub).await;
+    assert_eq!(first.changed, changed(&[&svc("web"), &pool("a")]));
+
+    // Added (in a directory created after start).
+    std::fs::create_dir(dir.path().join("more")).unwrap();
+    write_atomic(
+        &dir.path().join("more/b.yaml"),
+        &pool_yaml("b", "[198.51.100.0/28]"),
+    );
+    let u = next(&mut sub).await;
+    assert_eq!(u.changed, changed(&[&pool("b")]));
+    assert!(u.snapshot.ip_address_pools.len() == 2);
+
+    // Modified in place.
+    std::fs::write(
+        dir.path().join("pools.yaml"),
+        pool_yaml("a", "[203.0.113.0/28]"),
+    )
+    .unwrap();
+    let u = next(&mut sub).await;
+    assert_eq!(u.changed, changed(&[&pool("a")]));
+    let a = &u.snapshot.ip_address_pools[&pool("a").key()];
+    assert_eq!(a.spec.addresses, ["203.0.113.0/28"]);
+
+    // Deleted.
+    std::fs::remove_file(dir.path().join("more/b.yaml")).unwrap();
+    let u = next(&mut sub).await;
+    assert_eq!(u.changed, changed(&[&pool("b")]));
+    assert_eq!(u.snapshot.ip_address_pools.len(), 1);
+
+    // Renamed in from an ignored name (editor temp file), then a backup file that is ignored.
+    std::fs::write(dir.path().join("c.yaml~"), pool_yaml("c", "[192.0.2.64/28]")).unwrap();
+    std::fs::rename(dir.path().join("c.yaml~"), dir.path().join("c.yaml")).unwrap();
+    let u = next(&mut sub).await;
+    assert_eq!(u.changed, changed(&[&pool("c")]));
+}
+
+#[tokio::test]
+async fn a_broken_edit_keeps_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pools.yaml");
+    std::fs::write(&file, pool_yaml("a", "[192.0.2.0/28]")).unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: [\n",
+    )
+    .unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().ip_address_pools.len(), 1);
+    assert!(state.snapshot().nodes.is_empty());
+    let mut sub = state.subscribe();
+    next(&mut sub).await;
+
+    write_atomic(&file, "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: [");
+    // Then a real change elsewhere, to know the broken file has been read by now.
+    write_atomic(
+        &dir.path().join("node.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    let u = next(&mut sub).await;
+    assert_eq!(
+        u.changed,
+        changed(&[&ObjectRef::new(Kind::Node, None, "n1")])
+    );
+    assert!(u.snapshot.ip_address_pools.contains_key(&pool("a").key()));
+}
+
+#[tokio::test]
+async fn patch_status_is_merged_persists_and_leaves_the_user_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    state.patch_status(&svc("web"), status).await.unwrap();
+    let mut meta = MetadataPatch::default();
+    meta.annotations
+        .insert("metallb.io/ip-allocated-from-pool".into(), Some("a".into()));
+    meta.annotations.insert("owner".into(), None);
+    state.patch_metadata(&svc("web"), &meta).await.unwrap();
+
+    // Visible as soon as the calls return.
+    let check = |snap: &Snapshot| {
+        let web = &snap.services[&key("web", "default")];
+        let ingress = web.status.as_ref().unwrap().load_balancer.as_ref().unwrap();
+        assert_eq!(ingress.ingress.as_ref().unwrap()[0].ip.as_deref(), Some("192.0.2.1"));
+        let ann = web.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann["metallb.io/ip-allocated-from-pool"], "a");
+        assert!(!ann.contains_key("owner"), "{ann:?}");
+        assert_eq!(web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
+    };
+    check(&state.snapshot());
+    drop(state);
+
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), SERVICE_WEB);
+    assert!(dir.path().join("status/patches/Service/default/web.yaml").is_file());
+    let again = start(dir.path()).await;
+    check(&again.snapshot());
+
+    // Not found, like a 404.
+    let err = again
+        .patch_status(&svc("nope"), json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Service/default/nope") && err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn two_states_on_one_directory_see_each_others_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let one = start(dir.path()).await;
+    let two = start(dir.path()).await;
+
+    let mut meta = MetadataPatch::default();
+    meta.labels.insert("from".into(), Some("one".into()));
+    one.patch_metadata(&svc("web"), &meta).await.unwrap();
+    let mut meta = MetadataPatch::default();
+    meta.annotations.insert("from".into(), Some("two".into()));
+    two.patch_metadata(&svc("web"), &meta).await.unwrap();
+
+    let both = |s: &Snapshot| {
+        let m = &s.services[&key("web", "default")].metadata;
+        m.labels.as_ref().is_some_and(|l| l.get("from").map(String::as_str) == Some("one"))
+            && m.annotations
+                .as_ref()
+                .is_some_and(|a| a.get("from").map(String::as_str) == Some("two"))
+    };
+    wait_for(&one, "two's annotation in one", both).await;
+    wait_for(&two, "one's label in two", both).await;
+
+    let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");
+    two.apply(
+        &l2,
+        json!({"spec": {}, "status": {"node": "node-1", "serviceName": "web", "serviceNamespace": "default"}}),
+    )
+    .await
+    .unwrap();
+    wait_for(&one, "two's ServiceL2Status in one", |s| {
+        s.service_l2_statuses
+            .get(&l2.key())
+            .is_some_and(|o| o.status.as_ref().is_some_and(|st| st.node == "node-1"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn owned_objects_are_applied_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");
+    let value = json!({
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "ServiceL2Status",
+        "metadata": {"name": "l2-web", "namespace": "metallb-system"},
+        "spec": {},
+        "status": {"node": "node-1", "serviceName": "web", "serviceNamespace": "default"}
+    });
+    state.apply(&l2, value).await.unwrap();
+    let snap = state.snapshot();
+    assert_eq!(snap.service_l2_statuses[&l2.key()].status.as_ref().unwrap().node, "node-1");
+    assert!(dir
+        .path()
+        .join("status/objects/ServiceL2Status/metallb-system/l2-web.yaml")
+        .is_file());
+
+    // Status patches land in the owned object itself.
+    state
+        .patch_status(&l2, json!({"node": "node-2"}))
+        .await
+        .unwrap();
+    let st = state.snapshot().service_l2_statuses[&l2.key()].status.clone().unwrap();
+    assert_eq!((st.node.as_str(), st.service_name.as_str()), ("node-2", "web"));
+
+    state.delete(&l2).await.unwrap();
+    assert!(state.snapshot().service_l2_statuses.is_empty());
+    state.delete(&l2).await.unwrap(); // gone already: fine
+
+    let err = state.delete(&svc("web")).await.unwrap_err().to_string();
+    assert!(err.contains("not owned by metalnet") && err.contains("web.yaml"), "{err}");
+    let err = state
+        .apply(&svc("web"), json!({"spec": {}}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not owned by metalnet"), "{err}");
+    assert!(state.snapshot().services.contains_key(&key("web", "default")));
+}
+
+#[tokio::test]
+async fn repeated_events_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    let mut sub = state.subscribe();
+    next(&mut sub).await;
+    let event = EventRecord {
+        type_: EventType::Normal,
+        reason: "IPAllocated".into(),
+        message: "Assigned IP [\"192.0.2.1\"]".into(),
+        reporter: "metalnet-controller".into(),
+    };
+    state.record_event(&svc("web"), &event).await.unwrap();
+    state.record_event(&svc("web"), &event).await.unwrap();
+    let other = EventRecord {
+        type_: EventType::Warning,
+        reason: "AllocationFailed".into(),
+        message: "no available IPs".into(),
+        ..event.clone()
+    };
+    state.record_event(&svc("web"), &other).await.unwrap();
+
+    let events = list_events(dir.path(), &svc("web"));
+    assert_eq!(events.len(), 2, "{events:?}");
+    let allocated = events.iter().find(|e| e["reason"] == "IPAllocated").unwrap();
+    assert_eq!(allocated["count"], 2);
+    assert_eq!(allocated["type"], "Normal");
+    assert_eq!(allocated["involvedObject"]["kind"], "Service");
+    assert_eq!(allocated["source"]["component"], "metalnet-controller");
+    assert_eq!(allocated["message"], "Assigned IP [\"192.0.2.1\"]");
+    assert!(list_events(dir.path(), &svc("other")).is_empty());
+
+    // Events do not wake subscribers (a component recording one must not re-run for it).
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "unexpected update: {:?}", quiet.map(|u| u.changed));
+}
+
+#[tokio::test]
+async fn an_invalid_pool_is_reported_and_the_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pools.yaml"),
+        pool_yaml("good", "[192.0.2.0/28]") + "---\n" + &pool_yaml("bad", "5"),
+    )
+    .unwrap();
+    let state = start(dir.path()).await;
+    let snap = state.snapshot();
+    assert!(snap.ip_address_pools.contains_key(&pool("good").key()));
+    assert!(!snap.ip_address_pools.contains_key(&pool("bad").key()));
+    let why = &snap.invalid[&pool("bad")];
+    assert!(why.contains("sequence") || why.contains("5"), "{why}");
+}
+
+#[tokio::test]
+async fn a_patch_without_its_object_is_ignored_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let patch = dir.path().join("status/patches/Service/default/gone.yaml");
+    std::fs::create_dir_all(patch.parent().unwrap()).unwrap();
+    std::fs::write(&patch, "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.9}]\n").unwrap();
+    let state = start(dir.path()).await;
+    assert!(state.snapshot().services.is_empty());
+    assert!(state.snapshot().invalid.is_empty());
+
+    // The object comes back: the patch applies again.
+    write_atomic(&dir.path().join("gone.yaml"), &SERVICE_WEB.replace("name: web", "name: gone"));
+    wait_for(&state, "the returning service", |s| {
+        s.services.get(&key("gone", "default")).is_some_and(|svc| {
+            svc.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| i[0].ip.as_deref() == Some("192.0.2.9"))
+        })
+    })
+    .await;
+    std::fs::remove_file(dir.path().join("gone.yaml")).unwrap();
+    wait_for(&state, "the service to go", |s| s.services.is_empty()).await;
+    assert!(patch.is_file());
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let err = ClusterState::start(Source::Dir(missing.clone()), Kind::ALL)
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+}
