@@ -595,7 +595,6 @@ metadata: {name: speaker}
             "{}",
             errs[0]
         );
-        eprintln!("{}", errs[0]);
         // The parser's line number is that of the file (line 7).
         assert!(errs[0].contains('7'), "{}", errs[0]);
     }

@@ -132,7 +132,11 @@ async fn initial_load_and_file_changes_reach_subscribers() {
     assert_eq!(u.snapshot.ip_address_pools.len(), 1);
 
     // Renamed in from an ignored name (editor temp file), then a backup file that is ignored.
-    std::fs::write(dir.path().join("c.yaml~"), pool_yaml("c", "[192.0.2.64/28]")).unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml~"),
+        pool_yaml("c", "[192.0.2.64/28]"),
+    )
+    .unwrap();
     std::fs::rename(dir.path().join("c.yaml~"), dir.path().join("c.yaml")).unwrap();
     let u = next(&mut sub).await;
     assert_eq!(u.changed, changed(&[&pool("c")]));
@@ -154,7 +158,10 @@ async fn a_broken_edit_keeps_the_previous_version() {
     let mut sub = state.subscribe();
     next(&mut sub).await;
 
-    write_atomic(&file, "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: [");
+    write_atomic(
+        &file,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: [",
+    );
     // Then a real change elsewhere, to know the broken file has been read by now.
     write_atomic(
         &dir.path().join("node.yaml"),
@@ -186,17 +193,27 @@ async fn patch_status_is_merged_persists_and_leaves_the_user_file_alone() {
     let check = |snap: &Snapshot| {
         let web = &snap.services[&key("web", "default")];
         let ingress = web.status.as_ref().unwrap().load_balancer.as_ref().unwrap();
-        assert_eq!(ingress.ingress.as_ref().unwrap()[0].ip.as_deref(), Some("192.0.2.1"));
+        assert_eq!(
+            ingress.ingress.as_ref().unwrap()[0].ip.as_deref(),
+            Some("192.0.2.1")
+        );
         let ann = web.metadata.annotations.as_ref().unwrap();
         assert_eq!(ann["metallb.io/ip-allocated-from-pool"], "a");
         assert!(!ann.contains_key("owner"), "{ann:?}");
-        assert_eq!(web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
+        assert_eq!(
+            web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+            80
+        );
     };
     check(&state.snapshot());
     drop(state);
 
     assert_eq!(std::fs::read_to_string(&file).unwrap(), SERVICE_WEB);
-    assert!(dir.path().join("status/patches/Service/default/web.yaml").is_file());
+    assert!(
+        dir.path()
+            .join("status/patches/Service/default/web.yaml")
+            .is_file()
+    );
     let again = start(dir.path()).await;
     check(&again.snapshot());
 
@@ -206,7 +223,10 @@ async fn patch_status_is_merged_persists_and_leaves_the_user_file_alone() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("Service/default/nope") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("Service/default/nope") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +245,9 @@ async fn two_states_on_one_directory_see_each_others_writes() {
 
     let both = |s: &Snapshot| {
         let m = &s.services[&key("web", "default")].metadata;
-        m.labels.as_ref().is_some_and(|l| l.get("from").map(String::as_str) == Some("one"))
+        m.labels
+            .as_ref()
+            .is_some_and(|l| l.get("from").map(String::as_str) == Some("one"))
             && m.annotations
                 .as_ref()
                 .is_some_and(|a| a.get("from").map(String::as_str) == Some("two"))
@@ -249,6 +271,37 @@ async fn two_states_on_one_directory_see_each_others_writes() {
 }
 
 #[tokio::test]
+async fn concurrent_writers_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let one = std::sync::Arc::new(start(dir.path()).await);
+    let two = std::sync::Arc::new(start(dir.path()).await);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        for (who, state) in [("one", &one), ("two", &two)] {
+            let state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut meta = MetadataPatch::default();
+                meta.labels.insert(format!("{who}-{i}"), Some("x".into()));
+                state.patch_metadata(&svc("web"), &meta).await
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let all = |s: &Snapshot| {
+        s.services[&key("web", "default")]
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.len() == 40)
+    };
+    wait_for(&one, "all 40 labels in one", all).await;
+    wait_for(&two, "all 40 labels in two", all).await;
+}
+
+#[tokio::test]
 async fn owned_objects_are_applied_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
@@ -263,33 +316,55 @@ async fn owned_objects_are_applied_and_deleted() {
     });
     state.apply(&l2, value).await.unwrap();
     let snap = state.snapshot();
-    assert_eq!(snap.service_l2_statuses[&l2.key()].status.as_ref().unwrap().node, "node-1");
-    assert!(dir
-        .path()
-        .join("status/objects/ServiceL2Status/metallb-system/l2-web.yaml")
-        .is_file());
+    assert_eq!(
+        snap.service_l2_statuses[&l2.key()]
+            .status
+            .as_ref()
+            .unwrap()
+            .node,
+        "node-1"
+    );
+    assert!(
+        dir.path()
+            .join("status/objects/ServiceL2Status/metallb-system/l2-web.yaml")
+            .is_file()
+    );
 
     // Status patches land in the owned object itself.
     state
         .patch_status(&l2, json!({"node": "node-2"}))
         .await
         .unwrap();
-    let st = state.snapshot().service_l2_statuses[&l2.key()].status.clone().unwrap();
-    assert_eq!((st.node.as_str(), st.service_name.as_str()), ("node-2", "web"));
+    let st = state.snapshot().service_l2_statuses[&l2.key()]
+        .status
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (st.node.as_str(), st.service_name.as_str()),
+        ("node-2", "web")
+    );
 
     state.delete(&l2).await.unwrap();
     assert!(state.snapshot().service_l2_statuses.is_empty());
     state.delete(&l2).await.unwrap(); // gone already: fine
 
     let err = state.delete(&svc("web")).await.unwrap_err().to_string();
-    assert!(err.contains("not owned by metalnet") && err.contains("web.yaml"), "{err}");
+    assert!(
+        err.contains("not owned by metalnet") && err.contains("web.yaml"),
+        "{err}"
+    );
     let err = state
         .apply(&svc("web"), json!({"spec": {}}))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("not owned by metalnet"), "{err}");
-    assert!(state.snapshot().services.contains_key(&key("web", "default")));
+    assert!(
+        state
+            .snapshot()
+            .services
+            .contains_key(&key("web", "default"))
+    );
 }
 
 #[tokio::test]
@@ -317,7 +392,10 @@ async fn repeated_events_are_counted() {
 
     let events = list_events(dir.path(), &svc("web"));
     assert_eq!(events.len(), 2, "{events:?}");
-    let allocated = events.iter().find(|e| e["reason"] == "IPAllocated").unwrap();
+    let allocated = events
+        .iter()
+        .find(|e| e["reason"] == "IPAllocated")
+        .unwrap();
     assert_eq!(allocated["count"], 2);
     assert_eq!(allocated["type"], "Normal");
     assert_eq!(allocated["involvedObject"]["kind"], "Service");
@@ -327,7 +405,11 @@ async fn repeated_events_are_counted() {
 
     // Events do not wake subscribers (a component recording one must not re-run for it).
     let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
-    assert!(quiet.is_err(), "unexpected update: {:?}", quiet.map(|u| u.changed));
+    assert!(
+        quiet.is_err(),
+        "unexpected update: {:?}",
+        quiet.map(|u| u.changed)
+    );
 }
 
 #[tokio::test]
@@ -351,13 +433,20 @@ async fn a_patch_without_its_object_is_ignored_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let patch = dir.path().join("status/patches/Service/default/gone.yaml");
     std::fs::create_dir_all(patch.parent().unwrap()).unwrap();
-    std::fs::write(&patch, "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.9}]\n").unwrap();
+    std::fs::write(
+        &patch,
+        "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.9}]\n",
+    )
+    .unwrap();
     let state = start(dir.path()).await;
     assert!(state.snapshot().services.is_empty());
     assert!(state.snapshot().invalid.is_empty());
 
     // The object comes back: the patch applies again.
-    write_atomic(&dir.path().join("gone.yaml"), &SERVICE_WEB.replace("name: web", "name: gone"));
+    write_atomic(
+        &dir.path().join("gone.yaml"),
+        &SERVICE_WEB.replace("name: web", "name: gone"),
+    );
     wait_for(&state, "the returning service", |s| {
         s.services.get(&key("gone", "default")).is_some_and(|svc| {
             svc.status

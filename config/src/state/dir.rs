@@ -81,6 +81,8 @@ struct Inner {
     /// wake the components that record them.
     kinds: BTreeSet<Kind>,
     files: Mutex<Files>,
+    /// Directory scans done, for tests.
+    scans: AtomicU64,
 }
 
 #[derive(Default)]
@@ -192,27 +194,29 @@ impl DirBackend {
             core,
             kinds,
             files: Mutex::new(Files::default()),
+            scans: AtomicU64::new(0),
         });
 
         // Watch before the first read so no change falls between the two.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            use notify::EventKind;
-            use notify::event::{AccessKind, AccessMode};
-            match res {
-                // Opening and reading (our own scans among them) change nothing.
-                Ok(ev)
-                    if matches!(ev.kind, EventKind::Access(a)
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                use notify::EventKind;
+                use notify::event::{AccessKind, AccessMode};
+                match res {
+                    // Opening and reading (our own scans among them) change nothing.
+                    Ok(ev)
+                        if matches!(ev.kind, EventKind::Access(a)
                         if a != AccessKind::Close(AccessMode::Write)) => {}
-                Ok(_) => {
-                    let _ = tx.send(());
+                    Ok(_) => {
+                        let _ = tx.send(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching the state directory; re-reading it");
+                        let _ = tx.send(());
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching the state directory; re-reading it");
-                    let _ = tx.send(());
-                }
-            }
-        })?;
+            })?;
         watcher.watch(&inner.root, notify::RecursiveMode::Recursive)?;
 
         let first = inner.clone();
@@ -247,11 +251,7 @@ impl DirBackend {
         self.patch(obj, patch.to_merge_patch()).await
     }
 
-    pub async fn apply(
-        &self,
-        obj: &ObjectRef,
-        value: serde_json::Value,
-    ) -> Result<(), StateError> {
+    pub async fn apply(&self, obj: &ObjectRef, value: serde_json::Value) -> Result<(), StateError> {
         let obj = obj.clone();
         self.blocking(move |inner| inner.apply(&obj, value)).await
     }
@@ -330,6 +330,7 @@ impl Inner {
     }
 
     fn refresh(&self, files: &mut Files) {
+        self.scans.fetch_add(1, Ordering::Relaxed);
         let mut errors = Vec::new();
         let mut user_paths = Vec::new();
         manifest::manifest_files(&self.root, Some(&self.status), &mut user_paths, &mut errors);
@@ -387,7 +388,13 @@ impl Inner {
         if errors.is_empty() {
             return Some(Content::User(objects));
         }
-        let keep_previous = matches!(previous, Some(Cached { content: Content::User(_), .. }));
+        let keep_previous = matches!(
+            previous,
+            Some(Cached {
+                content: Content::User(_),
+                ..
+            })
+        );
         for e in &errors {
             tracing::warn!(
                 file = %path.display(),
@@ -487,10 +494,7 @@ impl Inner {
 
     fn status_path(&self, area: StatusArea, obj: &ObjectRef) -> Result<PathBuf, StateError> {
         let name_ok = |s: &str| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && !s.contains(['/', '\0'])
-                && s.len() <= 253
+            !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\0']) && s.len() <= 253
         };
         if !name_ok(&obj.name) || !obj.namespace.as_deref().is_none_or(name_ok) {
             return Err(object_err(obj, "name or namespace cannot name a file"));
@@ -668,7 +672,10 @@ pub fn list_events(dir: &Path, regarding: &ObjectRef) -> Vec<Value> {
         let key = |v: &Value| {
             (
                 v["firstTimestamp"].as_str().unwrap_or_default().to_string(),
-                v["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         };
         key(a).cmp(&key(b))
@@ -744,7 +751,10 @@ fn write_atomic(path: &Path, value: &Value) -> Result<(), StateError> {
         source: std::io::Error::other("no parent directory"),
     })?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
     let tmp = dir.join(format!(
         ".{file_name}.{}.{}.tmp",
         std::process::id(),
@@ -779,4 +789,89 @@ fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_paths_name_objects() {
+        let r = ref_from_relative_path(Path::new("Service/default/web.yaml")).unwrap();
+        assert_eq!(r, ObjectRef::new(Kind::Service, Some("default"), "web"));
+        let r = ref_from_relative_path(Path::new("Node/_cluster/n1.yaml")).unwrap();
+        assert_eq!(r, ObjectRef::new(Kind::Node, None, "n1"));
+        for bad in [
+            "Node/default/n1.yaml",
+            "Service/_cluster/web.yaml",
+            "Deployment/default/x.yaml",
+            "Service/default/web.txt",
+            "Service/web.yaml",
+        ] {
+            assert_eq!(ref_from_relative_path(Path::new(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn composed_patches_keep_deletions() {
+        let mut base = json!({"metadata": {"annotations": {"a": "1"}}, "status": {"x": 1}});
+        compose_patch(
+            &mut base,
+            &json!({"metadata": {"annotations": {"a": null, "b": "2"}}}),
+        );
+        assert_eq!(
+            base,
+            json!({"metadata": {"annotations": {"a": null, "b": "2"}}, "status": {"x": 1}})
+        );
+        let mut target = json!({"metadata": {"name": "s", "annotations": {"a": "0", "c": "3"}}});
+        merge_patch(&mut target, &base);
+        assert_eq!(
+            target,
+            json!({"metadata": {"name": "s", "annotations": {"b": "2", "c": "3"}}, "status": {"x": 1}})
+        );
+    }
+
+    #[test]
+    fn yaml_round_trips_awkward_strings() {
+        let v = json!({"a": "yes", "b": "1.0", "c": "", "d": "x: y", "e": "0x10", "f": "~", "g": 1.5, "h": "- a", "i": "line\nline\n"});
+        let text = to_yaml(&v);
+        assert_eq!(serde_saphyr::from_str::<Value>(&text).unwrap(), v, "{text}");
+    }
+
+    #[tokio::test]
+    async fn idle_directory_is_not_rescanned_and_drop_stops_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("n.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+        )
+        .unwrap();
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let regarding = ObjectRef::new(Kind::Node, None, "n1");
+        let event = EventRecord {
+            type_: super::super::EventType::Normal,
+            reason: "R".into(),
+            message: "m".into(),
+            reporter: "test".into(),
+        };
+        backend.record_event(&regarding, &event).await.unwrap();
+        // Settles after the scan our own write causes; our scans must not cause more.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let scans = backend.inner.scans.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(backend.inner.scans.load(Ordering::Relaxed), scans);
+
+        drop(backend);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&core) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watch task still holds the core"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
