@@ -64,23 +64,27 @@ impl CommonArgs {
         match self.metrics_addr.as_deref() {
             None => Ok(Some(SocketAddr::from(([0, 0, 0, 0], default_port)))),
             Some("off") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| CliError::MetricsAddr { value: v.to_string() }),
+            Some(v) => v.parse().map(Some).map_err(|_| CliError::MetricsAddr {
+                value: v.to_string(),
+            }),
         }
     }
 
     /// The node name, required by per-node daemons.
     pub fn node_name(&self) -> Result<&str, CliError> {
-        self.node_name.as_deref().filter(|n| !n.is_empty()).ok_or(CliError::NodeName)
+        self.node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .ok_or(CliError::NodeName)
     }
 
     /// Where the cluster state comes from: the state directory when given, else Kubernetes.
     pub async fn source(&self) -> Result<Source, StateError> {
         match &self.state_dir {
             Some(dir) => Ok(Source::Dir(dir.clone())),
-            None => Ok(Source::Kube(crate::state::kube::client(self.kubeconfig.as_deref()).await?)),
+            None => Ok(Source::Kube(
+                crate::state::kube::client(self.kubeconfig.as_deref()).await?,
+            )),
         }
     }
 

@@ -18,7 +18,9 @@ pub fn init_logging(format: LogFormat, filter: &str) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -79,12 +81,22 @@ pub async fn serve_metrics(
 }
 
 /// Answers one HTTP/1.x request; the endpoint is tiny, so it reads only the request line.
-async fn answer(mut stream: TcpStream, registry: &Registry, health: &Health) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    registry: &Registry,
+    health: &Health,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
         if len == buf.len() {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
         }
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {
@@ -97,13 +109,25 @@ async fn answer(mut stream: TcpStream, registry: &Registry, health: &Health) -> 
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n",
+        )
+        .await;
     }
     match path {
         "/metrics" => {
             let mut body = String::new();
             if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
-                return respond(&mut stream, "500 Internal Server Error", "text/plain", "encoding failed\n").await;
+                return respond(
+                    &mut stream,
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "encoding failed\n",
+                )
+                .await;
             }
             respond(
                 &mut stream,
@@ -114,13 +138,36 @@ async fn answer(mut stream: TcpStream, registry: &Registry, health: &Health) -> 
             .await
         }
         "/healthz" | "/livez" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-        "/readyz" if health.is_ready() => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
-        "/readyz" => respond(&mut stream, "503 Service Unavailable", "text/plain", "not ready\n").await,
-        _ => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n").await,
+        "/readyz" if health.is_ready() => {
+            respond(&mut stream, "200 OK", "text/plain", "ready\n").await
+        }
+        "/readyz" => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready\n",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /metrics, /healthz or /readyz\n",
+            )
+            .await
+        }
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -137,7 +184,9 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -150,9 +199,13 @@ mod tests {
         c.inc();
         registry.register("metalnet_test_things", "Things counted", c);
         let health = Health::default();
-        let addr = serve_metrics("127.0.0.1:0".parse().unwrap(), Arc::new(registry), health.clone())
-            .await
-            .unwrap();
+        let addr = serve_metrics(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(registry),
+            health.clone(),
+        )
+        .await
+        .unwrap();
         let m = get(addr, "/metrics").await;
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
         assert!(m.contains("metalnet_test_things_total 1"), "{m}");
