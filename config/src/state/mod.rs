@@ -263,6 +263,10 @@ pub enum StateError {
     Manifest { path: PathBuf, message: String },
     #[error("kubernetes API: {0}")]
     Kube(#[from] ::kube::Error),
+    /// A Kubernetes failure about something other than one object: the client configuration
+    /// (`what` names the source tried) or a whole resource (`metallb.io/v1beta1/ipaddresspools`).
+    #[error("kubernetes API: {what}: {message}")]
+    KubeApi { what: String, message: String },
     #[error("{object}: {message}")]
     Object { object: ObjectRef, message: String },
     #[error("watching the state directory: {0}")]
