@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-    PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::WatchStreamExt;
@@ -330,11 +329,8 @@ impl KubeBackend {
             .to_string();
         // Cluster-scoped objects' events go to "default", as Kubernetes' recorders do.
         let namespace = regarding.namespace.clone().unwrap_or("default".into());
-        let events: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &namespace,
-            &api_resource(Kind::Event),
-        );
+        let events: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &namespace, &api_resource(Kind::Event));
         let seen = self.events.lock().unwrap().get(&key);
         if let Some((name, count)) = seen {
             let patch = json!({ "count": count + 1, "lastTimestamp": now_s });

@@ -1,0 +1,352 @@
+//! Tests of the API stand-in itself, through kube's own client.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use metalnet_config::state::Kind;
+use metalnet_config::state::kube::api_resource;
+use serde_json::json;
+
+use super::ApiServer;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn services(server: &ApiServer, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(server.client(), ns, &api_resource(Kind::Service))
+}
+
+fn service(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "labels": { "app": name } },
+        "spec": { "type": "LoadBalancer", "ports": [{ "port": 80 }] },
+        "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.99" }] } },
+    }))
+    .unwrap()
+}
+
+fn api_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn create_get_list_delete() {
+    tokio::time::timeout(LIMIT, async {
+        let server = ApiServer::start().await.unwrap();
+        let api = services(&server, "ns1");
+        let created = api
+            .create(&PostParams::default(), &service("web"))
+            .await
+            .unwrap();
+        let meta = &created.metadata;
+        assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+        assert_eq!(meta.generation, Some(1));
+        assert_eq!(meta.namespace.as_deref(), Some("ns1"));
+        // Status is a subresource of Services: not set by create.
+        assert!(created.data.get("status").is_none());
+
+        let again = api.create(&PostParams::default(), &service("web")).await;
+        assert_eq!(api_code(again.unwrap_err()), 409);
+
+        api.create(&PostParams::default(), &service("db"))
+            .await
+            .unwrap();
+        services(&server, "ns2")
+            .create(&PostParams::default(), &service("other"))
+            .await
+            .unwrap();
+        let list = api.list(&ListParams::default().limit(1)).await.unwrap();
+        assert_eq!(list.items.len(), 2, "one page, no continue");
+        assert!(list.metadata.continue_.is_none());
+        assert_eq!(
+            list.metadata.resource_version,
+            Some(server.resource_version().to_string())
+        );
+        // Built-in kinds' list items have no apiVersion/kind, as from the real server.
+        assert!(list.items.iter().all(|i| i.types.is_none()));
+        let all: Api<DynamicObject> = Api::all_with(server.client(), &api_resource(Kind::Service));
+        assert_eq!(
+            all.list(&ListParams::default()).await.unwrap().items.len(),
+            3
+        );
+        let selected = all
+            .list(&ListParams::default().labels("app=db"))
+            .await
+            .unwrap();
+        assert_eq!(selected.items.len(), 1);
+
+        assert_eq!(
+            api.get("web").await.unwrap().metadata.name.as_deref(),
+            Some("web")
+        );
+        api.delete("web", &DeleteParams::default()).await.unwrap();
+        assert_eq!(api_code(api.get("web").await.unwrap_err()), 404);
+        assert_eq!(
+            api_code(
+                api.delete("web", &DeleteParams::default())
+                    .await
+                    .unwrap_err()
+            ),
+            404
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn status_subresource_and_patches() {
+    tokio::time::timeout(LIMIT, async {
+        let server = ApiServer::start().await.unwrap();
+        let api = services(&server, "default");
+        api.create(&PostParams::default(), &service("web"))
+            .await
+            .unwrap();
+
+        let status =
+            json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.1" }] } } });
+        let patched = api
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+        assert_eq!(patched.data["status"], status["status"]);
+        assert_eq!(patched.metadata.generation, Some(1), "status is not spec");
+
+        // A main-resource patch cannot change status, and keeps it.
+        let p = json!({
+            "metadata": { "annotations": { "a": "1" } },
+            "spec": { "type": "ClusterIP" },
+            "status": { "loadBalancer": {} },
+        });
+        let patched = api
+            .patch("web", &PatchParams::default(), &Patch::Strategic(&p))
+            .await
+            .unwrap();
+        assert_eq!(patched.data["status"], status["status"]);
+        assert_eq!(patched.data["spec"]["type"], "ClusterIP");
+        assert_eq!(patched.metadata.generation, Some(2));
+        let rm = json!({ "metadata": { "annotations": { "a": null } } });
+        let patched = api
+            .patch("web", &PatchParams::default(), &Patch::Merge(&rm))
+            .await
+            .unwrap();
+        assert!(
+            patched
+                .metadata
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .is_empty()
+        );
+
+        // Stale resourceVersion on replace: 409.
+        let mut stale = patched.clone();
+        stale.metadata.resource_version = Some("1".into());
+        let e = api
+            .replace("web", &PostParams::default(), &stale)
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(e), 409);
+
+        // Server-side apply creates, then merges; it needs a field manager.
+        let pools: Api<DynamicObject> = Api::namespaced_with(
+            server.client(),
+            "metallb-system",
+            &api_resource(Kind::IPAddressPool),
+        );
+        let pool = json!({
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "IPAddressPool",
+            "metadata": { "name": "p" },
+            "spec": { "addresses": ["192.0.2.0/28"] },
+        });
+        let ssa = PatchParams::apply("test").force();
+        pools.patch("p", &ssa, &Patch::Apply(&pool)).await.unwrap();
+        let applied = pools.patch("p", &ssa, &Patch::Apply(&pool)).await.unwrap();
+        assert_eq!(
+            applied.metadata.generation,
+            Some(1),
+            "no change, no new generation"
+        );
+        let e = pools
+            .patch("p", &PatchParams::default(), &Patch::Apply(&pool))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(e), 400);
+        let st = json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": { "name": "p" }, "status": { "assignedIPv4": 1 },
+        });
+        let applied = pools
+            .patch_status("p", &ssa, &Patch::Apply(&st))
+            .await
+            .unwrap();
+        assert_eq!(applied.data["status"]["assignedIPv4"], 1);
+        assert_eq!(applied.data["spec"]["addresses"][0], "192.0.2.0/28");
+        // Custom resources' list items keep apiVersion/kind.
+        let list = pools.list(&ListParams::default()).await.unwrap();
+        assert!(list.items[0].types.is_some());
+        // No status subresource on L2Advertisement; unknown kinds are 404.
+        let l2: Api<DynamicObject> =
+            Api::namespaced_with(server.client(), "x", &api_resource(Kind::L2Advertisement));
+        let e = l2
+            .patch_status("a", &PatchParams::default(), &Patch::Merge(&json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(e), 404);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn watch_from_version_and_410_after_compaction() {
+    tokio::time::timeout(LIMIT, async {
+        let server = ApiServer::start().await.unwrap();
+        let api = services(&server, "default");
+        api.create(&PostParams::default(), &service("a"))
+            .await
+            .unwrap();
+        let rv = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut events = api
+            .watch(&WatchParams::default().timeout(10), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        api.create(&PostParams::default(), &service("b"))
+            .await
+            .unwrap();
+        server
+            .put(serde_json::to_value(service("b")).unwrap())
+            .unwrap();
+        api.delete("a", &DeleteParams::default()).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match events.try_next().await.unwrap().unwrap() {
+                WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
+                WatchEvent::Modified(o) => {
+                    seen.push(format!("MODIFIED {}", o.metadata.name.unwrap()))
+                }
+                WatchEvent::Deleted(o) => {
+                    seen.push(format!("DELETED {}", o.metadata.name.unwrap()))
+                }
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => panic!("watch error {e:?}"),
+            }
+        }
+        assert_eq!(seen, ["ADDED b", "MODIFIED b", "DELETED a"]);
+
+        // Compaction ends the open watch, and resuming from the old version is 410 Gone.
+        server.compact();
+        assert!(
+            events.next().await.is_none(),
+            "open watch ends at compaction"
+        );
+        let mut events = api
+            .watch(&WatchParams::default(), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Error(e) => assert_eq!(e.code, 410),
+            other => panic!("expected a 410 error event, got {other:?}"),
+        }
+        assert!(server.requests().iter().any(|r| r.watch_expired));
+        // A fresh list's version can be watched again.
+        let rv = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut events = api
+            .watch(&WatchParams::default(), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        api.create(&PostParams::default(), &service("c"))
+            .await
+            .unwrap();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+            other => panic!("expected ADDED c, got {other:?}"),
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn watch_times_out_with_a_bookmark() {
+    tokio::time::timeout(LIMIT, async {
+        let server = ApiServer::start().await.unwrap();
+        let api = services(&server, "default");
+        let rv = server.resource_version().to_string();
+        let mut events = api
+            .watch(&WatchParams::default().timeout(1), &rv)
+            .await
+            .unwrap()
+            .boxed();
+        match events.try_next().await.unwrap() {
+            Some(WatchEvent::Bookmark(b)) => assert_eq!(b.metadata.resource_version, rv),
+            other => panic!("expected a bookmark, got {other:?}"),
+        }
+        assert!(events.next().await.is_none());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn kubeconfig_and_errors_are_status_objects() {
+    tokio::time::timeout(LIMIT, async {
+        let server = ApiServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = server.kubeconfig(dir.path()).unwrap();
+        let client = metalnet_config::state::kube::client(Some(&path)).await.unwrap();
+        let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(Kind::Node));
+        assert!(nodes.list(&ListParams::default()).await.unwrap().items.is_empty());
+
+        let req = http::Request::get("/apis/example.com/v1/things").body(vec![]).unwrap();
+        let e = client.request_text(req).await.unwrap_err();
+        assert_eq!(api_code(e), 404);
+        let req = http::Request::post("/api/v1/namespaces/default/services")
+            .header("content-type", "application/json")
+            .body(br#"{"apiVersion":"v1","kind":"Service","metadata":{}}"#.to_vec())
+            .unwrap();
+        let e = client.request_text(req).await.unwrap_err();
+        assert_eq!(api_code(e), 422);
+        let req = http::Request::patch("/api/v1/namespaces/default/services/x")
+            .header("content-type", "application/json-patch+json")
+            .body(b"[]".to_vec())
+            .unwrap();
+        let e = client.request_text(req).await.unwrap_err();
+        assert_eq!(api_code(e), 415);
+        let missing = nodes.get("n1").await.unwrap_err();
+        assert_eq!(api_code(missing), 404);
+        server
+            .apply_yaml("apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n")
+            .unwrap();
+        assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 2);
+        assert!(server.get(Kind::Node, None, "n1").is_some());
+        assert!(server.delete(Kind::Node, None, "n1"));
+        assert!(!server.delete(Kind::Node, None, "n1"));
+    })
+    .await
+    .expect("bounded");
+}
