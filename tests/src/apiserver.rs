@@ -28,7 +28,7 @@
 //! schemas, namespaces existing, finalizers, garbage collection, managed fields and
 //! server-side apply field ownership (an apply never removes fields), JSON patch.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,8 @@ struct Store {
     epoch: u64,
     uids: u64,
     requests: Vec<RequestRecord>,
+    /// Kinds answered 404, as a resource whose CRD is not installed.
+    unserved: BTreeSet<Kind>,
 }
 
 struct Shared {
@@ -162,6 +164,7 @@ impl ApiServer {
                 epoch: 0,
                 uids: 0,
                 requests: Vec::new(),
+                unserved: BTreeSet::new(),
             }),
             rv_tx,
             instance,
@@ -280,6 +283,11 @@ impl ApiServer {
         store.history.clear();
         store.epoch += 1;
         self.shared.rv_tx.send_replace(store.rv);
+    }
+
+    /// Stops serving a kind: its paths answer 404, as when its CRD is not installed.
+    pub fn unserve(&self, kind: Kind) {
+        self.shared.store.lock().unwrap().unserved.insert(kind);
     }
 
     /// Every request answered so far, oldest first.
@@ -591,7 +599,18 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         }
     };
     let params = query_params(&query);
-    let (response, status, watch_expired) = match parse_route(&path) {
+    let route = parse_route(&path).and_then(|r| {
+        if shared.store.lock().unwrap().unserved.contains(&r.kind) {
+            Err(Reply::error(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            ))
+        } else {
+            Ok(r)
+        }
+    });
+    let (response, status, watch_expired) = match route {
         Err(reply) => (
             json_response(reply.status, &reply.body),
             reply.status,

@@ -437,9 +437,3 @@ impl EventCache {
         self.entries.insert(key, (name, count, Instant::now()));
     }
 }
-
-/// A client from an explicit kubeconfig, else in-cluster, else ~/.kube/config.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<::kube::Client, StateError> {
-    let _ = kubeconfig;
-    Ok(::kube::Client::try_default().await?)
-}
