@@ -563,6 +563,27 @@ async fn missing_resource_names_it(h: KubeHarness) {
         .expect("starting without bgppeers");
 }
 
+/// Kubernetes only: dropping the state stops its watchers (no more requests).
+async fn drop_stops_watchers(h: KubeHarness) {
+    h.put_user_object(POOL).await;
+    let state = h.open().await;
+    drop(state);
+    // Give aborted tasks a moment, then nothing may come back even when provoked.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = h.server.requests().len();
+    h.server.compact();
+    h.put_user_object(&pool_yaml("pool-b", "198.51.100.0/28"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = h.server.requests();
+    assert_eq!(
+        after.len(),
+        before,
+        "requests after drop: {:?}",
+        &after[before..]
+    );
+}
+
 // ---- the tests: every scenario on both backends ------------------------------------------
 
 macro_rules! both_backends {
@@ -617,6 +638,15 @@ async fn kube_relist_after_410() {
 async fn kube_missing_resource_names_it() {
     tokio::time::timeout(LIMIT, async {
         missing_resource_names_it(KubeHarness::new().await).await
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn kube_drop_stops_watchers() {
+    tokio::time::timeout(LIMIT, async {
+        drop_stops_watchers(KubeHarness::new().await).await
     })
     .await
     .expect("bounded");

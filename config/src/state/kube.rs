@@ -161,7 +161,14 @@ async fn follow_kind(
                     ));
                     return;
                 }
-                tracing::warn!(resource = %resource, error = %e, "watch failed; retrying with backoff");
+                if let watcher::Error::WatchError(status) = &e
+                    && status.code == 410
+                {
+                    // Routine: the server's history moved past us; the watcher relists.
+                    tracing::debug!(resource = %resource, "resource version expired; relisting");
+                } else {
+                    tracing::warn!(resource = %resource, error = %e, "watch failed; retrying with backoff");
+                }
             }
         }
     }
@@ -435,5 +442,33 @@ impl EventCache {
 
     fn put(&mut self, key: EventKey, name: String, count: i32) {
         self.entries.insert(key, (name, count, Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_names_the_kubeconfig_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-kubeconfig");
+        let Err(e) = client(Some(&path)).await else {
+            panic!("a client from a missing kubeconfig")
+        };
+        let e = e.to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn api_resources_match_kinds() {
+        let ar = api_resource(Kind::BGPPeer);
+        assert_eq!(ar.api_version, "metallb.io/v1beta2");
+        assert_eq!(ar.plural, "bgppeers");
+        assert_eq!(resource_name(Kind::Node), "v1/nodes");
+        assert_eq!(
+            resource_name(Kind::EndpointSlice),
+            "discovery.k8s.io/v1/endpointslices"
+        );
     }
 }
