@@ -797,14 +797,12 @@ impl Filter {
             fields: params.get("fieldSelector").cloned(),
         };
         // Reject selectors we cannot evaluate now rather than on the first object.
-        f.matches(
-            &Key {
-                kind: f.kind,
-                namespace: None,
-                name: String::new(),
-            },
-            &json!({}),
-        )?;
+        if let Some(sel) = &f.labels {
+            label_selector_matches(sel, &json!({}))?;
+        }
+        if let Some(sel) = &f.fields {
+            field_selector_matches(sel, &json!({}))?;
+        }
         Ok(f)
     }
 

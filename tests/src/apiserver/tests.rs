@@ -337,6 +337,11 @@ async fn kubeconfig_and_errors_are_status_objects() {
             .unwrap();
         let e = client.request_text(req).await.unwrap_err();
         assert_eq!(api_code(e), 415);
+        let e = services(&server, "default")
+            .list(&ListParams::default().labels("app in (a,b)"))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(e), 400, "set-based selectors are refused, not ignored");
         let missing = nodes.get("n1").await.unwrap_err();
         assert_eq!(api_code(missing), 404);
         server
