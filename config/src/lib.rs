@@ -1,8 +1,11 @@
 //! metalnet's common crate: the resource model, validation, cluster-state sources, and the
 //! machinery more than one daemon needs, in modules by concern.
 
+pub mod addr;
 pub mod cli;
+pub mod crd;
 pub mod manifest;
 pub mod model;
 pub mod state;
 pub mod telemetry;
+pub mod validate;

@@ -183,7 +183,13 @@ pub struct BGPPeerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub dynamic_asn: Option<String>,
+    /// Required by metalnet; upstream also allows `interface` instead (unnumbered BGP).
+    #[serde(default)]
     pub peer_address: String,
+    /// Unnumbered BGP over this node interface (FRR mode upstream; not supported by
+    /// metalnet, kept so upstream manifests load and the validator can say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<String>,
     /// Default 179.
@@ -221,6 +227,9 @@ pub struct BGPPeerSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub disable_mp: bool,
+    /// Advertise IPv4 prefixes over IPv6 sessions and vice versa.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dual_stack_address_family: bool,
 }
 
 /// A reference to a Secret (name and namespace), as core/v1 SecretReference.

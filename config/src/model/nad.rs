@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
     version = "v1",
     kind = "NetworkAttachmentDefinition",
     plural = "network-attachment-definitions",
+    singular = "network-attachment-definition",
     shortname = "net-attach-def",
     namespaced
 )]

@@ -1,0 +1,95 @@
+//! The CustomResourceDefinitions of every resource the suite defines, generated from the
+//! Rust model, and their YAML form checked in under `deploy/crds/`.
+//!
+//! Regenerate after changing the model:
+//!     cargo run -p metalnet-config --example gen-crds
+//! (`config/tests/crds.rs` fails while the checked-in files are stale.)
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceSubresourceStatus, CustomResourceSubresources,
+    JSONSchemaProps,
+};
+use kube::CustomResourceExt;
+
+use crate::model::{
+    BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
+    NetworkAttachmentDefinition, ServiceBGPStatus, ServiceL2Status,
+};
+
+/// The command that regenerates the checked-in CRDs.
+pub const REGENERATE_COMMAND: &str = "cargo run -p metalnet-config --example gen-crds";
+
+/// Every CRD of the suite: the metallb.io kinds at the versions upstream serves them
+/// (BGPPeer at v1beta2, the rest at v1beta1) and k8s.cni.cncf.io NetworkAttachmentDefinition.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![
+        IPAddressPool::crd(),
+        L2Advertisement::crd(),
+        BGPAdvertisement::crd(),
+        Community::crd(),
+        BGPPeer::crd(),
+        ServiceL2Status::crd(),
+        ServiceBGPStatus::crd(),
+        NetworkAttachmentDefinition::crd(),
+    ];
+    for crd in &mut crds {
+        if crd.spec.group == "metallb.io" {
+            ensure_status_subresource(crd);
+        }
+    }
+    crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    crds
+}
+
+/// Upstream declares a status subresource on every metallb.io kind, most with an empty
+/// status. Our model carries no status type for those (nothing to read), so the
+/// subresource and an empty `status` object schema are added here, as upstream has them.
+fn ensure_status_subresource(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let subresources = version
+            .subresources
+            .get_or_insert_with(CustomResourceSubresources::default);
+        if subresources.status.is_none() {
+            subresources.status = Some(CustomResourceSubresourceStatus(serde_json::json!({})));
+        }
+        if let Some(props) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+        {
+            props.entry("status".to_string()).or_insert(JSONSchemaProps {
+                type_: Some("object".to_string()),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// `<plural>.<group>.yaml`, the file a CRD is written to.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// The YAML text of a CRD as checked in.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
+    let body = serde_saphyr::to_string(crd)?;
+    Ok(format!(
+        "# Generated from the Rust model by `{REGENERATE_COMMAND}`; do not edit.\n{body}"
+    ))
+}
+
+/// Every CRD file: (file name, YAML text).
+pub fn files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    crds()
+        .iter()
+        .map(|crd| Ok((file_name(crd), to_yaml(crd)?)))
+        .collect()
+}
+
+/// `deploy/crds/` of this workspace.
+pub fn checked_in_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds")
+}
