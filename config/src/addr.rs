@@ -15,6 +15,8 @@ use ipnet::IpNet;
 pub enum AddrError {
     #[error("{0:?} is not an IP address")]
     NotAnAddress(String),
+    #[error("range {bound} {text:?} is not an IP address")]
+    BadRangeBound { bound: &'static str, text: String },
     #[error("prefix length {len:?} is not a number in 0..={max}")]
     PrefixOutOfRange { len: String, max: u8 },
     #[error("range mixes address families: {start} is {start_family} but {end} is {end_family}")]
@@ -43,8 +45,14 @@ fn family(ip: IpAddr) -> &'static str {
 pub fn parse_pool_range(s: &str) -> Result<Vec<IpNet>, AddrError> {
     // MetalLB decides "range" by the presence of '-', before anything else.
     if let Some((first, last)) = s.split_once('-') {
-        let start = parse_ip(first.trim())?;
-        let end = parse_ip(last.trim())?;
+        let bound = |bound: &'static str, text: &str| {
+            parse_ip(text.trim()).map_err(|_| AddrError::BadRangeBound {
+                bound,
+                text: text.trim().to_string(),
+            })
+        };
+        let start = bound("start", first)?;
+        let end = bound("end", last)?;
         return summarize_range(start, end);
     }
     parse_cidr(s).map(|net| vec![net.trunc()])
@@ -402,11 +410,17 @@ mod tests {
             parse_pool_range("192.0.2.1-2001:db8::1"),
             Err(AddrError::MixedFamilies { .. })
         ));
-        assert!(matches!(parse_pool_range("192.0.2.1-"), Err(AddrError::NotAnAddress(_))));
-        assert!(matches!(parse_pool_range("x-192.0.2.1"), Err(AddrError::NotAnAddress(_))));
+        assert_eq!(
+            parse_pool_range("192.0.2.1-").unwrap_err().to_string(),
+            "range end \"\" is not an IP address"
+        );
+        assert_eq!(
+            parse_pool_range("x - 192.0.2.1").unwrap_err().to_string(),
+            "range start \"x\" is not an IP address"
+        );
         assert!(matches!(
             parse_pool_range("192.0.2.0/24-192.0.2.9"),
-            Err(AddrError::NotAnAddress(_))
+            Err(AddrError::BadRangeBound { bound: "start", .. })
         ));
     }
 

@@ -13,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+use crate::state::Kind;
 use crate::model::{
     BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
     NetworkAttachmentDefinition, ServiceBGPStatus, ServiceL2Status,
@@ -37,6 +38,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     for crd in &mut crds {
         if crd.spec.group == "metallb.io" {
             ensure_status_subresource(crd);
+        }
+        let kind = Kind::from_manifest(&format!("{}/v1", crd.spec.group), &crd.spec.names.kind);
+        if kind.is_some_and(|k| !crate::model::spec_required(k)) {
+            make_spec_optional(crd);
         }
     }
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -64,6 +69,24 @@ fn ensure_status_subresource(crd: &mut CustomResourceDefinition) {
                 type_: Some("object".to_string()),
                 ..Default::default()
             });
+        }
+    }
+}
+
+/// Upstream's `spec` is `omitempty` on most kinds: manifests without one must be accepted.
+fn make_spec_optional(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            if let Some(required) = schema.required.as_mut() {
+                required.retain(|r| r != "spec");
+                if required.is_empty() {
+                    schema.required = None;
+                }
+            }
         }
     }
 }

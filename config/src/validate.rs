@@ -203,7 +203,8 @@ pub fn decode<T: DeserializeOwned>(
     object: &ObjectRef,
     value: &serde_json::Value,
 ) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let value = crate::model::normalize(object.kind, value);
+    serde_path_to_error::deserialize(value.as_ref()).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         Problem::error(object, field, e.inner().to_string())

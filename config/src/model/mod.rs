@@ -15,3 +15,37 @@ pub mod core {
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 }
+
+/// Brings a raw object into the shape our typed model decodes: upstream declares `spec` as
+/// optional (`omitempty`) on every kind but IPAddressPool, and MetalLB's own docs show an
+/// L2Advertisement with no spec at all (announce every pool), while kube-derive makes `spec`
+/// a required field. A missing or null `spec` becomes `{}` for those kinds.
+pub fn normalize(
+    kind: crate::state::Kind,
+    value: &serde_json::Value,
+) -> std::borrow::Cow<'_, serde_json::Value> {
+    use crate::state::Kind;
+    let spec_optional = matches!(
+        kind,
+        Kind::L2Advertisement
+            | Kind::BGPAdvertisement
+            | Kind::Community
+            | Kind::BGPPeer
+            | Kind::ServiceL2Status
+            | Kind::ServiceBGPStatus
+            | Kind::NetworkAttachmentDefinition
+    );
+    match value.as_object() {
+        Some(obj) if spec_optional && obj.get("spec").is_none_or(|s| s.is_null()) => {
+            let mut obj = obj.clone();
+            obj.insert("spec".into(), serde_json::json!({}));
+            std::borrow::Cow::Owned(serde_json::Value::Object(obj))
+        }
+        _ => std::borrow::Cow::Borrowed(value),
+    }
+}
+
+/// Whether upstream requires `spec` on this kind (only IPAddressPool does).
+pub fn spec_required(kind: crate::state::Kind) -> bool {
+    normalize(kind, &serde_json::json!({})).get("spec").is_none()
+}

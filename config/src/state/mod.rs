@@ -484,7 +484,7 @@ macro_rules! snapshot_kinds {
             fn insert(&mut self, obj: &ObjectRef, value: &serde_json::Value) {
                 let invalid = Arc::make_mut(&mut self.invalid);
                 match obj.kind {
-                    $( Kind::$kind => match decode::<$ty>(value) {
+                    $( Kind::$kind => match decode::<$ty>(&crate::model::normalize(obj.kind, value)) {
                         Ok(t) => {
                             Arc::make_mut(&mut self.$field).insert(obj.key(), Arc::new(t));
                             invalid.remove(obj);
