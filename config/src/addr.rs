@@ -122,7 +122,11 @@ pub fn summarize_range(start: IpAddr, end: IpAddr) -> Result<Vec<IpNet>, AddrErr
     let mut cur = lo;
     loop {
         // The largest aligned block starting at `cur` that does not pass `hi`.
-        let align = if cur == 0 { bits } else { cur.trailing_zeros().min(bits) };
+        let align = if cur == 0 {
+            bits
+        } else {
+            cur.trailing_zeros().min(bits)
+        };
         let mut k = align;
         while k > 0 && span(k) > hi - cur {
             k -= 1;
@@ -146,7 +150,11 @@ pub fn summarize_range(start: IpAddr, end: IpAddr) -> Result<Vec<IpNet>, AddrErr
 
 /// Number of addresses in a block of 2^k, minus one (so k = 128 fits in u128).
 fn span(k: u32) -> u128 {
-    if k >= 128 { u128::MAX } else { (1u128 << k) - 1 }
+    if k >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << k) - 1
+    }
 }
 
 /// Why a Go duration string was rejected.
@@ -314,8 +322,9 @@ impl FromStr for Community {
                     )));
                 }
                 let part = |p: &str| {
-                    parse_decimal::<u32>(p)
-                        .ok_or_else(|| value_err(format!("{p:?} is not a number in 0..=4294967295")))
+                    parse_decimal::<u32>(p).ok_or_else(|| {
+                        value_err(format!("{p:?} is not a number in 0..=4294967295"))
+                    })
                 };
                 Ok(Community::Large {
                     global_admin: part(a)?,
@@ -347,43 +356,84 @@ mod tests {
 
     #[test]
     fn cidrs_parse_and_mask_host_bits() {
-        assert_eq!(parse_pool_range("192.0.2.0/28").unwrap(), nets(&["192.0.2.0/28"]));
-        assert_eq!(parse_pool_range("2001:db8::/120").unwrap(), nets(&["2001:db8::/120"]));
-        assert_eq!(parse_pool_range("192.0.2.5/24").unwrap(), nets(&["192.0.2.0/24"]));
+        assert_eq!(
+            parse_pool_range("192.0.2.0/28").unwrap(),
+            nets(&["192.0.2.0/28"])
+        );
+        assert_eq!(
+            parse_pool_range("2001:db8::/120").unwrap(),
+            nets(&["2001:db8::/120"])
+        );
+        assert_eq!(
+            parse_pool_range("192.0.2.5/24").unwrap(),
+            nets(&["192.0.2.0/24"])
+        );
         assert!(has_host_bits("192.0.2.5/24"));
         assert!(!has_host_bits("192.0.2.0/24"));
-        assert_eq!(parse_pool_range("192.0.2.7/32").unwrap(), nets(&["192.0.2.7/32"]));
+        assert_eq!(
+            parse_pool_range("192.0.2.7/32").unwrap(),
+            nets(&["192.0.2.7/32"])
+        );
     }
 
     #[test]
     fn cidr_errors() {
         assert_eq!(
             parse_pool_range("192.0.2.0/33"),
-            Err(AddrError::PrefixOutOfRange { len: "33".into(), max: 32 })
+            Err(AddrError::PrefixOutOfRange {
+                len: "33".into(),
+                max: 32
+            })
         );
         assert!(matches!(
             parse_pool_range("2001:db8::/129"),
             Err(AddrError::PrefixOutOfRange { max: 128, .. })
         ));
-        assert!(matches!(parse_pool_range("192.0.2.0/+8"), Err(AddrError::PrefixOutOfRange { .. })));
-        assert!(matches!(parse_pool_range("192.0.2.0/"), Err(AddrError::PrefixOutOfRange { .. })));
-        assert!(matches!(parse_pool_range("192.0.2.0"), Err(AddrError::NotAnAddress(_))));
-        assert!(matches!(parse_pool_range("192.0.2.256/24"), Err(AddrError::NotAnAddress(_))));
-        assert!(matches!(parse_pool_range("pool"), Err(AddrError::NotAnAddress(_))));
-        assert!(matches!(parse_pool_range(""), Err(AddrError::NotAnAddress(_))));
+        assert!(matches!(
+            parse_pool_range("192.0.2.0/+8"),
+            Err(AddrError::PrefixOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_pool_range("192.0.2.0/"),
+            Err(AddrError::PrefixOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_pool_range("192.0.2.0"),
+            Err(AddrError::NotAnAddress(_))
+        ));
+        assert!(matches!(
+            parse_pool_range("192.0.2.256/24"),
+            Err(AddrError::NotAnAddress(_))
+        ));
+        assert!(matches!(
+            parse_pool_range("pool"),
+            Err(AddrError::NotAnAddress(_))
+        ));
+        assert!(matches!(
+            parse_pool_range(""),
+            Err(AddrError::NotAnAddress(_))
+        ));
     }
 
     #[test]
     fn ranges_summarise() {
         assert_eq!(
             parse_pool_range("192.0.2.10-192.0.2.20").unwrap(),
-            nets(&["192.0.2.10/31", "192.0.2.12/30", "192.0.2.16/30", "192.0.2.20/32"])
+            nets(&[
+                "192.0.2.10/31",
+                "192.0.2.12/30",
+                "192.0.2.16/30",
+                "192.0.2.20/32"
+            ])
         );
         assert_eq!(
             parse_pool_range("192.0.2.0 - 192.0.2.255").unwrap(),
             nets(&["192.0.2.0/24"])
         );
-        assert_eq!(parse_pool_range("192.0.2.7-192.0.2.7").unwrap(), nets(&["192.0.2.7/32"]));
+        assert_eq!(
+            parse_pool_range("192.0.2.7-192.0.2.7").unwrap(),
+            nets(&["192.0.2.7/32"])
+        );
         assert_eq!(
             parse_pool_range("0.0.0.0-255.255.255.255").unwrap(),
             nets(&["0.0.0.0/0"])
@@ -405,7 +455,10 @@ mod tests {
     #[test]
     fn range_errors() {
         let e = parse_pool_range("192.0.2.20-192.0.2.10").unwrap_err();
-        assert_eq!(e.to_string(), "range end 192.0.2.10 is below its start 192.0.2.20");
+        assert_eq!(
+            e.to_string(),
+            "range end 192.0.2.10 is below its start 192.0.2.20"
+        );
         assert!(matches!(
             parse_pool_range("192.0.2.1-2001:db8::1"),
             Err(AddrError::MixedFamilies { .. })
@@ -456,7 +509,9 @@ mod tests {
         // Minimal: no two neighbours are buddies that could merge into one block.
         for w in out.windows(2) {
             if w[0].prefix_len() == w[1].prefix_len() && w[0].prefix_len() > 0 {
-                let parent = IpNet::new(w[0].network(), w[0].prefix_len() - 1).unwrap().trunc();
+                let parent = IpNet::new(w[0].network(), w[0].prefix_len() - 1)
+                    .unwrap()
+                    .trunc();
                 assert!(
                     !(parent.network() == w[0].network() && parent.broadcast() == w[1].broadcast()),
                     "{} and {} could merge",
@@ -563,7 +618,10 @@ mod tests {
     fn community_literals() {
         assert_eq!(
             "65000:100".parse::<Community>().unwrap(),
-            Community::Standard { asn: 65000, value: 100 }
+            Community::Standard {
+                asn: 65000,
+                value: 100
+            }
         );
         assert_eq!(
             "65000:100".parse::<Community>().unwrap().standard_u32(),
@@ -571,17 +629,39 @@ mod tests {
         );
         assert_eq!(
             "large:4200000000:1:2".parse::<Community>().unwrap(),
-            Community::Large { global_admin: 4_200_000_000, local1: 1, local2: 2 }
+            Community::Large {
+                global_admin: 4_200_000_000,
+                local1: 1,
+                local2: 2
+            }
         );
-        assert!(matches!("65536:1".parse::<Community>(), Err(CommunityError::Value { .. })));
-        assert!(matches!("+1:1".parse::<Community>(), Err(CommunityError::Value { .. })));
-        assert!(matches!(":1".parse::<Community>(), Err(CommunityError::Value { .. })));
-        assert!(matches!("big:1:2:3".parse::<Community>(), Err(CommunityError::Value { .. })));
+        assert!(matches!(
+            "65536:1".parse::<Community>(),
+            Err(CommunityError::Value { .. })
+        ));
+        assert!(matches!(
+            "+1:1".parse::<Community>(),
+            Err(CommunityError::Value { .. })
+        ));
+        assert!(matches!(
+            ":1".parse::<Community>(),
+            Err(CommunityError::Value { .. })
+        ));
+        assert!(matches!(
+            "big:1:2:3".parse::<Community>(),
+            Err(CommunityError::Value { .. })
+        ));
         assert!(matches!(
             "large:1:2:4294967296".parse::<Community>(),
             Err(CommunityError::Value { .. })
         ));
-        assert!(matches!("no-export".parse::<Community>(), Err(CommunityError::Format(_))));
-        assert!(matches!("1:2:3".parse::<Community>(), Err(CommunityError::Format(_))));
+        assert!(matches!(
+            "no-export".parse::<Community>(),
+            Err(CommunityError::Format(_))
+        ));
+        assert!(matches!(
+            "1:2:3".parse::<Community>(),
+            Err(CommunityError::Format(_))
+        ));
     }
 }

@@ -13,11 +13,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::state::Kind;
 use crate::model::{
     BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
     NetworkAttachmentDefinition, ServiceBGPStatus, ServiceL2Status,
 };
+use crate::state::Kind;
 
 /// The command that regenerates the checked-in CRDs.
 pub const REGENERATE_COMMAND: &str = "cargo run -p metalnet-config --example gen-crds";
@@ -65,10 +65,12 @@ fn ensure_status_subresource(crd: &mut CustomResourceDefinition) {
             .and_then(|s| s.open_api_v3_schema.as_mut())
             .and_then(|s| s.properties.as_mut())
         {
-            props.entry("status".to_string()).or_insert(JSONSchemaProps {
-                type_: Some("object".to_string()),
-                ..Default::default()
-            });
+            props
+                .entry("status".to_string())
+                .or_insert(JSONSchemaProps {
+                    type_: Some("object".to_string()),
+                    ..Default::default()
+                });
         }
     }
 }
@@ -80,12 +82,11 @@ fn make_spec_optional(crd: &mut CustomResourceDefinition) {
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Some(required) = schema.required.as_mut()
         {
-            if let Some(required) = schema.required.as_mut() {
-                required.retain(|r| r != "spec");
-                if required.is_empty() {
-                    schema.required = None;
-                }
+            required.retain(|r| r != "spec");
+            if required.is_empty() {
+                schema.required = None;
             }
         }
     }

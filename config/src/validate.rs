@@ -114,8 +114,13 @@ pub fn validate_objects(objects: &[(ObjectRef, serde_json::Value)]) -> Vec<Probl
     let (pools, p) = pools_with_refs(pool_refs);
     problems.extend(p);
 
-    let (aliases, p) =
-        communities_with_refs(typed.communities.iter().map(|(r, c)| (r.clone(), c)).collect());
+    let (aliases, p) = communities_with_refs(
+        typed
+            .communities
+            .iter()
+            .map(|(r, c)| (r.clone(), c))
+            .collect(),
+    );
     problems.extend(p);
 
     for (object, peer) in &typed.peers {
@@ -610,7 +615,11 @@ fn parse_pool(
     let before = problems.iter().filter(|p| p.is_error()).count();
     let spec = &pool.spec;
     if spec.addresses.is_empty() {
-        problems.push(Problem::error(object, "spec.addresses", "the pool has no addresses"));
+        problems.push(Problem::error(
+            object,
+            "spec.addresses",
+            "the pool has no addresses",
+        ));
     }
     let mut entries = Vec::new();
     for (i, text) in spec.addresses.iter().enumerate() {
@@ -675,7 +684,10 @@ fn parse_pool(
     Some(ParsedPool {
         name: object.name.clone(),
         namespace: namespace_of(object),
-        cidrs: entries.iter().flat_map(|e| e.cidrs.iter().copied()).collect(),
+        cidrs: entries
+            .iter()
+            .flat_map(|e| e.cidrs.iter().copied())
+            .collect(),
         entries,
         auto_assign: spec.auto_assign(),
         avoid_buggy_ips: spec.avoid_buggy_ips,
@@ -818,7 +830,8 @@ const MAX_HOLD_TIME: Duration = Duration::from_secs(65535);
 fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Problem>> {
     let spec = &peer.spec;
     let mut problems = Vec::new();
-    let mut err = |field: &str, reason: String| problems.push(Problem::error(object, field, reason));
+    let mut err =
+        |field: &str, reason: String| problems.push(Problem::error(object, field, reason));
 
     if spec.my_asn == 0 {
         err("spec.myASN", "must be in 1..=4294967295, got 0".into());
@@ -839,7 +852,10 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
     if spec.peer_asn != 0 && dynamic_set {
         err(
             "spec.peerASN",
-            format!("peerASN {} and dynamicASN are both set; set only one", spec.peer_asn),
+            format!(
+                "peerASN {} and dynamicASN are both set; set only one",
+                spec.peer_asn
+            ),
         );
     } else if spec.peer_asn == 0 && !dynamic_set {
         err(
@@ -885,13 +901,13 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
             }
         },
     };
-    if let (Some(a), Some(s)) = (address, source_address) {
-        if a.is_ipv4() != s.is_ipv4() {
-            err(
-                "spec.sourceAddress",
-                format!("{s} is not of the same address family as peerAddress {a}"),
-            );
-        }
+    if let (Some(a), Some(s)) = (address, source_address)
+        && a.is_ipv4() != s.is_ipv4()
+    {
+        err(
+            "spec.sourceAddress",
+            format!("{s} is not of the same address family as peerAddress {a}"),
+        );
     }
     let router_id = match spec.router_id.as_deref() {
         None | Some("") => None,
@@ -937,13 +953,21 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
         if !whole_seconds.is_zero() && whole_seconds < Duration::from_secs(3) {
             problems.push(Problem::error(
                 object,
-                if hold.is_some() { "spec.holdTime" } else { "spec.keepaliveTime" },
+                if hold.is_some() {
+                    "spec.holdTime"
+                } else {
+                    "spec.keepaliveTime"
+                },
                 format!("hold time {hold_time:?} must be 0 or at least 3s"),
             ));
         } else if hold_time > MAX_HOLD_TIME {
             problems.push(Problem::error(
                 object,
-                if hold.is_some() { "spec.holdTime" } else { "spec.keepaliveTime" },
+                if hold.is_some() {
+                    "spec.holdTime"
+                } else {
+                    "spec.keepaliveTime"
+                },
                 format!("hold time {hold_time:?} is above the BGP maximum of 65535s"),
             ));
         }
@@ -999,8 +1023,12 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
         _ => None,
     };
 
-    let node_selectors =
-        parse_selectors(object, "spec.nodeSelectors", &spec.node_selectors, &mut problems);
+    let node_selectors = parse_selectors(
+        object,
+        "spec.nodeSelectors",
+        &spec.node_selectors,
+        &mut problems,
+    );
 
     match address {
         Some(address) if problems.is_empty() => Ok(ParsedPeer {
@@ -1075,7 +1103,11 @@ fn select_pools(
     for (i, name) in names.iter().enumerate() {
         let field = format!("spec.ipAddressPools[{i}]");
         if !seen.insert(name) {
-            problems.push(Problem::error(object, field, format!("pool {name:?} is listed twice")));
+            problems.push(Problem::error(
+                object,
+                field,
+                format!("pool {name:?} is listed twice"),
+            ));
             continue;
         }
         if in_ns().any(|p| &p.name == name) {
@@ -1111,8 +1143,12 @@ fn parse_l2_advertisement(
         &spec.ip_address_pool_selectors,
         &mut problems,
     );
-    let node_selectors =
-        parse_selectors(object, "spec.nodeSelectors", &spec.node_selectors, &mut problems);
+    let node_selectors = parse_selectors(
+        object,
+        "spec.nodeSelectors",
+        &spec.node_selectors,
+        &mut problems,
+    );
     let selected = select_pools(
         object,
         &spec.ip_address_pools,
@@ -1148,14 +1184,16 @@ fn parse_bgp_advertisement(
     // family width. A negative IPv6 length has no meaning either.
     let v4 = spec.aggregation_length();
     let v6 = spec.aggregation_length_v6();
-    if !(1..=32).contains(&v4) {
+    let v4_ok = (1..=32).contains(&v4);
+    let v6_ok = (0..=128).contains(&v6);
+    if !v4_ok {
         problems.push(Problem::error(
             object,
             "spec.aggregationLength",
             format!("{v4} is outside 1..=32"),
         ));
     }
-    if !(0..=128).contains(&v6) {
+    if !v6_ok {
         problems.push(Problem::error(
             object,
             "spec.aggregationLengthV6",
@@ -1168,7 +1206,11 @@ fn parse_bgp_advertisement(
     for (i, c) in spec.communities.iter().enumerate() {
         let field = format!("spec.communities[{i}]");
         if !seen.insert(c) {
-            problems.push(Problem::error(object, field, format!("{c:?} is listed twice")));
+            problems.push(Problem::error(
+                object,
+                field,
+                format!("{c:?} is listed twice"),
+            ));
             continue;
         }
         match resolve_community(c, aliases) {
@@ -1195,8 +1237,12 @@ fn parse_bgp_advertisement(
         &spec.ip_address_pool_selectors,
         &mut problems,
     );
-    let node_selectors =
-        parse_selectors(object, "spec.nodeSelectors", &spec.node_selectors, &mut problems);
+    let node_selectors = parse_selectors(
+        object,
+        "spec.nodeSelectors",
+        &spec.node_selectors,
+        &mut problems,
+    );
     let selected = select_pools(
         object,
         &spec.ip_address_pools,
@@ -1211,11 +1257,14 @@ fn parse_bgp_advertisement(
     // of any entry of a selected pool.
     for pool in pools.iter().filter(|p| selected.contains(&p.name)) {
         for (i, entry) in pool.entries.iter().enumerate() {
-            let (len, field) = if entry.first.is_ipv4() {
-                (v4, "spec.aggregationLength")
+            let (len, ok, field) = if entry.first.is_ipv4() {
+                (v4, v4_ok, "spec.aggregationLength")
             } else {
-                (v6, "spec.aggregationLengthV6")
+                (v6, v6_ok, "spec.aggregationLengthV6")
             };
+            if !ok {
+                continue; // already reported as out of range
+            }
             let widest = entry.cidrs.iter().map(IpNet::prefix_len).min().unwrap_or(0);
             if len < i32::from(widest) {
                 problems.push(Problem::error(
@@ -1312,4 +1361,1056 @@ pub fn validate_nad(nad: &NetworkAttachmentDefinition) -> Vec<Problem> {
         &object_ref(Kind::NetworkAttachmentDefinition, &nad.metadata),
         nad,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const NS: &str = "metallb-system";
+
+    fn obj(kind: Kind, name: &str, spec: Value) -> (ObjectRef, Value) {
+        let object = ObjectRef::new(kind, Some(NS), name);
+        let value = json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.name(),
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        });
+        (object, value)
+    }
+
+    fn pool(name: &str, addresses: &[&str]) -> (ObjectRef, Value) {
+        obj(Kind::IPAddressPool, name, json!({ "addresses": addresses }))
+    }
+
+    fn peer(name: &str, extra: Value) -> (ObjectRef, Value) {
+        let mut spec = json!({"myASN": 64500, "peerASN": 64501, "peerAddress": "192.0.2.1"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                spec.as_object_mut().unwrap().remove(k);
+            } else {
+                spec[k] = v.clone();
+            }
+        }
+        obj(Kind::BGPPeer, name, spec)
+    }
+
+    fn bgp_adv(name: &str, spec: Value) -> (ObjectRef, Value) {
+        obj(Kind::BGPAdvertisement, name, spec)
+    }
+
+    fn nad(name: &str, config: &str) -> (ObjectRef, Value) {
+        obj(
+            Kind::NetworkAttachmentDefinition,
+            name,
+            json!({ "config": config }),
+        )
+    }
+
+    fn errors(problems: &[Problem]) -> Vec<String> {
+        problems
+            .iter()
+            .filter(|p| p.is_error())
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    /// Exactly one problem of this severity on `object` at `field` contains `reason`.
+    #[track_caller]
+    fn assert_one(
+        problems: &[Problem],
+        severity: Severity,
+        object: &str,
+        field: &str,
+        reason: &str,
+    ) {
+        let hits = problems
+            .iter()
+            .filter(|p| {
+                p.severity == severity
+                    && p.object.to_string() == object
+                    && p.field == field
+                    && p.reason.contains(reason)
+            })
+            .count();
+        assert_eq!(
+            hits, 1,
+            "want one {severity:?} {object} {field} {reason:?}; got:\n{problems:#?}"
+        );
+    }
+
+    #[track_caller]
+    fn assert_error(problems: &[Problem], object: &str, field: &str, reason: &str) {
+        assert_one(problems, Severity::Error, object, field, reason);
+    }
+
+    #[track_caller]
+    fn assert_only_error(objects: &[(ObjectRef, Value)], object: &str, field: &str, reason: &str) {
+        let problems = validate_objects(objects);
+        assert_error(&problems, object, field, reason);
+        assert_eq!(errors(&problems).len(), 1, "{problems:#?}");
+    }
+
+    #[track_caller]
+    fn assert_clean(objects: &[(ObjectRef, Value)]) {
+        let problems = validate_objects(objects);
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    const POOL_A: &str = "IPAddressPool/metallb-system/pool-a";
+    const PEER: &str = "BGPPeer/metallb-system/p";
+    const ADV: &str = "BGPAdvertisement/metallb-system/adv";
+
+    // --- Problem display -----------------------------------------------------------------
+
+    #[test]
+    fn display_names_object_field_and_reason() {
+        let problems =
+            validate_objects(&[pool("pool-a", &["192.0.2.0/28", "192.0.2.20-192.0.2.10"])]);
+        assert_eq!(
+            errors(&problems),
+            vec![
+                "IPAddressPool/metallb-system/pool-a: spec.addresses[1]: \"192.0.2.20-192.0.2.10\": range end 192.0.2.10 is below its start 192.0.2.20"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = validate_objects(&[
+            pool("pool-a", &["bad", "192.0.2.0/40"]),
+            peer("p", json!({"myASN": 0, "routerID": "x"})),
+        ]);
+        assert_eq!(errors(&problems).len(), 4, "{problems:#?}");
+    }
+
+    // --- decoding ------------------------------------------------------------------------
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        assert_only_error(
+            &[obj(
+                Kind::IPAddressPool,
+                "pool-a",
+                json!({"addresses": ["192.0.2.0/28", 7]}),
+            )],
+            POOL_A,
+            "spec.addresses[1]",
+            "invalid type: integer `7`, expected a string",
+        );
+        assert_only_error(
+            &[obj(
+                Kind::IPAddressPool,
+                "pool-a",
+                json!({"autoAssign": true}),
+            )],
+            POOL_A,
+            "spec",
+            "missing field `addresses`",
+        );
+        assert_only_error(
+            &[peer("p", json!({"myASN": 4294967296u64}))],
+            PEER,
+            "spec.myASN",
+            "invalid value: integer `4294967296`, expected u32",
+        );
+        assert_only_error(
+            &[obj(
+                Kind::Service,
+                "svc",
+                json!({"ports": [{"port": "http"}]}),
+            )],
+            "Service/metallb-system/svc",
+            "spec.ports[0].port",
+            "invalid type: string \"http\"",
+        );
+    }
+
+    #[test]
+    fn optional_spec_may_be_missing() {
+        let (object, mut value) = obj(Kind::L2Advertisement, "all", json!({}));
+        value.as_object_mut().unwrap().remove("spec");
+        assert_clean(&[pool("pool-a", &["192.0.2.0/28"]), (object, value)]);
+    }
+
+    // --- pools ---------------------------------------------------------------------------
+
+    #[test]
+    fn pool_address_errors() {
+        let problems = validate_objects(&[pool(
+            "pool-a",
+            &[
+                "not-an-ip",
+                "192.0.2.0/33",
+                "2001:db8::/129",
+                "192.0.2.1-2001:db8::5",
+                "pool",
+            ],
+        )]);
+        assert_error(
+            &problems,
+            POOL_A,
+            "spec.addresses[0]",
+            "range start \"not\" is not an IP address",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            "spec.addresses[1]",
+            "prefix length \"33\" is not a number in 0..=32",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            "spec.addresses[2]",
+            "prefix length \"129\" is not a number in 0..=128",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            "spec.addresses[3]",
+            "range mixes address families",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            "spec.addresses[4]",
+            "\"pool\" is not an IP address",
+        );
+        assert_eq!(errors(&problems).len(), 5);
+    }
+
+    #[test]
+    fn pool_without_addresses() {
+        assert_only_error(
+            &[pool("pool-a", &[])],
+            POOL_A,
+            "spec.addresses",
+            "no addresses",
+        );
+    }
+
+    #[test]
+    fn host_bits_are_a_warning() {
+        let problems = validate_objects(&[pool("pool-a", &["192.0.2.5/24"])]);
+        assert_one(
+            &problems,
+            Severity::Warning,
+            POOL_A,
+            "spec.addresses[0]",
+            "the pool is 192.0.2.0/24",
+        );
+        assert!(errors(&problems).is_empty());
+        assert!(problems[0].to_string().ends_with(" (warning)"));
+    }
+
+    #[test]
+    fn overlapping_pools_name_both() {
+        let problems = validate_objects(&[
+            pool("pool-a", &["192.0.2.0/28"]),
+            pool("pool-b", &["198.51.100.0/24", "192.0.2.10-192.0.2.20"]),
+        ]);
+        assert_error(
+            &problems,
+            "IPAddressPool/metallb-system/pool-b",
+            "spec.addresses[1]",
+            "\"192.0.2.10-192.0.2.20\" overlaps \"192.0.2.0/28\" (spec.addresses[0]) of IPAddressPool/metallb-system/pool-a",
+        );
+        assert_eq!(errors(&problems).len(), 1);
+    }
+
+    #[test]
+    fn overlap_within_one_pool() {
+        assert_only_error(
+            &[pool("pool-a", &["192.0.2.0/24", "192.0.2.128/25"])],
+            POOL_A,
+            "spec.addresses[1]",
+            "overlaps \"192.0.2.0/24\" (spec.addresses[0]) of this pool",
+        );
+    }
+
+    #[test]
+    fn adjacent_and_other_family_ranges_do_not_overlap() {
+        assert_clean(&[
+            pool("pool-a", &["192.0.2.0/28", "::ffff:0:0/96"]),
+            pool("pool-b", &["192.0.2.16-192.0.2.31", "2001:db8::/64"]),
+        ]);
+    }
+
+    #[test]
+    fn service_allocation_rules() {
+        let spec = json!({
+            "addresses": ["192.0.2.0/28"],
+            "serviceAllocation": {
+                "namespaces": ["a", "b", "a"],
+                "namespaceSelectors": [{"matchExpressions": [
+                    {"key": "team", "operator": "Exists", "values": ["x"]},
+                    {"key": "team", "operator": "NotIn"},
+                ]}],
+                "serviceSelectors": [
+                    {"matchExpressions": [{"key": "app", "operator": "Equals", "values": ["web"]}]},
+                    {"matchLabels": {"bad key!": "web", "app": "not valid!"}},
+                    {"matchExpressions": [{"key": "-x", "operator": "In", "values": ["ok", "-bad"]}]},
+                ],
+            }
+        });
+        let problems = validate_objects(&[obj(Kind::IPAddressPool, "pool-a", spec)]);
+        let sa = "spec.serviceAllocation";
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.namespaces[2]"),
+            "namespace \"a\" is listed twice",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.namespaceSelectors[0].matchExpressions[0].values"),
+            "operator Exists takes no values",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.namespaceSelectors[0].matchExpressions[1].values"),
+            "operator NotIn needs at least one value",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.serviceSelectors[0].matchExpressions[0].operator"),
+            "\"Equals\" is not a valid operator (In, NotIn, Exists, DoesNotExist)",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.serviceSelectors[1].matchLabels[\"bad key!\"]"),
+            "key \"bad key!\"",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.serviceSelectors[1].matchLabels[\"app\"]"),
+            "value \"not valid!\"",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.serviceSelectors[2].matchExpressions[0].key"),
+            "\"-x\"",
+        );
+        assert_error(
+            &problems,
+            POOL_A,
+            &format!("{sa}.serviceSelectors[2].matchExpressions[0].values[1]"),
+            "\"-bad\"",
+        );
+        assert_eq!(errors(&problems).len(), 8, "{problems:#?}");
+    }
+
+    #[test]
+    fn label_keys_with_prefixes() {
+        assert!(check_label_key("kubernetes.io/hostname").is_ok());
+        assert!(check_label_key("node-role.kubernetes.io/worker").is_ok());
+        assert!(check_label_key("app").is_ok());
+        assert!(check_label_key("Example.com/x").is_err());
+        assert!(check_label_key("/x").is_err());
+        assert!(check_label_key(&"a".repeat(64)).is_err());
+        assert!(check_label_value("").is_ok());
+    }
+
+    #[test]
+    fn selectors_match_as_kubernetes() {
+        let object = ObjectRef::new(Kind::IPAddressPool, Some(NS), "x");
+        let sel: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"tier": "web"},
+            "matchExpressions": [
+                {"key": "zone", "operator": "NotIn", "values": ["a"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+            ]
+        }))
+        .unwrap();
+        let sel = parse_selector(&object, "s", &sel).unwrap();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(sel.matches(&labels(&[("tier", "web")])));
+        assert!(sel.matches(&labels(&[("tier", "web"), ("zone", "b")])));
+        assert!(!sel.matches(&labels(&[("tier", "web"), ("zone", "a")])));
+        assert!(!sel.matches(&labels(&[("tier", "web"), ("legacy", "")])));
+        assert!(!sel.matches(&labels(&[("tier", "db")])));
+        assert!(Selector::everything().matches(&labels(&[])));
+    }
+
+    // --- peers ---------------------------------------------------------------------------
+
+    #[test]
+    fn asn_rules() {
+        assert_only_error(
+            &[peer("p", json!({"myASN": 0}))],
+            PEER,
+            "spec.myASN",
+            "got 0",
+        );
+        assert_only_error(
+            &[peer("p", json!({"peerASN": null}))],
+            PEER,
+            "spec.peerASN",
+            "unless dynamicASN is set",
+        );
+        assert_only_error(
+            &[peer("p", json!({"dynamicASN": "external"}))],
+            PEER,
+            "spec.peerASN",
+            "peerASN 64501 and dynamicASN are both set",
+        );
+        assert_only_error(
+            &[peer(
+                "p",
+                json!({"peerASN": null, "dynamicASN": "sideways"}),
+            )],
+            PEER,
+            "spec.dynamicASN",
+            "\"sideways\" is not valid (internal or external)",
+        );
+        assert_clean(&[peer(
+            "p",
+            json!({"peerASN": null, "dynamicASN": "internal"}),
+        )]);
+        assert_clean(&[peer("p", json!({"myASN": 4294967295u32, "peerASN": 1}))]);
+        assert_only_error(
+            &[peer("p", json!({"peerASN": 64500, "ebgpMultiHop": true}))],
+            PEER,
+            "spec.ebgpMultiHop",
+            "iBGP",
+        );
+    }
+
+    #[test]
+    fn address_rules() {
+        assert_only_error(
+            &[peer("p", json!({"peerAddress": "router-1"}))],
+            PEER,
+            "spec.peerAddress",
+            "\"router-1\" is not an IP address",
+        );
+        assert_only_error(
+            &[peer("p", json!({"peerAddress": null, "interface": "eth1"}))],
+            PEER,
+            "spec.peerAddress",
+            "unnumbered BGP over interface \"eth1\" is not supported",
+        );
+        assert_only_error(
+            &[peer("p", json!({"sourceAddress": "192.0.2.300"}))],
+            PEER,
+            "spec.sourceAddress",
+            "\"192.0.2.300\" is not an IP address",
+        );
+        assert_only_error(
+            &[peer("p", json!({"sourceAddress": "2001:db8::1"}))],
+            PEER,
+            "spec.sourceAddress",
+            "not of the same address family",
+        );
+        assert_only_error(
+            &[peer("p", json!({"routerID": "2001:db8::1"}))],
+            PEER,
+            "spec.routerID",
+            "is not an IPv4 address",
+        );
+        assert_only_error(
+            &[peer("p", json!({"peerPort": 0}))],
+            PEER,
+            "spec.peerPort",
+            "got 0",
+        );
+        assert_clean(&[peer(
+            "p",
+            json!({"peerAddress": "2001:db8::1", "sourceAddress": "2001:db8::2", "routerID": "192.0.2.9", "peerPort": 1179}),
+        )]);
+    }
+
+    #[test]
+    fn timer_rules() {
+        for ok in [
+            json!({"holdTime": "0s"}),
+            json!({"holdTime": "3s"}),
+            json!({"holdTime": "90s", "keepaliveTime": "90s"}),
+            json!({"keepaliveTime": "1s"}),
+            json!({"holdTime": "240s", "keepaliveTime": "1m"}),
+            json!({"connectTime": "10s"}),
+        ] {
+            assert_clean(&[peer("p", ok)]);
+        }
+        assert_only_error(
+            &[peer("p", json!({"holdTime": "2s"}))],
+            PEER,
+            "spec.holdTime",
+            "hold time 2s must be 0 or at least 3s",
+        );
+        // Rounded down to whole seconds first, as MetalLB does.
+        assert_only_error(
+            &[peer("p", json!({"holdTime": "2.9s"}))],
+            PEER,
+            "spec.holdTime",
+            "must be 0 or at least 3s",
+        );
+        // Only keepaliveTime: the hold time is three times it.
+        assert_only_error(
+            &[peer("p", json!({"keepaliveTime": "500ms"}))],
+            PEER,
+            "spec.keepaliveTime",
+            "hold time 1.5s must be 0 or at least 3s",
+        );
+        assert_only_error(
+            &[peer(
+                "p",
+                json!({"holdTime": "30s", "keepaliveTime": "31s"}),
+            )],
+            PEER,
+            "spec.keepaliveTime",
+            "keepalive time 31s is above the hold time 30s",
+        );
+        assert_only_error(
+            &[peer("p", json!({"holdTime": "19h"}))],
+            PEER,
+            "spec.holdTime",
+            "above the BGP maximum of 65535s",
+        );
+        assert_only_error(
+            &[peer("p", json!({"holdTime": "90"}))],
+            PEER,
+            "spec.holdTime",
+            "invalid duration \"90\": missing unit",
+        );
+        assert_only_error(
+            &[peer("p", json!({"connectTime": "soon"}))],
+            PEER,
+            "spec.connectTime",
+            "invalid duration \"soon\"",
+        );
+        assert_only_error(
+            &[peer("p", json!({"connectTime": "1500ms"}))],
+            PEER,
+            "spec.connectTime",
+            "whole number of seconds in 1s..=65535s",
+        );
+        assert_only_error(
+            &[peer("p", json!({"connectTime": "0s"}))],
+            PEER,
+            "spec.connectTime",
+            "whole number of seconds in 1s..=65535s",
+        );
+    }
+
+    #[test]
+    fn password_rules() {
+        assert_only_error(
+            &[peer(
+                "p",
+                json!({"password": "x", "passwordSecret": {"name": "s"}}),
+            )],
+            PEER,
+            "spec.password",
+            "password and passwordSecret are both set",
+        );
+        assert_only_error(
+            &[peer("p", json!({"password": "x\ny"}))],
+            PEER,
+            "spec.password",
+            "line break",
+        );
+        // An empty secret reference counts as unset.
+        assert_clean(&[peer("p", json!({"password": "x", "passwordSecret": {}}))]);
+    }
+
+    #[test]
+    fn parsed_peer_defaults() {
+        let (_, value) = peer(
+            "p",
+            json!({"keepaliveTime": "20s", "passwordSecret": {"name": "s"}}),
+        );
+        let typed: BGPPeer = serde_json::from_value(value).unwrap();
+        let (peers, problems) = valid_peers([&typed]);
+        assert!(problems.is_empty());
+        let p = &peers[0];
+        assert_eq!(p.hold_time, Duration::from_secs(60));
+        assert_eq!(p.keepalive_time, Duration::from_secs(20));
+        assert_eq!(p.port, 179);
+        assert_eq!(p.peer_asn, Some(64501));
+        assert_eq!(
+            p.password,
+            Some(PasswordSource::Secret {
+                namespace: None,
+                name: "s".into()
+            })
+        );
+        let (_, value) = peer("p", json!({}));
+        let typed: BGPPeer = serde_json::from_value(value).unwrap();
+        let p = &valid_peers([&typed]).0[0];
+        assert_eq!(
+            (p.hold_time, p.keepalive_time),
+            (Duration::from_secs(90), Duration::from_secs(30))
+        );
+    }
+
+    // --- advertisements --------------------------------------------------------------------
+
+    #[test]
+    fn aggregation_length_ranges() {
+        let base = pool("pool-a", &["192.0.2.0/32"]);
+        assert_only_error(
+            &[
+                base.clone(),
+                bgp_adv("adv", json!({"aggregationLength": 33})),
+            ],
+            ADV,
+            "spec.aggregationLength",
+            "33 is outside 1..=32",
+        );
+        assert_only_error(
+            &[
+                base.clone(),
+                bgp_adv("adv", json!({"aggregationLength": 0})),
+            ],
+            ADV,
+            "spec.aggregationLength",
+            "0 is outside 1..=32",
+        );
+        assert_only_error(
+            &[
+                base.clone(),
+                bgp_adv("adv", json!({"aggregationLengthV6": 129})),
+            ],
+            ADV,
+            "spec.aggregationLengthV6",
+            "129 is outside 0..=128",
+        );
+        assert_only_error(
+            &[base, bgp_adv("adv", json!({"aggregationLengthV6": -1}))],
+            ADV,
+            "spec.aggregationLengthV6",
+            "-1 is outside 0..=128",
+        );
+    }
+
+    #[test]
+    fn aggregation_may_not_be_wider_than_the_pool() {
+        let pools = [
+            pool("pool-a", &["192.0.2.0/26", "2001:db8::/120"]),
+            pool("pool-r", &["198.51.100.10-198.51.100.20"]),
+        ];
+        let with = |adv: (ObjectRef, Value)| {
+            let mut v = pools.to_vec();
+            v.push(adv);
+            v
+        };
+        assert_clean(&with(bgp_adv(
+            "adv",
+            json!({"aggregationLength": 26, "aggregationLengthV6": 120, "ipAddressPools": ["pool-a"]}),
+        )));
+        assert_only_error(
+            &with(bgp_adv(
+                "adv",
+                json!({"aggregationLength": 24, "ipAddressPools": ["pool-a"]}),
+            )),
+            ADV,
+            "spec.aggregationLength",
+            "24 is shorter than the /26 of \"192.0.2.0/26\" (spec.addresses[0]) in IPAddressPool/metallb-system/pool-a",
+        );
+        assert_only_error(
+            &with(bgp_adv(
+                "adv",
+                json!({"aggregationLengthV6": 112, "ipAddressPools": ["pool-a"]}),
+            )),
+            ADV,
+            "spec.aggregationLengthV6",
+            "112 is shorter than the /120 of \"2001:db8::/120\"",
+        );
+        // A range: its widest CIDR (/30 for .12-.15 and .16-.19) bounds the aggregation.
+        assert_clean(&with(bgp_adv(
+            "adv",
+            json!({"aggregationLength": 30, "ipAddressPools": ["pool-r"]}),
+        )));
+        assert_only_error(
+            &with(bgp_adv(
+                "adv",
+                json!({"aggregationLength": 29, "ipAddressPools": ["pool-r"]}),
+            )),
+            ADV,
+            "spec.aggregationLength",
+            "29 is shorter than the /30 of \"198.51.100.10-198.51.100.20\"",
+        );
+        // No pools named: every pool is announced, so every pool is checked.
+        let problems = validate_objects(&with(bgp_adv("adv", json!({"aggregationLength": 25}))));
+        assert_error(
+            &problems,
+            ADV,
+            "spec.aggregationLength",
+            "in IPAddressPool/metallb-system/pool-a",
+        );
+        assert_error(
+            &problems,
+            ADV,
+            "spec.aggregationLength",
+            "in IPAddressPool/metallb-system/pool-r",
+        );
+        assert_eq!(errors(&problems).len(), 2, "{problems:#?}");
+        // Selected by label.
+        let mut labelled = pool("pool-l", &["203.0.113.0/24"]);
+        labelled.1["metadata"]["labels"] = json!({"bgp": "yes"});
+        assert_only_error(
+            &[
+                labelled,
+                bgp_adv(
+                    "adv",
+                    json!({"aggregationLength": 16, "ipAddressPoolSelectors": [{"matchLabels": {"bgp": "yes"}}]}),
+                ),
+            ],
+            ADV,
+            "spec.aggregationLength",
+            "in IPAddressPool/metallb-system/pool-l",
+        );
+    }
+
+    #[test]
+    fn community_rules() {
+        let aliases = obj(
+            Kind::Community,
+            "c",
+            json!({"communities": [{"name": "NO_ADVERTISE", "value": "65535:65282"}]}),
+        );
+        assert_clean(&[
+            aliases.clone(),
+            bgp_adv(
+                "adv",
+                json!({"communities": ["NO_ADVERTISE", "64500:1", "large:1:2:3"]}),
+            ),
+        ]);
+        let problems = validate_objects(&[
+            aliases,
+            bgp_adv(
+                "adv",
+                json!({"communities": ["65536:1", "no-export", "64500:1", "64500:1", "large:1:2:-3"]}),
+            ),
+        ]);
+        assert_error(
+            &problems,
+            ADV,
+            "spec.communities[0]",
+            "invalid community value \"65536:1\"",
+        );
+        assert_error(
+            &problems,
+            ADV,
+            "spec.communities[1]",
+            "\"no-export\" is neither a community literal (AA:NN or large:A:B:C) nor the name of a Community alias",
+        );
+        assert_error(
+            &problems,
+            ADV,
+            "spec.communities[3]",
+            "\"64500:1\" is listed twice",
+        );
+        assert_error(
+            &problems,
+            ADV,
+            "spec.communities[4]",
+            "\"-3\" is not a number",
+        );
+        assert_eq!(errors(&problems).len(), 4);
+    }
+
+    #[test]
+    fn community_alias_rules() {
+        let c1 = obj(
+            Kind::Community,
+            "c1",
+            json!({"communities": [{"name": "a", "value": "1:1"}, {"name": "b", "value": "1:70000"}]}),
+        );
+        let c2 = obj(
+            Kind::Community,
+            "c2",
+            json!({"communities": [{"name": "a", "value": "2:2"}]}),
+        );
+        let problems = validate_objects(&[c1, c2]);
+        assert_error(
+            &problems,
+            "Community/metallb-system/c1",
+            "spec.communities[1].value",
+            "\"70000\" is not a number in 0..=65535",
+        );
+        assert_error(
+            &problems,
+            "Community/metallb-system/c2",
+            "spec.communities[0].name",
+            "alias \"a\" is already defined in Community/metallb-system/c1 spec.communities[0]",
+        );
+        assert_eq!(errors(&problems).len(), 2);
+    }
+
+    #[test]
+    fn advertisement_pool_references() {
+        let problems = validate_objects(&[
+            pool("pool-a", &["192.0.2.0/28"]),
+            pool("broken", &["nope"]),
+            obj(
+                Kind::L2Advertisement,
+                "l2",
+                json!({"ipAddressPools": ["pool-a", "ghost", "broken", "pool-a"]}),
+            ),
+            bgp_adv(
+                "adv",
+                json!({"ipAddressPools": ["ghost"], "peers": ["r1", "r1"]}),
+            ),
+        ]);
+        assert_one(
+            &problems,
+            Severity::Warning,
+            "L2Advertisement/metallb-system/l2",
+            "spec.ipAddressPools[1]",
+            "no IPAddressPool named \"ghost\" in namespace \"metallb-system\"",
+        );
+        assert_error(
+            &problems,
+            "L2Advertisement/metallb-system/l2",
+            "spec.ipAddressPools[3]",
+            "pool \"pool-a\" is listed twice",
+        );
+        assert_one(
+            &problems,
+            Severity::Warning,
+            ADV,
+            "spec.ipAddressPools[0]",
+            "\"ghost\"",
+        );
+        assert_error(
+            &problems,
+            ADV,
+            "spec.peers[1]",
+            "peer \"r1\" is listed twice",
+        );
+        // The broken pool is reported on itself only.
+        assert_eq!(
+            problems
+                .iter()
+                .filter(|p| p.reason.contains("broken"))
+                .count(),
+            0,
+            "{problems:#?}"
+        );
+        assert_eq!(errors(&problems).len(), 3, "{problems:#?}");
+    }
+
+    #[test]
+    fn advertisement_selector_errors() {
+        assert_only_error(
+            &[obj(
+                Kind::L2Advertisement,
+                "l2",
+                json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "in", "values": ["v"]}]}]}),
+            )],
+            "L2Advertisement/metallb-system/l2",
+            "spec.nodeSelectors[0].matchExpressions[0].operator",
+            "\"in\" is not a valid operator",
+        );
+        assert_only_error(
+            &[peer(
+                "p",
+                json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "Exists", "values": ["v"]}]}]}),
+            )],
+            PEER,
+            "spec.nodeSelectors[0].matchExpressions[0].values",
+            "takes no values",
+        );
+    }
+
+    // --- NetworkAttachmentDefinition -------------------------------------------------------
+
+    #[test]
+    fn nad_config_rules() {
+        const NAD: &str = "NetworkAttachmentDefinition/metallb-system/n";
+        assert_clean(&[nad("n", "")]);
+        assert_clean(&[nad("n", r#"{"cniVersion": "0.3.1", "type": "macvlan"}"#)]);
+        assert_clean(&[nad(
+            "n",
+            r#"{"cniVersion": "1.0.0", "name": "l", "plugins": [{"type": "bridge"}]}"#,
+        )]);
+        for (config, reason) in [
+            (
+                "{\n  \"cniVersion\": \"0.3.1\",\n  \"type\": macvlan\n}",
+                "not valid JSON at line 3 column 11",
+            ),
+            ("[1, 2]", "must be a JSON object"),
+            (r#"{"type": "macvlan"}"#, "\"cniVersion\" is missing"),
+            (
+                r#"{"cniVersion": 1, "type": "macvlan"}"#,
+                "\"cniVersion\" must be a string",
+            ),
+            (r#"{"cniVersion": "0.3.1"}"#, "needs a \"type\" string"),
+            (
+                r#"{"cniVersion": "0.3.1", "name": "l", "plugins": []}"#,
+                "\"plugins\" is empty",
+            ),
+            (
+                r#"{"cniVersion": "0.3.1", "name": "l", "plugins": {}}"#,
+                "\"plugins\" must be a list",
+            ),
+            (
+                r#"{"cniVersion": "0.3.1", "name": "l", "plugins": [{"type": "a"}, {"mtu": 1}]}"#,
+                "plugins[1] has no \"type\" string",
+            ),
+            (
+                r#"{"cniVersion": "0.3.1", "plugins": [{"type": "a"}]}"#,
+                "needs a \"name\" string",
+            ),
+        ] {
+            assert_only_error(&[nad("n", config)], NAD, "spec.config", reason);
+        }
+    }
+
+    // --- runtime helpers ---------------------------------------------------------------------
+
+    fn typed_pool(name: &str, addresses: &[&str], created: Option<&str>) -> IPAddressPool {
+        let (_, mut value) = pool(name, addresses);
+        if let Some(ts) = created {
+            value["metadata"]["creationTimestamp"] = json!(ts);
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn bad_pool_is_skipped_and_others_work() {
+        let good = typed_pool("good", &["192.0.2.10-192.0.2.13", "2001:db8::/126"], None);
+        let bad = typed_pool("bad", &["192.0.2.99-192.0.2.1"], None);
+        let (pools, problems) = valid_pools([&bad, &good]);
+        assert_eq!(pools.len(), 1);
+        let p = &pools[0];
+        assert_eq!((p.name.as_str(), p.namespace.as_str()), ("good", NS));
+        assert_eq!(
+            p.cidrs,
+            ["192.0.2.10/31", "192.0.2.12/31", "2001:db8::/126"]
+                .map(|s| s.parse::<IpNet>().unwrap())
+                .to_vec()
+        );
+        assert!(p.auto_assign && !p.avoid_buggy_ips && p.allocation.is_none());
+        assert_error(
+            &problems,
+            "IPAddressPool/metallb-system/bad",
+            "spec.addresses[0]",
+            "below its start",
+        );
+    }
+
+    #[test]
+    fn older_pool_keeps_overlapping_addresses() {
+        let old = typed_pool("zz-old", &["192.0.2.0/24"], Some("2026-01-01T00:00:00Z"));
+        let new = typed_pool("aa-new", &["192.0.2.128/25"], Some("2026-02-01T00:00:00Z"));
+        let (pools, problems) = valid_pools([&new, &old]);
+        assert_eq!(
+            pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["zz-old"]
+        );
+        assert_error(
+            &problems,
+            "IPAddressPool/metallb-system/aa-new",
+            "spec.addresses[0]",
+            "of IPAddressPool/metallb-system/zz-old",
+        );
+    }
+
+    #[test]
+    fn valid_config_resolves_references() {
+        use crate::state::{ObjectKey, Objects};
+        use std::sync::Arc;
+        fn objects<T>(items: Vec<T>, name: impl Fn(&T) -> String) -> Objects<T> {
+            Arc::new(
+                items
+                    .into_iter()
+                    .map(|t| {
+                        let key = ObjectKey {
+                            namespace: Some(NS.into()),
+                            name: name(&t),
+                        };
+                        (key, Arc::new(t))
+                    })
+                    .collect(),
+            )
+        }
+        let decode_all =
+            |v: Vec<(ObjectRef, Value)>| -> Vec<Value> { v.into_iter().map(|(_, v)| v).collect() };
+        let pools: Vec<IPAddressPool> = decode_all(vec![
+            pool("pool-a", &["192.0.2.0/28"]),
+            pool("pool-b", &["bad"]),
+        ])
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let communities: Vec<CommunityObject> = vec![
+            serde_json::from_value(
+                obj(
+                    Kind::Community,
+                    "c",
+                    json!({"communities": [{"name": "x", "value": "1:2"}]}),
+                )
+                .1,
+            )
+            .unwrap(),
+        ];
+        let advs: Vec<BGPAdvertisement> = vec![
+            serde_json::from_value(
+                bgp_adv(
+                    "adv",
+                    json!({"communities": ["x", "large:1:2:3"], "localPref": 50}),
+                )
+                .1,
+            )
+            .unwrap(),
+            serde_json::from_value(bgp_adv("bad-adv", json!({"communities": ["y"]})).1).unwrap(),
+        ];
+        let snapshot = Snapshot {
+            ip_address_pools: objects(pools, |p| p.name_any()),
+            communities: objects(communities, |c| c.name_any()),
+            bgp_advertisements: objects(advs, |a| a.name_any()),
+            ..Default::default()
+        };
+        let (config, problems) = valid_config(&snapshot);
+        assert_eq!(config.pools.len(), 1);
+        assert_eq!(config.bgp_advertisements.len(), 1);
+        let adv = &config.bgp_advertisements[0];
+        assert_eq!(adv.pools, BTreeSet::from(["pool-a".to_string()]));
+        assert_eq!(adv.local_pref, Some(50));
+        assert_eq!(
+            (adv.aggregation_length, adv.aggregation_length_v6),
+            (32, 128)
+        );
+        assert_eq!(
+            adv.communities,
+            BTreeSet::from([
+                Community::Standard { asn: 1, value: 2 },
+                Community::Large {
+                    global_admin: 1,
+                    local1: 2,
+                    local2: 3
+                }
+            ])
+        );
+        assert_error(
+            &problems,
+            "IPAddressPool/metallb-system/pool-b",
+            "spec.addresses[0]",
+            "\"bad\"",
+        );
+        assert_error(
+            &problems,
+            "BGPAdvertisement/metallb-system/bad-adv",
+            "spec.communities[0]",
+            "\"y\"",
+        );
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+    }
 }

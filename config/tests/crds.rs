@@ -22,7 +22,10 @@ fn checked_in_crds_are_current() {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.ends_with(".yaml") && !files.iter().any(|(n, _)| *n == name) {
-                stale.push(format!("{} is not generated any more", entry.path().display()));
+                stale.push(format!(
+                    "{} is not generated any more",
+                    entry.path().display()
+                ));
             }
         }
     }
@@ -61,7 +64,10 @@ fn crds_serve_upstream_versions_with_status() {
             .unwrap_or_else(|| panic!("{name} does not serve {version}"));
         assert!(v.served && v.storage, "{name} {version}");
         assert!(
-            v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
             "{name} has no status subresource"
         );
         let props = v

@@ -10,7 +10,9 @@ use metalnet_config::state::{Kind, ObjectRef};
 use metalnet_config::validate::{Problem, Severity, validate_objects};
 
 fn fixture_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -23,8 +25,8 @@ fn fixture_files(dir: &str) -> Vec<PathBuf> {
 
 fn load(path: &Path) -> Vec<(ObjectRef, serde_json::Value)> {
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     docs.into_iter()
         .filter(|d| !d.is_null())
         .map(|doc| {
@@ -53,7 +55,10 @@ fn valid_fixtures_have_no_problems() {
             problems.is_empty(),
             "{}:\n{}",
             path.display(),
-            problems.iter().map(|p| format!("  {p}\n")).collect::<String>()
+            problems
+                .iter()
+                .map(|p| format!("  {p}\n"))
+                .collect::<String>()
         );
     }
 }
@@ -100,8 +105,15 @@ fn invalid_fixtures_give_expected_problems() {
     for path in fixture_files("invalid") {
         let problems = validate_objects(&load(&path));
         let expected = expectations(&path);
-        assert!(!expected.is_empty(), "{} has no expect lines", path.display());
-        let listing = problems.iter().map(|p| format!("  {p}\n")).collect::<String>();
+        assert!(
+            !expected.is_empty(),
+            "{} has no expect lines",
+            path.display()
+        );
+        let listing = problems
+            .iter()
+            .map(|p| format!("  {p}\n"))
+            .collect::<String>();
         for e in &expected {
             assert!(
                 problems.iter().any(|p| matches(p, e)),

@@ -47,5 +47,7 @@ pub fn normalize(
 
 /// Whether upstream requires `spec` on this kind (only IPAddressPool does).
 pub fn spec_required(kind: crate::state::Kind) -> bool {
-    normalize(kind, &serde_json::json!({})).get("spec").is_none()
+    normalize(kind, &serde_json::json!({}))
+        .get("spec")
+        .is_none()
 }
