@@ -23,7 +23,7 @@ use crate::state::Kind;
 pub const REGENERATE_COMMAND: &str = "cargo run -p metalnet-config --example gen-crds";
 
 /// Every CRD of the suite: the metallb.io kinds at the versions upstream serves them
-/// (BGPPeer at v1beta2, the rest at v1beta1) and k8s.cni.cncf.io NetworkAttachmentDefinition.
+/// (BGPPeer at v1beta2, also served at deprecated v1beta1; the rest at v1beta1) and k8s.cni.cncf.io NetworkAttachmentDefinition.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
         IPAddressPool::crd(),
@@ -44,8 +44,29 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             make_spec_optional(crd);
         }
     }
+    for crd in &mut crds {
+        if crd.spec.names.kind == "BGPPeer" {
+            serve_deprecated_v1beta1(crd);
+        }
+    }
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     crds
+}
+
+/// Upstream still serves BGPPeer at v1beta1 (deprecated; converted by a webhook). Its field
+/// names are a subset of v1beta2's, so we serve it with the v1beta2 schema and no conversion
+/// (the API server only rewrites `apiVersion`), and existing v1beta1 manifests apply.
+fn serve_deprecated_v1beta1(crd: &mut CustomResourceDefinition) {
+    let Some(current) = crd.spec.versions.first() else {
+        return;
+    };
+    let mut old = current.clone();
+    old.name = "v1beta1".to_string();
+    old.storage = false;
+    old.deprecated = Some(true);
+    old.deprecation_warning =
+        Some("metallb.io/v1beta1 BGPPeer is deprecated; use metallb.io/v1beta2".to_string());
+    crd.spec.versions.insert(0, old);
 }
 
 /// Upstream declares a status subresource on every metallb.io kind, most with an empty

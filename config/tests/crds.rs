@@ -78,6 +78,14 @@ fn crds_serve_upstream_versions_with_status() {
             .expect("schema");
         assert!(props.contains_key("status"), "{name} has no status schema");
     }
+    let peer = find("bgppeers.metallb.io");
+    let old = peer
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == "v1beta1")
+        .unwrap();
+    assert!(old.served && !old.storage && old.deprecated == Some(true));
     let nad = find("network-attachment-definitions.k8s.cni.cncf.io");
     assert_eq!(
         nad.spec.names.short_names,

@@ -51,3 +51,37 @@ pub fn spec_required(kind: crate::state::Kind) -> bool {
         .get("spec")
         .is_none()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Core, Delta, Kind, ObjectRef};
+
+    #[test]
+    fn spec_less_objects_decode_where_upstream_allows_them() {
+        assert!(spec_required(Kind::IPAddressPool));
+        assert!(!spec_required(Kind::L2Advertisement));
+        let core = Core::new([Kind::L2Advertisement, Kind::IPAddressPool]);
+        let l2 = ObjectRef::new(Kind::L2Advertisement, Some("metallb-system"), "all");
+        let pool = ObjectRef::new(Kind::IPAddressPool, Some("metallb-system"), "p");
+        let meta = serde_json::json!({"name": "x", "namespace": "metallb-system"});
+        core.apply([
+            Delta::Apply(
+                l2.clone(),
+                serde_json::json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement", "metadata": meta}),
+            ),
+            Delta::Apply(
+                pool.clone(),
+                serde_json::json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool", "metadata": meta}),
+            ),
+        ]);
+        let snap = core.snapshot();
+        assert!(snap.l2_advertisements.contains_key(&l2.key()));
+        assert_eq!(
+            snap.l2_advertisements[&l2.key()].spec,
+            L2AdvertisementSpec::default()
+        );
+        // IPAddressPool requires its spec, as upstream.
+        assert!(snap.invalid.contains_key(&pool));
+    }
+}
