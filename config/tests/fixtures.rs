@@ -1,12 +1,12 @@
 //! Upstream-style manifests: the valid ones decode into the typed model with no problem;
 //! each invalid one gives exactly the errors its `# expect:` lines name.
 //!
-//! YAML is read minimally here (multi-document into JSON values); the real manifest loader
-//! lives in `manifest.rs`.
+//! Read with the manifest loader, as `metalnet-controller validate` does.
 
 use std::path::{Path, PathBuf};
 
-use metalnet_config::state::{Kind, ObjectRef};
+use metalnet_config::manifest;
+use metalnet_config::state::ObjectRef;
 use metalnet_config::validate::{Problem, Severity, validate_objects};
 
 fn fixture_files(dir: &str) -> Vec<PathBuf> {
@@ -25,24 +25,9 @@ fn fixture_files(dir: &str) -> Vec<PathBuf> {
 
 fn load(path: &Path) -> Vec<(ObjectRef, serde_json::Value)> {
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    docs.into_iter()
-        .filter(|d| !d.is_null())
-        .map(|doc| {
-            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-            let kind = doc["kind"].as_str().unwrap_or_default();
-            let kind = Kind::from_manifest(api_version, kind)
-                .unwrap_or_else(|| panic!("{}: unknown {api_version} {kind}", path.display()));
-            let meta = &doc["metadata"];
-            let object = ObjectRef::new(
-                kind,
-                meta["namespace"].as_str(),
-                meta["name"].as_str().unwrap_or_default(),
-            );
-            (object, doc)
-        })
-        .collect()
+    let (objects, errors) = manifest::parse_manifests(path, &text);
+    assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    objects.into_iter().map(|o| (o.obj, o.value)).collect()
 }
 
 #[test]
