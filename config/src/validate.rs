@@ -234,10 +234,18 @@ pub struct ParsedConfig {
 /// Parses the MetalLB objects of a snapshot, leaving out (and reporting) the bad ones.
 pub fn valid_config(snapshot: &Snapshot) -> (ParsedConfig, Vec<Problem>) {
     let mut problems = Vec::new();
+    // Pools that failed to decode still exist: references to them are not "unknown".
     let all_pool_names: BTreeSet<(String, String)> = snapshot
         .ip_address_pools
         .keys()
         .map(|k| (k.namespace.clone().unwrap_or_default(), k.name.clone()))
+        .chain(
+            snapshot
+                .invalid
+                .keys()
+                .filter(|r| r.kind == Kind::IPAddressPool)
+                .map(|r| (namespace_of(r), r.name.clone())),
+        )
         .collect();
     let (pools, p) = valid_pools(snapshot.ip_address_pools.values().map(|p| p.as_ref()));
     problems.extend(p);
@@ -940,7 +948,7 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
     let hold = duration("spec.holdTime", &spec.hold_time);
     let keepalive = duration("spec.keepaliveTime", &spec.keepalive_time);
     let connect_time = duration("spec.connectTime", &spec.connect_time);
-    let timers_given = (spec.hold_time.is_some() && hold.is_none())
+    let timer_unparsable = (spec.hold_time.is_some() && hold.is_none())
         || (spec.keepalive_time.is_some() && keepalive.is_none());
     let (hold_time, keepalive_time) = match (hold, keepalive) {
         (Some(h), Some(k)) => (h, k),
@@ -948,7 +956,7 @@ fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPeer, Vec<Prob
         (None, Some(k)) => (k * 3, k),
         (None, None) => (DEFAULT_HOLD_TIME, DEFAULT_HOLD_TIME / 3),
     };
-    if !timers_given {
+    if !timer_unparsable {
         let whole_seconds = Duration::from_secs(hold_time.as_secs());
         if !whole_seconds.is_zero() && whole_seconds < Duration::from_secs(3) {
             problems.push(Problem::error(
