@@ -1,3 +1,6 @@
 //! The metalnet lab: test machinery shared by the end-to-end tests.
 
 pub mod apiserver;
+pub mod lab;
+
+pub use lab::{Host, Lab, LabError, Process, Switch};

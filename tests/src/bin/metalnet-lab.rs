@@ -1,0 +1,143 @@
+//! `metalnet-lab`: build the demo site or clean up lab leftovers.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use metalnet_lab::lab::{self, Bird, BgpRouter, DemoSite, Lab, Process};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The metalnet lab: a virtual bare-metal site made of network namespaces.
+///
+/// Needs root (it creates network namespaces). Every lab namespace is named
+/// `mnl<id>-<host>`; nothing is added to the machine's own network namespace.
+#[derive(Parser, Debug)]
+#[command(name = "metalnet-lab", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove leftovers of any lab: processes in `mnl*` namespaces, the namespaces, their
+    /// temporary directories. Prints what was removed.
+    Down,
+    /// Build the demo site (3 nodes, router, client, remote client), start BIRD on the router
+    /// (AS 64512, passive eBGP towards the nodes in AS 64513), print the topology and what to
+    /// try, then wait for Ctrl-C / SIGTERM and tear everything down.
+    Demo {
+        /// Directory for the demo's state (topology description, component state).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Directory holding the metalnet binaries (controller, speaker, ...), when the demo
+        /// starts them.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Down => {
+            let report = lab::down();
+            for (pid, comm) in &report.processes {
+                println!("killed process {pid} ({comm})");
+            }
+            for ns in &report.namespaces {
+                println!("deleted namespace {ns}");
+            }
+            for dir in &report.dirs {
+                println!("removed directory {}", dir.display());
+            }
+            if report.namespaces.is_empty() && report.processes.is_empty() && report.dirs.is_empty()
+            {
+                println!("nothing to remove");
+            }
+            Ok(())
+        }
+        Command::Demo { state_dir, bin_dir } => demo(&state_dir, bin_dir.as_deref()),
+    }
+}
+
+/// Hook for starting the metalnet components (controller, speakers, ...) on the demo site.
+/// Returned processes are stopped when the demo ends (and by the lab's teardown anyway).
+fn start_metalnet_components(
+    _site: &DemoSite,
+    _state_dir: &Path,
+    _bin_dir: Option<&Path>,
+) -> Result<Vec<Process>> {
+    Ok(Vec::new())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (inherited by later threads) so `sigwait` can
+/// collect them; spawned children get a clean signal mask from std.
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: plain libc signal-set manipulation on a zeroed, then initialised, sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            anyhow::bail!("pthread_sigmask failed: {rc}");
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_termination(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised signal set; `sig` is a valid out pointer.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
+}
+
+fn demo(state_dir: &Path, bin_dir: Option<&Path>) -> Result<()> {
+    let signals = block_termination_signals()?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let lab = Lab::new("demo").context("creating the lab")?;
+    let site = DemoSite::build(&lab).context("building the demo site")?;
+    let bird = Bird::start(&site.router, site.router_bird_config())
+        .context("starting BIRD on the router")?;
+    site.remote
+        .wait_ping(&lab::demo::node_v4(0), Duration::from_secs(5))
+        .context("remote client cannot reach node1 through the router")?;
+    let components = start_metalnet_components(&site, state_dir, bin_dir)
+        .context("starting the metalnet components")?;
+
+    let mut text = site.describe();
+    text.push_str(&format!(
+        "  birdc -s {} show protocols     # BGP sessions of the router\n",
+        bird.socket().display()
+    ));
+    text.push_str(&format!(
+        "  birdc -s {} show route all\n",
+        bird.socket().display()
+    ));
+    text.push_str(&format!("\nLab files: {}\n", lab.dir().display()));
+    std::fs::write(state_dir.join("topology.txt"), &text)
+        .with_context(|| format!("writing {}", state_dir.join("topology.txt").display()))?;
+    println!("{text}\nPress Ctrl-C to tear the site down.");
+
+    let sig = wait_for_termination(&signals);
+    println!("\nsignal {sig} received, tearing down lab {}", lab.prefix());
+    for p in &components {
+        p.stop();
+    }
+    bird.stop();
+    drop(lab);
+    println!("done");
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Removing leftovers of labs (namespaces starting with `mnl`, their processes, their dirs).
+
+use super::{LAB_PREFIX_MARKER, run};
+use std::time::{Duration, Instant};
+
+/// What [`down`] removed.
+#[derive(Debug, Default, Clone)]
+pub struct DownReport {
+    pub namespaces: Vec<String>,
+    /// `(pid, command)` of killed processes.
+    pub processes: Vec<(u32, String)>,
+    pub dirs: Vec<std::path::PathBuf>,
+}
+
+fn is_lab_name(name: &str) -> bool {
+    // `mnl` + 5 id characters, then `-host` (namespace) or `.lab` (directory).
+    name.len() > 8
+        && name.starts_with(LAB_PREFIX_MARKER)
+        && name[3..8].chars().all(|c| c.is_ascii_alphanumeric())
+        && (name[8..].starts_with('-') || &name[8..] == ".lab")
+}
+
+fn netns_pids(netns: &str) -> Vec<u32> {
+    run(&["ip", "netns", "pids", netns])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// SIGKILLs every process in a namespace and waits (bounded) for them to go away.
+/// Returns what was killed.
+pub(crate) fn kill_netns_pids(netns: &str) -> Vec<(u32, String)> {
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let pids = netns_pids(netns);
+        if pids.is_empty() || Instant::now() >= deadline {
+            return killed;
+        }
+        for pid in pids {
+            if !killed.iter().any(|(p, _)| *p == pid) {
+                killed.push((pid, comm(pid)));
+            }
+            // SAFETY: kill(2) on a pid listed in the namespace a moment ago; only SIGKILL.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes leftovers of any lab: kills processes in `mnl*` namespaces, deletes those
+/// namespaces and the `mnl*.lab` directories in the temp dir.
+pub fn down() -> DownReport {
+    let mut report = DownReport::default();
+    let listing = run(&["ip", "netns", "list"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in listing.lines() {
+        // Lines look like `name` or `name (id: 3)`.
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        if !is_lab_name(name) {
+            continue;
+        }
+        report.processes.extend(kill_netns_pids(name));
+        match run(&["ip", "netns", "del", name]) {
+            Ok(_) => report.namespaces.push(name.to_string()),
+            Err(e) => tracing::warn!(netns = name, error = %e, "deleting namespace failed"),
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_lab_name(&name) && std::fs::remove_dir_all(entry.path()).is_ok() {
+                report.dirs.push(entry.path());
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_lab_name;
+
+    #[test]
+    fn recognises_lab_names_only() {
+        assert!(is_lab_name("mnlab12c-node1"));
+        assert!(is_lab_name("mnlab12c.lab"));
+        assert!(!is_lab_name("mnl"));
+        assert!(!is_lab_name("mnlab12cx-node1"));
+        assert!(!is_lab_name("other-node1"));
+        assert!(!is_lab_name("mnlab12c.tmp"));
+    }
+}
