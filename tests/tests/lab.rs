@@ -1,0 +1,245 @@
+//! Tests of the lab itself. They need root (network namespaces) and the BIRD, FRR and GoBGP
+//! binaries; every test builds its own lab, so they run in parallel.
+
+use metalnet_lab::lab::{
+    BgpNeighbor, BgpRouter, Bird, BirdConfig, Community, DemoSite, Frr, FrrConfig, Gobgp,
+    GobgpConfig, Lab, LargeCommunity, StaticRoute, demo, wait_for,
+};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Two hosts on one switch with v4 and v6 addresses.
+fn two_hosts(lab: &Lab) -> (metalnet_lab::Host, metalnet_lab::Host) {
+    let sw = lab.switch("sw").unwrap();
+    let a = lab.host("a").unwrap();
+    let b = lab.host("b").unwrap();
+    lab.connect(&a, &sw, "eth0").unwrap();
+    lab.connect(&b, &sw, "eth0").unwrap();
+    a.add_addr("eth0", "192.0.2.11/24").unwrap();
+    a.add_addr("eth0", "2001:db8:0:1::11/64").unwrap();
+    b.add_addr("eth0", "192.0.2.1/24").unwrap();
+    b.add_addr("eth0", "2001:db8:0:1::1/64").unwrap();
+    (a, b)
+}
+
+#[test]
+fn hosts_on_a_switch_ping_v4_and_v6() {
+    let lab = Lab::new("hosts_on_a_switch_ping").unwrap();
+    let (a, b) = two_hosts(&lab);
+    a.wait_ping("192.0.2.1", Duration::from_secs(5)).unwrap();
+    a.wait_ping("2001:db8:0:1::1", Duration::from_secs(5)).unwrap();
+    b.wait_ping("192.0.2.11", Duration::from_secs(5)).unwrap();
+    assert_eq!(a.mac("eth0").unwrap().len(), 17);
+    assert!(!a.ping("192.0.2.99"), "nobody has .99");
+    // Point-to-point links work as well.
+    let c = lab.host("c").unwrap();
+    lab.wire(&a, "eth1", &c, "eth1").unwrap();
+    a.add_addr("eth1", "198.51.100.1/30").unwrap();
+    c.add_addr("eth1", "198.51.100.2/30").unwrap();
+    c.wait_ping("198.51.100.1", Duration::from_secs(5)).unwrap();
+    // Nothing of the lab is visible in the root namespace.
+    let root_links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let root_links = String::from_utf8_lossy(&root_links.stdout);
+    assert!(!root_links.contains("a-eth0"), "{root_links}");
+}
+
+#[test]
+fn process_is_spawned_logged_and_stopped() {
+    let lab = Lab::new("process_spawn").unwrap();
+    let h = lab.host("h").unwrap();
+    let p = h
+        .spawn_env(
+            "talker",
+            &["sh", "-c", "echo hello $MNL_GREETING; echo oops >&2; exec sleep 60"],
+            &[("MNL_GREETING", "lab")],
+        )
+        .unwrap();
+    wait_for("talker output", Duration::from_secs(5), || {
+        p.logs().contains("hello lab") && p.logs().contains("oops")
+    })
+    .unwrap();
+    assert!(p.is_running());
+    p.stop();
+    assert!(!p.is_running());
+    // A process that ignores SIGTERM is killed after the timeout.
+    let stubborn = h
+        .spawn("stubborn", &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stubborn.stop_within(Duration::from_millis(300));
+    assert!(!stubborn.is_running());
+    // exec reports failures with stderr.
+    let err = h.exec(&["sh", "-c", "echo broken >&2; exit 3"]).unwrap_err();
+    assert!(err.to_string().contains("broken"), "{err}");
+    assert_eq!(h.exec_ok(&["echo", "hi"]).unwrap().trim(), "hi");
+}
+
+#[test]
+fn panicking_test_leaves_nothing_behind() {
+    let mut seen = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = Lab::new("panicking").unwrap();
+        let h = lab.host("h").unwrap();
+        let sw = lab.switch("sw").unwrap();
+        lab.connect(&h, &sw, "eth0").unwrap();
+        // A process the lab did not start itself (double fork) is found via `ip netns pids`.
+        h.exec(&["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"]).unwrap();
+        let _p = h.spawn("sleeper", &["sleep", "300"]).unwrap();
+        seen = lab.namespaces();
+        seen.push(lab.dir().display().to_string());
+        panic!("test failure inside the lab");
+    }));
+    assert!(result.is_err());
+    assert_eq!(seen.len(), 3);
+    for ns in &seen[..2] {
+        assert!(!netns_exists(ns), "namespace {ns} left behind");
+    }
+    assert!(!Path::new(&seen[2]).exists(), "lab dir left behind");
+}
+
+#[test]
+fn bird_and_gobgp_exchange_routes() {
+    let lab = Lab::new("bird_gobgp").unwrap();
+    let (node, router) = two_hosts(&lab);
+
+    let mut bird_cfg = BirdConfig::new("192.0.2.1".parse().unwrap(), 64512);
+    bird_cfg.neighbors.push(
+        BgpNeighbor::new(ip("192.0.2.11"), 64513)
+            .named("gob")
+            .passive(),
+    );
+    let mut st = StaticRoute::new("203.0.113.9/32".parse().unwrap());
+    st.communities.push(Community::new(64512, 5));
+    bird_cfg.static_routes.push(st);
+    bird_cfg.kernel_export = true;
+    let bird = Bird::start(&router, bird_cfg).unwrap();
+
+    let mut gob_cfg = GobgpConfig::new("192.0.2.11".parse().unwrap(), 64513);
+    gob_cfg
+        .neighbors
+        .push(BgpNeighbor::new(ip("192.0.2.1"), 64512));
+    let gobgp = Gobgp::start(&node, gob_cfg).unwrap();
+
+    bird.wait_established("gob", SESSION_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\nbird: {}\ngobgp: {}", bird.logs(), gobgp.logs()));
+    gobgp.wait_established("192.0.2.1", SESSION_TIMEOUT).unwrap();
+
+    // GoBGP → BIRD, typed, with the node as next hop.
+    let mut announced = StaticRoute::new("203.0.113.5/32".parse().unwrap());
+    announced.communities.push(Community::new(64513, 7));
+    announced.large_communities.push(LargeCommunity::new(64513, 1, 2));
+    gobgp.announce(&announced).unwrap();
+    let r = bird
+        .wait_route("203.0.113.5/32", &|_| true, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.next_hops, vec![ip("192.0.2.11")]);
+    assert_eq!(r.as_path, vec![64513]);
+    assert_eq!(r.communities, vec![Community::new(64513, 7)]);
+    assert_eq!(r.large_communities, vec![LargeCommunity::new(64513, 1, 2)]);
+    assert_eq!(r.from_protocol, "gob");
+    assert!(r.best);
+    // kernel_export put it into the router's kernel table.
+    wait_for("kernel route on the router", Duration::from_secs(10), || {
+        router
+            .exec_ok(&["ip", "route", "show", "203.0.113.5"])
+            .is_ok_and(|o| o.contains("via 192.0.2.11"))
+    })
+    .unwrap();
+
+    // BIRD → GoBGP: the static route with the router as next hop.
+    let r = gobgp
+        .wait_route("203.0.113.9/32", &|_| true, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.next_hops, vec![ip("192.0.2.1")]);
+    assert_eq!(r.as_path, vec![64512]);
+    assert_eq!(r.communities, vec![Community::new(64512, 5)]);
+
+    gobgp.withdraw("203.0.113.5/32").unwrap();
+    bird.wait_no_route("203.0.113.5/32", Duration::from_secs(10))
+        .unwrap();
+}
+
+#[test]
+fn bird_and_frr_exchange_routes() {
+    let lab = Lab::new("bird_frr").unwrap();
+    let (node, router) = two_hosts(&lab);
+
+    let mut bird_cfg = BirdConfig::new("192.0.2.1".parse().unwrap(), 64512);
+    bird_cfg.neighbors.push(
+        BgpNeighbor::new(ip("192.0.2.11"), 64513)
+            .named("frr")
+            .passive(),
+    );
+    let mut st = StaticRoute::new("203.0.113.9/32".parse().unwrap());
+    st.large_communities.push(LargeCommunity::new(64512, 1, 1));
+    bird_cfg.static_routes.push(st);
+    let bird = Bird::start(&router, bird_cfg).unwrap();
+
+    let mut frr_cfg = FrrConfig::new("192.0.2.11".parse().unwrap(), 64513);
+    let mut n = BgpNeighbor::new(ip("192.0.2.1"), 64512);
+    n.ipv6 = false;
+    frr_cfg.neighbors.push(n);
+    frr_cfg
+        .networks
+        .push(StaticRoute::new("203.0.113.7/32".parse().unwrap()));
+    let frr = Frr::start(&node, frr_cfg).unwrap();
+
+    bird.wait_established("frr", SESSION_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\nbird: {}\nfrr: {}", bird.logs(), frr.logs()));
+    frr.wait_established("192.0.2.1", SESSION_TIMEOUT).unwrap();
+
+    let r = bird
+        .wait_route("203.0.113.7/32", &|_| true, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.next_hops, vec![ip("192.0.2.11")]);
+    assert_eq!(r.as_path, vec![64513]);
+
+    let r = frr
+        .wait_route("203.0.113.9/32", &|_| true, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.next_hops, vec![ip("192.0.2.1")]);
+    assert_eq!(r.as_path, vec![64512]);
+    assert_eq!(r.large_communities, vec![LargeCommunity::new(64512, 1, 1)]);
+    assert_eq!(r.from_protocol, "192.0.2.1");
+    // zebra installed it into the node's kernel table.
+    wait_for("kernel route on the node", Duration::from_secs(10), || {
+        node.exec_ok(&["ip", "route", "show", "203.0.113.9"])
+            .is_ok_and(|o| o.contains("via 192.0.2.1"))
+    })
+    .unwrap();
+}
+
+#[test]
+fn demo_site_routes_remote_to_nodes() {
+    let lab = Lab::new("demo_site").unwrap();
+    let site = DemoSite::build(&lab).unwrap();
+    assert_eq!(site.nodes.len(), 3);
+    site.remote
+        .wait_ping(&demo::node_v4(0), Duration::from_secs(5))
+        .unwrap();
+    site.remote
+        .wait_ping(&demo::node_v6(2), Duration::from_secs(5))
+        .unwrap();
+    site.client
+        .wait_ping(demo::REMOTE_V4, Duration::from_secs(5))
+        .unwrap();
+    // The router's BIRD config is accepted and its sessions wait for the nodes.
+    let bird = Bird::start(&site.router, site.router_bird_config()).unwrap();
+    let protocols = bird.protocols().unwrap();
+    assert!(protocols.iter().any(|p| p.name == "node1_v4" && p.proto == "BGP"));
+    assert!(protocols.iter().any(|p| p.name == "node3_v6"));
+}
