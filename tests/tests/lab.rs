@@ -38,7 +38,8 @@ fn hosts_on_a_switch_ping_v4_and_v6() {
     let lab = Lab::new("hosts_on_a_switch_ping").unwrap();
     let (a, b) = two_hosts(&lab);
     a.wait_ping("192.0.2.1", Duration::from_secs(5)).unwrap();
-    a.wait_ping("2001:db8:0:1::1", Duration::from_secs(5)).unwrap();
+    a.wait_ping("2001:db8:0:1::1", Duration::from_secs(5))
+        .unwrap();
     b.wait_ping("192.0.2.11", Duration::from_secs(5)).unwrap();
     assert_eq!(a.mac("eth0").unwrap().len(), 17);
     assert!(!a.ping("192.0.2.99"), "nobody has .99");
@@ -64,7 +65,11 @@ fn process_is_spawned_logged_and_stopped() {
     let p = h
         .spawn_env(
             "talker",
-            &["sh", "-c", "echo hello $MNL_GREETING; echo oops >&2; exec sleep 60"],
+            &[
+                "sh",
+                "-c",
+                "echo hello $MNL_GREETING; echo oops >&2; exec sleep 60",
+            ],
             &[("MNL_GREETING", "lab")],
         )
         .unwrap();
@@ -77,13 +82,18 @@ fn process_is_spawned_logged_and_stopped() {
     assert!(!p.is_running());
     // A process that ignores SIGTERM is killed after the timeout.
     let stubborn = h
-        .spawn("stubborn", &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+        .spawn(
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     stubborn.stop_within(Duration::from_millis(300));
     assert!(!stubborn.is_running());
     // exec reports failures with stderr.
-    let err = h.exec(&["sh", "-c", "echo broken >&2; exit 3"]).unwrap_err();
+    let err = h
+        .exec(&["sh", "-c", "echo broken >&2; exit 3"])
+        .unwrap_err();
     assert!(err.to_string().contains("broken"), "{err}");
     assert_eq!(h.exec_ok(&["echo", "hi"]).unwrap().trim(), "hi");
 }
@@ -97,7 +107,8 @@ fn panicking_test_leaves_nothing_behind() {
         let sw = lab.switch("sw").unwrap();
         lab.connect(&h, &sw, "eth0").unwrap();
         // A process the lab did not start itself (double fork) is found via `ip netns pids`.
-        h.exec(&["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"]).unwrap();
+        h.exec(&["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &"])
+            .unwrap();
         let _p = h.spawn("sleeper", &["sleep", "300"]).unwrap();
         seen = lab.namespaces();
         seen.push(lab.dir().display().to_string());
@@ -136,12 +147,16 @@ fn bird_and_gobgp_exchange_routes() {
 
     bird.wait_established("gob", SESSION_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\nbird: {}\ngobgp: {}", bird.logs(), gobgp.logs()));
-    gobgp.wait_established("192.0.2.1", SESSION_TIMEOUT).unwrap();
+    gobgp
+        .wait_established("192.0.2.1", SESSION_TIMEOUT)
+        .unwrap();
 
     // GoBGP → BIRD, typed, with the node as next hop.
     let mut announced = StaticRoute::new("203.0.113.5/32".parse().unwrap());
     announced.communities.push(Community::new(64513, 7));
-    announced.large_communities.push(LargeCommunity::new(64513, 1, 2));
+    announced
+        .large_communities
+        .push(LargeCommunity::new(64513, 1, 2));
     gobgp.announce(&announced).unwrap();
     let r = bird
         .wait_route("203.0.113.5/32", &|_| true, Duration::from_secs(10))
@@ -153,11 +168,15 @@ fn bird_and_gobgp_exchange_routes() {
     assert_eq!(r.from_protocol, "gob");
     assert!(r.best);
     // kernel_export put it into the router's kernel table.
-    wait_for("kernel route on the router", Duration::from_secs(10), || {
-        router
-            .exec_ok(&["ip", "route", "show", "203.0.113.5"])
-            .is_ok_and(|o| o.contains("via 192.0.2.11"))
-    })
+    wait_for(
+        "kernel route on the router",
+        Duration::from_secs(10),
+        || {
+            router
+                .exec_ok(&["ip", "route", "show", "203.0.113.5"])
+                .is_ok_and(|o| o.contains("via 192.0.2.11"))
+        },
+    )
     .unwrap();
 
     // BIRD → GoBGP: the static route with the router as next hop.
@@ -240,6 +259,48 @@ fn demo_site_routes_remote_to_nodes() {
     // The router's BIRD config is accepted and its sessions wait for the nodes.
     let bird = Bird::start(&site.router, site.router_bird_config()).unwrap();
     let protocols = bird.protocols().unwrap();
-    assert!(protocols.iter().any(|p| p.name == "node1_v4" && p.proto == "BGP"));
+    assert!(
+        protocols
+            .iter()
+            .any(|p| p.name == "node1_v4" && p.proto == "BGP")
+    );
     assert!(protocols.iter().any(|p| p.name == "node3_v6"));
+}
+
+#[test]
+fn demo_router_learns_node_routes_and_forwards_to_them() {
+    let lab = Lab::new("demo_bgp").unwrap();
+    let site = DemoSite::build(&lab).unwrap();
+    let bird = Bird::start(&site.router, site.router_bird_config()).unwrap();
+    let node1 = &site.nodes[0];
+    node1.add_addr("lo", "203.0.113.10/32").unwrap();
+    node1.add_addr("lo", "2001:db8:ff::10/128").unwrap();
+
+    let mut cfg = GobgpConfig::new(demo::node_v4(0).parse().unwrap(), demo::NODE_ASN);
+    let mut v4 = BgpNeighbor::new(ip(demo::ROUTER_SITE_V4), demo::ROUTER_ASN);
+    v4.ipv6 = false;
+    let mut v6 = BgpNeighbor::new(ip(demo::ROUTER_SITE_V6), demo::ROUTER_ASN);
+    v6.ipv4 = false;
+    cfg.neighbors = vec![v4, v6];
+    let gobgp = Gobgp::start(node1, cfg).unwrap();
+    bird.wait_established("node1_v4", SESSION_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\nbird: {}\ngobgp: {}", bird.logs(), gobgp.logs()));
+    bird.wait_established("node1_v6", SESSION_TIMEOUT).unwrap();
+
+    gobgp
+        .announce(&StaticRoute::new("203.0.113.10/32".parse().unwrap()))
+        .unwrap();
+    gobgp
+        .announce(&StaticRoute::new("2001:db8:ff::10/128".parse().unwrap()))
+        .unwrap();
+    let r = bird
+        .wait_route("2001:db8:ff::10/128", &|_| true, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(r.next_hops, vec![ip(&demo::node_v6(0))]);
+    site.remote
+        .wait_ping("203.0.113.10", Duration::from_secs(10))
+        .unwrap();
+    site.remote
+        .wait_ping("2001:db8:ff::10", Duration::from_secs(10))
+        .unwrap();
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use metalnet_lab::lab::{self, Bird, BgpRouter, DemoSite, Lab, Process};
+use metalnet_lab::lab::{self, BgpRouter, Bird, DemoSite, Lab, Process};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -297,8 +297,14 @@ mod tests {
 
     #[test]
     fn communities_parse_in_all_notations() {
-        assert_eq!("(64512,5)".parse::<Community>().unwrap(), Community::new(64512, 5));
-        assert_eq!("64512:5".parse::<Community>().unwrap(), Community::new(64512, 5));
+        assert_eq!(
+            "(64512,5)".parse::<Community>().unwrap(),
+            Community::new(64512, 5)
+        );
+        assert_eq!(
+            "64512:5".parse::<Community>().unwrap(),
+            Community::new(64512, 5)
+        );
         assert_eq!(
             "(64512, 1, 2)".parse::<LargeCommunity>().unwrap(),
             LargeCommunity::new(64512, 1, 2)

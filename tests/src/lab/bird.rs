@@ -213,7 +213,16 @@ impl Bird {
             .unwrap_or_else(|| "bird".into());
         let process = self.host.spawn(
             &name,
-            &["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid.to_string_lossy()],
+            &[
+                "bird",
+                "-f",
+                "-c",
+                &conf,
+                "-s",
+                &sock,
+                "-P",
+                &pid.to_string_lossy(),
+            ],
         )?;
         let ready = wait_for(
             &format!("BIRD control socket {sock}"),
@@ -298,7 +307,8 @@ impl Bird {
             .as_ref()
             .map(Process::logs)
             .unwrap_or_default();
-        let file = std::fs::read_to_string(self.conf_path.with_extension("log")).unwrap_or_default();
+        let file =
+            std::fs::read_to_string(self.conf_path.with_extension("log")).unwrap_or_default();
         format!("{proc_logs}{file}")
     }
 
@@ -348,7 +358,10 @@ pub fn parse_protocols(out: &str) -> Vec<BirdProtocol> {
         // After the four fixed columns comes `Since` (one or two time/date tokens), then Info.
         let mut rest = &tokens[4..];
         while let Some(first) = rest.first() {
-            if first.chars().all(|c| c.is_ascii_digit() || ":.-".contains(c)) {
+            if first
+                .chars()
+                .all(|c| c.is_ascii_digit() || ":.-".contains(c))
+            {
                 rest = &rest[1..];
             } else {
                 break;
@@ -390,12 +403,11 @@ fn parse_route_head(prefix: IpNet, rest: &str, line: &str) -> Result<Route> {
     let after = &rest[close + 1..];
     route.best = after.trim_start().starts_with('*');
     // BIRD 1.x style and some compact outputs have `via X on dev` on the same line.
-    if let Some(i) = rest[..open].find("via ") {
-        if let Some(addr) = rest[i + 4..].split_whitespace().next()
-            && let Ok(ip) = addr.parse()
-        {
-            route.next_hops.push(ip);
-        }
+    if let Some(i) = rest[..open].find("via ")
+        && let Some(addr) = rest[i + 4..].split_whitespace().next()
+        && let Ok(ip) = addr.parse()
+    {
+        route.next_hops.push(ip);
     }
     Ok(route)
 }
@@ -542,7 +554,10 @@ Table master6:
         assert_eq!(r.next_hops, vec!["192.0.2.11".parse::<IpAddr>().unwrap()]);
         assert_eq!(r.as_path, vec![64513, 64514]);
         assert_eq!(r.local_pref, Some(100));
-        assert_eq!(r.communities, vec![Community::new(64513, 7), Community::new(64513, 8)]);
+        assert_eq!(
+            r.communities,
+            vec![Community::new(64513, 7), Community::new(64513, 8)]
+        );
         assert_eq!(r.large_communities, vec![LargeCommunity::new(64513, 1, 2)]);
         let alt = &routes[2];
         assert_eq!(alt.prefix, r.prefix);

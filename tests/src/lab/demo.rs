@@ -70,7 +70,14 @@ impl DemoSite {
         let uplink = lab.switch("uplink")?;
         let router = lab.router("router")?;
         attach(lab, &router, &site, "eth0", ROUTER_SITE_V4, ROUTER_SITE_V6)?;
-        attach(lab, &router, &uplink, "eth1", ROUTER_UPLINK_V4, ROUTER_UPLINK_V6)?;
+        attach(
+            lab,
+            &router,
+            &uplink,
+            "eth1",
+            ROUTER_UPLINK_V4,
+            ROUTER_UPLINK_V6,
+        )?;
 
         let mut nodes = Vec::new();
         for i in 0..3 {
@@ -113,12 +120,10 @@ impl DemoSite {
         cfg.kernel_export = true;
         for (i, node) in self.nodes.iter().enumerate() {
             for (v4, addr) in [(true, node_v4(i)), (false, node_v6(i))] {
-                let mut n = super::BgpNeighbor::new(
-                    addr.parse().expect("constant address"),
-                    NODE_ASN,
-                )
-                .named(&format!("{}_{}", node.name(), if v4 { "v4" } else { "v6" }))
-                .passive();
+                let mut n =
+                    super::BgpNeighbor::new(addr.parse().expect("constant address"), NODE_ASN)
+                        .named(&format!("{}_{}", node.name(), if v4 { "v4" } else { "v6" }))
+                        .passive();
                 n.ipv4 = v4;
                 n.ipv6 = !v4;
                 n.local_address = Some(
@@ -172,10 +177,7 @@ impl DemoSite {
             ns(&self.remote),
             node_v4(0)
         ));
-        s.push_str(&format!(
-            "  ip netns exec {} ip route\n",
-            ns(&self.router)
-        ));
+        s.push_str(&format!("  ip netns exec {} ip route\n", ns(&self.router)));
         s.push_str(&format!(
             "  ip netns exec {} bash     # a shell on node1\n",
             ns(&self.nodes[0])

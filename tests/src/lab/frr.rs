@@ -149,7 +149,8 @@ impl Frr {
         }
         let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let conf = config.render(host.name(), &d("bgpd.log"))?;
-        std::fs::write(d("bgpd.conf"), conf).map_err(io_err(format!("writing {}", d("bgpd.conf"))))?;
+        std::fs::write(d("bgpd.conf"), conf)
+            .map_err(io_err(format!("writing {}", d("bgpd.conf"))))?;
         std::fs::write(
             d("zebra.conf"),
             format!("hostname {}\nlog file {}\n", host.name(), d("zebra.log")),
@@ -348,7 +349,10 @@ pub fn parse_frr_routes(v: &Value) -> Result<Vec<Route>> {
             };
             let mut r = Route::new(prefix);
             for nh in nexthops {
-                if let Some(ip) = nh.get("ip").and_then(Value::as_str).and_then(|s| s.parse().ok())
+                if let Some(ip) = nh
+                    .get("ip")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
                 {
                     let ip: IpAddr = ip;
                     if !ip.is_unspecified() && !r.next_hops.contains(&ip) {
@@ -430,15 +434,27 @@ mod tests {
         let v: Value = serde_json::from_str(text).unwrap();
         let routes = parse_frr_routes(&v).unwrap();
         assert_eq!(routes.len(), 2);
-        let local = routes.iter().find(|r| r.prefix.to_string() == "203.0.113.7/32").unwrap();
+        let local = routes
+            .iter()
+            .find(|r| r.prefix.to_string() == "203.0.113.7/32")
+            .unwrap();
         assert_eq!(local.from_protocol, "local");
         assert!(local.next_hops.is_empty());
         assert!(local.as_path.is_empty());
-        let learned = routes.iter().find(|r| r.prefix.to_string() == "203.0.113.9/32").unwrap();
-        assert_eq!(learned.next_hops, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        let learned = routes
+            .iter()
+            .find(|r| r.prefix.to_string() == "203.0.113.9/32")
+            .unwrap();
+        assert_eq!(
+            learned.next_hops,
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(learned.as_path, vec![64512]);
         assert_eq!(learned.communities, vec![Community::new(64512, 5)]);
-        assert_eq!(learned.large_communities, vec![LargeCommunity::new(64512, 1, 1)]);
+        assert_eq!(
+            learned.large_communities,
+            vec![LargeCommunity::new(64512, 1, 1)]
+        );
         assert_eq!(learned.from_protocol, "192.0.2.1");
         assert!(learned.best);
     }

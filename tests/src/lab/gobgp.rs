@@ -189,8 +189,14 @@ impl Gobgp {
 
     /// Originates a route (`gobgp global rib add`).
     pub fn announce(&self, route: &StaticRoute) -> Result<()> {
-        self.cli(&self.rib_args("add", route)?.iter().map(String::as_str).collect::<Vec<_>>())
-            .map(|_| ())
+        self.cli(
+            &self
+                .rib_args("add", route)?
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .map(|_| ())
     }
 
     /// Withdraws a route (`gobgp global rib del`).
@@ -199,7 +205,8 @@ impl Gobgp {
             .parse()
             .map_err(|e| LabError::Invalid(format!("prefix {prefix:?}: {e}")))?;
         let af = family(&net);
-        self.cli(&["global", "rib", "-a", af, "del", prefix]).map(|_| ())
+        self.cli(&["global", "rib", "-a", af, "del", prefix])
+            .map(|_| ())
     }
 
     fn rib_args(&self, op: &str, route: &StaticRoute) -> Result<Vec<String>> {
@@ -294,7 +301,9 @@ impl BgpRouter for Gobgp {
     fn routes(&self) -> Result<Vec<Route>> {
         let mut routes = Vec::new();
         for af in ["ipv4", "ipv6"] {
-            routes.extend(parse_gobgp_rib(&self.cli_json(&["global", "rib", "-a", af])?)?);
+            routes.extend(parse_gobgp_rib(
+                &self.cli_json(&["global", "rib", "-a", af])?,
+            )?);
         }
         Ok(routes)
     }
@@ -337,10 +346,20 @@ pub fn parse_gobgp_rib(v: &Value) -> Result<Vec<Route>> {
                 .and_then(Value::as_str)
                 .unwrap_or("local")
                 .to_string();
-            for a in p.get("attrs").and_then(Value::as_array).into_iter().flatten() {
+            for a in p
+                .get("attrs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 match a.get("type").and_then(Value::as_u64) {
                     Some(2) => {
-                        for seg in a.get("as_paths").and_then(Value::as_array).into_iter().flatten() {
+                        for seg in a
+                            .get("as_paths")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
                             r.as_path.extend(
                                 seg.get("asns")
                                     .and_then(Value::as_array)
@@ -363,7 +382,9 @@ pub fn parse_gobgp_rib(v: &Value) -> Result<Vec<Route>> {
                         }
                     }
                     Some(4) => r.med = a.get("metric").and_then(Value::as_u64).map(|n| n as u32),
-                    Some(5) => r.local_pref = a.get("value").and_then(Value::as_u64).map(|n| n as u32),
+                    Some(5) => {
+                        r.local_pref = a.get("value").and_then(Value::as_u64).map(|n| n as u32)
+                    }
                     Some(8) => {
                         r.communities.extend(
                             a.get("communities")
@@ -375,7 +396,12 @@ pub fn parse_gobgp_rib(v: &Value) -> Result<Vec<Route>> {
                         );
                     }
                     Some(32) => {
-                        for lc in a.get("value").and_then(Value::as_array).into_iter().flatten() {
+                        for lc in a
+                            .get("value")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
                             let f = |k: &str| lc.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
                             r.large_communities.push(LargeCommunity::new(
                                 f("ASN"),
@@ -402,14 +428,26 @@ mod tests {
         let text = r#"{"203.0.113.5/32":[{"nlri":{"prefix":"203.0.113.5/32"},"age":1,"best":true,"attrs":[{"type":1,"value":2},{"type":8,"communities":[4227923975]},{"type":32,"value":[{"ASN":64513,"LocalData1":1,"LocalData2":2}]},{"type":3,"nexthop":"0.0.0.0"}],"stale":false}],"203.0.113.9/32":[{"nlri":{"prefix":"203.0.113.9/32"},"age":1,"best":true,"attrs":[{"type":1,"value":0},{"type":2,"as_paths":[{"segment_type":2,"num":1,"asns":[64512]}]},{"type":3,"nexthop":"192.0.2.1"}],"stale":false,"source-id":"192.0.2.1","neighbor-ip":"192.0.2.1"}]}"#;
         let v: Value = serde_json::from_str(text).unwrap();
         let routes = parse_gobgp_rib(&v).unwrap();
-        let local = routes.iter().find(|r| r.prefix.to_string() == "203.0.113.5/32").unwrap();
+        let local = routes
+            .iter()
+            .find(|r| r.prefix.to_string() == "203.0.113.5/32")
+            .unwrap();
         assert_eq!(local.from_protocol, "local");
         assert!(local.next_hops.is_empty());
         assert_eq!(local.communities, vec![Community::new(64513, 7)]);
-        assert_eq!(local.large_communities, vec![LargeCommunity::new(64513, 1, 2)]);
-        let learned = routes.iter().find(|r| r.prefix.to_string() == "203.0.113.9/32").unwrap();
+        assert_eq!(
+            local.large_communities,
+            vec![LargeCommunity::new(64513, 1, 2)]
+        );
+        let learned = routes
+            .iter()
+            .find(|r| r.prefix.to_string() == "203.0.113.9/32")
+            .unwrap();
         assert_eq!(learned.as_path, vec![64512]);
-        assert_eq!(learned.next_hops, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            learned.next_hops,
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(learned.from_protocol, "192.0.2.1");
     }
 

@@ -338,7 +338,15 @@ impl Lab {
         let port = self.switch_port_name(&switch.netns, &host.name, ifname);
         create_veth(&host.netns, ifname, &switch.netns, &port)?;
         run(&[
-            "ip", "-n", &switch.netns, "link", "set", &port, "master", "br0", "up",
+            "ip",
+            "-n",
+            &switch.netns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
         ])?;
         host.set_up(ifname)?;
         Ok(Iface {
@@ -607,12 +615,11 @@ impl Host {
     /// The MAC address of an interface.
     pub fn mac(&self, ifname: &str) -> Result<String> {
         let out = self.ip(&["-j", "link", "show", "dev", ifname])?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            LabError::Parse {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
                 what: format!("`ip -j link show {ifname}` in {}", self.netns),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         v.get(0)
             .and_then(|l| l.get("address"))
             .and_then(|a| a.as_str())
@@ -669,10 +676,8 @@ impl Host {
 
     /// Pings until a reply comes back or `timeout` passes.
     pub fn wait_ping(&self, addr: &str, timeout: Duration) -> Result<()> {
-        wait_for(
-            &format!("{} to reach {addr}", self.name),
-            timeout,
-            || self.ping(addr),
-        )
+        wait_for(&format!("{} to reach {addr}", self.name), timeout, || {
+            self.ping(addr)
+        })
     }
 }

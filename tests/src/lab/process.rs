@@ -2,6 +2,7 @@
 
 use super::{Host, LabError, Result, io_err};
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -96,7 +97,12 @@ impl std::fmt::Debug for Process {
     }
 }
 
-pub(crate) fn spawn(host: &Host, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Process> {
+pub(crate) fn spawn(
+    host: &Host,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Process> {
     let (program, rest) = args
         .split_first()
         .ok_or_else(|| LabError::Invalid(format!("empty command for process {name}")))?;
@@ -121,6 +127,16 @@ pub(crate) fn spawn(host: &Host, name: &str, args: &[&str], env: &[(&str, &str)]
         .stderr(err);
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    // Callers may block signals (e.g. to `sigwait` for Ctrl-C); daemons must still see SIGTERM.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
     }
     let child = cmd.spawn().map_err(io_err(format!(
         "spawning {name} ({program}) in {}",
