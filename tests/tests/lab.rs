@@ -212,9 +212,12 @@ fn bird_and_frr_exchange_routes() {
     let mut n = BgpNeighbor::new(ip("192.0.2.1"), 64512);
     n.ipv6 = false;
     frr_cfg.neighbors.push(n);
-    frr_cfg
-        .networks
-        .push(StaticRoute::new("203.0.113.7/32".parse().unwrap()));
+    let mut network = StaticRoute::new("203.0.113.7/32".parse().unwrap());
+    network.communities.push(Community::new(64513, 9));
+    network
+        .large_communities
+        .push(LargeCommunity::new(64513, 2, 3));
+    frr_cfg.networks.push(network);
     let frr = Frr::start(&node, frr_cfg).unwrap();
 
     bird.wait_established("frr", SESSION_TIMEOUT)
@@ -226,6 +229,8 @@ fn bird_and_frr_exchange_routes() {
         .unwrap();
     assert_eq!(r.next_hops, vec![ip("192.0.2.11")]);
     assert_eq!(r.as_path, vec![64513]);
+    assert_eq!(r.communities, vec![Community::new(64513, 9)]);
+    assert_eq!(r.large_communities, vec![LargeCommunity::new(64513, 2, 3)]);
 
     let r = frr
         .wait_route("203.0.113.9/32", &|_| true, Duration::from_secs(10))
@@ -303,4 +308,44 @@ fn demo_router_learns_node_routes_and_forwards_to_them() {
     site.remote
         .wait_ping("2001:db8:ff::10", Duration::from_secs(10))
         .unwrap();
+}
+
+#[test]
+fn down_orphans_removes_dead_labs_only() {
+    let live = Lab::new("down_orphans_live").unwrap();
+    let live_host = live.host("h").unwrap();
+    // Fake the leftovers of a lab whose process died: a namespace with a process in it and
+    // a lab dir whose owner pid is gone.
+    let dead_pid = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let prefix = format!("mnlz{:04}", dead_pid % 10000);
+    let ns = format!("{prefix}-h");
+    let dir = std::env::temp_dir().join(format!("{prefix}.lab"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("owner"), format!("{dead_pid}\nfake\n")).unwrap();
+    let status = std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "sh",
+            "-c",
+            "setsid sleep 300 >/dev/null 2>&1 &",
+        ])
+        .status();
+
+    let report = metalnet_lab::lab::down_orphans();
+    assert!(report.namespaces.contains(&ns), "{report:?}");
+    assert!(!netns_exists(&ns));
+    assert!(!dir.exists());
+    assert!(netns_exists(live_host.netns()), "a live lab was removed");
 }

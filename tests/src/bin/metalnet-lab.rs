@@ -21,7 +21,11 @@ struct Cli {
 enum Command {
     /// Remove leftovers of any lab: processes in `mnl*` namespaces, the namespaces, their
     /// temporary directories. Prints what was removed.
-    Down,
+    Down {
+        /// Only labs whose creating process has exited (spares tests that are running).
+        #[arg(long)]
+        orphans: bool,
+    },
     /// Build the demo site (3 nodes, router, client, remote client), start BIRD on the router
     /// (AS 64512, passive eBGP towards the nodes in AS 64513), print the topology and what to
     /// try, then wait for Ctrl-C / SIGTERM and tear everything down.
@@ -46,8 +50,12 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Down => {
-            let report = lab::down();
+        Command::Down { orphans } => {
+            let report = if orphans {
+                lab::down_orphans()
+            } else {
+                lab::down()
+            };
             for (pid, comm) in &report.processes {
                 println!("killed process {pid} ({comm})");
             }

@@ -1,6 +1,6 @@
 //! Types shared by the BGP peers of the lab (BIRD, FRR, GoBGP).
 
-use super::{LabError, Result, wait_for_value};
+use super::{LabError, Result, wait_for, wait_for_value};
 use ipnet::IpNet;
 use std::fmt;
 use std::net::IpAddr;
@@ -246,19 +246,47 @@ impl StaticRoute {
 pub trait BgpRouter {
     /// All routes of the RIB (IPv4 and IPv6).
     fn routes(&self) -> Result<Vec<Route>>;
-    /// Whether the session with the neighbor (BIRD protocol name or peer address) is up.
-    fn is_established(&self, neighbor: &str) -> Result<bool>;
+    /// The session state with the neighbor (BIRD protocol name or peer address), as the
+    /// daemon words it (`Established`, `Active Socket: Connection refused`, `active`, ...);
+    /// `None` when the daemon does not know the neighbor.
+    fn session_state(&self, neighbor: &str) -> Result<Option<String>>;
     /// Stops the daemon(s).
     fn stop(&self);
 
-    /// Waits until the session with `neighbor` is Established.
+    /// Whether the session with the neighbor is Established.
+    fn is_established(&self, neighbor: &str) -> Result<bool> {
+        Ok(self
+            .session_state(neighbor)?
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with("established")))
+    }
+
+    /// Waits until the session with `neighbor` is Established; the timeout error names the
+    /// last state seen.
     fn wait_established(&self, neighbor: &str, timeout: Duration) -> Result<()> {
-        wait_for_value(
+        let mut last = String::from("no answer from the daemon");
+        let waited = wait_for(
             &format!("BGP session {neighbor} to be Established"),
             timeout,
-            || self.is_established(neighbor).ok().filter(|up| *up),
-        )
-        .map(|_| ())
+            || match self.session_state(neighbor) {
+                Ok(Some(state)) => {
+                    let up = state.to_ascii_lowercase().starts_with("established");
+                    last = state;
+                    up
+                }
+                Ok(None) => {
+                    last = "unknown neighbor".into();
+                    false
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            },
+        );
+        waited.map_err(|_| LabError::Timeout {
+            what: format!("BGP session {neighbor} to be Established (last state: {last})"),
+            timeout,
+        })
     }
 
     /// Waits until a route for `prefix` satisfying `pred` is present, and returns it.

@@ -328,11 +328,12 @@ impl BgpRouter for Bird {
         self.routes_all()
     }
 
-    fn is_established(&self, neighbor: &str) -> Result<bool> {
+    fn session_state(&self, neighbor: &str) -> Result<Option<String>> {
         Ok(self
             .protocols()?
-            .iter()
-            .any(|p| p.name == neighbor && p.state == "up" && p.info.starts_with("Established")))
+            .into_iter()
+            .find(|p| p.name == neighbor)
+            .map(|p| if p.info.is_empty() { p.state } else { p.info }))
     }
 
     fn stop(&self) {

@@ -1,6 +1,7 @@
 //! Removing leftovers of labs (namespaces starting with `mnl`, their processes, their dirs).
 
 use super::{LAB_PREFIX_MARKER, run};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What [`down`] removed.
@@ -60,9 +61,28 @@ pub(crate) fn kill_netns_pids(netns: &str) -> Vec<(u32, String)> {
     }
 }
 
+/// Whether the process that created lab `prefix` is still alive (per the lab's owner file).
+fn owner_alive(prefix: &str) -> bool {
+    let owner = super::lab_dir(prefix).join(super::OWNER_FILE);
+    std::fs::read_to_string(owner)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Removes leftovers of any lab: kills processes in `mnl*` namespaces, deletes those
-/// namespaces and the `mnl*.lab` directories in the temp dir.
+/// namespaces and the `mnl*.lab` directories in the temp dir. This also tears down labs of
+/// tests that are still running; see [`down_orphans`].
 pub fn down() -> DownReport {
+    down_where(|_| true)
+}
+
+/// Like [`down`], but spares labs whose creating process is still alive.
+pub fn down_orphans() -> DownReport {
+    down_where(|prefix| !owner_alive(prefix))
+}
+
+fn down_where(select: impl Fn(&str) -> bool) -> DownReport {
     let mut report = DownReport::default();
     let listing = run(&["ip", "netns", "list"])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -72,7 +92,7 @@ pub fn down() -> DownReport {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        if !is_lab_name(name) {
+        if !is_lab_name(name) || !select(&name[..8]) {
             continue;
         }
         report.processes.extend(kill_netns_pids(name));
@@ -84,7 +104,10 @@ pub fn down() -> DownReport {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if is_lab_name(&name) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            if is_lab_name(&name)
+                && select(&name[..8])
+                && std::fs::remove_dir_all(entry.path()).is_ok()
+            {
                 report.dirs.push(entry.path());
             }
         }

@@ -20,7 +20,8 @@ pub struct FrrConfig {
     pub router_id: Ipv4Addr,
     pub asn: u32,
     pub neighbors: Vec<BgpNeighbor>,
-    /// Originated with `network` statements (FRR's `bgp network import-check` is off).
+    /// Originated with `network` statements (FRR's `bgp network import-check` is off);
+    /// communities are set through a route map, `via` is ignored (next hop is self).
     pub networks: Vec<StaticRoute>,
     /// Let zebra install BGP routes into the host's kernel table (bgpd `-n` otherwise).
     pub kernel_install: bool,
@@ -50,6 +51,22 @@ impl FrrConfig {
         let _ = writeln!(c, "log file {log_file}\n!");
         // Route maps implementing Policy::None.
         let _ = writeln!(c, "route-map MNL-DENY deny 10\n!");
+        // Networks carrying communities get a route map setting them.
+        for (i, r) in self.networks.iter().enumerate() {
+            if r.communities.is_empty() && r.large_communities.is_empty() {
+                continue;
+            }
+            let _ = writeln!(c, "route-map MNL-NET-{i} permit 10");
+            if !r.communities.is_empty() {
+                let list: Vec<String> = r.communities.iter().map(|x| x.to_string()).collect();
+                let _ = writeln!(c, " set community {}", list.join(" "));
+            }
+            if !r.large_communities.is_empty() {
+                let list: Vec<String> = r.large_communities.iter().map(|x| x.to_string()).collect();
+                let _ = writeln!(c, " set large-community {}", list.join(" "));
+            }
+            let _ = writeln!(c, "!");
+        }
         let _ = writeln!(c, "router bgp {}", self.asn);
         let _ = writeln!(c, " bgp router-id {}", self.router_id);
         let _ = writeln!(c, " no bgp ebgp-requires-policy");
@@ -89,12 +106,17 @@ impl FrrConfig {
         for (af, is_v4) in [("ipv4", true), ("ipv6", false)] {
             let _ = writeln!(c, " address-family {af} unicast");
             let _ = writeln!(c, "  maximum-paths {}", self.maximum_paths);
-            for r in self
+            for (i, r) in self
                 .networks
                 .iter()
-                .filter(|r| matches!(r.prefix, IpNet::V4(_)) == is_v4)
+                .enumerate()
+                .filter(|(_, r)| matches!(r.prefix, IpNet::V4(_)) == is_v4)
             {
-                let _ = writeln!(c, "  network {}", r.prefix);
+                if r.communities.is_empty() && r.large_communities.is_empty() {
+                    let _ = writeln!(c, "  network {}", r.prefix);
+                } else {
+                    let _ = writeln!(c, "  network {} route-map MNL-NET-{i}", r.prefix);
+                }
             }
             for n in &self.neighbors {
                 let on = if is_v4 { n.ipv4 } else { n.ipv6 };
@@ -315,11 +337,12 @@ impl BgpRouter for Frr {
         Ok(routes)
     }
 
-    fn is_established(&self, neighbor: &str) -> Result<bool> {
+    fn session_state(&self, neighbor: &str) -> Result<Option<String>> {
         Ok(self
             .peers()?
-            .iter()
-            .any(|(a, s)| a == neighbor && s == "Established"))
+            .into_iter()
+            .find(|(a, _)| a == neighbor)
+            .map(|(_, s)| s))
     }
 
     fn stop(&self) {

@@ -308,11 +308,12 @@ impl BgpRouter for Gobgp {
         Ok(routes)
     }
 
-    fn is_established(&self, neighbor: &str) -> Result<bool> {
+    fn session_state(&self, neighbor: &str) -> Result<Option<String>> {
         Ok(self
             .neighbors()?
-            .iter()
-            .any(|(a, s)| a == neighbor && s == "established"))
+            .into_iter()
+            .find(|(a, _)| a == neighbor)
+            .map(|(_, s)| s))
     }
 
     fn stop(&self) {

@@ -20,7 +20,7 @@ mod process;
 pub use bgp::{BgpNeighbor, BgpRouter, Community, LargeCommunity, Policy, Route, StaticRoute};
 pub use bird::{Bird, BirdConfig, BirdProtocol};
 pub use demo::DemoSite;
-pub use down::{DownReport, down};
+pub use down::{DownReport, down, down_orphans};
 pub use frr::{Frr, FrrConfig};
 pub use gobgp::{Gobgp, GobgpConfig};
 pub use process::Process;
