@@ -128,11 +128,10 @@ fn bird_and_gobgp_exchange_routes() {
     let (node, router) = two_hosts(&lab);
 
     let mut bird_cfg = BirdConfig::new("192.0.2.1".parse().unwrap(), 64512);
-    bird_cfg.neighbors.push(
-        BgpNeighbor::new(ip("192.0.2.11"), 64513)
-            .named("gob")
-            .passive(),
-    );
+    // GoBGP is slow (~10 s) to connect as the active side: let BIRD connect.
+    bird_cfg
+        .neighbors
+        .push(BgpNeighbor::new(ip("192.0.2.11"), 64513).named("gob"));
     let mut st = StaticRoute::new("203.0.113.9/32".parse().unwrap());
     st.communities.push(Community::new(64512, 5));
     bird_cfg.static_routes.push(st);
@@ -142,7 +141,7 @@ fn bird_and_gobgp_exchange_routes() {
     let mut gob_cfg = GobgpConfig::new("192.0.2.11".parse().unwrap(), 64513);
     gob_cfg
         .neighbors
-        .push(BgpNeighbor::new(ip("192.0.2.1"), 64512));
+        .push(BgpNeighbor::new(ip("192.0.2.1"), 64512).passive());
     let gobgp = Gobgp::start(&node, gob_cfg).unwrap();
 
     bird.wait_established("gob", SESSION_TIMEOUT)
@@ -190,6 +189,21 @@ fn bird_and_gobgp_exchange_routes() {
     gobgp.withdraw("203.0.113.5/32").unwrap();
     bird.wait_no_route("203.0.113.5/32", Duration::from_secs(10))
         .unwrap();
+
+    // Reconfiguring BIRD adds a route; restarting it re-establishes the session.
+    let mut cfg = bird.current_config();
+    cfg.static_routes
+        .push(StaticRoute::new("203.0.113.64/26".parse().unwrap()));
+    bird.reconfigure(cfg).unwrap();
+    gobgp
+        .wait_route(
+            "203.0.113.64/26",
+            &|r| r.next_hops == [ip("192.0.2.1")],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    bird.restart().unwrap();
+    bird.wait_established("gob", SESSION_TIMEOUT).unwrap();
 }
 
 #[test]

@@ -13,6 +13,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Configuration of a GoBGP instance.
+///
+/// As the active side GoBGP took about 10 s to (re)connect here even with `connect-retry = 2`;
+/// make it the passive side when a test needs quick sessions.
 #[derive(Debug, Clone)]
 pub struct GobgpConfig {
     pub router_id: Ipv4Addr,
@@ -56,7 +59,10 @@ impl GobgpConfig {
             if let Some(pw) = &n.password {
                 let _ = writeln!(c, "    auth-password = \"{}\"", pw.replace('"', "\\\""));
             }
-            let _ = writeln!(c, "  [neighbors.timers.config]\n    connect-retry = 2");
+            let _ = writeln!(
+                c,
+                "  [neighbors.timers.config]\n    connect-retry = 2\n    idle-hold-time-after-reset = 1"
+            );
             if let Some(hold) = n.hold_time {
                 let _ = writeln!(
                     c,
