@@ -96,6 +96,12 @@ fn process_is_spawned_logged_and_stopped() {
         .unwrap_err();
     assert!(err.to_string().contains("broken"), "{err}");
     assert_eq!(h.exec_ok(&["echo", "hi"]).unwrap().trim(), "hi");
+    let started = std::time::Instant::now();
+    assert!(
+        h.exec_timeout(&["sleep", "30"], Duration::from_millis(300))
+            .is_err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -362,4 +368,57 @@ fn down_orphans_removes_dead_labs_only() {
     assert!(!netns_exists(&ns));
     assert!(!dir.exists());
     assert!(netns_exists(live_host.netns()), "a live lab was removed");
+}
+
+#[test]
+fn router_installs_ecmp_routes_from_two_nodes() {
+    let lab = Lab::new("demo_ecmp").unwrap();
+    let site = DemoSite::build(&lab).unwrap();
+    // The router connects (GoBGP is slow as the active side); v4 sessions only.
+    let mut router_cfg = site.router_bird_config();
+    router_cfg.neighbors.retain(|n| n.ipv4);
+    for n in &mut router_cfg.neighbors {
+        n.passive = false;
+    }
+    let bird = Bird::start(&site.router, router_cfg).unwrap();
+    let mut speakers = Vec::new();
+    for (i, node) in site.nodes.iter().take(2).enumerate() {
+        node.add_addr("lo", "203.0.113.10/32").unwrap();
+        let mut cfg = GobgpConfig::new(demo::node_v4(i).parse().unwrap(), demo::NODE_ASN);
+        let mut n = BgpNeighbor::new(ip(demo::ROUTER_SITE_V4), demo::ROUTER_ASN).passive();
+        n.ipv6 = false;
+        cfg.neighbors.push(n);
+        let gobgp = Gobgp::start(node, cfg).unwrap();
+        gobgp
+            .announce(&StaticRoute::new("203.0.113.10/32".parse().unwrap()))
+            .unwrap();
+        speakers.push(gobgp);
+    }
+    for name in ["node1_v4", "node2_v4"] {
+        bird.wait_established(name, SESSION_TIMEOUT).unwrap();
+    }
+    wait_for("two kernel next hops", Duration::from_secs(10), || {
+        site.router
+            .exec_ok(&["ip", "route", "show", "203.0.113.10"])
+            .is_ok_and(|o| {
+                o.contains("nexthop via 192.0.2.11") && o.contains("nexthop via 192.0.2.12")
+            })
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            site.router
+                .exec_ok(&["ip", "route", "show", "203.0.113.10"])
+        )
+    });
+    let routes: Vec<_> = bird
+        .routes()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.prefix.to_string() == "203.0.113.10/32")
+        .collect();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    site.remote
+        .wait_ping("203.0.113.10", Duration::from_secs(5))
+        .unwrap();
 }

@@ -637,6 +637,15 @@ impl Host {
         run(&full)
     }
 
+    /// Like [`Host::exec`], but the command is killed (SIGTERM, then SIGKILL 1 s later) when
+    /// it runs longer than `timeout`.
+    pub fn exec_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        let secs = format!("{:.3}", timeout.as_secs_f64());
+        let mut full = vec!["timeout", "-k", "1", secs.as_str()];
+        full.extend_from_slice(args);
+        self.exec(&full)
+    }
+
     /// Runs a command inside the host and returns its stdout as a string.
     pub fn exec_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.exec(args)?;
