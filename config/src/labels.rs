@@ -32,9 +32,15 @@ pub enum SelectorError {
     #[error("{field}: unknown operator {operator:?} (expected In, NotIn, Exists or DoesNotExist)")]
     UnknownOperator { field: String, operator: String },
     #[error("{field}: operator {operator} needs at least one value")]
-    MissingValues { field: String, operator: &'static str },
+    MissingValues {
+        field: String,
+        operator: &'static str,
+    },
     #[error("{field}: operator {operator} takes no values")]
-    UnexpectedValues { field: String, operator: &'static str },
+    UnexpectedValues {
+        field: String,
+        operator: &'static str,
+    },
 }
 
 /// Read access to an object's labels.
@@ -120,12 +126,7 @@ impl Selector {
                 });
             }
         }
-        for (i, expr) in selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .enumerate()
-        {
+        for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
             validate_key(&format!("{field}.key"), &expr.key)?;
             let values = expr.values.as_deref().unwrap_or_default();
@@ -355,7 +356,10 @@ mod tests {
         assert!(!m(expr("missing", "In", &["x"])));
         assert!(m(expr("env", "NotIn", &["dev"])));
         assert!(!m(expr("env", "NotIn", &["prod"])));
-        assert!(m(expr("missing", "NotIn", &["x"])), "NotIn matches absent keys");
+        assert!(
+            m(expr("missing", "NotIn", &["x"])),
+            "NotIn matches absent keys"
+        );
         assert!(m(expr("team", "Exists", &[])));
         assert!(!m(expr("missing", "Exists", &[])));
         assert!(m(expr("missing", "DoesNotExist", &[])));

@@ -238,7 +238,7 @@ pub struct Pool {
 pub struct PoolSpecError {
     pub pool: String,
     pub field: String,
-    pub source: SelectorError,
+    pub source: Box<SelectorError>,
 }
 
 impl Pool {
@@ -270,7 +270,7 @@ impl Pool {
                             Selector::new(s).map_err(|source| PoolSpecError {
                                 pool: name.clone(),
                                 field: format!("{field}[{i}]"),
-                                source,
+                                source: Box::new(source),
                             })
                         })
                         .collect()
