@@ -47,7 +47,8 @@ fn pools() -> Vec<Pool> {
                     match_expressions: None,
                 },
             )
-            .expect("selector"),
+            .expect("selector")
+            .into(),
         ],
         ..Default::default()
     });
