@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod cli;
 pub mod crd;
+pub mod labels;
 pub mod manifest;
 pub mod model;
 pub mod state;

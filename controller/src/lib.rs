@@ -1,0 +1,3 @@
+//! Library side of the metalnet controller: pure logic the binary drives.
+
+pub mod allocator;
