@@ -13,23 +13,25 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-/// Why a label selector is invalid. The field path is relative to the selector.
+/// Why a label selector is invalid. `field` is the path relative to the selector
+/// (`matchLabels["app"]`, `matchExpressions[0].values[1]`); [`SelectorError::reason`] is the
+/// message without it, so callers can prefix their own path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    #[error("{field}: invalid label key {key:?}: {reason}")]
+    #[error("{field}: key {key:?}: {reason}")]
     InvalidKey {
         field: String,
         key: String,
         reason: &'static str,
     },
-    #[error("{field}: invalid label value {value:?} for key {key:?}: {reason}")]
+    #[error("{field}: value {value:?} for key {key:?}: {reason}")]
     InvalidValue {
         field: String,
         key: String,
         value: String,
         reason: &'static str,
     },
-    #[error("{field}: unknown operator {operator:?} (expected In, NotIn, Exists or DoesNotExist)")]
+    #[error("{field}: {operator:?} is not a valid operator (In, NotIn, Exists, DoesNotExist)")]
     UnknownOperator { field: String, operator: String },
     #[error("{field}: operator {operator} needs at least one value")]
     MissingValues {
@@ -41,6 +43,27 @@ pub enum SelectorError {
         field: String,
         operator: &'static str,
     },
+}
+
+impl SelectorError {
+    /// The field path, relative to the selector.
+    pub fn field(&self) -> &str {
+        match self {
+            SelectorError::InvalidKey { field, .. }
+            | SelectorError::InvalidValue { field, .. }
+            | SelectorError::UnknownOperator { field, .. }
+            | SelectorError::MissingValues { field, .. }
+            | SelectorError::UnexpectedValues { field, .. } => field,
+        }
+    }
+
+    /// The message without the field path.
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        full.strip_prefix(&format!("{}: ", self.field()))
+            .map(str::to_string)
+            .unwrap_or(full)
+    }
 }
 
 /// Read access to an object's labels.
@@ -112,14 +135,20 @@ impl Selector {
         Self::default()
     }
 
-    /// Validate and compile `selector`.
+    /// Validate and compile `selector`; the first problem on error (see [`Selector::parse`]).
     pub fn new(selector: &LabelSelector) -> Result<Self, SelectorError> {
+        Self::parse(selector).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Validate and compile `selector`, reporting every problem (never an empty list).
+    pub fn parse(selector: &LabelSelector) -> Result<Self, Vec<SelectorError>> {
+        let mut errors = Vec::new();
         let mut requirements = Vec::new();
         if let Some(labels) = &selector.match_labels {
             for (key, value) in labels {
-                let field = format!("matchLabels[{key}]");
-                validate_key(&field, key)?;
-                validate_value(&field, key, value)?;
+                let field = format!("matchLabels[{key:?}]");
+                errors.extend(validate_key(&field, key).err());
+                errors.extend(validate_value(&field, key, value).err());
                 requirements.push(Requirement {
                     key: key.clone(),
                     op: Operator::In(BTreeSet::from([value.clone()])),
@@ -128,54 +157,53 @@ impl Selector {
         }
         for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
-            validate_key(&format!("{field}.key"), &expr.key)?;
+            errors.extend(validate_key(&format!("{field}.key"), &expr.key).err());
             let values = expr.values.as_deref().unwrap_or_default();
-            let set = || -> Result<BTreeSet<String>, SelectorError> {
-                for value in values {
-                    validate_value(&format!("{field}.values"), &expr.key, value)?;
-                }
-                Ok(values.iter().cloned().collect())
-            };
+            for (j, value) in values.iter().enumerate() {
+                errors.extend(
+                    validate_value(&format!("{field}.values[{j}]"), &expr.key, value).err(),
+                );
+            }
+            let set = || values.iter().cloned().collect::<BTreeSet<String>>();
+            let values_field = format!("{field}.values");
             let op = match expr.operator.as_str() {
-                "In" | "NotIn" => {
-                    let name = if expr.operator == "In" { "In" } else { "NotIn" };
-                    if values.is_empty() {
-                        return Err(SelectorError::MissingValues {
-                            field,
-                            operator: name,
-                        });
-                    }
-                    if name == "In" {
-                        Operator::In(set()?)
-                    } else {
-                        Operator::NotIn(set()?)
-                    }
+                "In" | "NotIn" if values.is_empty() => {
+                    errors.push(SelectorError::MissingValues {
+                        field: values_field,
+                        operator: if expr.operator == "In" { "In" } else { "NotIn" },
+                    });
+                    continue;
                 }
-                "Exists" | "DoesNotExist" => {
-                    let exists = expr.operator == "Exists";
-                    if !values.is_empty() {
-                        return Err(SelectorError::UnexpectedValues {
-                            field,
-                            operator: if exists { "Exists" } else { "DoesNotExist" },
-                        });
-                    }
-                    if exists {
-                        Operator::Exists
-                    } else {
-                        Operator::DoesNotExist
-                    }
+                "In" => Operator::In(set()),
+                "NotIn" => Operator::NotIn(set()),
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    errors.push(SelectorError::UnexpectedValues {
+                        field: values_field,
+                        operator: if expr.operator == "Exists" {
+                            "Exists"
+                        } else {
+                            "DoesNotExist"
+                        },
+                    });
+                    continue;
                 }
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
                 other => {
-                    return Err(SelectorError::UnknownOperator {
-                        field,
+                    errors.push(SelectorError::UnknownOperator {
+                        field: format!("{field}.operator"),
                         operator: other.to_string(),
                     });
+                    continue;
                 }
             };
             requirements.push(Requirement {
                 key: expr.key.clone(),
                 op,
             });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         requirements.sort();
         requirements.dedup();
@@ -407,7 +435,47 @@ mod tests {
             SelectorError::InvalidValue { .. }
         ));
         let err = Selector::new(&sel(&[("a", "b c")], vec![])).unwrap_err();
-        assert!(err.to_string().contains("matchLabels[a]"), "{err}");
+        assert!(err.to_string().contains("matchLabels[\"a\"]"), "{err}");
+        assert_eq!(err.field(), "matchLabels[\"a\"]");
+        assert!(err.reason().starts_with("value \"b c\""), "{err}");
+    }
+
+    #[test]
+    fn parse_reports_every_problem_with_its_path() {
+        let errors = Selector::parse(&sel(
+            &[("bad key!", "ok")],
+            vec![
+                expr("a", "Exists", &["x"]),
+                expr("b", "NotIn", &[]),
+                expr("c", "Equals", &["v"]),
+                expr("-d", "In", &["ok", "-bad"]),
+            ],
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(SelectorError::field).collect();
+        assert_eq!(
+            fields,
+            [
+                "matchLabels[\"bad key!\"]",
+                "matchExpressions[0].values",
+                "matchExpressions[1].values",
+                "matchExpressions[2].operator",
+                "matchExpressions[3].key",
+                "matchExpressions[3].values[1]",
+            ]
+        );
+    }
+
+    #[test]
+    fn label_keys_with_prefixes() {
+        assert!(validate_key("k", "kubernetes.io/hostname").is_ok());
+        assert!(validate_key("k", "node-role.kubernetes.io/worker").is_ok());
+        assert!(validate_key("k", "app").is_ok());
+        assert!(validate_key("k", "Example.com/x").is_err());
+        assert!(validate_key("k", "/x").is_err());
+        assert!(validate_key("k", "a/b/c").is_err());
+        assert!(validate_key("k", &"a".repeat(64)).is_err());
+        assert!(validate_value("k", "k", "").is_ok());
     }
 
     #[test]

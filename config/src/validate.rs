@@ -298,133 +298,23 @@ fn namespace_of(object: &ObjectRef) -> String {
     object.namespace.clone().unwrap_or_default()
 }
 
-/// A label selector, checked and ready to match.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
-    requirements: Vec<Requirement>,
-}
+/// The one label-selector type of the workspace (compiled in [`crate::labels`]), re-exported
+/// because the parsed configuration carries it.
+pub use crate::labels::Selector;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Requirement {
-    key: String,
-    operator: Operator,
-    values: BTreeSet<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Operator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-}
-
-impl Selector {
-    /// The selector that matches everything (an empty LabelSelector).
-    pub fn everything() -> Self {
-        Selector::default()
-    }
-
-    /// Whether a set of labels satisfies every requirement, as Kubernetes evaluates them.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|r| {
-            let value = labels.get(&r.key);
-            match r.operator {
-                Operator::In => value.is_some_and(|v| r.values.contains(v)),
-                Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
-                Operator::Exists => value.is_some(),
-                Operator::DoesNotExist => value.is_none(),
-            }
-        })
-    }
-}
-
-/// Checks a LabelSelector as `metav1.LabelSelectorAsSelector` does: operators, the values
-/// rule of each operator, label key and value syntax.
+/// Checks a LabelSelector as `metav1.LabelSelectorAsSelector` does (operators, the values
+/// rule of each operator, label key and value syntax), reporting every problem under `field`.
 pub fn parse_selector(
     object: &ObjectRef,
     field: &str,
     selector: &LabelSelector,
 ) -> Result<Selector, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut requirements = Vec::new();
-    for (key, value) in selector.match_labels.iter().flatten() {
-        let f = format!("{field}.matchLabels[{key:?}]");
-        if let Err(e) = check_label_key(key) {
-            problems.push(Problem::error(object, &f, format!("key {key:?}: {e}")));
-        }
-        if let Err(e) = check_label_value(value) {
-            problems.push(Problem::error(object, &f, format!("value {value:?}: {e}")));
-        }
-        requirements.push(Requirement {
-            key: key.clone(),
-            operator: Operator::In,
-            values: BTreeSet::from([value.clone()]),
-        });
-    }
-    for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
-        let f = format!("{field}.matchExpressions[{i}]");
-        if let Err(e) = check_label_key(&expr.key) {
-            problems.push(Problem::error(
-                object,
-                format!("{f}.key"),
-                format!("{:?}: {e}", expr.key),
-            ));
-        }
-        let values = expr.values.clone().unwrap_or_default();
-        let operator = match expr.operator.as_str() {
-            "In" => Some(Operator::In),
-            "NotIn" => Some(Operator::NotIn),
-            "Exists" => Some(Operator::Exists),
-            "DoesNotExist" => Some(Operator::DoesNotExist),
-            other => {
-                problems.push(Problem::error(
-                    object,
-                    format!("{f}.operator"),
-                    format!("{other:?} is not a valid operator (In, NotIn, Exists, DoesNotExist)"),
-                ));
-                None
-            }
-        };
-        match operator {
-            Some(op @ (Operator::In | Operator::NotIn)) if values.is_empty() => {
-                problems.push(Problem::error(
-                    object,
-                    format!("{f}.values"),
-                    format!("operator {op:?} needs at least one value"),
-                ));
-            }
-            Some(op @ (Operator::Exists | Operator::DoesNotExist)) if !values.is_empty() => {
-                problems.push(Problem::error(
-                    object,
-                    format!("{f}.values"),
-                    format!("operator {op:?} takes no values, got {values:?}"),
-                ));
-            }
-            _ => {}
-        }
-        for (j, v) in values.iter().enumerate() {
-            if let Err(e) = check_label_value(v) {
-                problems.push(Problem::error(
-                    object,
-                    format!("{f}.values[{j}]"),
-                    format!("{v:?}: {e}"),
-                ));
-            }
-        }
-        if let Some(operator) = operator {
-            requirements.push(Requirement {
-                key: expr.key.clone(),
-                operator,
-                values: values.into_iter().collect(),
-            });
-        }
-    }
-    if problems.is_empty() {
-        Ok(Selector { requirements })
-    } else {
-        Err(problems)
-    }
+    Selector::parse(selector).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| Problem::error(object, format!("{field}.{}", e.field()), e.reason()))
+            .collect()
+    })
 }
 
 fn parse_selectors(
@@ -442,54 +332,6 @@ fn parse_selectors(
                 .ok()
         })
         .collect()
-}
-
-/// A label name: `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
-fn check_label_name(s: &str) -> Result<(), String> {
-    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    if s.len() > 63 {
-        return Err("must be at most 63 characters".into());
-    }
-    if !ok_end(s.chars().next())
-        || !ok_end(s.chars().last())
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(
-            "must be alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-fn check_label_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && l.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        };
-        if prefix.len() > 253 || !prefix.split('.').all(label_ok) {
-            return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
-        }
-    }
-    check_label_name(name).map_err(|e| format!("name part {e}"))
-}
-
-fn check_label_value(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    check_label_name(value)
 }
 
 // --- pools -------------------------------------------------------------------------------
@@ -1715,17 +1557,6 @@ mod tests {
             "\"-bad\"",
         );
         assert_eq!(errors(&problems).len(), 8, "{problems:#?}");
-    }
-
-    #[test]
-    fn label_keys_with_prefixes() {
-        assert!(check_label_key("kubernetes.io/hostname").is_ok());
-        assert!(check_label_key("node-role.kubernetes.io/worker").is_ok());
-        assert!(check_label_key("app").is_ok());
-        assert!(check_label_key("Example.com/x").is_err());
-        assert!(check_label_key("/x").is_err());
-        assert!(check_label_key(&"a".repeat(64)).is_err());
-        assert!(check_label_value("").is_ok());
     }
 
     #[test]

@@ -47,8 +47,7 @@ fn pools() -> Vec<Pool> {
                     match_expressions: None,
                 },
             )
-            .expect("selector")
-            .into(),
+            .expect("selector"),
         ],
         ..Default::default()
     });

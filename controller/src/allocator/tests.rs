@@ -30,19 +30,17 @@ fn with_sa(mut p: Pool, sa: ServiceAllocation) -> Pool {
     p
 }
 
-fn sel(pairs: &[(&str, &str)]) -> PoolSelector {
-    PoolSelector::from(
-        Selector::new(&LabelSelector {
-            match_labels: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            match_expressions: None,
-        })
-        .unwrap(),
-    )
+fn sel(pairs: &[(&str, &str)]) -> Selector {
+    Selector::new(&LabelSelector {
+        match_labels: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        match_expressions: None,
+    })
+    .unwrap()
 }
 
 fn ns_sa(priority: i32, namespaces: &[&str]) -> ServiceAllocation {

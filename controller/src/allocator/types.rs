@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use metalnet_config::labels::{Selector, SelectorError};
 use metalnet_config::model::metallb::IPAddressPoolSpec;
-use metalnet_config::validate::{self, ParsedPool};
+use metalnet_config::validate::ParsedPool;
 
 /// An IP address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -205,43 +205,14 @@ pub enum Outcome {
     },
 }
 
-/// A compiled label selector from either of the config crate's two selector types
-/// (`labels::Selector`, or `validate::Selector` inside a `ParsedPool`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoolSelector {
-    Labels(Selector),
-    Validated(validate::Selector),
-}
-
-impl PoolSelector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            PoolSelector::Labels(s) => s.matches(labels),
-            PoolSelector::Validated(s) => s.matches(labels),
-        }
-    }
-}
-
-impl From<Selector> for PoolSelector {
-    fn from(s: Selector) -> Self {
-        PoolSelector::Labels(s)
-    }
-}
-
-impl From<validate::Selector> for PoolSelector {
-    fn from(s: validate::Selector) -> Self {
-        PoolSelector::Validated(s)
-    }
-}
-
 /// `spec.serviceAllocation` of a pool, selectors compiled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceAllocation {
     /// Lower is preferred; 0 (or negative) means "no priority", after prioritised pools.
     pub priority: i32,
     pub namespaces: BTreeSet<String>,
-    pub namespace_selectors: Vec<PoolSelector>,
-    pub service_selectors: Vec<PoolSelector>,
+    pub namespace_selectors: Vec<Selector>,
+    pub service_selectors: Vec<Selector>,
 }
 
 impl ServiceAllocation {
@@ -293,18 +264,8 @@ impl Pool {
             service_allocation: p.allocation.as_ref().map(|a| ServiceAllocation {
                 priority: a.priority,
                 namespaces: a.namespaces.clone(),
-                namespace_selectors: a
-                    .namespace_selectors
-                    .iter()
-                    .cloned()
-                    .map(Into::into)
-                    .collect(),
-                service_selectors: a
-                    .service_selectors
-                    .iter()
-                    .cloned()
-                    .map(Into::into)
-                    .collect(),
+                namespace_selectors: a.namespace_selectors.to_vec(),
+                service_selectors: a.service_selectors.to_vec(),
             }),
         }
     }
@@ -319,21 +280,18 @@ impl Pool {
         let service_allocation = match &spec.service_allocation {
             None => None,
             Some(sa) => {
-                let compile =
-                    |field: &str, sels: &[_]| -> Result<Vec<PoolSelector>, PoolSpecError> {
-                        sels.iter()
-                            .enumerate()
-                            .map(|(i, s)| {
-                                Selector::new(s).map(PoolSelector::from).map_err(|source| {
-                                    PoolSpecError {
-                                        pool: name.clone(),
-                                        field: format!("{field}[{i}]"),
-                                        source: Box::new(source),
-                                    }
-                                })
+                let compile = |field: &str, sels: &[_]| -> Result<Vec<Selector>, PoolSpecError> {
+                    sels.iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            Selector::new(s).map_err(|source| PoolSpecError {
+                                pool: name.clone(),
+                                field: format!("{field}[{i}]"),
+                                source: Box::new(source),
                             })
-                            .collect()
-                    };
+                        })
+                        .collect()
+                };
                 Some(ServiceAllocation {
                     priority: sa.priority,
                     namespaces: sa.namespaces.iter().cloned().collect(),
