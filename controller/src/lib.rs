@@ -1,3 +1,9 @@
-//! Library side of the metalnet controller: pure logic the binary drives.
+//! Library side of the metalnet controller: the allocator, the reconciler that applies it to
+//! the cluster state, and the loop that runs it.
 
 pub mod allocator;
+pub mod explain;
+pub mod metrics;
+pub mod pools;
+pub mod reconcile;
+pub mod run;

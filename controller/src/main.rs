@@ -4,17 +4,42 @@ mod validate_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metalnet_config::cli::CommonArgs;
+use metalnet_config::telemetry::{Health, serve_metrics};
+use metalnet_controller::reconcile::Options;
+use metalnet_controller::{explain, metrics::Metrics, run};
+
+/// The controller's metrics port (MetalLB's controller uses 7472 too).
+const METRICS_PORT: u16 = 7472;
 
 /// Assigns external addresses from MetalLB IPAddressPools to Services of type LoadBalancer
-/// and writes them to the Services' status (MetalLB controller compatible).
+/// and writes them to the Services' status (MetalLB controller compatible: same pools, same
+/// annotations, same addresses). Runs on Kubernetes, or on a state directory (--state-dir).
 #[derive(Parser, Debug)]
 #[command(name = "metalnet-controller", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+
+    /// Serve only Services whose spec.loadBalancerClass is NAME (as MetalLB's --lb-class).
+    /// Without it, only Services without a loadBalancerClass are served. Services of other
+    /// classes are never written to.
+    #[arg(long, value_name = "NAME", global = true)]
+    lb_class: Option<String>,
+
+    /// Read IPAddressPools only from namespace NS (MetalLB reads only its own namespace,
+    /// usually metallb-system). Default: pools in every namespace.
+    #[arg(long, value_name = "NS", global = true)]
+    config_namespace: Option<String>,
+
+    /// Reconcile the current state once, write the results (status, annotations, events)
+    /// and exit: for CI, scripts and state directories. Exit status 1 if a write failed.
+    #[arg(long)]
+    once: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,13 +54,26 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Print why a Service has its address, or why it has none, from the current state
+    /// (pools, other Services, the Events recorded about it). Writes nothing. Exits 1 when
+    /// the Service does not exist.
+    Explain {
+        /// The Service, as NAMESPACE/NAME.
+        #[arg(value_name = "NAMESPACE/NAME")]
+        service: String,
+    },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let opts = Options {
+        lb_class: cli.lb_class.clone().filter(|c| !c.is_empty()),
+        config_namespace: cli.config_namespace.clone().filter(|n| !n.is_empty()),
+    };
+    match &cli.command {
         Some(Command::Validate { paths }) => {
-            match validate_cmd::run(&paths, &mut std::io::stdout().lock()) {
+            match validate_cmd::run(paths, &mut std::io::stdout().lock()) {
                 Ok(false) => ExitCode::SUCCESS,
                 Ok(true) => ExitCode::from(1),
                 Err(e) => {
@@ -44,10 +82,83 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Explain { service }) => {
+            cli.common.init_logging();
+            match explain_cmd(&cli.common, &opts, service).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("metalnet-controller explain: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => {
-            let _ = &cli.common;
-            eprintln!("metalnet-controller: allocation is not implemented yet; `validate` works");
-            ExitCode::from(2)
+            cli.common.init_logging();
+            match controller(&cli.common, &opts, cli.once).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "metalnet-controller failed");
+                    eprintln!("metalnet-controller: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn explain_cmd(common: &CommonArgs, opts: &Options, service: &str) -> anyhow::Result<bool> {
+    let key = explain::parse_key(service).map_err(anyhow::Error::msg)?;
+    let state = common
+        .cluster_state(run::KINDS)
+        .await
+        .context("reading the cluster state")?;
+    match explain::explain(&state, opts, &key).await? {
+        Some(text) => {
+            print!("{text}");
+            Ok(true)
+        }
+        None => {
+            println!("Service {key} does not exist");
+            Ok(false)
+        }
+    }
+}
+
+async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::Result<()> {
+    let state = common
+        .cluster_state(run::KINDS)
+        .await
+        .context("reading the cluster state")?;
+    if once {
+        run::reconcile_once(&state, opts).await?;
+        return Ok(());
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let health = Health::default();
+    if let Some(addr) = common.metrics_addr(METRICS_PORT)? {
+        serve_metrics(addr, Arc::new(registry), health.clone())
+            .await
+            .with_context(|| format!("serving metrics on {addr}"))?;
+    }
+    run::run(&state, opts, &metrics, &health, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -261,6 +261,10 @@ impl DirBackend {
         self.blocking(move |inner| inner.delete(&obj)).await
     }
 
+    pub fn list_events(&self, namespace: &str) -> Vec<Value> {
+        list_namespace_events(&self.inner.root, namespace)
+    }
+
     pub async fn record_event(
         &self,
         regarding: &ObjectRef,
@@ -644,11 +648,20 @@ impl Inner {
 
 /// The Events recorded about `regarding` in the state directory `dir`, oldest first.
 pub fn list_events(dir: &Path, regarding: &ObjectRef) -> Vec<Value> {
+    list_namespace_events(dir, regarding.namespace.as_deref().unwrap_or("default"))
+        .into_iter()
+        .filter(|v| event_is_about(v, regarding))
+        .collect()
+}
+
+/// Every Event recorded in `namespace` in the state directory `dir`, oldest first
+/// (by `firstTimestamp`, then name).
+pub fn list_namespace_events(dir: &Path, namespace: &str) -> Vec<Value> {
     let ns_dir = dir
         .join("status")
         .join(StatusArea::Objects.dir())
         .join(Kind::Event.name())
-        .join(regarding.namespace.as_deref().unwrap_or("default"));
+        .join(namespace);
     let Ok(entries) = std::fs::read_dir(&ns_dir) else {
         return Vec::new();
     };
@@ -661,12 +674,7 @@ pub fn list_events(dir: &Path, regarding: &ObjectRef) -> Vec<Value> {
         })
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|t| serde_saphyr::from_str::<Value>(&t).ok())
-        .filter(|v| {
-            let inv = &v["involvedObject"];
-            inv["kind"] == regarding.kind.name()
-                && inv["name"] == regarding.name.as_str()
-                && inv.get("namespace").and_then(Value::as_str) == regarding.namespace.as_deref()
-        })
+        .filter(Value::is_object)
         .collect();
     events.sort_by(|a, b| {
         let key = |v: &Value| {
@@ -681,6 +689,14 @@ pub fn list_events(dir: &Path, regarding: &ObjectRef) -> Vec<Value> {
         key(a).cmp(&key(b))
     });
     events
+}
+
+/// Whether an Event's `involvedObject` is `regarding`.
+pub fn event_is_about(event: &Value, regarding: &ObjectRef) -> bool {
+    let inv = &event["involvedObject"];
+    inv["kind"] == regarding.kind.name()
+        && inv["name"] == regarding.name.as_str()
+        && inv.get("namespace").and_then(Value::as_str) == regarding.namespace.as_deref()
 }
 
 /// `Kind/namespace/name.yaml` (relative to `status/patches` or `status/objects`) to the

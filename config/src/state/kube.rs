@@ -315,6 +315,24 @@ impl KubeBackend {
         }
     }
 
+    /// Every core/v1 Event in `namespace`, as JSON (listed, not watched).
+    pub async fn list_events(&self, namespace: &str) -> Result<Vec<Value>, StateError> {
+        let events: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &api_resource(Kind::Event));
+        let list = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| StateError::KubeApi {
+                what: format!("listing events in namespace {namespace}"),
+                message: e.to_string(),
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect())
+    }
+
     /// Records a core/v1 Event; a repeat of the same type, reason and message about the same
     /// object within a few minutes increments `count` on the Event already written.
     pub async fn record_event(

@@ -658,6 +658,34 @@ impl ClusterState {
         }
     }
 
+    /// Every Event in `namespace` (to read back what was recorded, e.g. for `explain`).
+    pub async fn list_events(&self, namespace: &str) -> Result<Vec<serde_json::Value>, StateError> {
+        match &self.backend {
+            Backend::Dir(b) => Ok(b.list_events(namespace)),
+            Backend::Kube(b) => b.list_events(namespace).await,
+        }
+    }
+
+    /// Events about `regarding`, oldest first (by `lastTimestamp`).
+    pub async fn events_about(
+        &self,
+        regarding: &ObjectRef,
+    ) -> Result<Vec<serde_json::Value>, StateError> {
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let mut events: Vec<_> = self
+            .list_events(namespace)
+            .await?
+            .into_iter()
+            .filter(|e| dir::event_is_about(e, regarding))
+            .collect();
+        events.sort_by(|a, b| {
+            let t =
+                |v: &serde_json::Value| v["lastTimestamp"].as_str().unwrap_or_default().to_string();
+            t(a).cmp(&t(b))
+        });
+        Ok(events)
+    }
+
     /// Records an Event about `regarding`; repeats of the same reason and message are
     /// counted on one Event, as Kubernetes' event recorder does.
     pub async fn record_event(

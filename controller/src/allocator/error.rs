@@ -132,8 +132,6 @@ pub enum AllocError {
     BothAnnotationAndSpec { annotation: &'static str },
     #[error("{field}: {value:?} is not an IP address")]
     InvalidAddress { field: String, value: String },
-    #[error("spec.clusterIPs is empty: cannot tell the service's IP family")]
-    NoClusterIps,
     #[error("spec.clusterIPs {value:?}: {reason}")]
     InvalidClusterIps { value: Vec<String>, reason: String },
     #[error(

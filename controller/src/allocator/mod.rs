@@ -285,6 +285,12 @@ impl Allocator {
             .collect()
     }
 
+    /// How many Services [`Allocator::pending`] would list, in O(1).
+    pub fn pending_count(&self) -> usize {
+        // Every holder has a request (take() only follows assign/adopt, which record one).
+        self.requests.len().saturating_sub(self.held.len())
+    }
+
     /// Services holding `ip`.
     pub fn holders(&self, ip: &IpAddr) -> Vec<ServiceKey> {
         self.ips

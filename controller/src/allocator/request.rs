@@ -137,6 +137,11 @@ impl ServiceRequest {
 /// MetalLB: the Service's family comes from `spec.clusterIPs` (else `spec.clusterIP`); one
 /// address → single-stack, two of different families → dual-stack. The policy then decides
 /// between RequireDual and PreferDual; `spec.ipFamilies[0]` is the preferred family.
+///
+/// A Service without cluster IPs (a manifest in a state directory: no API server allocated
+/// them) is read as the API server would allocate them on a dual-stack cluster:
+/// `spec.ipFamilies` when given, else IPv4, and both families for PreferDualStack and
+/// RequireDualStack. (MetalLB refuses such Services; on Kubernetes they do not occur.)
 pub fn family_request(
     policy: Option<&str>,
     ip_families: &[String],
@@ -148,7 +153,7 @@ pub fn family_request(
     } else {
         match cluster_ip {
             Some(ip) if !ip.is_empty() => vec![ip.to_string()],
-            _ => return Err(AllocError::NoClusterIps),
+            _ => return families_without_cluster_ips(policy, ip_families),
         }
     };
     let invalid = |reason: &str| AllocError::InvalidClusterIps {
@@ -186,6 +191,32 @@ pub fn family_request(
         // Kubernetes never gives a SingleStack Service two cluster IPs.
         (true, _) => FamilyRequest::Single(primary),
     })
+}
+
+/// See [`family_request`]: families from `spec.ipFamilies` and the policy alone.
+fn families_without_cluster_ips(
+    policy: Option<&str>,
+    ip_families: &[String],
+) -> Result<FamilyRequest, AllocError> {
+    let parse = |s: &String| match s.as_str() {
+        "IPv4" => Ok(IpFamily::V4),
+        "IPv6" => Ok(IpFamily::V6),
+        other => Err(AllocError::InvalidClusterIps {
+            value: ip_families.to_vec(),
+            reason: format!("spec.ipFamilies: {other:?} is not IPv4 or IPv6"),
+        }),
+    };
+    let families: Vec<IpFamily> = ip_families.iter().map(parse).collect::<Result<_, _>>()?;
+    let primary = families.first().copied().unwrap_or(IpFamily::V4);
+    match policy.unwrap_or("SingleStack") {
+        "SingleStack" => Ok(FamilyRequest::Single(primary)),
+        "PreferDualStack" if families.len() == 1 => Ok(FamilyRequest::Single(primary)),
+        "PreferDualStack" => Ok(FamilyRequest::PreferDual { primary }),
+        "RequireDualStack" => Ok(FamilyRequest::RequireDual),
+        other => Err(AllocError::InvalidFamilyPolicy {
+            value: other.to_string(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -322,10 +353,25 @@ mod tests {
             family_request(Some("PreferDualStack"), &[], &s(&["10.0.0.1"]), None).unwrap(),
             FamilyRequest::Single(IpFamily::V4)
         );
-        assert!(matches!(
-            family_request(None, &[], &[], None),
-            Err(AllocError::NoClusterIps)
-        ));
+        // No cluster IPs (a state directory): families from ipFamilies and the policy.
+        assert_eq!(
+            family_request(None, &[], &[], None).unwrap(),
+            FamilyRequest::Single(IpFamily::V4)
+        );
+        assert_eq!(
+            family_request(None, &s(&["IPv6"]), &[], Some("")).unwrap(),
+            FamilyRequest::Single(IpFamily::V6)
+        );
+        assert_eq!(
+            family_request(Some("RequireDualStack"), &[], &[], None).unwrap(),
+            FamilyRequest::RequireDual
+        );
+        assert_eq!(
+            family_request(Some("PreferDualStack"), &s(&["IPv6", "IPv4"]), &[], None).unwrap(),
+            FamilyRequest::PreferDual {
+                primary: IpFamily::V6
+            }
+        );
         assert!(matches!(
             family_request(None, &[], &s(&["None"]), None),
             Err(AllocError::InvalidClusterIps { .. })
