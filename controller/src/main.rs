@@ -83,7 +83,12 @@ async fn main() -> ExitCode {
             }
         }
         Some(Command::Explain { service }) => {
-            cli.common.init_logging();
+            // The answer goes to stdout; keep routine progress logs out of the way.
+            let mut common = cli.common.clone();
+            if common.log_level == "info" {
+                common.log_level = "warn".into();
+            }
+            common.init_logging();
             match explain_cmd(&cli.common, &opts, service).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),

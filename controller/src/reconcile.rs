@@ -66,6 +66,7 @@ pub enum Action {
     SetPoolAnnotation {
         service: ObjectRef,
         pool: Option<String>,
+        drop_deprecated: bool,
     },
     Event {
         object: ObjectRef,
@@ -621,7 +622,11 @@ impl Reconciler {
         let current_pool = annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL);
         let deprecated = annotation(svc, DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL).is_some();
         if current_pool != pool.as_deref() || deprecated {
-            out.push(Action::SetPoolAnnotation { service, pool });
+            out.push(Action::SetPoolAnnotation {
+                service,
+                pool,
+                drop_deprecated: deprecated,
+            });
         }
     }
 

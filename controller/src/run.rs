@@ -74,15 +74,21 @@ async fn execute(
                     .await;
                 (service, r)
             }
-            Action::SetPoolAnnotation { service, pool } => {
+            Action::SetPoolAnnotation {
+                service,
+                pool,
+                drop_deprecated,
+            } => {
+                let mut annotations =
+                    BTreeMap::from([(ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool)]);
+                if drop_deprecated {
+                    annotations.insert(
+                        DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),
+                        None,
+                    );
+                }
                 let patch = MetadataPatch {
-                    annotations: BTreeMap::from([
-                        (ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool),
-                        (
-                            DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),
-                            None,
-                        ),
-                    ]),
+                    annotations,
                     labels: BTreeMap::new(),
                 };
                 let r = state.patch_metadata(&service, &patch).await;
