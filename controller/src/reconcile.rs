@@ -737,32 +737,33 @@ mod tests {
     }
 
     fn snapshot(pools: Vec<IPAddressPool>, services: Vec<Service>) -> Snapshot {
-        let mut s = Snapshot::default();
-        s.ip_address_pools = Arc::new(
-            pools
-                .into_iter()
-                .map(|p| {
-                    let k = ObjectKey {
-                        namespace: p.metadata.namespace.clone(),
-                        name: p.metadata.name.clone().unwrap(),
-                    };
-                    (k, Arc::new(p))
-                })
-                .collect(),
-        );
-        s.services = Arc::new(
-            services
-                .into_iter()
-                .map(|svc| {
-                    let k = ObjectKey {
-                        namespace: svc.metadata.namespace.clone(),
-                        name: svc.metadata.name.clone().unwrap(),
-                    };
-                    (k, Arc::new(svc))
-                })
-                .collect(),
-        );
-        s
+        Snapshot {
+            ip_address_pools: Arc::new(
+                pools
+                    .into_iter()
+                    .map(|p| {
+                        let k = ObjectKey {
+                            namespace: p.metadata.namespace.clone(),
+                            name: p.metadata.name.clone().unwrap(),
+                        };
+                        (k, Arc::new(p))
+                    })
+                    .collect(),
+            ),
+            services: Arc::new(
+                services
+                    .into_iter()
+                    .map(|svc| {
+                        let k = ObjectKey {
+                            namespace: svc.metadata.namespace.clone(),
+                            name: svc.metadata.name.clone().unwrap(),
+                        };
+                        (k, Arc::new(svc))
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
     }
 
     fn ingress(actions: &[Action]) -> BTreeMap<String, Vec<String>> {

@@ -125,9 +125,11 @@ async fn drop_repeated_events(state: &ClusterState, actions: &mut Vec<Action>) {
             _ => None,
         })
         .collect();
-    // Latest (reason, message)s per (kind, namespace, name) of our events.
-    let mut latest: BTreeMap<(String, String, String), (String, Vec<(String, String)>)> =
-        BTreeMap::new();
+    // Per (kind, namespace, name): the latest lastTimestamp of our events and their
+    // (reason, message)s.
+    type Involved = (String, String, String);
+    type Latest = (String, Vec<(String, String)>);
+    let mut latest: BTreeMap<Involved, Latest> = BTreeMap::new();
     for ns in namespaces {
         let events = match state.list_events(&ns).await {
             Ok(e) => e,
