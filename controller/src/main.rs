@@ -86,7 +86,7 @@ async fn main() -> ExitCode {
             // The answer goes to stdout; keep routine progress logs out of the way.
             let mut common = cli.common.clone();
             if common.log_level == "info" {
-                common.log_level = "warn".into();
+                common.log_level = "error".into();
             }
             common.init_logging();
             match explain_cmd(&cli.common, &opts, service).await {
