@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use metalnet_lab::lab::{self, BgpRouter, Bird, DemoSite, Lab, Process};
+use metalnet_lab::lab::{self, BgpRouter, Bird, DemoSite, Lab, components};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,10 +33,14 @@ enum Command {
         /// Directory for the demo's state (topology description, component state).
         #[arg(long)]
         state_dir: PathBuf,
-        /// Directory holding the metalnet binaries (controller, speaker, ...), when the demo
-        /// starts them.
+        /// Directory holding the metalnet binaries (controller, speaker, ...). Default: the
+        /// directory of this executable (cargo builds them all into one).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Bring everything up, check that it works, tear it down and exit (0 when every
+        /// check passed) instead of waiting for Ctrl-C. Used by the test suite.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -71,18 +75,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { state_dir, bin_dir } => demo(&state_dir, bin_dir.as_deref()),
+        Command::Demo {
+            state_dir,
+            bin_dir,
+            check,
+        } => demo(&state_dir, bin_dir.as_deref(), check),
     }
-}
-
-/// Hook for starting the metalnet components (controller, speakers, ...) on the demo site.
-/// Returned processes are stopped when the demo ends (and by the lab's teardown anyway).
-fn start_metalnet_components(
-    _site: &DemoSite,
-    _state_dir: &Path,
-    _bin_dir: Option<&Path>,
-) -> Result<Vec<Process>> {
-    Ok(Vec::new())
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (inherited by later threads) so `sigwait` can
@@ -111,7 +109,7 @@ fn wait_for_termination(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-fn demo(state_dir: &Path, bin_dir: Option<&Path>) -> Result<()> {
+fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let signals = block_termination_signals()?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
@@ -122,8 +120,16 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>) -> Result<()> {
     site.remote
         .wait_ping(&lab::demo::node_v4(0), Duration::from_secs(5))
         .context("remote client cannot reach node1 through the router")?;
-    let components = start_metalnet_components(&site, state_dir, bin_dir)
+    let bin_dir = components::bin_dir(bin_dir)?;
+    let running = components::start(&site, state_dir, &bin_dir)
         .context("starting the metalnet components")?;
+    let ips = components::wait_service_ingress(state_dir, "demo", "web", Duration::from_secs(20))
+        .with_context(|| {
+        format!(
+            "the controller did not assign an address; its log:\n{}",
+            running.controller.logs()
+        )
+    })?;
 
     let mut text = site.describe();
     text.push_str(&format!(
@@ -134,16 +140,43 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>) -> Result<()> {
         "  birdc -s {} show route all\n",
         bird.socket().display()
     ));
+    let dir = state_dir.display();
+    let ctl_ns = site.nodes[0].netns();
+    let bin = bin_dir.display();
+    let metrics = lab::demo::node_v4(0);
+    for line in [
+        format!("\nmetalnet on the embedded default, state directory {dir}:"),
+        format!(
+            "  metalnet-controller   ns {ctl_ns}; Service demo/web got {}",
+            ips.join(", ")
+        ),
+        "\nTry:".to_string(),
+        format!("  {bin}/metalnet-controller --state-dir {dir} explain demo/web"),
+        format!("  cat {dir}/status/patches/Service/demo/web.yaml     # what the controller wrote"),
+        format!(
+            "  $EDITOR {dir}/demo.yaml    # add a Service, change the pool: metalnet reacts at once"
+        ),
+        format!(
+            "  ip netns exec {ctl_ns} curl -s http://{metrics}:7472/metrics | grep metallb_allocator"
+        ),
+    ] {
+        text.push_str(&line);
+        text.push('\n');
+    }
     text.push_str(&format!("\nLab files: {}\n", lab.dir().display()));
     std::fs::write(state_dir.join("topology.txt"), &text)
         .with_context(|| format!("writing {}", state_dir.join("topology.txt").display()))?;
-    println!("{text}\nPress Ctrl-C to tear the site down.");
-
-    let sig = wait_for_termination(&signals);
-    println!("\nsignal {sig} received, tearing down lab {}", lab.prefix());
-    for p in &components {
-        p.stop();
+    if check {
+        println!(
+            "{text}\ndemo check passed, tearing down lab {}",
+            lab.prefix()
+        );
+    } else {
+        println!("{text}\nPress Ctrl-C to tear the site down.");
+        let sig = wait_for_termination(&signals);
+        println!("\nsignal {sig} received, tearing down lab {}", lab.prefix());
     }
+    running.controller.stop();
     bird.stop();
     drop(lab);
     println!("done");

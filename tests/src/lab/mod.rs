@@ -11,6 +11,7 @@
 
 pub mod bgp;
 pub mod bird;
+pub mod components;
 pub mod demo;
 mod down;
 pub mod frr;

@@ -1,0 +1,150 @@
+//! Running metalnet's own daemons on the demo site, on one shared state directory (the
+//! embedded default), the way the demo and the end-to-end tests use them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::demo::{DemoSite, node_v4, node_v6};
+use super::{LabError, Process, Result, io_err};
+
+const DEMO_MANIFESTS: &str = r#"# The demo's cluster state: edit this file (or add others) and watch metalnet react.
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: demo, namespace: metallb-system}
+spec:
+  addresses: ["192.0.2.200-192.0.2.219", "2001:db8:0:1::200/124"]
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: demo, namespace: metallb-system}
+spec:
+  ipAddressPools: [demo]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  type: LoadBalancer
+  ports: [{name: http, port: 80, protocol: TCP}]
+  selector: {app: web}
+"#;
+
+/// The manifests the demo starts from: a pool on the site segment, an L2Advertisement, the
+/// three Nodes, and one LoadBalancer Service. Plain YAML a user could `kubectl apply`.
+pub fn demo_manifests(site: &DemoSite) -> String {
+    let mut s = String::from(DEMO_MANIFESTS);
+    for (i, node) in site.nodes.iter().enumerate() {
+        let lines = [
+            "---".to_string(),
+            "apiVersion: v1".into(),
+            "kind: Node".into(),
+            format!(
+                "metadata: {{name: {0}, labels: {{kubernetes.io/hostname: {0}}}}}",
+                node.name()
+            ),
+            "status:".into(),
+            "  addresses:".into(),
+            format!("  - {{type: InternalIP, address: \"{}\"}}", node_v4(i)),
+            format!("  - {{type: InternalIP, address: \"{}\"}}", node_v6(i)),
+            "  conditions: [{type: Ready, status: \"True\"}]".into(),
+        ];
+        s.push_str(&lines.join("\n"));
+        s.push('\n');
+    }
+    s
+}
+
+/// Where the metalnet binaries are: `bin_dir` when given, else beside the running executable
+/// (cargo puts every binary of the workspace in one directory).
+pub fn bin_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    let exe = std::env::current_exe().map_err(io_err("locating the running executable"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| LabError::Invalid(format!("{} has no directory", exe.display())))
+}
+
+fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = bin_dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(LabError::Invalid(format!(
+            "{} not found: build it first (cargo build --bins)",
+            p.display()
+        )))
+    }
+}
+
+/// The running components of the demo.
+pub struct Components {
+    pub controller: Process,
+}
+
+/// Writes the demo manifests into `state_dir` and starts the controller (on node1, as a
+/// Deployment's single replica would run somewhere in the cluster).
+pub fn start(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Components> {
+    let manifests = state_dir.join("demo.yaml");
+    std::fs::write(&manifests, demo_manifests(site))
+        .map_err(io_err(format!("writing {}", manifests.display())))?;
+    let controller_bin = binary(bin_dir, "metalnet-controller")?;
+    let state = state_dir.display().to_string();
+    let controller = site.nodes[0].spawn(
+        "metalnet-controller",
+        &[
+            controller_bin.to_str().unwrap_or("metalnet-controller"),
+            "--state-dir",
+            &state,
+            "--metrics-addr",
+            &format!("{}:7472", node_v4(0)),
+        ],
+    )?;
+    Ok(Components { controller })
+}
+
+/// The addresses in a Service's status as the state directory holds them (status patch
+/// merged), read straight from the files so the lab needs no client of its own.
+pub fn service_ingress(state_dir: &Path, namespace: &str, name: &str) -> Vec<String> {
+    let path = state_dir
+        .join("status/patches/Service")
+        .join(namespace)
+        .join(format!("{name}.yaml"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    value
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.get("ip").and_then(|ip| ip.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the Service has an address in its status.
+pub fn wait_service_ingress(
+    state_dir: &Path,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    super::wait_for_value(
+        &format!("Service {namespace}/{name} to get an address"),
+        timeout,
+        || {
+            let ips = service_ingress(state_dir, namespace, name);
+            (!ips.is_empty()).then_some(ips)
+        },
+    )
+}

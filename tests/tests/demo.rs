@@ -1,0 +1,56 @@
+//! The README's demo command, as a new user meets it: the site comes up on the embedded
+//! default, the components run, the checks pass, and everything is torn down.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds the workspace binaries the demo starts (a no-op when they are current), so the test
+/// also works under `cargo test -p metalnet-lab`.
+fn build_bins() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "metalnet-controller",
+            "--bin",
+            "metalnet-controller",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building metalnet-controller failed");
+}
+
+#[test]
+fn demo_comes_up_assigns_an_address_and_tears_down() {
+    build_bins();
+    let state = tempfile::tempdir().unwrap();
+    let lab_bin = PathBuf::from(env!("CARGO_BIN_EXE_metalnet-lab"));
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(&lab_bin)
+        .args(["demo", "--check", "--state-dir"])
+        .arg(state.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run metalnet-lab demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Service demo/web got 192.0.2.200"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("demo check passed"), "{stdout}");
+    // The lab's namespaces are gone (the prefix is printed in the teardown line).
+    let prefix = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("demo check passed, tearing down lab "))
+        .expect("teardown line")
+        .trim()
+        .to_string();
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&netns.stdout);
+    assert!(!left.contains(&prefix), "namespaces left behind: {left}");
+}
