@@ -2,6 +2,7 @@
 //! machinery more than one daemon needs, in modules by concern.
 
 pub mod addr;
+pub mod bgp;
 pub mod cli;
 pub mod crd;
 pub mod labels;

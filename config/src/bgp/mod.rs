@@ -1,0 +1,14 @@
+//! A BGP-4 speaker engine (RFC 4271) shared by the speaker (MetalLB BGP mode) and the router
+//! (kube-router pod routing): the typed wire format, a pure session state machine and the
+//! tokio edge that drives it over TCP.
+//!
+//! - [`wire`]: messages with `parse`/`emit` that round-trip; every malformed input maps to the
+//!   NOTIFICATION code/subcode RFC 4271 §6 prescribes.
+//! - [`fsm`]: the RFC 4271 §8 state machine as a pure function of events to actions.
+//! - [`session`]: sockets (source address, TTL, TCP MD5), framing, timers, route diffing.
+
+pub mod fsm;
+pub mod session;
+pub mod wire;
+
+pub use wire::{LargeCommunity, Message, WireContext, WireError};
