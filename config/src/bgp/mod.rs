@@ -8,7 +8,11 @@
 //! - [`session`]: sockets (source address, TTL, TCP MD5), framing, timers, route diffing.
 
 pub mod fsm;
+pub mod rib;
 pub mod session;
 pub mod wire;
 
+pub use fsm::{Fsm, FsmConfig, Negotiated, State};
+pub use rib::{ReceivedRoute, RouteAttrs};
+pub use session::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

@@ -1,1 +1,877 @@
-//! placeholder
+//! The tokio edge of a BGP session: sockets (source address, TTL, TCP MD5, connect timeout, or
+//! a passive listener), framing, timers, and the desired-routes diff, driving [`Fsm`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::fsm::{
+    Action, DownReason, Event, Family, Fsm, FsmConfig, IPV4_UNICAST, IPV6_UNICAST, Negotiated,
+    State, Timer,
+};
+pub use super::rib::RouteAttrs;
+use super::rib::{self, Announced, ReceivedRoute};
+use super::wire::{self, Message, WireContext};
+
+/// A TCP MD5 password. It never shows in Debug output, logs or status.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(p: impl Into<String>) -> Self {
+        Self(p.into())
+    }
+
+    fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One peer, with the parameters of MetalLB's BGPPeer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub my_asn: u32,
+    pub peer_asn: u32,
+    pub peer_address: IpAddr,
+    pub peer_port: u16,
+    /// Local address to connect from (and the default next hop).
+    pub source_address: Option<IpAddr>,
+    pub router_id: Option<Ipv4Addr>,
+    /// Proposed hold time (0, or at least 3 s; whole seconds).
+    pub hold_time: Duration,
+    /// Keepalive interval; default a third of the negotiated hold time.
+    pub keepalive_time: Option<Duration>,
+    /// TCP connect timeout.
+    pub connect_time: Duration,
+    /// eBGP peer more than one hop away: TTL 255 instead of 1 (iBGP always uses 255).
+    pub ebgp_multihop: bool,
+    pub password: Option<Password>,
+    pub enable_graceful_restart: bool,
+    /// Graceful restart time announced, seconds.
+    pub graceful_restart_time: u16,
+    /// Passive: accept the peer's connection on this address instead of connecting.
+    pub listen: Option<SocketAddr>,
+    pub families: Vec<Family>,
+    /// Reconnect backoff (MetalLB: 1 s doubling to 2 min).
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl PeerConfig {
+    pub fn new(my_asn: u32, peer_asn: u32, peer_address: IpAddr) -> Self {
+        Self {
+            my_asn,
+            peer_asn,
+            peer_address,
+            peer_port: 179,
+            source_address: None,
+            router_id: None,
+            hold_time: Duration::from_secs(90),
+            keepalive_time: None,
+            connect_time: Duration::from_secs(10),
+            ebgp_multihop: false,
+            password: None,
+            enable_graceful_restart: false,
+            graceful_restart_time: 120,
+            listen: None,
+            families: vec![IPV4_UNICAST, IPV6_UNICAST],
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(120),
+        }
+    }
+
+    pub fn fsm_config(&self) -> FsmConfig {
+        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        FsmConfig {
+            local_as: self.my_asn,
+            peer_as: self.peer_asn,
+            router_id: self.router_id,
+            hold_time: secs(self.hold_time),
+            keepalive_time: self.keepalive_time.map(secs),
+            passive: self.listen.is_some(),
+            graceful_restart: self
+                .enable_graceful_restart
+                .then_some(self.graceful_restart_time),
+            families: self.families.clone(),
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_address, self.peer_port)
+    }
+
+    fn ttl(&self) -> u32 {
+        if self.ebgp_multihop || self.my_asn == self.peer_asn {
+            255
+        } else {
+            1
+        }
+    }
+}
+
+/// The session's state as the status and metrics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStatus {
+    pub state: State,
+    /// Why the session last went down or failed to come up.
+    pub last_error: Option<String>,
+    pub negotiated: Option<Negotiated>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub updates_sent: AtomicU64,
+    pub updates_received: AtomicU64,
+    /// Prefixes the peer currently has from us.
+    pub prefixes_announced: AtomicU64,
+    pub session_up: AtomicBool,
+    /// How often the session reached Established.
+    pub established_total: AtomicU64,
+}
+
+type Desired = Arc<BTreeMap<IpNet, RouteAttrs>>;
+type Received = Arc<Mutex<BTreeMap<IpNet, ReceivedRoute>>>;
+
+/// Controls a running session; dropping it stops the session (like [`SessionHandle::shutdown`]
+/// without waiting).
+#[derive(Debug)]
+pub struct SessionHandle {
+    peer: SocketAddr,
+    desired: watch::Sender<Desired>,
+    status: watch::Receiver<SessionStatus>,
+    received: Received,
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Session;
+
+impl Session {
+    /// Starts a session task on the current tokio runtime.
+    pub fn spawn(config: PeerConfig) -> SessionHandle {
+        let (desired_tx, desired_rx) = watch::channel(Desired::default());
+        let (status_tx, status_rx) = watch::channel(SessionStatus {
+            state: State::Idle,
+            last_error: None,
+            negotiated: None,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let received = Received::default();
+        let counters = Arc::new(Counters::default());
+        let runner = Runner {
+            fsm: Fsm::new(config.fsm_config()),
+            config: config.clone(),
+            conn: None,
+            connecting: None,
+            listener: None,
+            timers: Timers::default(),
+            desired: desired_rx,
+            advertised: BTreeMap::new(),
+            received: received.clone(),
+            counters: counters.clone(),
+            status: status_tx,
+            last_error: None,
+            buf: Vec::new(),
+        };
+        let task = tokio::spawn(runner.run(stop_rx));
+        SessionHandle {
+            peer: config.peer(),
+            desired: desired_tx,
+            status: status_rx,
+            received,
+            counters,
+            stop: stop_tx,
+            task: Some(task),
+        }
+    }
+}
+
+impl SessionHandle {
+    /// Replaces the routes to announce; the session sends only the difference.
+    pub fn set_routes(&self, desired: BTreeMap<IpNet, RouteAttrs>) {
+        self.desired.send_replace(Arc::new(desired));
+    }
+
+    pub fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    pub fn status(&self) -> SessionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<SessionStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the session is in `state`; false on timeout.
+    pub async fn wait_for(&self, state: State, timeout: Duration) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.state == state))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The routes the peer announced to us (empty while the session is down).
+    pub fn received(&self) -> BTreeMap<IpNet, ReceivedRoute> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Stops the session: a Cease NOTIFICATION (administrative shutdown), or, with graceful
+    /// restart negotiated, just a close so the peer keeps our routes. Waits for the task.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[derive(Default)]
+struct Timers {
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    keepalive: Option<Instant>,
+}
+
+impl Timers {
+    fn slot(&mut self, t: Timer) -> &mut Option<Instant> {
+        match t {
+            Timer::ConnectRetry => &mut self.connect_retry,
+            Timer::Hold => &mut self.hold,
+            Timer::Keepalive => &mut self.keepalive,
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        [self.connect_retry, self.hold, self.keepalive]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Clears and returns the events of the timers that are due.
+    fn expired(&mut self, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (t, e) in [
+            (Timer::Hold, Event::HoldTimerExpired),
+            (Timer::Keepalive, Event::KeepaliveTimerExpired),
+            (Timer::ConnectRetry, Event::ConnectRetryExpired),
+        ] {
+            let slot = self.slot(t);
+            if slot.is_some_and(|d| d <= now) {
+                *slot = None;
+                events.push(e);
+            }
+        }
+        events
+    }
+}
+
+struct Conn {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+struct Runner {
+    config: PeerConfig,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    connecting: Option<Connecting>,
+    listener: Option<TcpListener>,
+    timers: Timers,
+    desired: watch::Receiver<Desired>,
+    /// What the peer has from us (Adj-RIB-Out).
+    advertised: BTreeMap<IpNet, Announced>,
+    received: Received,
+    counters: Arc<Counters>,
+    status: watch::Sender<SessionStatus>,
+    last_error: Option<String>,
+    buf: Vec<u8>,
+}
+
+/// What woke the session loop.
+enum Wake {
+    Stop,
+    DesiredChanged,
+    Timer,
+    Connected(io::Result<TcpStream>),
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
+    Read(io::Result<usize>),
+}
+
+impl Runner {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let peer = self.config.peer_address;
+        if self.config.listen.is_some() {
+            self.bind_listener(&mut stop).await;
+        }
+        self.process(Event::ManualStart).await;
+        loop {
+            let next_timer = self.timers.next();
+            let wake = tokio::select! {
+                r = stop.wait_for(|s| *s) => { let _ = r; Wake::Stop }
+                r = self.desired.changed() => match r {
+                    Ok(()) => Wake::DesiredChanged,
+                    Err(_) => Wake::Stop,
+                },
+                _ = sleep_until_opt(next_timer), if next_timer.is_some() => Wake::Timer,
+                r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => Wake::Connected(r),
+                r = async { self.listener.as_ref().expect("guarded").accept().await }, if self.listener.is_some() => Wake::Accepted(r),
+                r = async { let c = self.conn.as_mut().expect("guarded"); c.read.read_buf(&mut self.buf).await }, if self.conn.is_some() => Wake::Read(r),
+            };
+            match wake {
+                Wake::Stop => {
+                    self.process(Event::ManualStop).await;
+                    self.publish();
+                    return;
+                }
+                Wake::DesiredChanged => {
+                    if self.fsm.state() == State::Established {
+                        self.sync_routes().await;
+                    }
+                }
+                Wake::Timer => {
+                    for e in self.timers.expired(Instant::now()) {
+                        self.process(e).await;
+                    }
+                }
+                Wake::Connected(r) => {
+                    self.connecting = None;
+                    match r {
+                        Ok(stream) => self.attach(stream).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "BGP connect failed");
+                            self.last_error = Some(format!("connect: {e}"));
+                            self.process(Event::TcpFailed).await;
+                        }
+                    }
+                }
+                Wake::Accepted(Ok((stream, from))) => {
+                    if from.ip() != peer || self.conn.is_some() || self.fsm.state() != State::Active
+                    {
+                        tracing::info!(%peer, %from, state = %self.fsm.state(), "refusing BGP connection");
+                        drop(stream);
+                    } else {
+                        self.attach(stream).await;
+                    }
+                }
+                Wake::Accepted(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "BGP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Wake::Read(Ok(0)) => {
+                    tracing::debug!(%peer, "BGP peer closed the connection");
+                    self.process(Event::TcpFailed).await;
+                }
+                Wake::Read(Ok(_)) => self.drain_messages().await,
+                Wake::Read(Err(e)) => {
+                    self.last_error = Some(format!("read: {e}"));
+                    self.process(Event::TcpFailed).await;
+                }
+            }
+            self.publish();
+        }
+    }
+
+    async fn bind_listener(&mut self, stop: &mut watch::Receiver<bool>) {
+        let Some(addr) = self.config.listen else {
+            return;
+        };
+        loop {
+            match listen(addr, &self.config) {
+                Ok(l) => {
+                    self.listener = Some(l);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.config.peer_address, %addr, error = %e, "cannot listen for BGP");
+                    self.last_error = Some(format!("listen on {addr}: {e}"));
+                    self.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attach(&mut self, stream: TcpStream) {
+        let local = match stream.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                self.last_error = Some(format!("local address: {e}"));
+                self.process(Event::TcpFailed).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        self.conn = Some(Conn { read, write });
+        self.buf.clear();
+        self.process(Event::TcpConnected { local }).await;
+    }
+
+    /// Parses every complete message in the buffer and feeds it to the FSM.
+    async fn drain_messages(&mut self) {
+        loop {
+            if self.conn.is_none() {
+                return;
+            }
+            let ctx = self.ctx();
+            let event = match wire::frame_len(&self.buf) {
+                Ok(None) => return,
+                Ok(Some(len)) => {
+                    let r = Message::parse(&self.buf[..len], ctx);
+                    self.buf.drain(..len);
+                    match r {
+                        Ok((m, _)) => Event::Message(m),
+                        Err(e) => Event::DecodeError(e),
+                    }
+                }
+                Err(e) => Event::DecodeError(e),
+            };
+            if let Event::DecodeError(e) = &event {
+                tracing::warn!(peer = %self.config.peer_address, error = %e, "malformed BGP message from peer");
+                self.buf.clear();
+            }
+            self.process(event).await;
+        }
+    }
+
+    fn ctx(&self) -> WireContext {
+        self.fsm.negotiated().map(|n| n.ctx).unwrap_or_default()
+    }
+
+    /// Feeds an event to the FSM and carries out the actions, including the events they cause.
+    async fn process(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.fsm.handle(event) {
+                if let Some(follow_up) = self.act(action).await {
+                    queue.push_back(follow_up);
+                }
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> Option<Event> {
+        let peer = self.config.peer_address;
+        match action {
+            Action::Connect => {
+                let config = self.config.clone();
+                self.connecting = Some(Box::pin(async move {
+                    tokio::time::timeout(config.connect_time, connect(&config))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                        })
+                }));
+            }
+            Action::Send(m) => {
+                if let Message::Notification(n) = &m {
+                    tracing::warn!(%peer, notification = %n, "sending BGP NOTIFICATION");
+                    self.last_error = Some(format!("sent NOTIFICATION {n}"));
+                }
+                return self.send(&m).await.err().map(|e| {
+                    self.last_error = Some(format!("write: {e}"));
+                    Event::TcpFailed
+                });
+            }
+            Action::Close => {
+                self.connecting = None;
+                if let Some(mut c) = self.conn.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), c.write.shutdown()).await;
+                }
+                self.buf.clear();
+            }
+            Action::StartTimer(t, d) => *self.timers.slot(t) = Some(Instant::now() + d),
+            Action::StopTimer(t) => *self.timers.slot(t) = None,
+            Action::Established(neg) => {
+                tracing::info!(%peer, peer_as = neg.peer_as, hold = neg.hold_time, families = ?neg.families, "BGP session established");
+                self.last_error = None;
+                self.counters.session_up.store(true, Ordering::Relaxed);
+                self.counters
+                    .established_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.advertised.clear();
+                self.sync_routes().await;
+                if neg.graceful_restart {
+                    for u in rib::end_of_rib_markers(&neg) {
+                        if self.send(&Message::Update(u)).await.is_err() {
+                            return Some(Event::TcpFailed);
+                        }
+                    }
+                }
+            }
+            Action::Deliver(Message::Update(u)) => {
+                self.counters
+                    .updates_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut r) = self.received.lock() {
+                    rib::apply_update(&mut r, &u);
+                }
+            }
+            Action::Deliver(Message::RouteRefresh(_)) => {
+                // Re-send everything; simplest correct answer for the few routes we carry.
+                self.advertised.clear();
+                self.sync_routes().await;
+            }
+            Action::Deliver(_) => {}
+            Action::Down(reason) => {
+                let was_up = self.counters.session_up.swap(false, Ordering::Relaxed);
+                match &reason {
+                    DownReason::Stopped => tracing::info!(%peer, "BGP session stopped"),
+                    _ if was_up => tracing::warn!(%peer, %reason, "BGP session down"),
+                    _ => tracing::debug!(%peer, %reason, "BGP session attempt failed"),
+                }
+                if !matches!(
+                    reason,
+                    DownReason::ConnectFailed | DownReason::ConnectionLost
+                ) || self.last_error.is_none()
+                {
+                    self.last_error = Some(reason.to_string());
+                }
+                self.advertised.clear();
+                self.counters.prefixes_announced.store(0, Ordering::Relaxed);
+                if let Ok(mut r) = self.received.lock() {
+                    r.clear();
+                }
+            }
+        }
+        None
+    }
+
+    async fn send(&mut self, m: &Message) -> io::Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no connection"));
+        };
+        let ctx = self.fsm.negotiated().map(|n| n.ctx).unwrap_or_default();
+        let bytes = m
+            .to_bytes(ctx)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        conn.write.write_all(&bytes).await?;
+        if matches!(m, Message::Update(_)) {
+            self.counters.updates_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sends what it takes for the peer to have exactly the desired routes.
+    async fn sync_routes(&mut self) {
+        let Some(neg) = self.fsm.negotiated().cloned() else {
+            return;
+        };
+        let desired = self.desired.borrow_and_update().clone();
+        let want = rib::outgoing(&desired, &neg);
+        let (announce, withdraw) = rib::diff(&self.advertised, &want);
+        if announce.is_empty() && withdraw.is_empty() {
+            return;
+        }
+        let skipped = desired.len() - want.len();
+        if skipped > 0 {
+            tracing::debug!(peer = %self.config.peer_address, skipped, "routes of a family or next hop this session cannot carry");
+        }
+        for u in rib::build_updates(&announce, &withdraw, &neg, self.config.my_asn) {
+            if let Err(e) = self.send(&Message::Update(u)).await {
+                self.last_error = Some(format!("write: {e}"));
+                Box::pin(self.process(Event::TcpFailed)).await;
+                return;
+            }
+        }
+        tracing::debug!(peer = %self.config.peer_address, announced = announce.len(), withdrawn = withdraw.len(), "BGP routes updated");
+        self.advertised = want;
+        self.counters
+            .prefixes_announced
+            .store(self.advertised.len() as u64, Ordering::Relaxed);
+    }
+
+    fn publish(&self) {
+        let status = SessionStatus {
+            state: self.fsm.state(),
+            last_error: self.last_error.clone(),
+            negotiated: self.fsm.negotiated().cloned(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn new_socket(addr: &IpAddr) -> io::Result<TcpSocket> {
+    match addr {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+}
+
+async fn connect(config: &PeerConfig) -> io::Result<TcpStream> {
+    let socket = new_socket(&config.peer_address)?;
+    set_ttl(&socket, &config.peer_address, config.ttl())?;
+    if let Some(p) = &config.password {
+        set_md5(&socket, config.peer_address, p)?;
+    }
+    if let Some(src) = config.source_address {
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    socket.connect(config.peer()).await
+}
+
+fn listen(addr: SocketAddr, config: &PeerConfig) -> io::Result<TcpListener> {
+    let socket = new_socket(&addr.ip())?;
+    socket.set_reuseaddr(true)?;
+    set_ttl(&socket, &addr.ip(), config.ttl())?;
+    if let Some(p) = &config.password {
+        // Keys set on the listener are inherited by the accepted connection.
+        set_md5(&socket, config.peer_address, p)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(16)
+}
+
+fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live, initialised T of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_ttl(socket: &TcpSocket, family: &IpAddr, ttl: u32) -> io::Result<()> {
+    let ttl = ttl as libc::c_int;
+    match family {
+        IpAddr::V4(_) => setsockopt(socket, libc::IPPROTO_IP, libc::IP_TTL, &ttl),
+        IpAddr::V6(_) => setsockopt(socket, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl),
+    }
+}
+
+/// `struct tcp_md5sig` from linux/tcp.h (not in the libc crate).
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: u32,
+    key: [u8; 80],
+}
+
+/// Sets the RFC 2385 TCP MD5 key for segments to and from `peer`.
+fn set_md5(socket: &TcpSocket, peer: IpAddr, password: &Password) -> io::Result<()> {
+    let key = password.expose();
+    if key.len() > 80 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TCP MD5 password longer than 80 octets",
+        ));
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage and a valid TcpMd5Sig.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    match peer {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut sig.addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = a.octets();
+        }
+    }
+    sig.keylen = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_never_printed() {
+        let mut c = PeerConfig::new(64512, 64513, "192.0.2.2".parse().unwrap());
+        c.password = Some(Password::new("s3cret-pw"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn ttl_is_one_only_for_single_hop_ebgp() {
+        let mut c = PeerConfig::new(64512, 64513, "192.0.2.2".parse().unwrap());
+        assert_eq!(c.ttl(), 1);
+        c.ebgp_multihop = true;
+        assert_eq!(c.ttl(), 255);
+        let c = PeerConfig::new(64512, 64512, "192.0.2.2".parse().unwrap());
+        assert_eq!(c.ttl(), 255);
+    }
+
+    #[test]
+    fn md5_sig_struct_matches_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<TcpMd5Sig>(), 216);
+    }
+
+    /// Two sessions of ours on loopback, one passive, exchange routes in both directions,
+    /// withdraw, and shut down with a Cease.
+    #[tokio::test]
+    async fn two_sessions_on_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut passive = PeerConfig::new(64513, 64512, lo);
+        passive.listen = Some(SocketAddr::new(lo, port));
+        passive.router_id = Some(Ipv4Addr::new(192, 0, 2, 2));
+        passive.hold_time = Duration::from_secs(9);
+        let mut active = PeerConfig::new(64512, 64513, lo);
+        active.peer_port = port;
+        active.router_id = Some(Ipv4Addr::new(192, 0, 2, 1));
+        active.retry_initial = Duration::from_millis(50);
+        active.ebgp_multihop = true;
+        active.password = Some(Password::new("right"));
+        passive.password = Some(Password::new("right"));
+        let b = Session::spawn(passive);
+        let a = Session::spawn(active);
+        assert!(
+            a.wait_for(State::Established, Duration::from_secs(10))
+                .await,
+            "{:?}",
+            a.status()
+        );
+        assert!(b.wait_for(State::Established, Duration::from_secs(5)).await);
+        assert_eq!(a.status().negotiated.unwrap().hold_time, 9);
+
+        let attrs = RouteAttrs {
+            communities: vec![0xfde8_0001],
+            ..RouteAttrs::default()
+        };
+        a.set_routes([("203.0.113.5/32".parse().unwrap(), attrs.clone())].into());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.received().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = b.received();
+        let r = &got[&"203.0.113.5/32".parse::<IpNet>().unwrap()];
+        assert_eq!(r.next_hop, lo);
+        assert_eq!(r.as_path, vec![64512]);
+        assert_eq!(r.communities, vec![0xfde8_0001]);
+        assert_eq!(a.counters().prefixes_announced.load(Ordering::Relaxed), 1);
+
+        a.set_routes(BTreeMap::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !b.received().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(b.received().is_empty());
+
+        a.shutdown().await;
+        let mut rx = b.watch_status();
+        let s = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.state != State::Established),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        assert!(s.last_error.unwrap().contains("administrative shutdown"));
+        b.shutdown().await;
+    }
+
+    /// A wrong MD5 password never gets a session up.
+    #[tokio::test]
+    async fn md5_mismatch_fails_cleanly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut passive = PeerConfig::new(64513, 64512, lo);
+        passive.listen = Some(SocketAddr::new(lo, port));
+        passive.password = Some(Password::new("right"));
+        passive.router_id = Some(Ipv4Addr::new(192, 0, 2, 2));
+        let mut active = PeerConfig::new(64512, 64513, lo);
+        active.peer_port = port;
+        active.password = Some(Password::new("wrong"));
+        active.connect_time = Duration::from_millis(500);
+        active.retry_initial = Duration::from_millis(100);
+        let b = Session::spawn(passive);
+        let a = Session::spawn(active);
+        assert!(!a.wait_for(State::Established, Duration::from_secs(2)).await);
+        let s = a.status();
+        assert!(s.last_error.is_some(), "{s:?}");
+        assert!(!format!("{s:?}").contains("wrong"));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}

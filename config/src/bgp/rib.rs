@@ -1,0 +1,518 @@
+//! Pure route bookkeeping for a session: which prefixes to announce or withdraw given what
+//! the peer already has (Adj-RIB-Out), packing them into UPDATEs that fit 4096 octets, and
+//! applying received UPDATEs to a table of the peer's routes (Adj-RIB-In).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::fsm::{IPV4_UNICAST, IPV6_UNICAST, Negotiated};
+use super::wire::{
+    AFI_IPV6, AS_SEQUENCE, AsSegment, Attr, FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, LargeCommunity,
+    MAX_MESSAGE_LEN, Message, MpReach, MpUnreach, ORIGIN_IGP, PathAttribute, SAFI_UNICAST, Update,
+    prefix_wire_len,
+};
+
+/// What to announce with a prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteAttrs {
+    /// Next hop; `None` (or one of the other family) means the session's local address.
+    pub next_hop: Option<IpAddr>,
+    /// LOCAL_PREF, sent on iBGP only (default 100 there).
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<LargeCommunity>,
+}
+
+/// The default LOCAL_PREF on iBGP sessions when a route sets none.
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// A route as announced to the peer: attributes plus the resolved next hop.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Announced {
+    pub attrs: RouteAttrs,
+    pub next_hop: IpAddr,
+}
+
+/// A route the peer announced to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRoute {
+    pub next_hop: IpAddr,
+    pub origin: u8,
+    /// The AS_PATH flattened (sets included in order).
+    pub as_path: Vec<u32>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<LargeCommunity>,
+}
+
+fn family_of(p: &IpNet) -> (u16, u8) {
+    match p {
+        IpNet::V4(_) => IPV4_UNICAST,
+        IpNet::V6(_) => IPV6_UNICAST,
+    }
+}
+
+/// The next hop to announce `prefix` with over this session, or `None` when the session has
+/// no address of the prefix's family and the route names none.
+pub fn resolve_next_hop(prefix: &IpNet, attrs: &RouteAttrs, local: IpAddr) -> Option<IpAddr> {
+    let same = |a: &IpAddr| a.is_ipv4() == matches!(prefix, IpNet::V4(_));
+    attrs.next_hop.filter(same).or(Some(local).filter(same))
+}
+
+/// What the peer should have: the desired routes the session can carry (family negotiated,
+/// next hop resolvable), with their resolved next hops.
+pub fn outgoing(
+    desired: &BTreeMap<IpNet, RouteAttrs>,
+    neg: &Negotiated,
+) -> BTreeMap<IpNet, Announced> {
+    desired
+        .iter()
+        .filter(|(p, _)| neg.families.contains(&family_of(p)))
+        .filter_map(|(p, a)| {
+            let next_hop = resolve_next_hop(p, a, neg.local_addr)?;
+            Some((
+                *p,
+                Announced {
+                    attrs: a.clone(),
+                    next_hop,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The changes that turn `have` into `want`: routes to (re)announce and prefixes to withdraw.
+pub fn diff(
+    have: &BTreeMap<IpNet, Announced>,
+    want: &BTreeMap<IpNet, Announced>,
+) -> (Vec<(IpNet, Announced)>, Vec<IpNet>) {
+    let announce = want
+        .iter()
+        .filter(|(p, a)| have.get(p) != Some(a))
+        .map(|(p, a)| (*p, a.clone()))
+        .collect();
+    let withdraw = have
+        .keys()
+        .filter(|p| !want.contains_key(p))
+        .copied()
+        .collect();
+    (announce, withdraw)
+}
+
+/// The path attributes for a route (MetalLB's choices: ORIGIN IGP; AS_PATH empty on iBGP,
+/// our AS on eBGP; LOCAL_PREF on iBGP only; communities sorted and deduplicated).
+fn attributes(a: &Announced, neg: &Negotiated, local_as: u32) -> Vec<PathAttribute> {
+    let path = if neg.ibgp {
+        vec![]
+    } else {
+        vec![AsSegment {
+            kind: AS_SEQUENCE,
+            asns: vec![local_as],
+        }]
+    };
+    let mut attrs = vec![
+        PathAttribute::new(Attr::Origin(ORIGIN_IGP)),
+        PathAttribute::new(Attr::AsPath(path)),
+    ];
+    if let IpAddr::V4(nh) = a.next_hop {
+        attrs.push(PathAttribute::new(Attr::NextHop(nh)));
+    }
+    if let Some(med) = a.attrs.med {
+        attrs.push(PathAttribute::new(Attr::Med(med)));
+    }
+    if neg.ibgp {
+        attrs.push(PathAttribute::new(Attr::LocalPref(
+            a.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF),
+        )));
+    }
+    if !a.attrs.communities.is_empty() {
+        let mut c = a.attrs.communities.clone();
+        c.sort_unstable();
+        c.dedup();
+        attrs.push(PathAttribute::new(Attr::Communities(c)));
+    }
+    if !a.attrs.large_communities.is_empty() {
+        let mut c = a.attrs.large_communities.clone();
+        c.sort_unstable();
+        c.dedup();
+        attrs.push(PathAttribute::new(Attr::LargeCommunities(c)));
+    }
+    attrs
+}
+
+fn encoded_len(u: &Update, neg: &Negotiated) -> usize {
+    // Our own messages always encode; an error here would be a bug caught by tests.
+    Message::Update(u.clone())
+        .to_bytes(neg.ctx)
+        .map(|b| b.len())
+        .unwrap_or(MAX_MESSAGE_LEN)
+}
+
+/// Splits prefixes into chunks whose encoded size fits `budget` octets each.
+fn chunks(prefixes: Vec<IpNet>, budget: usize) -> Vec<Vec<IpNet>> {
+    let mut out = vec![];
+    let mut cur = vec![];
+    let mut used = 0;
+    for p in prefixes {
+        let l = prefix_wire_len(&p);
+        if used + l > budget && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            used = 0;
+        }
+        used += l;
+        cur.push(p);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+const MP_FLAGS: u8 = FLAG_OPTIONAL | FLAG_EXTENDED_LENGTH;
+
+/// UPDATEs that announce `announce` and withdraw `withdraw`, each within 4096 octets. Routes
+/// with equal attributes share UPDATEs.
+pub fn build_updates(
+    announce: &[(IpNet, Announced)],
+    withdraw: &[IpNet],
+    neg: &Negotiated,
+    local_as: u32,
+) -> Vec<Update> {
+    let mut updates = Vec::new();
+    let (w4, w6): (Vec<IpNet>, Vec<IpNet>) =
+        withdraw.iter().partition(|p| matches!(p, IpNet::V4(_)));
+    let empty = encoded_len(&Update::default(), neg);
+    for chunk in chunks(w4, MAX_MESSAGE_LEN - empty) {
+        let withdrawn = chunk.into_iter().filter_map(|p| match p {
+            IpNet::V4(p) => Some(p),
+            IpNet::V6(_) => None,
+        });
+        updates.push(Update {
+            withdrawn: withdrawn.collect(),
+            ..Update::default()
+        });
+    }
+    let unreach = |withdrawn| Update {
+        attributes: vec![PathAttribute {
+            flags: MP_FLAGS,
+            value: Attr::MpUnreach(MpUnreach {
+                afi: AFI_IPV6,
+                safi: SAFI_UNICAST,
+                withdrawn,
+            }),
+        }],
+        ..Update::default()
+    };
+    let base = encoded_len(&unreach(vec![]), neg);
+    for chunk in chunks(w6, MAX_MESSAGE_LEN - base) {
+        updates.push(unreach(chunk));
+    }
+
+    let mut groups: BTreeMap<&Announced, Vec<IpNet>> = BTreeMap::new();
+    for (p, a) in announce {
+        groups.entry(a).or_default().push(*p);
+    }
+    for (a, prefixes) in groups {
+        let attrs = attributes(a, neg, local_as);
+        let make = |nlri: Vec<IpNet>| match a.next_hop {
+            IpAddr::V4(_) => Update {
+                attributes: attrs.clone(),
+                nlri: nlri
+                    .into_iter()
+                    .filter_map(|p| if let IpNet::V4(p) = p { Some(p) } else { None })
+                    .collect(),
+                ..Update::default()
+            },
+            IpAddr::V6(_) => {
+                let mut attributes = attrs.clone();
+                // MP_REACH goes right after the well-known attributes, as peers usually send it.
+                attributes.insert(
+                    2,
+                    PathAttribute {
+                        flags: MP_FLAGS,
+                        value: Attr::MpReach(MpReach {
+                            afi: AFI_IPV6,
+                            safi: SAFI_UNICAST,
+                            next_hops: vec![a.next_hop],
+                            nlri,
+                        }),
+                    },
+                );
+                Update {
+                    attributes,
+                    ..Update::default()
+                }
+            }
+        };
+        let base = encoded_len(&make(vec![]), neg);
+        for chunk in chunks(prefixes, MAX_MESSAGE_LEN - base) {
+            updates.push(make(chunk));
+        }
+    }
+    updates
+}
+
+/// Applies a received UPDATE to the peer's routes. Routes of an UPDATE without a next hop for
+/// their family are ignored.
+pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
+    for p in &u.withdrawn {
+        received.remove(&IpNet::V4(*p));
+    }
+    let mut route = ReceivedRoute {
+        next_hop: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        origin: ORIGIN_IGP,
+        as_path: vec![],
+        med: None,
+        local_pref: None,
+        communities: vec![],
+        large_communities: vec![],
+    };
+    let mut v4_next_hop = None;
+    let mut mp_reach = None;
+    for a in &u.attributes {
+        match &a.value {
+            Attr::Origin(o) => route.origin = *o,
+            Attr::AsPath(segs) => {
+                route.as_path = segs.iter().flat_map(|s| s.asns.iter().copied()).collect()
+            }
+            Attr::NextHop(nh) => v4_next_hop = Some(IpAddr::V4(*nh)),
+            Attr::Med(m) => route.med = Some(*m),
+            Attr::LocalPref(l) => route.local_pref = Some(*l),
+            Attr::Communities(c) => route.communities = c.clone(),
+            Attr::LargeCommunities(c) => route.large_communities = c.clone(),
+            Attr::MpReach(m) => mp_reach = Some(m),
+            Attr::MpUnreach(m) => {
+                for p in &m.withdrawn {
+                    received.remove(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(nh) = v4_next_hop {
+        for p in &u.nlri {
+            received.insert(
+                IpNet::V4(*p),
+                ReceivedRoute {
+                    next_hop: nh,
+                    ..route.clone()
+                },
+            );
+        }
+    }
+    if let Some(m) = mp_reach
+        && let Some(nh) = m.next_hops.first()
+    {
+        for p in &m.nlri {
+            received.insert(
+                *p,
+                ReceivedRoute {
+                    next_hop: *nh,
+                    ..route.clone()
+                },
+            );
+        }
+    }
+}
+
+/// End-of-RIB markers for the negotiated families (sent after the initial table when graceful
+/// restart is negotiated).
+pub fn end_of_rib_markers(neg: &Negotiated) -> Vec<Update> {
+    neg.families
+        .iter()
+        .map(|&(afi, safi)| Update::end_of_rib(afi, safi))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::wire::WireContext;
+    use std::net::Ipv4Addr;
+
+    fn neg(ibgp: bool, local: &str) -> Negotiated {
+        Negotiated {
+            peer_as: if ibgp { 64512 } else { 64513 },
+            peer_id: Ipv4Addr::new(192, 0, 2, 2),
+            local_id: Ipv4Addr::new(192, 0, 2, 1),
+            local_addr: local.parse().unwrap(),
+            hold_time: 90,
+            keepalive_time: 30,
+            ctx: WireContext::FOUR_OCTET,
+            families: vec![IPV4_UNICAST, IPV6_UNICAST],
+            route_refresh: true,
+            graceful_restart: false,
+            ibgp,
+        }
+    }
+
+    fn desired(entries: &[(&str, RouteAttrs)]) -> BTreeMap<IpNet, RouteAttrs> {
+        entries
+            .iter()
+            .map(|(p, a)| (p.parse().unwrap(), a.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn diff_announces_changes_and_withdraws_removals() {
+        let n = neg(false, "192.0.2.1");
+        let a = RouteAttrs {
+            communities: vec![1],
+            ..RouteAttrs::default()
+        };
+        let have = outgoing(
+            &desired(&[
+                ("203.0.113.1/32", RouteAttrs::default()),
+                ("203.0.113.2/32", RouteAttrs::default()),
+            ]),
+            &n,
+        );
+        let want = outgoing(
+            &desired(&[
+                ("203.0.113.2/32", a.clone()),
+                ("203.0.113.3/32", RouteAttrs::default()),
+            ]),
+            &n,
+        );
+        let (ann, wd) = diff(&have, &want);
+        assert_eq!(
+            ann.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
+            ["203.0.113.2/32", "203.0.113.3/32"]
+        );
+        assert_eq!(wd, vec!["203.0.113.1/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(diff(&want, &want), (vec![], vec![]));
+    }
+
+    #[test]
+    fn prefixes_without_a_usable_next_hop_are_left_out() {
+        let n = neg(false, "192.0.2.1");
+        let d = desired(&[
+            ("2001:db8:1::/64", RouteAttrs::default()),
+            (
+                "2001:db8:2::/64",
+                RouteAttrs {
+                    next_hop: Some("2001:db8::1".parse().unwrap()),
+                    ..RouteAttrs::default()
+                },
+            ),
+        ]);
+        let out = outgoing(&d, &n);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out.values().next().unwrap().next_hop,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ebgp_and_ibgp_attributes() {
+        let a = RouteAttrs {
+            local_pref: Some(250),
+            med: Some(5),
+            communities: vec![3, 1, 3],
+            large_communities: vec![LargeCommunity {
+                global: 64512,
+                local1: 1,
+                local2: 2,
+            }],
+            ..RouteAttrs::default()
+        };
+        let d = desired(&[("203.0.113.0/24", a.clone()), ("2001:db8::/64", a)]);
+        for ibgp in [false, true] {
+            let n = neg(ibgp, "192.0.2.1");
+            let (ann, _) = diff(&BTreeMap::new(), &outgoing(&d, &n));
+            let ups = build_updates(&ann, &[], &n, 64512);
+            assert_eq!(ups.len(), 1);
+            let u = &ups[0];
+            assert_eq!(u.attr(crate::bgp::wire::ATTR_LOCAL_PREF).is_some(), ibgp);
+            let path = if ibgp {
+                vec![]
+            } else {
+                vec![AsSegment {
+                    kind: AS_SEQUENCE,
+                    asns: vec![64512],
+                }]
+            };
+            assert_eq!(
+                u.attr(crate::bgp::wire::ATTR_AS_PATH),
+                Some(&Attr::AsPath(path))
+            );
+            assert_eq!(
+                u.attr(crate::bgp::wire::ATTR_COMMUNITIES),
+                Some(&Attr::Communities(vec![1, 3]))
+            );
+            assert_eq!(
+                u.attr(crate::bgp::wire::ATTR_NEXT_HOP),
+                Some(&Attr::NextHop(Ipv4Addr::new(192, 0, 2, 1)))
+            );
+            // The IPv6 prefix has no IPv6 next hop on this IPv4 session.
+            assert!(u.attr(crate::bgp::wire::ATTR_MP_REACH).is_none());
+        }
+    }
+
+    #[test]
+    fn many_prefixes_are_split_below_4096_octets_and_parse_back() {
+        let n6 = neg(false, "2001:db8::1");
+        let n4 = neg(false, "192.0.2.1");
+        let mut d = BTreeMap::new();
+        for i in 0..3000u32 {
+            d.insert(
+                IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0xcb00_0000 + (i << 4)), 28).unwrap()),
+                RouteAttrs::default(),
+            );
+            d.insert(
+                format!("2001:db8:{:x}::/48", i).parse().unwrap(),
+                RouteAttrs::default(),
+            );
+        }
+        for n in [n4, n6] {
+            let want = outgoing(&d, &n);
+            let (ann, _) = diff(&BTreeMap::new(), &want);
+            let withdraw: Vec<IpNet> = want.keys().copied().collect();
+            let mut rib = BTreeMap::new();
+            let ups = build_updates(&ann, &[], &n, 64512);
+            assert!(ups.len() > 1);
+            for u in &ups {
+                let bytes = Message::Update(u.clone()).to_bytes(n.ctx).expect("fits");
+                let (Message::Update(back), _) = Message::parse(&bytes, n.ctx).unwrap() else {
+                    panic!()
+                };
+                apply_update(&mut rib, &back);
+            }
+            assert_eq!(rib.len(), 3000);
+            for u in build_updates(&[], &withdraw, &n, 64512) {
+                let bytes = Message::Update(u.clone()).to_bytes(n.ctx).expect("fits");
+                let (Message::Update(back), _) = Message::parse(&bytes, n.ctx).unwrap() else {
+                    panic!()
+                };
+                apply_update(&mut rib, &back);
+            }
+            assert!(rib.is_empty());
+        }
+    }
+
+    #[test]
+    fn received_updates_build_the_peer_table() {
+        let n = neg(true, "2001:db8::1");
+        let a = RouteAttrs {
+            local_pref: Some(300),
+            communities: vec![7],
+            ..RouteAttrs::default()
+        };
+        let (ann, _) = diff(
+            &BTreeMap::new(),
+            &outgoing(&desired(&[("2001:db8:5::/64", a)]), &n),
+        );
+        let mut rib = BTreeMap::new();
+        for u in build_updates(&ann, &[], &n, 64512) {
+            apply_update(&mut rib, &u);
+        }
+        let r = &rib[&"2001:db8:5::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(r.next_hop, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!((r.local_pref, r.communities.clone()), (Some(300), vec![7]));
+    }
+}
