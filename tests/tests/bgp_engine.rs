@@ -626,7 +626,10 @@ fn assert_contains(text: &str, needles: &[&str], who: &str) {
 
 /// eBGP over IPv4 and IPv6 (MP-BGP): announce, check attributes, receive, withdraw.
 async fn ebgp_v4_v6(router: &dyn Router, community_text: &str, large_text: &str) {
-    let s4 = Session::spawn(peer_config(ROUTER_V4, ROUTER_AS));
+    // Bound to our address explicitly on IPv4, left to the kernel on IPv6.
+    let mut c4 = peer_config(ROUTER_V4, ROUTER_AS);
+    c4.source_address = Some(SPEAKER_V4.parse().unwrap());
+    let s4 = Session::spawn(c4);
     let s6 = Session::spawn(peer_config(ROUTER_V6, ROUTER_AS));
     established(&s4, "v4").await;
     established(&s6, "v6").await;

@@ -757,6 +757,7 @@ fn set_md5(socket: &TcpSocket, peer: IpAddr, password: &Password) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bgp::wire::Notification;
 
     #[test]
     fn password_is_never_printed() {
@@ -847,6 +848,158 @@ mod tests {
         .clone();
         assert!(s.last_error.unwrap().contains("administrative shutdown"));
         b.shutdown().await;
+    }
+
+    /// A raw peer that completes the OPEN exchange with `session_port` and returns the stream.
+    async fn raw_peer(port: u16) -> TcpStream {
+        use crate::bgp::fsm::{Fsm, FsmConfig};
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut c = FsmConfig::new(64513, 64512);
+        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 9));
+        let open = Fsm::new(c).our_open("127.0.0.1".parse().unwrap());
+        let ctx = WireContext::FOUR_OCTET;
+        stream
+            .write_all(&Message::Open(open).to_bytes(ctx).unwrap())
+            .await
+            .unwrap();
+        stream
+            .write_all(&Message::Keepalive.to_bytes(ctx).unwrap())
+            .await
+            .unwrap();
+        // Their OPEN and KEEPALIVE.
+        let mut got = 0;
+        let mut buf = Vec::new();
+        while got < 2 {
+            stream.read_buf(&mut buf).await.unwrap();
+            while let Ok(Some(len)) = wire::frame_len(&buf) {
+                buf.drain(..len);
+                got += 1;
+            }
+        }
+        stream
+    }
+
+    /// Reads until EOF and returns the NOTIFICATION seen, if any.
+    async fn read_notification(stream: &mut TcpStream) -> Option<Notification> {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while stream.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        let mut found = None;
+        while let Ok(Some(len)) = wire::frame_len(&buf) {
+            if let Ok((Message::Notification(n), _)) =
+                Message::parse(&buf[..len], WireContext::FOUR_OCTET)
+            {
+                found = Some(n);
+            }
+            buf.drain(..len);
+        }
+        found
+    }
+
+    /// Malformed input closes only that connection, with the NOTIFICATION RFC 4271 prescribes,
+    /// and the (passive) session accepts the peer again afterwards.
+    #[tokio::test]
+    async fn malformed_updates_get_the_right_notification() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut c = PeerConfig::new(64512, 64513, lo);
+        c.listen = Some(SocketAddr::new(lo, port));
+        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 1));
+        let s = Session::spawn(c);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let header = |len: usize, kind: u8| {
+            let mut b = vec![0xff; 16];
+            b.extend_from_slice(&(len as u16).to_be_bytes());
+            b.push(kind);
+            b
+        };
+        let update = |attrs: &[u8], nlri: &[u8]| {
+            let mut b = header(19 + 4 + attrs.len() + nlri.len(), 2);
+            b.extend_from_slice(&[0, 0]);
+            b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+            b.extend_from_slice(attrs);
+            b.extend_from_slice(nlri);
+            b
+        };
+        let origin_as_nh = [0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9];
+        let cases: Vec<(Vec<u8>, (u8, u8))> = vec![
+            (
+                update(
+                    &[0x40, 1, 1, 7, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9],
+                    &[24, 203, 0, 113],
+                ),
+                (3, 6),
+            ),
+            (update(&origin_as_nh, &[40, 1, 2, 3, 4, 5, 6]), (3, 10)),
+            (
+                update(&[0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9], &[24, 203, 0, 113]),
+                (3, 3),
+            ),
+            (
+                update(
+                    &[
+                        0x40, 1, 1, 0, 0x40, 2, 4, 9, 1, 0, 1, 0x40, 3, 4, 192, 0, 2, 9,
+                    ],
+                    &[24, 203, 0, 113],
+                ),
+                (3, 11),
+            ),
+            (
+                update(
+                    &[0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 224, 0, 0, 1],
+                    &[24, 203, 0, 113],
+                ),
+                (3, 8),
+            ),
+            (header(19, 9), (1, 3)),
+            (vec![0; 19], (1, 1)),
+            (header(5000, 2), (1, 2)),
+            (
+                Message::Open(
+                    crate::bgp::fsm::Fsm::new(crate::bgp::fsm::FsmConfig::new(64513, 64512))
+                        .our_open(lo),
+                )
+                .to_bytes(WireContext::FOUR_OCTET)
+                .unwrap(),
+                (5, 3),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut peer = raw_peer(port).await;
+            assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+            peer.write_all(&bytes).await.unwrap();
+            let n = read_notification(&mut peer).await.expect("a NOTIFICATION");
+            assert_eq!((n.code, n.subcode), expected, "{n}");
+            assert!(s.status().last_error.is_some());
+            assert!(
+                s.wait_for(State::Active, Duration::from_secs(5)).await,
+                "{:?}",
+                s.status()
+            );
+        }
+        // A well-formed UPDATE after all that is received normally.
+        let mut peer = raw_peer(port).await;
+        assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+        peer.write_all(&update(&origin_as_nh, &[24, 203, 0, 113]))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.received().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(s.received().len(), 1);
+        s.shutdown().await;
+        assert_eq!(
+            read_notification(&mut peer)
+                .await
+                .map(|n| (n.code, n.subcode)),
+            Some((6, 2))
+        );
     }
 
     /// A wrong MD5 password never gets a session up.
