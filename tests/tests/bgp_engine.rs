@@ -1016,6 +1016,9 @@ fn save_fixtures(router: &str, family: &str, frames: &[Vec<u8>]) {
     }
 }
 
+/// Starts a router daemon; the box keeps it running.
+type StartRouter = fn(&Pair, RouterSetup) -> Box<dyn Send + Sync>;
+
 /// Regenerates `config/tests/fixtures/bgp/` from the real routers:
 /// `cargo test -p metalnet-lab --test bgp_engine capture_fixtures -- --ignored`.
 #[test]
@@ -1029,7 +1032,7 @@ fn capture_fixtures() {
         password: None,
         graceful_restart: true,
     };
-    let starters: [(&str, fn(&Pair, RouterSetup) -> Box<dyn Send + Sync>); 3] = [
+    let starters: [(&str, StartRouter); 3] = [
         ("bird", |p, s| Box::new(Bird::start(p, s))),
         ("frr", |p, s| Box::new(Frr::start(p, s))),
         ("gobgp", |p, s| Box::new(Gobgp::start(p, s))),

@@ -515,7 +515,7 @@ fn parse_capabilities(mut rest: &[u8]) -> Result<Vec<Capability>, WireError> {
             (CAP_FOUR_OCTET_AS, 4) => {
                 Capability::FourOctetAs(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
             }
-            (CAP_GRACEFUL_RESTART, n) if n >= 2 && (n - 2) % 4 == 0 => {
+            (CAP_GRACEFUL_RESTART, n) if n >= 2 && (n - 2).is_multiple_of(4) => {
                 Capability::GracefulRestart {
                     flags: v[0] >> 4,
                     time: u16::from_be_bytes([v[0] & 0x0f, v[1]]),
@@ -1081,13 +1081,13 @@ fn parse_attr(
             }
         }
         ATTR_COMMUNITIES => {
-            if v.len() % 4 != 0 {
+            if !v.len().is_multiple_of(4) {
                 return Err(len_err());
             }
             Attr::Communities((0..v.len()).step_by(4).map(u32_at).collect())
         }
         ATTR_EXTENDED_COMMUNITIES => {
-            if v.len() % 8 != 0 {
+            if !v.len().is_multiple_of(8) {
                 return Err(len_err());
             }
             Attr::ExtendedCommunities(
@@ -1097,7 +1097,7 @@ fn parse_attr(
             )
         }
         ATTR_LARGE_COMMUNITIES => {
-            if v.len() % 12 != 0 {
+            if !v.len().is_multiple_of(12) {
                 return Err(len_err());
             }
             Attr::LargeCommunities(
@@ -1370,7 +1370,7 @@ fn emit_attr_value(a: &Attr, ctx: WireContext, out: &mut Vec<u8>) {
 /// Decodes a hex string (whitespace ignored); for fixtures and tests.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

@@ -195,7 +195,7 @@ fn err_of(bytes: &[u8]) -> (u8, u8, Vec<u8>) {
 fn header_errors() {
     let mut b = header(19, 4);
     b[3] = 0;
-    assert_eq!(err_of(&b).0..=err_of(&b).1, 1..=1);
+    assert_eq!(err_of(&b), (1, 1, vec![]));
     assert!(
         frame_len(&b[..5]).is_err(),
         "a bad marker is caught before the header is complete"
@@ -275,7 +275,7 @@ fn update_errors() {
     // Withdrawn length beyond the message.
     let mut b = ok.clone();
     b[HEADER_LEN] = 0xff;
-    assert_eq!(err_of(&b).0..=err_of(&b).1, 3..=1);
+    assert_eq!((err_of(&b).0, err_of(&b).1), (3, 1));
     // Missing well-known attributes, data = the type code.
     assert_eq!(
         err_of(&update_with_attrs(&attrs(&[&AS_PATH, &NEXT_HOP]), &NLRI)),
