@@ -63,10 +63,13 @@ fn every_router_sent_the_attributes_we_rely_on() {
             ),
             "{router}: no IPv6 MP_REACH UPDATE"
         );
-        assert!(
-            updates.iter().any(|u| u.is_end_of_rib().is_some()),
-            "{router}: no End-of-RIB"
-        );
+        // GoBGP sends End-of-RIB only with graceful restart, which the lab does not configure.
+        if router != "gobgp" {
+            assert!(
+                updates.iter().any(|u| u.is_end_of_rib().is_some()),
+                "{router}: no End-of-RIB"
+            );
+        }
         let opens = all
             .iter()
             .filter(|(n, _)| n.starts_with(router) && n.ends_with("open.hex"))
