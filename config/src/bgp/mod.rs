@@ -14,5 +14,5 @@ pub mod wire;
 
 pub use fsm::{Fsm, FsmConfig, Negotiated, State};
 pub use rib::{ReceivedRoute, RouteAttrs};
-pub use session::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
+pub use session::{Password, PeerConfig, PeerSpecError, Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

@@ -129,6 +129,88 @@ impl PeerConfig {
     }
 }
 
+/// A BGPPeer field that cannot become a session parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {reason}")]
+pub struct PeerSpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl PeerConfig {
+    /// The session parameters of a MetalLB BGPPeer. The password comes separately (from
+    /// `password` or the Secret `passwordSecret` names, which the caller reads).
+    pub fn from_spec(
+        spec: &crate::model::BGPPeerSpec,
+        password: Option<Password>,
+    ) -> Result<PeerConfig, PeerSpecError> {
+        let err = |field, reason: String| PeerSpecError { field, reason };
+        let duration = |field, v: &Option<String>| {
+            v.as_deref()
+                .map(crate::addr::parse_go_duration)
+                .transpose()
+                .map_err(|e| err(field, e.to_string()))
+        };
+        if spec.dynamic_asn.is_some() {
+            return Err(err("dynamicASN", "not supported; set peerASN".into()));
+        }
+        let peer_address: IpAddr = spec
+            .peer_address
+            .parse()
+            .map_err(|e| err("peerAddress", format!("{:?}: {e}", spec.peer_address)))?;
+        let mut c = PeerConfig::new(spec.my_asn, spec.peer_asn, peer_address);
+        if let Some(port) = spec.peer_port {
+            c.peer_port = port;
+        }
+        if let Some(src) = &spec.source_address {
+            c.source_address = Some(
+                src.parse()
+                    .map_err(|e| err("sourceAddress", format!("{src:?}: {e}")))?,
+            );
+        }
+        if let Some(id) = &spec.router_id {
+            c.router_id = Some(
+                id.parse()
+                    .map_err(|e| err("routerID", format!("{id:?}: {e}")))?,
+            );
+        }
+        if let Some(hold) = duration("holdTime", &spec.hold_time)? {
+            let secs = hold.as_secs();
+            if secs > u16::MAX as u64 || (secs != 0 && secs < 3) || hold.subsec_nanos() != 0 {
+                return Err(err(
+                    "holdTime",
+                    format!("{hold:?}: must be 0 or whole seconds from 3 to 65535"),
+                ));
+            }
+            c.hold_time = hold;
+        }
+        if let Some(keepalive) = duration("keepaliveTime", &spec.keepalive_time)? {
+            if !c.hold_time.is_zero() && keepalive > c.hold_time {
+                return Err(err(
+                    "keepaliveTime",
+                    format!("{keepalive:?} exceeds holdTime {:?}", c.hold_time),
+                ));
+            }
+            c.keepalive_time = Some(keepalive);
+        }
+        if let Some(connect) = duration("connectTime", &spec.connect_time)? {
+            c.connect_time = connect;
+        }
+        c.ebgp_multihop = spec.ebgp_multi_hop;
+        c.enable_graceful_restart = spec.enable_graceful_restart;
+        c.password = password.or_else(|| spec.password.clone().map(Password::new));
+        if spec.disable_mp && !spec.dual_stack_address_family {
+            // One family per session: the peer address's.
+            c.families = vec![if peer_address.is_ipv4() {
+                IPV4_UNICAST
+            } else {
+                IPV6_UNICAST
+            }];
+        }
+        Ok(c)
+    }
+}
+
 /// The session's state as the status and metrics see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionStatus {
@@ -590,7 +672,15 @@ impl Runner {
         let bytes = m
             .to_bytes(ctx)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        conn.write.write_all(&bytes).await?;
+        // A peer that stops reading would otherwise block the loop, hold timer included: give
+        // a write as long as the hold time before calling the connection dead.
+        let limit = match self.fsm.negotiated().map(|n| n.hold_time) {
+            Some(h) if h > 0 => Duration::from_secs(h.into()),
+            _ => super::fsm::OPEN_HOLD_TIME,
+        };
+        tokio::time::timeout(limit, conn.write.write_all(&bytes))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
         if matches!(m, Message::Update(_)) {
             self.counters.updates_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -766,6 +856,55 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn peer_config_from_a_bgppeer_spec() {
+        let spec: crate::model::BGPPeerSpec = serde_json::from_value(serde_json::json!({
+            "myASN": 64512, "peerASN": 64513, "peerAddress": "192.0.2.2", "peerPort": 1179,
+            "sourceAddress": "192.0.2.1", "holdTime": "30s", "keepaliveTime": "5s",
+            "connectTime": "2s", "ebgpMultiHop": true, "enableGracefulRestart": true,
+            "password": "pw", "routerID": "192.0.2.1", "disableMP": true
+        }))
+        .unwrap();
+        let c = PeerConfig::from_spec(&spec, None).unwrap();
+        assert_eq!(
+            (c.peer_port, c.hold_time, c.keepalive_time),
+            (1179, Duration::from_secs(30), Some(Duration::from_secs(5)))
+        );
+        assert_eq!(c.connect_time, Duration::from_secs(2));
+        assert!(c.ebgp_multihop && c.enable_graceful_restart);
+        assert_eq!(c.password, Some(Password::new("pw")));
+        assert_eq!(c.families, vec![IPV4_UNICAST]);
+        let f = c.fsm_config();
+        assert_eq!(
+            (f.hold_time, f.keepalive_time, f.graceful_restart),
+            (30, Some(5), Some(120))
+        );
+
+        let bad = |patch: serde_json::Value| {
+            let mut v =
+                serde_json::json!({"myASN": 64512, "peerASN": 64513, "peerAddress": "192.0.2.2"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(patch.as_object().unwrap().clone());
+            let spec: crate::model::BGPPeerSpec = serde_json::from_value(v).unwrap();
+            PeerConfig::from_spec(&spec, None).unwrap_err().field
+        };
+        assert_eq!(bad(serde_json::json!({"holdTime": "2s"})), "holdTime");
+        assert_eq!(bad(serde_json::json!({"holdTime": "soon"})), "holdTime");
+        assert_eq!(
+            bad(serde_json::json!({"holdTime": "9s", "keepaliveTime": "10s"})),
+            "keepaliveTime"
+        );
+        assert_eq!(
+            bad(serde_json::json!({"peerAddress": "router"})),
+            "peerAddress"
+        );
+        assert_eq!(
+            bad(serde_json::json!({"dynamicASN": "external"})),
+            "dynamicASN"
+        );
     }
 
     #[test]
