@@ -273,18 +273,18 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
     };
     let mut v4_next_hop = None;
     let mut mp_reach = None;
+    let mut as4_path = None;
     for a in &u.attributes {
         match &a.value {
             Attr::Origin(o) => route.origin = *o,
-            Attr::AsPath(segs) => {
-                route.as_path = segs.iter().flat_map(|s| s.asns.iter().copied()).collect()
-            }
+            Attr::AsPath(segs) => route.as_path = flatten(segs),
             Attr::NextHop(nh) => v4_next_hop = Some(IpAddr::V4(*nh)),
             Attr::Med(m) => route.med = Some(*m),
             Attr::LocalPref(l) => route.local_pref = Some(*l),
             Attr::Communities(c) => route.communities = c.clone(),
             Attr::LargeCommunities(c) => route.large_communities = c.clone(),
             Attr::MpReach(m) => mp_reach = Some(m),
+            Attr::As4Path(segs) => as4_path = Some(flatten(segs)),
             Attr::MpUnreach(m) => {
                 for p in &m.withdrawn {
                     received.remove(p);
@@ -292,6 +292,9 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
             }
             _ => {}
         }
+    }
+    if let Some(as4) = as4_path {
+        route.as_path = merge_as4_path(&route.as_path, &as4);
     }
     if let Some(nh) = v4_next_hop {
         for p in &u.nlri {
@@ -317,6 +320,22 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
             );
         }
     }
+}
+
+fn flatten(segs: &[AsSegment]) -> Vec<u32> {
+    segs.iter().flat_map(|s| s.asns.iter().copied()).collect()
+}
+
+/// RFC 6793 §4.2.3: a 2-octet peer's AS_PATH carries AS_TRANS for 4-octet ASNs and the real
+/// path in AS4_PATH; the leading ASNs AS4_PATH lacks come from AS_PATH. An AS4_PATH longer
+/// than AS_PATH is ignored.
+pub fn merge_as4_path(as_path: &[u32], as4_path: &[u32]) -> Vec<u32> {
+    if as4_path.len() > as_path.len() {
+        return as_path.to_vec();
+    }
+    let mut merged = as_path[..as_path.len() - as4_path.len()].to_vec();
+    merged.extend_from_slice(as4_path);
+    merged
 }
 
 /// End-of-RIB markers for the negotiated families (sent after the initial table when graceful
@@ -355,6 +374,15 @@ mod tests {
             .iter()
             .map(|(p, a)| (p.parse().unwrap(), a.clone()))
             .collect()
+    }
+
+    #[test]
+    fn as4_path_restores_four_octet_asns() {
+        assert_eq!(
+            merge_as4_path(&[64512, 23456, 23456], &[4_200_000_000, 4_200_000_001]),
+            vec![64512, 4_200_000_000, 4_200_000_001]
+        );
+        assert_eq!(merge_as4_path(&[23456], &[1, 2]), vec![23456]);
     }
 
     #[test]
