@@ -1,0 +1,7 @@
+//! metalnet-vxlan: the Flannel-compatible VXLAN overlay agent, as a library so the
+//! benchmark and the tests drive the same code as the binary.
+
+pub mod annotations;
+pub mod netconf;
+pub mod plan;
+pub mod subnet;
