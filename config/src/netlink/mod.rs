@@ -166,7 +166,12 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    async fn ack(&self, op: impl Into<String>, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetlinkError> {
+    async fn ack(
+        &self,
+        op: impl Into<String>,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         let mut handle = self.handle.clone();
@@ -182,7 +187,11 @@ impl Netlink {
         Ok(())
     }
 
-    async fn dump(&self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    async fn dump(
+        &self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         let mut handle = self.handle.clone();
@@ -203,7 +212,12 @@ impl Netlink {
     // ---- links ----
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        let msgs = self.dump("list links", RouteNetlinkMessage::GetLink(LinkMessage::default())).await?;
+        let msgs = self
+            .dump(
+                "list links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .await?;
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
@@ -239,7 +253,9 @@ impl Netlink {
         let mut resp = handle.request(req).map_err(|e| req_err(op.clone(), e))?;
         while let Some(m) = resp.next().await {
             match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => return Ok(parse_link(&l)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    return Ok(parse_link(&l));
+                }
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     return Err(req_err(op, rtnetlink::Error::NetlinkError(e)));
                 }
@@ -283,14 +299,29 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        self.ack(format!("delete link #{index}"), RouteNetlinkMessage::DelLink(msg), 0).await
+        self.ack(
+            format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+        .await
     }
 
-    async fn set_link(&self, index: u32, what: &str, f: impl FnOnce(&mut LinkMessage)) -> Result<(), NetlinkError> {
+    async fn set_link(
+        &self,
+        index: u32,
+        what: &str,
+        f: impl FnOnce(&mut LinkMessage),
+    ) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         f(&mut msg);
-        self.ack(format!("set {what} on link #{index}"), RouteNetlinkMessage::SetLink(msg), 0).await
+        self.ack(
+            format!("set {what} on link #{index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .await
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
@@ -302,12 +333,15 @@ impl Netlink {
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        self.set_link(index, "mtu", |m| m.attributes.push(LinkAttribute::Mtu(mtu))).await
+        self.set_link(index, "mtu", |m| m.attributes.push(LinkAttribute::Mtu(mtu)))
+            .await
     }
 
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        self.set_link(index, "address", |m| m.attributes.push(LinkAttribute::Address(mac.to_vec())))
-            .await
+        self.set_link(index, "address", |m| {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()))
+        })
+        .await
     }
 
     // ---- addresses ----
@@ -315,11 +349,16 @@ impl Netlink {
     /// Addresses of one link (all links when `index` is 0).
     pub async fn addresses(&self, index: u32) -> Result<Vec<(u32, IpNet)>, NetlinkError> {
         let msgs = self
-            .dump("list addresses", RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+            .dump(
+                "list addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
             .await?;
         let mut out = Vec::new();
         for m in msgs {
-            let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
             if index != 0 && a.header.index != index {
                 continue;
             }
@@ -375,17 +414,25 @@ impl Netlink {
 
     /// Neighbours of one family (`AddressFamily::Inet`, `Inet6` or `Bridge` for FDB entries) on
     /// one link.
-    pub async fn neighbours(&self, index: u32, fam: AddressFamily) -> Result<Vec<Neighbour>, NetlinkError> {
+    pub async fn neighbours(
+        &self,
+        index: u32,
+        fam: AddressFamily,
+    ) -> Result<Vec<Neighbour>, NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = fam;
         msg.header.ifindex = index;
         if index != 0 {
             msg.attributes.push(NeighbourAttribute::IfIndex(index));
         }
-        let msgs = self.dump("list neighbours", RouteNetlinkMessage::GetNeighbour(msg)).await?;
+        let msgs = self
+            .dump("list neighbours", RouteNetlinkMessage::GetNeighbour(msg))
+            .await?;
         let mut out = Vec::new();
         for m in msgs {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             if n.header.family != fam || (index != 0 && n.header.ifindex != index) {
                 continue;
             }
@@ -393,8 +440,20 @@ impl Netlink {
             let mut mac = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(*v)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                        ip = Some(IpAddr::V4(*v))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        ip = Some(IpAddr::V6(*v))
+                    }
+                    // FDB entries (family AF_BRIDGE) carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
                     _ => {}
                 }
@@ -411,7 +470,12 @@ impl Netlink {
     }
 
     /// Adds or replaces a permanent neighbour entry (`ip neigh replace IP lladdr MAC nud permanent`).
-    pub async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    pub async fn set_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
         let msg = neigh_message(family(&ip), index, Some(ip), mac, NeighbourFlags::empty());
         self.ack(
             format!("set neighbour {ip} on link #{index}"),
@@ -422,9 +486,16 @@ impl Netlink {
     }
 
     pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
-        let msg = neigh_message(family(&ip), index, Some(ip), [0; 6], NeighbourFlags::empty());
+        let msg = neigh_message(
+            family(&ip),
+            index,
+            Some(ip),
+            [0; 6],
+            NeighbourFlags::empty(),
+        );
         let mut msg = msg;
-        msg.attributes.retain(|a| !matches!(a, NeighbourAttribute::LinkLayerAddress(_)));
+        msg.attributes
+            .retain(|a| !matches!(a, NeighbourAttribute::LinkLayerAddress(_)));
         self.ack(
             format!("delete neighbour {ip} on link #{index}"),
             RouteNetlinkMessage::DelNeighbour(msg),
@@ -436,7 +507,13 @@ impl Netlink {
     /// Adds or replaces the device's own FDB entry MAC → remote VTEP
     /// (`bridge fdb replace MAC dev DEV dst IP self permanent`).
     pub async fn set_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-        let msg = neigh_message(AddressFamily::Bridge, index, Some(dst), mac, NeighbourFlags::Own);
+        let msg = neigh_message(
+            AddressFamily::Bridge,
+            index,
+            Some(dst),
+            mac,
+            NeighbourFlags::Own,
+        );
         self.ack(
             format!("set fdb entry {} dst {dst} on link #{index}", fmt_mac(&mac)),
             RouteNetlinkMessage::NewNeighbour(msg),
@@ -446,10 +523,24 @@ impl Netlink {
     }
 
     /// Appends a further remote for a MAC (`bridge fdb append`), e.g. all-zero flood entries.
-    pub async fn append_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-        let msg = neigh_message(AddressFamily::Bridge, index, Some(dst), mac, NeighbourFlags::Own);
+    pub async fn append_fdb(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        dst: IpAddr,
+    ) -> Result<(), NetlinkError> {
+        let msg = neigh_message(
+            AddressFamily::Bridge,
+            index,
+            Some(dst),
+            mac,
+            NeighbourFlags::Own,
+        );
         self.ack(
-            format!("append fdb entry {} dst {dst} on link #{index}", fmt_mac(&mac)),
+            format!(
+                "append fdb entry {} dst {dst} on link #{index}",
+                fmt_mac(&mac)
+            ),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_APPEND,
         )
@@ -457,9 +548,18 @@ impl Netlink {
     }
 
     pub async fn del_fdb(&self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-        let msg = neigh_message(AddressFamily::Bridge, index, Some(dst), mac, NeighbourFlags::Own);
+        let msg = neigh_message(
+            AddressFamily::Bridge,
+            index,
+            Some(dst),
+            mac,
+            NeighbourFlags::Own,
+        );
         self.ack(
-            format!("delete fdb entry {} dst {dst} on link #{index}", fmt_mac(&mac)),
+            format!(
+                "delete fdb entry {} dst {dst} on link #{index}",
+                fmt_mac(&mac)
+            ),
             RouteNetlinkMessage::DelNeighbour(msg),
             0,
         )
@@ -471,11 +571,19 @@ impl Netlink {
     /// Routes of the main table of one family.
     pub async fn routes(&self, v6: bool) -> Result<Vec<Route>, NetlinkError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
-        let msgs = self.dump("list routes", RouteNetlinkMessage::GetRoute(msg)).await?;
+        msg.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs = self
+            .dump("list routes", RouteNetlinkMessage::GetRoute(msg))
+            .await?;
         let mut out = Vec::new();
         for m in msgs {
-            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
             if let Some(route) = parse_route(&r)
                 && route.table == u32::from(RT_TABLE_MAIN)
             {
@@ -496,13 +604,20 @@ impl Netlink {
     }
 
     pub async fn del_route(&self, r: &Route) -> Result<(), NetlinkError> {
-        self.ack(format!("delete route {}", r.dst), RouteNetlinkMessage::DelRoute(route_message(r)), 0)
-            .await
+        self.ack(
+            format!("delete route {}", r.dst),
+            RouteNetlinkMessage::DelRoute(route_message(r)),
+            0,
+        )
+        .await
     }
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 fn neigh_message(
@@ -518,12 +633,14 @@ fn neigh_message(
     msg.header.state = NeighbourState::Permanent;
     msg.header.flags = flags;
     msg.header.kind = RouteType::Unspec;
-    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     if let Some(ip) = ip {
-        msg.attributes.push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(v) => NeighbourAddress::Inet(v),
-            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-        }));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(v) => NeighbourAddress::Inet(v),
+                IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+            }));
     }
     msg
 }
@@ -537,13 +654,21 @@ fn route_message(r: &Route) -> RouteMessage {
     h.protocol = RouteProtocol::from(r.protocol);
     h.kind = RouteType::Unicast;
     // A route through a gateway has universe scope; a device route link scope.
-    h.scope = if r.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link };
+    h.scope = if r.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
     if r.onlink {
         h.flags = RouteFlags::Onlink;
     }
-    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(r.dst.network())));
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            r.dst.network(),
+        )));
     if let Some(gw) = r.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     if let Some(oif) = r.oif {
         msg.attributes.push(RouteAttribute::Oif(oif));
