@@ -144,7 +144,7 @@ impl Cluster {
             "--iface".into(),
             "eth0".into(),
             "--metrics-addr".into(),
-            "off".into(),
+            "127.0.0.1:7474".into(),
             "--ip-masq".into(),
             "--log-level".into(),
             "debug".into(),
@@ -352,6 +352,21 @@ fn three_nodes_pods_reach_each_other_v4_v6_and_node_removal() {
     assert!(addr.contains("inet 198.51.100.64/32"), "{addr}");
     c.assert_all_pods_ping(false);
     c.assert_all_pods_ping(true);
+    let ready = http_get(&c.nodes[0].host, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}\n{}", c.logs(0));
+    let metrics = http_get(&c.nodes[0].host, "/metrics");
+    assert!(
+        metrics.contains("metalnet_vxlan_peers_programmed 4"),
+        "{metrics}"
+    );
+    let nft = c.nodes[0]
+        .host
+        .exec_ok(&["nft", "list", "table", "ip", "metalnet-vxlan"])
+        .unwrap();
+    assert!(
+        nft.contains("ip saddr 198.51.100.0/24 ip daddr != 224.0.0.0/4 masquerade fully-random"),
+        "{nft}"
+    );
     let (a, b) = (&c.nodes[0].pods[0], &c.nodes[2].pods[1]);
     tcp_transfer(&b.host, &a.host, b.v4.as_deref().unwrap(), "4M");
     tcp_transfer(&b.host, &a.host, b.v6.as_deref().unwrap(), "4M");
@@ -376,7 +391,37 @@ fn three_nodes_pods_reach_each_other_v4_v6_and_node_removal() {
         .host
         .wait_ping(c.nodes[1].pods[0].v4.as_deref().unwrap(), T)
         .unwrap();
+
+    // --cleanup-on-exit removes what the agent installed; a plain stop leaves it.
+    c.nodes[1].agent.take().unwrap().stop();
+    c.start_agent(1, &["--cleanup-on-exit"]);
+    let h1 = c.nodes[1].host.clone();
+    wait_for("agent ready", T, || {
+        http_get(&h1, "/readyz").starts_with("HTTP/1.1 200")
+    })
+    .unwrap();
+    c.nodes[1].agent.take().unwrap().stop();
+    let links = ip(&h1, &["link"]);
+    assert!(
+        !links.contains("flannel.1") && !links.contains("flannel-v6.1"),
+        "{links}"
+    );
+    assert!(!ip(&h1, &["route"]).contains("proto 77"));
+    assert!(
+        h1.exec(&["nft", "list", "table", "ip", "metalnet-vxlan"])
+            .is_err()
+    );
     let _ = &c.sw;
+}
+
+/// GET on the agent's metrics endpoint inside a node (bash /dev/tcp: no curl needed).
+fn http_get(host: &Host, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/7474 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    host.exec_status(&["bash", "-c", &script])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -636,4 +681,80 @@ fn interoperates_with_a_hand_configured_flannel_node() {
     let (a, b) = (&c.nodes[0].pods[0], &c.nodes[2].pods[0]);
     tcp_transfer(&b.host, &a.host, b.v4.as_deref().unwrap(), "2M");
     let _ = Instant::now();
+}
+
+/// iperf3 throughput over `secs` seconds, in bits/s (JSON output, receiver side).
+fn iperf3_bps(server: &Host, client: &Host, server_ip: &str, secs: u32) -> f64 {
+    let srv = server
+        .spawn("iperf3-bench", &["iperf3", "-s", "-1", "-B", server_ip])
+        .unwrap();
+    let mut out = String::new();
+    wait_for(
+        "iperf3 bench client",
+        Duration::from_secs(10),
+        || match client.exec_timeout(
+            &[
+                "iperf3",
+                "-J",
+                "-c",
+                server_ip,
+                "-t",
+                &secs.to_string(),
+                "--connect-timeout",
+                "1000",
+            ],
+            Duration::from_secs(u64::from(secs) + 15),
+        ) {
+            Ok(o) => {
+                out = String::from_utf8_lossy(&o.stdout).into_owned();
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .unwrap();
+    srv.stop();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Benchmark, not a timed test: pod-to-pod TCP throughput across nodes through the overlay,
+/// side by side with node-to-node over the same underlay in the same run.
+/// `cargo test -p metalnet-lab --test vxlan -- --ignored throughput --nocapture`
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn throughput_overlay_vs_underlay() {
+    let conf = r#"{"Network":"198.51.100.0/24","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new("vxlan_bench", 2, conf, true);
+    for i in 0..2 {
+        c.start_agent(i, &[]);
+        c.add_pod(i);
+    }
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let dst = b.pods[0].v4.clone().unwrap();
+    a.pods[0].host.wait_ping(&dst, T).unwrap();
+    let mut rows = Vec::new();
+    for round in 0..5 {
+        let under = iperf3_bps(&b.host, &a.host, &b.v4, 5);
+        let over = iperf3_bps(&b.pods[0].host, &a.pods[0].host, &dst, 5);
+        println!(
+            "round {round}: node-to-node {:.2} Gbit/s, pod-to-pod {:.2} Gbit/s, ratio {:.3}",
+            under / 1e9,
+            over / 1e9,
+            over / under
+        );
+        rows.push((under, over));
+    }
+    let (u, o): (f64, f64) = rows
+        .iter()
+        .fold((0.0, 0.0), |(u, o), (a, b)| (u + a, o + b));
+    let mut ratios: Vec<f64> = rows.iter().map(|(u, o)| o / u).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "ratio pod-to-pod / node-to-node: mean {:.3}, median {:.3} (target >= 0.9)",
+        o / u,
+        ratios[ratios.len() / 2]
+    );
 }

@@ -15,6 +15,9 @@ use crate::plan::{
     RouteSpec, Step, Underlay, device_ops, is_managed_route,
 };
 
+/// The operations a step applied, and the one that failed (the step was rolled back).
+type StepOutcome = (Vec<Op>, Option<(Op, KernelError)>);
+
 /// How many steps are in flight at once on the socket.
 const CONCURRENCY: usize = 512;
 
@@ -307,7 +310,7 @@ impl Kernel {
         obs: &mut Observed,
     ) -> Vec<(Op, KernelError)> {
         let dev_index = obs.device.as_ref().map(|d| d.index).unwrap_or(0);
-        let results: Vec<(Vec<Op>, Option<(Op, KernelError)>)> = futures::stream::iter(steps)
+        let results: Vec<StepOutcome> = futures::stream::iter(steps)
             .map(|step| self.run_step(step, dev_index, underlay_index))
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -322,12 +325,7 @@ impl Kernel {
         errors
     }
 
-    async fn run_step(
-        &self,
-        step: Step,
-        dev_index: u32,
-        underlay_index: u32,
-    ) -> (Vec<Op>, Option<(Op, KernelError)>) {
+    async fn run_step(&self, step: Step, dev_index: u32, underlay_index: u32) -> StepOutcome {
         let mut done = Vec::new();
         for op in step.ops {
             match self.run_op(&op, dev_index, underlay_index).await {

@@ -37,7 +37,7 @@ pub fn render(network: &IpNet, subnet: &IpNet) -> String {
          \t\t{a} saddr {network} {a} daddr != {mcast} masquerade fully-random\n\
          \t\t{a} saddr != {network} {a} daddr {network} masquerade fully-random\n\
          \t}}\n\
-         \tchain fwd {{\n\
+         \tchain forwarding {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\t{a} saddr {network} accept\n\
          \t\t{a} daddr {network} accept\n\
