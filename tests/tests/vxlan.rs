@@ -28,6 +28,10 @@ fn agent_binary() -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug/metalnet-vxlan");
+        if is_newer_than_sources(&bin, &root) {
+            return bin;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "metalnet-vxlan"])
@@ -36,9 +40,40 @@ fn agent_binary() -> PathBuf {
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build -p metalnet-vxlan failed");
-        target.join("debug/metalnet-vxlan")
+        bin
     })
     .clone()
+}
+
+/// Whether `bin` exists and is newer than every source it is built from (skipping a nested
+/// `cargo build`, whose different feature set would rebuild shared dependencies).
+fn is_newer_than_sources(bin: &Path, root: &Path) -> bool {
+    fn newest(p: &Path) -> std::time::SystemTime {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return std::time::SystemTime::UNIX_EPOCH;
+        };
+        let mut t = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        if meta.is_dir()
+            && let Ok(rd) = std::fs::read_dir(p)
+        {
+            for e in rd.flatten() {
+                t = t.max(newest(&e.path()));
+            }
+        }
+        t
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    [
+        "vxlan",
+        "config/src",
+        "config/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ]
+    .iter()
+    .all(|p| newest(&root.join(p)) < built)
 }
 
 struct Node {
@@ -435,7 +470,29 @@ fn restart_adopts_state_and_loses_no_packet() {
     c.nodes[0].pods[0].host.wait_ping(&dst, T).unwrap();
     let mac_before = c.nodes[0].host.mac("flannel.1").unwrap();
     let ifindex_before = ip(&c.nodes[0].host, &["link", "show", "flannel.1"]);
-    // A ping every 10 ms for 4 s while both agents restart.
+    // A ping every 10 ms for 4 s and a TCP transfer while both agents restart.
+    let server = c.nodes[1].pods[0]
+        .host
+        .spawn("iperf3-server", &["iperf3", "-s", "-1", "-B", &dst])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let transfer = c.nodes[0].pods[0]
+        .host
+        .spawn(
+            "iperf3-client",
+            &[
+                "iperf3",
+                "-c",
+                &dst,
+                "-t",
+                "4",
+                "-b",
+                "200M",
+                "--connect-timeout",
+                "2000",
+            ],
+        )
+        .unwrap();
     let pinger = c.nodes[0].pods[0]
         .host
         .spawn("ping", &["ping", "-n", "-i", "0.01", "-c", "400", &dst])
@@ -459,6 +516,16 @@ fn restart_adopts_state_and_loses_no_packet() {
     .unwrap();
     let out = pinger.logs();
     assert!(out.contains(" 0% packet loss"), "{out}");
+    wait_for("transfer to finish", Duration::from_secs(15), || {
+        !transfer.is_running()
+    })
+    .unwrap();
+    let tlog = transfer.logs();
+    assert!(
+        tlog.contains("receiver") && !tlog.contains("error"),
+        "{tlog}"
+    );
+    server.stop();
     // Adopted, not recreated: same device, same MAC, nothing reprogrammed.
     wait_for("restarted agent ready", T, || {
         c.logs(0).contains("wrote subnet.env") || c.logs(0).contains("node subnet")

@@ -74,17 +74,20 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     let cli = Cli::parse();
     cli.common.init_logging();
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match run(cli).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "metalnet-vxlan failed");
             eprintln!("metalnet-vxlan: {e:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now rather than wait for the runtime to join the state watcher's blocking thread
+    // (up to a second or more): a restart should be quick. Nothing is left to flush.
+    std::process::exit(code)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
