@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use metalnet_config::model::core::Node;
 use metalnet_config::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
 use metalnet_vxlan::annotations::{BackendData, Mac, NodeView};
 use metalnet_vxlan::kernel::Kernel;
@@ -50,6 +51,22 @@ fn peer(i: u32, public_last: u8) -> NodeView {
         ))),
         ..Default::default()
     }
+}
+
+/// The Node object a peer's agent would have published (parsed again on every change, as the
+/// agent does from its snapshot).
+fn node_object(v: &NodeView) -> Node {
+    let d = v.backend_data.unwrap();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": v.name, "annotations": {
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/backend-data": d.to_json(),
+            "flannel.alpha.coreos.com/public-ip": v.public_ip.unwrap().to_string(),
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        }},
+        "spec": {"podCIDR": v.pod_cidrs[0].to_string()}
+    }))
+    .unwrap()
 }
 
 fn main() {
@@ -137,14 +154,20 @@ fn main() {
             );
             assert_eq!(reread.routes.len(), peers as usize);
 
-            // One change at that size, as the agent does it: rebuild the desired state, check
-            // the device, diff against the cache, apply.
+            // One change at that size, as the agent does it: read every Node's annotations,
+            // rebuild the desired state, check the device, diff against the cache, apply.
             let mut one = Vec::new();
             for k in 0..20u32 {
                 let idx = (k * 37 % peers) as usize;
                 nodes[idx].public_ip = Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, k as u8 + 1)));
+                let objects: Vec<Node> = nodes.iter().map(node_object).collect();
                 let t = Instant::now();
-                let want = build(&nodes);
+                let views: Vec<NodeView> = objects
+                    .iter()
+                    .zip(&nodes)
+                    .map(|(o, v)| NodeView::of(&v.name, o))
+                    .collect();
+                let want = build(&views);
                 let _dev = kernel.observe_device("flannel.1").await.unwrap();
                 let (rem, add) = diff(&want, &obs);
                 assert_eq!(add.len(), 1);
