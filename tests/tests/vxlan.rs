@@ -750,41 +750,39 @@ fn interoperates_with_a_hand_configured_flannel_node() {
     let _ = Instant::now();
 }
 
-/// iperf3 throughput over `secs` seconds, in bits/s (JSON output, receiver side).
+/// iperf3 throughput over `secs` seconds, in bits/s (JSON output, receiver side); a run that
+/// fails (server not up yet, busy) is retried.
 fn iperf3_bps(server: &Host, client: &Host, server_ip: &str, secs: u32) -> f64 {
-    let srv = server
-        .spawn("iperf3-bench", &["iperf3", "-s", "-1", "-B", server_ip])
-        .unwrap();
-    let mut out = String::new();
-    wait_for(
-        "iperf3 bench client",
-        Duration::from_secs(10),
-        || match client.exec_timeout(
-            &[
-                "iperf3",
-                "-J",
-                "-c",
-                server_ip,
-                "-t",
-                &secs.to_string(),
-                "--connect-timeout",
-                "1000",
-            ],
-            Duration::from_secs(u64::from(secs) + 15),
-        ) {
-            Ok(o) => {
-                out = String::from_utf8_lossy(&o.stdout).into_owned();
-                true
-            }
-            Err(_) => false,
-        },
-    )
-    .unwrap();
-    srv.stop();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
+    let mut last = String::new();
+    for _ in 0..5 {
+        let srv = server
+            .spawn("iperf3-bench", &["iperf3", "-s", "-1", "-B", server_ip])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let out = client.exec_status(&[
+            "timeout",
+            "30",
+            "iperf3",
+            "-J",
+            "-c",
+            server_ip,
+            "-t",
+            &secs.to_string(),
+            "--connect-timeout",
+            "1000",
+        ]);
+        srv.stop();
+        last = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let bps = serde_json::from_str::<serde_json::Value>(&last)
+            .ok()
+            .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64());
+        if let Some(bps) = bps {
+            return bps;
+        }
+    }
+    panic!("iperf3 to {server_ip} failed: {last}");
 }
 
 /// Benchmark, not a timed test: pod-to-pod TCP throughput across nodes through the overlay,
