@@ -8,6 +8,7 @@ pub mod crd;
 pub mod labels;
 pub mod manifest;
 pub mod model;
+pub mod netlink;
 pub mod state;
 pub mod telemetry;
 pub mod validate;
