@@ -239,14 +239,14 @@ pub fn service_ips(svc: &Service) -> Vec<IpAddr> {
 }
 
 /// Whether an endpoint can take traffic: `ready` unset or true, or `serving` true.
-fn endpoint_can_serve(c: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>) -> bool {
+pub fn endpoint_can_serve(c: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>) -> bool {
     match c {
         None => true,
         Some(c) => c.ready.is_none_or(|r| r) || c.serving == Some(true),
     }
 }
 
-fn slices_of<'a>(
+pub fn slices_of<'a>(
     snapshot: &'a Snapshot,
     namespace: &'a str,
     name: &'a str,
@@ -265,7 +265,7 @@ fn slices_of<'a>(
         .map(|(_, s)| s.as_ref())
 }
 
-fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
+pub fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
     pools
         .iter()
         .find(|p| p.cidrs.iter().any(|c| c.contains(ip)))

@@ -44,7 +44,14 @@ const METRICS_PORT: u16 = 7473;
 /// the Service when this node starts announcing it, metrics on --metrics-addr, and
 /// `metalnet-speaker explain NAMESPACE/NAME`.
 ///
-/// BGP mode is not implemented yet: BGPPeer and BGPAdvertisement objects are ignored.
+/// BGP mode: for every address a BGPAdvertisement covers and selects this node for, the
+/// speaker announces a route (the address masked to aggregationLength, with the
+/// advertisement's communities and localPref) to each BGPPeer selecting this node, with the
+/// session's local address as next hop, so routers spread traffic over all nodes (ECMP).
+/// Under externalTrafficPolicy Local only nodes with a serving endpoint announce. On SIGTERM
+/// the sessions close with a Cease (routes withdrawn) or, with enableGracefulRestart, just
+/// close (the router keeps the routes for the restart time). Status: ServiceBGPStatus per
+/// announced Service, metallb_bgp_* metrics, and BGP lines in `explain`.
 #[derive(Parser, Debug)]
 #[command(name = "metalnet-speaker", version)]
 struct Cli {
@@ -127,7 +134,7 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| e.to_string())
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 12] = [
     Kind::Service,
     Kind::EndpointSlice,
     Kind::Node,
@@ -135,6 +142,12 @@ const KINDS: [Kind; 7] = [
     Kind::L2Advertisement,
     Kind::ServiceL2Status,
     Kind::Event,
+    // BGP mode
+    Kind::BGPPeer,
+    Kind::BGPAdvertisement,
+    Kind::Community,
+    Kind::Secret,
+    Kind::ServiceBGPStatus,
 ];
 
 fn main() -> ExitCode {
@@ -274,5 +287,59 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
         "{}",
         explain::render(&e, cli.common.node_name.as_deref(), &live, &source)
     );
+    // BGP mode (issue 6).
+    if let Some(node) = cli.common.node_name.as_deref() {
+        print!(
+            "{}",
+            bgp_explain(
+                &snapshot,
+                &config,
+                node,
+                &svc,
+                speaker,
+                cli.ignore_exclude_lb
+            )
+            .await
+        );
+    }
     Ok(())
+}
+
+/// The BGP part of `explain`, with session states from the running speaker when it answers.
+async fn bgp_explain(
+    snapshot: &metalnet_config::state::Snapshot,
+    config: &metalnet_config::validate::ParsedConfig,
+    node: &str,
+    svc: &metalnet_config::model::core::Service,
+    speaker: SocketAddr,
+    ignore_exclude_label: bool,
+) -> String {
+    use metalnet_speaker::bgp::{explain as bgp_explain, plan};
+    let plan = plan::plan(&plan::Inputs {
+        snapshot,
+        config,
+        node,
+        ignore_exclude_label,
+    });
+    let sessions = tokio::task::spawn_blocking(move || metrics_text(speaker))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|text| bgp_explain::parse_session_up(&text));
+    let service = plan.services.iter().find(|s| {
+        Some(&s.namespace) == svc.metadata.namespace.as_ref()
+            && Some(&s.name) == svc.metadata.name.as_ref()
+    });
+    bgp_explain::render(&plan, service, sessions.as_ref())
+}
+
+/// The body of a running speaker's /metrics.
+fn metrics_text(addr: SocketAddr) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: speaker\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }

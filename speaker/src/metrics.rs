@@ -50,6 +50,8 @@ pub struct Metrics {
     pub members_count: Gauge,
     pub announced: Family<AnnouncedLabels, Gauge>,
     pub announced_addresses: Gauge,
+    /// BGP mode's `metallb_bgp_*` metrics.
+    pub bgp: crate::bgp::BgpMetrics,
 }
 
 pub fn ip_label(ip: &IpAddr) -> IpLabel {
@@ -99,6 +101,7 @@ impl Metrics {
             "Addresses this node answers ARP/NDP for",
             self.announced_addresses.clone(),
         );
+        self.bgp.register(registry);
     }
 
     /// Publishes the live member set.

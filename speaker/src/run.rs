@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL};
+use metalnet_speaker::bgp::Bgp;
 use metalnet_speaker::election::{self, Inputs, Interfaces};
 use metalnet_speaker::members::{Gossip, GossipOptions, Seed};
 use metalnet_speaker::metrics::{AnnouncedLabels, Metrics};
@@ -87,6 +88,13 @@ pub async fn run(
     let layer2 = Layer2::new(metrics.clone());
     layer2.rescan().context("listing network interfaces")?;
     let status = StatusWriter::start(state.clone(), opts.namespace.clone(), opts.node.clone());
+    // BGP mode (issue 6): needs no membership, so it runs before the gossip settles.
+    let mut bgp = Bgp::start(
+        state.clone(),
+        opts.namespace.clone(),
+        opts.node.clone(),
+        metrics.clone(),
+    );
     let mut sub = state.subscribe();
     let mut snapshot = state.snapshot();
     let mut gossip: Option<Gossip> = None;
@@ -181,6 +189,12 @@ pub async fn run(
                 last_problems = problems;
             }
         }
+        // BGP mode; after the layer 2 reconcile, which resets metallb_speaker_announced.
+        bgp.reconcile(
+            &snapshot,
+            &valid_config(&snapshot).0,
+            opts.ignore_exclude_label,
+        );
         health.set_ready(settled);
 
         let settle_at = started + opts.settle;
@@ -202,6 +216,9 @@ pub async fn run(
 
     // Leave first, so another node takes over at once; keep answering each address until the
     // next node is seen announcing it (or the grace ends), then stop.
+    // BGP: Cease to every peer (they withdraw our routes), or keep them under graceful restart.
+    tracing::info!("stopping: closing the BGP sessions");
+    bgp.shutdown().await;
     tracing::info!("stopping: leaving the membership");
     health.set_ready(false);
     layer2.begin_leaving();

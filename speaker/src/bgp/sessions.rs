@@ -1,0 +1,189 @@
+//! One BGP session per BGPPeer that selects this node: started, restarted with new
+//! parameters, fed the planned routes, and stopped when the peer goes away.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use metalnet_config::bgp::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
+
+use super::metrics::{BgpMetrics, PeerLabel};
+use super::plan::NodePlan;
+
+struct Running {
+    /// The parameters the session runs with (Debug text: the password shows as `***`).
+    fingerprint: String,
+    password: Option<Password>,
+    handle: SessionHandle,
+    label: PeerLabel,
+    desired: usize,
+    /// `updates_sent` already added to the metric.
+    updates_counted: u64,
+}
+
+/// The running sessions, by BGPPeer `namespace/name`.
+#[derive(Default)]
+pub struct Sessions {
+    running: BTreeMap<String, Running>,
+    /// Why a selected peer has no session, by `namespace/name` (for logs and explain).
+    pub broken: BTreeMap<String, String>,
+}
+
+fn fingerprint(c: &PeerConfig) -> String {
+    format!("{c:?}")
+}
+
+/// The metric label of a peer: its address and port, as MetalLB's `peer` label.
+pub fn peer_label(c: &PeerConfig) -> PeerLabel {
+    PeerLabel {
+        peer: std::net::SocketAddr::new(c.peer_address, c.peer_port).to_string(),
+    }
+}
+
+impl Sessions {
+    /// Makes the sessions match the plan. Must run inside a tokio runtime.
+    pub fn apply(&mut self, plan: &NodePlan, metrics: &BgpMetrics) {
+        let mut broken = BTreeMap::new();
+        let mut stopping = Vec::new();
+        for (key, peer) in &plan.peers {
+            let config = match &peer.config {
+                Ok(c) => c,
+                Err(e) => {
+                    broken.insert(key.clone(), e.clone());
+                    if let Some(old) = self.running.remove(key) {
+                        stopping.push((key.clone(), old));
+                    }
+                    continue;
+                }
+            };
+            let fp = fingerprint(config);
+            let same = self
+                .running
+                .get(key)
+                .is_some_and(|r| r.fingerprint == fp && r.password == config.password);
+            if !same {
+                if let Some(old) = self.running.remove(key) {
+                    tracing::info!(peer = %key, "BGPPeer changed: restarting its session");
+                    stopping.push((key.clone(), old));
+                }
+                tracing::info!(peer = %key, address = %config.peer_address, port = config.peer_port,
+                    my_asn = config.my_asn, peer_asn = config.peer_asn,
+                    md5 = config.password.is_some(), "starting BGP session");
+                let handle = Session::spawn(config.clone());
+                spawn_state_logger(key.clone(), &handle);
+                self.running.insert(
+                    key.clone(),
+                    Running {
+                        fingerprint: fp,
+                        password: config.password.clone(),
+                        handle,
+                        label: peer_label(config),
+                        desired: 0,
+                        updates_counted: 0,
+                    },
+                );
+            }
+            if let Some(r) = self.running.get_mut(key) {
+                r.desired = peer.routes.len();
+                r.handle.set_routes(peer.routes.clone());
+            }
+        }
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !plan.peers.contains_key(*k) || broken.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = self.running.remove(&key) {
+                tracing::info!(peer = %key, "BGPPeer no longer selects this node: stopping its session");
+                stopping.push((key, old));
+            }
+        }
+        for (_, old) in stopping {
+            // Forget the metrics of a stopped session unless a new one uses the same label.
+            if !self.running.values().any(|r| r.label == old.label) {
+                metrics.forget(&old.label);
+            }
+            tokio::spawn(old.handle.shutdown());
+        }
+        for (key, why) in &broken {
+            if self.broken.get(key) != Some(why) {
+                tracing::warn!(peer = %key, problem = %why, "BGPPeer cannot be used");
+            }
+        }
+        self.broken = broken;
+    }
+
+    /// The status of every running session, by BGPPeer `namespace/name`.
+    pub fn statuses(&self) -> BTreeMap<String, SessionStatus> {
+        self.running
+            .iter()
+            .map(|(k, r)| (k.clone(), r.handle.status()))
+            .collect()
+    }
+
+    /// Copies the sessions' counters into the metrics.
+    pub fn refresh_metrics(&mut self, metrics: &BgpMetrics) {
+        for r in self.running.values_mut() {
+            let c = r.handle.counters();
+            let up = c.session_up.load(std::sync::atomic::Ordering::Relaxed);
+            let announced = c
+                .prefixes_announced
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let sent = c.updates_sent.load(std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .session_up
+                .get_or_create(&r.label)
+                .set(i64::from(up));
+            metrics
+                .announced_prefixes
+                .get_or_create(&r.label)
+                .set(announced as i64);
+            metrics
+                .pending_prefixes
+                .get_or_create(&r.label)
+                .set(r.desired.saturating_sub(announced as usize) as i64);
+            metrics
+                .updates
+                .get_or_create(&r.label)
+                .inc_by(sent.saturating_sub(r.updates_counted));
+            r.updates_counted = r.updates_counted.max(sent);
+        }
+    }
+
+    /// Stops every session: Cease (the peer withdraws our routes at once), or with graceful
+    /// restart negotiated a plain close (the peer keeps them for the restart time).
+    pub fn take_all(&mut self) -> Vec<SessionHandle> {
+        std::mem::take(&mut self.running)
+            .into_values()
+            .map(|r| r.handle)
+            .collect()
+    }
+}
+
+/// Logs every state change of a session (with the reason it went down).
+fn spawn_state_logger(key: String, handle: &SessionHandle) {
+    let mut rx = handle.watch_status();
+    tokio::spawn(async move {
+        let mut last = rx.borrow().state;
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            if s.state == last {
+                continue;
+            }
+            match (&s.last_error, s.state) {
+                (_, metalnet_config::bgp::State::Established) => {
+                    tracing::info!(peer = %key, state = ?s.state, "BGP session established")
+                }
+                (Some(e), _) => {
+                    tracing::info!(peer = %key, state = ?s.state, reason = %e, "BGP session state")
+                }
+                (None, _) => tracing::debug!(peer = %key, state = ?s.state, "BGP session state"),
+            }
+            last = s.state;
+        }
+    });
+}
+
+/// Shared between the daemon loop and the metrics refresher.
+pub type SharedSessions = Arc<std::sync::Mutex<Sessions>>;
