@@ -204,7 +204,7 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
         probe_period: cli.gossip_probe_period,
         suspect_timeout: cli.gossip_suspect_timeout,
     });
-    tracing::info!(%node, gossip = gossip.is_some(), "metalnet-speaker starting (layer 2 mode)");
+    tracing::info!(%node, gossip = gossip.is_some(), "metalnet-speaker starting (layer 2 and BGP modes)");
     run::run(
         state,
         run::Options {

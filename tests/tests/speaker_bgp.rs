@@ -6,7 +6,6 @@
 //! client's ping to be answered, each node carries the service addresses on `lo` (the test's
 //! stand-in for kube-proxy).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
@@ -90,7 +89,7 @@ fn host_cidr(ip: &str) -> String {
 /// The demo site with a state directory; the service addresses on every node's `lo`.
 struct Site {
     // Dropped first: stops the processes and deletes the namespaces.
-    lab: Lab,
+    _lab: Lab,
     demo: DemoSite,
     state: tempfile::TempDir,
 }
@@ -105,7 +104,11 @@ impl Site {
             }
         }
         let state = tempfile::tempdir().unwrap();
-        Site { lab, demo, state }
+        Site {
+            _lab: lab,
+            demo,
+            state,
+        }
     }
 
     fn node(&self, name: &str) -> &Host {
@@ -199,8 +202,10 @@ fn wait_routes_from(
     let ok = wait_for(&format!("{prefix} from {from:?}"), STEP, || {
         last = routes_of(router, prefix);
         from.iter().all(|f| {
-            last.iter()
-                .any(|r| (&r.from_protocol == f || r.next_hops.iter().any(|h| h.to_string() == *f)) && check(r))
+            last.iter().any(|r| {
+                (&r.from_protocol == f || r.next_hops.iter().any(|h| h.to_string() == *f))
+                    && check(r)
+            })
         })
     });
     if ok.is_err() {
@@ -253,14 +258,19 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
     let routes = wait_routes_from(&site, &bird, &format!("{v4}/32"), &from("v4"), &|r| {
         r.as_path == vec![NODE_ASN]
             && r.communities.contains(&Community::new(64513, 100))
-            && r.large_communities.contains(&LargeCommunity::new(64513, 1, 2))
+            && r.large_communities
+                .contains(&LargeCommunity::new(64513, 1, 2))
     });
     for (i, n) in NODES.iter().enumerate() {
         let r = routes
             .iter()
             .find(|r| r.from_protocol == format!("{n}_v4"))
             .unwrap();
-        assert_eq!(r.next_hops, vec![node_v4(i).parse::<std::net::IpAddr>().unwrap()], "{r:?}");
+        assert_eq!(
+            r.next_hops,
+            vec![node_v4(i).parse::<std::net::IpAddr>().unwrap()],
+            "{r:?}"
+        );
     }
     let routes6 = wait_routes_from(&site, &bird, &format!("{v6}/128"), &from("v6"), &|_| true);
     for (i, n) in NODES.iter().enumerate() {
@@ -287,7 +297,13 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
     site.demo.remote.wait_ping(v6, STEP).unwrap();
 
     // externalTrafficPolicy Local: only node2, which has the endpoint.
-    wait_routes_from(&site, &bird, &format!("{local}/32"), &["node2_v4".into()], &|_| true);
+    wait_routes_from(
+        &site,
+        &bird,
+        &format!("{local}/32"),
+        &["node2_v4".into()],
+        &|_| true,
+    );
     let from_local: Vec<String> = routes_of(&bird, &format!("{local}/32"))
         .into_iter()
         .map(|r| r.from_protocol)
@@ -295,20 +311,38 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
     assert_eq!(from_local, vec!["node2_v4".to_string()]);
 
     // Status objects and metrics.
-    let status_dir = site.state.path().join("status/objects/ServiceBGPStatus/metallb-system");
-    wait_for("a ServiceBGPStatus per node for web, one for local", STEP, || {
-        let texts: Vec<String> = std::fs::read_dir(&status_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let web = texts.iter().filter(|t| t.contains("serviceName: web")).count();
-        let local = texts.iter().filter(|t| t.contains("serviceName: local")).count();
-        web == 3 && local == 1 && texts.iter().all(|t| t.contains("router-v4"))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", std::fs::read_dir(&status_dir).map(|d| d.count())));
+    let status_dir = site
+        .state
+        .path()
+        .join("status/objects/ServiceBGPStatus/metallb-system");
+    wait_for(
+        "a ServiceBGPStatus per node for web, one for local",
+        STEP,
+        || {
+            let texts: Vec<String> = std::fs::read_dir(&status_dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let web = texts
+                .iter()
+                .filter(|t| t.contains("serviceName: web"))
+                .count();
+            let local = texts
+                .iter()
+                .filter(|t| t.contains("serviceName: local"))
+                .count();
+            web == 3 && local == 1 && texts.iter().all(|t| t.contains("router-v4"))
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            std::fs::read_dir(&status_dir).map(|d| d.count())
+        )
+    });
     wait_for("session metrics", STEP, || {
         let m = site.metrics("node1");
         m.contains("metallb_bgp_session_up{peer=\"192.0.2.1:179\"} 1")
@@ -319,23 +353,171 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
     .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node1")));
 
     // Deleting the Service withdraws it at once, from every node.
-    site.write(&objects_demo(&service_yaml("local", &[local], "Local", &["node2"])));
+    site.write(&objects_demo(&service_yaml(
+        "local",
+        &[local],
+        "Local",
+        &["node2"],
+    )));
     let t = Instant::now();
     bird.wait_no_route(&format!("{v4}/32"), STEP).unwrap();
     bird.wait_no_route(&format!("{v6}/128"), STEP).unwrap();
-    eprintln!("deleted Service withdrawn from BIRD after {:?}", t.elapsed());
+    eprintln!(
+        "deleted Service withdrawn from BIRD after {:?}",
+        t.elapsed()
+    );
 
     // The session comes back after BIRD restarts, and the route with it.
     bird.restart().unwrap();
-    wait_routes_from(&site, &bird, &format!("{local}/32"), &["node2_v4".into()], &|_| true);
+    wait_routes_from(
+        &site,
+        &bird,
+        &format!("{local}/32"),
+        &["node2_v4".into()],
+        &|_| true,
+    );
 
     // SIGTERM: node2's speaker closes its sessions (Cease) and BIRD drops its routes.
     speakers[1].signal(libc::SIGTERM);
     bird.wait_no_route(&format!("{local}/32"), STEP)
         .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
-    wait_for("node2's speaker to exit", STEP, || !speakers[1].is_running()).unwrap();
+    wait_for("node2's speaker to exit", STEP, || {
+        !speakers[1].is_running()
+    })
+    .unwrap();
     let log = std::fs::read_to_string(site.node("node2").dir().join("speaker.err")).unwrap();
     assert!(log.contains("closing the BGP sessions"), "{log}");
 }
 
-fn _unused(_: &Path, _: &Frr, _: &FrrConfig, _: &Gobgp, _: &GobgpConfig, _: &BgpNeighbor) {}
+/// FRR as an iBGP route reflector-less peer with TCP MD5: the password comes from a
+/// `kubernetes.io/basic-auth` Secret; LOCAL_PREF is sent (iBGP); a node whose router-side
+/// password differs never gets a session, fails cleanly, and no password shows in logs or
+/// metrics.
+#[test]
+fn frr_ibgp_with_md5_local_pref_and_a_wrong_password() {
+    let vip = "192.0.2.210";
+    let site = Site::new("bgp_frr_ibgp", &[vip]);
+    let mut cfg = FrrConfig::new(ROUTER_SITE_V4.parse().unwrap(), NODE_ASN);
+    for i in 0..3 {
+        let mut n = BgpNeighbor::new(node_v4(i).parse().unwrap(), NODE_ASN).passive();
+        n.ipv6 = false;
+        n.hold_time = Some(9);
+        n.password = Some(if i == 2 { "wrong-one" } else { "s3cr3t-md5" }.into());
+        cfg.neighbors.push(n);
+    }
+    let frr = Frr::start(&site.demo.router, cfg).unwrap();
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: bgp-md5, namespace: metallb-system}\n\
+                  type: kubernetes.io/basic-auth\ndata: {password: czNjcjN0LW1kNQ==}\n";
+    site.write(&format!(
+        "{}{}{}{}{}",
+        pool_yaml(),
+        secret,
+        peer_yaml(
+            "frr",
+            ROUTER_SITE_V4,
+            NODE_ASN,
+            NODE_ASN,
+            ", passwordSecret: {name: bgp-md5, namespace: metallb-system}"
+        ),
+        advertisement_yaml("pref", "{localPref: 250, communities: [\"64513:250\"]}"),
+        service_yaml("web", &[vip], "Cluster", &NODES),
+    ));
+    let _speakers = site.start_all();
+    let good: Vec<String> = (0..2).map(node_v4).collect();
+    for n in &good {
+        frr.wait_established(n, STEP)
+            .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
+    }
+    let routes = wait_routes_from(&site, &frr, &format!("{vip}/32"), &good, &|r| {
+        r.local_pref == Some(250)
+            && r.as_path.is_empty()
+            && r.communities.contains(&Community::new(64513, 250))
+    });
+    assert!(
+        routes
+            .iter()
+            .all(|r| !r.next_hops.contains(&node_v4(2).parse().unwrap())),
+        "node3 has the wrong password: {routes:?}"
+    );
+    // node3 keeps failing, cleanly: no session, the metric says so, no secret anywhere.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!frr.is_established(&node_v4(2)).unwrap());
+    let m = site.metrics("node3");
+    assert!(
+        m.contains("metallb_bgp_session_up{peer=\"192.0.2.1:179\"} 0"),
+        "{m}"
+    );
+    assert!(site.node("node3").exec_ok(&["true"]).is_ok());
+    for n in NODES {
+        let log = std::fs::read_to_string(site.node(n).dir().join("speaker.err")).unwrap();
+        assert!(!log.contains("s3cr3t"), "password in the log of {n}");
+        assert!(!site.metrics(n).contains("s3cr3t"));
+    }
+    let status: String = walk_text(&site.state.path().join("status"));
+    assert!(!status.contains("s3cr3t"), "password in a status object");
+}
+
+/// Every file's text under `dir`, concatenated.
+fn walk_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push_str(&walk_text(&p));
+            } else if let Ok(t) = std::fs::read_to_string(&p) {
+                out.push_str(&t);
+            }
+        }
+    }
+    out
+}
+
+/// GoBGP as the upstream router over eBGP, one IPv4 and one IPv6 session per node, with
+/// aggregation: both addresses are announced as the aggregates (/27, /124) from all nodes,
+/// next hops the nodes' addresses of each family; withdrawn when the Service goes.
+#[test]
+fn gobgp_ebgp_v4_and_v6_with_aggregation() {
+    let (v4, v6) = ("192.0.2.220", "2001:db8:0:1::20a");
+    let site = Site::new("bgp_gobgp", &[v4, v6]);
+    let mut cfg = GobgpConfig::new(ROUTER_SITE_V4.parse().unwrap(), ROUTER_ASN);
+    for i in 0..3 {
+        for (is_v4, addr) in [(true, node_v4(i)), (false, node_v6(i))] {
+            let mut n = BgpNeighbor::new(addr.parse().unwrap(), NODE_ASN).passive();
+            n.ipv4 = is_v4;
+            n.ipv6 = !is_v4;
+            cfg.neighbors.push(n);
+        }
+    }
+    let gobgp = Gobgp::start(&site.demo.router, cfg).unwrap();
+    let objects = |with_service: bool| {
+        format!(
+            "{}{}{}{}{}",
+            pool_yaml(),
+            peer_yaml("gobgp-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN, ""),
+            peer_yaml("gobgp-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
+            advertisement_yaml(
+                "agg",
+                "{aggregationLength: 27, aggregationLengthV6: 124, communities: [\"64513:7\"]}"
+            ),
+            if with_service {
+                service_yaml("web", &[v4, v6], "Cluster", &NODES)
+            } else {
+                String::new()
+            },
+        )
+    };
+    site.write(&objects(true));
+    let _speakers = site.start_all();
+    let from4: Vec<String> = (0..3).map(node_v4).collect();
+    let from6: Vec<String> = (0..3).map(node_v6).collect();
+    wait_routes_from(&site, &gobgp, "192.0.2.192/27", &from4, &|r| {
+        r.as_path == vec![NODE_ASN] && r.communities.contains(&Community::new(64513, 7))
+    });
+    wait_routes_from(&site, &gobgp, "2001:db8:0:1::200/124", &from6, &|r| {
+        r.as_path == vec![NODE_ASN]
+    });
+    site.write(&objects(false));
+    gobgp.wait_no_route("192.0.2.192/27", STEP).unwrap();
+    gobgp.wait_no_route("2001:db8:0:1::200/124", STEP).unwrap();
+}
