@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use metalnet_lab::lab::components;
 use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, Community, DemoSite, Frr, FrrConfig, Gobgp, GobgpConfig, Lab,
@@ -520,4 +521,66 @@ fn gobgp_ebgp_v4_and_v6_with_aggregation() {
     site.write(&objects(false));
     gobgp.wait_no_route("192.0.2.192/27", STEP).unwrap();
     gobgp.wait_no_route("2001:db8:0:1::200/124", STEP).unwrap();
+}
+
+/// The issue's "done when": the demo (controller and speakers as `components` starts them,
+/// the router's BIRD as the demo configures it) — the router learns the address the
+/// controller assigned from all three nodes, and the remote client reaches it through it.
+#[test]
+fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
+    let lab = Lab::new("bgp_demo").unwrap();
+    let demo = DemoSite::build(&lab).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let bird = Bird::start(&demo.router, demo.router_bird_config()).unwrap();
+    bins::binary("metalnet-controller").unwrap();
+    let speaker = bins::binary("metalnet-speaker").unwrap();
+    let bin_dir = speaker.parent().unwrap();
+    // The Service's pods: one ready endpoint per node (the demo has no kubelet).
+    let endpoints: Vec<String> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!("{{addresses: [\"10.244.{i}.2\"], nodeName: {n}, conditions: {{ready: true}}}}")
+        })
+        .collect();
+    std::fs::write(
+        state.path().join("bgp.yaml"),
+        format!(
+            "{}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n\
+             addressType: IPv4\nendpoints: [{}]\n",
+            components::DEMO_BGP_MANIFESTS,
+            endpoints.join(", ")
+        ),
+    )
+    .unwrap();
+    let _components = components::start(&demo, state.path(), bin_dir).unwrap();
+    let _speakers = components::start_speakers(&demo, state.path(), bin_dir).unwrap();
+    let ips = components::wait_service_ingress(state.path(), "demo", "web", STEP).unwrap();
+    let ip = &ips[0];
+    // kube-proxy's part: the node accepts traffic for the address.
+    for node in &demo.nodes {
+        node.add_addr("lo", &host_cidr(ip)).unwrap();
+    }
+    for (i, n) in NODES.iter().enumerate() {
+        let proto = format!("{n}_v4");
+        let hop: std::net::IpAddr = node_v4(i).parse().unwrap();
+        bird.wait_route(
+            &host_cidr(ip),
+            &|r| r.from_protocol == proto && r.next_hops == vec![hop],
+            STEP,
+        )
+        .unwrap_or_else(|e| {
+            let logs: String = demo
+                .nodes
+                .iter()
+                .map(|n| {
+                    std::fs::read_to_string(n.dir().join("metalnet-speaker.err"))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!("{e}\n{logs}")
+        });
+    }
+    demo.remote.wait_ping(ip, STEP).unwrap();
 }

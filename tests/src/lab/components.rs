@@ -148,3 +148,50 @@ pub fn wait_service_ingress(
         },
     )
 }
+
+/// BGP mode for the demo (issue 6): one BGPPeer per address family of the router (the
+/// router's BIRD, [`DemoSite::router_bird_config`], expects a v4 and a v6 session from each
+/// node) and a BGPAdvertisement of the demo pool. Append to the demo manifests.
+pub const DEMO_BGP_MANIFESTS: &str = r#"---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: router-v4, namespace: metallb-system}
+spec: {myASN: 64513, peerASN: 64512, peerAddress: "192.0.2.1"}
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: router-v6, namespace: metallb-system}
+spec: {myASN: 64513, peerASN: 64512, peerAddress: "2001:db8:0:1::1"}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: demo, namespace: metallb-system}
+spec:
+  ipAddressPools: [demo]
+"#;
+
+/// Starts `metalnet-speaker` on every node of the demo site (as its DaemonSet would), on the
+/// shared state directory, metrics on the node's address port 7473. The lead wires this into
+/// the demo; the BGP lab tests use it too.
+pub fn start_speakers(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Vec<Process>> {
+    let speaker_bin = binary(bin_dir, "metalnet-speaker")?;
+    let state = state_dir.display().to_string();
+    site.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            node.spawn(
+                "metalnet-speaker",
+                &[
+                    speaker_bin.to_str().unwrap_or("metalnet-speaker"),
+                    "--state-dir",
+                    &state,
+                    "--node-name",
+                    node.name(),
+                    "--metrics-addr",
+                    &format!("{}:7473", node_v4(i)),
+                ],
+            )
+        })
+        .collect()
+}
