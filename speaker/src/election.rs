@@ -246,7 +246,7 @@ pub fn endpoint_can_serve(c: Option<&k8s_openapi::api::discovery::v1::EndpointCo
     }
 }
 
-pub fn slices_of<'a>(
+fn slices_of<'a>(
     snapshot: &'a Snapshot,
     namespace: &'a str,
     name: &'a str,
@@ -265,7 +265,7 @@ pub fn slices_of<'a>(
         .map(|(_, s)| s.as_ref())
 }
 
-pub fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
+fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
     pools
         .iter()
         .find(|p| p.cidrs.iter().any(|c| c.contains(ip)))

@@ -194,6 +194,7 @@ pub async fn run(
             &snapshot,
             &valid_config(&snapshot).0,
             opts.ignore_exclude_label,
+            &metrics,
         );
         health.set_ready(settled);
 

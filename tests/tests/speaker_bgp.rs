@@ -584,3 +584,275 @@ fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
     }
     demo.remote.wait_ping(ip, STEP).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Benchmark (not a timed test): run with
+//   cargo test -p metalnet-lab --test speaker_bgp -- --ignored --nocapture bench_
+// SPEAKER_BIN=/path/to/metalnet-speaker uses another build (e.g. `cargo build --release -p
+// metalnet-speaker`); BENCH_ROUTES changes the count (default 10000).
+
+/// An MRT TABLE_DUMP_V2 file (RFC 6396) with one IPv6 /128 route per address, for
+/// `gobgp mrt inject global FILE COUNT`.
+fn mrt_v6(prefixes: &[std::net::Ipv6Addr], next_hop: std::net::Ipv6Addr) -> Vec<u8> {
+    fn record(out: &mut Vec<u8>, subtype: u16, body: &[u8]) {
+        out.extend(0u32.to_be_bytes());
+        out.extend(13u16.to_be_bytes()); // TABLE_DUMP_V2
+        out.extend(subtype.to_be_bytes());
+        out.extend((body.len() as u32).to_be_bytes());
+        out.extend(body);
+    }
+    let mut out = Vec::new();
+    let mut b = Vec::new();
+    b.extend([192, 0, 2, 100]); // collector BGP ID
+    b.extend(0u16.to_be_bytes()); // view name length
+    b.extend(1u16.to_be_bytes()); // peer count
+    b.push(0b11); // IPv6 address, 4-octet AS
+    b.extend([192, 0, 2, 100]);
+    b.extend(next_hop.octets());
+    b.extend(64514u32.to_be_bytes());
+    record(&mut out, 1, &b); // PEER_INDEX_TABLE
+    for (seq, p) in prefixes.iter().enumerate() {
+        let mut b = Vec::new();
+        b.extend((seq as u32).to_be_bytes());
+        b.push(128);
+        b.extend(p.octets());
+        b.extend(1u16.to_be_bytes()); // entry count
+        b.extend(0u16.to_be_bytes()); // peer index
+        b.extend(0u32.to_be_bytes()); // originated time
+        // ORIGIN IGP; AS_PATH [64514] (4-octet); MP_REACH_NLRI in full (GoBGP does not take
+        // RFC 6396's abbreviated form).
+        let mut attrs = vec![0x40, 1, 1, 0, 0x40, 2, 6, 2, 1];
+        attrs.extend(64514u32.to_be_bytes());
+        let mut mp = vec![0, 2, 1, 16];
+        mp.extend(next_hop.octets());
+        mp.extend([0, 128]);
+        mp.extend(p.octets());
+        attrs.extend([0x80, 14, mp.len() as u8]);
+        attrs.extend(mp);
+        b.extend((attrs.len() as u16).to_be_bytes());
+        b.extend(attrs);
+        record(&mut out, 4, &b); // RIB_IPV6_UNICAST
+    }
+    out
+}
+
+/// Routes BIRD holds from `protocol` (`show route protocol P count`).
+fn bird_count(bird: &Bird, protocol: &str) -> usize {
+    bird.birdc(&["show", "route", "protocol", protocol, "count"])
+        .ok()
+        .and_then(|out| {
+            out.lines()
+                .find(|l| l.contains("routes"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Polls until BIRD's session `protocol` is Established and then holds `n` routes from it;
+/// returns (time to Established, time to all routes) from `t0`.
+fn time_until_all(bird: &Bird, protocol: &str, n: usize, t0: Instant) -> (Duration, Duration) {
+    let deadline = t0 + Duration::from_secs(300);
+    let mut established = None;
+    loop {
+        if established.is_none() && bird.is_established(protocol).unwrap_or(false) {
+            established = Some(t0.elapsed());
+        }
+        if established.is_some() && bird_count(bird, protocol) >= n {
+            return (established.unwrap_or_default(), t0.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{protocol}: {} of {n} routes after 300 s",
+            bird_count(bird, protocol)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn bench_service(i: usize, ip: &std::net::Ipv6Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
+         spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+         addressType: IPv6\nendpoints: [{{addresses: [\"2001:db8:ff::1\"], nodeName: node1, conditions: {{ready: true}}}}]\n"
+    )
+}
+
+#[test]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+fn bench_announce_10000_routes_to_bird_vs_gobgp() {
+    let n: usize = std::env::var("BENCH_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let base: u128 = "2001:db8:100::"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .into();
+    let addrs: Vec<std::net::Ipv6Addr> = (0..n as u128).map(|i| (base + i).into()).collect();
+
+    let lab = Lab::new("bgp_bench").unwrap();
+    let demo = DemoSite::build(&lab).unwrap();
+    let mut bird_cfg =
+        metalnet_lab::lab::BirdConfig::new(ROUTER_SITE_V4.parse().unwrap(), ROUTER_ASN);
+    for (name, addr, asn) in [
+        ("speaker", node_v6(0), NODE_ASN),
+        ("gobgp", "2001:db8:0:1::100".to_string(), 64514),
+    ] {
+        let mut nb = BgpNeighbor::new(addr.parse().unwrap(), asn)
+            .named(name)
+            .passive();
+        nb.ipv4 = false;
+        nb.local_address = Some("2001:db8:0:1::1".parse().unwrap());
+        bird_cfg.neighbors.push(nb);
+    }
+    let bird = Bird::start(&demo.router, bird_cfg).unwrap();
+
+    // GoBGP: the routes go into its RIB while its session is administratively down.
+    let mut g = GobgpConfig::new("192.0.2.100".parse().unwrap(), 64514);
+    g.listen_port = Some(-1);
+    let mut nb = BgpNeighbor::new("2001:db8:0:1::1".parse().unwrap(), ROUTER_ASN);
+    nb.ipv4 = false;
+    g.neighbors.push(nb);
+    let gobgp = Gobgp::start(&demo.client, g).unwrap();
+    bird.wait_established("gobgp", STEP).unwrap();
+    gobgp
+        .cli(&["neighbor", "2001:db8:0:1::1", "disable"])
+        .unwrap();
+    wait_for("GoBGP session down", STEP, || {
+        !bird.is_established("gobgp").unwrap_or(true)
+    })
+    .unwrap();
+    let mrt = lab.dir().join("bench.mrt");
+    // `gobgp mrt inject` loses the last few hundred records of a dump: pad it with
+    // repeats of the first route, which change nothing when they arrive.
+    let mut padded = addrs.clone();
+    padded.extend(std::iter::repeat_n(addrs[0], 2000));
+    std::fs::write(&mrt, mrt_v6(&padded, "2001:db8:0:1::100".parse().unwrap())).unwrap();
+    gobgp
+        .cli(&[
+            "mrt",
+            "inject",
+            "global",
+            mrt.to_str().unwrap(),
+            &(padded.len() + 1).to_string(),
+        ])
+        .unwrap();
+    wait_for("GoBGP to hold the routes", STEP, || {
+        gobgp
+            .cli(&["global", "rib", "-a", "ipv6", "summary"])
+            .is_ok_and(|s| s.contains(&format!("Destination: {n},")))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            gobgp.cli(&["global", "rib", "-a", "ipv6", "summary"])
+        )
+    });
+    let t0 = Instant::now();
+    gobgp
+        .cli(&["neighbor", "2001:db8:0:1::1", "enable"])
+        .unwrap();
+    let (g_est, g_all) = time_until_all(&bird, "gobgp", n, t0);
+
+    // metalnet-speaker: the Services are loaded; the BGPPeer appears at t0.
+    let state = tempfile::tempdir().unwrap();
+    let mut objects = nodes_yaml();
+    objects.push_str(
+        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: bench, namespace: metallb-system}\n\
+         spec: {addresses: [\"2001:db8:100::/112\"]}\n",
+    );
+    objects.push_str(&advertisement_yaml("bench", "{}"));
+    for (i, a) in addrs.iter().enumerate() {
+        objects.push_str(&bench_service(i, a));
+    }
+    std::fs::write(state.path().join("services.yaml"), objects).unwrap();
+    let bin = std::env::var("SPEAKER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| bins::binary("metalnet-speaker").unwrap());
+    let speaker = demo.nodes[0]
+        .spawn(
+            "speaker",
+            &[
+                bin.to_str().unwrap(),
+                "--state-dir",
+                state.path().to_str().unwrap(),
+                "--node-name",
+                "node1",
+                "--gossip",
+                "off",
+                "--log-level",
+                "info,metalnet_speaker::bgp=debug",
+            ],
+        )
+        .unwrap();
+    // Let it load and plan the Services (its status writes settle down too).
+    std::thread::sleep(Duration::from_secs(10));
+    let peer = state.path().join("peer.yaml");
+    let tmp = state.path().join(".peer.tmp");
+    std::fs::write(
+        &tmp,
+        peer_yaml("router", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    std::fs::rename(&tmp, &peer).unwrap();
+    let (s_est, s_all) = time_until_all(&bird, "speaker", n, t0);
+
+    // Latency: a new Service with its address, until the route is in BIRD's table.
+    let mut latencies = Vec::new();
+    for k in 0..10usize {
+        let ip: std::net::Ipv6Addr = (base + 0xf000 + k as u128).into();
+        let file = state.path().join(format!("new{k}.yaml"));
+        let tmp = state.path().join(format!(".new{k}.tmp"));
+        std::fs::write(&tmp, bench_service(100_000 + k, &ip)).unwrap();
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &file).unwrap();
+        let want = format!("{ip}/128");
+        loop {
+            let out = bird.birdc(&["show", "route", &want]).unwrap_or_default();
+            if out.contains(&want) {
+                latencies.push(t0.elapsed());
+                break;
+            }
+            assert!(
+                t0.elapsed() < STEP,
+                "{want} not in BIRD\n{}",
+                speaker.logs()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    latencies.sort();
+    let transfer = |est: Duration, all: Duration| all.saturating_sub(est);
+    eprintln!("BENCH routes={n}");
+    eprintln!(
+        "BENCH gobgp:   established after {g_est:?}, all routes in BIRD after {g_all:?} (transfer {:?})",
+        transfer(g_est, g_all)
+    );
+    eprintln!(
+        "BENCH speaker: established after {s_est:?}, all routes in BIRD after {s_all:?} (transfer {:?})",
+        transfer(s_est, s_all)
+    );
+    eprintln!(
+        "BENCH ratio speaker/gobgp: total {:.2}, transfer {:.2}",
+        s_all.as_secs_f64() / g_all.as_secs_f64(),
+        transfer(s_est, s_all).as_secs_f64() / transfer(g_est, g_all).as_secs_f64().max(1e-6)
+    );
+    eprintln!(
+        "BENCH Service address -> route in BIRD: min {:?}, median {:?}, max {:?} (with {n} announced; birdc polled every ms)",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    let log = speaker.logs();
+    let reconciles: Vec<&str> = log.lines().filter(|l| l.contains("BGP reconcile")).collect();
+    eprintln!(
+        "BENCH last BGP reconcile rounds:\n{}",
+        reconciles[reconciles.len().saturating_sub(12)..].join("\n")
+    );
+    drop(speaker);
+}

@@ -44,14 +44,70 @@ pub fn internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
         .find(|a| a.is_ipv4() == v4)
 }
 
+/// The Services last planned, for the metrics refresher (`None`: unchanged since taken).
+type Published = Arc<Mutex<Option<Arc<Vec<ServiceBgp>>>>>;
+
 /// BGP mode on this node.
 pub struct Bgp {
     node: String,
     sessions: SharedSessions,
     status: BgpStatusWriter,
-    metrics: Arc<Metrics>,
-    announced: HashSet<AnnouncedLabels>,
+    published: Published,
     refresher: tokio::task::JoinHandle<()>,
+}
+
+/// `metallb_speaker_announced{protocol="bgp"}` series of a plan.
+fn announced_labels(node: &str, services: &[ServiceBgp]) -> HashSet<AnnouncedLabels> {
+    services
+        .iter()
+        .flat_map(|s| {
+            s.contributions.iter().map(|c| AnnouncedLabels {
+                protocol: "bgp".into(),
+                service: format!("{}/{}", s.namespace, s.name),
+                node: node.to_string(),
+                ip: c.ip.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Copies session counters into the metrics and keeps the announced series current, off the
+/// path from a cluster change to the UPDATE. The layer 2 loop clears the announced family on
+/// each of its rounds; the series are put back when that happened.
+async fn refresh_loop(
+    node: String,
+    sessions: SharedSessions,
+    published: Published,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(METRICS_REFRESH);
+    let mut announced: HashSet<AnnouncedLabels> = HashSet::new();
+    loop {
+        tick.tick().await;
+        if let Ok(mut s) = sessions.lock() {
+            s.refresh_metrics(&metrics.bgp);
+        }
+        let fresh = published.lock().ok().and_then(|mut p| p.take());
+        if let Some(services) = fresh {
+            let now = announced_labels(&node, &services);
+            for gone in announced.difference(&now) {
+                metrics.announced.remove(gone);
+            }
+            for l in now.difference(&announced) {
+                metrics.announced.get_or_create(l).set(1);
+            }
+            announced = now;
+        }
+        if announced
+            .iter()
+            .next()
+            .is_some_and(|l| metrics.announced.get(l).is_none())
+        {
+            for l in &announced {
+                metrics.announced.get_or_create(l).set(1);
+            }
+        }
+    }
 }
 
 impl Bgp {
@@ -63,67 +119,47 @@ impl Bgp {
         metrics: Arc<Metrics>,
     ) -> Bgp {
         let sessions: SharedSessions = Arc::new(Mutex::new(Sessions::default()));
-        let refresher = {
-            let sessions = sessions.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(METRICS_REFRESH);
-                loop {
-                    tick.tick().await;
-                    if let Ok(mut s) = sessions.lock() {
-                        s.refresh_metrics(&metrics.bgp);
-                    }
-                }
-            })
-        };
+        let published: Published = Arc::new(Mutex::new(None));
+        let refresher = tokio::spawn(refresh_loop(
+            node.clone(),
+            sessions.clone(),
+            published.clone(),
+            metrics.clone(),
+        ));
         Bgp {
             status: BgpStatusWriter::start(state, namespace, node.clone()),
             node,
             sessions,
-            metrics,
-            announced: HashSet::new(),
+            published,
             refresher,
         }
     }
 
-    /// Plans and applies BGP mode for a snapshot; returns the plan (for tests and logs).
+    /// Plans and applies BGP mode for a snapshot; returns the per-Service view.
     pub fn reconcile(
         &mut self,
         snapshot: &Arc<Snapshot>,
         config: &ParsedConfig,
         ignore_exclude_label: bool,
+        metrics: &Metrics,
     ) -> Arc<Vec<ServiceBgp>> {
+        let started = std::time::Instant::now();
         let plan = plan::plan(&Inputs {
             snapshot,
             config,
             node: &self.node,
             ignore_exclude_label,
         });
+        let planned = started.elapsed();
         if let Ok(mut s) = self.sessions.lock() {
-            s.apply(&plan, &self.metrics.bgp);
+            s.apply(&plan, &metrics.bgp);
         }
-        // metallb_speaker_announced{protocol="bgp"}: replace our previous series.
-        let now: HashSet<AnnouncedLabels> = plan
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.contributions.iter().map(|c| AnnouncedLabels {
-                    protocol: "bgp".into(),
-                    service: format!("{}/{}", s.namespace, s.name),
-                    node: self.node.clone(),
-                    ip: c.ip.to_string(),
-                })
-            })
-            .collect();
-        for gone in self.announced.difference(&now) {
-            self.metrics.announced.remove(gone);
-        }
-        for l in &now {
-            self.metrics.announced.get_or_create(l).set(1);
-        }
-        self.announced = now;
         let services = Arc::new(plan.services);
+        if let Ok(mut p) = self.published.lock() {
+            *p = Some(services.clone());
+        }
         self.status.update(snapshot.clone(), services.clone());
+        tracing::debug!(elapsed = ?started.elapsed(), ?planned, services = services.len(), "BGP reconcile");
         services
     }
 

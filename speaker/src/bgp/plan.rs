@@ -18,11 +18,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use metalnet_config::addr::Community;
 use metalnet_config::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
-use metalnet_config::model::core::Service;
+use metalnet_config::model::core::{EndpointSlice, Service};
 use metalnet_config::state::Snapshot;
 use metalnet_config::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
 
 use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the planner needs.
 pub struct Inputs<'a> {
@@ -100,6 +102,8 @@ pub struct Contribution {
     pub prefix: IpNet,
     /// `namespace/name` of the BGPAdvertisement.
     pub advertisement: String,
+    /// Its index in [`ParsedConfig::bgp_advertisements`].
+    pub advertisement_index: usize,
     /// BGPPeer names the route goes to.
     pub peers: BTreeSet<String>,
 }
@@ -278,14 +282,25 @@ pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
                 .push(format!("{}/{}", peer.namespace, peer.name));
         }
     }
+    let endpoints = slice_index(snapshot);
+    let keys = Keys {
+        pools: inputs
+            .config
+            .pools
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect(),
+        advertisements: inputs
+            .config
+            .bgp_advertisements
+            .iter()
+            .map(|a| format!("{}/{}", a.namespace, a.name))
+            .collect(),
+    };
     for svc in snapshot.services.values() {
-        if let Some(s) = plan_service(inputs, &facts, &out, svc) {
+        if let Some(s) = plan_service(inputs, &endpoints, &keys, &facts, &out, svc) {
             for c in &s.contributions {
-                let ad = inputs
-                    .config
-                    .bgp_advertisements
-                    .iter()
-                    .find(|a| format!("{}/{}", a.namespace, a.name) == c.advertisement);
+                let ad = inputs.config.bgp_advertisements.get(c.advertisement_index);
                 for p in out.peers.values_mut() {
                     if c.peers.contains(&p.name) {
                         let attrs = p.routes.entry(c.prefix).or_default();
@@ -301,8 +316,34 @@ pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
     out
 }
 
+/// EndpointSlices by (namespace, Service name), so planning stays linear in the Services.
+type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+fn slice_index(snapshot: &Snapshot) -> SliceIndex<'_> {
+    let mut index: SliceIndex<'_> = BTreeMap::new();
+    for (k, slice) in snapshot.endpoint_slices.iter() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(ns), Some(svc)) = (k.namespace.as_deref(), service) {
+            index.entry((ns, svc.as_str())).or_default().push(slice);
+        }
+    }
+    index
+}
+
+/// `namespace/name` of every pool and advertisement, formatted once per plan.
+struct Keys {
+    pools: Vec<String>,
+    advertisements: Vec<String>,
+}
+
 fn plan_service(
     inputs: &Inputs<'_>,
+    endpoints: &SliceIndex<'_>,
+    keys: &Keys,
     facts: &NodeFacts,
     plan: &NodePlan,
     svc: &Service,
@@ -334,7 +375,11 @@ fn plan_service(
         contributions: Vec::new(),
         not_announced: None,
     };
-    for slice in election::slices_of(inputs.snapshot, &s.namespace, &s.name) {
+    for slice in endpoints
+        .get(&(s.namespace.as_str(), s.name.as_str()))
+        .into_iter()
+        .flatten()
+    {
         for ep in &slice.endpoints {
             if election::endpoint_can_serve(ep.conditions.as_ref()) {
                 s.serving_endpoints += 1;
@@ -345,22 +390,28 @@ fn plan_service(
         }
     }
     // Per address: its pool, the advertisements covering it, and those selecting this node.
-    let mut selecting: Vec<(IpAddr, &ParsedBgpAdvertisement)> = Vec::new();
+    let mut selecting: Vec<(IpAddr, usize, &ParsedBgpAdvertisement)> = Vec::new();
     for ip in &s.ips {
-        let Some(pool) = election::pool_of(&inputs.config.pools, ip) else {
+        let Some(pool_index) = inputs
+            .config
+            .pools
+            .iter()
+            .position(|p| p.cidrs.iter().any(|c| c.contains(ip)))
+        else {
             continue;
         };
-        s.pools.insert(format!("{}/{}", pool.namespace, pool.name));
-        for ad in inputs
+        let pool = &inputs.config.pools[pool_index];
+        s.pools.insert(keys.pools[pool_index].clone());
+        for (i, ad) in inputs
             .config
             .bgp_advertisements
             .iter()
-            .filter(|a| a.namespace == pool.namespace && a.pools.contains(&pool.name))
+            .enumerate()
+            .filter(|(_, a)| a.namespace == pool.namespace && a.pools.contains(&pool.name))
         {
-            s.advertisements
-                .insert(format!("{}/{}", ad.namespace, ad.name));
+            s.advertisements.insert(keys.advertisements[i].clone());
             if selects(&ad.node_selectors, facts) {
-                selecting.push((*ip, ad));
+                selecting.push((*ip, i, ad));
             }
         }
     }
@@ -382,7 +433,7 @@ fn plan_service(
     if s.not_announced.is_some() {
         return Some(s);
     }
-    for (ip, ad) in selecting {
+    for (ip, index, ad) in selecting {
         let peers: BTreeSet<String> = plan
             .peers
             .values()
@@ -395,7 +446,8 @@ fn plan_service(
         s.contributions.push(Contribution {
             ip,
             prefix: masked(ip, ad),
-            advertisement: format!("{}/{}", ad.namespace, ad.name),
+            advertisement: keys.advertisements[index].clone(),
+            advertisement_index: index,
             peers,
         });
     }
