@@ -1,0 +1,737 @@
+//! Layer 2 leader election, pure: which node announces each Service address, and why every
+//! other node does not. Every speaker computes the same answer from the same inputs (cluster
+//! objects and live speakers), as MetalLB does, without asking the others.
+//!
+//! Candidates for a Service: nodes that run a live speaker, have a Node object without the
+//! `NetworkUnavailable` condition or the `node.kubernetes.io/exclude-from-external-load-balancers`
+//! label, are selected by an L2Advertisement covering the address's pool and, under
+//! `externalTrafficPolicy: Local`, have a serving endpoint. They are ordered by
+//! sha256(node name + "#" + first address) ascending; the first announces. Services sharing an
+//! address therefore agree on the node (same first address, same ordering).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use metalnet_config::model::core::{EndpointSlice, Node, Service};
+use metalnet_config::state::Snapshot;
+use metalnet_config::validate::{ParsedConfig, ParsedPool};
+use sha2::{Digest, Sha256};
+
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which interfaces an address is announced on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// Every eligible interface.
+    All,
+    /// Only these (those that exist and are eligible).
+    Only(BTreeSet<String>),
+}
+
+impl Interfaces {
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Interfaces::All => true,
+            Interfaces::Only(set) => set.contains(name),
+        }
+    }
+
+    /// The union of two selections.
+    pub fn union(&self, other: &Interfaces) -> Interfaces {
+        match (self, other) {
+            (Interfaces::Only(a), Interfaces::Only(b)) => {
+                Interfaces::Only(a.union(b).cloned().collect())
+            }
+            _ => Interfaces::All,
+        }
+    }
+}
+
+impl fmt::Display for Interfaces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Interfaces::All => f.write_str("all eligible interfaces"),
+            Interfaces::Only(s) => {
+                write!(f, "{}", s.iter().cloned().collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
+/// The facts about a node that matter for the election.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    pub network_unavailable: bool,
+    pub ready: bool,
+}
+
+impl NodeFacts {
+    pub fn of(node: &Node) -> NodeFacts {
+        let condition = |t: &str| {
+            node.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == t))
+                .is_some_and(|c| c.status == "True")
+        };
+        NodeFacts {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            network_unavailable: condition("NetworkUnavailable"),
+            ready: condition("Ready"),
+        }
+    }
+}
+
+/// Every Node of a snapshot by name.
+pub fn nodes(snapshot: &Snapshot) -> BTreeMap<String, NodeFacts> {
+    snapshot
+        .nodes
+        .iter()
+        .map(|(k, n)| (k.name.clone(), NodeFacts::of(n)))
+        .collect()
+}
+
+/// Nodes whose `Ready` condition is True: the live speakers when gossip is off.
+pub fn ready_nodes(nodes: &BTreeMap<String, NodeFacts>) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|(_, f)| f.ready)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Why a node is not a candidate for a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exclusion {
+    /// No live speaker on it (gossip says it is gone, or Node not Ready without gossip).
+    SpeakerNotLive,
+    /// A live speaker with no Node object.
+    NoNodeObject,
+    NetworkUnavailable,
+    ExcludedByLabel,
+    /// No L2Advertisement covering the pool selects this node.
+    NotSelected,
+    /// `externalTrafficPolicy: Local` and no serving endpoint on the node.
+    NoLocalEndpoint,
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Exclusion::SpeakerNotLive => "no live speaker",
+            Exclusion::NoNodeObject => "no Node object",
+            Exclusion::NetworkUnavailable => "Node has the NetworkUnavailable condition",
+            Exclusion::ExcludedByLabel => "Node has the label node.kubernetes.io/exclude-from-external-load-balancers",
+            Exclusion::NotSelected => "no L2Advertisement for the pool selects this node (nodeSelectors)",
+            Exclusion::NoLocalEndpoint => "externalTrafficPolicy is Local and no serving endpoint runs on this node",
+        })
+    }
+}
+
+/// The outcome for one Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not `type: LoadBalancer`: layer 2 mode does not concern it.
+    NotLoadBalancer,
+    /// No address in `status.loadBalancer.ingress` yet.
+    NoAddress,
+    /// The first address lies in no valid IPAddressPool.
+    NoPool,
+    /// No L2Advertisement covers the pool: not announced by layer 2.
+    NoAdvertisement,
+    /// No serving endpoint anywhere: nobody announces (as MetalLB).
+    NoServingEndpoint,
+    /// Advertised, but no node qualifies.
+    NoCandidate,
+    /// `node` announces, on `interfaces`.
+    Announced { node: String, interfaces: Interfaces },
+}
+
+/// One candidate with its ordering key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ranked {
+    pub node: String,
+    pub hash: [u8; 32],
+}
+
+impl Ranked {
+    pub fn hash_hex(&self) -> String {
+        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The election for one Service, with everything `explain` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceElection {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    /// `namespace/name` of the pool of the first address.
+    pub pool: Option<String>,
+    /// `namespace/name` of the L2Advertisements covering the pool.
+    pub advertisements: Vec<String>,
+    pub external_traffic_local: bool,
+    /// Nodes with a serving endpoint.
+    pub endpoint_nodes: BTreeSet<String>,
+    pub serving_endpoints: usize,
+    /// Candidates, best first.
+    pub ranking: Vec<Ranked>,
+    /// Nodes that are not candidates, with the reason.
+    pub excluded: BTreeMap<String, Exclusion>,
+    pub verdict: Verdict,
+}
+
+impl ServiceElection {
+    /// The announcing node, if any.
+    pub fn winner(&self) -> Option<&str> {
+        match &self.verdict {
+            Verdict::Announced { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+}
+
+/// The ordering key of `node` for an address.
+pub fn rank_hash(node: &str, ip: &IpAddr) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update(b"#");
+    h.update(ip.to_string().as_bytes());
+    h.finalize().into()
+}
+
+/// What the election needs, gathered once per snapshot.
+pub struct Inputs<'a> {
+    pub snapshot: &'a Snapshot,
+    pub config: &'a ParsedConfig,
+    pub nodes: &'a BTreeMap<String, NodeFacts>,
+    /// Nodes with a live speaker.
+    pub live: &'a BTreeSet<String>,
+    /// Ignore the exclude-from-external-load-balancers label (MetalLB's --ignore-exclude-lb).
+    pub ignore_exclude_label: bool,
+}
+
+/// The addresses a Service was given (status.loadBalancer.ingress[].ip), in order.
+pub fn service_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref())
+                .filter_map(|ip| ip.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether an endpoint can take traffic: `ready` unset or true, or `serving` true.
+fn endpoint_can_serve(c: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>) -> bool {
+    match c {
+        None => true,
+        Some(c) => c.ready.is_none_or(|r| r) || c.serving == Some(true),
+    }
+}
+
+fn slices_of<'a>(
+    snapshot: &'a Snapshot,
+    namespace: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    snapshot
+        .endpoint_slices
+        .iter()
+        .filter(move |(k, s)| {
+            k.namespace.as_deref() == Some(namespace)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .is_some_and(|n| n == name)
+        })
+        .map(|(_, s)| s.as_ref())
+}
+
+fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
+    pools
+        .iter()
+        .find(|p| p.cidrs.iter().any(|c| c.contains(ip)))
+}
+
+/// Runs the election for one Service.
+pub fn elect(inputs: &Inputs<'_>, svc: &Service) -> ServiceElection {
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let spec = svc.spec.as_ref();
+    let external_traffic_local =
+        spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+    let mut e = ServiceElection {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        ips: service_ips(svc),
+        pool: None,
+        advertisements: Vec::new(),
+        external_traffic_local,
+        endpoint_nodes: BTreeSet::new(),
+        serving_endpoints: 0,
+        ranking: Vec::new(),
+        excluded: BTreeMap::new(),
+        verdict: Verdict::NoAddress,
+    };
+    if spec.and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        e.verdict = Verdict::NotLoadBalancer;
+        return e;
+    }
+    let Some(first) = e.ips.first().copied() else {
+        return e;
+    };
+    let Some(pool) = pool_of(&inputs.config.pools, &first) else {
+        e.verdict = Verdict::NoPool;
+        return e;
+    };
+    e.pool = Some(format!("{}/{}", pool.namespace, pool.name));
+    let ads: Vec<_> = inputs
+        .config
+        .l2_advertisements
+        .iter()
+        .filter(|a| a.namespace == pool.namespace && a.pools.contains(&pool.name))
+        .collect();
+    e.advertisements = ads
+        .iter()
+        .map(|a| format!("{}/{}", a.namespace, a.name))
+        .collect();
+    if ads.is_empty() {
+        e.verdict = Verdict::NoAdvertisement;
+        return e;
+    }
+    for slice in slices_of(inputs.snapshot, &namespace, &name) {
+        for ep in &slice.endpoints {
+            if endpoint_can_serve(ep.conditions.as_ref()) {
+                e.serving_endpoints += 1;
+                if let Some(n) = &ep.node_name {
+                    e.endpoint_nodes.insert(n.clone());
+                }
+            }
+        }
+    }
+    if e.serving_endpoints == 0 {
+        e.verdict = Verdict::NoServingEndpoint;
+        return e;
+    }
+    let everyone: BTreeSet<&String> = inputs.live.iter().chain(inputs.nodes.keys()).collect();
+    let mut interfaces_of = BTreeMap::new();
+    for node in everyone {
+        let exclusion = if !inputs.live.contains(node) {
+            Some(Exclusion::SpeakerNotLive)
+        } else {
+            match inputs.nodes.get(node) {
+                None => Some(Exclusion::NoNodeObject),
+                Some(f) if f.network_unavailable => Some(Exclusion::NetworkUnavailable),
+                Some(f) if !inputs.ignore_exclude_label && f.labels.contains_key(EXCLUDE_LABEL) => {
+                    Some(Exclusion::ExcludedByLabel)
+                }
+                Some(f) => {
+                    let selecting: Vec<_> = ads
+                        .iter()
+                        .filter(|a| {
+                            a.node_selectors.is_empty()
+                                || a.node_selectors.iter().any(|s| s.matches(&f.labels))
+                        })
+                        .collect();
+                    if selecting.is_empty() {
+                        Some(Exclusion::NotSelected)
+                    } else if external_traffic_local && !e.endpoint_nodes.contains(node) {
+                        Some(Exclusion::NoLocalEndpoint)
+                    } else {
+                        let ifs = selecting
+                            .iter()
+                            .map(|a| {
+                                if a.interfaces.is_empty() {
+                                    Interfaces::All
+                                } else {
+                                    Interfaces::Only(a.interfaces.iter().cloned().collect())
+                                }
+                            })
+                            .reduce(|a, b| a.union(&b))
+                            .expect("non-empty");
+                        interfaces_of.insert(node.clone(), ifs);
+                        None
+                    }
+                }
+            }
+        };
+        match exclusion {
+            Some(x) => {
+                e.excluded.insert(node.clone(), x);
+            }
+            None => e.ranking.push(Ranked {
+                node: node.clone(),
+                hash: rank_hash(node, &first),
+            }),
+        }
+    }
+    e.ranking.sort_by(|a, b| a.hash.cmp(&b.hash));
+    e.verdict = match e.ranking.first() {
+        None => Verdict::NoCandidate,
+        Some(r) => Verdict::Announced {
+            node: r.node.clone(),
+            interfaces: interfaces_of.remove(&r.node).unwrap_or(Interfaces::All),
+        },
+    };
+    e
+}
+
+/// Runs the election for every Service of the snapshot (LoadBalancers with an address).
+pub fn elect_all(inputs: &Inputs<'_>) -> Vec<ServiceElection> {
+    inputs
+        .snapshot
+        .services
+        .values()
+        .map(|svc| elect(inputs, svc))
+        .filter(|e| !matches!(e.verdict, Verdict::NotLoadBalancer | Verdict::NoAddress))
+        .collect()
+}
+
+/// The addresses `node` announces, with their interfaces (the union where several Services
+/// share an address).
+pub fn announced_by(elections: &[ServiceElection], node: &str) -> BTreeMap<IpAddr, Interfaces> {
+    let mut out: BTreeMap<IpAddr, Interfaces> = BTreeMap::new();
+    for e in elections {
+        if let Verdict::Announced {
+            node: winner,
+            interfaces,
+        } = &e.verdict
+            && winner == node
+        {
+            for ip in &e.ips {
+                let merged = match out.get(ip) {
+                    Some(prev) => prev.union(interfaces),
+                    None => interfaces.clone(),
+                };
+                out.insert(*ip, merged);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalnet_config::state::{Core, Delta, Kind, ObjectRef};
+    use metalnet_config::validate::valid_config;
+    use serde_json::{Value, json};
+
+    fn snapshot(objects: Vec<Value>) -> std::sync::Arc<Snapshot> {
+        let core = Core::new(Kind::ALL);
+        core.apply(objects.into_iter().map(|v| {
+            let kind = Kind::from_manifest(
+                v["apiVersion"].as_str().unwrap(),
+                v["kind"].as_str().unwrap(),
+            )
+            .unwrap();
+            let r = ObjectRef::new(
+                kind,
+                v["metadata"]["namespace"].as_str(),
+                v["metadata"]["name"].as_str().unwrap(),
+            );
+            Delta::Apply(r, v)
+        }));
+        core.snapshot()
+    }
+
+    fn node(name: &str, labels: Value, conditions: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "status": {"conditions": conditions}})
+    }
+
+    fn ready() -> Value {
+        json!([{"type": "Ready", "status": "True"}])
+    }
+
+    fn pool(name: &str, cidr: &str) -> Value {
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "namespace": "metallb-system"},
+            "spec": {"addresses": [cidr]}})
+    }
+
+    fn l2(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": name, "namespace": "metallb-system"}, "spec": spec})
+    }
+
+    fn service(name: &str, ips: &[&str], etp: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": etp,
+                     "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}}})
+    }
+
+    fn slice(svc: &str, eps: &[(&str, Option<bool>)]) -> Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{svc}-x"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "endpoints": eps.iter().enumerate().map(|(i, (n, r))| json!({
+                "addresses": [format!("10.0.0.{}", i + 1)], "nodeName": n,
+                "conditions": {"ready": r}})).collect::<Vec<_>>()})
+    }
+
+    fn three_nodes() -> Vec<Value> {
+        vec![
+            node("node1", json!({"zone": "a"}), ready()),
+            node("node2", json!({"zone": "b"}), ready()),
+            node("node3", json!({"zone": "b"}), ready()),
+        ]
+    }
+
+    fn run(objects: Vec<Value>, live: &[&str]) -> Vec<ServiceElection> {
+        let snap = snapshot(objects);
+        let (config, problems) = valid_config(&snap);
+        assert!(problems.is_empty(), "{problems:?}");
+        let nodes = nodes(&snap);
+        let live: BTreeSet<String> = live.iter().map(|s| s.to_string()).collect();
+        let mut out = elect_all(&Inputs {
+            snapshot: &snap,
+            config: &config,
+            nodes: &nodes,
+            live: &live,
+            ignore_exclude_label: false,
+        });
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn expected_winner(candidates: &[&str], ip: &str) -> String {
+        let ip: IpAddr = ip.parse().unwrap();
+        candidates
+            .iter()
+            .min_by_key(|n| rank_hash(n, &ip))
+            .unwrap()
+            .to_string()
+    }
+
+    fn base(extra: Vec<Value>) -> Vec<Value> {
+        let mut v = three_nodes();
+        v.push(pool("site", "192.0.2.200-192.0.2.250"));
+        v.extend(extra);
+        v
+    }
+
+    #[test]
+    fn hash_matches_metallb_definition() {
+        // sha256("node1#192.0.2.200") computed independently (coreutils sha256sum).
+        let h = rank_hash("node1", &"192.0.2.200".parse().unwrap());
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        let expected = std::process::Command::new("sh")
+            .args(["-c", "printf 'node1#192.0.2.200' | sha256sum"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split(' ').next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        if !expected.is_empty() {
+            assert_eq!(hex, expected);
+        }
+    }
+
+    #[test]
+    fn first_by_hash_among_live_nodes_wins() {
+        let all = ["node1", "node2", "node3"];
+        let e = run(
+            base(vec![
+                l2("l2", json!({})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", Some(true))]),
+            ]),
+            &all,
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e[0].winner(),
+            Some(expected_winner(&all, "192.0.2.200").as_str())
+        );
+        assert_eq!(e[0].ranking.len(), 3);
+        // The winner's speaker dies: the next one in the ranking takes over.
+        let winner = e[0].winner().unwrap().to_string();
+        let rest: Vec<&str> = all.iter().copied().filter(|n| *n != winner).collect();
+        let e2 = run(
+            base(vec![
+                l2("l2", json!({})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", Some(true))]),
+            ]),
+            &rest,
+        );
+        assert_eq!(e2[0].winner(), Some(e[0].ranking[1].node.as_str()));
+        assert_eq!(e2[0].excluded[&winner], Exclusion::SpeakerNotLive);
+    }
+
+    #[test]
+    fn no_advertisement_no_announcement() {
+        let e = run(
+            base(vec![
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", Some(true))]),
+            ]),
+            &["node1", "node2", "node3"],
+        );
+        assert_eq!(e[0].verdict, Verdict::NoAdvertisement);
+        // An address outside every pool.
+        let e = run(
+            base(vec![
+                l2("l2", json!({})),
+                service("web", &["198.51.100.5"], "Cluster"),
+                slice("web", &[("node1", Some(true))]),
+            ]),
+            &["node1"],
+        );
+        assert_eq!(e[0].verdict, Verdict::NoPool);
+    }
+
+    #[test]
+    fn no_serving_endpoint_nobody_announces() {
+        let e = run(
+            base(vec![
+                l2("l2", json!({})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", Some(false))]),
+            ]),
+            &["node1", "node2", "node3"],
+        );
+        assert_eq!(e[0].verdict, Verdict::NoServingEndpoint);
+    }
+
+    #[test]
+    fn node_selectors_and_interfaces_restrict() {
+        let e = run(
+            base(vec![
+                l2(
+                    "l2",
+                    json!({"nodeSelectors": [{"matchLabels": {"zone": "b"}}], "interfaces": ["eth1"]}),
+                ),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", None)]),
+            ]),
+            &["node1", "node2", "node3"],
+        );
+        assert_eq!(e[0].excluded["node1"], Exclusion::NotSelected);
+        let w = e[0].winner().unwrap();
+        assert_eq!(w, expected_winner(&["node2", "node3"], "192.0.2.200"));
+        assert_eq!(
+            e[0].verdict,
+            Verdict::Announced {
+                node: w.to_string(),
+                interfaces: Interfaces::Only(["eth1".to_string()].into())
+            }
+        );
+    }
+
+    #[test]
+    fn interfaces_union_over_advertisements_and_all_wins() {
+        let e = run(
+            base(vec![
+                l2("a", json!({"interfaces": ["eth1"]})),
+                l2("b", json!({"interfaces": ["eth2"]})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", None)]),
+            ]),
+            &["node1"],
+        );
+        assert_eq!(
+            e[0].verdict,
+            Verdict::Announced {
+                node: "node1".into(),
+                interfaces: Interfaces::Only(["eth1".to_string(), "eth2".to_string()].into())
+            }
+        );
+        let e = run(
+            base(vec![
+                l2("a", json!({"interfaces": ["eth1"]})),
+                l2("b", json!({})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", None)]),
+            ]),
+            &["node1"],
+        );
+        assert!(matches!(
+            &e[0].verdict,
+            Verdict::Announced {
+                interfaces: Interfaces::All,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn local_policy_needs_a_local_serving_endpoint() {
+        let e = run(
+            base(vec![
+                l2("l2", json!({})),
+                service("web", &["192.0.2.200"], "Local"),
+                slice("web", &[("node3", Some(true)), ("node2", Some(false))]),
+            ]),
+            &["node1", "node2", "node3"],
+        );
+        assert_eq!(e[0].winner(), Some("node3"));
+        assert_eq!(e[0].excluded["node1"], Exclusion::NoLocalEndpoint);
+        assert_eq!(e[0].excluded["node2"], Exclusion::NoLocalEndpoint);
+    }
+
+    #[test]
+    fn unavailable_and_excluded_nodes_are_not_candidates() {
+        let mut objects = vec![
+            node(
+                "node1",
+                json!({}),
+                json!([{"type": "Ready", "status": "True"}, {"type": "NetworkUnavailable", "status": "True"}]),
+            ),
+            node("node2", json!({EXCLUDE_LABEL: ""}), ready()),
+            node("node3", json!({}), ready()),
+            pool("site", "192.0.2.200-192.0.2.250"),
+        ];
+        objects.extend([
+            l2("l2", json!({})),
+            service("web", &["192.0.2.200"], "Cluster"),
+            slice("web", &[("node1", None)]),
+        ]);
+        let e = run(objects, &["node1", "node2", "node3", "ghost"]);
+        assert_eq!(e[0].winner(), Some("node3"));
+        assert_eq!(e[0].excluded["node1"], Exclusion::NetworkUnavailable);
+        assert_eq!(e[0].excluded["node2"], Exclusion::ExcludedByLabel);
+        assert_eq!(e[0].excluded["ghost"], Exclusion::NoNodeObject);
+    }
+
+    #[test]
+    fn shared_addresses_go_to_one_node_and_addresses_spread() {
+        let all = ["node1", "node2", "node3"];
+        let mut extra = vec![l2("l2", json!({}))];
+        for (svc, ip) in [("a", "192.0.2.200"), ("b", "192.0.2.200"), ("c", "192.0.2.201")] {
+            extra.push(service(svc, &[ip], "Cluster"));
+            extra.push(slice(svc, &[("node1", None)]));
+        }
+        let e = run(base(extra), &all);
+        assert_eq!(e[0].winner(), e[1].winner());
+        let mine = announced_by(&e, e[2].winner().unwrap());
+        assert!(mine.contains_key(&"192.0.2.201".parse().unwrap()));
+        // Over many addresses, every node gets some.
+        let mut extra = vec![l2("l2", json!({}))];
+        for i in 0..30 {
+            let name = format!("s{i}");
+            extra.push(service(&name, &[&format!("192.0.2.{}", 200 + i)], "Cluster"));
+            extra.push(slice(&name, &[("node1", None)]));
+        }
+        let e = run(base(extra), &all);
+        for n in all {
+            assert!(!announced_by(&e, n).is_empty(), "{n} announces nothing");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! metalnet-speaker: makes the LoadBalancer addresses the controller assigned reachable.
+//!
+//! Layer 2 mode (MetalLB compatible): [`election`] decides, purely, which node announces
+//! each address; [`members`] tells which speakers are alive (SWIM gossip through `foca`, or
+//! the Node Ready condition); [`announce::Layer2`] answers ARP ([`arp`]) and NDP ([`ndp`])
+//! on the node's interfaces for the addresses this node won; [`status`] writes
+//! ServiceL2Status objects and Events; [`explain`] tells why a node does or does not
+//! announce a Service. BGP mode is not implemented yet: it would sit beside
+//! [`announce::Layer2`] as `announce::Bgp`, fed by the same election inputs.
+
+pub mod arp;
+pub mod election;
+pub mod ndp;
