@@ -11,3 +11,6 @@
 pub mod arp;
 pub mod election;
 pub mod ndp;
+pub mod announce;
+pub mod metrics;
+pub mod members;

@@ -1,0 +1,148 @@
+//! The speaker's metrics, under MetalLB's names where MetalLB has one.
+//!
+//! prometheus-client writes counters in OpenMetrics form, so a counter registered as
+//! `metallb_layer2_requests_received` is exposed as `metallb_layer2_requests_received_total`
+//! (what Prometheus stores for MetalLB's counters when it scrapes OpenMetrics too).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The gauge family `explain` reads back from a running speaker.
+pub const MEMBER_METRIC: &str = "metalnet_speaker_member";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpLabel {
+    pub ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabel {
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnouncedLabels {
+    pub protocol: String,
+    pub service: String,
+    pub node: String,
+    pub ip: String,
+}
+
+/// Every metric the speaker exposes.
+#[derive(Default)]
+pub struct Metrics {
+    pub requests_received: Family<IpLabel, Counter>,
+    pub responses_sent: Family<IpLabel, Counter>,
+    pub gratuitous_sent: Family<IpLabel, Counter>,
+    pub malformed_frames: Family<InterfaceLabel, Counter>,
+    pub members: Family<NodeLabel, Gauge>,
+    pub members_count: Gauge,
+    pub announced: Family<AnnouncedLabels, Gauge>,
+    pub announced_addresses: Gauge,
+}
+
+pub fn ip_label(ip: &IpAddr) -> IpLabel {
+    IpLabel { ip: ip.to_string() }
+}
+
+impl Metrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "metallb_layer2_requests_received",
+            "Number of layer2 requests received for owned IPs",
+            self.requests_received.clone(),
+        );
+        registry.register(
+            "metallb_layer2_responses_sent",
+            "Number of layer2 responses sent for owned IPs",
+            self.responses_sent.clone(),
+        );
+        registry.register(
+            "metallb_layer2_gratuitous_sent",
+            "Number of gratuitous layer2 packets sent for owned IPs",
+            self.gratuitous_sent.clone(),
+        );
+        registry.register(
+            "metalnet_layer2_malformed_frames",
+            "ARP and neighbor solicitation frames dropped as malformed",
+            self.malformed_frames.clone(),
+        );
+        registry.register(
+            MEMBER_METRIC,
+            "Speakers this speaker sees alive (1), by node",
+            self.members.clone(),
+        );
+        registry.register(
+            "metalnet_speaker_members",
+            "Number of speakers this speaker sees alive, itself included",
+            self.members_count.clone(),
+        );
+        registry.register(
+            "metallb_speaker_announced",
+            "Services being announced from this node",
+            self.announced.clone(),
+        );
+        registry.register(
+            "metalnet_speaker_announced_addresses",
+            "Addresses this node answers ARP/NDP for",
+            self.announced_addresses.clone(),
+        );
+    }
+
+    /// Publishes the live member set.
+    pub fn set_members(&self, live: &BTreeSet<String>) {
+        self.members.clear();
+        for node in live {
+            self.members
+                .get_or_create(&NodeLabel { node: node.clone() })
+                .set(1);
+        }
+        self.members_count.set(live.len() as i64);
+    }
+}
+
+/// Reads the live members back from a `/metrics` text (for `explain`).
+pub fn parse_members(text: &str) -> BTreeSet<String> {
+    let prefix = format!("{MEMBER_METRIC}{{node=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (node, value) = rest.split_once("\"}")?;
+            (value.trim() == "1").then(|| node.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_round_trip_through_the_exposition() {
+        let m = Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let live: BTreeSet<String> = ["node1".to_string(), "node3".to_string()].into();
+        m.set_members(&live);
+        m.requests_received
+            .get_or_create(&ip_label(&"192.0.2.200".parse().unwrap()))
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert_eq!(parse_members(&text), live);
+        assert!(text.contains("metallb_layer2_requests_received_total{ip=\"192.0.2.200\"} 1"));
+        assert!(text.contains("metalnet_speaker_members 2"));
+    }
+}
