@@ -14,3 +14,5 @@ pub mod ndp;
 pub mod announce;
 pub mod metrics;
 pub mod members;
+pub mod explain;
+pub mod status;

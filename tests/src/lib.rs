@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod backends;
+pub mod bins;
 pub mod lab;
 
 pub use lab::{Host, Lab, LabError, Process, Switch};

@@ -1,0 +1,272 @@
+//! The speaker daemon: watches the cluster, keeps the live-speaker view, runs the election on
+//! every change and hands the result to the announcer and the status writer.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metalnet_config::model::core::Node;
+use metalnet_config::state::{ClusterState, Snapshot};
+use metalnet_config::telemetry::Health;
+use metalnet_config::validate::valid_config;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL};
+use metalnet_speaker::election::{self, Inputs, Interfaces};
+use metalnet_speaker::members::{Gossip, GossipOptions, Seed};
+use metalnet_speaker::metrics::{AnnouncedLabels, Metrics};
+use metalnet_speaker::status::{Round, StatusWriter};
+
+/// Gossip settings from the flags.
+#[derive(Clone, Debug)]
+pub struct GossipSettings {
+    pub port: u16,
+    pub address: Option<IpAddr>,
+    pub probe_period: Duration,
+    pub suspect_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub node: String,
+    /// Namespace of the ServiceL2Status objects.
+    pub namespace: String,
+    /// `None`: gossip off, Node Ready decides.
+    pub gossip: Option<GossipSettings>,
+    /// How long a starting speaker waits for the gossip to show every node before it
+    /// announces anything (so it does not grab addresses other nodes hold).
+    pub settle: Duration,
+    /// How long a leaving speaker keeps answering after telling the others it leaves.
+    pub leave_grace: Duration,
+    pub ignore_exclude_label: bool,
+}
+
+/// The first InternalIP of a node, preferring `family` (v4 = true) when given.
+pub fn internal_ip(node: &Node, prefer_v4: Option<bool>) -> Option<IpAddr> {
+    let addrs: Vec<IpAddr> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    match prefer_v4 {
+        Some(v4) => addrs
+            .iter()
+            .find(|a| a.is_ipv4() == v4)
+            .or(addrs.first())
+            .copied(),
+        None => addrs.first().copied(),
+    }
+}
+
+fn seeds(snapshot: &Snapshot, port: u16, v4: bool) -> Vec<Seed> {
+    snapshot
+        .nodes
+        .iter()
+        .filter_map(|(k, n)| {
+            internal_ip(n, Some(v4)).map(|ip| (k.name.clone(), SocketAddr::new(ip, port)))
+        })
+        .collect()
+}
+
+pub async fn run(
+    state: Arc<ClusterState>,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    health: Health,
+) -> anyhow::Result<()> {
+    let layer2 = Layer2::new(metrics.clone());
+    layer2.rescan().context("listing network interfaces")?;
+    let status = StatusWriter::start(state.clone(), opts.namespace.clone(), opts.node.clone());
+    let mut sub = state.subscribe();
+    let mut snapshot = state.snapshot();
+    let mut gossip: Option<Gossip> = None;
+    let mut live_rx: Option<watch::Receiver<BTreeSet<String>>> = None;
+    let mut last_seeds: Vec<Seed> = Vec::new();
+    let mut warned_no_address = false;
+    let started = Instant::now();
+    let mut settled = opts.gossip.is_none();
+    let mut last_live: Option<BTreeSet<String>> = None;
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    rescan.tick().await;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    loop {
+        // Gossip starts once this node's address is known (flag or its Node object).
+        if let Some(g) = &opts.gossip
+            && gossip.is_none()
+        {
+            let own = g.address.or_else(|| {
+                snapshot
+                    .nodes
+                    .iter()
+                    .find(|(k, _)| k.name == opts.node)
+                    .and_then(|(_, n)| internal_ip(n, None))
+            });
+            match own {
+                Some(ip) => {
+                    let started_gossip = Gossip::start(GossipOptions {
+                        node: opts.node.clone(),
+                        addr: SocketAddr::new(ip, g.port),
+                        probe_period: g.probe_period,
+                        suspect_timeout: g.suspect_timeout,
+                    })
+                    .await
+                    .with_context(|| format!("binding the gossip socket on {ip}:{}", g.port))?;
+                    live_rx = Some(started_gossip.live());
+                    gossip = Some(started_gossip);
+                }
+                None if !warned_no_address => {
+                    tracing::warn!(node = %opts.node, "waiting for Node {} with an InternalIP address to start gossip (or pass --gossip-address)", opts.node);
+                    warned_no_address = true;
+                }
+                None => {}
+            }
+        }
+        if let (Some(g), Some(settings)) = (&gossip, &opts.gossip) {
+            let v4 = settings
+                .address
+                .map(|a| a.is_ipv4())
+                .or_else(|| {
+                    snapshot
+                        .nodes
+                        .iter()
+                        .find(|(k, _)| k.name == opts.node)
+                        .and_then(|(_, n)| internal_ip(n, None))
+                        .map(|a| a.is_ipv4())
+                })
+                .unwrap_or(true);
+            let s = seeds(&snapshot, settings.port, v4);
+            if s != last_seeds {
+                g.set_seeds(s.clone());
+                last_seeds = s;
+            }
+        }
+
+        let nodes = election::nodes(&snapshot);
+        let live = match &live_rx {
+            Some(rx) => rx.borrow().clone(),
+            None if opts.gossip.is_none() => election::ready_nodes(&nodes),
+            None => BTreeSet::new(),
+        };
+        if last_live.as_ref() != Some(&live) {
+            tracing::info!(live = ?live, "live speakers");
+            metrics.set_members(&live);
+            last_live = Some(live.clone());
+        }
+        if !settled {
+            let everyone = nodes.keys().all(|n| live.contains(n));
+            if (gossip.is_some() && everyone) || started.elapsed() >= opts.settle {
+                tracing::info!(after = ?started.elapsed(), all_nodes_seen = everyone, "membership settled, announcing");
+                settled = true;
+            }
+        }
+        if settled {
+            let problems = reconcile(
+                &snapshot, &live, &opts, &layer2, &status, &metrics,
+            );
+            if problems != last_problems {
+                for p in &problems {
+                    tracing::warn!(problem = %p, "configuration problem (the valid part is used)");
+                }
+                last_problems = problems;
+            }
+        }
+        health.set_ready(settled);
+
+        let settle_at = started + opts.settle;
+        tokio::select! {
+            u = sub.next() => snapshot = u.snapshot,
+            r = async { live_rx.as_mut().expect("guarded").changed().await }, if live_rx.is_some() => {
+                if r.is_err() { live_rx = None; }
+            }
+            _ = rescan.tick() => {
+                if let Err(e) = layer2.rescan() {
+                    tracing::warn!(error = %e, "listing network interfaces failed");
+                }
+            }
+            _ = tokio::time::sleep_until(settle_at), if !settled => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    // Leave first, so another node takes over at once, keep answering meanwhile, then stop.
+    tracing::info!("stopping: leaving the membership");
+    health.set_ready(false);
+    if let Some(g) = &gossip {
+        g.leave().await;
+    }
+    if !layer2.announced().is_empty() {
+        tokio::time::sleep(opts.leave_grace).await;
+    }
+    layer2.shutdown();
+    tracing::info!("stopped answering; bye");
+    Ok(())
+}
+
+/// Runs the election and applies it. Returns the configuration problems, for logging.
+fn reconcile(
+    snapshot: &Arc<Snapshot>,
+    live: &BTreeSet<String>,
+    opts: &Options,
+    layer2: &Layer2,
+    status: &StatusWriter,
+    metrics: &Metrics,
+) -> Vec<String> {
+    let (config, problems) = valid_config(snapshot);
+    let nodes = election::nodes(snapshot);
+    let elections = election::elect_all(&Inputs {
+        snapshot,
+        config: &config,
+        nodes: &nodes,
+        live,
+        ignore_exclude_label: opts.ignore_exclude_label,
+    });
+    let mine = election::announced_by(&elections, &opts.node);
+    let local: BTreeSet<String> = layer2.interfaces().into_iter().collect();
+    for (ip, ifs) in &mine {
+        if let Interfaces::Only(names) = ifs
+            && names.is_disjoint(&local)
+        {
+            tracing::warn!(%ip, interfaces = %ifs, "none of the interfaces the L2Advertisement names is an eligible interface here");
+        }
+    }
+    metrics.announced.clear();
+    for e in &elections {
+        if e.winner() == Some(opts.node.as_str()) {
+            for ip in &e.ips {
+                metrics
+                    .announced
+                    .get_or_create(&AnnouncedLabels {
+                        protocol: "layer2".into(),
+                        service: format!("{}/{}", e.namespace, e.name),
+                        node: opts.node.clone(),
+                        ip: ip.to_string(),
+                    })
+                    .set(1);
+            }
+        }
+    }
+    layer2.set(mine);
+    status.update(Round {
+        snapshot: snapshot.clone(),
+        elections: Arc::new(elections),
+    });
+    problems
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.to_string())
+        .collect()
+}

@@ -1,0 +1,262 @@
+//! What the speaker tells the cluster: a ServiceL2Status per Service it announces (as
+//! MetalLB's speaker does) and an Event on the Service when it becomes the announcing node.
+//!
+//! The plan is pure ([`plan`]); [`StatusWriter`] applies it in its own task so slow writes
+//! never hold up answering ARP or taking over addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use metalnet_config::model::ServiceL2Status;
+use metalnet_config::state::{ClusterState, EventRecord, EventType, Kind, ObjectRef, Snapshot};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::election::{Interfaces, ServiceElection, Verdict};
+
+pub const LABEL_NODE: &str = "metallb.io/node";
+pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
+pub const LABEL_SERVICE_NAMESPACE: &str = "metallb.io/service-namespace";
+/// MetalLB's event reason when a speaker starts announcing a Service.
+pub const REASON_NODE_ASSIGNED: &str = "nodeAssigned";
+pub const REPORTER: &str = "metalnet-speaker";
+
+/// The name of the status object for (node, service): MetalLB generates `l2-<random>`; ours
+/// is `l2-` plus a hash, stable so restarts rewrite rather than duplicate it.
+pub fn status_name(node: &str, namespace: &str, name: &str) -> String {
+    let h = Sha256::digest(format!("{node}/{namespace}/{name}").as_bytes());
+    let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("l2-{hex}")
+}
+
+/// The ServiceL2Status object this node should hold for a Service it announces.
+pub fn status_object(namespace: &str, node: &str, e: &ServiceElection, ifs: &Interfaces) -> Value {
+    let mut status = json!({
+        "node": node,
+        "serviceName": e.name,
+        "serviceNamespace": e.namespace,
+    });
+    if let Interfaces::Only(names) = ifs {
+        status["interfaces"] = names.iter().map(|n| json!({"name": n})).collect();
+    }
+    json!({
+        "apiVersion": Kind::ServiceL2Status.api_version(),
+        "kind": "ServiceL2Status",
+        "metadata": {
+            "name": status_name(node, &e.namespace, &e.name),
+            "namespace": namespace,
+            "labels": {
+                LABEL_NODE: node,
+                LABEL_SERVICE_NAME: e.name,
+                LABEL_SERVICE_NAMESPACE: e.namespace,
+            },
+        },
+        "spec": {},
+        "status": status,
+    })
+}
+
+/// Changes to make to the status objects.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub apply: Vec<(ObjectRef, Value)>,
+    pub delete: Vec<ObjectRef>,
+}
+
+fn labels(s: &ServiceL2Status) -> BTreeMap<String, String> {
+    s.metadata.labels.clone().unwrap_or_default()
+}
+
+fn same(existing: &ServiceL2Status, desired: &Value) -> bool {
+    let want_labels: BTreeMap<String, String> =
+        serde_json::from_value(desired["metadata"]["labels"].clone()).unwrap_or_default();
+    let want_status = serde_json::from_value(desired["status"].clone()).ok();
+    labels(existing) == want_labels && existing.status == want_status
+}
+
+/// The status objects to write and delete so that this node holds exactly one per Service it
+/// announces, and no other node's object remains for those Services (as MetalLB's leader).
+pub fn plan(
+    snapshot: &Snapshot,
+    namespace: &str,
+    node: &str,
+    elections: &[ServiceElection],
+) -> Plan {
+    let mut desired: BTreeMap<ObjectRef, Value> = BTreeMap::new();
+    let mut won: BTreeSet<(String, String)> = BTreeSet::new();
+    for e in elections {
+        if let Verdict::Announced {
+            node: winner,
+            interfaces,
+        } = &e.verdict
+            && winner == node
+        {
+            let obj = status_object(namespace, node, e, interfaces);
+            let r = ObjectRef::new(
+                Kind::ServiceL2Status,
+                Some(namespace),
+                &status_name(node, &e.namespace, &e.name),
+            );
+            desired.insert(r, obj);
+            won.insert((e.namespace.clone(), e.name.clone()));
+        }
+    }
+    let mut plan = Plan::default();
+    for (key, existing) in snapshot.service_l2_statuses.iter() {
+        let r = ObjectRef::new(Kind::ServiceL2Status, key.namespace.as_deref(), &key.name);
+        let l = labels(existing);
+        let svc = (
+            l.get(LABEL_SERVICE_NAMESPACE).cloned().unwrap_or_default(),
+            l.get(LABEL_SERVICE_NAME).cloned().unwrap_or_default(),
+        );
+        let ours = l.get(LABEL_NODE).map(String::as_str) == Some(node);
+        match desired.get(&r) {
+            Some(want) => {
+                if same(existing, want) {
+                    desired.remove(&r);
+                }
+            }
+            // Ours but no longer announced, or another node's for a Service we announce now.
+            None if ours || won.contains(&svc) => plan.delete.push(r),
+            None => {}
+        }
+    }
+    plan.apply = desired.into_iter().collect();
+    plan
+}
+
+/// What the status task needs for one round.
+#[derive(Clone)]
+pub struct Round {
+    pub snapshot: Arc<Snapshot>,
+    pub elections: Arc<Vec<ServiceElection>>,
+}
+
+/// Applies plans and records Events, in its own task.
+pub struct StatusWriter {
+    tx: watch::Sender<Option<Round>>,
+}
+
+impl StatusWriter {
+    pub fn start(state: Arc<ClusterState>, namespace: String, node: String) -> StatusWriter {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(write_loop(state, namespace, node, rx));
+        StatusWriter { tx }
+    }
+
+    /// Hands over the latest election; rounds in between may be skipped.
+    pub fn update(&self, round: Round) {
+        self.tx.send_replace(Some(round));
+    }
+}
+
+async fn write_loop(
+    state: Arc<ClusterState>,
+    namespace: String,
+    node: String,
+    mut rx: watch::Receiver<Option<Round>>,
+) {
+    // Services this node announced at the last round, for the nodeAssigned Event.
+    let mut announcing: BTreeSet<(String, String)> = BTreeSet::new();
+    while rx.changed().await.is_ok() {
+        let Some(round) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let now: BTreeSet<(String, String)> = round
+            .elections
+            .iter()
+            .filter(|e| e.winner() == Some(node.as_str()))
+            .map(|e| (e.namespace.clone(), e.name.clone()))
+            .collect();
+        for (ns, name) in now.difference(&announcing) {
+            let svc = ObjectRef::new(Kind::Service, Some(ns), name);
+            let event = EventRecord {
+                type_: EventType::Normal,
+                reason: REASON_NODE_ASSIGNED.into(),
+                message: format!("announcing from node \"{node}\" with protocol \"layer2\""),
+                reporter: REPORTER.into(),
+            };
+            if let Err(e) = state.record_event(&svc, &event).await {
+                tracing::warn!(service = %svc, error = %e, "recording event failed");
+            }
+        }
+        announcing = now;
+        let plan = plan(&round.snapshot, &namespace, &node, &round.elections);
+        for (r, value) in plan.apply {
+            if let Err(e) = state.apply(&r, value).await {
+                tracing::warn!(object = %r, error = %e, "writing status failed");
+            }
+        }
+        for r in plan.delete {
+            if let Err(e) = state.delete(&r).await {
+                tracing::warn!(object = %r, error = %e, "deleting status failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalnet_config::state::{Core, Delta};
+
+    fn election(name: &str, winner: &str) -> ServiceElection {
+        ServiceElection {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec!["192.0.2.200".parse().unwrap()],
+            pool: None,
+            advertisements: vec![],
+            external_traffic_local: false,
+            endpoint_nodes: Default::default(),
+            serving_endpoints: 1,
+            ranking: vec![],
+            excluded: Default::default(),
+            verdict: Verdict::Announced {
+                node: winner.into(),
+                interfaces: Interfaces::Only(["eth0".to_string()].into()),
+            },
+        }
+    }
+
+    fn snapshot(objects: Vec<Value>) -> Arc<Snapshot> {
+        let core = Core::new([Kind::ServiceL2Status]);
+        core.apply(objects.into_iter().map(|v| {
+            let r = ObjectRef::new(
+                Kind::ServiceL2Status,
+                v["metadata"]["namespace"].as_str(),
+                v["metadata"]["name"].as_str().unwrap(),
+            );
+            Delta::Apply(r, v)
+        }));
+        core.snapshot()
+    }
+
+    #[test]
+    fn writes_ours_and_removes_stale_and_foreign() {
+        let web = election("web", "node1");
+        let mine = status_object("metallb-system", "node1", &web, &Interfaces::All);
+        let other_for_web = status_object("metallb-system", "node2", &web, &Interfaces::All);
+        let old = status_object("metallb-system", "node1", &election("old", "node1"), &Interfaces::All);
+        let unrelated = status_object("metallb-system", "node3", &election("db", "node3"), &Interfaces::All);
+        let snap = snapshot(vec![mine.clone(), other_for_web.clone(), old.clone(), unrelated]);
+        let p = plan(&snap, "metallb-system", "node1", &[web.clone()]);
+        // Interfaces changed (All -> eth0): rewritten.
+        assert_eq!(p.apply.len(), 1);
+        assert_eq!(p.apply[0].1["status"]["interfaces"][0]["name"], "eth0");
+        assert_eq!(p.apply[0].1["metadata"]["labels"][LABEL_NODE], "node1");
+        let deleted: BTreeSet<String> = p.delete.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(
+            deleted,
+            [
+                other_for_web["metadata"]["name"].as_str().unwrap().to_string(),
+                old["metadata"]["name"].as_str().unwrap().to_string()
+            ]
+            .into()
+        );
+        // Once written, nothing more to do.
+        let snap = snapshot(vec![p.apply[0].1.clone()]);
+        assert_eq!(plan(&snap, "metallb-system", "node1", &[web]), Plan::default());
+    }
+}

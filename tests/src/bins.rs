@@ -1,0 +1,58 @@
+//! The workspace's own binaries, for end-to-end tests: built once per test process (a no-op
+//! when up to date) and found under the workspace target directory.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The target directory cargo uses for this workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+
+/// The path of workspace binary `name` (its package has the same name), built with
+/// `cargo build -p NAME` the first time it is asked for in this process.
+pub fn binary(name: &str) -> Result<PathBuf, String> {
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    let path = target_dir().join("debug").join(name);
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", name, "--bin", name])
+            .output()
+            .map_err(|e| format!("running cargo build -p {name}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build -p {name} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        built.push(name.to_string());
+    }
+    if !path.exists() {
+        return Err(format!("{} does not exist after building", path.display()));
+    }
+    Ok(path)
+}

@@ -1,0 +1,361 @@
+//! metalnet-speaker in layer 2 mode, end to end: the demo site (three nodes and a client on
+//! one switch), one speaker per node on a shared state directory, real `arping`/`ndisc6`/`ping`
+//! from the client. Needs root (network namespaces). Every test builds its own lab.
+//!
+//! As kube-proxy's IPVS mode does, each node carries the service addresses on `lo` with
+//! `arp_ignore=1`, so the kernel accepts traffic for them but never answers ARP for them:
+//! only the speaker does.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use metalnet_lab::lab::{DemoSite, Lab, wait_for};
+use metalnet_lab::{Host, Process, bins};
+use metalnet_speaker::election::rank_hash;
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+const STEP: Duration = Duration::from_secs(15);
+
+/// The cluster objects every test starts from: three Ready nodes with InternalIPs.
+fn nodes_yaml() -> String {
+    let mut out = String::new();
+    for (i, (name, zone)) in NODES.iter().zip(["a", "b", "b"]).enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: {zone}}}\n\
+             status:\n  addresses: [{{type: InternalIP, address: 192.0.2.{}}}]\n  \
+             conditions: [{{type: Ready, status: \"True\"}}]\n",
+            11 + i
+        ));
+    }
+    out
+}
+
+fn pool_yaml(name: &str, addresses: &[&str]) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
+         spec:\n  addresses: [{}]\n",
+        addresses.join(", ")
+    )
+}
+
+fn l2_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
+    )
+}
+
+/// A LoadBalancer Service with its address already in status (as the controller writes it)
+/// and an EndpointSlice with one ready endpoint on each of `endpoint_nodes`.
+fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str]) -> String {
+    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
+    let endpoints: Vec<String> = endpoint_nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!("{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}", i + 1)
+        })
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{family}], ports: [{{port: 80}}]}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
+/// The node MetalLB's ordering picks among `candidates` for `ip`.
+fn winner(candidates: &[&str], ip: &str) -> String {
+    let ip: IpAddr = ip.parse().unwrap();
+    candidates
+        .iter()
+        .min_by_key(|n| rank_hash(n, &ip))
+        .unwrap()
+        .to_string()
+}
+
+/// The demo site with a state directory and the service addresses on every node's `lo`.
+struct Site {
+    // Dropped first: stops the speakers and deletes the namespaces.
+    lab: Lab,
+    demo: DemoSite,
+    state: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(test: &str, objects: &str, vips: &[&str]) -> Site {
+        let lab = Lab::new(test).unwrap();
+        let demo = DemoSite::build(&lab).unwrap();
+        for node in &demo.nodes {
+            node.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
+            node.sysctl("net.ipv4.conf.all.arp_announce", "2").unwrap();
+            for vip in vips {
+                node.add_addr("lo", &host_cidr(vip)).unwrap();
+            }
+        }
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(
+            state.path().join("cluster.yaml"),
+            format!("{}{objects}", nodes_yaml()),
+        )
+        .unwrap();
+        Site { lab, demo, state }
+    }
+
+    fn node(&self, name: &str) -> &Host {
+        self.demo.node(name).unwrap()
+    }
+
+    fn mac(&self, name: &str) -> String {
+        self.node(name).mac("eth0").unwrap()
+    }
+
+    fn start(&self, node: &str, process: &str, extra: &[&str]) -> Process {
+        let bin = bins::binary("metalnet-speaker").unwrap();
+        let bin = bin.to_str().unwrap();
+        let dir = self.state.path().to_str().unwrap();
+        let mut args = vec![
+            bin,
+            "--state-dir",
+            dir,
+            "--node-name",
+            node,
+            "--metrics-addr",
+            "127.0.0.1:7473",
+            "--log-level",
+            "info,metalnet_speaker=debug",
+        ];
+        args.extend_from_slice(extra);
+        self.node(node).spawn(process, &args).unwrap()
+    }
+
+    fn start_all(&self, extra: &[&str]) -> Vec<Process> {
+        NODES.iter().map(|n| self.start(n, "speaker", extra)).collect()
+    }
+
+    fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// The speaker's metrics text on `node`.
+    fn metrics(&self, node: &str) -> String {
+        self.node(node)
+            .exec_ok(&["curl", "-s", "--max-time", "2", "http://127.0.0.1:7473/metrics"])
+            .unwrap_or_default()
+    }
+}
+
+fn host_cidr(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("{ip}/128")
+    } else {
+        format!("{ip}/32")
+    }
+}
+
+/// The MACs that answered `count` ARP requests for `ip` from the client's eth0 (one line per
+/// reply).
+fn arping(client: &Host, iface: &str, ip: &str, count: u32) -> Vec<String> {
+    let count_s = count.to_string();
+    let deadline = (count + 1).to_string();
+    let out = client
+        .exec_status(&["arping", "-r", "-c", &count_s, "-w", &deadline, "-i", iface, ip])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Waits until `ip` is answered from the client, and returns the MACs of a 3-request run.
+fn wait_answered(site: &Site, iface: &str, ip: &str) -> Vec<String> {
+    wait_for(&format!("an ARP answer for {ip}"), STEP, || {
+        !arping(&site.demo.client, iface, ip, 1).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(site)));
+    arping(&site.demo.client, iface, ip, 3)
+}
+
+fn neighbour_mac(client: &Host, ip: &str) -> Option<String> {
+    let out = client
+        .exec_ok(&["ip", "neigh", "show", ip, "dev", "eth0"])
+        .ok()?;
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "lladdr" {
+            return words.next().map(str::to_lowercase);
+        }
+    }
+    None
+}
+
+fn logs(site: &Site) -> String {
+    NODES
+        .iter()
+        .map(|n| {
+            let dir = site.node(n).dir().to_path_buf();
+            let mut s = format!("--- {n} ---\n");
+            for f in ["speaker.err", "speaker2.err"] {
+                if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                    s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                    s.push('\n');
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// An address of `pool_prefix`.`from..` whose winner among all nodes differs from `other`'s.
+fn address_won_by_another(other_ip: &str, first: u8) -> String {
+    let w = winner(&NODES, other_ip);
+    (first..250)
+        .map(|i| format!("192.0.2.{i}"))
+        .find(|ip| winner(&NODES, ip) != w)
+        .unwrap()
+}
+
+#[test]
+fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
+    let ip_a = "192.0.2.200";
+    let ip_b = address_won_by_another(ip_a, 201);
+    let objects = format!(
+        "{}{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web", ip_a, "Cluster", &["node1"]),
+        service_yaml("db", &ip_b, "Cluster", &["node2"]),
+    );
+    let site = Site::new("l2_arping", &objects, &[]);
+    let _speakers = site.start_all(&[]);
+
+    for ip in [ip_a, ip_b.as_str()] {
+        let expected = winner(&NODES, ip);
+        let macs = wait_answered(&site, "eth0", ip);
+        assert_eq!(
+            macs,
+            vec![site.mac(&expected); 3],
+            "{ip}: exactly one answer per request, from {expected}\n{}",
+            logs(&site)
+        );
+    }
+    // Another address of the subnet (a node's own, not a service) is not answered by speakers:
+    // the only answer is the node's kernel.
+    assert_eq!(arping(&site.demo.client, "eth0", "192.0.2.12", 1), vec![site.mac("node2")]);
+    // Nobody answers an address no Service has.
+    assert!(arping(&site.demo.client, "eth0", "192.0.2.230", 1).is_empty());
+
+    // Status: a ServiceL2Status by the winner, an Event, metrics, explain.
+    let w = winner(&NODES, ip_a);
+    wait_for("ServiceL2Status for web", STEP, || {
+        status_nodes(site.state_dir(), "web") == vec![w.clone()]
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", status_nodes(site.state_dir(), "web")));
+    let events = events_of(site.state_dir(), "web");
+    assert!(
+        events.contains("nodeAssigned") && events.contains(&format!("announcing from node \\\"{w}\\\"")) || events.contains(&format!("announcing from node \"{w}\"")),
+        "{events}"
+    );
+    let m = site.metrics(&w);
+    assert!(
+        m.contains(&format!("metallb_layer2_requests_received_total{{ip=\"{ip_a}\"}}")),
+        "{m}"
+    );
+    assert!(m.contains(&format!("metallb_layer2_gratuitous_sent_total{{ip=\"{ip_a}\"}}")), "{m}");
+    assert!(m.contains("metalnet_speaker_members 3"), "{m}");
+    let loser = NODES.iter().find(|n| **n != w).unwrap();
+    let bin = bins::binary("metalnet-speaker").unwrap();
+    let out = site
+        .node(loser)
+        .exec_ok(&[
+            bin.to_str().unwrap(),
+            "explain",
+            "default/web",
+            "--state-dir",
+            site.state_dir().to_str().unwrap(),
+            "--node-name",
+            loser,
+        ])
+        .unwrap();
+    assert!(out.contains(&format!("verdict: announced by {w}")), "{out}");
+    assert!(out.contains(&format!("this node ({loser}) does not announce it")), "{out}");
+    assert!(out.contains("gossip view of the speaker"), "{out}");
+}
+
+/// The nodes named by the ServiceL2Status objects of Service default/`name`.
+fn status_nodes(dir: &Path, name: &str) -> Vec<String> {
+    let sdir = dir.join("status/objects/ServiceL2Status/metallb-system");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(sdir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if text.contains(&format!("serviceName: {name}")) {
+            if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("node:")) {
+                out.push(line.trim_start().trim_start_matches("node:").trim().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn events_of(dir: &Path, name: &str) -> String {
+    let edir = dir.join("status/objects/Event/default");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(edir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&format!("{name}.")) {
+            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[test]
+fn ndisc6_gets_one_answer_from_the_elected_node() {
+    let ip = "2001:db8:0:1::200";
+    let objects = format!(
+        "{}{}{}",
+        pool_yaml("site6", &["2001:db8:0:1::200/125"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web6", ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_ndisc6", &objects, &[]);
+    let _speakers = site.start_all(&[]);
+    let expected = winner(&NODES, ip);
+    let answers = |site: &Site| -> Vec<String> {
+        let out = site
+            .demo
+            .client
+            .exec_status(&["ndisc6", "-m", "-n", "-r", "1", "-w", "1500", ip, "eth0"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("Target link-layer address"))
+            .filter_map(|l| l.split(':').skip(1).collect::<Vec<_>>().join(":").trim().to_lowercase().into())
+            .collect()
+    };
+    wait_for("a neighbor advertisement", STEP, || !answers(&site).is_empty())
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    // Past the takeover announcements (unsolicited NAs for 5 s), one solicitation gets
+    // exactly one answer.
+    std::thread::sleep(Duration::from_millis(5500));
+    assert_eq!(answers(&site), vec![site.mac(&expected)], "{}", logs(&site));
+    // The client's kernel resolves it too (solicited-node multicast, checksum, flags).
+    site.demo
+        .client
+        .exec_status(&["ping", "-6", "-c1", "-W1", ip])
+        .unwrap();
+    wait_for("client neighbour entry", STEP, || {
+        let out = site
+            .demo
+            .client
+            .exec_ok(&["ip", "-6", "neigh", "show", ip, "dev", "eth0"])
+            .unwrap_or_default();
+        out.to_lowercase().contains(&site.mac(&expected))
+    })
+    .unwrap();
+}
