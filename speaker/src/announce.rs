@@ -40,6 +40,9 @@ pub enum Decision {
     Malformed(arp::FrameError),
     /// A request for an announced address: send `frame`.
     Answer { ip: IpAddr, frame: Vec<u8> },
+    /// Another station announces an address we announce (a gratuitous ARP or unsolicited
+    /// NA from `mac`): the next node taking over while we leave, else a conflict.
+    Claimed { ip: IpAddr, mac: Mac },
 }
 
 /// Which addresses are announced, and where.
@@ -51,6 +54,15 @@ pub fn decide_arp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision
         Ok(p) => p,
         Err(e) => return Decision::Malformed(e),
     };
+    if pkt.sender_mac != mac && eth.src != mac {
+        let sender = IpAddr::V4(pkt.sender_ip);
+        if table.get(&sender).is_some_and(|ifs| ifs.allows(link)) {
+            return Decision::Claimed {
+                ip: sender,
+                mac: pkt.sender_mac,
+            };
+        }
+    }
     // Only requests to broadcast or to us (unicast refreshes); never our own frames.
     if pkt.op != ArpOp::Request
         || (eth.dst != BROADCAST && eth.dst != mac)
@@ -69,8 +81,21 @@ pub fn decide_arp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision
     }
 }
 
-/// Decides about an IPv6 frame (expected to be a Neighbor Solicitation) received on `link`.
+/// Decides about an IPv6 frame (expected to be a Neighbor Solicitation or Advertisement)
+/// received on `link`.
 pub fn decide_ndp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
+    match ndp::parse_advertisement(frame) {
+        Ok(Some(claim)) => {
+            let by = claim.target_ll.unwrap_or(claim.eth_src);
+            let ip = IpAddr::V6(claim.target);
+            if by != mac && claim.eth_src != mac && table.get(&ip).is_some_and(|i| i.allows(link)) {
+                return Decision::Claimed { ip, mac: by };
+            }
+            return Decision::Ignore;
+        }
+        Ok(None) => {}
+        Err(e) => return Decision::Malformed(e),
+    }
     let ns = match ndp::parse_solicitation(frame) {
         Ok(Some(ns)) => ns,
         Ok(None) => return Decision::Ignore,
@@ -113,6 +138,8 @@ struct LinkEntry {
 
 struct Inner {
     table: RwLock<Table>,
+    /// Set when this speaker leaves: an address another node claims is dropped at once.
+    leaving: std::sync::atomic::AtomicBool,
     links: Mutex<BTreeMap<String, LinkEntry>>,
     gratuitous: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
     metrics: Arc<Metrics>,
@@ -129,6 +156,7 @@ impl Layer2 {
         Layer2 {
             inner: Arc::new(Inner {
                 table: RwLock::new(Table::new()),
+                leaving: std::sync::atomic::AtomicBool::new(false),
                 links: Mutex::new(BTreeMap::new()),
                 gratuitous: Mutex::new(HashMap::new()),
                 metrics,
@@ -176,7 +204,13 @@ impl Layer2 {
                         let link = Arc::new(link);
                         let task = tokio::spawn(receive_loop(self.inner.clone(), link.clone()));
                         tracing::info!(interface = %info.name, index = info.index, mac = %arp::mac_to_string(&info.mac), "answering ARP/NDP on interface");
-                        links.insert(info.name.clone(), LinkEntry { link: link.clone(), task });
+                        links.insert(
+                            info.name.clone(),
+                            LinkEntry {
+                                link: link.clone(),
+                                task,
+                            },
+                        );
                         added.push(link);
                     }
                     Err(e) => {
@@ -244,6 +278,15 @@ impl Layer2 {
         for entry in self.inner.links.lock().unwrap().values() {
             sync_groups(&entry.link, &table);
         }
+    }
+
+    /// Marks this speaker as leaving: from now on, an address is no longer answered as soon
+    /// as another node announces it (its gratuitous ARP / unsolicited NA is seen), so the
+    /// handover has neither a gap nor two answering nodes.
+    pub fn begin_leaving(&self) {
+        self.inner
+            .leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops everything: nothing is answered any more.
@@ -386,6 +429,19 @@ fn drain(
                     })
                     .inc();
             }
+            Decision::Claimed { ip, mac } => {
+                if inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+                    let removed = inner.table.write().unwrap().remove(&ip).is_some();
+                    if removed {
+                        tracing::info!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "taken over by the next node, stopped answering");
+                        if let Some(t) = inner.gratuitous.lock().unwrap().remove(&ip) {
+                            t.abort();
+                        }
+                    }
+                } else {
+                    tracing::warn!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "another station announces an address this node announces");
+                }
+            }
             Decision::Answer { ip, frame } => {
                 inner
                     .metrics
@@ -415,9 +471,9 @@ fn last_os_error<T>() -> io::Result<T> {
     Err(io::Error::last_os_error())
 }
 
-/// A classic BPF program passing only ICMPv6 Neighbor Solicitations (no extension headers),
-/// so the IPv6 socket does not copy every IPv6 frame to user space.
-fn ns_filter() -> [libc::sock_filter; 8] {
+/// A classic BPF program passing only ICMPv6 Neighbor Solicitations and Advertisements (no
+/// extension headers), so the IPv6 socket does not copy every IPv6 frame to user space.
+fn ns_filter() -> [libc::sock_filter; 9] {
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     const LD_H_ABS: u16 = 0x28;
     const LD_B_ABS: u16 = 0x30;
@@ -425,18 +481,23 @@ fn ns_filter() -> [libc::sock_filter; 8] {
     const RET_K: u16 = 0x06;
     [
         op(LD_H_ABS, 0, 0, 12),
-        op(JEQ_K, 0, 5, u32::from(ETH_P_IPV6)),
+        op(JEQ_K, 0, 6, u32::from(ETH_P_IPV6)),
         op(LD_B_ABS, 0, 0, 20),
-        op(JEQ_K, 0, 3, 58),
+        op(JEQ_K, 0, 4, 58),
         op(LD_B_ABS, 0, 0, 54),
-        op(JEQ_K, 0, 1, u32::from(ndp::TYPE_NS)),
+        op(JEQ_K, 1, 0, u32::from(ndp::TYPE_NS)),
+        op(JEQ_K, 0, 1, u32::from(ndp::TYPE_NA)),
         op(RET_K, 0, 0, 0xffff),
         op(RET_K, 0, 0, 0),
     ]
 }
 
 /// Opens a packet socket bound to one interface and protocol.
-fn packet_socket(index: u32, protocol: u16, filter: Option<&[libc::sock_filter]>) -> io::Result<OwnedFd> {
+fn packet_socket(
+    index: u32,
+    protocol: u16,
+    filter: Option<&[libc::sock_filter]>,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -712,7 +773,12 @@ mod tests {
         );
         // Another address, or an address restricted to another interface.
         assert_eq!(
-            decide_arp(&arp_request(BROADCAST, Ipv4Addr::new(192, 0, 2, 12)), "eth0", ME, &t),
+            decide_arp(
+                &arp_request(BROADCAST, Ipv4Addr::new(192, 0, 2, 12)),
+                "eth0",
+                ME,
+                &t
+            ),
             Decision::Ignore
         );
         let only_eth1 = Ipv4Addr::new(192, 0, 2, 201);
@@ -731,14 +797,82 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn bpf_filter_jumps_land_on_returns() {
-        let prog = ns_filter();
-        for (i, ins) in prog.iter().enumerate() {
-            if ins.code == 0x15 {
-                assert!(i + 1 + (ins.jt as usize) < prog.len());
-                assert_eq!(prog[i + 1 + ins.jf as usize].code, 0x06);
+    /// Runs the classic BPF program on a frame (the subset of opcodes it uses).
+    fn run_filter(prog: &[libc::sock_filter], frame: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let ins = &prog[pc];
+            let k = ins.k as usize;
+            match ins.code {
+                0x28 => match frame.get(k..k + 2) {
+                    Some(b) => a = u32::from(u16::from_be_bytes([b[0], b[1]])),
+                    None => return 0,
+                },
+                0x30 => match frame.get(k) {
+                    Some(b) => a = u32::from(*b),
+                    None => return 0,
+                },
+                0x15 => {
+                    pc += usize::from(if a == ins.k { ins.jt } else { ins.jf });
+                }
+                0x06 => return ins.k,
+                other => panic!("opcode {other:#x}"),
             }
+            pc += 1;
         }
+    }
+
+    #[test]
+    fn bpf_filter_passes_ns_and_na_only() {
+        let prog = ns_filter();
+        let na = ndp::unsolicited("2001:db8::200".parse().unwrap(), ME);
+        assert_eq!(run_filter(&prog, &na), 0xffff);
+        let mut ns = na.clone();
+        ns[54] = ndp::TYPE_NS;
+        assert_eq!(run_filter(&prog, &ns), 0xffff);
+        let mut echo = na.clone();
+        echo[54] = 128;
+        assert_eq!(run_filter(&prog, &echo), 0);
+        let mut udp = na.clone();
+        udp[20] = 17;
+        assert_eq!(run_filter(&prog, &udp), 0);
+        assert_eq!(
+            run_filter(&prog, &arp_request(BROADCAST, Ipv4Addr::new(192, 0, 2, 1))),
+            0
+        );
+        assert_eq!(run_filter(&prog, &na[..30]), 0);
+    }
+
+    #[test]
+    fn claims_by_other_stations_are_reported() {
+        let t = table();
+        let vip = Ipv4Addr::new(192, 0, 2, 200);
+        let [req, reply] = arp::gratuitous(vip, CLIENT);
+        for f in [req, reply] {
+            assert_eq!(
+                decide_arp(&f, "eth0", ME, &t),
+                Decision::Claimed {
+                    ip: IpAddr::V4(vip),
+                    mac: CLIENT
+                }
+            );
+        }
+        // Our own announcement is not a claim.
+        let [req, _] = arp::gratuitous(vip, ME);
+        assert_eq!(decide_arp(&req, "eth0", ME, &t), Decision::Ignore);
+        let mut t6 = Table::new();
+        let v6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
+        t6.insert(IpAddr::V6(v6), Interfaces::All);
+        assert_eq!(
+            decide_ndp(&ndp::unsolicited(v6, CLIENT), "eth0", ME, &t6),
+            Decision::Claimed {
+                ip: IpAddr::V6(v6),
+                mac: CLIENT
+            }
+        );
+        assert_eq!(
+            decide_ndp(&ndp::unsolicited(v6, ME), "eth0", ME, &t6),
+            Decision::Ignore
+        );
     }
 }

@@ -18,7 +18,9 @@ pub enum FrameError {
     TooShort(usize),
     #[error("ethertype {0:#06x} is not the one expected")]
     EtherType(u16),
-    #[error("ARP for hardware type {htype} / protocol {ptype:#06x} with lengths {hlen}/{plen} is not Ethernet/IPv4")]
+    #[error(
+        "ARP for hardware type {htype} / protocol {ptype:#06x} with lengths {hlen}/{plen} is not Ethernet/IPv4"
+    )]
     ArpFormat {
         htype: u16,
         ptype: u16,

@@ -124,9 +124,15 @@ impl fmt::Display for Exclusion {
             Exclusion::SpeakerNotLive => "no live speaker",
             Exclusion::NoNodeObject => "no Node object",
             Exclusion::NetworkUnavailable => "Node has the NetworkUnavailable condition",
-            Exclusion::ExcludedByLabel => "Node has the label node.kubernetes.io/exclude-from-external-load-balancers",
-            Exclusion::NotSelected => "no L2Advertisement for the pool selects this node (nodeSelectors)",
-            Exclusion::NoLocalEndpoint => "externalTrafficPolicy is Local and no serving endpoint runs on this node",
+            Exclusion::ExcludedByLabel => {
+                "Node has the label node.kubernetes.io/exclude-from-external-load-balancers"
+            }
+            Exclusion::NotSelected => {
+                "no L2Advertisement for the pool selects this node (nodeSelectors)"
+            }
+            Exclusion::NoLocalEndpoint => {
+                "externalTrafficPolicy is Local and no serving endpoint runs on this node"
+            }
         })
     }
 }
@@ -147,7 +153,10 @@ pub enum Verdict {
     /// Advertised, but no node qualifies.
     NoCandidate,
     /// `node` announces, on `interfaces`.
-    Announced { node: String, interfaces: Interfaces },
+    Announced {
+        node: String,
+        interfaces: Interfaces,
+    },
 }
 
 /// One candidate with its ordering key.
@@ -378,7 +387,7 @@ pub fn elect(inputs: &Inputs<'_>, svc: &Service) -> ServiceElection {
             }),
         }
     }
-    e.ranking.sort_by(|a, b| a.hash.cmp(&b.hash));
+    e.ranking.sort_by_key(|r| r.hash);
     e.verdict = match e.ranking.first() {
         None => Verdict::NoCandidate,
         Some(r) => Verdict::Announced {
@@ -536,7 +545,13 @@ mod tests {
         let expected = std::process::Command::new("sh")
             .args(["-c", "printf 'node1#192.0.2.200' | sha256sum"])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split(' ').next().unwrap_or("").to_string())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .unwrap_or_default();
         if !expected.is_empty() {
             assert_eq!(hex, expected);
@@ -714,7 +729,11 @@ mod tests {
     fn shared_addresses_go_to_one_node_and_addresses_spread() {
         let all = ["node1", "node2", "node3"];
         let mut extra = vec![l2("l2", json!({}))];
-        for (svc, ip) in [("a", "192.0.2.200"), ("b", "192.0.2.200"), ("c", "192.0.2.201")] {
+        for (svc, ip) in [
+            ("a", "192.0.2.200"),
+            ("b", "192.0.2.200"),
+            ("c", "192.0.2.201"),
+        ] {
             extra.push(service(svc, &[ip], "Cluster"));
             extra.push(slice(svc, &[("node1", None)]));
         }
@@ -726,7 +745,11 @@ mod tests {
         let mut extra = vec![l2("l2", json!({}))];
         for i in 0..30 {
             let name = format!("s{i}");
-            extra.push(service(&name, &[&format!("192.0.2.{}", 200 + i)], "Cluster"));
+            extra.push(service(
+                &name,
+                &[&format!("192.0.2.{}", 200 + i)],
+                "Cluster",
+            ));
             extra.push(slice(&name, &[("node1", None)]));
         }
         let e = run(base(extra), &all);

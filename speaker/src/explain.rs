@@ -54,7 +54,11 @@ pub fn render(
         } else {
             format!(
                 " (on {})",
-                e.endpoint_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+                e.endpoint_nodes
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }
     );
@@ -114,10 +118,13 @@ pub fn render(
     if let Some(me) = me {
         let line = match (&e.verdict, e.ranking.iter().position(|r| r.node == me)) {
             (Verdict::Announced { node, interfaces }, _) if node == me => {
-                format!("announces it{}", match interfaces {
-                    Interfaces::All => String::new(),
-                    Interfaces::Only(_) => format!(" (only on {interfaces})"),
-                })
+                format!(
+                    "announces it{}",
+                    match interfaces {
+                        Interfaces::All => String::new(),
+                        Interfaces::Only(_) => format!(" (only on {interfaces})"),
+                    }
+                )
             }
             (_, Some(pos)) => format!(
                 "does not announce it: candidate, ranked {} behind {}",
@@ -160,20 +167,43 @@ mod tests {
             endpoint_nodes: ["node1".to_string(), "node2".to_string()].into(),
             serving_endpoints: 2,
             ranking: vec![
-                Ranked { node: "node2".into(), hash: rank_hash("node2", &ip) },
-                Ranked { node: "node1".into(), hash: rank_hash("node1", &ip) },
+                Ranked {
+                    node: "node2".into(),
+                    hash: rank_hash("node2", &ip),
+                },
+                Ranked {
+                    node: "node1".into(),
+                    hash: rank_hash("node1", &ip),
+                },
             ],
             excluded: [("node3".to_string(), Exclusion::NoLocalEndpoint)].into(),
-            verdict: Verdict::Announced { node: "node2".into(), interfaces: Interfaces::All },
+            verdict: Verdict::Announced {
+                node: "node2".into(),
+                interfaces: Interfaces::All,
+            },
         };
-        let live: BTreeSet<String> = ["node1", "node2", "node3"].iter().map(|s| s.to_string()).collect();
+        let live: BTreeSet<String> = ["node1", "node2", "node3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let src = LiveSource::Speaker("127.0.0.1:7473".into());
         let out = render(&e, Some("node1"), &live, &src);
         assert!(out.contains("verdict: announced by node2"), "{out}");
-        assert!(out.contains("this node (node1) does not announce it: candidate, ranked 2 behind node2"), "{out}");
-        assert!(out.contains("node3") && out.contains("no serving endpoint runs on this node"), "{out}");
+        assert!(
+            out.contains(
+                "this node (node1) does not announce it: candidate, ranked 2 behind node2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("node3") && out.contains("no serving endpoint runs on this node"),
+            "{out}"
+        );
         let out = render(&e, Some("node3"), &live, &src);
-        assert!(out.contains("this node (node3) does not announce it: externalTrafficPolicy is Local"), "{out}");
+        assert!(
+            out.contains("this node (node3) does not announce it: externalTrafficPolicy is Local"),
+            "{out}"
+        );
         let out = render(&e, Some("node2"), &live, &src);
         assert!(out.contains("this node (node2) announces it"), "{out}");
     }

@@ -8,11 +8,11 @@
 //! announce a Service. BGP mode is not implemented yet: it would sit beside
 //! [`announce::Layer2`] as `announce::Bgp`, fed by the same election inputs.
 
+pub mod announce;
 pub mod arp;
 pub mod election;
-pub mod ndp;
-pub mod announce;
-pub mod metrics;
-pub mod members;
 pub mod explain;
+pub mod members;
+pub mod metrics;
+pub mod ndp;
 pub mod status;

@@ -52,7 +52,12 @@ struct Cli {
     common: CommonArgs,
 
     /// Namespace where ServiceL2Status objects are written (MetalLB's namespace).
-    #[arg(long, env = "METALLB_NAMESPACE", default_value = "metallb-system", global = true)]
+    #[arg(
+        long,
+        env = "METALLB_NAMESPACE",
+        default_value = "metallb-system",
+        global = true
+    )]
     namespace: String,
 
     /// Liveness of speakers: `on` gossips (SWIM, over UDP --gossip-port, joined through the
@@ -82,9 +87,9 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration, global = true)]
     gossip_settle: Duration,
 
-    /// On SIGTERM, how long to keep answering after leaving the gossip, while the next node
-    /// takes over.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration, global = true)]
+    /// On SIGTERM, the longest to keep answering for an address after leaving the gossip: it
+    /// stops as soon as the next node is seen announcing it (gratuitous ARP / unsolicited NA).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, global = true)]
     leave_grace: Duration,
 
     /// Let nodes labelled node.kubernetes.io/exclude-from-external-load-balancers announce.
@@ -180,7 +185,7 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let gossip = (cli.gossip == OnOff::On).then(|| run::GossipSettings {
+    let gossip = (cli.gossip == OnOff::On).then_some(run::GossipSettings {
         port: cli.gossip_port,
         address: cli.gossip_address,
         probe_period: cli.gossip_probe_period,

@@ -375,7 +375,11 @@ mod tests {
         c.leave().await;
         wait_live(&a, &["a", "b"]).await;
         wait_live(&b, &["a", "b"]).await;
-        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
         // A restarted c (new incarnation, same node) is accepted again.
         drop(c);
         let c2 = Gossip::start(opts("c", ports[2])).await.unwrap();
@@ -387,6 +391,10 @@ mod tests {
         drop(b);
         wait_live(&a, &["a", "c"]).await;
         wait_live(&c2, &["a", "c"]).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

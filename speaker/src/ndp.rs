@@ -104,9 +104,60 @@ fn ll_option(mut opts: &[u8], kind: u8) -> Result<Option<Mac>, FrameError> {
     Ok(found)
 }
 
+/// A Neighbor Advertisement as received (only what a speaker needs: who claims what).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub eth_src: Mac,
+    pub target: Ipv6Addr,
+    pub target_ll: Option<Mac>,
+}
+
+/// Parses a frame as a Neighbor Advertisement, with the same checks as solicitations.
+pub fn parse_advertisement(frame: &[u8]) -> Result<Option<Claim>, FrameError> {
+    let Some((eth, icmp)) = checked_icmp(frame, TYPE_NA)? else {
+        return Ok(None);
+    };
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).expect("16 bytes"));
+    Ok(Some(Claim {
+        eth_src: eth.src,
+        target,
+        target_ll: ll_option(&icmp[24..], OPT_TARGET_LL)?,
+    }))
+}
+
 /// Parses a frame as a Neighbor Solicitation. `Ok(None)`: a well-formed IPv6 frame that is
 /// not an NS (nothing to do); `Err`: malformed.
 pub fn parse_solicitation(frame: &[u8]) -> Result<Option<Solicitation>, FrameError> {
+    let Some((eth, icmp)) = checked_icmp(frame, TYPE_NS)? else {
+        return Ok(None);
+    };
+    let (src, dst) = addrs(&frame[Ethernet::LEN..]);
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).expect("16 bytes"));
+    if target.is_multicast() {
+        return Err(FrameError::MulticastTarget(target));
+    }
+    let source_ll = ll_option(&icmp[24..], OPT_SOURCE_LL)?;
+    Ok(Some(Solicitation {
+        eth_src: eth.src,
+        src,
+        dst,
+        target,
+        source_ll,
+    }))
+}
+
+/// The IPv6 source and destination of a header known to be complete.
+fn addrs(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+    (
+        Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes")),
+        Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes")),
+    )
+}
+
+/// The ICMPv6 message of type `want` in `frame`, checked as RFC 4861 requires of ND
+/// messages (hop limit 255, code 0, at least 24 bytes, valid checksum). `Ok(None)`: another
+/// message.
+fn checked_icmp(frame: &[u8], want: u8) -> Result<Option<(Ethernet, &[u8])>, FrameError> {
     let (eth, ip) = Ethernet::parse(frame)?;
     if eth.ethertype != ETHERTYPE_IPV6 {
         return Err(FrameError::EtherType(eth.ethertype));
@@ -133,7 +184,7 @@ pub fn parse_solicitation(frame: &[u8]) -> Result<Option<Solicitation>, FrameErr
     if icmp.len() < 4 {
         return Err(FrameError::TooShort(frame.len()));
     }
-    if icmp[0] != TYPE_NS {
+    if icmp[0] != want {
         return Ok(None);
     }
     if icmp[1] != 0 {
@@ -148,18 +199,7 @@ pub fn parse_solicitation(frame: &[u8]) -> Result<Option<Solicitation>, FrameErr
     if icmpv6_checksum(&src, &dst, icmp) != 0 {
         return Err(FrameError::Checksum);
     }
-    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).expect("16 bytes"));
-    if target.is_multicast() {
-        return Err(FrameError::MulticastTarget(target));
-    }
-    let source_ll = ll_option(&icmp[24..], OPT_SOURCE_LL)?;
-    Ok(Some(Solicitation {
-        eth_src: eth.src,
-        src,
-        dst,
-        target,
-        source_ll,
-    }))
+    Ok(Some((eth, icmp)))
 }
 
 /// Emits a Neighbor Advertisement frame.
@@ -298,7 +338,10 @@ mod tests {
         let ns = parse_solicitation(&f).unwrap().unwrap();
         let na = answer(&ns, ME);
         let (eth, ip) = Ethernet::parse(&na).unwrap();
-        assert_eq!((eth.dst, eth.src, eth.ethertype), (CLIENT, ME, ETHERTYPE_IPV6));
+        assert_eq!(
+            (eth.dst, eth.src, eth.ethertype),
+            (CLIENT, ME, ETHERTYPE_IPV6)
+        );
         assert_eq!(ip[7], 255, "hop limit");
         let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
         assert_eq!(dst, v6("2001:db8:0:1::100"));
@@ -350,6 +393,17 @@ mod tests {
         let mut f = ns_frame(src, target, true, 255);
         f[20] = 17;
         assert_eq!(parse_solicitation(&f), Ok(None));
+    }
+
+    #[test]
+    fn advertisements_parse_as_claims() {
+        let na = unsolicited(v6("2001:db8::200"), ME);
+        let claim = parse_advertisement(&na).unwrap().unwrap();
+        assert_eq!(claim.target, v6("2001:db8::200"));
+        assert_eq!(claim.target_ll, Some(ME));
+        assert_eq!(parse_solicitation(&na), Ok(None));
+        let ns = ns_frame(v6("2001:db8::100"), v6("2001:db8::200"), true, 255);
+        assert_eq!(parse_advertisement(&ns), Ok(None));
     }
 
     #[test]

@@ -173,9 +173,7 @@ pub async fn run(
             }
         }
         if settled {
-            let problems = reconcile(
-                &snapshot, &live, &opts, &layer2, &status, &metrics,
-            );
+            let problems = reconcile(&snapshot, &live, &opts, &layer2, &status, &metrics);
             if problems != last_problems {
                 for p in &problems {
                     tracing::warn!(problem = %p, "configuration problem (the valid part is used)");
@@ -202,14 +200,24 @@ pub async fn run(
         }
     }
 
-    // Leave first, so another node takes over at once, keep answering meanwhile, then stop.
+    // Leave first, so another node takes over at once; keep answering each address until the
+    // next node is seen announcing it (or the grace ends), then stop.
     tracing::info!("stopping: leaving the membership");
     health.set_ready(false);
+    layer2.begin_leaving();
     if let Some(g) = &gossip {
         g.leave().await;
     }
-    if !layer2.announced().is_empty() {
-        tokio::time::sleep(opts.leave_grace).await;
+    let deadline = Instant::now() + opts.leave_grace;
+    while !layer2.announced().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = layer2.announced();
+    if !left.is_empty() {
+        tracing::info!(
+            addresses = left.len(),
+            "no other node took these addresses over within --leave-grace"
+        );
     }
     layer2.shutdown();
     tracing::info!("stopped answering; bye");

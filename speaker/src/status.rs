@@ -112,11 +112,10 @@ pub fn plan(
         );
         let ours = l.get(LABEL_NODE).map(String::as_str) == Some(node);
         match desired.get(&r) {
-            Some(want) => {
-                if same(existing, want) {
-                    desired.remove(&r);
-                }
+            Some(want) if same(existing, want) => {
+                desired.remove(&r);
             }
+            Some(_) => {}
             // Ours but no longer announced, or another node's for a Service we announce now.
             None if ours || won.contains(&svc) => plan.delete.push(r),
             None => {}
@@ -238,10 +237,25 @@ mod tests {
         let web = election("web", "node1");
         let mine = status_object("metallb-system", "node1", &web, &Interfaces::All);
         let other_for_web = status_object("metallb-system", "node2", &web, &Interfaces::All);
-        let old = status_object("metallb-system", "node1", &election("old", "node1"), &Interfaces::All);
-        let unrelated = status_object("metallb-system", "node3", &election("db", "node3"), &Interfaces::All);
-        let snap = snapshot(vec![mine.clone(), other_for_web.clone(), old.clone(), unrelated]);
-        let p = plan(&snap, "metallb-system", "node1", &[web.clone()]);
+        let old = status_object(
+            "metallb-system",
+            "node1",
+            &election("old", "node1"),
+            &Interfaces::All,
+        );
+        let unrelated = status_object(
+            "metallb-system",
+            "node3",
+            &election("db", "node3"),
+            &Interfaces::All,
+        );
+        let snap = snapshot(vec![
+            mine.clone(),
+            other_for_web.clone(),
+            old.clone(),
+            unrelated,
+        ]);
+        let p = plan(&snap, "metallb-system", "node1", std::slice::from_ref(&web));
         // Interfaces changed (All -> eth0): rewritten.
         assert_eq!(p.apply.len(), 1);
         assert_eq!(p.apply[0].1["status"]["interfaces"][0]["name"], "eth0");
@@ -250,13 +264,19 @@ mod tests {
         assert_eq!(
             deleted,
             [
-                other_for_web["metadata"]["name"].as_str().unwrap().to_string(),
+                other_for_web["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
                 old["metadata"]["name"].as_str().unwrap().to_string()
             ]
             .into()
         );
         // Once written, nothing more to do.
         let snap = snapshot(vec![p.apply[0].1.clone()]);
-        assert_eq!(plan(&snap, "metallb-system", "node1", &[web]), Plan::default());
+        assert_eq!(
+            plan(&snap, "metallb-system", "node1", &[web]),
+            Plan::default()
+        );
     }
 }

@@ -30,13 +30,48 @@ pub fn target_dir() -> PathBuf {
 
 static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
 
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        latest = latest.max(t);
+    }
+    latest
+}
+
+/// Whether the binary is older than the sources of its package (`metalnet-X` lives in `X/`)
+/// or of the common crate.
+fn stale(path: &std::path::Path, name: &str) -> bool {
+    let Some(built) = std::fs::metadata(path).ok().and_then(|m| m.modified().ok()) else {
+        return true;
+    };
+    let root = workspace_root();
+    let package_dir = name.strip_prefix("metalnet-").unwrap_or(name);
+    [root.join(package_dir), root.join("config")]
+        .iter()
+        .filter_map(|d| newest(&d.join("src")).max(newest_file(&d.join("Cargo.toml"))))
+        .any(|t| t > built)
+}
+
+fn newest_file(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).ok().and_then(|m| m.modified().ok())
+}
+
 /// The path of workspace binary `name` (its package has the same name), built with
-/// `cargo build -p NAME` the first time it is asked for in this process.
+/// `cargo build -p NAME` when missing or older than its sources. (Building unconditionally
+/// would rebuild the common crate each time: `cargo test` of the lab unifies features
+/// differently.)
 pub fn binary(name: &str) -> Result<PathBuf, String> {
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     let path = target_dir().join("debug").join(name);
-    if !built.iter().any(|b| b == name) {
+    if !built.iter().any(|b| b == name) && stale(&path, name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .current_dir(workspace_root())

@@ -53,7 +53,10 @@ fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str]) -> 
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            format!("{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}", i + 1)
+            format!(
+                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
+                i + 1
+            )
         })
         .collect();
     format!(
@@ -133,7 +136,10 @@ impl Site {
     }
 
     fn start_all(&self, extra: &[&str]) -> Vec<Process> {
-        NODES.iter().map(|n| self.start(n, "speaker", extra)).collect()
+        NODES
+            .iter()
+            .map(|n| self.start(n, "speaker", extra))
+            .collect()
     }
 
     fn state_dir(&self) -> &Path {
@@ -143,7 +149,13 @@ impl Site {
     /// The speaker's metrics text on `node`.
     fn metrics(&self, node: &str) -> String {
         self.node(node)
-            .exec_ok(&["curl", "-s", "--max-time", "2", "http://127.0.0.1:7473/metrics"])
+            .exec_ok(&[
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:7473/metrics",
+            ])
             .unwrap_or_default()
     }
 }
@@ -162,7 +174,9 @@ fn arping(client: &Host, iface: &str, ip: &str, count: u32) -> Vec<String> {
     let count_s = count.to_string();
     let deadline = (count + 1).to_string();
     let out = client
-        .exec_status(&["arping", "-r", "-c", &count_s, "-w", &deadline, "-i", iface, ip])
+        .exec_status(&[
+            "arping", "-r", "-c", &count_s, "-w", &deadline, "-i", iface, ip,
+        ])
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -246,7 +260,10 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     }
     // Another address of the subnet (a node's own, not a service) is not answered by speakers:
     // the only answer is the node's kernel.
-    assert_eq!(arping(&site.demo.client, "eth0", "192.0.2.12", 1), vec![site.mac("node2")]);
+    assert_eq!(
+        arping(&site.demo.client, "eth0", "192.0.2.12", 1),
+        vec![site.mac("node2")]
+    );
     // Nobody answers an address no Service has.
     assert!(arping(&site.demo.client, "eth0", "192.0.2.230", 1).is_empty());
 
@@ -258,15 +275,23 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     .unwrap_or_else(|e| panic!("{e}: {:?}", status_nodes(site.state_dir(), "web")));
     let events = events_of(site.state_dir(), "web");
     assert!(
-        events.contains("nodeAssigned") && events.contains(&format!("announcing from node \\\"{w}\\\"")) || events.contains(&format!("announcing from node \"{w}\"")),
+        events.contains("reason: nodeAssigned")
+            && events.contains(&format!("announcing from node \"{w}\" with protocol \"layer2\"")),
         "{events}"
     );
     let m = site.metrics(&w);
     assert!(
-        m.contains(&format!("metallb_layer2_requests_received_total{{ip=\"{ip_a}\"}}")),
+        m.contains(&format!(
+            "metallb_layer2_requests_received_total{{ip=\"{ip_a}\"}}"
+        )),
         "{m}"
     );
-    assert!(m.contains(&format!("metallb_layer2_gratuitous_sent_total{{ip=\"{ip_a}\"}}")), "{m}");
+    assert!(
+        m.contains(&format!(
+            "metallb_layer2_gratuitous_sent_total{{ip=\"{ip_a}\"}}"
+        )),
+        "{m}"
+    );
     assert!(m.contains("metalnet_speaker_members 3"), "{m}");
     let loser = NODES.iter().find(|n| **n != w).unwrap();
     let bin = bins::binary("metalnet-speaker").unwrap();
@@ -283,7 +308,10 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
         ])
         .unwrap();
     assert!(out.contains(&format!("verdict: announced by {w}")), "{out}");
-    assert!(out.contains(&format!("this node ({loser}) does not announce it")), "{out}");
+    assert!(
+        out.contains(&format!("this node ({loser}) does not announce it")),
+        "{out}"
+    );
     assert!(out.contains("gossip view of the speaker"), "{out}");
 }
 
@@ -293,10 +321,16 @@ fn status_nodes(dir: &Path, name: &str) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(sdir).into_iter().flatten().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if text.contains(&format!("serviceName: {name}")) {
-            if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("node:")) {
-                out.push(line.trim_start().trim_start_matches("node:").trim().to_string());
-            }
+        if !text.contains(&format!("serviceName: {name}")) {
+            continue;
+        }
+        if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("node:")) {
+            out.push(
+                line.trim_start()
+                    .trim_start_matches("node:")
+                    .trim()
+                    .to_string(),
+            );
         }
     }
     out.sort();
@@ -307,7 +341,11 @@ fn events_of(dir: &Path, name: &str) -> String {
     let edir = dir.join("status/objects/Event/default");
     let mut out = String::new();
     for entry in std::fs::read_dir(edir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&format!("{name}.")) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{name}."))
+        {
             out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
         }
     }
@@ -335,11 +373,21 @@ fn ndisc6_gets_one_answer_from_the_elected_node() {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("Target link-layer address"))
-            .filter_map(|l| l.split(':').skip(1).collect::<Vec<_>>().join(":").trim().to_lowercase().into())
+            .filter_map(|l| {
+                l.split(':')
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .trim()
+                    .to_lowercase()
+                    .into()
+            })
             .collect()
     };
-    wait_for("a neighbor advertisement", STEP, || !answers(&site).is_empty())
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    wait_for("a neighbor advertisement", STEP, || {
+        !answers(&site).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
     // Past the takeover announcements (unsolicited NAs for 5 s), one solicitation gets
     // exactly one answer.
     std::thread::sleep(Duration::from_millis(5500));
@@ -358,4 +406,236 @@ fn ndisc6_gets_one_answer_from_the_elected_node() {
         out.to_lowercase().contains(&site.mac(&expected))
     })
     .unwrap();
+}
+
+/// The first address of `prefix`.`range` whose winner among all nodes is `node`.
+fn address_won_by(prefix: &str, range: std::ops::Range<u8>, node: &str) -> String {
+    range
+        .map(|i| format!("{prefix}.{i}"))
+        .find(|ip| winner(&NODES, ip) == node)
+        .unwrap()
+}
+
+#[test]
+fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
+    // node1 would win these addresses if every node could answer.
+    let selected_ip = address_won_by("192.0.2", 210..220, "node1");
+    let local_ip = address_won_by("192.0.2", 220..230, "node1");
+    let eth1_ip = "203.0.113.200";
+    let objects = format!(
+        "{}{}{}{}{}{}{}{}{}",
+        pool_yaml("zoned", &["192.0.2.210-192.0.2.219"]),
+        l2_yaml(
+            "zone-b",
+            "{ipAddressPools: [zoned], nodeSelectors: [{matchLabels: {zone: b}}]}"
+        ),
+        service_yaml("zoned", &selected_ip, "Cluster", &["node1"]),
+        pool_yaml("main", &["192.0.2.220-192.0.2.229"]),
+        l2_yaml("main", "{ipAddressPools: [main]}"),
+        service_yaml("local", &local_ip, "Local", &["node3"]),
+        pool_yaml("second", &["203.0.113.200/29"]),
+        l2_yaml("second", "{ipAddressPools: [second], interfaces: [eth1]}"),
+        service_yaml("second", eth1_ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_restrict", &objects, &[]);
+    // A second segment on eth1 of every node and of the client.
+    let second = site.lab.switch("second").unwrap();
+    for (i, h) in site.demo.nodes.iter().enumerate() {
+        site.lab.connect(h, &second, "eth1").unwrap();
+        h.add_addr("eth1", &format!("203.0.113.{}/24", 11 + i))
+            .unwrap();
+    }
+    site.lab
+        .connect(&site.demo.client, &second, "eth1")
+        .unwrap();
+    site.demo
+        .client
+        .add_addr("eth1", "203.0.113.100/24")
+        .unwrap();
+    let _speakers = site.start_all(&[]);
+
+    // nodeSelectors: only zone b (node2, node3) may answer.
+    let expected = winner(&["node2", "node3"], &selected_ip);
+    assert_eq!(
+        wait_answered(&site, "eth0", &selected_ip),
+        vec![site.mac(&expected); 3],
+        "{}",
+        logs(&site)
+    );
+    // externalTrafficPolicy Local: only the node with the endpoint (node3).
+    assert_eq!(
+        wait_answered(&site, "eth0", &local_ip),
+        vec![site.mac("node3"); 3],
+        "{}",
+        logs(&site)
+    );
+    // interfaces: answered on eth1 with eth1's MAC, never on eth0.
+    let w = winner(&NODES, eth1_ip);
+    let eth1_mac = site.node(&w).mac("eth1").unwrap();
+    assert_eq!(wait_answered(&site, "eth1", eth1_ip), vec![eth1_mac; 3]);
+    assert!(arping(&site.demo.client, "eth0", eth1_ip, 2).is_empty());
+}
+
+/// Every node carries `ip` on lo (kube-proxy IPVS style); the client pings it.
+fn ping_ok(client: &Host, ip: &str) -> bool {
+    client.ping(ip)
+}
+
+#[test]
+fn sigkill_of_the_announcing_speaker_moves_the_address() {
+    let ip = "192.0.2.200";
+    let objects = format!(
+        "{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web", ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_sigkill", &objects, &[ip]);
+    let speakers = site.start_all(&[]);
+    let first = winner(&NODES, ip);
+    wait_answered(&site, "eth0", ip);
+    wait_for("ping to the address", STEP, || {
+        ping_ok(&site.demo.client, ip)
+    })
+    .unwrap();
+    assert_eq!(neighbour_mac(&site.demo.client, ip), Some(site.mac(&first)));
+
+    // The node "dies": its speaker is killed and it stops serving the address.
+    let index = NODES.iter().position(|n| *n == first).unwrap();
+    site.node(&first)
+        .exec_ok(&["ip", "addr", "del", &host_cidr(ip), "dev", "lo"])
+        .unwrap();
+    speakers[index].kill();
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
+    let second = winner(&rest, ip);
+    // The client's entry moves by the gratuitous ARP alone: nothing here re-resolves it.
+    wait_for("the neighbour entry to move", STEP, || {
+        neighbour_mac(&site.demo.client, ip) == Some(site.mac(&second))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\n{}",
+            neighbour_mac(&site.demo.client, ip),
+            logs(&site)
+        )
+    });
+    wait_for("ping to the address again", STEP, || {
+        ping_ok(&site.demo.client, ip)
+    })
+    .unwrap();
+    let m = site.metrics(&second);
+    assert!(
+        m.contains(&format!(
+            "metallb_layer2_gratuitous_sent_total{{ip=\"{ip}\"}}"
+        )),
+        "{m}"
+    );
+    assert!(m.contains("metalnet_speaker_members 2"), "{m}");
+    wait_for("status moved", STEP, || {
+        status_nodes(site.state_dir(), "web") == vec![second.clone()]
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", status_nodes(site.state_dir(), "web")));
+}
+
+#[test]
+fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
+    let ip = "192.0.2.200";
+    let other_ip = address_won_by_another(ip, 201);
+    let objects = format!(
+        "{}{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web", ip, "Cluster", &["node1"]),
+        service_yaml("db", &other_ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_sigterm", &objects, &[ip]);
+    let speakers = site.start_all(&[]);
+    let first = winner(&NODES, ip);
+    let other_owner = winner(&NODES, &other_ip);
+    wait_answered(&site, "eth0", ip);
+    wait_answered(&site, "eth0", &other_ip);
+    wait_for("ping to the address", STEP, || {
+        ping_ok(&site.demo.client, ip)
+    })
+    .unwrap();
+    // Past the takeover announcements, so that the counts below are the restart's own.
+    std::thread::sleep(Duration::from_millis(5500));
+
+    // ARP requests every 50 ms through the handover: every one must be answered.
+    let probe = site
+        .demo
+        .client
+        .spawn(
+            "arping",
+            &["arping", "-r", "-c", "60", "-W", "0.05", "-i", "eth0", ip],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let index = NODES.iter().position(|n| *n == first).unwrap();
+    let stopped = Instant::now();
+    speakers[index].stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        stopped.elapsed()
+    );
+    wait_for("the ARP probe to finish", STEP, || !probe.is_running()).unwrap();
+    let replies: Vec<String> = probe
+        .logs()
+        .lines()
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| l.len() == 17 && l.matches(':').count() == 5)
+        .collect();
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
+    let second = winner(&rest, ip);
+    // Every request answered; at most a request or two in the instant of the handover may see
+    // both nodes.
+    assert!(
+        (60..=62).contains(&replies.len()),
+        "{} replies to 60 requests: {replies:?}\n{}",
+        replies.len(),
+        logs(&site)
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|m| *m == site.mac(&first) || *m == site.mac(&second)),
+        "{replies:?}"
+    );
+    assert_eq!(replies.last(), Some(&site.mac(&second)), "{replies:?}");
+    wait_for("the neighbour entry to move", STEP, || {
+        neighbour_mac(&site.demo.client, ip) == Some(site.mac(&second))
+    })
+    .unwrap();
+
+    // The stopped speaker comes back and takes its address back; the other address never
+    // moves (nobody else announces it, its owner sends no new announcement).
+    let grat_before = gratuitous_count(&site.metrics(&other_owner), &other_ip);
+    let _restarted = site.start(&first, "speaker2", &[]);
+    wait_for("the neighbour entry to come back", STEP, || {
+        neighbour_mac(&site.demo.client, ip) == Some(site.mac(&first))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    assert_eq!(
+        arping(&site.demo.client, "eth0", &other_ip, 3),
+        vec![site.mac(&other_owner); 3]
+    );
+    for n in NODES {
+        let m = site.metrics(n);
+        let sent = gratuitous_count(&m, &other_ip);
+        if n == other_owner {
+            assert_eq!(sent, grat_before, "{n} re-announced {other_ip}: {m}");
+        } else {
+            assert_eq!(sent, 0, "{n} announced {other_ip}: {m}");
+        }
+    }
+}
+
+fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
+    let prefix = format!("metallb_layer2_gratuitous_sent_total{{ip=\"{ip}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
