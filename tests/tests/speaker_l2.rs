@@ -276,7 +276,9 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     let events = events_of(site.state_dir(), "web");
     assert!(
         events.contains("reason: nodeAssigned")
-            && events.contains(&format!("announcing from node \"{w}\" with protocol \"layer2\"")),
+            && events.contains(&format!(
+                "announcing from node \"{w}\" with protocol \"layer2\""
+            )),
         "{events}"
     );
     let m = site.metrics(&w);
