@@ -267,6 +267,23 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     // Nobody answers an address no Service has.
     assert!(arping(&site.demo.client, "eth0", "192.0.2.230", 1).is_empty());
 
+    // A malformed ARP frame (IPv6-sized protocol addresses) is dropped and counted by every
+    // speaker on the segment.
+    let client_mac = site.demo.client.mac("eth0").unwrap().replace(':', "");
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0)); \
+         s.send(bytes.fromhex('ffffffffffff{client_mac}0806' + '0001 86dd 06 10 0001'.replace(' ', '') + '00' * 40))"
+    );
+    site.demo
+        .client
+        .exec_ok(&["python3", "-c", &script])
+        .unwrap();
+    wait_for("the malformed frame to be counted", STEP, || {
+        site.metrics("node3")
+            .contains("metalnet_layer2_malformed_frames_total{interface=\"eth0\"} 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
+
     // Status: a ServiceL2Status by the winner, an Event, metrics, explain.
     let w = winner(&NODES, ip_a);
     wait_for("ServiceL2Status for web", STEP, || {
