@@ -658,3 +658,40 @@ fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn without_gossip_the_node_ready_condition_decides() {
+    let ip = "192.0.2.200";
+    let objects = format!(
+        "{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web", ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_no_gossip", &objects, &[]);
+    let _speakers = site.start_all(&["--gossip", "off"]);
+    let first = winner(&NODES, ip);
+    assert_eq!(
+        wait_answered(&site, "eth0", ip),
+        vec![site.mac(&first); 3],
+        "{}",
+        logs(&site)
+    );
+    // The winner's Node turns NotReady: every speaker moves the address to the next node.
+    let cluster = site.state_dir().join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    let index = NODES.iter().position(|n| *n == first).unwrap();
+    let marker = format!(
+        "address: 192.0.2.{}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]",
+        11 + index
+    );
+    assert!(text.contains(&marker), "{text}");
+    let not_ready = marker.replace("\"True\"", "\"False\"");
+    std::fs::write(&cluster, text.replace(&marker, &not_ready)).unwrap();
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
+    let second = winner(&rest, ip);
+    wait_for("the address to move", STEP, || {
+        arping(&site.demo.client, "eth0", ip, 1) == vec![site.mac(&second)]
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+}
