@@ -101,3 +101,34 @@ impl CommonArgs {
         crate::telemetry::init_logging(self.log_format, &self.log_level);
     }
 }
+
+/// The flags in a binary's long `--help` output that have no description: clap prints each
+/// flag on its own line and its description on the following lines, indented further. Each
+/// binary's tests call this so every flag stays explained.
+pub fn undescribed_flags(long_help: &str) -> Vec<String> {
+    let lines: Vec<&str> = long_help.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| {
+            let t = line.trim_start();
+            t.starts_with('-') && line.len() - t.len() <= 6
+        })
+        .filter(|(i, _)| {
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            next.trim().is_empty() || next.trim_start().starts_with('-')
+        })
+        .map(|(_, line)| line.trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_flags_without_description() {
+        let help = "Usage: x\n\nOptions:\n      --a <A>\n          Does a\n\n      --b\n\n  -h, --help\n          Print help\n";
+        assert_eq!(undescribed_flags(help), vec!["--b".to_string()]);
+    }
+}

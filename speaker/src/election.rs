@@ -9,7 +9,7 @@
 //! sha256(node name + "#" + first address) ascending; the first announces. Services sharing an
 //! address therefore agree on the node (same first address, same ordering).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -246,23 +246,25 @@ pub fn endpoint_can_serve(c: Option<&k8s_openapi::api::discovery::v1::EndpointCo
     }
 }
 
-fn slices_of<'a>(
-    snapshot: &'a Snapshot,
-    namespace: &'a str,
-    name: &'a str,
-) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-    snapshot
-        .endpoint_slices
-        .iter()
-        .filter(move |(k, s)| {
-            k.namespace.as_deref() == Some(namespace)
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|n| n == name)
-        })
-        .map(|(_, s)| s.as_ref())
+/// EndpointSlices by (namespace, Service name), from their `kubernetes.io/service-name` label.
+pub type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+pub fn slice_index(snapshot: &Snapshot) -> SliceIndex<'_> {
+    let mut index: SliceIndex<'_> = HashMap::new();
+    for (k, s) in snapshot.endpoint_slices.iter() {
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(ns), Some(svc)) = (k.namespace.as_deref(), service) {
+            index
+                .entry((ns, svc.as_str()))
+                .or_default()
+                .push(s.as_ref());
+        }
+    }
+    index
 }
 
 fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
@@ -273,6 +275,10 @@ fn pool_of<'a>(pools: &'a [ParsedPool], ip: &IpAddr) -> Option<&'a ParsedPool> {
 
 /// Runs the election for one Service.
 pub fn elect(inputs: &Inputs<'_>, svc: &Service) -> ServiceElection {
+    elect_indexed(inputs, &slice_index(inputs.snapshot), svc)
+}
+
+fn elect_indexed(inputs: &Inputs<'_>, slices: &SliceIndex<'_>, svc: &Service) -> ServiceElection {
     let namespace = svc
         .metadata
         .namespace
@@ -321,7 +327,11 @@ pub fn elect(inputs: &Inputs<'_>, svc: &Service) -> ServiceElection {
         e.verdict = Verdict::NoAdvertisement;
         return e;
     }
-    for slice in slices_of(inputs.snapshot, &namespace, &name) {
+    let own_slices = slices
+        .get(&(namespace.as_str(), name.as_str()))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for slice in own_slices {
         for ep in &slice.endpoints {
             if endpoint_can_serve(ep.conditions.as_ref()) {
                 e.serving_endpoints += 1;
@@ -400,11 +410,12 @@ pub fn elect(inputs: &Inputs<'_>, svc: &Service) -> ServiceElection {
 
 /// Runs the election for every Service of the snapshot (LoadBalancers with an address).
 pub fn elect_all(inputs: &Inputs<'_>) -> Vec<ServiceElection> {
+    let slices = slice_index(inputs.snapshot);
     inputs
         .snapshot
         .services
         .values()
-        .map(|svc| elect(inputs, svc))
+        .map(|svc| elect_indexed(inputs, &slices, svc))
         .filter(|e| !matches!(e.verdict, Verdict::NotLoadBalancer | Verdict::NoAddress))
         .collect()
 }

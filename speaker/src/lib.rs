@@ -5,8 +5,8 @@
 //! the Node Ready condition); [`announce::Layer2`] answers ARP ([`arp`]) and NDP ([`ndp`])
 //! on the node's interfaces for the addresses this node won; [`status`] writes
 //! ServiceL2Status objects and Events; [`explain`] tells why a node does or does not
-//! announce a Service. BGP mode is not implemented yet: it would sit beside
-//! [`announce::Layer2`] as `announce::Bgp`, fed by the same election inputs.
+//! announce a Service. BGP mode: [`bgp`] (planning, one session per BGPPeer,
+//! ServiceBGPStatus, `metallb_bgp_*` metrics, explain).
 
 pub mod announce;
 pub mod arp;

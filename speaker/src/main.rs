@@ -37,8 +37,8 @@ const METRICS_PORT: u16 = 7473;
 /// node.kubernetes.io/exclude-from-external-load-balancers and, for externalTrafficPolicy
 /// Local, that run a serving endpoint; they are ordered by sha256(node + "#" + address) and
 /// the first announces. The address is never added to an interface. On SIGTERM the speaker
-/// leaves the gossip first (another node takes over at once), keeps answering for
-/// --leave-grace, then stops.
+/// leaves the gossip first (another node takes over at once) and keeps answering each
+/// address until it sees the next node announce it (at most --leave-grace), then stops.
 ///
 /// Status: a ServiceL2Status per announced Service (in --namespace), a `nodeAssigned` Event on
 /// the Service when this node starts announcing it, metrics on --metrics-addr, and

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metalnet_config::model::core::Node;
-use metalnet_config::state::{ClusterState, Snapshot};
+use metalnet_config::state::{ClusterState, Kind, Snapshot};
 use metalnet_config::telemetry::Health;
 use metalnet_config::validate::valid_config;
 use tokio::signal::unix::{SignalKind, signal};
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL};
 use metalnet_speaker::bgp::Bgp;
-use metalnet_speaker::election::{self, Inputs, Interfaces};
+use metalnet_speaker::election::{self, Inputs, Interfaces, ServiceElection};
 use metalnet_speaker::members::{Gossip, GossipOptions, Seed};
 use metalnet_speaker::metrics::{AnnouncedLabels, Metrics};
 use metalnet_speaker::status::{Round, StatusWriter};
@@ -88,13 +88,15 @@ pub async fn run(
     let layer2 = Layer2::new(metrics.clone());
     layer2.rescan().context("listing network interfaces")?;
     let status = StatusWriter::start(state.clone(), opts.namespace.clone(), opts.node.clone());
-    // BGP mode (issue 6): needs no membership, so it runs before the gossip settles.
+    // BGP mode (issue 6): needs no membership, so it runs before the gossip settles; it
+    // replans on every change except status objects and events.
     let mut bgp = Bgp::start(
         state.clone(),
         opts.namespace.clone(),
         opts.node.clone(),
         metrics.clone(),
     );
+    let mut bgp_dirty = true;
     let mut sub = state.subscribe();
     let mut snapshot = state.snapshot();
     let mut gossip: Option<Gossip> = None;
@@ -105,6 +107,11 @@ pub async fn run(
     let mut settled = opts.gossip.is_none();
     let mut last_live: Option<BTreeSet<String>> = None;
     let mut last_problems: Vec<String> = Vec::new();
+    // Whether something the election depends on changed since the last reconcile (the
+    // status objects and events the speaker writes itself do not count).
+    let mut dirty = true;
+    let mut last_inputs: Option<BTreeSet<String>> = None;
+    let mut last_elections = Arc::new(Vec::new());
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     rescan.tick().await;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -180,27 +187,45 @@ pub async fn run(
                 settled = true;
             }
         }
-        if settled {
-            let problems = reconcile(&snapshot, &live, &opts, &layer2, &status, &metrics);
+        if settled && (dirty || last_inputs.as_ref() != Some(&live)) {
+            let (elections, problems) = reconcile(&snapshot, &live, &opts, &layer2, &metrics);
+            last_elections = Arc::new(elections);
             if problems != last_problems {
                 for p in &problems {
                     tracing::warn!(problem = %p, "configuration problem (the valid part is used)");
                 }
                 last_problems = problems;
             }
+            dirty = false;
+            last_inputs = Some(live.clone());
         }
-        // BGP mode; after the layer 2 reconcile, which resets metallb_speaker_announced.
-        bgp.reconcile(
-            &snapshot,
-            &valid_config(&snapshot).0,
-            opts.ignore_exclude_label,
-            &metrics,
-        );
+        if settled {
+            status.update(Round {
+                snapshot: snapshot.clone(),
+                elections: last_elections.clone(),
+            });
+        }
+        if bgp_dirty {
+            bgp.reconcile(
+                &snapshot,
+                &valid_config(&snapshot).0,
+                opts.ignore_exclude_label,
+                &metrics,
+            );
+            bgp_dirty = false;
+        }
         health.set_ready(settled);
 
         let settle_at = started + opts.settle;
         tokio::select! {
-            u = sub.next() => snapshot = u.snapshot,
+            u = sub.next() => {
+                dirty |= u
+                    .changed
+                    .iter()
+                    .any(|r| !matches!(r.kind, Kind::ServiceL2Status | Kind::ServiceBGPStatus | Kind::Event));
+                bgp_dirty |= metalnet_speaker::bgp::replan_needed(&u.changed);
+                snapshot = u.snapshot;
+            }
             r = async { live_rx.as_mut().expect("guarded").changed().await }, if live_rx.is_some() => {
                 if r.is_err() { live_rx = None; }
             }
@@ -242,15 +267,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Runs the election and applies it. Returns the configuration problems, for logging.
+/// Runs the election and applies it. Returns the elections and the configuration problems.
 fn reconcile(
     snapshot: &Arc<Snapshot>,
     live: &BTreeSet<String>,
     opts: &Options,
     layer2: &Layer2,
-    status: &StatusWriter,
     metrics: &Metrics,
-) -> Vec<String> {
+) -> (Vec<ServiceElection>, Vec<String>) {
     let (config, problems) = valid_config(snapshot);
     let nodes = election::nodes(snapshot);
     let elections = election::elect_all(&Inputs {
@@ -286,13 +310,10 @@ fn reconcile(
         }
     }
     layer2.set(mine);
-    status.update(Round {
-        snapshot: snapshot.clone(),
-        elections: Arc::new(elections),
-    });
-    problems
+    let problems = problems
         .iter()
         .filter(|p| p.is_error())
         .map(|p| p.to_string())
-        .collect()
+        .collect();
+    (elections, problems)
 }

@@ -4,7 +4,7 @@
 //! The plan is pure ([`plan`]); [`StatusWriter`] applies it in its own task so slow writes
 //! never hold up answering ARP or taking over addresses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use metalnet_config::model::ServiceL2Status;
@@ -158,6 +158,9 @@ async fn write_loop(
 ) {
     // Services this node announced at the last round, for the nodeAssigned Event.
     let mut announcing: BTreeSet<(String, String)> = BTreeSet::new();
+    // What this writer last wrote (None: deleted), so a snapshot that lags behind our own
+    // writes does not make us write the same thing again.
+    let mut written: HashMap<ObjectRef, Option<Value>> = HashMap::new();
     while rx.changed().await.is_ok() {
         let Some(round) = rx.borrow_and_update().clone() else {
             continue;
@@ -183,13 +186,25 @@ async fn write_loop(
         announcing = now;
         let plan = plan(&round.snapshot, &namespace, &node, &round.elections);
         for (r, value) in plan.apply {
-            if let Err(e) = state.apply(&r, value).await {
-                tracing::warn!(object = %r, error = %e, "writing status failed");
+            if written.get(&r) == Some(&Some(value.clone())) {
+                continue;
+            }
+            match state.apply(&r, value.clone()).await {
+                Ok(()) => {
+                    written.insert(r, Some(value));
+                }
+                Err(e) => tracing::warn!(object = %r, error = %e, "writing status failed"),
             }
         }
         for r in plan.delete {
-            if let Err(e) = state.delete(&r).await {
-                tracing::warn!(object = %r, error = %e, "deleting status failed");
+            if written.get(&r) == Some(&None) {
+                continue;
+            }
+            match state.delete(&r).await {
+                Ok(()) => {
+                    written.insert(r, None);
+                }
+                Err(e) => tracing::warn!(object = %r, error = %e, "deleting status failed"),
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The metalnet lab: test machinery shared by the end-to-end tests.
 
 pub mod apiserver;
+pub mod backends;
 pub mod bins;
 pub mod lab;
 

@@ -5,40 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, Snapshot, Source};
+use metalnet_config::state::{ClusterState, Kind, ObjectRef, Snapshot};
 use metalnet_config::telemetry::Health;
 use metalnet_controller::metrics::Metrics;
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::run;
-use metalnet_lab::apiserver::ApiServer;
+use metalnet_lab::backends::{DirHarness, Harness, KubeHarness};
 use serde_json::Value;
 
 /// Bound on every test.
 const LIMIT: Duration = Duration::from_secs(60);
 /// Bound on one awaited change.
 const STEP: Duration = Duration::from_secs(15);
-
-/// One backend with a way to play the user writing objects.
-trait Harness {
-    async fn put(&self, yaml: &str);
-    async fn delete(&self, obj: &ObjectRef);
-    async fn open(&self) -> ClusterState;
-    /// (reason, message) of the Events about `regarding`.
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<(String, String)>;
-}
-
-fn object_ref(value: &Value) -> ObjectRef {
-    let kind = Kind::from_manifest(
-        value["apiVersion"].as_str().unwrap_or_default(),
-        value["kind"].as_str().unwrap_or_default(),
-    )
-    .expect("a kind the suite knows");
-    ObjectRef::new(
-        kind,
-        value["metadata"]["namespace"].as_str(),
-        value["metadata"]["name"].as_str().expect("a name"),
-    )
-}
 
 fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<(String, String)> {
     events
@@ -48,104 +26,6 @@ fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<(String, String)> {
             (s("reason"), s("message"))
         })
         .collect()
-}
-
-struct DirHarness {
-    dir: tempfile::TempDir,
-}
-
-impl DirHarness {
-    fn new() -> Self {
-        DirHarness {
-            dir: tempfile::tempdir().expect("a temporary directory"),
-        }
-    }
-
-    fn file_of(&self, obj: &ObjectRef) -> std::path::PathBuf {
-        let ns = obj.namespace.as_deref().unwrap_or("_cluster");
-        self.dir
-            .path()
-            .join(format!("{}-{ns}-{}.yaml", obj.kind, obj.name))
-    }
-}
-
-impl Harness for DirHarness {
-    async fn put(&self, yaml: &str) {
-        let value: Value = serde_saphyr::from_str(yaml).expect("test YAML parses");
-        let path = self.file_of(&object_ref(&value));
-        let tmp = self.dir.path().join(".incoming.tmp");
-        std::fs::write(&tmp, yaml).expect("writing a manifest");
-        std::fs::rename(&tmp, &path).expect("renaming a manifest");
-    }
-
-    async fn delete(&self, obj: &ObjectRef) {
-        std::fs::remove_file(self.file_of(obj)).expect("removing a manifest");
-    }
-
-    async fn open(&self) -> ClusterState {
-        ClusterState::start(Source::Dir(self.dir.path().into()), run::KINDS)
-            .await
-            .expect("starting on the state directory")
-    }
-
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<(String, String)> {
-        summarize(metalnet_config::state::dir::list_events(
-            self.dir.path(),
-            regarding,
-        ))
-    }
-}
-
-struct KubeHarness {
-    server: ApiServer,
-}
-
-impl KubeHarness {
-    async fn new() -> Self {
-        KubeHarness {
-            server: ApiServer::start().await.expect("starting the API stand-in"),
-        }
-    }
-}
-
-impl Harness for KubeHarness {
-    async fn put(&self, yaml: &str) {
-        let value: Value = serde_saphyr::from_str(yaml).expect("test YAML parses");
-        let obj = object_ref(&value);
-        // Like `kubectl apply`: the user's write leaves the status alone.
-        let mut value = value;
-        if let Some(current) = self
-            .server
-            .get(obj.kind, obj.namespace.as_deref(), &obj.name)
-            && let Some(status) = current.get("status")
-        {
-            value["status"] = status.clone();
-        }
-        self.server.put(value).expect("storing a user object");
-    }
-
-    async fn delete(&self, obj: &ObjectRef) {
-        assert!(
-            self.server
-                .delete(obj.kind, obj.namespace.as_deref(), &obj.name),
-            "{obj} existed"
-        );
-    }
-
-    async fn open(&self) -> ClusterState {
-        ClusterState::start(Source::Kube(self.server.client()), run::KINDS)
-            .await
-            .expect("starting on the API stand-in")
-    }
-
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<(String, String)> {
-        summarize(
-            self.server
-                .list(Kind::Event)
-                .into_iter()
-                .filter(|e| metalnet_config::state::dir::event_is_about(e, regarding)),
-        )
-    }
 }
 
 // ---- objects ------------------------------------------------------------------------------
@@ -219,7 +99,7 @@ struct Running {
 
 impl Running {
     async fn start(h: &impl Harness, opts: Options) -> Running {
-        let state = Arc::new(h.open().await);
+        let state = Arc::new(h.open(&run::KINDS).await);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let health = Health::default();
         let task = {
@@ -288,7 +168,7 @@ async fn allocates_and_follows_changes(h: impl Harness) {
         ingress(s, "db") == ["192.0.2.1"]
     })
     .await;
-    let events = h.events_for(&svc_ref("db")).await;
+    let events = summarize(h.events(&svc_ref("db")).await);
     assert!(
         events
             .iter()
@@ -306,7 +186,7 @@ async fn restart_changes_nothing(h: impl Harness) {
     }
     h.put(&service("fixed", "  loadBalancerIP: 192.0.2.5\n"))
         .await;
-    let state = h.open().await;
+    let state = h.open(&run::KINDS).await;
     let first = run::reconcile_once(&state, &Options::default())
         .await
         .expect("first run");
@@ -317,7 +197,7 @@ async fn restart_changes_nothing(h: impl Harness) {
     .await;
     drop(state);
     // A new Service that would take a lower address if the others were not adopted first.
-    let state = h.open().await;
+    let state = h.open(&run::KINDS).await;
     let again = run::reconcile_once(&state, &Options::default())
         .await
         .expect("second run");
@@ -346,7 +226,7 @@ async fn pool_shrink_frees_only_affected(h: impl Harness) {
     })
     .await;
     assert_eq!(ingress(&c.state.snapshot(), "keep"), ["192.0.2.1"]);
-    let events = h.events_for(&svc_ref("lose")).await;
+    let events = summarize(h.events(&svc_ref("lose")).await);
     assert!(
         events.iter().any(|(r, m)| r == "ClearAssignment"
             && m.contains("192.0.2.3")
@@ -357,7 +237,7 @@ async fn pool_shrink_frees_only_affected(h: impl Harness) {
         events.iter().any(|(r, _)| r == "AllocationFailed"),
         "{events:?}"
     );
-    let keep_events = h.events_for(&svc_ref("keep")).await;
+    let keep_events = summarize(h.events(&svc_ref("keep")).await);
     assert!(
         !keep_events.iter().any(|(r, _)| r == "ClearAssignment"),
         "{keep_events:?}"
@@ -376,7 +256,7 @@ async fn invalid_pools_take_nothing_away(h: impl Harness) {
         ingress(s, "web") == ["192.0.2.0"]
     })
     .await;
-    let broken = h.events_for(&pool_ref("broken")).await;
+    let broken = summarize(h.events(&pool_ref("broken")).await);
     assert!(
         broken
             .iter()
@@ -392,7 +272,7 @@ async fn invalid_pools_take_nothing_away(h: impl Harness) {
     })
     .await;
     assert_eq!(ingress(&c.state.snapshot(), "web"), ["192.0.2.0"]);
-    let good = h.events_for(&pool_ref("good")).await;
+    let good = summarize(h.events(&pool_ref("good")).await);
     assert!(
         good.iter().any(|(r, m)| r == "InvalidConfiguration"
             && m.contains("spec.addresses[1]")
@@ -445,7 +325,7 @@ async fn other_classes_untouched(h: impl Harness) {
         "  loadBalancerClass: example.com/other\n",
     ))
     .await;
-    let state = h.open().await;
+    let state = h.open(&run::KINDS).await;
     run::reconcile_once(&state, &Options::default())
         .await
         .expect("default class");
@@ -456,10 +336,10 @@ async fn other_classes_untouched(h: impl Harness) {
     let snap = state.snapshot();
     assert!(ingress(&snap, "classed").is_empty());
     assert!(pool_annotation(&snap, "classed").is_none());
-    assert!(h.events_for(&svc_ref("classed")).await.is_empty());
+    assert!(summarize(h.events(&svc_ref("classed")).await).is_empty());
     drop(state);
 
-    let state = h.open().await;
+    let state = h.open(&run::KINDS).await;
     let opts = Options {
         lb_class: Some("example.com/other".into()),
         ..Default::default()

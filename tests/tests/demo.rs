@@ -42,6 +42,10 @@ fn demo_comes_up_assigns_an_address_and_tears_down() {
         stdout.contains("Service demo/web got 192.0.2.200"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("pods: pod1 203.0.113.2 / 2001:db8:100:1::2"),
+        "{stdout}"
+    );
     assert!(stdout.contains("demo check passed"), "{stdout}");
     // The lab's namespaces are gone (the prefix is printed in the teardown line).
     let prefix = stdout

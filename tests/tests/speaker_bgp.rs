@@ -533,6 +533,7 @@ fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
     let state = tempfile::tempdir().unwrap();
     let bird = Bird::start(&demo.router, demo.router_bird_config()).unwrap();
     bins::binary("metalnet-controller").unwrap();
+    bins::binary("metalnet-vxlan").unwrap();
     let speaker = bins::binary("metalnet-speaker").unwrap();
     let bin_dir = speaker.parent().unwrap();
     // The Service's pods: one ready endpoint per node (the demo has no kubelet).
@@ -554,7 +555,7 @@ fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
         ),
     )
     .unwrap();
-    let _components = components::start(&demo, state.path(), bin_dir).unwrap();
+    let components = components::start(&lab, &demo, state.path(), bin_dir).unwrap();
     let _speakers = components::start_speakers(&demo, state.path(), bin_dir).unwrap();
     let ips = components::wait_service_ingress(state.path(), "demo", "web", STEP).unwrap();
     let ip = &ips[0];
@@ -583,6 +584,7 @@ fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
         });
     }
     demo.remote.wait_ping(ip, STEP).unwrap();
+    components.stop();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -849,7 +851,10 @@ fn bench_announce_10000_routes_to_bird_vs_gobgp() {
         latencies[latencies.len() - 1]
     );
     let log = speaker.logs();
-    let reconciles: Vec<&str> = log.lines().filter(|l| l.contains("BGP reconcile")).collect();
+    let reconciles: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("BGP reconcile"))
+        .collect();
     eprintln!(
         "BENCH last BGP reconcile rounds:\n{}",
         reconciles[reconciles.len().saturating_sub(12)..].join("\n")

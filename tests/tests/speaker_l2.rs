@@ -267,6 +267,23 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     // Nobody answers an address no Service has.
     assert!(arping(&site.demo.client, "eth0", "192.0.2.230", 1).is_empty());
 
+    // A malformed ARP frame (IPv6-sized protocol addresses) is dropped and counted by every
+    // speaker on the segment.
+    let client_mac = site.demo.client.mac("eth0").unwrap().replace(':', "");
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0)); \
+         s.send(bytes.fromhex('ffffffffffff{client_mac}0806' + '0001 86dd 06 10 0001'.replace(' ', '') + '00' * 40))"
+    );
+    site.demo
+        .client
+        .exec_ok(&["python3", "-c", &script])
+        .unwrap();
+    wait_for("the malformed frame to be counted", STEP, || {
+        site.metrics("node3")
+            .contains("metalnet_layer2_malformed_frames_total{interface=\"eth0\"} 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
+
     // Status: a ServiceL2Status by the winner, an Event, metrics, explain.
     let w = winner(&NODES, ip_a);
     wait_for("ServiceL2Status for web", STEP, || {
@@ -276,7 +293,9 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     let events = events_of(site.state_dir(), "web");
     assert!(
         events.contains("reason: nodeAssigned")
-            && events.contains(&format!("announcing from node \"{w}\" with protocol \"layer2\"")),
+            && events.contains(&format!(
+                "announcing from node \"{w}\" with protocol \"layer2\""
+            )),
         "{events}"
     );
     let m = site.metrics(&w);
@@ -638,4 +657,41 @@ fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[test]
+fn without_gossip_the_node_ready_condition_decides() {
+    let ip = "192.0.2.200";
+    let objects = format!(
+        "{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{}"),
+        service_yaml("web", ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_no_gossip", &objects, &[]);
+    let _speakers = site.start_all(&["--gossip", "off"]);
+    let first = winner(&NODES, ip);
+    assert_eq!(
+        wait_answered(&site, "eth0", ip),
+        vec![site.mac(&first); 3],
+        "{}",
+        logs(&site)
+    );
+    // The winner's Node turns NotReady: every speaker moves the address to the next node.
+    let cluster = site.state_dir().join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    let index = NODES.iter().position(|n| *n == first).unwrap();
+    let marker = format!(
+        "address: 192.0.2.{}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]",
+        11 + index
+    );
+    assert!(text.contains(&marker), "{text}");
+    let not_ready = marker.replace("\"True\"", "\"False\"");
+    std::fs::write(&cluster, text.replace(&marker, &not_ready)).unwrap();
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
+    let second = winner(&rest, ip);
+    wait_for("the address to move", STEP, || {
+        arping(&site.demo.client, "eth0", ip, 1) == vec![site.mac(&second)]
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
 }

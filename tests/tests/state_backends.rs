@@ -4,14 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use metalnet_config::state::{
     ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
     Subscription,
 };
-use metalnet_lab::apiserver::ApiServer;
+use metalnet_lab::backends::{DirHarness, Harness, KubeHarness};
 use serde_json::{Value, json};
 
 /// Bound on every test.
@@ -21,30 +20,6 @@ const STEP: Duration = Duration::from_secs(10);
 
 /// An event as the scenarios compare them: type, reason, message, count.
 type EventSummary = (String, String, String, u64);
-
-/// One backend with a way to play the user (or another controller) writing objects.
-trait Harness {
-    /// Creates or replaces a user object from one YAML document.
-    async fn put_user_object(&self, yaml: &str);
-    async fn delete_user_object(&self, obj: &ObjectRef);
-    /// A new `ClusterState` over every kind.
-    async fn open(&self) -> ClusterState;
-    /// Events recorded about `regarding`, sorted.
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<EventSummary>;
-}
-
-fn object_ref(value: &Value) -> ObjectRef {
-    let kind = Kind::from_manifest(
-        value["apiVersion"].as_str().unwrap_or_default(),
-        value["kind"].as_str().unwrap_or_default(),
-    )
-    .expect("a kind the suite knows");
-    ObjectRef::new(
-        kind,
-        value["metadata"]["namespace"].as_str(),
-        value["metadata"]["name"].as_str().expect("a name"),
-    )
-}
 
 fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<EventSummary> {
     let mut v: Vec<EventSummary> = events
@@ -60,96 +35,6 @@ fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<EventSummary> {
         .collect();
     v.sort();
     v
-}
-
-/// The state directory backend: user objects are files in a temporary directory.
-struct DirHarness {
-    dir: tempfile::TempDir,
-}
-
-impl DirHarness {
-    fn new() -> Self {
-        DirHarness {
-            dir: tempfile::tempdir().expect("a temporary directory"),
-        }
-    }
-
-    fn file_of(&self, obj: &ObjectRef) -> PathBuf {
-        let ns = obj.namespace.as_deref().unwrap_or("_cluster");
-        self.dir
-            .path()
-            .join(format!("{}-{ns}-{}.yaml", obj.kind, obj.name))
-    }
-}
-
-impl Harness for DirHarness {
-    async fn put_user_object(&self, yaml: &str) {
-        let value: Value = serde_saphyr::from_str(yaml).expect("test YAML parses");
-        let path = self.file_of(&object_ref(&value));
-        // Written beside and renamed, as an editor would, so no half file is ever read.
-        let tmp = self.dir.path().join(".incoming.tmp");
-        std::fs::write(&tmp, yaml).expect("writing a manifest");
-        std::fs::rename(&tmp, &path).expect("renaming a manifest");
-    }
-
-    async fn delete_user_object(&self, obj: &ObjectRef) {
-        std::fs::remove_file(self.file_of(obj)).expect("removing a manifest");
-    }
-
-    async fn open(&self) -> ClusterState {
-        ClusterState::start(Source::Dir(self.dir.path().into()), Kind::ALL)
-            .await
-            .expect("starting on the state directory")
-    }
-
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<EventSummary> {
-        summarize(metalnet_config::state::dir::list_events(
-            self.dir.path(),
-            regarding,
-        ))
-    }
-}
-
-/// The Kubernetes backend against the API stand-in.
-struct KubeHarness {
-    server: ApiServer,
-}
-
-impl KubeHarness {
-    async fn new() -> Self {
-        KubeHarness {
-            server: ApiServer::start().await.expect("starting the API stand-in"),
-        }
-    }
-}
-
-impl Harness for KubeHarness {
-    async fn put_user_object(&self, yaml: &str) {
-        self.server.apply_yaml(yaml).expect("storing a user object");
-    }
-
-    async fn delete_user_object(&self, obj: &ObjectRef) {
-        assert!(
-            self.server
-                .delete(obj.kind, obj.namespace.as_deref(), &obj.name),
-            "{obj} existed"
-        );
-    }
-
-    async fn open(&self) -> ClusterState {
-        ClusterState::start(Source::Kube(self.server.client()), Kind::ALL)
-            .await
-            .expect("starting on the API stand-in")
-    }
-
-    async fn events_for(&self, regarding: &ObjectRef) -> Vec<EventSummary> {
-        summarize(self.server.list(Kind::Event).into_iter().filter(|e| {
-            let inv = &e["involvedObject"];
-            inv["kind"] == regarding.kind.name()
-                && inv["name"] == regarding.name.as_str()
-                && inv["namespace"].as_str() == regarding.namespace.as_deref()
-        }))
-    }
 }
 
 const SERVICE: &str = "\
@@ -245,10 +130,10 @@ fn ingress_ips(snap: &Snapshot, obj: &ObjectRef) -> Vec<String> {
 // ---- the scenarios -----------------------------------------------------------------------
 
 async fn initial_load(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
-    h.put_user_object(POOL).await;
-    h.put_user_object(NODE).await;
-    let state = h.open().await;
+    h.put(SERVICE).await;
+    h.put(POOL).await;
+    h.put(NODE).await;
+    let state = h.open(&Kind::ALL).await;
     let snap = state.snapshot();
     assert!(snap.services.contains_key(&service_ref().key()));
     let pool = snap
@@ -261,26 +146,24 @@ async fn initial_load(h: impl Harness) {
 }
 
 async fn subscriber_sees_exact_changes(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
-    h.put_user_object(POOL).await;
-    h.put_user_object(NODE).await;
-    let state = h.open().await;
+    h.put(SERVICE).await;
+    h.put(POOL).await;
+    h.put(NODE).await;
+    let state = h.open(&Kind::ALL).await;
     let mut sub = state.subscribe();
     assert_eq!(
         next_changed(&mut sub, "the initial update").await,
         BTreeSet::from([service_ref(), pool_ref("pool-a"), node_ref()])
     );
 
-    h.put_user_object(&pool_yaml("pool-b", "198.51.100.0/28"))
-        .await;
+    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
     assert_eq!(
         next_changed(&mut sub, "an added pool").await,
         BTreeSet::from([pool_ref("pool-b")])
     );
     assert_eq!(state.snapshot().ip_address_pools.len(), 2);
 
-    h.put_user_object(&pool_yaml("pool-a", "203.0.113.0/28"))
-        .await;
+    h.put(&pool_yaml("pool-a", "203.0.113.0/28")).await;
     assert_eq!(
         next_changed(&mut sub, "a modified pool").await,
         BTreeSet::from([pool_ref("pool-a")])
@@ -293,7 +176,7 @@ async fn subscriber_sees_exact_changes(h: impl Harness) {
         ["203.0.113.0/28"]
     );
 
-    h.delete_user_object(&node_ref()).await;
+    h.delete(&node_ref()).await;
     assert_eq!(
         next_changed(&mut sub, "a deleted node").await,
         BTreeSet::from([node_ref()])
@@ -302,10 +185,10 @@ async fn subscriber_sees_exact_changes(h: impl Harness) {
 }
 
 async fn patch_status_persists(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
+    h.put(SERVICE).await;
     let svc = service_ref();
     {
-        let state = h.open().await;
+        let state = h.open(&Kind::ALL).await;
         state
             .patch_status(
                 &svc,
@@ -326,14 +209,14 @@ async fn patch_status_persists(h: impl Harness) {
             "the spec is kept"
         );
     }
-    let reopened = h.open().await;
+    let reopened = h.open(&Kind::ALL).await;
     assert_eq!(ingress_ips(&reopened.snapshot(), &svc), ["192.0.2.10"]);
 }
 
 async fn patch_metadata_sets_and_removes(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
+    h.put(SERVICE).await;
     let svc = service_ref();
-    let state = h.open().await;
+    let state = h.open(&Kind::ALL).await;
     let annotation = |s: &Snapshot| {
         s.services[&svc.key()]
             .metadata
@@ -361,8 +244,8 @@ async fn patch_metadata_sets_and_removes(h: impl Harness) {
 }
 
 async fn apply_and_delete_owned_object(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
-    let state = h.open().await;
+    h.put(SERVICE).await;
+    let state = h.open(&Kind::ALL).await;
     let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("shop"), "l2-web-node1");
     let value = |node: &str| {
         json!({
@@ -414,9 +297,9 @@ async fn apply_and_delete_owned_object(h: impl Harness) {
 }
 
 async fn record_event_counts_repeats(h: impl Harness) {
-    h.put_user_object(SERVICE).await;
+    h.put(SERVICE).await;
     let svc = service_ref();
-    let state = h.open().await;
+    let state = h.open(&Kind::ALL).await;
     let allocated = EventRecord {
         type_: EventType::Normal,
         reason: "IPAllocated".into(),
@@ -433,7 +316,7 @@ async fn record_event_counts_repeats(h: impl Harness) {
         state.record_event(&svc, e).await.expect("recording");
     }
     assert_eq!(
-        h.events_for(&svc).await,
+        summarize(h.events(&svc).await),
         [
             (
                 "Normal".into(),
@@ -457,8 +340,8 @@ async fn record_event_counts_repeats(h: impl Harness) {
 }
 
 async fn invalid_pool_is_reported_not_fatal(h: impl Harness) {
-    h.put_user_object(POOL).await;
-    h.put_user_object(
+    h.put(POOL).await;
+    h.put(
         "\
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
@@ -470,7 +353,7 @@ spec:
 ",
     )
     .await;
-    let state = h.open().await;
+    let state = h.open(&Kind::ALL).await;
     let snap = state.snapshot();
     assert!(
         snap.ip_address_pools
@@ -491,17 +374,16 @@ spec:
 /// Kubernetes only: after the watch history is compacted, the watchers get 410 Gone, relist,
 /// and report exactly what changed meanwhile: nothing lost, nothing repeated.
 async fn relist_after_410(h: KubeHarness) {
-    h.put_user_object(SERVICE).await;
-    h.put_user_object(POOL).await;
-    h.put_user_object(NODE).await;
-    let state = h.open().await;
+    h.put(SERVICE).await;
+    h.put(POOL).await;
+    h.put(NODE).await;
+    let state = h.open(&Kind::ALL).await;
     let mut sub = state.subscribe();
     next_changed(&mut sub, "the initial update").await;
 
     h.server.compact();
-    h.put_user_object(&pool_yaml("pool-b", "198.51.100.0/28"))
-        .await;
-    h.delete_user_object(&service_ref()).await;
+    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
+    h.delete(&service_ref()).await;
 
     let want = BTreeSet::from([pool_ref("pool-b"), service_ref()]);
     let seen = changes_until(&mut sub, &want, "the changes made across the relist").await;
@@ -535,8 +417,7 @@ async fn relist_after_410(h: KubeHarness) {
     assert_eq!(snap.nodes.len(), 1);
 
     // The watches are live again.
-    h.put_user_object(&pool_yaml("pool-c", "203.0.113.0/28"))
-        .await;
+    h.put(&pool_yaml("pool-c", "203.0.113.0/28")).await;
     assert_eq!(
         next_changed(&mut sub, "a change after the relist").await,
         BTreeSet::from([pool_ref("pool-c")])
@@ -565,15 +446,14 @@ async fn missing_resource_names_it(h: KubeHarness) {
 
 /// Kubernetes only: dropping the state stops its watchers (no more requests).
 async fn drop_stops_watchers(h: KubeHarness) {
-    h.put_user_object(POOL).await;
-    let state = h.open().await;
+    h.put(POOL).await;
+    let state = h.open(&Kind::ALL).await;
     drop(state);
     // Give aborted tasks a moment, then nothing may come back even when provoked.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = h.server.requests().len();
     h.server.compact();
-    h.put_user_object(&pool_yaml("pool-b", "198.51.100.0/28"))
-        .await;
+    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = h.server.requests();
     assert_eq!(

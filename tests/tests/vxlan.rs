@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use metalnet_lab::lab::pods::{self, Pod};
 use metalnet_lab::lab::{Host, Lab, Process, Switch, wait_for};
 
 const NETCONF_DUAL: &str = r#"{"Network":"198.51.100.0/24","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"2001:db8:100::/56","Backend":{"Type":"vxlan"}}"#;
@@ -85,12 +86,6 @@ struct Node {
     cidr6: String,
     agent: Option<Process>,
     pods: Vec<Pod>,
-}
-
-struct Pod {
-    host: Host,
-    v4: Option<String>,
-    v6: Option<String>,
 }
 
 struct Cluster {
@@ -195,12 +190,7 @@ impl Cluster {
         wait_for(&format!("{}", path.display()), T, || path.exists()).unwrap_or_else(|e| {
             panic!("{e}\n{}", self.logs(i));
         });
-        std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pods::read_subnet_env(&path).unwrap()
     }
 
     fn logs(&self, i: usize) -> String {
@@ -215,48 +205,10 @@ impl Cluster {
     /// would configure them from subnet.env.
     fn add_pod(&mut self, i: usize) {
         let env = self.wait_subnet_env(i);
-        let k = self.nodes[i].pods.len();
-        let node = &self.nodes[i];
-        let pod = self.lab.host(&format!("{}p{k}", node.name)).unwrap();
-        let net = |key: &str| -> Option<String> {
-            env.get(key).map(|v| {
-                let n: ipnet::IpNet = v.parse().unwrap();
-                n.trunc().to_string()
-            })
-        };
-        let mut ranges = Vec::new();
-        let mut routes = Vec::new();
-        if let (Some(s), Some(n)) = (net("FLANNEL_SUBNET"), net("FLANNEL_NETWORK")) {
-            ranges.push(serde_json::json!([{"subnet": s}]));
-            routes.push(serde_json::json!({"dst": n}));
-        }
-        if let (Some(s), Some(n)) = (net("FLANNEL_IPV6_SUBNET"), net("FLANNEL_IPV6_NETWORK")) {
-            ranges.push(serde_json::json!([{"subnet": s}]));
-            routes.push(serde_json::json!({"dst": n}));
-        }
-        let mtu: u32 = env["FLANNEL_MTU"].parse().unwrap();
-        let ipmasq = env["FLANNEL_IPMASQ"] == "true";
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cni0",
-            "mtu": mtu, "ipMasq": !ipmasq, "isGateway": true, "hairpinMode": true,
-            "ipam": {"type": "host-local",
-                     "dataDir": node.host.dir().join("ipam").display().to_string(),
-                     "ranges": ranges, "routes": routes}
-        });
-        let out = cni(&node.host, "ADD", pod.netns(), &conf.to_string());
-        let result: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("CNI result {out:?}: {e}"));
-        let mut v4 = None;
-        let mut v6 = None;
-        for ip in result["ips"].as_array().unwrap() {
-            let a: ipnet::IpNet = ip["address"].as_str().unwrap().parse().unwrap();
-            if a.addr().is_ipv4() {
-                v4 = Some(a.addr().to_string());
-            } else {
-                v6 = Some(a.addr().to_string());
-            }
-        }
-        self.nodes[i].pods.push(Pod { host: pod, v4, v6 });
+        let name = format!("{}p{}", self.nodes[i].name, self.nodes[i].pods.len());
+        let pod = pods::attach_pod(&self.lab, &self.nodes[i].host, &name, &env)
+            .unwrap_or_else(|e| panic!("attaching {name}: {e}"));
+        self.nodes[i].pods.push(pod);
     }
 
     fn all_pods(&self) -> Vec<&Pod> {
@@ -279,36 +231,6 @@ impl Cluster {
             }
         }
     }
-}
-
-fn cni(node: &Host, command: &str, pod_netns: &str, conf: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node.netns(), "/usr/lib/cni/bridge"])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", pod_netns)
-        .env("CNI_NETNS", format!("/run/netns/{pod_netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running the bridge CNI plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "CNI {command}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `ip ...` inside a host, stdout.

@@ -44,6 +44,19 @@ pub fn internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
         .find(|a| a.is_ipv4() == v4)
 }
 
+/// Whether a change can alter the BGP plan (our own status writes and events cannot).
+pub fn replan_needed(
+    changed: &std::collections::BTreeSet<metalnet_config::state::ObjectRef>,
+) -> bool {
+    use metalnet_config::state::Kind;
+    changed.iter().any(|r| {
+        !matches!(
+            r.kind,
+            Kind::ServiceL2Status | Kind::ServiceBGPStatus | Kind::Event
+        )
+    })
+}
+
 /// The Services last planned, for the metrics refresher (`None`: unchanged since taken).
 type Published = Arc<Mutex<Option<Arc<Vec<ServiceBgp>>>>>;
 

@@ -121,8 +121,25 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         .wait_ping(&lab::demo::node_v4(0), Duration::from_secs(5))
         .context("remote client cannot reach node1 through the router")?;
     let bin_dir = components::bin_dir(bin_dir)?;
-    let running = components::start(&site, state_dir, &bin_dir)
+    let running = components::start(&lab, &site, state_dir, &bin_dir)
         .context("starting the metalnet components")?;
+    // Pods on different nodes talk over the overlay (IPv4 and IPv6).
+    let (first, last) = (&running.pods[0], &running.pods[running.pods.len() - 1]);
+    for dst in [last.v4.as_deref(), last.v6.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        first
+            .host
+            .wait_ping(dst, Duration::from_secs(10))
+            .with_context(|| {
+                format!(
+                    "{} cannot reach {dst} over the overlay; metalnet-vxlan on node1:\n{}",
+                    first.host.name(),
+                    running.vxlan[0].logs()
+                )
+            })?;
+    }
     let ips = components::wait_service_ingress(state_dir, "demo", "web", Duration::from_secs(20))
         .with_context(|| {
         format!(
@@ -150,7 +167,32 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
             "  metalnet-controller   ns {ctl_ns}; Service demo/web got {}",
             ips.join(", ")
         ),
+        format!(
+            "  metalnet-vxlan        on every node; pods: {}",
+            running
+                .pods
+                .iter()
+                .map(|p| format!(
+                    "{} {}",
+                    p.host.name(),
+                    [p.v4.as_deref(), p.v6.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         "\nTry:".to_string(),
+        format!(
+            "  ip netns exec {} ping -c3 {}      # pod1 -> pod3 across nodes over VXLAN",
+            first.host.netns(),
+            last.v4.as_deref().unwrap_or("?")
+        ),
+        format!(
+            "  ip netns exec {ctl_ns} ip -d link show flannel.1; ip netns exec {ctl_ns} bridge fdb show dev flannel.1"
+        ),
         format!("  {bin}/metalnet-controller --state-dir {dir} explain demo/web"),
         format!("  cat {dir}/status/patches/Service/demo/web.yaml     # what the controller wrote"),
         format!(
@@ -176,7 +218,7 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         let sig = wait_for_termination(&signals);
         println!("\nsignal {sig} received, tearing down lab {}", lab.prefix());
     }
-    running.controller.stop();
+    running.stop();
     bird.stop();
     drop(lab);
     println!("done");

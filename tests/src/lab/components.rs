@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::demo::{DemoSite, node_v4, node_v6};
-use super::{LabError, Process, Result, io_err};
+use super::pods::{self, Pod};
+use super::{Lab, LabError, Process, Result, io_err};
 
 const DEMO_MANIFESTS: &str = r#"# The demo's cluster state: edit this file (or add others) and watch metalnet react.
 apiVersion: metallb.io/v1beta1
@@ -33,6 +34,18 @@ spec:
   selector: {app: web}
 "#;
 
+/// Flannel's net-conf.json for the demo's pod network (documentation ranges).
+pub const DEMO_NET_CONF: &str = r#"{"Network": "203.0.113.0/24", "SubnetLen": 26, "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "IPv6SubnetLen": 64, "Backend": {"Type": "vxlan"}}"#;
+
+/// Node `index`'s pod subnet (its `spec.podCIDR`).
+pub fn pod_cidr_v4(index: usize) -> String {
+    format!("203.0.113.{}/26", index * 64)
+}
+
+pub fn pod_cidr_v6(index: usize) -> String {
+    format!("2001:db8:100:{}::/64", index + 1)
+}
+
 /// The manifests the demo starts from: a pool on the site segment, an L2Advertisement, the
 /// three Nodes, and one LoadBalancer Service. Plain YAML a user could `kubectl apply`.
 pub fn demo_manifests(site: &DemoSite) -> String {
@@ -45,6 +58,11 @@ pub fn demo_manifests(site: &DemoSite) -> String {
             format!(
                 "metadata: {{name: {0}, labels: {{kubernetes.io/hostname: {0}}}}}",
                 node.name()
+            ),
+            format!(
+                "spec: {{podCIDR: \"{0}\", podCIDRs: [\"{0}\", \"{1}\"]}}",
+                pod_cidr_v4(i),
+                pod_cidr_v6(i)
             ),
             "status:".into(),
             "  addresses:".into(),
@@ -85,11 +103,26 @@ fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
 /// The running components of the demo.
 pub struct Components {
     pub controller: Process,
+    /// One overlay agent per node.
+    pub vxlan: Vec<Process>,
+    /// One pod per node, attached by the real bridge CNI plugin from the agent's subnet.env.
+    pub pods: Vec<Pod>,
 }
 
-/// Writes the demo manifests into `state_dir` and starts the controller (on node1, as a
-/// Deployment's single replica would run somewhere in the cluster).
-pub fn start(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Components> {
+impl Components {
+    /// Stops every daemon (SIGTERM, then SIGKILL).
+    pub fn stop(&self) {
+        self.controller.stop();
+        for p in &self.vxlan {
+            p.stop();
+        }
+    }
+}
+
+/// Writes the demo manifests into `state_dir`, starts the controller (on node1, as a
+/// Deployment's single replica would run somewhere in the cluster) and an overlay agent on
+/// every node, and attaches one pod per node.
+pub fn start(lab: &Lab, site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Components> {
     let manifests = state_dir.join("demo.yaml");
     std::fs::write(&manifests, demo_manifests(site))
         .map_err(io_err(format!("writing {}", manifests.display())))?;
@@ -105,7 +138,65 @@ pub fn start(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Compon
             &format!("{}:7472", node_v4(0)),
         ],
     )?;
-    Ok(Components { controller })
+    let vxlan = start_vxlan(lab, site, state_dir, bin_dir)?;
+    let mut pods = Vec::new();
+    for (i, node) in site.nodes.iter().enumerate() {
+        let env_path = node.dir().join("subnet.env");
+        super::wait_for(
+            &format!("{}", env_path.display()),
+            Duration::from_secs(20),
+            || env_path.exists(),
+        )
+        .map_err(|e| {
+            LabError::Invalid(format!(
+                "{e}; metalnet-vxlan on {}:\n{}",
+                node.name(),
+                vxlan[i].logs()
+            ))
+        })?;
+        let env = pods::read_subnet_env(&env_path)?;
+        pods.push(pods::attach_pod(lab, node, &format!("pod{}", i + 1), &env)?);
+    }
+    Ok(Components {
+        controller,
+        vxlan,
+        pods,
+    })
+}
+
+/// Starts `metalnet-vxlan` on every node with Flannel's flags.
+fn start_vxlan(
+    lab: &Lab,
+    site: &DemoSite,
+    state_dir: &Path,
+    bin_dir: &Path,
+) -> Result<Vec<Process>> {
+    let bin = binary(bin_dir, "metalnet-vxlan")?;
+    let net_conf = lab.dir().join("net-conf.json");
+    std::fs::write(&net_conf, DEMO_NET_CONF)
+        .map_err(io_err(format!("writing {}", net_conf.display())))?;
+    let mut agents = Vec::new();
+    for (i, node) in site.nodes.iter().enumerate() {
+        let args = [
+            bin.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--node-name".into(),
+            node.name().to_string(),
+            "--net-config-path".into(),
+            net_conf.display().to_string(),
+            "--subnet-file".into(),
+            node.dir().join("subnet.env").display().to_string(),
+            "--iface".into(),
+            "eth0".into(),
+            "--ip-masq".into(),
+            "--metrics-addr".into(),
+            format!("{}:7474", node_v4(i)),
+        ];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        agents.push(node.spawn("metalnet-vxlan", &argv)?);
+    }
+    Ok(agents)
 }
 
 /// The addresses in a Service's status as the state directory holds them (status patch

@@ -16,6 +16,7 @@ pub mod demo;
 mod down;
 pub mod frr;
 pub mod gobgp;
+pub mod pods;
 mod process;
 
 pub use bgp::{BgpNeighbor, BgpRouter, Community, LargeCommunity, Policy, Route, StaticRoute};
