@@ -46,18 +46,28 @@ pub fn status_object(namespace: &str, node: &str, s: &ServiceBgp) -> Value {
     })
 }
 
-fn same(existing: &ServiceBGPStatus, desired: &Value) -> bool {
-    let want_labels: BTreeMap<String, String> =
-        serde_json::from_value(desired["metadata"]["labels"].clone()).unwrap_or_default();
-    let want_status = serde_json::from_value(desired["status"].clone()).ok();
-    existing.metadata.labels.clone().unwrap_or_default() == want_labels
-        && existing.status == want_status
+/// Whether the existing object already says what this node would write (compared typed:
+/// this runs for every announced Service on every change).
+fn same(existing: &ServiceBGPStatus, node: &str, s: &ServiceBgp) -> bool {
+    let Some(status) = &existing.status else {
+        return false;
+    };
+    let labels = existing.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    labels.is_some_and(|l| l.len() == 3)
+        && label(LABEL_NODE) == Some(node)
+        && label(LABEL_SERVICE_NAME) == Some(s.name.as_str())
+        && label(LABEL_SERVICE_NAMESPACE) == Some(s.namespace.as_str())
+        && status.node == node
+        && status.service_name == s.name
+        && status.service_namespace == s.namespace
+        && status.peers.iter().eq(s.peers().iter())
 }
 
 /// The writes and deletes that leave exactly this node's objects for the Services it
 /// announces (other nodes' objects are theirs to manage).
 pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[ServiceBgp]) -> Plan {
-    let mut desired: BTreeMap<ObjectRef, Value> = services
+    let mut desired: BTreeMap<ObjectRef, &ServiceBgp> = services
         .iter()
         .filter(|s| !s.contributions.is_empty())
         .map(|s| {
@@ -67,7 +77,7 @@ pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[Servic
                     Some(namespace),
                     &status_name(node, &s.namespace, &s.name),
                 ),
-                status_object(namespace, node, s),
+                s,
             )
         })
         .collect();
@@ -82,7 +92,7 @@ pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[Servic
             .map(String::as_str)
             == Some(node);
         match desired.get(&r) {
-            Some(want) if same(existing, want) => {
+            Some(want) if same(existing, node, want) => {
                 desired.remove(&r);
             }
             Some(_) => {}
@@ -90,7 +100,10 @@ pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[Servic
             None => {}
         }
     }
-    out.apply = desired.into_iter().collect();
+    out.apply = desired
+        .into_iter()
+        .map(|(r, s)| (r, status_object(namespace, node, s)))
+        .collect();
     out
 }
 
@@ -131,5 +144,72 @@ impl BgpStatusWriter {
 
     pub fn update(&self, snapshot: Arc<Snapshot>, services: Arc<Vec<ServiceBgp>>) {
         self.tx.send_replace(Some((snapshot, services)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::plan::Contribution;
+    use metalnet_config::state::{Core, Delta};
+    use std::collections::BTreeSet;
+
+    fn service(name: &str, peers: &[&str]) -> ServiceBgp {
+        ServiceBgp {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec!["192.0.2.200".parse().unwrap()],
+            pools: BTreeSet::new(),
+            advertisements: BTreeSet::new(),
+            external_traffic_local: false,
+            serving_endpoints: 1,
+            endpoint_nodes: BTreeSet::new(),
+            contributions: vec![Contribution {
+                ip: "192.0.2.200".parse().unwrap(),
+                prefix: "192.0.2.200/32".parse().unwrap(),
+                advertisement: "metallb-system/a".into(),
+                advertisement_index: 0,
+                peers: peers.iter().map(|p| p.to_string()).collect(),
+            }],
+            not_announced: None,
+        }
+    }
+
+    fn snapshot(objects: Vec<Value>) -> Arc<Snapshot> {
+        let core = Core::new(Kind::ALL);
+        core.apply(objects.into_iter().map(|v| {
+            let r = ObjectRef::new(
+                Kind::ServiceBGPStatus,
+                v["metadata"]["namespace"].as_str(),
+                v["metadata"]["name"].as_str().unwrap(),
+            );
+            Delta::Apply(r, v)
+        }));
+        core.snapshot()
+    }
+
+    #[test]
+    fn writes_missing_keeps_equal_deletes_ours_only() {
+        let web = service("web", &["router-v4", "router-v6"]);
+        let obj = status_object("metallb-system", "node1", &web);
+        assert_eq!(obj["status"]["peers"], json!(["router-v4", "router-v6"]));
+        assert_eq!(obj["metadata"]["labels"][LABEL_NODE], "node1");
+
+        let p = plan(&snapshot(vec![]), "metallb-system", "node1", &[web.clone()]);
+        assert_eq!((p.apply.len(), p.delete.len()), (1, 0));
+
+        // Already there: nothing to do. A stale one of ours goes; another node's stays.
+        let stale = status_object("metallb-system", "node1", &service("old", &["x"]));
+        let other = status_object("metallb-system", "node2", &service("old", &["x"]));
+        let snap = snapshot(vec![obj, stale, other]);
+        let p = plan(&snap, "metallb-system", "node1", &[web.clone()]);
+        assert!(p.apply.is_empty(), "{p:?}");
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.delete[0].name, status_name("node1", "default", "old"));
+
+        // A peer more: rewritten.
+        let web2 = service("web", &["router-v4"]);
+        let p = plan(&snap, "metallb-system", "node1", &[web2]);
+        assert_eq!(p.apply.len(), 1);
     }
 }
