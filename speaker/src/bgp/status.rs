@@ -107,14 +107,17 @@ pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[Servic
     out
 }
 
+/// One round for the writer: the snapshot and the planned Services.
+type Round = Option<(Arc<Snapshot>, Arc<Vec<ServiceBgp>>)>;
+
 /// Applies status plans in its own task, so slow writes never hold up announcing.
 pub struct BgpStatusWriter {
-    tx: watch::Sender<Option<(Arc<Snapshot>, Arc<Vec<ServiceBgp>>)>>,
+    tx: watch::Sender<Round>,
 }
 
 impl BgpStatusWriter {
     pub fn start(state: Arc<ClusterState>, namespace: String, node: String) -> BgpStatusWriter {
-        let (tx, mut rx) = watch::channel::<Option<(Arc<Snapshot>, Arc<Vec<ServiceBgp>>)>>(None);
+        let (tx, mut rx) = watch::channel::<Round>(None);
         tokio::spawn(async move {
             let mut last: Option<Plan> = None;
             while rx.changed().await.is_ok() {
@@ -195,14 +198,19 @@ mod tests {
         assert_eq!(obj["status"]["peers"], json!(["router-v4", "router-v6"]));
         assert_eq!(obj["metadata"]["labels"][LABEL_NODE], "node1");
 
-        let p = plan(&snapshot(vec![]), "metallb-system", "node1", &[web.clone()]);
+        let p = plan(
+            &snapshot(vec![]),
+            "metallb-system",
+            "node1",
+            std::slice::from_ref(&web),
+        );
         assert_eq!((p.apply.len(), p.delete.len()), (1, 0));
 
         // Already there: nothing to do. A stale one of ours goes; another node's stays.
         let stale = status_object("metallb-system", "node1", &service("old", &["x"]));
         let other = status_object("metallb-system", "node2", &service("old", &["x"]));
         let snap = snapshot(vec![obj, stale, other]);
-        let p = plan(&snap, "metallb-system", "node1", &[web.clone()]);
+        let p = plan(&snap, "metallb-system", "node1", std::slice::from_ref(&web));
         assert!(p.apply.is_empty(), "{p:?}");
         assert_eq!(p.delete.len(), 1);
         assert_eq!(p.delete[0].name, status_name("node1", "default", "old"));
