@@ -87,7 +87,24 @@ pub struct Agent {
     metrics: Metrics,
     masq_applied: Option<String>,
     published: Option<BTreeMap<String, Option<String>>>,
+    /// A subnet lease just published is trusted only after this moment, when agents that
+    /// started at the same time have published theirs and a conflict would be visible.
+    lease_settle_until: Option<Instant>,
 }
+
+/// How a reconcile pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The kernel, subnet.env and rules match the desired state.
+    Done,
+    /// A subnet lease was just published; the data path waits until it has stood.
+    LeasePending,
+}
+
+/// How long a freshly published lease must stand before the node uses it: well above the
+/// state directory's change latency (tens of ms), so two agents leasing at once see each
+/// other and the loser re-leases before either hands the subnet to pods.
+const LEASE_SETTLE: Duration = Duration::from_millis(500);
 
 impl Agent {
     /// Resolves the underlay of each enabled family.
@@ -129,6 +146,7 @@ impl Agent {
             metrics,
             masq_applied: None,
             published: None,
+            lease_settle_until: None,
         })
     }
 
@@ -154,11 +172,12 @@ impl Agent {
                 .reconcile_seconds
                 .set(started.elapsed().as_secs_f64());
             match result {
-                Ok(()) => {
+                Ok(Pass::Done) => {
                     self.health.set_ready(true);
                     backoff = Duration::from_secs(1);
                     wait = self.cfg.check;
                 }
+                Ok(Pass::LeasePending) => wait = LEASE_SETTLE,
                 Err(e) => {
                     self.metrics.reconcile_errors.inc();
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "reconcile failed");
@@ -174,7 +193,10 @@ impl Agent {
     }
 
     /// One pass: subnets, annotations, kernel, subnet.env, masquerade.
-    pub async fn reconcile(&mut self, state: &ClusterState) -> anyhow::Result<()> {
+    pub async fn reconcile(&mut self, state: &ClusterState) -> anyhow::Result<Pass> {
+        if let Some(until) = self.lease_settle_until.take() {
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        }
         let snap = state.snapshot();
         let me_key = ObjectKey {
             namespace: None,
@@ -248,6 +270,14 @@ impl Agent {
             }
         }
         let current = me_node.metadata.annotations.clone().unwrap_or_default();
+        let new_lease = [
+            (publication.lease_v4, crate::annotations::LEASE_V4),
+            (publication.lease_v6, crate::annotations::LEASE_V6),
+        ]
+        .into_iter()
+        .any(|(lease, key)| {
+            lease.is_some_and(|l| current.get(key).map(String::as_str) != Some(&l.to_string()))
+        });
         if let Some(patch) = publication.patch_for(&current) {
             let wanted = publication.annotations();
             if self.published.as_ref() != Some(&wanted) {
@@ -258,6 +288,11 @@ impl Agent {
                 .await
                 .context("patching the Node's annotations")?;
             self.published = Some(wanted);
+        }
+        if new_lease {
+            // Not used until it has stood unchallenged (see LEASE_SETTLE).
+            self.lease_settle_until = Some(Instant::now() + LEASE_SETTLE);
+            return Ok(Pass::LeasePending);
         }
         // 4. Kernel.
         let mut peers = 0;
@@ -345,7 +380,7 @@ impl Agent {
                 self.masq_applied = Some(script);
             }
         }
-        Ok(())
+        Ok(Pass::Done)
     }
 
     /// Removes what the agent installed (on `--cleanup-on-exit`): routes, devices, rules.
