@@ -46,6 +46,15 @@ fn demo_comes_up_assigns_an_address_and_tears_down() {
         stdout.contains("pods: pod1 203.0.113.2 / 2001:db8:100:1::2"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("192.0.2.200: layer 2 from node"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("BGP from all three nodes"), "{stdout}");
+    assert!(
+        stdout.contains("reached 192.0.2.200 again after"),
+        "{stdout}"
+    );
     assert!(stdout.contains("demo check passed"), "{stdout}");
     // The lab's namespaces are gone (the prefix is printed in the teardown line).
     let prefix = stdout

@@ -536,33 +536,10 @@ fn demo_router_learns_the_assigned_address_from_all_three_nodes() {
     bins::binary("metalnet-vxlan").unwrap();
     let speaker = bins::binary("metalnet-speaker").unwrap();
     let bin_dir = speaker.parent().unwrap();
-    // The Service's pods: one ready endpoint per node (the demo has no kubelet).
-    let endpoints: Vec<String> = NODES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!("{{addresses: [\"10.244.{i}.2\"], nodeName: {n}, conditions: {{ready: true}}}}")
-        })
-        .collect();
-    std::fs::write(
-        state.path().join("bgp.yaml"),
-        format!(
-            "{}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n\
-             addressType: IPv4\nendpoints: [{}]\n",
-            components::DEMO_BGP_MANIFESTS,
-            endpoints.join(", ")
-        ),
-    )
-    .unwrap();
     let components = components::start(&lab, &demo, state.path(), bin_dir).unwrap();
-    let _speakers = components::start_speakers(&demo, state.path(), bin_dir).unwrap();
     let ips = components::wait_service_ingress(state.path(), "demo", "web", STEP).unwrap();
     let ip = &ips[0];
-    // kube-proxy's part: the node accepts traffic for the address.
-    for node in &demo.nodes {
-        node.add_addr("lo", &host_cidr(ip)).unwrap();
-    }
+    components::expose_on_nodes(&demo, ip).unwrap();
     for (i, n) in NODES.iter().enumerate() {
         let proto = format!("{n}_v4");
         let hop: std::net::IpAddr = node_v4(i).parse().unwrap();

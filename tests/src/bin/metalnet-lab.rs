@@ -148,6 +148,51 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         )
     })?;
 
+    let vip = ips[0].clone();
+    components::expose_on_nodes(&site, &vip)?;
+    let speaker_logs = |running: &components::Components| -> String {
+        running
+            .speakers
+            .iter()
+            .map(|p| p.logs())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Layer 2: the client on the segment reaches the address through the elected node.
+    site.client
+        .wait_ping(&vip, Duration::from_secs(20))
+        .with_context(|| {
+            format!(
+                "client cannot reach {vip} over layer 2\n{}",
+                speaker_logs(&running)
+            )
+        })?;
+    let announcer = lab::wait_for_value(
+        "a ServiceL2Status for demo/web",
+        Duration::from_secs(10),
+        || components::l2_announcer(state_dir, "demo", "web"),
+    )?;
+    // BGP: the router learns the address from all three nodes and the remote client reaches it.
+    let prefix = format!("{vip}/32");
+    lab::wait_for(
+        "the router to learn the address from all three nodes",
+        Duration::from_secs(20),
+        || {
+            bird.routes()
+                .map(|rs| {
+                    rs.iter().filter(|r| r.prefix.to_string() == prefix).count() == site.nodes.len()
+                })
+                .unwrap_or(false)
+        },
+    )
+    .with_context(|| format!("BGP routes for {prefix}\n{}", speaker_logs(&running)))?;
+    site.remote
+        .wait_ping(&vip, Duration::from_secs(10))
+        .with_context(|| format!("remote client cannot reach {vip} through the router"))?;
+    // Failover: SIGKILL the announcing node's speaker; the client's neighbour entry moves to
+    // the new announcer's MAC (it saw the gratuitous ARP) and the address answers again.
+    let failover = failover_demo(&site, &running, state_dir, &vip, &announcer)?;
+
     let mut text = site.describe();
     text.push_str(&format!(
         "  birdc -s {} show protocols     # BGP sessions of the router\n",
@@ -168,6 +213,10 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
             ips.join(", ")
         ),
         format!(
+            "  metalnet-speaker      on every node; {vip}: layer 2 from {announcer}, BGP from all three nodes to the router"
+        ),
+        format!("  failover              {failover}; that speaker stays stopped"),
+        format!(
             "  metalnet-vxlan        on every node; pods: {}",
             running
                 .pods
@@ -185,6 +234,15 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 .join(", ")
         ),
         "\nTry:".to_string(),
+        format!(
+            "  ip netns exec {} arping -c3 -I eth0 {vip}     # one answer, from the elected node",
+            site.client.netns()
+        ),
+        format!(
+            "  ip netns exec {} ping -c3 {vip}               # through the router (BGP, ECMP)",
+            site.remote.netns()
+        ),
+        format!("  {bin}/metalnet-speaker --state-dir {dir} --node-name node1 explain demo/web"),
         format!(
             "  ip netns exec {} ping -c3 {}      # pod1 -> pod3 across nodes over VXLAN",
             first.host.netns(),
@@ -223,4 +281,49 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     drop(lab);
     println!("done");
     Ok(())
+}
+
+/// Kills the announcing node's speaker and reports how the address moved.
+fn failover_demo(
+    site: &DemoSite,
+    running: &components::Components,
+    state_dir: &Path,
+    vip: &str,
+    announcer: &str,
+) -> Result<String> {
+    let index = site
+        .nodes
+        .iter()
+        .position(|n| n.name() == announcer)
+        .with_context(|| format!("announcer {announcer} is not a demo node"))?;
+    let old_mac = site.nodes[index].mac("eth0")?;
+    let neighbour_mac = || -> Option<String> {
+        let out = site.client.exec_ok(&["ip", "neigh", "show", vip]).ok()?;
+        let mut words = out.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(str::to_string)
+    };
+    let started = std::time::Instant::now();
+    running.speakers[index].kill();
+    let new_mac = lab::wait_for_value(
+        "the client's neighbour entry to move",
+        Duration::from_secs(10),
+        || neighbour_mac().filter(|m| !m.eq_ignore_ascii_case(&old_mac)),
+    )?;
+    site.client.wait_ping(vip, Duration::from_secs(10))?;
+    let took = started.elapsed();
+    let new_node = site
+        .nodes
+        .iter()
+        .find(|n| {
+            n.mac("eth0")
+                .is_ok_and(|m| m.eq_ignore_ascii_case(&new_mac))
+        })
+        .map(|n| n.name().to_string())
+        .unwrap_or_else(|| new_mac.clone());
+    let status = components::l2_announcer(state_dir, "demo", "web").unwrap_or_default();
+    Ok(format!(
+        "killed the speaker on {announcer}: the client moved to {new_node} and reached {vip} again after {} ms (status says {status})",
+        took.as_millis()
+    ))
 }

@@ -73,6 +73,27 @@ pub fn demo_manifests(site: &DemoSite) -> String {
         s.push_str(&lines.join("\n"));
         s.push('\n');
     }
+    // The Service's pods, one per node (what kubelet and the EndpointSlice controller would
+    // publish): the address host-local gives the node's first pod.
+    let endpoints: Vec<String> = site
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "{{addresses: [\"203.0.113.{}\"], nodeName: {}, conditions: {{ready: true}}}}",
+                i * 64 + 2,
+                n.name()
+            )
+        })
+        .collect();
+    s.push_str(&format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\n",
+        endpoints.join(", ")
+    ));
+    s.push_str(DEMO_BGP_MANIFESTS);
     s
 }
 
@@ -107,13 +128,15 @@ pub struct Components {
     pub vxlan: Vec<Process>,
     /// One pod per node, attached by the real bridge CNI plugin from the agent's subnet.env.
     pub pods: Vec<Pod>,
+    /// One speaker per node (layer 2 and BGP).
+    pub speakers: Vec<Process>,
 }
 
 impl Components {
     /// Stops every daemon (SIGTERM, then SIGKILL).
     pub fn stop(&self) {
         self.controller.stop();
-        for p in &self.vxlan {
+        for p in self.vxlan.iter().chain(&self.speakers) {
             p.stop();
         }
     }
@@ -157,10 +180,18 @@ pub fn start(lab: &Lab, site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Re
         let env = pods::read_subnet_env(&env_path)?;
         pods.push(pods::attach_pod(lab, node, &format!("pod{}", i + 1), &env)?);
     }
+    // kube-proxy's part on each node: accept traffic for Service addresses (put on `lo`, see
+    // `expose_on_nodes`) without answering ARP for them, which is the speaker's job.
+    for node in &site.nodes {
+        node.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        node.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+    }
+    let speakers = start_speakers(site, state_dir, bin_dir)?;
     Ok(Components {
         controller,
         vxlan,
         pods,
+        speakers,
     })
 }
 
@@ -285,4 +316,45 @@ pub fn start_speakers(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Resu
             )
         })
         .collect()
+}
+
+/// kube-proxy's part, which the lab has no kube-proxy for: every node accepts traffic for a
+/// Service address (on `lo`; ARP for it stays the speaker's job, see `arp_ignore`).
+pub fn expose_on_nodes(site: &DemoSite, ip: &str) -> Result<()> {
+    let cidr = if ip.contains(':') {
+        format!("{ip}/128")
+    } else {
+        format!("{ip}/32")
+    };
+    for node in &site.nodes {
+        node.add_addr("lo", &cidr)?;
+    }
+    Ok(())
+}
+
+/// The node announcing a Service by layer 2, from the ServiceL2Status objects the speakers
+/// wrote to the state directory.
+pub fn l2_announcer(state_dir: &Path, namespace: &str, name: &str) -> Option<String> {
+    let dir = state_dir.join("status/objects/ServiceL2Status");
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(v) = serde_saphyr::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let st = &v["status"];
+            if st["serviceNamespace"] == namespace && st["serviceName"] == name {
+                return st["node"].as_str().map(str::to_string);
+            }
+        }
+    }
+    None
 }
