@@ -510,11 +510,7 @@ async fn writes_racing_edits_and_other_writers_end_consistent() {
     one.patch_status(&svc("new"), json!({"loadBalancer": {}}))
         .await
         .unwrap();
-    assert!(
-        one.snapshot()
-            .services
-            .contains_key(&key("new", "default"))
-    );
+    assert!(one.snapshot().services.contains_key(&key("new", "default")));
 
     // Another process creates an object, and this one patches it before its watcher runs.
     let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");

@@ -34,6 +34,13 @@
 //! Files under `status/` are replaced atomically (temporary file, fsync, rename), so several
 //! processes on one machine (the lab runs several daemons on one directory) may share `DIR`.
 //!
+//! A write costs O(the written object), not O(the directory): with `status/.lock` held it
+//! stats (and reads only if changed) the files of that one object, writes one file, records
+//! it in memory as written and hands the core that one object, merged, so it is in the
+//! snapshot when the call returns. The watcher's refresh (debounced) lists and stats the
+//! tree, reads only files whose (device, inode, size, mtime) changed, and hands the core
+//! only the objects those files define.
+//!
 //! A file that cannot be read is logged (naming the file and document) and skipped; when a file
 //! that was good turns bad (an edit in progress), its previous objects are kept until it is
 //! good again, so a half-saved file never withdraws pools or services. An object defined in
@@ -192,12 +199,7 @@ impl Files {
     }
 }
 
-fn toggle<T: Ord>(
-    map: &mut BTreeMap<ObjectRef, BTreeSet<T>>,
-    obj: &ObjectRef,
-    item: T,
-    add: bool,
-) {
+fn toggle<T: Ord>(map: &mut BTreeMap<ObjectRef, BTreeSet<T>>, obj: &ObjectRef, item: T, add: bool) {
     if add {
         map.entry(obj.clone()).or_default().insert(item);
     } else if let Some(set) = map.get_mut(obj) {
@@ -1129,7 +1131,9 @@ mod tests {
     }
 
     fn service_yaml(name: &str) -> String {
-        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n")
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
+        )
     }
 
     fn ingress_ip(snap: &super::super::Snapshot, svc: &ObjectRef) -> Option<String> {
@@ -1244,11 +1248,18 @@ mod tests {
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while backend.inner.stats.scans.load(Ordering::Relaxed) == scans {
-            assert!(tokio::time::Instant::now() < deadline, "no refresh after the write");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refresh after the write"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
-        assert!(quiet.is_err(), "redelivered: {:?}", quiet.map(|u| u.changed));
+        assert!(
+            quiet.is_err(),
+            "redelivered: {:?}",
+            quiet.map(|u| u.changed)
+        );
     }
 
     #[tokio::test]
