@@ -473,3 +473,71 @@ async fn a_missing_directory_is_a_clear_error() {
         .to_string();
     assert!(err.contains(&*missing.to_string_lossy()), "{err}");
 }
+
+#[tokio::test]
+async fn writes_racing_edits_and_other_writers_end_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, SERVICE_WEB).unwrap();
+    let one = start(dir.path()).await;
+    let two = start(dir.path()).await;
+
+    // You edit the Service just before a status patch: both end up in effect.
+    let edited = SERVICE_WEB.replace("port: 80", "port: 8080");
+    write_atomic(&file, &edited);
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    one.patch_status(&svc("web"), status).await.unwrap();
+    let both = |s: &Snapshot| {
+        s.services.get(&key("web", "default")).is_some_and(|web| {
+            web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port == 8080
+                && web
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .is_some_and(|i| i[0].ip.as_deref() == Some("192.0.2.1"))
+        })
+    };
+    wait_for(&one, "the edit and the status in one", both).await;
+    wait_for(&two, "the edit and the status in two", both).await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+
+    // A Service added just now is patched at once (found even before the watcher reports it).
+    write_atomic(
+        &dir.path().join("new.yaml"),
+        &SERVICE_WEB.replace("name: web", "name: new"),
+    );
+    one.patch_status(&svc("new"), json!({"loadBalancer": {}}))
+        .await
+        .unwrap();
+    assert!(one.snapshot().services.contains_key(&key("new", "default")));
+
+    // Another process creates an object, and this one patches it before its watcher runs.
+    let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");
+    two.apply(
+        &l2,
+        json!({"spec": {}, "status": {"node": "node-1", "serviceName": "web", "serviceNamespace": "default"}}),
+    )
+    .await
+    .unwrap();
+    one.patch_status(&l2, json!({"node": "node-2"}))
+        .await
+        .unwrap();
+    let patched = |s: &Snapshot| {
+        s.service_l2_statuses.get(&l2.key()).is_some_and(|o| {
+            o.status
+                .as_ref()
+                .is_some_and(|st| st.node == "node-2" && st.service_name == "web")
+        })
+    };
+    assert!(patched(&one.snapshot()));
+    wait_for(&two, "one's patch of two's object in two", patched).await;
+
+    // And deletes it: gone in both.
+    one.delete(&l2).await.unwrap();
+    assert!(one.snapshot().service_l2_statuses.is_empty());
+    wait_for(&two, "the deletion in two", |s| {
+        s.service_l2_statuses.is_empty()
+    })
+    .await;
+}

@@ -34,13 +34,20 @@
 //! Files under `status/` are replaced atomically (temporary file, fsync, rename), so several
 //! processes on one machine (the lab runs several daemons on one directory) may share `DIR`.
 //!
+//! A write costs O(the written object), not O(the directory): with `status/.lock` held it
+//! stats (and reads only if changed) the files of that one object, writes one file, records
+//! it in memory as written and hands the core that one object, merged, so it is in the
+//! snapshot when the call returns. The watcher's refresh (debounced) lists and stats the
+//! tree, reads only files whose (device, inode, size, mtime) changed, and hands the core
+//! only the objects those files define.
+//!
 //! A file that cannot be read is logged (naming the file and document) and skipped; when a file
 //! that was good turns bad (an edit in progress), its previous objects are kept until it is
 //! good again, so a half-saved file never withdraws pools or services. An object defined in
 //! two files is logged; the first in path order is used.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +57,7 @@ use std::time::Duration;
 use notify::Watcher;
 use serde_json::{Value, json};
 
-use super::{Core, EventRecord, Kind, MetadataPatch, ObjectRef, StateError, merge_patch};
+use super::{Core, Delta, EventRecord, Kind, MetadataPatch, ObjectRef, StateError, merge_patch};
 use crate::manifest::{self, Location, RawObject};
 
 /// How long to wait after a file-system event for more before re-reading: editors and
@@ -81,20 +88,126 @@ struct Inner {
     /// wake the components that record them.
     kinds: BTreeSet<Kind>,
     files: Mutex<Files>,
-    /// Directory scans done, for tests.
-    scans: AtomicU64,
+    stats: Stats,
 }
 
+/// What the backend did, for tests: writes must cost O(the written object).
+#[derive(Default)]
+struct Stats {
+    /// Listings of the whole directory (the first load, watcher refreshes, and a write that
+    /// did not find its object in memory).
+    scans: AtomicU64,
+    /// Of those, the ones a write made.
+    write_scans: AtomicU64,
+    /// Files read and parsed.
+    parsed: AtomicU64,
+}
+
+/// What is known of the directory: every file read, and indexes from objects to the files
+/// that define them, kept in step with `cache` by [`Files::set`].
 #[derive(Default)]
 struct Files {
     /// Every file read, with what it held when it had this stamp.
     cache: BTreeMap<PathBuf, Cached>,
-    /// The user's objects currently in effect, and where each is defined.
-    user: BTreeMap<ObjectRef, Location>,
-    /// The suite's own objects currently on disk.
-    owned: BTreeMap<ObjectRef, PathBuf>,
-    /// Cross-file problems (duplicates) last logged, to log each once.
-    warned: BTreeSet<String>,
+    /// Every definition of each user object: the file and the object's index in that file's
+    /// [`Content::User`], in path order; the first is in effect.
+    user: BTreeMap<ObjectRef, BTreeSet<(PathBuf, usize)>>,
+    /// The patch files of each object (normally one).
+    patches: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
+    /// The files of each object the suite owns (normally one).
+    owned: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
+    /// Problems (duplicates) last logged about each object, to log each once.
+    warned: BTreeMap<ObjectRef, BTreeSet<String>>,
+}
+
+impl Files {
+    /// Replaces what is cached for `path` (`None`: the file is gone), updating the indexes;
+    /// every object the old or new content defines is added to `affected`.
+    fn set(&mut self, path: &Path, new: Option<Cached>, affected: &mut BTreeSet<ObjectRef>) {
+        if let Some(old) = self.cache.remove(path) {
+            self.index(path, &old.content, false, affected);
+        }
+        if let Some(new) = new {
+            self.index(path, &new.content, true, affected);
+            self.cache.insert(path.to_path_buf(), new);
+        }
+    }
+
+    fn index(
+        &mut self,
+        path: &Path,
+        content: &Content,
+        add: bool,
+        affected: &mut BTreeSet<ObjectRef>,
+    ) {
+        match content {
+            Content::User(objects) => {
+                for (i, o) in objects.iter().enumerate() {
+                    toggle(&mut self.user, &o.obj, (path.to_path_buf(), i), add);
+                    affected.insert(o.obj.clone());
+                }
+            }
+            Content::Patch(obj, _) => {
+                toggle(&mut self.patches, obj, path.to_path_buf(), add);
+                affected.insert(obj.clone());
+            }
+            Content::Owned(obj, _) => {
+                toggle(&mut self.owned, obj, path.to_path_buf(), add);
+                affected.insert(obj.clone());
+            }
+            Content::Ignored => {}
+        }
+    }
+
+    /// The user object in effect for `obj`, if any.
+    fn user_object(&self, obj: &ObjectRef) -> Option<&RawObject> {
+        let (path, i) = self.user.get(obj)?.first()?;
+        match &self.cache.get(path)?.content {
+            Content::User(objects) => objects.get(*i),
+            _ => None,
+        }
+    }
+
+    /// Every definition of the user object `obj`, the one in effect first.
+    fn user_locations(&self, obj: &ObjectRef) -> Vec<&Location> {
+        let Some(defs) = self.user.get(obj) else {
+            return Vec::new();
+        };
+        defs.iter()
+            .filter_map(|(path, i)| match &self.cache.get(path)?.content {
+                Content::User(objects) => objects.get(*i).map(|o| &o.source),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The value of the status file in effect among `paths`: the one the suite writes
+    /// (`canonical`) if present, else the first in path order.
+    fn status_value<'a>(
+        &'a self,
+        paths: Option<&'a BTreeSet<PathBuf>>,
+        canonical: Option<&Path>,
+    ) -> Option<(&'a PathBuf, &'a Value)> {
+        let paths = paths?;
+        let path = canonical
+            .and_then(|c| paths.get(c))
+            .or_else(|| paths.first())?;
+        match &self.cache.get(path)?.content {
+            Content::Patch(_, v) | Content::Owned(_, v) => Some((path, v)),
+            _ => None,
+        }
+    }
+}
+
+fn toggle<T: Ord>(map: &mut BTreeMap<ObjectRef, BTreeSet<T>>, obj: &ObjectRef, item: T, add: bool) {
+    if add {
+        map.entry(obj.clone()).or_default().insert(item);
+    } else if let Some(set) = map.get_mut(obj) {
+        set.remove(&item);
+        if set.is_empty() {
+            map.remove(obj);
+        }
+    }
 }
 
 /// What identifies a version of a file without reading it.
@@ -131,8 +244,8 @@ enum Content {
     Patch(ObjectRef, Value),
     /// An object the suite owns.
     Owned(ObjectRef, Value),
-    /// A status file that could not be read (already logged).
-    Unreadable,
+    /// A status file that could not be read (already logged) or is not named like one.
+    Ignored,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -194,7 +307,7 @@ impl DirBackend {
             core,
             kinds,
             files: Mutex::new(Files::default()),
-            scans: AtomicU64::new(0),
+            stats: Stats::default(),
         });
 
         // Watch before the first read so no change falls between the two.
@@ -327,173 +440,202 @@ impl StatusLock {
 }
 
 impl Inner {
-    /// Re-reads what changed on disk and hands the result to the core.
+    /// Re-reads what changed on disk and hands the changed objects to the core. The listing
+    /// is made without holding `files`, so writes go on meanwhile.
     fn reload(&self) {
+        let listing = self.list();
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(&mut files);
+        let mut affected = BTreeSet::new();
+        self.merge_listing(&mut files, listing, &mut affected);
+        self.deliver(&mut files, affected);
     }
 
-    fn refresh(&self, files: &mut Files) {
-        self.scans.fetch_add(1, Ordering::Relaxed);
+    /// Lists every manifest and status file with its stamp.
+    fn list(&self) -> Vec<(PathBuf, Stamp)> {
+        self.stats.scans.fetch_add(1, Ordering::Relaxed);
         let mut errors = Vec::new();
-        let mut user_paths = Vec::new();
-        manifest::manifest_files(&self.root, Some(&self.status), &mut user_paths, &mut errors);
-        let mut status_paths = Vec::new();
+        let mut paths = Vec::new();
+        manifest::manifest_files(&self.root, Some(&self.status), &mut paths, &mut errors);
         for area in [StatusArea::Patches, StatusArea::Objects] {
             let dir = self.status.join(area.dir());
             if dir.is_dir() {
-                let mut paths = Vec::new();
                 manifest::manifest_files(&dir, None, &mut paths, &mut errors);
-                status_paths.extend(paths.into_iter().map(|p| (p, Some(area))));
             }
         }
         for e in errors {
             tracing::warn!(error = %e, "reading the state directory");
         }
-
-        let mut cache = BTreeMap::new();
-        let all = user_paths
+        paths
             .into_iter()
-            .map(|p| (p, None))
-            .chain(status_paths);
-        for (path, area) in all {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue; // gone since listed
-            };
-            let stamp = Stamp::of(&meta);
-            let previous = files.cache.remove(&path);
-            if let Some(prev) = &previous
-                && prev.stamp == stamp
-            {
-                cache.insert(path, previous.expect("checked above"));
-                continue;
-            }
-            let content = match area {
-                None => self.read_user_file(&path, previous),
-                Some(area) => self.read_status_file(&path, area),
-            };
-            if let Some(content) = content {
-                cache.insert(path, Cached { stamp, content });
-            }
-        }
-        files.cache = cache;
-        self.publish(files);
+            // A file gone since listed is left out.
+            .filter_map(|p| Some((Stamp::of(&std::fs::metadata(&p).ok()?), p)))
+            .map(|(stamp, p)| (p, stamp))
+            .collect()
     }
 
-    fn read_user_file(&self, path: &Path, previous: Option<Cached>) -> Option<Content> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
-                return previous.map(|p| p.content);
+    /// Brings `files` in line with `listing` (made earlier, perhaps before some writes),
+    /// reading only the files whose stamp changed.
+    fn merge_listing(
+        &self,
+        files: &mut Files,
+        listing: Vec<(PathBuf, Stamp)>,
+        affected: &mut BTreeSet<ObjectRef>,
+    ) {
+        let listed: HashSet<&Path> = listing.iter().map(|(p, _)| p.as_path()).collect();
+        let unlisted: Vec<PathBuf> = files
+            .cache
+            .keys()
+            .filter(|p| !listed.contains(p.as_path()))
+            .cloned()
+            .collect();
+        for path in unlisted {
+            if self.status_area(&path).is_some() {
+                // Maybe written by us after the listing was made: look again.
+                self.sync_path(files, &path, affected);
+            } else {
+                files.set(&path, None, affected);
+            }
+        }
+        for (path, stamp) in &listing {
+            if files.cache.get(path).is_none_or(|c| c.stamp != *stamp) {
+                // Changed, or the listing is older than a write of ours: look again.
+                self.sync_path(files, path, affected);
+            }
+        }
+    }
+
+    /// Which status area `path` is in (`None`: a user file).
+    fn status_area(&self, path: &Path) -> Option<StatusArea> {
+        [StatusArea::Patches, StatusArea::Objects]
+            .into_iter()
+            .find(|area| path.starts_with(self.status.join(area.dir())))
+    }
+
+    /// Brings the cache entry of one file in line with the disk: a `stat`, and a read only
+    /// if its stamp changed.
+    fn sync_path(&self, files: &mut Files, path: &Path, affected: &mut BTreeSet<ObjectRef>) {
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(_) => {
+                files.set(path, None, affected);
+                return;
             }
         };
-        let (objects, errors) = manifest::parse_manifests(path, &text);
-        if errors.is_empty() {
-            return Some(Content::User(objects));
+        if files.cache.get(path).is_some_and(|c| c.stamp == stamp) {
+            return;
         }
-        let keep_previous = matches!(
-            previous,
-            Some(Cached {
-                content: Content::User(_),
-                ..
-            })
-        );
-        for e in &errors {
-            tracing::warn!(
-                file = %path.display(),
-                error = %e,
-                keeping_previous_version = keep_previous,
-                "invalid manifest"
-            );
-        }
-        match previous {
-            Some(p) if keep_previous => Some(p.content),
-            _ => Some(Content::User(objects)),
-        }
-    }
-
-    fn read_status_file(&self, path: &Path, area: StatusArea) -> Option<Content> {
-        let base = self.status.join(area.dir());
-        let Some(obj) = path
-            .strip_prefix(&base)
-            .ok()
-            .and_then(ref_from_relative_path)
-        else {
+        let area = self.status_area(path);
+        if let Some(area) = area
+            && status_ref(&self.status, area, path).is_none()
+        {
             tracing::debug!(file = %path.display(), "ignoring a file not named like a status file");
-            return None;
-        };
-        let value = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_saphyr::from_str::<Value>(&t).map_err(|e| e.to_string()))
-            .and_then(|v| {
-                if v.is_object() {
-                    Ok(v)
-                } else {
-                    Err("not a mapping".to_string())
+            let ignored = Cached {
+                stamp,
+                content: Content::Ignored,
+            };
+            files.set(path, Some(ignored), affected);
+            return;
+        }
+        self.stats.parsed.fetch_add(1, Ordering::Relaxed);
+        let read = read_stamped(path);
+        if let Err(e) = &read
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            files.set(path, None, affected);
+            return;
+        }
+        let (stamp, content) = match area {
+            None => {
+                let previous = files.cache.get(path).map(|c| &c.content);
+                match read {
+                    Ok((stamp, text)) => (stamp, read_user_file(path, &text, previous)),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
+                        match previous {
+                            Some(Content::User(objects)) => (stamp, Content::User(objects.clone())),
+                            // Not cached: tried again at the next refresh.
+                            _ => return,
+                        }
+                    }
                 }
-            });
-        Some(match value {
-            Ok(v) => match area {
-                StatusArea::Patches => Content::Patch(obj, v),
-                StatusArea::Objects => Content::Owned(obj, v),
-            },
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "unreadable status file, ignored");
-                Content::Unreadable
             }
-        })
+            Some(area) => match read {
+                Ok((stamp, text)) => (stamp, read_status_file(&self.status, area, path, &text)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unreadable status file, ignored");
+                    (stamp, Content::Ignored)
+                }
+            },
+        };
+        files.set(path, Some(Cached { stamp, content }), affected);
     }
 
-    /// Merges user objects, patches and owned objects and delivers them to the core.
-    fn publish(&self, files: &mut Files) {
-        let mut user = Vec::new();
-        let mut patches = BTreeMap::new();
-        let mut owned = BTreeMap::new();
-        for (path, cached) in &files.cache {
-            match &cached.content {
-                Content::User(objs) => user.extend(objs.iter().cloned()),
-                Content::Patch(obj, v) => {
-                    patches.insert(obj.clone(), v);
-                }
-                Content::Owned(obj, v) => {
-                    owned.insert(obj.clone(), (path.clone(), v));
-                }
-                Content::Unreadable => {}
+    /// The object `obj` as in effect: your object with its patch, or the suite's own.
+    fn effective(&self, files: &Files, obj: &ObjectRef) -> Option<Value> {
+        if let Some(user) = files.user_object(obj) {
+            let mut value = user.value.clone();
+            let canonical = self.status_path(StatusArea::Patches, obj).ok();
+            if let Some((_, patch)) =
+                files.status_value(files.patches.get(obj), canonical.as_deref())
+            {
+                merge_patch(&mut value, patch);
             }
+            return Some(value);
         }
-        let (user, duplicates) = manifest::dedup(user);
-        let mut warnings: BTreeSet<String> = duplicates.iter().map(|e| e.to_string()).collect();
+        let canonical = self.status_path(StatusArea::Objects, obj).ok();
+        files
+            .status_value(files.owned.get(obj), canonical.as_deref())
+            .map(|(_, v)| v.clone())
+    }
 
-        let mut out = Vec::with_capacity(user.len() + owned.len());
-        files.user.clear();
-        for o in user {
-            files.user.insert(o.obj.clone(), o.source);
-            let mut value = o.value;
-            if let Some(p) = patches.get(&o.obj) {
-                merge_patch(&mut value, p);
+    /// Hands the objects in `affected` to the core as they are now in effect, and logs new
+    /// problems with them.
+    fn deliver(&self, files: &mut Files, affected: BTreeSet<ObjectRef>) {
+        let mut deltas = Vec::new();
+        for obj in affected {
+            let problems = self.problems(files, &obj);
+            let logged = files.warned.remove(&obj).unwrap_or_default();
+            for p in problems.difference(&logged) {
+                tracing::warn!(problem = %p, "state directory");
             }
-            if self.kinds.contains(&o.obj.kind) {
-                out.push((o.obj, value));
+            if !problems.is_empty() {
+                files.warned.insert(obj.clone(), problems);
+            }
+            if self.kinds.contains(&obj.kind) {
+                deltas.push(match self.effective(files, &obj) {
+                    Some(value) => Delta::Apply(obj, value),
+                    None => Delta::Delete(obj),
+                });
             }
         }
-        files.owned.clear();
-        for (obj, (path, value)) in owned {
-            if let Some(loc) = files.user.get(&obj) {
-                warnings.insert(format!(
-                    "{obj} is defined both in {loc} and by metalnet in {}; using {loc}",
-                    path.display()
-                ));
-            } else if self.kinds.contains(&obj.kind) {
-                out.push((obj.clone(), value.clone()));
-            }
-            files.owned.insert(obj, path);
+        if !deltas.is_empty() {
+            self.core.apply(deltas);
         }
-        for w in warnings.difference(&files.warned) {
-            tracing::warn!(problem = %w, "state directory");
+    }
+
+    /// Objects defined twice, or defined by you and by the suite.
+    fn problems(&self, files: &Files, obj: &ObjectRef) -> BTreeSet<String> {
+        let mut problems = BTreeSet::new();
+        let locations = files.user_locations(obj);
+        let Some((first, others)) = locations.split_first() else {
+            return problems;
+        };
+        for second in others {
+            let dup = manifest::ManifestError::Duplicate {
+                object: obj.clone(),
+                first: (*first).clone(),
+                second: (*second).clone(),
+            };
+            problems.insert(dup.to_string());
         }
-        files.warned = warnings;
-        self.core.replace_kinds(&self.kinds, out);
+        let canonical = self.status_path(StatusArea::Objects, obj).ok();
+        if let Some((path, _)) = files.status_value(files.owned.get(obj), canonical.as_deref()) {
+            problems.insert(format!(
+                "{obj} is defined both in {first} and by metalnet in {}; using {first}",
+                path.display()
+            ));
+        }
+        problems
     }
 
     fn status_path(&self, area: StatusArea, obj: &ObjectRef) -> Result<PathBuf, StateError> {
@@ -511,33 +653,98 @@ impl Inner {
             .join(format!("{}.yaml", obj.name)))
     }
 
-    fn patch(&self, obj: &ObjectRef, patch: &Value) -> Result<(), StateError> {
+    /// Runs one write with the status lock and `files` held, then delivers what it changed
+    /// (also when it failed part way: what it found on disk is delivered).
+    fn write_op<F>(&self, f: F) -> Result<(), StateError>
+    where
+        F: FnOnce(&mut Files, &mut BTreeSet<ObjectRef>) -> Result<(), StateError>,
+    {
         let _lock = StatusLock::acquire(&self.status)?;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(&mut files);
-        let (path, value) = if let Some(path) = files.owned.get(obj).cloned() {
-            // The suite's own object: patch it in place.
-            let Some(Content::Owned(_, current)) = files.cache.get(&path).map(|c| &c.content)
-            else {
-                return Err(object_err(obj, format!("{} is unreadable", path.display())));
-            };
-            let mut value = current.clone();
-            merge_patch(&mut value, patch);
-            (path, value)
-        } else if files.user.contains_key(obj) {
-            let path = self.status_path(StatusArea::Patches, obj)?;
-            let mut value = match files.cache.get(&path).map(|c| &c.content) {
-                Some(Content::Patch(_, v)) => v.clone(),
-                _ => json!({}),
-            };
-            compose_patch(&mut value, patch);
-            (path, value)
-        } else {
-            return Err(object_err(obj, "not found"));
+        let mut affected = BTreeSet::new();
+        let result = f(&mut files, &mut affected);
+        self.deliver(&mut files, affected);
+        result
+    }
+
+    /// Brings the suite's own files for `obj` in line with the disk (another process may
+    /// have written them) and returns the one in effect.
+    fn sync_owned(
+        &self,
+        files: &mut Files,
+        obj: &ObjectRef,
+        affected: &mut BTreeSet<ObjectRef>,
+    ) -> Option<PathBuf> {
+        let canonical = self.status_path(StatusArea::Objects, obj).ok();
+        let mut paths: BTreeSet<PathBuf> = files.owned.get(obj).cloned().unwrap_or_default();
+        paths.extend(canonical.clone());
+        for path in &paths {
+            self.sync_path(files, path, affected);
+        }
+        files
+            .status_value(files.owned.get(obj), canonical.as_deref())
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Writes `value` to the status file `path` (which the caller synced) unless it holds
+    /// that already, and records it in `files` as read back.
+    fn write_status(
+        &self,
+        files: &mut Files,
+        path: &Path,
+        obj: &ObjectRef,
+        value: Value,
+        affected: &mut BTreeSet<ObjectRef>,
+    ) -> Result<(), StateError> {
+        if let Some(Cached {
+            content: Content::Patch(_, current) | Content::Owned(_, current),
+            ..
+        }) = files.cache.get(path)
+            && *current == value
+        {
+            return Ok(());
+        }
+        let stamp = write_atomic(path, &value)?;
+        let content = match self.status_area(path) {
+            Some(StatusArea::Patches) => Content::Patch(obj.clone(), value),
+            _ => Content::Owned(obj.clone(), value),
         };
-        write_atomic(&path, &value)?;
-        self.refresh(&mut files);
+        files.set(path, Some(Cached { stamp, content }), affected);
         Ok(())
+    }
+
+    fn patch(&self, obj: &ObjectRef, patch: &Value) -> Result<(), StateError> {
+        self.write_op(|files, affected| {
+            let mut owned = self.sync_owned(files, obj, affected);
+            if owned.is_none() && !files.user.contains_key(obj) {
+                // Not known here: maybe created since the last refresh.
+                self.stats.write_scans.fetch_add(1, Ordering::Relaxed);
+                let listing = self.list();
+                self.merge_listing(files, listing, affected);
+                owned = self.sync_owned(files, obj, affected);
+            }
+            if let Some(path) = owned {
+                // The suite's own object: patch it in place.
+                let Some(Content::Owned(_, current)) = files.cache.get(&path).map(|c| &c.content)
+                else {
+                    return Err(object_err(obj, format!("{} is unreadable", path.display())));
+                };
+                let mut value = current.clone();
+                merge_patch(&mut value, patch);
+                self.write_status(files, &path, obj, value, affected)
+            } else if files.user.contains_key(obj) {
+                let path = self.status_path(StatusArea::Patches, obj)?;
+                self.sync_path(files, &path, affected);
+                let mut value = match files.cache.get(&path).map(|c| &c.content) {
+                    Some(Content::Patch(_, v)) => v.clone(),
+                    _ => json!({}),
+                };
+                compose_patch(&mut value, patch);
+                self.write_status(files, &path, obj, value, affected)
+            } else {
+                Err(object_err(obj, "not found"))
+            }
+        })
     }
 
     fn apply(&self, obj: &ObjectRef, mut value: Value) -> Result<(), StateError> {
@@ -557,40 +764,40 @@ impl Inner {
         if let Some(ns) = &obj.namespace {
             meta["namespace"] = Value::String(ns.clone());
         }
-        let _lock = StatusLock::acquire(&self.status)?;
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(&mut files);
-        if let Some(loc) = files.user.get(obj) {
-            return Err(object_err(
-                obj,
-                format!("defined in {loc}, not owned by metalnet"),
-            ));
-        }
-        write_atomic(&path, &value)?;
-        self.refresh(&mut files);
-        Ok(())
+        self.write_op(|files, affected| {
+            if let Some(loc) = files.user_locations(obj).first() {
+                return Err(object_err(
+                    obj,
+                    format!("defined in {loc}, not owned by metalnet"),
+                ));
+            }
+            self.sync_path(files, &path, affected);
+            self.write_status(files, &path, obj, value, affected)
+        })
     }
 
     fn delete(&self, obj: &ObjectRef) -> Result<(), StateError> {
-        let _lock = StatusLock::acquire(&self.status)?;
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(&mut files);
-        if let Some(path) = files.owned.get(obj).cloned() {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
+        self.write_op(|files, affected| {
+            self.sync_owned(files, obj, affected);
+            if let Some(paths) = files.owned.get(obj).cloned() {
+                for path in paths {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(&path)(e)),
+                    }
+                    files.set(&path, None, affected);
+                }
+                return Ok(());
             }
-            self.refresh(&mut files);
-            return Ok(());
-        }
-        if let Some(loc) = files.user.get(obj) {
-            return Err(object_err(
-                obj,
-                format!("defined in {loc}, not owned by metalnet"),
-            ));
-        }
-        Ok(())
+            if let Some(loc) = files.user_locations(obj).first() {
+                return Err(object_err(
+                    obj,
+                    format!("defined in {loc}, not owned by metalnet"),
+                ));
+            }
+            Ok(())
+        })
     }
 
     fn record_event(&self, regarding: &ObjectRef, event: &EventRecord) -> Result<(), StateError> {
@@ -605,44 +812,109 @@ impl Inner {
         let event_ref = ObjectRef::new(Kind::Event, Some(namespace), &name);
         let path = self.status_path(StatusArea::Objects, &event_ref)?;
         let now = now_rfc3339();
-        let _lock = StatusLock::acquire(&self.status)?;
-        let existing = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_saphyr::from_str::<Value>(&t).ok())
-            .filter(|v| v.is_object());
-        let value = match existing {
-            Some(mut v) => {
-                let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
-                v["count"] = json!(count + 1);
-                v["lastTimestamp"] = json!(now);
-                v
-            }
-            None => {
-                let mut involved = json!({
-                    "apiVersion": regarding.kind.api_version(),
-                    "kind": regarding.kind.name(),
-                    "name": regarding.name,
-                });
-                if let Some(ns) = &regarding.namespace {
-                    involved["namespace"] = json!(ns);
+        self.write_op(|files, affected| {
+            self.sync_path(files, &path, affected);
+            let existing = match files.cache.get(&path).map(|c| &c.content) {
+                Some(Content::Owned(_, v)) => Some(v.clone()),
+                _ => None,
+            };
+            let value = match existing {
+                Some(mut v) => {
+                    let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
+                    v["count"] = json!(count + 1);
+                    v["lastTimestamp"] = json!(now);
+                    v
                 }
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "Event",
-                    "metadata": { "name": name, "namespace": namespace },
-                    "involvedObject": involved,
-                    "reason": event.reason,
-                    "message": event.message,
-                    "type": event.type_.as_str(),
-                    "count": 1,
-                    "firstTimestamp": now,
-                    "lastTimestamp": now,
-                    "source": { "component": event.reporter },
-                    "reportingComponent": event.reporter,
-                })
+                None => {
+                    let mut involved = json!({
+                        "apiVersion": regarding.kind.api_version(),
+                        "kind": regarding.kind.name(),
+                        "name": regarding.name,
+                    });
+                    if let Some(ns) = &regarding.namespace {
+                        involved["namespace"] = json!(ns);
+                    }
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Event",
+                        "metadata": { "name": name, "namespace": namespace },
+                        "involvedObject": involved,
+                        "reason": event.reason,
+                        "message": event.message,
+                        "type": event.type_.as_str(),
+                        "count": 1,
+                        "firstTimestamp": now,
+                        "lastTimestamp": now,
+                        "source": { "component": event.reporter },
+                        "reportingComponent": event.reporter,
+                    })
+                }
+            };
+            self.write_status(files, &path, &event_ref, value, affected)
+        })
+    }
+}
+
+/// Reads a file with the stamp of the version read.
+fn read_stamped(path: &Path) -> std::io::Result<(Stamp, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let stamp = Stamp::of(&file.metadata()?);
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((stamp, text))
+}
+
+/// A user manifest's objects; when it turned bad (an edit in progress), its `previous`
+/// objects are kept.
+fn read_user_file(path: &Path, text: &str, previous: Option<&Content>) -> Content {
+    let (objects, errors) = manifest::parse_manifests(path, text);
+    if errors.is_empty() {
+        return Content::User(objects);
+    }
+    let previous = match previous {
+        Some(Content::User(objects)) => Some(objects),
+        _ => None,
+    };
+    for e in &errors {
+        tracing::warn!(
+            file = %path.display(),
+            error = %e,
+            keeping_previous_version = previous.is_some(),
+            "invalid manifest"
+        );
+    }
+    Content::User(previous.cloned().unwrap_or(objects))
+}
+
+/// The object a status file under `status/<area>` stands for.
+fn status_ref(status: &Path, area: StatusArea, path: &Path) -> Option<ObjectRef> {
+    path.strip_prefix(status.join(area.dir()))
+        .ok()
+        .and_then(ref_from_relative_path)
+}
+
+fn read_status_file(status: &Path, area: StatusArea, path: &Path, text: &str) -> Content {
+    let Some(obj) = status_ref(status, area, path) else {
+        return Content::Ignored;
+    };
+    let value = serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            if v.is_object() {
+                Ok(v)
+            } else {
+                Err("not a mapping".to_string())
             }
-        };
-        write_atomic(&path, &value)
+        });
+    match value {
+        Ok(v) => match area {
+            StatusArea::Patches => Content::Patch(obj, v),
+            StatusArea::Objects => Content::Owned(obj, v),
+        },
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "unreadable status file, ignored");
+            Content::Ignored
+        }
     }
 }
 
@@ -760,7 +1032,8 @@ fn to_yaml(value: &Value) -> String {
 
 /// Replaces `path` with `value` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory.
-fn write_atomic(path: &Path, value: &Value) -> Result<(), StateError> {
+/// Returns the stamp of the file written.
+fn write_atomic(path: &Path, value: &Value) -> Result<Stamp, StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().ok_or_else(|| StateError::Io {
         path: path.to_path_buf(),
@@ -780,8 +1053,11 @@ fn write_atomic(path: &Path, value: &Value) -> Result<(), StateError> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(to_yaml(value).as_bytes())?;
         f.sync_all()?;
+        // Renaming keeps the inode and mtime: this is the stamp `path` will have.
+        let stamp = Stamp::of(&f.metadata()?);
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(stamp)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -854,6 +1130,138 @@ mod tests {
         assert_eq!(serde_saphyr::from_str::<Value>(&text).unwrap(), v, "{text}");
     }
 
+    fn service_yaml(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
+        )
+    }
+
+    fn ingress_ip(snap: &super::super::Snapshot, svc: &ObjectRef) -> Option<String> {
+        snap.services
+            .get(&svc.key())?
+            .status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .ip
+            .clone()
+    }
+
+    /// Complexity guard: with 2,000 Services, 2,000 `apply` and 2,000 `patch_status` calls
+    /// complete, each visible when it returns, none rescanning the directory, and the watcher
+    /// refreshes they cause re-read none of the files written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_touch_only_their_object() {
+        const N: usize = 2_000;
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services");
+        std::fs::create_dir(&services).unwrap();
+        for i in 0..N {
+            let name = format!("svc-{i}");
+            std::fs::write(services.join(format!("{name}.yaml")), service_yaml(&name)).unwrap();
+        }
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        assert_eq!(core.snapshot().services.len(), N);
+        let stats = &backend.inner.stats;
+        let parsed_before = stats.parsed.load(Ordering::Relaxed);
+
+        let writes = async {
+            for i in 0..N {
+                let name = format!("svc-{i}");
+                let svc = ObjectRef::new(Kind::Service, Some("default"), &name);
+                let ip = format!("203.0.113.{}", i % 250 + 1);
+                let status = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+                backend.patch_status(&svc, status).await.unwrap();
+                let l2 = ObjectRef::new(
+                    Kind::ServiceL2Status,
+                    Some("metallb-system"),
+                    &format!("l2-{name}"),
+                );
+                let value = json!({"spec": {}, "status": {
+                    "node": "node-1", "serviceName": name, "serviceNamespace": "default"}});
+                backend.apply(&l2, value).await.unwrap();
+                let snap = core.snapshot();
+                assert_eq!(ingress_ip(&snap, &svc), Some(ip), "{svc}");
+                assert!(snap.service_l2_statuses.contains_key(&l2.key()), "{l2}");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), writes)
+            .await
+            .expect("4,000 writes on 2,000 Services took over 60 s");
+        assert_eq!(
+            stats.write_scans.load(Ordering::Relaxed),
+            0,
+            "a write rescanned the directory"
+        );
+        // Let the watcher catch up with the last writes, then check it re-read nothing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = stats.scans.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if stats.scans.load(Ordering::Relaxed) == before {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "endless rescans");
+        }
+        assert_eq!(
+            stats.parsed.load(Ordering::Relaxed) - parsed_before,
+            0,
+            "a refresh re-read a file this backend wrote"
+        );
+        let snap = core.snapshot();
+        assert_eq!(snap.services.len(), N);
+        assert_eq!(snap.service_l2_statuses.len(), N);
+    }
+
+    /// A write hands the core its one object; the refresh it causes hands it nothing more.
+    #[tokio::test]
+    async fn a_write_delivers_only_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(format!("{name}.yaml")), service_yaml(name)).unwrap();
+        }
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let mut sub = core.subscribe();
+        let first = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
+        assert_eq!(first.changed.len(), 3);
+        let scans = backend.inner.stats.scans.load(Ordering::Relaxed);
+
+        let b = ObjectRef::new(Kind::Service, Some("default"), "b");
+        let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}});
+        backend.patch_status(&b, status).await.unwrap();
+        let u = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
+        assert_eq!(u.changed, BTreeSet::from([b.clone()]));
+        assert_eq!(ingress_ip(&u.snapshot, &b).as_deref(), Some("192.0.2.7"));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while backend.inner.stats.scans.load(Ordering::Relaxed) == scans {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refresh after the write"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+        assert!(
+            quiet.is_err(),
+            "redelivered: {:?}",
+            quiet.map(|u| u.changed)
+        );
+    }
+
     #[tokio::test]
     async fn idle_directory_is_not_rescanned_and_drop_stops_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
@@ -878,9 +1286,9 @@ mod tests {
         // the count must come to rest (within 5 s, however slow the machine).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let before = backend.inner.scans.load(Ordering::Relaxed);
+            let before = backend.inner.stats.scans.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if backend.inner.scans.load(Ordering::Relaxed) == before {
+            if backend.inner.stats.scans.load(Ordering::Relaxed) == before {
                 break;
             }
             assert!(

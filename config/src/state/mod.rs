@@ -381,22 +381,25 @@ impl Core {
     /// Objects of kinds this core does not keep are ignored; repeats of the same content
     /// are not reported as changes.
     pub fn apply(&self, deltas: impl IntoIterator<Item = Delta>) {
-        let mut st = self.state.lock().unwrap();
-        let mut snap = (*st.snapshot).clone();
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
         let mut changed = BTreeSet::new();
+        // `make_mut` copies the snapshot (and then each kind's map it touches) only while a
+        // reader still holds it, so a change costs O(1 object), not O(all objects), when
+        // nobody kept the previous snapshot.
         for delta in deltas {
             match delta {
                 Delta::Apply(obj, value) => {
                     if !self.kinds.contains(&obj.kind) || st.raw.get(&obj) == Some(&value) {
                         continue;
                     }
-                    snap.insert(&obj, &value);
+                    Arc::make_mut(&mut st.snapshot).insert(&obj, &value);
                     st.raw.insert(obj.clone(), value);
                     changed.insert(obj);
                 }
                 Delta::Delete(obj) => {
                     if st.raw.remove(&obj).is_some() {
-                        snap.remove(&obj);
+                        Arc::make_mut(&mut st.snapshot).remove(&obj);
                         changed.insert(obj);
                     }
                 }
@@ -405,7 +408,6 @@ impl Core {
         if changed.is_empty() {
             return;
         }
-        st.snapshot = Arc::new(snap);
         for sub in &st.subscribers {
             sub.pending.lock().unwrap().extend(changed.iter().cloned());
             sub.notify.notify_one();
