@@ -25,16 +25,7 @@ pub trait Harness {
 
 /// The object a manifest names.
 pub fn object_ref(value: &Value) -> ObjectRef {
-    let kind = Kind::from_manifest(
-        value["apiVersion"].as_str().unwrap_or_default(),
-        value["kind"].as_str().unwrap_or_default(),
-    )
-    .expect("a kind the suite knows");
-    ObjectRef::new(
-        kind,
-        value["metadata"]["namespace"].as_str(),
-        value["metadata"]["name"].as_str().expect("a name"),
-    )
+    ObjectRef::of_manifest(value).expect("a manifest naming an object of a kind the suite knows")
 }
 
 /// The state directory: user objects are files in a temporary directory.

@@ -183,6 +183,18 @@ impl ObjectRef {
         }
     }
 
+    /// The object a manifest names by `apiVersion`, `kind` and `metadata`; `None` for a kind
+    /// the suite does not know or a manifest without a name.
+    pub fn of_manifest(value: &serde_json::Value) -> Option<ObjectRef> {
+        let kind = Kind::from_manifest(value["apiVersion"].as_str()?, value["kind"].as_str()?)?;
+        let name = value["metadata"]["name"].as_str()?;
+        Some(ObjectRef::new(
+            kind,
+            value["metadata"]["namespace"].as_str(),
+            name,
+        ))
+    }
+
     pub fn key(&self) -> ObjectKey {
         ObjectKey {
             namespace: self.namespace.clone(),
@@ -240,6 +252,20 @@ pub struct Snapshot {
     /// Objects that could not be read: what is wrong with each, naming the field where
     /// serde can tell. They are left out of the typed maps; the rest keeps working.
     pub invalid: Arc<BTreeMap<ObjectRef, String>>,
+}
+
+impl Snapshot {
+    /// A snapshot of these manifests, decoded as a backend would decode them (for tests and
+    /// tools that work on objects in hand). Manifests naming no known object are skipped.
+    pub fn from_manifests(manifests: impl IntoIterator<Item = serde_json::Value>) -> Arc<Snapshot> {
+        let core = Core::new(Kind::ALL);
+        core.apply(
+            manifests
+                .into_iter()
+                .filter_map(|v| Some(Delta::Apply(ObjectRef::of_manifest(&v)?, v))),
+        );
+        core.snapshot()
+    }
 }
 
 /// What a subscriber receives: the latest snapshot and every object that changed since the

@@ -460,26 +460,11 @@ fn plan_service(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet_config::state::{Core, Delta, Kind, ObjectRef};
     use metalnet_config::validate::valid_config;
     use serde_json::{Value, json};
 
     fn snapshot(objects: Vec<Value>) -> std::sync::Arc<Snapshot> {
-        let core = Core::new(Kind::ALL);
-        core.apply(objects.into_iter().map(|v| {
-            let kind = Kind::from_manifest(
-                v["apiVersion"].as_str().unwrap(),
-                v["kind"].as_str().unwrap(),
-            )
-            .unwrap();
-            let r = ObjectRef::new(
-                kind,
-                v["metadata"]["namespace"].as_str(),
-                v["metadata"]["name"].as_str().unwrap(),
-            );
-            Delta::Apply(r, v)
-        }));
-        core.snapshot()
+        Snapshot::from_manifests(objects)
     }
 
     fn node(name: &str, labels: Value, conditions: Value) -> Value {
