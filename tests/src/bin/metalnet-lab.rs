@@ -121,7 +121,7 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         .wait_ping(&lab::demo::node_v4(0), Duration::from_secs(5))
         .context("remote client cannot reach node1 through the router")?;
     let bin_dir = components::bin_dir(bin_dir)?;
-    let running = components::start(&lab, &site, state_dir, &bin_dir)
+    let mut running = components::start(&lab, &site, state_dir, &bin_dir)
         .context("starting the metalnet components")?;
     // Pods on different nodes talk over the overlay (IPv4 and IPv6).
     let (first, last) = (&running.pods[0], &running.pods[running.pods.len() - 1]);
@@ -192,6 +192,11 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     // Failover: SIGKILL the announcing node's speaker; the client's neighbour entry moves to
     // the new announcer's MAC (it saw the gratuitous ARP) and the address answers again.
     let failover = failover_demo(&site, &running, state_dir, &vip, &announcer)?;
+    // Bring the killed speaker back, as its DaemonSet would; the election (hash order, as in
+    // MetalLB) then gives the address back to that node.
+    if let Some(i) = site.nodes.iter().position(|n| n.name() == announcer) {
+        running.speakers[i] = components::start_speaker(&site, i, state_dir, &bin_dir)?;
+    }
 
     let mut text = site.describe();
     text.push_str(&format!(
@@ -215,7 +220,9 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         format!(
             "  metalnet-speaker      on every node; {vip}: layer 2 from {announcer}, BGP from all three nodes to the router"
         ),
-        format!("  failover              {failover}; that speaker stays stopped"),
+        format!(
+            "  failover              {failover}; that speaker was then restarted and takes the address back"
+        ),
         format!(
             "  metalnet-vxlan        on every node; pods: {}",
             running

@@ -296,26 +296,32 @@ spec:
 /// shared state directory, metrics on the node's address port 7473. The lead wires this into
 /// the demo; the BGP lab tests use it too.
 pub fn start_speakers(site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Vec<Process>> {
-    let speaker_bin = binary(bin_dir, "metalnet-speaker")?;
-    let state = state_dir.display().to_string();
-    site.nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            node.spawn(
-                "metalnet-speaker",
-                &[
-                    speaker_bin.to_str().unwrap_or("metalnet-speaker"),
-                    "--state-dir",
-                    &state,
-                    "--node-name",
-                    node.name(),
-                    "--metrics-addr",
-                    &format!("{}:7473", node_v4(i)),
-                ],
-            )
-        })
+    (0..site.nodes.len())
+        .map(|i| start_speaker(site, i, state_dir, bin_dir))
         .collect()
+}
+
+/// Starts `metalnet-speaker` on node `index` (see [`start_speakers`]).
+pub fn start_speaker(
+    site: &DemoSite,
+    index: usize,
+    state_dir: &Path,
+    bin_dir: &Path,
+) -> Result<Process> {
+    let speaker_bin = binary(bin_dir, "metalnet-speaker")?;
+    let node = &site.nodes[index];
+    node.spawn(
+        "metalnet-speaker",
+        &[
+            speaker_bin.to_str().unwrap_or("metalnet-speaker"),
+            "--state-dir",
+            &state_dir.display().to_string(),
+            "--node-name",
+            node.name(),
+            "--metrics-addr",
+            &format!("{}:7473", node_v4(index)),
+        ],
+    )
 }
 
 /// kube-proxy's part, which the lab has no kube-proxy for: every node accepts traffic for a
