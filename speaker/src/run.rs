@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metalnet_config::model::core::Node;
-use metalnet_config::state::{ClusterState, Kind, Snapshot};
+use metalnet_config::state::{ClusterState, Kind, ObjectRef, Snapshot};
 use metalnet_config::telemetry::Health;
 use metalnet_config::validate::valid_config;
 use tokio::signal::unix::{SignalKind, signal};
@@ -97,6 +97,8 @@ pub async fn run(
         metrics.clone(),
     );
     let mut bgp_dirty = true;
+    // Everything changed since the last BGP plan (`None`: unknown, the first plan).
+    let mut bgp_changed: Option<BTreeSet<ObjectRef>> = None;
     let mut sub = state.subscribe();
     let mut snapshot = state.snapshot();
     let mut gossip: Option<Gossip> = None;
@@ -210,9 +212,11 @@ pub async fn run(
                 &snapshot,
                 &valid_config(&snapshot).0,
                 opts.ignore_exclude_label,
+                bgp_changed.as_ref(),
                 &metrics,
             );
             bgp_dirty = false;
+            bgp_changed = Some(BTreeSet::new());
         }
         health.set_ready(settled);
 
@@ -224,6 +228,11 @@ pub async fn run(
                     .iter()
                     .any(|r| !matches!(r.kind, Kind::ServiceL2Status | Kind::ServiceBGPStatus | Kind::Event));
                 bgp_dirty |= metalnet_speaker::bgp::replan_needed(&u.changed);
+                if let Some(c) = &mut bgp_changed {
+                    c.extend(u.changed.into_iter().filter(|r| {
+                        !matches!(r.kind, Kind::ServiceL2Status | Kind::ServiceBGPStatus | Kind::Event)
+                    }));
+                }
                 snapshot = u.snapshot;
             }
             r = async { live_rx.as_mut().expect("guarded").changed().await }, if live_rx.is_some() => {

@@ -15,18 +15,18 @@ pub mod plan;
 pub mod sessions;
 pub mod status;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metalnet_config::model::core::Node;
-use metalnet_config::state::{ClusterState, Snapshot};
+use metalnet_config::state::{ClusterState, ObjectRef, Snapshot};
 use metalnet_config::validate::ParsedConfig;
 
 use crate::metrics::{AnnouncedLabels, Metrics};
 pub use metrics::BgpMetrics;
-pub use plan::{Inputs, NodePlan, ServiceBgp};
+pub use plan::{Inputs, NodePlan, Planner, ServiceBgp};
 use sessions::{Sessions, SharedSessions};
 use status::BgpStatusWriter;
 
@@ -67,6 +67,7 @@ pub struct Bgp {
     status: BgpStatusWriter,
     published: Published,
     refresher: tokio::task::JoinHandle<()>,
+    planner: Planner,
 }
 
 /// `metallb_speaker_announced{protocol="bgp"}` series of a plan.
@@ -145,29 +146,36 @@ impl Bgp {
             sessions,
             published,
             refresher,
+            planner: Planner::default(),
         }
     }
 
-    /// Plans and applies BGP mode for a snapshot; returns the per-Service view.
+    /// Plans and applies BGP mode for a snapshot; returns the per-Service view. `changed`:
+    /// every object changed since the previous call (`None`: unknown, replan everything); when
+    /// only Services and EndpointSlices changed, only those Services are replanned.
     pub fn reconcile(
         &mut self,
         snapshot: &Arc<Snapshot>,
         config: &ParsedConfig,
         ignore_exclude_label: bool,
+        changed: Option<&BTreeSet<ObjectRef>>,
         metrics: &Metrics,
     ) -> Arc<Vec<ServiceBgp>> {
         let started = std::time::Instant::now();
-        let plan = plan::plan(&Inputs {
-            snapshot,
-            config,
-            node: &self.node,
-            ignore_exclude_label,
-        });
+        let plan = self.planner.plan(
+            &Inputs {
+                snapshot,
+                config,
+                node: &self.node,
+                ignore_exclude_label,
+            },
+            changed,
+        );
         let planned = started.elapsed();
         if let Ok(mut s) = self.sessions.lock() {
-            s.apply(&plan, &metrics.bgp);
+            s.apply(plan, &metrics.bgp);
         }
-        let services = Arc::new(plan.services);
+        let services = Arc::new(plan.services.clone());
         if let Ok(mut p) = self.published.lock() {
             *p = Some(services.clone());
         }

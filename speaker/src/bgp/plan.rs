@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use metalnet_config::addr::Community;
 use metalnet_config::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
 use metalnet_config::model::core::{EndpointSlice, Service};
-use metalnet_config::state::Snapshot;
+use metalnet_config::state::{Kind, ObjectKey, ObjectRef, Snapshot};
 use metalnet_config::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
 
 use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
@@ -241,8 +241,8 @@ fn selects(selectors: &[metalnet_config::labels::Selector], facts: &NodeFacts) -
     selectors.is_empty() || selectors.iter().any(|s| s.matches(&facts.labels))
 }
 
-/// Plans BGP mode for `inputs.node`.
-pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
+/// The node-wide part of a plan (exclusion, selected peers without routes) and the node's facts.
+fn node_plan(inputs: &Inputs<'_>) -> (NodePlan, NodeFacts) {
     let snapshot = inputs.snapshot;
     let node_obj = snapshot
         .nodes
@@ -282,22 +282,15 @@ pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
                 .push(format!("{}/{}", peer.namespace, peer.name));
         }
     }
-    let endpoints = slice_index(snapshot);
-    let keys = Keys {
-        pools: inputs
-            .config
-            .pools
-            .iter()
-            .map(|p| format!("{}/{}", p.namespace, p.name))
-            .collect(),
-        advertisements: inputs
-            .config
-            .bgp_advertisements
-            .iter()
-            .map(|a| format!("{}/{}", a.namespace, a.name))
-            .collect(),
-    };
-    for svc in snapshot.services.values() {
+    (out, facts)
+}
+
+/// Plans BGP mode for `inputs.node`, every Service from scratch.
+pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
+    let (mut out, facts) = node_plan(inputs);
+    let endpoints = slice_index(inputs.snapshot);
+    let keys = Keys::of(inputs.config);
+    for svc in inputs.snapshot.services.values() {
         if let Some(s) = plan_service(inputs, &endpoints, &keys, &facts, &out, svc) {
             for c in &s.contributions {
                 let ad = inputs.config.bgp_advertisements.get(c.advertisement_index);
@@ -314,6 +307,258 @@ pub fn plan(inputs: &Inputs<'_>) -> NodePlan {
         }
     }
     out
+}
+
+/// Whether a change set touches only Services and EndpointSlices (and objects planning
+/// ignores), so the cached per-Service results of the other Services still hold.
+pub fn services_only(changed: &BTreeSet<ObjectRef>) -> bool {
+    changed.iter().all(|r| {
+        matches!(
+            r.kind,
+            Kind::Service
+                | Kind::EndpointSlice
+                | Kind::ServiceL2Status
+                | Kind::ServiceBGPStatus
+                | Kind::Event
+        )
+    })
+}
+
+/// Plans like [`plan`], but after a change of Services or EndpointSlices only replans the
+/// Services concerned and the routes they touch; any other change replans everything.
+///
+/// The node, `ignore_exclude_label` and the configuration must only change together with a
+/// change set that is not [`services_only`] (the configuration is derived from the other kinds).
+#[derive(Default)]
+pub struct Planner {
+    cache: Option<Cache>,
+}
+
+/// (BGPPeer key, prefix) of a route.
+type RouteKey = (String, IpNet);
+
+struct Cache {
+    plan: NodePlan,
+    facts: NodeFacts,
+    keys: Keys,
+    /// Object keys of `plan.services`, sorted, index for index.
+    service_keys: Vec<ObjectKey>,
+    /// The Service (namespace, name) each labelled EndpointSlice belonged to when last seen.
+    slice_owners: BTreeMap<ObjectKey, (String, String)>,
+    slices_by_service: BTreeMap<(String, String), BTreeSet<ObjectKey>>,
+    /// Per route, how many contributions of each advertisement (by index) produce it: the
+    /// attributes are the merge of those advertisements, which does not depend on the order.
+    route_ads: BTreeMap<RouteKey, BTreeMap<usize, usize>>,
+}
+
+impl Planner {
+    /// The plan for `inputs`; `changed`: what changed since the previous call (`None`: unknown).
+    pub fn plan(
+        &mut self,
+        inputs: &Inputs<'_>,
+        changed: Option<&BTreeSet<ObjectRef>>,
+    ) -> &NodePlan {
+        let cache = match (self.cache.take(), changed) {
+            (Some(mut cache), Some(changed)) if services_only(changed) => {
+                cache.update(inputs, changed);
+                cache
+            }
+            _ => Cache::full(inputs),
+        };
+        &self.cache.insert(cache).plan
+    }
+}
+
+fn slice_owner(k: &ObjectKey, slice: &EndpointSlice) -> Option<(String, String)> {
+    let svc = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))?;
+    Some((k.namespace.clone()?, svc.clone()))
+}
+
+impl Cache {
+    fn full(inputs: &Inputs<'_>) -> Cache {
+        let (plan, facts) = node_plan(inputs);
+        let mut cache = Cache {
+            plan,
+            facts,
+            keys: Keys::of(inputs.config),
+            service_keys: Vec::new(),
+            slice_owners: BTreeMap::new(),
+            slices_by_service: BTreeMap::new(),
+            route_ads: BTreeMap::new(),
+        };
+        for (k, slice) in inputs.snapshot.endpoint_slices.iter() {
+            if let Some(owner) = slice_owner(k, slice) {
+                cache.own(k, owner);
+            }
+        }
+        let endpoints = slice_index(inputs.snapshot);
+        let mut touched = BTreeSet::new();
+        for (k, svc) in inputs.snapshot.services.iter() {
+            let planned = plan_service(
+                inputs,
+                &endpoints,
+                &cache.keys,
+                &cache.facts,
+                &cache.plan,
+                svc,
+            );
+            if let Some(s) = planned {
+                cache.count(&s, 1, &mut touched);
+                cache.service_keys.push(k.clone());
+                cache.plan.services.push(s);
+            }
+        }
+        cache.refresh_routes(inputs, touched);
+        cache
+    }
+
+    fn own(&mut self, slice: &ObjectKey, owner: (String, String)) {
+        self.slices_by_service
+            .entry(owner.clone())
+            .or_default()
+            .insert(slice.clone());
+        self.slice_owners.insert(slice.clone(), owner);
+    }
+
+    fn disown(&mut self, slice: &ObjectKey) -> Option<(String, String)> {
+        let owner = self.slice_owners.remove(slice)?;
+        if let Some(set) = self.slices_by_service.get_mut(&owner) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_by_service.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    /// Adds (`delta` 1) or removes (-1) the contributions of a Service to the route counts.
+    fn count(&mut self, s: &ServiceBgp, delta: isize, touched: &mut BTreeSet<RouteKey>) {
+        for c in &s.contributions {
+            for (key, p) in &self.plan.peers {
+                if !c.peers.contains(&p.name) {
+                    continue;
+                }
+                let route = (key.clone(), c.prefix);
+                let ads = self.route_ads.entry(route.clone()).or_default();
+                let n = ads.entry(c.advertisement_index).or_default();
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    ads.remove(&c.advertisement_index);
+                }
+                if ads.is_empty() {
+                    self.route_ads.remove(&route);
+                }
+                touched.insert(route);
+            }
+        }
+    }
+
+    /// Recomputes the attributes of these routes from their advertisements.
+    fn refresh_routes(&mut self, inputs: &Inputs<'_>, touched: BTreeSet<RouteKey>) {
+        for route in touched {
+            let Some(peer) = self.plan.peers.get_mut(&route.0) else {
+                continue;
+            };
+            match self.route_ads.get(&route) {
+                None => {
+                    peer.routes.remove(&route.1);
+                }
+                Some(ads) => {
+                    let mut attrs = RouteAttrs::default();
+                    for index in ads.keys() {
+                        if let Some(ad) = inputs.config.bgp_advertisements.get(*index) {
+                            merge(&mut attrs, ad);
+                        }
+                    }
+                    peer.routes.insert(route.1, attrs);
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, inputs: &Inputs<'_>, changed: &BTreeSet<ObjectRef>) {
+        let snapshot = inputs.snapshot;
+        let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
+        let service_key = |(namespace, name): (String, String)| ObjectKey {
+            namespace: Some(namespace),
+            name,
+        };
+        for r in changed {
+            let key = ObjectKey {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+            };
+            match r.kind {
+                Kind::Service => {
+                    affected.insert(key);
+                }
+                Kind::EndpointSlice => {
+                    if let Some(old) = self.disown(&key) {
+                        affected.insert(service_key(old));
+                    }
+                    let owner = snapshot
+                        .endpoint_slices
+                        .get(&key)
+                        .and_then(|slice| slice_owner(&key, slice));
+                    if let Some(owner) = owner {
+                        self.own(&key, owner.clone());
+                        affected.insert(service_key(owner));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The EndpointSlices of the affected Services only.
+        let mut endpoints: SliceIndex<'_> = BTreeMap::new();
+        for svc in &affected {
+            let Some(namespace) = svc.namespace.clone() else {
+                continue;
+            };
+            let Some(slices) = self.slices_by_service.get(&(namespace, svc.name.clone())) else {
+                continue;
+            };
+            for k in slices {
+                if let Some((slice_key, slice)) = snapshot.endpoint_slices.get_key_value(k) {
+                    let owner = slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL));
+                    if let (Some(ns), Some(owner)) = (slice_key.namespace.as_deref(), owner) {
+                        endpoints
+                            .entry((ns, owner.as_str()))
+                            .or_default()
+                            .push(slice);
+                    }
+                }
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for key in affected {
+            let at = self.service_keys.binary_search(&key);
+            if let Ok(i) = at {
+                let old = self.plan.services.remove(i);
+                self.service_keys.remove(i);
+                self.count(&old, -1, &mut touched);
+            }
+            let Some(svc) = snapshot.services.get(&key) else {
+                continue;
+            };
+            let planned =
+                plan_service(inputs, &endpoints, &self.keys, &self.facts, &self.plan, svc);
+            if let Some(s) = planned {
+                self.count(&s, 1, &mut touched);
+                let i = at.unwrap_or_else(|i| i);
+                self.service_keys.insert(i, key);
+                self.plan.services.insert(i, s);
+            }
+        }
+        self.refresh_routes(inputs, touched);
+    }
 }
 
 /// EndpointSlices by (namespace, Service name), so planning stays linear in the Services.
@@ -338,6 +583,23 @@ fn slice_index(snapshot: &Snapshot) -> SliceIndex<'_> {
 struct Keys {
     pools: Vec<String>,
     advertisements: Vec<String>,
+}
+
+impl Keys {
+    fn of(config: &ParsedConfig) -> Keys {
+        Keys {
+            pools: config
+                .pools
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+            advertisements: config
+                .bgp_advertisements
+                .iter()
+                .map(|a| format!("{}/{}", a.namespace, a.name))
+                .collect(),
+        }
+    }
 }
 
 fn plan_service(
@@ -734,6 +996,259 @@ mod tests {
         assert!(
             err.contains("Secret/metallb-system/bgp-pass not found"),
             "{err}"
+        );
+    }
+
+    // Incremental planning: a fixed configuration and a changing set of Services and
+    // EndpointSlices; after every step the incremental plan must equal a full plan.
+
+    fn config_objects() -> Vec<Value> {
+        base(vec![
+            peer("other", "192.0.2.2", 64513, 64512, json!({})),
+            meta(
+                "BGPAdvertisement",
+                "agg",
+                json!({"aggregationLength": 28, "localPref": 50,
+                "communities": ["64513:1", "large:64513:2:3"]}),
+            ),
+            meta(
+                "BGPAdvertisement",
+                "host",
+                json!({"localPref": 200, "communities": ["64513:7"], "peers": ["other"]}),
+            ),
+            meta(
+                "BGPAdvertisement",
+                "zone-b",
+                json!({"aggregationLength": 26,
+                "nodeSelectors": [{"matchLabels": {"zone": "b"}}]}),
+            ),
+        ])
+    }
+
+    const IPS: [&str; 6] = [
+        "192.0.2.200",
+        "192.0.2.201",
+        "192.0.2.215",
+        "2001:db8:0:1::201",
+        "198.51.100.1",
+        "192.0.2.200",
+    ];
+    const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+    /// One Service's objects: None when absent.
+    #[derive(Clone, Debug)]
+    struct SvcState {
+        load_balancer: bool,
+        ips: Vec<usize>,
+        local: bool,
+        /// Per EndpointSlice (two at most): the Service it is labelled for, its nodes.
+        slices: Vec<Option<(usize, Vec<usize>)>>,
+    }
+
+    fn objects_of(services: &[Option<SvcState>]) -> BTreeMap<ObjectRef, Value> {
+        let mut out = BTreeMap::new();
+        for (i, s) in services.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let ips: Vec<&str> = s.ips.iter().map(|&i| IPS[i]).collect();
+            let mut svc = service(
+                &format!("s{i}"),
+                &ips,
+                if s.local { "Local" } else { "Cluster" },
+            );
+            if !s.load_balancer {
+                svc["spec"]["type"] = json!("ClusterIP");
+            }
+            out.insert(ObjectRef::of_manifest(&svc).unwrap(), svc);
+            for (j, sl) in s.slices.iter().enumerate() {
+                let Some((owner, nodes)) = sl else { continue };
+                let nodes: Vec<&str> = nodes.iter().map(|&n| NODES[n]).collect();
+                let mut v = slice(&format!("s{owner}"), &nodes);
+                v["metadata"]["name"] = json!(format!("s{i}-{j}"));
+                out.insert(ObjectRef::of_manifest(&v).unwrap(), v);
+            }
+        }
+        out
+    }
+
+    /// Plans `services` fully and incrementally (after `prev`) and compares.
+    fn step(
+        planner: &mut Planner,
+        prev: &BTreeMap<ObjectRef, Value>,
+        now: &BTreeMap<ObjectRef, Value>,
+    ) {
+        let changed: BTreeSet<ObjectRef> = prev
+            .keys()
+            .chain(now.keys())
+            .filter(|k| prev.get(*k) != now.get(*k))
+            .cloned()
+            .collect();
+        let mut objs = config_objects();
+        objs.extend(now.values().cloned());
+        let snap = snapshot(objs);
+        let (config, _) = valid_config(&snap);
+        let inputs = Inputs {
+            snapshot: &snap,
+            config: &config,
+            node: "node1",
+            ignore_exclude_label: false,
+        };
+        let full = plan(&inputs);
+        let inc = planner.plan(&inputs, Some(&changed));
+        assert_eq!(inc.services, full.services);
+        assert_eq!(inc.node_exclusion, full.node_exclusion);
+        assert_eq!(inc.unselected_peers, full.unselected_peers);
+        let routes = |p: &NodePlan| {
+            p.peers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.routes.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(routes(inc), routes(&full));
+    }
+
+    fn svc_state() -> impl proptest::strategy::Strategy<Value = Option<SvcState>> {
+        use proptest::prelude::*;
+        let slice = proptest::option::weighted(
+            0.7,
+            (0..4usize, proptest::collection::vec(0..3usize, 0..3)),
+        );
+        proptest::option::weighted(
+            0.8,
+            (
+                proptest::bool::weighted(0.9),
+                proptest::collection::vec(0..IPS.len(), 0..3),
+                any::<bool>(),
+                proptest::collection::vec(slice, 0..3),
+            )
+                .prop_map(|(load_balancer, ips, local, slices)| SvcState {
+                    load_balancer,
+                    ips,
+                    local,
+                    slices,
+                }),
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn incremental_plan_equals_full_plan(
+            steps in proptest::collection::vec((0..4usize, svc_state()), 1..16)
+        ) {
+            let mut services: Vec<Option<SvcState>> = vec![None; 4];
+            let mut planner = Planner::default();
+            let mut prev = BTreeMap::new();
+            // The first plan is a full one (nothing cached), from no Services at all.
+            step(&mut planner, &prev, &prev);
+            for (i, state) in steps {
+                services[i] = state;
+                let now = objects_of(&services);
+                step(&mut planner, &prev, &now);
+                prev = now;
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_plan_follows_add_modify_delete() {
+        let mut planner = Planner::default();
+        let mut services: Vec<Option<SvcState>> = vec![None; 3];
+        let mut prev = BTreeMap::new();
+        step(&mut planner, &prev, &prev);
+        let mut apply = |services: &[Option<SvcState>]| {
+            let now = objects_of(services);
+            step(&mut planner, &prev, &now);
+            prev = now;
+        };
+        let announced = SvcState {
+            load_balancer: true,
+            ips: vec![0],
+            local: false,
+            slices: vec![Some((0, vec![0]))],
+        };
+        services[0] = Some(announced.clone());
+        apply(&services);
+        // A second Service in the same aggregate, then the first one's slice moves to it.
+        services[1] = Some(SvcState {
+            ips: vec![1, 2],
+            slices: vec![],
+            ..announced.clone()
+        });
+        apply(&services);
+        services[1].as_mut().unwrap().slices = vec![Some((1, vec![1]))];
+        services[0].as_mut().unwrap().slices = vec![Some((1, vec![0]))];
+        apply(&services);
+        services[0] = None;
+        apply(&services);
+        services[1] = None;
+        apply(&services);
+    }
+
+    /// Prints the time of one Service change at 10,000 Services, full plan and incremental.
+    /// `cargo test -p metalnet-speaker --release plan_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn plan_timing_at_10000_services() {
+        const N: usize = 10_000;
+        let mut objs = config_objects();
+        let svc = |i: usize, ip: &str| {
+            let mut v = service(&format!("s{i}"), &[ip], "Cluster");
+            v["metadata"]["namespace"] = json!("default");
+            v
+        };
+        let ip = |i: usize| format!("2001:db8:0:1::{:x}", 0x200 + (i % 16));
+        for i in 0..N {
+            objs.push(svc(i, &ip(i)));
+            let mut s = slice(&format!("s{i}"), &["node1", "node2"]);
+            s["metadata"]["name"] = json!(format!("s{i}-x"));
+            objs.push(s);
+        }
+        let snap = snapshot(objs.clone());
+        let (config, _) = valid_config(&snap);
+        let inputs = |snap: &'_ Snapshot, config: &'_ ParsedConfig| -> NodePlan {
+            plan(&Inputs {
+                snapshot: snap,
+                config,
+                node: "node1",
+                ignore_exclude_label: false,
+            })
+        };
+        let mut planner = Planner::default();
+        planner.plan(
+            &Inputs {
+                snapshot: &snap,
+                config: &config,
+                node: "node1",
+                ignore_exclude_label: false,
+            },
+            None,
+        );
+        // One Service changes its address.
+        let changed_svc = svc(42, "192.0.2.201");
+        let changed = BTreeSet::from([ObjectRef::of_manifest(&changed_svc).unwrap()]);
+        objs.push(changed_svc);
+        let snap2 = snapshot(objs);
+        let t = std::time::Instant::now();
+        let full = inputs(&snap2, &config);
+        let full_time = t.elapsed();
+        let t = std::time::Instant::now();
+        let inc = planner.plan(
+            &Inputs {
+                snapshot: &snap2,
+                config: &config,
+                node: "node1",
+                ignore_exclude_label: false,
+            },
+            Some(&changed),
+        );
+        let inc_time = t.elapsed();
+        assert_eq!(inc.services, full.services);
+        let t = std::time::Instant::now();
+        let cloned = inc.services.clone();
+        let clone_time = t.elapsed();
+        assert_eq!(cloned.len(), N);
+        println!(
+            "{N} Services, one changed: full plan {full_time:?}, incremental {inc_time:?} (+ {clone_time:?} to clone the per-Service view)"
         );
     }
 }
