@@ -979,6 +979,35 @@ fn select_pools(
     out
 }
 
+/// What both kinds of advertisement select: the pools (`ipAddressPools` and
+/// `ipAddressPoolSelectors`) and the node selectors, with their problems.
+fn advertised_pools_and_nodes(
+    object: &ObjectRef,
+    pool_names: &[String],
+    pool_selectors: &[LabelSelector],
+    node_selectors: &[LabelSelector],
+    pools: &[ParsedPool],
+    all_pool_names: &BTreeSet<(String, String)>,
+    problems: &mut Vec<Problem>,
+) -> (BTreeSet<String>, Vec<Selector>) {
+    let pool_selectors = parse_selectors(
+        object,
+        "spec.ipAddressPoolSelectors",
+        pool_selectors,
+        problems,
+    );
+    let node_selectors = parse_selectors(object, "spec.nodeSelectors", node_selectors, problems);
+    let selected = select_pools(
+        object,
+        pool_names,
+        &pool_selectors,
+        pools,
+        all_pool_names,
+        problems,
+    );
+    (selected, node_selectors)
+}
+
 fn parse_l2_advertisement(
     object: &ObjectRef,
     adv: &L2Advertisement,
@@ -987,22 +1016,11 @@ fn parse_l2_advertisement(
 ) -> (Option<ParsedL2Advertisement>, Vec<Problem>) {
     let spec = &adv.spec;
     let mut problems = Vec::new();
-    let pool_selectors = parse_selectors(
-        object,
-        "spec.ipAddressPoolSelectors",
-        &spec.ip_address_pool_selectors,
-        &mut problems,
-    );
-    let node_selectors = parse_selectors(
-        object,
-        "spec.nodeSelectors",
-        &spec.node_selectors,
-        &mut problems,
-    );
-    let selected = select_pools(
+    let (selected, node_selectors) = advertised_pools_and_nodes(
         object,
         &spec.ip_address_pools,
-        &pool_selectors,
+        &spec.ip_address_pool_selectors,
+        &spec.node_selectors,
         pools,
         all_pool_names,
         &mut problems,
@@ -1081,22 +1099,11 @@ fn parse_bgp_advertisement(
         }
     }
 
-    let pool_selectors = parse_selectors(
-        object,
-        "spec.ipAddressPoolSelectors",
-        &spec.ip_address_pool_selectors,
-        &mut problems,
-    );
-    let node_selectors = parse_selectors(
-        object,
-        "spec.nodeSelectors",
-        &spec.node_selectors,
-        &mut problems,
-    );
-    let selected = select_pools(
+    let (selected, node_selectors) = advertised_pools_and_nodes(
         object,
         &spec.ip_address_pools,
-        &pool_selectors,
+        &spec.ip_address_pool_selectors,
+        &spec.node_selectors,
         pools,
         all_pool_names,
         &mut problems,
