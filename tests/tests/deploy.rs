@@ -1,0 +1,210 @@
+//! The manifests under `deploy/` hold together: every document parses, each workload's
+//! ServiceAccount, RBAC binding, volumes and ConfigMaps exist, every argument a container
+//! passes to one of our binaries is accepted by that binary, and the Flannel configuration
+//! shipped for metalnet-vxlan is valid. (No API server can run here, so this is as close to
+//! `kubectl apply` as CI gets.)
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use metalnet_lab::bins;
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    bins::workspace_root().join("deploy")
+}
+
+/// Every document of every `deploy/*.yaml` (not `crds/`, which has its own test), with the
+/// file it came from.
+fn documents() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests under deploy/");
+    let mut docs = Vec::new();
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut chunk = String::new();
+        let mut flush = |chunk: &mut String| {
+            if chunk
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            {
+                let v: Value = serde_saphyr::from_str(chunk)
+                    .unwrap_or_else(|e| panic!("{name}: not valid YAML: {e}"));
+                for key in ["apiVersion", "kind"] {
+                    assert!(v[key].is_string(), "{name}: a document without {key}");
+                }
+                assert!(
+                    v["metadata"]["name"].is_string(),
+                    "{name}: a {} without metadata.name",
+                    v["kind"]
+                );
+                docs.push((name.clone(), v));
+            }
+            chunk.clear();
+        };
+        for line in text.lines() {
+            if line.trim_end() == "---" {
+                flush(&mut chunk);
+            } else {
+                chunk.push_str(line);
+                chunk.push('\n');
+            }
+        }
+        flush(&mut chunk);
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .map(|(_, v)| v)
+        .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+}
+
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+/// Every DaemonSet and Deployment: its ServiceAccount exists in its namespace and is bound
+/// to a ClusterRole that exists; every volumeMount names a declared volume; every ConfigMap
+/// volume names a ConfigMap shipped alongside.
+#[test]
+fn workloads_reference_what_exists() {
+    let docs = documents();
+    let workloads: Vec<&(String, Value)> = docs
+        .iter()
+        .filter(|(_, v)| v["kind"] == "DaemonSet" || v["kind"] == "Deployment")
+        .collect();
+    assert!(workloads.len() >= 3, "controller, speaker and vxlan");
+    for (file, w) in workloads {
+        let what = format!("{file}: {}/{}", w["kind"], w["metadata"]["name"]);
+        let ns = w["metadata"]["namespace"].as_str().expect("namespaced");
+        let pod = &w["spec"]["template"]["spec"];
+        let labels = &w["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in w["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{what}: selector {k} does not match the pod");
+        }
+        let sa = pod["serviceAccountName"]
+            .as_str()
+            .expect("serviceAccountName");
+        let account = find(&docs, "ServiceAccount", sa)
+            .unwrap_or_else(|| panic!("{what}: ServiceAccount {sa} is not defined"));
+        assert_eq!(account["metadata"]["namespace"], ns, "{what}");
+        let binding = docs
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| {
+                v["kind"] == "ClusterRoleBinding"
+                    && v["subjects"].as_array().into_iter().flatten().any(|s| {
+                        s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == ns
+                    })
+            })
+            .unwrap_or_else(|| panic!("{what}: no ClusterRoleBinding for {sa}"));
+        let role = binding["roleRef"]["name"].as_str().unwrap();
+        assert!(
+            find(&docs, "ClusterRole", role).is_some(),
+            "{what}: ClusterRole {role} is not defined"
+        );
+        let volumes: BTreeSet<&str> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            if let Some(cm) = v["configMap"]["name"].as_str() {
+                let found = find(&docs, "ConfigMap", cm)
+                    .unwrap_or_else(|| panic!("{what}: ConfigMap {cm} is not defined"));
+                assert_eq!(found["metadata"]["namespace"], ns, "{what}: ConfigMap {cm}");
+            }
+        }
+        let containers = pod["containers"].as_array().into_iter().flatten();
+        let inits = pod["initContainers"].as_array().into_iter().flatten();
+        for c in containers.chain(inits) {
+            for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                let name = m["name"].as_str().unwrap();
+                assert!(
+                    volumes.contains(name),
+                    "{what}: container {} mounts undeclared volume {name}",
+                    c["name"]
+                );
+            }
+        }
+    }
+}
+
+/// Every container that runs one of our binaries passes arguments the binary accepts (the
+/// binary parses them, then prints its help because of a trailing `--help`), and the
+/// Prometheus scrape annotation names the port `--metrics-addr` listens on.
+#[test]
+fn container_arguments_are_accepted_by_our_binaries() {
+    let docs = documents();
+    let ours = [
+        "metalnet-controller",
+        "metalnet-speaker",
+        "metalnet-vxlan",
+        "metalnet-router",
+        "multus-shim",
+    ];
+    let mut checked = 0;
+    for (file, w) in &docs {
+        let pod = &w["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            let command = str_list(&c["command"]);
+            let Some(bin) = command.first().filter(|b| ours.contains(&b.as_str())) else {
+                continue;
+            };
+            let args = str_list(&c["args"]);
+            let path = bins::binary(bin).unwrap();
+            let out = Command::new(&path)
+                .args(&command[1..])
+                .args(&args)
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{file}: {bin} rejects {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let metrics_port = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--metrics-addr="))
+                .and_then(|a| a.rsplit(':').next());
+            let scrape_port =
+                w["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str();
+            assert_eq!(
+                metrics_port, scrape_port,
+                "{file}: {bin}: --metrics-addr and the prometheus.io/port annotation differ"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} containers of ours found");
+}
+
+/// The Flannel configuration shipped with metalnet-vxlan is valid for metalnet-vxlan and is
+/// a Flannel CNI configuration list (the `flannel` plugin first, as Flannel ships it).
+#[test]
+fn vxlan_config_map_is_valid_flannel_configuration() {
+    let docs = documents();
+    let cm = find(&docs, "ConfigMap", "metalnet-vxlan-cfg").expect("metalnet-vxlan-cfg");
+    let net_conf = cm["data"]["net-conf.json"].as_str().unwrap();
+    let parsed = metalnet_vxlan::netconf::NetConf::parse(net_conf).unwrap();
+    assert_eq!(parsed.backend.type_name(), "vxlan");
+    let cni: Value = serde_json::from_str(cm["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(cni["plugins"][0]["type"], "flannel");
+    assert!(cni["cniVersion"].is_string());
+}
