@@ -390,6 +390,116 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
     assert!(log.contains("closing the BGP sessions"), "{log}");
 }
 
+/// BIRD's line for the route of `prefix` from `protocol` (`<prefix> unicast [<protocol>
+/// <since>] ...`): the time in it changes only when BIRD replaces the route.
+fn bird_route_line(bird: &Bird, prefix: &str, protocol: &str) -> Option<String> {
+    let out = bird.birdc(&["show", "route", prefix]).ok()?;
+    out.lines()
+        .find(|l| l.contains(&format!("[{protocol} ")))
+        .map(|l| l.trim().to_string())
+}
+
+/// Whether BIRD is helping `protocol`'s peer through a graceful restart: it keeps the peer's
+/// routes, marked stale, until the restart time runs out or the peer's End-of-RIB.
+fn bird_gr_active(bird: &Bird, protocol: &str) -> bool {
+    bird.birdc(&["show", "protocols", "all", protocol])
+        .is_ok_and(|t| t.contains("Neighbor graceful restart active"))
+}
+
+/// Graceful restart (RFC 4724) with BIRD as the helper: whether the speaker dies (SIGKILL)
+/// or is stopped (SIGTERM, no Cease since GR was negotiated), BIRD keeps its routes as stale
+/// while it is down; the restarted speaker announces them again and its End-of-RIB ends the
+/// restart (stale flags cleared) and makes BIRD sweep the rest, so a Service deleted
+/// meanwhile is withdrawn then (well before the 120 s restart time).
+#[test]
+fn bird_graceful_restart_keeps_routes_across_speaker_restarts() {
+    let (kept, gone) = ("192.0.2.232/32", "192.0.2.233/32");
+    let site = Site::new("bgp_bird_gr", &["192.0.2.232", "192.0.2.233"]);
+    let mut cfg = site.demo.router_bird_config();
+    for n in &mut cfg.neighbors {
+        n.graceful_restart = Some(120);
+    }
+    let bird = Bird::start(&site.demo.router, cfg).unwrap();
+    let objects = |with_gone: bool| {
+        format!(
+            "{}{}{}{}{}",
+            pool_yaml(),
+            peer_yaml(
+                "router-v4",
+                ROUTER_SITE_V4,
+                NODE_ASN,
+                ROUTER_ASN,
+                ", enableGracefulRestart: true"
+            ),
+            advertisement_yaml("gr", "{}"),
+            service_yaml("kept", &["192.0.2.232"], "Cluster", &NODES),
+            if with_gone {
+                service_yaml("gone", &["192.0.2.233"], "Cluster", &NODES)
+            } else {
+                String::new()
+            },
+        )
+    };
+    site.write(&objects(true));
+    let proto = "node1_v4";
+    let from = [proto.to_string()];
+    let mut speaker = site.start("node1", "speaker");
+    wait_routes_from(&site, &bird, kept, &from, &|_| true);
+    wait_routes_from(&site, &bird, gone, &from, &|_| true);
+    wait_for("BIRD to have the End-of-RIB", STEP, || {
+        !bird_gr_active(&bird, proto)
+    })
+    .unwrap();
+    let original = bird_route_line(&bird, kept, proto).unwrap();
+
+    for (round, stop) in [("SIGKILL", libc::SIGKILL), ("SIGTERM", libc::SIGTERM)] {
+        let context = || format!("{round}\n{}\n{}", site.logs(), bird.logs());
+        speaker.signal(stop);
+        wait_for("the speaker to exit", STEP, || !speaker.is_running()).unwrap();
+        wait_for("BIRD to see the session go", STEP, || {
+            !bird.is_established(proto).unwrap_or(true)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", context()));
+        // Down, yet BIRD keeps the routes (stale) and helps the restart.
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            bird_gr_active(&bird, proto),
+            "no graceful restart: {}",
+            context()
+        );
+        assert_eq!(
+            bird_route_line(&bird, kept, proto).as_ref(),
+            Some(&original),
+            "{}",
+            context()
+        );
+        if round == "SIGKILL" {
+            assert!(bird_route_line(&bird, gone, proto).is_some());
+            site.write(&objects(false));
+        }
+        speaker = site.start("node1", &format!("speaker-after-{round}"));
+        bird.wait_established(proto, STEP)
+            .unwrap_or_else(|e| panic!("{e}: {}", context()));
+        // End-of-RIB: the restart is over (no stale route left) ...
+        wait_for("BIRD to end the graceful restart", STEP, || {
+            !bird_gr_active(&bird, proto)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", context()));
+        // ... the kept route is the one BIRD had all along (refreshed, never withdrawn) ...
+        assert_eq!(
+            bird_route_line(&bird, kept, proto).as_ref(),
+            Some(&original),
+            "{}",
+            context()
+        );
+        // ... and the Service deleted while the speaker was down is swept.
+        bird.wait_no_route(gone, STEP)
+            .unwrap_or_else(|e| panic!("{e}: {}", context()));
+    }
+    let log = std::fs::read_to_string(speaker.stderr_path()).unwrap_or_default();
+    assert!(!log.contains("sending BGP NOTIFICATION"), "{log}");
+}
+
 /// FRR as an iBGP route reflector-less peer with TCP MD5: the password comes from a
 /// `kubernetes.io/basic-auth` Secret; LOCAL_PREF is sent (iBGP); a node whose router-side
 /// password differs never gets a session, fails cleanly, and no password shows in logs or

@@ -175,6 +175,9 @@ pub struct BgpNeighbor {
     pub ipv6: bool,
     pub import: Policy,
     pub export: Policy,
+    /// Graceful restart (RFC 4724) with this restart time in seconds: BIRD only
+    /// (`graceful restart on`); the others keep their defaults.
+    pub graceful_restart: Option<u16>,
 }
 
 impl BgpNeighbor {
@@ -194,6 +197,7 @@ impl BgpNeighbor {
             ipv6: true,
             import: Policy::All,
             export: Policy::All,
+            graceful_restart: None,
         }
     }
 

@@ -113,6 +113,9 @@ impl BirdConfig {
                     (hold / 3).max(1)
                 );
             }
+            if let Some(time) = n.graceful_restart {
+                let _ = writeln!(c, "  graceful restart on;\n  graceful restart time {time};");
+            }
             // Lab timers: retry quickly instead of BIRD's 120 s default.
             let _ = writeln!(
                 c,
@@ -606,6 +609,7 @@ frr        BGP        ---        start  2026-11-25 13:08:25  Active        Socke
         assert!(text.contains("ipv4 { import all; export all; };"));
         assert!(!text.contains("  ipv6 { import"));
         assert!(text.contains("merge paths on"));
+        assert!(!text.contains("graceful restart"));
         assert!(text.contains("route 203.0.113.9/32 blackhole { bgp_community.add((64512,5)); };"));
     }
 }
