@@ -146,6 +146,9 @@ pub struct Frr {
     dir: PathBuf,
     zebra: Mutex<Option<Process>>,
     bgpd: Mutex<Option<Process>>,
+    /// bgpd's command line, for [`Frr::restart`].
+    bgpd_args: Vec<String>,
+    id: u64,
 }
 
 impl std::fmt::Debug for Frr {
@@ -187,14 +190,34 @@ impl Frr {
             &d("bgpd.conf"),
         ])?;
 
+        let zserv = d("zserv.api");
+        let vty = dir.to_string_lossy().into_owned();
+        let mut bgpd_args = vec![
+            format!("{FRR_DIR}/bgpd"),
+            // Stay root: the vty group check fails for root otherwise.
+            "-S".into(),
+            "-z".into(),
+            zserv.clone(),
+            "--vty_socket".into(),
+            vty.clone(),
+            "-i".into(),
+            d("bgpd.pid"),
+            "-f".into(),
+            d("bgpd.conf"),
+            "-P".into(),
+            "0".into(),
+        ];
+        if !config.kernel_install {
+            bgpd_args.push("-n".into());
+        }
         let frr = Frr {
             host: host.clone(),
             dir: dir.clone(),
             zebra: Mutex::new(None),
             bgpd: Mutex::new(None),
+            bgpd_args,
+            id,
         };
-        let zserv = d("zserv.api");
-        let vty = dir.to_string_lossy().into_owned();
         let zebra = host.spawn(
             &format!("zebra{id}"),
             &[
@@ -223,39 +246,36 @@ impl Frr {
         }
         *frr.zebra.lock().unwrap_or_else(|e| e.into_inner()) = Some(zebra);
 
-        let mut bgpd_args = vec![
-            format!("{FRR_DIR}/bgpd"),
-            // Stay root: the vty group check fails for root otherwise.
-            "-S".into(),
-            "-z".into(),
-            zserv.clone(),
-            "--vty_socket".into(),
-            vty.clone(),
-            "-i".into(),
-            d("bgpd.pid"),
-            "-f".into(),
-            d("bgpd.conf"),
-            "-P".into(),
-            "0".into(),
-        ];
-        if !config.kernel_install {
-            bgpd_args.push("-n".into());
-        }
-        let args: Vec<&str> = bgpd_args.iter().map(String::as_str).collect();
-        let bgpd = host.spawn(&format!("bgpd{id}"), &args)?;
+        frr.launch_bgpd()?;
+        Ok(frr)
+    }
+
+    /// Starts bgpd and waits until its vty answers.
+    fn launch_bgpd(&self) -> Result<()> {
+        let args: Vec<&str> = self.bgpd_args.iter().map(String::as_str).collect();
+        let bgpd = self.host.spawn(&format!("bgpd{}", self.id), &args)?;
         let ready = wait_for("bgpd vty", Duration::from_secs(10), || {
-            !bgpd.is_running() || frr.vtysh(&["show bgp summary json"]).is_ok()
+            !bgpd.is_running() || self.vtysh(&["show bgp summary json"]).is_ok()
         });
         if !bgpd.is_running() {
             return Err(LabError::Invalid(format!(
                 "bgpd in {} exited at start: {}",
-                host.name(),
+                self.host.name(),
                 bgpd.logs()
             )));
         }
         ready?;
-        *frr.bgpd.lock().unwrap_or_else(|e| e.into_inner()) = Some(bgpd);
-        Ok(frr)
+        *self.bgpd.lock().unwrap_or_else(|e| e.into_inner()) = Some(bgpd);
+        Ok(())
+    }
+
+    /// Stops bgpd (SIGTERM: it sends its peers a Cease) and starts it again with the same
+    /// configuration; zebra keeps running.
+    pub fn restart(&self) -> Result<()> {
+        if let Some(p) = self.bgpd.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            p.stop();
+        }
+        self.launch_bgpd()
     }
 
     pub fn host(&self) -> &Host {

@@ -105,6 +105,7 @@ pub struct Gobgp {
     api_port: u16,
     conf_path: PathBuf,
     process: Mutex<Option<Process>>,
+    id: u64,
 }
 
 impl std::fmt::Debug for Gobgp {
@@ -127,37 +128,50 @@ impl Gobgp {
         let conf_path = host.dir().join(format!("gobgp{id}.toml"));
         std::fs::write(&conf_path, config.render()?)
             .map_err(io_err(format!("writing {}", conf_path.display())))?;
-        let api = format!("127.0.0.1:{api_port}");
-        let process = host.spawn(
-            &format!("gobgpd{id}"),
-            &[
-                "gobgpd",
-                "-f",
-                &conf_path.to_string_lossy(),
-                "--api-hosts",
-                &api,
-                "--log-plain",
-            ],
-        )?;
         let gobgp = Gobgp {
             host: host.clone(),
             api_port,
             conf_path,
             process: Mutex::new(None),
+            id,
         };
+        gobgp.launch()?;
+        Ok(gobgp)
+    }
+
+    /// Starts gobgpd and waits until its API answers.
+    fn launch(&self) -> Result<()> {
+        let api = format!("127.0.0.1:{}", self.api_port);
+        let process = self.host.spawn(
+            &format!("gobgpd{}", self.id),
+            &[
+                "gobgpd",
+                "-f",
+                &self.conf_path.to_string_lossy(),
+                "--api-hosts",
+                &api,
+                "--log-plain",
+            ],
+        )?;
         let ready = wait_for("gobgpd API", Duration::from_secs(10), || {
-            !process.is_running() || gobgp.cli(&["global"]).is_ok()
+            !process.is_running() || self.cli(&["global"]).is_ok()
         });
         if !process.is_running() {
             return Err(LabError::Invalid(format!(
                 "gobgpd in {} exited at start: {}",
-                host.name(),
+                self.host.name(),
                 process.logs()
             )));
         }
         ready?;
-        *gobgp.process.lock().unwrap_or_else(|e| e.into_inner()) = Some(process);
-        Ok(gobgp)
+        *self.process.lock().unwrap_or_else(|e| e.into_inner()) = Some(process);
+        Ok(())
+    }
+
+    /// Stops gobgpd and starts it again with the same configuration (an empty RIB).
+    pub fn restart(&self) -> Result<()> {
+        BgpRouter::stop(self);
+        self.launch()
     }
 
     pub fn host(&self) -> &Host {
