@@ -566,6 +566,16 @@ fn frr_ibgp_with_md5_local_pref_and_a_wrong_password() {
     }
     let status: String = walk_text(&site.state.path().join("status"));
     assert!(!status.contains("s3cr3t"), "password in a status object");
+
+    // FRR's bgpd restarts (Cease to us, then nothing listening for a while): the sessions
+    // come back with the reconnect backoff and FRR has the route from both nodes again.
+    let t = Instant::now();
+    frr.restart()
+        .unwrap_or_else(|e| panic!("{e}\n{}", frr.logs()));
+    wait_routes_from(&site, &frr, &format!("{vip}/32"), &good, &|r| {
+        r.local_pref == Some(250)
+    });
+    eprintln!("routes back in FRR {:?} after its restart began", t.elapsed());
 }
 
 /// Every file's text under `dir`, concatenated.
@@ -628,6 +638,18 @@ fn gobgp_ebgp_v4_and_v6_with_aggregation() {
     wait_routes_from(&site, &gobgp, "2001:db8:0:1::200/124", &from6, &|r| {
         r.as_path == vec![NODE_ASN]
     });
+
+    // gobgpd restarts with an empty RIB: every session comes back and brings the routes.
+    let t = Instant::now();
+    gobgp
+        .restart()
+        .unwrap_or_else(|e| panic!("{e}\n{}", gobgp.logs()));
+    wait_routes_from(&site, &gobgp, "192.0.2.192/27", &from4, &|r| {
+        r.communities.contains(&Community::new(64513, 7))
+    });
+    wait_routes_from(&site, &gobgp, "2001:db8:0:1::200/124", &from6, &|_| true);
+    eprintln!("routes back in GoBGP {:?} after its restart began", t.elapsed());
+
     site.write(&objects(false));
     gobgp.wait_no_route("192.0.2.192/27", STEP).unwrap();
     gobgp.wait_no_route("2001:db8:0:1::200/124", STEP).unwrap();

@@ -24,7 +24,10 @@ pub const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsmConfig {
     pub local_as: u32,
+    /// The AS the peer must announce; ignored when `dynamic_as` is set.
     pub peer_as: u32,
+    /// MetalLB's `dynamicASN`: accept any AS of this kind from the peer's OPEN.
+    pub dynamic_as: Option<DynamicAs>,
     /// BGP identifier; when `None`, the session's local IPv4 address (or, on IPv6, the low 32
     /// bits of the local address).
     pub router_id: Option<Ipv4Addr>,
@@ -48,6 +51,7 @@ impl FsmConfig {
         Self {
             local_as,
             peer_as,
+            dynamic_as: None,
             router_id: None,
             hold_time: 90,
             keepalive_time: None,
@@ -56,6 +60,26 @@ impl FsmConfig {
             families: vec![IPV4_UNICAST, IPV6_UNICAST],
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which peer AS a session without a fixed `peerASN` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DynamicAs {
+    /// The peer's AS equals ours (iBGP).
+    Internal,
+    /// Any AS but ours (eBGP).
+    External,
+}
+
+impl FsmConfig {
+    /// Whether the peer announcing `peer_as` is the one configured.
+    pub fn accepts_peer_as(&self, peer_as: u32) -> bool {
+        match self.dynamic_as {
+            None => peer_as == self.peer_as,
+            Some(DynamicAs::Internal) => peer_as == self.local_as,
+            Some(DynamicAs::External) => peer_as != self.local_as,
         }
     }
 }
@@ -392,7 +416,7 @@ impl Fsm {
         let local = self.local_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let local_id = self.router_id(local);
         let peer_as = open.peer_as();
-        if peer_as != c.peer_as {
+        if !c.accepts_peer_as(peer_as) {
             return Err(Notification {
                 code: code::OPEN,
                 subcode: code::BAD_PEER_AS,

@@ -12,7 +12,7 @@ pub mod rib;
 pub mod session;
 pub mod wire;
 
-pub use fsm::{Fsm, FsmConfig, Negotiated, State};
+pub use fsm::{DynamicAs, Fsm, FsmConfig, Negotiated, State};
 pub use rib::{ReceivedRoute, RouteAttrs};
 pub use session::{Password, PeerConfig, PeerSpecError, Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

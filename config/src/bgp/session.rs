@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::fsm::{
-    Action, DownReason, Event, Family, Fsm, FsmConfig, IPV4_UNICAST, IPV6_UNICAST, Negotiated,
+    Action, DownReason, DynamicAs, Event, Family, Fsm, FsmConfig, IPV4_UNICAST, IPV6_UNICAST, Negotiated,
     State, Timer,
 };
 pub use super::rib::RouteAttrs;
@@ -49,7 +49,10 @@ impl std::fmt::Debug for Password {
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
     pub my_asn: u32,
+    /// Ignored when `dynamic_asn` is set.
     pub peer_asn: u32,
+    /// `dynamicASN`: accept the peer's AS from its OPEN if it is of this kind.
+    pub dynamic_asn: Option<DynamicAs>,
     pub peer_address: IpAddr,
     pub peer_port: u16,
     /// Local address to connect from (and the default next hop).
@@ -80,6 +83,7 @@ impl PeerConfig {
         Self {
             my_asn,
             peer_asn,
+            dynamic_asn: None,
             peer_address,
             peer_port: 179,
             source_address: None,
@@ -103,6 +107,7 @@ impl PeerConfig {
         FsmConfig {
             local_as: self.my_asn,
             peer_as: self.peer_asn,
+            dynamic_as: self.dynamic_asn,
             router_id: self.router_id,
             hold_time: secs(self.hold_time),
             keepalive_time: self.keepalive_time.map(secs),
@@ -120,8 +125,16 @@ impl PeerConfig {
         SocketAddr::new(self.peer_address, self.peer_port)
     }
 
+    /// Whether the peer is in our AS (for `dynamicASN`, the kind configured).
+    fn ibgp(&self) -> bool {
+        match self.dynamic_asn {
+            None => self.my_asn == self.peer_asn,
+            Some(kind) => kind == DynamicAs::Internal,
+        }
+    }
+
     fn ttl(&self) -> u32 {
-        if self.ebgp_multihop || self.my_asn == self.peer_asn {
+        if self.ebgp_multihop || self.ibgp() {
             255
         } else {
             1
@@ -151,14 +164,32 @@ impl PeerConfig {
                 .transpose()
                 .map_err(|e| err(field, e.to_string()))
         };
-        if spec.dynamic_asn.is_some() {
-            return Err(err("dynamicASN", "not supported; set peerASN".into()));
+        let dynamic_asn = match spec.dynamic_asn.as_deref() {
+            None | Some("") => None,
+            Some("internal") => Some(DynamicAs::Internal),
+            Some("external") => Some(DynamicAs::External),
+            Some(other) => {
+                return Err(err(
+                    "dynamicASN",
+                    format!("{other:?} is not valid (internal or external)"),
+                ));
+            }
+        };
+        if dynamic_asn.is_some() && spec.peer_asn != 0 {
+            return Err(err(
+                "peerASN",
+                format!(
+                    "peerASN {} and dynamicASN are both set; set only one",
+                    spec.peer_asn
+                ),
+            ));
         }
         let peer_address: IpAddr = spec
             .peer_address
             .parse()
             .map_err(|e| err("peerAddress", format!("{:?}: {e}", spec.peer_address)))?;
         let mut c = PeerConfig::new(spec.my_asn, spec.peer_asn, peer_address);
+        c.dynamic_asn = dynamic_asn;
         if let Some(port) = spec.peer_port {
             c.peer_port = port;
         }
@@ -903,8 +934,29 @@ mod tests {
         );
         assert_eq!(
             bad(serde_json::json!({"dynamicASN": "external"})),
+            "peerASN"
+        );
+        assert_eq!(
+            bad(serde_json::json!({"peerASN": 0, "dynamicASN": "sideways"})),
             "dynamicASN"
         );
+    }
+
+    #[test]
+    fn dynamic_asn_from_a_bgppeer_spec() {
+        let spec = |kind: &str| -> crate::model::BGPPeerSpec {
+            serde_json::from_value(serde_json::json!({
+                "myASN": 64512, "dynamicASN": kind, "peerAddress": "192.0.2.2"
+            }))
+            .unwrap()
+        };
+        let c = PeerConfig::from_spec(&spec("external"), None).unwrap();
+        assert_eq!(c.dynamic_asn, Some(DynamicAs::External));
+        assert_eq!(c.fsm_config().dynamic_as, Some(DynamicAs::External));
+        assert_eq!(c.ttl(), 1);
+        let c = PeerConfig::from_spec(&spec("internal"), None).unwrap();
+        assert_eq!(c.dynamic_asn, Some(DynamicAs::Internal));
+        assert_eq!(c.ttl(), 255);
     }
 
     #[test]

@@ -364,3 +364,44 @@ fn no_event_sequence_panics() {
         }
     });
 }
+
+/// `dynamicASN`: the peer's AS comes from its OPEN; internal accepts only ours, external any
+/// other; a peer of the wrong kind gets OPEN error Bad Peer AS.
+#[test]
+fn dynamic_as_accepts_the_right_kind_and_rejects_the_other() {
+    let open_from = |kind: DynamicAs, peer_as: u32| {
+        let mut c = FsmConfig::new(64512, 0);
+        c.dynamic_as = Some(kind);
+        let mut fsm = Fsm::new(c);
+        fsm.handle(Event::ManualStart);
+        fsm.handle(Event::TcpConnected { local: LOCAL });
+        let a = fsm.handle(Event::Message(Message::Open(peer_open(
+            peer_as,
+            90,
+            full_caps(peer_as),
+        ))));
+        (fsm, a)
+    };
+    for (kind, peer_as, ibgp) in [
+        (DynamicAs::External, 64513, false),
+        (DynamicAs::External, 4_200_000_000, false),
+        (DynamicAs::Internal, 64512, true),
+    ] {
+        let (mut fsm, a) = open_from(kind, peer_as);
+        assert_eq!(fsm.state(), State::OpenConfirm, "{kind:?} {peer_as}: {a:?}");
+        let a = fsm.handle(Event::Message(Message::Keepalive));
+        let Some(Action::Established(neg)) = a.last() else {
+            panic!("{a:?}")
+        };
+        assert_eq!((neg.peer_as, neg.ibgp), (peer_as, ibgp));
+    }
+    for (kind, peer_as) in [(DynamicAs::External, 64512), (DynamicAs::Internal, 64513)] {
+        let (fsm, a) = open_from(kind, peer_as);
+        assert_eq!(
+            sent_notification(&a),
+            Some((code::OPEN, code::BAD_PEER_AS)),
+            "{kind:?} {peer_as}: {a:?}"
+        );
+        assert_eq!(fsm.state(), State::Idle);
+    }
+}
