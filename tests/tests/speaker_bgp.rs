@@ -594,6 +594,61 @@ fn walk_text(dir: &std::path::Path) -> String {
     out
 }
 
+/// `dynamicASN` instead of `peerASN`, against FRR over eBGP: `external` takes FRR's AS from
+/// its OPEN and announces the route; a BGPPeer saying `internal` for the same (eBGP) router
+/// gets no session, the speaker answering FRR's OPEN with Bad Peer AS.
+#[test]
+fn frr_dynamic_asn_external_and_a_wrong_kind() {
+    let vip = "192.0.2.215";
+    let site = Site::new("bgp_frr_dynasn", &[vip]);
+    let mut cfg = FrrConfig::new(ROUTER_SITE_V4.parse().unwrap(), ROUTER_ASN);
+    for i in 0..3 {
+        let mut n = BgpNeighbor::new(node_v4(i).parse().unwrap(), NODE_ASN).passive();
+        n.ipv6 = false;
+        n.hold_time = Some(9);
+        cfg.neighbors.push(n);
+    }
+    let frr = Frr::start(&site.demo.router, cfg).unwrap();
+    let on = |nodes: &str| format!(", nodeSelectors: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{nodes}]}}]}}]");
+    site.write(&format!(
+        "{}{}{}{}{}",
+        pool_yaml(),
+        peer_yaml(
+            "frr-ext",
+            ROUTER_SITE_V4,
+            NODE_ASN,
+            0,
+            &format!(", dynamicASN: external{}", on("node1, node2"))
+        ),
+        peer_yaml(
+            "frr-int",
+            ROUTER_SITE_V4,
+            NODE_ASN,
+            0,
+            &format!(", dynamicASN: internal{}", on("node3"))
+        ),
+        advertisement_yaml("dyn", "{}"),
+        service_yaml("web", &[vip], "Cluster", &NODES),
+    ));
+    let _speakers = site.start_all();
+    let good: Vec<String> = (0..2).map(node_v4).collect();
+    wait_routes_from(&site, &frr, &format!("{vip}/32"), &good, &|r| {
+        r.as_path == vec![NODE_ASN]
+    });
+    let log3 = site.node("node3").dir().join("speaker.err");
+    wait_for("node3 to refuse FRR's AS", STEP, || {
+        std::fs::read_to_string(&log3).is_ok_and(|l| l.contains("bad peer AS"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
+    assert!(!frr.is_established(&node_v4(2)).unwrap());
+    assert!(
+        routes_of(&frr, &format!("{vip}/32"))
+            .iter()
+            .all(|r| !r.next_hops.contains(&node_v4(2).parse().unwrap())),
+        "node3 must not have a session"
+    );
+}
+
 /// GoBGP as the upstream router over eBGP, one IPv4 and one IPv6 session per node, with
 /// aggregation: both addresses are announced as the aggregates (/27, /124) from all nodes,
 /// next hops the nodes' addresses of each family; withdrawn when the Service goes.

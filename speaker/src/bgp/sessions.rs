@@ -66,7 +66,7 @@ impl Sessions {
                     stopping.push((key.clone(), old));
                 }
                 tracing::info!(peer = %key, address = %config.peer_address, port = config.peer_port,
-                    my_asn = config.my_asn, peer_asn = config.peer_asn,
+                    my_asn = config.my_asn, peer_asn = config.peer_asn, dynamic_asn = ?config.dynamic_asn,
                     md5 = config.password.is_some(), "starting BGP session");
                 let handle = Session::spawn(config.clone());
                 spawn_state_logger(key.clone(), &handle);
