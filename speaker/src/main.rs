@@ -330,7 +330,7 @@ async fn bgp_explain(
         Some(&s.namespace) == svc.metadata.namespace.as_ref()
             && Some(&s.name) == svc.metadata.name.as_ref()
     });
-    bgp_explain::render(&plan, service, sessions.as_ref())
+    bgp_explain::render(&plan, service.map(|s| &**s), sessions.as_ref())
 }
 
 /// The body of a running speaker's /metrics.

@@ -26,7 +26,7 @@ use metalnet_config::validate::ParsedConfig;
 
 use crate::metrics::{AnnouncedLabels, Metrics};
 pub use metrics::BgpMetrics;
-pub use plan::{Inputs, NodePlan, Planner, ServiceBgp};
+pub use plan::{Inputs, NodePlan, PlannedServices, Planner, ServiceBgp};
 use sessions::{Sessions, SharedSessions};
 use status::BgpStatusWriter;
 
@@ -58,7 +58,7 @@ pub fn replan_needed(
 }
 
 /// The Services last planned, for the metrics refresher (`None`: unchanged since taken).
-type Published = Arc<Mutex<Option<Arc<Vec<ServiceBgp>>>>>;
+type Published = Arc<Mutex<Option<PlannedServices>>>;
 
 /// BGP mode on this node.
 pub struct Bgp {
@@ -71,7 +71,7 @@ pub struct Bgp {
 }
 
 /// `metallb_speaker_announced{protocol="bgp"}` series of a plan.
-fn announced_labels(node: &str, services: &[ServiceBgp]) -> HashSet<AnnouncedLabels> {
+fn announced_labels(node: &str, services: &[Arc<ServiceBgp>]) -> HashSet<AnnouncedLabels> {
     services
         .iter()
         .flat_map(|s| {
@@ -160,7 +160,7 @@ impl Bgp {
         ignore_exclude_label: bool,
         changed: Option<&BTreeSet<ObjectRef>>,
         metrics: &Metrics,
-    ) -> Arc<Vec<ServiceBgp>> {
+    ) -> PlannedServices {
         let started = std::time::Instant::now();
         let plan = self.planner.plan(
             &Inputs {
@@ -175,7 +175,8 @@ impl Bgp {
         if let Ok(mut s) = self.sessions.lock() {
             s.apply(plan, &metrics.bgp);
         }
-        let services = Arc::new(plan.services.clone());
+        // Shared with the plan: a reference count per Service, not a copy of each.
+        let services = plan.shared_services();
         if let Ok(mut p) = self.published.lock() {
             *p = Some(services.clone());
         }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::plan::ServiceBgp;
+use super::plan::{PlannedServices, ServiceBgp};
 use crate::status::{LABEL_NODE, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, Plan};
 
 /// `bgp-` plus a hash of (node, Service): stable, so restarts rewrite rather than duplicate.
@@ -66,9 +66,14 @@ fn same(existing: &ServiceBGPStatus, node: &str, s: &ServiceBgp) -> bool {
 
 /// The writes and deletes that leave exactly this node's objects for the Services it
 /// announces (other nodes' objects are theirs to manage).
-pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[ServiceBgp]) -> Plan {
+pub fn plan<'a>(
+    snapshot: &Snapshot,
+    namespace: &str,
+    node: &str,
+    services: impl IntoIterator<Item = &'a ServiceBgp>,
+) -> Plan {
     let mut desired: BTreeMap<ObjectRef, &ServiceBgp> = services
-        .iter()
+        .into_iter()
         .filter(|s| !s.contributions.is_empty())
         .map(|s| {
             (
@@ -108,7 +113,7 @@ pub fn plan(snapshot: &Snapshot, namespace: &str, node: &str, services: &[Servic
 }
 
 /// One round for the writer: the snapshot and the planned Services.
-type Round = Option<(Arc<Snapshot>, Arc<Vec<ServiceBgp>>)>;
+type Round = Option<(Arc<Snapshot>, PlannedServices)>;
 
 /// Applies status plans in its own task, so slow writes never hold up announcing.
 pub struct BgpStatusWriter {
@@ -124,7 +129,7 @@ impl BgpStatusWriter {
                 let Some((snapshot, services)) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let p = plan(&snapshot, &namespace, &node, &services);
+                let p = plan(&snapshot, &namespace, &node, services.iter().map(|s| &**s));
                 // The same plan again means our writes have not shown up yet: skip.
                 if last.as_ref() == Some(&p) {
                     continue;
@@ -145,7 +150,7 @@ impl BgpStatusWriter {
         BgpStatusWriter { tx }
     }
 
-    pub fn update(&self, snapshot: Arc<Snapshot>, services: Arc<Vec<ServiceBgp>>) {
+    pub fn update(&self, snapshot: Arc<Snapshot>, services: PlannedServices) {
         self.tx.send_replace(Some((snapshot, services)));
     }
 }
@@ -202,7 +207,7 @@ mod tests {
             &snapshot(vec![]),
             "metallb-system",
             "node1",
-            std::slice::from_ref(&web),
+            [&web],
         );
         assert_eq!((p.apply.len(), p.delete.len()), (1, 0));
 
@@ -210,14 +215,14 @@ mod tests {
         let stale = status_object("metallb-system", "node1", &service("old", &["x"]));
         let other = status_object("metallb-system", "node2", &service("old", &["x"]));
         let snap = snapshot(vec![obj, stale, other]);
-        let p = plan(&snap, "metallb-system", "node1", std::slice::from_ref(&web));
+        let p = plan(&snap, "metallb-system", "node1", [&web]);
         assert!(p.apply.is_empty(), "{p:?}");
         assert_eq!(p.delete.len(), 1);
         assert_eq!(p.delete[0].name, status_name("node1", "default", "old"));
 
         // A peer more: rewritten.
         let web2 = service("web", &["router-v4"]);
-        let p = plan(&snap, "metallb-system", "node1", &[web2]);
+        let p = plan(&snap, "metallb-system", "node1", [&web2]);
         assert_eq!(p.apply.len(), 1);
     }
 }
