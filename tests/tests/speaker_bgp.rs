@@ -575,7 +575,10 @@ fn frr_ibgp_with_md5_local_pref_and_a_wrong_password() {
     wait_routes_from(&site, &frr, &format!("{vip}/32"), &good, &|r| {
         r.local_pref == Some(250)
     });
-    eprintln!("routes back in FRR {:?} after its restart began", t.elapsed());
+    eprintln!(
+        "routes back in FRR {:?} after its restart began",
+        t.elapsed()
+    );
 }
 
 /// Every file's text under `dir`, concatenated.
@@ -609,7 +612,11 @@ fn frr_dynamic_asn_external_and_a_wrong_kind() {
         cfg.neighbors.push(n);
     }
     let frr = Frr::start(&site.demo.router, cfg).unwrap();
-    let on = |nodes: &str| format!(", nodeSelectors: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{nodes}]}}]}}]");
+    let on = |nodes: &str| {
+        format!(
+            ", nodeSelectors: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{nodes}]}}]}}]"
+        )
+    };
     site.write(&format!(
         "{}{}{}{}{}",
         pool_yaml(),
@@ -703,7 +710,10 @@ fn gobgp_ebgp_v4_and_v6_with_aggregation() {
         r.communities.contains(&Community::new(64513, 7))
     });
     wait_routes_from(&site, &gobgp, "2001:db8:0:1::200/124", &from6, &|_| true);
-    eprintln!("routes back in GoBGP {:?} after its restart began", t.elapsed());
+    eprintln!(
+        "routes back in GoBGP {:?} after its restart began",
+        t.elapsed()
+    );
 
     site.write(&objects(false));
     gobgp.wait_no_route("192.0.2.192/27", STEP).unwrap();

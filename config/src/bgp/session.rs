@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::fsm::{
-    Action, DownReason, DynamicAs, Event, Family, Fsm, FsmConfig, IPV4_UNICAST, IPV6_UNICAST, Negotiated,
-    State, Timer,
+    Action, DownReason, DynamicAs, Event, Family, Fsm, FsmConfig, IPV4_UNICAST, IPV6_UNICAST,
+    Negotiated, State, Timer,
 };
 pub use super::rib::RouteAttrs;
 use super::rib::{self, Announced, ReceivedRoute};

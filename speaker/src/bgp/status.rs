@@ -203,12 +203,7 @@ mod tests {
         assert_eq!(obj["status"]["peers"], json!(["router-v4", "router-v6"]));
         assert_eq!(obj["metadata"]["labels"][LABEL_NODE], "node1");
 
-        let p = plan(
-            &snapshot(vec![]),
-            "metallb-system",
-            "node1",
-            [&web],
-        );
+        let p = plan(&snapshot(vec![]), "metallb-system", "node1", [&web]);
         assert_eq!((p.apply.len(), p.delete.len()), (1, 0));
 
         // Already there: nothing to do. A stale one of ours goes; another node's stays.
