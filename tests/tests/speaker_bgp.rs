@@ -391,7 +391,7 @@ fn bird_ecmp_from_three_nodes_and_remote_client_reaches_the_address() {
 }
 
 /// BIRD's line for the route of `prefix` from `protocol` (`<prefix> unicast [<protocol>
-/// <since>] ...`): the time in it changes only when BIRD replaces the route.
+/// <since>] ...`), if it has that route.
 fn bird_route_line(bird: &Bird, prefix: &str, protocol: &str) -> Option<String> {
     let out = bird.birdc(&["show", "route", prefix]).ok()?;
     out.lines()
@@ -420,6 +420,8 @@ fn bird_graceful_restart_keeps_routes_across_speaker_restarts() {
         n.graceful_restart = Some(120);
     }
     let bird = Bird::start(&site.demo.router, cfg).unwrap();
+    // Route and state traces in BIRD's log, for the failure messages.
+    bird.birdc(&["debug", "node1_v4", "all"]).unwrap();
     let objects = |with_gone: bool| {
         format!(
             "{}{}{}{}{}",
@@ -450,28 +452,33 @@ fn bird_graceful_restart_keeps_routes_across_speaker_restarts() {
         !bird_gr_active(&bird, proto)
     })
     .unwrap();
-    let original = bird_route_line(&bird, kept, proto).unwrap();
 
     for (round, stop) in [("SIGKILL", libc::SIGKILL), ("SIGTERM", libc::SIGTERM)] {
-        let context = || format!("{round}\n{}\n{}", site.logs(), bird.logs());
+        let context = |speaker: &Process| {
+            format!(
+                "{round}\n{}\n--- current speaker ---\n{}\n--- BIRD ---\n{}",
+                site.logs(),
+                speaker.logs(),
+                bird.logs()
+            )
+        };
         speaker.signal(stop);
         wait_for("the speaker to exit", STEP, || !speaker.is_running()).unwrap();
         wait_for("BIRD to see the session go", STEP, || {
             !bird.is_established(proto).unwrap_or(true)
         })
-        .unwrap_or_else(|e| panic!("{e}: {}", context()));
+        .unwrap_or_else(|e| panic!("{e}: {}", context(&speaker)));
         // Down, yet BIRD keeps the routes (stale) and helps the restart.
         std::thread::sleep(Duration::from_secs(2));
         assert!(
             bird_gr_active(&bird, proto),
             "no graceful restart: {}",
-            context()
+            context(&speaker)
         );
-        assert_eq!(
-            bird_route_line(&bird, kept, proto).as_ref(),
-            Some(&original),
+        assert!(
+            bird_route_line(&bird, kept, proto).is_some(),
             "{}",
-            context()
+            context(&speaker)
         );
         if round == "SIGKILL" {
             assert!(bird_route_line(&bird, gone, proto).is_some());
@@ -479,25 +486,40 @@ fn bird_graceful_restart_keeps_routes_across_speaker_restarts() {
         }
         speaker = site.start("node1", &format!("speaker-after-{round}"));
         bird.wait_established(proto, STEP)
-            .unwrap_or_else(|e| panic!("{e}: {}", context()));
+            .unwrap_or_else(|e| panic!("{e}: {}", context(&speaker)));
         // End-of-RIB: the restart is over (no stale route left) ...
         wait_for("BIRD to end the graceful restart", STEP, || {
             !bird_gr_active(&bird, proto)
         })
-        .unwrap_or_else(|e| panic!("{e}: {}", context()));
-        // ... the kept route is the one BIRD had all along (refreshed, never withdrawn) ...
-        assert_eq!(
-            bird_route_line(&bird, kept, proto).as_ref(),
-            Some(&original),
+        .unwrap_or_else(|e| panic!("{e}: {}", context(&speaker)));
+        assert!(
+            bird_route_line(&bird, kept, proto).is_some(),
             "{}",
-            context()
+            context(&speaker)
         );
         // ... and the Service deleted while the speaker was down is swept.
         bird.wait_no_route(gone, STEP)
-            .unwrap_or_else(|e| panic!("{e}: {}", context()));
+            .unwrap_or_else(|e| panic!("{e}: {}", context(&speaker)));
     }
     let log = std::fs::read_to_string(speaker.stderr_path()).unwrap_or_default();
     assert!(!log.contains("sending BGP NOTIFICATION"), "{log}");
+    // BIRD's route trace: the kept route was refreshed, never withdrawn (no flap), and the
+    // deleted Service's route went once, in the sweep.
+    let trace = bird.logs();
+    let lines = |prefix: &str, what: &str| {
+        trace
+            .lines()
+            .filter(|l| l.contains(prefix) && l.contains(what))
+            .count()
+    };
+    assert_eq!(lines(kept, "removed"), 0, "{trace}");
+    assert_eq!(
+        lines(kept, "ignored"),
+        2,
+        "refreshed once per restart: {trace}"
+    );
+    assert_eq!(lines(gone, "removed"), 1, "{trace}");
+    assert_eq!(lines(proto, "graceful restart done"), 2, "{trace}");
 }
 
 /// FRR as an iBGP route reflector-less peer with TCP MD5: the password comes from a

@@ -282,9 +282,20 @@ pub struct SessionHandle {
 pub struct Session;
 
 impl Session {
-    /// Starts a session task on the current tokio runtime.
+    /// Starts a session task on the current tokio runtime, with no routes yet.
     pub fn spawn(config: PeerConfig) -> SessionHandle {
-        let (desired_tx, desired_rx) = watch::channel(Desired::default());
+        Self::spawn_with_routes(config, BTreeMap::new())
+    }
+
+    /// Starts a session task that announces `routes` from the start. With graceful restart
+    /// this matters: the End-of-RIB follows the first table sent, and the peer then sweeps
+    /// every stale route of ours not in it, so routes set only after [`Session::spawn`] could
+    /// lose the race with Established and flap.
+    pub fn spawn_with_routes(
+        config: PeerConfig,
+        routes: BTreeMap<IpNet, RouteAttrs>,
+    ) -> SessionHandle {
+        let (desired_tx, desired_rx) = watch::channel(Arc::new(routes));
         let (status_tx, status_rx) = watch::channel(SessionStatus {
             state: State::Idle,
             last_error: None,
@@ -1068,6 +1079,59 @@ mod tests {
             }
         }
         stream
+    }
+
+    /// With graceful restart the routes a session is spawned with go out before its
+    /// End-of-RIB, whatever the timing: the peer sweeps what the End-of-RIB leaves out.
+    #[tokio::test]
+    async fn initial_routes_precede_the_end_of_rib() {
+        use crate::bgp::fsm::{Fsm, FsmConfig};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut c = PeerConfig::new(64512, 64513, lo);
+        c.listen = Some(SocketAddr::new(lo, port));
+        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 1));
+        c.enable_graceful_restart = true;
+        let route: IpNet = "203.0.113.5/32".parse().unwrap();
+        let s = Session::spawn_with_routes(c, [(route, RouteAttrs::default())].into());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(st) => break st,
+                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let mut fc = FsmConfig::new(64513, 64512);
+        fc.router_id = Some(Ipv4Addr::new(192, 0, 2, 9));
+        fc.graceful_restart = Some(120);
+        let ctx = WireContext::FOUR_OCTET;
+        for m in [Message::Open(Fsm::new(fc).our_open(lo)), Message::Keepalive] {
+            stream.write_all(&m.to_bytes(ctx).unwrap()).await.unwrap();
+        }
+        // Every UPDATE until the first End-of-RIB: true for an End-of-RIB.
+        let mut updates: Vec<bool> = Vec::new();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            while !updates.contains(&true) {
+                if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                    break;
+                }
+                while let Ok(Some(len)) = wire::frame_len(&buf) {
+                    if let Ok((Message::Update(u), _)) = Message::parse(&buf[..len], ctx) {
+                        updates.push(u.is_end_of_rib().is_some());
+                    }
+                    buf.drain(..len);
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no End-of-RIB: {updates:?} {:?}", s.status());
+        assert_eq!(updates.first(), Some(&false), "{updates:?}");
+        assert_eq!(s.counters().prefixes_announced.load(Ordering::Relaxed), 1);
+        s.shutdown().await;
     }
 
     /// Reads until EOF and returns the NOTIFICATION seen, if any.

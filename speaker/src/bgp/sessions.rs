@@ -60,7 +60,12 @@ impl Sessions {
                 .running
                 .get(key)
                 .is_some_and(|r| r.fingerprint == fp && r.password == config.password);
-            if !same {
+            if same {
+                if let Some(r) = self.running.get_mut(key) {
+                    r.desired = peer.routes.len();
+                    r.handle.set_routes(peer.routes.clone());
+                }
+            } else {
                 if let Some(old) = self.running.remove(key) {
                     tracing::info!(peer = %key, "BGPPeer changed: restarting its session");
                     stopping.push((key.clone(), old));
@@ -68,7 +73,9 @@ impl Sessions {
                 tracing::info!(peer = %key, address = %config.peer_address, port = config.peer_port,
                     my_asn = config.my_asn, peer_asn = config.peer_asn, dynamic_asn = ?config.dynamic_asn,
                     md5 = config.password.is_some(), "starting BGP session");
-                let handle = Session::spawn(config.clone());
+                // The routes go in at the start: with graceful restart, a session that
+                // reached Established before them would send End-of-RIB with an empty table.
+                let handle = Session::spawn_with_routes(config.clone(), peer.routes.clone());
                 spawn_state_logger(key.clone(), &handle);
                 self.running.insert(
                     key.clone(),
@@ -77,14 +84,10 @@ impl Sessions {
                         password: config.password.clone(),
                         handle,
                         label: peer_label(config),
-                        desired: 0,
+                        desired: peer.routes.len(),
                         updates_counted: 0,
                     },
                 );
-            }
-            if let Some(r) = self.running.get_mut(key) {
-                r.desired = peer.routes.len();
-                r.handle.set_routes(peer.routes.clone());
             }
         }
         let gone: Vec<String> = self
