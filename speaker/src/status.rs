@@ -432,7 +432,9 @@ mod tests {
         }
         // Another node's win, or an address that did not fail: no event.
         assert!(failure_events(&[election("web", "node2")], "node1", &failures).is_empty());
-        assert!(failure_events(&[web.clone()], "node1", &missing("192.0.2.9")).is_empty());
+        assert!(
+            failure_events(std::slice::from_ref(&web), "node1", &missing("192.0.2.9")).is_empty()
+        );
         assert_eq!(
             announcing(&[web], "node1", &Failures::new()),
             [("default".to_string(), "web".to_string())].into()

@@ -10,8 +10,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use metalnet_config::state::{Kind, ObjectRef, dir};
 use metalnet_lab::lab::{DemoSite, Lab, wait_for};
 use metalnet_lab::{Host, Process, bins};
+use metalnet_speaker::announce::RESCAN_INTERVAL;
 use metalnet_speaker::election::rank_hash;
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
@@ -290,13 +292,13 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
         status_nodes(site.state_dir(), "web") == vec![w.clone()]
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", status_nodes(site.state_dir(), "web")));
-    let events = events_of(site.state_dir(), "web");
+    let assigned = format!("announcing from node \"{w}\" with protocol \"layer2\"");
+    let events = service_events(&site, "web");
     assert!(
-        events.contains("reason: nodeAssigned")
-            && events.contains(&format!(
-                "announcing from node \"{w}\" with protocol \"layer2\""
-            )),
-        "{events}"
+        events
+            .iter()
+            .any(|e| e["reason"] == "nodeAssigned" && e["message"] == assigned.as_str()),
+        "{events:?}"
     );
     let m = site.metrics(&w);
     assert!(
@@ -353,21 +355,6 @@ fn status_nodes(dir: &Path, name: &str) -> Vec<String> {
         }
     }
     out.sort();
-    out
-}
-
-fn events_of(dir: &Path, name: &str) -> String {
-    let edir = dir.join("status/objects/Event/default");
-    let mut out = String::new();
-    for entry in std::fs::read_dir(edir).into_iter().flatten().flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{name}."))
-        {
-            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
     out
 }
 
@@ -493,6 +480,93 @@ fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
     let eth1_mac = site.node(&w).mac("eth1").unwrap();
     assert_eq!(wait_answered(&site, "eth1", eth1_ip), vec![eth1_mac; 3]);
     assert!(arping(&site.demo.client, "eth0", eth1_ip, 2).is_empty());
+}
+
+/// Events about Service default/`name`, read through the state-directory backend.
+fn service_events(site: &Site, name: &str) -> Vec<serde_json::Value> {
+    let svc = ObjectRef::new(Kind::Service, Some("default"), name);
+    dir::list_events(site.state_dir(), &svc)
+}
+
+#[test]
+fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
+    let ip = "192.0.2.200";
+    let objects = format!(
+        "{}{}{}",
+        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
+        l2_yaml("l2", "{interfaces: [does-not-exist]}"),
+        service_yaml("web", ip, "Cluster", &["node1"]),
+    );
+    let site = Site::new("l2_missing_if", &objects, &[]);
+    let _speakers = site.start_all(&[]);
+    let w = winner(&NODES, ip);
+    let failed = |site: &Site| -> Vec<serde_json::Value> {
+        service_events(site, "web")
+            .into_iter()
+            .filter(|e| e["reason"] == "announceFailed")
+            .collect()
+    };
+    wait_for("the announceFailed event", STEP, || {
+        !failed(&site).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    let event = &failed(&site)[0];
+    assert_eq!(event["type"], "Warning", "{event}");
+    let message = event["message"].as_str().unwrap_or_default();
+    for part in [
+        format!("\"{ip}\""),
+        format!("assigned node \"{w}\""),
+        "does-not-exist (does not exist)".to_string(),
+    ] {
+        assert!(message.contains(&part), "{part} missing in {message}");
+    }
+    // Not announced: no answer, no status object, no nodeAssigned, no announced metric.
+    assert!(arping(&site.demo.client, "eth0", ip, 2).is_empty());
+    // Past a rescan of the interfaces (and the rounds the status writes cause): still the
+    // one Event, recorded once.
+    std::thread::sleep(RESCAN_INTERVAL + Duration::from_secs(1));
+    let events = service_events(&site, "web");
+    assert_eq!(failed(&site).len(), 1, "{events:?}");
+    assert_eq!(failed(&site)[0]["count"], 1, "{events:?}");
+    assert!(
+        events.iter().all(|e| e["reason"] != "nodeAssigned"),
+        "{events:?}"
+    );
+    assert!(status_nodes(site.state_dir(), "web").is_empty());
+    let m = site.metrics(&w);
+    assert!(
+        m.contains("metalnet_speaker_members 3") && !m.contains("metallb_speaker_announced{"),
+        "{m}"
+    );
+
+    // The interface appears on the winner (one end of a veth pair inside its namespace):
+    // the next rescan announces the address.
+    let node = site.node(&w);
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "does-not-exist",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "dne-peer",
+    ])
+    .unwrap();
+    for link in ["dne-peer", "does-not-exist"] {
+        node.exec_ok(&["ip", "link", "set", link, "up"]).unwrap();
+    }
+    wait_for("ServiceL2Status once the interface exists", STEP, || {
+        status_nodes(site.state_dir(), "web") == vec![w.clone()]
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    wait_for("the nodeAssigned event", STEP, || {
+        service_events(&site, "web")
+            .iter()
+            .any(|e| e["reason"] == "nodeAssigned")
+    })
+    .unwrap();
 }
 
 /// Every node carries `ip` on lo (kube-proxy IPVS style); the client pings it.
