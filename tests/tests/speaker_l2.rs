@@ -11,162 +11,47 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metalnet_config::state::{Kind, ObjectRef, dir};
-use metalnet_lab::lab::{DemoSite, Lab, wait_for};
+use metalnet_lab::lab::l2site::{L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml};
+use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Host, Process, bins};
 use metalnet_speaker::announce::RESCAN_INTERVAL;
-use metalnet_speaker::election::rank_hash;
+use metalnet_speaker::election::first_ranked;
 
-const NODES: [&str; 3] = ["node1", "node2", "node3"];
 const STEP: Duration = Duration::from_secs(15);
-
-/// The cluster objects every test starts from: three Ready nodes with InternalIPs.
-fn nodes_yaml() -> String {
-    let mut out = String::new();
-    for (i, (name, zone)) in NODES.iter().zip(["a", "b", "b"]).enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: {zone}}}\n\
-             status:\n  addresses: [{{type: InternalIP, address: 192.0.2.{}}}]\n  \
-             conditions: [{{type: Ready, status: \"True\"}}]\n",
-            11 + i
-        ));
-    }
-    out
-}
-
-fn pool_yaml(name: &str, addresses: &[&str]) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
-         spec:\n  addresses: [{}]\n",
-        addresses.join(", ")
-    )
-}
-
-fn l2_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
-    )
-}
-
-/// A LoadBalancer Service with its address already in status (as the controller writes it)
-/// and an EndpointSlice with one ready endpoint on each of `endpoint_nodes`.
-fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str]) -> String {
-    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
-    let endpoints: Vec<String> = endpoint_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
-                i + 1
-            )
-        })
-        .collect();
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{family}], ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-         addressType: IPv4\nendpoints: [{}]\n",
-        endpoints.join(", ")
-    )
-}
 
 /// The node MetalLB's ordering picks among `candidates` for `ip`.
 fn winner(candidates: &[&str], ip: &str) -> String {
-    let ip: IpAddr = ip.parse().unwrap();
-    candidates
-        .iter()
-        .min_by_key(|n| rank_hash(n, &ip))
+    first_ranked(candidates, &ip.parse::<IpAddr>().unwrap())
         .unwrap()
         .to_string()
 }
 
-/// The demo site with a state directory and the service addresses on every node's `lo`.
-struct Site {
-    // Dropped first: stops the speakers and deletes the namespaces.
-    lab: Lab,
-    demo: DemoSite,
-    state: tempfile::TempDir,
+/// The lab site with debug logs from the speakers, and the test's shorthands.
+struct Site(L2Site);
+
+impl std::ops::Deref for Site {
+    type Target = L2Site;
+    fn deref(&self) -> &L2Site {
+        &self.0
+    }
 }
 
 impl Site {
     fn new(test: &str, objects: &str, vips: &[&str]) -> Site {
-        let lab = Lab::new(test).unwrap();
-        let demo = DemoSite::build(&lab).unwrap();
-        for node in &demo.nodes {
-            node.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
-            node.sysctl("net.ipv4.conf.all.arp_announce", "2").unwrap();
-            for vip in vips {
-                node.add_addr("lo", &host_cidr(vip)).unwrap();
-            }
-        }
-        let state = tempfile::tempdir().unwrap();
-        std::fs::write(
-            state.path().join("cluster.yaml"),
-            format!("{}{objects}", nodes_yaml()),
-        )
-        .unwrap();
-        Site { lab, demo, state }
+        let site = L2Site::new(test, objects, vips).unwrap();
+        Site(site.with_speaker_args(&["--log-level", "info,metalnet_speaker=debug"]))
     }
 
-    fn node(&self, name: &str) -> &Host {
-        self.demo.node(name).unwrap()
-    }
-
-    fn mac(&self, name: &str) -> String {
-        self.node(name).mac("eth0").unwrap()
+    fn mac(&self, node: &str) -> String {
+        self.0.mac(node).unwrap()
     }
 
     fn start(&self, node: &str, process: &str, extra: &[&str]) -> Process {
-        let bin = bins::binary("metalnet-speaker").unwrap();
-        let bin = bin.to_str().unwrap();
-        let dir = self.state.path().to_str().unwrap();
-        let mut args = vec![
-            bin,
-            "--state-dir",
-            dir,
-            "--node-name",
-            node,
-            "--metrics-addr",
-            "127.0.0.1:7473",
-            "--log-level",
-            "info,metalnet_speaker=debug",
-        ];
-        args.extend_from_slice(extra);
-        self.node(node).spawn(process, &args).unwrap()
+        self.0.start(node, process, extra).unwrap()
     }
 
     fn start_all(&self, extra: &[&str]) -> Vec<Process> {
-        NODES
-            .iter()
-            .map(|n| self.start(n, "speaker", extra))
-            .collect()
-    }
-
-    fn state_dir(&self) -> &Path {
-        self.state.path()
-    }
-
-    /// The speaker's metrics text on `node`.
-    fn metrics(&self, node: &str) -> String {
-        self.node(node)
-            .exec_ok(&[
-                "curl",
-                "-s",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:7473/metrics",
-            ])
-            .unwrap_or_default()
-    }
-}
-
-fn host_cidr(ip: &str) -> String {
-    if ip.contains(':') {
-        format!("{ip}/128")
-    } else {
-        format!("{ip}/32")
+        self.0.start_all(extra).unwrap()
     }
 }
 
@@ -194,19 +79,6 @@ fn wait_answered(site: &Site, iface: &str, ip: &str) -> Vec<String> {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(site)));
     arping(&site.demo.client, iface, ip, 3)
-}
-
-fn neighbour_mac(client: &Host, ip: &str) -> Option<String> {
-    let out = client
-        .exec_ok(&["ip", "neigh", "show", ip, "dev", "eth0"])
-        .ok()?;
-    let mut words = out.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "lladdr" {
-            return words.next().map(str::to_lowercase);
-        }
-    }
-    None
 }
 
 fn logs(site: &Site) -> String {
@@ -569,11 +441,6 @@ fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
     .unwrap();
 }
 
-/// Every node carries `ip` on lo (kube-proxy IPVS style); the client pings it.
-fn ping_ok(client: &Host, ip: &str) -> bool {
-    client.ping(ip)
-}
-
 #[test]
 fn sigkill_of_the_announcing_speaker_moves_the_address() {
     let ip = "192.0.2.200";
@@ -586,18 +453,12 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
     let site = Site::new("l2_sigkill", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
-    wait_answered(&site, "eth0", ip);
-    wait_for("ping to the address", STEP, || {
-        ping_ok(&site.demo.client, ip)
-    })
-    .unwrap();
-    assert_eq!(neighbour_mac(&site.demo.client, ip), Some(site.mac(&first)));
+    site.wait_reached(ip, &first, STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
 
     // The node "dies": its speaker is killed and it stops serving the address.
     let index = NODES.iter().position(|n| *n == first).unwrap();
-    site.node(&first)
-        .exec_ok(&["ip", "addr", "del", &host_cidr(ip), "dev", "lo"])
-        .unwrap();
+    site.stop_serving(&first, ip).unwrap();
     speakers[index].kill();
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
     let second = winner(&rest, ip);
@@ -613,7 +474,7 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
         )
     });
     wait_for("ping to the address again", STEP, || {
-        ping_ok(&site.demo.client, ip)
+        site.demo.client.ping(ip)
     })
     .unwrap();
     let m = site.metrics(&second);
@@ -647,10 +508,7 @@ fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
     let other_owner = winner(&NODES, &other_ip);
     wait_answered(&site, "eth0", ip);
     wait_answered(&site, "eth0", &other_ip);
-    wait_for("ping to the address", STEP, || {
-        ping_ok(&site.demo.client, ip)
-    })
-    .unwrap();
+    wait_for("ping to the address", STEP, || site.demo.client.ping(ip)).unwrap();
     // Past the takeover announcements, so that the counts below are the restart's own.
     std::thread::sleep(Duration::from_millis(5500));
 
