@@ -274,6 +274,14 @@ async fn write_loop(
             &round.elections,
             &round.failures,
         );
+        if plan != Plan::default() {
+            tracing::debug!(
+                known = round.snapshot.service_l2_statuses.len(),
+                apply = ?plan.apply.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>(),
+                delete = ?plan.delete.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                "status plan"
+            );
+        }
         for (r, value) in plan.apply {
             if written.get(&r) == Some(&Some(value.clone())) {
                 continue;

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metalnet_lab::Process;
-use metalnet_lab::lab::l2site::{L2Site, NODES, l2_yaml, pool_yaml, service_yaml};
+use metalnet_lab::lab::l2site::{L2Site, NODES, site_objects};
 use metalnet_lab::lab::wait_for;
 use metalnet_speaker::election::first_ranked;
 
@@ -26,20 +26,17 @@ const VIP: &str = "192.0.2.200";
 /// One pool over every address the bench uses, advertised everywhere, and `services`
 /// (name, address) each with an endpoint on node1.
 fn cluster_objects(services: &[(String, String)]) -> String {
-    let mut out = pool_yaml(
-        "all",
-        &[
-            "192.0.2.128/25",
-            "198.51.100.0/24",
-            "203.0.113.0/24",
-            "2001:db8:0:1::1:0/112",
-        ],
-    );
-    out.push_str(&l2_yaml("all", "{}"));
-    for (name, ip) in services {
-        out.push_str(&service_yaml(name, ip, "Cluster", &["node1"]));
-    }
-    out
+    let services: Vec<(&str, &str)> = services
+        .iter()
+        .map(|(name, ip)| (name.as_str(), ip.as_str()))
+        .collect();
+    let pool = [
+        "192.0.2.128/25",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "2001:db8:0:1::1:0/112",
+    ];
+    site_objects(&pool, "{}", &services)
 }
 
 fn winner(candidates: &[&str], ip: &str) -> String {

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metalnet_config::state::{Kind, ObjectRef, dir};
-use metalnet_lab::lab::l2site::{L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml};
+use metalnet_lab::lab::components::l2_announcers;
+use metalnet_lab::lab::l2site::{
+    self, L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml,
+};
 use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Host, Process, bins};
 use metalnet_speaker::announce::RESCAN_INTERVAL;
@@ -53,6 +56,11 @@ impl Site {
     fn start_all(&self, extra: &[&str]) -> Vec<Process> {
         self.0.start_all(extra).unwrap()
     }
+}
+
+/// The pool `site` (192.0.2.200-250) advertised with `l2_spec`, and the Services.
+fn site_objects(l2_spec: &str, services: &[(&str, &str)]) -> String {
+    l2site::site_objects(&["192.0.2.200-192.0.2.250"], l2_spec, services)
 }
 
 /// The MACs that answered `count` ARP requests for `ip` from the client's eth0 (one line per
@@ -112,13 +120,7 @@ fn address_won_by_another(other_ip: &str, first: u8) -> String {
 fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     let ip_a = "192.0.2.200";
     let ip_b = address_won_by_another(ip_a, 201);
-    let objects = format!(
-        "{}{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip_a, "Cluster", &["node1"]),
-        service_yaml("db", &ip_b, "Cluster", &["node2"]),
-    );
+    let objects = site_objects("{}", &[("web", ip_a), ("db", &ip_b)]);
     let site = Site::new("l2_arping", &objects, &[]);
     let _speakers = site.start_all(&[]);
 
@@ -208,26 +210,9 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     assert!(out.contains("gossip view of the speaker"), "{out}");
 }
 
-/// The nodes named by the ServiceL2Status objects of Service default/`name`.
+/// The nodes with a ServiceL2Status for Service default/`name`.
 fn status_nodes(dir: &Path, name: &str) -> Vec<String> {
-    let sdir = dir.join("status/objects/ServiceL2Status/metallb-system");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(sdir).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if !text.contains(&format!("serviceName: {name}")) {
-            continue;
-        }
-        if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("node:")) {
-            out.push(
-                line.trim_start()
-                    .trim_start_matches("node:")
-                    .trim()
-                    .to_string(),
-            );
-        }
-    }
-    out.sort();
-    out
+    l2_announcers(dir, "default", name)
 }
 
 #[test]
@@ -363,12 +348,7 @@ fn service_events(site: &Site, name: &str) -> Vec<serde_json::Value> {
 #[test]
 fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
     let ip = "192.0.2.200";
-    let objects = format!(
-        "{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{interfaces: [does-not-exist]}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{interfaces: [does-not-exist]}", &[("web", ip)]);
     let site = Site::new("l2_missing_if", &objects, &[]);
     let _speakers = site.start_all(&[]);
     let w = winner(&NODES, ip);
@@ -444,12 +424,7 @@ fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
 #[test]
 fn sigkill_of_the_announcing_speaker_moves_the_address() {
     let ip = "192.0.2.200";
-    let objects = format!(
-        "{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip)]);
     let site = Site::new("l2_sigkill", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
@@ -495,13 +470,7 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
 fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
     let ip = "192.0.2.200";
     let other_ip = address_won_by_another(ip, 201);
-    let objects = format!(
-        "{}{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-        service_yaml("db", &other_ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip), ("db", &other_ip)]);
     let site = Site::new("l2_sigterm", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
@@ -594,12 +563,7 @@ fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
 #[test]
 fn without_gossip_the_node_ready_condition_decides() {
     let ip = "192.0.2.200";
-    let objects = format!(
-        "{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip)]);
     let site = Site::new("l2_no_gossip", &objects, &[]);
     let _speakers = site.start_all(&["--gossip", "off"]);
     let first = winner(&NODES, ip);

@@ -77,6 +77,18 @@ pub fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str])
     )
 }
 
+/// One pool `site` of `addresses`, advertised by the L2Advertisement `l2` with `l2_spec`, and
+/// the Services (name, address), each with an endpoint on node1 (policy Cluster: any node may
+/// announce).
+pub fn site_objects(addresses: &[&str], l2_spec: &str, services: &[(&str, &str)]) -> String {
+    let mut out = pool_yaml("site", addresses);
+    out.push_str(&l2_yaml("l2", l2_spec));
+    for (name, ip) in services {
+        out.push_str(&service_yaml(name, ip, "Cluster", &["node1"]));
+    }
+    out
+}
+
 /// `ip` as a host route prefix (/32 or /128).
 pub fn host_cidr(ip: &str) -> String {
     if ip.contains(':') {
