@@ -6,6 +6,7 @@
 //! address to an interface. A BGP announcer would sit beside it, fed by the same election.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -122,6 +123,87 @@ pub struct LinkInfo {
     pub mac: Mac,
 }
 
+/// Whether layer 2 mode can answer on an existing interface, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Eligible,
+    Down,
+    Loopback,
+    NoArp,
+    NotEthernet,
+    /// A bridge or bond port: its frames belong to the master.
+    Enslaved,
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LinkState::Eligible => "eligible",
+            LinkState::Down => "down",
+            LinkState::Loopback => "loopback",
+            LinkState::NoArp => "NOARP",
+            LinkState::NotEthernet => "not Ethernet",
+            LinkState::Enslaved => "enslaved to a bridge or bond",
+        })
+    }
+}
+
+/// Every interface of this node by name, with its state.
+pub type NodeLinks = BTreeMap<String, LinkState>;
+
+/// Why an address this node won cannot be announced here: no interface its L2Advertisements
+/// name is eligible. Holds each named interface with its state (`None`: does not exist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceFailure {
+    pub interfaces: BTreeMap<String, Option<LinkState>>,
+}
+
+impl fmt::Display for AnnounceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .interfaces
+            .iter()
+            .map(|(name, state)| match state {
+                None => format!("{name} (does not exist)"),
+                Some(s) => format!("{name} ({s})"),
+            })
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Decides whether an address restricted to `wanted` can be announced on a node with `links`:
+/// yes when it is not restricted or one named interface is eligible (as MetalLB, which
+/// announces on the named ones that exist).
+pub fn check_interfaces(wanted: &Interfaces, links: &NodeLinks) -> Result<(), AnnounceFailure> {
+    let Interfaces::Only(names) = wanted else {
+        return Ok(());
+    };
+    if names
+        .iter()
+        .any(|n| links.get(n) == Some(&LinkState::Eligible))
+    {
+        return Ok(());
+    }
+    Err(AnnounceFailure {
+        interfaces: names
+            .iter()
+            .map(|n| (n.clone(), links.get(n).copied()))
+            .collect(),
+    })
+}
+
+/// The addresses of `announced` that cannot be announced on a node with `links`.
+pub fn announce_failures(
+    announced: &BTreeMap<IpAddr, Interfaces>,
+    links: &NodeLinks,
+) -> BTreeMap<IpAddr, AnnounceFailure> {
+    announced
+        .iter()
+        .filter_map(|(ip, ifs)| check_interfaces(ifs, links).err().map(|f| (*ip, f)))
+        .collect()
+}
+
 /// One interface we listen on.
 struct Link {
     info: LinkInfo,
@@ -141,6 +223,8 @@ struct Inner {
     /// Set when this speaker leaves: an address another node claims is dropped at once.
     leaving: std::sync::atomic::AtomicBool,
     links: Mutex<BTreeMap<String, LinkEntry>>,
+    /// Every interface of the node with its state, as of the last rescan.
+    states: Mutex<NodeLinks>,
     gratuitous: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -158,6 +242,7 @@ impl Layer2 {
                 table: RwLock::new(Table::new()),
                 leaving: std::sync::atomic::AtomicBool::new(false),
                 links: Mutex::new(BTreeMap::new()),
+                states: Mutex::new(NodeLinks::new()),
                 gratuitous: Mutex::new(HashMap::new()),
                 metrics,
             }),
@@ -167,6 +252,11 @@ impl Layer2 {
     /// The interfaces currently listened on.
     pub fn interfaces(&self) -> Vec<String> {
         self.inner.links.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Every interface of the node with its state, as of the last rescan.
+    pub fn node_links(&self) -> NodeLinks {
+        self.inner.states.lock().unwrap().clone()
     }
 
     /// The addresses currently announced.
@@ -181,9 +271,19 @@ impl Layer2 {
     }
 
     /// Re-lists the interfaces: listens on new eligible ones, drops gone or changed ones.
-    /// Must run inside a tokio runtime.
-    pub fn rescan(&self) -> io::Result<()> {
-        let found = eligible_links()?;
+    /// Returns whether the interfaces' states ([`Layer2::node_links`]) changed. Must run
+    /// inside a tokio runtime.
+    pub fn rescan(&self) -> io::Result<bool> {
+        let LinkScan {
+            eligible: found,
+            states,
+        } = scan_links()?;
+        let states_changed = {
+            let mut old = self.inner.states.lock().unwrap();
+            let changed = *old != states;
+            *old = states;
+            changed
+        };
         let mut added = Vec::new();
         {
             let mut links = self.inner.links.lock().unwrap();
@@ -229,7 +329,7 @@ impl Layer2 {
                 }
             }
         }
-        Ok(())
+        Ok(states_changed)
     }
 
     /// Makes `desired` the announced set: newly announced addresses get gratuitous
@@ -614,9 +714,16 @@ fn send(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     if n < 0 { last_os_error() } else { Ok(()) }
 }
 
-/// Lists the interfaces layer 2 mode answers on: up, Ethernet, not loopback, not NOARP, not
-/// enslaved (a bridge port's frames belong to the bridge).
-pub fn eligible_links() -> io::Result<Vec<LinkInfo>> {
+/// The interfaces of this node: the eligible ones to listen on, and every one's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkScan {
+    pub eligible: Vec<LinkInfo>,
+    pub states: NodeLinks,
+}
+
+/// Lists the interfaces of this node; layer 2 mode answers on those up, Ethernet, not
+/// loopback, not NOARP, not enslaved (a bridge port's frames belong to the bridge).
+pub fn scan_links() -> io::Result<LinkScan> {
     // SAFETY: a datagram socket used only for interface ioctls.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
@@ -624,14 +731,28 @@ pub fn eligible_links() -> io::Result<Vec<LinkInfo>> {
     }
     // SAFETY: fresh descriptor we own.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    let mut out = Vec::new();
+    let mut scan = LinkScan::default();
     for (index, name) in interface_names()? {
+        // None: gone since listed, or unreadable.
         let Some(info) = link_info(sock.as_raw_fd(), index, &name) else {
             continue;
         };
-        out.push(info);
+        match info {
+            Ok(info) => {
+                scan.states.insert(name, LinkState::Eligible);
+                scan.eligible.push(info);
+            }
+            Err(state) => {
+                scan.states.insert(name, state);
+            }
+        }
     }
-    Ok(out)
+    Ok(scan)
+}
+
+/// Lists the interfaces layer 2 mode answers on (see [`scan_links`]).
+pub fn eligible_links() -> io::Result<Vec<LinkInfo>> {
+    Ok(scan_links()?.eligible)
 }
 
 fn interface_names() -> io::Result<Vec<(u32, String)>> {
@@ -668,7 +789,8 @@ fn ifreq_for(name: &str) -> Option<libc::ifreq> {
     Some(req)
 }
 
-fn link_info(sock: RawFd, index: u32, name: &str) -> Option<LinkInfo> {
+/// The interface's details if eligible, else why not; `None` if it cannot be read.
+fn link_info(sock: RawFd, index: u32, name: &str) -> Option<Result<LinkInfo, LinkState>> {
     let mut req = ifreq_for(name)?;
     // SAFETY: SIOCGIFFLAGS fills ifr_flags of a valid ifreq.
     if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) } < 0 {
@@ -676,9 +798,14 @@ fn link_info(sock: RawFd, index: u32, name: &str) -> Option<LinkInfo> {
     }
     // SAFETY: the union member written by SIOCGIFFLAGS.
     let flags = unsafe { req.ifr_ifru.ifru_flags } as i32;
-    if flags & libc::IFF_UP == 0 || flags & libc::IFF_LOOPBACK != 0 || flags & libc::IFF_NOARP != 0
-    {
-        return None;
+    if flags & libc::IFF_LOOPBACK != 0 {
+        return Some(Err(LinkState::Loopback));
+    }
+    if flags & libc::IFF_UP == 0 {
+        return Some(Err(LinkState::Down));
+    }
+    if flags & libc::IFF_NOARP != 0 {
+        return Some(Err(LinkState::NoArp));
     }
     let mut req = ifreq_for(name)?;
     // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq.
@@ -688,20 +815,20 @@ fn link_info(sock: RawFd, index: u32, name: &str) -> Option<LinkInfo> {
     // SAFETY: the union member written by SIOCGIFHWADDR.
     let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
     if hw.sa_family != libc::ARPHRD_ETHER {
-        return None;
+        return Some(Err(LinkState::NotEthernet));
     }
     let mut mac = [0u8; 6];
     for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
         *m = *b as u8;
     }
     if has_master(index, name) {
-        return None;
+        return Some(Err(LinkState::Enslaved));
     }
-    Some(LinkInfo {
+    Some(Ok(LinkInfo {
         name: name.to_string(),
         index,
         mac,
-    })
+    }))
 }
 
 /// Whether the interface is enslaved, from sysfs; only trusted when sysfs shows this
@@ -874,5 +1001,65 @@ mod tests {
             decide_ndp(&ndp::unsolicited(v6, ME), "eth0", ME, &t6),
             Decision::Ignore
         );
+    }
+
+    fn links(states: &[(&str, LinkState)]) -> NodeLinks {
+        states.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    fn only(names: &[&str]) -> Interfaces {
+        Interfaces::Only(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn interfaces_check_fails_only_when_no_named_interface_is_eligible() {
+        let node = links(&[
+            ("lo", LinkState::Loopback),
+            ("eth0", LinkState::Eligible),
+            ("eth1", LinkState::Down),
+            ("br0", LinkState::Eligible),
+            ("eth2", LinkState::Enslaved),
+        ]);
+        // Not restricted: always announced (even with no eligible interface at all).
+        assert_eq!(check_interfaces(&Interfaces::All, &node), Ok(()));
+        assert_eq!(
+            check_interfaces(&Interfaces::All, &NodeLinks::new()),
+            Ok(())
+        );
+        // One eligible named interface is enough; the others are ignored.
+        assert_eq!(check_interfaces(&only(&["eth0", "nope"]), &node), Ok(()));
+        // None usable: every named interface is reported with its state.
+        let failure = check_interfaces(&only(&["does-not-exist", "eth1", "eth2"]), &node)
+            .expect_err("no eligible interface");
+        assert_eq!(
+            failure.interfaces,
+            [
+                ("does-not-exist".to_string(), None),
+                ("eth1".to_string(), Some(LinkState::Down)),
+                ("eth2".to_string(), Some(LinkState::Enslaved)),
+            ]
+            .into()
+        );
+        assert_eq!(
+            failure.to_string(),
+            "does-not-exist (does not exist), eth1 (down), eth2 (enslaved to a bridge or bond)"
+        );
+    }
+
+    #[test]
+    fn announce_failures_lists_only_the_addresses_that_cannot_be_announced() {
+        let node = links(&[("eth0", LinkState::Eligible)]);
+        let ok: IpAddr = "192.0.2.200".parse().unwrap();
+        let failing: IpAddr = "2001:db8::200".parse().unwrap();
+        let announced: BTreeMap<IpAddr, Interfaces> =
+            [(ok, only(&["eth0"])), (failing, only(&["does-not-exist"]))].into();
+        let failures = announce_failures(&announced, &node);
+        assert_eq!(failures.keys().copied().collect::<Vec<_>>(), vec![failing]);
+        // Once the interface shows up, nothing fails.
+        let node = links(&[
+            ("eth0", LinkState::Eligible),
+            ("does-not-exist", LinkState::Eligible),
+        ]);
+        assert!(announce_failures(&announced, &node).is_empty());
     }
 }

@@ -212,6 +212,12 @@ pub fn rank_hash(node: &str, ip: &IpAddr) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The first of `candidates` in the ordering for `ip` (lowest [`rank_hash`]): the node that
+/// announces `ip` when exactly these nodes qualify.
+pub fn first_ranked<'a>(candidates: &[&'a str], ip: &IpAddr) -> Option<&'a str> {
+    candidates.iter().copied().min_by_key(|n| rank_hash(n, ip))
+}
+
 /// What the election needs, gathered once per snapshot.
 pub struct Inputs<'a> {
     pub snapshot: &'a Snapshot,
@@ -518,10 +524,7 @@ mod tests {
     }
 
     fn expected_winner(candidates: &[&str], ip: &str) -> String {
-        let ip: IpAddr = ip.parse().unwrap();
-        candidates
-            .iter()
-            .min_by_key(|n| rank_hash(n, &ip))
+        first_ranked(candidates, &ip.parse().unwrap())
             .unwrap()
             .to_string()
     }

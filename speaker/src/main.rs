@@ -41,7 +41,9 @@ const METRICS_PORT: u16 = 7473;
 /// address until it sees the next node announce it (at most --leave-grace), then stops.
 ///
 /// Status: a ServiceL2Status per announced Service (in --namespace), a `nodeAssigned` Event on
-/// the Service when this node starts announcing it, metrics on --metrics-addr, and
+/// the Service when this node starts announcing it (an `announceFailed` Warning Event instead
+/// when none of the interfaces the L2Advertisement names is usable here), metrics on
+/// --metrics-addr, and
 /// `metalnet-speaker explain NAMESPACE/NAME`.
 ///
 /// BGP mode: for every address a BGPAdvertisement covers and selects this node for, the

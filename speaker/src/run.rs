@@ -15,12 +15,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL};
+use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL, announce_failures};
 use metalnet_speaker::bgp::Bgp;
-use metalnet_speaker::election::{self, Inputs, Interfaces, ServiceElection};
+use metalnet_speaker::election::{self, Inputs, ServiceElection};
 use metalnet_speaker::members::{Gossip, GossipOptions, Seed};
 use metalnet_speaker::metrics::{AnnouncedLabels, Metrics};
-use metalnet_speaker::status::{Round, StatusWriter};
+use metalnet_speaker::status::{Failures, Round, StatusWriter};
 
 /// Gossip settings from the flags.
 #[derive(Clone, Debug)]
@@ -114,6 +114,10 @@ pub async fn run(
     let mut dirty = true;
     let mut last_inputs: Option<BTreeSet<String>> = None;
     let mut last_elections = Arc::new(Vec::new());
+    // Addresses won but not announceable on this node's interfaces; recomputed when the
+    // election or the interfaces change.
+    let mut failures = Arc::new(Failures::new());
+    let mut failures_dirty = false;
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     rescan.tick().await;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -190,8 +194,9 @@ pub async fn run(
             }
         }
         if settled && (dirty || last_inputs.as_ref() != Some(&live)) {
-            let (elections, problems) = reconcile(&snapshot, &live, &opts, &layer2, &metrics);
+            let (elections, problems) = reconcile(&snapshot, &live, &opts, &layer2);
             last_elections = Arc::new(elections);
+            failures_dirty = true;
             if problems != last_problems {
                 for p in &problems {
                     tracing::warn!(problem = %p, "configuration problem (the valid part is used)");
@@ -201,10 +206,16 @@ pub async fn run(
             dirty = false;
             last_inputs = Some(live.clone());
         }
+        if failures_dirty {
+            failures = Arc::new(announce_failures(&layer2.announced(), &layer2.node_links()));
+            publish_announced(&metrics, &last_elections, &opts.node, &failures);
+            failures_dirty = false;
+        }
         if settled {
             status.update(Round {
                 snapshot: snapshot.clone(),
                 elections: last_elections.clone(),
+                failures: failures.clone(),
             });
         }
         if bgp_dirty {
@@ -239,8 +250,9 @@ pub async fn run(
                 if r.is_err() { live_rx = None; }
             }
             _ = rescan.tick() => {
-                if let Err(e) = layer2.rescan() {
-                    tracing::warn!(error = %e, "listing network interfaces failed");
+                match layer2.rescan() {
+                    Ok(changed) => failures_dirty |= changed,
+                    Err(e) => tracing::warn!(error = %e, "listing network interfaces failed"),
                 }
             }
             _ = tokio::time::sleep_until(settle_at), if !settled => {}
@@ -282,7 +294,6 @@ fn reconcile(
     live: &BTreeSet<String>,
     opts: &Options,
     layer2: &Layer2,
-    metrics: &Metrics,
 ) -> (Vec<ServiceElection>, Vec<String>) {
     let (config, problems) = valid_config(snapshot);
     let nodes = election::nodes(snapshot);
@@ -293,36 +304,37 @@ fn reconcile(
         live,
         ignore_exclude_label: opts.ignore_exclude_label,
     });
-    let mine = election::announced_by(&elections, &opts.node);
-    let local: BTreeSet<String> = layer2.interfaces().into_iter().collect();
-    for (ip, ifs) in &mine {
-        if let Interfaces::Only(names) = ifs
-            && names.is_disjoint(&local)
-        {
-            tracing::warn!(%ip, interfaces = %ifs, "none of the interfaces the L2Advertisement names is an eligible interface here");
-        }
-    }
-    metrics.announced.clear();
-    for e in &elections {
-        if e.winner() == Some(opts.node.as_str()) {
-            for ip in &e.ips {
-                metrics
-                    .announced
-                    .get_or_create(&AnnouncedLabels {
-                        protocol: "layer2".into(),
-                        service: format!("{}/{}", e.namespace, e.name),
-                        node: opts.node.clone(),
-                        ip: ip.to_string(),
-                    })
-                    .set(1);
-            }
-        }
-    }
-    layer2.set(mine);
+    // Addresses whose interfaces are not usable here stay in the table: they are answered
+    // as soon as a rescan finds a named interface eligible.
+    layer2.set(election::announced_by(&elections, &opts.node));
     let problems = problems
         .iter()
         .filter(|p| p.is_error())
         .map(|p| p.to_string())
         .collect();
     (elections, problems)
+}
+
+/// Sets `metallb_speaker_announced` for the addresses this node announces. Unlike MetalLB
+/// (which sets it even after `announceFailed`), addresses that failed are left out.
+fn publish_announced(
+    metrics: &Metrics,
+    elections: &[ServiceElection],
+    node: &str,
+    failures: &Failures,
+) {
+    metrics.announced.clear();
+    for e in elections.iter().filter(|e| e.winner() == Some(node)) {
+        for ip in e.ips.iter().filter(|ip| !failures.contains_key(ip)) {
+            metrics
+                .announced
+                .get_or_create(&AnnouncedLabels {
+                    protocol: "layer2".into(),
+                    service: format!("{}/{}", e.namespace, e.name),
+                    node: node.to_string(),
+                    ip: ip.to_string(),
+                })
+                .set(1);
+        }
+    }
 }

@@ -1,10 +1,13 @@
 //! What the speaker tells the cluster: a ServiceL2Status per Service it announces (as
-//! MetalLB's speaker does) and an Event on the Service when it becomes the announcing node.
+//! MetalLB's speaker does), an Event on the Service when it becomes the announcing node, and
+//! a Warning Event when it won an address but none of the interfaces the L2Advertisement
+//! names is usable here (MetalLB's `announceFailed`; no status object then, as MetalLB).
 //!
-//! The plan is pure ([`plan`]); [`StatusWriter`] applies it in its own task so slow writes
-//! never hold up answering ARP or taking over addresses.
+//! The plan is pure ([`plan`], [`failure_events`]); [`StatusWriter`] applies it in its own
+//! task so slow writes never hold up answering ARP or taking over addresses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use metalnet_config::model::ServiceL2Status;
@@ -13,6 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::announce::AnnounceFailure;
 use crate::election::{Interfaces, ServiceElection, Verdict};
 
 pub const LABEL_NODE: &str = "metallb.io/node";
@@ -20,6 +24,9 @@ pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
 pub const LABEL_SERVICE_NAMESPACE: &str = "metallb.io/service-namespace";
 /// MetalLB's event reason when a speaker starts announcing a Service.
 pub const REASON_NODE_ASSIGNED: &str = "nodeAssigned";
+/// MetalLB's event reason when the announcing node cannot announce an address on the
+/// interfaces its L2Advertisements name.
+pub const REASON_ANNOUNCE_FAILED: &str = "announceFailed";
 pub const REPORTER: &str = "metalnet-speaker";
 
 /// The name of the status object for (node, service): MetalLB generates `l2-<random>`; ours
@@ -57,6 +64,68 @@ pub fn status_object(namespace: &str, node: &str, e: &ServiceElection, ifs: &Int
     })
 }
 
+/// Addresses this node won but cannot announce, with why (see [`crate::announce::announce_failures`]).
+pub type Failures = BTreeMap<IpAddr, AnnounceFailure>;
+
+/// Whether this node announces the Service: it won it and can announce at least one of its
+/// addresses.
+fn announces(e: &ServiceElection, node: &str, failures: &Failures) -> bool {
+    e.winner() == Some(node) && e.ips.iter().any(|ip| !failures.contains_key(ip))
+}
+
+/// The Services this node announces, as (namespace, name).
+pub fn announcing(
+    elections: &[ServiceElection],
+    node: &str,
+    failures: &Failures,
+) -> BTreeSet<(String, String)> {
+    elections
+        .iter()
+        .filter(|e| announces(e, node, failures))
+        .map(|e| (e.namespace.clone(), e.name.clone()))
+        .collect()
+}
+
+/// A Service address whose announcement failed on this node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FailedAddress {
+    pub namespace: String,
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+/// The `announceFailed` Warning Event for every address of a Service this node won but
+/// cannot announce (MetalLB's wording, plus the interfaces and why each is unusable).
+pub fn failure_events(
+    elections: &[ServiceElection],
+    node: &str,
+    failures: &Failures,
+) -> BTreeMap<FailedAddress, EventRecord> {
+    let mut out = BTreeMap::new();
+    for e in elections.iter().filter(|e| e.winner() == Some(node)) {
+        for ip in &e.ips {
+            let Some(failure) = failures.get(ip) else {
+                continue;
+            };
+            let event = EventRecord {
+                type_: EventType::Warning,
+                reason: REASON_ANNOUNCE_FAILED.into(),
+                message: format!(
+                    "the interfaces specified by LB IP \"{ip}\" don't exist or are not usable in assigned node \"{node}\" with protocol \"layer2\": {failure}"
+                ),
+                reporter: REPORTER.into(),
+            };
+            let key = FailedAddress {
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+                ip: *ip,
+            };
+            out.insert(key, event);
+        }
+    }
+    out
+}
+
 /// Changes to make to the status objects.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -77,11 +146,13 @@ fn same(existing: &ServiceL2Status, desired: &Value) -> bool {
 
 /// The status objects to write and delete so that this node holds exactly one per Service it
 /// announces, and no other node's object remains for those Services (as MetalLB's leader).
+/// A Service whose every address failed ([`Failures`]) gets none, as in MetalLB.
 pub fn plan(
     snapshot: &Snapshot,
     namespace: &str,
     node: &str,
     elections: &[ServiceElection],
+    failures: &Failures,
 ) -> Plan {
     let mut desired: BTreeMap<ObjectRef, Value> = BTreeMap::new();
     let mut won: BTreeSet<(String, String)> = BTreeSet::new();
@@ -91,6 +162,7 @@ pub fn plan(
             interfaces,
         } = &e.verdict
             && winner == node
+            && announces(e, node, failures)
         {
             let obj = status_object(namespace, node, e, interfaces);
             let r = ObjectRef::new(
@@ -130,6 +202,8 @@ pub fn plan(
 pub struct Round {
     pub snapshot: Arc<Snapshot>,
     pub elections: Arc<Vec<ServiceElection>>,
+    /// Addresses won but not announceable here (none of the named interfaces usable).
+    pub failures: Arc<Failures>,
 }
 
 /// Applies plans and records Events, in its own task.
@@ -157,7 +231,9 @@ async fn write_loop(
     mut rx: watch::Receiver<Option<Round>>,
 ) {
     // Services this node announced at the last round, for the nodeAssigned Event.
-    let mut announcing: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut announced: BTreeSet<(String, String)> = BTreeSet::new();
+    // announceFailed Events of the last round: recorded again only when they change.
+    let mut failed: BTreeMap<FailedAddress, EventRecord> = BTreeMap::new();
     // What this writer last wrote (None: deleted), so a snapshot that lags behind our own
     // writes does not make us write the same thing again.
     let mut written: HashMap<ObjectRef, Option<Value>> = HashMap::new();
@@ -165,13 +241,8 @@ async fn write_loop(
         let Some(round) = rx.borrow_and_update().clone() else {
             continue;
         };
-        let now: BTreeSet<(String, String)> = round
-            .elections
-            .iter()
-            .filter(|e| e.winner() == Some(node.as_str()))
-            .map(|e| (e.namespace.clone(), e.name.clone()))
-            .collect();
-        for (ns, name) in now.difference(&announcing) {
+        let now = announcing(&round.elections, &node, &round.failures);
+        for (ns, name) in now.difference(&announced) {
             let svc = ObjectRef::new(Kind::Service, Some(ns), name);
             let event = EventRecord {
                 type_: EventType::Normal,
@@ -183,8 +254,34 @@ async fn write_loop(
                 tracing::warn!(service = %svc, error = %e, "recording event failed");
             }
         }
-        announcing = now;
-        let plan = plan(&round.snapshot, &namespace, &node, &round.elections);
+        announced = now;
+        let failed_now = failure_events(&round.elections, &node, &round.failures);
+        for (at, event) in &failed_now {
+            if failed.get(at).map(|e| &e.message) == Some(&event.message) {
+                continue;
+            }
+            let svc = ObjectRef::new(Kind::Service, Some(&at.namespace), &at.name);
+            tracing::warn!(service = %svc, ip = %at.ip, message = %event.message, "cannot announce");
+            if let Err(e) = state.record_event(&svc, event).await {
+                tracing::warn!(service = %svc, error = %e, "recording event failed");
+            }
+        }
+        failed = failed_now;
+        let plan = plan(
+            &round.snapshot,
+            &namespace,
+            &node,
+            &round.elections,
+            &round.failures,
+        );
+        if plan != Plan::default() {
+            tracing::debug!(
+                known = round.snapshot.service_l2_statuses.len(),
+                apply = ?plan.apply.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>(),
+                delete = ?plan.delete.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                "status plan"
+            );
+        }
         for (r, value) in plan.apply {
             if written.get(&r) == Some(&Some(value.clone())) {
                 continue;
@@ -270,7 +367,13 @@ mod tests {
             old.clone(),
             unrelated,
         ]);
-        let p = plan(&snap, "metallb-system", "node1", std::slice::from_ref(&web));
+        let p = plan(
+            &snap,
+            "metallb-system",
+            "node1",
+            std::slice::from_ref(&web),
+            &Failures::new(),
+        );
         // Interfaces changed (All -> eth0): rewritten.
         assert_eq!(p.apply.len(), 1);
         assert_eq!(p.apply[0].1["status"]["interfaces"][0]["name"], "eth0");
@@ -290,8 +393,59 @@ mod tests {
         // Once written, nothing more to do.
         let snap = snapshot(vec![p.apply[0].1.clone()]);
         assert_eq!(
-            plan(&snap, "metallb-system", "node1", &[web]),
+            plan(&snap, "metallb-system", "node1", &[web], &Failures::new()),
             Plan::default()
+        );
+    }
+
+    fn missing(ip: &str) -> Failures {
+        let failure = AnnounceFailure {
+            interfaces: [("does-not-exist".to_string(), None)].into(),
+        };
+        [(ip.parse().unwrap(), failure)].into()
+    }
+
+    #[test]
+    fn failed_addresses_get_a_warning_and_no_status_object() {
+        let web = election("web", "node1");
+        let failures = missing("192.0.2.200");
+        let mine = status_object("metallb-system", "node1", &web, &Interfaces::All);
+        let snap = snapshot(vec![mine.clone()]);
+        // Won but not announceable: not announcing, and its object goes (as MetalLB).
+        let p = plan(
+            &snap,
+            "metallb-system",
+            "node1",
+            std::slice::from_ref(&web),
+            &failures,
+        );
+        assert!(p.apply.is_empty());
+        assert_eq!(p.delete.len(), 1);
+        assert!(announcing(std::slice::from_ref(&web), "node1", &failures).is_empty());
+        let events = failure_events(std::slice::from_ref(&web), "node1", &failures);
+        let (at, event) = events.iter().next().expect("one event");
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (at.namespace.as_str(), at.name.as_str(), at.ip.to_string()),
+            ("default", "web", "192.0.2.200".to_string())
+        );
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, REASON_ANNOUNCE_FAILED);
+        for part in [
+            "\"192.0.2.200\"",
+            "\"node1\"",
+            "does-not-exist (does not exist)",
+        ] {
+            assert!(event.message.contains(part), "{part} in {}", event.message);
+        }
+        // Another node's win, or an address that did not fail: no event.
+        assert!(failure_events(&[election("web", "node2")], "node1", &failures).is_empty());
+        assert!(
+            failure_events(std::slice::from_ref(&web), "node1", &missing("192.0.2.9")).is_empty()
+        );
+        assert_eq!(
+            announcing(&[web], "node1", &Failures::new()),
+            [("default".to_string(), "web".to_string())].into()
         );
     }
 }

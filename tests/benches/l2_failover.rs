@@ -16,109 +16,37 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metalnet_lab::lab::{DemoSite, Lab, wait_for};
-use metalnet_lab::{Host, Process, bins};
-use metalnet_speaker::election::rank_hash;
+use metalnet_lab::Process;
+use metalnet_lab::lab::l2site::{L2Site, NODES, site_objects};
+use metalnet_lab::lab::wait_for;
+use metalnet_speaker::election::first_ranked;
 
-const NODES: [&str; 3] = ["node1", "node2", "node3"];
 const VIP: &str = "192.0.2.200";
 
-fn cluster_yaml(services: &[(String, String)]) -> String {
-    let mut out = String::new();
-    for (i, name) in NODES.iter().enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n\
-             status: {{addresses: [{{type: InternalIP, address: 192.0.2.{}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n",
-            11 + i
-        ));
-    }
-    out.push_str(
-        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: all, namespace: metallb-system}\n\
-         spec: {addresses: [192.0.2.128/25, 198.51.100.0/24, 203.0.113.0/24, \"2001:db8:0:1::1:0/112\"]}\n\
-         ---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: all, namespace: metallb-system}\n",
-    );
-    for (name, ip) in services {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n\
-             status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: IPv4\nendpoints: [{{addresses: [\"10.244.0.1\"], nodeName: node1}}]\n"
-        ));
-    }
-    out
+/// One pool over every address the bench uses, advertised everywhere, and `services`
+/// (name, address) each with an endpoint on node1.
+fn cluster_objects(services: &[(String, String)]) -> String {
+    let services: Vec<(&str, &str)> = services
+        .iter()
+        .map(|(name, ip)| (name.as_str(), ip.as_str()))
+        .collect();
+    let pool = [
+        "192.0.2.128/25",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "2001:db8:0:1::1:0/112",
+    ];
+    site_objects(&pool, "{}", &services)
 }
 
 fn winner(candidates: &[&str], ip: &str) -> String {
-    let ip: IpAddr = ip.parse().unwrap();
-    candidates
-        .iter()
-        .min_by_key(|n| rank_hash(n, &ip))
+    first_ranked(candidates, &ip.parse::<IpAddr>().unwrap())
         .unwrap()
         .to_string()
 }
 
-struct Site {
-    _lab: Lab,
-    demo: DemoSite,
-    state: tempfile::TempDir,
-}
-
-impl Site {
-    fn new(name: &str, services: &[(String, String)], vip_on_lo: bool) -> Site {
-        let lab = Lab::new(name).unwrap();
-        let demo = DemoSite::build(&lab).unwrap();
-        for node in &demo.nodes {
-            node.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
-            node.sysctl("net.ipv4.conf.all.arp_announce", "2").unwrap();
-            if vip_on_lo {
-                node.add_addr("lo", &format!("{VIP}/32")).unwrap();
-            }
-        }
-        let state = tempfile::tempdir().unwrap();
-        std::fs::write(state.path().join("cluster.yaml"), cluster_yaml(services)).unwrap();
-        Site {
-            _lab: lab,
-            demo,
-            state,
-        }
-    }
-
-    fn node(&self, name: &str) -> &Host {
-        self.demo.node(name).unwrap()
-    }
-
-    fn start(&self, node: &str) -> Process {
-        let bin = bins::binary("metalnet-speaker").unwrap();
-        self.node(node)
-            .spawn(
-                "speaker",
-                &[
-                    bin.to_str().unwrap(),
-                    "--state-dir",
-                    self.state.path().to_str().unwrap(),
-                    "--node-name",
-                    node,
-                    "--metrics-addr",
-                    "127.0.0.1:7473",
-                ],
-            )
-            .unwrap()
-    }
-}
-
-fn neighbour_mac(client: &Host, ip: &str) -> Option<String> {
-    let out = client
-        .exec_ok(&["ip", "neigh", "show", ip, "dev", "eth0"])
-        .ok()?;
-    let mut words = out.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "lladdr" {
-            return words.next().map(str::to_lowercase);
-        }
-    }
-    None
+fn site(name: &str, services: &[(String, String)], vips_on_lo: &[&str]) -> L2Site {
+    L2Site::new(name, &cluster_objects(services), vips_on_lo).unwrap()
 }
 
 fn now_epoch() -> f64 {
@@ -138,17 +66,12 @@ fn reply_times(log: &str) -> Vec<f64> {
         .collect()
 }
 
-fn ready_site(name: &str) -> (Site, Vec<Process>, String) {
-    let site = Site::new(name, &[("web".into(), VIP.into())], true);
-    let speakers: Vec<Process> = NODES.iter().map(|n| site.start(n)).collect();
+fn ready_site(name: &str) -> (L2Site, Vec<Process>, String) {
+    let site = site(name, &[("web".into(), VIP.into())], &[VIP]);
+    let speakers = site.start_all(&[]).unwrap();
     let first = winner(&NODES, VIP);
-    let mac = site.node(&first).mac("eth0").unwrap();
-    wait_for(
-        "the client to reach the address",
-        Duration::from_secs(20),
-        || site.demo.client.ping(VIP) && neighbour_mac(&site.demo.client, VIP) == Some(mac.clone()),
-    )
-    .unwrap();
+    site.wait_reached(VIP, &first, Duration::from_secs(20))
+        .unwrap();
     // Past the takeover announcements.
     std::thread::sleep(Duration::from_millis(5500));
     (site, speakers, first)
@@ -163,9 +86,7 @@ fn sigkill_run(i: usize) -> f64 {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let index = NODES.iter().position(|n| *n == first).unwrap();
-    site.node(&first)
-        .exec_ok(&["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])
-        .unwrap();
+    site.stop_serving(&first, VIP).unwrap();
     let t0 = now_epoch();
     speakers[index].kill();
     let mut failover = None;
@@ -196,9 +117,7 @@ fn sigterm_run(i: usize) -> (u64, u64) {
     let index = NODES.iter().position(|n| *n == first).unwrap();
     speakers[index].stop();
     // Drained: the node stops serving the address once its speaker has exited.
-    site.node(&first)
-        .exec_ok(&["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])
-        .unwrap();
+    site.stop_serving(&first, VIP).unwrap();
     wait_for("ping to finish", Duration::from_secs(20), || {
         !ping.is_running()
     })
@@ -251,23 +170,13 @@ fn scale() {
         }
         services.push((format!("s{}", services.len()), ip));
     }
-    let site = Site::new("bench_scale", &services, false);
+    let site = site("bench_scale", &services, &[]);
     let started = Instant::now();
-    let speaker = site.start("node1");
+    let speaker = site.start("node1", "speaker", &[]).unwrap();
     let pid = speaker.pid();
-    let metrics = || {
-        site.node("node1")
-            .exec_ok(&[
-                "curl",
-                "-s",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:7473/metrics",
-            ])
-            .unwrap_or_default()
-    };
     wait_for("1,000 addresses announced", Duration::from_secs(60), || {
-        metrics().contains("metalnet_speaker_announced_addresses 1000")
+        site.metrics("node1")
+            .contains("metalnet_speaker_announced_addresses 1000")
     })
     .unwrap();
     let announced_after = started.elapsed();
@@ -275,8 +184,7 @@ fn scale() {
     // Let the takeover announcements (5 s) and the status writes finish.
     let statuses = || {
         std::fs::read_dir(
-            site.state
-                .path()
+            site.state_dir()
                 .join("status/objects/ServiceL2Status/metallb-system"),
         )
         .map(|d| d.count())

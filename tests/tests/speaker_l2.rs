@@ -10,162 +10,57 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalnet_lab::lab::{DemoSite, Lab, wait_for};
+use metalnet_config::state::{Kind, ObjectRef, dir};
+use metalnet_lab::lab::components::l2_announcers;
+use metalnet_lab::lab::l2site::{
+    self, L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml,
+};
+use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Host, Process, bins};
-use metalnet_speaker::election::rank_hash;
+use metalnet_speaker::announce::RESCAN_INTERVAL;
+use metalnet_speaker::election::first_ranked;
 
-const NODES: [&str; 3] = ["node1", "node2", "node3"];
 const STEP: Duration = Duration::from_secs(15);
-
-/// The cluster objects every test starts from: three Ready nodes with InternalIPs.
-fn nodes_yaml() -> String {
-    let mut out = String::new();
-    for (i, (name, zone)) in NODES.iter().zip(["a", "b", "b"]).enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: {zone}}}\n\
-             status:\n  addresses: [{{type: InternalIP, address: 192.0.2.{}}}]\n  \
-             conditions: [{{type: Ready, status: \"True\"}}]\n",
-            11 + i
-        ));
-    }
-    out
-}
-
-fn pool_yaml(name: &str, addresses: &[&str]) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
-         spec:\n  addresses: [{}]\n",
-        addresses.join(", ")
-    )
-}
-
-fn l2_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
-    )
-}
-
-/// A LoadBalancer Service with its address already in status (as the controller writes it)
-/// and an EndpointSlice with one ready endpoint on each of `endpoint_nodes`.
-fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str]) -> String {
-    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
-    let endpoints: Vec<String> = endpoint_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
-                i + 1
-            )
-        })
-        .collect();
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{family}], ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-         addressType: IPv4\nendpoints: [{}]\n",
-        endpoints.join(", ")
-    )
-}
 
 /// The node MetalLB's ordering picks among `candidates` for `ip`.
 fn winner(candidates: &[&str], ip: &str) -> String {
-    let ip: IpAddr = ip.parse().unwrap();
-    candidates
-        .iter()
-        .min_by_key(|n| rank_hash(n, &ip))
+    first_ranked(candidates, &ip.parse::<IpAddr>().unwrap())
         .unwrap()
         .to_string()
 }
 
-/// The demo site with a state directory and the service addresses on every node's `lo`.
-struct Site {
-    // Dropped first: stops the speakers and deletes the namespaces.
-    lab: Lab,
-    demo: DemoSite,
-    state: tempfile::TempDir,
+/// The lab site with debug logs from the speakers, and the test's shorthands.
+struct Site(L2Site);
+
+impl std::ops::Deref for Site {
+    type Target = L2Site;
+    fn deref(&self) -> &L2Site {
+        &self.0
+    }
 }
 
 impl Site {
     fn new(test: &str, objects: &str, vips: &[&str]) -> Site {
-        let lab = Lab::new(test).unwrap();
-        let demo = DemoSite::build(&lab).unwrap();
-        for node in &demo.nodes {
-            node.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
-            node.sysctl("net.ipv4.conf.all.arp_announce", "2").unwrap();
-            for vip in vips {
-                node.add_addr("lo", &host_cidr(vip)).unwrap();
-            }
-        }
-        let state = tempfile::tempdir().unwrap();
-        std::fs::write(
-            state.path().join("cluster.yaml"),
-            format!("{}{objects}", nodes_yaml()),
-        )
-        .unwrap();
-        Site { lab, demo, state }
+        let site = L2Site::new(test, objects, vips).unwrap();
+        Site(site.with_speaker_args(&["--log-level", "info,metalnet_speaker=debug"]))
     }
 
-    fn node(&self, name: &str) -> &Host {
-        self.demo.node(name).unwrap()
-    }
-
-    fn mac(&self, name: &str) -> String {
-        self.node(name).mac("eth0").unwrap()
+    fn mac(&self, node: &str) -> String {
+        self.0.mac(node).unwrap()
     }
 
     fn start(&self, node: &str, process: &str, extra: &[&str]) -> Process {
-        let bin = bins::binary("metalnet-speaker").unwrap();
-        let bin = bin.to_str().unwrap();
-        let dir = self.state.path().to_str().unwrap();
-        let mut args = vec![
-            bin,
-            "--state-dir",
-            dir,
-            "--node-name",
-            node,
-            "--metrics-addr",
-            "127.0.0.1:7473",
-            "--log-level",
-            "info,metalnet_speaker=debug",
-        ];
-        args.extend_from_slice(extra);
-        self.node(node).spawn(process, &args).unwrap()
+        self.0.start(node, process, extra).unwrap()
     }
 
     fn start_all(&self, extra: &[&str]) -> Vec<Process> {
-        NODES
-            .iter()
-            .map(|n| self.start(n, "speaker", extra))
-            .collect()
-    }
-
-    fn state_dir(&self) -> &Path {
-        self.state.path()
-    }
-
-    /// The speaker's metrics text on `node`.
-    fn metrics(&self, node: &str) -> String {
-        self.node(node)
-            .exec_ok(&[
-                "curl",
-                "-s",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:7473/metrics",
-            ])
-            .unwrap_or_default()
+        self.0.start_all(extra).unwrap()
     }
 }
 
-fn host_cidr(ip: &str) -> String {
-    if ip.contains(':') {
-        format!("{ip}/128")
-    } else {
-        format!("{ip}/32")
-    }
+/// The pool `site` (192.0.2.200-250) advertised with `l2_spec`, and the Services.
+fn site_objects(l2_spec: &str, services: &[(&str, &str)]) -> String {
+    l2site::site_objects(&["192.0.2.200-192.0.2.250"], l2_spec, services)
 }
 
 /// The MACs that answered `count` ARP requests for `ip` from the client's eth0 (one line per
@@ -192,19 +87,6 @@ fn wait_answered(site: &Site, iface: &str, ip: &str) -> Vec<String> {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(site)));
     arping(&site.demo.client, iface, ip, 3)
-}
-
-fn neighbour_mac(client: &Host, ip: &str) -> Option<String> {
-    let out = client
-        .exec_ok(&["ip", "neigh", "show", ip, "dev", "eth0"])
-        .ok()?;
-    let mut words = out.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "lladdr" {
-            return words.next().map(str::to_lowercase);
-        }
-    }
-    None
 }
 
 fn logs(site: &Site) -> String {
@@ -238,13 +120,7 @@ fn address_won_by_another(other_ip: &str, first: u8) -> String {
 fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     let ip_a = "192.0.2.200";
     let ip_b = address_won_by_another(ip_a, 201);
-    let objects = format!(
-        "{}{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip_a, "Cluster", &["node1"]),
-        service_yaml("db", &ip_b, "Cluster", &["node2"]),
-    );
+    let objects = site_objects("{}", &[("web", ip_a), ("db", &ip_b)]);
     let site = Site::new("l2_arping", &objects, &[]);
     let _speakers = site.start_all(&[]);
 
@@ -290,13 +166,13 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
         status_nodes(site.state_dir(), "web") == vec![w.clone()]
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", status_nodes(site.state_dir(), "web")));
-    let events = events_of(site.state_dir(), "web");
+    let assigned = format!("announcing from node \"{w}\" with protocol \"layer2\"");
+    let events = service_events(&site, "web");
     assert!(
-        events.contains("reason: nodeAssigned")
-            && events.contains(&format!(
-                "announcing from node \"{w}\" with protocol \"layer2\""
-            )),
-        "{events}"
+        events
+            .iter()
+            .any(|e| e["reason"] == "nodeAssigned" && e["message"] == assigned.as_str()),
+        "{events:?}"
     );
     let m = site.metrics(&w);
     assert!(
@@ -334,41 +210,9 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     assert!(out.contains("gossip view of the speaker"), "{out}");
 }
 
-/// The nodes named by the ServiceL2Status objects of Service default/`name`.
+/// The nodes with a ServiceL2Status for Service default/`name`.
 fn status_nodes(dir: &Path, name: &str) -> Vec<String> {
-    let sdir = dir.join("status/objects/ServiceL2Status/metallb-system");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(sdir).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if !text.contains(&format!("serviceName: {name}")) {
-            continue;
-        }
-        if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("node:")) {
-            out.push(
-                line.trim_start()
-                    .trim_start_matches("node:")
-                    .trim()
-                    .to_string(),
-            );
-        }
-    }
-    out.sort();
-    out
-}
-
-fn events_of(dir: &Path, name: &str) -> String {
-    let edir = dir.join("status/objects/Event/default");
-    let mut out = String::new();
-    for entry in std::fs::read_dir(edir).into_iter().flatten().flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{name}."))
-        {
-            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
-    out
+    l2_announcers(dir, "default", name)
 }
 
 #[test]
@@ -495,35 +339,101 @@ fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
     assert!(arping(&site.demo.client, "eth0", eth1_ip, 2).is_empty());
 }
 
-/// Every node carries `ip` on lo (kube-proxy IPVS style); the client pings it.
-fn ping_ok(client: &Host, ip: &str) -> bool {
-    client.ping(ip)
+/// Events about Service default/`name`, read through the state-directory backend.
+fn service_events(site: &Site, name: &str) -> Vec<serde_json::Value> {
+    let svc = ObjectRef::new(Kind::Service, Some("default"), name);
+    dir::list_events(site.state_dir(), &svc)
+}
+
+#[test]
+fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
+    let ip = "192.0.2.200";
+    let objects = site_objects("{interfaces: [does-not-exist]}", &[("web", ip)]);
+    let site = Site::new("l2_missing_if", &objects, &[]);
+    let _speakers = site.start_all(&[]);
+    let w = winner(&NODES, ip);
+    let failed = |site: &Site| -> Vec<serde_json::Value> {
+        service_events(site, "web")
+            .into_iter()
+            .filter(|e| e["reason"] == "announceFailed")
+            .collect()
+    };
+    wait_for("the announceFailed event", STEP, || {
+        !failed(&site).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    let event = &failed(&site)[0];
+    assert_eq!(event["type"], "Warning", "{event}");
+    let message = event["message"].as_str().unwrap_or_default();
+    for part in [
+        format!("\"{ip}\""),
+        format!("assigned node \"{w}\""),
+        "does-not-exist (does not exist)".to_string(),
+    ] {
+        assert!(message.contains(&part), "{part} missing in {message}");
+    }
+    // Not announced: no answer, no status object, no nodeAssigned, no announced metric.
+    assert!(arping(&site.demo.client, "eth0", ip, 2).is_empty());
+    // Past a rescan of the interfaces (and the rounds the status writes cause): still the
+    // one Event, recorded once.
+    std::thread::sleep(RESCAN_INTERVAL + Duration::from_secs(1));
+    let events = service_events(&site, "web");
+    assert_eq!(failed(&site).len(), 1, "{events:?}");
+    assert_eq!(failed(&site)[0]["count"], 1, "{events:?}");
+    assert!(
+        events.iter().all(|e| e["reason"] != "nodeAssigned"),
+        "{events:?}"
+    );
+    assert!(status_nodes(site.state_dir(), "web").is_empty());
+    let m = site.metrics(&w);
+    assert!(
+        m.contains("metalnet_speaker_members 3") && !m.contains("metallb_speaker_announced{"),
+        "{m}"
+    );
+
+    // The interface appears on the winner (one end of a veth pair inside its namespace):
+    // the next rescan announces the address.
+    let node = site.node(&w);
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "does-not-exist",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "dne-peer",
+    ])
+    .unwrap();
+    for link in ["dne-peer", "does-not-exist"] {
+        node.exec_ok(&["ip", "link", "set", link, "up"]).unwrap();
+    }
+    wait_for("ServiceL2Status once the interface exists", STEP, || {
+        status_nodes(site.state_dir(), "web") == vec![w.clone()]
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
+    wait_for("the nodeAssigned event", STEP, || {
+        service_events(&site, "web")
+            .iter()
+            .any(|e| e["reason"] == "nodeAssigned")
+    })
+    .unwrap();
 }
 
 #[test]
 fn sigkill_of_the_announcing_speaker_moves_the_address() {
     let ip = "192.0.2.200";
-    let objects = format!(
-        "{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip)]);
     let site = Site::new("l2_sigkill", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
-    wait_answered(&site, "eth0", ip);
-    wait_for("ping to the address", STEP, || {
-        ping_ok(&site.demo.client, ip)
-    })
-    .unwrap();
-    assert_eq!(neighbour_mac(&site.demo.client, ip), Some(site.mac(&first)));
+    site.wait_reached(ip, &first, STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
 
     // The node "dies": its speaker is killed and it stops serving the address.
     let index = NODES.iter().position(|n| *n == first).unwrap();
-    site.node(&first)
-        .exec_ok(&["ip", "addr", "del", &host_cidr(ip), "dev", "lo"])
-        .unwrap();
+    site.stop_serving(&first, ip).unwrap();
     speakers[index].kill();
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
     let second = winner(&rest, ip);
@@ -539,7 +449,7 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
         )
     });
     wait_for("ping to the address again", STEP, || {
-        ping_ok(&site.demo.client, ip)
+        site.demo.client.ping(ip)
     })
     .unwrap();
     let m = site.metrics(&second);
@@ -560,23 +470,14 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
 fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
     let ip = "192.0.2.200";
     let other_ip = address_won_by_another(ip, 201);
-    let objects = format!(
-        "{}{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-        service_yaml("db", &other_ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip), ("db", &other_ip)]);
     let site = Site::new("l2_sigterm", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
     let other_owner = winner(&NODES, &other_ip);
     wait_answered(&site, "eth0", ip);
     wait_answered(&site, "eth0", &other_ip);
-    wait_for("ping to the address", STEP, || {
-        ping_ok(&site.demo.client, ip)
-    })
-    .unwrap();
+    wait_for("ping to the address", STEP, || site.demo.client.ping(ip)).unwrap();
     // Past the takeover announcements, so that the counts below are the restart's own.
     std::thread::sleep(Duration::from_millis(5500));
 
@@ -662,12 +563,7 @@ fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
 #[test]
 fn without_gossip_the_node_ready_condition_decides() {
     let ip = "192.0.2.200";
-    let objects = format!(
-        "{}{}{}",
-        pool_yaml("site", &["192.0.2.200-192.0.2.250"]),
-        l2_yaml("l2", "{}"),
-        service_yaml("web", ip, "Cluster", &["node1"]),
-    );
+    let objects = site_objects("{}", &[("web", ip)]);
     let site = Site::new("l2_no_gossip", &objects, &[]);
     let _speakers = site.start_all(&["--gossip", "off"]);
     let first = winner(&NODES, ip);

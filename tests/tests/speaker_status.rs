@@ -62,6 +62,7 @@ async fn status_objects_and_events_on_the_api() {
     writer.update(Round {
         snapshot: state.snapshot(),
         elections: Arc::new(vec![election("node1")]),
+        failures: Default::default(),
     });
     wait("the ServiceL2Status", || {
         server.list(Kind::ServiceL2Status).len() == 1
@@ -97,6 +98,7 @@ async fn status_objects_and_events_on_the_api() {
     writer.update(Round {
         snapshot: state.snapshot(),
         elections: Arc::new(vec![election("node2")]),
+        failures: Default::default(),
     });
     wait("the ServiceL2Status to be deleted", || {
         server.list(Kind::ServiceL2Status).is_empty()

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use http::Method;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
@@ -14,9 +16,75 @@ use serde_json::json;
 use super::ApiServer;
 
 const LIMIT: Duration = Duration::from_secs(20);
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const JSON: &str = "application/json";
+const JSON_PATCH: &str = "application/json-patch+json";
+
+type Events = BoxStream<'static, kube::Result<WatchEvent<DynamicObject>>>;
+
+/// Runs `test` against a fresh stand-in, within [`LIMIT`].
+async fn with_server(test: impl AsyncFnOnce(ApiServer)) {
+    tokio::time::timeout(LIMIT, async {
+        test(ApiServer::start().await.expect("starting the stand-in")).await
+    })
+    .await
+    .expect("the test finishes within LIMIT");
+}
+
+fn namespaced(server: &ApiServer, kind: Kind, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(server.client(), ns, &api_resource(kind))
+}
 
 fn services(server: &ApiServer, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(server.client(), ns, &api_resource(Kind::Service))
+    namespaced(server, Kind::Service, ns)
+}
+
+/// Creates [`service`] `name` through `api`.
+async fn create_service(api: &Api<DynamicObject>, name: &str) -> DynamicObject {
+    api.create(&PostParams::default(), &service(name))
+        .await
+        .unwrap_or_else(|e| panic!("creating Service {name}: {e}"))
+}
+
+/// The resource version of a fresh list.
+async fn list_version(api: &Api<DynamicObject>) -> String {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .expect("a list carries its resource version")
+}
+
+async fn watch(api: &Api<DynamicObject>, params: &WatchParams, version: &str) -> Events {
+    api.watch(params, version).await.unwrap().boxed()
+}
+
+/// The next watch event; the stream must not end or fail.
+async fn next_event(events: &mut Events) -> WatchEvent<DynamicObject> {
+    events
+        .try_next()
+        .await
+        .expect("a watch event, not a transport error")
+        .expect("a watch event, not the end of the stream")
+}
+
+/// Sends a raw request (what kube's typed API cannot send), with a body of the given
+/// content type if any, and returns the API error code it gets.
+async fn raw_request_error(
+    client: &kube::Client,
+    method: Method,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> u16 {
+    let mut req = http::Request::builder().method(method).uri(path);
+    if let Some((content_type, _)) = body {
+        req = req.header("content-type", content_type);
+    }
+    let req = req
+        .body(body.map(|(_, b)| b.to_vec()).unwrap_or_default())
+        .unwrap();
+    api_code(client.request_text(req).await.unwrap_err())
 }
 
 fn service(name: &str) -> DynamicObject {
@@ -39,13 +107,9 @@ fn api_code(e: kube::Error) -> u16 {
 
 #[tokio::test]
 async fn create_get_list_delete() {
-    tokio::time::timeout(LIMIT, async {
-        let server = ApiServer::start().await.unwrap();
+    with_server(async |server| {
         let api = services(&server, "ns1");
-        let created = api
-            .create(&PostParams::default(), &service("web"))
-            .await
-            .unwrap();
+        let created = create_service(&api, "web").await;
         let meta = &created.metadata;
         assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
         assert_eq!(meta.generation, Some(1));
@@ -56,13 +120,8 @@ async fn create_get_list_delete() {
         let again = api.create(&PostParams::default(), &service("web")).await;
         assert_eq!(api_code(again.unwrap_err()), 409);
 
-        api.create(&PostParams::default(), &service("db"))
-            .await
-            .unwrap();
-        services(&server, "ns2")
-            .create(&PostParams::default(), &service("other"))
-            .await
-            .unwrap();
+        create_service(&api, "db").await;
+        create_service(&services(&server, "ns2"), "other").await;
         let list = api.list(&ListParams::default().limit(1)).await.unwrap();
         assert_eq!(list.items.len(), 2, "one page, no continue");
         assert!(list.metadata.continue_.is_none());
@@ -89,27 +148,17 @@ async fn create_get_list_delete() {
         );
         api.delete("web", &DeleteParams::default()).await.unwrap();
         assert_eq!(api_code(api.get("web").await.unwrap_err()), 404);
-        assert_eq!(
-            api_code(
-                api.delete("web", &DeleteParams::default())
-                    .await
-                    .unwrap_err()
-            ),
-            404
-        );
+        let e = api.delete("web", &DeleteParams::default()).await;
+        assert_eq!(api_code(e.unwrap_err()), 404);
     })
-    .await
-    .expect("bounded");
+    .await;
 }
 
 #[tokio::test]
 async fn status_subresource_and_patches() {
-    tokio::time::timeout(LIMIT, async {
-        let server = ApiServer::start().await.unwrap();
+    with_server(async |server| {
         let api = services(&server, "default");
-        api.create(&PostParams::default(), &service("web"))
-            .await
-            .unwrap();
+        create_service(&api, "web").await;
 
         let status =
             json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.1" }] } } });
@@ -157,11 +206,7 @@ async fn status_subresource_and_patches() {
         assert_eq!(api_code(e), 409);
 
         // Server-side apply creates, then merges; it needs a field manager.
-        let pools: Api<DynamicObject> = Api::namespaced_with(
-            server.client(),
-            "metallb-system",
-            &api_resource(Kind::IPAddressPool),
-        );
+        let pools = namespaced(&server, Kind::IPAddressPool, "metallb-system");
         let pool = json!({
             "apiVersion": "metallb.io/v1beta1",
             "kind": "IPAddressPool",
@@ -195,58 +240,37 @@ async fn status_subresource_and_patches() {
         let list = pools.list(&ListParams::default()).await.unwrap();
         assert!(list.items[0].types.is_some());
         // No status subresource on L2Advertisement; unknown kinds are 404.
-        let l2: Api<DynamicObject> =
-            Api::namespaced_with(server.client(), "x", &api_resource(Kind::L2Advertisement));
-        let e = l2
+        let e = namespaced(&server, Kind::L2Advertisement, "x")
             .patch_status("a", &PatchParams::default(), &Patch::Merge(&json!({})))
             .await
             .unwrap_err();
         assert_eq!(api_code(e), 404);
     })
-    .await
-    .expect("bounded");
+    .await;
 }
 
 #[tokio::test]
 async fn watch_from_version_and_410_after_compaction() {
-    tokio::time::timeout(LIMIT, async {
-        let server = ApiServer::start().await.unwrap();
+    with_server(async |server| {
         let api = services(&server, "default");
-        api.create(&PostParams::default(), &service("a"))
-            .await
-            .unwrap();
-        let rv = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut events = api
-            .watch(&WatchParams::default().timeout(10), &rv)
-            .await
-            .unwrap()
-            .boxed();
-        api.create(&PostParams::default(), &service("b"))
-            .await
-            .unwrap();
+        create_service(&api, "a").await;
+        let rv = list_version(&api).await;
+        let mut events = watch(&api, &WatchParams::default().timeout(10), &rv).await;
+        create_service(&api, "b").await;
         server
             .put(serde_json::to_value(service("b")).unwrap())
             .unwrap();
         api.delete("a", &DeleteParams::default()).await.unwrap();
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            match events.try_next().await.unwrap().unwrap() {
-                WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
-                WatchEvent::Modified(o) => {
-                    seen.push(format!("MODIFIED {}", o.metadata.name.unwrap()))
-                }
-                WatchEvent::Deleted(o) => {
-                    seen.push(format!("DELETED {}", o.metadata.name.unwrap()))
-                }
-                WatchEvent::Bookmark(_) => {}
+            let (what, o) = match next_event(&mut events).await {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                WatchEvent::Bookmark(_) => continue,
                 WatchEvent::Error(e) => panic!("watch error {e:?}"),
-            }
+            };
+            seen.push(format!("{what} {}", o.metadata.name.unwrap()));
         }
         assert_eq!(seen, ["ADDED b", "MODIFIED b", "DELETED a"]);
 
@@ -256,102 +280,105 @@ async fn watch_from_version_and_410_after_compaction() {
             events.next().await.is_none(),
             "open watch ends at compaction"
         );
-        let mut events = api
-            .watch(&WatchParams::default(), &rv)
-            .await
-            .unwrap()
-            .boxed();
-        match events.try_next().await.unwrap().unwrap() {
+        let mut events = watch(&api, &WatchParams::default(), &rv).await;
+        match next_event(&mut events).await {
             WatchEvent::Error(e) => assert_eq!(e.code, 410),
             other => panic!("expected a 410 error event, got {other:?}"),
         }
         assert!(server.requests().iter().any(|r| r.watch_expired));
         // A fresh list's version can be watched again.
-        let rv = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
-        let mut events = api
-            .watch(&WatchParams::default(), &rv)
-            .await
-            .unwrap()
-            .boxed();
-        api.create(&PostParams::default(), &service("c"))
-            .await
-            .unwrap();
-        match events.try_next().await.unwrap().unwrap() {
+        let rv = list_version(&api).await;
+        let mut events = watch(&api, &WatchParams::default(), &rv).await;
+        create_service(&api, "c").await;
+        match next_event(&mut events).await {
             WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
             other => panic!("expected ADDED c, got {other:?}"),
         }
     })
-    .await
-    .expect("bounded");
+    .await;
 }
 
 #[tokio::test]
 async fn watch_times_out_with_a_bookmark() {
-    tokio::time::timeout(LIMIT, async {
-        let server = ApiServer::start().await.unwrap();
+    with_server(async |server| {
         let api = services(&server, "default");
         let rv = server.resource_version().to_string();
-        let mut events = api
-            .watch(&WatchParams::default().timeout(1), &rv)
-            .await
-            .unwrap()
-            .boxed();
-        match events.try_next().await.unwrap() {
-            Some(WatchEvent::Bookmark(b)) => assert_eq!(b.metadata.resource_version, rv),
+        let mut events = watch(&api, &WatchParams::default().timeout(1), &rv).await;
+        match next_event(&mut events).await {
+            WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, rv),
             other => panic!("expected a bookmark, got {other:?}"),
         }
         assert!(events.next().await.is_none());
     })
-    .await
-    .expect("bounded");
+    .await;
 }
 
 #[tokio::test]
 async fn kubeconfig_and_errors_are_status_objects() {
-    tokio::time::timeout(LIMIT, async {
-        let server = ApiServer::start().await.unwrap();
+    with_server(async |server| {
         let dir = tempfile::tempdir().unwrap();
         let path = server.kubeconfig(dir.path()).unwrap();
-        let client = metalnet_config::state::kube::client(Some(&path)).await.unwrap();
+        let client = metalnet_config::state::kube::client(Some(&path))
+            .await
+            .unwrap();
         let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(Kind::Node));
-        assert!(nodes.list(&ListParams::default()).await.unwrap().items.is_empty());
+        assert!(
+            nodes
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
 
-        let req = http::Request::get("/apis/example.com/v1/things").body(vec![]).unwrap();
-        let e = client.request_text(req).await.unwrap_err();
-        assert_eq!(api_code(e), 404);
-        let req = http::Request::post("/api/v1/namespaces/default/services")
-            .header("content-type", "application/json")
-            .body(br#"{"apiVersion":"v1","kind":"Service","metadata":{}}"#.to_vec())
-            .unwrap();
-        let e = client.request_text(req).await.unwrap_err();
-        assert_eq!(api_code(e), 422);
-        let req = http::Request::patch("/api/v1/namespaces/default/services/x")
-            .header("content-type", "application/json-patch+json")
-            .body(b"[]".to_vec())
-            .unwrap();
-        let e = client.request_text(req).await.unwrap_err();
-        assert_eq!(api_code(e), 415);
+        // Requests kube's typed API cannot send: an unknown kind, an object without a name,
+        // a JSON patch.
+        let unknown_kind = "/apis/example.com/v1/things";
+        let nameless: &[u8] = br#"{"apiVersion":"v1","kind":"Service","metadata":{}}"#;
+        let json_patch: &[u8] = b"[]";
+        let service_x = format!("{SERVICES}/x");
+        for (method, path, body, code) in [
+            (Method::GET, unknown_kind, None, 404),
+            (Method::POST, SERVICES, Some((JSON, nameless)), 422),
+            (
+                Method::PATCH,
+                &service_x,
+                Some((JSON_PATCH, json_patch)),
+                415,
+            ),
+        ] {
+            let got = raw_request_error(&client, method.clone(), path, body).await;
+            assert_eq!(got, code, "{method} {path}");
+        }
         let e = services(&server, "default")
             .list(&ListParams::default().labels("app in (a,b)"))
             .await
             .unwrap_err();
-        assert_eq!(api_code(e), 400, "set-based selectors are refused, not ignored");
+        assert_eq!(
+            api_code(e),
+            400,
+            "set-based selectors are refused, not ignored"
+        );
         let missing = nodes.get("n1").await.unwrap_err();
         assert_eq!(api_code(missing), 404);
         server
-            .apply_yaml("apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n")
+            .apply_yaml(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n---\n\
+                 apiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n",
+            )
             .unwrap();
-        assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 2);
+        assert_eq!(
+            nodes
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            2
+        );
         assert!(server.get(Kind::Node, None, "n1").is_some());
         assert!(server.delete(Kind::Node, None, "n1"));
         assert!(!server.delete(Kind::Node, None, "n1"));
     })
-    .await
-    .expect("bounded");
+    .await;
 }

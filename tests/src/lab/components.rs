@@ -339,13 +339,26 @@ pub fn expose_on_nodes(site: &DemoSite, ip: &str) -> Result<()> {
 }
 
 /// The node announcing a Service by layer 2, from the ServiceL2Status objects the speakers
-/// wrote to the state directory.
+/// wrote to the state directory (see [`l2_announcers`]).
 pub fn l2_announcer(state_dir: &Path, namespace: &str, name: &str) -> Option<String> {
-    let dir = state_dir.join("status/objects/ServiceL2Status");
-    let mut stack = vec![dir];
+    l2_announcers(state_dir, namespace, name).into_iter().next()
+}
+
+/// Every node with a ServiceL2Status for the Service in the state directory, sorted: one once
+/// the speakers agree. Dot files (the temporary files of a write, left behind when its writer
+/// was SIGKILLed) are skipped, as the state-directory backend skips them.
+pub fn l2_announcers(state_dir: &Path, namespace: &str, name: &str) -> Vec<String> {
+    let mut nodes = Vec::new();
+    let mut stack = vec![state_dir.join("status/objects/ServiceL2Status")];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
                 continue;
@@ -357,10 +370,14 @@ pub fn l2_announcer(state_dir: &Path, namespace: &str, name: &str) -> Option<Str
                 continue;
             };
             let st = &v["status"];
-            if st["serviceNamespace"] == namespace && st["serviceName"] == name {
-                return st["node"].as_str().map(str::to_string);
+            if st["serviceNamespace"] == namespace
+                && st["serviceName"] == name
+                && let Some(node) = st["node"].as_str()
+            {
+                nodes.push(node.to_string());
             }
         }
     }
-    None
+    nodes.sort();
+    nodes
 }

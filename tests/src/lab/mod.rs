@@ -16,6 +16,7 @@ pub mod demo;
 mod down;
 pub mod frr;
 pub mod gobgp;
+pub mod l2site;
 pub mod pods;
 mod process;
 
