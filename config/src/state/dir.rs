@@ -295,6 +295,7 @@ impl DirBackend {
             let dir = status.join(area.dir());
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        remove_dead_writers_temp_files(&status);
         let kinds = core
             .kinds()
             .iter()
@@ -1065,6 +1066,52 @@ fn write_atomic(path: &Path, value: &Value) -> Result<Stamp, StateError> {
     result.map_err(io_err(path))
 }
 
+/// The writer's pid in the name of a temporary file `write_atomic` makes
+/// (`.NAME.PID.N.tmp`), or None for any other name.
+fn temp_file_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = rest.rsplitn(3, '.');
+    let counter = parts.next()?;
+    let pid = parts.next()?;
+    let file = parts.next()?;
+    if file.is_empty() || !counter.bytes().all(|b| b.is_ascii_digit()) || counter.is_empty() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes the temporary files that writers killed mid-write (SIGKILL, power loss) left under
+/// `dir`: those whose pid no longer runs. A live writer's file is left alone. Best effort:
+/// the backend ignores dot files anyway; this only keeps the directory from filling up.
+fn remove_dead_writers_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            remove_dead_writers_temp_files(&path);
+            continue;
+        }
+        let Some(pid) = entry.file_name().to_str().and_then(temp_file_writer) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), pid, "removed a dead writer's temporary file")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "removing a temporary file")
+                }
+            }
+        }
+    }
+}
+
 /// FNV-1a, 64 bits: a hash that stays the same across builds and versions.
 fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1102,6 +1149,32 @@ mod tests {
         ] {
             assert_eq!(ref_from_relative_path(Path::new(bad)), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn dead_writers_temp_files_are_removed_live_ones_kept() {
+        assert_eq!(temp_file_writer(".web.yaml.4242.7.tmp"), Some(4242));
+        for other in [
+            "web.yaml",
+            ".web.yaml.tmp",
+            ".web.yaml.x.7.tmp",
+            "..4242.7.tmp",
+        ] {
+            assert_eq!(temp_file_writer(other), None, "{other}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("patches/Service/default");
+        std::fs::create_dir_all(&sub).unwrap();
+        // pid_max is at most 2^22, so this pid cannot run.
+        let dead = sub.join(".web.yaml.99999999.0.tmp");
+        let live = sub.join(format!(".web.yaml.{}.0.tmp", std::process::id()));
+        let user = sub.join("web.yaml");
+        for f in [&dead, &live, &user] {
+            std::fs::write(f, "x").unwrap();
+        }
+        remove_dead_writers_temp_files(dir.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && user.exists());
     }
 
     #[test]
