@@ -1267,4 +1267,105 @@ mod tests {
             "{N} Services, one changed: full plan {full_time:?}, incremental {inc_time:?} (+ {share_time:?} to share the per-Service view; a deep copy would take {deep_time:?})"
         );
     }
+
+    /// Prints the time of one Service change at 10,000 routes (one per Service, two peers):
+    /// the incremental plan, and what the sessions then do with it.
+    /// `cargo test -p metalnet-speaker --release plan_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn plan_timing_at_10000_routes() {
+        use metalnet_config::bgp::rib;
+        const N: usize = 10_000;
+        let mut objs = vec![
+            node("node1", json!({"zone": "a"}), ready()),
+            meta(
+                "IPAddressPool",
+                "big",
+                json!({"addresses": ["2001:db8:100::/112", "192.0.2.192/26"]}),
+            ),
+            peer("router", "192.0.2.1", 64513, 64512, json!({})),
+            peer("other", "192.0.2.2", 64513, 64512, json!({})),
+            meta(
+                "BGPAdvertisement",
+                "all",
+                json!({"localPref": 50, "communities": ["64513:1"]}),
+            ),
+        ];
+        let svc = |i: usize, ip: &str| {
+            let mut v = service(&format!("s{i}"), &[ip], "Cluster");
+            v["metadata"]["namespace"] = json!("default");
+            v
+        };
+        let ip = |i: usize| format!("2001:db8:100::{:x}", i + 1);
+        for i in 0..N {
+            objs.push(svc(i, &ip(i)));
+            let mut s = slice(&format!("s{i}"), &["node1", "node2"]);
+            s["metadata"]["name"] = json!(format!("s{i}-x"));
+            objs.push(s);
+        }
+        let snap = snapshot(objs.clone());
+        let (config, problems) = valid_config(&snap);
+        assert!(problems.iter().all(|p| !p.is_error()), "{problems:?}");
+        fn inputs<'a>(snapshot: &'a Snapshot, config: &'a ParsedConfig) -> Inputs<'a> {
+            Inputs {
+                snapshot,
+                config,
+                node: "node1",
+                ignore_exclude_label: false,
+            }
+        }
+        let neg = metalnet_config::bgp::Negotiated {
+            peer_as: 64512,
+            peer_id: "192.0.2.1".parse().unwrap(),
+            local_id: "192.0.2.11".parse().unwrap(),
+            local_addr: "2001:db8::11".parse().unwrap(),
+            hold_time: 90,
+            keepalive_time: 30,
+            ctx: Default::default(),
+            families: vec![
+                metalnet_config::bgp::fsm::IPV4_UNICAST,
+                metalnet_config::bgp::fsm::IPV6_UNICAST,
+            ],
+            route_refresh: true,
+            graceful_restart: false,
+            ibgp: false,
+        };
+        let mut planner = Planner::default();
+        let first = planner.plan(&inputs(&snap, &config), None);
+        assert_eq!(first.peers.len(), 2);
+        // What each session advertised after the first plan.
+        let mut advertised: BTreeMap<String, BTreeMap<IpNet, rib::Announced>> = first
+            .peers
+            .iter()
+            .map(|(k, p)| (k.clone(), rib::outgoing(&p.routes, &neg)))
+            .collect();
+        assert!(advertised.values().all(|a| a.len() == N));
+        // One Service changes its address.
+        let changed_svc = svc(42, "2001:db8:100::ffff");
+        let changed = BTreeSet::from([ObjectRef::of_manifest(&changed_svc).unwrap()]);
+        objs.push(changed_svc);
+        let snap2 = snapshot(objs);
+        // A full plan first, as the other planning of the daemon would (the snapshot decodes
+        // its objects on first use).
+        let full = plan(&inputs(&snap2, &config));
+        let t = std::time::Instant::now();
+        let inc = planner.plan(&inputs(&snap2, &config), Some(&changed));
+        let plan_time = t.elapsed();
+        // Per peer: copy the table to the session, which diffs it against what it advertised.
+        let t = std::time::Instant::now();
+        let mut changes = 0;
+        for (k, p) in &inc.peers {
+            let desired = p.routes.clone();
+            let want = rib::outgoing(&desired, &neg);
+            let (announce, withdraw) = rib::diff(&advertised[k], &want);
+            changes += announce.len() + withdraw.len();
+            advertised.insert(k.clone(), want);
+        }
+        let full_table_time = t.elapsed();
+        assert_eq!(changes, 4, "per peer: one withdrawn, one announced");
+        assert_eq!(inc.peers["metallb-system/router"].routes, full.peers["metallb-system/router"].routes);
+        println!(
+            "{N} routes to 2 peers, one Service changed: incremental plan {plan_time:?}, sessions (copy the table + diff it, per peer) {full_table_time:?}"
+        );
+    }
 }
