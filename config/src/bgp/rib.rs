@@ -2,7 +2,7 @@
 //! the peer already has (Adj-RIB-Out), packing them into UPDATEs that fit 4096 octets, and
 //! applying received UPDATEs to a table of the peer's routes (Adj-RIB-In).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -347,6 +347,130 @@ pub fn end_of_rib_markers(neg: &Negotiated) -> Vec<Update> {
         .collect()
 }
 
+/// The routes a session is to announce, and which prefixes changed since the session last
+/// synced, so that a change of a few routes is sent without comparing whole tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredRoutes {
+    routes: BTreeMap<IpNet, RouteAttrs>,
+    /// Prefixes added, changed or removed since the last [`DesiredRoutes::take_changes`].
+    changed: BTreeSet<IpNet>,
+    /// The table was replaced as a whole since then: every prefix may have changed.
+    replaced: bool,
+}
+
+/// What changed in the desired routes since the session last looked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DesiredChanges {
+    /// The whole table may differ: compare all of it.
+    All,
+    /// Only these prefixes.
+    Prefixes(BTreeSet<IpNet>),
+}
+
+impl DesiredRoutes {
+    pub fn new(routes: BTreeMap<IpNet, RouteAttrs>) -> Self {
+        DesiredRoutes {
+            routes,
+            changed: BTreeSet::new(),
+            replaced: true,
+        }
+    }
+
+    pub fn routes(&self) -> &BTreeMap<IpNet, RouteAttrs> {
+        &self.routes
+    }
+
+    /// Replaces the whole table.
+    pub fn replace(&mut self, routes: BTreeMap<IpNet, RouteAttrs>) {
+        self.routes = routes;
+        self.changed.clear();
+        self.replaced = true;
+    }
+
+    /// Sets (`Some`) or removes (`None`) single routes; returns whether anything changed.
+    pub fn update(
+        &mut self,
+        changes: impl IntoIterator<Item = (IpNet, Option<RouteAttrs>)>,
+    ) -> bool {
+        let mut any = false;
+        for (prefix, attrs) in changes {
+            let differs = match attrs {
+                Some(a) => match self.routes.get_mut(&prefix) {
+                    Some(have) if *have == a => false,
+                    Some(have) => {
+                        *have = a;
+                        true
+                    }
+                    None => {
+                        self.routes.insert(prefix, a);
+                        true
+                    }
+                },
+                None => self.routes.remove(&prefix).is_some(),
+            };
+            if differs {
+                any = true;
+                if !self.replaced {
+                    self.changed.insert(prefix);
+                }
+            }
+        }
+        any
+    }
+
+    /// What changed since the previous call, and forgets it.
+    pub fn take_changes(&mut self) -> DesiredChanges {
+        let changed = std::mem::take(&mut self.changed);
+        if std::mem::take(&mut self.replaced) {
+            DesiredChanges::All
+        } else {
+            DesiredChanges::Prefixes(changed)
+        }
+    }
+}
+
+/// Like [`diff`] of `have` against [`outgoing`]`(desired)`, but looking only at `prefixes`
+/// (the others known to be in sync): the cost follows the change, not the table.
+pub fn diff_prefixes<'a>(
+    have: &BTreeMap<IpNet, Announced>,
+    desired: &BTreeMap<IpNet, RouteAttrs>,
+    prefixes: impl IntoIterator<Item = &'a IpNet>,
+    neg: &Negotiated,
+) -> (Vec<(IpNet, Announced)>, Vec<IpNet>) {
+    let mut announce = Vec::new();
+    let mut withdraw = Vec::new();
+    for p in prefixes {
+        let want = desired
+            .get(p)
+            .filter(|_| neg.families.contains(&family_of(p)))
+            .and_then(|a| {
+                Some(Announced {
+                    attrs: a.clone(),
+                    next_hop: resolve_next_hop(p, a, neg.local_addr)?,
+                })
+            });
+        match (have.get(p), want) {
+            (Some(h), Some(w)) if *h == w => {}
+            (_, Some(w)) => announce.push((*p, w)),
+            (Some(_), None) => withdraw.push(*p),
+            (None, None) => {}
+        }
+    }
+    (announce, withdraw)
+}
+
+/// Applies a [`diff`] (or [`diff_prefixes`]) result once it was sent: what the peer has now.
+pub fn apply_diff(
+    have: &mut BTreeMap<IpNet, Announced>,
+    announce: Vec<(IpNet, Announced)>,
+    withdraw: &[IpNet],
+) {
+    for p in withdraw {
+        have.remove(p);
+    }
+    have.extend(announce);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,5 +666,104 @@ mod tests {
         let r = &rib[&"2001:db8:5::/64".parse::<IpNet>().unwrap()];
         assert_eq!(r.next_hop, "2001:db8::1".parse::<IpAddr>().unwrap());
         assert_eq!((r.local_pref, r.communities.clone()), (Some(300), vec![7]));
+    }
+
+    #[test]
+    fn desired_routes_track_changed_prefixes() {
+        let p = |s: &str| s.parse::<IpNet>().unwrap();
+        let a = RouteAttrs {
+            communities: vec![7],
+            ..RouteAttrs::default()
+        };
+        let mut d = DesiredRoutes::new(desired(&[("203.0.113.1/32", RouteAttrs::default())]));
+        assert_eq!(
+            d.take_changes(),
+            DesiredChanges::All,
+            "a new table is sent whole"
+        );
+        assert_eq!(d.take_changes(), DesiredChanges::Prefixes(BTreeSet::new()));
+        // Setting a route to what it is already is no change.
+        assert!(!d.update([(p("203.0.113.1/32"), Some(RouteAttrs::default()))]));
+        assert!(!d.update([(p("203.0.113.9/32"), None)]));
+        assert!(d.update([
+            (p("203.0.113.1/32"), Some(a.clone())),
+            (p("2001:db8::1/128"), Some(RouteAttrs::default())),
+        ]));
+        assert!(d.update([(p("2001:db8::1/128"), None)]));
+        assert_eq!(
+            d.take_changes(),
+            DesiredChanges::Prefixes([p("203.0.113.1/32"), p("2001:db8::1/128")].into())
+        );
+        assert_eq!(d.routes(), &desired(&[("203.0.113.1/32", a.clone())]));
+        d.update([(p("203.0.113.2/32"), Some(a))]);
+        d.replace(BTreeMap::new());
+        assert_eq!(d.take_changes(), DesiredChanges::All);
+        assert!(d.routes().is_empty());
+    }
+
+    fn route_strategy() -> impl proptest::strategy::Strategy<Value = (IpNet, Option<RouteAttrs>)> {
+        use proptest::prelude::*;
+        const PREFIXES: [&str; 6] = [
+            "203.0.113.1/32",
+            "203.0.113.2/32",
+            "198.51.100.0/24",
+            "2001:db8::1/128",
+            "2001:db8::2/128",
+            "2001:db8:1::/64",
+        ];
+        const NEXT_HOPS: [Option<&str>; 3] = [None, Some("192.0.2.9"), Some("2001:db8::9")];
+        (
+            0..PREFIXES.len(),
+            proptest::option::weighted(
+                0.7,
+                (0..NEXT_HOPS.len(), proptest::collection::vec(0..3u32, 0..2)),
+            ),
+        )
+            .prop_map(|(p, attrs)| {
+                (
+                    PREFIXES[p].parse().unwrap(),
+                    attrs.map(|(nh, communities)| RouteAttrs {
+                        next_hop: NEXT_HOPS[nh].map(|a| a.parse().unwrap()),
+                        communities,
+                        ..RouteAttrs::default()
+                    }),
+                )
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Sending only the changed prefixes leaves the peer with exactly what a whole-table
+        /// diff would, whatever the families and next hops the session can carry.
+        #[test]
+        fn diff_of_changed_prefixes_equals_the_whole_table_diff(
+            first in proptest::collection::vec(route_strategy(), 0..8),
+            steps in proptest::collection::vec(proptest::collection::vec(route_strategy(), 0..4), 1..6),
+            v4_only in proptest::bool::ANY,
+            local in proptest::bool::ANY,
+        ) {
+            let mut n = neg(false, if local { "192.0.2.1" } else { "2001:db8::1" });
+            if v4_only {
+                n.families = vec![IPV4_UNICAST];
+            }
+            let mut d = DesiredRoutes::new(
+                first.into_iter().filter_map(|(p, a)| Some((p, a?))).collect(),
+            );
+            let mut have = BTreeMap::new();
+            for changes in steps {
+                d.update(changes);
+                let (announce, withdraw) = match d.take_changes() {
+                    DesiredChanges::All => diff(&have, &outgoing(d.routes(), &n)),
+                    DesiredChanges::Prefixes(p) => diff_prefixes(&have, d.routes(), &p, &n),
+                };
+                let want = outgoing(d.routes(), &n);
+                // Nothing is sent that the whole-table diff would not send.
+                let (full_announce, full_withdraw) = diff(&have, &want);
+                proptest::prop_assert_eq!(&announce, &full_announce);
+                proptest::prop_assert_eq!(&withdraw, &full_withdraw);
+                apply_diff(&mut have, announce, &withdraw);
+                proptest::prop_assert_eq!(&have, &want);
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use super::fsm::{
     Negotiated, State, Timer,
 };
 pub use super::rib::RouteAttrs;
-use super::rib::{self, Announced, ReceivedRoute};
+use super::rib::{self, Announced, DesiredChanges, DesiredRoutes, ReceivedRoute};
 use super::wire::{self, Message, WireContext};
 
 /// A TCP MD5 password. It never shows in Debug output, logs or status.
@@ -263,7 +263,8 @@ pub struct Counters {
     pub established_total: AtomicU64,
 }
 
-type Desired = Arc<BTreeMap<IpNet, RouteAttrs>>;
+/// The routes to announce, shared by the handle (writes) and the session task (reads).
+type Desired = Arc<Mutex<DesiredRoutes>>;
 type Received = Arc<Mutex<BTreeMap<IpNet, ReceivedRoute>>>;
 
 /// Controls a running session; dropping it stops the session (like [`SessionHandle::shutdown`]
@@ -271,7 +272,9 @@ type Received = Arc<Mutex<BTreeMap<IpNet, ReceivedRoute>>>;
 #[derive(Debug)]
 pub struct SessionHandle {
     peer: SocketAddr,
-    desired: watch::Sender<Desired>,
+    desired: Desired,
+    /// Wakes the session task when `desired` changed.
+    desired_changed: watch::Sender<()>,
     status: watch::Receiver<SessionStatus>,
     received: Received,
     counters: Arc<Counters>,
@@ -295,7 +298,8 @@ impl Session {
         config: PeerConfig,
         routes: BTreeMap<IpNet, RouteAttrs>,
     ) -> SessionHandle {
-        let (desired_tx, desired_rx) = watch::channel(Arc::new(routes));
+        let desired = Arc::new(Mutex::new(DesiredRoutes::new(routes)));
+        let (desired_tx, desired_rx) = watch::channel(());
         let (status_tx, status_rx) = watch::channel(SessionStatus {
             state: State::Idle,
             last_error: None,
@@ -311,7 +315,8 @@ impl Session {
             connecting: None,
             listener: None,
             timers: Timers::default(),
-            desired: desired_rx,
+            desired: desired.clone(),
+            desired_changed: desired_rx,
             advertised: BTreeMap::new(),
             received: received.clone(),
             counters: counters.clone(),
@@ -322,7 +327,8 @@ impl Session {
         let task = tokio::spawn(runner.run(stop_rx));
         SessionHandle {
             peer: config.peer(),
-            desired: desired_tx,
+            desired,
+            desired_changed: desired_tx,
             status: status_rx,
             received,
             counters,
@@ -333,9 +339,20 @@ impl Session {
 }
 
 impl SessionHandle {
-    /// Replaces the routes to announce; the session sends only the difference.
+    /// Replaces the routes to announce; the session compares the whole table with what the
+    /// peer has and sends the difference.
     pub fn set_routes(&self, desired: BTreeMap<IpNet, RouteAttrs>) {
-        self.desired.send_replace(Arc::new(desired));
+        lock(&self.desired).replace(desired);
+        self.desired_changed.send_replace(());
+    }
+
+    /// Sets (`Some`) or removes (`None`) single routes; the session looks at these prefixes
+    /// only, so the cost follows the change, not the table. It still sends the whole table
+    /// when the session (re)establishes and on ROUTE-REFRESH.
+    pub fn update_routes(&self, changes: impl IntoIterator<Item = (IpNet, Option<RouteAttrs>)>) {
+        if lock(&self.desired).update(changes) {
+            self.desired_changed.send_replace(());
+        }
     }
 
     pub fn state(&self) -> State {
@@ -443,7 +460,8 @@ struct Runner {
     connecting: Option<Connecting>,
     listener: Option<TcpListener>,
     timers: Timers,
-    desired: watch::Receiver<Desired>,
+    desired: Desired,
+    desired_changed: watch::Receiver<()>,
     /// What the peer has from us (Adj-RIB-Out).
     advertised: BTreeMap<IpNet, Announced>,
     received: Received,
@@ -474,7 +492,7 @@ impl Runner {
             let next_timer = self.timers.next();
             let wake = tokio::select! {
                 r = stop.wait_for(|s| *s) => { let _ = r; Wake::Stop }
-                r = self.desired.changed() => match r {
+                r = self.desired_changed.changed() => match r {
                     Ok(()) => Wake::DesiredChanged,
                     Err(_) => Wake::Stop,
                 },
@@ -491,7 +509,7 @@ impl Runner {
                 }
                 Wake::DesiredChanged => {
                     if self.fsm.state() == State::Established {
-                        self.sync_routes().await;
+                        self.sync_routes(false).await;
                     }
                 }
                 Wake::Timer => {
@@ -659,7 +677,7 @@ impl Runner {
                     .established_total
                     .fetch_add(1, Ordering::Relaxed);
                 self.advertised.clear();
-                self.sync_routes().await;
+                self.sync_routes(true).await;
                 if neg.graceful_restart {
                     for u in rib::end_of_rib_markers(&neg) {
                         if self.send(&Message::Update(u)).await.is_err() {
@@ -677,9 +695,9 @@ impl Runner {
                 }
             }
             Action::Deliver(Message::RouteRefresh(_)) => {
-                // Re-send everything; simplest correct answer for the few routes we carry.
+                // Re-send everything: the peer asked for the whole table.
                 self.advertised.clear();
-                self.sync_routes().await;
+                self.sync_routes(true).await;
             }
             Action::Deliver(_) => {}
             Action::Down(reason) => {
@@ -729,20 +747,32 @@ impl Runner {
         Ok(())
     }
 
-    /// Sends what it takes for the peer to have exactly the desired routes.
-    async fn sync_routes(&mut self) {
+    /// Sends what it takes for the peer to have exactly the desired routes: with `whole`, or
+    /// when the table was replaced, compares every route; otherwise only the changed prefixes.
+    async fn sync_routes(&mut self, whole: bool) {
         let Some(neg) = self.fsm.negotiated().cloned() else {
             return;
         };
-        let desired = self.desired.borrow_and_update().clone();
-        let want = rib::outgoing(&desired, &neg);
-        let (announce, withdraw) = rib::diff(&self.advertised, &want);
+        // Seen before reading, so a change made meanwhile wakes the loop again.
+        self.desired_changed.borrow_and_update();
+        let (announce, withdraw) = {
+            let mut desired = lock(&self.desired);
+            match desired.take_changes() {
+                DesiredChanges::Prefixes(p) if !whole => {
+                    rib::diff_prefixes(&self.advertised, desired.routes(), &p, &neg)
+                }
+                _ => {
+                    let want = rib::outgoing(desired.routes(), &neg);
+                    let skipped = desired.routes().len() - want.len();
+                    if skipped > 0 {
+                        tracing::debug!(peer = %self.config.peer_address, skipped, "routes of a family or next hop this session cannot carry");
+                    }
+                    rib::diff(&self.advertised, &want)
+                }
+            }
+        };
         if announce.is_empty() && withdraw.is_empty() {
             return;
-        }
-        let skipped = desired.len() - want.len();
-        if skipped > 0 {
-            tracing::debug!(peer = %self.config.peer_address, skipped, "routes of a family or next hop this session cannot carry");
         }
         for u in rib::build_updates(&announce, &withdraw, &neg, self.config.my_asn) {
             if let Err(e) = self.send(&Message::Update(u)).await {
@@ -752,7 +782,7 @@ impl Runner {
             }
         }
         tracing::debug!(peer = %self.config.peer_address, announced = announce.len(), withdrawn = withdraw.len(), "BGP routes updated");
-        self.advertised = want;
+        rib::apply_diff(&mut self.advertised, announce, &withdraw);
         self.counters
             .prefixes_announced
             .store(self.advertised.len() as u64, Ordering::Relaxed);
@@ -770,6 +800,12 @@ impl Runner {
             changed
         });
     }
+}
+
+/// The lock cannot be poisoned by our code (nothing panics while holding it); if it were,
+/// the table inside is still whole.
+fn lock(desired: &Desired) -> std::sync::MutexGuard<'_, DesiredRoutes> {
+    desired.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -1029,6 +1065,19 @@ mod tests {
         assert_eq!(r.next_hop, lo);
         assert_eq!(r.as_path, vec![64512]);
         assert_eq!(r.communities, vec![0xfde8_0001]);
+        assert_eq!(a.counters().prefixes_announced.load(Ordering::Relaxed), 1);
+
+        // Single changes: one route added, the first withdrawn.
+        let (r5, r6): (IpNet, IpNet) = (
+            "203.0.113.5/32".parse().unwrap(),
+            "203.0.113.6/32".parse().unwrap(),
+        );
+        a.update_routes([(r6, Some(attrs.clone())), (r5, None)]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.received().keys().ne([&r6]) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.received().into_keys().collect::<Vec<_>>(), vec![r6]);
         assert_eq!(a.counters().prefixes_announced.load(Ordering::Relaxed), 1);
 
         a.set_routes(BTreeMap::new());

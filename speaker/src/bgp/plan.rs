@@ -148,7 +148,17 @@ pub struct NodePlan {
     /// LoadBalancer Services with an address; shared, so handing the view to the status
     /// writer and the metrics costs a reference count per Service, not a deep copy.
     pub services: Vec<Arc<ServiceBgp>>,
+    /// Counts the plans of a [`Planner`] (0: made by [`plan`]).
+    pub generation: u64,
+    /// The route changes per BGPPeer (`namespace/name`; peers without changes left out)
+    /// since the plan of `generation - 1`, or `None` when this plan was made from scratch
+    /// (compare whole tables then). Lets the sessions send a change of a few routes without
+    /// copying or comparing 10,000.
+    pub route_changes: Option<BTreeMap<String, RouteChanges>>,
 }
+
+/// Routes set (`Some`) or withdrawn (`None`), by prefix.
+pub type RouteChanges = BTreeMap<IpNet, Option<RouteAttrs>>;
 
 /// The per-Service view of a plan, as handed to the status writer and the metrics.
 pub type PlannedServices = Arc<[Arc<ServiceBgp>]>;
@@ -344,6 +354,7 @@ pub fn services_only(changed: &BTreeSet<ObjectRef>) -> bool {
 #[derive(Default)]
 pub struct Planner {
     cache: Option<Cache>,
+    generation: u64,
 }
 
 /// (BGPPeer key, prefix) of a route.
@@ -370,13 +381,16 @@ impl Planner {
         inputs: &Inputs<'_>,
         changed: Option<&BTreeSet<ObjectRef>>,
     ) -> &NodePlan {
-        let cache = match (self.cache.take(), changed) {
+        let mut cache = match (self.cache.take(), changed) {
             (Some(mut cache), Some(changed)) if services_only(changed) => {
+                cache.plan.route_changes = Some(BTreeMap::new());
                 cache.update(inputs, changed);
                 cache
             }
             _ => Cache::full(inputs),
         };
+        self.generation += 1;
+        cache.plan.generation = self.generation;
         &self.cache.insert(cache).plan
     }
 }
@@ -469,16 +483,15 @@ impl Cache {
         }
     }
 
-    /// Recomputes the attributes of these routes from their advertisements.
+    /// Recomputes the attributes of these routes from their advertisements, noting what
+    /// changed in `plan.route_changes` (when kept).
     fn refresh_routes(&mut self, inputs: &Inputs<'_>, touched: BTreeSet<RouteKey>) {
-        for route in touched {
-            let Some(peer) = self.plan.peers.get_mut(&route.0) else {
+        for (peer_key, prefix) in touched {
+            let Some(peer) = self.plan.peers.get_mut(&peer_key) else {
                 continue;
             };
-            match self.route_ads.get(&route) {
-                None => {
-                    peer.routes.remove(&route.1);
-                }
+            let change = match self.route_ads.get(&(peer_key.clone(), prefix)) {
+                None => peer.routes.remove(&prefix).map(|_| None),
                 Some(ads) => {
                     let mut attrs = RouteAttrs::default();
                     for index in ads.keys() {
@@ -486,8 +499,17 @@ impl Cache {
                             merge(&mut attrs, ad);
                         }
                     }
-                    peer.routes.insert(route.1, attrs);
+                    if peer.routes.get(&prefix) == Some(&attrs) {
+                        None
+                    } else {
+                        let noted = self.plan.route_changes.is_some().then(|| attrs.clone());
+                        peer.routes.insert(prefix, attrs);
+                        Some(noted)
+                    }
                 }
+            };
+            if let (Some(change), Some(changes)) = (change, self.plan.route_changes.as_mut()) {
+                changes.entry(peer_key).or_default().insert(prefix, change);
             }
         }
     }
@@ -1105,7 +1127,34 @@ mod tests {
             ignore_exclude_label: false,
         };
         let full = plan(&inputs);
+        type PeerRoutes = BTreeMap<String, BTreeMap<IpNet, RouteAttrs>>;
+        let before: Option<(u64, PeerRoutes)> = planner.cache.as_ref().map(|c| {
+            let routes = c
+                .plan
+                .peers
+                .iter()
+                .map(|(k, p)| (k.clone(), p.routes.clone()));
+            (c.plan.generation, routes.collect())
+        });
         let inc = planner.plan(&inputs, Some(&changed));
+        // The route changes turn the previous plan's routes into these, and are changes.
+        if let Some((generation, mut routes)) = before {
+            assert_eq!(inc.generation, generation + 1);
+            let changes = inc.route_changes.as_ref().expect("an incremental plan");
+            for (peer, changes) in changes {
+                let routes = routes.get_mut(peer).expect("a known peer");
+                for (prefix, attrs) in changes {
+                    let old = match attrs {
+                        Some(a) => routes.insert(*prefix, a.clone()),
+                        None => routes.remove(prefix),
+                    };
+                    assert_ne!(old.as_ref(), attrs.as_ref(), "not a change: {prefix}");
+                }
+            }
+            for (k, p) in &inc.peers {
+                assert_eq!(routes[k], p.routes, "{k}");
+            }
+        }
         assert_eq!(inc.services, full.services);
         assert_eq!(inc.node_exclusion, full.node_exclusion);
         assert_eq!(inc.unselected_peers, full.unselected_peers);
@@ -1340,6 +1389,16 @@ mod tests {
             .map(|(k, p)| (k.clone(), rib::outgoing(&p.routes, &neg)))
             .collect();
         assert!(advertised.values().all(|a| a.len() == N));
+        // The sessions' tables, as started from the first plan.
+        let mut desired: BTreeMap<String, rib::DesiredRoutes> = first
+            .peers
+            .iter()
+            .map(|(k, p)| {
+                let mut d = rib::DesiredRoutes::new(p.routes.clone());
+                d.take_changes();
+                (k.clone(), d)
+            })
+            .collect();
         // One Service changes its address.
         let changed_svc = svc(42, "2001:db8:100::ffff");
         let changed = BTreeSet::from([ObjectRef::of_manifest(&changed_svc).unwrap()]);
@@ -1351,7 +1410,11 @@ mod tests {
         let t = std::time::Instant::now();
         let inc = planner.plan(&inputs(&snap2, &config), Some(&changed));
         let plan_time = t.elapsed();
-        // Per peer: copy the table to the session, which diffs it against what it advertised.
+        for (k, p) in &inc.peers {
+            assert_eq!(p.routes, full.peers[k].routes);
+        }
+        // Before: per peer, the table copied to the session, which diffs all of it against
+        // what it advertised.
         let t = std::time::Instant::now();
         let mut changes = 0;
         for (k, p) in &inc.peers {
@@ -1359,13 +1422,32 @@ mod tests {
             let want = rib::outgoing(&desired, &neg);
             let (announce, withdraw) = rib::diff(&advertised[k], &want);
             changes += announce.len() + withdraw.len();
-            advertised.insert(k.clone(), want);
         }
-        let full_table_time = t.elapsed();
+        let whole_time = t.elapsed();
         assert_eq!(changes, 4, "per peer: one withdrawn, one announced");
-        assert_eq!(inc.peers["metallb-system/router"].routes, full.peers["metallb-system/router"].routes);
+        // Now: per peer, the plan's route changes, and the session diffs those prefixes only.
+        let t = std::time::Instant::now();
+        let mut changes = 0;
+        for (k, d) in &mut desired {
+            let Some(c) = inc.route_changes.as_ref().and_then(|c| c.get(k)) else {
+                continue;
+            };
+            d.update(c.iter().map(|(p, a)| (*p, a.clone())));
+            let rib::DesiredChanges::Prefixes(prefixes) = d.take_changes() else {
+                panic!("a change, not a new table");
+            };
+            let have = advertised.get_mut(k).unwrap();
+            let (announce, withdraw) = rib::diff_prefixes(have, d.routes(), &prefixes, &neg);
+            changes += announce.len() + withdraw.len();
+            rib::apply_diff(have, announce, &withdraw);
+        }
+        let delta_time = t.elapsed();
+        assert_eq!(changes, 4, "per peer: one withdrawn, one announced");
+        for (k, p) in &inc.peers {
+            assert_eq!(advertised[k], rib::outgoing(&p.routes, &neg));
+        }
         println!(
-            "{N} routes to 2 peers, one Service changed: incremental plan {plan_time:?}, sessions (copy the table + diff it, per peer) {full_table_time:?}"
+            "{N} routes to 2 peers, one Service changed: incremental plan {plan_time:?}; sessions: route changes + diff of those {delta_time:?} (copying each table + diffing all of it took {whole_time:?})"
         );
     }
 }

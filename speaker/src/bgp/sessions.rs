@@ -7,7 +7,7 @@ use std::sync::Arc;
 use metalnet_config::bgp::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
 
 use super::metrics::{BgpMetrics, PeerLabel};
-use super::plan::NodePlan;
+use super::plan::{NodePlan, RouteChanges};
 
 struct Running {
     /// The parameters the session runs with (Debug text: the password shows as `***`).
@@ -16,6 +16,8 @@ struct Running {
     handle: SessionHandle,
     label: PeerLabel,
     desired: usize,
+    /// The [`NodePlan::generation`] whose routes the session has.
+    generation: u64,
     /// `updates_sent` already added to the metric.
     updates_counted: u64,
 }
@@ -26,6 +28,30 @@ pub struct Sessions {
     running: BTreeMap<String, Running>,
     /// Why a selected peer has no session, by `namespace/name` (for logs and explain).
     pub broken: BTreeMap<String, String>,
+}
+
+/// What a running session needs to get from the routes of plan `had` to those of `plan`.
+#[derive(Debug, PartialEq)]
+enum RouteUpdate<'a> {
+    /// It has them already.
+    Nothing,
+    /// These changes (the plan follows the one the session has).
+    Changes(&'a RouteChanges),
+    /// The whole table (a plan made from scratch, or one in between was missed).
+    Whole,
+}
+
+fn route_update<'a>(plan: &'a NodePlan, peer: &str, had: u64) -> RouteUpdate<'a> {
+    if had == plan.generation && plan.generation != 0 {
+        return RouteUpdate::Nothing;
+    }
+    match &plan.route_changes {
+        Some(changes) if had.checked_add(1) == Some(plan.generation) => match changes.get(peer) {
+            Some(c) if !c.is_empty() => RouteUpdate::Changes(c),
+            _ => RouteUpdate::Nothing,
+        },
+        _ => RouteUpdate::Whole,
+    }
 }
 
 fn fingerprint(c: &PeerConfig) -> String {
@@ -63,7 +89,14 @@ impl Sessions {
             if same {
                 if let Some(r) = self.running.get_mut(key) {
                     r.desired = peer.routes.len();
-                    r.handle.set_routes(peer.routes.clone());
+                    match route_update(plan, key, r.generation) {
+                        RouteUpdate::Nothing => {}
+                        RouteUpdate::Changes(c) => r
+                            .handle
+                            .update_routes(c.iter().map(|(p, a)| (*p, a.clone()))),
+                        RouteUpdate::Whole => r.handle.set_routes(peer.routes.clone()),
+                    }
+                    r.generation = plan.generation;
                 }
             } else {
                 if let Some(old) = self.running.remove(key) {
@@ -85,6 +118,7 @@ impl Sessions {
                         handle,
                         label: peer_label(config),
                         desired: peer.routes.len(),
+                        generation: plan.generation,
                         updates_counted: 0,
                     },
                 );
@@ -190,3 +224,41 @@ fn spawn_state_logger(key: String, handle: &SessionHandle) {
 
 /// Shared between the daemon loop and the metrics refresher.
 pub type SharedSessions = Arc<std::sync::Mutex<Sessions>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(generation: u64, changes: Option<&[(&str, usize)]>) -> NodePlan {
+        let route = |i: usize| -> (ipnet::IpNet, Option<metalnet_config::bgp::RouteAttrs>) {
+            (format!("2001:db8::{i:x}/128").parse().unwrap(), None)
+        };
+        NodePlan {
+            generation,
+            route_changes: changes.map(|c| {
+                c.iter()
+                    .map(|(peer, n)| (peer.to_string(), (0..*n).map(route).collect()))
+                    .collect()
+            }),
+            ..NodePlan::default()
+        }
+    }
+
+    #[test]
+    fn sessions_get_the_changes_only_when_they_have_the_previous_plan() {
+        let p = plan(5, Some(&[("ns/a", 2), ("ns/b", 0)]));
+        match route_update(&p, "ns/a", 4) {
+            RouteUpdate::Changes(c) => assert_eq!(c.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        // No change for the peer, or the plan applied already: nothing to send.
+        assert_eq!(route_update(&p, "ns/b", 4), RouteUpdate::Nothing);
+        assert_eq!(route_update(&p, "ns/c", 4), RouteUpdate::Nothing);
+        assert_eq!(route_update(&p, "ns/a", 5), RouteUpdate::Nothing);
+        // A plan missed in between, or one made from scratch: the whole table.
+        assert_eq!(route_update(&p, "ns/a", 3), RouteUpdate::Whole);
+        assert_eq!(route_update(&plan(6, None), "ns/a", 5), RouteUpdate::Whole);
+        // Plans of the pure `plan` function carry no generation: always whole.
+        assert_eq!(route_update(&plan(0, None), "ns/a", 0), RouteUpdate::Whole);
+    }
+}
