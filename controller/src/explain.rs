@@ -2,8 +2,6 @@
 //! from the current state (the reconciler run in memory, nothing written) and the Events
 //! recorded about it.
 
-use std::fmt::Write as _;
-
 use metalnet_config::state::{ClusterState, Kind, ObjectRef, StateError};
 
 use crate::allocator::ServiceKey;
@@ -35,28 +33,7 @@ pub async fn explain(
         return Ok(None);
     };
     let obj = ObjectRef::new(Kind::Service, Some(&key.namespace), &key.name);
-    let events = state.events_about(&obj).await?;
-    if !events.is_empty() {
-        let _ = writeln!(text, "events (latest last):");
-        let skip = events.len().saturating_sub(EVENTS_SHOWN);
-        for e in events.iter().skip(skip) {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            let count = e["count"].as_u64().unwrap_or(1);
-            let times = if count > 1 {
-                format!(" (x{count})")
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                text,
-                "  {} {} {}: {}{times}",
-                s("lastTimestamp"),
-                s("type"),
-                s("reason"),
-                s("message")
-            );
-        }
-    }
+    text.push_str(&state.render_events_about(&obj, EVENTS_SHOWN).await?);
     Ok(Some(text))
 }
 

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use metalnet_config::addr::parse_go_duration;
 use metalnet_config::cli::CommonArgs;
-use metalnet_config::state::Kind;
+use metalnet_config::state::{Kind, ObjectRef};
 use metalnet_config::telemetry::{Health, serve_metrics};
 use metalnet_config::validate::valid_config;
 use metalnet_speaker::election::{self, Inputs};
@@ -303,6 +303,11 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
             )
             .await
         );
+    }
+    let obj = ObjectRef::new(Kind::Service, Some(namespace), name);
+    match state.render_events_about(&obj, 10).await {
+        Ok(events) => print!("{events}"),
+        Err(e) => println!("events: not readable: {e}"),
     }
     Ok(())
 }

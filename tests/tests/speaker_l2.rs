@@ -189,25 +189,30 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     );
     assert!(m.contains("metalnet_speaker_members 3"), "{m}");
     let loser = NODES.iter().find(|n| **n != w).unwrap();
-    let bin = bins::binary("metalnet-speaker").unwrap();
-    let out = site
-        .node(loser)
-        .exec_ok(&[
-            bin.to_str().unwrap(),
-            "explain",
-            "default/web",
-            "--state-dir",
-            site.state_dir().to_str().unwrap(),
-            "--node-name",
-            loser,
-        ])
-        .unwrap();
+    let out = explain(&site, loser, "web");
     assert!(out.contains(&format!("verdict: announced by {w}")), "{out}");
     assert!(
         out.contains(&format!("this node ({loser}) does not announce it")),
         "{out}"
     );
     assert!(out.contains("gossip view of the speaker"), "{out}");
+    assert!(out.contains("Normal nodeAssigned"), "{out}");
+}
+
+/// `metalnet-speaker explain default/NAME` run on `node` against the site's state directory.
+fn explain(site: &L2Site, node: &str, name: &str) -> String {
+    let bin = bins::binary("metalnet-speaker").unwrap();
+    site.node(node)
+        .exec_ok(&[
+            bin.to_str().unwrap(),
+            "explain",
+            &format!("default/{name}"),
+            "--state-dir",
+            site.state_dir().to_str().unwrap(),
+            "--node-name",
+            node,
+        ])
+        .unwrap()
 }
 
 /// The nodes with a ServiceL2Status for Service default/`name`.
@@ -385,6 +390,11 @@ fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
         "{events:?}"
     );
     assert!(status_nodes(site.state_dir(), "web").is_empty());
+    let out = explain(&site, &w, "web");
+    assert!(
+        out.contains("Warning announceFailed") && out.contains("does-not-exist"),
+        "{out}"
+    );
     let m = site.metrics(&w);
     assert!(
         m.contains("metalnet_speaker_members 3") && !m.contains("metallb_speaker_announced{"),

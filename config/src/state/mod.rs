@@ -714,6 +714,16 @@ impl ClusterState {
         Ok(events)
     }
 
+    /// The latest `shown` Events about `regarding`, rendered for `explain` commands (latest
+    /// last, one line each); empty when there are none.
+    pub async fn render_events_about(
+        &self,
+        regarding: &ObjectRef,
+        shown: usize,
+    ) -> Result<String, StateError> {
+        Ok(render_events(&self.events_about(regarding).await?, shown))
+    }
+
     /// Records an Event about `regarding`; repeats of the same reason and message are
     /// counted on one Event, as Kubernetes' event recorder does.
     pub async fn record_event(
@@ -726,4 +736,33 @@ impl ClusterState {
             Backend::Kube(b) => b.record_event(regarding, event).await,
         }
     }
+}
+
+/// Renders the last `shown` of `events` (core/v1 Event objects, oldest first) as an
+/// `events (latest last):` block, one `TIME TYPE REASON: MESSAGE (xCOUNT)` line each.
+pub fn render_events(events: &[serde_json::Value], shown: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if events.is_empty() {
+        return text;
+    }
+    let _ = writeln!(text, "events (latest last):");
+    for e in events.iter().skip(events.len().saturating_sub(shown)) {
+        let s = |k: &str| e[k].as_str().unwrap_or_default();
+        let count = e["count"].as_u64().unwrap_or(1);
+        let times = if count > 1 {
+            format!(" (x{count})")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            text,
+            "  {} {} {}: {}{times}",
+            s("lastTimestamp"),
+            s("type"),
+            s("reason"),
+            s("message")
+        );
+    }
+    text
 }
