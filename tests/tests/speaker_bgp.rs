@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use metalnet_lab::lab::components;
 use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
+use metalnet_lab::lab::l2site::service_yaml;
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, Community, DemoSite, Frr, FrrConfig, Gobgp, GobgpConfig, Lab,
     LargeCommunity, Route, wait_for,
@@ -50,32 +51,6 @@ fn peer_yaml(name: &str, address: &str, my_asn: u32, peer_asn: u32, extra: &str)
 fn advertisement_yaml(name: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
-    )
-}
-
-/// A LoadBalancer Service with its addresses already in status (as the controller writes
-/// them) and an EndpointSlice with one ready endpoint on each of `endpoint_nodes`.
-fn service_yaml(name: &str, ips: &[&str], policy: &str, endpoint_nodes: &[&str]) -> String {
-    let endpoints: Vec<String> = endpoint_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
-                i + 1
-            )
-        })
-        .collect();
-    let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{}]}}}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-         addressType: IPv4\nendpoints: [{}]\n",
-        ingress.join(", "),
-        endpoints.join(", ")
     )
 }
 

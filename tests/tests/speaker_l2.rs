@@ -227,7 +227,7 @@ fn ndisc6_gets_one_answer_from_the_elected_node() {
         "{}{}{}",
         pool_yaml("site6", &["2001:db8:0:1::200/125"]),
         l2_yaml("l2", "{}"),
-        service_yaml("web6", ip, "Cluster", &["node1"]),
+        service_yaml("web6", &[ip], "Cluster", &["node1"]),
     );
     let site = Site::new("l2_ndisc6", &objects, &[]);
     let _speakers = site.start_all(&[]);
@@ -297,13 +297,13 @@ fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
             "zone-b",
             "{ipAddressPools: [zoned], nodeSelectors: [{matchLabels: {zone: b}}]}"
         ),
-        service_yaml("zoned", &selected_ip, "Cluster", &["node1"]),
+        service_yaml("zoned", &[&selected_ip], "Cluster", &["node1"]),
         pool_yaml("main", &["192.0.2.220-192.0.2.229"]),
         l2_yaml("main", "{ipAddressPools: [main]}"),
-        service_yaml("local", &local_ip, "Local", &["node3"]),
+        service_yaml("local", &[&local_ip], "Local", &["node3"]),
         pool_yaml("second", &["203.0.113.200/29"]),
         l2_yaml("second", "{ipAddressPools: [second], interfaces: [eth1]}"),
-        service_yaml("second", eth1_ip, "Cluster", &["node1"]),
+        service_yaml("second", &[eth1_ip], "Cluster", &["node1"]),
     );
     let site = Site::new("l2_restrict", &objects, &[]);
     // A second segment on eth1 of every node and of the client.

@@ -54,8 +54,12 @@ pub fn l2_yaml(name: &str, spec: &str) -> String {
 /// A LoadBalancer Service default/`name` with its address already in status (as the
 /// controller writes it) and an EndpointSlice with one ready endpoint on each of
 /// `endpoint_nodes`.
-pub fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str]) -> String {
-    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
+pub fn service_yaml(name: &str, ips: &[&str], policy: &str, endpoint_nodes: &[&str]) -> String {
+    let mut families: Vec<&str> = ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
+    families.dedup();
     let endpoints: Vec<String> = endpoint_nodes
         .iter()
         .enumerate()
@@ -66,13 +70,16 @@ pub fn service_yaml(name: &str, ip: &str, policy: &str, endpoint_nodes: &[&str])
             )
         })
         .collect();
+    let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
     format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{family}], ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
+         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{}], ports: [{{port: 80}}]}}\n\
+         status: {{loadBalancer: {{ingress: [{}]}}}}\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
          addressType: IPv4\nendpoints: [{}]\n",
+        families.join(", "),
+        ingress.join(", "),
         endpoints.join(", ")
     )
 }
@@ -84,7 +91,7 @@ pub fn site_objects(addresses: &[&str], l2_spec: &str, services: &[(&str, &str)]
     let mut out = pool_yaml("site", addresses);
     out.push_str(&l2_yaml("l2", l2_spec));
     for (name, ip) in services {
-        out.push_str(&service_yaml(name, ip, "Cluster", &["node1"]));
+        out.push_str(&service_yaml(name, &[ip], "Cluster", &["node1"]));
     }
     out
 }
