@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use metalnet_lab::lab::components;
 use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
-use metalnet_lab::lab::l2site::service_yaml;
+use metalnet_lab::lab::l2site::{self, service_yaml};
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, Community, DemoSite, Frr, FrrConfig, Gobgp, GobgpConfig, Lab,
     LargeCommunity, Route, wait_for,
@@ -35,10 +35,9 @@ fn nodes_yaml() -> String {
     out
 }
 
+/// The pool every test announces from.
 fn pool_yaml() -> String {
-    "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: site, namespace: metallb-system}\n\
-     spec:\n  addresses: [\"192.0.2.192/26\", \"2001:db8:0:1::200/124\"]\n"
-        .into()
+    l2site::pool_yaml("site", &["192.0.2.192/26", "2001:db8:0:1::200/124"])
 }
 
 fn peer_yaml(name: &str, address: &str, my_asn: u32, peer_asn: u32, extra: &str) -> String {
