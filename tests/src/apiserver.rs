@@ -148,6 +148,33 @@ impl ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the API stand-in to 127.0.0.1:0")?;
+        ApiServer::serve_on(listener)
+    }
+
+    /// Listens on `addr` inside the network namespace `netns` (`/run/netns/NETNS`, e.g. a lab
+    /// host's) and serves until dropped, so daemons in other lab namespaces reach it over
+    /// the lab's links. Only the listening socket lives there: the socket keeps the namespace
+    /// it was created in, so serving runs on the caller's runtime as usual.
+    pub async fn start_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<ApiServer> {
+        let what = format!("binding the API stand-in to {addr} in network namespace {netns}");
+        let netns_name = netns.to_string();
+        let bound = tokio::task::spawn_blocking(move || {
+            metalnet_config::netlink::in_netns(&netns_name, move || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(listener)
+            })
+        })
+        .await
+        .with_context(|| what.clone())?
+        .with_context(|| what.clone())?
+        .with_context(|| what.clone())?;
+        let listener = TcpListener::from_std(bound).with_context(|| what.clone())?;
+        ApiServer::serve_on(listener)
+    }
+
+    /// Serves on a bound listener until dropped.
+    fn serve_on(listener: TcpListener) -> anyhow::Result<ApiServer> {
         let addr = listener.local_addr()?;
         let (rv_tx, _) = watch::channel(1);
         let instance = std::time::SystemTime::now()
@@ -173,7 +200,7 @@ impl ApiServer {
         Ok(ApiServer { addr, shared, task })
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://ADDR:PORT`, where it listens (`127.0.0.1` unless started in a namespace).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
