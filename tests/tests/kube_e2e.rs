@@ -188,7 +188,10 @@ fn node_assigned_events(api: &ApiServer) -> Vec<(String, String)> {
         })
         .map(|e| {
             (
-                e["source"]["component"].as_str().unwrap_or_default().to_string(),
+                e["source"]["component"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 e["message"].as_str().unwrap_or_default().to_string(),
             )
         })
@@ -245,16 +248,19 @@ fn daemons_on_the_kubernetes_path_assign_announce_and_connect_pods() {
             r.path == status_path && matches!(r.method.as_str(), "PATCH" | "PUT") && r.status == 200
         })
     };
-    wait_for("the record of the status write", STEP, || status_written(&api)).unwrap_or_else(
-        |e| {
-            let service_requests: Vec<_> = api
-                .requests()
-                .into_iter()
-                .filter(|r| r.path.contains("/services") && !r.is_watch())
-                .collect();
-            panic!("{e}: the Service status was not written through {status_path}: {service_requests:?}")
-        },
-    );
+    wait_for("the record of the status write", STEP, || {
+        status_written(&api)
+    })
+    .unwrap_or_else(|e| {
+        let service_requests: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/services") && !r.is_watch())
+            .collect();
+        panic!(
+            "{e}: the Service status was not written through {status_path}: {service_requests:?}"
+        )
+    });
 
     // Exactly one answer per ARP request, from the node MetalLB's ordering elects.
     let names: Vec<&str> = site.nodes.iter().map(Host::name).collect();
@@ -337,7 +343,9 @@ fn daemons_on_the_kubernetes_path_assign_announce_and_connect_pods() {
     let pods = attach_pods(&lab, &site, &daemons);
     for (from, to) in [(0, 1), (1, 2), (2, 0)] {
         for addr in [&pods[to].v4, &pods[to].v6] {
-            let addr = addr.as_deref().expect("the pod got an address of each family");
+            let addr = addr
+                .as_deref()
+                .expect("the pod got an address of each family");
             pods[from]
                 .host
                 .wait_ping(addr, STEP)
@@ -366,13 +374,16 @@ fn daemons_on_the_kubernetes_path_assign_announce_and_connect_pods() {
         .chain(&daemons.speakers)
         .chain(&daemons.vxlan)
     {
-        assert!(
-            p.is_running(),
-            "{} exited\n{}",
-            p.name(),
-            daemons.logs()
-        );
+        assert!(p.is_running(), "{} exited\n{}", p.name(), daemons.logs());
     }
+    // Every request the daemons made was one the stand-in serves: none malformed, of a
+    // method or patch type it lacks, or rejected as invalid.
+    let refused: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.status, 400 | 405 | 415 | 422) || r.status >= 500)
+        .collect();
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
     drop(daemons);
     drop(api);
 }
