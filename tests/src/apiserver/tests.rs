@@ -382,3 +382,15 @@ async fn kubeconfig_and_errors_are_status_objects() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn start_in_a_missing_namespace_names_it() {
+    let missing = format!("metalnet-no-such-netns-{}", std::process::id());
+    let addr = "192.0.2.5:6443".parse().expect("constant address");
+    let Err(e) = ApiServer::start_in_netns(&missing, addr).await else {
+        panic!("started in a namespace that does not exist");
+    };
+    let message = format!("{e:#}");
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("192.0.2.5:6443"), "{message}");
+}
