@@ -18,8 +18,12 @@ pub fn init_logging(format: LogFormat, filter: &str) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
+    use std::io::IsTerminal;
+    // Colour only on a terminal: log files, `kubectl logs` and the lab's captures stay plain
+    // text that grep and log shippers read.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
