@@ -33,7 +33,8 @@ impl Mac {
         let mut parts = s.split(':');
         for b in &mut out {
             let p = parts.next()?;
-            if p.len() != 2 {
+            // from_str_radix alone would take a sign ("+a").
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return None;
             }
             *b = u8::from_str_radix(p, 16).ok()?;
@@ -131,7 +132,12 @@ impl NodeView {
         let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
         let get = |k: &str| ann.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
         let ip = |k: &str| get(k).and_then(|s| s.parse::<IpAddr>().ok());
-        let net = |k: &str| get(k).and_then(|s| s.parse::<IpNet>().ok());
+        // Subnets in kernel form (no host bits), as podCIDRs: they become route keys.
+        let net = |k: &str| {
+            get(k)
+                .and_then(|s| s.parse::<IpNet>().ok())
+                .map(|n| n.trunc())
+        };
         let mut cidrs: Vec<String> = Vec::new();
         if let Some(spec) = &node.spec {
             if let Some(list) = &spec.pod_cidrs {
@@ -265,6 +271,9 @@ mod tests {
         assert!(Mac::parse("0a:1b:2c:3d:4e").is_none());
         assert!(Mac::parse("0a:1b:2c:3d:4e:5f:00").is_none());
         assert!(Mac::parse("zz:1b:2c:3d:4e:5f").is_none());
+        // Found by the property tests: a sign was taken for a hex digit.
+        assert!(Mac::parse("+a:1b:2c:3d:4e:5f").is_none());
+        assert_eq!(Mac::parse("0A:1B:2C:3D:4E:5F"), Some(m));
         let r = Mac::random();
         assert!(r.is_unicast() && r.0[0] & 2 == 2);
     }
@@ -299,6 +308,22 @@ mod tests {
         assert_eq!(v.public_ip.unwrap().to_string(), "192.0.2.1");
         assert_eq!(v.public_ipv6, None);
         assert_eq!(v.backend_data.unwrap().vni, 1);
+    }
+
+    #[test]
+    fn lease_with_host_bits_reads_as_its_subnet() {
+        // Found by the property tests: "10.244.3.7/24" became a route key the kernel
+        // never shows (it reports 10.244.3.0/24), so the plan never converged.
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "annotations": {
+                LEASE_V4: "10.244.3.7/24",
+                LEASE_V6: "2001:db8:1::5/64",
+            }},
+        }))
+        .unwrap();
+        let v = NodeView::of("n1", &node);
+        assert_eq!(v.lease_v4.unwrap().to_string(), "10.244.3.0/24");
+        assert_eq!(v.lease_v6.unwrap().to_string(), "2001:db8:1::/64");
     }
 
     #[test]

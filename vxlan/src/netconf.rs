@@ -238,13 +238,12 @@ fn pool(
         ));
     }
     let _ = max_bits;
-    let count_bits = subnet_len - plen;
     let first = subnet_at(&network, subnet_len, 0);
-    let last = if count_bits >= 64 {
-        subnet_at(&network, subnet_len, u64::MAX)
-    } else {
-        subnet_at(&network, subnet_len, (1u64 << count_bits) - 1)
-    };
+    // The last subnet: the network's last address aligned down (an index would not fit in
+    // u64 when an IPv6 network holds more than 2^64 subnets).
+    let last = IpNet::new(network.broadcast(), subnet_len)
+        .map_err(|_| bad(len_key, "bad subnet length"))?
+        .network();
     let default_min = subnet_at(&network, subnet_len, 1);
     let read_addr = |key: &str, default: IpAddr| -> Result<IpAddr, NetConfError> {
         match opt_str(obj, key)? {
@@ -484,6 +483,18 @@ mod tests {
             ),
             "Backend.DirectRouting"
         );
+    }
+
+    #[test]
+    fn default_max_of_a_pool_beyond_two_to_the_64_subnets() {
+        // Found by the property tests: the last subnet was taken as index u64::MAX.
+        let c = NetConf::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/0","IPv6SubnetLen":65,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let p = c.ipv6.unwrap();
+        assert_eq!(p.subnet_max.to_string(), "ffff:ffff:ffff:ffff:8000::");
+        assert_eq!(p.lease_count(), u64::MAX);
     }
 
     #[test]
