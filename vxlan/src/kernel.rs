@@ -357,7 +357,14 @@ impl Kernel {
             Op::FdbDel { mac, dst } => ignore_missing(self.nl.del_fdb(dev, mac.0, dst).await),
             Op::RouteSet(r) => self.nl.replace_route(&self.route(&r, dev, underlay)).await,
             Op::RouteDel(r) => {
-                ignore_missing(self.nl.del_route(&self.route(&r, dev, underlay)).await)
+                // Any protocol: the kernel matches a non-zero one exactly, and a stale route
+                // flanneld left (protocol boot) is ours to remove too; dst, gateway and
+                // interface still pick the one route observed.
+                let route = Route {
+                    protocol: 0,
+                    ..self.route(&r, dev, underlay)
+                };
+                ignore_missing(self.nl.del_route(&route).await)
             }
         }
     }

@@ -221,3 +221,39 @@ fn routes_left_by_flanneld_are_adopted_in_place() {
         "{routes}"
     );
 }
+
+#[test]
+fn stale_route_left_by_flanneld_is_removed() {
+    let Some(ns) = Netns::new("st") else { return };
+    // A route to a subnet no node holds any more, as flanneld left it (protocol boot).
+    ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.224/27",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "eth0",
+    ]);
+    let rem = in_netns(&ns.0, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (kernel, want, uidx) = setup().await;
+            let mut obs = kernel.observe(&want, uidx).await.unwrap();
+            let (rem, _) = diff(&want, &obs);
+            let errs = kernel.apply_steps(rem.clone(), uidx, &mut obs).await;
+            assert!(errs.is_empty(), "{errs:?}");
+            // A re-read agrees: the route is gone, not merely forgotten.
+            let fresh = kernel.observe(&want, uidx).await.unwrap();
+            assert!(fresh.routes.is_empty(), "{fresh:?}");
+            rem
+        })
+    })
+    .unwrap();
+    assert!(matches!(rem[..], [Step { ref ops }] if matches!(ops[..], [Op::RouteDel(_)])));
+    let routes = ns.ip(&["route"]);
+    assert!(!routes.contains("198.51.100.224/27"), "{routes}");
+}

@@ -328,8 +328,18 @@ proptest! {
                 Op::FdbSet { mac, dst } => prop_assert_eq!(want.fdb.get(mac), Some(dst)),
             }
         }
+        // Steps run concurrently: no two ops may touch the same kernel entry.
+        let mut touched = BTreeSet::new();
         for s in removals.iter().chain(&additions) {
             prop_assert!(!s.ops.is_empty());
+            for op in &s.ops {
+                let key = match op {
+                    Op::NeighSet { ip, .. } | Op::NeighDel { ip, .. } => format!("neigh {ip}"),
+                    Op::FdbSet { mac, .. } | Op::FdbDel { mac, .. } => format!("fdb {mac}"),
+                    Op::RouteSet(r) | Op::RouteDel(r) => format!("route {}", r.dst),
+                };
+                prop_assert!(touched.insert(key.clone()), "{} touched twice: {:?} {:?}", key, removals, additions);
+            }
         }
         let mut after = obs.clone();
         apply(&mut after, &removals, &order);
