@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use metalnet_config::state::Kind;
 use metalnet_lab::apiserver::ApiServer;
-use metalnet_lab::lab::components::{DEMO_BGP_MANIFESTS, DEMO_NET_CONF, demo_manifests};
+use metalnet_lab::lab::components::{
+    DEMO_BGP_MANIFESTS, DEMO_NET_CONF, demo_manifests, vxlan_flannel_args,
+};
 use metalnet_lab::lab::demo::{DemoSite, node_v4};
 use metalnet_lab::lab::pods::{self, Pod};
 use metalnet_lab::lab::{wait_for, wait_for_value};
@@ -112,15 +114,7 @@ fn start_daemons(lab: &Lab, site: &DemoSite, kubeconfig: &Path) -> Daemons {
     let mut vxlan = Vec::new();
     for (i, node) in site.nodes.iter().enumerate() {
         let mut args = per_node_args(kubeconfig, node, 7474, i);
-        args.extend([
-            "--net-config-path".into(),
-            net_conf.display().to_string(),
-            "--subnet-file".into(),
-            node.dir().join("subnet.env").display().to_string(),
-            "--iface".into(),
-            "eth0".into(),
-            "--ip-masq".into(),
-        ]);
+        args.extend(vxlan_flannel_args(node, &net_conf));
         vxlan.push(spawn(node, "metalnet-vxlan", &vxlan_bin, &args));
         let args = per_node_args(kubeconfig, node, 7473, i);
         speakers.push(spawn(node, "metalnet-speaker", &speaker_bin, &args));
@@ -144,22 +138,6 @@ fn service_ingress_v4(api: &ApiServer) -> Vec<String> {
         .filter_map(|i| i["ip"].as_str())
         .filter(|ip| ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv4()))
         .map(str::to_string)
-        .collect()
-}
-
-/// The MACs that answered `count` ARP requests for `ip` from the client's eth0.
-fn arping(client: &Host, ip: &str, count: u32) -> Vec<String> {
-    let count_s = count.to_string();
-    let deadline = (count + 1).to_string();
-    let out = client
-        .exec_status(&[
-            "arping", "-r", "-c", &count_s, "-w", &deadline, "-i", "eth0", ip,
-        ])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_lowercase())
-        .filter(|l| !l.is_empty())
         .collect()
 }
 
@@ -269,11 +247,11 @@ fn daemons_on_the_kubernetes_path_assign_announce_and_connect_pods() {
         .to_string();
     let elected_mac = site.node(&elected).unwrap().mac("eth0").unwrap();
     wait_for(&format!("an ARP answer for {ip}"), STEP, || {
-        !arping(&site.client, &ip, 1).is_empty()
+        !site.client.arping("eth0", &ip, 1).unwrap().is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", daemons.logs()));
     assert_eq!(
-        arping(&site.client, &ip, 3),
+        site.client.arping("eth0", &ip, 3).unwrap(),
         vec![elected_mac; 3],
         "{ip}: exactly one answer per request, from {elected}\n{}",
         daemons.logs()
@@ -356,11 +334,11 @@ fn daemons_on_the_kubernetes_path_assign_announce_and_connect_pods() {
     // Deleting the Service in the API stops the answers and removes the status object.
     assert!(api.delete(Kind::Service, Some(SVC_NAMESPACE), SVC_NAME));
     wait_for(&format!("{ip} to go unanswered"), STEP, || {
-        arping(&site.client, &ip, 1).is_empty()
+        site.client.arping("eth0", &ip, 1).unwrap().is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", daemons.logs()));
     assert!(
-        arping(&site.client, &ip, 2).is_empty(),
+        site.client.arping("eth0", &ip, 2).unwrap().is_empty(),
         "{ip} answered after the Service was deleted\n{}",
         daemons.logs()
     );

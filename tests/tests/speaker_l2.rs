@@ -16,7 +16,7 @@ use metalnet_lab::lab::l2site::{
     self, L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml,
 };
 use metalnet_lab::lab::wait_for;
-use metalnet_lab::{Host, Process, bins};
+use metalnet_lab::{Process, bins};
 use metalnet_speaker::announce::RESCAN_INTERVAL;
 use metalnet_speaker::election::first_ranked;
 
@@ -63,30 +63,13 @@ fn site_objects(l2_spec: &str, services: &[(&str, &str)]) -> String {
     l2site::site_objects(&["192.0.2.200-192.0.2.250"], l2_spec, services)
 }
 
-/// The MACs that answered `count` ARP requests for `ip` from the client's eth0 (one line per
-/// reply).
-fn arping(client: &Host, iface: &str, ip: &str, count: u32) -> Vec<String> {
-    let count_s = count.to_string();
-    let deadline = (count + 1).to_string();
-    let out = client
-        .exec_status(&[
-            "arping", "-r", "-c", &count_s, "-w", &deadline, "-i", iface, ip,
-        ])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_lowercase())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 /// Waits until `ip` is answered from the client, and returns the MACs of a 3-request run.
 fn wait_answered(site: &Site, iface: &str, ip: &str) -> Vec<String> {
     wait_for(&format!("an ARP answer for {ip}"), STEP, || {
-        !arping(&site.demo.client, iface, ip, 1).is_empty()
+        !site.demo.client.arping(iface, ip, 1).unwrap().is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(site)));
-    arping(&site.demo.client, iface, ip, 3)
+    site.demo.client.arping(iface, ip, 3).unwrap()
 }
 
 fn logs(site: &Site) -> String {
@@ -137,11 +120,17 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     // Another address of the subnet (a node's own, not a service) is not answered by speakers:
     // the only answer is the node's kernel.
     assert_eq!(
-        arping(&site.demo.client, "eth0", "192.0.2.12", 1),
+        site.demo.client.arping("eth0", "192.0.2.12", 1).unwrap(),
         vec![site.mac("node2")]
     );
     // Nobody answers an address no Service has.
-    assert!(arping(&site.demo.client, "eth0", "192.0.2.230", 1).is_empty());
+    assert!(
+        site.demo
+            .client
+            .arping("eth0", "192.0.2.230", 1)
+            .unwrap()
+            .is_empty()
+    );
 
     // A malformed ARP frame (IPv6-sized protocol addresses) is dropped and counted by every
     // speaker on the segment.
@@ -341,7 +330,13 @@ fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
     let w = winner(&NODES, eth1_ip);
     let eth1_mac = site.node(&w).mac("eth1").unwrap();
     assert_eq!(wait_answered(&site, "eth1", eth1_ip), vec![eth1_mac; 3]);
-    assert!(arping(&site.demo.client, "eth0", eth1_ip, 2).is_empty());
+    assert!(
+        site.demo
+            .client
+            .arping("eth0", eth1_ip, 2)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Events about Service default/`name`, read through the state-directory backend.
@@ -378,7 +373,7 @@ fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
         assert!(message.contains(&part), "{part} missing in {message}");
     }
     // Not announced: no answer, no status object, no nodeAssigned, no announced metric.
-    assert!(arping(&site.demo.client, "eth0", ip, 2).is_empty());
+    assert!(site.demo.client.arping("eth0", ip, 2).unwrap().is_empty());
     // Past a rescan of the interfaces (and the rounds the status writes cause): still the
     // one Event, recorded once.
     std::thread::sleep(RESCAN_INTERVAL + Duration::from_secs(1));
@@ -547,7 +542,7 @@ fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
     assert_eq!(
-        arping(&site.demo.client, "eth0", &other_ip, 3),
+        site.demo.client.arping("eth0", &other_ip, 3).unwrap(),
         vec![site.mac(&other_owner); 3]
     );
     for n in NODES {
@@ -597,7 +592,7 @@ fn without_gossip_the_node_ready_condition_decides() {
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
     let second = winner(&rest, ip);
     wait_for("the address to move", STEP, || {
-        arping(&site.demo.client, "eth0", ip, 1) == vec![site.mac(&second)]
+        site.demo.client.arping("eth0", ip, 1).unwrap() == vec![site.mac(&second)]
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&site)));
 }

@@ -37,6 +37,20 @@ spec:
 /// Flannel's net-conf.json for the demo's pod network (documentation ranges).
 pub const DEMO_NET_CONF: &str = r#"{"Network": "203.0.113.0/24", "SubnetLen": 26, "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "IPv6SubnetLen": 64, "Backend": {"Type": "vxlan"}}"#;
 
+/// metalnet-vxlan's Flannel-side flags on a lab node: the net-conf.json, `subnet.env` in the
+/// node's directory, the underlay `eth0`, and Flannel's `--ip-masq`.
+pub fn vxlan_flannel_args(node: &super::Host, net_conf: &Path) -> [String; 7] {
+    [
+        "--net-config-path".into(),
+        net_conf.display().to_string(),
+        "--subnet-file".into(),
+        node.dir().join("subnet.env").display().to_string(),
+        "--iface".into(),
+        "eth0".into(),
+        "--ip-masq".into(),
+    ]
+}
+
 /// Node `index`'s pod subnet (its `spec.podCIDR`).
 pub fn pod_cidr_v4(index: usize) -> String {
     format!("203.0.113.{}/26", index * 64)
@@ -214,16 +228,13 @@ fn start_vxlan(
             state_dir.display().to_string(),
             "--node-name".into(),
             node.name().to_string(),
-            "--net-config-path".into(),
-            net_conf.display().to_string(),
-            "--subnet-file".into(),
-            node.dir().join("subnet.env").display().to_string(),
-            "--iface".into(),
-            "eth0".into(),
-            "--ip-masq".into(),
             "--metrics-addr".into(),
             format!("{}:7474", node_v4(i)),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(vxlan_flannel_args(node, &net_conf))
+            .collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         agents.push(node.spawn("metalnet-vxlan", &argv)?);
     }

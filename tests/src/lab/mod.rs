@@ -686,6 +686,21 @@ impl Host {
             .unwrap_or(false)
     }
 
+    /// The MACs that answered `count` ARP requests for `ip` sent from `iface` (one per reply,
+    /// lower case; `arping -r`). Empty when nobody answered.
+    pub fn arping(&self, iface: &str, ip: &str, count: u32) -> Result<Vec<String>> {
+        let count_s = count.to_string();
+        let deadline = (count + 1).to_string();
+        let out = self.exec_status(&[
+            "arping", "-r", "-c", &count_s, "-w", &deadline, "-i", iface, ip,
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_lowercase())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
     /// Pings until a reply comes back or `timeout` passes.
     pub fn wait_ping(&self, addr: &str, timeout: Duration) -> Result<()> {
         wait_for(&format!("{} to reach {addr}", self.name), timeout, || {
