@@ -1025,9 +1025,7 @@ mod tests {
     /// withdraw, and shut down with a Cease.
     #[tokio::test]
     async fn two_sessions_on_loopback() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        let port = free_loopback_port();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut passive = PeerConfig::new(64513, 64512, lo);
         passive.listen = Some(SocketAddr::new(lo, port));
@@ -1101,50 +1099,26 @@ mod tests {
         b.shutdown().await;
     }
 
-    /// A raw peer that completes the OPEN exchange with `session_port` and returns the stream.
-    async fn raw_peer(port: u16) -> TcpStream {
-        use crate::bgp::fsm::{Fsm, FsmConfig};
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut c = FsmConfig::new(64513, 64512);
-        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 9));
-        let open = Fsm::new(c).our_open("127.0.0.1".parse().unwrap());
-        let ctx = WireContext::FOUR_OCTET;
-        stream
-            .write_all(&Message::Open(open).to_bytes(ctx).unwrap())
-            .await
-            .unwrap();
-        stream
-            .write_all(&Message::Keepalive.to_bytes(ctx).unwrap())
-            .await
-            .unwrap();
-        // Their OPEN and KEEPALIVE.
-        let mut got = 0;
-        let mut buf = Vec::new();
-        while got < 2 {
-            stream.read_buf(&mut buf).await.unwrap();
-            while let Ok(Some(len)) = wire::frame_len(&buf) {
-                buf.drain(..len);
-                got += 1;
-            }
-        }
-        stream
+    /// A loopback port nothing listens on (for a session to listen on).
+    fn free_loopback_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
     }
 
-    /// With graceful restart the routes a session is spawned with go out before its
-    /// End-of-RIB, whatever the timing: the peer sweeps what the End-of-RIB leaves out.
-    #[tokio::test]
-    async fn initial_routes_precede_the_end_of_rib() {
-        use crate::bgp::fsm::{Fsm, FsmConfig};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+    /// A passive session config (AS 64512, peer AS 64513) listening on loopback `port`.
+    fn passive_on_loopback(port: u16) -> PeerConfig {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut c = PeerConfig::new(64512, 64513, lo);
         c.listen = Some(SocketAddr::new(lo, port));
         c.router_id = Some(Ipv4Addr::new(192, 0, 2, 1));
-        c.enable_graceful_restart = true;
-        let route: IpNet = "203.0.113.5/32".parse().unwrap();
-        let s = Session::spawn_with_routes(c, [(route, RouteAttrs::default())].into());
+        c
+    }
+
+    /// A raw peer (AS 64513) that connects to the session on `port` (retrying while it starts
+    /// listening), completes the OPEN exchange, offering graceful restart when given, and
+    /// returns the stream with the bytes read past the session's OPEN and KEEPALIVE.
+    async fn raw_peer(port: u16, graceful_restart: Option<u16>) -> (TcpStream, Vec<u8>) {
+        use crate::bgp::fsm::{Fsm, FsmConfig};
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut stream = loop {
             match TcpStream::connect(("127.0.0.1", port)).await {
@@ -1153,26 +1127,52 @@ mod tests {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        let mut fc = FsmConfig::new(64513, 64512);
-        fc.router_id = Some(Ipv4Addr::new(192, 0, 2, 9));
-        fc.graceful_restart = Some(120);
+        let mut c = FsmConfig::new(64513, 64512);
+        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 9));
+        c.graceful_restart = graceful_restart;
+        let open = Fsm::new(c).our_open("127.0.0.1".parse().unwrap());
         let ctx = WireContext::FOUR_OCTET;
-        for m in [Message::Open(Fsm::new(fc).our_open(lo)), Message::Keepalive] {
+        for m in [Message::Open(open), Message::Keepalive] {
             stream.write_all(&m.to_bytes(ctx).unwrap()).await.unwrap();
         }
+        // Their OPEN and KEEPALIVE; what follows them (UPDATEs) stays in `buf`.
+        let mut got = 0;
+        let mut buf = Vec::new();
+        while got < 2 {
+            stream.read_buf(&mut buf).await.unwrap();
+            while got < 2
+                && let Ok(Some(len)) = wire::frame_len(&buf)
+            {
+                buf.drain(..len);
+                got += 1;
+            }
+        }
+        (stream, buf)
+    }
+
+    /// With graceful restart the routes a session is spawned with go out before its
+    /// End-of-RIB, whatever the timing: the peer sweeps what the End-of-RIB leaves out.
+    #[tokio::test]
+    async fn initial_routes_precede_the_end_of_rib() {
+        let port = free_loopback_port();
+        let mut c = passive_on_loopback(port);
+        c.enable_graceful_restart = true;
+        let route: IpNet = "203.0.113.5/32".parse().unwrap();
+        let s = Session::spawn_with_routes(c, [(route, RouteAttrs::default())].into());
+        let (mut stream, mut buf) = raw_peer(port, Some(120)).await;
+        let ctx = WireContext::FOUR_OCTET;
         // Every UPDATE until the first End-of-RIB: true for an End-of-RIB.
         let mut updates: Vec<bool> = Vec::new();
-        let mut buf = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), async {
-            while !updates.contains(&true) {
-                if stream.read_buf(&mut buf).await.unwrap() == 0 {
-                    break;
-                }
+            loop {
                 while let Ok(Some(len)) = wire::frame_len(&buf) {
                     if let Ok((Message::Update(u), _)) = Message::parse(&buf[..len], ctx) {
                         updates.push(u.is_end_of_rib().is_some());
                     }
                     buf.drain(..len);
+                }
+                if updates.contains(&true) || stream.read_buf(&mut buf).await.unwrap() == 0 {
+                    break;
                 }
             }
         })
@@ -1206,15 +1206,8 @@ mod tests {
     /// and the (passive) session accepts the peer again afterwards.
     #[tokio::test]
     async fn malformed_updates_get_the_right_notification() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut c = PeerConfig::new(64512, 64513, lo);
-        c.listen = Some(SocketAddr::new(lo, port));
-        c.router_id = Some(Ipv4Addr::new(192, 0, 2, 1));
-        let s = Session::spawn(c);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let port = free_loopback_port();
+        let s = Session::spawn(passive_on_loopback(port));
 
         let header = |len: usize, kind: u8| {
             let mut b = vec![0xff; 16];
@@ -1266,7 +1259,7 @@ mod tests {
             (
                 Message::Open(
                     crate::bgp::fsm::Fsm::new(crate::bgp::fsm::FsmConfig::new(64513, 64512))
-                        .our_open(lo),
+                        .our_open("127.0.0.1".parse().unwrap()),
                 )
                 .to_bytes(WireContext::FOUR_OCTET)
                 .unwrap(),
@@ -1274,7 +1267,7 @@ mod tests {
             ),
         ];
         for (bytes, expected) in cases {
-            let mut peer = raw_peer(port).await;
+            let (mut peer, _) = raw_peer(port, None).await;
             assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
             peer.write_all(&bytes).await.unwrap();
             let n = read_notification(&mut peer).await.expect("a NOTIFICATION");
@@ -1287,7 +1280,7 @@ mod tests {
             );
         }
         // A well-formed UPDATE after all that is received normally.
-        let mut peer = raw_peer(port).await;
+        let (mut peer, _) = raw_peer(port, None).await;
         assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
         peer.write_all(&update(&origin_as_nh, &[24, 203, 0, 113]))
             .await
@@ -1309,9 +1302,7 @@ mod tests {
     /// A wrong MD5 password never gets a session up.
     #[tokio::test]
     async fn md5_mismatch_fails_cleanly() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        let port = free_loopback_port();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let mut passive = PeerConfig::new(64513, 64512, lo);
         passive.listen = Some(SocketAddr::new(lo, port));
