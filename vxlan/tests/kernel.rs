@@ -52,6 +52,24 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f`'s future to completion on a current-thread runtime inside the namespace.
+    fn block_on<R, Fut>(&self, f: impl FnOnce() -> Fut + Send + 'static) -> R
+    where
+        R: Send + 'static,
+        Fut: std::future::Future<Output = R>,
+    {
+        in_netns(&self.0, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .unwrap()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -101,55 +119,48 @@ async fn setup() -> (Kernel, Desired, u32) {
 #[test]
 fn failed_step_is_rolled_back_and_identical_state_is_adopted() {
     let Some(ns) = Netns::new("rb") else { return };
-    in_netns(&ns.0, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    ns.block_on(|| async {
+        let (kernel, want, uidx) = setup().await;
+        let mut obs = kernel.observe(&want, uidx).await.unwrap();
+        kernel
+            .apply_device(want.device.as_ref().unwrap(), &mut obs)
+            .await
             .unwrap();
-        rt.block_on(async {
-            let (kernel, want, uidx) = setup().await;
-            let mut obs = kernel.observe(&want, uidx).await.unwrap();
-            kernel
-                .apply_device(want.device.as_ref().unwrap(), &mut obs)
-                .await
-                .unwrap();
-            // A step whose route cannot be installed (no such interface): neighbour and FDB
-            // entry go again.
-            let ip: IpAddr = "198.51.100.64".parse().unwrap();
-            let mac = Mac([0x0a, 0x58, 0, 0, 0, 1]);
-            let bad = Step {
-                ops: vec![
-                    Op::NeighSet { ip, mac },
-                    Op::FdbSet {
-                        mac,
-                        dst: "203.0.113.1".parse().unwrap(),
-                    },
-                    Op::RouteSet(RouteSpec {
-                        dst: "198.51.100.64/26".parse().unwrap(),
-                        gw: ip,
-                        dev: RouteDev::Other(99_999),
-                        onlink: true,
-                    }),
-                ],
-            };
-            let errs = kernel.apply_steps(vec![bad], uidx, &mut obs).await;
-            assert_eq!(errs.len(), 1);
-            assert!(obs.neighs.is_empty() && obs.fdb.is_empty());
-            let again = kernel.observe(&want, uidx).await.unwrap();
-            assert!(
-                again.neighs.is_empty() && again.fdb.is_empty() && again.routes.is_empty(),
-                "{again:?}"
-            );
+        // A step whose route cannot be installed (no such interface): neighbour and FDB
+        // entry go again.
+        let ip: IpAddr = "198.51.100.64".parse().unwrap();
+        let mac = Mac([0x0a, 0x58, 0, 0, 0, 1]);
+        let bad = Step {
+            ops: vec![
+                Op::NeighSet { ip, mac },
+                Op::FdbSet {
+                    mac,
+                    dst: "203.0.113.1".parse().unwrap(),
+                },
+                Op::RouteSet(RouteSpec {
+                    dst: "198.51.100.64/26".parse().unwrap(),
+                    gw: ip,
+                    dev: RouteDev::Other(99_999),
+                    onlink: true,
+                }),
+            ],
+        };
+        let errs = kernel.apply_steps(vec![bad], uidx, &mut obs).await;
+        assert_eq!(errs.len(), 1);
+        assert!(obs.neighs.is_empty() && obs.fdb.is_empty());
+        let again = kernel.observe(&want, uidx).await.unwrap();
+        assert!(
+            again.neighs.is_empty() && again.fdb.is_empty() && again.routes.is_empty(),
+            "{again:?}"
+        );
 
-            // Program everything, then a fresh observation (a restart) finds nothing to do.
-            let (rem, add) = diff(&want, &obs);
-            assert!(kernel.apply_steps(rem, uidx, &mut obs).await.is_empty());
-            assert!(kernel.apply_steps(add, uidx, &mut obs).await.is_empty());
-            let fresh = kernel.observe(&want, uidx).await.unwrap();
-            assert_eq!(diff(&want, &fresh), (vec![], vec![]));
-        })
-    })
-    .unwrap();
+        // Program everything, then a fresh observation (a restart) finds nothing to do.
+        let (rem, add) = diff(&want, &obs);
+        assert!(kernel.apply_steps(rem, uidx, &mut obs).await.is_empty());
+        assert!(kernel.apply_steps(add, uidx, &mut obs).await.is_empty());
+        let fresh = kernel.observe(&want, uidx).await.unwrap();
+        assert_eq!(diff(&want, &fresh), (vec![], vec![]));
+    });
 }
 
 #[test]
@@ -184,26 +195,19 @@ fn routes_left_by_flanneld_are_adopted_in_place() {
         .unwrap();
     assert!(out.success());
     let index_before = ns.ip(&["link", "show", "flannel.1"]);
-    let steps = in_netns(&ns.0, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let steps = ns.block_on(|| async {
+        let (kernel, want, uidx) = setup().await;
+        let mut obs = kernel.observe(&want, uidx).await.unwrap();
+        kernel
+            .apply_device(want.device.as_ref().unwrap(), &mut obs)
+            .await
             .unwrap();
-        rt.block_on(async {
-            let (kernel, want, uidx) = setup().await;
-            let mut obs = kernel.observe(&want, uidx).await.unwrap();
-            kernel
-                .apply_device(want.device.as_ref().unwrap(), &mut obs)
-                .await
-                .unwrap();
-            let (rem, add) = diff(&want, &obs);
-            let steps = (rem.clone(), add.clone());
-            assert!(kernel.apply_steps(rem, uidx, &mut obs).await.is_empty());
-            assert!(kernel.apply_steps(add, uidx, &mut obs).await.is_empty());
-            steps
-        })
-    })
-    .unwrap();
+        let (rem, add) = diff(&want, &obs);
+        let steps = (rem.clone(), add.clone());
+        assert!(kernel.apply_steps(rem, uidx, &mut obs).await.is_empty());
+        assert!(kernel.apply_steps(add, uidx, &mut obs).await.is_empty());
+        steps
+    });
     // Peer 1: only its route is re-tagged; peers 2 and 3 are added whole.
     assert!(steps.0.is_empty());
     assert_eq!(steps.1.len(), 3);
@@ -235,24 +239,17 @@ fn stale_route_left_by_flanneld_is_removed() {
         "dev",
         "eth0",
     ]);
-    let rem = in_netns(&ns.0, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (kernel, want, uidx) = setup().await;
-            let mut obs = kernel.observe(&want, uidx).await.unwrap();
-            let (rem, _) = diff(&want, &obs);
-            let errs = kernel.apply_steps(rem.clone(), uidx, &mut obs).await;
-            assert!(errs.is_empty(), "{errs:?}");
-            // A re-read agrees: the route is gone, not merely forgotten.
-            let fresh = kernel.observe(&want, uidx).await.unwrap();
-            assert!(fresh.routes.is_empty(), "{fresh:?}");
-            rem
-        })
-    })
-    .unwrap();
+    let rem = ns.block_on(|| async {
+        let (kernel, want, uidx) = setup().await;
+        let mut obs = kernel.observe(&want, uidx).await.unwrap();
+        let (rem, _) = diff(&want, &obs);
+        let errs = kernel.apply_steps(rem.clone(), uidx, &mut obs).await;
+        assert!(errs.is_empty(), "{errs:?}");
+        // A re-read agrees: the route is gone, not merely forgotten.
+        let fresh = kernel.observe(&want, uidx).await.unwrap();
+        assert!(fresh.routes.is_empty(), "{fresh:?}");
+        rem
+    });
     assert!(matches!(rem[..], [Step { ref ops }] if matches!(ops[..], [Op::RouteDel(_)])));
     let routes = ns.ip(&["route"]);
     assert!(!routes.contains("198.51.100.224/27"), "{routes}");
