@@ -235,7 +235,8 @@ fn walk(
     }
 }
 
-type Document = Result<(Location, Value), ManifestError>;
+/// One document of a manifest file, or why it could not be read.
+pub type Document = Result<(Location, Value), ManifestError>;
 
 fn json_documents(path: &Path, text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
@@ -264,7 +265,9 @@ fn json_documents(path: &Path, text: &str) -> Vec<Document> {
 
 /// Splits YAML text into documents at `---` lines, as kubectl does, so one broken document
 /// does not hide the others and each error names its document.
-fn yaml_documents(path: &Path, text: &str) -> Vec<Document> {
+/// Every non-empty document of a YAML stream read from `path`, whatever its kind (for
+/// manifests outside the suite's model, e.g. `deploy/`); `parse_manifests` keeps known kinds.
+pub fn yaml_documents(path: &Path, text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
     let mut number = 0;
     for (first_line, chunk) in split_yaml(text) {

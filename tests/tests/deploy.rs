@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
+use metalnet_config::manifest;
 use metalnet_lab::bins;
 use serde_json::Value;
 
@@ -30,35 +31,18 @@ fn documents() -> Vec<(String, Value)> {
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut chunk = String::new();
-        let mut flush = |chunk: &mut String| {
-            if chunk
-                .lines()
-                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            {
-                let v: Value = serde_saphyr::from_str(chunk)
-                    .unwrap_or_else(|e| panic!("{name}: not valid YAML: {e}"));
-                for key in ["apiVersion", "kind"] {
-                    assert!(v[key].is_string(), "{name}: a document without {key}");
-                }
-                assert!(
-                    v["metadata"]["name"].is_string(),
-                    "{name}: a {} without metadata.name",
-                    v["kind"]
-                );
-                docs.push((name.clone(), v));
+        for doc in manifest::yaml_documents(&path, &text) {
+            let (location, v) = doc.unwrap_or_else(|e| panic!("{e}"));
+            for key in ["apiVersion", "kind"] {
+                assert!(v[key].is_string(), "{location}: a document without {key}");
             }
-            chunk.clear();
-        };
-        for line in text.lines() {
-            if line.trim_end() == "---" {
-                flush(&mut chunk);
-            } else {
-                chunk.push_str(line);
-                chunk.push('\n');
-            }
+            assert!(
+                v["metadata"]["name"].is_string(),
+                "{location}: a {} without metadata.name",
+                v["kind"]
+            );
+            docs.push((name.clone(), v));
         }
-        flush(&mut chunk);
     }
     docs
 }
