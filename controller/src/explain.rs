@@ -7,9 +7,6 @@ use metalnet_config::state::{ClusterState, Kind, ObjectRef, StateError};
 use crate::allocator::ServiceKey;
 use crate::reconcile::{Options, Reconciler};
 
-/// How many of the latest Events to show.
-const EVENTS_SHOWN: usize = 10;
-
 /// Parses `NAMESPACE/NAME` (a bare `NAME` is in `default`).
 pub fn parse_key(s: &str) -> Result<ServiceKey, String> {
     let (ns, name) = s.split_once('/').unwrap_or(("default", s));
@@ -33,7 +30,7 @@ pub async fn explain(
         return Ok(None);
     };
     let obj = ObjectRef::new(Kind::Service, Some(&key.namespace), &key.name);
-    text.push_str(&state.render_events_about(&obj, EVENTS_SHOWN).await?);
+    text.push_str(&state.render_events_about(&obj).await?);
     Ok(Some(text))
 }
 

@@ -305,7 +305,7 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
         );
     }
     let obj = ObjectRef::new(Kind::Service, Some(namespace), name);
-    match state.render_events_about(&obj, 10).await {
+    match state.render_events_about(&obj).await {
         Ok(events) => print!("{events}"),
         Err(e) => println!("events: not readable: {e}"),
     }

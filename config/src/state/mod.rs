@@ -714,14 +714,13 @@ impl ClusterState {
         Ok(events)
     }
 
-    /// The latest `shown` Events about `regarding`, rendered for `explain` commands (latest
-    /// last, one line each); empty when there are none.
-    pub async fn render_events_about(
-        &self,
-        regarding: &ObjectRef,
-        shown: usize,
-    ) -> Result<String, StateError> {
-        Ok(render_events(&self.events_about(regarding).await?, shown))
+    /// The latest [`EVENTS_SHOWN`] Events about `regarding`, rendered for `explain` commands
+    /// (latest last, one line each); empty when there are none.
+    pub async fn render_events_about(&self, regarding: &ObjectRef) -> Result<String, StateError> {
+        Ok(render_events(
+            &self.events_about(regarding).await?,
+            EVENTS_SHOWN,
+        ))
     }
 
     /// Records an Event about `regarding`; repeats of the same reason and message are
@@ -737,6 +736,9 @@ impl ClusterState {
         }
     }
 }
+
+/// How many of the latest Events the `explain` commands show.
+pub const EVENTS_SHOWN: usize = 10;
 
 /// Renders the last `shown` of `events` (core/v1 Event objects, oldest first) as an
 /// `events (latest last):` block, one `TIME TYPE REASON: MESSAGE (xCOUNT)` line each.
