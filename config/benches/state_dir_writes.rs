@@ -1,13 +1,13 @@
 //! Cost of status patches on the state-directory backend: for each size N, a directory with
 //! N Services (one file each) and N `patch_status` calls, one per Service, in sequence.
 //!
-//! `cargo bench -p metalnet-config --bench state_dir_writes [-- SIZE...]` (default 1000 10000).
+//! `cargo bench -p metalnet --bench state_dir_writes [-- SIZE...]` (default 1000 10000).
 //! `STATE_DIR_BENCH_MAX_WRITES=K` times only the first K patches of each size (to sample a
 //! slow build without waiting for all of them).
 
 use std::time::{Duration, Instant};
 
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, Source};
+use metalnet::state::{ClusterState, Kind, ObjectRef, Source};
 use serde_json::json;
 
 fn service_yaml(name: &str) -> String {

@@ -44,7 +44,7 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
-    /// Log level or filter (`info`, `debug`, `metalnet_config=debug,info`; RUST_LOG syntax).
+    /// Log level or filter (`info`, `debug`, `metalnet=debug,info`; RUST_LOG syntax).
     #[arg(long, value_name = "FILTER", default_value = "info", global = true)]
     pub log_level: String,
 }

@@ -2,7 +2,7 @@
 //! Rust model, and their YAML form checked in under `deploy/crds/`.
 //!
 //! Regenerate after changing the model:
-//!     cargo run -p metalnet-config --example gen-crds
+//!     cargo run -p metalnet --example gen-crds
 //! (`config/tests/crds.rs` fails while the checked-in files are stale.)
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use crate::model::{
 use crate::state::Kind;
 
 /// The command that regenerates the checked-in CRDs.
-pub const REGENERATE_COMMAND: &str = "cargo run -p metalnet-config --example gen-crds";
+pub const REGENERATE_COMMAND: &str = "cargo run -p metalnet --example gen-crds";
 
 /// Every CRD of the suite: the metallb.io kinds at the versions upstream serves them
 /// (BGPPeer at v1beta2, also served at deprecated v1beta1; the rest at v1beta1) and k8s.cni.cncf.io NetworkAttachmentDefinition.

@@ -1,7 +1,7 @@
 //! Messages captured from BIRD 2.0.12, FRR and GoBGP 3.10 (see `capture_fixtures` in
 //! `tests/tests/bgp_engine.rs`) parse, and re-emit byte for byte.
 
-use metalnet_config::bgp::wire::{
+use metalnet::bgp::wire::{
     ATTR_LARGE_COMMUNITIES, ATTR_MP_REACH, Attr, Message, WireContext, from_hex,
 };
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! upstream manifests (versions served, status subresources).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use metalnet_config::crd;
+use metalnet::crd;
 
 #[test]
 fn checked_in_crds_are_current() {

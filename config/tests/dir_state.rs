@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use metalnet_config::state::dir::list_events;
-use metalnet_config::state::{
+use metalnet::state::dir::list_events;
+use metalnet::state::{
     ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
     Subscription, Update,
 };
@@ -59,7 +59,7 @@ fn pool(name: &str) -> ObjectRef {
     ObjectRef::new(Kind::IPAddressPool, Some("metallb-system"), name)
 }
 
-fn key(name: &str, ns: &str) -> metalnet_config::state::ObjectKey {
+fn key(name: &str, ns: &str) -> metalnet::state::ObjectKey {
     ObjectRef::new(Kind::Service, Some(ns), name).key()
 }
 

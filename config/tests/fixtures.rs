@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use metalnet_config::manifest;
-use metalnet_config::state::ObjectRef;
-use metalnet_config::validate::{Problem, Severity, validate_objects};
+use metalnet::manifest;
+use metalnet::state::ObjectRef;
+use metalnet::validate::{Problem, Severity, validate_objects};
 
 fn fixture_files(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -41,7 +41,7 @@ fn pools() -> Vec<Pool> {
     team.service_allocation = Some(ServiceAllocation {
         priority: 1,
         namespace_selectors: vec![
-            metalnet_config::labels::Selector::new(
+            metalnet::labels::Selector::new(
                 &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
                     match_labels: Some(BTreeMap::from([("team".into(), "a".into())])),
                     match_expressions: None,

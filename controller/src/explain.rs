@@ -2,7 +2,7 @@
 //! from the current state (the reconciler run in memory, nothing written) and the Events
 //! recorded about it.
 
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, StateError};
+use metalnet::state::{ClusterState, Kind, ObjectRef, StateError};
 
 use crate::allocator::ServiceKey;
 use crate::reconcile::{Options, Reconciler};

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use metalnet_config::state::{Kind, ObjectRef, Snapshot};
-use metalnet_config::validate::{self, ParsedPool, Problem, Severity};
+use metalnet::state::{Kind, ObjectRef, Snapshot};
+use metalnet::validate::{self, ParsedPool, Problem, Severity};
 
 use crate::allocator::Pool;
 

@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use metalnet_config::state::{EventRecord, EventType, Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet_config::validate::Severity;
+use metalnet::state::{EventRecord, EventType, Kind, ObjectKey, ObjectRef, Snapshot};
+use metalnet::validate::Severity;
 
 use crate::allocator::{
     ANNOTATION_IP_ALLOCATED_FROM_POOL, ANNOTATION_LOAD_BALANCER_IPS, AllocError, Allocator,
@@ -712,8 +712,8 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet_config::model::IPAddressPool;
-    use metalnet_config::model::core::Service;
+    use metalnet::model::IPAddressPool;
+    use metalnet::model::core::Service;
     use serde_json::json;
     use std::sync::Arc;
 
@@ -723,7 +723,7 @@ mod tests {
             "metadata": {"namespace": ns, "name": name},
             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
         });
-        metalnet_config::state::merge_patch(&mut v, &extra);
+        metalnet::state::merge_patch(&mut v, &extra);
         serde_json::from_value(v).unwrap()
     }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use metalnet_config::manifest;
-use metalnet_config::validate::{Severity, validate_objects};
+use metalnet::manifest;
+use metalnet::validate::{Severity, validate_objects};
 
 /// Prints every problem in the manifests under `paths`; returns whether any is an error.
 pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> std::io::Result<bool> {

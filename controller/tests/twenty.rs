@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use metalnet_config::state::{ClusterState, Kind, ObjectKey, ObjectRef, Source};
+use metalnet::state::{ClusterState, Kind, ObjectKey, ObjectRef, Source};
 
 const BIN: &str = env!("CARGO_BIN_EXE_metalnet-controller");
 
@@ -135,7 +135,7 @@ async fn twenty_services_once_restart_and_explain() {
         assert_eq!(annotation, pool, "{key}");
     }
     let impossible = ObjectRef::new(Kind::Service, Some("shop"), "impossible");
-    let events = metalnet_config::state::dir::list_events(dir.path(), &impossible);
+    let events = metalnet::state::dir::list_events(dir.path(), &impossible);
     assert!(
         events.iter().any(|e| e["reason"] == "AllocationFailed"
             && e["message"]

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
-use metalnet_config::model::core::{EndpointSlice, Node, Service};
-use metalnet_config::state::Snapshot;
-use metalnet_config::validate::{ParsedConfig, ParsedPool};
+use metalnet::model::core::{EndpointSlice, Node, Service};
+use metalnet::state::Snapshot;
+use metalnet::validate::{ParsedConfig, ParsedPool};
 use sha2::{Digest, Sha256};
 
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -452,7 +452,7 @@ pub fn announced_by(elections: &[ServiceElection], node: &str) -> BTreeMap<IpAdd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet_config::validate::valid_config;
+    use metalnet::validate::valid_config;
     use serde_json::{Value, json};
 
     fn snapshot(objects: Vec<Value>) -> std::sync::Arc<Snapshot> {

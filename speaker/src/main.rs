@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use metalnet_config::addr::parse_go_duration;
-use metalnet_config::cli::CommonArgs;
-use metalnet_config::state::{Kind, ObjectRef};
-use metalnet_config::telemetry::{Health, serve_metrics};
-use metalnet_config::validate::valid_config;
+use metalnet::addr::parse_go_duration;
+use metalnet::cli::CommonArgs;
+use metalnet::state::{Kind, ObjectRef};
+use metalnet::telemetry::{Health, serve_metrics};
+use metalnet::validate::valid_config;
 use metalnet_speaker::election::{self, Inputs};
 use metalnet_speaker::explain::{self, LiveSource};
 use metalnet_speaker::metrics::{Metrics, parse_members};
@@ -314,10 +314,10 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
 
 /// The BGP part of `explain`, with session states from the running speaker when it answers.
 async fn bgp_explain(
-    snapshot: &metalnet_config::state::Snapshot,
-    config: &metalnet_config::validate::ParsedConfig,
+    snapshot: &metalnet::state::Snapshot,
+    config: &metalnet::validate::ParsedConfig,
     node: &str,
-    svc: &metalnet_config::model::core::Service,
+    svc: &metalnet::model::core::Service,
     speaker: SocketAddr,
     ignore_exclude_label: bool,
 ) -> String {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metalnet_config::model::core::Node;
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, Snapshot};
-use metalnet_config::telemetry::Health;
-use metalnet_config::validate::valid_config;
+use metalnet::model::core::Node;
+use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
+use metalnet::telemetry::Health;
+use metalnet::validate::valid_config;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;

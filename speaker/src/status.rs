@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use metalnet_config::model::ServiceL2Status;
-use metalnet_config::state::{ClusterState, EventRecord, EventType, Kind, ObjectRef, Snapshot};
+use metalnet::model::ServiceL2Status;
+use metalnet::state::{ClusterState, EventRecord, EventType, Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -310,7 +310,7 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet_config::state::{Core, Delta};
+    use metalnet::state::{Core, Delta};
 
     fn election(name: &str, winner: &str) -> ServiceElection {
         ServiceElection {

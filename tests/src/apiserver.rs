@@ -44,7 +44,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use metalnet_config::state::{Kind, merge_patch};
+use metalnet::state::{Kind, merge_patch};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -159,7 +159,7 @@ impl ApiServer {
         let what = format!("binding the API stand-in to {addr} in network namespace {netns}");
         let netns_name = netns.to_string();
         let bound = tokio::task::spawn_blocking(move || {
-            metalnet_config::netlink::in_netns(&netns_name, move || {
+            metalnet::netlink::in_netns(&netns_name, move || {
                 let listener = std::net::TcpListener::bind(addr)?;
                 listener.set_nonblocking(true)?;
                 Ok::<_, std::io::Error>(listener)

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, Source};
+use metalnet::state::{ClusterState, Kind, ObjectRef, Source};
 use serde_json::Value;
 
 use crate::apiserver::ApiServer;
@@ -75,7 +75,7 @@ impl Harness for DirHarness {
     }
 
     async fn events(&self, regarding: &ObjectRef) -> Vec<Value> {
-        metalnet_config::state::dir::list_events(self.dir.path(), regarding)
+        metalnet::state::dir::list_events(self.dir.path(), regarding)
     }
 }
 
@@ -124,7 +124,7 @@ impl Harness for KubeHarness {
         self.server
             .list(Kind::Event)
             .into_iter()
-            .filter(|e| metalnet_config::state::dir::event_is_about(e, regarding))
+            .filter(|e| metalnet::state::dir::event_is_about(e, regarding))
             .collect()
     }
 }

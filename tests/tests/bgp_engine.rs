@@ -1,4 +1,4 @@
-//! The BGP engine of `metalnet-config` against real routers (BIRD, FRR, GoBGP) in the lab:
+//! The BGP engine of `metalnet` against real routers (BIRD, FRR, GoBGP) in the lab:
 //! eBGP and iBGP, IPv4 and IPv6 (MP-BGP), communities, large communities, LOCAL_PREF,
 //! withdrawal, router restart, graceful restart, TCP MD5, routes received from the router.
 //!
@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use metalnet_config::bgp::fsm::State;
-use metalnet_config::bgp::{Password, PeerConfig, RouteAttrs, Session, SessionHandle};
+use metalnet::bgp::fsm::State;
+use metalnet::bgp::{Password, PeerConfig, RouteAttrs, Session, SessionHandle};
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, BirdConfig, Community, Frr, FrrConfig, Gobgp, GobgpConfig, Host,
     Lab, LargeCommunity, Route, StaticRoute,
@@ -29,7 +29,7 @@ const SPEAKER_AS: u32 = 64512;
 const ROUTER_AS: u32 = 64513;
 /// 64512:1 as a 32-bit community.
 const COMMUNITY: u32 = (64512 << 16) | 1;
-const LARGE: metalnet_config::bgp::LargeCommunity = metalnet_config::bgp::LargeCommunity {
+const LARGE: metalnet::bgp::LargeCommunity = metalnet::bgp::LargeCommunity {
     global: 64512,
     local1: 1,
     local2: 2,
@@ -466,8 +466,8 @@ fn gobgp_ibgp() {
 /// KEEPALIVE, UPDATEs with its routes, End-of-RIB), then provokes a NOTIFICATION with a bad
 /// marker and records that too.
 async fn capture(peer: &str, peer_as: u32) -> Vec<Vec<u8>> {
-    use metalnet_config::bgp::fsm::{Fsm, FsmConfig};
-    use metalnet_config::bgp::wire::{Message, WireContext, frame_len};
+    use metalnet::bgp::fsm::{Fsm, FsmConfig};
+    use metalnet::bgp::wire::{Message, WireContext, frame_len};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let peer_ip: IpAddr = peer.parse().unwrap();
     let mut stream = tokio::time::timeout(WAIT, async {
@@ -524,7 +524,7 @@ async fn capture(peer: &str, peer_as: u32) -> Vec<Vec<u8>> {
 }
 
 fn save_fixtures(router: &str, family: &str, frames: &[Vec<u8>]) {
-    use metalnet_config::bgp::wire::{Message, WireContext, to_hex};
+    use metalnet::bgp::wire::{Message, WireContext, to_hex};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/tests/fixtures/bgp");
     std::fs::create_dir_all(&dir).unwrap();
     // Drop this capture's previous files; the message count may differ.

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use metalnet_config::manifest;
+use metalnet::manifest;
 use metalnet_lab::bins;
 use serde_json::Value;
 

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metalnet_config::state::Kind;
+use metalnet::state::Kind;
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_lab::lab::components::{
     DEMO_BGP_MANIFESTS, DEMO_NET_CONF, demo_manifests, vxlan_flannel_args,

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use metalnet_config::state::{Kind, ObjectRef, dir};
+use metalnet::state::{Kind, ObjectRef, dir};
 use metalnet_lab::lab::components::l2_announcers;
 use metalnet_lab::lab::l2site::{
     self, L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalnet_config::state::{ClusterState, Kind, Source};
+use metalnet::state::{ClusterState, Kind, Source};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{Round, StatusWriter};

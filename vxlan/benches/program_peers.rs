@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use metalnet_config::model::core::Node;
-use metalnet_config::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
+use metalnet::model::core::Node;
+use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
 use metalnet_vxlan::annotations::{BackendData, Mac, NodeView};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;

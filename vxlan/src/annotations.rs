@@ -7,8 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use metalnet_config::model::core::Node;
-use metalnet_config::state::MetadataPatch;
+use metalnet::model::core::Node;
+use metalnet::state::MetadataPatch;
 
 pub const BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 pub const BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";

@@ -1,4 +1,4 @@
-//! Observing and changing the kernel through `metalnet_config::netlink`: the device, the
+//! Observing and changing the kernel through `metalnet::netlink`: the device, the
 //! per-peer entries (steps run concurrently over one socket, each step's operations in order
 //! and rolled back together), and the underlay interface.
 
@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use metalnet_config::netlink::{Netlink, NetlinkError, Route, VxlanParams};
+use metalnet::netlink::{Netlink, NetlinkError, Route, VxlanParams};
 use netlink_packet_route::AddressFamily;
 
 use crate::annotations::Mac;

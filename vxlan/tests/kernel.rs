@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::process::Command;
 
-use metalnet_config::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
+use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
 use metalnet_vxlan::annotations::{BackendData, Mac, NodeView};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;

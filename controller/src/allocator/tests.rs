@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use metalnet_config::labels::Selector;
+use metalnet::labels::Selector;
 
 use super::*;
 

@@ -5,9 +5,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use metalnet_config::labels::{Selector, SelectorError};
-use metalnet_config::model::metallb::IPAddressPoolSpec;
-use metalnet_config::validate::ParsedPool;
+use metalnet::labels::{Selector, SelectorError};
+use metalnet::model::metallb::IPAddressPoolSpec;
+use metalnet::validate::ParsedPool;
 
 /// An IP address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,7 +2,7 @@
 //! Service addresses to its BGPPeers, so the routers spread traffic over the nodes (ECMP).
 //!
 //! - [`plan`]: pure; cluster objects + node → sessions and routes per peer, with reasons.
-//! - [`sessions`]: one engine session ([`metalnet_config::bgp::Session`]) per selected peer.
+//! - [`sessions`]: one engine session ([`metalnet::bgp::Session`]) per selected peer.
 //! - [`status`]: ServiceBGPStatus objects; [`metrics`]: MetalLB's `metallb_bgp_*` metrics;
 //!   [`explain`]: the BGP part of `metalnet-speaker explain`.
 //!
@@ -20,9 +20,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metalnet_config::model::core::Node;
-use metalnet_config::state::{ClusterState, ObjectRef, Snapshot};
-use metalnet_config::validate::ParsedConfig;
+use metalnet::model::core::Node;
+use metalnet::state::{ClusterState, ObjectRef, Snapshot};
+use metalnet::validate::ParsedConfig;
 
 use crate::metrics::{AnnouncedLabels, Metrics};
 pub use metrics::BgpMetrics;
@@ -45,10 +45,8 @@ pub fn internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
 }
 
 /// Whether a change can alter the BGP plan (our own status writes and events cannot).
-pub fn replan_needed(
-    changed: &std::collections::BTreeSet<metalnet_config::state::ObjectRef>,
-) -> bool {
-    use metalnet_config::state::Kind;
+pub fn replan_needed(changed: &std::collections::BTreeSet<metalnet::state::ObjectRef>) -> bool {
+    use metalnet::state::Kind;
     changed.iter().any(|r| {
         !matches!(
             r.kind,

@@ -17,11 +17,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use metalnet_config::addr::Community;
-use metalnet_config::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
-use metalnet_config::model::core::{EndpointSlice, Service};
-use metalnet_config::state::{Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet_config::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
+use metalnet::addr::Community;
+use metalnet::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
+use metalnet::model::core::{EndpointSlice, Service};
+use metalnet::state::{Kind, ObjectKey, ObjectRef, Snapshot};
+use metalnet::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
 
 use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
 
@@ -259,7 +259,7 @@ fn merge(into: &mut RouteAttrs, ad: &ParsedBgpAdvertisement) {
     into.large_communities.dedup();
 }
 
-fn selects(selectors: &[metalnet_config::labels::Selector], facts: &NodeFacts) -> bool {
+fn selects(selectors: &[metalnet::labels::Selector], facts: &NodeFacts) -> bool {
     selectors.is_empty() || selectors.iter().any(|s| s.matches(&facts.labels))
 }
 
@@ -756,7 +756,7 @@ fn plan_service(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet_config::validate::valid_config;
+    use metalnet::validate::valid_config;
     use serde_json::{Value, json};
 
     fn snapshot(objects: Vec<Value>) -> std::sync::Arc<Snapshot> {
@@ -1323,7 +1323,7 @@ mod tests {
     #[test]
     #[ignore]
     fn plan_timing_at_10000_routes() {
-        use metalnet_config::bgp::rib;
+        use metalnet::bgp::rib;
         const N: usize = 10_000;
         let mut objs = vec![
             node("node1", json!({"zone": "a"}), ready()),
@@ -1363,7 +1363,7 @@ mod tests {
                 ignore_exclude_label: false,
             }
         }
-        let neg = metalnet_config::bgp::Negotiated {
+        let neg = metalnet::bgp::Negotiated {
             peer_as: 64512,
             peer_id: "192.0.2.1".parse().unwrap(),
             local_id: "192.0.2.11".parse().unwrap(),
@@ -1372,8 +1372,8 @@ mod tests {
             keepalive_time: 30,
             ctx: Default::default(),
             families: vec![
-                metalnet_config::bgp::fsm::IPV4_UNICAST,
-                metalnet_config::bgp::fsm::IPV6_UNICAST,
+                metalnet::bgp::fsm::IPV4_UNICAST,
+                metalnet::bgp::fsm::IPV6_UNICAST,
             ],
             route_refresh: true,
             graceful_restart: false,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use metalnet_config::bgp::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
+use metalnet::bgp::{Password, PeerConfig, Session, SessionHandle, SessionStatus};
 
 use super::metrics::{BgpMetrics, PeerLabel};
 use super::plan::{NodePlan, RouteChanges};
@@ -209,7 +209,7 @@ fn spawn_state_logger(key: String, handle: &SessionHandle) {
                 continue;
             }
             match (&s.last_error, s.state) {
-                (_, metalnet_config::bgp::State::Established) => {
+                (_, metalnet::bgp::State::Established) => {
                     tracing::info!(peer = %key, state = ?s.state, "BGP session established")
                 }
                 (Some(e), _) => {
@@ -230,7 +230,7 @@ mod tests {
     use super::*;
 
     fn plan(generation: u64, changes: Option<&[(&str, usize)]>) -> NodePlan {
-        let route = |i: usize| -> (ipnet::IpNet, Option<metalnet_config::bgp::RouteAttrs>) {
+        let route = |i: usize| -> (ipnet::IpNet, Option<metalnet::bgp::RouteAttrs>) {
             (format!("2001:db8::{i:x}/128").parse().unwrap(), None)
         };
         NodePlan {

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use metalnet_config::model::ServiceBGPStatus;
-use metalnet_config::state::{ClusterState, Kind, ObjectRef, Snapshot};
+use metalnet::model::ServiceBGPStatus;
+use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -159,7 +159,7 @@ impl BgpStatusWriter {
 mod tests {
     use super::*;
     use crate::bgp::plan::Contribution;
-    use metalnet_config::state::{Core, Delta};
+    use metalnet::state::{Core, Delta};
     use std::collections::BTreeSet;
 
     fn service(name: &str, peers: &[&str]) -> ServiceBgp {

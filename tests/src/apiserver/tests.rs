@@ -9,8 +9,8 @@ use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
 };
-use metalnet_config::state::Kind;
-use metalnet_config::state::kube::api_resource;
+use metalnet::state::Kind;
+use metalnet::state::kube::api_resource;
 use serde_json::json;
 
 use super::ApiServer;
@@ -318,9 +318,7 @@ async fn kubeconfig_and_errors_are_status_objects() {
     with_server(async |server| {
         let dir = tempfile::tempdir().unwrap();
         let path = server.kubeconfig(dir.path()).unwrap();
-        let client = metalnet_config::state::kube::client(Some(&path))
-            .await
-            .unwrap();
+        let client = metalnet::state::kube::client(Some(&path)).await.unwrap();
         let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(Kind::Node));
         assert!(
             nodes

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use metalnet_config::model::core::Node;
+use metalnet::model::core::Node;
 use metalnet_vxlan::annotations::{self as ann, BackendData, Mac, NodeView};
 use metalnet_vxlan::netconf::{Backend, NetConf, NetConfError, Pool, ord};
 use proptest::prelude::*;
