@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metalnet::cli::CommonArgs;
-use metalnet::telemetry::{Health, serve_metrics};
+use metalnet::daemon::CommonArgs;
+use metalnet::daemon::{Health, serve_metrics};
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::{explain, metrics::Metrics, run};
 

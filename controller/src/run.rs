@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use metalnet::daemon::Health;
 use metalnet::state::{ClusterState, Kind, MetadataPatch, ObjectRef, StateError};
-use metalnet::telemetry::Health;
 use serde_json::{Value, json};
 
 use crate::allocator::{

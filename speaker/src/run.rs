@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use metalnet::daemon::Health;
 use metalnet::model::core::Node;
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
-use metalnet::telemetry::Health;
 use metalnet::validate::valid_config;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalnet::daemon::Health;
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
-use metalnet::telemetry::Health;
 use metalnet_controller::metrics::Metrics;
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::run;

@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use metalnet::daemon::Health;
 use metalnet::state::{ClusterState, Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet::telemetry::Health;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;

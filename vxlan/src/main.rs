@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser};
-use metalnet::cli::CommonArgs;
+use metalnet::daemon::CommonArgs;
+use metalnet::daemon::{Health, serve_metrics};
 use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN};
 use metalnet::state::Kind;
-use metalnet::telemetry::{Health, serve_metrics};
 use metalnet_vxlan::agent::{Agent, AgentConfig, Metrics};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;
