@@ -81,7 +81,7 @@ async fn main() {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "metalnet-vxlan failed");
-            eprintln!("metalnet-vxlan: {e:#}");
+            metalnet::daemon::stderr_line(format_args!("metalnet-vxlan: {e:#}"));
             1
         }
     };

@@ -14,3 +14,16 @@ pub use driver::{Classify, Driver, DriverMetrics, PassReport, Plan, Reconcile, R
 pub use health::{Health, Readiness};
 pub use shutdown::Shutdown;
 pub use telemetry::{init_logging, serve_metrics};
+
+/// Writes a line to stderr and ignores failure: a daemon whose stderr is closed (`2>&1 |
+/// head -1`) must not panic on its last words, as `eprintln!` would.
+pub fn stderr_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes to stdout and ignores failure (a reader that went away, `| head -1`).
+pub fn stdout_text(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = write!(std::io::stdout(), "{text}");
+}

@@ -24,6 +24,9 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // With stderr closed (`2>&1 | head -1`) tracing would report the failed write with
+        // eprintln!, which panics; the daemon must go on without its logs instead.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
