@@ -6,12 +6,14 @@
 pub mod cli;
 pub mod driver;
 pub mod health;
+pub mod owned;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use cli::{CommonArgs, LogFormat, undescribed_flags};
 pub use driver::{Classify, Driver, DriverMetrics, PassReport, Plan, Reconcile, RetryPolicy};
 pub use health::{Health, Readiness};
+pub use owned::{OwnedObjects, OwnedOp, OwnedPlan, OwnedPlanner};
 pub use shutdown::Shutdown;
 pub use telemetry::{init_logging, serve_metrics};
 

@@ -2,16 +2,15 @@
 //! node announces, listing the BGPPeers it announces the Service to, labelled
 //! `metallb.io/node`, `metallb.io/service-name`, `metallb.io/service-namespace`.
 //!
-//! The plan is pure ([`plan`]); [`BgpStatusWriter`] applies it in its own task.
+//! The plan is pure ([`plan`]); the daemon applies it through [`planner`] on its own driver
+//! (`metalnet::daemon::OwnedObjects`), which retries failed writes.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use metalnet::daemon::OwnedPlan;
 use metalnet::model::ServiceBGPStatus;
-use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
+use metalnet::state::{Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use std::collections::BTreeMap;
 
 use super::plan::{PlannedServices, ServiceBgp};
 use crate::status::{LABEL_NODE, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, Plan};
@@ -112,46 +111,19 @@ pub fn plan<'a>(
     out
 }
 
-/// One round for the writer: the snapshot and the planned Services.
-type Round = Option<(Arc<Snapshot>, PlannedServices)>;
-
-/// Applies status plans in its own task, so slow writes never hold up announcing.
-pub struct BgpStatusWriter {
-    tx: watch::Sender<Round>,
-}
-
-impl BgpStatusWriter {
-    pub fn start(state: Arc<ClusterState>, namespace: String, node: String) -> BgpStatusWriter {
-        let (tx, mut rx) = watch::channel::<Round>(None);
-        tokio::spawn(async move {
-            let mut last: Option<Plan> = None;
-            while rx.changed().await.is_ok() {
-                let Some((snapshot, services)) = rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                let p = plan(&snapshot, &namespace, &node, services.iter().map(|s| &**s));
-                // The same plan again means our writes have not shown up yet: skip.
-                if last.as_ref() == Some(&p) {
-                    continue;
-                }
-                for (r, value) in &p.apply {
-                    if let Err(e) = state.apply(r, value.clone()).await {
-                        tracing::warn!(object = %r, error = %e, "writing ServiceBGPStatus failed");
-                    }
-                }
-                for r in &p.delete {
-                    if let Err(e) = state.delete(r).await {
-                        tracing::warn!(object = %r, error = %e, "deleting ServiceBGPStatus failed");
-                    }
-                }
-                last = Some(p);
-            }
-        });
-        BgpStatusWriter { tx }
-    }
-
-    pub fn update(&self, snapshot: Arc<Snapshot>, services: PlannedServices) {
-        self.tx.send_replace(Some((snapshot, services)));
+/// The status planner of BGP mode for the owned-objects driver: this node's
+/// ServiceBGPStatus objects for the latest planned Services.
+pub fn planner(
+    namespace: String,
+    node: String,
+) -> impl FnMut(&Snapshot, &PlannedServices) -> OwnedPlan + Send {
+    move |snapshot, services| {
+        let p = plan(snapshot, &namespace, &node, services.iter().map(|s| &**s));
+        OwnedPlan {
+            apply: p.apply,
+            delete: p.delete,
+            events: Vec::new(),
+        }
     }
 }
 
