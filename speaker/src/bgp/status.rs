@@ -133,6 +133,7 @@ mod tests {
     use crate::bgp::plan::Contribution;
     use metalnet::state::{Core, Delta};
     use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     fn service(name: &str, peers: &[&str]) -> ServiceBgp {
         ServiceBgp {
@@ -191,5 +192,87 @@ mod tests {
         let web2 = service("web", &["router-v4"]);
         let p = plan(&snap, "metallb-system", "node1", [&web2]);
         assert_eq!(p.apply.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use crate::bgp::plan::Contribution;
+    use metalnet::daemon::{Driver, OwnedObjects, RetryPolicy, Shutdown};
+    use metalnet::state::{ClusterState, Source};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn service(name: &str) -> ServiceBgp {
+        ServiceBgp {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec!["192.0.2.200".parse().unwrap()],
+            pools: BTreeSet::new(),
+            advertisements: BTreeSet::new(),
+            external_traffic_local: false,
+            serving_endpoints: 1,
+            endpoint_nodes: BTreeSet::new(),
+            contributions: vec![Contribution {
+                ip: "192.0.2.200".parse().unwrap(),
+                prefix: "192.0.2.200/32".parse().unwrap(),
+                advertisement: "metallb-system/a".into(),
+                advertisement_index: 0,
+                peers: BTreeSet::from(["metallb-system/p".to_string()]),
+            }],
+            not_announced: None,
+        }
+    }
+
+    /// A ServiceBGPStatus write that fails is retried while the plan stays the same (the
+    /// writer used to remember the plan as done and skip it from then on).
+    #[tokio::test]
+    async fn a_failed_status_write_is_retried_without_a_new_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            ClusterState::start(Source::Dir(dir.path().into()), [Kind::ServiceBGPStatus])
+                .await
+                .unwrap(),
+        );
+        let name = status_name("n1", "default", "web");
+        let target = dir
+            .path()
+            .join("status/objects/ServiceBGPStatus/metallb-system")
+            .join(format!("{name}.yaml"));
+        // A directory where the file must go: the atomic rename fails until it is gone.
+        std::fs::create_dir_all(target.join("blocker")).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let shutdown = Shutdown::new();
+        let driver = Driver::new(OwnedObjects::new(
+            "bgp-status",
+            state.clone(),
+            rx,
+            planner("metallb-system".into(), "n1".into()),
+        ))
+        .shutdown(shutdown.clone())
+        .retry_policy(RetryPolicy {
+            transient: Some((Duration::from_millis(50), Duration::from_millis(100))),
+            ..RetryPolicy::default()
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move { driver.run(&s).await });
+        let services: PlannedServices = Arc::from(vec![Arc::new(service("web"))]);
+        tx.send_replace(Some(services));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(target.is_dir(), "the write failed so far");
+        std::fs::remove_dir_all(&target).unwrap();
+        // No new plan is sent: only the retry can write it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !target.is_file() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(target.is_file(), "the failed write was retried");
+        shutdown.request("test");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
