@@ -281,6 +281,7 @@ pub async fn run(
 ) {
     let driver = Driver::new(ControllerLoop::new(state, opts, Some(metrics)).await)
         .shutdown(shutdown.clone())
+        .metrics(metrics.driver.clone())
         .readiness(health.condition("controller"));
     driver.run(state).await;
     tracing::info!("shutting down");

@@ -116,6 +116,7 @@ pub async fn run(
         status: l2_tx,
     })
     .shutdown(shutdown.clone())
+    .metrics(metrics.driver.clone())
     .readiness(health.condition("layer2"));
     let l2_status = Driver::new(OwnedObjects::new(
         "layer2-status",
@@ -123,7 +124,8 @@ pub async fn run(
         l2_rx,
         L2StatusPlanner::new(opts.namespace.clone(), opts.node.clone()),
     ))
-    .shutdown(shutdown.clone());
+    .shutdown(shutdown.clone())
+    .metrics(metrics.driver.clone());
 
     let (bgp_tx, bgp_rx) = watch::channel::<Option<PlannedServices>>(None);
     let bgp = Driver::new(BgpLoop {
@@ -133,6 +135,7 @@ pub async fn run(
         status: bgp_tx,
     })
     .shutdown(shutdown.clone())
+    .metrics(metrics.driver.clone())
     .readiness(health.condition("bgp"));
     let bgp_status = Driver::new(OwnedObjects::new(
         "bgp-status",
@@ -140,7 +143,8 @@ pub async fn run(
         bgp_rx,
         crate::bgp::status::planner(opts.namespace.clone(), opts.node.clone()),
     ))
-    .shutdown(shutdown.clone());
+    .shutdown(shutdown.clone())
+    .metrics(metrics.driver.clone());
 
     let spawn = |name: &'static str| {
         move |e: tokio::task::JoinError| anyhow::anyhow!("the {name} loop failed: {e}")

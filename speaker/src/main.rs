@@ -290,7 +290,7 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
         "{}",
         explain::render(&e, cli.common.node_name.as_deref(), &live, &source)
     );
-    // BGP mode (issue 6).
+    // The same Service in BGP mode.
     if let Some(node) = cli.common.node_name.as_deref() {
         print!(
             "{}",

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalnet::daemon::{Driver, OwnedObjects, Shutdown};
 use metalnet::state::{ClusterState, Kind, Source};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
-use metalnet::daemon::{Driver, OwnedObjects, Shutdown};
 use metalnet_speaker::status::{L2StatusPlanner, Round};
 use serde_json::Value;
 

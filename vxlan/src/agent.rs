@@ -46,10 +46,13 @@ pub struct Metrics {
     pub peers: Gauge,
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Gauge<f64, AtomicU64>,
+    /// The reconcile driver's own: passes, ops by result, retries waiting.
+    pub driver: metalnet::daemon::DriverMetrics,
 }
 
 impl Metrics {
     pub fn register(&self, reg: &mut Registry) {
+        self.driver.register(reg);
         reg.register(
             "metalnet_vxlan_peers_programmed",
             "Peer nodes whose entries are programmed",
@@ -154,6 +157,7 @@ impl Agent {
     /// place. A failed pass is retried with backoff (re-reading the kernel first).
     pub async fn run(self, state: &ClusterState, shutdown: &Shutdown) -> Agent {
         let readiness = self.health.condition("vxlan");
+        let metrics = self.metrics.driver.clone();
         Driver::new(AgentLoop {
             node: ObjectRef::new(Kind::Node, None, &self.cfg.node),
             wait: Duration::ZERO,
@@ -161,6 +165,7 @@ impl Agent {
             agent: self,
         })
         .shutdown(shutdown.clone())
+        .metrics(metrics)
         .readiness(readiness)
         .run(state)
         .await
