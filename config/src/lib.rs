@@ -3,12 +3,11 @@
 
 pub mod addr;
 pub mod bgp;
-pub mod cli;
 pub mod crd;
+pub mod daemon;
 pub mod labels;
 pub mod manifest;
 pub mod model;
 pub mod netlink;
 pub mod state;
-pub mod telemetry;
 pub mod validate;

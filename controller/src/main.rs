@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metalnet::cli::CommonArgs;
-use metalnet::telemetry::{Health, serve_metrics};
+use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::{explain, metrics::Metrics, run};
 
@@ -77,7 +76,9 @@ async fn main() -> ExitCode {
                 Ok(false) => ExitCode::SUCCESS,
                 Ok(true) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("metalnet-controller validate: {e}");
+                    metalnet::daemon::stderr_line(format_args!(
+                        "metalnet-controller validate: {e}"
+                    ));
                     ExitCode::from(2)
                 }
             }
@@ -93,7 +94,9 @@ async fn main() -> ExitCode {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
-                    eprintln!("metalnet-controller explain: {e:#}");
+                    metalnet::daemon::stderr_line(format_args!(
+                        "metalnet-controller explain: {e:#}"
+                    ));
                     ExitCode::from(2)
                 }
             }
@@ -104,7 +107,7 @@ async fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "metalnet-controller failed");
-                    eprintln!("metalnet-controller: {e:#}");
+                    metalnet::daemon::stderr_line(format_args!("metalnet-controller: {e:#}"));
                     ExitCode::from(1)
                 }
             }
@@ -120,23 +123,24 @@ async fn explain_cmd(common: &CommonArgs, opts: &Options, service: &str) -> anyh
         .context("reading the cluster state")?;
     match explain::explain(&state, opts, &key).await? {
         Some(text) => {
-            print!("{text}");
+            metalnet::daemon::stdout_text(format_args!("{text}"));
             Ok(true)
         }
         None => {
-            println!("Service {key} does not exist");
+            metalnet::daemon::stdout_text(format_args!("Service {key} does not exist\n"));
             Ok(false)
         }
     }
 }
 
 async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let state = common
         .cluster_state(run::KINDS)
         .await
         .context("reading the cluster state")?;
     if once {
-        run::reconcile_once(&state, opts).await?;
+        run::reconcile_once(&state, opts, &shutdown).await?;
         return Ok(());
     }
     let mut registry = prometheus_client::registry::Registry::default();
@@ -147,23 +151,6 @@ async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    run::run(&state, opts, &metrics, &health, shutdown_signal()).await?;
+    run::run(&state, opts, &metrics, &health, &shutdown).await;
     Ok(())
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the controller");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -38,12 +38,15 @@ pub struct Metrics {
     write_errors: Counter,
     /// Pools exported last time, to drop the series of pools that are gone.
     pools: Arc<Mutex<BTreeSet<String>>>,
+    /// The reconcile driver's own: passes, ops by result, objects waiting for a retry.
+    pub driver: metalnet::daemon::DriverMetrics,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Metrics::default();
+        m.driver.register(registry);
         let gauges = [
             (
                 "metallb_allocator_addresses_total",

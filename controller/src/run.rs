@@ -1,12 +1,10 @@
-//! Running the reconciler on a [`ClusterState`]: once (`--once`), or following every change
-//! until shut down. This is where the writes happen.
+//! Running the reconciler on a [`ClusterState`] through the common [`Driver`]: once
+//! (`--once`), or following every change until shut down. This is where the writes happen.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::time::Duration;
 
-use metalnet::state::{ClusterState, Kind, MetadataPatch, ObjectRef, StateError};
-use metalnet::telemetry::Health;
+use metalnet::daemon::{Driver, Health, PassReport, Plan, Reconcile, Shutdown};
+use metalnet::state::{ClusterState, Kind, MetadataPatch, ObjectRef, Snapshot, StateError};
 use serde_json::{Value, json};
 
 use crate::allocator::{
@@ -18,15 +16,11 @@ use crate::reconcile::{Action, Options, REPORTER, Reconciler};
 /// The kinds the controller reads.
 pub const KINDS: [Kind; 3] = [Kind::Service, Kind::Namespace, Kind::IPAddressPool];
 
-/// First delay before retrying failed writes; doubles up to [`RETRY_MAX`].
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
 /// Failures of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{failed} write(s) failed; first: {first}")]
-    Writes { failed: usize, first: StateError },
+    Writes { failed: usize, first: String },
 }
 
 /// What a pass left behind.
@@ -48,88 +42,18 @@ fn summary(r: &Reconciler, writes: usize) -> Summary {
     }
 }
 
-/// Performs `actions`; returns how many succeeded and the failures, by object.
-async fn execute(
-    state: &ClusterState,
-    actions: Vec<Action>,
-    metrics: Option<&Metrics>,
-) -> (usize, Vec<(ObjectRef, StateError)>) {
-    let mut done = 0;
-    let mut failed = Vec::new();
-    for action in actions {
-        let (object, result) = match action {
-            Action::SetIngress { service, ips } => {
-                let ingress = if ips.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Array(
-                        ips.iter()
-                            .map(|ip| json!({ "ip": ip.to_string() }))
-                            .collect(),
-                    )
-                };
-                tracing::debug!(service = %service, ingress = %ingress, "writing status");
-                let r = state
-                    .patch_status(&service, json!({ "loadBalancer": { "ingress": ingress } }))
-                    .await;
-                (service, r)
-            }
-            Action::SetPoolAnnotation {
-                service,
-                pool,
-                drop_deprecated,
-            } => {
-                let mut annotations =
-                    BTreeMap::from([(ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool)]);
-                if drop_deprecated {
-                    annotations.insert(
-                        DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),
-                        None,
-                    );
-                }
-                let patch = MetadataPatch {
-                    annotations,
-                    labels: BTreeMap::new(),
-                };
-                let r = state.patch_metadata(&service, &patch).await;
-                (service, r)
-            }
-            Action::Event { object, event } => {
-                let r = state.record_event(&object, &event).await;
-                (object, r)
-            }
-        };
-        if let Some(m) = metrics {
-            m.wrote(result.is_ok());
-        }
-        match result {
-            Ok(()) => done += 1,
-            Err(e) => {
-                tracing::warn!(object = %object, error = %e, "write failed");
-                failed.push((object, e));
-            }
-        }
-    }
-    (done, failed)
-}
+/// Per involved object (kind, namespace, name): the (reason, message)s of the latest Events
+/// this controller recorded, so a restart does not repeat them.
+type PastEvents = BTreeMap<(String, String, String), (String, Vec<(String, String)>)>;
 
-/// After a restart: drops Events identical (reason and message) to the latest one this
-/// controller already recorded about the same object, so a restart does not repeat them.
-async fn drop_repeated_events(state: &ClusterState, actions: &mut Vec<Action>) {
-    let namespaces: BTreeSet<String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Event { object, .. } => {
-                Some(object.namespace.clone().unwrap_or("default".into()))
-            }
-            _ => None,
-        })
+/// Reads the latest Events this controller recorded about the Services' namespaces.
+async fn past_events(state: &ClusterState, snapshot: &Snapshot) -> PastEvents {
+    let namespaces: BTreeSet<String> = snapshot
+        .services
+        .keys()
+        .map(|k| k.namespace.clone().unwrap_or_else(|| "default".into()))
         .collect();
-    // Per (kind, namespace, name): the latest lastTimestamp of our events and their
-    // (reason, message)s.
-    type Involved = (String, String, String);
-    type Latest = (String, Vec<(String, String)>);
-    let mut latest: BTreeMap<Involved, Latest> = BTreeMap::new();
+    let mut latest = PastEvents::new();
     for ns in namespaces {
         let events = match state.list_events(&ns).await {
             Ok(e) => e,
@@ -158,6 +82,12 @@ async fn drop_repeated_events(state: &ClusterState, actions: &mut Vec<Action>) {
             }
         }
     }
+    latest
+}
+
+/// Drops Events identical (reason and message) to the latest one already recorded about the
+/// same object.
+fn drop_repeated_events(past: &PastEvents, actions: &mut Vec<Action>) {
     actions.retain(|a| match a {
         Action::Event { object, event } => {
             let key = (
@@ -165,7 +95,7 @@ async fn drop_repeated_events(state: &ClusterState, actions: &mut Vec<Action>) {
                 object.namespace.clone().unwrap_or_default(),
                 object.name.clone(),
             );
-            !latest.get(&key).is_some_and(|(_, last)| {
+            !past.get(&key).is_some_and(|(_, last)| {
                 last.iter()
                     .any(|(r, m)| *r == event.reason && *m == event.message)
             })
@@ -174,93 +104,185 @@ async fn drop_repeated_events(state: &ClusterState, actions: &mut Vec<Action>) {
     });
 }
 
-/// Reconciles the current state once, writes the results and returns (`--once`).
-pub async fn reconcile_once(state: &ClusterState, opts: &Options) -> Result<Summary, RunError> {
-    let mut r = Reconciler::new(opts.clone());
-    let snapshot = state.snapshot();
-    let mut actions = r.reconcile(&snapshot, None);
-    drop_repeated_events(state, &mut actions).await;
-    let (writes, failed) = execute(state, actions, None).await;
-    let s = summary(&r, writes);
+/// The controller as the driver runs it: the pure [`Reconciler`] plans, this writes.
+pub struct ControllerLoop<'s> {
+    state: &'s ClusterState,
+    reconciler: Reconciler,
+    metrics: Option<&'s Metrics>,
+    /// Events recorded before this start, consulted on the first pass only.
+    past: Option<PastEvents>,
+    writes: usize,
+}
+
+impl<'s> ControllerLoop<'s> {
+    /// A loop that has not planned yet; reads the Events of an earlier run first, so a
+    /// restart does not repeat them.
+    pub async fn new(
+        state: &'s ClusterState,
+        opts: &Options,
+        metrics: Option<&'s Metrics>,
+    ) -> ControllerLoop<'s> {
+        let past = past_events(state, &state.snapshot()).await;
+        ControllerLoop {
+            state,
+            reconciler: Reconciler::new(opts.clone()),
+            metrics,
+            past: Some(past),
+            writes: 0,
+        }
+    }
+
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+}
+
+fn object_of(action: &Action) -> &ObjectRef {
+    match action {
+        Action::SetIngress { service, .. } | Action::SetPoolAnnotation { service, .. } => service,
+        Action::Event { object, .. } => object,
+    }
+}
+
+impl Reconcile for ControllerLoop<'_> {
+    type Op = Action;
+    type Key = ObjectRef;
+    type Error = StateError;
+
+    fn name(&self) -> &'static str {
+        "controller"
+    }
+
+    fn plan(&mut self, input: Plan<'_, ObjectRef>) -> Vec<Action> {
+        let changed: Option<BTreeSet<ObjectRef>> = input.changed.map(|c| {
+            c.iter()
+                .cloned()
+                // A failed Event is about its Service: replanning the Service rewrites both.
+                .chain(input.retry.iter().cloned())
+                .collect()
+        });
+        let mut actions = self.reconciler.reconcile(input.snapshot, changed.as_ref());
+        if let Some(past) = self.past.take() {
+            drop_repeated_events(&past, &mut actions);
+        }
+        actions
+    }
+
+    fn key(&self, op: &Action) -> ObjectRef {
+        object_of(op).clone()
+    }
+
+    async fn apply(&mut self, action: Action) -> Result<(), StateError> {
+        let result = write(self.state, action).await;
+        if let Some(m) = self.metrics {
+            m.wrote(result.is_ok());
+        }
+        if result.is_ok() {
+            self.writes += 1;
+        }
+        result
+    }
+
+    fn finished(&mut self, report: &PassReport) {
+        if let Some(m) = self.metrics {
+            m.reconciled(report.first);
+            m.observe(&self.reconciler);
+        }
+        if report.first {
+            let s = summary(&self.reconciler, report.applied);
+            tracing::info!(
+                allocated = s.allocated,
+                pending = s.pending,
+                writes = s.writes,
+                failed = report.failed.len(),
+                "first full reconcile done"
+            );
+        }
+    }
+}
+
+/// Performs one write.
+async fn write(state: &ClusterState, action: Action) -> Result<(), StateError> {
+    match action {
+        Action::SetIngress { service, ips } => {
+            let ingress = if ips.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(
+                    ips.iter()
+                        .map(|ip| json!({ "ip": ip.to_string() }))
+                        .collect(),
+                )
+            };
+            tracing::debug!(service = %service, ingress = %ingress, "writing status");
+            state
+                .patch_status(&service, json!({ "loadBalancer": { "ingress": ingress } }))
+                .await
+        }
+        Action::SetPoolAnnotation {
+            service,
+            pool,
+            drop_deprecated,
+        } => {
+            let mut annotations =
+                BTreeMap::from([(ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool)]);
+            if drop_deprecated {
+                annotations.insert(
+                    DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),
+                    None,
+                );
+            }
+            let patch = MetadataPatch {
+                annotations,
+                labels: BTreeMap::new(),
+            };
+            state.patch_metadata(&service, &patch).await
+        }
+        Action::Event { object, event } => state.record_event(&object, &event).await,
+    }
+}
+
+/// Reconciles the current state once, writes the results and returns (`--once`). Stops
+/// early, between writes, when `shutdown` is requested.
+pub async fn reconcile_once(
+    state: &ClusterState,
+    opts: &Options,
+    shutdown: &Shutdown,
+) -> Result<Summary, RunError> {
+    let mut driver =
+        Driver::new(ControllerLoop::new(state, opts, None).await).shutdown(shutdown.clone());
+    let report = driver.once(state).await;
+    let s = summary(driver.reconciler().reconciler(), report.applied);
     tracing::info!(
         allocated = s.allocated,
         pending = s.pending,
         writes = s.writes,
+        abandoned = report.abandoned,
         "reconciled once"
     );
-    let failed_count = failed.len();
-    match failed.into_iter().next() {
+    match report.failed.first() {
         None => Ok(s),
-        Some((_, first)) => Err(RunError::Writes {
-            failed: failed_count,
-            first,
+        Some((object, _, message)) => Err(RunError::Writes {
+            failed: report.failed.len(),
+            first: format!("{object}: {message}"),
         }),
     }
 }
 
-/// Follows the cluster state and keeps every Service reconciled until `shutdown` completes.
-/// `/readyz` turns ready after the first full pass. Failed writes are retried with backoff.
+/// Follows the cluster state and keeps every Service reconciled until `shutdown` is
+/// requested. `/readyz` turns ready after the first full pass. Failed writes are retried
+/// with backoff by the driver, according to the failure's class.
 pub async fn run(
     state: &ClusterState,
     opts: &Options,
     metrics: &Metrics,
     health: &Health,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let mut r = Reconciler::new(opts.clone());
-    let mut sub = state.subscribe();
-    tokio::pin!(shutdown);
-    let mut retry: BTreeSet<ObjectRef> = BTreeSet::new();
-    let mut delay = RETRY_MIN;
-    let retry_timer = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
-    tokio::pin!(retry_timer);
-    loop {
-        let (snapshot, changed) = tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("shutting down");
-                return Ok(());
-            }
-            update = sub.next() => (update.snapshot, update.changed),
-            _ = &mut retry_timer, if !retry.is_empty() => {
-                (state.snapshot(), std::mem::take(&mut retry))
-            }
-        };
-        let first = !r.started();
-        let mut actions = r.reconcile(&snapshot, Some(&changed));
-        metrics.reconciled(first);
-        if first {
-            drop_repeated_events(state, &mut actions).await;
-        }
-        let (writes, failed) = execute(state, actions, Some(metrics)).await;
-        metrics.observe(&r);
-        if first {
-            let s = summary(&r, writes);
-            tracing::info!(
-                allocated = s.allocated,
-                pending = s.pending,
-                writes = s.writes,
-                "first full reconcile done; ready"
-            );
-            health.set_ready(true);
-        }
-        let failed_services: Vec<ObjectRef> = failed
-            .into_iter()
-            .map(|(o, _)| o)
-            .filter(|o| o.kind == Kind::Service)
-            .collect();
-        if failed_services.is_empty() {
-            delay = RETRY_MIN;
-        } else {
-            retry.extend(failed_services);
-            retry_timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + delay);
-            tracing::info!(
-                services = retry.len(),
-                delay_s = delay.as_secs(),
-                "retrying failed writes"
-            );
-            delay = (delay * 2).min(RETRY_MAX);
-        }
-    }
+    shutdown: &Shutdown,
+) {
+    let driver = Driver::new(ControllerLoop::new(state, opts, Some(metrics)).await)
+        .shutdown(shutdown.clone())
+        .metrics(metrics.driver.clone())
+        .readiness(health.condition("controller"));
+    driver.run(state).await;
+    tracing::info!("shutting down");
 }

@@ -1,7 +1,7 @@
 //! metalnet-router: kube-router style pod routing over BGP and an eBPF service proxy.
 
 use clap::Parser;
-use metalnet::cli::CommonArgs;
+use metalnet::daemon::CommonArgs;
 
 /// Routes pod CIDRs over BGP and replaces kube-proxy with eBPF (kube-router style).
 ///

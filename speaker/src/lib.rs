@@ -10,8 +10,8 @@
 
 pub mod announce;
 pub mod arp;
-// BGP mode (issue 6).
 pub mod bgp;
+pub mod daemon;
 pub mod election;
 pub mod explain;
 pub mod members;

@@ -1,7 +1,5 @@
 //! metalnet-speaker: per node, announces the LoadBalancer addresses the controller assigned.
 
-mod run;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -12,9 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use metalnet::addr::parse_go_duration;
-use metalnet::cli::CommonArgs;
+use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
 use metalnet::state::{Kind, ObjectRef};
-use metalnet::telemetry::{Health, serve_metrics};
 use metalnet::validate::valid_config;
 use metalnet_speaker::election::{self, Inputs};
 use metalnet_speaker::explain::{self, LiveSource};
@@ -161,7 +158,9 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("metalnet-speaker: starting the runtime: {e}");
+            metalnet::daemon::stderr_line(format_args!(
+                "metalnet-speaker: starting the runtime: {e}"
+            ));
             return ExitCode::from(2);
         }
     };
@@ -177,13 +176,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("metalnet-speaker: {e:#}");
+            metalnet::daemon::stderr_line(format_args!("metalnet-speaker: {e:#}"));
             ExitCode::from(1)
         }
     }
 }
 
 async fn daemon(cli: &Cli) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let node = cli.common.node_name()?.to_string();
     let state = Arc::new(
         cli.common
@@ -200,16 +200,16 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let gossip = (cli.gossip == OnOff::On).then_some(run::GossipSettings {
+    let gossip = (cli.gossip == OnOff::On).then_some(metalnet_speaker::daemon::GossipSettings {
         port: cli.gossip_port,
         address: cli.gossip_address,
         probe_period: cli.gossip_probe_period,
         suspect_timeout: cli.gossip_suspect_timeout,
     });
     tracing::info!(%node, gossip = gossip.is_some(), "metalnet-speaker starting (layer 2 and BGP modes)");
-    run::run(
+    metalnet_speaker::daemon::run(
         state,
-        run::Options {
+        metalnet_speaker::daemon::Options {
             node,
             namespace: cli.namespace.clone(),
             gossip,
@@ -219,6 +219,7 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
         },
         metrics,
         health,
+        shutdown,
     )
     .await
 }
@@ -289,7 +290,7 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
         "{}",
         explain::render(&e, cli.common.node_name.as_deref(), &live, &source)
     );
-    // BGP mode (issue 6).
+    // The same Service in BGP mode.
     if let Some(node) = cli.common.node_name.as_deref() {
         print!(
             "{}",

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub announced_addresses: Gauge,
     /// BGP mode's `metallb_bgp_*` metrics.
     pub bgp: crate::bgp::BgpMetrics,
+    /// The reconcile loops': passes, ops by result, objects waiting for a retry.
+    pub driver: metalnet::daemon::DriverMetrics,
 }
 
 pub fn ip_label(ip: &IpAddr) -> IpLabel {
@@ -61,6 +63,7 @@ pub fn ip_label(ip: &IpAddr) -> IpLabel {
 impl Metrics {
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        self.driver.register(registry);
         registry.register(
             "metallb_layer2_requests_received",
             "Number of layer2 requests received for owned IPs",

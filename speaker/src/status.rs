@@ -3,18 +3,19 @@
 //! a Warning Event when it won an address but none of the interfaces the L2Advertisement
 //! names is usable here (MetalLB's `announceFailed`; no status object then, as MetalLB).
 //!
-//! The plan is pure ([`plan`], [`failure_events`]); [`StatusWriter`] applies it in its own
-//! task so slow writes never hold up answering ARP or taking over addresses.
+//! The plan is pure ([`plan`], [`failure_events`], [`L2StatusPlanner`]); the daemon runs it
+//! on its own driver (`metalnet::daemon::OwnedObjects`), so slow writes never hold up
+//! answering ARP or taking over addresses, and failed writes are retried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use metalnet::daemon::{OwnedPlan, OwnedPlanner};
 use metalnet::model::ServiceL2Status;
-use metalnet::state::{ClusterState, EventRecord, EventType, Kind, ObjectRef, Snapshot};
+use metalnet::state::{EventRecord, EventType, Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
 use crate::announce::AnnounceFailure;
 use crate::election::{Interfaces, ServiceElection, Verdict};
@@ -197,52 +198,43 @@ pub fn plan(
     plan
 }
 
-/// What the status task needs for one round.
+/// What the status writer needs for one round: the decision of the layer 2 loop.
 #[derive(Clone)]
 pub struct Round {
-    pub snapshot: Arc<Snapshot>,
     pub elections: Arc<Vec<ServiceElection>>,
     /// Addresses won but not announceable here (none of the named interfaces usable).
     pub failures: Arc<Failures>,
 }
 
-/// Applies plans and records Events, in its own task.
-pub struct StatusWriter {
-    tx: watch::Sender<Option<Round>>,
-}
-
-impl StatusWriter {
-    pub fn start(state: Arc<ClusterState>, namespace: String, node: String) -> StatusWriter {
-        let (tx, rx) = watch::channel(None);
-        tokio::spawn(write_loop(state, namespace, node, rx));
-        StatusWriter { tx }
-    }
-
-    /// Hands over the latest election; rounds in between may be skipped.
-    pub fn update(&self, round: Round) {
-        self.tx.send_replace(Some(round));
-    }
-}
-
-async fn write_loop(
-    state: Arc<ClusterState>,
+/// Plans the writes of one round: status objects ([`plan`]), the `nodeAssigned` Event when
+/// this node starts announcing a Service, and `announceFailed` Events when they change.
+/// Events are best effort, as Kubernetes' recorder: one that fails is not recorded again.
+pub struct L2StatusPlanner {
     namespace: String,
     node: String,
-    mut rx: watch::Receiver<Option<Round>>,
-) {
-    // Services this node announced at the last round, for the nodeAssigned Event.
-    let mut announced: BTreeSet<(String, String)> = BTreeSet::new();
-    // announceFailed Events of the last round: recorded again only when they change.
-    let mut failed: BTreeMap<FailedAddress, EventRecord> = BTreeMap::new();
-    // What this writer last wrote (None: deleted), so a snapshot that lags behind our own
-    // writes does not make us write the same thing again.
-    let mut written: HashMap<ObjectRef, Option<Value>> = HashMap::new();
-    while rx.changed().await.is_ok() {
-        let Some(round) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        let now = announcing(&round.elections, &node, &round.failures);
-        for (ns, name) in now.difference(&announced) {
+    /// Services this node announced at the last round, for the nodeAssigned Event.
+    announced: BTreeSet<(String, String)>,
+    /// announceFailed Events of the last round: recorded again only when they change.
+    failed: BTreeMap<FailedAddress, EventRecord>,
+}
+
+impl L2StatusPlanner {
+    pub fn new(namespace: String, node: String) -> Self {
+        L2StatusPlanner {
+            namespace,
+            node,
+            announced: BTreeSet::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+}
+
+impl OwnedPlanner<Round> for L2StatusPlanner {
+    fn plan(&mut self, snapshot: &Snapshot, round: &Round) -> OwnedPlan {
+        let node = &self.node;
+        let mut out = OwnedPlan::default();
+        let now = announcing(&round.elections, node, &round.failures);
+        for (ns, name) in now.difference(&self.announced) {
             let svc = ObjectRef::new(Kind::Service, Some(ns), name);
             let event = EventRecord {
                 type_: EventType::Normal,
@@ -250,60 +242,37 @@ async fn write_loop(
                 message: format!("announcing from node \"{node}\" with protocol \"layer2\""),
                 reporter: REPORTER.into(),
             };
-            if let Err(e) = state.record_event(&svc, &event).await {
-                tracing::warn!(service = %svc, error = %e, "recording event failed");
-            }
+            out.events.push((svc, event));
         }
-        announced = now;
-        let failed_now = failure_events(&round.elections, &node, &round.failures);
+        self.announced = now;
+        let failed_now = failure_events(&round.elections, node, &round.failures);
         for (at, event) in &failed_now {
-            if failed.get(at).map(|e| &e.message) == Some(&event.message) {
+            if self.failed.get(at).map(|e| &e.message) == Some(&event.message) {
                 continue;
             }
             let svc = ObjectRef::new(Kind::Service, Some(&at.namespace), &at.name);
             tracing::warn!(service = %svc, ip = %at.ip, message = %event.message, "cannot announce");
-            if let Err(e) = state.record_event(&svc, event).await {
-                tracing::warn!(service = %svc, error = %e, "recording event failed");
-            }
+            out.events.push((svc, event.clone()));
         }
-        failed = failed_now;
-        let plan = plan(
-            &round.snapshot,
-            &namespace,
-            &node,
+        self.failed = failed_now;
+        let p = plan(
+            snapshot,
+            &self.namespace,
+            node,
             &round.elections,
             &round.failures,
         );
-        if plan != Plan::default() {
+        if p != Plan::default() {
             tracing::debug!(
-                known = round.snapshot.service_l2_statuses.len(),
-                apply = ?plan.apply.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>(),
-                delete = ?plan.delete.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                known = snapshot.service_l2_statuses.len(),
+                apply = ?p.apply.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>(),
+                delete = ?p.delete.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
                 "status plan"
             );
         }
-        for (r, value) in plan.apply {
-            if written.get(&r) == Some(&Some(value.clone())) {
-                continue;
-            }
-            match state.apply(&r, value.clone()).await {
-                Ok(()) => {
-                    written.insert(r, Some(value));
-                }
-                Err(e) => tracing::warn!(object = %r, error = %e, "writing status failed"),
-            }
-        }
-        for r in plan.delete {
-            if written.get(&r) == Some(&None) {
-                continue;
-            }
-            match state.delete(&r).await {
-                Ok(()) => {
-                    written.insert(r, None);
-                }
-                Err(e) => tracing::warn!(object = %r, error = %e, "deleting status failed"),
-            }
-        }
+        out.apply = p.apply;
+        out.delete = p.delete;
+        out
     }
 }
 

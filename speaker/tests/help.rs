@@ -9,7 +9,7 @@ fn help_exits_zero_and_describes_every_flag() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Usage: metalnet-speaker"), "{text}");
-    let bare = metalnet::cli::undescribed_flags(&text);
+    let bare = metalnet::daemon::undescribed_flags(&text);
     assert!(
         bare.is_empty(),
         "flags without a description: {bare:?}\n{text}"

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalnet::daemon::{Health, Shutdown};
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
-use metalnet::telemetry::Health;
 use metalnet_controller::metrics::Metrics;
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::run;
@@ -108,11 +108,13 @@ impl Running {
             tokio::spawn(async move {
                 let mut registry = prometheus_client::registry::Registry::default();
                 let metrics = Metrics::new(&mut registry);
-                run::run(&state, &opts, &metrics, &health, async {
+                let shutdown = Shutdown::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
                     let _ = stopped.await;
-                })
-                .await
-                .expect("the controller runs");
+                    s.request("test");
+                });
+                run::run(&state, &opts, &metrics, &health, &shutdown).await;
             })
         };
         Running {
@@ -187,7 +189,7 @@ async fn restart_changes_nothing(h: impl Harness) {
     h.put(&service("fixed", "  loadBalancerIP: 192.0.2.5\n"))
         .await;
     let state = h.open(&run::KINDS).await;
-    let first = run::reconcile_once(&state, &Options::default())
+    let first = run::reconcile_once(&state, &Options::default(), &Shutdown::new())
         .await
         .expect("first run");
     assert_eq!(first.allocated, 4);
@@ -198,7 +200,7 @@ async fn restart_changes_nothing(h: impl Harness) {
     drop(state);
     // A new Service that would take a lower address if the others were not adopted first.
     let state = h.open(&run::KINDS).await;
-    let again = run::reconcile_once(&state, &Options::default())
+    let again = run::reconcile_once(&state, &Options::default(), &Shutdown::new())
         .await
         .expect("second run");
     assert_eq!(again.writes, 0, "{again:?}");
@@ -326,7 +328,7 @@ async fn other_classes_untouched(h: impl Harness) {
     ))
     .await;
     let state = h.open(&run::KINDS).await;
-    run::reconcile_once(&state, &Options::default())
+    run::reconcile_once(&state, &Options::default(), &Shutdown::new())
         .await
         .expect("default class");
     wait_for(&state, "plain's address", |s| {
@@ -344,7 +346,7 @@ async fn other_classes_untouched(h: impl Harness) {
         lb_class: Some("example.com/other".into()),
         ..Default::default()
     };
-    run::reconcile_once(&state, &opts)
+    run::reconcile_once(&state, &opts, &Shutdown::new())
         .await
         .expect("--lb-class");
     // This controller does not count the other class's Services (as MetalLB): two classes

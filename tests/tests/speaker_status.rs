@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalnet::daemon::{Driver, OwnedObjects, Shutdown};
 use metalnet::state::{ClusterState, Kind, Source};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
-use metalnet_speaker::status::{Round, StatusWriter};
+use metalnet_speaker::status::{L2StatusPlanner, Round};
 use serde_json::Value;
 
 fn election(winner: &str) -> ServiceElection {
@@ -58,12 +59,21 @@ async fn status_objects_and_events_on_the_api() {
         .await
         .unwrap(),
     );
-    let writer = StatusWriter::start(state.clone(), "metallb-system".into(), "node1".into());
-    writer.update(Round {
-        snapshot: state.snapshot(),
+    let (writer, rx) = tokio::sync::watch::channel(None);
+    let shutdown = Shutdown::new();
+    let driver = Driver::new(OwnedObjects::new(
+        "layer2-status",
+        state.clone(),
+        rx,
+        L2StatusPlanner::new("metallb-system".into(), "node1".into()),
+    ))
+    .shutdown(shutdown.clone());
+    let s = state.clone();
+    let task = tokio::spawn(async move { driver.run(&s).await });
+    writer.send_replace(Some(Round {
         elections: Arc::new(vec![election("node1")]),
         failures: Default::default(),
-    });
+    }));
     wait("the ServiceL2Status", || {
         server.list(Kind::ServiceL2Status).len() == 1
     })
@@ -95,13 +105,14 @@ async fn status_objects_and_events_on_the_api() {
         !state.snapshot().service_l2_statuses.is_empty()
     })
     .await;
-    writer.update(Round {
-        snapshot: state.snapshot(),
+    writer.send_replace(Some(Round {
         elections: Arc::new(vec![election("node2")]),
         failures: Default::default(),
-    });
+    }));
     wait("the ServiceL2Status to be deleted", || {
         server.list(Kind::ServiceL2Status).is_empty()
     })
     .await;
+    shutdown.request("test");
+    task.await.unwrap();
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use metalnet::state::{ClusterState, Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet::telemetry::Health;
+use metalnet::daemon::{Classify, Driver, Health, PassReport, Plan, Reconcile, Shutdown};
+use metalnet::state::{ClusterState, ErrorClass, Kind, ObjectKey, ObjectRef, Snapshot};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -46,10 +46,13 @@ pub struct Metrics {
     pub peers: Gauge,
     pub reconcile_errors: Counter,
     pub reconcile_seconds: Gauge<f64, AtomicU64>,
+    /// The reconcile driver's own: passes, ops by result, retries waiting.
+    pub driver: metalnet::daemon::DriverMetrics,
 }
 
 impl Metrics {
     pub fn register(&self, reg: &mut Registry) {
+        self.driver.register(reg);
         reg.register(
             "metalnet_vxlan_peers_programmed",
             "Peer nodes whose entries are programmed",
@@ -150,46 +153,23 @@ impl Agent {
         })
     }
 
-    /// Runs until `shutdown` resolves; the data path is left in place.
-    pub async fn run(
-        &mut self,
-        state: &ClusterState,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        let mut sub = state.subscribe();
-        tokio::pin!(shutdown);
-        let mut backoff = Duration::from_secs(1);
-        let mut wait = Duration::ZERO;
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = sub.next() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let started = Instant::now();
-            let result = self.reconcile(state).await;
-            self.metrics
-                .reconcile_seconds
-                .set(started.elapsed().as_secs_f64());
-            match result {
-                Ok(Pass::Done) => {
-                    self.health.set_ready(true);
-                    backoff = Duration::from_secs(1);
-                    wait = self.cfg.check;
-                }
-                Ok(Pass::LeasePending) => wait = LEASE_SETTLE,
-                Err(e) => {
-                    self.metrics.reconcile_errors.inc();
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "reconcile failed");
-                    wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    // Re-read the kernel next time: what failed may have changed it.
-                    for f in &mut self.fams {
-                        f.observed = None;
-                    }
-                }
-            }
-        }
+    /// Runs on the common driver until `shutdown` is requested; the data path is left in
+    /// place. A failed pass is retried with backoff (re-reading the kernel first).
+    pub async fn run(self, state: &ClusterState, shutdown: &Shutdown) -> Agent {
+        let readiness = self.health.condition("vxlan");
+        let metrics = self.metrics.driver.clone();
+        Driver::new(AgentLoop {
+            node: ObjectRef::new(Kind::Node, None, &self.cfg.node),
+            wait: Duration::ZERO,
+            state,
+            agent: self,
+        })
+        .shutdown(shutdown.clone())
+        .metrics(metrics)
+        .readiness(readiness)
+        .run(state)
+        .await
+        .agent
     }
 
     /// One pass: subnets, annotations, kernel, subnet.env, masquerade.
@@ -470,4 +450,88 @@ async fn sync_family(
         .into_iter()
         .map(|(op, e)| format!("{op:?}: {e}"))
         .collect())
+}
+
+/// A failed pass of the agent: kernel, API and file errors alike are worth another try.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct PassError(anyhow::Error);
+
+impl Classify for PassError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Transient
+    }
+}
+
+/// The agent as the driver runs it. The agent's pass reads the kernel and the snapshot
+/// itself, so the plan is one op, keyed by this node: "bring the data path in line".
+struct AgentLoop<'s> {
+    agent: Agent,
+    state: &'s ClusterState,
+    node: ObjectRef,
+    /// When to check again without a change: the device check, or a lease settling.
+    wait: Duration,
+}
+
+impl Reconcile for AgentLoop<'_> {
+    type Op = ();
+    type Key = ObjectRef;
+    type Error = PassError;
+
+    fn name(&self) -> &'static str {
+        "vxlan"
+    }
+
+    fn plan(&mut self, _input: Plan<'_, ObjectRef>) -> Vec<()> {
+        vec![()]
+    }
+
+    fn key(&self, _op: &()) -> ObjectRef {
+        self.node.clone()
+    }
+
+    async fn apply(&mut self, _op: ()) -> Result<(), PassError> {
+        let started = Instant::now();
+        let result = self.agent.reconcile(self.state).await;
+        self.agent
+            .metrics
+            .reconcile_seconds
+            .set(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Pass::Done) => {
+                self.wait = self.agent.cfg.check;
+                Ok(())
+            }
+            Ok(Pass::LeasePending) => {
+                self.wait = LEASE_SETTLE;
+                Ok(())
+            }
+            Err(e) => {
+                self.agent.metrics.reconcile_errors.inc();
+                // Re-read the kernel next time: what failed may have changed it.
+                for f in &mut self.agent.fams {
+                    f.observed = None;
+                }
+                // The driver's backoff decides when.
+                self.wait = Duration::MAX;
+                Err(PassError(e))
+            }
+        }
+    }
+
+    fn external(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let wait = self.wait;
+        async move {
+            if wait == Duration::MAX {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.wait == self.agent.cfg.check
+    }
+
+    fn finished(&mut self, _report: &PassReport) {}
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser};
-use metalnet::cli::CommonArgs;
+use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
 use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN};
 use metalnet::state::Kind;
-use metalnet::telemetry::{Health, serve_metrics};
 use metalnet_vxlan::agent::{Agent, AgentConfig, Metrics};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;
@@ -81,7 +80,7 @@ async fn main() {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "metalnet-vxlan failed");
-            eprintln!("metalnet-vxlan: {e:#}");
+            metalnet::daemon::stderr_line(format_args!("metalnet-vxlan: {e:#}"));
             1
         }
     };
@@ -91,6 +90,7 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let node = cli.common.node_name()?.to_string();
     let text = std::fs::read_to_string(&cli.net_config_path)
         .with_context(|| format!("reading {}", cli.net_config_path.display()))?;
@@ -123,8 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         resync: Duration::from_secs(cli.resync_period.max(1)),
         check: Duration::from_secs(1),
     };
-    let mut agent = Agent::new(cfg, kernel, health, metrics).await?;
-    agent.run(&state, shutdown_signal()).await?;
+    let agent = Agent::new(cfg, kernel, health, metrics).await?;
+    let mut agent = agent.run(&state, &shutdown).await;
     if cli.cleanup_on_exit {
         tracing::info!("cleaning up the data path");
         agent.cleanup().await?;
@@ -132,16 +132,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("exiting; the data path stays in place");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -274,6 +274,7 @@ fn object_err(obj: &ObjectRef, message: impl Into<String>) -> StateError {
     StateError::Object {
         object: obj.clone(),
         message: message.into(),
+        status: None,
     }
 }
 

@@ -256,6 +256,7 @@ impl KubeBackend {
             return Err(StateError::Object {
                 object: obj.clone(),
                 message: "apply: the object is not a JSON object".into(),
+                status: None,
             });
         };
         let status = body.remove("status");
@@ -268,6 +269,7 @@ impl KubeBackend {
             return Err(StateError::Object {
                 object: obj.clone(),
                 message: "apply: metadata is not a map".into(),
+                status: None,
             });
         };
         meta.insert("name".into(), Value::String(obj.name.clone()));
@@ -410,6 +412,7 @@ impl KubeBackend {
         let body: DynamicObject = serde_json::from_value(body).map_err(|e| StateError::Object {
             object: regarding.clone(),
             message: format!("encoding an event: {e}"),
+            status: None,
         })?;
         events
             .create(&PostParams::default(), &body)
@@ -421,16 +424,21 @@ impl KubeBackend {
 }
 
 fn object_error(obj: &ObjectRef, doing: &str, e: ::kube::Error) -> StateError {
-    let message = match &e {
-        ::kube::Error::Api(status) => format!(
-            "{doing}: {} ({} {})",
-            status.message, status.code, status.reason
+    let (message, status) = match &e {
+        ::kube::Error::Api(status) => (
+            format!(
+                "{doing}: {} ({} {})",
+                status.message, status.code, status.reason
+            ),
+            Some(status.code),
         ),
-        other => format!("{doing}: {other}"),
+        // No answer from the API server (connection, TLS, timeout): a passing failure.
+        other => (format!("{doing}: {other}"), Some(503)),
     };
     StateError::Object {
         object: obj.clone(),
         message,
+        status,
     }
 }
 

@@ -21,14 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metalnet::model::core::Node;
-use metalnet::state::{ClusterState, ObjectRef, Snapshot};
+use metalnet::state::{ObjectRef, Snapshot};
 use metalnet::validate::ParsedConfig;
 
 use crate::metrics::{AnnouncedLabels, Metrics};
 pub use metrics::BgpMetrics;
 pub use plan::{Inputs, NodePlan, PlannedServices, Planner, ServiceBgp};
 use sessions::{Sessions, SharedSessions};
-use status::BgpStatusWriter;
 
 /// How often the session counters are copied into the metrics.
 pub const METRICS_REFRESH: Duration = Duration::from_millis(500);
@@ -62,7 +61,6 @@ type Published = Arc<Mutex<Option<PlannedServices>>>;
 pub struct Bgp {
     node: String,
     sessions: SharedSessions,
-    status: BgpStatusWriter,
     published: Published,
     refresher: tokio::task::JoinHandle<()>,
     planner: Planner,
@@ -123,13 +121,8 @@ async fn refresh_loop(
 }
 
 impl Bgp {
-    /// Starts the status writer and the metrics refresher (no session until `reconcile`).
-    pub fn start(
-        state: Arc<ClusterState>,
-        namespace: String,
-        node: String,
-        metrics: Arc<Metrics>,
-    ) -> Bgp {
+    /// Starts the metrics refresher (no session until `reconcile`).
+    pub fn start(node: String, metrics: Arc<Metrics>) -> Bgp {
         let sessions: SharedSessions = Arc::new(Mutex::new(Sessions::default()));
         let published: Published = Arc::new(Mutex::new(None));
         let refresher = tokio::spawn(refresh_loop(
@@ -139,7 +132,6 @@ impl Bgp {
             metrics.clone(),
         ));
         Bgp {
-            status: BgpStatusWriter::start(state, namespace, node.clone()),
             node,
             sessions,
             published,
@@ -148,19 +140,18 @@ impl Bgp {
         }
     }
 
-    /// Plans and applies BGP mode for a snapshot; returns the per-Service view. `changed`:
+    /// Plans BGP mode for a snapshot (pure: only the planner's cache changes). `changed`:
     /// every object changed since the previous call (`None`: unknown, replan everything); when
     /// only Services and EndpointSlices changed, only those Services are replanned.
-    pub fn reconcile(
+    pub fn plan(
         &mut self,
         snapshot: &Arc<Snapshot>,
         config: &ParsedConfig,
         ignore_exclude_label: bool,
         changed: Option<&BTreeSet<ObjectRef>>,
-        metrics: &Metrics,
-    ) -> PlannedServices {
+    ) {
         let started = std::time::Instant::now();
-        let plan = self.planner.plan(
+        self.planner.plan(
             &Inputs {
                 snapshot,
                 config,
@@ -169,7 +160,14 @@ impl Bgp {
             },
             changed,
         );
-        let planned = started.elapsed();
+        tracing::debug!(elapsed = ?started.elapsed(), "BGP plan");
+    }
+
+    /// Applies the last plan to the sessions; returns the per-Service view.
+    pub fn apply(&mut self, metrics: &Metrics) -> PlannedServices {
+        let Some(plan) = self.planner.last() else {
+            return PlannedServices::default();
+        };
         if let Ok(mut s) = self.sessions.lock() {
             s.apply(plan, &metrics.bgp);
         }
@@ -178,9 +176,20 @@ impl Bgp {
         if let Ok(mut p) = self.published.lock() {
             *p = Some(services.clone());
         }
-        self.status.update(snapshot.clone(), services.clone());
-        tracing::debug!(elapsed = ?started.elapsed(), ?planned, services = services.len(), "BGP reconcile");
         services
+    }
+
+    /// Plans and applies in one step (see [`Bgp::plan`] and [`Bgp::apply`]).
+    pub fn reconcile(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        config: &ParsedConfig,
+        ignore_exclude_label: bool,
+        changed: Option<&BTreeSet<ObjectRef>>,
+        metrics: &Metrics,
+    ) -> PlannedServices {
+        self.plan(snapshot, config, ignore_exclude_label, changed);
+        self.apply(metrics)
     }
 
     /// Stops every session: the peers withdraw our routes (Cease), or keep them for the

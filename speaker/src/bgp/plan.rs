@@ -393,6 +393,11 @@ impl Planner {
         cache.plan.generation = self.generation;
         &self.cache.insert(cache).plan
     }
+
+    /// The last plan made, if any.
+    pub fn last(&self) -> Option<&NodePlan> {
+        self.cache.as_ref().map(|c| &c.plan)
+    }
 }
 
 fn slice_owner(k: &ObjectKey, slice: &EndpointSlice) -> Option<(String, String)> {

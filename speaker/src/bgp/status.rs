@@ -2,16 +2,15 @@
 //! node announces, listing the BGPPeers it announces the Service to, labelled
 //! `metallb.io/node`, `metallb.io/service-name`, `metallb.io/service-namespace`.
 //!
-//! The plan is pure ([`plan`]); [`BgpStatusWriter`] applies it in its own task.
+//! The plan is pure ([`plan`]); the daemon applies it through [`planner`] on its own driver
+//! (`metalnet::daemon::OwnedObjects`), which retries failed writes.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use metalnet::daemon::OwnedPlan;
 use metalnet::model::ServiceBGPStatus;
-use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
+use metalnet::state::{Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use std::collections::BTreeMap;
 
 use super::plan::{PlannedServices, ServiceBgp};
 use crate::status::{LABEL_NODE, LABEL_SERVICE_NAME, LABEL_SERVICE_NAMESPACE, Plan};
@@ -112,46 +111,19 @@ pub fn plan<'a>(
     out
 }
 
-/// One round for the writer: the snapshot and the planned Services.
-type Round = Option<(Arc<Snapshot>, PlannedServices)>;
-
-/// Applies status plans in its own task, so slow writes never hold up announcing.
-pub struct BgpStatusWriter {
-    tx: watch::Sender<Round>,
-}
-
-impl BgpStatusWriter {
-    pub fn start(state: Arc<ClusterState>, namespace: String, node: String) -> BgpStatusWriter {
-        let (tx, mut rx) = watch::channel::<Round>(None);
-        tokio::spawn(async move {
-            let mut last: Option<Plan> = None;
-            while rx.changed().await.is_ok() {
-                let Some((snapshot, services)) = rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                let p = plan(&snapshot, &namespace, &node, services.iter().map(|s| &**s));
-                // The same plan again means our writes have not shown up yet: skip.
-                if last.as_ref() == Some(&p) {
-                    continue;
-                }
-                for (r, value) in &p.apply {
-                    if let Err(e) = state.apply(r, value.clone()).await {
-                        tracing::warn!(object = %r, error = %e, "writing ServiceBGPStatus failed");
-                    }
-                }
-                for r in &p.delete {
-                    if let Err(e) = state.delete(r).await {
-                        tracing::warn!(object = %r, error = %e, "deleting ServiceBGPStatus failed");
-                    }
-                }
-                last = Some(p);
-            }
-        });
-        BgpStatusWriter { tx }
-    }
-
-    pub fn update(&self, snapshot: Arc<Snapshot>, services: PlannedServices) {
-        self.tx.send_replace(Some((snapshot, services)));
+/// The status planner of BGP mode for the owned-objects driver: this node's
+/// ServiceBGPStatus objects for the latest planned Services.
+pub fn planner(
+    namespace: String,
+    node: String,
+) -> impl FnMut(&Snapshot, &PlannedServices) -> OwnedPlan + Send {
+    move |snapshot, services| {
+        let p = plan(snapshot, &namespace, &node, services.iter().map(|s| &**s));
+        OwnedPlan {
+            apply: p.apply,
+            delete: p.delete,
+            events: Vec::new(),
+        }
     }
 }
 
@@ -161,6 +133,7 @@ mod tests {
     use crate::bgp::plan::Contribution;
     use metalnet::state::{Core, Delta};
     use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     fn service(name: &str, peers: &[&str]) -> ServiceBgp {
         ServiceBgp {
@@ -219,5 +192,87 @@ mod tests {
         let web2 = service("web", &["router-v4"]);
         let p = plan(&snap, "metallb-system", "node1", [&web2]);
         assert_eq!(p.apply.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use crate::bgp::plan::Contribution;
+    use metalnet::daemon::{Driver, OwnedObjects, RetryPolicy, Shutdown};
+    use metalnet::state::{ClusterState, Source};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn service(name: &str) -> ServiceBgp {
+        ServiceBgp {
+            namespace: "default".into(),
+            name: name.into(),
+            ips: vec!["192.0.2.200".parse().unwrap()],
+            pools: BTreeSet::new(),
+            advertisements: BTreeSet::new(),
+            external_traffic_local: false,
+            serving_endpoints: 1,
+            endpoint_nodes: BTreeSet::new(),
+            contributions: vec![Contribution {
+                ip: "192.0.2.200".parse().unwrap(),
+                prefix: "192.0.2.200/32".parse().unwrap(),
+                advertisement: "metallb-system/a".into(),
+                advertisement_index: 0,
+                peers: BTreeSet::from(["metallb-system/p".to_string()]),
+            }],
+            not_announced: None,
+        }
+    }
+
+    /// A ServiceBGPStatus write that fails is retried while the plan stays the same (the
+    /// writer used to remember the plan as done and skip it from then on).
+    #[tokio::test]
+    async fn a_failed_status_write_is_retried_without_a_new_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            ClusterState::start(Source::Dir(dir.path().into()), [Kind::ServiceBGPStatus])
+                .await
+                .unwrap(),
+        );
+        let name = status_name("n1", "default", "web");
+        let target = dir
+            .path()
+            .join("status/objects/ServiceBGPStatus/metallb-system")
+            .join(format!("{name}.yaml"));
+        // A directory where the file must go: the atomic rename fails until it is gone.
+        std::fs::create_dir_all(target.join("blocker")).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let shutdown = Shutdown::new();
+        let driver = Driver::new(OwnedObjects::new(
+            "bgp-status",
+            state.clone(),
+            rx,
+            planner("metallb-system".into(), "n1".into()),
+        ))
+        .shutdown(shutdown.clone())
+        .retry_policy(RetryPolicy {
+            transient: Some((Duration::from_millis(50), Duration::from_millis(100))),
+            ..RetryPolicy::default()
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move { driver.run(&s).await });
+        let services: PlannedServices = Arc::from(vec![Arc::new(service("web"))]);
+        tx.send_replace(Some(services));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(target.is_dir(), "the write failed so far");
+        std::fs::remove_dir_all(&target).unwrap();
+        // No new plan is sent: only the retry can write it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !target.is_file() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(target.is_file(), "the failed write was retried");
+        shutdown.request("test");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

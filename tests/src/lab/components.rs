@@ -282,7 +282,7 @@ pub fn wait_service_ingress(
     )
 }
 
-/// BGP mode for the demo (issue 6): one BGPPeer per address family of the router (the
+/// BGP mode for the demo: one BGPPeer per address family of the router (the
 /// router's BIRD, [`DemoSite::router_bird_config`], expects a v4 and a v6 session from each
 /// node) and a BGPAdvertisement of the demo pool. Append to the demo manifests.
 pub const DEMO_BGP_MANIFESTS: &str = r#"---

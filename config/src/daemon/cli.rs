@@ -98,7 +98,7 @@ impl CommonArgs {
 
     /// Installs the global tracing subscriber as the flags say.
     pub fn init_logging(&self) {
-        crate::telemetry::init_logging(self.log_format, &self.log_level);
+        super::telemetry::init_logging(self.log_format, &self.log_level);
     }
 }
 

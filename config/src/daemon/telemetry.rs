@@ -2,14 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::LogFormat;
+use super::cli::LogFormat;
+use super::health::Health;
 
 /// Installs the global `tracing` subscriber; a bad filter falls back to `info` with a warning.
 pub fn init_logging(format: LogFormat, filter: &str) {
@@ -24,6 +24,9 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // With stderr closed (`2>&1 | head -1`) tracing would report the failed write with
+        // eprintln!, which panics; the daemon must go on without its logs instead.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -31,21 +34,6 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     };
     if let Some(e) = bad {
         tracing::warn!(filter, error = %e, "invalid --log-level, using info");
-    }
-}
-
-/// Liveness and readiness as the health endpoints report them.
-#[derive(Clone, Debug, Default)]
-pub struct Health {
-    ready: Arc<AtomicBool>,
-}
-
-impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 }
 
@@ -146,13 +134,13 @@ async fn answer(
             respond(&mut stream, "200 OK", "text/plain", "ready\n").await
         }
         "/readyz" => {
-            respond(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                "not ready\n",
-            )
-            .await
+            let waiting = health.not_ready();
+            let body = if waiting.is_empty() {
+                "not ready\n".to_string()
+            } else {
+                format!("not ready: {}\n", waiting.join(", "))
+            };
+            respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await
         }
         _ => {
             respond(
