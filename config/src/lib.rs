@@ -10,5 +10,8 @@ pub mod manifest;
 pub mod model;
 pub mod netlink;
 pub mod state;
+pub mod sys;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
