@@ -40,6 +40,12 @@ pub trait Manifest: Sized {
         to_yaml(self.value())
     }
 
+    /// The manifest as a YAML document introduced by `---`, ready to concatenate into a
+    /// stream.
+    fn document(&self) -> String {
+        format!("---\n{}", self.yaml())
+    }
+
     /// The object the manifest names.
     fn object_ref(&self) -> ObjectRef {
         ObjectRef::of_manifest(self.value()).expect("builders name a known kind")
@@ -363,7 +369,7 @@ impl EndpointSliceBuilder {
 
     /// An endpoint on `node` with `conditions.ready` (`None`: the condition is absent,
     /// which Kubernetes reads as ready).
-    pub fn endpoint(mut self, node: &str, ready: Option<bool>) -> Self {
+    pub fn endpoint(self, node: &str, ready: Option<bool>) -> Self {
         let n = self.0["endpoints"].as_array().map_or(0, Vec::len);
         let address = if self.0["addressType"] == "IPv6" {
             format!("2001:db8:ff::{:x}", n + 1)
