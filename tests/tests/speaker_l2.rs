@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use metalnet::state::{Kind, ObjectRef, dir};
 use metalnet::testing::{AdvertisementBuilder, Manifest, l2_advertisement, pool};
 use metalnet_lab::lab::components::l2_announcers;
-use metalnet_lab::lab::l2site::{self, L2Site, NODES, neighbour_mac, service_yaml};
+use metalnet_lab::lab::l2site::{self, L2Site, NODES, neighbour_mac, service_yaml, site_node};
 use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Process, bins};
 use metalnet_speaker::announce::RESCAN_INTERVAL;
@@ -588,13 +588,10 @@ fn without_gossip_the_node_ready_condition_decides() {
     let cluster = site.state_dir().join("cluster.yaml");
     let text = std::fs::read_to_string(&cluster).unwrap();
     let index = NODES.iter().position(|n| *n == first).unwrap();
-    let marker = format!(
-        "address: 192.0.2.{}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]",
-        11 + index
-    );
-    assert!(text.contains(&marker), "{text}");
-    let not_ready = marker.replace("\"True\"", "\"False\"");
-    std::fs::write(&cluster, text.replace(&marker, &not_ready)).unwrap();
+    let ready = site_node(index).ready().document();
+    assert!(text.contains(&ready), "{text}");
+    let not_ready = site_node(index).not_ready().document();
+    std::fs::write(&cluster, text.replace(&ready, &not_ready)).unwrap();
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
     let second = winner(&rest, ip);
     wait_for("the address to move", STEP, || {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metalnet::state::{ClusterState, Kind, Source};
+use metalnet::testing::{Manifest, service};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{Round, StatusWriter};
@@ -44,12 +45,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn status_objects_and_events_on_the_api() {
     let server = ApiServer::start().await.unwrap();
-    server
-        .apply_yaml(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
-             spec: {type: LoadBalancer, ports: [{port: 80}]}\n",
-        )
-        .unwrap();
+    server.apply_yaml(&service("web").yaml()).unwrap();
     let state = Arc::new(
         ClusterState::start(
             Source::Kube(server.client()),

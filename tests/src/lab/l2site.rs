@@ -9,7 +9,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use metalnet::testing::{AdvertisementBuilder, Manifest, endpoint_slice, node, pool, service};
+use metalnet::testing::{
+    AdvertisementBuilder, Manifest, NodeBuilder, endpoint_slice, node, pool, service,
+};
 
 use super::{DemoSite, Host, Lab, LabError, Process, Result, io_err, wait_for};
 use crate::bins;
@@ -19,19 +21,18 @@ pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 /// Where each speaker serves its metrics, inside its node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:7473";
 
-/// Three Ready Nodes with InternalIPs 192.0.2.11-13; node1 in zone a, the others in zone b.
+/// Node `NODES[index]` with InternalIP 192.0.2.(11 + index), node1 in zone a and the others
+/// in zone b; without conditions.
+pub fn site_node(index: usize) -> NodeBuilder {
+    node(NODES[index])
+        .label("zone", if index == 0 { "a" } else { "b" })
+        .internal_ip(&format!("192.0.2.{}", 11 + index))
+}
+
+/// The three [`site_node`]s, Ready.
 pub fn nodes_yaml() -> String {
-    NODES
-        .iter()
-        .zip(["a", "b", "b"])
-        .enumerate()
-        .map(|(i, (name, zone))| {
-            node(name)
-                .label("zone", zone)
-                .internal_ip(&format!("192.0.2.{}", 11 + i))
-                .ready()
-                .document()
-        })
+    (0..NODES.len())
+        .map(|i| site_node(i).ready().document())
         .collect()
 }
 
