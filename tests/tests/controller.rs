@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
 use metalnet::telemetry::Health;
-use metalnet::testing::{Manifest, ServiceBuilder, pool, service};
+use metalnet::testing::{Manifest, ServiceBuilder, patient, pool, service};
 use metalnet_controller::metrics::Metrics;
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::run;
@@ -62,7 +62,7 @@ fn pool_annotation(snap: &Snapshot, name: &str) -> Option<String> {
 }
 
 async fn wait_for(state: &ClusterState, what: &str, cond: impl Fn(&Snapshot) -> bool) {
-    let waited = tokio::time::timeout(STEP, async {
+    let waited = tokio::time::timeout(patient(STEP), async {
         while !cond(&state.snapshot()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -115,7 +115,7 @@ impl Running {
 
     async fn ready(&self) {
         let health = self.health.clone();
-        tokio::time::timeout(STEP, async move {
+        tokio::time::timeout(patient(STEP), async move {
             while !health.is_ready() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -128,7 +128,7 @@ impl Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        tokio::time::timeout(STEP, &mut self.task)
+        tokio::time::timeout(patient(STEP), &mut self.task)
             .await
             .expect("stops on the shutdown signal")
             .expect("the controller task");
@@ -354,7 +354,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, super::$scenario(DirHarness::new()))
+                    tokio::time::timeout(patient(LIMIT), super::$scenario(DirHarness::new()))
                         .await
                         .expect("bounded");
                 }
@@ -365,7 +365,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, async {
+                    tokio::time::timeout(patient(LIMIT), async {
                         super::$scenario(KubeHarness::new().await).await
                     })
                     .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metalnet::state::{ClusterState, Kind, Source};
-use metalnet::testing::{Manifest, service};
+use metalnet::testing::{Manifest, patient, service};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{Round, StatusWriter};
@@ -33,7 +33,7 @@ fn election(winner: &str) -> ServiceElection {
 }
 
 async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(patient(Duration::from_secs(10)), async {
         while !cond() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

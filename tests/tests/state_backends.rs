@@ -10,7 +10,9 @@ use metalnet::state::{
     ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
     Subscription,
 };
-use metalnet::testing::{METALLB_NS, Manifest, PoolBuilder, ServiceBuilder, node, pool, service};
+use metalnet::testing::{
+    METALLB_NS, Manifest, PoolBuilder, ServiceBuilder, node, patient, pool, service,
+};
 use metalnet_lab::backends::{DirHarness, Harness, KubeHarness};
 use serde_json::{Value, json};
 
@@ -61,7 +63,7 @@ fn node_ref() -> ObjectRef {
 }
 
 async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(STEP, f)
+    tokio::time::timeout(patient(STEP), f)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
@@ -445,7 +447,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, super::$scenario(DirHarness::new()))
+                    tokio::time::timeout(patient(LIMIT), super::$scenario(DirHarness::new()))
                         .await
                         .expect("bounded");
                 }
@@ -456,7 +458,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, async {
+                    tokio::time::timeout(patient(LIMIT), async {
                         super::$scenario(KubeHarness::new().await).await
                     })
                     .await
@@ -479,7 +481,7 @@ both_backends!(
 
 #[tokio::test]
 async fn kube_relist_after_410() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         relist_after_410(KubeHarness::new().await).await
     })
     .await
@@ -488,7 +490,7 @@ async fn kube_relist_after_410() {
 
 #[tokio::test]
 async fn kube_missing_resource_names_it() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         missing_resource_names_it(KubeHarness::new().await).await
     })
     .await
@@ -497,7 +499,7 @@ async fn kube_missing_resource_names_it() {
 
 #[tokio::test]
 async fn kube_drop_stops_watchers() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         drop_stops_watchers(KubeHarness::new().await).await
     })
     .await

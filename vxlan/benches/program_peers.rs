@@ -2,7 +2,7 @@
 //! namespace, and to apply one change at that size (targets: < 1 s and < 10 ms).
 //!
 //! `cargo bench -p metalnet-vxlan --bench program_peers` (root; creates and deletes a
-//! namespace named `mn-vxlan-bench-<pid>-0`). `PEERS=N` changes the size.
+//! namespace named `mnl-vxlan-bench-<pid>-0`). `PEERS=N` changes the size.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

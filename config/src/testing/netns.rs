@@ -28,7 +28,8 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A network namespace `mn-TAG-PID-N` of our own, deleted on drop (also while a failing
+/// A network namespace `mnl-TAG-PID-N` of our own (the `mnl` prefix the suite checks for
+/// leftovers), deleted on drop (also while a failing
 /// test unwinds).
 #[derive(Debug)]
 pub struct Netns {
@@ -46,7 +47,7 @@ impl Netns {
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let ns = Netns {
-            name: format!("mn-{tag}-{}-{n}", std::process::id()),
+            name: format!("mnl-{tag}-{}-{n}", std::process::id()),
         };
         run_ip(&["netns", "add", &ns.name]);
         ns.ip(&["link", "set", "lo", "up"]);
