@@ -517,8 +517,7 @@ mod tests {
                 .json(),
         ];
         for o in &objects {
-            let yaml = o.clone();
-            let text = to_yaml(&yaml);
+            let text = to_yaml(o);
             assert_eq!(
                 &serde_saphyr::from_str::<Value>(&text).unwrap(),
                 o,
@@ -553,6 +552,68 @@ mod tests {
             ),
             (1, 1, 1, 1, 1, 1, 1)
         );
+    }
+
+    /// The builders give the objects the suite's tests used to write out by hand.
+    #[test]
+    fn builders_match_the_hand_written_manifests() {
+        let read = |text: &str| serde_saphyr::from_str::<Value>(text).unwrap();
+        let cases = [
+            (
+                service("web").namespace("shop").json(),
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  \
+                 type: LoadBalancer\n  ports:\n    - port: 80\n",
+            ),
+            (
+                pool("pool-a", ["192.0.2.0/28"]).json(),
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: pool-a\n  \
+                 namespace: metallb-system\nspec:\n  addresses:\n    - 192.0.2.0/28\n",
+            ),
+            (
+                node("node1").json(),
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: node1\n",
+            ),
+            (
+                node("node1")
+                    .label("zone", "a")
+                    .internal_ip("192.0.2.11")
+                    .ready()
+                    .json(),
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: node1\n  labels: {zone: a}\n\
+                 status:\n  addresses: [{type: InternalIP, address: 192.0.2.11}]\n  \
+                 conditions: [{type: Ready, status: \"True\"}]\n",
+            ),
+            (
+                service("web")
+                    .traffic_policy("Cluster")
+                    .families_of(&["192.0.2.200"])
+                    .ingress(["192.0.2.200"])
+                    .json(),
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+                 spec: {type: LoadBalancer, externalTrafficPolicy: Cluster, ipFamilies: [IPv4], ports: [{port: 80}]}\n\
+                 status: {loadBalancer: {ingress: [{ip: \"192.0.2.200\"}]}}\n",
+            ),
+            (
+                endpoint_slice("web").ready_on("node1").json(),
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\n\
+                 addressType: IPv4\nendpoints: [{addresses: [\"10.244.0.1\"], nodeName: node1, conditions: {ready: true}}]\n",
+            ),
+            (
+                l2_advertisement("l2").json(),
+                "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2, namespace: metallb-system}\nspec: {}\n",
+            ),
+            (
+                bgp_peer("router-v4", "192.0.2.1", 64512, 64513)
+                    .hold_time("9s")
+                    .json(),
+                "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: router-v4, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, peerASN: 64513, peerAddress: \"192.0.2.1\", holdTime: 9s}\n",
+            ),
+        ];
+        for (built, by_hand) in cases {
+            assert_eq!(built, read(by_hand), "{by_hand}");
+        }
     }
 
     #[test]
