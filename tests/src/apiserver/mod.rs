@@ -54,10 +54,10 @@ mod store;
 mod verbs;
 mod watch;
 
-use route::*;
-use store::*;
-use verbs::*;
-use watch::*;
+use route::{Route, parse_route, query_params, route_desc};
+use store::{Key, Store, key_of};
+use verbs::{create, delete, get, list, parse_json, patch, replace};
+use watch::start_watch;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 

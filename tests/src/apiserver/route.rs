@@ -5,7 +5,8 @@ use metalnet::state::Kind;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-use super::*;
+use super::Reply;
+use super::store::{Key, has_status_subresource};
 
 /// Where a request goes: a kind's collection, one object, or one object's subresource.
 pub(super) struct Route {

@@ -5,7 +5,7 @@ use metalnet::state::Kind;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::*;
+use super::{RequestRecord, Shared};
 
 /// Kinds whose `.status` is a subresource: written only through `/status`.
 pub(super) fn has_status_subresource(kind: Kind) -> bool {

@@ -6,7 +6,9 @@ use metalnet::state::merge_patch;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-use super::*;
+use super::route::{Filter, Route, check_subresource, route_key};
+use super::store::{has_status_subresource, is_builtin};
+use super::{Reply, Shared};
 
 pub(super) fn parse_json(body: &Bytes) -> Result<Value, Reply> {
     serde_json::from_slice(body)

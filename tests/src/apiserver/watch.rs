@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::*;
+use super::route::{Filter, Route};
+use super::{Body, Reply, Shared, status_object};
 
 pub(super) fn watch_line(type_: &str, object: &Value) -> Bytes {
     let mut line =
