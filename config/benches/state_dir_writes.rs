@@ -8,13 +8,8 @@
 use std::time::{Duration, Instant};
 
 use metalnet::state::{ClusterState, Kind, ObjectRef, Source};
+use metalnet::testing::{Manifest, service};
 use serde_json::json;
-
-fn service_yaml(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n"
-    )
-}
 
 fn ip(i: usize) -> String {
     // 198.18.0.0/15 (benchmarking range): enough addresses for any size run here.
@@ -27,7 +22,7 @@ async fn run(size: usize, max_writes: usize) -> Result<(), Box<dyn std::error::E
     std::fs::create_dir(&services)?;
     for i in 0..size {
         let name = format!("svc-{i:05}");
-        std::fs::write(services.join(format!("{name}.yaml")), service_yaml(&name))?;
+        std::fs::write(services.join(format!("{name}.yaml")), service(&name).yaml())?;
     }
     let started = Instant::now();
     let state = ClusterState::start(Source::Dir(dir.path().to_path_buf()), Kind::ALL).await?;

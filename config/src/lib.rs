@@ -10,4 +10,7 @@ pub mod manifest;
 pub mod model;
 pub mod netlink;
 pub mod state;
+pub mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;

@@ -9,6 +9,7 @@ use metalnet::state::{
     ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
     Subscription, Update,
 };
+use metalnet::testing::{Manifest, pool};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -55,7 +56,7 @@ fn svc(name: &str) -> ObjectRef {
     ObjectRef::new(Kind::Service, Some("default"), name)
 }
 
-fn pool(name: &str) -> ObjectRef {
+fn pool_ref(name: &str) -> ObjectRef {
     ObjectRef::new(Kind::IPAddressPool, Some("metallb-system"), name)
 }
 
@@ -75,12 +76,6 @@ spec:
   - port: 80
 ";
 
-fn pool_yaml(name: &str, addresses: &str) -> String {
-    format!(
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  addresses: {addresses}\n"
-    )
-}
-
 fn changed(refs: &[&ObjectRef]) -> BTreeSet<ObjectRef> {
     refs.iter().map(|r| (*r).clone()).collect()
 }
@@ -91,7 +86,7 @@ async fn initial_load_and_file_changes_reach_subscribers() {
     std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
     std::fs::write(
         dir.path().join("pools.yaml"),
-        pool_yaml("a", "[192.0.2.0/28]"),
+        pool("a", ["192.0.2.0/28"]).yaml(),
     )
     .unwrap();
     let state = start(dir.path()).await;
@@ -102,51 +97,51 @@ async fn initial_load_and_file_changes_reach_subscribers() {
 
     let mut sub = state.subscribe();
     let first = next(&mut sub).await;
-    assert_eq!(first.changed, changed(&[&svc("web"), &pool("a")]));
+    assert_eq!(first.changed, changed(&[&svc("web"), &pool_ref("a")]));
 
     // Added (in a directory created after start).
     std::fs::create_dir(dir.path().join("more")).unwrap();
     write_atomic(
         &dir.path().join("more/b.yaml"),
-        &pool_yaml("b", "[198.51.100.0/28]"),
+        &pool("b", ["198.51.100.0/28"]).yaml(),
     );
     let u = next(&mut sub).await;
-    assert_eq!(u.changed, changed(&[&pool("b")]));
+    assert_eq!(u.changed, changed(&[&pool_ref("b")]));
     assert!(u.snapshot.ip_address_pools.len() == 2);
 
     // Modified in place.
     std::fs::write(
         dir.path().join("pools.yaml"),
-        pool_yaml("a", "[203.0.113.0/28]"),
+        pool("a", ["203.0.113.0/28"]).yaml(),
     )
     .unwrap();
     let u = next(&mut sub).await;
-    assert_eq!(u.changed, changed(&[&pool("a")]));
-    let a = &u.snapshot.ip_address_pools[&pool("a").key()];
+    assert_eq!(u.changed, changed(&[&pool_ref("a")]));
+    let a = &u.snapshot.ip_address_pools[&pool_ref("a").key()];
     assert_eq!(a.spec.addresses, ["203.0.113.0/28"]);
 
     // Deleted.
     std::fs::remove_file(dir.path().join("more/b.yaml")).unwrap();
     let u = next(&mut sub).await;
-    assert_eq!(u.changed, changed(&[&pool("b")]));
+    assert_eq!(u.changed, changed(&[&pool_ref("b")]));
     assert_eq!(u.snapshot.ip_address_pools.len(), 1);
 
     // Renamed in from an ignored name (editor temp file), then a backup file that is ignored.
     std::fs::write(
         dir.path().join("c.yaml~"),
-        pool_yaml("c", "[192.0.2.64/28]"),
+        pool("c", ["192.0.2.64/28"]).yaml(),
     )
     .unwrap();
     std::fs::rename(dir.path().join("c.yaml~"), dir.path().join("c.yaml")).unwrap();
     let u = next(&mut sub).await;
-    assert_eq!(u.changed, changed(&[&pool("c")]));
+    assert_eq!(u.changed, changed(&[&pool_ref("c")]));
 }
 
 #[tokio::test]
 async fn a_broken_edit_keeps_the_previous_version() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pools.yaml");
-    std::fs::write(&file, pool_yaml("a", "[192.0.2.0/28]")).unwrap();
+    std::fs::write(&file, pool("a", ["192.0.2.0/28"]).yaml()).unwrap();
     std::fs::write(
         dir.path().join("broken.yaml"),
         "apiVersion: v1\nkind: Node\nmetadata: {name: [\n",
@@ -172,7 +167,11 @@ async fn a_broken_edit_keeps_the_previous_version() {
         u.changed,
         changed(&[&ObjectRef::new(Kind::Node, None, "n1")])
     );
-    assert!(u.snapshot.ip_address_pools.contains_key(&pool("a").key()));
+    assert!(
+        u.snapshot
+            .ip_address_pools
+            .contains_key(&pool_ref("a").key())
+    );
 }
 
 #[tokio::test]
@@ -417,14 +416,15 @@ async fn an_invalid_pool_is_reported_and_the_others_kept() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("pools.yaml"),
-        pool_yaml("good", "[192.0.2.0/28]") + "---\n" + &pool_yaml("bad", "5"),
+        pool("good", ["192.0.2.0/28"]).document()
+            + &pool("bad", [""; 0]).spec("addresses", json!(5)).document(),
     )
     .unwrap();
     let state = start(dir.path()).await;
     let snap = state.snapshot();
-    assert!(snap.ip_address_pools.contains_key(&pool("good").key()));
-    assert!(!snap.ip_address_pools.contains_key(&pool("bad").key()));
-    let why = &snap.invalid[&pool("bad")];
+    assert!(snap.ip_address_pools.contains_key(&pool_ref("good").key()));
+    assert!(!snap.ip_address_pools.contains_key(&pool_ref("bad").key()));
+    let why = &snap.invalid[&pool_ref("bad")];
     assert!(why.contains("sequence") || why.contains("5"), "{why}");
 }
 

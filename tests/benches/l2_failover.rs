@@ -16,6 +16,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use metalnet::testing::l2_advertisement;
 use metalnet_lab::Process;
 use metalnet_lab::lab::l2site::{L2Site, NODES, site_objects};
 use metalnet_lab::lab::wait_for;
@@ -36,7 +37,7 @@ fn cluster_objects(services: &[(String, String)]) -> String {
         "203.0.113.0/24",
         "2001:db8:0:1::1:0/112",
     ];
-    site_objects(&pool, "{}", &services)
+    site_objects(&pool, l2_advertisement("l2"), &services)
 }
 
 fn winner(candidates: &[&str], ip: &str) -> String {

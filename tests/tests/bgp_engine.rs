@@ -49,8 +49,7 @@ fn have(tool: &str) -> bool {
 }
 
 fn can_run(tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = metalnet::testing::is_root();
     let missing: Vec<_> = tools.iter().filter(|t| !have(t)).collect();
     if !root || !missing.is_empty() {
         eprintln!("skipping: root={root}, missing tools {missing:?}");
@@ -82,34 +81,6 @@ fn site(test: &str) -> Site {
         _lab: lab,
         speaker,
         router,
-    }
-}
-
-/// Runs `body` on a thread inside `host`'s namespace with its own tokio runtime, bounded.
-fn in_host<F, Fut>(host: &Host, body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let ns = format!("/run/netns/{}", host.netns());
-    let t = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(&ns).expect("netns file");
-        // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(150), body())
-                .await
-                .expect("test body timed out");
-        });
-    });
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
     }
 }
 
@@ -336,7 +307,7 @@ fn bird_ebgp_ipv4_ipv6() {
     let site = site("bgp_bird_ebgp");
     let b = bird(&site, ROUTER_AS, None);
     let router: SharedRouter = b.clone();
-    in_host(&site.speaker, move || ebgp_v4_v6(router, None));
+    site.speaker.block_on(move || ebgp_v4_v6(router, None));
 }
 
 #[test]
@@ -348,7 +319,7 @@ fn bird_ibgp_restart_and_graceful_restart() {
     let b = bird(&site, SPEAKER_AS, None);
     let router: SharedRouter = b.clone();
     let rtr = site.router.clone();
-    in_host(&site.speaker, move || async move {
+    site.speaker.block_on(move || async move {
         // BIRD is graceful-restart aware by default, so GR is negotiated.
         let s = ibgp(router.clone(), None, true).await;
         // The router's kernel table has the route via us.
@@ -391,7 +362,7 @@ fn bird_md5_right_and_wrong_password() {
     let site = site("bgp_bird_md5");
     let b = bird(&site, ROUTER_AS, Some("s3cret"));
     let router: SharedRouter = b.clone();
-    in_host(&site.speaker, move || async move {
+    site.speaker.block_on(move || async move {
         let mut wrong = peer_config(ROUTER_V4, ROUTER_AS);
         wrong.password = Some(Password::new("not-it"));
         let w = Session::spawn(wrong);
@@ -421,7 +392,7 @@ fn frr_ebgp_ipv4_ipv6() {
     }
     let site = site("bgp_frr_ebgp");
     let router: SharedRouter = frr(&site, ROUTER_AS, None, false);
-    in_host(&site.speaker, move || ebgp_v4_v6(router, None));
+    site.speaker.block_on(move || ebgp_v4_v6(router, None));
 }
 
 #[test]
@@ -431,7 +402,7 @@ fn frr_ibgp_md5_graceful_restart() {
     }
     let site = site("bgp_frr_ibgp");
     let router: SharedRouter = frr(&site, SPEAKER_AS, Some("s3cret"), true);
-    in_host(&site.speaker, move || async move {
+    site.speaker.block_on(move || async move {
         let s = ibgp(router, Some("s3cret"), true).await;
         s.shutdown().await;
     });
@@ -444,7 +415,8 @@ fn gobgp_ebgp_ipv4_ipv6_md5() {
     }
     let site = site("bgp_gobgp_ebgp");
     let router: SharedRouter = gobgp(&site, ROUTER_AS, Some("s3cret"));
-    in_host(&site.speaker, move || ebgp_v4_v6(router, Some("s3cret")));
+    site.speaker
+        .block_on(move || ebgp_v4_v6(router, Some("s3cret")));
 }
 
 #[test]
@@ -454,7 +426,7 @@ fn gobgp_ibgp() {
     }
     let site = site("bgp_gobgp_ibgp");
     let router: SharedRouter = gobgp(&site, SPEAKER_AS, None);
-    in_host(&site.speaker, move || async move {
+    site.speaker.block_on(move || async move {
         let s = ibgp(router, None, false).await;
         s.shutdown().await;
     });
@@ -567,7 +539,7 @@ fn capture_fixtures() {
             "frr" => frr(&site, ROUTER_AS, None, true),
             _ => gobgp(&site, ROUTER_AS, None),
         };
-        in_host(&site.speaker, move || async move {
+        site.speaker.block_on(move || async move {
             for (family, peer) in [("v4", ROUTER_V4), ("v6", ROUTER_V6)] {
                 let frames = capture(peer, ROUTER_AS).await;
                 assert!(

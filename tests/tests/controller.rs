@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use metalnet::daemon::{Health, Shutdown};
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
+use metalnet::testing::{Manifest, ServiceBuilder, patient, pool, service};
 use metalnet_controller::metrics::Metrics;
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::run;
@@ -30,20 +31,9 @@ fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<(String, String)> {
 
 // ---- objects ------------------------------------------------------------------------------
 
-fn pool(name: &str, addresses: &[&str]) -> String {
-    let list: Vec<String> = addresses.iter().map(|a| format!("    - {a:?}\n")).collect();
-    format!(
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  \
-         namespace: metallb-system\nspec:\n  addresses:\n{}",
-        list.concat()
-    )
-}
-
-fn service(name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  \
-         type: LoadBalancer\n{extra_spec}  ports:\n    - port: 80\n"
-    )
+/// A LoadBalancer Service in the namespace `shop`.
+fn svc(name: &str) -> ServiceBuilder {
+    service(name).namespace("shop")
 }
 
 fn svc_ref(name: &str) -> ObjectRef {
@@ -72,7 +62,7 @@ fn pool_annotation(snap: &Snapshot, name: &str) -> Option<String> {
 }
 
 async fn wait_for(state: &ClusterState, what: &str, cond: impl Fn(&Snapshot) -> bool) {
-    let waited = tokio::time::timeout(STEP, async {
+    let waited = tokio::time::timeout(patient(STEP), async {
         while !cond(&state.snapshot()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -127,7 +117,7 @@ impl Running {
 
     async fn ready(&self) {
         let health = self.health.clone();
-        tokio::time::timeout(STEP, async move {
+        tokio::time::timeout(patient(STEP), async move {
             while !health.is_ready() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -140,7 +130,7 @@ impl Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        tokio::time::timeout(STEP, &mut self.task)
+        tokio::time::timeout(patient(STEP), &mut self.task)
             .await
             .expect("stops on the shutdown signal")
             .expect("the controller task");
@@ -157,15 +147,15 @@ impl Drop for Running {
 
 /// Status and annotation written; a new Service later gets the next address.
 async fn allocates_and_follows_changes(h: impl Harness) {
-    h.put(&pool("a", &["192.0.2.0/30"])).await;
-    h.put(&service("web", "")).await;
+    h.put(&pool("a", ["192.0.2.0/30"]).yaml()).await;
+    h.put(&svc("web").yaml()).await;
     let c = Running::start(&h, Options::default()).await;
     c.ready().await;
     wait_for(&c.state, "web's address", |s| {
         ingress(s, "web") == ["192.0.2.0"] && pool_annotation(s, "web").as_deref() == Some("a")
     })
     .await;
-    h.put(&service("db", "")).await;
+    h.put(&svc("db").yaml()).await;
     wait_for(&c.state, "db's address", |s| {
         ingress(s, "db") == ["192.0.2.1"]
     })
@@ -182,12 +172,11 @@ async fn allocates_and_follows_changes(h: impl Harness) {
 
 /// A second controller (a restart) adopts everything and writes nothing.
 async fn restart_changes_nothing(h: impl Harness) {
-    h.put(&pool("a", &["192.0.2.0/29"])).await;
+    h.put(&pool("a", ["192.0.2.0/29"]).yaml()).await;
     for name in ["a1", "a2", "a3"] {
-        h.put(&service(name, "")).await;
+        h.put(&svc(name).yaml()).await;
     }
-    h.put(&service("fixed", "  loadBalancerIP: 192.0.2.5\n"))
-        .await;
+    h.put(&svc("fixed").lb_ip("192.0.2.5").yaml()).await;
     let state = h.open(&run::KINDS).await;
     let first = run::reconcile_once(&state, &Options::default(), &Shutdown::new())
         .await
@@ -212,17 +201,15 @@ async fn restart_changes_nothing(h: impl Harness) {
 /// Shrinking a pool takes addresses only from the Services whose address left it, with an
 /// event saying why.
 async fn pool_shrink_frees_only_affected(h: impl Harness) {
-    h.put(&pool("a", &["192.0.2.0/30"])).await;
-    h.put(&service("keep", "  loadBalancerIP: 192.0.2.1\n"))
-        .await;
-    h.put(&service("lose", "  loadBalancerIP: 192.0.2.3\n"))
-        .await;
+    h.put(&pool("a", ["192.0.2.0/30"]).yaml()).await;
+    h.put(&svc("keep").lb_ip("192.0.2.1").yaml()).await;
+    h.put(&svc("lose").lb_ip("192.0.2.3").yaml()).await;
     let c = Running::start(&h, Options::default()).await;
     wait_for(&c.state, "both addresses", |s| {
         ingress(s, "keep") == ["192.0.2.1"] && ingress(s, "lose") == ["192.0.2.3"]
     })
     .await;
-    h.put(&pool("a", &["192.0.2.0/31"])).await;
+    h.put(&pool("a", ["192.0.2.0/31"]).yaml()).await;
     wait_for(&c.state, "lose's address cleared", |s| {
         ingress(s, "lose").is_empty() && pool_annotation(s, "lose").is_none()
     })
@@ -250,9 +237,9 @@ async fn pool_shrink_frees_only_affected(h: impl Harness) {
 /// An invalid pool is reported and ignored; a pool turning invalid keeps its last valid
 /// version, so no address is removed.
 async fn invalid_pools_take_nothing_away(h: impl Harness) {
-    h.put(&pool("good", &["192.0.2.0/30"])).await;
-    h.put(&pool("broken", &["not-an-address"])).await;
-    h.put(&service("web", "")).await;
+    h.put(&pool("good", ["192.0.2.0/30"]).yaml()).await;
+    h.put(&pool("broken", ["not-an-address"]).yaml()).await;
+    h.put(&svc("web").yaml()).await;
     let c = Running::start(&h, Options::default()).await;
     wait_for(&c.state, "web's address from the good pool", |s| {
         ingress(s, "web") == ["192.0.2.0"]
@@ -266,9 +253,10 @@ async fn invalid_pools_take_nothing_away(h: impl Harness) {
         "{broken:?}"
     );
     // The good pool turns invalid: web keeps its address; a new Service still gets one.
-    h.put(&pool("good", &["192.0.2.0/30", "192.0.2.999"])).await;
+    h.put(&pool("good", ["192.0.2.0/30", "192.0.2.999"]).yaml())
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    h.put(&service("late", "")).await;
+    h.put(&svc("late").yaml()).await;
     wait_for(&c.state, "late's address from the last valid pool", |s| {
         ingress(s, "late") == ["192.0.2.1"]
     })
@@ -287,20 +275,19 @@ async fn invalid_pools_take_nothing_away(h: impl Harness) {
 /// A Service that stops being a LoadBalancer, or is deleted, frees its address (a waiting
 /// Service gets it) and its status is cleared.
 async fn type_change_and_delete_free_addresses(h: impl Harness) {
-    h.put(&pool("a", &["192.0.2.0/32"])).await;
-    h.put(&service("first", "")).await;
+    h.put(&pool("a", ["192.0.2.0/32"]).yaml()).await;
+    h.put(&svc("first").yaml()).await;
     let c = Running::start(&h, Options::default()).await;
     wait_for(&c.state, "first's address", |s| {
         ingress(s, "first") == ["192.0.2.0"]
     })
     .await;
-    h.put(&service("second", "")).await;
+    h.put(&svc("second").yaml()).await;
     wait_for(&c.state, "second waiting", |_| true).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(ingress(&c.state.snapshot(), "second").is_empty());
     // first becomes a ClusterIP Service: cleared, and second gets the address.
-    h.put(&service("first", "").replace("type: LoadBalancer", "type: ClusterIP"))
-        .await;
+    h.put(&svc("first").type_("ClusterIP").yaml()).await;
     wait_for(&c.state, "the address moved to second", |s| {
         ingress(s, "first").is_empty()
             && pool_annotation(s, "first").is_none()
@@ -308,7 +295,7 @@ async fn type_change_and_delete_free_addresses(h: impl Harness) {
     })
     .await;
     // second is deleted: a third Service gets the address.
-    h.put(&service("third", "")).await;
+    h.put(&svc("third").yaml()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     h.delete(&svc_ref("second")).await;
     wait_for(&c.state, "the address moved to third", |s| {
@@ -320,12 +307,13 @@ async fn type_change_and_delete_free_addresses(h: impl Harness) {
 
 /// Services of another class are never touched; `--lb-class` serves exactly that class.
 async fn other_classes_untouched(h: impl Harness) {
-    h.put(&pool("a", &["192.0.2.0/30"])).await;
-    h.put(&service("plain", "")).await;
-    h.put(&service(
-        "classed",
-        "  loadBalancerClass: example.com/other\n",
-    ))
+    h.put(&pool("a", ["192.0.2.0/30"]).yaml()).await;
+    h.put(&svc("plain").yaml()).await;
+    h.put(
+        &svc("classed")
+            .spec("loadBalancerClass", "example.com/other".into())
+            .yaml(),
+    )
     .await;
     let state = h.open(&run::KINDS).await;
     run::reconcile_once(&state, &Options::default(), &Shutdown::new())
@@ -368,7 +356,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, super::$scenario(DirHarness::new()))
+                    tokio::time::timeout(patient(LIMIT), super::$scenario(DirHarness::new()))
                         .await
                         .expect("bounded");
                 }
@@ -379,7 +367,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, async {
+                    tokio::time::timeout(patient(LIMIT), async {
                         super::$scenario(KubeHarness::new().await).await
                     })
                     .await

@@ -8,49 +8,46 @@
 
 use std::time::{Duration, Instant};
 
+use metalnet::testing::{
+    Manifest, PeerBuilder, bgp_advertisement, bgp_peer, endpoint_slice, node, pool, service,
+};
 use metalnet_lab::lab::components;
 use metalnet_lab::lab::demo::{NODE_ASN, ROUTER_ASN, ROUTER_SITE_V4, node_v4, node_v6};
-use metalnet_lab::lab::l2site::{self, service_yaml};
+use metalnet_lab::lab::l2site::service_yaml;
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, Community, DemoSite, Frr, FrrConfig, Gobgp, GobgpConfig, Lab,
     LargeCommunity, Route, wait_for,
 };
 use metalnet_lab::{Host, Process, bins};
+use serde_json::json;
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 const STEP: Duration = Duration::from_secs(20);
 
 /// Three Ready nodes with v4 and v6 InternalIPs.
 fn nodes_yaml() -> String {
-    let mut out = String::new();
-    for (i, name) in NODES.iter().enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\n\
-             status:\n  addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]\n  \
-             conditions: [{{type: Ready, status: \"True\"}}]\n",
-            node_v4(i),
-            node_v6(i)
-        ));
-    }
-    out
+    NODES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            node(name)
+                .label("kubernetes.io/hostname", name)
+                .internal_ip(&node_v4(i))
+                .internal_ip(&node_v6(i))
+                .ready()
+                .document()
+        })
+        .collect()
 }
 
 /// The pool every test announces from.
 fn pool_yaml() -> String {
-    l2site::pool_yaml("site", &["192.0.2.192/26", "2001:db8:0:1::200/124"])
+    pool("site", ["192.0.2.192/26", "2001:db8:0:1::200/124"]).document()
 }
 
-fn peer_yaml(name: &str, address: &str, my_asn: u32, peer_asn: u32, extra: &str) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
-         spec: {{myASN: {my_asn}, peerASN: {peer_asn}, peerAddress: \"{address}\", holdTime: 9s{extra}}}\n"
-    )
-}
-
-fn advertisement_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
-    )
+/// A BGPPeer with a 9 s hold time.
+fn peer(name: &str, address: &str, my_asn: u32, peer_asn: u32) -> PeerBuilder {
+    bgp_peer(name, address, my_asn, peer_asn).hold_time("9s")
 }
 
 fn host_cidr(ip: &str) -> String {
@@ -196,12 +193,11 @@ fn objects_demo(extra: &str) -> String {
     format!(
         "{}{}{}{}{}",
         pool_yaml(),
-        peer_yaml("router-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN, ""),
-        peer_yaml("router-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
-        advertisement_yaml(
-            "demo",
-            "{communities: [\"64513:100\", \"large:64513:1:2\"]}"
-        ),
+        peer("router-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN).document(),
+        peer("router-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN).document(),
+        bgp_advertisement("demo")
+            .spec("communities", json!(["64513:100", "large:64513:1:2"]))
+            .document(),
         extra
     )
 }
@@ -400,14 +396,10 @@ fn bird_graceful_restart_keeps_routes_across_speaker_restarts() {
         format!(
             "{}{}{}{}{}",
             pool_yaml(),
-            peer_yaml(
-                "router-v4",
-                ROUTER_SITE_V4,
-                NODE_ASN,
-                ROUTER_ASN,
-                ", enableGracefulRestart: true"
-            ),
-            advertisement_yaml("gr", "{}"),
+            peer("router-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN)
+                .spec("enableGracefulRestart", json!(true))
+                .document(),
+            bgp_advertisement("gr").document(),
             service_yaml("kept", &["192.0.2.232"], "Cluster", &NODES),
             if with_gone {
                 service_yaml("gone", &["192.0.2.233"], "Cluster", &NODES)
@@ -519,14 +511,16 @@ fn frr_ibgp_with_md5_local_pref_and_a_wrong_password() {
         "{}{}{}{}{}",
         pool_yaml(),
         secret,
-        peer_yaml(
-            "frr",
-            ROUTER_SITE_V4,
-            NODE_ASN,
-            NODE_ASN,
-            ", passwordSecret: {name: bgp-md5, namespace: metallb-system}"
-        ),
-        advertisement_yaml("pref", "{localPref: 250, communities: [\"64513:250\"]}"),
+        peer("frr", ROUTER_SITE_V4, NODE_ASN, NODE_ASN)
+            .spec(
+                "passwordSecret",
+                json!({"name": "bgp-md5", "namespace": "metallb-system"})
+            )
+            .document(),
+        bgp_advertisement("pref")
+            .spec("localPref", json!(250))
+            .spec("communities", json!(["64513:250"]))
+            .document(),
         service_yaml("web", &[vip], "Cluster", &NODES),
     ));
     let _speakers = site.start_all();
@@ -608,29 +602,23 @@ fn frr_dynamic_asn_external_and_a_wrong_kind() {
         cfg.neighbors.push(n);
     }
     let frr = Frr::start(&site.demo.router, cfg).unwrap();
-    let on = |nodes: &str| {
-        format!(
-            ", nodeSelectors: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{nodes}]}}]}}]"
-        )
+    let on = |nodes: &[&str]| {
+        json!([{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}
+        ]}])
     };
     site.write(&format!(
         "{}{}{}{}{}",
         pool_yaml(),
-        peer_yaml(
-            "frr-ext",
-            ROUTER_SITE_V4,
-            NODE_ASN,
-            0,
-            &format!(", dynamicASN: external{}", on("node1, node2"))
-        ),
-        peer_yaml(
-            "frr-int",
-            ROUTER_SITE_V4,
-            NODE_ASN,
-            0,
-            &format!(", dynamicASN: internal{}", on("node3"))
-        ),
-        advertisement_yaml("dyn", "{}"),
+        peer("frr-ext", ROUTER_SITE_V4, NODE_ASN, 0)
+            .spec("dynamicASN", json!("external"))
+            .spec("nodeSelectors", on(&["node1", "node2"]))
+            .document(),
+        peer("frr-int", ROUTER_SITE_V4, NODE_ASN, 0)
+            .spec("dynamicASN", json!("internal"))
+            .spec("nodeSelectors", on(&["node3"]))
+            .document(),
+        bgp_advertisement("dyn").document(),
         service_yaml("web", &[vip], "Cluster", &NODES),
     ));
     let _speakers = site.start_all();
@@ -673,12 +661,13 @@ fn gobgp_ebgp_v4_and_v6_with_aggregation() {
         format!(
             "{}{}{}{}{}",
             pool_yaml(),
-            peer_yaml("gobgp-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN, ""),
-            peer_yaml("gobgp-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
-            advertisement_yaml(
-                "agg",
-                "{aggregationLength: 27, aggregationLengthV6: 124, communities: [\"64513:7\"]}"
-            ),
+            peer("gobgp-v4", ROUTER_SITE_V4, NODE_ASN, ROUTER_ASN).document(),
+            peer("gobgp-v6", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN).document(),
+            bgp_advertisement("agg")
+                .spec("aggregationLength", json!(27))
+                .spec("aggregationLengthV6", json!(124))
+                .spec("communities", json!(["64513:7"]))
+                .document(),
             if with_service {
                 service_yaml("web", &[v4, v6], "Cluster", &NODES)
             } else {
@@ -843,14 +832,13 @@ fn time_until_all(bird: &Bird, protocol: &str, n: usize, t0: Instant) -> (Durati
 }
 
 fn bench_service(i: usize, ip: &std::net::Ipv6Addr) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
-         addressType: IPv6\nendpoints: [{{addresses: [\"2001:db8:ff::1\"], nodeName: node1, conditions: {{ready: true}}}}]\n"
-    )
+    let name = format!("s{i}");
+    let slice = endpoint_slice(&name).address_type("IPv6").endpoint_at(
+        "2001:db8:ff::1",
+        "node1",
+        Some(true),
+    );
+    service(&name).ingress([ip.to_string()]).document() + &slice.document()
 }
 
 #[test]
@@ -933,11 +921,8 @@ fn bench_announce_10000_routes_to_bird_vs_gobgp() {
     // metalnet-speaker: the Services are loaded; the BGPPeer appears at t0.
     let state = tempfile::tempdir().unwrap();
     let mut objects = nodes_yaml();
-    objects.push_str(
-        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: bench, namespace: metallb-system}\n\
-         spec: {addresses: [\"2001:db8:100::/112\"]}\n",
-    );
-    objects.push_str(&advertisement_yaml("bench", "{}"));
+    objects.push_str(&pool("bench", ["2001:db8:100::/112"]).document());
+    objects.push_str(&bgp_advertisement("bench").document());
     for (i, a) in addrs.iter().enumerate() {
         objects.push_str(&bench_service(i, a));
     }
@@ -963,15 +948,15 @@ fn bench_announce_10000_routes_to_bird_vs_gobgp() {
         .unwrap();
     // Let it load and plan the Services (its status writes settle down too).
     std::thread::sleep(Duration::from_secs(10));
-    let peer = state.path().join("peer.yaml");
+    let peer_file = state.path().join("peer.yaml");
     let tmp = state.path().join(".peer.tmp");
     std::fs::write(
         &tmp,
-        peer_yaml("router", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN, ""),
+        peer("router", "2001:db8:0:1::1", NODE_ASN, ROUTER_ASN).document(),
     )
     .unwrap();
     let t0 = Instant::now();
-    std::fs::rename(&tmp, &peer).unwrap();
+    std::fs::rename(&tmp, &peer_file).unwrap();
     let (s_est, s_all) = time_until_all(&bird, "speaker", n, t0);
 
     // Latency: a new Service with its address, until the route is in BIRD's table.

@@ -11,14 +11,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metalnet::state::{Kind, ObjectRef, dir};
+use metalnet::testing::{AdvertisementBuilder, Manifest, l2_advertisement, pool};
 use metalnet_lab::lab::components::l2_announcers;
-use metalnet_lab::lab::l2site::{
-    self, L2Site, NODES, l2_yaml, neighbour_mac, pool_yaml, service_yaml,
-};
+use metalnet_lab::lab::l2site::{self, L2Site, NODES, neighbour_mac, service_yaml, site_node};
 use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Process, bins};
 use metalnet_speaker::announce::RESCAN_INTERVAL;
 use metalnet_speaker::election::first_ranked;
+use serde_json::json;
 
 const STEP: Duration = Duration::from_secs(15);
 
@@ -58,9 +58,9 @@ impl Site {
     }
 }
 
-/// The pool `site` (192.0.2.200-250) advertised with `l2_spec`, and the Services.
-fn site_objects(l2_spec: &str, services: &[(&str, &str)]) -> String {
-    l2site::site_objects(&["192.0.2.200-192.0.2.250"], l2_spec, services)
+/// The pool `site` (192.0.2.200-250) advertised by `l2`, and the Services.
+fn site_objects(l2: AdvertisementBuilder, services: &[(&str, &str)]) -> String {
+    l2site::site_objects(&["192.0.2.200-192.0.2.250"], l2, services)
 }
 
 /// Waits until `ip` is answered from the client, and returns the MACs of a 3-request run.
@@ -103,7 +103,7 @@ fn address_won_by_another(other_ip: &str, first: u8) -> String {
 fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     let ip_a = "192.0.2.200";
     let ip_b = address_won_by_another(ip_a, 201);
-    let objects = site_objects("{}", &[("web", ip_a), ("db", &ip_b)]);
+    let objects = site_objects(l2_advertisement("l2"), &[("web", ip_a), ("db", &ip_b)]);
     let site = Site::new("l2_arping", &objects, &[]);
     let _speakers = site.start_all(&[]);
 
@@ -214,8 +214,8 @@ fn ndisc6_gets_one_answer_from_the_elected_node() {
     let ip = "2001:db8:0:1::200";
     let objects = format!(
         "{}{}{}",
-        pool_yaml("site6", &["2001:db8:0:1::200/125"]),
-        l2_yaml("l2", "{}"),
+        pool("site6", ["2001:db8:0:1::200/125"]).document(),
+        l2_advertisement("l2").document(),
         service_yaml("web6", &[ip], "Cluster", &["node1"]),
     );
     let site = Site::new("l2_ndisc6", &objects, &[]);
@@ -281,17 +281,20 @@ fn node_selectors_interfaces_and_local_policy_restrict_who_answers() {
     let eth1_ip = "203.0.113.200";
     let objects = format!(
         "{}{}{}{}{}{}{}{}{}",
-        pool_yaml("zoned", &["192.0.2.210-192.0.2.219"]),
-        l2_yaml(
-            "zone-b",
-            "{ipAddressPools: [zoned], nodeSelectors: [{matchLabels: {zone: b}}]}"
-        ),
+        pool("zoned", ["192.0.2.210-192.0.2.219"]).document(),
+        l2_advertisement("zone-b")
+            .pools(["zoned"])
+            .node_selector(json!({"zone": "b"}))
+            .document(),
         service_yaml("zoned", &[&selected_ip], "Cluster", &["node1"]),
-        pool_yaml("main", &["192.0.2.220-192.0.2.229"]),
-        l2_yaml("main", "{ipAddressPools: [main]}"),
+        pool("main", ["192.0.2.220-192.0.2.229"]).document(),
+        l2_advertisement("main").pools(["main"]).document(),
         service_yaml("local", &[&local_ip], "Local", &["node3"]),
-        pool_yaml("second", &["203.0.113.200/29"]),
-        l2_yaml("second", "{ipAddressPools: [second], interfaces: [eth1]}"),
+        pool("second", ["203.0.113.200/29"]).document(),
+        l2_advertisement("second")
+            .pools(["second"])
+            .interfaces(["eth1"])
+            .document(),
         service_yaml("second", &[eth1_ip], "Cluster", &["node1"]),
     );
     let site = Site::new("l2_restrict", &objects, &[]);
@@ -348,7 +351,10 @@ fn service_events(site: &Site, name: &str) -> Vec<serde_json::Value> {
 #[test]
 fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
     let ip = "192.0.2.200";
-    let objects = site_objects("{interfaces: [does-not-exist]}", &[("web", ip)]);
+    let objects = site_objects(
+        l2_advertisement("l2").interfaces(["does-not-exist"]),
+        &[("web", ip)],
+    );
     let site = Site::new("l2_missing_if", &objects, &[]);
     let _speakers = site.start_all(&[]);
     let w = winner(&NODES, ip);
@@ -429,7 +435,7 @@ fn missing_interfaces_give_an_announce_failed_event_once_and_no_status() {
 #[test]
 fn sigkill_of_the_announcing_speaker_moves_the_address() {
     let ip = "192.0.2.200";
-    let objects = site_objects("{}", &[("web", ip)]);
+    let objects = site_objects(l2_advertisement("l2"), &[("web", ip)]);
     let site = Site::new("l2_sigkill", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
@@ -475,7 +481,7 @@ fn sigkill_of_the_announcing_speaker_moves_the_address() {
 fn sigterm_hands_over_without_a_gap_and_a_restart_takes_back_without_flap() {
     let ip = "192.0.2.200";
     let other_ip = address_won_by_another(ip, 201);
-    let objects = site_objects("{}", &[("web", ip), ("db", &other_ip)]);
+    let objects = site_objects(l2_advertisement("l2"), &[("web", ip), ("db", &other_ip)]);
     let site = Site::new("l2_sigterm", &objects, &[ip]);
     let speakers = site.start_all(&[]);
     let first = winner(&NODES, ip);
@@ -568,7 +574,7 @@ fn gratuitous_count(metrics: &str, ip: &str) -> u64 {
 #[test]
 fn without_gossip_the_node_ready_condition_decides() {
     let ip = "192.0.2.200";
-    let objects = site_objects("{}", &[("web", ip)]);
+    let objects = site_objects(l2_advertisement("l2"), &[("web", ip)]);
     let site = Site::new("l2_no_gossip", &objects, &[]);
     let _speakers = site.start_all(&["--gossip", "off"]);
     let first = winner(&NODES, ip);
@@ -582,13 +588,10 @@ fn without_gossip_the_node_ready_condition_decides() {
     let cluster = site.state_dir().join("cluster.yaml");
     let text = std::fs::read_to_string(&cluster).unwrap();
     let index = NODES.iter().position(|n| *n == first).unwrap();
-    let marker = format!(
-        "address: 192.0.2.{}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]",
-        11 + index
-    );
-    assert!(text.contains(&marker), "{text}");
-    let not_ready = marker.replace("\"True\"", "\"False\"");
-    std::fs::write(&cluster, text.replace(&marker, &not_ready)).unwrap();
+    let ready = site_node(index).ready().document();
+    assert!(text.contains(&ready), "{text}");
+    let not_ready = site_node(index).not_ready().document();
+    std::fs::write(&cluster, text.replace(&ready, &not_ready)).unwrap();
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != first).collect();
     let second = winner(&rest, ip);
     wait_for("the address to move", STEP, || {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use metalnet::daemon::{Driver, OwnedObjects, Shutdown};
 use metalnet::state::{ClusterState, Kind, Source};
+use metalnet::testing::{Manifest, patient, service};
 use metalnet_lab::apiserver::ApiServer;
 use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{L2StatusPlanner, Round};
@@ -33,7 +34,7 @@ fn election(winner: &str) -> ServiceElection {
 }
 
 async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(patient(Duration::from_secs(10)), async {
         while !cond() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -45,12 +46,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn status_objects_and_events_on_the_api() {
     let server = ApiServer::start().await.unwrap();
-    server
-        .apply_yaml(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
-             spec: {type: LoadBalancer, ports: [{port: 80}]}\n",
-        )
-        .unwrap();
+    server.apply_yaml(&service("web").yaml()).unwrap();
     let state = Arc::new(
         ClusterState::start(
             Source::Kube(server.client()),

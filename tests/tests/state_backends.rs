@@ -10,6 +10,9 @@ use metalnet::state::{
     ClusterState, EventRecord, EventType, Kind, MetadataPatch, ObjectRef, Snapshot, Source,
     Subscription,
 };
+use metalnet::testing::{
+    METALLB_NS, Manifest, PoolBuilder, ServiceBuilder, node, patient, pool, service,
+};
 use metalnet_lab::backends::{DirHarness, Harness, KubeHarness};
 use serde_json::{Value, json};
 
@@ -37,54 +40,30 @@ fn summarize(events: impl IntoIterator<Item = Value>) -> Vec<EventSummary> {
     v
 }
 
-const SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-spec:
-  type: LoadBalancer
-  ports:
-    - port: 80
-";
+/// The Service every scenario allocates for.
+fn web() -> ServiceBuilder {
+    service("web").namespace("shop")
+}
 
-const POOL: &str = "\
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: pool-a
-  namespace: metallb-system
-spec:
-  addresses:
-    - 192.0.2.0/28
-";
-
-const NODE: &str = "\
-apiVersion: v1
-kind: Node
-metadata:
-  name: node1
-";
+/// The pool every scenario allocates from.
+fn pool_a() -> PoolBuilder {
+    pool("pool-a", ["192.0.2.0/28"])
+}
 
 fn service_ref() -> ObjectRef {
-    ObjectRef::new(Kind::Service, Some("shop"), "web")
+    web().object_ref()
 }
 
 fn pool_ref(name: &str) -> ObjectRef {
-    ObjectRef::new(Kind::IPAddressPool, Some("metallb-system"), name)
+    ObjectRef::new(Kind::IPAddressPool, Some(METALLB_NS), name)
 }
 
 fn node_ref() -> ObjectRef {
-    ObjectRef::new(Kind::Node, None, "node1")
-}
-
-fn pool_yaml(name: &str, cidr: &str) -> String {
-    POOL.replace("pool-a", name).replace("192.0.2.0/28", cidr)
+    node("node1").object_ref()
 }
 
 async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(STEP, f)
+    tokio::time::timeout(patient(STEP), f)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
@@ -130,9 +109,9 @@ fn ingress_ips(snap: &Snapshot, obj: &ObjectRef) -> Vec<String> {
 // ---- the scenarios -----------------------------------------------------------------------
 
 async fn initial_load(h: impl Harness) {
-    h.put(SERVICE).await;
-    h.put(POOL).await;
-    h.put(NODE).await;
+    h.put(&web().yaml()).await;
+    h.put(&pool_a().yaml()).await;
+    h.put(&node("node1").yaml()).await;
     let state = h.open(&Kind::ALL).await;
     let snap = state.snapshot();
     assert!(snap.services.contains_key(&service_ref().key()));
@@ -146,9 +125,9 @@ async fn initial_load(h: impl Harness) {
 }
 
 async fn subscriber_sees_exact_changes(h: impl Harness) {
-    h.put(SERVICE).await;
-    h.put(POOL).await;
-    h.put(NODE).await;
+    h.put(&web().yaml()).await;
+    h.put(&pool_a().yaml()).await;
+    h.put(&node("node1").yaml()).await;
     let state = h.open(&Kind::ALL).await;
     let mut sub = state.subscribe();
     assert_eq!(
@@ -156,14 +135,14 @@ async fn subscriber_sees_exact_changes(h: impl Harness) {
         BTreeSet::from([service_ref(), pool_ref("pool-a"), node_ref()])
     );
 
-    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
+    h.put(&pool("pool-b", ["198.51.100.0/28"]).yaml()).await;
     assert_eq!(
         next_changed(&mut sub, "an added pool").await,
         BTreeSet::from([pool_ref("pool-b")])
     );
     assert_eq!(state.snapshot().ip_address_pools.len(), 2);
 
-    h.put(&pool_yaml("pool-a", "203.0.113.0/28")).await;
+    h.put(&pool("pool-a", ["203.0.113.0/28"]).yaml()).await;
     assert_eq!(
         next_changed(&mut sub, "a modified pool").await,
         BTreeSet::from([pool_ref("pool-a")])
@@ -185,7 +164,7 @@ async fn subscriber_sees_exact_changes(h: impl Harness) {
 }
 
 async fn patch_status_persists(h: impl Harness) {
-    h.put(SERVICE).await;
+    h.put(&web().yaml()).await;
     let svc = service_ref();
     {
         let state = h.open(&Kind::ALL).await;
@@ -214,7 +193,7 @@ async fn patch_status_persists(h: impl Harness) {
 }
 
 async fn patch_metadata_sets_and_removes(h: impl Harness) {
-    h.put(SERVICE).await;
+    h.put(&web().yaml()).await;
     let svc = service_ref();
     let state = h.open(&Kind::ALL).await;
     let annotation = |s: &Snapshot| {
@@ -244,7 +223,7 @@ async fn patch_metadata_sets_and_removes(h: impl Harness) {
 }
 
 async fn apply_and_delete_owned_object(h: impl Harness) {
-    h.put(SERVICE).await;
+    h.put(&web().yaml()).await;
     let state = h.open(&Kind::ALL).await;
     let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("shop"), "l2-web-node1");
     let value = |node: &str| {
@@ -297,7 +276,7 @@ async fn apply_and_delete_owned_object(h: impl Harness) {
 }
 
 async fn record_event_counts_repeats(h: impl Harness) {
-    h.put(SERVICE).await;
+    h.put(&web().yaml()).await;
     let svc = service_ref();
     let state = h.open(&Kind::ALL).await;
     let allocated = EventRecord {
@@ -340,17 +319,12 @@ async fn record_event_counts_repeats(h: impl Harness) {
 }
 
 async fn invalid_pool_is_reported_not_fatal(h: impl Harness) {
-    h.put(POOL).await;
+    h.put(&pool_a().yaml()).await;
+    // `addresses` must be a list.
     h.put(
-        "\
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: broken
-  namespace: metallb-system
-spec:
-  addresses: 192.0.2.64/28
-",
+        &pool("broken", [""; 0])
+            .spec("addresses", json!("192.0.2.64/28"))
+            .yaml(),
     )
     .await;
     let state = h.open(&Kind::ALL).await;
@@ -374,15 +348,15 @@ spec:
 /// Kubernetes only: after the watch history is compacted, the watchers get 410 Gone, relist,
 /// and report exactly what changed meanwhile: nothing lost, nothing repeated.
 async fn relist_after_410(h: KubeHarness) {
-    h.put(SERVICE).await;
-    h.put(POOL).await;
-    h.put(NODE).await;
+    h.put(&web().yaml()).await;
+    h.put(&pool_a().yaml()).await;
+    h.put(&node("node1").yaml()).await;
     let state = h.open(&Kind::ALL).await;
     let mut sub = state.subscribe();
     next_changed(&mut sub, "the initial update").await;
 
     h.server.compact();
-    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
+    h.put(&pool("pool-b", ["198.51.100.0/28"]).yaml()).await;
     h.delete(&service_ref()).await;
 
     let want = BTreeSet::from([pool_ref("pool-b"), service_ref()]);
@@ -417,7 +391,7 @@ async fn relist_after_410(h: KubeHarness) {
     assert_eq!(snap.nodes.len(), 1);
 
     // The watches are live again.
-    h.put(&pool_yaml("pool-c", "203.0.113.0/28")).await;
+    h.put(&pool("pool-c", ["203.0.113.0/28"]).yaml()).await;
     assert_eq!(
         next_changed(&mut sub, "a change after the relist").await,
         BTreeSet::from([pool_ref("pool-c")])
@@ -446,14 +420,14 @@ async fn missing_resource_names_it(h: KubeHarness) {
 
 /// Kubernetes only: dropping the state stops its watchers (no more requests).
 async fn drop_stops_watchers(h: KubeHarness) {
-    h.put(POOL).await;
+    h.put(&pool_a().yaml()).await;
     let state = h.open(&Kind::ALL).await;
     drop(state);
     // Give aborted tasks a moment, then nothing may come back even when provoked.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = h.server.requests().len();
     h.server.compact();
-    h.put(&pool_yaml("pool-b", "198.51.100.0/28")).await;
+    h.put(&pool("pool-b", ["198.51.100.0/28"]).yaml()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = h.server.requests();
     assert_eq!(
@@ -473,7 +447,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, super::$scenario(DirHarness::new()))
+                    tokio::time::timeout(patient(LIMIT), super::$scenario(DirHarness::new()))
                         .await
                         .expect("bounded");
                 }
@@ -484,7 +458,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    tokio::time::timeout(LIMIT, async {
+                    tokio::time::timeout(patient(LIMIT), async {
                         super::$scenario(KubeHarness::new().await).await
                     })
                     .await
@@ -507,7 +481,7 @@ both_backends!(
 
 #[tokio::test]
 async fn kube_relist_after_410() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         relist_after_410(KubeHarness::new().await).await
     })
     .await
@@ -516,7 +490,7 @@ async fn kube_relist_after_410() {
 
 #[tokio::test]
 async fn kube_missing_resource_names_it() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         missing_resource_names_it(KubeHarness::new().await).await
     })
     .await
@@ -525,7 +499,7 @@ async fn kube_missing_resource_names_it() {
 
 #[tokio::test]
 async fn kube_drop_stops_watchers() {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(patient(LIMIT), async {
         drop_stops_watchers(KubeHarness::new().await).await
     })
     .await

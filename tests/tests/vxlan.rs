@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metalnet::testing::{Manifest, node};
 use metalnet_lab::lab::pods::{self, Pod};
 use metalnet_lab::lab::{Host, Lab, Process, Switch, wait_for};
 
@@ -86,15 +87,17 @@ impl Cluster {
 
     fn write_node(&self, i: usize, pod_cidrs: bool, annotations: &BTreeMap<&str, String>) {
         let n = &self.nodes[i];
-        let v = if pod_cidrs {
-            serde_json::json!({"apiVersion":"v1","kind":"Node",
-                "metadata":{"name": n.name, "annotations": annotations},
-                "spec":{"podCIDR": n.cidr4, "podCIDRs":[n.cidr4, n.cidr6]}})
-        } else {
-            serde_json::json!({"apiVersion":"v1","kind":"Node",
-                "metadata":{"name": n.name, "annotations": annotations}})
-        };
-        std::fs::write(self.state.join(format!("{}.json", n.name)), v.to_string()).unwrap();
+        let mut v = annotations
+            .iter()
+            .fold(node(&n.name), |v, (k, a)| v.annotation(k, a));
+        if pod_cidrs {
+            v = v.pod_cidrs([&n.cidr4, &n.cidr6]);
+        }
+        std::fs::write(
+            self.state.join(format!("{}.json", n.name)),
+            v.json().to_string(),
+        )
+        .unwrap();
     }
 
     fn subnet_file(&self, i: usize) -> PathBuf {

@@ -2,35 +2,19 @@
 //! namespace, and to apply one change at that size (targets: < 1 s and < 10 ms).
 //!
 //! `cargo bench -p metalnet-vxlan --bench program_peers` (root; creates and deletes a
-//! namespace named `mnlbench-<pid>`). `PEERS=N` changes the size.
+//! namespace named `mnl-vxlan-bench-<pid>-0`). `PEERS=N` changes the size.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use metalnet::model::core::Node;
-use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
+use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN};
+use metalnet::testing::{Manifest, Netns, node};
 use metalnet_vxlan::annotations::{BackendData, Mac, NodeView};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;
 use metalnet_vxlan::plan::{Desired, FamilyInput, Observed, Underlay, desired, diff};
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .expect(args[0]);
-    assert!(st.success(), "{args:?}");
-}
 
 fn peer(i: u32, public_last: u8) -> NodeView {
     // 198.18.0.0/16 in /26 subnets: subnet i+1 (the node itself has the first).
@@ -57,16 +41,16 @@ fn peer(i: u32, public_last: u8) -> NodeView {
 /// agent does from its snapshot).
 fn node_object(v: &NodeView) -> Node {
     let d = v.backend_data.unwrap();
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": v.name, "annotations": {
-            "flannel.alpha.coreos.com/backend-type": "vxlan",
-            "flannel.alpha.coreos.com/backend-data": d.to_json(),
-            "flannel.alpha.coreos.com/public-ip": v.public_ip.unwrap().to_string(),
-            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-        }},
-        "spec": {"podCIDR": v.pod_cidrs[0].to_string()}
-    }))
-    .unwrap()
+    let manifest = node(&v.name)
+        .annotation("flannel.alpha.coreos.com/backend-type", "vxlan")
+        .annotation("flannel.alpha.coreos.com/backend-data", &d.to_json())
+        .annotation(
+            "flannel.alpha.coreos.com/public-ip",
+            &v.public_ip.unwrap().to_string(),
+        )
+        .annotation("flannel.alpha.coreos.com/kube-subnet-manager", "true")
+        .pod_cidrs([v.pod_cidrs[0].to_string()]);
+    serde_json::from_value(manifest.json()).unwrap()
 }
 
 fn main() {
@@ -77,30 +61,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let ns = Netns(format!("mnlbench-{}", std::process::id()));
-    sh(&["ip", "netns", "add", &ns.0]);
-    sh(&[
-        "ip", "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        "192.0.2.1/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
-    sh(&["ip", "-n", &ns.0, "link", "set", "eth1", "up"]);
+    let Some(ns) = Netns::with_veth("vxlan-bench") else {
+        return;
+    };
 
-    let report = in_netns(&ns.0, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+    let report = ns.block_on(move || async move {
+        {
             let kernel = Kernel::new(Netlink::connect().unwrap(), RTPROT_METALNET_VXLAN);
             let conf = NetConf::parse(
                 r#"{"Network":"198.18.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#,
@@ -192,9 +158,8 @@ fn main() {
                 one[one.len() - 1],
                 leave,
             )
-        })
-    })
-    .expect("running in the namespace");
+        }
+    });
     let (scratch, adopt, median, max, leave): (Duration, Duration, Duration, Duration, Duration) =
         report;
     println!("program_peers: {peers} peers from scratch: {scratch:?} (target < 1 s)");

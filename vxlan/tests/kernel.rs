@@ -4,77 +4,12 @@
 use std::net::IpAddr;
 use std::process::Command;
 
-use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN, in_netns};
+use metalnet::netlink::{Netlink, RTPROT_METALNET_VXLAN};
+use metalnet::testing::Netns;
 use metalnet_vxlan::annotations::{BackendData, Mac, NodeView};
 use metalnet_vxlan::kernel::Kernel;
 use metalnet_vxlan::netconf::NetConf;
 use metalnet_vxlan::plan::{Desired, FamilyInput, Op, RouteDev, RouteSpec, Step, desired, diff};
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root");
-            return None;
-        }
-        let ns = Netns(format!("mnlvk-{tag}-{}", std::process::id()));
-        for args in [
-            vec!["netns", "add", &ns.0],
-            vec![
-                "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-            ],
-            vec!["-n", &ns.0, "addr", "add", "192.0.2.1/24", "dev", "eth0"],
-            vec!["-n", &ns.0, "link", "set", "eth0", "up"],
-            vec!["-n", &ns.0, "link", "set", "eth1", "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        Some(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Netns {
-    /// Runs `f`'s future to completion on a current-thread runtime inside the namespace.
-    fn block_on<R, Fut>(&self, f: impl FnOnce() -> Fut + Send + 'static) -> R
-    where
-        R: Send + 'static,
-        Fut: std::future::Future<Output = R>,
-    {
-        in_netns(&self.0, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn peers() -> Vec<NodeView> {
     (1..=3u8)
@@ -118,7 +53,9 @@ async fn setup() -> (Kernel, Desired, u32) {
 
 #[test]
 fn failed_step_is_rolled_back_and_identical_state_is_adopted() {
-    let Some(ns) = Netns::new("rb") else { return };
+    let Some(ns) = Netns::with_veth("vk-rb") else {
+        return;
+    };
     ns.block_on(|| async {
         let (kernel, want, uidx) = setup().await;
         let mut obs = kernel.observe(&want, uidx).await.unwrap();
@@ -165,7 +102,9 @@ fn failed_step_is_rolled_back_and_identical_state_is_adopted() {
 
 #[test]
 fn routes_left_by_flanneld_are_adopted_in_place() {
-    let Some(ns) = Netns::new("ad") else { return };
+    let Some(ns) = Netns::with_veth("vk-ad") else {
+        return;
+    };
     // flanneld's state: device, entries and routes with the default protocol (boot).
     for cmd in [
         "link add flannel.1 address 0a:58:09:09:09:09 type vxlan id 1 local 192.0.2.1 dev eth0 dstport 8472 nolearning",
@@ -180,7 +119,7 @@ fn routes_left_by_flanneld_are_adopted_in_place() {
     let out = Command::new("bridge")
         .args([
             "-n",
-            &ns.0,
+            ns.name(),
             "fdb",
             "replace",
             "0a:58:00:00:00:01",
@@ -228,7 +167,9 @@ fn routes_left_by_flanneld_are_adopted_in_place() {
 
 #[test]
 fn stale_route_left_by_flanneld_is_removed() {
-    let Some(ns) = Netns::new("st") else { return };
+    let Some(ns) = Netns::with_veth("vk-st") else {
+        return;
+    };
     // A route to a subnet no node holds any more, as flanneld left it (protocol boot).
     ns.ip(&[
         "route",

@@ -763,80 +763,55 @@ pub fn in_netns<R: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, NetlinkError> {
-    let path = format!("/run/netns/{name}");
     let err = |message: String| NetlinkError::Netns {
         name: name.to_string(),
         message,
     };
-    let file = std::fs::File::open(&path).map_err(|e| err(format!("{path}: {e}")))?;
-    let handle = std::thread::Builder::new()
-        .name(format!("netns-{name}"))
-        .spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a valid namespace fd only affects this (new) thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
-            Ok(f())
-        })
-        .map_err(|e| err(format!("spawning a thread: {e}")))?;
-    handle
+    crate::sys::netns::spawn_in(name, f)
+        .map_err(|e| err(e.to_string()))?
         .join()
         .map_err(|_| err("the closure panicked".into()))?
-        .map_err(|e| err(format!("setns: {e}")))
+        .map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    /// A throwaway namespace with a veth pair (eth0 192.0.2.1/24), deleted on drop.
-    struct Netns(String);
-
-    impl Netns {
-        fn new(tag: &str) -> Option<Netns> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("skipping: needs root");
-                return None;
-            }
-            let ns = Netns(format!("mnlcfg-{tag}-{}", std::process::id()));
-            let ip = |args: &[&str]| {
-                let st = Command::new("ip").args(args).status().unwrap();
-                assert!(st.success(), "ip {args:?}");
-            };
-            ip(&["netns", "add", &ns.0]);
-            ip(&[
-                "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-            ]);
-            ip(&["-n", &ns.0, "addr", "add", "192.0.2.1/24", "dev", "eth0"]);
-            ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
-            Some(ns)
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
+    use crate::testing::Netns;
 
     #[test]
     fn vxlan_device_neighbours_fdb_routes_round_trip() {
-        let Some(ns) = Netns::new("rt") else { return };
-        in_netns(&ns.0, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let nl = Netlink::connect().unwrap();
-                let eth0 = nl.link_by_name("eth0").await.unwrap().unwrap();
-                assert!(nl.link_by_name("nope0").await.unwrap().is_none());
-                let mac = [0x0a, 0x58, 1, 2, 3, 4];
+        let Some(ns) = Netns::with_veth("rt") else {
+            return;
+        };
+        ns.block_on(|| async {
+            let nl = Netlink::connect().unwrap();
+            let eth0 = nl.link_by_name("eth0").await.unwrap().unwrap();
+            assert!(nl.link_by_name("nope0").await.unwrap().is_none());
+            let mac = [0x0a, 0x58, 1, 2, 3, 4];
+            nl.create_vxlan(&VxlanParams {
+                name: "flannel.1".into(),
+                vni: 7,
+                port: 8472,
+                local: "192.0.2.1".parse().unwrap(),
+                link: eth0.index,
+                learning: false,
+                mtu: 1450,
+                mac,
+            })
+            .await
+            .unwrap();
+            let dev = nl.link_by_name("flannel.1").await.unwrap().unwrap();
+            assert_eq!(dev.kind.as_deref(), Some("vxlan"));
+            assert_eq!((dev.mtu, dev.mac, dev.up), (1450, Some(mac), false));
+            let vx = dev.vxlan.clone().unwrap();
+            assert_eq!(vx.vni, Some(7));
+            assert_eq!(vx.port, Some(8472));
+            assert_eq!(vx.link, Some(eth0.index));
+            assert_eq!(vx.learning, Some(false));
+            assert_eq!(vx.local, Some("192.0.2.1".parse().unwrap()));
+            // A second create is refused (EXCL).
+            assert!(
                 nl.create_vxlan(&VxlanParams {
                     name: "flannel.1".into(),
                     vni: 7,
@@ -845,97 +820,72 @@ mod tests {
                     link: eth0.index,
                     learning: false,
                     mtu: 1450,
-                    mac,
+                    mac
                 })
                 .await
+                .is_err()
+            );
+            nl.set_up(dev.index).await.unwrap();
+            nl.set_mtu(dev.index, 1400).await.unwrap();
+            let addr: IpNet = "198.51.100.0/32".parse().unwrap();
+            nl.add_address(dev.index, addr).await.unwrap();
+            assert!(
+                nl.addresses(dev.index)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|(_, a)| *a == addr)
+            );
+            let peer_mac = [0x0a, 0x58, 9, 9, 9, 9];
+            let gw: IpAddr = "198.51.100.64".parse().unwrap();
+            let remote: IpAddr = "192.0.2.2".parse().unwrap();
+            nl.set_neighbour(dev.index, gw, peer_mac).await.unwrap();
+            nl.set_fdb(dev.index, peer_mac, remote).await.unwrap();
+            let route = Route {
+                dst: "198.51.100.64/26".parse().unwrap(),
+                gateway: Some(gw),
+                oif: Some(dev.index),
+                onlink: true,
+                protocol: RTPROT_METALNET_VXLAN,
+                table: u32::from(RT_TABLE_MAIN),
+                unicast: true,
+            };
+            nl.replace_route(&route).await.unwrap();
+            nl.replace_route(&route).await.unwrap(); // idempotent
+
+            let neighs = nl.neighbours(dev.index, AddressFamily::Inet).await.unwrap();
+            assert!(
+                neighs
+                    .iter()
+                    .any(|n| n.ip == Some(gw) && n.mac == Some(peer_mac) && n.permanent),
+                "{neighs:?}"
+            );
+            let fdb = nl
+                .neighbours(dev.index, AddressFamily::Bridge)
+                .await
                 .unwrap();
-                let dev = nl.link_by_name("flannel.1").await.unwrap().unwrap();
-                assert_eq!(dev.kind.as_deref(), Some("vxlan"));
-                assert_eq!((dev.mtu, dev.mac, dev.up), (1450, Some(mac), false));
-                let vx = dev.vxlan.clone().unwrap();
-                assert_eq!(vx.vni, Some(7));
-                assert_eq!(vx.port, Some(8472));
-                assert_eq!(vx.link, Some(eth0.index));
-                assert_eq!(vx.learning, Some(false));
-                assert_eq!(vx.local, Some("192.0.2.1".parse().unwrap()));
-                // A second create is refused (EXCL).
-                assert!(
-                    nl.create_vxlan(&VxlanParams {
-                        name: "flannel.1".into(),
-                        vni: 7,
-                        port: 8472,
-                        local: "192.0.2.1".parse().unwrap(),
-                        link: eth0.index,
-                        learning: false,
-                        mtu: 1450,
-                        mac
-                    })
-                    .await
-                    .is_err()
-                );
-                nl.set_up(dev.index).await.unwrap();
-                nl.set_mtu(dev.index, 1400).await.unwrap();
-                let addr: IpNet = "198.51.100.0/32".parse().unwrap();
-                nl.add_address(dev.index, addr).await.unwrap();
-                assert!(
-                    nl.addresses(dev.index)
-                        .await
-                        .unwrap()
-                        .iter()
-                        .any(|(_, a)| *a == addr)
-                );
-                let peer_mac = [0x0a, 0x58, 9, 9, 9, 9];
-                let gw: IpAddr = "198.51.100.64".parse().unwrap();
-                let remote: IpAddr = "192.0.2.2".parse().unwrap();
-                nl.set_neighbour(dev.index, gw, peer_mac).await.unwrap();
-                nl.set_fdb(dev.index, peer_mac, remote).await.unwrap();
-                let route = Route {
-                    dst: "198.51.100.64/26".parse().unwrap(),
-                    gateway: Some(gw),
-                    oif: Some(dev.index),
-                    onlink: true,
-                    protocol: RTPROT_METALNET_VXLAN,
-                    table: u32::from(RT_TABLE_MAIN),
-                    unicast: true,
-                };
-                nl.replace_route(&route).await.unwrap();
-                nl.replace_route(&route).await.unwrap(); // idempotent
+            assert!(
+                fdb.iter()
+                    .any(|n| n.ip == Some(remote) && n.mac == Some(peer_mac) && n.own),
+                "{fdb:?}"
+            );
+            let routes = nl.routes(false).await.unwrap();
+            assert!(routes.contains(&route), "{routes:?}");
 
-                let neighs = nl.neighbours(dev.index, AddressFamily::Inet).await.unwrap();
-                assert!(
-                    neighs
-                        .iter()
-                        .any(|n| n.ip == Some(gw) && n.mac == Some(peer_mac) && n.permanent),
-                    "{neighs:?}"
-                );
-                let fdb = nl
-                    .neighbours(dev.index, AddressFamily::Bridge)
+            nl.del_route(&route).await.unwrap();
+            assert!(nl.del_route(&route).await.unwrap_err().is_not_found());
+            nl.del_fdb(dev.index, peer_mac, remote).await.unwrap();
+            nl.del_neighbour(dev.index, gw).await.unwrap();
+            assert!(
+                nl.del_neighbour(dev.index, gw)
                     .await
-                    .unwrap();
-                assert!(
-                    fdb.iter()
-                        .any(|n| n.ip == Some(remote) && n.mac == Some(peer_mac) && n.own),
-                    "{fdb:?}"
-                );
-                let routes = nl.routes(false).await.unwrap();
-                assert!(routes.contains(&route), "{routes:?}");
-
-                nl.del_route(&route).await.unwrap();
-                assert!(nl.del_route(&route).await.unwrap_err().is_not_found());
-                nl.del_fdb(dev.index, peer_mac, remote).await.unwrap();
-                nl.del_neighbour(dev.index, gw).await.unwrap();
-                assert!(
-                    nl.del_neighbour(dev.index, gw)
-                        .await
-                        .unwrap_err()
-                        .is_not_found()
-                );
-                nl.del_address(dev.index, addr).await.unwrap();
-                nl.delete_link(dev.index).await.unwrap();
-                assert!(nl.link_by_name("flannel.1").await.unwrap().is_none());
-            })
-        })
-        .unwrap();
+                    .unwrap_err()
+                    .is_not_found()
+            );
+            nl.del_address(dev.index, addr).await.unwrap();
+            nl.delete_link(dev.index).await.unwrap();
+            assert!(nl.link_by_name("flannel.1").await.unwrap().is_none());
+        });
     }
 
     #[test]

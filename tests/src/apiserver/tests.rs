@@ -24,7 +24,7 @@ type Events = BoxStream<'static, kube::Result<WatchEvent<DynamicObject>>>;
 
 /// Runs `test` against a fresh stand-in, within [`LIMIT`].
 async fn with_server(test: impl AsyncFnOnce(ApiServer)) {
-    tokio::time::timeout(LIMIT, async {
+    tokio::time::timeout(metalnet::testing::patient(LIMIT), async {
         test(ApiServer::start().await.expect("starting the stand-in")).await
     })
     .await

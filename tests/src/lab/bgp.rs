@@ -289,7 +289,7 @@ pub trait BgpRouter {
         );
         waited.map_err(|_| LabError::Timeout {
             what: format!("BGP session {neighbor} to be Established (last state: {last})"),
-            timeout,
+            timeout: super::patient(timeout),
         })
     }
 

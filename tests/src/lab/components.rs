@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metalnet::testing::{Manifest, endpoint_slice, node};
+
 use super::demo::{DemoSite, node_v4, node_v6};
 use super::pods::{self, Pod};
 use super::{Lab, LabError, Process, Result, io_err};
@@ -64,49 +66,31 @@ pub fn pod_cidr_v6(index: usize) -> String {
 /// three Nodes, and one LoadBalancer Service. Plain YAML a user could `kubectl apply`.
 pub fn demo_manifests(site: &DemoSite) -> String {
     let mut s = String::from(DEMO_MANIFESTS);
-    for (i, node) in site.nodes.iter().enumerate() {
-        let lines = [
-            "---".to_string(),
-            "apiVersion: v1".into(),
-            "kind: Node".into(),
-            format!(
-                "metadata: {{name: {0}, labels: {{kubernetes.io/hostname: {0}}}}}",
-                node.name()
-            ),
-            format!(
-                "spec: {{podCIDR: \"{0}\", podCIDRs: [\"{0}\", \"{1}\"]}}",
-                pod_cidr_v4(i),
-                pod_cidr_v6(i)
-            ),
-            "status:".into(),
-            "  addresses:".into(),
-            format!("  - {{type: InternalIP, address: \"{}\"}}", node_v4(i)),
-            format!("  - {{type: InternalIP, address: \"{}\"}}", node_v6(i)),
-            "  conditions: [{type: Ready, status: \"True\"}]".into(),
-        ];
-        s.push_str(&lines.join("\n"));
-        s.push('\n');
+    for (i, host) in site.nodes.iter().enumerate() {
+        let name = host.name();
+        s.push_str(
+            &node(name)
+                .label("kubernetes.io/hostname", name)
+                .pod_cidrs([pod_cidr_v4(i), pod_cidr_v6(i)])
+                .internal_ip(&node_v4(i))
+                .internal_ip(&node_v6(i))
+                .ready()
+                .document(),
+        );
     }
     // The Service's pods, one per node (what kubelet and the EndpointSlice controller would
     // publish): the address host-local gives the node's first pod.
-    let endpoints: Vec<String> = site
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{{addresses: [\"203.0.113.{}\"], nodeName: {}, conditions: {{ready: true}}}}",
-                i * 64 + 2,
-                n.name()
+    let slice = site.nodes.iter().enumerate().fold(
+        endpoint_slice("web").namespace("demo"),
+        |slice, (i, host)| {
+            slice.endpoint_at(
+                &format!("203.0.113.{}", i * 64 + 2),
+                host.name(),
+                Some(true),
             )
-        })
-        .collect();
-    s.push_str(&format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n\
-         addressType: IPv4\nendpoints: [{}]\n",
-        endpoints.join(", ")
-    ));
+        },
+    );
+    s.push_str(&slice.document());
     s.push_str(DEMO_BGP_MANIFESTS);
     s
 }

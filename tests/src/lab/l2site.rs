@@ -9,6 +9,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use metalnet::testing::{
+    AdvertisementBuilder, Manifest, NodeBuilder, endpoint_slice, node, pool, service,
+};
+
 use super::{DemoSite, Host, Lab, LabError, Process, Result, io_err, wait_for};
 use crate::bins;
 
@@ -17,79 +21,44 @@ pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 /// Where each speaker serves its metrics, inside its node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:7473";
 
-/// Three Ready Nodes with InternalIPs 192.0.2.11-13; node1 in zone a, the others in zone b.
+/// Node `NODES[index]` with InternalIP 192.0.2.(11 + index), node1 in zone a and the others
+/// in zone b; without conditions.
+pub fn site_node(index: usize) -> NodeBuilder {
+    node(NODES[index])
+        .label("zone", if index == 0 { "a" } else { "b" })
+        .internal_ip(&format!("192.0.2.{}", 11 + index))
+}
+
+/// The three [`site_node`]s, Ready.
 pub fn nodes_yaml() -> String {
-    let mut out = String::new();
-    for (i, (name, zone)) in NODES.iter().zip(["a", "b", "b"]).enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: {zone}}}\n\
-             status:\n  addresses: [{{type: InternalIP, address: 192.0.2.{}}}]\n  \
-             conditions: [{{type: Ready, status: \"True\"}}]\n",
-            11 + i
-        ));
-    }
-    out
-}
-
-/// An IPAddressPool in metallb-system.
-pub fn pool_yaml(name: &str, addresses: &[&str]) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
-         spec:\n  addresses: [{}]\n",
-        addresses
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
-/// An L2Advertisement in metallb-system with `spec` (flow-style YAML, `{}` for none).
-pub fn l2_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec: {spec}\n"
-    )
+    (0..NODES.len())
+        .map(|i| site_node(i).ready().document())
+        .collect()
 }
 
 /// A LoadBalancer Service default/`name` with its address already in status (as the
 /// controller writes it) and an EndpointSlice with one ready endpoint on each of
 /// `endpoint_nodes`.
 pub fn service_yaml(name: &str, ips: &[&str], policy: &str, endpoint_nodes: &[&str]) -> String {
-    let mut families: Vec<&str> = ips
+    let slice = endpoint_nodes
         .iter()
-        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
-        .collect();
-    families.dedup();
-    let endpoints: Vec<String> = endpoint_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{{addresses: [\"10.244.0.{}\"], nodeName: {n}, conditions: {{ready: true}}}}",
-                i + 1
-            )
-        })
-        .collect();
-    let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, ipFamilies: [{}], ports: [{{port: 80}}]}}\n\
-         status: {{loadBalancer: {{ingress: [{}]}}}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-         addressType: IPv4\nendpoints: [{}]\n",
-        families.join(", "),
-        ingress.join(", "),
-        endpoints.join(", ")
-    )
+        .fold(endpoint_slice(name), |s, n| s.ready_on(n));
+    let svc = service(name)
+        .traffic_policy(policy)
+        .families_of(ips)
+        .ingress(ips);
+    svc.document() + &slice.document()
 }
 
-/// One pool `site` of `addresses`, advertised by the L2Advertisement `l2` with `l2_spec`, and
-/// the Services (name, address), each with an endpoint on node1 (policy Cluster: any node may
-/// announce).
-pub fn site_objects(addresses: &[&str], l2_spec: &str, services: &[(&str, &str)]) -> String {
-    let mut out = pool_yaml("site", addresses);
-    out.push_str(&l2_yaml("l2", l2_spec));
+/// One pool `site` of `addresses`, advertised by `l2`, and the Services (name, address),
+/// each with an endpoint on node1 (policy Cluster: any node may announce).
+pub fn site_objects(
+    addresses: &[&str],
+    l2: AdvertisementBuilder,
+    services: &[(&str, &str)],
+) -> String {
+    let mut out = pool("site", addresses).document();
+    out.push_str(&l2.document());
     for (name, ip) in services {
         out.push_str(&service_yaml(name, &[ip], "Cluster", &["node1"]));
     }

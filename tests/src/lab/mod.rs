@@ -8,6 +8,14 @@
 //! This is test infrastructure: it shells out to `ip` and friends on purpose. Nothing is ever
 //! left in, or addressed in, the machine's root namespace: veth pairs are created directly
 //! inside their namespaces.
+//!
+//! Every wait ([`wait_for`] and what is built on it) and [`Host::block_on`] scale their
+//! timeouts by the patience factor in `METALNET_TEST_PATIENCE` (default 1; e.g. `3` on a
+//! loaded machine), so slow runs get more time without editing tests.
+
+use metalnet::testing::block_on_in;
+use metalnet::testing::netns::BLOCK_ON_LIMIT;
+pub use metalnet::testing::patience::{PATIENCE_VAR, patient};
 
 pub mod bgp;
 pub mod bird;
@@ -102,8 +110,10 @@ pub(crate) fn display_cmd<S: AsRef<OsStr>>(args: &[S]) -> String {
         .join(" ")
 }
 
-/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+/// Polls `cond` every 100 ms until it holds or `timeout` (scaled by the patience factor,
+/// [`PATIENCE_VAR`]) passes.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let timeout = patient(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -132,7 +142,7 @@ pub fn wait_for_value<T>(
     })?;
     found.ok_or_else(|| LabError::Timeout {
         what: what.to_string(),
-        timeout,
+        timeout: patient(timeout),
     })
 }
 
@@ -541,6 +551,18 @@ impl Host {
     /// The namespace name (`<prefix>-<host>`), usable with `ip netns exec`.
     pub fn netns(&self) -> &str {
         &self.netns
+    }
+
+    /// Runs the future `f` makes to completion on a current-thread tokio runtime on a thread
+    /// inside this host's namespace (sockets opened there belong to the host), bounded by
+    /// [`BLOCK_ON_LIMIT`] scaled by the patience factor. A panic inside fails the caller with
+    /// the same message.
+    pub fn block_on<R, Fut>(&self, f: impl FnOnce() -> Fut + Send + 'static) -> R
+    where
+        R: Send + 'static,
+        Fut: std::future::Future<Output = R>,
+    {
+        block_on_in(&self.netns, patient(BLOCK_ON_LIMIT), f)
     }
 
     /// This host's directory inside the lab directory.
