@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceSubresourceStatus, CustomResourceSubresources,
     JSONSchemaProps,
 };
-use kube::CustomResourceExt;
+use kube_core::CustomResourceExt;
 
 use crate::model::{
     BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,

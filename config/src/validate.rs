@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::de::DeserializeOwned;
 
 use crate::addr::{self, Community};

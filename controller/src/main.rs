@@ -1,5 +1,7 @@
 //! metalnet-controller: assigns LoadBalancer addresses from MetalLB IPAddressPools.
 
+#![forbid(unsafe_code)]
+
 mod validate_cmd;
 
 use std::path::PathBuf;

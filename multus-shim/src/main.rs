@@ -1,5 +1,7 @@
 //! multus-shim: a CNI meta-plugin (Multus compatible).
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 /// A CNI meta-plugin: the default network first, then one delegate per

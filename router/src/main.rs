@@ -1,5 +1,7 @@
 //! metalnet-router: kube-router style pod routing over BGP and an eBPF service proxy.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use metalnet::daemon::CommonArgs;
 

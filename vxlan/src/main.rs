@@ -1,6 +1,8 @@
 //! metalnet-vxlan: the Flannel-compatible VXLAN pod overlay agent (wiring only; the logic is
 //! in the library).
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

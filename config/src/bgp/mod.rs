@@ -9,10 +9,12 @@
 
 pub mod fsm;
 pub mod rib;
+#[cfg(feature = "io")]
 pub mod session;
 pub mod wire;
 
 pub use fsm::{DynamicAs, Fsm, FsmConfig, Negotiated, State};
 pub use rib::{ReceivedRoute, RouteAttrs};
+#[cfg(feature = "io")]
 pub use session::{Password, PeerConfig, PeerSpecError, Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

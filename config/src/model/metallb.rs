@@ -1,13 +1,14 @@
 //! metallb.io custom resources (MetalLB v0.14/v0.15 API), field for field.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// metallb.io/v1beta1 IPAddressPool: a set of addresses the controller may hand out.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "IPAddressPool",
@@ -74,6 +75,7 @@ pub struct IPAddressPoolStatus {
 /// metallb.io/v1beta1 L2Advertisement: announce pools' addresses by ARP/NDP.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "L2Advertisement",
@@ -96,6 +98,7 @@ pub struct L2AdvertisementSpec {
 /// metallb.io/v1beta1 BGPAdvertisement: announce pools' addresses over BGP.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "BGPAdvertisement",
@@ -143,6 +146,7 @@ impl BGPAdvertisementSpec {
 /// metallb.io/v1beta1 Community: named aliases for BGP communities.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "Community",
@@ -164,6 +168,7 @@ pub struct CommunityAlias {
 /// metallb.io/v1beta2 BGPPeer: a BGP session from the speakers to a router.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta2",
     kind = "BGPPeer",
@@ -244,6 +249,7 @@ pub struct SecretReference {
 /// metallb.io/v1beta1 ServiceL2Status: which node announces a Service by layer 2.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "ServiceL2Status",
@@ -274,6 +280,7 @@ pub struct InterfaceInfo {
 /// metallb.io/v1beta1 ServiceBGPStatus: which peers a node announces a Service to.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "metallb.io",
     version = "v1beta1",
     kind = "ServiceBGPStatus",

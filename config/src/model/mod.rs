@@ -3,9 +3,11 @@
 
 pub mod metallb;
 pub mod nad;
+pub mod object;
 
 pub use metallb::*;
 pub use nad::*;
+pub use object::{Kind, ObjectKey, ObjectRef};
 
 /// Core Kubernetes objects the suite reads, re-exported so components name one crate.
 pub mod core {
@@ -20,11 +22,7 @@ pub mod core {
 /// optional (`omitempty`) on every kind but IPAddressPool, and MetalLB's own docs show an
 /// L2Advertisement with no spec at all (announce every pool), while kube-derive makes `spec`
 /// a required field. A missing or null `spec` becomes `{}` for those kinds.
-pub fn normalize(
-    kind: crate::state::Kind,
-    value: &serde_json::Value,
-) -> std::borrow::Cow<'_, serde_json::Value> {
-    use crate::state::Kind;
+pub fn normalize(kind: Kind, value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
     let spec_optional = matches!(
         kind,
         Kind::L2Advertisement

@@ -1,6 +1,6 @@
 //! k8s.cni.cncf.io/v1 NetworkAttachmentDefinition (Multus), field for field.
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// empty, Multus reads the file named like the object from its CNI configuration directory.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "k8s.cni.cncf.io",
     version = "v1",
     kind = "NetworkAttachmentDefinition",
