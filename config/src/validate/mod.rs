@@ -25,7 +25,7 @@ mod test_util;
 pub use advertisement::{ParsedBgpAdvertisement, ParsedL2Advertisement};
 pub use community::{resolve_community, valid_communities};
 pub use nad::{check_cni_config, validate_nad};
-pub use peer::{DynamicAsn, ParsedPeer, PasswordSource, valid_peers};
+pub use peer::{ParsedPeer, PasswordSource, valid_peers};
 pub use pool::{ParsedAllocation, ParsedPool, PoolEntry, valid_pools};
 pub use problem::{Problem, Severity};
 

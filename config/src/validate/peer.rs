@@ -5,15 +5,9 @@ use std::time::Duration;
 
 use super::{Problem, Selector, namespace_of, object_ref, parse_selectors};
 use crate::addr;
+use crate::bgp::DynamicAs;
 use crate::model::BGPPeer;
 use crate::state::{Kind, ObjectRef};
-
-/// `dynamicASN`: accept whatever AS the peer announces, of this kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DynamicAsn {
-    Internal,
-    External,
-}
 
 /// Where the TCP MD5 password comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +28,7 @@ pub struct ParsedPeer {
     pub my_asn: u32,
     /// None when `dynamic_asn` is set.
     pub peer_asn: Option<u32>,
-    pub dynamic_asn: Option<DynamicAsn>,
+    pub dynamic_asn: Option<DynamicAs>,
     pub address: IpAddr,
     pub source_address: Option<IpAddr>,
     pub port: u16,
@@ -47,6 +41,10 @@ pub struct ParsedPeer {
     pub node_selectors: Vec<Selector>,
     pub password: Option<PasswordSource>,
     pub ebgp_multi_hop: bool,
+    pub enable_graceful_restart: bool,
+    /// `disableMP` without `dualStackAddressFamily`: one address family per session.
+    pub disable_mp: bool,
+    pub dual_stack_address_family: bool,
 }
 
 /// Parses peers, reporting and leaving out each bad one.
@@ -79,8 +77,8 @@ pub(super) fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPee
     }
     let dynamic_asn = match spec.dynamic_asn.as_deref() {
         None | Some("") => None,
-        Some("internal") => Some(DynamicAsn::Internal),
-        Some("external") => Some(DynamicAsn::External),
+        Some("internal") => Some(DynamicAs::Internal),
+        Some("external") => Some(DynamicAs::External),
         Some(other) => {
             err(
                 "spec.dynamicASN",
@@ -288,6 +286,9 @@ pub(super) fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPee
             node_selectors,
             password,
             ebgp_multi_hop: spec.ebgp_multi_hop,
+            enable_graceful_restart: spec.enable_graceful_restart,
+            disable_mp: spec.disable_mp,
+            dual_stack_address_family: spec.dual_stack_address_family,
         }),
         _ => Err(problems),
     }

@@ -209,14 +209,8 @@ fn peer_config(
     peer: &ParsedPeer,
     router_id: Option<std::net::Ipv4Addr>,
 ) -> Result<PeerConfig, String> {
-    let spec = snapshot
-        .bgp_peers
-        .iter()
-        .find(|(k, _)| k.namespace.as_deref() == Some(&peer.namespace) && k.name == peer.name)
-        .map(|(_, p)| &p.spec)
-        .ok_or_else(|| "the BGPPeer object is gone".to_string())?;
     let password = peer_password(snapshot, peer)?;
-    let mut config = PeerConfig::from_spec(spec, password).map_err(|e| e.to_string())?;
+    let mut config = PeerConfig::from_parsed(peer, password);
     // As MetalLB: without routerID, the node's IPv4 address identifies it on every session.
     if config.router_id.is_none() {
         config.router_id = router_id;
