@@ -7,6 +7,10 @@ use std::time::Duration;
 use super::fsm::{DynamicAs, Family, FsmConfig, IPV4_UNICAST, IPV6_UNICAST};
 use crate::validate::ParsedPeer;
 
+/// The longest TCP MD5 key Linux accepts (`TCP_MD5SIG_MAXKEYLEN`); a longer one fails the
+/// socket option with EINVAL at every connection attempt.
+pub const TCP_MD5_MAX_KEY_LEN: usize = 80;
+
 /// A TCP MD5 password. It never shows in Debug output, logs or status.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);

@@ -242,6 +242,9 @@ pub(super) fn parse_peer(object: &ObjectRef, peer: &BGPPeer) -> Result<ParsedPee
             "password and passwordSecret are both set; set only one",
         ));
     }
+    if let Some(reason) = password_inline.and_then(|p| super::md5_key_too_long(p.len())) {
+        problems.push(Problem::error(object, "spec.password", reason));
+    }
     if password_inline.is_some_and(|p| p.contains(['\n', '\r'])) {
         problems.push(Problem::error(
             object,
@@ -477,6 +480,63 @@ mod tests {
         );
         // An empty secret reference counts as unset.
         assert_clean(&[peer("p", json!({"password": "x", "passwordSecret": {}}))]);
+    }
+
+    #[test]
+    fn md5_password_fits_the_kernel_key() {
+        assert_clean(&[peer("p", json!({"password": "k".repeat(80)}))]);
+        assert_only_error(
+            &[peer("p", json!({"password": "k".repeat(81)}))],
+            PEER,
+            "spec.password",
+            "81 bytes, above the 80 Linux accepts for a TCP MD5 key",
+        );
+    }
+
+    fn secret(data: Value) -> (ObjectRef, Value) {
+        let object = ObjectRef::new(Kind::Secret, Some(NS), "s");
+        let value = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": NS}, "data": data});
+        (object, value)
+    }
+
+    #[test]
+    fn password_secret_is_read_as_the_speaker_reads_it() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let with_secret = || peer("p", json!({"passwordSecret": {"name": "s"}}));
+        assert_clean(&[with_secret(), secret(json!({"password": b64("s3cr3t")}))]);
+
+        let problems =
+            validate_objects(&[with_secret(), secret(json!({"password": "not-base64!"}))]);
+        assert_error(
+            &problems,
+            "Secret/metallb-system/s",
+            "data.password",
+            "not valid base64",
+        );
+        assert_error(
+            &problems,
+            PEER,
+            "spec.passwordSecret",
+            "Secret metallb-system/s key password: not valid base64",
+        );
+        assert!(
+            !problems.iter().any(|p| p.reason.contains("Invalid symbol")),
+            "{problems:#?}"
+        );
+
+        let problems = validate_objects(&[
+            with_secret(),
+            secret(json!({"password": b64(&"k".repeat(81))})),
+        ]);
+        assert_error(
+            &problems,
+            PEER,
+            "spec.passwordSecret",
+            "Secret metallb-system/s key password: 81 bytes, above the 80",
+        );
+        assert_eq!(problems.len(), 1, "{problems:#?}");
     }
 
     #[test]

@@ -21,7 +21,10 @@ use metalnet::addr::Community;
 use metalnet::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
 use metalnet::model::core::{EndpointSlice, Service};
 use metalnet::state::{Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
+use metalnet::validate::{
+    PASSWORD_KEY, ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource,
+    is_base64_error, md5_key_too_long,
+};
 
 use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
 
@@ -171,37 +174,54 @@ impl NodePlan {
 }
 
 /// The TCP MD5 password of a peer: inline, or the `password` key of the Secret it names.
+/// A password the kernel would refuse is a configuration error here, so the session is not
+/// started (and retried for ever) with it.
 pub fn peer_password(snapshot: &Snapshot, peer: &ParsedPeer) -> Result<Option<Password>, String> {
     let Some(source) = &peer.password else {
         return Ok(None);
     };
-    match source {
-        PasswordSource::Inline(p) => Ok(Some(Password::new(p.clone()))),
-        PasswordSource::Secret { namespace, name } => {
-            let ns = namespace.as_deref().unwrap_or(&peer.namespace);
-            let secret = snapshot
-                .secrets
-                .iter()
-                .find(|(k, _)| k.namespace.as_deref() == Some(ns) && k.name == *name)
-                .map(|(_, s)| s)
-                .ok_or_else(|| format!("spec.passwordSecret: Secret/{ns}/{name} not found"))?;
-            if let Some(b) = secret.data.as_ref().and_then(|d| d.get("password")) {
-                return String::from_utf8(b.0.clone())
-                    .map(|p| Some(Password::new(p)))
-                    .map_err(|_| {
-                        format!("spec.passwordSecret: Secret/{ns}/{name} key password is not UTF-8")
-                    });
-            }
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get("password"))
-                .map(|p| Some(Password::new(p.clone())))
-                .ok_or_else(|| {
-                    format!("spec.passwordSecret: Secret/{ns}/{name} has no key \"password\"")
-                })
+    let (ns, name) = match source {
+        PasswordSource::Inline(p) => {
+            return match md5_key_too_long(p.len()) {
+                Some(reason) => Err(format!("spec.password: {reason}")),
+                None => Ok(Some(Password::new(p.clone()))),
+            };
         }
+        PasswordSource::Secret { namespace, name } => {
+            (namespace.as_deref().unwrap_or(&peer.namespace), name)
+        }
+    };
+    let at = |reason: String| format!("spec.passwordSecret: Secret {ns}/{name} {reason}");
+    let Some(secret) = snapshot
+        .secrets
+        .iter()
+        .find(|(k, _)| k.namespace.as_deref() == Some(ns) && k.name == *name)
+        .map(|(_, s)| s)
+    else {
+        // A Secret that exists but could not be decoded is not "not found".
+        let object = ObjectRef::new(Kind::Secret, Some(ns), name);
+        return Err(match snapshot.invalid.get(&object) {
+            Some(reason) if is_base64_error(reason) => at(format!(
+                "key {PASSWORD_KEY}: not valid base64 (or another key of its data is not)"
+            )),
+            Some(reason) => at(format!("cannot be read: {reason}")),
+            None => format!("spec.passwordSecret: Secret/{ns}/{name} not found"),
+        });
+    };
+    let password = if let Some(b) = secret.data.as_ref().and_then(|d| d.get(PASSWORD_KEY)) {
+        String::from_utf8(b.0.clone()).map_err(|_| at(format!("key {PASSWORD_KEY}: not UTF-8")))?
+    } else {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(PASSWORD_KEY))
+            .cloned()
+            .ok_or_else(|| at(format!("has no key {PASSWORD_KEY:?}")))?
+    };
+    if let Some(reason) = md5_key_too_long(password.len()) {
+        return Err(at(format!("key {PASSWORD_KEY}: {reason}")));
     }
+    Ok(Some(Password::new(password)))
 }
 
 fn peer_config(
@@ -1025,6 +1045,41 @@ mod tests {
             err.contains("Secret/metallb-system/bgp-pass not found"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unusable_secret_passwords_are_configuration_errors() {
+        let md5 = peer(
+            "md5",
+            "192.0.2.2",
+            64513,
+            64512,
+            json!({"passwordSecret": {"name": "bgp-pass"}}),
+        );
+        let secret = |password: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bgp-pass", "namespace": "metallb-system"},
+                "data": {"password": password}})
+        };
+        let err = |password: &str| {
+            let p = run(base(vec![md5.clone(), secret(password)]));
+            p.peers["metallb-system/md5"].config.clone().unwrap_err()
+        };
+        assert_eq!(
+            err("not-base64!"),
+            "spec.passwordSecret: Secret metallb-system/bgp-pass key password: not valid \
+             base64 (or another key of its data is not)"
+        );
+        // 81 and 80 bytes of "k", base64-encoded.
+        let long = "a2tr".repeat(27);
+        assert_eq!(
+            err(&long),
+            "spec.passwordSecret: Secret metallb-system/bgp-pass key password: 81 bytes, \
+             above the 80 Linux accepts for a TCP MD5 key"
+        );
+        let ok = format!("{}a2s=", "a2tr".repeat(26));
+        let p = run(base(vec![md5, secret(&ok)]));
+        assert!(p.peers["metallb-system/md5"].config.is_ok());
     }
 
     // Incremental planning: a fixed configuration and a changing set of Services and
