@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use metalnet::addr::Community;
+use metalnet::bgp::fsm::{IPV4_UNICAST, IPV6_UNICAST};
 use metalnet::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
 use metalnet::model::core::{EndpointSlice, Service};
 use metalnet::state::{Kind, ObjectKey, ObjectRef, Snapshot};
@@ -54,6 +55,21 @@ impl PlannedPeer {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Whether the session can carry a route for `ip`: with `disableMP` (and no
+    /// `dualStackAddressFamily`) a session offers only its peer address's family, and a
+    /// route of the other family would be planned but never sent. A peer that cannot become
+    /// a session is reported on its own.
+    pub fn carries(&self, ip: IpAddr) -> bool {
+        let family = if ip.is_ipv4() {
+            IPV4_UNICAST
+        } else {
+            IPV6_UNICAST
+        };
+        self.config
+            .as_ref()
+            .map_or(true, |c| c.families.contains(&family))
+    }
 }
 
 /// Why this node does not announce a Service.
@@ -75,6 +91,8 @@ pub enum NotAnnounced {
     NoLocalEndpoint,
     /// Advertised from here, but no selected BGPPeer matches the advertisements' `peers`.
     NoPeer,
+    /// The BGPPeers it would go to have sessions that do not carry the address's family.
+    FamilyNotCarried,
 }
 
 impl fmt::Display for NotAnnounced {
@@ -95,6 +113,10 @@ impl fmt::Display for NotAnnounced {
             NotAnnounced::NoPeer => f.write_str(
                 "no BGPPeer selecting this node is named by the BGPAdvertisements' peers",
             ),
+            NotAnnounced::FamilyNotCarried => f.write_str(
+                "the sessions to the BGPPeers it would go to do not carry its address family \
+                 (disableMP without dualStackAddressFamily: one family per session)",
+            ),
         }
     }
 }
@@ -112,6 +134,15 @@ pub struct Contribution {
     pub peers: BTreeSet<String>,
 }
 
+/// An address not sent to one peer although the advertisements name that peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsent {
+    pub ip: IpAddr,
+    /// BGPPeer name.
+    pub peer: String,
+    pub reason: NotAnnounced,
+}
+
 /// The BGP view of one Service from this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceBgp {
@@ -126,6 +157,9 @@ pub struct ServiceBgp {
     pub serving_endpoints: usize,
     pub endpoint_nodes: BTreeSet<String>,
     pub contributions: Vec<Contribution>,
+    /// Addresses left out for some peers, with the reason (a Service may be announced to
+    /// other peers, or its other family announced).
+    pub unsent: Vec<Unsent>,
     /// Why nothing is announced; `None` when `contributions` is not empty.
     pub not_announced: Option<NotAnnounced>,
 }
@@ -683,6 +717,7 @@ fn plan_service(
         serving_endpoints: 0,
         endpoint_nodes: BTreeSet::new(),
         contributions: Vec::new(),
+        unsent: Vec::new(),
         not_announced: None,
     };
     for slice in endpoints
@@ -744,12 +779,25 @@ fn plan_service(
         return Some(s);
     }
     for (ip, index, ad) in selecting {
-        let peers: BTreeSet<String> = plan
+        let mut peers = BTreeSet::new();
+        for p in plan
             .peers
             .values()
             .filter(|p| ad.peers.is_empty() || ad.peers.contains(&p.name))
-            .map(|p| p.name.clone())
-            .collect();
+        {
+            if p.carries(ip) {
+                peers.insert(p.name.clone());
+            } else {
+                let unsent = Unsent {
+                    ip,
+                    peer: p.name.clone(),
+                    reason: NotAnnounced::FamilyNotCarried,
+                };
+                if !s.unsent.contains(&unsent) {
+                    s.unsent.push(unsent);
+                }
+            }
+        }
         if peers.is_empty() {
             continue;
         }
@@ -762,7 +810,11 @@ fn plan_service(
         });
     }
     if s.contributions.is_empty() {
-        s.not_announced = Some(NotAnnounced::NoPeer);
+        s.not_announced = Some(if s.unsent.is_empty() {
+            NotAnnounced::NoPeer
+        } else {
+            NotAnnounced::FamilyNotCarried
+        });
     }
     Some(s)
 }
@@ -878,6 +930,70 @@ mod tests {
             p.services[0].peers(),
             BTreeSet::from(["router".to_string()])
         );
+    }
+
+    #[test]
+    fn ipv6_address_on_an_ipv4_only_session_is_not_announced() {
+        let v4_only = json!({"disableMP": true});
+        let objects = |peer_extra: Value, ips: &[&str]| {
+            let mut v = base(vec![
+                meta("BGPAdvertisement", "all", json!({})),
+                service("web", ips, "Cluster"),
+                slice("web", &["node2"]),
+            ]);
+            v[2] = peer("router", "192.0.2.1", 64513, 64512, peer_extra);
+            v
+        };
+        // IPv6 only: nothing can be sent, and the plan says why.
+        let p = run(objects(v4_only.clone(), &["2001:db8:0:1::201"]));
+        assert!(routes(&p, "router").is_empty());
+        let s = &p.services[0];
+        assert!(s.contributions.is_empty() && s.peers().is_empty());
+        assert_eq!(s.not_announced, Some(NotAnnounced::FamilyNotCarried));
+        assert_eq!(
+            s.unsent,
+            vec![Unsent {
+                ip: "2001:db8:0:1::201".parse().unwrap(),
+                peer: "router".into(),
+                reason: NotAnnounced::FamilyNotCarried,
+            }]
+        );
+        let text = super::super::explain::render(&p, Some(s), None);
+        assert!(
+            text.contains("not announced from this node: the sessions"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2001:db8:0:1::201 not sent to router"),
+            "{text}"
+        );
+
+        // Dual stack: the IPv4 address is announced, the IPv6 one reported as not sent.
+        let p = run(objects(v4_only, &["192.0.2.200", "2001:db8:0:1::201"]));
+        assert_eq!(
+            routes(&p, "router").keys().copied().collect::<Vec<_>>(),
+            vec![net("192.0.2.200/32")]
+        );
+        let s = &p.services[0];
+        assert_eq!(s.not_announced, None);
+        assert_eq!(
+            s.contributions.iter().map(|c| c.ip).collect::<Vec<_>>(),
+            vec!["192.0.2.200".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.unsent.len(), 1);
+        let text = super::super::explain::render(&p, Some(s), None);
+        assert!(
+            text.contains("2001:db8:0:1::201 not sent to router"),
+            "{text}"
+        );
+
+        // With dualStackAddressFamily the one session carries both.
+        let p = run(objects(
+            json!({"disableMP": true, "dualStackAddressFamily": true}),
+            &["2001:db8:0:1::201"],
+        ));
+        assert_eq!(routes(&p, "router").len(), 1);
+        assert!(p.services[0].unsent.is_empty());
     }
 
     #[test]

@@ -179,6 +179,7 @@ mod tests {
                 advertisement_index: 0,
                 peers: peers.iter().map(|p| p.to_string()).collect(),
             }],
+            unsent: Vec::new(),
             not_announced: None,
         }
     }
