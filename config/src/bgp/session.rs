@@ -42,6 +42,10 @@ pub struct Counters {
     pub session_up: AtomicBool,
     /// How often the session reached Established.
     pub established_total: AtomicU64,
+    /// Received UPDATEs whose routes were withdrawn for a malformed attribute (RFC 7606).
+    pub updates_treated_as_withdraw: AtomicU64,
+    /// Malformed attributes dropped from received UPDATEs (RFC 7606 attribute discard).
+    pub attributes_discarded: AtomicU64,
 }
 
 /// The routes to announce, shared by the handle (writes) and the session task (reads).
@@ -385,10 +389,13 @@ impl Runner {
             let event = match wire::frame_len(&self.buf) {
                 Ok(None) => return,
                 Ok(Some(len)) => {
-                    let r = Message::parse(&self.buf[..len], ctx);
+                    let r = Message::parse_received(&self.buf[..len], ctx);
                     self.buf.drain(..len);
                     match r {
-                        Ok((m, _)) => Event::Message(m),
+                        Ok((m, _, faults)) => match self.note_faults(m, &faults) {
+                            Some(m) => Event::Message(m),
+                            None => continue,
+                        },
                         Err(e) => Event::DecodeError(e),
                     }
                 }
@@ -400,6 +407,40 @@ impl Runner {
             }
             self.process(event).await;
         }
+    }
+
+    /// Logs and counts the RFC 7606 faults of a received message; `None` when nothing of
+    /// it is left to deliver (a treat-as-withdraw UPDATE that announced nothing, which would
+    /// otherwise read as an End-of-RIB marker).
+    fn note_faults(&self, m: Message, faults: &[wire::AttrFault]) -> Option<Message> {
+        if faults.is_empty() {
+            return Some(m);
+        }
+        let mut withdraw = false;
+        for f in faults {
+            match f.action {
+                wire::FaultAction::TreatAsWithdraw => withdraw = true,
+                wire::FaultAction::AttributeDiscard => {
+                    self.counters
+                        .attributes_discarded
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tracing::warn!(peer = %self.config.peer_address, attribute = f.type_code,
+                action = ?f.action, error = %f.error,
+                "malformed attribute in a BGP UPDATE from peer; handled as RFC 7606 prescribes, session kept");
+        }
+        if withdraw {
+            self.counters
+                .updates_treated_as_withdraw
+                .fetch_add(1, Ordering::Relaxed);
+            if let Message::Update(u) = &m
+                && u.is_end_of_rib().is_some()
+            {
+                return None;
+            }
+        }
+        Some(m)
     }
 
     fn ctx(&self) -> WireContext {
@@ -917,35 +958,12 @@ mod tests {
             b
         };
         let origin_as_nh = [0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9];
+        // Malformed attributes RFC 7606 handles without a reset are in
+        // `malformed_attributes_withdraw_routes_and_keep_the_session`.
         let cases: Vec<(Vec<u8>, (u8, u8))> = vec![
-            (
-                update(
-                    &[0x40, 1, 1, 7, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9],
-                    &[24, 203, 0, 113],
-                ),
-                (3, 6),
-            ),
             (update(&origin_as_nh, &[40, 1, 2, 3, 4, 5, 6]), (3, 10)),
-            (
-                update(&[0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9], &[24, 203, 0, 113]),
-                (3, 3),
-            ),
-            (
-                update(
-                    &[
-                        0x40, 1, 1, 0, 0x40, 2, 4, 9, 1, 0, 1, 0x40, 3, 4, 192, 0, 2, 9,
-                    ],
-                    &[24, 203, 0, 113],
-                ),
-                (3, 11),
-            ),
-            (
-                update(
-                    &[0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 224, 0, 0, 1],
-                    &[24, 203, 0, 113],
-                ),
-                (3, 8),
-            ),
+            // MP_REACH_NLRI too short to locate its NLRI.
+            (update(&[0x80, 14, 2, 0, 1], &[]), (3, 9)),
             (header(19, 9), (1, 3)),
             (vec![0; 19], (1, 1)),
             (header(5000, 2), (1, 2)),
@@ -990,6 +1008,81 @@ mod tests {
                 .map(|n| (n.code, n.subcode)),
             Some((6, 2))
         );
+    }
+
+    /// RFC 7606: a malformed ORIGIN, AS_PATH or NEXT_HOP, or a missing mandatory attribute,
+    /// withdraws the UPDATE's routes; a malformed ATOMIC_AGGREGATE is dropped; the session
+    /// stays Established throughout.
+    #[tokio::test]
+    async fn malformed_attributes_withdraw_routes_and_keep_the_session() {
+        let port = free_loopback_port();
+        let s = Session::spawn(passive_on_loopback(port));
+        let update = |attrs: &[u8], nlri: &[u8]| {
+            let mut b = vec![0xff; 16];
+            b.extend_from_slice(&((19 + 4 + attrs.len() + nlri.len()) as u16).to_be_bytes());
+            b.push(2);
+            b.extend_from_slice(&[0, 0]);
+            b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+            b.extend_from_slice(attrs);
+            b.extend_from_slice(nlri);
+            b
+        };
+        let origin_as_nh = [0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9];
+        let prefix = [24, 203, 0, 113];
+        let (mut peer, _) = raw_peer(port, None).await;
+        assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+        let wait_received = |n: usize| {
+            let s = &s;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while s.received().len() != n && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                s.received().len() == n
+            }
+        };
+        let withdrawing: Vec<Vec<u8>> = vec![
+            // ORIGIN 7 is undefined.
+            vec![0x40, 1, 1, 7, 0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9],
+            // AS_PATH segment overruns the attribute.
+            vec![
+                0x40, 1, 1, 0, 0x40, 2, 4, 9, 1, 0, 1, 0x40, 3, 4, 192, 0, 2, 9,
+            ],
+            // NEXT_HOP is multicast.
+            vec![0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 224, 0, 0, 1],
+            // ORIGIN missing.
+            vec![0x40, 2, 0, 0x40, 3, 4, 192, 0, 2, 9],
+        ];
+        for (i, attrs) in withdrawing.iter().enumerate() {
+            peer.write_all(&update(&origin_as_nh, &prefix))
+                .await
+                .unwrap();
+            assert!(wait_received(1).await, "case {i}: announced");
+            peer.write_all(&update(attrs, &prefix)).await.unwrap();
+            assert!(wait_received(0).await, "case {i}: withdrawn");
+            assert_eq!(s.state(), State::Established, "case {i}");
+            assert_eq!(
+                s.counters()
+                    .updates_treated_as_withdraw
+                    .load(Ordering::Relaxed),
+                i as u64 + 1
+            );
+        }
+        // ATOMIC_AGGREGATE must be empty: discarded, the route is kept.
+        let mut attrs = origin_as_nh.to_vec();
+        attrs.extend_from_slice(&[0x40, 6, 1, 0]);
+        peer.write_all(&update(&attrs, &prefix)).await.unwrap();
+        assert!(wait_received(1).await);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.counters().attributes_discarded.load(Ordering::Relaxed) == 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(s.counters().attributes_discarded.load(Ordering::Relaxed), 1);
+        assert_eq!(s.state(), State::Established);
+        assert_eq!(s.counters().established_total.load(Ordering::Relaxed), 1);
+        s.shutdown().await;
     }
 
     /// A wrong MD5 password never gets a session up.

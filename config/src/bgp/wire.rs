@@ -234,6 +234,27 @@ impl Message {
     /// A `buf` shorter than the header's length field is a bad-length error: use [`frame_len`]
     /// to frame a stream.
     pub fn parse(buf: &[u8], ctx: WireContext) -> Result<(Message, usize), WireError> {
+        Self::parse_with(buf, ctx, false).map(|(m, len, _)| (m, len))
+    }
+
+    /// Parses a message received from a peer with the revised UPDATE error handling of
+    /// RFC 7606: a malformed attribute makes the UPDATE withdraw its routes, or is dropped,
+    /// instead of closing the session; each such fault is returned for logging and counting.
+    /// Errors that still require a session reset (framing, NLRI, MP_REACH/MP_UNREACH) are
+    /// `Err` as in [`Message::parse`].
+    pub fn parse_received(
+        buf: &[u8],
+        ctx: WireContext,
+    ) -> Result<(Message, usize, Vec<AttrFault>), WireError> {
+        Self::parse_with(buf, ctx, true)
+    }
+
+    fn parse_with(
+        buf: &[u8],
+        ctx: WireContext,
+        lenient: bool,
+    ) -> Result<(Message, usize, Vec<AttrFault>), WireError> {
+        let mut faults = Vec::new();
         if buf.len() < HEADER_LEN {
             if buf.len() >= 16 && buf[..16].iter().any(|b| *b != 0xff) {
                 return Err(not_synchronized());
@@ -257,7 +278,16 @@ impl Message {
         let body = &buf[HEADER_LEN..len];
         let msg = match buf[18] {
             TYPE_OPEN => Message::Open(Open::parse(body)?),
-            TYPE_UPDATE => Message::Update(Update::parse(body, ctx)?),
+            TYPE_UPDATE => {
+                let (update, found) = Update::parse_faults(body, ctx)?;
+                if let Some(first) = found.first()
+                    && !lenient
+                {
+                    return Err(first.error.clone());
+                }
+                faults = found;
+                Message::Update(update)
+            }
             TYPE_NOTIFICATION => Message::Notification(Notification {
                 code: body[0],
                 subcode: body[1],
@@ -271,7 +301,7 @@ impl Message {
             }),
             _ => unreachable!("check_header accepts only known types"),
         };
-        Ok((msg, len))
+        Ok((msg, len, faults))
     }
 
     /// Appends the encoded message to `out`. Fails only when it would exceed 4096 octets.
@@ -833,7 +863,12 @@ impl Update {
             .find(|a| a.type_code() == type_code)
     }
 
-    fn parse(body: &[u8], ctx: WireContext) -> Result<Update, WireError> {
+    /// Parses an UPDATE, applying RFC 7606 to malformed attributes: the result has the
+    /// faults found, in order, and, when one of them is treat-as-withdraw, the routes of
+    /// the UPDATE turned into withdrawals. `Err` for the errors RFC 7606 still answers with
+    /// a session reset.
+    fn parse_faults(body: &[u8], ctx: WireContext) -> Result<(Update, Vec<AttrFault>), WireError> {
+        let mut faults = Vec::new();
         let malformed =
             |reason| WireError::new(code::UPDATE, code::MALFORMED_ATTRIBUTE_LIST, vec![], reason);
         let wlen = u16::from_be_bytes([body[0], body[1]]) as usize;
@@ -888,19 +923,88 @@ impl Update {
             };
             rest = &rest[hdr + len..];
             if std::mem::replace(&mut seen[type_code as usize], true) {
-                return Err(malformed("attribute appears twice"));
+                let error = malformed("attribute appears twice");
+                // RFC 7606 §3 (g): keep the first, except for the MP attributes.
+                if matches!(type_code, ATTR_MP_REACH | ATTR_MP_UNREACH) {
+                    return Err(error);
+                }
+                faults.push(AttrFault {
+                    type_code,
+                    action: FaultAction::AttributeDiscard,
+                    error,
+                });
+                continue;
             }
-            let value = parse_attr(flags, type_code, &whole[hdr..], whole, ctx)?;
-            attributes.push(PathAttribute { flags, value });
+            match parse_attr(flags, type_code, &whole[hdr..], whole, ctx) {
+                Ok(value) => attributes.push(PathAttribute { flags, value }),
+                Err(error) => match fault_action(type_code, &error) {
+                    Some(action) => faults.push(AttrFault {
+                        type_code,
+                        action,
+                        error,
+                    }),
+                    None => return Err(error),
+                },
+            }
         }
 
-        let update = Update {
+        let mut update = Update {
             withdrawn,
             attributes,
             nlri,
         };
-        update.check_mandatory()?;
-        Ok(update)
+        let withdraw = |faults: &[AttrFault]| {
+            faults
+                .iter()
+                .any(|f| f.action == FaultAction::TreatAsWithdraw)
+        };
+        // A malformed mandatory attribute was dropped above: reported once, not again as
+        // missing.
+        if !withdraw(&faults)
+            && let Err(error) = update.check_mandatory()
+        {
+            // RFC 7606 §3 (d).
+            faults.push(AttrFault {
+                type_code: error.data.first().copied().unwrap_or(0),
+                action: FaultAction::TreatAsWithdraw,
+                error,
+            });
+        }
+        if withdraw(&faults) {
+            update = update.into_withdrawal();
+        }
+        Ok((update, faults))
+    }
+
+    /// RFC 7606 treat-as-withdraw: every route the UPDATE announces is withdrawn instead,
+    /// and its attributes are dropped.
+    fn into_withdrawal(self) -> Update {
+        let mut withdrawn = self.withdrawn;
+        withdrawn.extend(self.nlri);
+        let mut unreach: Vec<MpUnreach> = Vec::new();
+        for a in self.attributes {
+            let (afi, safi, prefixes) = match a.value {
+                Attr::MpReach(r) => (r.afi, r.safi, r.nlri),
+                Attr::MpUnreach(u) => (u.afi, u.safi, u.withdrawn),
+                _ => continue,
+            };
+            match unreach.iter_mut().find(|u| (u.afi, u.safi) == (afi, safi)) {
+                Some(u) => u.withdrawn.extend(prefixes),
+                None => unreach.push(MpUnreach {
+                    afi,
+                    safi,
+                    withdrawn: prefixes,
+                }),
+            }
+        }
+        Update {
+            withdrawn,
+            attributes: unreach
+                .into_iter()
+                .map(|u| PathAttribute::new(Attr::MpUnreach(u)))
+                .collect(),
+            nlri: Vec::new(),
+        }
     }
 
     /// RFC 4271 §6.3: an UPDATE announcing routes must carry ORIGIN, AS_PATH and (for IPv4
@@ -954,6 +1058,41 @@ impl Update {
             emit_prefix(&IpNet::V4(*p), out);
         }
         Ok(())
+    }
+}
+
+/// How RFC 7606 handles a malformed path attribute that did not require a session reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// The routes of the UPDATE are withdrawn (RFC 7606 §2).
+    TreatAsWithdraw,
+    /// The attribute is dropped and the UPDATE used without it.
+    AttributeDiscard,
+}
+
+/// A malformed attribute in a received UPDATE, handled without closing the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrFault {
+    pub type_code: u8,
+    pub action: FaultAction,
+    /// What a strict parser would have sent in a NOTIFICATION (for logs).
+    pub error: WireError,
+}
+
+/// RFC 7606 §7 per attribute; `None`: the session must still be reset.
+fn fault_action(type_code: u8, error: &WireError) -> Option<FaultAction> {
+    if error.subcode == code::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE {
+        return None;
+    }
+    match type_code {
+        // §7.11 and §5.3: without a usable MP attribute the NLRI cannot be located.
+        ATTR_MP_REACH | ATTR_MP_UNREACH => None,
+        // §7.6, §7.7, and RFC 6793 §6 for the AS4 attributes.
+        ATTR_ATOMIC_AGGREGATE | ATTR_AGGREGATOR | ATTR_AS4_AGGREGATOR | ATTR_AS4_PATH => {
+            Some(FaultAction::AttributeDiscard)
+        }
+        // §7.1-§7.5, §7.8, RFC 7606 §7 for the community attributes; flags errors (§3 c).
+        _ => Some(FaultAction::TreatAsWithdraw),
     }
 }
 
