@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../config/src/bgp/wire.rs"]
+#[path = "../../config/src/bgp/wire/mod.rs"]
 mod wire;
 
 fuzz_target!(|data: &[u8]| {
