@@ -127,22 +127,87 @@ impl Attr {
     }
 }
 
+/// A path attribute type code, typed; `Unknown` keeps codes we do not interpret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttrType {
+    Origin,
+    AsPath,
+    NextHop,
+    Med,
+    LocalPref,
+    AtomicAggregate,
+    Aggregator,
+    Communities,
+    MpReach,
+    MpUnreach,
+    ExtendedCommunities,
+    As4Path,
+    As4Aggregator,
+    LargeCommunities,
+    Unknown(u8),
+}
+
+impl From<u8> for AttrType {
+    fn from(code: u8) -> Self {
+        match code {
+            ATTR_ORIGIN => AttrType::Origin,
+            ATTR_AS_PATH => AttrType::AsPath,
+            ATTR_NEXT_HOP => AttrType::NextHop,
+            ATTR_MED => AttrType::Med,
+            ATTR_LOCAL_PREF => AttrType::LocalPref,
+            ATTR_ATOMIC_AGGREGATE => AttrType::AtomicAggregate,
+            ATTR_AGGREGATOR => AttrType::Aggregator,
+            ATTR_COMMUNITIES => AttrType::Communities,
+            ATTR_MP_REACH => AttrType::MpReach,
+            ATTR_MP_UNREACH => AttrType::MpUnreach,
+            ATTR_EXTENDED_COMMUNITIES => AttrType::ExtendedCommunities,
+            ATTR_AS4_PATH => AttrType::As4Path,
+            ATTR_AS4_AGGREGATOR => AttrType::As4Aggregator,
+            ATTR_LARGE_COMMUNITIES => AttrType::LargeCommunities,
+            other => AttrType::Unknown(other),
+        }
+    }
+}
+
+impl AttrType {
+    pub fn code(self) -> u8 {
+        match self {
+            AttrType::Origin => ATTR_ORIGIN,
+            AttrType::AsPath => ATTR_AS_PATH,
+            AttrType::NextHop => ATTR_NEXT_HOP,
+            AttrType::Med => ATTR_MED,
+            AttrType::LocalPref => ATTR_LOCAL_PREF,
+            AttrType::AtomicAggregate => ATTR_ATOMIC_AGGREGATE,
+            AttrType::Aggregator => ATTR_AGGREGATOR,
+            AttrType::Communities => ATTR_COMMUNITIES,
+            AttrType::MpReach => ATTR_MP_REACH,
+            AttrType::MpUnreach => ATTR_MP_UNREACH,
+            AttrType::ExtendedCommunities => ATTR_EXTENDED_COMMUNITIES,
+            AttrType::As4Path => ATTR_AS4_PATH,
+            AttrType::As4Aggregator => ATTR_AS4_AGGREGATOR,
+            AttrType::LargeCommunities => ATTR_LARGE_COMMUNITIES,
+            AttrType::Unknown(code) => code,
+        }
+    }
+
+    /// The flags RFC 4271/4760/1997/8092/6793 prescribe for the type (optional and
+    /// transitive bits), or `None` for types we do not know.
+    pub fn flags(self) -> Option<u8> {
+        use AttrType::*;
+        Some(match self {
+            Origin | AsPath | NextHop | LocalPref | AtomicAggregate => FLAG_TRANSITIVE,
+            Med | MpReach | MpUnreach => FLAG_OPTIONAL,
+            Aggregator | Communities | ExtendedCommunities | As4Path | As4Aggregator
+            | LargeCommunities => FLAG_OPTIONAL | FLAG_TRANSITIVE,
+            Unknown(_) => return None,
+        })
+    }
+}
+
 /// The flags RFC 4271/4760/1997/8092/6793 prescribe for a type code (optional and transitive
 /// bits), or `None` for types we do not know.
 pub fn well_known_flags(type_code: u8) -> Option<u8> {
-    Some(match type_code {
-        ATTR_ORIGIN | ATTR_AS_PATH | ATTR_NEXT_HOP | ATTR_LOCAL_PREF | ATTR_ATOMIC_AGGREGATE => {
-            FLAG_TRANSITIVE
-        }
-        ATTR_MED | ATTR_MP_REACH | ATTR_MP_UNREACH => FLAG_OPTIONAL,
-        ATTR_AGGREGATOR
-        | ATTR_COMMUNITIES
-        | ATTR_EXTENDED_COMMUNITIES
-        | ATTR_AS4_PATH
-        | ATTR_AS4_AGGREGATOR
-        | ATTR_LARGE_COMMUNITIES => FLAG_OPTIONAL | FLAG_TRANSITIVE,
-        _ => return None,
-    })
+    AttrType::from(type_code).flags()
 }
 
 impl PathAttribute {
@@ -164,29 +229,19 @@ pub(super) fn parse_attr(
     whole: &[u8],
     ctx: WireContext,
 ) -> Result<Attr, WireError> {
-    let Some(expected) = well_known_flags(type_code) else {
-        if flags & FLAG_OPTIONAL == 0 {
+    let kind = AttrType::from(type_code);
+    // Optional and transitive bits must match the type; partial only on optional transitive.
+    if let Some(expected) = kind.flags() {
+        let partial_ok = expected == FLAG_OPTIONAL | FLAG_TRANSITIVE;
+        if flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != expected
+            || (!partial_ok && flags & FLAG_PARTIAL != 0)
+        {
             return Err(attr_error(
-                code::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
+                code::ATTRIBUTE_FLAGS_ERROR,
                 whole,
-                "unrecognized well-known attribute",
+                "attribute flags do not match its type",
             ));
         }
-        return Ok(Attr::Unknown {
-            type_code,
-            value: v.to_vec(),
-        });
-    };
-    // Optional and transitive bits must match the type; partial only on optional transitive.
-    let partial_ok = expected == FLAG_OPTIONAL | FLAG_TRANSITIVE;
-    if flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != expected
-        || (!partial_ok && flags & FLAG_PARTIAL != 0)
-    {
-        return Err(attr_error(
-            code::ATTRIBUTE_FLAGS_ERROR,
-            whole,
-            "attribute flags do not match its type",
-        ));
     }
     let len_err = || {
         attr_error(
@@ -197,8 +252,8 @@ pub(super) fn parse_attr(
     };
     let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
     let asn_len = if ctx.four_octet_as { 4 } else { 2 };
-    Ok(match type_code {
-        ATTR_ORIGIN => {
+    Ok(match kind {
+        AttrType::Origin => {
             if v.len() != 1 {
                 return Err(len_err());
             }
@@ -211,7 +266,7 @@ pub(super) fn parse_attr(
             }
             Attr::Origin(v[0])
         }
-        ATTR_AS_PATH => Attr::AsPath(parse_as_path(v, asn_len).ok_or_else(|| {
+        AttrType::AsPath => Attr::AsPath(parse_as_path(v, asn_len).ok_or_else(|| {
             WireError::new(
                 code::UPDATE,
                 code::MALFORMED_AS_PATH,
@@ -219,13 +274,13 @@ pub(super) fn parse_attr(
                 "malformed AS_PATH",
             )
         })?),
-        ATTR_AS4_PATH => Attr::As4Path(
+        AttrType::As4Path => Attr::As4Path(
             // RFC 6793 §6 would have AS4_PATH errors ignored; we are stricter but keep the code.
             parse_as_path(v, 4).ok_or_else(|| {
                 attr_error(code::OPTIONAL_ATTRIBUTE_ERROR, whole, "malformed AS4_PATH")
             })?,
         ),
-        ATTR_NEXT_HOP => {
+        AttrType::NextHop => {
             if v.len() != 4 {
                 return Err(len_err());
             }
@@ -239,7 +294,7 @@ pub(super) fn parse_attr(
             }
             Attr::NextHop(nh)
         }
-        ATTR_MED | ATTR_LOCAL_PREF => {
+        AttrType::Med | AttrType::LocalPref => {
             if v.len() != 4 {
                 return Err(len_err());
             }
@@ -249,13 +304,13 @@ pub(super) fn parse_attr(
                 Attr::LocalPref(u32_at(0))
             }
         }
-        ATTR_ATOMIC_AGGREGATE => {
+        AttrType::AtomicAggregate => {
             if !v.is_empty() {
                 return Err(len_err());
             }
             Attr::AtomicAggregate
         }
-        ATTR_AGGREGATOR | ATTR_AS4_AGGREGATOR => {
+        AttrType::Aggregator | AttrType::As4Aggregator => {
             let alen = if type_code == ATTR_AS4_AGGREGATOR {
                 4
             } else {
@@ -276,13 +331,13 @@ pub(super) fn parse_attr(
                 Attr::As4Aggregator { asn, addr }
             }
         }
-        ATTR_COMMUNITIES => {
+        AttrType::Communities => {
             if !v.len().is_multiple_of(4) {
                 return Err(len_err());
             }
             Attr::Communities((0..v.len()).step_by(4).map(u32_at).collect())
         }
-        ATTR_EXTENDED_COMMUNITIES => {
+        AttrType::ExtendedCommunities => {
             if !v.len().is_multiple_of(8) {
                 return Err(len_err());
             }
@@ -292,7 +347,7 @@ pub(super) fn parse_attr(
                     .collect(),
             )
         }
-        ATTR_LARGE_COMMUNITIES => {
+        AttrType::LargeCommunities => {
             if !v.len().is_multiple_of(12) {
                 return Err(len_err());
             }
@@ -307,9 +362,21 @@ pub(super) fn parse_attr(
                     .collect(),
             )
         }
-        ATTR_MP_REACH => parse_mp_reach(type_code, v, whole)?,
-        ATTR_MP_UNREACH => parse_mp_unreach(type_code, v, whole)?,
-        _ => unreachable!("well_known_flags covers exactly the types above"),
+        AttrType::MpReach => parse_mp_reach(type_code, v, whole)?,
+        AttrType::MpUnreach => parse_mp_unreach(type_code, v, whole)?,
+        AttrType::Unknown(_) => {
+            if flags & FLAG_OPTIONAL == 0 {
+                return Err(attr_error(
+                    code::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
+                    whole,
+                    "unrecognized well-known attribute",
+                ));
+            }
+            Attr::Unknown {
+                type_code,
+                value: v.to_vec(),
+            }
+        }
     })
 }
 

@@ -10,6 +10,46 @@ pub const HOLD_TIMER_EXPIRED: u8 = 4;
 pub const FSM: u8 = 5;
 pub const CEASE: u8 = 6;
 
+/// A NOTIFICATION error code, typed; `Unknown` keeps codes RFC 4271 does not define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotificationCode {
+    Header,
+    Open,
+    Update,
+    HoldTimerExpired,
+    Fsm,
+    Cease,
+    Unknown(u8),
+}
+
+impl From<u8> for NotificationCode {
+    fn from(code: u8) -> Self {
+        match code {
+            HEADER => NotificationCode::Header,
+            OPEN => NotificationCode::Open,
+            UPDATE => NotificationCode::Update,
+            HOLD_TIMER_EXPIRED => NotificationCode::HoldTimerExpired,
+            FSM => NotificationCode::Fsm,
+            CEASE => NotificationCode::Cease,
+            other => NotificationCode::Unknown(other),
+        }
+    }
+}
+
+impl NotificationCode {
+    pub fn code(self) -> u8 {
+        match self {
+            NotificationCode::Header => HEADER,
+            NotificationCode::Open => OPEN,
+            NotificationCode::Update => UPDATE,
+            NotificationCode::HoldTimerExpired => HOLD_TIMER_EXPIRED,
+            NotificationCode::Fsm => FSM,
+            NotificationCode::Cease => CEASE,
+            NotificationCode::Unknown(code) => code,
+        }
+    }
+}
+
 // Message header error subcodes.
 pub const CONNECTION_NOT_SYNCHRONIZED: u8 = 1;
 pub const BAD_MESSAGE_LENGTH: u8 = 2;
@@ -79,36 +119,37 @@ impl WireError {
 
 /// A short name for a NOTIFICATION code/subcode, for logs and status.
 pub fn describe(code: u8, subcode: u8) -> &'static str {
-    match (code, subcode) {
-        (HEADER, CONNECTION_NOT_SYNCHRONIZED) => "connection not synchronized",
-        (HEADER, BAD_MESSAGE_LENGTH) => "bad message length",
-        (HEADER, BAD_MESSAGE_TYPE) => "bad message type",
-        (HEADER, _) => "message header error",
-        (OPEN, UNSUPPORTED_VERSION) => "unsupported version number",
-        (OPEN, BAD_PEER_AS) => "bad peer AS",
-        (OPEN, BAD_BGP_IDENTIFIER) => "bad BGP identifier",
-        (OPEN, UNSUPPORTED_OPTIONAL_PARAMETER) => "unsupported optional parameter",
-        (OPEN, UNACCEPTABLE_HOLD_TIME) => "unacceptable hold time",
-        (OPEN, UNSUPPORTED_CAPABILITY) => "unsupported capability",
-        (OPEN, _) => "OPEN message error",
-        (UPDATE, MALFORMED_ATTRIBUTE_LIST) => "malformed attribute list",
-        (UPDATE, UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE) => "unrecognized well-known attribute",
-        (UPDATE, MISSING_WELL_KNOWN_ATTRIBUTE) => "missing well-known attribute",
-        (UPDATE, ATTRIBUTE_FLAGS_ERROR) => "attribute flags error",
-        (UPDATE, ATTRIBUTE_LENGTH_ERROR) => "attribute length error",
-        (UPDATE, INVALID_ORIGIN) => "invalid ORIGIN attribute",
-        (UPDATE, INVALID_NEXT_HOP) => "invalid NEXT_HOP attribute",
-        (UPDATE, OPTIONAL_ATTRIBUTE_ERROR) => "optional attribute error",
-        (UPDATE, INVALID_NETWORK_FIELD) => "invalid network field",
-        (UPDATE, MALFORMED_AS_PATH) => "malformed AS_PATH",
-        (UPDATE, _) => "UPDATE message error",
-        (HOLD_TIMER_EXPIRED, _) => "hold timer expired",
-        (FSM, _) => "finite state machine error",
-        (CEASE, CEASE_ADMINISTRATIVE_SHUTDOWN) => "cease: administrative shutdown",
-        (CEASE, CEASE_PEER_DECONFIGURED) => "cease: peer de-configured",
-        (CEASE, CEASE_ADMINISTRATIVE_RESET) => "cease: administrative reset",
-        (CEASE, CEASE_CONNECTION_REJECTED) => "cease: connection rejected",
-        (CEASE, _) => "cease",
-        _ => "unknown error code",
+    use NotificationCode as C;
+    match (NotificationCode::from(code), subcode) {
+        (C::Header, CONNECTION_NOT_SYNCHRONIZED) => "connection not synchronized",
+        (C::Header, BAD_MESSAGE_LENGTH) => "bad message length",
+        (C::Header, BAD_MESSAGE_TYPE) => "bad message type",
+        (C::Header, _) => "message header error",
+        (C::Open, UNSUPPORTED_VERSION) => "unsupported version number",
+        (C::Open, BAD_PEER_AS) => "bad peer AS",
+        (C::Open, BAD_BGP_IDENTIFIER) => "bad BGP identifier",
+        (C::Open, UNSUPPORTED_OPTIONAL_PARAMETER) => "unsupported optional parameter",
+        (C::Open, UNACCEPTABLE_HOLD_TIME) => "unacceptable hold time",
+        (C::Open, UNSUPPORTED_CAPABILITY) => "unsupported capability",
+        (C::Open, _) => "OPEN message error",
+        (C::Update, MALFORMED_ATTRIBUTE_LIST) => "malformed attribute list",
+        (C::Update, UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE) => "unrecognized well-known attribute",
+        (C::Update, MISSING_WELL_KNOWN_ATTRIBUTE) => "missing well-known attribute",
+        (C::Update, ATTRIBUTE_FLAGS_ERROR) => "attribute flags error",
+        (C::Update, ATTRIBUTE_LENGTH_ERROR) => "attribute length error",
+        (C::Update, INVALID_ORIGIN) => "invalid ORIGIN attribute",
+        (C::Update, INVALID_NEXT_HOP) => "invalid NEXT_HOP attribute",
+        (C::Update, OPTIONAL_ATTRIBUTE_ERROR) => "optional attribute error",
+        (C::Update, INVALID_NETWORK_FIELD) => "invalid network field",
+        (C::Update, MALFORMED_AS_PATH) => "malformed AS_PATH",
+        (C::Update, _) => "UPDATE message error",
+        (C::HoldTimerExpired, _) => "hold timer expired",
+        (C::Fsm, _) => "finite state machine error",
+        (C::Cease, CEASE_ADMINISTRATIVE_SHUTDOWN) => "cease: administrative shutdown",
+        (C::Cease, CEASE_PEER_DECONFIGURED) => "cease: peer de-configured",
+        (C::Cease, CEASE_ADMINISTRATIVE_RESET) => "cease: administrative reset",
+        (C::Cease, CEASE_CONNECTION_REJECTED) => "cease: connection rejected",
+        (C::Cease, _) => "cease",
+        (C::Unknown(_), _) => "unknown error code",
     }
 }

@@ -18,7 +18,7 @@ mod open;
 mod update;
 
 pub use attr::*;
-pub use code::{WireError, describe};
+pub use code::{NotificationCode, WireError, describe};
 pub use nlri::*;
 pub use notification::*;
 pub use open::*;
@@ -77,7 +77,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
         }
         return Ok(None);
     }
-    let len = check_header(buf)?;
+    let (len, _) = check_header(buf)?;
     Ok((buf.len() >= len).then_some(len))
 }
 
@@ -91,7 +91,41 @@ fn not_synchronized() -> WireError {
 }
 
 /// Validates marker, length and type; returns the length.
-fn check_header(buf: &[u8]) -> Result<usize, WireError> {
+/// The message types of RFC 4271 §4.1 and RFC 2918.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Open,
+    Update,
+    Notification,
+    Keepalive,
+    RouteRefresh,
+}
+
+impl MessageType {
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            TYPE_OPEN => MessageType::Open,
+            TYPE_UPDATE => MessageType::Update,
+            TYPE_NOTIFICATION => MessageType::Notification,
+            TYPE_KEEPALIVE => MessageType::Keepalive,
+            TYPE_ROUTE_REFRESH => MessageType::RouteRefresh,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            MessageType::Open => TYPE_OPEN,
+            MessageType::Update => TYPE_UPDATE,
+            MessageType::Notification => TYPE_NOTIFICATION,
+            MessageType::Keepalive => TYPE_KEEPALIVE,
+            MessageType::RouteRefresh => TYPE_ROUTE_REFRESH,
+        }
+    }
+}
+
+/// Checks the header; returns the message length and type.
+fn check_header(buf: &[u8]) -> Result<(usize, MessageType), WireError> {
     if buf[..16].iter().any(|b| *b != 0xff) {
         return Err(not_synchronized());
     }
@@ -108,25 +142,25 @@ fn check_header(buf: &[u8]) -> Result<usize, WireError> {
     if !(HEADER_LEN..=MAX_MESSAGE_LEN).contains(&len) {
         return Err(bad_len());
     }
+    let Some(kind) = MessageType::from_code(kind) else {
+        return Err(WireError::new(
+            code::HEADER,
+            code::BAD_MESSAGE_TYPE,
+            vec![kind],
+            "unknown message type",
+        ));
+    };
     let ok = match kind {
-        TYPE_OPEN => len >= 29,
-        TYPE_UPDATE => len >= 23,
-        TYPE_NOTIFICATION => len >= 21,
-        TYPE_KEEPALIVE => len == 19,
-        TYPE_ROUTE_REFRESH => len == 23,
-        _ => {
-            return Err(WireError::new(
-                code::HEADER,
-                code::BAD_MESSAGE_TYPE,
-                vec![kind],
-                "unknown message type",
-            ));
-        }
+        MessageType::Open => len >= 29,
+        MessageType::Update => len >= 23,
+        MessageType::Notification => len >= 21,
+        MessageType::Keepalive => len == 19,
+        MessageType::RouteRefresh => len == 23,
     };
     if !ok {
         return Err(bad_len());
     }
-    Ok(len)
+    Ok((len, kind))
 }
 
 impl Message {
@@ -166,7 +200,7 @@ impl Message {
                 "truncated header",
             ));
         }
-        let len = check_header(buf)?;
+        let (len, kind) = check_header(buf)?;
         if buf.len() < len {
             return Err(WireError::new(
                 code::HEADER,
@@ -176,9 +210,9 @@ impl Message {
             ));
         }
         let body = &buf[HEADER_LEN..len];
-        let msg = match buf[18] {
-            TYPE_OPEN => Message::Open(Open::parse(body)?),
-            TYPE_UPDATE => {
+        let msg = match kind {
+            MessageType::Open => Message::Open(Open::parse(body)?),
+            MessageType::Update => {
                 let (update, found) = Update::parse_faults(body, ctx)?;
                 if let Some(first) = found.first()
                     && !lenient
@@ -188,18 +222,17 @@ impl Message {
                 faults = found;
                 Message::Update(update)
             }
-            TYPE_NOTIFICATION => Message::Notification(Notification {
+            MessageType::Notification => Message::Notification(Notification {
                 code: body[0],
                 subcode: body[1],
                 data: body[2..].to_vec(),
             }),
-            TYPE_KEEPALIVE => Message::Keepalive,
-            TYPE_ROUTE_REFRESH => Message::RouteRefresh(RouteRefresh {
+            MessageType::Keepalive => Message::Keepalive,
+            MessageType::RouteRefresh => Message::RouteRefresh(RouteRefresh {
                 afi: u16::from_be_bytes([body[0], body[1]]),
                 subtype: body[2],
                 safi: body[3],
             }),
-            _ => unreachable!("check_header accepts only known types"),
         };
         Ok((msg, len, faults))
     }

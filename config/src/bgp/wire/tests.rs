@@ -695,3 +695,19 @@ fn received_updates_follow_rfc_7606() {
         code::INVALID_NETWORK_FIELD
     );
 }
+
+#[test]
+fn typed_codes_roundtrip_every_byte() {
+    for b in 0..=u8::MAX {
+        assert_eq!(AttrType::from(b).code(), b);
+        assert_eq!(NotificationCode::from(b).code(), b);
+        if let Some(t) = MessageType::from_code(b) {
+            assert_eq!(t.code(), b);
+        }
+        assert_eq!(
+            AttrType::from(b).flags().is_some(),
+            !matches!(AttrType::from(b), AttrType::Unknown(_))
+        );
+    }
+    assert_eq!(describe(42, 0), "unknown error code");
+}
