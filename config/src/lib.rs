@@ -10,5 +10,6 @@ pub mod manifest;
 pub mod model;
 pub mod netlink;
 pub mod state;
+pub mod sys;
 pub mod telemetry;
 pub mod validate;
