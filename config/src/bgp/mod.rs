@@ -5,16 +5,19 @@
 //! - [`wire`]: messages with `parse`/`emit` that round-trip; every malformed input maps to the
 //!   NOTIFICATION code/subcode RFC 4271 §6 prescribes.
 //! - [`fsm`]: the RFC 4271 §8 state machine as a pure function of events to actions.
+//! - [`peer`]: a peer's session parameters, built from the validated BGPPeer.
 //! - [`session`]: sockets (source address, TTL, TCP MD5), framing, timers, route diffing.
 
 pub mod fsm;
+pub mod peer;
 pub mod rib;
 #[cfg(feature = "io")]
 pub mod session;
 pub mod wire;
 
 pub use fsm::{DynamicAs, Fsm, FsmConfig, Negotiated, State};
+pub use peer::{Password, PeerConfig};
 pub use rib::{ReceivedRoute, RouteAttrs};
 #[cfg(feature = "io")]
-pub use session::{Password, PeerConfig, PeerSpecError, Session, SessionHandle, SessionStatus};
+pub use session::{Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

@@ -1,4 +1,5 @@
 //! The system-call layer: every `unsafe` call into the kernel lives here, behind safe
-//! functions that name what they do.
+//! functions that name what they do and the invariant they rely on.
 
 pub mod netns;
+pub mod tcp;

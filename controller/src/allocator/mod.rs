@@ -73,8 +73,8 @@ pub use error::{AllocError, Conflict, PoolRejection, SharingRefusal};
 pub use explain::{Explanation, PoolExplanation, PoolVerdict};
 pub use request::*;
 pub use types::{
-    Assignment, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, PoolSpecError, Port,
-    ServiceAllocation, ServiceKey, ServiceRequest,
+    Assignment, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, Port, ServiceAllocation,
+    ServiceKey, ServiceRequest,
 };
 
 use runs::Runs;

@@ -5,8 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use metalnet::labels::{Selector, SelectorError};
-use metalnet::model::metallb::IPAddressPoolSpec;
+use metalnet::labels::Selector;
 use metalnet::validate::ParsedPool;
 
 /// An IP address family.
@@ -233,15 +232,6 @@ pub struct Pool {
     pub service_allocation: Option<ServiceAllocation>,
 }
 
-/// A pool spec whose selectors do not compile.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("IPAddressPool {pool}: spec.serviceAllocation.{field}: {source}")]
-pub struct PoolSpecError {
-    pub pool: String,
-    pub field: String,
-    pub source: Box<SelectorError>,
-}
-
 impl Pool {
     /// A plain auto-assign pool.
     pub fn new(name: impl Into<String>, cidrs: Vec<IpNet>) -> Self {
@@ -268,45 +258,6 @@ impl Pool {
                 service_selectors: a.service_selectors.to_vec(),
             }),
         }
-    }
-
-    /// Build from an IPAddressPool spec and its addresses, parsed elsewhere into CIDRs.
-    pub fn from_spec(
-        name: impl Into<String>,
-        spec: &IPAddressPoolSpec,
-        cidrs: Vec<IpNet>,
-    ) -> Result<Self, PoolSpecError> {
-        let name = name.into();
-        let service_allocation = match &spec.service_allocation {
-            None => None,
-            Some(sa) => {
-                let compile = |field: &str, sels: &[_]| -> Result<Vec<Selector>, PoolSpecError> {
-                    sels.iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            Selector::new(s).map_err(|source| PoolSpecError {
-                                pool: name.clone(),
-                                field: format!("{field}[{i}]"),
-                                source: Box::new(source),
-                            })
-                        })
-                        .collect()
-                };
-                Some(ServiceAllocation {
-                    priority: sa.priority,
-                    namespaces: sa.namespaces.iter().cloned().collect(),
-                    namespace_selectors: compile("namespaceSelectors", &sa.namespace_selectors)?,
-                    service_selectors: compile("serviceSelectors", &sa.service_selectors)?,
-                })
-            }
-        };
-        Ok(Self {
-            name,
-            cidrs,
-            auto_assign: spec.auto_assign(),
-            avoid_buggy_ips: spec.avoid_buggy_ips,
-            service_allocation,
-        })
     }
 }
 

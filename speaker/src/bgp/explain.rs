@@ -60,6 +60,9 @@ pub fn render(
         let ads: Vec<&str> = s.advertisements.iter().map(String::as_str).collect();
         let _ = writeln!(o, "  BGPAdvertisements: {}", ads.join(", "));
     }
+    for u in &s.unsent {
+        let _ = writeln!(o, "  {} not sent to {}: {}", u.ip, u.peer, u.reason);
+    }
     match &s.not_announced {
         Some(why) => {
             let _ = writeln!(o, "  verdict: not announced from this node: {why}");

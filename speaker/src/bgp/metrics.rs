@@ -18,6 +18,10 @@ pub struct BgpMetrics {
     pub updates: Family<PeerLabel, Counter>,
     pub announced_prefixes: Family<PeerLabel, Gauge>,
     pub pending_prefixes: Family<PeerLabel, Gauge>,
+    /// Received UPDATEs withdrawn for a malformed attribute (RFC 7606), session kept.
+    pub updates_treated_as_withdraw: Family<PeerLabel, Counter>,
+    /// Malformed attributes dropped from received UPDATEs (RFC 7606), session kept.
+    pub attributes_discarded: Family<PeerLabel, Counter>,
 }
 
 impl BgpMetrics {
@@ -42,6 +46,16 @@ impl BgpMetrics {
             "Number of prefixes that should be advertised on the BGP session",
             self.pending_prefixes.clone(),
         );
+        registry.register(
+            "metalnet_bgp_updates_treated_as_withdraw",
+            "Received BGP UPDATEs whose routes were withdrawn for a malformed attribute (RFC 7606)",
+            self.updates_treated_as_withdraw.clone(),
+        );
+        registry.register(
+            "metalnet_bgp_attributes_discarded",
+            "Malformed path attributes dropped from received BGP UPDATEs (RFC 7606)",
+            self.attributes_discarded.clone(),
+        );
     }
 
     /// Drops the series of a peer whose session stopped.
@@ -50,5 +64,7 @@ impl BgpMetrics {
         self.updates.remove(label);
         self.announced_prefixes.remove(label);
         self.pending_prefixes.remove(label);
+        self.updates_treated_as_withdraw.remove(label);
+        self.attributes_discarded.remove(label);
     }
 }

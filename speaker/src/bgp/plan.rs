@@ -18,10 +18,14 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use metalnet::addr::Community;
+use metalnet::bgp::fsm::{IPV4_UNICAST, IPV6_UNICAST};
 use metalnet::bgp::{LargeCommunity, Password, PeerConfig, RouteAttrs};
 use metalnet::model::core::{EndpointSlice, Service};
 use metalnet::state::{Kind, ObjectKey, ObjectRef, Snapshot};
-use metalnet::validate::{ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource};
+use metalnet::validate::{
+    PASSWORD_KEY, ParsedBgpAdvertisement, ParsedConfig, ParsedPeer, PasswordSource,
+    is_base64_error, md5_key_too_long,
+};
 
 use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
 
@@ -51,6 +55,21 @@ impl PlannedPeer {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Whether the session can carry a route for `ip`: with `disableMP` (and no
+    /// `dualStackAddressFamily`) a session offers only its peer address's family, and a
+    /// route of the other family would be planned but never sent. A peer that cannot become
+    /// a session is reported on its own.
+    pub fn carries(&self, ip: IpAddr) -> bool {
+        let family = if ip.is_ipv4() {
+            IPV4_UNICAST
+        } else {
+            IPV6_UNICAST
+        };
+        self.config
+            .as_ref()
+            .map_or(true, |c| c.families.contains(&family))
+    }
 }
 
 /// Why this node does not announce a Service.
@@ -72,6 +91,8 @@ pub enum NotAnnounced {
     NoLocalEndpoint,
     /// Advertised from here, but no selected BGPPeer matches the advertisements' `peers`.
     NoPeer,
+    /// The BGPPeers it would go to have sessions that do not carry the address's family.
+    FamilyNotCarried,
 }
 
 impl fmt::Display for NotAnnounced {
@@ -92,6 +113,10 @@ impl fmt::Display for NotAnnounced {
             NotAnnounced::NoPeer => f.write_str(
                 "no BGPPeer selecting this node is named by the BGPAdvertisements' peers",
             ),
+            NotAnnounced::FamilyNotCarried => f.write_str(
+                "the sessions to the BGPPeers it would go to do not carry its address family \
+                 (disableMP without dualStackAddressFamily: one family per session)",
+            ),
         }
     }
 }
@@ -109,6 +134,15 @@ pub struct Contribution {
     pub peers: BTreeSet<String>,
 }
 
+/// An address not sent to one peer although the advertisements name that peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsent {
+    pub ip: IpAddr,
+    /// BGPPeer name.
+    pub peer: String,
+    pub reason: NotAnnounced,
+}
+
 /// The BGP view of one Service from this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceBgp {
@@ -123,6 +157,9 @@ pub struct ServiceBgp {
     pub serving_endpoints: usize,
     pub endpoint_nodes: BTreeSet<String>,
     pub contributions: Vec<Contribution>,
+    /// Addresses left out for some peers, with the reason (a Service may be announced to
+    /// other peers, or its other family announced).
+    pub unsent: Vec<Unsent>,
     /// Why nothing is announced; `None` when `contributions` is not empty.
     pub not_announced: Option<NotAnnounced>,
 }
@@ -171,37 +208,54 @@ impl NodePlan {
 }
 
 /// The TCP MD5 password of a peer: inline, or the `password` key of the Secret it names.
+/// A password the kernel would refuse is a configuration error here, so the session is not
+/// started (and retried for ever) with it.
 pub fn peer_password(snapshot: &Snapshot, peer: &ParsedPeer) -> Result<Option<Password>, String> {
     let Some(source) = &peer.password else {
         return Ok(None);
     };
-    match source {
-        PasswordSource::Inline(p) => Ok(Some(Password::new(p.clone()))),
-        PasswordSource::Secret { namespace, name } => {
-            let ns = namespace.as_deref().unwrap_or(&peer.namespace);
-            let secret = snapshot
-                .secrets
-                .iter()
-                .find(|(k, _)| k.namespace.as_deref() == Some(ns) && k.name == *name)
-                .map(|(_, s)| s)
-                .ok_or_else(|| format!("spec.passwordSecret: Secret/{ns}/{name} not found"))?;
-            if let Some(b) = secret.data.as_ref().and_then(|d| d.get("password")) {
-                return String::from_utf8(b.0.clone())
-                    .map(|p| Some(Password::new(p)))
-                    .map_err(|_| {
-                        format!("spec.passwordSecret: Secret/{ns}/{name} key password is not UTF-8")
-                    });
-            }
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get("password"))
-                .map(|p| Some(Password::new(p.clone())))
-                .ok_or_else(|| {
-                    format!("spec.passwordSecret: Secret/{ns}/{name} has no key \"password\"")
-                })
+    let (ns, name) = match source {
+        PasswordSource::Inline(p) => {
+            return match md5_key_too_long(p.len()) {
+                Some(reason) => Err(format!("spec.password: {reason}")),
+                None => Ok(Some(Password::new(p.clone()))),
+            };
         }
+        PasswordSource::Secret { namespace, name } => {
+            (namespace.as_deref().unwrap_or(&peer.namespace), name)
+        }
+    };
+    let at = |reason: String| format!("spec.passwordSecret: Secret {ns}/{name} {reason}");
+    let Some(secret) = snapshot
+        .secrets
+        .iter()
+        .find(|(k, _)| k.namespace.as_deref() == Some(ns) && k.name == *name)
+        .map(|(_, s)| s)
+    else {
+        // A Secret that exists but could not be decoded is not "not found".
+        let object = ObjectRef::new(Kind::Secret, Some(ns), name);
+        return Err(match snapshot.invalid.get(&object) {
+            Some(reason) if is_base64_error(reason) => at(format!(
+                "key {PASSWORD_KEY}: not valid base64 (or another key of its data is not)"
+            )),
+            Some(reason) => at(format!("cannot be read: {reason}")),
+            None => format!("spec.passwordSecret: Secret/{ns}/{name} not found"),
+        });
+    };
+    let password = if let Some(b) = secret.data.as_ref().and_then(|d| d.get(PASSWORD_KEY)) {
+        String::from_utf8(b.0.clone()).map_err(|_| at(format!("key {PASSWORD_KEY}: not UTF-8")))?
+    } else {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(PASSWORD_KEY))
+            .cloned()
+            .ok_or_else(|| at(format!("has no key {PASSWORD_KEY:?}")))?
+    };
+    if let Some(reason) = md5_key_too_long(password.len()) {
+        return Err(at(format!("key {PASSWORD_KEY}: {reason}")));
     }
+    Ok(Some(Password::new(password)))
 }
 
 fn peer_config(
@@ -209,14 +263,8 @@ fn peer_config(
     peer: &ParsedPeer,
     router_id: Option<std::net::Ipv4Addr>,
 ) -> Result<PeerConfig, String> {
-    let spec = snapshot
-        .bgp_peers
-        .iter()
-        .find(|(k, _)| k.namespace.as_deref() == Some(&peer.namespace) && k.name == peer.name)
-        .map(|(_, p)| &p.spec)
-        .ok_or_else(|| "the BGPPeer object is gone".to_string())?;
     let password = peer_password(snapshot, peer)?;
-    let mut config = PeerConfig::from_spec(spec, password).map_err(|e| e.to_string())?;
+    let mut config = PeerConfig::from_parsed(peer, password);
     // As MetalLB: without routerID, the node's IPv4 address identifies it on every session.
     if config.router_id.is_none() {
         config.router_id = router_id;
@@ -674,6 +722,7 @@ fn plan_service(
         serving_endpoints: 0,
         endpoint_nodes: BTreeSet::new(),
         contributions: Vec::new(),
+        unsent: Vec::new(),
         not_announced: None,
     };
     for slice in endpoints
@@ -735,12 +784,25 @@ fn plan_service(
         return Some(s);
     }
     for (ip, index, ad) in selecting {
-        let peers: BTreeSet<String> = plan
+        let mut peers = BTreeSet::new();
+        for p in plan
             .peers
             .values()
             .filter(|p| ad.peers.is_empty() || ad.peers.contains(&p.name))
-            .map(|p| p.name.clone())
-            .collect();
+        {
+            if p.carries(ip) {
+                peers.insert(p.name.clone());
+            } else {
+                let unsent = Unsent {
+                    ip,
+                    peer: p.name.clone(),
+                    reason: NotAnnounced::FamilyNotCarried,
+                };
+                if !s.unsent.contains(&unsent) {
+                    s.unsent.push(unsent);
+                }
+            }
+        }
         if peers.is_empty() {
             continue;
         }
@@ -753,7 +815,11 @@ fn plan_service(
         });
     }
     if s.contributions.is_empty() {
-        s.not_announced = Some(NotAnnounced::NoPeer);
+        s.not_announced = Some(if s.unsent.is_empty() {
+            NotAnnounced::NoPeer
+        } else {
+            NotAnnounced::FamilyNotCarried
+        });
     }
     Some(s)
 }
@@ -869,6 +935,70 @@ mod tests {
             p.services[0].peers(),
             BTreeSet::from(["router".to_string()])
         );
+    }
+
+    #[test]
+    fn ipv6_address_on_an_ipv4_only_session_is_not_announced() {
+        let v4_only = json!({"disableMP": true});
+        let objects = |peer_extra: Value, ips: &[&str]| {
+            let mut v = base(vec![
+                meta("BGPAdvertisement", "all", json!({})),
+                service("web", ips, "Cluster"),
+                slice("web", &["node2"]),
+            ]);
+            v[2] = peer("router", "192.0.2.1", 64513, 64512, peer_extra);
+            v
+        };
+        // IPv6 only: nothing can be sent, and the plan says why.
+        let p = run(objects(v4_only.clone(), &["2001:db8:0:1::201"]));
+        assert!(routes(&p, "router").is_empty());
+        let s = &p.services[0];
+        assert!(s.contributions.is_empty() && s.peers().is_empty());
+        assert_eq!(s.not_announced, Some(NotAnnounced::FamilyNotCarried));
+        assert_eq!(
+            s.unsent,
+            vec![Unsent {
+                ip: "2001:db8:0:1::201".parse().unwrap(),
+                peer: "router".into(),
+                reason: NotAnnounced::FamilyNotCarried,
+            }]
+        );
+        let text = super::super::explain::render(&p, Some(s), None);
+        assert!(
+            text.contains("not announced from this node: the sessions"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2001:db8:0:1::201 not sent to router"),
+            "{text}"
+        );
+
+        // Dual stack: the IPv4 address is announced, the IPv6 one reported as not sent.
+        let p = run(objects(v4_only, &["192.0.2.200", "2001:db8:0:1::201"]));
+        assert_eq!(
+            routes(&p, "router").keys().copied().collect::<Vec<_>>(),
+            vec![net("192.0.2.200/32")]
+        );
+        let s = &p.services[0];
+        assert_eq!(s.not_announced, None);
+        assert_eq!(
+            s.contributions.iter().map(|c| c.ip).collect::<Vec<_>>(),
+            vec!["192.0.2.200".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.unsent.len(), 1);
+        let text = super::super::explain::render(&p, Some(s), None);
+        assert!(
+            text.contains("2001:db8:0:1::201 not sent to router"),
+            "{text}"
+        );
+
+        // With dualStackAddressFamily the one session carries both.
+        let p = run(objects(
+            json!({"disableMP": true, "dualStackAddressFamily": true}),
+            &["2001:db8:0:1::201"],
+        ));
+        assert_eq!(routes(&p, "router").len(), 1);
+        assert!(p.services[0].unsent.is_empty());
     }
 
     #[test]
@@ -1036,6 +1166,41 @@ mod tests {
             err.contains("Secret/metallb-system/bgp-pass not found"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unusable_secret_passwords_are_configuration_errors() {
+        let md5 = peer(
+            "md5",
+            "192.0.2.2",
+            64513,
+            64512,
+            json!({"passwordSecret": {"name": "bgp-pass"}}),
+        );
+        let secret = |password: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bgp-pass", "namespace": "metallb-system"},
+                "data": {"password": password}})
+        };
+        let err = |password: &str| {
+            let p = run(base(vec![md5.clone(), secret(password)]));
+            p.peers["metallb-system/md5"].config.clone().unwrap_err()
+        };
+        assert_eq!(
+            err("not-base64!"),
+            "spec.passwordSecret: Secret metallb-system/bgp-pass key password: not valid \
+             base64 (or another key of its data is not)"
+        );
+        // 81 and 80 bytes of "k", base64-encoded.
+        let long = "a2tr".repeat(27);
+        assert_eq!(
+            err(&long),
+            "spec.passwordSecret: Secret metallb-system/bgp-pass key password: 81 bytes, \
+             above the 80 Linux accepts for a TCP MD5 key"
+        );
+        let ok = format!("{}a2s=", "a2tr".repeat(26));
+        let p = run(base(vec![md5, secret(&ok)]));
+        assert!(p.peers["metallb-system/md5"].config.is_ok());
     }
 
     // Incremental planning: a fixed configuration and a changing set of Services and

@@ -20,6 +20,9 @@ struct Running {
     generation: u64,
     /// `updates_sent` already added to the metric.
     updates_counted: u64,
+    /// `updates_treated_as_withdraw` and `attributes_discarded` already added.
+    withdraw_counted: u64,
+    discard_counted: u64,
 }
 
 /// The running sessions, by BGPPeer `namespace/name`.
@@ -120,6 +123,8 @@ impl Sessions {
                         desired: peer.routes.len(),
                         generation: plan.generation,
                         updates_counted: 0,
+                        withdraw_counted: 0,
+                        discard_counted: 0,
                     },
                 );
             }
@@ -185,6 +190,22 @@ impl Sessions {
                 .get_or_create(&r.label)
                 .inc_by(sent.saturating_sub(r.updates_counted));
             r.updates_counted = r.updates_counted.max(sent);
+            let withdrawn = c
+                .updates_treated_as_withdraw
+                .load(std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .updates_treated_as_withdraw
+                .get_or_create(&r.label)
+                .inc_by(withdrawn.saturating_sub(r.withdraw_counted));
+            r.withdraw_counted = r.withdraw_counted.max(withdrawn);
+            let discarded = c
+                .attributes_discarded
+                .load(std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .attributes_discarded
+                .get_or_create(&r.label)
+                .inc_by(discarded.saturating_sub(r.discard_counted));
+            r.discard_counted = r.discard_counted.max(discarded);
         }
     }
 

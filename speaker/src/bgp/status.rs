@@ -152,6 +152,7 @@ mod tests {
                 advertisement_index: 0,
                 peers: peers.iter().map(|p| p.to_string()).collect(),
             }],
+            unsent: Vec::new(),
             not_announced: None,
         }
     }
@@ -223,6 +224,7 @@ mod retry_tests {
                 peers: BTreeSet::from(["metallb-system/p".to_string()]),
             }],
             not_announced: None,
+            unsent: Vec::new(),
         }
     }
 

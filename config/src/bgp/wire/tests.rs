@@ -622,3 +622,92 @@ fn valid_error(e: &WireError) -> bool {
         _ => false,
     }
 }
+
+#[test]
+fn received_updates_follow_rfc_7606() {
+    const ORIGIN: &[u8] = &[0x40, 1, 1, 0];
+    const AS_PATH: &[u8] = &[0x40, 2, 0];
+    const NEXT_HOP: &[u8] = &[0x40, 3, 4, 192, 0, 2, 9];
+    let prefix = [24, 203, 0, 113];
+    let received = |bytes: &[u8]| Message::parse_received(bytes, FOUR);
+    let update_of = |m: Message| match m {
+        Message::Update(u) => u,
+        other => panic!("not an UPDATE: {other:?}"),
+    };
+
+    // Treat-as-withdraw: a bad ORIGIN value withdraws the IPv4 NLRI and an MP_REACH's.
+    let mp_reach: &[u8] = &[
+        0x80, 14, 26, 0, 2, 1, 16, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0,
+        32, 0x20, 0x01, 0x0d, 0xb8,
+    ];
+    let bytes = update_with_attrs(
+        &attrs(&[&[0x40, 1, 1, 7], AS_PATH, NEXT_HOP, mp_reach]),
+        &prefix,
+    );
+    assert_eq!(err_of(&bytes), (3, 6, vec![0x40, 1, 1, 7]), "strict parse");
+    let (m, _, faults) = received(&bytes).unwrap();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(
+        (faults[0].type_code, faults[0].action),
+        (ATTR_ORIGIN, FaultAction::TreatAsWithdraw)
+    );
+    let u = update_of(m);
+    assert_eq!(u.withdrawn, vec![v4("203.0.113.0/24")]);
+    assert!(u.nlri.is_empty());
+    assert_eq!(
+        u.attributes,
+        vec![PathAttribute::new(Attr::MpUnreach(MpUnreach {
+            afi: AFI_IPV6,
+            safi: SAFI_UNICAST,
+            withdrawn: vec!["2001:db8::/32".parse().unwrap()],
+        }))]
+    );
+
+    // Attribute discard: a non-empty ATOMIC_AGGREGATE is dropped, the route kept.
+    let bytes = update_with_attrs(
+        &attrs(&[ORIGIN, AS_PATH, NEXT_HOP, &[0x40, 6, 1, 0]]),
+        &prefix,
+    );
+    let (m, _, faults) = received(&bytes).unwrap();
+    assert_eq!(faults[0].action, FaultAction::AttributeDiscard);
+    let u = update_of(m);
+    assert_eq!(u.nlri, vec![v4("203.0.113.0/24")]);
+    assert_eq!(u.attributes.len(), 3);
+
+    // A duplicate attribute: the first is kept.
+    let bytes = update_with_attrs(
+        &attrs(&[ORIGIN, AS_PATH, NEXT_HOP, &[0x40, 1, 1, 2]]),
+        &prefix,
+    );
+    let (m, _, faults) = received(&bytes).unwrap();
+    assert_eq!(faults[0].action, FaultAction::AttributeDiscard);
+    assert_eq!(update_of(m).attr(ATTR_ORIGIN), Some(&Attr::Origin(0)));
+
+    // Still a reset: a malformed MP_REACH_NLRI and a malformed NLRI field.
+    let bytes = update_with_attrs(&attrs(&[ORIGIN, AS_PATH, &[0x80, 14, 2, 0, 1]]), &[]);
+    assert_eq!(
+        received(&bytes).unwrap_err().subcode,
+        code::OPTIONAL_ATTRIBUTE_ERROR
+    );
+    let bytes = update_with_attrs(&attrs(&[ORIGIN, AS_PATH, NEXT_HOP]), &[40, 1, 2, 3]);
+    assert_eq!(
+        received(&bytes).unwrap_err().subcode,
+        code::INVALID_NETWORK_FIELD
+    );
+}
+
+#[test]
+fn typed_codes_roundtrip_every_byte() {
+    for b in 0..=u8::MAX {
+        assert_eq!(AttrType::from(b).code(), b);
+        assert_eq!(NotificationCode::from(b).code(), b);
+        if let Some(t) = MessageType::from_code(b) {
+            assert_eq!(t.code(), b);
+        }
+        assert_eq!(
+            AttrType::from(b).flags().is_some(),
+            !matches!(AttrType::from(b), AttrType::Unknown(_))
+        );
+    }
+    assert_eq!(describe(42, 0), "unknown error code");
+}

@@ -1,0 +1,523 @@
+//! The session task: one loop over the socket, the timers and route changes, feeding events
+//! to the [`Fsm`] and carrying out its actions.
+
+use super::{Counters, Desired, Received, SessionStatus, lock};
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bgp::fsm::{Action, DownReason, Event, Fsm, State, Timer};
+use crate::bgp::peer::PeerConfig;
+use crate::bgp::rib::{self, Announced, DesiredChanges};
+use crate::bgp::wire::{self, Message, WireContext};
+
+use crate::sys::tcp::{set_md5, set_ttl};
+
+#[derive(Default)]
+struct Timers {
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    keepalive: Option<Instant>,
+}
+
+impl Timers {
+    fn slot(&mut self, t: Timer) -> &mut Option<Instant> {
+        match t {
+            Timer::ConnectRetry => &mut self.connect_retry,
+            Timer::Hold => &mut self.hold,
+            Timer::Keepalive => &mut self.keepalive,
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        [self.connect_retry, self.hold, self.keepalive]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Clears and returns the events of the timers that are due.
+    fn expired(&mut self, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (t, e) in [
+            (Timer::Hold, Event::HoldTimerExpired),
+            (Timer::Keepalive, Event::KeepaliveTimerExpired),
+            (Timer::ConnectRetry, Event::ConnectRetryExpired),
+        ] {
+            let slot = self.slot(t);
+            if slot.is_some_and(|d| d <= now) {
+                *slot = None;
+                events.push(e);
+            }
+        }
+        events
+    }
+}
+
+struct Conn {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+pub(super) struct Runner {
+    config: PeerConfig,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    connecting: Option<Connecting>,
+    listener: Option<TcpListener>,
+    timers: Timers,
+    desired: Desired,
+    desired_changed: watch::Receiver<()>,
+    /// What the peer has from us (Adj-RIB-Out).
+    advertised: BTreeMap<IpNet, Announced>,
+    received: Received,
+    counters: Arc<Counters>,
+    status: watch::Sender<SessionStatus>,
+    last_error: Option<String>,
+    buf: Vec<u8>,
+}
+
+/// What woke the session loop.
+enum Wake {
+    Stop,
+    DesiredChanged,
+    Timer,
+    Connected(io::Result<TcpStream>),
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
+    Read(io::Result<usize>),
+}
+
+impl Runner {
+    pub(super) fn new(
+        config: PeerConfig,
+        desired: Desired,
+        desired_changed: watch::Receiver<()>,
+        received: Received,
+        counters: Arc<Counters>,
+        status: watch::Sender<SessionStatus>,
+    ) -> Self {
+        Runner {
+            fsm: Fsm::new(config.fsm_config()),
+            config,
+            conn: None,
+            connecting: None,
+            listener: None,
+            timers: Timers::default(),
+            desired,
+            desired_changed,
+            advertised: BTreeMap::new(),
+            received,
+            counters,
+            status,
+            last_error: None,
+            buf: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let peer = self.config.peer_address;
+        if self.config.listen.is_some() {
+            self.bind_listener(&mut stop).await;
+        }
+        self.process(Event::ManualStart).await;
+        loop {
+            let next_timer = self.timers.next();
+            let wake = tokio::select! {
+                r = stop.wait_for(|s| *s) => { let _ = r; Wake::Stop }
+                r = self.desired_changed.changed() => match r {
+                    Ok(()) => Wake::DesiredChanged,
+                    Err(_) => Wake::Stop,
+                },
+                _ = sleep_until_opt(next_timer), if next_timer.is_some() => Wake::Timer,
+                r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => Wake::Connected(r),
+                r = async { self.listener.as_ref().expect("guarded").accept().await }, if self.listener.is_some() => Wake::Accepted(r),
+                r = async { let c = self.conn.as_mut().expect("guarded"); c.read.read_buf(&mut self.buf).await }, if self.conn.is_some() => Wake::Read(r),
+            };
+            match wake {
+                Wake::Stop => {
+                    self.process(Event::ManualStop).await;
+                    self.publish();
+                    return;
+                }
+                Wake::DesiredChanged => {
+                    if self.fsm.state() == State::Established {
+                        self.sync_routes(false).await;
+                    }
+                }
+                Wake::Timer => {
+                    for e in self.timers.expired(Instant::now()) {
+                        self.process(e).await;
+                    }
+                }
+                Wake::Connected(r) => {
+                    self.connecting = None;
+                    match r {
+                        Ok(stream) => self.attach(stream).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "BGP connect failed");
+                            self.last_error = Some(format!("connect: {e}"));
+                            self.process(Event::TcpFailed).await;
+                        }
+                    }
+                }
+                Wake::Accepted(Ok((stream, from))) => {
+                    if from.ip() != peer || self.conn.is_some() || self.fsm.state() != State::Active
+                    {
+                        tracing::info!(%peer, %from, state = %self.fsm.state(), "refusing BGP connection");
+                        drop(stream);
+                    } else {
+                        self.attach(stream).await;
+                    }
+                }
+                Wake::Accepted(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "BGP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Wake::Read(Ok(0)) => {
+                    tracing::debug!(%peer, "BGP peer closed the connection");
+                    self.process(Event::TcpFailed).await;
+                }
+                Wake::Read(Ok(_)) => self.drain_messages().await,
+                Wake::Read(Err(e)) => {
+                    self.last_error = Some(format!("read: {e}"));
+                    self.process(Event::TcpFailed).await;
+                }
+            }
+            self.publish();
+        }
+    }
+
+    async fn bind_listener(&mut self, stop: &mut watch::Receiver<bool>) {
+        let Some(addr) = self.config.listen else {
+            return;
+        };
+        loop {
+            match listen(addr, &self.config) {
+                Ok(l) => {
+                    self.listener = Some(l);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.config.peer_address, %addr, error = %e, "cannot listen for BGP");
+                    self.last_error = Some(format!("listen on {addr}: {e}"));
+                    self.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attach(&mut self, stream: TcpStream) {
+        let local = match stream.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                self.last_error = Some(format!("local address: {e}"));
+                self.process(Event::TcpFailed).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        self.conn = Some(Conn { read, write });
+        self.buf.clear();
+        self.process(Event::TcpConnected { local }).await;
+    }
+
+    /// Parses every complete message in the buffer and feeds it to the FSM.
+    async fn drain_messages(&mut self) {
+        loop {
+            if self.conn.is_none() {
+                return;
+            }
+            let ctx = self.ctx();
+            let event = match wire::frame_len(&self.buf) {
+                Ok(None) => return,
+                Ok(Some(len)) => {
+                    let r = Message::parse_received(&self.buf[..len], ctx);
+                    self.buf.drain(..len);
+                    match r {
+                        Ok((m, _, faults)) => match self.note_faults(m, &faults) {
+                            Some(m) => Event::Message(m),
+                            None => continue,
+                        },
+                        Err(e) => Event::DecodeError(e),
+                    }
+                }
+                Err(e) => Event::DecodeError(e),
+            };
+            if let Event::DecodeError(e) = &event {
+                tracing::warn!(peer = %self.config.peer_address, error = %e, "malformed BGP message from peer");
+                self.buf.clear();
+            }
+            self.process(event).await;
+        }
+    }
+
+    /// Logs and counts the RFC 7606 faults of a received message; `None` when nothing of
+    /// it is left to deliver (a treat-as-withdraw UPDATE that announced nothing, which would
+    /// otherwise read as an End-of-RIB marker).
+    fn note_faults(&self, m: Message, faults: &[wire::AttrFault]) -> Option<Message> {
+        if faults.is_empty() {
+            return Some(m);
+        }
+        let mut withdraw = false;
+        for f in faults {
+            match f.action {
+                wire::FaultAction::TreatAsWithdraw => withdraw = true,
+                wire::FaultAction::AttributeDiscard => {
+                    self.counters
+                        .attributes_discarded
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tracing::warn!(peer = %self.config.peer_address, attribute = f.type_code,
+                action = ?f.action, error = %f.error,
+                "malformed attribute in a BGP UPDATE from peer; handled as RFC 7606 prescribes, session kept");
+        }
+        if withdraw {
+            self.counters
+                .updates_treated_as_withdraw
+                .fetch_add(1, Ordering::Relaxed);
+            if let Message::Update(u) = &m
+                && u.is_end_of_rib().is_some()
+            {
+                return None;
+            }
+        }
+        Some(m)
+    }
+
+    fn ctx(&self) -> WireContext {
+        self.fsm.negotiated().map(|n| n.ctx).unwrap_or_default()
+    }
+
+    /// Feeds an event to the FSM and carries out the actions, including the events they cause.
+    async fn process(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.fsm.handle(event) {
+                if let Some(follow_up) = self.act(action).await {
+                    queue.push_back(follow_up);
+                }
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> Option<Event> {
+        let peer = self.config.peer_address;
+        match action {
+            Action::Connect => {
+                let config = self.config.clone();
+                self.connecting = Some(Box::pin(async move {
+                    tokio::time::timeout(config.connect_time, connect(&config))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                        })
+                }));
+            }
+            Action::Send(m) => {
+                if let Message::Notification(n) = &m {
+                    tracing::warn!(%peer, notification = %n, "sending BGP NOTIFICATION");
+                    self.last_error = Some(format!("sent NOTIFICATION {n}"));
+                }
+                return self.send(&m).await.err().map(|e| {
+                    self.last_error = Some(format!("write: {e}"));
+                    Event::TcpFailed
+                });
+            }
+            Action::Close => {
+                self.connecting = None;
+                if let Some(mut c) = self.conn.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), c.write.shutdown()).await;
+                }
+                self.buf.clear();
+            }
+            Action::StartTimer(t, d) => *self.timers.slot(t) = Some(Instant::now() + d),
+            Action::StopTimer(t) => *self.timers.slot(t) = None,
+            Action::Established(neg) => {
+                tracing::info!(%peer, peer_as = neg.peer_as, hold = neg.hold_time, families = ?neg.families, "BGP session established");
+                self.last_error = None;
+                self.counters.session_up.store(true, Ordering::Relaxed);
+                self.counters
+                    .established_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.advertised.clear();
+                self.sync_routes(true).await;
+                if neg.graceful_restart {
+                    for u in rib::end_of_rib_markers(&neg) {
+                        if self.send(&Message::Update(u)).await.is_err() {
+                            return Some(Event::TcpFailed);
+                        }
+                    }
+                }
+            }
+            Action::Deliver(Message::Update(u)) => {
+                self.counters
+                    .updates_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut r) = self.received.lock() {
+                    rib::apply_update(&mut r, &u);
+                }
+            }
+            Action::Deliver(Message::RouteRefresh(_)) => {
+                // Re-send everything: the peer asked for the whole table.
+                self.advertised.clear();
+                self.sync_routes(true).await;
+            }
+            Action::Deliver(_) => {}
+            Action::Down(reason) => {
+                let was_up = self.counters.session_up.swap(false, Ordering::Relaxed);
+                match &reason {
+                    DownReason::Stopped => tracing::info!(%peer, "BGP session stopped"),
+                    _ if was_up => tracing::warn!(%peer, %reason, "BGP session down"),
+                    _ => tracing::debug!(%peer, %reason, "BGP session attempt failed"),
+                }
+                if !matches!(
+                    reason,
+                    DownReason::ConnectFailed | DownReason::ConnectionLost
+                ) || self.last_error.is_none()
+                {
+                    self.last_error = Some(reason.to_string());
+                }
+                self.advertised.clear();
+                self.counters.prefixes_announced.store(0, Ordering::Relaxed);
+                if let Ok(mut r) = self.received.lock() {
+                    r.clear();
+                }
+            }
+        }
+        None
+    }
+
+    async fn send(&mut self, m: &Message) -> io::Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no connection"));
+        };
+        let ctx = self.fsm.negotiated().map(|n| n.ctx).unwrap_or_default();
+        let bytes = m
+            .to_bytes(ctx)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // A peer that stops reading would otherwise block the loop, hold timer included: give
+        // a write as long as the hold time before calling the connection dead.
+        let limit = match self.fsm.negotiated().map(|n| n.hold_time) {
+            Some(h) if h > 0 => Duration::from_secs(h.into()),
+            _ => crate::bgp::fsm::OPEN_HOLD_TIME,
+        };
+        tokio::time::timeout(limit, conn.write.write_all(&bytes))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??;
+        if matches!(m, Message::Update(_)) {
+            self.counters.updates_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sends what it takes for the peer to have exactly the desired routes: with `whole`, or
+    /// when the table was replaced, compares every route; otherwise only the changed prefixes.
+    async fn sync_routes(&mut self, whole: bool) {
+        let Some(neg) = self.fsm.negotiated().cloned() else {
+            return;
+        };
+        // Seen before reading, so a change made meanwhile wakes the loop again.
+        self.desired_changed.borrow_and_update();
+        let (announce, withdraw) = {
+            let mut desired = lock(&self.desired);
+            match desired.take_changes() {
+                DesiredChanges::Prefixes(p) if !whole => {
+                    rib::diff_prefixes(&self.advertised, desired.routes(), &p, &neg)
+                }
+                _ => {
+                    let want = rib::outgoing(desired.routes(), &neg);
+                    let skipped = desired.routes().len() - want.len();
+                    if skipped > 0 {
+                        tracing::debug!(peer = %self.config.peer_address, skipped, "routes of a family or next hop this session cannot carry");
+                    }
+                    rib::diff(&self.advertised, &want)
+                }
+            }
+        };
+        if announce.is_empty() && withdraw.is_empty() {
+            return;
+        }
+        for u in rib::build_updates(&announce, &withdraw, &neg, self.config.my_asn) {
+            if let Err(e) = self.send(&Message::Update(u)).await {
+                self.last_error = Some(format!("write: {e}"));
+                Box::pin(self.process(Event::TcpFailed)).await;
+                return;
+            }
+        }
+        tracing::debug!(peer = %self.config.peer_address, announced = announce.len(), withdrawn = withdraw.len(), "BGP routes updated");
+        rib::apply_diff(&mut self.advertised, announce, &withdraw);
+        self.counters
+            .prefixes_announced
+            .store(self.advertised.len() as u64, Ordering::Relaxed);
+    }
+
+    fn publish(&self) {
+        let status = SessionStatus {
+            state: self.fsm.state(),
+            last_error: self.last_error.clone(),
+            negotiated: self.fsm.negotiated().cloned(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn new_socket(addr: &IpAddr) -> io::Result<TcpSocket> {
+    match addr {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+}
+
+async fn connect(config: &PeerConfig) -> io::Result<TcpStream> {
+    let socket = new_socket(&config.peer_address)?;
+    set_ttl(&socket, &config.peer_address, config.ttl())?;
+    if let Some(p) = &config.password {
+        set_md5(&socket, config.peer_address, p.expose())?;
+    }
+    if let Some(src) = config.source_address {
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    socket.connect(config.peer()).await
+}
+
+fn listen(addr: SocketAddr, config: &PeerConfig) -> io::Result<TcpListener> {
+    let socket = new_socket(&addr.ip())?;
+    socket.set_reuseaddr(true)?;
+    set_ttl(&socket, &addr.ip(), config.ttl())?;
+    if let Some(p) = &config.password {
+        // Keys set on the listener are inherited by the accepted connection.
+        set_md5(&socket, config.peer_address, p.expose())?;
+    }
+    socket.bind(addr)?;
+    socket.listen(16)
+}
