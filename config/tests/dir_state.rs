@@ -541,3 +541,134 @@ async fn writes_racing_edits_and_other_writers_end_consistent() {
     })
     .await;
 }
+
+fn services_yaml(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| SERVICE_WEB.replace("name: web", &format!("name: {n}")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Samples the snapshot every 2 ms while `during` runs, and fails if any sample lacks one of
+/// `names` (or holds a Service not among them).
+async fn services_stay<F: std::future::Future<Output = ()>>(
+    state: &ClusterState,
+    names: &[&str],
+    during: F,
+) {
+    let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    let seen =
+        |s: &Snapshot| -> BTreeSet<String> { s.services.keys().map(|k| k.name.clone()).collect() };
+    let sampler = async {
+        loop {
+            let got = seen(&state.snapshot());
+            assert_eq!(
+                got, want,
+                "the Services changed while their file was written"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::select! {
+        () = during => {}
+        () = sampler => unreachable!(),
+    }
+    // And after the writer is done, once the backend has had time to look.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen(&state.snapshot()), want);
+}
+
+/// Writes `text` in place (no rename) in two halves, `pause` apart, as a shell redirect or an
+/// editor that does not rename would; the first half ends inside a Service's name.
+async fn write_in_place_slowly(path: &Path, text: &str, pause: Duration) {
+    use std::io::Write;
+    let cut = text.find("name: s-4").expect("a name to cut") + "name: s-".len();
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&text.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(pause).await;
+    f.write_all(&text.as_bytes()[cut..]).unwrap();
+    drop(f);
+}
+
+const EIGHT: [&str; 8] = ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6", "s-7", "s-8"];
+
+#[tokio::test]
+async fn a_file_being_written_in_place_keeps_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    let text = services_yaml(&EIGHT);
+    std::fs::write(&file, &text).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 8);
+    for pause in [50, 100, 150] {
+        services_stay(
+            &state,
+            &EIGHT,
+            write_in_place_slowly(&file, &text, Duration::from_millis(pause)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_file_truncated_for_a_moment_keeps_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    let text = services_yaml(&EIGHT);
+    std::fs::write(&file, &text).unwrap();
+    let state = start(dir.path()).await;
+    for pause in [50, 100, 300] {
+        let truncate_then_write = async {
+            // `: > services.yaml`, then the content a moment later.
+            std::fs::File::create(&file).unwrap();
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            std::fs::write(&file, &text).unwrap();
+        };
+        services_stay(&state, &EIGHT, truncate_then_write).await;
+    }
+    // A broken document for a moment, too.
+    let broken = async {
+        std::fs::write(&file, text.replace("kind: Service", "kind: [Service")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(&file, &text).unwrap();
+    };
+    services_stay(&state, &EIGHT, broken).await;
+}
+
+#[tokio::test]
+async fn deletions_that_are_meant_still_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    std::fs::write(&file, services_yaml(&EIGHT)).unwrap();
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, services_yaml(&["o-1"])).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 9);
+
+    // Objects removed from a file that parses: gone.
+    std::fs::write(&file, services_yaml(&EIGHT[..3])).unwrap();
+    wait_for(&state, "5 Services removed from their file", |s| {
+        s.services.len() == 4
+    })
+    .await;
+    // A file deleted: its objects are gone.
+    std::fs::remove_file(&other).unwrap();
+    wait_for(&state, "the deleted file's Service gone", |s| {
+        s.services.len() == 3
+    })
+    .await;
+    // A file that stays empty: its objects go after a grace period.
+    std::fs::write(&file, "# nothing here now\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        state.snapshot().services.len(),
+        3,
+        "emptied file applied at once"
+    );
+    wait_for(&state, "the emptied file's Services gone", |s| {
+        s.services.is_empty()
+    })
+    .await;
+}

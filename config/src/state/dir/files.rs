@@ -1,14 +1,15 @@
 //! What is known of the directory's files: their stamps, contents and the indexes from
 //! objects to the files that define them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::manifest::{self, Location, RawObject};
+use crate::manifest::{Location, RawObject};
 use crate::state::ObjectRef;
 
 /// What is known of the directory: every file read, and indexes from objects to the files
@@ -24,6 +25,8 @@ pub(super) struct Files {
     pub(super) patches: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
     /// The files of each object the suite owns (normally one).
     pub(super) owned: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
+    /// Manifests held back because they lost every object at once, with since when.
+    pub(super) suspects: HashMap<PathBuf, Suspect>,
     /// Problems (duplicates) last logged about each object, to log each once.
     pub(super) warned: BTreeMap<ObjectRef, BTreeSet<String>>,
 }
@@ -170,24 +173,8 @@ pub(super) fn read_stamped(path: &Path) -> std::io::Result<(Stamp, String)> {
     Ok((stamp, text))
 }
 
-/// A user manifest's objects; when it turned bad (an edit in progress), its `previous`
-/// objects are kept.
-pub(super) fn read_user_file(path: &Path, text: &str, previous: Option<&Content>) -> Content {
-    let (objects, errors) = manifest::parse_manifests(path, text);
-    if errors.is_empty() {
-        return Content::User(objects);
-    }
-    let previous = match previous {
-        Some(Content::User(objects)) => Some(objects),
-        _ => None,
-    };
-    for e in &errors {
-        tracing::warn!(
-            file = %path.display(),
-            error = %e,
-            keeping_previous_version = previous.is_some(),
-            "invalid manifest"
-        );
-    }
-    Content::User(previous.cloned().unwrap_or(objects))
+/// A manifest that lost every object at once: the version seen so, and since when.
+pub(super) struct Suspect {
+    pub(super) stamp: Stamp,
+    pub(super) since: Instant,
 }

@@ -41,21 +41,33 @@
 //! tree, reads only files whose (device, inode, size, mtime) changed, and hands the core
 //! only the objects those files define.
 //!
-//! A file that cannot be read is logged (naming the file and document) and skipped; when a file
-//! that was good turns bad (an edit in progress), its previous objects are kept until it is
-//! good again, so a half-saved file never withdraws pools or services. An object defined in
-//! two files is logged; the first in path order is used.
+//! # Files being written
+//!
+//! A manifest written in place (a shell `>` redirect, an editor that does not rename) is
+//! truncated and half-written for a moment. So that this never withdraws pools or moves
+//! Services' addresses:
+//!
+//! - a manifest seen modified and not yet closed is not read until it is closed (at most
+//!   2 s; a writer holding it open longer is read anyway);
+//! - a manifest that does not parse keeps its previous objects until it parses again (the
+//!   error is logged once per version of the file, naming the file and document);
+//! - a manifest that still exists but lost every object at once keeps its previous version
+//!   for 1 s, and loses its objects only if it stays so (a WARN says so, once).
+//!
+//! Deleting a file, or removing some objects from a file that parses, deletes them.
+//!
+//! An object defined in two files is logged; the first in path order is used.
 
 mod atomic;
 mod events;
 mod files;
 mod status;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use serde_json::{Value, json};
@@ -64,12 +76,21 @@ use super::{Core, Delta, EventRecord, Kind, MetadataPatch, ObjectRef, StateError
 use crate::manifest;
 use atomic::{remove_dead_writers_temp_files, write_atomic};
 pub use events::{event_is_about, list_events, list_namespace_events};
-use files::{Cached, Content, Files, Stamp, read_stamped, read_user_file};
+use files::{Cached, Content, Files, Stamp, Suspect, read_stamped};
 use status::{CLUSTER_DIR, StatusArea, StatusLock, compose_patch, read_status_file, status_ref};
 
 /// How long to wait after a file-system event for more before re-reading: editors and
 /// `kubectl`-style copies touch a file several times in quick succession.
 const DEBOUNCE: Duration = Duration::from_millis(30);
+
+/// How long a manifest seen being written (modified and not closed yet) is left unread at most:
+/// a writer that keeps a file open longer is read anyway.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a manifest that lost every object at once while still existing (truncated by a
+/// shell redirect, emptied by an editor before it writes) must stay so before its objects are
+/// deleted. Until then the previous version stays in force.
+const SHRINK_GRACE: Duration = Duration::from_secs(1);
 
 pub struct DirBackend {
     inner: Arc<Inner>,
@@ -93,6 +114,11 @@ struct Inner {
     kinds: BTreeSet<Kind>,
     files: Mutex<Files>,
     stats: Stats,
+    /// Manifests seen opened for writing and not closed yet, since when: read only once closed
+    /// (or after [`WRITE_TIMEOUT`]), so a half-written file is never taken for the new version.
+    writing: Mutex<HashMap<PathBuf, Instant>>,
+    /// When the watcher must look again although nothing changed (a file held back).
+    recheck: Mutex<Option<Instant>>,
 }
 
 /// What the backend did, for tests: writes must cost O(the written object).
@@ -153,29 +179,13 @@ impl DirBackend {
             kinds,
             files: Mutex::new(Files::default()),
             stats: Stats::default(),
+            writing: Mutex::new(HashMap::new()),
+            recheck: Mutex::new(None),
         });
 
         // Watch before the first read so no change falls between the two.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                use notify::EventKind;
-                use notify::event::{AccessKind, AccessMode};
-                match res {
-                    // Opening and reading (our own scans among them) change nothing.
-                    Ok(ev)
-                        if matches!(ev.kind, EventKind::Access(a)
-                        if a != AccessKind::Close(AccessMode::Write)) => {}
-                    Ok(_) => {
-                        let _ = tx.send(());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watching the state directory; re-reading it");
-                        let _ = tx.send(());
-                    }
-                }
-            })?;
-        watcher.watch(&inner.root, notify::RecursiveMode::Recursive)?;
+        let watcher = new_watcher(&inner, tx)?;
 
         let first = inner.clone();
         tokio::task::spawn_blocking(move || first.reload())
@@ -254,8 +264,54 @@ impl DirBackend {
     }
 }
 
+/// A watcher of `inner.root` that notes which manifests are being written and wakes the watch
+/// loop through `tx`.
+fn new_watcher(
+    inner: &Arc<Inner>,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, StateError> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    // Weak: the watcher must not keep the backend alive.
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        match res {
+            Ok(ev) => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.note_event(&ev);
+                }
+                // Opening and reading (our own scans among them) change nothing.
+                if !matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+                {
+                    let _ = tx.send(());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the state directory; re-reading it");
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&inner.root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
 async fn watch_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) {
-    while rx.recv().await.is_some() {
+    loop {
+        let recheck = inner
+            .recheck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let woke = match recheck {
+            Some(at) => tokio::time::timeout_at(tokio::time::Instant::from_std(at), rx.recv())
+                .await
+                .unwrap_or(Some(())),
+            None => rx.recv().await,
+        };
+        if woke.is_none() {
+            return;
+        }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let inner = inner.clone();
@@ -266,6 +322,60 @@ async fn watch_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedRecei
 }
 
 impl Inner {
+    /// Keeps [`Inner::writing`] up to date from one file-system event.
+    fn note_event(&self, ev: &notify::Event) {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        let opened = match ev.kind {
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => true,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => false,
+            _ => return,
+        };
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        for path in &ev.paths {
+            let is_manifest = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(manifest::is_manifest_name);
+            if !is_manifest || path.starts_with(&self.status) {
+                continue;
+            }
+            // A symbolic link is created whole: no close follows its creation.
+            let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
+            if opened && !is_link {
+                writing.entry(path.clone()).or_insert_with(Instant::now);
+            } else {
+                writing.remove(path);
+            }
+        }
+    }
+
+    /// Whether `path` is being written now; if so, a re-check is scheduled for when it will be
+    /// read anyway.
+    fn being_written(&self, path: &Path) -> bool {
+        let since = self
+            .writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .copied();
+        match since {
+            Some(since) if since.elapsed() < WRITE_TIMEOUT => {
+                self.recheck_at(since + WRITE_TIMEOUT);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the watcher to look again at `at` at the latest.
+    fn recheck_at(&self, at: Instant) {
+        let mut recheck = self.recheck.lock().unwrap_or_else(|e| e.into_inner());
+        *recheck = Some(recheck.map_or(at, |r| r.min(at)));
+    }
+
     /// Re-reads what changed on disk and hands the changed objects to the core. The listing
     /// is made without holding `files`, so writes go on meanwhile.
     fn reload(&self) {
@@ -351,6 +461,10 @@ impl Inner {
             return;
         }
         let area = self.status_area(path);
+        if area.is_none() && self.being_written(path) {
+            tracing::debug!(file = %path.display(), "being written; read once closed");
+            return;
+        }
         if let Some(area) = area
             && status_ref(&self.status, area, path).is_none()
         {
@@ -374,7 +488,12 @@ impl Inner {
             None => {
                 let previous = files.cache.get(path).map(|c| &c.content);
                 match read {
-                    Ok((stamp, text)) => (stamp, read_user_file(path, &text, previous)),
+                    Ok((stamp, text)) => match self.read_user_file(files, path, stamp, &text) {
+                        Some(content) => (stamp, content),
+                        // Held back: the cache keeps the previous version and its stamp,
+                        // so the file is read again at the next refresh.
+                        None => return,
+                    },
                     Err(e) => {
                         tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
                         match previous {
@@ -394,6 +513,71 @@ impl Inner {
             },
         };
         files.set(path, Some(Cached { stamp, content }), affected);
+    }
+
+    /// A user manifest's objects, or `None` to keep the previous version in force for now.
+    ///
+    /// A file that does not parse keeps its previous objects until it does (an edit in
+    /// progress). A file that parses but lost every object at once while still existing is
+    /// held back for [`SHRINK_GRACE`] (a truncation before a write); if it stays so, its
+    /// objects are deleted. Each is logged once per episode, not at every refresh.
+    fn read_user_file(
+        &self,
+        files: &mut Files,
+        path: &Path,
+        stamp: Stamp,
+        text: &str,
+    ) -> Option<Content> {
+        let (objects, errors) = manifest::parse_manifests(path, text);
+        let previous = match files.cache.get(path).map(|c| &c.content) {
+            Some(Content::User(objects)) if !objects.is_empty() => Some(objects),
+            _ => None,
+        };
+        if !errors.is_empty() {
+            files.suspects.remove(path);
+            for e in &errors {
+                tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    keeping_previous_version = previous.is_some(),
+                    "invalid manifest"
+                );
+            }
+            return Some(Content::User(previous.cloned().unwrap_or(objects)));
+        }
+        let Some(previous) = previous.filter(|_| objects.is_empty()) else {
+            if files.suspects.remove(path).is_some() {
+                tracing::info!(file = %path.display(), "manifest readable again");
+            }
+            return Some(Content::User(objects));
+        };
+        let now = Instant::now();
+        let suspect = files.suspects.entry(path.to_path_buf()).or_insert_with(|| {
+            tracing::warn!(
+                file = %path.display(),
+                objects = previous.len(),
+                grace = ?SHRINK_GRACE,
+                "manifest lost all its objects at once (truncated, or being written?); \
+                 keeping its previous version until it stays so"
+            );
+            Suspect { stamp, since: now }
+        });
+        if suspect.stamp != stamp {
+            // Changed again: the grace period starts over.
+            *suspect = Suspect { stamp, since: now };
+        }
+        let until = suspect.since + SHRINK_GRACE;
+        if now < until {
+            self.recheck_at(until);
+            return None;
+        }
+        files.suspects.remove(path);
+        tracing::warn!(
+            file = %path.display(),
+            objects = previous.len(),
+            "manifest has stayed without objects; deleting its previous objects"
+        );
+        Some(Content::User(objects))
     }
 
     /// The object `obj` as in effect: your object with its patch, or the suite's own.
