@@ -104,15 +104,34 @@ pub fn parse_manifests(path: &Path, text: &str) -> (Vec<RawObject>, Vec<Manifest
     (objects, errors)
 }
 
+/// The directory under a state directory where metalnet writes (status patches, its own
+/// objects, Events, locks): never the user's manifests.
+pub const STATUS_DIR: &str = "status";
+
+/// `dir/status` if it is metalnet's (it holds `patches/`, `objects/` or `locks/`), which
+/// reading `dir` as manifests must skip.
+pub fn state_status_dir(dir: &Path) -> Option<PathBuf> {
+    let status = dir.join(STATUS_DIR);
+    ["patches", "objects", "locks"]
+        .iter()
+        .any(|d| status.join(d).is_dir())
+        .then_some(status)
+}
+
 /// Reads every manifest file in `paths` (files, or directories searched recursively for
-/// `*.yaml`, `*.yml` and `*.json`, skipping hidden and editor temporary files). An object
-/// defined twice is an error naming both places; the first definition (in path order) is kept.
+/// `*.yaml`, `*.yml` and `*.json`, skipping hidden and editor temporary files, and the
+/// `status/` directory metalnet writes in a state directory). An object defined twice is an
+/// error naming both places; the definition kept is the one in the file modified longest
+/// ago (then in path order), as the state-directory backend keeps the older definition.
 pub fn load_paths(paths: &[PathBuf]) -> (Vec<RawObject>, Vec<ManifestError>) {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     for path in paths {
         match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => manifest_files(path, None, &mut files, &mut errors),
+            Ok(m) if m.is_dir() => {
+                let status = state_status_dir(path);
+                manifest_files(path, status.as_deref(), &mut files, &mut errors)
+            }
             Ok(_) => files.push(path.clone()),
             Err(source) => errors.push(ManifestError::Io {
                 path: path.clone(),
@@ -121,7 +140,12 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<RawObject>, Vec<ManifestError>) {
         }
     }
     let mut all = Vec::new();
+    let mut ages = BTreeMap::new();
     for file in files {
+        let modified = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        ages.insert(file.clone(), modified);
         match std::fs::read_to_string(&file) {
             Ok(text) => {
                 let (objects, errs) = parse_manifests(&file, &text);
@@ -131,8 +155,33 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<RawObject>, Vec<ManifestError>) {
             Err(source) => errors.push(ManifestError::Io { path: file, source }),
         }
     }
-    let (objects, dups) = dedup(all);
-    errors.extend(dups);
+    // Older files first for the dedup; the objects are returned in path order.
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| {
+        let at = &all[i].source;
+        (ages.get(&at.path).copied(), at.path.clone(), at.document)
+    });
+    let mut kept_first: BTreeMap<ObjectRef, Location> = BTreeMap::new();
+    let mut keep = vec![false; all.len()];
+    for i in order {
+        let o = &all[i];
+        match kept_first.get(&o.obj) {
+            Some(first) => errors.push(ManifestError::Duplicate {
+                object: o.obj.clone(),
+                first: first.clone(),
+                second: o.source.clone(),
+            }),
+            None => {
+                kept_first.insert(o.obj.clone(), o.source.clone());
+                keep[i] = true;
+            }
+        }
+    }
+    let objects = all
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(o, k)| k.then_some(o))
+        .collect();
     (objects, errors)
 }
 

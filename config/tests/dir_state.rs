@@ -672,3 +672,95 @@ async fn deletions_that_are_meant_still_delete() {
     })
     .await;
 }
+
+fn port_of(s: &Snapshot, name: &str) -> Option<i32> {
+    let svc = s.services.get(&key(name, "default"))?;
+    Some(svc.spec.as_ref()?.ports.as_ref()?[0].port)
+}
+
+/// Sets a file's modification time `secs_ago` seconds in the past.
+fn age(path: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_duplicate_never_replaces_the_object_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("web.yaml");
+    std::fs::write(&original, SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(port_of(&state.snapshot(), "web"), Some(80));
+
+    // A scratch copy in a file that sorts first.
+    let scratch = dir.path().join("0-scratch.yaml");
+    write_atomic(&scratch, &SERVICE_WEB.replace("port: 80", "port: 9999"));
+    // A change after it, to know the scratch file has been read.
+    write_atomic(
+        &dir.path().join("node.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    wait_for(&state, "the node", |s| !s.nodes.is_empty()).await;
+    assert_eq!(port_of(&state.snapshot(), "web"), Some(80));
+    // Editing the original keeps it in force.
+    write_atomic(&original, &SERVICE_WEB.replace("port: 80", "port: 81"));
+    wait_for(&state, "the edit of the original", |s| {
+        port_of(s, "web") == Some(81)
+    })
+    .await;
+
+    // validate DIR reports the duplicate with both files, the older one in force.
+    age(&original, 60);
+    let (objects, errors) = metalnet::manifest::load_paths(&[dir.path().to_path_buf()]);
+    let web = objects.iter().find(|o| o.obj == svc("web")).unwrap();
+    assert_eq!(web.source.path, original);
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("0-scratch.yaml#1") && errors[0].contains("web.yaml#1"),
+        "{errors:?}"
+    );
+
+    // At a restart, the older file's definition is in force.
+    drop(state);
+    let again = start(dir.path()).await;
+    assert_eq!(port_of(&again.snapshot(), "web"), Some(81));
+
+    // The original deleted: the copy takes over.
+    std::fs::remove_file(&original).unwrap();
+    wait_for(&again, "the copy in force", |s| {
+        port_of(s, "web") == Some(9999)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validate_reads_the_users_manifests_not_metalnets_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    state.patch_status(&svc("web"), status).await.unwrap();
+    let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");
+    state
+        .apply(&l2, json!({"spec": {}, "status": {"node": "n", "serviceName": "web", "serviceNamespace": "default"}}))
+        .await
+        .unwrap();
+    let event = EventRecord {
+        type_: EventType::Normal,
+        reason: "IPAllocated".into(),
+        message: "m".into(),
+        reporter: "test".into(),
+    };
+    state.record_event(&svc("web"), &event).await.unwrap();
+    let (objects, errors) = metalnet::manifest::load_paths(&[dir.path().to_path_buf()]);
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let refs: Vec<ObjectRef> = objects.into_iter().map(|o| o.obj).collect();
+    assert_eq!(refs, [svc("web")]);
+}

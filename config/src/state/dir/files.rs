@@ -18,9 +18,11 @@ use crate::state::ObjectRef;
 pub(super) struct Files {
     /// Every file read, with what it held when it had this stamp.
     pub(super) cache: BTreeMap<PathBuf, Cached>,
-    /// Every definition of each user object: the file and the object's index in that file's
-    /// [`Content::User`], in path order; the first is in effect.
-    pub(super) user: BTreeMap<ObjectRef, BTreeSet<(PathBuf, usize)>>,
+    /// Every definition of each user object, by file. The oldest (the one in force first) is
+    /// in effect: a copy of an object in another file never replaces the one in use.
+    pub(super) user: BTreeMap<ObjectRef, BTreeMap<PathBuf, UserDef>>,
+    /// The age to give the next new definition.
+    next_age: u64,
     /// The patch files of each object (normally one).
     pub(super) patches: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
     /// The files of each object the suite owns (normally one).
@@ -40,11 +42,54 @@ impl Files {
         new: Option<Cached>,
         affected: &mut BTreeSet<ObjectRef>,
     ) {
+        let mut was_defined = BTreeSet::new();
         if let Some(old) = self.cache.remove(path) {
-            self.index(path, &old.content, false, affected);
+            match &old.content {
+                Content::User(objects) => was_defined.extend(objects.iter().map(|o| o.obj.clone())),
+                other => self.index(path, other, false, affected),
+            }
+        }
+        let mut defined: BTreeMap<ObjectRef, Vec<usize>> = BTreeMap::new();
+        if let Some(new) = &new {
+            match &new.content {
+                Content::User(objects) => {
+                    for (i, o) in objects.iter().enumerate() {
+                        defined.entry(o.obj.clone()).or_default().push(i);
+                    }
+                }
+                other => self.index(path, other, true, affected),
+            }
+        }
+        for obj in was_defined {
+            if !defined.contains_key(&obj) {
+                if let Some(defs) = self.user.get_mut(&obj) {
+                    defs.remove(path);
+                    if defs.is_empty() {
+                        self.user.remove(&obj);
+                    }
+                }
+                affected.insert(obj);
+            }
+        }
+        for (obj, indexes) in defined {
+            let defs = self.user.entry(obj.clone()).or_default();
+            // A file read again keeps the age of the definitions it still holds.
+            match defs.get_mut(path) {
+                Some(def) => def.indexes = indexes,
+                None => {
+                    defs.insert(
+                        path.to_path_buf(),
+                        UserDef {
+                            age: self.next_age,
+                            indexes,
+                        },
+                    );
+                    self.next_age += 1;
+                }
+            }
+            affected.insert(obj);
         }
         if let Some(new) = new {
-            self.index(path, &new.content, true, affected);
             self.cache.insert(path.to_path_buf(), new);
         }
     }
@@ -57,12 +102,7 @@ impl Files {
         affected: &mut BTreeSet<ObjectRef>,
     ) {
         match content {
-            Content::User(objects) => {
-                for (i, o) in objects.iter().enumerate() {
-                    toggle(&mut self.user, &o.obj, (path.to_path_buf(), i), add);
-                    affected.insert(o.obj.clone());
-                }
-            }
+            Content::User(_) => {}
             Content::Patch(obj, _) => {
                 toggle(&mut self.patches, obj, path.to_path_buf(), add);
                 affected.insert(obj.clone());
@@ -77,23 +117,32 @@ impl Files {
 
     /// The user object in effect for `obj`, if any.
     pub(super) fn user_object(&self, obj: &ObjectRef) -> Option<&RawObject> {
-        let (path, i) = self.user.get(obj)?.first()?;
-        match &self.cache.get(path)?.content {
-            Content::User(objects) => objects.get(*i),
-            _ => None,
-        }
+        self.user_definitions(obj).into_iter().next()
+    }
+
+    /// Every definition of the user object `obj`, oldest (the one in effect) first; within one
+    /// file, in document order.
+    fn user_definitions(&self, obj: &ObjectRef) -> Vec<&RawObject> {
+        let Some(defs) = self.user.get(obj) else {
+            return Vec::new();
+        };
+        let mut by_age: Vec<(&PathBuf, &UserDef)> = defs.iter().collect();
+        by_age.sort_by_key(|(path, def)| (def.age, *path));
+        by_age
+            .into_iter()
+            .filter_map(|(path, def)| match &self.cache.get(path)?.content {
+                Content::User(objects) => Some(def.indexes.iter().filter_map(|i| objects.get(*i))),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     /// Every definition of the user object `obj`, the one in effect first.
     pub(super) fn user_locations(&self, obj: &ObjectRef) -> Vec<&Location> {
-        let Some(defs) = self.user.get(obj) else {
-            return Vec::new();
-        };
-        defs.iter()
-            .filter_map(|(path, i)| match &self.cache.get(path)?.content {
-                Content::User(objects) => objects.get(*i).map(|o| &o.source),
-                _ => None,
-            })
+        self.user_definitions(obj)
+            .into_iter()
+            .map(|o| &o.source)
             .collect()
     }
 
@@ -137,6 +186,11 @@ pub(super) struct Stamp {
 }
 
 impl Stamp {
+    /// When the file was last modified, for ordering files by age.
+    pub(super) fn modified(&self) -> (i64, i64) {
+        (self.mtime, self.mtime_nsec)
+    }
+
     pub(super) fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             dev: meta.dev(),
@@ -177,4 +231,12 @@ pub(super) fn read_stamped(path: &Path) -> std::io::Result<(Stamp, String)> {
 pub(super) struct Suspect {
     pub(super) stamp: Stamp,
     pub(super) since: Instant,
+}
+
+/// One file's definitions of one user object.
+pub(super) struct UserDef {
+    /// When the file first defined it, in definitions seen by this backend: lower is older.
+    age: u64,
+    /// Where in the file's [`Content::User`] (more than one: a duplicate within the file).
+    indexes: Vec<usize>,
 }

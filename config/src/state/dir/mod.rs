@@ -56,7 +56,12 @@
 //!
 //! Deleting a file, or removing some objects from a file that parses, deletes them.
 //!
-//! An object defined in two files is logged; the first in path order is used.
+//! # Duplicates
+//!
+//! An object defined twice (in two files, or twice in one) is logged once, naming both places;
+//! the definition in force first stays in force (at start, the one in the file modified
+//! longest ago), so a scratch copy never replaces an object in use. `metalnet-controller
+//! validate DIR` reports the same duplicates (see [`crate::manifest::load_paths`]).
 
 mod atomic;
 mod events;
@@ -160,7 +165,7 @@ impl DirBackend {
             }
             Err(source) => return Err(StateError::Io { path, source }),
         }
-        let status = path.join("status");
+        let status = path.join(manifest::STATUS_DIR);
         for area in [StatusArea::Patches, StatusArea::Objects] {
             let dir = status.join(area.dir());
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -414,9 +419,12 @@ impl Inner {
     fn merge_listing(
         &self,
         files: &mut Files,
-        listing: Vec<(PathBuf, Stamp)>,
+        mut listing: Vec<(PathBuf, Stamp)>,
         affected: &mut BTreeSet<ObjectRef>,
     ) {
+        // Files are read oldest first, so that of two files new to this backend defining the
+        // same object (at start, say) the older one's definition is in force.
+        listing.sort_by(|(pa, a), (pb, b)| (a.modified(), pa).cmp(&(b.modified(), pb)));
         let listed: HashSet<&Path> = listing.iter().map(|(p, _)| p.as_path()).collect();
         let unlisted: Vec<PathBuf> = files
             .cache
