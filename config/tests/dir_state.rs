@@ -764,3 +764,67 @@ async fn validate_reads_the_users_manifests_not_metalnets_files() {
     let refs: Vec<ObjectRef> = objects.into_iter().map(|o| o.obj).collect();
     assert_eq!(refs, [svc("web")]);
 }
+
+/// Waits until the backend's view of the directory is `want`.
+async fn attached_is(state: &ClusterState, want: bool) {
+    let mut rx = state.attached();
+    tokio::time::timeout(WAIT, rx.wait_for(|a| *a == want))
+        .await
+        .unwrap_or_else(|_| panic!("attached never became {want}"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_directory_is_watched_again_and_its_absence_deletes_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("services.yaml"), services_yaml(&EIGHT)).unwrap();
+    let state = start(&dir).await;
+    assert!(*state.attached().borrow());
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    state.patch_status(&svc("s-1"), status).await.unwrap();
+
+    // Deleted: the last state stays in force, and the backend says it is blind.
+    let deleted = async {
+        std::fs::remove_dir_all(&dir).unwrap();
+        attached_is(&state, false).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    services_stay(&state, &EIGHT, deleted).await;
+    assert!(!*state.attached().borrow());
+
+    // Re-created (copied back in, then renamed into place): watched again.
+    let copy = parent.path().join("state.new");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("services.yaml"), services_yaml(&EIGHT)).unwrap();
+    std::fs::rename(&copy, &dir).unwrap();
+    attached_is(&state, true).await;
+    std::fs::write(dir.join("more.yaml"), services_yaml(&["s-9"])).unwrap();
+    wait_for(&state, "a Service added to the new directory", |s| {
+        s.services.len() == 9
+    })
+    .await;
+    // Writes work again, status/ included.
+    state
+        .patch_status(&svc("s-9"), json!({"loadBalancer": {}}))
+        .await
+        .unwrap();
+    assert!(
+        dir.join("status/patches/Service/default/s-9.yaml")
+            .is_file()
+    );
+
+    // status/ deleted and re-created by the next write.
+    std::fs::remove_dir_all(dir.join("status")).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    state
+        .patch_status(&svc("s-2"), json!({"loadBalancer": {}}))
+        .await
+        .unwrap();
+    assert!(
+        dir.join("status/patches/Service/default/s-2.yaml")
+            .is_file()
+    );
+    assert!(*state.attached().borrow());
+}

@@ -641,6 +641,22 @@ impl ClusterState {
         self.core.snapshot()
     }
 
+    /// Whether the backend currently sees its source: `false` while the state directory is
+    /// missing or replaced and not watched yet (the last state stays in force meanwhile), so a
+    /// daemon never reports ready while blind. Always `true` on Kubernetes.
+    pub fn attached(&self) -> tokio::sync::watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Dir(b) => b.attached(),
+            Backend::Kube(_) => {
+                static ALWAYS: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
+                    std::sync::OnceLock::new();
+                ALWAYS
+                    .get_or_init(|| tokio::sync::watch::Sender::new(true))
+                    .subscribe()
+            }
+        }
+    }
+
     /// Subscribes to changes; the first update reports every object present.
     pub fn subscribe(&self) -> Subscription {
         self.core.subscribe()

@@ -27,6 +27,8 @@ pub(super) struct Files {
     pub(super) patches: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
     /// The files of each object the suite owns (normally one).
     pub(super) owned: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
+    /// Manifests no longer listed, since when (deleted after a grace period).
+    pub(super) missing: HashMap<PathBuf, Instant>,
     /// Manifests held back because they lost every object at once, with since when.
     pub(super) suspects: HashMap<PathBuf, Suspect>,
     /// Problems (duplicates) last logged about each object, to log each once.

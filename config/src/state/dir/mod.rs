@@ -54,7 +54,17 @@
 //! - a manifest that still exists but lost every object at once keeps its previous version
 //!   for 1 s, and loses its objects only if it stays so (a WARN says so, once).
 //!
-//! Deleting a file, or removing some objects from a file that parses, deletes them.
+//! Deleting a file, or removing some objects from a file that parses, deletes them once the
+//! file has stayed gone for 300 ms.
+//!
+//! # The directory itself
+//!
+//! If `DIR` is deleted, or replaced by another directory (re-created, renamed into place),
+//! the last state stays in force while it is missing (a WARN says so, once) and
+//! [`super::ClusterState::attached`] turns `false`, so that a daemon does not report ready
+//! while blind. The path is checked every 500 ms; when a directory is there again, it is
+//! watched and read, `status/` is re-created in it, and `attached` turns `true`. A `status/`
+//! deleted by hand is re-created by the next write.
 //!
 //! # Duplicates
 //!
@@ -97,11 +107,18 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// deleted. Until then the previous version stays in force.
 const SHRINK_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a manifest must stay gone before its objects are deleted: `rm -rf DIR` and a
+/// directory being replaced remove files one by one before the directory itself goes.
+const DELETE_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the watch loop checks that the directory it watches is still the one at the path
+/// (it may have been deleted, or replaced by another one renamed into place).
+const ATTACH_CHECK: Duration = Duration::from_millis(500);
+
 pub struct DirBackend {
     inner: Arc<Inner>,
+    /// The watch loop; it owns the watcher, which it replaces when the directory is.
     task: tokio::task::JoinHandle<()>,
-    // Dropping the watcher stops its thread and closes the channel the task reads.
-    _watcher: notify::RecommendedWatcher,
 }
 
 impl Drop for DirBackend {
@@ -124,6 +141,36 @@ struct Inner {
     writing: Mutex<HashMap<PathBuf, Instant>>,
     /// When the watcher must look again although nothing changed (a file held back).
     recheck: Mutex<Option<Instant>>,
+    /// The (device, inode) of the directory being watched; what is read under `root` counts
+    /// only while the path still names this directory.
+    watched: Mutex<Option<(u64, u64)>>,
+    /// Whether the directory is watched (see [`super::ClusterState::attached`]).
+    attached: tokio::sync::watch::Sender<bool>,
+}
+
+/// The (device, inode) of the directory at `path`, if there is one.
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Creates `status/patches` and `status/objects` under an existing `root` (never `root`
+/// itself: a missing state directory must not be re-created empty).
+fn make_status_dirs(root: &Path, status: &Path) -> Result<(), StateError> {
+    if dir_id(root).is_none() {
+        return Err(StateError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    for area in [StatusArea::Patches, StatusArea::Objects] {
+        let dir = status.join(area.dir());
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    Ok(())
 }
 
 /// What the backend did, for tests: writes must cost O(the written object).
@@ -166,10 +213,7 @@ impl DirBackend {
             Err(source) => return Err(StateError::Io { path, source }),
         }
         let status = path.join(manifest::STATUS_DIR);
-        for area in [StatusArea::Patches, StatusArea::Objects] {
-            let dir = status.join(area.dir());
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        }
+        make_status_dirs(&path, &status)?;
         remove_dead_writers_temp_files(&status);
         let kinds = core
             .kinds()
@@ -186,11 +230,14 @@ impl DirBackend {
             stats: Stats::default(),
             writing: Mutex::new(HashMap::new()),
             recheck: Mutex::new(None),
+            watched: Mutex::new(None),
+            attached: tokio::sync::watch::Sender::new(true),
         });
+        *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = dir_id(&inner.root);
 
         // Watch before the first read so no change falls between the two.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = new_watcher(&inner, tx)?;
+        let watcher = new_watcher(&inner, tx.clone())?;
 
         let first = inner.clone();
         tokio::task::spawn_blocking(move || first.reload())
@@ -200,12 +247,13 @@ impl DirBackend {
                 source: std::io::Error::other(e),
             })?;
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
-        let task = tokio::spawn(watch_loop(inner.clone(), rx));
-        Ok(DirBackend {
-            inner,
-            task,
-            _watcher: watcher,
-        })
+        let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
+        Ok(DirBackend { inner, task })
+    }
+
+    /// Whether the directory is watched now (see [`super::ClusterState::attached`]).
+    pub fn attached(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.attached.subscribe()
     }
 
     pub async fn patch_status(
@@ -301,22 +349,67 @@ fn new_watcher(
     Ok(watcher)
 }
 
-async fn watch_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) {
+async fn watch_loop(
+    inner: Arc<Inner>,
+    watcher: notify::RecommendedWatcher,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    // Dropping a watcher stops its thread; replaced when the directory is.
+    let mut watcher = Some(watcher);
     loop {
         let recheck = inner
             .recheck
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let woke = match recheck {
-            Some(at) => tokio::time::timeout_at(tokio::time::Instant::from_std(at), rx.recv())
-                .await
-                .unwrap_or(Some(())),
-            None => rx.recv().await,
+            .take()
+            .map(tokio::time::Instant::from_std);
+        let tick = tokio::time::Instant::now() + ATTACH_CHECK;
+        let until = recheck.map_or(tick, |r| r.min(tick));
+        let event = match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(None) => return,
+            Ok(Some(())) => true,
+            Err(_) => false,
         };
-        if woke.is_none() {
-            return;
+        let due = recheck.is_some_and(|r| r <= tokio::time::Instant::now());
+        let watched = *inner.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let now = dir_id(&inner.root);
+        if now != watched {
+            watcher = None;
+            *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let Some(_) = now else {
+                if inner.attached.send_replace(false) {
+                    tracing::warn!(
+                        dir = %inner.root.display(),
+                        "the state directory is gone; keeping the last state until it is back"
+                    );
+                }
+                continue;
+            };
+            match new_watcher(&inner, tx.clone()) {
+                Ok(w) => {
+                    watcher = Some(w);
+                    *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                    if let Err(e) = make_status_dirs(&inner.root, &inner.status) {
+                        tracing::warn!(error = %e, "re-creating the status directory");
+                    }
+                    inner.attached.send_replace(true);
+                    tracing::warn!(dir = %inner.root.display(), "the state directory was replaced; watching it again");
+                }
+                Err(e) => {
+                    if inner.attached.send_replace(false) {
+                        tracing::warn!(dir = %inner.root.display(), error = %e, "cannot watch the state directory; keeping the last state");
+                    }
+                    continue;
+                }
+            }
+        } else if !event && !due {
+            if let Some(r) = recheck {
+                inner.recheck_at(r.into_std());
+            }
+            continue;
         }
+        debug_assert!(watcher.is_some());
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let inner = inner.clone();
@@ -385,6 +478,10 @@ impl Inner {
     /// is made without holding `files`, so writes go on meanwhile.
     fn reload(&self) {
         let listing = self.list();
+        if dir_id(&self.root) != *self.watched.lock().unwrap_or_else(|e| e.into_inner()) {
+            // Gone or replaced while listed: the watch loop re-attaches and reads it again.
+            return;
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let mut affected = BTreeSet::new();
         self.merge_listing(&mut files, listing, &mut affected);
@@ -437,9 +534,19 @@ impl Inner {
                 // Maybe written by us after the listing was made: look again.
                 self.sync_path(files, &path, affected);
             } else {
-                files.set(&path, None, affected);
+                // Deleted, or its directory is going (`rm -rf`, a replacement): deleted once
+                // it has stayed gone for a moment, if the directory is still there then.
+                let now = Instant::now();
+                let since = *files.missing.entry(path.clone()).or_insert(now);
+                if now.duration_since(since) >= DELETE_GRACE {
+                    files.missing.remove(&path);
+                    files.set(&path, None, affected);
+                } else {
+                    self.recheck_at(since + DELETE_GRACE);
+                }
             }
         }
+        files.missing.retain(|p, _| !listed.contains(p.as_path()));
         for (path, stamp) in &listing {
             if files.cache.get(path).is_none_or(|c| c.stamp != *stamp) {
                 // Changed, or the listing is older than a write of ours: look again.

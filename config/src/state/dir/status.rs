@@ -32,6 +32,13 @@ pub(super) struct StatusLock(#[allow(dead_code)] std::fs::File);
 
 impl StatusLock {
     pub(super) fn acquire(status: &Path) -> Result<StatusLock, StateError> {
+        // Re-created if deleted; never its parent (a missing state directory stays missing).
+        match std::fs::create_dir(status) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io_err(status)(e));
+            }
+            _ => {}
+        }
         let path = status.join(".lock");
         let file = std::fs::OpenOptions::new()
             .read(true)
