@@ -828,3 +828,54 @@ async fn a_replaced_directory_is_watched_again_and_its_absence_deletes_nothing()
     );
     assert!(*state.attached().borrow());
 }
+
+#[tokio::test]
+async fn a_named_lock_is_held_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = start(dir.path()).await;
+    let two = start(dir.path()).await;
+    let held = one
+        .lock("controller")
+        .unwrap()
+        .expect("a lock on a state directory");
+    let file = dir.path().join("status/locks/controller.lock");
+    assert_eq!(held.path(), file);
+    let record = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        record.contains(&format!("pid: {}", std::process::id())),
+        "{record}"
+    );
+    assert!(record.contains("host: "), "{record}");
+
+    // Held: the error names the lock file and the holder's pid.
+    let err = two.lock("controller").unwrap_err();
+    assert!(
+        matches!(err, metalnet::state::StateError::Locked { .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
+        err.contains(&*file.to_string_lossy())
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    // Another name is another lock.
+    let speaker = two.lock("speaker-node-1").unwrap();
+    assert!(speaker.is_some());
+    // A name that cannot name a file is refused.
+    assert!(two.lock("../x").is_err());
+
+    // Standing by: taken as soon as the holder lets go.
+    let waiting = tokio::spawn(async move {
+        let lock = two.lock_wait("controller").await;
+        (two, lock)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiting.is_finished(), "took a held lock");
+    drop(held);
+    let (two, lock) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    let taken = lock.unwrap();
+    assert!(taken.is_some());
+    assert!(one.lock("controller").is_err());
+    drop((two, taken));
+}

@@ -11,6 +11,8 @@
 pub mod dir;
 pub mod kube;
 
+pub use dir::StateLock;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -297,6 +299,9 @@ pub enum StateError {
     Object { object: ObjectRef, message: String },
     #[error("watching the state directory: {0}")]
     Watch(#[from] notify::Error),
+    /// A lock another process holds (see [`ClusterState::lock`]).
+    #[error("{}: {holder}", path.display())]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// Where the state comes from.
@@ -639,6 +644,28 @@ impl ClusterState {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.core.snapshot()
+    }
+
+    /// Takes the named lock if it is free, so that two daemons of one role (`controller`,
+    /// `speaker-<node>`) never run on one state directory at once: held until the
+    /// [`StateLock`] is dropped or the process dies. On a state directory it is a `flock` on
+    /// `DIR/status/locks/NAME.lock`, which records the holder's pid and host; held by another
+    /// process, the error ([`StateError::Locked`]) names the lock file and the holder. On
+    /// Kubernetes there is no lock yet: `Ok(None)`.
+    pub fn lock(&self, name: &str) -> Result<Option<StateLock>, StateError> {
+        match &self.backend {
+            Backend::Dir(b) => b.lock(name).map(Some),
+            Backend::Kube(_) => Ok(None),
+        }
+    }
+
+    /// Like [`ClusterState::lock`], but waits (standing by, with one WARN naming the holder)
+    /// until the holder releases the lock.
+    pub async fn lock_wait(&self, name: &str) -> Result<Option<StateLock>, StateError> {
+        match &self.backend {
+            Backend::Dir(b) => b.lock_wait(name).await.map(Some),
+            Backend::Kube(_) => Ok(None),
+        }
     }
 
     /// Whether the backend currently sees its source: `false` while the state directory is

@@ -10,6 +10,7 @@
 //! ├── nodes.json
 //! └── status/                     # metalnet's: written by the suite, never by you
 //!     ├── .lock                   # flock taken around every read-modify-write
+//!     ├── locks/controller.lock   # named locks: one daemon per role (holder pid and host)
 //!     ├── patches/                # JSON merge patches onto YOUR objects
 //!     │   └── Service/default/web.yaml          # e.g. status.loadBalancer.ingress
 //!     └── objects/                # whole objects the suite owns
@@ -30,6 +31,9 @@
 //!   creates and deletes (ServiceL2Status, ServiceBGPStatus, Events).
 //!   Events are `status/objects/Event/<namespace>/<object name>.<hash>.yaml`, one per
 //!   (object, reason, message), with a `count`; they are not part of the snapshot.
+//!
+//! `status/locks/NAME.lock` are the named locks of [`super::ClusterState::lock`]: one
+//! controller (`controller`) and one speaker per node (`speaker-<node>`) per directory.
 //!
 //! Files under `status/` are replaced atomically (temporary file, fsync, rename), so several
 //! processes on one machine (the lab runs several daemons on one directory) may share `DIR`.
@@ -76,6 +80,7 @@
 mod atomic;
 mod events;
 mod files;
+mod lock;
 mod status;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -92,6 +97,7 @@ use crate::manifest;
 use atomic::{remove_dead_writers_temp_files, write_atomic};
 pub use events::{event_is_about, list_events, list_namespace_events};
 use files::{Cached, Content, Files, Stamp, Suspect, read_stamped};
+pub use lock::StateLock;
 use status::{CLUSTER_DIR, StatusArea, StatusLock, compose_patch, read_status_file, status_ref};
 
 /// How long to wait after a file-system event for more before re-reading: editors and
@@ -249,6 +255,16 @@ impl DirBackend {
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
         let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
         Ok(DirBackend { inner, task })
+    }
+
+    /// Takes the lock `name` (`status/locks/NAME.lock`) if it is free.
+    pub fn lock(&self, name: &str) -> Result<StateLock, StateError> {
+        lock::try_lock(&self.inner.status, name)
+    }
+
+    /// Takes the lock `name`, waiting as long as another process holds it.
+    pub async fn lock_wait(&self, name: &str) -> Result<StateLock, StateError> {
+        lock::lock_wait(self.inner.status.clone(), name.to_string()).await
     }
 
     /// Whether the directory is watched now (see [`super::ClusterState::attached`]).
