@@ -879,3 +879,44 @@ async fn a_named_lock_is_held_by_one_process_at_a_time() {
     assert!(one.lock("controller").is_err());
     drop((two, taken));
 }
+
+#[tokio::test]
+async fn input_over_the_limits_is_refused_and_keeps_what_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    std::fs::write(&file, services_yaml(&EIGHT)).unwrap();
+    let state = start(dir.path()).await;
+
+    // A manifest grown over the per-file limit (sparse: no disk space used) is not read, and
+    // what it held stays in force.
+    let grown = services_yaml(&EIGHT);
+    let f = std::fs::File::options().append(true).open(&file).unwrap();
+    f.set_len(metalnet::manifest::MAX_FILE_BYTES + 1).unwrap();
+    drop(f);
+    services_stay(
+        &state,
+        &EIGHT,
+        tokio::time::sleep(Duration::from_millis(300)),
+    )
+    .await;
+    write_atomic(&file, &grown);
+    drop(state);
+
+    // More than the total per directory: refused at start, naming the directory and limit.
+    for i in 0..5 {
+        std::fs::File::create(dir.path().join(format!("big-{i}.yaml")))
+            .unwrap()
+            .set_len(60 * 1024 * 1024)
+            .unwrap();
+    }
+    let err = ClusterState::start(Source::Dir(dir.path().to_path_buf()), Kind::ALL)
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert!(
+        err.contains(&*dir.path().to_string_lossy())
+            && err.contains("over the limit of 256 MiB per state directory"),
+        "{err}"
+    );
+}

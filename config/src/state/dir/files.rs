@@ -188,6 +188,11 @@ pub(super) struct Stamp {
 }
 
 impl Stamp {
+    /// The file's size in bytes.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
     /// When the file was last modified, for ordering files by age.
     pub(super) fn modified(&self) -> (i64, i64) {
         (self.mtime, self.mtime_nsec)
@@ -221,11 +226,14 @@ pub(super) enum Content {
 }
 
 /// Reads a file with the stamp of the version read.
+/// At most [`crate::manifest::MAX_FILE_BYTES`] and one byte are read, so that a file
+/// growing while read cannot exhaust memory (the parser then rejects it as too large).
 pub(super) fn read_stamped(path: &Path) -> std::io::Result<(Stamp, String)> {
-    let mut file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path)?;
     let stamp = Stamp::of(&file.metadata()?);
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    let limit = crate::manifest::MAX_FILE_BYTES + 1;
+    let mut text = String::with_capacity(stamp.len.min(limit) as usize);
+    file.take(limit).read_to_string(&mut text)?;
     Ok((stamp, text))
 }
 

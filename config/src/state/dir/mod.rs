@@ -147,6 +147,8 @@ struct Inner {
     writing: Mutex<HashMap<PathBuf, Instant>>,
     /// When the watcher must look again although nothing changed (a file held back).
     recheck: Mutex<Option<Instant>>,
+    /// What the last listing could not read, as logged (see [`Inner::warn_once`]).
+    listing_warned: Mutex<BTreeSet<String>>,
     /// The (device, inode) of the directory being watched; what is read under `root` counts
     /// only while the path still names this directory.
     watched: Mutex<Option<(u64, u64)>>,
@@ -236,6 +238,7 @@ impl DirBackend {
             stats: Stats::default(),
             writing: Mutex::new(HashMap::new()),
             recheck: Mutex::new(None),
+            listing_warned: Mutex::new(BTreeSet::new()),
             watched: Mutex::new(None),
             attached: tokio::sync::watch::Sender::new(true),
         });
@@ -251,7 +254,7 @@ impl DirBackend {
             .map_err(|e| StateError::Io {
                 path: inner.root.clone(),
                 source: std::io::Error::other(e),
-            })?;
+            })??;
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
         let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
         Ok(DirBackend { inner, task })
@@ -429,8 +432,11 @@ async fn watch_loop(
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let inner = inner.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || inner.reload()).await {
-            tracing::error!(error = %e, "re-reading the state directory failed");
+        match tokio::task::spawn_blocking(move || inner.reload()).await {
+            Ok(Ok(())) => {}
+            // Already logged (once) by the listing.
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "re-reading the state directory failed"),
         }
     }
 }
@@ -492,20 +498,25 @@ impl Inner {
 
     /// Re-reads what changed on disk and hands the changed objects to the core. The listing
     /// is made without holding `files`, so writes go on meanwhile.
-    fn reload(&self) {
-        let listing = self.list();
+    /// Errors when the directory holds more than [`manifest::MAX_TOTAL_BYTES`] of manifests
+    /// (the last state stays in force).
+    fn reload(&self) -> Result<(), StateError> {
+        let listing = self.list()?;
         if dir_id(&self.root) != *self.watched.lock().unwrap_or_else(|e| e.into_inner()) {
             // Gone or replaced while listed: the watch loop re-attaches and reads it again.
-            return;
+            return Ok(());
         }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let mut affected = BTreeSet::new();
         self.merge_listing(&mut files, listing, &mut affected);
         self.deliver(&mut files, affected);
+        Ok(())
     }
 
-    /// Lists every manifest and status file with its stamp.
-    fn list(&self) -> Vec<(PathBuf, Stamp)> {
+    /// Lists every manifest and status file with its stamp. What cannot be listed (an
+    /// unreadable directory, a symbolic link loop) is logged once, not at every refresh; more
+    /// than [`manifest::MAX_TOTAL_BYTES`] of manifests is an error.
+    fn list(&self) -> Result<Vec<(PathBuf, Stamp)>, StateError> {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         let mut errors = Vec::new();
         let mut paths = Vec::new();
@@ -516,15 +527,47 @@ impl Inner {
                 manifest::manifest_files(&dir, None, &mut paths, &mut errors);
             }
         }
-        for e in errors {
-            tracing::warn!(error = %e, "reading the state directory");
-        }
-        paths
+        let listing: Vec<(PathBuf, Stamp)> = paths
             .into_iter()
             // A file gone since listed is left out.
             .filter_map(|p| Some((Stamp::of(&std::fs::metadata(&p).ok()?), p)))
             .map(|(stamp, p)| (p, stamp))
-            .collect()
+            .collect();
+        let total: u64 = listing
+            .iter()
+            .filter(|(p, _)| self.status_area(p).is_none())
+            .map(|(_, s)| s.len())
+            .sum();
+        let mut problems: BTreeSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        let over = (total > manifest::MAX_TOTAL_BYTES).then(|| {
+            format!(
+                "{} of manifests, over the limit of {} per state directory; keeping the last state",
+                manifest::human_bytes(total),
+                manifest::human_bytes(manifest::MAX_TOTAL_BYTES)
+            )
+        });
+        problems.extend(over.clone());
+        self.warn_once(problems);
+        match over {
+            Some(message) => Err(StateError::Manifest {
+                path: self.root.clone(),
+                message,
+            }),
+            None => Ok(listing),
+        }
+    }
+
+    /// Logs the problems of a listing not logged at the previous one: a file that stays
+    /// unreadable is reported once, and again only after it was fine for a while.
+    fn warn_once(&self, problems: BTreeSet<String>) {
+        let mut warned = self
+            .listing_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for p in problems.difference(&warned) {
+            tracing::warn!(problem = %p, "reading the state directory");
+        }
+        *warned = problems;
     }
 
     /// Brings `files` in line with `listing` (made earlier, perhaps before some writes),
@@ -594,6 +637,27 @@ impl Inner {
         let area = self.status_area(path);
         if area.is_none() && self.being_written(path) {
             tracing::debug!(file = %path.display(), "being written; read once closed");
+            return;
+        }
+        if area.is_none()
+            && let Some(e) = manifest::file_too_large(path, stamp.len())
+        {
+            // Logged once per version of the file: the stamp is recorded with what stays.
+            let previous = match files.cache.get(path).map(|c| &c.content) {
+                Some(Content::User(objects)) => objects.clone(),
+                _ => Vec::new(),
+            };
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                keeping_previous_version = !previous.is_empty(),
+                "manifest not read"
+            );
+            let kept = Cached {
+                stamp,
+                content: Content::User(previous),
+            };
+            files.set(path, Some(kept), affected);
             return;
         }
         if let Some(area) = area
@@ -860,7 +924,7 @@ impl Inner {
             if owned.is_none() && !files.user.contains_key(obj) {
                 // Not known here: maybe created since the last refresh.
                 self.stats.write_scans.fetch_add(1, Ordering::Relaxed);
-                let listing = self.list();
+                let listing = self.list()?;
                 self.merge_listing(files, listing, affected);
                 owned = self.sync_owned(files, obj, affected);
             }
