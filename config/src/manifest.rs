@@ -637,6 +637,9 @@ fn read_document(
         Err(e) => return errors.push(invalid("metadata.namespace", e)),
     };
     let obj = ObjectRef::new(kind, namespace.as_deref(), &name);
+    if let Err(e) = crate::state::names::check_names(&obj) {
+        return errors.push(invalid(e.field, e.message));
+    }
     // The API server fills in the namespace; do the same so objects read alike from both
     // backends.
     if let Some(ns) = &obj.namespace
@@ -1067,5 +1070,31 @@ metadata: {name: speaker}
                 .any(|e| e.contains("b.yaml") && e.contains("symbolic links")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn names_kubernetes_rejects_are_errors_naming_file_and_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: Web}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: \"web\\nINFO forged\"}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: ok, namespace: _cluster}\n- apiVersion: metallb.io/v1beta1\n  kind: IPAddressPool\n  metadata: {name: \"..\", namespace: metallb-system}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: good}\n";
+        let (objs, errs) = parse("names.yaml", text);
+        let refs: Vec<String> = objs.iter().map(|o| o.obj.to_string()).collect();
+        assert_eq!(refs, ["Service/default/good"]);
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs[0].starts_with("names.yaml#1: metadata.name: \"Web\": a DNS-1035 label"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("names.yaml#2: items[0].metadata.name: \"web\\nINFO forged\""),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("names.yaml#2: items[1].metadata.namespace: \"_cluster\""),
+            "{errs:?}"
+        );
+        assert!(
+            errs[3].starts_with("names.yaml#2: items[2].metadata.name: \"..\""),
+            "{errs:?}"
+        );
+        assert!(errs.iter().all(|e| !e.contains('\n')), "{errs:?}");
     }
 }

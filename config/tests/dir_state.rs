@@ -920,3 +920,21 @@ async fn input_over_the_limits_is_refused_and_keeps_what_was_read() {
         "{err}"
     );
 }
+
+#[test]
+fn names_kubernetes_rejects_make_the_object_invalid_on_any_backend() {
+    // As a Kubernetes watcher would deliver it (no manifest reading in between).
+    let snap = Snapshot::from_manifests([
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Web", "namespace": "default"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "_cluster"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}}),
+    ]);
+    assert_eq!(snap.services.len(), 1);
+    let upper = &snap.invalid[&svc("Web")];
+    assert!(upper.starts_with("metadata.name: \"Web\""), "{upper}");
+    let cluster = &snap.invalid[&ObjectRef::new(Kind::Service, Some("_cluster"), "web")];
+    assert!(
+        cluster.starts_with("metadata.namespace: \"_cluster\""),
+        "{cluster}"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod names;
 
 pub use dir::StateLock;
 
@@ -206,10 +207,12 @@ impl ObjectRef {
 }
 
 impl fmt::Display for ObjectRef {
+    // Names come from outside: escaped, so a newline in one cannot forge a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = names::escape(&self.name);
         match &self.namespace {
-            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
-            None => write!(f, "{}/{}", self.kind, self.name),
+            Some(ns) => write!(f, "{}/{}/{name}", self.kind, names::escape(ns)),
+            None => write!(f, "{}/{name}", self.kind),
         }
     }
 }
@@ -223,9 +226,10 @@ pub struct ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = names::escape(&self.name);
         match &self.namespace {
-            Some(ns) => write!(f, "{ns}/{}", self.name),
-            None => f.write_str(&self.name),
+            Some(ns) => write!(f, "{}/{name}", names::escape(ns)),
+            None => f.write_str(&name),
         }
     }
 }
@@ -516,6 +520,12 @@ macro_rules! snapshot_kinds {
         impl Snapshot {
             fn insert(&mut self, obj: &ObjectRef, value: &serde_json::Value) {
                 let invalid = Arc::make_mut(&mut self.invalid);
+                if let Err(e) = names::check_names(obj) {
+                    self.remove(obj);
+                    Arc::make_mut(&mut self.invalid)
+                        .insert(obj.clone(), format!("{}: {}", e.field, e.message));
+                    return;
+                }
                 match obj.kind {
                     $( Kind::$kind => match decode::<$ty>(&crate::model::normalize(obj.kind, value)) {
                         Ok(t) => {
