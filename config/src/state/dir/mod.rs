@@ -191,6 +191,8 @@ struct Stats {
     write_scans: AtomicU64,
     /// Files read and parsed.
     parsed: AtomicU64,
+    /// Listing problems logged (each once, not at every refresh).
+    listing_warnings: AtomicU64,
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -547,7 +549,10 @@ impl Inner {
             )
         });
         problems.extend(over.clone());
-        self.warn_once(problems);
+        let logged = self.warn_once(problems);
+        self.stats
+            .listing_warnings
+            .fetch_add(logged as u64, Ordering::Relaxed);
         match over {
             Some(message) => Err(StateError::Manifest {
                 path: self.root.clone(),
@@ -559,15 +564,19 @@ impl Inner {
 
     /// Logs the problems of a listing not logged at the previous one: a file that stays
     /// unreadable is reported once, and again only after it was fine for a while.
-    fn warn_once(&self, problems: BTreeSet<String>) {
+    /// Returns how many were logged.
+    fn warn_once(&self, problems: BTreeSet<String>) -> usize {
         let mut warned = self
             .listing_warned
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let mut logged = 0;
         for p in problems.difference(&warned) {
             tracing::warn!(problem = %p, "reading the state directory");
+            logged += 1;
         }
         *warned = problems;
+        logged
     }
 
     /// Brings `files` in line with `listing` (made earlier, perhaps before some writes),
@@ -1257,5 +1266,30 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// An unreadable entry (here a symbolic link loop) is logged once, not at every refresh,
+    /// and again once it comes back after being fixed.
+    #[tokio::test]
+    async fn a_listing_problem_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b.yaml", dir.path().join("a.yaml")).unwrap();
+        std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yaml")).unwrap();
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let inner = backend.inner.clone();
+        let warnings = || inner.stats.listing_warnings.load(Ordering::Relaxed);
+        assert_eq!(warnings(), 2);
+        for _ in 0..5 {
+            inner.reload().unwrap();
+        }
+        assert_eq!(warnings(), 2);
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        inner.reload().unwrap();
+        std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yaml")).unwrap();
+        inner.reload().unwrap();
+        assert_eq!(warnings(), 4);
     }
 }
