@@ -785,7 +785,16 @@ async fn a_replaced_directory_is_watched_again_and_its_absence_deletes_nothing()
     let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
     state.patch_status(&svc("s-1"), status).await.unwrap();
 
-    // Deleted: the last state stays in force, and the backend says it is blind.
+    let s1_ip = |s: &Snapshot| {
+        s.services[&key("s-1", "default")]
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .and_then(|i| i[0].ip.clone())
+    };
+    // Deleted: the last state stays in force (status included), and the backend says it is
+    // blind.
     let deleted = async {
         std::fs::remove_dir_all(&dir).unwrap();
         attached_is(&state, false).await;
@@ -793,6 +802,7 @@ async fn a_replaced_directory_is_watched_again_and_its_absence_deletes_nothing()
     };
     services_stay(&state, &EIGHT, deleted).await;
     assert!(!*state.attached().borrow());
+    assert_eq!(s1_ip(&state.snapshot()).as_deref(), Some("192.0.2.1"));
 
     // Re-created (copied back in, then renamed into place): watched again.
     let copy = parent.path().join("state.new");

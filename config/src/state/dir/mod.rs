@@ -598,12 +598,13 @@ impl Inner {
             .cloned()
             .collect();
         for path in unlisted {
-            if self.status_area(&path).is_some() {
-                // Maybe written by us after the listing was made: look again.
+            if self.status_area(&path).is_some() && path.exists() {
+                // Written by us after the listing was made: look again.
                 self.sync_path(files, &path, affected);
             } else {
                 // Deleted, or its directory is going (`rm -rf`, a replacement): deleted once
                 // it has stayed gone for a moment, if the directory is still there then.
+                // Status files too: a Service must not lose its address for a moment.
                 let now = Instant::now();
                 let since = *files.missing.entry(path.clone()).or_insert(now);
                 if now.duration_since(since) >= DELETE_GRACE {
