@@ -70,6 +70,14 @@
 //! watched and read, `status/` is re-created in it, and `attached` turns `true`. A `status/`
 //! deleted by hand is re-created by the next write.
 //!
+//! # Limits
+//!
+//! A manifest over 64 MiB or 100,000 documents is not read (its previous objects stay in
+//! force) and a directory holding over 256 MiB of manifests is refused at start and not
+//! re-read afterwards (the last state stays in force); each is logged once, naming the file or
+//! directory and the limit (see [`crate::manifest#limits`]). A directory that cannot be listed
+//! or a symbolic link loop is logged once, not at every refresh.
+//!
 //! # Duplicates
 //!
 //! An object defined twice (in two files, or twice in one) is logged once, naming both places;
