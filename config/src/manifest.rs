@@ -505,6 +505,8 @@ fn describe_breach(breach: &serde_saphyr::budget::BudgetBreach) -> String {
         B::Aliases { aliases } => format!("{aliases} aliases (alias expansion is limited)"),
         B::Anchors { anchors } => format!("{anchors} anchors"),
         B::Depth { depth } => format!("nested {depth} levels deep"),
+        B::Nodes { nodes } => format!("{nodes} nodes in one document"),
+        B::Events { events } => format!("{events} parser events in one document"),
         other => format!("{other:?}"),
     }
 }
@@ -906,6 +908,9 @@ metadata: {name: speaker}
     annotations:
       kubectl.kubernetes.io/last-applied-configuration: '{{"apiVersion":"v1","kind":"Service"}}'
     creationTimestamp: "2026-01-01T00:00:00Z"
+    labels:
+      app: web-{i}
+      team: a
     managedFields:
     - apiVersion: v1
       fieldsType: FieldsV1
@@ -923,23 +928,48 @@ metadata: {name: speaker}
       manager: kubectl-client-side-apply
       operation: Update
       time: "2026-01-01T00:00:00Z"
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:metadata:
+          f:annotations:
+            f:metallb.io/ip-allocated-from-pool: {{}}
+        f:status:
+          f:loadBalancer:
+            f:ingress: {{}}
+      manager: metalnet-controller
+      operation: Update
+      subresource: status
+      time: "2026-01-01T00:00:00Z"
     name: svc-{i:05}
     namespace: default
     resourceVersion: "{i}"
     uid: 00000000-0000-0000-0000-{i:012}
   spec:
+    allocateLoadBalancerNodePorts: true
     clusterIP: 10.96.{a}.{b}
     clusterIPs:
     - 10.96.{a}.{b}
+    externalTrafficPolicy: Cluster
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    ipFamilyPolicy: SingleStack
     ports:
-    - port: 80
+    - name: http
+      nodePort: 3{b:04}
+      port: 80
       protocol: TCP
       targetPort: 8080
     selector:
       app: web-{i}
+    sessionAffinity: None
     type: LoadBalancer
   status:
-    loadBalancer: {{}}
+    loadBalancer:
+      ingress:
+      - ip: 192.0.2.{b}
+        ipMode: VIP
 "#,
             a = i / 256,
             b = i % 256
