@@ -403,18 +403,21 @@ async fn watch_loop(
         let due = recheck.is_some_and(|r| r <= tokio::time::Instant::now());
         let watched = *inner.watched.lock().unwrap_or_else(|e| e.into_inner());
         let now = dir_id(&inner.root);
-        if now != watched {
+        if now.is_none() {
+            // Gone: nothing is read (an empty listing is not "everything deleted").
             watcher = None;
             *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            let Some(_) = now else {
-                if inner.attached.send_replace(false) {
-                    tracing::warn!(
-                        dir = %inner.root.display(),
-                        "the state directory is gone; keeping the last state until it is back"
-                    );
-                }
-                continue;
-            };
+            if inner.attached.send_replace(false) {
+                tracing::warn!(
+                    dir = %inner.root.display(),
+                    "the state directory is gone; keeping the last state until it is back"
+                );
+            }
+            continue;
+        }
+        if now != watched || watcher.is_none() {
+            watcher = None;
+            *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
             match new_watcher(&inner, tx.clone()) {
                 Ok(w) => {
                     watcher = Some(w);
@@ -438,7 +441,6 @@ async fn watch_loop(
             }
             continue;
         }
-        debug_assert!(watcher.is_some());
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let inner = inner.clone();
@@ -512,7 +514,8 @@ impl Inner {
     /// (the last state stays in force).
     fn reload(&self) -> Result<(), StateError> {
         let listing = self.list()?;
-        if dir_id(&self.root) != *self.watched.lock().unwrap_or_else(|e| e.into_inner()) {
+        let watched = *self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.is_none() || dir_id(&self.root) != watched {
             // Gone or replaced while listed: the watch loop re-attaches and reads it again.
             return Ok(());
         }
