@@ -541,3 +541,410 @@ async fn writes_racing_edits_and_other_writers_end_consistent() {
     })
     .await;
 }
+
+fn services_yaml(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| SERVICE_WEB.replace("name: web", &format!("name: {n}")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Samples the snapshot every 2 ms while `during` runs, and fails if any sample lacks one of
+/// `names` (or holds a Service not among them).
+async fn services_stay<F: std::future::Future<Output = ()>>(
+    state: &ClusterState,
+    names: &[&str],
+    during: F,
+) {
+    let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    let seen =
+        |s: &Snapshot| -> BTreeSet<String> { s.services.keys().map(|k| k.name.clone()).collect() };
+    let sampler = async {
+        loop {
+            let got = seen(&state.snapshot());
+            assert_eq!(
+                got, want,
+                "the Services changed while their file was written"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::select! {
+        () = during => {}
+        () = sampler => unreachable!(),
+    }
+    // And after the writer is done, once the backend has had time to look.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(seen(&state.snapshot()), want);
+}
+
+/// Writes `text` in place (no rename) in two halves, `pause` apart, as a shell redirect or an
+/// editor that does not rename would; the first half ends inside a Service's name.
+async fn write_in_place_slowly(path: &Path, text: &str, pause: Duration) {
+    use std::io::Write;
+    let cut = text.find("name: s-4").expect("a name to cut") + "name: s-".len();
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&text.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(pause).await;
+    f.write_all(&text.as_bytes()[cut..]).unwrap();
+    drop(f);
+}
+
+const EIGHT: [&str; 8] = ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6", "s-7", "s-8"];
+
+#[tokio::test]
+async fn a_file_being_written_in_place_keeps_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    let text = services_yaml(&EIGHT);
+    std::fs::write(&file, &text).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 8);
+    for pause in [50, 100, 150] {
+        services_stay(
+            &state,
+            &EIGHT,
+            write_in_place_slowly(&file, &text, Duration::from_millis(pause)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_file_truncated_for_a_moment_keeps_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    let text = services_yaml(&EIGHT);
+    std::fs::write(&file, &text).unwrap();
+    let state = start(dir.path()).await;
+    for pause in [50, 100, 300] {
+        let truncate_then_write = async {
+            // `: > services.yaml`, then the content a moment later.
+            std::fs::File::create(&file).unwrap();
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            std::fs::write(&file, &text).unwrap();
+        };
+        services_stay(&state, &EIGHT, truncate_then_write).await;
+    }
+    // A broken document for a moment, too.
+    let broken = async {
+        std::fs::write(&file, text.replace("kind: Service", "kind: [Service")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(&file, &text).unwrap();
+    };
+    services_stay(&state, &EIGHT, broken).await;
+}
+
+#[tokio::test]
+async fn deletions_that_are_meant_still_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    std::fs::write(&file, services_yaml(&EIGHT)).unwrap();
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, services_yaml(&["o-1"])).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 9);
+
+    // Objects removed from a file that parses: gone.
+    std::fs::write(&file, services_yaml(&EIGHT[..3])).unwrap();
+    wait_for(&state, "5 Services removed from their file", |s| {
+        s.services.len() == 4
+    })
+    .await;
+    // A file deleted: its objects are gone.
+    std::fs::remove_file(&other).unwrap();
+    wait_for(&state, "the deleted file's Service gone", |s| {
+        s.services.len() == 3
+    })
+    .await;
+    // A file that stays empty: its objects go after a grace period.
+    std::fs::write(&file, "# nothing here now\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        state.snapshot().services.len(),
+        3,
+        "emptied file applied at once"
+    );
+    wait_for(&state, "the emptied file's Services gone", |s| {
+        s.services.is_empty()
+    })
+    .await;
+}
+
+fn port_of(s: &Snapshot, name: &str) -> Option<i32> {
+    let svc = s.services.get(&key(name, "default"))?;
+    Some(svc.spec.as_ref()?.ports.as_ref()?[0].port)
+}
+
+/// Sets a file's modification time `secs_ago` seconds in the past.
+fn age(path: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_duplicate_never_replaces_the_object_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("web.yaml");
+    std::fs::write(&original, SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(port_of(&state.snapshot(), "web"), Some(80));
+
+    // A scratch copy in a file that sorts first.
+    let scratch = dir.path().join("0-scratch.yaml");
+    write_atomic(&scratch, &SERVICE_WEB.replace("port: 80", "port: 9999"));
+    // A change after it, to know the scratch file has been read.
+    write_atomic(
+        &dir.path().join("node.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    wait_for(&state, "the node", |s| !s.nodes.is_empty()).await;
+    assert_eq!(port_of(&state.snapshot(), "web"), Some(80));
+    // Editing the original keeps it in force.
+    write_atomic(&original, &SERVICE_WEB.replace("port: 80", "port: 81"));
+    wait_for(&state, "the edit of the original", |s| {
+        port_of(s, "web") == Some(81)
+    })
+    .await;
+
+    // validate DIR reports the duplicate with both files, the older one in force.
+    age(&original, 60);
+    let (objects, errors) = metalnet::manifest::load_paths(&[dir.path().to_path_buf()]);
+    let web = objects.iter().find(|o| o.obj == svc("web")).unwrap();
+    assert_eq!(web.source.path, original);
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("0-scratch.yaml#1") && errors[0].contains("web.yaml#1"),
+        "{errors:?}"
+    );
+
+    // At a restart, the older file's definition is in force.
+    drop(state);
+    let again = start(dir.path()).await;
+    assert_eq!(port_of(&again.snapshot(), "web"), Some(81));
+
+    // The original deleted: the copy takes over.
+    std::fs::remove_file(&original).unwrap();
+    wait_for(&again, "the copy in force", |s| {
+        port_of(s, "web") == Some(9999)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validate_reads_the_users_manifests_not_metalnets_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), SERVICE_WEB).unwrap();
+    let state = start(dir.path()).await;
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    state.patch_status(&svc("web"), status).await.unwrap();
+    let l2 = ObjectRef::new(Kind::ServiceL2Status, Some("metallb-system"), "l2-web");
+    state
+        .apply(&l2, json!({"spec": {}, "status": {"node": "n", "serviceName": "web", "serviceNamespace": "default"}}))
+        .await
+        .unwrap();
+    let event = EventRecord {
+        type_: EventType::Normal,
+        reason: "IPAllocated".into(),
+        message: "m".into(),
+        reporter: "test".into(),
+    };
+    state.record_event(&svc("web"), &event).await.unwrap();
+    let (objects, errors) = metalnet::manifest::load_paths(&[dir.path().to_path_buf()]);
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let refs: Vec<ObjectRef> = objects.into_iter().map(|o| o.obj).collect();
+    assert_eq!(refs, [svc("web")]);
+}
+
+/// Waits until the backend's view of the directory is `want`.
+async fn attached_is(state: &ClusterState, want: bool) {
+    let mut rx = state.attached();
+    tokio::time::timeout(WAIT, rx.wait_for(|a| *a == want))
+        .await
+        .unwrap_or_else(|_| panic!("attached never became {want}"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_directory_is_watched_again_and_its_absence_deletes_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("services.yaml"), services_yaml(&EIGHT)).unwrap();
+    let state = start(&dir).await;
+    assert!(*state.attached().borrow());
+    let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    state.patch_status(&svc("s-1"), status).await.unwrap();
+
+    let s1_ip = |s: &Snapshot| {
+        s.services[&key("s-1", "default")]
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .and_then(|i| i[0].ip.clone())
+    };
+    // Deleted: the last state stays in force (status included), and the backend says it is
+    // blind.
+    let deleted = async {
+        std::fs::remove_dir_all(&dir).unwrap();
+        attached_is(&state, false).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    services_stay(&state, &EIGHT, deleted).await;
+    assert!(!*state.attached().borrow());
+    assert_eq!(s1_ip(&state.snapshot()).as_deref(), Some("192.0.2.1"));
+
+    // Re-created (copied back in, then renamed into place): watched again.
+    let copy = parent.path().join("state.new");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("services.yaml"), services_yaml(&EIGHT)).unwrap();
+    std::fs::rename(&copy, &dir).unwrap();
+    attached_is(&state, true).await;
+    std::fs::write(dir.join("more.yaml"), services_yaml(&["s-9"])).unwrap();
+    wait_for(&state, "a Service added to the new directory", |s| {
+        s.services.len() == 9
+    })
+    .await;
+    // Writes work again, status/ included.
+    state
+        .patch_status(&svc("s-9"), json!({"loadBalancer": {}}))
+        .await
+        .unwrap();
+    assert!(
+        dir.join("status/patches/Service/default/s-9.yaml")
+            .is_file()
+    );
+
+    // status/ deleted and re-created by the next write.
+    std::fs::remove_dir_all(dir.join("status")).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    state
+        .patch_status(&svc("s-2"), json!({"loadBalancer": {}}))
+        .await
+        .unwrap();
+    assert!(
+        dir.join("status/patches/Service/default/s-2.yaml")
+            .is_file()
+    );
+    assert!(*state.attached().borrow());
+}
+
+#[tokio::test]
+async fn a_named_lock_is_held_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = start(dir.path()).await;
+    let two = start(dir.path()).await;
+    let held = one
+        .lock("controller")
+        .unwrap()
+        .expect("a lock on a state directory");
+    let file = dir.path().join("status/locks/controller.lock");
+    assert_eq!(held.path(), file);
+    let record = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        record.contains(&format!("pid: {}", std::process::id())),
+        "{record}"
+    );
+    assert!(record.contains("host: "), "{record}");
+
+    // Held: the error names the lock file and the holder's pid.
+    let err = two.lock("controller").unwrap_err();
+    assert!(
+        matches!(err, metalnet::state::StateError::Locked { .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
+        err.contains(&*file.to_string_lossy())
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    // Another name is another lock.
+    let speaker = two.lock("speaker-node-1").unwrap();
+    assert!(speaker.is_some());
+    // A name that cannot name a file is refused.
+    assert!(two.lock("../x").is_err());
+
+    // Standing by: taken as soon as the holder lets go.
+    let waiting = tokio::spawn(async move {
+        let lock = two.lock_wait("controller").await;
+        (two, lock)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiting.is_finished(), "took a held lock");
+    drop(held);
+    let (two, lock) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    let taken = lock.unwrap();
+    assert!(taken.is_some());
+    assert!(one.lock("controller").is_err());
+    drop((two, taken));
+}
+
+#[tokio::test]
+async fn input_over_the_limits_is_refused_and_keeps_what_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    std::fs::write(&file, services_yaml(&EIGHT)).unwrap();
+    let state = start(dir.path()).await;
+
+    // A manifest grown over the per-file limit (sparse: no disk space used) is not read, and
+    // what it held stays in force.
+    let grown = services_yaml(&EIGHT);
+    let f = std::fs::File::options().append(true).open(&file).unwrap();
+    f.set_len(metalnet::manifest::MAX_FILE_BYTES + 1).unwrap();
+    drop(f);
+    services_stay(
+        &state,
+        &EIGHT,
+        tokio::time::sleep(Duration::from_millis(300)),
+    )
+    .await;
+    write_atomic(&file, &grown);
+    drop(state);
+
+    // More than the total per directory: refused at start, naming the directory and limit.
+    for i in 0..5 {
+        std::fs::File::create(dir.path().join(format!("big-{i}.yaml")))
+            .unwrap()
+            .set_len(60 * 1024 * 1024)
+            .unwrap();
+    }
+    let err = ClusterState::start(Source::Dir(dir.path().to_path_buf()), Kind::ALL)
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert!(
+        err.contains(&*dir.path().to_string_lossy())
+            && err.contains("over the limit of 256 MiB per state directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn names_kubernetes_rejects_make_the_object_invalid_on_any_backend() {
+    // As a Kubernetes watcher would deliver it (no manifest reading in between).
+    let snap = Snapshot::from_manifests([
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Web", "namespace": "default"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "_cluster"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}}),
+    ]);
+    assert_eq!(snap.services.len(), 1);
+    let upper = &snap.invalid[&svc("Web")];
+    assert!(upper.starts_with("metadata.name: \"Web\""), "{upper}");
+    let cluster = &snap.invalid[&ObjectRef::new(Kind::Service, Some("_cluster"), "web")];
+    assert!(
+        cluster.starts_with("metadata.namespace: \"_cluster\""),
+        "{cluster}"
+    );
+}

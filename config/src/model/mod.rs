@@ -3,6 +3,7 @@
 
 pub mod metallb;
 pub mod nad;
+pub mod names;
 pub mod object;
 
 pub use metallb::*;

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::names;
+
 /// Every kind of object the suite reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -182,10 +184,12 @@ impl ObjectRef {
 }
 
 impl fmt::Display for ObjectRef {
+    // Names come from outside: escaped, so a newline in one cannot forge a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = names::escape(&self.name);
         match &self.namespace {
-            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
-            None => write!(f, "{}/{}", self.kind, self.name),
+            Some(ns) => write!(f, "{}/{}/{name}", self.kind, names::escape(ns)),
+            None => write!(f, "{}/{name}", self.kind),
         }
     }
 }
@@ -199,9 +203,10 @@ pub struct ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = names::escape(&self.name);
         match &self.namespace {
-            Some(ns) => write!(f, "{ns}/{}", self.name),
-            None => f.write_str(&self.name),
+            Some(ns) => write!(f, "{}/{name}", names::escape(ns)),
+            None => f.write_str(&name),
         }
     }
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{
-    Delta, EVENTS_SHOWN, EventRecord, MetadataPatch, Snapshot, StateError, dir, kube, render_events,
+    Delta, EVENTS_SHOWN, EventRecord, MetadataPatch, Snapshot, StateError, StateLock, dir, kube,
+    render_events,
 };
 use crate::model::{Kind, ObjectRef};
 
@@ -218,6 +219,44 @@ impl ClusterState {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.core.snapshot()
+    }
+
+    /// Takes the named lock if it is free, so that two daemons of one role (`controller`,
+    /// `speaker-<node>`) never run on one state directory at once: held until the
+    /// [`StateLock`] is dropped or the process dies. On a state directory it is a `flock` on
+    /// `DIR/status/locks/NAME.lock`, which records the holder's pid and host; held by another
+    /// process, the error ([`StateError::Locked`]) names the lock file and the holder. On
+    /// Kubernetes there is no lock yet: `Ok(None)`.
+    pub fn lock(&self, name: &str) -> Result<Option<StateLock>, StateError> {
+        match &self.backend {
+            Backend::Dir(b) => b.lock(name).map(Some),
+            Backend::Kube(_) => Ok(None),
+        }
+    }
+
+    /// Like [`ClusterState::lock`], but waits (standing by, with one WARN naming the holder)
+    /// until the holder releases the lock.
+    pub async fn lock_wait(&self, name: &str) -> Result<Option<StateLock>, StateError> {
+        match &self.backend {
+            Backend::Dir(b) => b.lock_wait(name).await.map(Some),
+            Backend::Kube(_) => Ok(None),
+        }
+    }
+
+    /// Whether the backend currently sees its source: `false` while the state directory is
+    /// missing or replaced and not watched yet (the last state stays in force meanwhile), so a
+    /// daemon never reports ready while blind. Always `true` on Kubernetes.
+    pub fn attached(&self) -> tokio::sync::watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Dir(b) => b.attached(),
+            Backend::Kube(_) => {
+                static ALWAYS: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> =
+                    std::sync::OnceLock::new();
+                ALWAYS
+                    .get_or_init(|| tokio::sync::watch::Sender::new(true))
+                    .subscribe()
+            }
+        }
     }
 
     /// Subscribes to changes; the first update reports every object present.

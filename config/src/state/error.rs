@@ -34,6 +34,9 @@ pub enum StateError {
     #[cfg(feature = "io")]
     #[error("watching the state directory: {0}")]
     Watch(#[from] notify::Error),
+    /// A lock another process holds (see `ClusterState::lock`).
+    #[error("{}: {holder}", path.display())]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// What kind of failure a [`StateError`] is, which decides whether and when to retry it.
@@ -99,6 +102,7 @@ impl StateError {
             #[cfg(feature = "io")]
             StateError::Kube(_) | StateError::Watch(_) => ErrorClass::Transient,
             StateError::KubeApi { .. } => ErrorClass::Transient,
+            StateError::Locked { .. } => ErrorClass::Conflict,
             StateError::Object {
                 status: Some(code), ..
             } => ErrorClass::of_status(*code),

@@ -24,10 +24,12 @@ use std::collections::BTreeMap;
 
 #[cfg(feature = "io")]
 pub use cluster::{ClusterState, Core, Source, Subscription, Update};
+#[cfg(feature = "io")]
+pub use dir::StateLock;
 pub use error::{ErrorClass, StateError};
 pub use snapshot::{Delta, Objects, Snapshot};
 // The object vocabulary lives with the model; named here too, where it is used most.
-pub use crate::model::{Kind, ObjectKey, ObjectRef};
+pub use crate::model::{Kind, ObjectKey, ObjectRef, names};
 
 /// The event type of a Kubernetes Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -71,6 +71,12 @@ macro_rules! snapshot_kinds {
         impl Snapshot {
             /// Puts a raw object in, decoded (or recorded as invalid with why).
             pub fn insert(&mut self, obj: &ObjectRef, value: &serde_json::Value) {
+                if let Err(e) = crate::model::names::check_names(obj) {
+                    self.remove(obj);
+                    Arc::make_mut(&mut self.invalid)
+                        .insert(obj.clone(), format!("{}: {}", e.field, e.message));
+                    return;
+                }
                 let invalid = Arc::make_mut(&mut self.invalid);
                 match obj.kind {
                     $( Kind::$kind => match decode::<$ty>(&crate::model::normalize(obj.kind, value)) {

@@ -10,6 +10,7 @@
 //! ├── nodes.json
 //! └── status/                     # metalnet's: written by the suite, never by you
 //!     ├── .lock                   # flock taken around every read-modify-write
+//!     ├── locks/controller.lock   # named locks: one daemon per role (holder pid and host)
 //!     ├── patches/                # JSON merge patches onto YOUR objects
 //!     │   └── Service/default/web.yaml          # e.g. status.loadBalancer.ingress
 //!     └── objects/                # whole objects the suite owns
@@ -31,6 +32,9 @@
 //!   Events are `status/objects/Event/<namespace>/<object name>.<hash>.yaml`, one per
 //!   (object, reason, message), with a `count`; they are not part of the snapshot.
 //!
+//! `status/locks/NAME.lock` are the named locks of [`super::ClusterState::lock`]: one
+//! controller (`controller`) and one speaker per node (`speaker-<node>`) per directory.
+//!
 //! Files under `status/` are replaced atomically (temporary file, fsync, rename), so several
 //! processes on one machine (the lab runs several daemons on one directory) may share `DIR`.
 //!
@@ -41,37 +45,94 @@
 //! tree, reads only files whose (device, inode, size, mtime) changed, and hands the core
 //! only the objects those files define.
 //!
-//! A file that cannot be read is logged (naming the file and document) and skipped; when a file
-//! that was good turns bad (an edit in progress), its previous objects are kept until it is
-//! good again, so a half-saved file never withdraws pools or services. An object defined in
-//! two files is logged; the first in path order is used.
+//! # Files being written
+//!
+//! A manifest written in place (a shell `>` redirect, an editor that does not rename) is
+//! truncated and half-written for a moment. So that this never withdraws pools or moves
+//! Services' addresses:
+//!
+//! - a manifest seen modified and not yet closed is not read until it is closed (at most
+//!   2 s; a writer holding it open longer is read anyway);
+//! - a manifest that does not parse keeps its previous objects until it parses again (the
+//!   error is logged once per version of the file, naming the file and document);
+//! - a manifest that still exists but lost every object at once keeps its previous version
+//!   for 1 s, and loses its objects only if it stays so (a WARN says so, once).
+//!
+//! Deleting a file, or removing some objects from a file that parses, deletes them once the
+//! file has stayed gone for 300 ms.
+//!
+//! # The directory itself
+//!
+//! If `DIR` is deleted, or replaced by another directory (re-created, renamed into place),
+//! the last state stays in force while it is missing (a WARN says so, once) and
+//! [`super::ClusterState::attached`] turns `false`, so that a daemon does not report ready
+//! while blind. The path is checked every 500 ms; when a directory is there again, it is
+//! watched and read, `status/` is re-created in it, and `attached` turns `true`. A `status/`
+//! deleted by hand is re-created by the next write.
+//!
+//! # Limits
+//!
+//! A manifest over 64 MiB or 100,000 documents is not read (its previous objects stay in
+//! force) and a directory holding over 256 MiB of manifests is refused at start and not
+//! re-read afterwards (the last state stays in force); each is logged once, naming the file or
+//! directory and the limit (see [`crate::manifest#limits`]). A directory that cannot be listed
+//! or a symbolic link loop is logged once, not at every refresh.
+//!
+//! # Duplicates
+//!
+//! An object defined twice (in two files, or twice in one) is logged once, naming both places;
+//! the definition in force first stays in force (at start, the one in the file modified
+//! longest ago), so a scratch copy never replaces an object in use. `metalnet-controller
+//! validate DIR` reports the same duplicates (see [`crate::manifest::load_paths`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+mod atomic;
+mod events;
+mod files;
+mod lock;
+mod status;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use serde_json::{Value, json};
 
 use super::{Core, Delta, EventRecord, Kind, MetadataPatch, ObjectRef, StateError, merge_patch};
-use crate::manifest::{self, Location, RawObject};
+use crate::manifest;
+use atomic::{remove_dead_writers_temp_files, write_atomic};
+pub use events::{event_is_about, list_events, list_namespace_events};
+use files::{Cached, Content, Files, Stamp, Suspect, read_stamped};
+pub use lock::StateLock;
+use status::{CLUSTER_DIR, StatusArea, StatusLock, compose_patch, read_status_file, status_ref};
 
 /// How long to wait after a file-system event for more before re-reading: editors and
 /// `kubectl`-style copies touch a file several times in quick succession.
 const DEBOUNCE: Duration = Duration::from_millis(30);
 
-/// The directory name for cluster-scoped objects (no namespace may contain `_`).
-const CLUSTER_DIR: &str = "_cluster";
+/// How long a manifest seen being written (modified and not closed yet) is left unread at most:
+/// a writer that keeps a file open longer is read anyway.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a manifest that lost every object at once while still existing (truncated by a
+/// shell redirect, emptied by an editor before it writes) must stay so before its objects are
+/// deleted. Until then the previous version stays in force.
+const SHRINK_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a manifest must stay gone before its objects are deleted: `rm -rf DIR` and a
+/// directory being replaced remove files one by one before the directory itself goes.
+const DELETE_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the watch loop checks that the directory it watches is still the one at the path
+/// (it may have been deleted, or replaced by another one renamed into place).
+const ATTACH_CHECK: Duration = Duration::from_millis(500);
 
 pub struct DirBackend {
     inner: Arc<Inner>,
+    /// The watch loop; it owns the watcher, which it replaces when the directory is.
     task: tokio::task::JoinHandle<()>,
-    // Dropping the watcher stops its thread and closes the channel the task reads.
-    _watcher: notify::RecommendedWatcher,
 }
 
 impl Drop for DirBackend {
@@ -89,6 +150,43 @@ struct Inner {
     kinds: BTreeSet<Kind>,
     files: Mutex<Files>,
     stats: Stats,
+    /// Manifests seen opened for writing and not closed yet, since when: read only once closed
+    /// (or after [`WRITE_TIMEOUT`]), so a half-written file is never taken for the new version.
+    writing: Mutex<HashMap<PathBuf, Instant>>,
+    /// When the watcher must look again although nothing changed (a file held back).
+    recheck: Mutex<Option<Instant>>,
+    /// What the last listing could not read, as logged (see [`Inner::warn_once`]).
+    listing_warned: Mutex<BTreeSet<String>>,
+    /// The (device, inode) of the directory being watched; what is read under `root` counts
+    /// only while the path still names this directory.
+    watched: Mutex<Option<(u64, u64)>>,
+    /// Whether the directory is watched (see [`super::ClusterState::attached`]).
+    attached: tokio::sync::watch::Sender<bool>,
+}
+
+/// The (device, inode) of the directory at `path`, if there is one.
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Creates `status/patches` and `status/objects` under an existing `root` (never `root`
+/// itself: a missing state directory must not be re-created empty).
+fn make_status_dirs(root: &Path, status: &Path) -> Result<(), StateError> {
+    if dir_id(root).is_none() {
+        return Err(StateError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    for area in [StatusArea::Patches, StatusArea::Objects] {
+        let dir = status.join(area.dir());
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    Ok(())
 }
 
 /// What the backend did, for tests: writes must cost O(the written object).
@@ -101,169 +199,11 @@ struct Stats {
     write_scans: AtomicU64,
     /// Files read and parsed.
     parsed: AtomicU64,
+    /// Listing problems logged (each once, not at every refresh).
+    listing_warnings: AtomicU64,
 }
 
-/// What is known of the directory: every file read, and indexes from objects to the files
-/// that define them, kept in step with `cache` by [`Files::set`].
-#[derive(Default)]
-struct Files {
-    /// Every file read, with what it held when it had this stamp.
-    cache: BTreeMap<PathBuf, Cached>,
-    /// Every definition of each user object: the file and the object's index in that file's
-    /// [`Content::User`], in path order; the first is in effect.
-    user: BTreeMap<ObjectRef, BTreeSet<(PathBuf, usize)>>,
-    /// The patch files of each object (normally one).
-    patches: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
-    /// The files of each object the suite owns (normally one).
-    owned: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
-    /// Problems (duplicates) last logged about each object, to log each once.
-    warned: BTreeMap<ObjectRef, BTreeSet<String>>,
-}
-
-impl Files {
-    /// Replaces what is cached for `path` (`None`: the file is gone), updating the indexes;
-    /// every object the old or new content defines is added to `affected`.
-    fn set(&mut self, path: &Path, new: Option<Cached>, affected: &mut BTreeSet<ObjectRef>) {
-        if let Some(old) = self.cache.remove(path) {
-            self.index(path, &old.content, false, affected);
-        }
-        if let Some(new) = new {
-            self.index(path, &new.content, true, affected);
-            self.cache.insert(path.to_path_buf(), new);
-        }
-    }
-
-    fn index(
-        &mut self,
-        path: &Path,
-        content: &Content,
-        add: bool,
-        affected: &mut BTreeSet<ObjectRef>,
-    ) {
-        match content {
-            Content::User(objects) => {
-                for (i, o) in objects.iter().enumerate() {
-                    toggle(&mut self.user, &o.obj, (path.to_path_buf(), i), add);
-                    affected.insert(o.obj.clone());
-                }
-            }
-            Content::Patch(obj, _) => {
-                toggle(&mut self.patches, obj, path.to_path_buf(), add);
-                affected.insert(obj.clone());
-            }
-            Content::Owned(obj, _) => {
-                toggle(&mut self.owned, obj, path.to_path_buf(), add);
-                affected.insert(obj.clone());
-            }
-            Content::Ignored => {}
-        }
-    }
-
-    /// The user object in effect for `obj`, if any.
-    fn user_object(&self, obj: &ObjectRef) -> Option<&RawObject> {
-        let (path, i) = self.user.get(obj)?.first()?;
-        match &self.cache.get(path)?.content {
-            Content::User(objects) => objects.get(*i),
-            _ => None,
-        }
-    }
-
-    /// Every definition of the user object `obj`, the one in effect first.
-    fn user_locations(&self, obj: &ObjectRef) -> Vec<&Location> {
-        let Some(defs) = self.user.get(obj) else {
-            return Vec::new();
-        };
-        defs.iter()
-            .filter_map(|(path, i)| match &self.cache.get(path)?.content {
-                Content::User(objects) => objects.get(*i).map(|o| &o.source),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The value of the status file in effect among `paths`: the one the suite writes
-    /// (`canonical`) if present, else the first in path order.
-    fn status_value<'a>(
-        &'a self,
-        paths: Option<&'a BTreeSet<PathBuf>>,
-        canonical: Option<&Path>,
-    ) -> Option<(&'a PathBuf, &'a Value)> {
-        let paths = paths?;
-        let path = canonical
-            .and_then(|c| paths.get(c))
-            .or_else(|| paths.first())?;
-        match &self.cache.get(path)?.content {
-            Content::Patch(_, v) | Content::Owned(_, v) => Some((path, v)),
-            _ => None,
-        }
-    }
-}
-
-fn toggle<T: Ord>(map: &mut BTreeMap<ObjectRef, BTreeSet<T>>, obj: &ObjectRef, item: T, add: bool) {
-    if add {
-        map.entry(obj.clone()).or_default().insert(item);
-    } else if let Some(set) = map.get_mut(obj) {
-        set.remove(&item);
-        if set.is_empty() {
-            map.remove(obj);
-        }
-    }
-}
-
-/// What identifies a version of a file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
-
-struct Cached {
-    stamp: Stamp,
-    content: Content,
-}
-
-enum Content {
-    /// A user manifest: the objects in effect from it.
-    User(Vec<RawObject>),
-    /// A merge patch onto a user object.
-    Patch(ObjectRef, Value),
-    /// An object the suite owns.
-    Owned(ObjectRef, Value),
-    /// A status file that could not be read (already logged) or is not named like one.
-    Ignored,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum StatusArea {
-    Patches,
-    Objects,
-}
-
-impl StatusArea {
-    fn dir(self) -> &'static str {
-        match self {
-            StatusArea::Patches => "patches",
-            StatusArea::Objects => "objects",
-        }
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_path_buf(),
         source,
@@ -291,11 +231,8 @@ impl DirBackend {
             }
             Err(source) => return Err(StateError::Io { path, source }),
         }
-        let status = path.join("status");
-        for area in [StatusArea::Patches, StatusArea::Objects] {
-            let dir = status.join(area.dir());
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        }
+        let status = path.join(manifest::STATUS_DIR);
+        make_status_dirs(&path, &status)?;
         remove_dead_writers_temp_files(&status);
         let kinds = core
             .kinds()
@@ -310,29 +247,17 @@ impl DirBackend {
             kinds,
             files: Mutex::new(Files::default()),
             stats: Stats::default(),
+            writing: Mutex::new(HashMap::new()),
+            recheck: Mutex::new(None),
+            listing_warned: Mutex::new(BTreeSet::new()),
+            watched: Mutex::new(None),
+            attached: tokio::sync::watch::Sender::new(true),
         });
+        *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = dir_id(&inner.root);
 
         // Watch before the first read so no change falls between the two.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                use notify::EventKind;
-                use notify::event::{AccessKind, AccessMode};
-                match res {
-                    // Opening and reading (our own scans among them) change nothing.
-                    Ok(ev)
-                        if matches!(ev.kind, EventKind::Access(a)
-                        if a != AccessKind::Close(AccessMode::Write)) => {}
-                    Ok(_) => {
-                        let _ = tx.send(());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watching the state directory; re-reading it");
-                        let _ = tx.send(());
-                    }
-                }
-            })?;
-        watcher.watch(&inner.root, notify::RecursiveMode::Recursive)?;
+        let watcher = new_watcher(&inner, tx.clone())?;
 
         let first = inner.clone();
         tokio::task::spawn_blocking(move || first.reload())
@@ -340,14 +265,25 @@ impl DirBackend {
             .map_err(|e| StateError::Io {
                 path: inner.root.clone(),
                 source: std::io::Error::other(e),
-            })?;
+            })??;
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
-        let task = tokio::spawn(watch_loop(inner.clone(), rx));
-        Ok(DirBackend {
-            inner,
-            task,
-            _watcher: watcher,
-        })
+        let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
+        Ok(DirBackend { inner, task })
+    }
+
+    /// Takes the lock `name` (`status/locks/NAME.lock`) if it is free.
+    pub fn lock(&self, name: &str) -> Result<StateLock, StateError> {
+        lock::try_lock(&self.inner.status, name)
+    }
+
+    /// Takes the lock `name`, waiting as long as another process holds it.
+    pub async fn lock_wait(&self, name: &str) -> Result<StateLock, StateError> {
+        lock::lock_wait(self.inner.status.clone(), name.to_string()).await
+    }
+
+    /// Whether the directory is watched now (see [`super::ClusterState::attached`]).
+    pub fn attached(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.attached.subscribe()
     }
 
     pub async fn patch_status(
@@ -411,49 +347,190 @@ impl DirBackend {
     }
 }
 
-async fn watch_loop(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) {
-    while rx.recv().await.is_some() {
+/// A watcher of `inner.root` that notes which manifests are being written and wakes the watch
+/// loop through `tx`.
+fn new_watcher(
+    inner: &Arc<Inner>,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, StateError> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    // Weak: the watcher must not keep the backend alive.
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        match res {
+            Ok(ev) => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.note_event(&ev);
+                }
+                // Opening and reading (our own scans among them) change nothing.
+                if !matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+                {
+                    let _ = tx.send(());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the state directory; re-reading it");
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&inner.root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+async fn watch_loop(
+    inner: Arc<Inner>,
+    watcher: notify::RecommendedWatcher,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    // Dropping a watcher stops its thread; replaced when the directory is.
+    let mut watcher = Some(watcher);
+    loop {
+        let recheck = inner
+            .recheck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(tokio::time::Instant::from_std);
+        let tick = tokio::time::Instant::now() + ATTACH_CHECK;
+        let until = recheck.map_or(tick, |r| r.min(tick));
+        let event = match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(None) => return,
+            Ok(Some(())) => true,
+            Err(_) => false,
+        };
+        let due = recheck.is_some_and(|r| r <= tokio::time::Instant::now());
+        let watched = *inner.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let now = dir_id(&inner.root);
+        if now.is_none() {
+            // Gone: nothing is read (an empty listing is not "everything deleted").
+            watcher = None;
+            *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if inner.attached.send_replace(false) {
+                tracing::warn!(
+                    dir = %inner.root.display(),
+                    "the state directory is gone; keeping the last state until it is back"
+                );
+            }
+            continue;
+        }
+        if now != watched || watcher.is_none() {
+            watcher = None;
+            *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            match new_watcher(&inner, tx.clone()) {
+                Ok(w) => {
+                    watcher = Some(w);
+                    *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                    if let Err(e) = make_status_dirs(&inner.root, &inner.status) {
+                        tracing::warn!(error = %e, "re-creating the status directory");
+                    }
+                    inner.attached.send_replace(true);
+                    tracing::warn!(dir = %inner.root.display(), "the state directory was replaced; watching it again");
+                }
+                Err(e) => {
+                    if inner.attached.send_replace(false) {
+                        tracing::warn!(dir = %inner.root.display(), error = %e, "cannot watch the state directory; keeping the last state");
+                    }
+                    continue;
+                }
+            }
+        } else if !event && !due {
+            if let Some(r) = recheck {
+                inner.recheck_at(r.into_std());
+            }
+            continue;
+        }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let inner = inner.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || inner.reload()).await {
-            tracing::error!(error = %e, "re-reading the state directory failed");
+        match tokio::task::spawn_blocking(move || inner.reload()).await {
+            Ok(Ok(())) => {}
+            // Already logged (once) by the listing.
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "re-reading the state directory failed"),
         }
     }
 }
 
-/// An exclusive `flock` on `status/.lock`, held while alive.
-struct StatusLock(#[allow(dead_code)] std::fs::File);
-
-impl StatusLock {
-    fn acquire(status: &Path) -> Result<StatusLock, StateError> {
-        let path = status.join(".lock");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        // std's File::lock is flock(LOCK_EX) on Linux, retried on EINTR.
-        file.lock().map_err(io_err(&path))?;
-        Ok(StatusLock(file))
-    }
-}
-
 impl Inner {
+    /// Keeps [`Inner::writing`] up to date from one file-system event.
+    fn note_event(&self, ev: &notify::Event) {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        let opened = match ev.kind {
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => true,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => false,
+            _ => return,
+        };
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        for path in &ev.paths {
+            let is_manifest = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(manifest::is_manifest_name);
+            if !is_manifest || path.starts_with(&self.status) {
+                continue;
+            }
+            // A symbolic link is created whole: no close follows its creation.
+            let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
+            if opened && !is_link {
+                writing.entry(path.clone()).or_insert_with(Instant::now);
+            } else {
+                writing.remove(path);
+            }
+        }
+    }
+
+    /// Whether `path` is being written now; if so, a re-check is scheduled for when it will be
+    /// read anyway.
+    fn being_written(&self, path: &Path) -> bool {
+        let since = self
+            .writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .copied();
+        match since {
+            Some(since) if since.elapsed() < WRITE_TIMEOUT => {
+                self.recheck_at(since + WRITE_TIMEOUT);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the watcher to look again at `at` at the latest.
+    fn recheck_at(&self, at: Instant) {
+        let mut recheck = self.recheck.lock().unwrap_or_else(|e| e.into_inner());
+        *recheck = Some(recheck.map_or(at, |r| r.min(at)));
+    }
+
     /// Re-reads what changed on disk and hands the changed objects to the core. The listing
     /// is made without holding `files`, so writes go on meanwhile.
-    fn reload(&self) {
-        let listing = self.list();
+    /// Errors when the directory holds more than [`manifest::MAX_TOTAL_BYTES`] of manifests
+    /// (the last state stays in force).
+    fn reload(&self) -> Result<(), StateError> {
+        let listing = self.list()?;
+        let watched = *self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.is_none() || dir_id(&self.root) != watched {
+            // Gone or replaced while listed: the watch loop re-attaches and reads it again.
+            return Ok(());
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let mut affected = BTreeSet::new();
         self.merge_listing(&mut files, listing, &mut affected);
         self.deliver(&mut files, affected);
+        Ok(())
     }
 
-    /// Lists every manifest and status file with its stamp.
-    fn list(&self) -> Vec<(PathBuf, Stamp)> {
+    /// Lists every manifest and status file with its stamp. What cannot be listed (an
+    /// unreadable directory, a symbolic link loop) is logged once, not at every refresh; more
+    /// than [`manifest::MAX_TOTAL_BYTES`] of manifests is an error.
+    fn list(&self) -> Result<Vec<(PathBuf, Stamp)>, StateError> {
         self.stats.scans.fetch_add(1, Ordering::Relaxed);
         let mut errors = Vec::new();
         let mut paths = Vec::new();
@@ -464,15 +541,54 @@ impl Inner {
                 manifest::manifest_files(&dir, None, &mut paths, &mut errors);
             }
         }
-        for e in errors {
-            tracing::warn!(error = %e, "reading the state directory");
-        }
-        paths
+        let listing: Vec<(PathBuf, Stamp)> = paths
             .into_iter()
             // A file gone since listed is left out.
             .filter_map(|p| Some((Stamp::of(&std::fs::metadata(&p).ok()?), p)))
             .map(|(stamp, p)| (p, stamp))
-            .collect()
+            .collect();
+        let total: u64 = listing
+            .iter()
+            .filter(|(p, _)| self.status_area(p).is_none())
+            .map(|(_, s)| s.len())
+            .sum();
+        let mut problems: BTreeSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        let over = (total > manifest::MAX_TOTAL_BYTES).then(|| {
+            format!(
+                "{} of manifests, over the limit of {} per state directory; keeping the last state",
+                manifest::human_bytes(total),
+                manifest::human_bytes(manifest::MAX_TOTAL_BYTES)
+            )
+        });
+        problems.extend(over.clone());
+        let logged = self.warn_once(problems);
+        self.stats
+            .listing_warnings
+            .fetch_add(logged as u64, Ordering::Relaxed);
+        match over {
+            Some(message) => Err(StateError::Manifest {
+                path: self.root.clone(),
+                message,
+            }),
+            None => Ok(listing),
+        }
+    }
+
+    /// Logs the problems of a listing not logged at the previous one: a file that stays
+    /// unreadable is reported once, and again only after it was fine for a while.
+    /// Returns how many were logged.
+    fn warn_once(&self, problems: BTreeSet<String>) -> usize {
+        let mut warned = self
+            .listing_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut logged = 0;
+        for p in problems.difference(&warned) {
+            tracing::warn!(problem = %p, "reading the state directory");
+            logged += 1;
+        }
+        *warned = problems;
+        logged
     }
 
     /// Brings `files` in line with `listing` (made earlier, perhaps before some writes),
@@ -480,9 +596,12 @@ impl Inner {
     fn merge_listing(
         &self,
         files: &mut Files,
-        listing: Vec<(PathBuf, Stamp)>,
+        mut listing: Vec<(PathBuf, Stamp)>,
         affected: &mut BTreeSet<ObjectRef>,
     ) {
+        // Files are read oldest first, so that of two files new to this backend defining the
+        // same object (at start, say) the older one's definition is in force.
+        listing.sort_by(|(pa, a), (pb, b)| (a.modified(), pa).cmp(&(b.modified(), pb)));
         let listed: HashSet<&Path> = listing.iter().map(|(p, _)| p.as_path()).collect();
         let unlisted: Vec<PathBuf> = files
             .cache
@@ -491,13 +610,24 @@ impl Inner {
             .cloned()
             .collect();
         for path in unlisted {
-            if self.status_area(&path).is_some() {
-                // Maybe written by us after the listing was made: look again.
+            if self.status_area(&path).is_some() && path.exists() {
+                // Written by us after the listing was made: look again.
                 self.sync_path(files, &path, affected);
             } else {
-                files.set(&path, None, affected);
+                // Deleted, or its directory is going (`rm -rf`, a replacement): deleted once
+                // it has stayed gone for a moment, if the directory is still there then.
+                // Status files too: a Service must not lose its address for a moment.
+                let now = Instant::now();
+                let since = *files.missing.entry(path.clone()).or_insert(now);
+                if now.duration_since(since) >= DELETE_GRACE {
+                    files.missing.remove(&path);
+                    files.set(&path, None, affected);
+                } else {
+                    self.recheck_at(since + DELETE_GRACE);
+                }
             }
         }
+        files.missing.retain(|p, _| !listed.contains(p.as_path()));
         for (path, stamp) in &listing {
             if files.cache.get(path).is_none_or(|c| c.stamp != *stamp) {
                 // Changed, or the listing is older than a write of ours: look again.
@@ -527,6 +657,31 @@ impl Inner {
             return;
         }
         let area = self.status_area(path);
+        if area.is_none() && self.being_written(path) {
+            tracing::debug!(file = %path.display(), "being written; read once closed");
+            return;
+        }
+        if area.is_none()
+            && let Some(e) = manifest::file_too_large(path, stamp.len())
+        {
+            // Logged once per version of the file: the stamp is recorded with what stays.
+            let previous = match files.cache.get(path).map(|c| &c.content) {
+                Some(Content::User(objects)) => objects.clone(),
+                _ => Vec::new(),
+            };
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                keeping_previous_version = !previous.is_empty(),
+                "manifest not read"
+            );
+            let kept = Cached {
+                stamp,
+                content: Content::User(previous),
+            };
+            files.set(path, Some(kept), affected);
+            return;
+        }
         if let Some(area) = area
             && status_ref(&self.status, area, path).is_none()
         {
@@ -550,7 +705,12 @@ impl Inner {
             None => {
                 let previous = files.cache.get(path).map(|c| &c.content);
                 match read {
-                    Ok((stamp, text)) => (stamp, read_user_file(path, &text, previous)),
+                    Ok((stamp, text)) => match self.read_user_file(files, path, stamp, &text) {
+                        Some(content) => (stamp, content),
+                        // Held back: the cache keeps the previous version and its stamp,
+                        // so the file is read again at the next refresh.
+                        None => return,
+                    },
                     Err(e) => {
                         tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
                         match previous {
@@ -570,6 +730,71 @@ impl Inner {
             },
         };
         files.set(path, Some(Cached { stamp, content }), affected);
+    }
+
+    /// A user manifest's objects, or `None` to keep the previous version in force for now.
+    ///
+    /// A file that does not parse keeps its previous objects until it does (an edit in
+    /// progress). A file that parses but lost every object at once while still existing is
+    /// held back for [`SHRINK_GRACE`] (a truncation before a write); if it stays so, its
+    /// objects are deleted. Each is logged once per episode, not at every refresh.
+    fn read_user_file(
+        &self,
+        files: &mut Files,
+        path: &Path,
+        stamp: Stamp,
+        text: &str,
+    ) -> Option<Content> {
+        let (objects, errors) = manifest::parse_manifests(path, text);
+        let previous = match files.cache.get(path).map(|c| &c.content) {
+            Some(Content::User(objects)) if !objects.is_empty() => Some(objects),
+            _ => None,
+        };
+        if !errors.is_empty() {
+            files.suspects.remove(path);
+            for e in &errors {
+                tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    keeping_previous_version = previous.is_some(),
+                    "invalid manifest"
+                );
+            }
+            return Some(Content::User(previous.cloned().unwrap_or(objects)));
+        }
+        let Some(previous) = previous.filter(|_| objects.is_empty()) else {
+            if files.suspects.remove(path).is_some() {
+                tracing::info!(file = %path.display(), "manifest readable again");
+            }
+            return Some(Content::User(objects));
+        };
+        let now = Instant::now();
+        let suspect = files.suspects.entry(path.to_path_buf()).or_insert_with(|| {
+            tracing::warn!(
+                file = %path.display(),
+                objects = previous.len(),
+                grace = ?SHRINK_GRACE,
+                "manifest lost all its objects at once (truncated, or being written?); \
+                 keeping its previous version until it stays so"
+            );
+            Suspect { stamp, since: now }
+        });
+        if suspect.stamp != stamp {
+            // Changed again: the grace period starts over.
+            *suspect = Suspect { stamp, since: now };
+        }
+        let until = suspect.since + SHRINK_GRACE;
+        if now < until {
+            self.recheck_at(until);
+            return None;
+        }
+        files.suspects.remove(path);
+        tracing::warn!(
+            file = %path.display(),
+            objects = previous.len(),
+            "manifest has stayed without objects; deleting its previous objects"
+        );
+        Some(Content::User(objects))
     }
 
     /// The object `obj` as in effect: your object with its patch, or the suite's own.
@@ -721,7 +946,7 @@ impl Inner {
             if owned.is_none() && !files.user.contains_key(obj) {
                 // Not known here: maybe created since the last refresh.
                 self.stats.write_scans.fetch_add(1, Ordering::Relaxed);
-                let listing = self.list();
+                let listing = self.list()?;
                 self.merge_listing(files, listing, affected);
                 owned = self.sync_owned(files, obj, affected);
             }
@@ -801,338 +1026,12 @@ impl Inner {
             Ok(())
         })
     }
-
-    fn record_event(&self, regarding: &ObjectRef, event: &EventRecord) -> Result<(), StateError> {
-        let namespace = regarding.namespace.as_deref().unwrap_or("default");
-        let hash = fnv1a(&[
-            regarding.kind.name(),
-            event.type_.as_str(),
-            &event.reason,
-            &event.message,
-        ]);
-        let name = format!("{}.{:010x}", regarding.name, hash & 0xff_ffff_ffff);
-        let event_ref = ObjectRef::new(Kind::Event, Some(namespace), &name);
-        let path = self.status_path(StatusArea::Objects, &event_ref)?;
-        let now = now_rfc3339();
-        self.write_op(|files, affected| {
-            self.sync_path(files, &path, affected);
-            let existing = match files.cache.get(&path).map(|c| &c.content) {
-                Some(Content::Owned(_, v)) => Some(v.clone()),
-                _ => None,
-            };
-            let value = match existing {
-                Some(mut v) => {
-                    let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
-                    v["count"] = json!(count + 1);
-                    v["lastTimestamp"] = json!(now);
-                    v
-                }
-                None => {
-                    let mut involved = json!({
-                        "apiVersion": regarding.kind.api_version(),
-                        "kind": regarding.kind.name(),
-                        "name": regarding.name,
-                    });
-                    if let Some(ns) = &regarding.namespace {
-                        involved["namespace"] = json!(ns);
-                    }
-                    json!({
-                        "apiVersion": "v1",
-                        "kind": "Event",
-                        "metadata": { "name": name, "namespace": namespace },
-                        "involvedObject": involved,
-                        "reason": event.reason,
-                        "message": event.message,
-                        "type": event.type_.as_str(),
-                        "count": 1,
-                        "firstTimestamp": now,
-                        "lastTimestamp": now,
-                        "source": { "component": event.reporter },
-                        "reportingComponent": event.reporter,
-                    })
-                }
-            };
-            self.write_status(files, &path, &event_ref, value, affected)
-        })
-    }
-}
-
-/// Reads a file with the stamp of the version read.
-fn read_stamped(path: &Path) -> std::io::Result<(Stamp, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let stamp = Stamp::of(&file.metadata()?);
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    Ok((stamp, text))
-}
-
-/// A user manifest's objects; when it turned bad (an edit in progress), its `previous`
-/// objects are kept.
-fn read_user_file(path: &Path, text: &str, previous: Option<&Content>) -> Content {
-    let (objects, errors) = manifest::parse_manifests(path, text);
-    if errors.is_empty() {
-        return Content::User(objects);
-    }
-    let previous = match previous {
-        Some(Content::User(objects)) => Some(objects),
-        _ => None,
-    };
-    for e in &errors {
-        tracing::warn!(
-            file = %path.display(),
-            error = %e,
-            keeping_previous_version = previous.is_some(),
-            "invalid manifest"
-        );
-    }
-    Content::User(previous.cloned().unwrap_or(objects))
-}
-
-/// The object a status file under `status/<area>` stands for.
-fn status_ref(status: &Path, area: StatusArea, path: &Path) -> Option<ObjectRef> {
-    path.strip_prefix(status.join(area.dir()))
-        .ok()
-        .and_then(ref_from_relative_path)
-}
-
-fn read_status_file(status: &Path, area: StatusArea, path: &Path, text: &str) -> Content {
-    let Some(obj) = status_ref(status, area, path) else {
-        return Content::Ignored;
-    };
-    let value = serde_saphyr::from_str::<Value>(text)
-        .map_err(|e| e.to_string())
-        .and_then(|v| {
-            if v.is_object() {
-                Ok(v)
-            } else {
-                Err("not a mapping".to_string())
-            }
-        });
-    match value {
-        Ok(v) => match area {
-            StatusArea::Patches => Content::Patch(obj, v),
-            StatusArea::Objects => Content::Owned(obj, v),
-        },
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "unreadable status file, ignored");
-            Content::Ignored
-        }
-    }
-}
-
-/// The Events recorded about `regarding` in the state directory `dir`, oldest first.
-pub fn list_events(dir: &Path, regarding: &ObjectRef) -> Vec<Value> {
-    list_namespace_events(dir, regarding.namespace.as_deref().unwrap_or("default"))
-        .into_iter()
-        .filter(|v| event_is_about(v, regarding))
-        .collect()
-}
-
-/// Every Event recorded in `namespace` in the state directory `dir`, oldest first
-/// (by `firstTimestamp`, then name).
-pub fn list_namespace_events(dir: &Path, namespace: &str) -> Vec<Value> {
-    let ns_dir = dir
-        .join("status")
-        .join(StatusArea::Objects.dir())
-        .join(Kind::Event.name())
-        .join(namespace);
-    let Ok(entries) = std::fs::read_dir(&ns_dir) else {
-        return Vec::new();
-    };
-    let mut events: Vec<Value> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(manifest::is_manifest_name)
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_saphyr::from_str::<Value>(&t).ok())
-        .filter(Value::is_object)
-        .collect();
-    events.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["firstTimestamp"].as_str().unwrap_or_default().to_string(),
-                v["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    events
-}
-
-/// Whether an Event's `involvedObject` is `regarding`.
-pub fn event_is_about(event: &Value, regarding: &ObjectRef) -> bool {
-    let inv = &event["involvedObject"];
-    inv["kind"] == regarding.kind.name()
-        && inv["name"] == regarding.name.as_str()
-        && inv.get("namespace").and_then(Value::as_str) == regarding.namespace.as_deref()
-}
-
-/// `Kind/namespace/name.yaml` (relative to `status/patches` or `status/objects`) to the
-/// object it stands for.
-fn ref_from_relative_path(rel: &Path) -> Option<ObjectRef> {
-    let parts: Vec<&str> = rel.iter().map(|c| c.to_str()).collect::<Option<_>>()?;
-    let [kind, ns, file] = parts.as_slice() else {
-        return None;
-    };
-    let kind = Kind::ALL.into_iter().find(|k| k.name() == *kind)?;
-    let name = [".yaml", ".yml", ".json"]
-        .iter()
-        .find_map(|ext| file.strip_suffix(ext))?;
-    let namespace = match (kind.namespaced(), *ns) {
-        (true, CLUSTER_DIR) => return None,
-        (true, ns) => Some(ns.to_string()),
-        (false, CLUSTER_DIR) => None,
-        (false, _) => return None,
-    };
-    Some(ObjectRef {
-        kind,
-        namespace,
-        name: name.to_string(),
-    })
-}
-
-/// Folds `patch` into the merge patch `base`, keeping `null`s (they delete fields of the
-/// object the combined patch is applied to).
-fn compose_patch(base: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !base.is_object() {
-                *base = json!({});
-            }
-            let Some(b) = base.as_object_mut() else {
-                return;
-            };
-            for (k, v) in p {
-                if v.is_object() {
-                    compose_patch(b.entry(k.clone()).or_insert(Value::Null), v);
-                } else {
-                    b.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        other => *base = other.clone(),
-    }
-}
-
-/// YAML for a status file; JSON (also YAML) if the YAML would not read back identically.
-fn to_yaml(value: &Value) -> String {
-    if let Ok(s) = serde_saphyr::to_string(value)
-        && serde_saphyr::from_str::<Value>(&s).ok().as_ref() == Some(value)
-    {
-        return s;
-    }
-    let mut s = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
-    s.push('\n');
-    s
-}
-
-/// Replaces `path` with `value` atomically: a temporary file in the same directory, fsync,
-/// rename, fsync of the directory.
-/// Returns the stamp of the file written.
-fn write_atomic(path: &Path, value: &Value) -> Result<Stamp, StateError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().ok_or_else(|| StateError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("no parent directory"),
-    })?;
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(to_yaml(value).as_bytes())?;
-        f.sync_all()?;
-        // Renaming keeps the inode and mtime: this is the stamp `path` will have.
-        let stamp = Stamp::of(&f.metadata()?);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(stamp)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
-}
-
-/// The writer's pid in the name of a temporary file `write_atomic` makes
-/// (`.NAME.PID.N.tmp`), or None for any other name.
-fn temp_file_writer(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
-    let mut parts = rest.rsplitn(3, '.');
-    let counter = parts.next()?;
-    let pid = parts.next()?;
-    let file = parts.next()?;
-    if file.is_empty() || !counter.bytes().all(|b| b.is_ascii_digit()) || counter.is_empty() {
-        return None;
-    }
-    pid.parse().ok()
-}
-
-/// Removes the temporary files that writers killed mid-write (SIGKILL, power loss) left under
-/// `dir`: those whose pid no longer runs. A live writer's file is left alone. Best effort:
-/// the backend ignores dot files anyway; this only keeps the directory from filling up.
-fn remove_dead_writers_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            remove_dead_writers_temp_files(&path);
-            continue;
-        }
-        let Some(pid) = entry.file_name().to_str().and_then(temp_file_writer) else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), pid, "removed a dead writer's temporary file")
-                }
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "removing a temporary file")
-                }
-            }
-        }
-    }
-}
-
-/// FNV-1a, 64 bits: a hash that stays the same across builds and versions.
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
-
-fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::atomic::{temp_file_writer, to_yaml};
+    use super::status::ref_from_relative_path;
     use super::*;
 
     #[test]
@@ -1380,5 +1279,30 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// An unreadable entry (here a symbolic link loop) is logged once, not at every refresh,
+    /// and again once it comes back after being fixed.
+    #[tokio::test]
+    async fn a_listing_problem_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b.yaml", dir.path().join("a.yaml")).unwrap();
+        std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yaml")).unwrap();
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let inner = backend.inner.clone();
+        let warnings = || inner.stats.listing_warnings.load(Ordering::Relaxed);
+        assert_eq!(warnings(), 2);
+        for _ in 0..5 {
+            inner.reload().unwrap();
+        }
+        assert_eq!(warnings(), 2);
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        inner.reload().unwrap();
+        std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yaml")).unwrap();
+        inner.reload().unwrap();
+        assert_eq!(warnings(), 4);
     }
 }
