@@ -489,6 +489,7 @@ fn parse_pool(
                 let first = cidrs.first().map(IpNet::network);
                 let last = cidrs.last().map(IpNet::broadcast);
                 if let (Some(first), Some(last)) = (first, last) {
+                    special_purpose_problem(object, &field, text, first, last, problems);
                     entries.push(PoolEntry {
                         text: text.clone(),
                         cidrs,
@@ -544,6 +545,40 @@ fn parse_pool(
         allocation,
         labels: pool.labels().clone(),
     })
+}
+
+/// A pool entry that covers special-purpose addresses (loopback, multicast, ...): they are
+/// skipped by the allocator, so the pool works, but the entry most likely is a typo.
+fn special_purpose_problem(
+    object: &ObjectRef,
+    field: &str,
+    text: &str,
+    first: IpAddr,
+    last: IpAddr,
+    problems: &mut Vec<Problem>,
+) {
+    let blocks = addr::special_purpose_in(first, last);
+    if blocks.is_empty() {
+        return;
+    }
+    let named: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            if b.first == b.last {
+                format!("{} ({})", b.first, b.what)
+            } else {
+                format!("{}-{} ({})", b.first, b.last, b.what)
+            }
+        })
+        .collect();
+    problems.push(Problem::warning(
+        object,
+        field,
+        format!(
+            "{text:?} contains special-purpose addresses that are never assigned: {}",
+            named.join(", ")
+        ),
+    ));
 }
 
 // --- communities -------------------------------------------------------------------------
@@ -2150,6 +2185,45 @@ mod tests {
             "spec.addresses[0]",
             "below its start",
         );
+    }
+
+    #[test]
+    fn special_purpose_addresses_in_a_pool_are_named() {
+        let p = typed_pool(
+            "odd",
+            &[
+                "127.0.0.0/30",
+                "255.255.255.254/31",
+                "192.0.2.0/24",
+                "ff02::/127",
+            ],
+            None,
+        );
+        let (pools, problems) = valid_pools([&p]);
+        assert_eq!(pools.len(), 1, "{problems:#?}");
+        let obj = "IPAddressPool/metallb-system/odd";
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[0]",
+            "127.0.0.0-127.0.0.3 (loopback",
+        );
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[1]",
+            "255.255.255.255 (limited broadcast",
+        );
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[3]",
+            "ff02::-ff02::1 (multicast",
+        );
+        assert_eq!(problems.len(), 3, "{problems:#?}");
     }
 
     #[test]

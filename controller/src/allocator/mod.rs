@@ -20,6 +20,10 @@
 //!   prefix length, so a `/32` ending in .0 is unusable and a `/31` .254/31 offers only .254;
 //!   it never affects IPv6. Without it, network and broadcast addresses are handed out
 //!   (192.0.2.0/24 gives .0 first).
+//! - **Special-purpose addresses** (unspecified and 0.0.0.0/8, loopback, link-local,
+//!   multicast, 255.255.255.255, `metalnet::addr::special_purpose`) are never handed out,
+//!   requested or adopted, whatever the pool says (MetalLB hands them out); they do not count
+//!   in addresses_total. A skipped block costs one step, so a pool covering 224.0.0.0/4 is fine.
 //! - **Families** come from `spec.clusterIPs`. Single stack: first pool with a candidate of that
 //!   family. RequireDualStack: first pool with a candidate of each family (both from that
 //!   pool). PreferDualStack: first pool with both; else the first pool with the primary family
@@ -121,6 +125,17 @@ impl PoolState {
             if pool.avoid_buggy_ips && r.family == IpFamily::V4 {
                 n -= count_congruent(r.lo, r.hi, 0) + count_congruent(r.lo, r.hi, 255);
             }
+            for (lo, hi) in special_blocks(r.family) {
+                let (lo, hi) = (lo.max(r.lo), hi.min(r.hi));
+                if lo > hi {
+                    continue;
+                }
+                n -= hi - lo + 1;
+                if pool.avoid_buggy_ips && r.family == IpFamily::V4 {
+                    // Already subtracted once as buggy.
+                    n += count_congruent(lo, hi, 0) + count_congruent(lo, hi, 255);
+                }
+            }
             match r.family {
                 IpFamily::V4 => counters.ipv4_addresses_total += n,
                 IpFamily::V6 => {
@@ -138,6 +153,9 @@ impl PoolState {
     /// Whether the pool offers `ip` (inside a CIDR and not skipped by avoidBuggyIPs).
     fn contains(&self, ip: &IpAddr) -> bool {
         if self.pool.avoid_buggy_ips && is_buggy(ip) {
+            return false;
+        }
+        if metalnet::addr::special_purpose(*ip).is_some() {
             return false;
         }
         let (f, v) = (IpFamily::of(ip), value(ip));
@@ -212,6 +230,23 @@ fn from_value(f: IpFamily, v: u128) -> IpAddr {
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
         IpFamily::V6 => IpAddr::V6(Ipv6Addr::from(v)),
     }
+}
+
+/// The special-purpose blocks of family `f` as integer ranges.
+fn special_blocks(f: IpFamily) -> impl Iterator<Item = (u128, u128)> {
+    metalnet::addr::SPECIAL_BLOCKS
+        .iter()
+        .filter(move |b| IpFamily::of(&b.first) == f)
+        .map(|b| (value(&b.first), value(&b.last)))
+}
+
+/// When `v` may not be handed out, the last value of the block it belongs to (for
+/// [`Runs::first_free`]): special-purpose addresses never, .0/.255 not with avoidBuggyIPs.
+fn unusable(f: IpFamily, v: u128, avoid_buggy: bool) -> Option<u128> {
+    if let Some((_, hi)) = special_blocks(f).find(|(lo, hi)| *lo <= v && v <= *hi) {
+        return Some(hi);
+    }
+    (avoid_buggy && is_buggy(&from_value(f, v))).then_some(v)
 }
 
 /// IPv4 addresses ending in .0 or .255 confuse smurf protection on some old CPE firmware.
@@ -589,11 +624,11 @@ impl Allocator {
         };
         for r in pool.ranges.iter().filter(|r| r.family == f) {
             let free = self.used[f.index()]
-                .first_free(r.lo, r.hi, |v| avoid && is_buggy(&from_value(f, v)))
+                .first_free(r.lo, r.hi, |v| unusable(f, v, avoid))
                 .map(|v| from_value(f, v));
             let joinable = shared.and_then(|set| {
                 set.range(from_value(f, r.lo)..=from_value(f, r.hi))
-                    .find(|ip| !(avoid && is_buggy(ip)) && self.check_ip(ip, req).is_ok())
+                    .find(|ip| pool.contains(ip) && self.check_ip(ip, req).is_ok())
                     .copied()
             });
             let best = match (free, joinable) {
