@@ -78,9 +78,11 @@ async fn execute(
                 service,
                 pool,
                 drop_deprecated,
+                extra,
             } => {
                 let mut annotations =
                     BTreeMap::from([(ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool)]);
+                annotations.extend(extra);
                 if drop_deprecated {
                     annotations.insert(
                         DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),

@@ -77,7 +77,7 @@ pub use error::{AllocError, Conflict, PoolRejection, SharingRefusal};
 pub use explain::{Explanation, PoolExplanation, PoolVerdict};
 pub use request::*;
 pub use types::{
-    Assignment, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, PoolSpecError, Port,
+    Assignment, Claim, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, PoolSpecError, Port,
     ServiceAllocation, ServiceKey, ServiceRequest,
 };
 
@@ -389,10 +389,11 @@ impl Allocator {
         let keys: Vec<ServiceKey> = self.held.keys().cloned().collect();
         for key in keys {
             let ips = self.held[&key].ips.clone();
+            let from = self.held[&key].pool.clone();
             let usable = self
                 .requests
                 .get(&key)
-                .and_then(|req| self.usable_pool_for(&ips, req));
+                .and_then(|req| self.usable_pool_for(&ips, req, Some(&from)));
             match usable {
                 Some(i) => {
                     let name = self.pools[i].pool.name.clone();
@@ -423,7 +424,8 @@ impl Allocator {
         let mut previous = None;
         if let Some(held) = self.held.get(&req.key) {
             let ips = held.ips.clone();
-            match self.validate_held(req, &ips) {
+            let from = held.pool.clone();
+            match self.validate_held(req, &ips, Some(&from)) {
                 Ok(i) => return Ok(self.keep(req, ips, i)),
                 Err(reason) => {
                     tracing::info!(service = %req.key, ?ips, %reason, "releasing addresses that no longer fit");
@@ -453,6 +455,18 @@ impl Allocator {
         req: &ServiceRequest,
         ips: &[IpAddr],
     ) -> Result<Assignment, AllocError> {
+        self.adopt_claim(&Claim {
+            req: req.clone(),
+            ips: ips.to_vec(),
+            pool: None,
+            allocated_at: None,
+        })
+    }
+
+    /// [`Allocator::adopt`] with what the status says besides the addresses: the pool they
+    /// were allocated from is preferred when several pools contain them (overlapping pools).
+    pub fn adopt_claim(&mut self, claim: &Claim) -> Result<Assignment, AllocError> {
+        let (req, ips) = (&claim.req, &claim.ips);
         self.requests.insert(req.key.clone(), req.clone());
         self.release_inner(&req.key);
         validate_requested(req)?;
@@ -460,7 +474,7 @@ impl Allocator {
             return Err(AllocError::NothingToAdopt);
         }
         let ips: Vec<IpAddr> = ips.iter().map(|ip| ip.to_canonical()).collect();
-        let i = self.validate_held(req, &ips)?;
+        let i = self.validate_held(req, &ips, claim.pool.as_deref())?;
         self.take(req, ips.clone(), i);
         Ok(Assignment {
             ips,
@@ -472,18 +486,41 @@ impl Allocator {
     /// Adopt many Services, most addresses first, then by key (MetalLB's restart order).
     pub fn adopt_all(
         &mut self,
-        mut items: Vec<(ServiceRequest, Vec<IpAddr>)>,
+        items: Vec<(ServiceRequest, Vec<IpAddr>)>,
     ) -> Vec<(ServiceKey, Result<Assignment, AllocError>)> {
-        items.sort_by(|a, b| {
-            b.1.len()
-                .cmp(&a.1.len())
-                .then_with(|| a.0.key.cmp(&b.0.key))
+        self.adopt_claims(
+            items
+                .into_iter()
+                .map(|(req, ips)| Claim {
+                    req,
+                    ips,
+                    pool: None,
+                    allocated_at: None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Adopt many claims. When two claim one address (a status left behind by a deleted
+    /// Service, now back under the same name), the most recent allocation wins: it is the
+    /// current holder. Then most addresses first, then by key (MetalLB's restart order).
+    /// Claims without a time come after those with one.
+    pub fn adopt_claims(
+        &mut self,
+        mut claims: Vec<Claim>,
+    ) -> Vec<(ServiceKey, Result<Assignment, AllocError>)> {
+        claims.sort_by(|a, b| {
+            let recency = |c: &Claim| std::cmp::Reverse(c.allocated_at.map_or(i128::MIN, |t| t));
+            recency(a)
+                .cmp(&recency(b))
+                .then_with(|| b.ips.len().cmp(&a.ips.len()))
+                .then_with(|| a.req.key.cmp(&b.req.key))
         });
-        items
+        claims
             .into_iter()
-            .map(|(req, ips)| {
-                let r = self.adopt(&req, &ips);
-                (req.key, r)
+            .map(|c| {
+                let r = self.adopt_claim(&c);
+                (c.req.key, r)
             })
             .collect()
     }
@@ -523,8 +560,13 @@ impl Allocator {
         }
     }
 
-    /// Whether `ips` (held, or to adopt) still fit `req`; the pool index if so.
-    fn validate_held(&self, req: &ServiceRequest, ips: &[IpAddr]) -> Result<usize, AllocError> {
+    /// Whether `ips` (held, or to adopt, from pool `from`) still fit `req`; the pool index if so.
+    fn validate_held(
+        &self,
+        req: &ServiceRequest,
+        ips: &[IpAddr],
+        from: Option<&str>,
+    ) -> Result<usize, AllocError> {
         if !req.families.accepts(ips) {
             return Err(AllocError::FamilyChanged {
                 ips: ips.to_vec(),
@@ -532,7 +574,7 @@ impl Allocator {
             });
         }
         let i = self
-            .usable_pool_for(ips, req)
+            .usable_pool_for(ips, req, from)
             .ok_or_else(|| AllocError::LeftPools { ips: ips.to_vec() })?;
         let name = &self.pools[i].pool.name;
         if let Some(rp) = &req.requested_pool
@@ -560,11 +602,26 @@ impl Allocator {
         Ok(i)
     }
 
-    /// The first pool (by name) containing all `ips` that selects `req`.
-    fn usable_pool_for(&self, ips: &[IpAddr], req: &ServiceRequest) -> Option<usize> {
-        self.pools
-            .iter()
-            .position(|p| ips.iter().all(|ip| p.contains(ip)) && p.selection_problem(req).is_none())
+    /// The pool to attribute `ips` to for `req`, among those containing all of them that
+    /// select it: the one they came from (`from`) when it still qualifies, so a new pool
+    /// overlapping an old one takes nothing away; else the requested pool; else the first by
+    /// name.
+    fn usable_pool_for(
+        &self,
+        ips: &[IpAddr],
+        req: &ServiceRequest,
+        from: Option<&str>,
+    ) -> Option<usize> {
+        let fits = |i: usize| {
+            let p = &self.pools[i];
+            ips.iter().all(|ip| p.contains(ip)) && p.selection_problem(req).is_none()
+        };
+        [from, req.requested_pool.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.pool_index.get(name).copied())
+            .find(|i| fits(*i))
+            .or_else(|| (0..self.pools.len()).find(|i| fits(*i)))
     }
 
     /// May `req` use `ip`, given its other holders?
