@@ -354,12 +354,17 @@ impl Reconciler {
     /// Re-reads the pools; reports new problems; gives the allocator the pools when they
     /// changed and reports the Services that lost their addresses. Whether they changed.
     fn refresh_pools(&mut self, snapshot: &Snapshot, out: &mut Vec<Action>) -> bool {
+        let in_use = self.pools_in_use(snapshot);
         self.pools
-            .update(snapshot, self.opts.config_namespace.as_deref());
+            .update(snapshot, self.opts.config_namespace.as_deref(), &in_use);
         let mut now: BTreeMap<ObjectRef, BTreeSet<String>> = BTreeMap::new();
         for p in self.pools.problems() {
             let consequence = match p.severity {
                 Severity::Warning => "",
+                Severity::Error if self.pools.kept_overlapping().contains(&p.object) => {
+                    "; Services hold addresses from this pool, so it stays in use and they \
+                     keep them (each address is given out once)"
+                }
                 Severity::Error if self.pools.stale().contains(&p.object) => {
                     "; the last valid version of the pool stays in use"
                 }
@@ -417,6 +422,27 @@ impl Reconciler {
             });
         }
         true
+    }
+
+    /// Pools Services hold addresses from: here, or (before the first pass) as their
+    /// status and `metallb.io/ip-allocated-from-pool` annotation say.
+    fn pools_in_use(&self, snapshot: &Snapshot) -> BTreeSet<String> {
+        let mut in_use: BTreeSet<String> = self
+            .alloc
+            .assignments()
+            .map(|(_, _, pool)| pool.to_string())
+            .collect();
+        if !self.started {
+            for svc in snapshot.services.values() {
+                if self.scope(svc) == Scope::Ours
+                    && ingress_ips(svc).iter().any(Option::is_some)
+                    && let Some(pool) = annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL)
+                {
+                    in_use.insert(pool.to_string());
+                }
+            }
+        }
+        in_use
     }
 
     /// The request of an ours-and-LoadBalancer Service.
@@ -1196,6 +1222,58 @@ mod tests {
         assert!(
             ev.contains(&("a".into(), "ClearAssignment".into())),
             "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_overlapping_pool_evicts_nobody_now_or_after_a_restart() {
+        let s1 = service("ns", "s1", json!({}));
+        let s2 = service("ns", "s2", json!({}));
+        let old = || pool("zz-old", &["192.0.2.0/30"]);
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(vec![old()], vec![s1.clone(), s2.clone()]), None);
+        assert_eq!(ingress(&actions)["ns/s2"], ["192.0.2.1"]);
+        let services = written(&[s1, s2], &actions);
+
+        // A new pool overlapping by one address, whose name sorts first.
+        let both = || vec![old(), pool("aa-new", &["192.0.2.1/32"])];
+        let changed = BTreeSet::from([ObjectRef::new(
+            Kind::IPAddressPool,
+            Some("metallb-system"),
+            "aa-new",
+        )]);
+        let actions = r.reconcile(&snapshot(both(), services.clone()), Some(&changed));
+        assert!(
+            !actions.iter().any(|a| !matches!(a, Action::Event { .. })),
+            "nothing is rewritten: {actions:?}"
+        );
+        let reported: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { object, event } => Some(format!(
+                    "{} {} {}",
+                    object.name, event.reason, event.message
+                )),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            reported.iter().any(|m| m.contains("zz-old")
+                && m.contains("aa-new")
+                && m.contains("stays in use")),
+            "{reported:?}"
+        );
+
+        // Restart: both still hold what they held, from the pool they came from.
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(both(), services), None);
+        assert!(
+            !actions.iter().any(|a| !matches!(a, Action::Event { .. })),
+            "nothing is rewritten after a restart: {actions:?}"
+        );
+        assert_eq!(
+            r.allocator().held(&ServiceKey::new("ns", "s2")).unwrap().1,
+            "zz-old"
         );
     }
 }

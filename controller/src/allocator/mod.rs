@@ -50,8 +50,10 @@
 //!   (MetalLB notices that only on the Service's next reconcile; the result is the same).
 //! - PreferDualStack on a single-stack cluster (one cluster IP): one address of the cluster's
 //!   family. MetalLB may hand out two and then clear them again on the next reconcile.
-//! - Overlapping pools are rejected by config validation; if they occur anyway, the first pool
-//!   by name that contains the addresses and selects the Service owns them.
+//! - Overlapping pools are reported by config validation, and a pool in use stays in use
+//!   (`crate::pools`). Held or adopted addresses stay attributed to the pool they came from
+//!   while it contains them and selects the Service; else the requested pool; else the first
+//!   pool by name that contains them and selects the Service.
 //! - Auto-assignment with a sharing key scans the IPs already carrying that key for one whose
 //!   ports are free: linear in the number of such IPs (fine for the usual few per key).
 //!
