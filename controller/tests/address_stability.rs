@@ -113,7 +113,7 @@ impl World {
     }
 
     /// Every readable definition of each Service in its home file.
-    fn manifests(&self) -> BTreeMap<usize, Vec<String>> {
+    fn manifests(&self) -> Manifests {
         let mut m: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for f in 0..FILES {
             if self.complete[f] {
@@ -255,8 +255,13 @@ async fn execute(state: &ClusterState, actions: Vec<Action>) {
     }
 }
 
+/// Per Service: every definition of it in its home file.
+type Manifests = BTreeMap<usize, Vec<String>>;
+/// Per Service: its addresses.
+type Addresses = BTreeMap<usize, Vec<IpAddr>>;
+
 /// Each Service's addresses as its status says.
-fn addresses(snapshot: &Snapshot) -> BTreeMap<usize, Vec<IpAddr>> {
+fn addresses(snapshot: &Snapshot) -> Addresses {
     snapshot
         .services
         .iter()
@@ -282,7 +287,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         .unwrap();
     rt.block_on(async {
         let mut reconciler: Option<Reconciler> = None;
-        let mut before: Option<(BTreeMap<usize, Vec<String>>, BTreeMap<usize, Vec<IpAddr>>)> = None;
+        let mut before: Option<(Manifests, Addresses)> = None;
         let mut dups_before = BTreeMap::new();
         // Per Service: its manifest and addresses when it last held some.
         let mut last: BTreeMap<usize, (Vec<String>, Vec<IpAddr>)> = BTreeMap::new();
