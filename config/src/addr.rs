@@ -10,6 +10,100 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// One block of special-purpose addresses: never a load-balancer address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialBlock {
+    /// The first and last address of the block (same family).
+    pub first: IpAddr,
+    pub last: IpAddr,
+    /// What the block is for, in a few words ("loopback", ...).
+    pub what: &'static str,
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+}
+
+const fn v6(v: u128) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::from_bits(v))
+}
+
+/// Addresses a host never answers for on behalf of a Service: announcing them (gratuitous
+/// ARP, unsolicited NA, a BGP route) disturbs every host on the segment or cannot work at
+/// all. In ascending order within each family.
+pub const SPECIAL_BLOCKS: &[SpecialBlock] = &[
+    SpecialBlock {
+        first: v4(0, 0, 0, 0),
+        last: v4(0, 255, 255, 255),
+        what: "unspecified (\"this network\", 0.0.0.0/8)",
+    },
+    SpecialBlock {
+        first: v4(127, 0, 0, 0),
+        last: v4(127, 255, 255, 255),
+        what: "loopback (127.0.0.0/8)",
+    },
+    SpecialBlock {
+        first: v4(169, 254, 0, 0),
+        last: v4(169, 254, 255, 255),
+        what: "link-local (169.254.0.0/16)",
+    },
+    SpecialBlock {
+        first: v4(224, 0, 0, 0),
+        last: v4(239, 255, 255, 255),
+        what: "multicast (224.0.0.0/4)",
+    },
+    SpecialBlock {
+        first: v4(255, 255, 255, 255),
+        last: v4(255, 255, 255, 255),
+        what: "limited broadcast (255.255.255.255)",
+    },
+    SpecialBlock {
+        first: v6(0),
+        last: v6(0),
+        what: "unspecified (::)",
+    },
+    SpecialBlock {
+        first: v6(1),
+        last: v6(1),
+        what: "loopback (::1)",
+    },
+    SpecialBlock {
+        first: v6(0xfe80 << 112),
+        last: v6((0xfebf << 112) | ((1 << 112) - 1)),
+        what: "link-local (fe80::/10)",
+    },
+    SpecialBlock {
+        first: v6(0xff00 << 112),
+        last: v6(u128::MAX),
+        what: "multicast (ff00::/8)",
+    },
+];
+
+/// What `ip` is reserved for, when it is a special-purpose address that must never be
+/// assigned to or announced for a Service: unspecified, loopback, link-local, multicast or
+/// the IPv4 limited broadcast. IPv4-mapped IPv6 addresses are judged as their IPv4 address.
+pub fn special_purpose(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    SPECIAL_BLOCKS
+        .iter()
+        .find(|b| b.first.is_ipv4() == ip.is_ipv4() && b.first <= ip && ip <= b.last)
+        .map(|b| b.what)
+}
+
+/// The special-purpose blocks that intersect `first..=last`, each clipped to the range.
+pub fn special_purpose_in(first: IpAddr, last: IpAddr) -> Vec<SpecialBlock> {
+    SPECIAL_BLOCKS
+        .iter()
+        .filter(|b| b.first.is_ipv4() == first.is_ipv4() && first.is_ipv4() == last.is_ipv4())
+        .filter(|b| b.first <= last && first <= b.last)
+        .map(|b| SpecialBlock {
+            first: b.first.max(first),
+            last: b.last.min(last),
+            what: b.what,
+        })
+        .collect()
+}
+
 /// Why a pool address entry was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -347,6 +441,57 @@ fn parse_decimal<T: FromStr>(s: &str) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn special_purpose_addresses_are_named() {
+        for (ip, what) in [
+            ("255.255.255.255", "limited broadcast"),
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("239.255.255.255", "multicast"),
+            ("169.254.1.1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("fe80::1", "link-local"),
+            ("febf:ffff::1", "link-local"),
+            ("::ffff:127.0.0.1", "loopback"),
+        ] {
+            let got = special_purpose(ip.parse().unwrap());
+            assert!(got.is_some_and(|w| w.starts_with(what)), "{ip}: {got:?}");
+        }
+        for ip in [
+            "192.0.2.1",
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "223.255.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "2001:db8::1",
+            "::2",
+            "fec0::1",
+            "feff::1",
+        ] {
+            assert_eq!(special_purpose(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn special_purpose_in_clips_to_the_range() {
+        let got = special_purpose_in("126.0.0.0".parse().unwrap(), "127.0.0.5".parse().unwrap());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].first, "127.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(got[0].last, "127.0.0.5".parse::<IpAddr>().unwrap());
+        assert!(
+            special_purpose_in("192.0.2.0".parse().unwrap(), "192.0.2.255".parse().unwrap())
+                .is_empty()
+        );
+        let v6 = special_purpose_in("::".parse().unwrap(), "::ff".parse().unwrap());
+        assert_eq!(v6.len(), 2);
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -7,6 +7,13 @@
 //! - if it was never valid, it is ignored while every other pool works;
 //! - if it was valid before, its last valid version stays in use (it is *stale*), so no
 //!   Service loses an address because of a typo. Deleting the pool removes it.
+//!
+//! Overlapping pools: validation leaves out the later pool (by creation time, then by name,
+//! so in a state directory a new pool whose name sorts first can win). A pool it leaves out
+//! only for overlapping is kept when Services hold addresses from it (`in_use`), so a new
+//! pool overlapping an old one by one address evicts nobody; the overlap is still reported.
+//! Both pools are then in effect; each address is given out once whichever pool it is
+//! drawn from, and a held address stays attributed to the pool it came from.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,11 +31,19 @@ pub struct PoolConfig {
     stale: BTreeSet<ObjectRef>,
     /// Problems of the current versions (errors and warnings).
     problems: Vec<Problem>,
+    /// Pools validation leaves out for overlapping another, kept because they are in use.
+    kept_overlapping: BTreeSet<ObjectRef>,
 }
 
 impl PoolConfig {
-    /// Re-reads the pools of `snapshot` (only those in `namespace` when given).
-    pub fn update(&mut self, snapshot: &Snapshot, namespace: Option<&str>) {
+    /// Re-reads the pools of `snapshot` (only those in `namespace` when given). `in_use`
+    /// names the pools Services hold addresses from.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        namespace: Option<&str>,
+        in_use: &BTreeSet<String>,
+    ) {
         let in_scope = |ns: Option<&str>| namespace.is_none_or(|want| ns == Some(want));
         let pools = snapshot
             .ip_address_pools
@@ -54,8 +69,33 @@ impl PoolConfig {
 
         let mut effective: BTreeMap<ObjectRef, ParsedPool> =
             parsed.into_iter().map(|p| (p.object(), p)).collect();
+        let mut kept_overlapping = BTreeSet::new();
+        for pool in snapshot
+            .ip_address_pools
+            .values()
+            .filter(|p| in_scope(p.metadata.namespace.as_deref()))
+        {
+            let Some(name) = pool.metadata.name.as_deref() else {
+                continue;
+            };
+            if !in_use.contains(name) {
+                continue;
+            }
+            // Valid on its own: left out only for overlapping another pool.
+            let (alone, alone_problems) = validate::valid_pools([pool.as_ref()]);
+            if let [p] = alone.as_slice()
+                && !alone_problems.iter().any(Problem::is_error)
+                && !effective.contains_key(&p.object())
+            {
+                kept_overlapping.insert(p.object());
+                effective.insert(p.object(), p.clone());
+            }
+        }
         let mut stale = BTreeSet::new();
         for object in &failed {
+            if kept_overlapping.contains(object) {
+                continue;
+            }
             if let Some(last) = self.effective.get(object) {
                 effective.insert(object.clone(), last.clone());
                 stale.insert(object.clone());
@@ -84,7 +124,9 @@ impl PoolConfig {
             }
         });
         stale.retain(|o| effective.contains_key(o));
+        kept_overlapping.retain(|o| effective.contains_key(o));
 
+        self.kept_overlapping = kept_overlapping;
         self.effective = effective;
         self.stale = stale;
         self.problems = problems;
@@ -98,6 +140,11 @@ impl PoolConfig {
     /// Pools running on their last valid version because the current one is invalid.
     pub fn stale(&self) -> &BTreeSet<ObjectRef> {
         &self.stale
+    }
+
+    /// Pools that overlap another and stay in use because Services hold addresses from them.
+    pub fn kept_overlapping(&self) -> &BTreeSet<ObjectRef> {
+        &self.kept_overlapping
     }
 
     /// Problems of the pools' current versions.

@@ -5,9 +5,17 @@
 //! - **Ours**: Services of `type: LoadBalancer` without `spec.loadBalancerClass` (or, with
 //!   `--lb-class NAME`, exactly those of class NAME, as MetalLB's flag). Others are never
 //!   written to.
-//! - **First pass**: the pools are read, then every address already in a Service's
-//!   `status.loadBalancer.ingress` is adopted when still valid (Services with the most
-//!   addresses first), and only then is anything assigned, so nothing moves across a restart.
+//! - **Adoption before allocation**: in every batch (the first pass, and Services that come
+//!   back together: a file readable again, a directory copied back) every address already in
+//!   the status of a Service that holds nothing here is adopted when still valid, and only
+//!   then is anything assigned, so one conflict cannot renumber the Services after it.
+//!   Two claims on one address (a deleted Service's status outlives it in a state directory
+//!   and returns with a Service of that name): a status written for another `metadata.uid`
+//!   is not adopted; else the later allocation (`metalnet.io/ip-allocated-at`, written with
+//!   every new address) wins, as it is the current holder; then most addresses first.
+//!   The controller does not delete a deleted Service's status itself (a state directory
+//!   keeps it; the backend owns that file): a stale status can only bring back an address
+//!   nobody holds.
 //! - **Each Service**: its request is built ([`ServiceRequest::from_service`]) and assigned;
 //!   the status and the `metallb.io/ip-allocated-from-pool` annotation are written when they
 //!   differ from what it holds. Events: `IPAllocated` (new addresses), `ClearAssignment`
@@ -28,11 +36,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use k8s_openapi::jiff::Timestamp;
 use metalnet::state::{EventRecord, EventType, Kind, ObjectKey, ObjectRef, Snapshot};
 use metalnet::validate::Severity;
 
 use crate::allocator::{
-    ANNOTATION_IP_ALLOCATED_FROM_POOL, ANNOTATION_LOAD_BALANCER_IPS, AllocError, Allocator,
+    ANNOTATION_IP_ALLOCATED_FROM_POOL, ANNOTATION_LOAD_BALANCER_IPS, AllocError, Allocator, Claim,
     DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL, DEPRECATED_ANNOTATION_LOAD_BALANCER_IPS, Outcome,
     Pool, ServiceKey, ServiceRequest,
 };
@@ -40,6 +49,17 @@ use crate::pools::PoolConfig;
 
 /// The `reportingComponent` of our Events.
 pub const REPORTER: &str = "metalnet-controller";
+
+/// When the addresses in a Service's status were allocated (RFC 3339, written with them).
+/// After a restart, two Services may claim one address in their status: a deleted Service's
+/// status can outlive it in a state directory and come back when a Service of that name is
+/// created again. The later allocation is the current holder and wins.
+pub const ANNOTATION_IP_ALLOCATED_AT: &str = "metalnet.io/ip-allocated-at";
+
+/// The `metadata.uid` of the Service the addresses were allocated for, when it had one: a
+/// status written for another uid belongs to an earlier Service of that name and is not
+/// adopted.
+pub const ANNOTATION_IP_ALLOCATED_FOR_UID: &str = "metalnet.io/ip-allocated-for-uid";
 
 /// Kubernetes labels every Namespace with its own name; state directories rarely spell it.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -67,6 +87,9 @@ pub enum Action {
         service: ObjectRef,
         pool: Option<String>,
         drop_deprecated: bool,
+        /// Other annotations about the allocation to set (`Some`) or remove (`None`):
+        /// [`ANNOTATION_IP_ALLOCATED_AT`] and [`ANNOTATION_IP_ALLOCATED_FOR_UID`].
+        extra: BTreeMap<String, Option<String>>,
     },
     Event {
         object: ObjectRef,
@@ -97,6 +120,22 @@ pub struct Reconciler {
     adopt_errors: BTreeMap<ServiceKey, String>,
     /// Pool problems already reported, per pool object.
     reported: BTreeMap<ObjectRef, BTreeSet<String>>,
+    /// The wall clock, for [`ANNOTATION_IP_ALLOCATED_AT`].
+    clock: fn() -> Timestamp,
+    /// The latest allocation time written or seen (nanoseconds since the epoch): times
+    /// written are strictly increasing even when the clock stalls or steps back a little.
+    last_stamp: i128,
+}
+
+/// What to do with the allocation-time annotations when writing a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// Addresses unchanged: leave them.
+    Keep,
+    /// New addresses: record now (and the uid).
+    New,
+    /// No addresses: remove them.
+    Clear,
 }
 
 fn event(type_: EventType, reason: &str, message: String) -> EventRecord {
@@ -191,7 +230,24 @@ impl Reconciler {
             failures: BTreeMap::new(),
             adopt_errors: BTreeMap::new(),
             reported: BTreeMap::new(),
+            clock: Timestamp::now,
+            last_stamp: 0,
         }
+    }
+
+    /// The same reconciler with another clock (tests).
+    pub fn with_clock(mut self, clock: fn() -> Timestamp) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The allocation time to record now.
+    fn next_stamp(&mut self) -> String {
+        let now = (self.clock)().as_nanosecond();
+        self.last_stamp = now.max(self.last_stamp.saturating_add(1));
+        Timestamp::from_nanosecond(self.last_stamp)
+            .unwrap_or(Timestamp::MAX)
+            .to_string()
     }
 
     pub fn options(&self) -> &Options {
@@ -250,10 +306,7 @@ impl Reconciler {
         if pools_changed && self.refresh_pools(snapshot, &mut out) {
             everything = true;
         }
-        if !self.started {
-            self.adopt(snapshot);
-            self.started = true;
-        }
+        self.started = true;
         let keys: BTreeSet<ServiceKey> = match changed {
             Some(changed) if !everything => self.affected(snapshot, changed),
             _ => snapshot
@@ -301,12 +354,17 @@ impl Reconciler {
     /// Re-reads the pools; reports new problems; gives the allocator the pools when they
     /// changed and reports the Services that lost their addresses. Whether they changed.
     fn refresh_pools(&mut self, snapshot: &Snapshot, out: &mut Vec<Action>) -> bool {
+        let in_use = self.pools_in_use(snapshot);
         self.pools
-            .update(snapshot, self.opts.config_namespace.as_deref());
+            .update(snapshot, self.opts.config_namespace.as_deref(), &in_use);
         let mut now: BTreeMap<ObjectRef, BTreeSet<String>> = BTreeMap::new();
         for p in self.pools.problems() {
             let consequence = match p.severity {
                 Severity::Warning => "",
+                Severity::Error if self.pools.kept_overlapping().contains(&p.object) => {
+                    "; Services hold addresses from this pool, so it stays in use and they \
+                     keep them (each address is given out once)"
+                }
                 Severity::Error if self.pools.stale().contains(&p.object) => {
                     "; the last valid version of the pool stays in use"
                 }
@@ -366,6 +424,27 @@ impl Reconciler {
         true
     }
 
+    /// Pools Services hold addresses from: here, or (before the first pass) as their
+    /// status and `metallb.io/ip-allocated-from-pool` annotation say.
+    fn pools_in_use(&self, snapshot: &Snapshot) -> BTreeSet<String> {
+        let mut in_use: BTreeSet<String> = self
+            .alloc
+            .assignments()
+            .map(|(_, _, pool)| pool.to_string())
+            .collect();
+        if !self.started {
+            for svc in snapshot.services.values() {
+                if self.scope(svc) == Scope::Ours
+                    && ingress_ips(svc).iter().any(Option::is_some)
+                    && let Some(pool) = annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL)
+                {
+                    in_use.insert(pool.to_string());
+                }
+            }
+        }
+        in_use
+    }
+
     /// The request of an ours-and-LoadBalancer Service.
     fn request(
         &self,
@@ -376,21 +455,45 @@ impl Reconciler {
         ServiceRequest::from_service(svc, &namespace_labels(snapshot, ns))
     }
 
-    /// Restart: adopt every address in a served Service's status, most addresses first.
-    fn adopt(&mut self, snapshot: &Snapshot) {
-        let mut items = Vec::new();
-        for svc in snapshot.services.values() {
-            if self.scope(svc) != Scope::Ours {
-                continue;
-            }
+    /// Adopts the addresses in the status of `services` (served, holding nothing here) when
+    /// still valid, all before anything is allocated: at start, and whenever Services come
+    /// back together (a file readable again, a directory copied back), so one conflict cannot
+    /// renumber the Services after it. Two claims on one address: the later allocation wins.
+    fn adopt(&mut self, snapshot: &Snapshot, services: &[&k8s_openapi::api::core::v1::Service]) {
+        let mut claims = Vec::new();
+        for svc in services {
             let ips: Vec<IpAddr> = ingress_ips(svc).into_iter().flatten().collect();
             if ips.is_empty() {
                 continue;
             }
+            let key = ServiceKey::new(
+                svc.metadata.namespace.clone().unwrap_or("default".into()),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            if let (Some(uid), Some(written_for)) = (
+                svc.metadata.uid.as_deref(),
+                annotation(svc, ANNOTATION_IP_ALLOCATED_FOR_UID),
+            ) && uid != written_for
+            {
+                self.adopt_errors.insert(
+                    key,
+                    format!(
+                        "the status was written for an earlier Service of this name (uid \
+                         {written_for:?}; this one is {uid:?})"
+                    ),
+                );
+                continue;
+            }
+            let allocated_at = annotation(svc, ANNOTATION_IP_ALLOCATED_AT)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .map(|t| t.as_nanosecond());
+            if let Some(t) = allocated_at {
+                self.last_stamp = self.last_stamp.max(t);
+            }
             // A malformed address request does not cost the Service what it holds (as
             // MetalLB): adopt with the request's other fields.
             let req = self.request(snapshot, svc).or_else(|_| {
-                let mut relaxed = (**svc).clone();
+                let mut relaxed = (*svc).clone();
                 if let Some(a) = relaxed.metadata.annotations.as_mut() {
                     a.remove(ANNOTATION_LOAD_BALANCER_IPS);
                     a.remove(DEPRECATED_ANNOTATION_LOAD_BALANCER_IPS);
@@ -401,19 +504,23 @@ impl Reconciler {
                 self.request(snapshot, &relaxed)
             });
             match req {
-                Ok(req) => items.push((req, ips)),
+                Ok(req) => claims.push(Claim {
+                    req,
+                    ips,
+                    pool: annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL).map(String::from),
+                    allocated_at,
+                }),
                 Err(e) => {
-                    let key = ServiceKey::new(
-                        svc.metadata.namespace.clone().unwrap_or("default".into()),
-                        svc.metadata.name.clone().unwrap_or_default(),
-                    );
                     self.adopt_errors.insert(key, e.to_string());
                 }
             }
         }
-        let adopted = items.len();
+        if claims.is_empty() {
+            return;
+        }
+        let adopted = claims.len();
         let mut failed = 0;
-        for (key, result) in self.alloc.adopt_all(items) {
+        for (key, result) in self.alloc.adopt_claims(claims) {
             match result {
                 Ok(a) => {
                     tracing::debug!(service = %key, ip = %ips_text(&a.ips), pool = %a.pool, "adopted")
@@ -468,7 +575,7 @@ impl Reconciler {
                         || annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL).is_some()
                         || self.opts.lb_class.is_none();
                     if ours {
-                        self.write(svc, None, out);
+                        self.write(svc, None, Stamp::Clear, out);
                     }
                 }
                 Scope::OtherClass { .. } => {
@@ -479,6 +586,12 @@ impl Reconciler {
                 }
             }
         }
+        let returning: Vec<&k8s_openapi::api::core::v1::Service> = assign
+            .iter()
+            .filter(|(_, key, _, _)| self.alloc.held(key).is_none())
+            .map(|(_, _, _, svc)| svc.as_ref())
+            .collect();
+        self.adopt(snapshot, &returning);
         assign.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (_, _, req, svc) in &assign {
             freed |= self.assign(svc, req, out);
@@ -591,15 +704,21 @@ impl Reconciler {
             .held(&key)
             .map(|(ips, pool)| (ips.to_vec(), pool.to_string()));
         let after = held.as_ref().map(|(ips, _)| ips.clone());
-        self.write(svc, held, out);
+        let stamp = match &after {
+            None => Stamp::Clear,
+            Some(a) if before.as_ref() != Some(a) => Stamp::New,
+            Some(_) => Stamp::Keep,
+        };
+        self.write(svc, held, stamp, out);
         before.is_some_and(|b| after.is_none_or(|a| b.iter().any(|ip| !a.contains(ip))))
     }
 
     /// Queues the writes that make `svc`'s status and annotation say `held`.
     fn write(
-        &self,
+        &mut self,
         svc: &k8s_openapi::api::core::v1::Service,
         held: Option<(Vec<IpAddr>, String)>,
+        stamp: Stamp,
         out: &mut Vec<Action>,
     ) {
         let service = ObjectRef::new(
@@ -621,11 +740,31 @@ impl Reconciler {
         }
         let current_pool = annotation(svc, ANNOTATION_IP_ALLOCATED_FROM_POOL);
         let deprecated = annotation(svc, DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL).is_some();
-        if current_pool != pool.as_deref() || deprecated {
+        let mut extra = BTreeMap::new();
+        let uid = svc.metadata.uid.clone();
+        let recorded_uid = annotation(svc, ANNOTATION_IP_ALLOCATED_FOR_UID);
+        match stamp {
+            Stamp::Keep => {}
+            Stamp::New => {
+                extra.insert(ANNOTATION_IP_ALLOCATED_AT.into(), Some(self.next_stamp()));
+                if uid.is_some() || recorded_uid.is_some() {
+                    extra.insert(ANNOTATION_IP_ALLOCATED_FOR_UID.into(), uid);
+                }
+            }
+            Stamp::Clear => {
+                for a in [ANNOTATION_IP_ALLOCATED_AT, ANNOTATION_IP_ALLOCATED_FOR_UID] {
+                    if annotation(svc, a).is_some() {
+                        extra.insert(a.into(), None);
+                    }
+                }
+            }
+        }
+        if current_pool != pool.as_deref() || deprecated || !extra.is_empty() {
             out.push(Action::SetPoolAnnotation {
                 service,
                 pool,
                 drop_deprecated: deprecated,
+                extra,
             });
         }
     }
@@ -936,5 +1075,205 @@ mod tests {
         assert!(b.contains("has no address"), "{b}");
         assert!(b.contains("exhausted"), "{b}");
         assert!(r.explain(&snap, &ServiceKey::new("ns", "c")).is_none());
+    }
+
+    /// The Services as they are after the controller's writes.
+    fn written(services: &[Service], actions: &[Action]) -> Vec<Service> {
+        services
+            .iter()
+            .map(|svc| {
+                let mut v = serde_json::to_value(svc).unwrap();
+                let name = svc.metadata.name.as_deref().unwrap();
+                for a in actions {
+                    match a {
+                        Action::SetIngress { service, ips } if service.name == name => {
+                            let ingress: Vec<_> =
+                                ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+                            let ingress = if ingress.is_empty() {
+                                serde_json::Value::Null
+                            } else {
+                                json!(ingress)
+                            };
+                            metalnet::state::merge_patch(
+                                &mut v,
+                                &json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+                            );
+                        }
+                        Action::SetPoolAnnotation {
+                            service,
+                            pool,
+                            extra,
+                            ..
+                        } if service.name == name => {
+                            let mut annotations = extra.clone();
+                            annotations
+                                .insert(ANNOTATION_IP_ALLOCATED_FROM_POOL.into(), pool.clone());
+                            metalnet::state::merge_patch(
+                                &mut v,
+                                &json!({"metadata": {"annotations": annotations}}),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                serde_json::from_value(v).unwrap()
+            })
+            .collect()
+    }
+
+    fn services_changed(names: &[&str]) -> BTreeSet<ObjectRef> {
+        names
+            .iter()
+            .map(|n| ObjectRef::new(Kind::Service, Some("ns"), n))
+            .collect()
+    }
+
+    #[test]
+    fn services_coming_back_together_keep_their_addresses() {
+        let p = || vec![pool("p", &["192.0.2.0/28"])];
+        let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let mut r = Reconciler::new(Options::default());
+        let first = vec![service("ns", "a-new", json!({}))];
+        let actions = r.reconcile(&snapshot(p(), first.clone()), None);
+        assert_eq!(ingress(&actions)["ns/a-new"], ["192.0.2.0"]);
+        let mut all = written(&first, &actions);
+        // Ten Services come back at once (a file readable again), with the addresses
+        // .0 to .9 in their status from before; .0 went to a-new meanwhile.
+        for (i, n) in names.iter().enumerate() {
+            all.push(service(
+                "ns",
+                n,
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("192.0.2.{i}")}]}},
+                       "metadata": {"annotations": {"metallb.io/ip-allocated-from-pool": "p"}}}),
+            ));
+        }
+        let changed = services_changed(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let actions = r.reconcile(&snapshot(p(), all), Some(&changed));
+        let got = ingress(&actions);
+        assert_eq!(
+            got,
+            BTreeMap::from([("ns/s0".to_string(), vec!["192.0.2.10".to_string()])]),
+            "only the one whose address was taken moves"
+        );
+    }
+
+    #[test]
+    fn a_stale_status_does_not_take_an_address_from_its_holder() {
+        let p = || vec![pool("p", &["192.0.2.0/30"])];
+        let a = service("ns", "a", json!({}));
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(p(), vec![a.clone()]), None);
+        let a_written = written(&[a], &actions);
+        assert_eq!(ingress(&actions)["ns/a"], ["192.0.2.0"]);
+
+        // a is deleted (its status stays on disk); b arrives and gets the freed address.
+        let b = service("ns", "b", json!({}));
+        let actions = r.reconcile(
+            &snapshot(p(), vec![b.clone()]),
+            Some(&services_changed(&["a", "b"])),
+        );
+        assert_eq!(ingress(&actions)["ns/b"], ["192.0.2.0"]);
+        let b_written = written(&[b], &actions);
+
+        // Down; a is created again and comes back with its old status. b keeps its address.
+        let mut all = a_written;
+        all.extend(b_written);
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(p(), all), None);
+        assert_eq!(
+            ingress(&actions),
+            BTreeMap::from([("ns/a".to_string(), vec!["192.0.2.1".to_string()])])
+        );
+    }
+
+    #[test]
+    fn a_status_written_for_another_uid_is_not_adopted() {
+        fn late() -> Timestamp {
+            "2030-01-01T00:00:00Z".parse().unwrap()
+        }
+        fn early() -> Timestamp {
+            "2020-01-01T00:00:00Z".parse().unwrap()
+        }
+        let p = || vec![pool("p", &["192.0.2.0/30"])];
+        let a = service("ns", "a", json!({"metadata": {"uid": "uid-1"}}));
+        let mut r = Reconciler::new(Options::default()).with_clock(late);
+        let actions = r.reconcile(&snapshot(p(), vec![a.clone()]), None);
+        let a_written = written(&[a], &actions);
+
+        // a deleted while the controller was down; the clock stepped back since; b gets
+        // the address.
+        let b = service("ns", "b", json!({"metadata": {"uid": "uid-2"}}));
+        let mut r = Reconciler::new(Options::default()).with_clock(early);
+        let actions = r.reconcile(&snapshot(p(), vec![b.clone()]), None);
+        assert_eq!(ingress(&actions)["ns/b"], ["192.0.2.0"]);
+        let b_written = written(&[b], &actions);
+
+        // a created again (a new uid) with the old status: its time is later, but it was
+        // written for uid-1, so it is not a's any more.
+        let mut a_again = a_written[0].clone();
+        a_again.metadata.uid = Some("uid-3".into());
+        let mut r = Reconciler::new(Options::default()).with_clock(early);
+        let actions = r.reconcile(&snapshot(p(), vec![a_again, b_written[0].clone()]), None);
+        assert_eq!(
+            ingress(&actions),
+            BTreeMap::from([("ns/a".to_string(), vec!["192.0.2.1".to_string()])])
+        );
+        let ev = events(&actions);
+        assert!(
+            ev.contains(&("a".into(), "ClearAssignment".into())),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_overlapping_pool_evicts_nobody_now_or_after_a_restart() {
+        let s1 = service("ns", "s1", json!({}));
+        let s2 = service("ns", "s2", json!({}));
+        let old = || pool("zz-old", &["192.0.2.0/30"]);
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(vec![old()], vec![s1.clone(), s2.clone()]), None);
+        assert_eq!(ingress(&actions)["ns/s2"], ["192.0.2.1"]);
+        let services = written(&[s1, s2], &actions);
+
+        // A new pool overlapping by one address, whose name sorts first.
+        let both = || vec![old(), pool("aa-new", &["192.0.2.1/32"])];
+        let changed = BTreeSet::from([ObjectRef::new(
+            Kind::IPAddressPool,
+            Some("metallb-system"),
+            "aa-new",
+        )]);
+        let actions = r.reconcile(&snapshot(both(), services.clone()), Some(&changed));
+        assert!(
+            !actions.iter().any(|a| !matches!(a, Action::Event { .. })),
+            "nothing is rewritten: {actions:?}"
+        );
+        let reported: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { object, event } => Some(format!(
+                    "{} {} {}",
+                    object.name, event.reason, event.message
+                )),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            reported.iter().any(|m| m.contains("zz-old")
+                && m.contains("aa-new")
+                && m.contains("stays in use")),
+            "{reported:?}"
+        );
+
+        // Restart: both still hold what they held, from the pool they came from.
+        let mut r = Reconciler::new(Options::default());
+        let actions = r.reconcile(&snapshot(both(), services), None);
+        assert!(
+            !actions.iter().any(|a| !matches!(a, Action::Event { .. })),
+            "nothing is rewritten after a restart: {actions:?}"
+        );
+        assert_eq!(
+            r.allocator().held(&ServiceKey::new("ns", "s2")).unwrap().1,
+            "zz-old"
+        );
     }
 }

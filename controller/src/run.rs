@@ -223,9 +223,11 @@ async fn write(state: &ClusterState, action: Action) -> Result<(), StateError> {
             service,
             pool,
             drop_deprecated,
+            extra,
         } => {
             let mut annotations =
                 BTreeMap::from([(ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(), pool)]);
+            annotations.extend(extra);
             if drop_deprecated {
                 annotations.insert(
                     DEPRECATED_ANNOTATION_IP_ALLOCATED_FROM_POOL.to_string(),

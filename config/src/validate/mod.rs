@@ -438,6 +438,45 @@ mod tests {
     }
 
     #[test]
+    fn special_purpose_addresses_in_a_pool_are_named() {
+        let p = typed_pool(
+            "odd",
+            &[
+                "127.0.0.0/30",
+                "255.255.255.254/31",
+                "192.0.2.0/24",
+                "ff02::/127",
+            ],
+            None,
+        );
+        let (pools, problems) = valid_pools([&p]);
+        assert_eq!(pools.len(), 1, "{problems:#?}");
+        let obj = "IPAddressPool/metallb-system/odd";
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[0]",
+            "127.0.0.0-127.0.0.3 (loopback",
+        );
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[1]",
+            "255.255.255.255 (limited broadcast",
+        );
+        assert_one(
+            &problems,
+            Severity::Warning,
+            obj,
+            "spec.addresses[3]",
+            "ff02::-ff02::1 (multicast",
+        );
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+    }
+
+    #[test]
     fn older_pool_keeps_overlapping_addresses() {
         let old = typed_pool("zz-old", &["192.0.2.0/24"], Some("2026-01-01T00:00:00Z"));
         let new = typed_pool("aa-new", &["192.0.2.128/25"], Some("2026-02-01T00:00:00Z"));

@@ -165,6 +165,7 @@ fn parse_pool(
                 let first = cidrs.first().map(IpNet::network);
                 let last = cidrs.last().map(IpNet::broadcast);
                 if let (Some(first), Some(last)) = (first, last) {
+                    special_purpose_problem(object, &field, text, first, last, problems);
                     entries.push(PoolEntry {
                         text: text.clone(),
                         cidrs,
@@ -222,11 +223,46 @@ fn parse_pool(
     })
 }
 
+/// A pool entry that covers special-purpose addresses (loopback, multicast, ...): they are
+/// skipped by the allocator, so the pool works, but the entry most likely is a typo.
+fn special_purpose_problem(
+    object: &ObjectRef,
+    field: &str,
+    text: &str,
+    first: IpAddr,
+    last: IpAddr,
+    problems: &mut Vec<Problem>,
+) {
+    let blocks = addr::special_purpose_in(first, last);
+    if blocks.is_empty() {
+        return;
+    }
+    let named: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            if b.first == b.last {
+                format!("{} ({})", b.first, b.what)
+            } else {
+                format!("{}-{} ({})", b.first, b.last, b.what)
+            }
+        })
+        .collect();
+    problems.push(Problem::warning(
+        object,
+        field,
+        format!(
+            "{text:?} contains special-purpose addresses that are never assigned: {}",
+            named.join(", ")
+        ),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::validate::parse_selector;
     use crate::validate::test_util::*;
+
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     #[test]

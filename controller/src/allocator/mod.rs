@@ -20,6 +20,10 @@
 //!   prefix length, so a `/32` ending in .0 is unusable and a `/31` .254/31 offers only .254;
 //!   it never affects IPv6. Without it, network and broadcast addresses are handed out
 //!   (192.0.2.0/24 gives .0 first).
+//! - **Special-purpose addresses** (unspecified and 0.0.0.0/8, loopback, link-local,
+//!   multicast, 255.255.255.255, `metalnet::addr::special_purpose`) are never handed out,
+//!   requested or adopted, whatever the pool says (MetalLB hands them out); they do not count
+//!   in addresses_total. A skipped block costs one step, so a pool covering 224.0.0.0/4 is fine.
 //! - **Families** come from `spec.clusterIPs`. Single stack: first pool with a candidate of that
 //!   family. RequireDualStack: first pool with a candidate of each family (both from that
 //!   pool). PreferDualStack: first pool with both; else the first pool with the primary family
@@ -46,8 +50,10 @@
 //!   (MetalLB notices that only on the Service's next reconcile; the result is the same).
 //! - PreferDualStack on a single-stack cluster (one cluster IP): one address of the cluster's
 //!   family. MetalLB may hand out two and then clear them again on the next reconcile.
-//! - Overlapping pools are rejected by config validation; if they occur anyway, the first pool
-//!   by name that contains the addresses and selects the Service owns them.
+//! - Overlapping pools are reported by config validation, and a pool in use stays in use
+//!   (`crate::pools`). Held or adopted addresses stay attributed to the pool they came from
+//!   while it contains them and selects the Service; else the requested pool; else the first
+//!   pool by name that contains them and selects the Service.
 //! - Auto-assignment with a sharing key scans the IPs already carrying that key for one whose
 //!   ports are free: linear in the number of such IPs (fine for the usual few per key).
 //!
@@ -73,8 +79,8 @@ pub use error::{AllocError, Conflict, PoolRejection, SharingRefusal};
 pub use explain::{Explanation, PoolExplanation, PoolVerdict};
 pub use request::*;
 pub use types::{
-    Assignment, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, Port, ServiceAllocation,
-    ServiceKey, ServiceRequest,
+    Assignment, Claim, FamilyRequest, IpFamily, Outcome, Pool, PoolCounters, Port,
+    ServiceAllocation, ServiceKey, ServiceRequest,
 };
 
 use runs::Runs;
@@ -121,6 +127,17 @@ impl PoolState {
             if pool.avoid_buggy_ips && r.family == IpFamily::V4 {
                 n -= count_congruent(r.lo, r.hi, 0) + count_congruent(r.lo, r.hi, 255);
             }
+            for (lo, hi) in special_blocks(r.family) {
+                let (lo, hi) = (lo.max(r.lo), hi.min(r.hi));
+                if lo > hi {
+                    continue;
+                }
+                n -= hi - lo + 1;
+                if pool.avoid_buggy_ips && r.family == IpFamily::V4 {
+                    // Already subtracted once as buggy.
+                    n += count_congruent(lo, hi, 0) + count_congruent(lo, hi, 255);
+                }
+            }
             match r.family {
                 IpFamily::V4 => counters.ipv4_addresses_total += n,
                 IpFamily::V6 => {
@@ -138,6 +155,9 @@ impl PoolState {
     /// Whether the pool offers `ip` (inside a CIDR and not skipped by avoidBuggyIPs).
     fn contains(&self, ip: &IpAddr) -> bool {
         if self.pool.avoid_buggy_ips && is_buggy(ip) {
+            return false;
+        }
+        if metalnet::addr::special_purpose(*ip).is_some() {
             return false;
         }
         let (f, v) = (IpFamily::of(ip), value(ip));
@@ -212,6 +232,23 @@ fn from_value(f: IpFamily, v: u128) -> IpAddr {
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
         IpFamily::V6 => IpAddr::V6(Ipv6Addr::from(v)),
     }
+}
+
+/// The special-purpose blocks of family `f` as integer ranges.
+fn special_blocks(f: IpFamily) -> impl Iterator<Item = (u128, u128)> {
+    metalnet::addr::SPECIAL_BLOCKS
+        .iter()
+        .filter(move |b| IpFamily::of(&b.first) == f)
+        .map(|b| (value(&b.first), value(&b.last)))
+}
+
+/// When `v` may not be handed out, the last value of the block it belongs to (for
+/// [`Runs::first_free`]): special-purpose addresses never, .0/.255 not with avoidBuggyIPs.
+fn unusable(f: IpFamily, v: u128, avoid_buggy: bool) -> Option<u128> {
+    if let Some((_, hi)) = special_blocks(f).find(|(lo, hi)| *lo <= v && v <= *hi) {
+        return Some(hi);
+    }
+    (avoid_buggy && is_buggy(&from_value(f, v))).then_some(v)
 }
 
 /// IPv4 addresses ending in .0 or .255 confuse smurf protection on some old CPE firmware.
@@ -354,10 +391,11 @@ impl Allocator {
         let keys: Vec<ServiceKey> = self.held.keys().cloned().collect();
         for key in keys {
             let ips = self.held[&key].ips.clone();
+            let from = self.held[&key].pool.clone();
             let usable = self
                 .requests
                 .get(&key)
-                .and_then(|req| self.usable_pool_for(&ips, req));
+                .and_then(|req| self.usable_pool_for(&ips, req, Some(&from)));
             match usable {
                 Some(i) => {
                     let name = self.pools[i].pool.name.clone();
@@ -388,7 +426,8 @@ impl Allocator {
         let mut previous = None;
         if let Some(held) = self.held.get(&req.key) {
             let ips = held.ips.clone();
-            match self.validate_held(req, &ips) {
+            let from = held.pool.clone();
+            match self.validate_held(req, &ips, Some(&from)) {
                 Ok(i) => return Ok(self.keep(req, ips, i)),
                 Err(reason) => {
                     tracing::info!(service = %req.key, ?ips, %reason, "releasing addresses that no longer fit");
@@ -418,6 +457,18 @@ impl Allocator {
         req: &ServiceRequest,
         ips: &[IpAddr],
     ) -> Result<Assignment, AllocError> {
+        self.adopt_claim(&Claim {
+            req: req.clone(),
+            ips: ips.to_vec(),
+            pool: None,
+            allocated_at: None,
+        })
+    }
+
+    /// [`Allocator::adopt`] with what the status says besides the addresses: the pool they
+    /// were allocated from is preferred when several pools contain them (overlapping pools).
+    pub fn adopt_claim(&mut self, claim: &Claim) -> Result<Assignment, AllocError> {
+        let (req, ips) = (&claim.req, &claim.ips);
         self.requests.insert(req.key.clone(), req.clone());
         self.release_inner(&req.key);
         validate_requested(req)?;
@@ -425,7 +476,7 @@ impl Allocator {
             return Err(AllocError::NothingToAdopt);
         }
         let ips: Vec<IpAddr> = ips.iter().map(|ip| ip.to_canonical()).collect();
-        let i = self.validate_held(req, &ips)?;
+        let i = self.validate_held(req, &ips, claim.pool.as_deref())?;
         self.take(req, ips.clone(), i);
         Ok(Assignment {
             ips,
@@ -437,18 +488,41 @@ impl Allocator {
     /// Adopt many Services, most addresses first, then by key (MetalLB's restart order).
     pub fn adopt_all(
         &mut self,
-        mut items: Vec<(ServiceRequest, Vec<IpAddr>)>,
+        items: Vec<(ServiceRequest, Vec<IpAddr>)>,
     ) -> Vec<(ServiceKey, Result<Assignment, AllocError>)> {
-        items.sort_by(|a, b| {
-            b.1.len()
-                .cmp(&a.1.len())
-                .then_with(|| a.0.key.cmp(&b.0.key))
+        self.adopt_claims(
+            items
+                .into_iter()
+                .map(|(req, ips)| Claim {
+                    req,
+                    ips,
+                    pool: None,
+                    allocated_at: None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Adopt many claims. When two claim one address (a status left behind by a deleted
+    /// Service, now back under the same name), the most recent allocation wins: it is the
+    /// current holder. Then most addresses first, then by key (MetalLB's restart order).
+    /// Claims without a time come after those with one.
+    pub fn adopt_claims(
+        &mut self,
+        mut claims: Vec<Claim>,
+    ) -> Vec<(ServiceKey, Result<Assignment, AllocError>)> {
+        claims.sort_by(|a, b| {
+            let recency = |c: &Claim| std::cmp::Reverse(c.allocated_at.map_or(i128::MIN, |t| t));
+            recency(a)
+                .cmp(&recency(b))
+                .then_with(|| b.ips.len().cmp(&a.ips.len()))
+                .then_with(|| a.req.key.cmp(&b.req.key))
         });
-        items
+        claims
             .into_iter()
-            .map(|(req, ips)| {
-                let r = self.adopt(&req, &ips);
-                (req.key, r)
+            .map(|c| {
+                let r = self.adopt_claim(&c);
+                (c.req.key, r)
             })
             .collect()
     }
@@ -488,8 +562,13 @@ impl Allocator {
         }
     }
 
-    /// Whether `ips` (held, or to adopt) still fit `req`; the pool index if so.
-    fn validate_held(&self, req: &ServiceRequest, ips: &[IpAddr]) -> Result<usize, AllocError> {
+    /// Whether `ips` (held, or to adopt, from pool `from`) still fit `req`; the pool index if so.
+    fn validate_held(
+        &self,
+        req: &ServiceRequest,
+        ips: &[IpAddr],
+        from: Option<&str>,
+    ) -> Result<usize, AllocError> {
         if !req.families.accepts(ips) {
             return Err(AllocError::FamilyChanged {
                 ips: ips.to_vec(),
@@ -497,7 +576,7 @@ impl Allocator {
             });
         }
         let i = self
-            .usable_pool_for(ips, req)
+            .usable_pool_for(ips, req, from)
             .ok_or_else(|| AllocError::LeftPools { ips: ips.to_vec() })?;
         let name = &self.pools[i].pool.name;
         if let Some(rp) = &req.requested_pool
@@ -525,11 +604,26 @@ impl Allocator {
         Ok(i)
     }
 
-    /// The first pool (by name) containing all `ips` that selects `req`.
-    fn usable_pool_for(&self, ips: &[IpAddr], req: &ServiceRequest) -> Option<usize> {
-        self.pools
-            .iter()
-            .position(|p| ips.iter().all(|ip| p.contains(ip)) && p.selection_problem(req).is_none())
+    /// The pool to attribute `ips` to for `req`, among those containing all of them that
+    /// select it: the one they came from (`from`) when it still qualifies, so a new pool
+    /// overlapping an old one takes nothing away; else the requested pool; else the first by
+    /// name.
+    fn usable_pool_for(
+        &self,
+        ips: &[IpAddr],
+        req: &ServiceRequest,
+        from: Option<&str>,
+    ) -> Option<usize> {
+        let fits = |i: usize| {
+            let p = &self.pools[i];
+            ips.iter().all(|ip| p.contains(ip)) && p.selection_problem(req).is_none()
+        };
+        [from, req.requested_pool.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.pool_index.get(name).copied())
+            .find(|i| fits(*i))
+            .or_else(|| (0..self.pools.len()).find(|i| fits(*i)))
     }
 
     /// May `req` use `ip`, given its other holders?
@@ -589,11 +683,11 @@ impl Allocator {
         };
         for r in pool.ranges.iter().filter(|r| r.family == f) {
             let free = self.used[f.index()]
-                .first_free(r.lo, r.hi, |v| avoid && is_buggy(&from_value(f, v)))
+                .first_free(r.lo, r.hi, |v| unusable(f, v, avoid))
                 .map(|v| from_value(f, v));
             let joinable = shared.and_then(|set| {
                 set.range(from_value(f, r.lo)..=from_value(f, r.hi))
-                    .find(|ip| !(avoid && is_buggy(ip)) && self.check_ip(ip, req).is_ok())
+                    .find(|ip| pool.contains(ip) && self.check_ip(ip, req).is_ok())
                     .copied()
             });
             let best = match (free, joinable) {

@@ -55,13 +55,14 @@ impl Runs {
         }
     }
 
-    /// The lowest value in `[lo, hi]` that is not in the set and not `skip`ped.
-    /// `skip` must reject only isolated values (it does: .0/.255 come at most two in a row).
+    /// The lowest value in `[lo, hi]` that is not in the set and not `skip`ped. `skip(v)`
+    /// returns the last value of the skipped block containing `v` (at least `v`), so a
+    /// skipped block costs one call whatever its size.
     pub(crate) fn first_free(
         &self,
         lo: u128,
         hi: u128,
-        skip: impl Fn(u128) -> bool,
+        skip: impl Fn(u128) -> Option<u128>,
     ) -> Option<u128> {
         let mut c = lo;
         loop {
@@ -72,8 +73,8 @@ impl Runs {
                 c = end.checked_add(1)?;
                 continue;
             }
-            if skip(c) {
-                c = c.checked_add(1)?;
+            if let Some(last) = skip(c) {
+                c = last.max(c).checked_add(1)?;
                 continue;
             }
             return Some(c);
@@ -97,20 +98,21 @@ mod tests {
             r.insert(v);
         }
         assert_eq!(r.run_count(), 2);
-        assert_eq!(r.first_free(0, 10, |_| false), Some(0));
-        assert_eq!(r.first_free(1, 10, |_| false), Some(3));
-        assert_eq!(r.first_free(5, 10, |_| false), Some(8));
-        assert_eq!(r.first_free(5, 7, |_| false), None);
+        assert_eq!(r.first_free(0, 10, |_| None), Some(0));
+        assert_eq!(r.first_free(1, 10, |_| None), Some(3));
+        assert_eq!(r.first_free(5, 10, |_| None), Some(8));
+        assert_eq!(r.first_free(5, 7, |_| None), None);
         r.remove(6);
         assert_eq!(r.run_count(), 3);
-        assert_eq!(r.first_free(5, 10, |_| false), Some(6));
-        assert_eq!(r.first_free(8, 10, |v| v == 8), Some(9));
+        assert_eq!(r.first_free(5, 10, |_| None), Some(6));
+        assert_eq!(r.first_free(8, 10, |v| (v == 8).then_some(v)), Some(9));
+        assert_eq!(r.first_free(0, 10, |v| (v < 4).then_some(3)), Some(4));
         r.insert(u128::MAX);
         assert_eq!(
-            r.first_free(u128::MAX - 1, u128::MAX, |_| false),
+            r.first_free(u128::MAX - 1, u128::MAX, |_| None),
             Some(u128::MAX - 1)
         );
-        assert_eq!(r.first_free(u128::MAX, u128::MAX, |_| false), None);
+        assert_eq!(r.first_free(u128::MAX, u128::MAX, |_| None), None);
         r.remove(u128::MAX);
         r.insert(0);
         assert!(r.contains(0) && r.contains(1) && !r.contains(3));

@@ -1079,3 +1079,49 @@ mod props {
         }
     }
 }
+
+// ------------------------------------------------------------ special-purpose addresses
+
+#[test]
+fn special_purpose_addresses_are_never_assigned() {
+    let mut a = alloc_with(vec![
+        pool("a-bcast", &["255.255.255.254/31"]),
+        pool("b-zero", &["0.0.0.0/31"]),
+        pool("c-lo", &["127.0.0.1/32"]),
+        pool("d-mcast", &["224.0.0.0/4", "192.0.2.7/32"]),
+        pool(
+            "e-v6",
+            &["::/127", "ff02::1/128", "fe80::/126", "2001:db8::5/128"],
+        ),
+    ]);
+    let mut got_v4 = Vec::new();
+    for i in 0..4 {
+        match a.assign(&svc("ns", &format!("s{i}"))) {
+            Ok(x) => got_v4.extend(x.ips),
+            Err(_) => break,
+        }
+    }
+    a.check_consistency().unwrap();
+    assert_eq!(
+        got_v4,
+        ips(&["255.255.255.254", "192.0.2.7"]),
+        "0.0.0.0/8 is skipped, and the multicast /4 in one step"
+    );
+    assert_eq!(got(&mut a, &svc6("ns", "v6")), ips(&["2001:db8::5"]));
+    assert!(a.assign(&svc6("ns", "v6b")).is_err());
+    let c = a.counters("a-bcast").unwrap();
+    assert_eq!(c.ipv4_addresses_total, 1);
+    assert_eq!(a.counters("b-zero").unwrap().ipv4_addresses_total, 0);
+    assert_eq!(a.counters("d-mcast").unwrap().ipv4_addresses_total, 1);
+    assert_eq!(a.counters("e-v6").unwrap().ipv6_addresses_total, 1);
+
+    // Asking for one by name, or holding one from before, does not work either.
+    let mut wants = svc("ns", "wants-lo");
+    wants.requested_ips = ips(&["127.0.0.1"]);
+    assert!(matches!(
+        err(&mut a, &wants),
+        AllocError::AddressNotInAnyPool { .. }
+    ));
+    let mut fresh = alloc_with(vec![pool("b-zero", &["0.0.0.0/30"])]);
+    assert!(fresh.adopt(&svc("ns", "old"), &ips(&["0.0.0.0"])).is_err());
+}

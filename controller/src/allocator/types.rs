@@ -292,3 +292,15 @@ impl PoolCounters {
         self.ipv4_addresses_in_use + self.ipv6_addresses_in_use
     }
 }
+
+/// An address a Service's status says it holds, to adopt (see [`crate::allocator::Allocator::adopt_claims`]).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub req: ServiceRequest,
+    pub ips: Vec<IpAddr>,
+    /// The pool the addresses were allocated from (the `metallb.io/ip-allocated-from-pool`
+    /// annotation), preferred when several pools contain them.
+    pub pool: Option<String>,
+    /// When they were allocated (nanoseconds since the Unix epoch), if recorded.
+    pub allocated_at: Option<i128>,
+}
