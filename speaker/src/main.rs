@@ -191,6 +191,10 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
             .await
             .context("loading the cluster state")?,
     );
+    // Two speakers with one --node-name would both answer for that node's addresses.
+    let _lock = state
+        .lock(&format!("speaker-{node}"))
+        .with_context(|| format!("another speaker runs with --node-name {node}"))?;
     let metrics = Arc::new(Metrics::default());
     let health = Health::default();
     if let Some(addr) = cli.common.metrics_addr(METRICS_PORT)? {
