@@ -14,6 +14,9 @@ use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
 use metalnet_controller::reconcile::Options;
 use metalnet_controller::{explain, metrics::Metrics, run};
 
+/// The lock that keeps a second controller on the same state directory standing by.
+const LOCK: &str = "controller";
+
 /// The controller's metrics port (MetalLB's controller uses 7472 too).
 const METRICS_PORT: u16 = 7472;
 
@@ -141,7 +144,11 @@ async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::
         .cluster_state(run::KINDS)
         .await
         .context("reading the cluster state")?;
+    // One controller writes at a time: two would double every write and every Event count.
     if once {
+        let _lock = state
+            .lock(LOCK)
+            .context("another controller is running on this state directory")?;
         run::reconcile_once(&state, opts, &shutdown).await?;
         return Ok(());
     }
@@ -153,6 +160,13 @@ async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
+    // A second controller stands by (not ready) until the first one goes away.
+    let holding = health.condition("lock");
+    let _lock = tokio::select! {
+        lock = state.lock_wait(LOCK) => lock.context("taking the controller lock")?,
+        _ = shutdown.wait() => return Ok(()),
+    };
+    holding.set(true);
     run::run(&state, opts, &metrics, &health, &shutdown).await;
     Ok(())
 }

@@ -22,6 +22,23 @@ use crate::members::{Gossip, GossipOptions, Seed};
 use crate::metrics::{AnnouncedLabels, Metrics};
 use crate::status::{Failures, L2StatusPlanner, Round};
 
+/// The kinds the speaker reads (and the status objects and Events it writes).
+pub const KINDS: [Kind; 12] = [
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Node,
+    Kind::IPAddressPool,
+    Kind::L2Advertisement,
+    Kind::ServiceL2Status,
+    Kind::Event,
+    // BGP mode
+    Kind::BGPPeer,
+    Kind::BGPAdvertisement,
+    Kind::Community,
+    Kind::Secret,
+    Kind::ServiceBGPStatus,
+];
+
 /// Gossip settings from the flags.
 #[derive(Clone, Debug)]
 pub struct GossipSettings {

@@ -133,22 +133,6 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| e.to_string())
 }
 
-const KINDS: [Kind; 12] = [
-    Kind::Service,
-    Kind::EndpointSlice,
-    Kind::Node,
-    Kind::IPAddressPool,
-    Kind::L2Advertisement,
-    Kind::ServiceL2Status,
-    Kind::Event,
-    // BGP mode
-    Kind::BGPPeer,
-    Kind::BGPAdvertisement,
-    Kind::Community,
-    Kind::Secret,
-    Kind::ServiceBGPStatus,
-];
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -187,10 +171,14 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
     let node = cli.common.node_name()?.to_string();
     let state = Arc::new(
         cli.common
-            .cluster_state(KINDS)
+            .cluster_state(metalnet_speaker::daemon::KINDS)
             .await
             .context("loading the cluster state")?,
     );
+    // Two speakers with one --node-name would both answer for that node's addresses.
+    let _lock = state
+        .lock(&format!("speaker-{node}"))
+        .with_context(|| format!("another speaker runs with --node-name {node}"))?;
     let metrics = Arc::new(Metrics::default());
     let health = Health::default();
     if let Some(addr) = cli.common.metrics_addr(METRICS_PORT)? {
@@ -244,7 +232,7 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
     };
     let state = cli
         .common
-        .cluster_state(KINDS)
+        .cluster_state(metalnet_speaker::daemon::KINDS)
         .await
         .context("loading the cluster state")?;
     let snapshot = state.snapshot();

@@ -112,6 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .cluster_state([Kind::Node])
         .await
         .context("starting the cluster state")?;
+    // Two agents for one node would fight over its device, routes and annotations.
+    let _lock = state
+        .lock(&format!("vxlan-{node}"))
+        .context("another metalnet-vxlan runs for this node")?;
     let kernel = Kernel::new(Netlink::connect()?, RTPROT_METALNET_VXLAN);
     let cfg = AgentConfig {
         node,

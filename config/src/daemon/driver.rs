@@ -258,12 +258,24 @@ impl<R: Reconcile> Driver<R> {
         let mut first = true;
         let mut snapshot = state.snapshot();
         let mut changed: BTreeSet<ObjectRef> = BTreeSet::new();
+        // Never ready while blind: a state directory that vanished keeps its last state in
+        // force, but nothing new is seen until it is back.
+        let mut attached = state.attached();
+        let mut ready = false;
         loop {
             let next_retry = self.retries.values().map(|r| r.due).min();
             let mut external = false;
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
+                r = attached.changed() => {
+                    if r.is_err() {
+                        // The backend is gone with its sender; nothing will change any more.
+                        attached = tokio::sync::watch::Sender::new(false).subscribe();
+                    }
+                    self.set_ready(ready && *attached.borrow());
+                    continue;
+                }
                 u = sub.next() => {
                     snapshot = u.snapshot;
                     changed.extend(u.changed.into_iter().filter(|o| !ignored.contains(&o.kind)));
@@ -286,6 +298,8 @@ impl<R: Reconcile> Driver<R> {
                 .pass(&snapshot, (!first).then_some(&c), due, external)
                 .await;
             first = false;
+            ready = self.reconciler.ready() && !self.shutdown.requested();
+            self.set_ready(ready && *attached.borrow());
             if report.abandoned > 0 {
                 tracing::info!(
                     r#loop = name,
@@ -388,10 +402,13 @@ impl<R: Reconcile> Driver<R> {
                 .set(self.retries.len() as i64);
         }
         self.reconciler.finished(&report);
-        if let Some(r) = &self.readiness {
-            r.set(self.reconciler.ready() && !self.shutdown.requested());
-        }
         report
+    }
+
+    fn set_ready(&self, ready: bool) {
+        if let Some(r) = &self.readiness {
+            r.set(ready);
+        }
     }
 
     fn count(&self, name: &str, result: &str) {
@@ -525,6 +542,49 @@ mod tests {
             .expect("stops on shutdown")
             .unwrap();
         assert!(!health.is_ready(), "not ready once stopped");
+    }
+
+    /// A state directory deleted and put back: not ready while it is gone (the daemon is
+    /// blind), ready again once it is watched again.
+    #[tokio::test]
+    async fn never_ready_while_the_state_directory_is_gone() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("s.yaml"), service("web")).unwrap();
+        let state = Arc::new(
+            ClusterState::start(Source::Dir(dir.clone()), [Kind::Service])
+                .await
+                .unwrap(),
+        );
+        let health = crate::daemon::Health::default();
+        let shutdown = Shutdown::new();
+        let driver = Driver::new(Echo {
+            fail: Arc::default(),
+            tried: Arc::default(),
+        })
+        .shutdown(shutdown.clone())
+        .readiness(health.condition("echo"));
+        let s = state.clone();
+        let task = tokio::spawn(async move { driver.run(&s).await });
+        let until = |want: bool| {
+            let health = health.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while health.is_ready() != want {
+                    assert!(Instant::now() < deadline, "readiness never became {want}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        until(true).await;
+        let aside = parent.path().join("aside");
+        std::fs::rename(&dir, &aside).unwrap();
+        until(false).await;
+        std::fs::rename(&aside, &dir).unwrap();
+        until(true).await;
+        shutdown.request("test");
+        task.await.unwrap();
     }
 
     #[test]
