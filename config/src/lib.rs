@@ -12,3 +12,4 @@ pub mod netlink;
 pub mod state;
 pub mod telemetry;
 pub mod validate;
+pub mod wire;
