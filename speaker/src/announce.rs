@@ -16,10 +16,12 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use crate::arp::{self, ArpOp, BROADCAST, Mac};
+use metalnet::wire::arp::{self, ArpFrame, Operation};
+use metalnet::wire::ndp::{self, Icmpv6Type, NdiscRepr, NdpFrame};
+use metalnet::wire::{EtherType, L2Error, Mac};
+
 use crate::election::Interfaces;
 use crate::metrics::{InterfaceLabel, Metrics, ip_label};
-use crate::ndp;
 
 /// Gratuitous announcements on takeover: at once, then every 1.1 s while within 5 s (as
 /// MetalLB), so hosts that missed one still move.
@@ -28,8 +30,6 @@ pub const GRATUITOUS_WINDOW: Duration = Duration::from_secs(5);
 /// How often interfaces are re-listed (new, gone, changed MAC).
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
 const PACKET_OUTGOING: u8 = 4;
 
 /// What to do with a received frame (pure decision, see [`decide_arp`] / [`decide_ndp`]).
@@ -38,7 +38,7 @@ pub enum Decision {
     /// Not for us (another address, a reply, our own frame, ...).
     Ignore,
     /// Malformed: dropped and counted.
-    Malformed(arp::FrameError),
+    Malformed(L2Error),
     /// A request for an announced address: send `frame`.
     Answer { ip: IpAddr, frame: Vec<u8> },
     /// Another station announces an address we announce (a gratuitous ARP or unsolicited
@@ -51,32 +51,32 @@ pub type Table = HashMap<IpAddr, Interfaces>;
 
 /// Decides about an ARP frame received on `link`.
 pub fn decide_arp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-    let (eth, pkt) = match arp::parse_frame(frame) {
+    let ArpFrame { ethernet: eth, arp: pkt } = match ArpFrame::parse(frame) {
         Ok(p) => p,
         Err(e) => return Decision::Malformed(e),
     };
-    if pkt.sender_mac != mac && eth.src != mac {
-        let sender = IpAddr::V4(pkt.sender_ip);
+    if pkt.source_hardware_addr != mac && eth.src_addr != mac {
+        let sender = IpAddr::V4(pkt.source_protocol_addr);
         if table.get(&sender).is_some_and(|ifs| ifs.allows(link)) {
             return Decision::Claimed {
                 ip: sender,
-                mac: pkt.sender_mac,
+                mac: pkt.source_hardware_addr,
             };
         }
     }
     // Only requests to broadcast or to us (unicast refreshes); never our own frames.
-    if pkt.op != ArpOp::Request
-        || (eth.dst != BROADCAST && eth.dst != mac)
-        || eth.src == mac
-        || pkt.sender_mac == mac
+    if pkt.operation != Operation::Request
+        || (!eth.dst_addr.is_broadcast() && eth.dst_addr != mac)
+        || eth.src_addr == mac
+        || pkt.source_hardware_addr == mac
     {
         return Decision::Ignore;
     }
-    let ip = IpAddr::V4(pkt.target_ip);
+    let ip = IpAddr::V4(pkt.target_protocol_addr);
     match table.get(&ip) {
         Some(ifs) if ifs.allows(link) => Decision::Answer {
             ip,
-            frame: arp::reply_to(&pkt, mac),
+            frame: arp::reply_to(&pkt, mac).emit(),
         },
         _ => Decision::Ignore,
     }
@@ -85,31 +85,27 @@ pub fn decide_arp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision
 /// Decides about an IPv6 frame (expected to be a Neighbor Solicitation or Advertisement)
 /// received on `link`.
 pub fn decide_ndp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-    match ndp::parse_advertisement(frame) {
-        Ok(Some(claim)) => {
-            let by = claim.target_ll.unwrap_or(claim.eth_src);
-            let ip = IpAddr::V6(claim.target);
-            if by != mac && claim.eth_src != mac && table.get(&ip).is_some_and(|i| i.allows(link)) {
-                return Decision::Claimed { ip, mac: by };
-            }
-            return Decision::Ignore;
-        }
-        Ok(None) => {}
-        Err(e) => return Decision::Malformed(e),
-    }
-    let ns = match ndp::parse_solicitation(frame) {
-        Ok(Some(ns)) => ns,
+    let nd = match NdpFrame::parse(frame) {
+        Ok(Some(nd)) => nd,
         Ok(None) => return Decision::Ignore,
         Err(e) => return Decision::Malformed(e),
     };
-    if ns.eth_src == mac {
+    let eth_src = nd.ethernet.src_addr;
+    let ip = IpAddr::V6(nd.ndisc.target_addr());
+    if let NdiscRepr::NeighborAdvert { lladdr, .. } = nd.ndisc {
+        let by = lladdr.unwrap_or(eth_src);
+        if by != mac && eth_src != mac && table.get(&ip).is_some_and(|i| i.allows(link)) {
+            return Decision::Claimed { ip, mac: by };
+        }
         return Decision::Ignore;
     }
-    let ip = IpAddr::V6(ns.target);
+    if eth_src == mac {
+        return Decision::Ignore;
+    }
     match table.get(&ip) {
         Some(ifs) if ifs.allows(link) => Decision::Answer {
             ip,
-            frame: ndp::answer(&ns, mac),
+            frame: ndp::answer(&nd, mac).emit(),
         },
         _ => Decision::Ignore,
     }
@@ -303,7 +299,7 @@ impl Layer2 {
                     Ok(link) => {
                         let link = Arc::new(link);
                         let task = tokio::spawn(receive_loop(self.inner.clone(), link.clone()));
-                        tracing::info!(interface = %info.name, index = info.index, mac = %arp::mac_to_string(&info.mac), "answering ARP/NDP on interface");
+                        tracing::info!(interface = %info.name, index = info.index, mac = %info.mac, "answering ARP/NDP on interface");
                         links.insert(
                             info.name.clone(),
                             LinkEntry {
@@ -455,9 +451,12 @@ fn send_gratuitous_on(metrics: &Metrics, link: &Link, ip: IpAddr) {
     let frames: Vec<(RawFd, Vec<u8>)> = match ip {
         IpAddr::V4(v4) => arp::gratuitous(v4, link.info.mac)
             .into_iter()
-            .map(|f| (link.arp.as_raw_fd(), f))
+            .map(|f| (link.arp.as_raw_fd(), f.emit()))
             .collect(),
-        IpAddr::V6(v6) => vec![(link.nd.as_raw_fd(), ndp::unsolicited(v6, link.info.mac))],
+        IpAddr::V6(v6) => vec![(
+            link.nd.as_raw_fd(),
+            ndp::unsolicited(v6, link.info.mac).emit(),
+        )],
     };
     for (fd, frame) in frames {
         match send(fd, &frame) {
@@ -533,13 +532,13 @@ fn drain(
                 if inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
                     let removed = inner.table.write().unwrap().remove(&ip).is_some();
                     if removed {
-                        tracing::info!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "taken over by the next node, stopped answering");
+                        tracing::info!(%ip, by = %mac, interface = %link.info.name, "taken over by the next node, stopped answering");
                         if let Some(t) = inner.gratuitous.lock().unwrap().remove(&ip) {
                             t.abort();
                         }
                     }
                 } else {
-                    tracing::warn!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "another station announces an address this node announces");
+                    tracing::warn!(%ip, by = %mac, interface = %link.info.name, "another station announces an address this node announces");
                 }
             }
             Decision::Answer { ip, frame } => {
@@ -581,12 +580,12 @@ fn ns_filter() -> [libc::sock_filter; 9] {
     const RET_K: u16 = 0x06;
     [
         op(LD_H_ABS, 0, 0, 12),
-        op(JEQ_K, 0, 6, u32::from(ETH_P_IPV6)),
+        op(JEQ_K, 0, 6, u32::from(u16::from(EtherType::Ipv6))),
         op(LD_B_ABS, 0, 0, 20),
         op(JEQ_K, 0, 4, 58),
         op(LD_B_ABS, 0, 0, 54),
-        op(JEQ_K, 1, 0, u32::from(ndp::TYPE_NS)),
-        op(JEQ_K, 0, 1, u32::from(ndp::TYPE_NA)),
+        op(JEQ_K, 1, 0, u32::from(u8::from(Icmpv6Type::NeighborSolicit))),
+        op(JEQ_K, 0, 1, u32::from(u8::from(Icmpv6Type::NeighborAdvert))),
         op(RET_K, 0, 0, 0xffff),
         op(RET_K, 0, 0, 0),
     ]
@@ -650,8 +649,8 @@ fn packet_socket(
 }
 
 fn open_link(info: &LinkInfo) -> io::Result<Link> {
-    let arp = packet_socket(info.index, ETH_P_ARP, None)?;
-    let nd = packet_socket(info.index, ETH_P_IPV6, Some(&ns_filter()))?;
+    let arp = packet_socket(info.index, EtherType::Arp.into(), None)?;
+    let nd = packet_socket(info.index, EtherType::Ipv6.into(), Some(&ns_filter()))?;
     Ok(Link {
         info: info.clone(),
         // SAFETY: OwnedFd keeps the descriptor open and unchanged for the AsyncFd's life.
@@ -668,7 +667,7 @@ fn membership(fd: RawFd, index: u32, group: &Ipv6Addr, add: bool) -> io::Result<
     mreq.mr_ifindex = index as i32;
     mreq.mr_type = libc::PACKET_MR_MULTICAST as u16;
     mreq.mr_alen = 6;
-    mreq.mr_address[..6].copy_from_slice(&ndp::multicast_mac(*group));
+    mreq.mr_address[..6].copy_from_slice(&ndp::multicast_mac(*group).0);
     let opt = if add {
         libc::PACKET_ADD_MEMBERSHIP
     } else {
@@ -827,7 +826,7 @@ fn link_info(sock: RawFd, index: u32, name: &str) -> Option<Result<LinkInfo, Lin
     Some(Ok(LinkInfo {
         name: name.to_string(),
         index,
-        mac,
+        mac: Mac(mac),
     }))
 }
 
@@ -847,24 +846,29 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    const ME: Mac = [0x02, 0, 0, 0, 0, 1];
-    const CLIENT: Mac = [0x02, 0, 0, 0, 0, 0x64];
+    use metalnet::wire::EthernetRepr;
+    use metalnet::wire::arp::ArpRepr;
+
+    const ME: Mac = Mac([0x02, 0, 0, 0, 0, 1]);
+    const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0, 0x64]);
+    const BROADCAST: Mac = Mac::BROADCAST;
 
     fn arp_request(dst: Mac, target: Ipv4Addr) -> Vec<u8> {
-        arp::emit_frame(
-            &arp::Ethernet {
-                dst,
-                src: CLIENT,
-                ethertype: arp::ETHERTYPE_ARP,
+        ArpFrame {
+            ethernet: EthernetRepr {
+                dst_addr: dst,
+                src_addr: CLIENT,
+                ethertype: EtherType::Arp,
             },
-            &arp::Arp {
-                op: ArpOp::Request,
-                sender_mac: CLIENT,
-                sender_ip: Ipv4Addr::new(192, 0, 2, 100),
-                target_mac: [0; 6],
-                target_ip: target,
+            arp: ArpRepr {
+                operation: Operation::Request,
+                source_hardware_addr: CLIENT,
+                source_protocol_addr: Ipv4Addr::new(192, 0, 2, 100),
+                target_hardware_addr: Mac::ZERO,
+                target_protocol_addr: target,
             },
-        )
+        }
+        .emit()
     }
 
     fn table() -> Table {
@@ -884,8 +888,15 @@ mod tests {
         match decide_arp(&arp_request(BROADCAST, vip), "eth0", ME, &t) {
             Decision::Answer { ip, frame } => {
                 assert_eq!(ip, IpAddr::V4(vip));
-                let (eth, a) = arp::parse_frame(&frame).unwrap();
-                assert_eq!((eth.dst, a.sender_mac, a.sender_ip), (CLIENT, ME, vip));
+                let f = ArpFrame::parse(&frame).unwrap();
+                assert_eq!(
+                    (
+                        f.ethernet.dst_addr,
+                        f.arp.source_hardware_addr,
+                        f.arp.source_protocol_addr
+                    ),
+                    (CLIENT, ME, vip)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -895,7 +906,7 @@ mod tests {
             Decision::Answer { .. }
         ));
         assert_eq!(
-            decide_arp(&arp_request([2, 9, 9, 9, 9, 9], vip), "eth0", ME, &t),
+            decide_arp(&arp_request(Mac([2, 9, 9, 9, 9, 9]), vip), "eth0", ME, &t),
             Decision::Ignore
         );
         // Another address, or an address restricted to another interface.
@@ -952,10 +963,10 @@ mod tests {
     #[test]
     fn bpf_filter_passes_ns_and_na_only() {
         let prog = ns_filter();
-        let na = ndp::unsolicited("2001:db8::200".parse().unwrap(), ME);
+        let na = ndp::unsolicited("2001:db8::200".parse().unwrap(), ME).emit();
         assert_eq!(run_filter(&prog, &na), 0xffff);
         let mut ns = na.clone();
-        ns[54] = ndp::TYPE_NS;
+        ns[54] = Icmpv6Type::NeighborSolicit.into();
         assert_eq!(run_filter(&prog, &ns), 0xffff);
         let mut echo = na.clone();
         echo[54] = 128;
@@ -977,7 +988,7 @@ mod tests {
         let [req, reply] = arp::gratuitous(vip, CLIENT);
         for f in [req, reply] {
             assert_eq!(
-                decide_arp(&f, "eth0", ME, &t),
+                decide_arp(&f.emit(), "eth0", ME, &t),
                 Decision::Claimed {
                     ip: IpAddr::V4(vip),
                     mac: CLIENT
@@ -986,19 +997,19 @@ mod tests {
         }
         // Our own announcement is not a claim.
         let [req, _] = arp::gratuitous(vip, ME);
-        assert_eq!(decide_arp(&req, "eth0", ME, &t), Decision::Ignore);
+        assert_eq!(decide_arp(&req.emit(), "eth0", ME, &t), Decision::Ignore);
         let mut t6 = Table::new();
         let v6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
         t6.insert(IpAddr::V6(v6), Interfaces::All);
         assert_eq!(
-            decide_ndp(&ndp::unsolicited(v6, CLIENT), "eth0", ME, &t6),
+            decide_ndp(&ndp::unsolicited(v6, CLIENT).emit(), "eth0", ME, &t6),
             Decision::Claimed {
                 ip: IpAddr::V6(v6),
                 mac: CLIENT
             }
         );
         assert_eq!(
-            decide_ndp(&ndp::unsolicited(v6, ME), "eth0", ME, &t6),
+            decide_ndp(&ndp::unsolicited(v6, ME).emit(), "eth0", ME, &t6),
             Decision::Ignore
         );
     }
