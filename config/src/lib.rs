@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod model;
 pub mod netlink;
 pub mod state;
+pub mod sys;
 pub mod telemetry;
 pub mod validate;
 pub mod wire;

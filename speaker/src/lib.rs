@@ -8,6 +8,8 @@
 //! announce a Service. BGP mode: [`bgp`] (planning, one session per BGPPeer,
 //! ServiceBGPStatus, `metallb_bgp_*` metrics, explain).
 
+#![forbid(unsafe_code)]
+
 pub mod announce;
 // BGP mode (issue 6).
 pub mod bgp;
@@ -15,4 +17,5 @@ pub mod election;
 pub mod explain;
 pub mod members;
 pub mod metrics;
+pub mod ratelimit;
 pub mod status;

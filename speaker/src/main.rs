@@ -1,5 +1,7 @@
 //! metalnet-speaker: per node, announces the LoadBalancer addresses the controller assigned.
 
+#![forbid(unsafe_code)]
+
 mod run;
 
 use std::collections::BTreeSet;

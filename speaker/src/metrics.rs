@@ -27,6 +27,16 @@ pub struct InterfaceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabel {
     pub node: String,
 }
@@ -46,6 +56,10 @@ pub struct Metrics {
     pub responses_sent: Family<IpLabel, Counter>,
     pub gratuitous_sent: Family<IpLabel, Counter>,
     pub malformed_frames: Family<InterfaceLabel, Counter>,
+    /// Received frames not acted on because they break a rule of their protocol, by reason.
+    pub frames_dropped: Family<ReasonLabel, Counter>,
+    /// Warnings not logged because the same one was logged recently, by event.
+    pub warnings_suppressed: Family<EventLabel, Counter>,
     pub members: Family<NodeLabel, Gauge>,
     pub members_count: Gauge,
     pub announced: Family<AnnouncedLabels, Gauge>,
@@ -80,6 +94,16 @@ impl Metrics {
             "metalnet_layer2_malformed_frames",
             "ARP and neighbor solicitation frames dropped as malformed",
             self.malformed_frames.clone(),
+        );
+        registry.register(
+            "metalnet_speaker_frames_dropped",
+            "ARP and neighbor discovery frames dropped without an answer, by reason",
+            self.frames_dropped.clone(),
+        );
+        registry.register(
+            "metalnet_speaker_log_warnings_suppressed",
+            "Repeated warnings not logged (at most one per event and key every 10 s)",
+            self.warnings_suppressed.clone(),
         );
         registry.register(
             MEMBER_METRIC,
@@ -147,5 +171,16 @@ mod tests {
         assert_eq!(parse_members(&text), live);
         assert!(text.contains("metallb_layer2_requests_received_total{ip=\"192.0.2.200\"} 1"));
         assert!(text.contains("metalnet_speaker_members 2"));
+        m.frames_dropped
+            .get_or_create(&ReasonLabel {
+                reason: "vlan_tagged".into(),
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("metalnet_speaker_frames_dropped_total{reason=\"vlan_tagged\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -515,7 +515,10 @@ impl Netlink {
             NeighbourFlags::Own,
         );
         self.ack(
-            format!("set fdb entry {} dst {dst} on link #{index}", crate::wire::Mac(mac)),
+            format!(
+                "set fdb entry {} dst {dst} on link #{index}",
+                crate::wire::Mac(mac)
+            ),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
         )

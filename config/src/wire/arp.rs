@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn construct() {
         let bytes = hex(fixtures::KERNEL_ARP_REPLY);
-        let mut out = vec![0u8; PACKET_LEN];
+        let mut out = [0u8; PACKET_LEN];
         let mut p = Packet::new_unchecked(&mut out[..]);
         p.set_hardware_type(Hardware::Ethernet);
         p.set_protocol_type(EtherType::Ipv4);

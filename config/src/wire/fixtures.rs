@@ -36,7 +36,7 @@ pub const ALL: [&str; 6] = [
 
 /// The bytes of a hex fixture; panics on a malformed constant (test data only).
 pub fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex fixture");
+    assert!(s.len().is_multiple_of(2), "odd hex fixture");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex fixture"))

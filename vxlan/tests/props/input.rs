@@ -400,7 +400,7 @@ proptest! {
         ],
         m in any::<[u8; 6]>(),
     ) {
-        if let Some(mac) = s.parse::<Mac>().ok() {
+        if let Ok(mac) = s.parse::<Mac>() {
             prop_assert_eq!(mac.to_string(), s.to_ascii_lowercase());
         }
         prop_assert_eq!(Mac(m).to_string().parse::<Mac>().ok(), Some(Mac(m)));
