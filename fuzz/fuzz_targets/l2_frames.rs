@@ -1,0 +1,98 @@
+//! ARP and neighbor discovery frames, as any host on the segment can send them, through the
+//! wire parsers and the speaker's pure decisions. The first byte is a selector: bit 0 puts
+//! the frame's own target address in the announced table (so the answer paths run), bit 1
+//! marks the frame as VLAN-tagged by the kernel. The rest is the frame.
+//!
+//! Checked: nothing panics; what parses re-emits to bytes that parse to the same thing; an
+//! answer is a well-formed frame from our MAC to a unicast station (or, for a duplicate
+//! address detection probe, to all nodes), never to a tagged frame.
+#![no_main]
+
+use std::net::IpAddr;
+
+use libfuzzer_sys::fuzz_target;
+use metalnet::wire::arp::ArpFrame;
+use metalnet::wire::ndp::{self, Ipv6Repr, NdpFrame};
+use metalnet::wire::{EthernetRepr, Mac};
+use metalnet_speaker::announce::{Decision, Table, decide_arp, decide_ndp};
+use metalnet_speaker::election::Interfaces;
+
+const ME: Mac = Mac([0x02, 0, 0, 0, 0, 0x01]);
+
+fn table_with(extra: Option<IpAddr>) -> Table {
+    let mut t = Table::new();
+    t.insert("192.0.2.200".parse().unwrap(), Interfaces::All);
+    t.insert("2001:db8::200".parse().unwrap(), Interfaces::All);
+    if let Some(ip) = extra {
+        t.insert(ip, Interfaces::All);
+    }
+    t
+}
+
+fn check_answer(d: &Decision, tagged: bool) -> Option<Vec<u8>> {
+    match d {
+        Decision::Answer { frame, .. } => {
+            assert!(!tagged, "answered a VLAN-tagged frame");
+            Some(frame.clone())
+        }
+        _ => None,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, frame)) = data.split_first() else {
+        return;
+    };
+    let vlan = (sel & 2 != 0).then_some(1);
+
+    let arp = ArpFrame::parse(frame);
+    if let Ok(f) = &arp {
+        let again = ArpFrame::parse(&f.emit()).expect("a parsed ARP frame re-emits");
+        assert_eq!(&again, f);
+    }
+    let nd = NdpFrame::parse(frame);
+    if let Ok(Some(f)) = &nd {
+        let again = NdpFrame::parse(&f.emit())
+            .expect("a parsed ND frame re-emits")
+            .expect("as ND");
+        let expected = NdpFrame {
+            ip: Ipv6Repr {
+                payload_len: f.ndisc.buffer_len(),
+                ..f.ip
+            },
+            ..*f
+        };
+        assert_eq!(again, expected);
+    }
+
+    let extra = if sel & 1 != 0 {
+        match (&arp, &nd) {
+            (Ok(f), _) => Some(IpAddr::V4(f.arp.target_protocol_addr)),
+            (_, Ok(Some(f))) => Some(IpAddr::V6(f.ndisc.target_addr())),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let table = table_with(extra);
+
+    let d = decide_arp(frame, vlan, "eth0", ME, &table);
+    if let Some(reply) = check_answer(&d, vlan.is_some()) {
+        let r = ArpFrame::parse(&reply).expect("our ARP reply parses");
+        assert_eq!(r.ethernet.src_addr, ME);
+        assert_eq!(r.arp.source_hardware_addr, ME);
+        assert!(r.ethernet.dst_addr.is_unicast(), "ARP reply to {}", r.ethernet.dst_addr);
+    }
+    let d = decide_ndp(frame, vlan, "eth0", ME, &table);
+    if let Some(reply) = check_answer(&d, vlan.is_some()) {
+        let r = NdpFrame::parse(&reply)
+            .expect("our NA parses")
+            .expect("as ND");
+        let EthernetRepr { src_addr, dst_addr, .. } = r.ethernet;
+        assert_eq!(src_addr, ME);
+        assert!(
+            dst_addr.is_unicast() || dst_addr == ndp::multicast_mac(ndp::ALL_NODES),
+            "NA to {dst_addr}"
+        );
+    }
+});
