@@ -14,8 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use metalnet::wire::arp::ArpFrame;
 use metalnet::wire::ndp::{self, Ipv6Repr, NdpFrame};
 use metalnet::wire::{EthernetRepr, Mac};
-use metalnet_speaker::announce::{Decision, Table, decide_arp, decide_ndp};
-use metalnet_speaker::election::Interfaces;
+use metalnet_speaker::layer2::{Decision, Table, decide_arp, decide_ndp};
+use metalnet_speaker::layer2::election::Interfaces;
 
 const ME: Mac = Mac([0x02, 0, 0, 0, 0, 0x01]);
 

@@ -18,8 +18,9 @@ use metalnet::cli::CommonArgs;
 use metalnet::state::{Kind, ObjectRef};
 use metalnet::telemetry::{Health, serve_metrics};
 use metalnet::validate::valid_config;
-use metalnet_speaker::election::{self, Inputs};
-use metalnet_speaker::explain::{self, LiveSource};
+use metalnet_speaker::eligibility;
+use metalnet_speaker::layer2::election::{self, Inputs};
+use metalnet_speaker::layer2::explain::{self, LiveSource};
 use metalnet_speaker::metrics::{Metrics, parse_members};
 
 const METRICS_PORT: u16 = 7473;
@@ -255,7 +256,7 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
         .find(|(k, _)| k.namespace.as_deref() == Some(namespace) && k.name == name)
         .map(|(_, s)| s.clone())
         .with_context(|| format!("Service/{namespace}/{name} not found"))?;
-    let nodes = election::nodes(&snapshot);
+    let nodes = eligibility::nodes(&snapshot);
     let port = cli
         .common
         .metrics_addr(METRICS_PORT)?
@@ -264,14 +265,14 @@ async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> a
     let speaker = speaker.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
     let (live, source) = if cli.gossip == OnOff::Off {
         (
-            election::ready_nodes(&nodes),
+            eligibility::ready_nodes(&nodes),
             LiveSource::NodeReady("--gossip off".into()),
         )
     } else {
         match tokio::task::spawn_blocking(move || live_from_speaker(speaker)).await? {
             Ok(live) => (live, LiveSource::Speaker(speaker.to_string())),
             Err(e) => (
-                election::ready_nodes(&nodes),
+                eligibility::ready_nodes(&nodes),
                 LiveSource::NodeReady(format!("no speaker answered at {speaker}: {e}")),
             ),
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metalnet::model::core::Node;
 use metalnet::state::{ClusterState, Kind, ObjectRef, Snapshot};
 use metalnet::telemetry::Health;
 use metalnet::validate::valid_config;
@@ -15,9 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use metalnet_speaker::announce::{Layer2, RESCAN_INTERVAL, announce_failures};
 use metalnet_speaker::bgp::Bgp;
-use metalnet_speaker::election::{self, Inputs, ServiceElection};
+use metalnet_speaker::eligibility::{self, IpChoice};
+use metalnet_speaker::layer2::election::{self, Inputs, ServiceElection};
+use metalnet_speaker::layer2::{Layer2, RESCAN_INTERVAL, announce_failures};
 use metalnet_speaker::members::{Gossip, GossipOptions, Seed};
 use metalnet_speaker::metrics::{AnnouncedLabels, Metrics};
 use metalnet_speaker::status::{Failures, Round, StatusWriter};
@@ -46,35 +46,13 @@ pub struct Options {
     pub ignore_exclude_label: bool,
 }
 
-/// The first InternalIP of a node, preferring `family` (v4 = true) when given.
-pub fn internal_ip(node: &Node, prefer_v4: Option<bool>) -> Option<IpAddr> {
-    let addrs: Vec<IpAddr> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| {
-            a.iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    match prefer_v4 {
-        Some(v4) => addrs
-            .iter()
-            .find(|a| a.is_ipv4() == v4)
-            .or(addrs.first())
-            .copied(),
-        None => addrs.first().copied(),
-    }
-}
-
 fn seeds(snapshot: &Snapshot, port: u16, v4: bool) -> Vec<Seed> {
     snapshot
         .nodes
         .iter()
         .filter_map(|(k, n)| {
-            internal_ip(n, Some(v4)).map(|ip| (k.name.clone(), SocketAddr::new(ip, port)))
+            eligibility::internal_ip(n, IpChoice::Prefer { v4 })
+                .map(|ip| (k.name.clone(), SocketAddr::new(ip, port)))
         })
         .collect()
 }
@@ -133,7 +111,7 @@ pub async fn run(
                     .nodes
                     .iter()
                     .find(|(k, _)| k.name == opts.node)
-                    .and_then(|(_, n)| internal_ip(n, None))
+                    .and_then(|(_, n)| eligibility::internal_ip(n, IpChoice::First))
             });
             match own {
                 Some(ip) => {
@@ -164,7 +142,7 @@ pub async fn run(
                         .nodes
                         .iter()
                         .find(|(k, _)| k.name == opts.node)
-                        .and_then(|(_, n)| internal_ip(n, None))
+                        .and_then(|(_, n)| eligibility::internal_ip(n, IpChoice::First))
                         .map(|a| a.is_ipv4())
                 })
                 .unwrap_or(true);
@@ -175,10 +153,10 @@ pub async fn run(
             }
         }
 
-        let nodes = election::nodes(&snapshot);
+        let nodes = eligibility::nodes(&snapshot);
         let live = match &live_rx {
             Some(rx) => rx.borrow().clone(),
-            None if opts.gossip.is_none() => election::ready_nodes(&nodes),
+            None if opts.gossip.is_none() => eligibility::ready_nodes(&nodes),
             None => BTreeSet::new(),
         };
         if last_live.as_ref() != Some(&live) {
@@ -296,7 +274,7 @@ fn reconcile(
     layer2: &Layer2,
 ) -> (Vec<ServiceElection>, Vec<String>) {
     let (config, problems) = valid_config(snapshot);
-    let nodes = election::nodes(snapshot);
+    let nodes = eligibility::nodes(snapshot);
     let elections = election::elect_all(&Inputs {
         snapshot,
         config: &config,

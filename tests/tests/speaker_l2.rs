@@ -17,8 +17,8 @@ use metalnet_lab::lab::l2site::{
 };
 use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Process, bins};
-use metalnet_speaker::announce::RESCAN_INTERVAL;
-use metalnet_speaker::election::first_ranked;
+use metalnet_speaker::layer2::RESCAN_INTERVAL;
+use metalnet_speaker::layer2::election::first_ranked;
 
 const STEP: Duration = Duration::from_secs(15);
 

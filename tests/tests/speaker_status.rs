@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metalnet::state::{ClusterState, Kind, Source};
 use metalnet_lab::apiserver::ApiServer;
-use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
+use metalnet_speaker::layer2::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{Round, StatusWriter};
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::election::{Interfaces, ServiceElection, Verdict};
+use super::election::{Interfaces, ServiceElection, Verdict};
 
 /// Where the live-speaker view came from, for the reader.
 #[derive(Clone, Debug)]
@@ -152,7 +152,8 @@ fn join(s: &BTreeSet<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::{Exclusion, Ranked, rank_hash};
+    use crate::eligibility::Exclusion;
+    use crate::layer2::election::{Ranked, rank_hash};
 
     #[test]
     fn explains_winner_loser_and_excluded() {

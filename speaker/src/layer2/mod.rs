@@ -1,4 +1,5 @@
-//! Announcers: the side-effecting part that makes won addresses reachable.
+//! Layer 2 mode: [`election`] decides which node announces each address, [`explain`] says
+//! why, and the responder here makes the won addresses reachable.
 //!
 //! [`Layer2`] answers ARP and Neighbor Solicitations for the addresses this node announces,
 //! on the eligible interfaces (up, Ethernet, not loopback, not NOARP, not enslaved to a
@@ -26,9 +27,12 @@ use metalnet::wire::arp::{self, ArpFrame, Operation};
 use metalnet::wire::ndp::{self, Icmpv6Type, NdiscRepr, NdpFrame, NextHeader};
 use metalnet::wire::{EtherType, L2Error, Mac};
 
-use crate::election::Interfaces;
+pub mod election;
+pub mod explain;
+
 use crate::metrics::{EventLabel, InterfaceLabel, Metrics, ReasonLabel, ip_label};
 use crate::ratelimit::{Verdict, WarnLimiter};
+use election::Interfaces;
 
 /// Gratuitous announcements on takeover: at once, then every 1.1 s while within 5 s (as
 /// MetalLB), so hosts that missed one still move.
