@@ -9,12 +9,14 @@
 //!   explain.
 //! - Shared by both: [`eligibility`] (node facts and exclusions), [`members`] (which speakers
 //!   are alive: SWIM gossip through `foca`, or the Node Ready condition), [`status`]
-//!   (ServiceL2Status objects and Events), [`metrics`], [`ratelimit`] (repeated warnings).
+//!   (ServiceL2Status objects and Events), [`metrics`], [`ratelimit`] (repeated warnings),
+//!   [`explain`] (the `explain` command over both modes).
 
 #![forbid(unsafe_code)]
 
 pub mod bgp;
 pub mod eligibility;
+pub mod explain;
 pub mod layer2;
 pub mod members;
 pub mod metrics;
