@@ -149,6 +149,24 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
 
+    // A VLAN-tagged (802.1Q, VLAN 100) request for a Service address is not answered on the
+    // untagged interface: the kernel strips the tag, the speaker sees it in the packet
+    // auxdata, drops the frame and counts it.
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0)); \
+         s.send(bytes.fromhex('ffffffffffff{client_mac}81000064' + '0806 0001 0800 06 04 0001'.replace(' ', '') \
+         + '{client_mac}c0000264' + '00' * 6 + 'c00002c8' + '00' * 18))"
+    );
+    site.demo
+        .client
+        .exec_ok(&["python3", "-c", &script])
+        .unwrap();
+    wait_for("the tagged frame to be dropped and counted", STEP, || {
+        site.metrics("node3")
+            .contains("metalnet_speaker_frames_dropped_total{reason=\"vlan_tagged\"} 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
+
     // Status: a ServiceL2Status by the winner, an Event, metrics, explain.
     let w = winner(&NODES, ip_a);
     wait_for("ServiceL2Status for web", STEP, || {
