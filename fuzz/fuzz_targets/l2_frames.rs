@@ -1,7 +1,7 @@
 //! ARP and neighbor discovery frames, as any host on the segment can send them, through the
 //! wire parsers and the speaker's pure decisions. The first byte is a selector: bit 0 puts
 //! the frame's own target address in the announced table (so the answer paths run), bit 1
-//! marks the frame as VLAN-tagged by the kernel. The rest is the frame.
+//! marks the frame as VLAN-tagged by the kernel, bit 2 as for another host. The rest is the frame.
 //!
 //! Checked: nothing panics; what parses re-emits to bytes that parse to the same thing; an
 //! answer is a well-formed frame from our MAC to a unicast station (or, for a duplicate
@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use metalnet::wire::arp::ArpFrame;
 use metalnet::wire::ndp::{self, Ipv6Repr, NdpFrame};
 use metalnet::wire::{EthernetRepr, Mac};
-use metalnet_speaker::layer2::{Decision, Table, decide_arp, decide_ndp};
+use metalnet_speaker::layer2::{Decision, RxMeta, Table, decide_arp, decide_ndp};
 use metalnet_speaker::layer2::election::Interfaces;
 
 const ME: Mac = Mac([0x02, 0, 0, 0, 0, 0x01]);
@@ -32,7 +32,7 @@ fn table_with(extra: Option<IpAddr>) -> Table {
 fn check_answer(d: &Decision, tagged: bool) -> Option<Vec<u8>> {
     match d {
         Decision::Answer { frame, .. } => {
-            assert!(!tagged, "answered a VLAN-tagged frame");
+            assert!(!tagged, "answered a VLAN-tagged or other host's frame");
             Some(frame.clone())
         }
         _ => None,
@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
         return;
     };
-    let vlan = (sel & 2 != 0).then_some(1);
+    let rx = RxMeta {
+        vlan_tci: (sel & 2 != 0).then_some(1),
+        other_host: sel & 4 != 0,
+    };
+    let tagged = rx.vlan_tci.is_some() || rx.other_host;
 
     let arp = ArpFrame::parse(frame);
     if let Ok(f) = &arp {
@@ -76,15 +80,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let table = table_with(extra);
 
-    let d = decide_arp(frame, vlan, "eth0", ME, &table);
-    if let Some(reply) = check_answer(&d, vlan.is_some()) {
+    let d = decide_arp(frame, rx, "eth0", ME, &table);
+    if let Some(reply) = check_answer(&d, tagged) {
         let r = ArpFrame::parse(&reply).expect("our ARP reply parses");
         assert_eq!(r.ethernet.src_addr, ME);
         assert_eq!(r.arp.source_hardware_addr, ME);
         assert!(r.ethernet.dst_addr.is_unicast(), "ARP reply to {}", r.ethernet.dst_addr);
     }
-    let d = decide_ndp(frame, vlan, "eth0", ME, &table);
-    if let Some(reply) = check_answer(&d, vlan.is_some()) {
+    let d = decide_ndp(frame, rx, "eth0", ME, &table);
+    if let Some(reply) = check_answer(&d, tagged) {
         let r = NdpFrame::parse(&reply)
             .expect("our NA parses")
             .expect("as ND");

@@ -52,15 +52,43 @@ impl BpfInstruction {
     }
 }
 
+/// The kernel's classification of a received frame (`sll_pkttype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PacketType {
+    /// To this host's address.
+    #[default]
+    Host,
+    Broadcast,
+    Multicast,
+    /// For another host: unicast to another MAC, or tagged with a VLAN this host has no
+    /// interface for (the kernel then removes the tag before protocol sockets see the frame).
+    OtherHost,
+    /// A copy of a frame this host sent.
+    Outgoing,
+    Unknown(u8),
+}
+
+impl From<u8> for PacketType {
+    fn from(v: u8) -> PacketType {
+        match v {
+            libc::PACKET_HOST => PacketType::Host,
+            libc::PACKET_BROADCAST => PacketType::Broadcast,
+            libc::PACKET_MULTICAST => PacketType::Multicast,
+            libc::PACKET_OTHERHOST => PacketType::OtherHost,
+            libc::PACKET_OUTGOING => PacketType::Outgoing,
+            other => PacketType::Unknown(other),
+        }
+    }
+}
+
 /// What the kernel says about a received frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Received {
     /// Bytes written to the buffer.
     pub len: usize,
-    /// A copy of a frame this host sent (PACKET_OUTGOING).
-    pub outgoing: bool,
+    pub packet_type: PacketType,
     /// The 802.1Q tag control information the kernel (or the NIC) stripped from the frame,
-    /// if it carried a VLAN tag.
+    /// when it still reports it (PACKET_AUXDATA).
     pub vlan_tci: Option<u16>,
 }
 
@@ -244,7 +272,7 @@ impl PacketSocket {
         }
         Ok(Received {
             len: (n as usize).min(buf.len()),
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+            packet_type: PacketType::from(from.sll_pkttype),
             vlan_tci,
         })
     }

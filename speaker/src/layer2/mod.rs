@@ -21,7 +21,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use metalnet::sys::packet::{
-    self, BpfInstruction, HardwareAddr, InterfaceQuery, PacketSocket, Received,
+    self, BpfInstruction, HardwareAddr, InterfaceQuery, PacketSocket, PacketType, Received,
 };
 use metalnet::wire::arp::{self, ArpFrame, Operation};
 use metalnet::wire::ndp::{self, Icmpv6Type, NdiscRepr, NdpFrame, NextHeader};
@@ -57,12 +57,34 @@ pub enum Decision {
     Claimed { ip: IpAddr, mac: Mac },
 }
 
+/// What the kernel says about a received frame, beside its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxMeta {
+    /// The VLAN tag the kernel stripped and still reports.
+    pub vlan_tci: Option<u16>,
+    /// The kernel classed the frame as for another host: unicast to another MAC, or tagged
+    /// with a VLAN this host has no interface for (the kernel removes that tag before
+    /// protocol sockets see the frame, so this is how a tagged request shows).
+    pub other_host: bool,
+}
+
+impl From<&Received> for RxMeta {
+    fn from(r: &Received) -> RxMeta {
+        RxMeta {
+            vlan_tci: r.vlan_tci,
+            other_host: r.packet_type == PacketType::OtherHost,
+        }
+    }
+}
+
 /// Why a well-formed frame is dropped without an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// It carried an 802.1Q/802.1ad tag: an answer on the untagged interface would reach
     /// another broadcast domain than the asker's.
     VlanTagged,
+    /// The kernel classed it as for another host (see [`RxMeta::other_host`]).
+    OtherHost,
     /// The sender (Ethernet source, ARP sender or link-layer option) is broadcast,
     /// multicast or zero: no station to answer, and an answer would be flooded.
     SenderNotUnicast,
@@ -73,6 +95,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::VlanTagged => "vlan_tagged",
+            DropReason::OtherHost => "other_host",
             DropReason::SenderNotUnicast => "sender_not_unicast",
         }
     }
@@ -92,17 +115,13 @@ impl Decision {
 /// Which addresses are announced, and where.
 pub type Table = HashMap<IpAddr, Interfaces>;
 
-/// Decides about an ARP frame received on `link`; `vlan` is the VLAN tag the kernel
-/// stripped from it, if any.
-pub fn decide_arp(
-    frame: &[u8],
-    vlan: Option<u16>,
-    link: &str,
-    mac: Mac,
-    table: &Table,
-) -> Decision {
-    if vlan.is_some() {
+/// Decides about an ARP frame received on `link`; `rx` is what the kernel says about it.
+pub fn decide_arp(frame: &[u8], rx: RxMeta, link: &str, mac: Mac, table: &Table) -> Decision {
+    if rx.vlan_tci.is_some() {
         return Decision::Dropped(DropReason::VlanTagged);
+    }
+    if rx.other_host {
+        return Decision::Dropped(DropReason::OtherHost);
     }
     let ArpFrame {
         ethernet: eth,
@@ -145,16 +164,13 @@ pub fn decide_arp(
 }
 
 /// Decides about an IPv6 frame (expected to be a Neighbor Solicitation or Advertisement)
-/// received on `link`; `vlan` is the VLAN tag the kernel stripped from it, if any.
-pub fn decide_ndp(
-    frame: &[u8],
-    vlan: Option<u16>,
-    link: &str,
-    mac: Mac,
-    table: &Table,
-) -> Decision {
-    if vlan.is_some() {
+/// received on `link`; `rx` is what the kernel says about it.
+pub fn decide_ndp(frame: &[u8], rx: RxMeta, link: &str, mac: Mac, table: &Table) -> Decision {
+    if rx.vlan_tci.is_some() {
         return Decision::Dropped(DropReason::VlanTagged);
+    }
+    if rx.other_host {
+        return Decision::Dropped(DropReason::OtherHost);
     }
     let nd = match NdpFrame::parse(frame) {
         Ok(Some(nd)) => nd,
@@ -280,7 +296,7 @@ pub fn announce_failures(
 }
 
 /// The pure decision of a receive path.
-type Decide = fn(&[u8], Option<u16>, &str, Mac, &Table) -> Decision;
+type Decide = fn(&[u8], RxMeta, &str, Mac, &Table) -> Decision;
 
 /// What a rate-limited warning is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -628,11 +644,7 @@ async fn receive_loop(inner: Arc<Inner>, link: Arc<Link>) {
 /// Reads every pending frame of `fd` and acts on it.
 fn drain(inner: &Inner, link: &Link, sock: &PacketSocket, buf: &mut [u8], decide: Decide) {
     loop {
-        let Received {
-            len,
-            outgoing,
-            vlan_tci,
-        } = match sock.recv(buf) {
+        let received = match sock.recv(buf) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
@@ -642,14 +654,15 @@ fn drain(inner: &Inner, link: &Link, sock: &PacketSocket, buf: &mut [u8], decide
                 return;
             }
         };
-        if outgoing {
+        if received.packet_type == PacketType::Outgoing {
             continue;
         }
+        let frame = &buf[..received.len.min(buf.len())];
         let decision = {
             let table = inner.table.read().unwrap();
             decide(
-                &buf[..len],
-                vlan_tci,
+                frame,
+                RxMeta::from(&received),
                 &link.info.name,
                 link.info.mac,
                 &table,
@@ -932,11 +945,11 @@ mod tests {
     }
 
     fn decide_arp_untagged(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-        decide_arp(frame, None, link, mac, table)
+        decide_arp(frame, RxMeta::default(), link, mac, table)
     }
 
     fn decide_ndp_untagged(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-        decide_ndp(frame, None, link, mac, table)
+        decide_ndp(frame, RxMeta::default(), link, mac, table)
     }
 
     fn run_filter(prog: &[BpfInstruction], frame: &[u8]) -> u32 {
@@ -1039,6 +1052,13 @@ mod tests {
         frame[56..58].copy_from_slice(&sum.to_be_bytes());
     }
 
+    fn tag(vid: u16) -> RxMeta {
+        RxMeta {
+            vlan_tci: Some(vid),
+            other_host: false,
+        }
+    }
+
     /// `frame` with an 802.1Q tag for `vid` inserted after the addresses.
     fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
         let mut out = frame[..12].to_vec();
@@ -1054,32 +1074,45 @@ mod tests {
         let vip = Ipv4Addr::new(192, 0, 2, 200);
         let req = arp_request(BROADCAST, vip);
         // Tag stripped by the kernel (reported beside the frame), or left in the frame.
-        let d = decide_arp(&req, Some(100), "eth0", ME, &t);
+        let d = decide_arp(&req, tag(100), "eth0", ME, &t);
         assert_eq!(d, Decision::Dropped(DropReason::VlanTagged));
         assert_eq!(d.drop_reason(), Some("vlan_tagged"));
         assert_eq!(
-            decide_arp(&tagged(&req, 100), None, "eth0", ME, &t),
+            decide_arp(&tagged(&req, 100), RxMeta::default(), "eth0", ME, &t),
             Decision::Dropped(DropReason::VlanTagged)
         );
         // Priority-tagged (VLAN 0) frames are tagged too.
         assert_eq!(
-            decide_arp(&req, Some(0), "eth0", ME, &t),
+            decide_arp(&req, tag(0), "eth0", ME, &t),
             Decision::Dropped(DropReason::VlanTagged)
         );
         let vip6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
         let t6 = v6_table(vip6);
         let f = ns("2001:db8::100".parse().unwrap(), vip6, Some(CLIENT));
         assert!(matches!(
-            decide_ndp(&f, None, "eth0", ME, &t6),
+            decide_ndp(&f, RxMeta::default(), "eth0", ME, &t6),
             Decision::Answer { .. }
         ));
         assert_eq!(
-            decide_ndp(&f, Some(7), "eth0", ME, &t6),
+            decide_ndp(&f, tag(7), "eth0", ME, &t6),
             Decision::Dropped(DropReason::VlanTagged)
         );
         assert_eq!(
-            decide_ndp(&tagged(&f, 7), None, "eth0", ME, &t6),
+            decide_ndp(&tagged(&f, 7), RxMeta::default(), "eth0", ME, &t6),
             Decision::Dropped(DropReason::VlanTagged)
+        );
+        // Tagged with a VLAN the node has no interface for, the kernel removes the tag and
+        // classes the frame as for another host: that is how a tagged request arrives.
+        let other = RxMeta {
+            vlan_tci: None,
+            other_host: true,
+        };
+        let d = decide_arp(&req, other, "eth0", ME, &t);
+        assert_eq!(d, Decision::Dropped(DropReason::OtherHost));
+        assert_eq!(d.drop_reason(), Some("other_host"));
+        assert_eq!(
+            decide_ndp(&f, other, "eth0", ME, &t6),
+            Decision::Dropped(DropReason::OtherHost)
         );
     }
 
