@@ -26,3 +26,4 @@ pub mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;
+pub mod wire;

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metalnet::daemon::{Classify, Driver, Health, OwnedObjects, Plan, Reconcile, Shutdown};
-use metalnet::model::core::Node;
 use metalnet::state::{ClusterState, ErrorClass, Kind, Snapshot};
 use metalnet::validate::valid_config;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::announce::{Layer2, RESCAN_INTERVAL, announce_failures};
 use crate::bgp::{Bgp, PlannedServices};
-use crate::election::{self, Inputs, ServiceElection};
+use crate::eligibility::{self, IpChoice};
+use crate::layer2::election::{self, Inputs, ServiceElection};
+use crate::layer2::{Layer2, RESCAN_INTERVAL, announce_failures};
 use crate::members::{Gossip, GossipOptions, Seed};
 use crate::metrics::{AnnouncedLabels, Metrics};
 use crate::status::{Failures, L2StatusPlanner, Round};
@@ -63,35 +63,13 @@ pub struct Options {
     pub ignore_exclude_label: bool,
 }
 
-/// The first InternalIP of a node, preferring `family` (v4 = true) when given.
-pub fn internal_ip(node: &Node, prefer_v4: Option<bool>) -> Option<IpAddr> {
-    let addrs: Vec<IpAddr> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| {
-            a.iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    match prefer_v4 {
-        Some(v4) => addrs
-            .iter()
-            .find(|a| a.is_ipv4() == v4)
-            .or(addrs.first())
-            .copied(),
-        None => addrs.first().copied(),
-    }
-}
-
 fn seeds(snapshot: &Snapshot, port: u16, v4: bool) -> Vec<Seed> {
     snapshot
         .nodes
         .iter()
         .filter_map(|(k, n)| {
-            internal_ip(n, Some(v4)).map(|ip| (k.name.clone(), SocketAddr::new(ip, port)))
+            eligibility::internal_ip(n, IpChoice::Prefer { v4 })
+                .map(|ip| (k.name.clone(), SocketAddr::new(ip, port)))
         })
         .collect()
 }
@@ -258,7 +236,7 @@ async fn gossip_loop(
             .nodes
             .iter()
             .find(|(k, _)| k.name == node)
-            .and_then(|(_, n)| internal_ip(n, None));
+            .and_then(|(_, n)| eligibility::internal_ip(n, IpChoice::First));
         if live_rx.is_none() {
             match settings.address.or(own_node_ip) {
                 Some(ip) => {
@@ -354,7 +332,7 @@ impl Layer2Loop {
     fn live(&self, snapshot: &Snapshot) -> BTreeSet<String> {
         match &*self.live.borrow() {
             Some(live) => live.clone(),
-            None if !self.gossiping => election::ready_nodes(&election::nodes(snapshot)),
+            None if !self.gossiping => eligibility::ready_nodes(&eligibility::nodes(snapshot)),
             None => BTreeSet::new(),
         }
     }
@@ -395,7 +373,7 @@ impl Reconcile for Layer2Loop {
         let live_changed = self.last_live.as_ref() != Some(&live);
         self.last_live = Some(live.clone());
         if !self.settled {
-            let nodes = election::nodes(snapshot);
+            let nodes = eligibility::nodes(snapshot);
             let everyone = nodes.keys().all(|n| live.contains(n));
             let after = self.started.elapsed();
             if (self.live.borrow().is_some() && everyone) || after >= self.opts.settle {
@@ -536,7 +514,7 @@ fn elect(
     opts: &Options,
 ) -> (Vec<ServiceElection>, Vec<String>) {
     let (config, problems) = valid_config(snapshot);
-    let nodes = election::nodes(snapshot);
+    let nodes = eligibility::nodes(snapshot);
     let elections = election::elect_all(&Inputs {
         snapshot,
         config: &config,

@@ -1,21 +1,19 @@
 //! metalnet-speaker: per node, announces the LoadBalancer addresses the controller assigned.
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use metalnet::addr::parse_go_duration;
 use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
-use metalnet::state::{Kind, ObjectRef};
-use metalnet::validate::valid_config;
-use metalnet_speaker::election::{self, Inputs};
-use metalnet_speaker::explain::{self, LiveSource};
-use metalnet_speaker::metrics::{Metrics, parse_members};
+use metalnet_speaker::daemon::KINDS;
+use metalnet_speaker::explain;
+use metalnet_speaker::metrics::Metrics;
 
 const METRICS_PORT: u16 = 7473;
 
@@ -171,7 +169,7 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
     let node = cli.common.node_name()?.to_string();
     let state = Arc::new(
         cli.common
-            .cluster_state(metalnet_speaker::daemon::KINDS)
+            .cluster_state(KINDS)
             .await
             .context("loading the cluster state")?,
     );
@@ -212,130 +210,23 @@ async fn daemon(cli: &Cli) -> anyhow::Result<()> {
     .await
 }
 
-/// Reads the live members from a running speaker's /metrics.
-fn live_from_speaker(addr: SocketAddr) -> anyhow::Result<BTreeSet<String>> {
-    let timeout = Duration::from_secs(2);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: speaker\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    if !body.starts_with("HTTP/1.1 200") {
-        bail!("unexpected answer: {}", body.lines().next().unwrap_or(""));
-    }
-    Ok(parse_members(&body))
-}
-
 async fn explain_cmd(cli: &Cli, service: &str, speaker: Option<SocketAddr>) -> anyhow::Result<()> {
-    let Some((namespace, name)) = service.split_once('/') else {
-        bail!("expected NAMESPACE/NAME, got {service:?}");
-    };
     let state = cli
         .common
-        .cluster_state(metalnet_speaker::daemon::KINDS)
+        .cluster_state(KINDS)
         .await
         .context("loading the cluster state")?;
-    let snapshot = state.snapshot();
-    let svc = snapshot
-        .services
-        .iter()
-        .find(|(k, _)| k.namespace.as_deref() == Some(namespace) && k.name == name)
-        .map(|(_, s)| s.clone())
-        .with_context(|| format!("Service/{namespace}/{name} not found"))?;
-    let nodes = election::nodes(&snapshot);
     let port = cli
         .common
         .metrics_addr(METRICS_PORT)?
         .map(|a| a.port())
         .unwrap_or(METRICS_PORT);
-    let speaker = speaker.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
-    let (live, source) = if cli.gossip == OnOff::Off {
-        (
-            election::ready_nodes(&nodes),
-            LiveSource::NodeReady("--gossip off".into()),
-        )
-    } else {
-        match tokio::task::spawn_blocking(move || live_from_speaker(speaker)).await? {
-            Ok(live) => (live, LiveSource::Speaker(speaker.to_string())),
-            Err(e) => (
-                election::ready_nodes(&nodes),
-                LiveSource::NodeReady(format!("no speaker answered at {speaker}: {e}")),
-            ),
-        }
+    let opts = explain::Options {
+        node: cli.common.node_name.clone(),
+        speaker: speaker.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port))),
+        gossip: cli.gossip == OnOff::On,
+        ignore_exclude_label: cli.ignore_exclude_lb,
     };
-    let (config, _) = valid_config(&snapshot);
-    let e = election::elect(
-        &Inputs {
-            snapshot: &snapshot,
-            config: &config,
-            nodes: &nodes,
-            live: &live,
-            ignore_exclude_label: cli.ignore_exclude_lb,
-        },
-        &svc,
-    );
-    print!(
-        "{}",
-        explain::render(&e, cli.common.node_name.as_deref(), &live, &source)
-    );
-    // The same Service in BGP mode.
-    if let Some(node) = cli.common.node_name.as_deref() {
-        print!(
-            "{}",
-            bgp_explain(
-                &snapshot,
-                &config,
-                node,
-                &svc,
-                speaker,
-                cli.ignore_exclude_lb
-            )
-            .await
-        );
-    }
-    let obj = ObjectRef::new(Kind::Service, Some(namespace), name);
-    match state.render_events_about(&obj).await {
-        Ok(events) => print!("{events}"),
-        Err(e) => println!("events: not readable: {e}"),
-    }
+    print!("{}", explain::explain(&state, service, &opts).await?);
     Ok(())
-}
-
-/// The BGP part of `explain`, with session states from the running speaker when it answers.
-async fn bgp_explain(
-    snapshot: &metalnet::state::Snapshot,
-    config: &metalnet::validate::ParsedConfig,
-    node: &str,
-    svc: &metalnet::model::core::Service,
-    speaker: SocketAddr,
-    ignore_exclude_label: bool,
-) -> String {
-    use metalnet_speaker::bgp::{explain as bgp_explain, plan};
-    let plan = plan::plan(&plan::Inputs {
-        snapshot,
-        config,
-        node,
-        ignore_exclude_label,
-    });
-    let sessions = tokio::task::spawn_blocking(move || metrics_text(speaker))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|text| bgp_explain::parse_session_up(&text));
-    let service = plan.services.iter().find(|s| {
-        Some(&s.namespace) == svc.metadata.namespace.as_ref()
-            && Some(&s.name) == svc.metadata.name.as_ref()
-    });
-    bgp_explain::render(&plan, service.map(|s| &**s), sessions.as_ref())
-}
-
-/// The body of a running speaker's /metrics.
-fn metrics_text(addr: SocketAddr) -> anyhow::Result<String> {
-    let timeout = Duration::from_secs(2);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: speaker\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }

@@ -5,7 +5,9 @@
 //! (what Prometheus stores for MetalLB's counters when it scrapes OpenMetrics too).
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +26,16 @@ pub struct IpLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InterfaceLabel {
     pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +58,10 @@ pub struct Metrics {
     pub responses_sent: Family<IpLabel, Counter>,
     pub gratuitous_sent: Family<IpLabel, Counter>,
     pub malformed_frames: Family<InterfaceLabel, Counter>,
+    /// Received frames not acted on because they break a rule of their protocol, by reason.
+    pub frames_dropped: Family<ReasonLabel, Counter>,
+    /// Warnings not logged because the same one was logged recently, by event.
+    pub warnings_suppressed: Family<EventLabel, Counter>,
     pub members: Family<NodeLabel, Gauge>,
     pub members_count: Gauge,
     pub announced: Family<AnnouncedLabels, Gauge>,
@@ -85,6 +101,16 @@ impl Metrics {
             self.malformed_frames.clone(),
         );
         registry.register(
+            "metalnet_speaker_frames_dropped",
+            "ARP and neighbor discovery frames dropped without an answer, by reason",
+            self.frames_dropped.clone(),
+        );
+        registry.register(
+            "metalnet_speaker_log_warnings_suppressed",
+            "Repeated warnings not logged (at most one per event and key every 10 s)",
+            self.warnings_suppressed.clone(),
+        );
+        registry.register(
             MEMBER_METRIC,
             "Speakers this speaker sees alive (1), by node",
             self.members.clone(),
@@ -119,6 +145,47 @@ impl Metrics {
     }
 }
 
+/// Why a running speaker's metrics could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("reading http://{addr}/metrics: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http://{addr}/metrics answered {status:?}, not 200")]
+    Status { addr: SocketAddr, status: String },
+}
+
+/// How long `explain` waits for a running speaker.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The body of a running speaker's `/metrics` (blocking, bounded by [`FETCH_TIMEOUT`]).
+pub fn fetch_metrics(addr: SocketAddr) -> Result<String, FetchError> {
+    let io = |source| FetchError::Io { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, FETCH_TIMEOUT).map_err(io)?;
+    s.set_read_timeout(Some(FETCH_TIMEOUT)).map_err(io)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: speaker\r\nConnection: close\r\n\r\n")
+        .map_err(io)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(io)?;
+    http_body(&answer)
+        .map(str::to_string)
+        .map_err(|status| FetchError::Status {
+            addr,
+            status: status.to_string(),
+        })
+}
+
+/// The body of an HTTP/1.1 answer with status 200, else its status line.
+fn http_body(answer: &str) -> Result<&str, &str> {
+    let status = answer.lines().next().unwrap_or("");
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(status);
+    }
+    Ok(answer.split_once("\r\n\r\n").map_or("", |(_, body)| body))
+}
+
 /// Reads the live members back from a `/metrics` text (for `explain`).
 pub fn parse_members(text: &str) -> BTreeSet<String> {
     let prefix = format!("{MEMBER_METRIC}{{node=\"");
@@ -136,6 +203,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn http_answers() {
+        assert_eq!(
+            http_body("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\na 1\n"),
+            Ok("a 1\n")
+        );
+        assert_eq!(
+            http_body("HTTP/1.1 404 Not Found\r\n\r\n"),
+            Err("HTTP/1.1 404 Not Found")
+        );
+        assert_eq!(http_body(""), Err(""));
+    }
+
+    #[test]
+    fn fetch_from_nowhere_names_the_address() {
+        // Port 1 on loopback: refused at once.
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let e = fetch_metrics(addr).unwrap_err();
+        assert!(e.to_string().contains("http://127.0.0.1:1/metrics"), "{e}");
+    }
+
+    #[test]
     fn members_round_trip_through_the_exposition() {
         let m = Metrics::default();
         let mut r = Registry::default();
@@ -150,5 +238,16 @@ mod tests {
         assert_eq!(parse_members(&text), live);
         assert!(text.contains("metallb_layer2_requests_received_total{ip=\"192.0.2.200\"} 1"));
         assert!(text.contains("metalnet_speaker_members 2"));
+        m.frames_dropped
+            .get_or_create(&ReasonLabel {
+                reason: "vlan_tagged".into(),
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("metalnet_speaker_frames_dropped_total{reason=\"vlan_tagged\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -17,8 +17,8 @@ use metalnet::state::{EventRecord, EventType, Kind, ObjectRef, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::announce::AnnounceFailure;
-use crate::election::{Interfaces, ServiceElection, Verdict};
+use crate::layer2::AnnounceFailure;
+use crate::layer2::election::{Interfaces, ServiceElection, Verdict};
 
 pub const LABEL_NODE: &str = "metallb.io/node";
 pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
@@ -65,7 +65,7 @@ pub fn status_object(namespace: &str, node: &str, e: &ServiceElection, ifs: &Int
     })
 }
 
-/// Addresses this node won but cannot announce, with why (see [`crate::announce::announce_failures`]).
+/// Addresses this node won but cannot announce, with why (see [`crate::layer2::announce_failures`]).
 pub type Failures = BTreeMap<IpAddr, AnnounceFailure>;
 
 /// Whether this node announces the Service: it won it and can announce at least one of its

@@ -20,7 +20,7 @@ use metalnet::testing::l2_advertisement;
 use metalnet_lab::Process;
 use metalnet_lab::lab::l2site::{L2Site, NODES, site_objects};
 use metalnet_lab::lab::wait_for;
-use metalnet_speaker::election::first_ranked;
+use metalnet_speaker::layer2::election::first_ranked;
 
 const VIP: &str = "192.0.2.200";
 

@@ -23,7 +23,7 @@ use metalnet_lab::lab::demo::{DemoSite, node_v4};
 use metalnet_lab::lab::pods::{self, Pod};
 use metalnet_lab::lab::{wait_for, wait_for_value};
 use metalnet_lab::{Host, Lab, Process, bins};
-use metalnet_speaker::election::first_ranked;
+use metalnet_speaker::layer2::election::first_ranked;
 use serde_json::Value;
 
 /// How long any one step may take.

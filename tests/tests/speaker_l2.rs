@@ -16,8 +16,8 @@ use metalnet_lab::lab::components::l2_announcers;
 use metalnet_lab::lab::l2site::{self, L2Site, NODES, neighbour_mac, service_yaml, site_node};
 use metalnet_lab::lab::wait_for;
 use metalnet_lab::{Process, bins};
-use metalnet_speaker::announce::RESCAN_INTERVAL;
-use metalnet_speaker::election::first_ranked;
+use metalnet_speaker::layer2::RESCAN_INTERVAL;
+use metalnet_speaker::layer2::election::first_ranked;
 use serde_json::json;
 
 const STEP: Duration = Duration::from_secs(15);
@@ -146,6 +146,24 @@ fn arping_gets_one_answer_from_the_elected_node_and_addresses_spread() {
     wait_for("the malformed frame to be counted", STEP, || {
         site.metrics("node3")
             .contains("metalnet_layer2_malformed_frames_total{interface=\"eth0\"} 1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
+
+    // A VLAN-tagged (802.1Q, VLAN 100) request for a Service address is not answered on the
+    // untagged interface: with no interface for VLAN 100, the kernel removes the tag and
+    // classes the frame as for another host; the speaker drops and counts it.
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0)); \
+         s.send(bytes.fromhex('ffffffffffff{client_mac}81000064' + '0806 0001 0800 06 04 0001'.replace(' ', '') \
+         + '{client_mac}c0000264' + '00' * 6 + 'c00002c8' + '00' * 18))"
+    );
+    site.demo
+        .client
+        .exec_ok(&["python3", "-c", &script])
+        .unwrap();
+    wait_for("the tagged frame to be dropped and counted", STEP, || {
+        site.metrics("node3")
+            .contains("metalnet_speaker_frames_dropped_total{reason=\"other_host\"} 1")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", site.metrics("node3")));
 

@@ -10,7 +10,7 @@ use metalnet::daemon::{Driver, OwnedObjects, Shutdown};
 use metalnet::state::{ClusterState, Kind, Source};
 use metalnet::testing::{Manifest, patient, service};
 use metalnet_lab::apiserver::ApiServer;
-use metalnet_speaker::election::{Interfaces, ServiceElection, Verdict};
+use metalnet_speaker::layer2::election::{Interfaces, ServiceElection, Verdict};
 use metalnet_speaker::status::{L2StatusPlanner, Round};
 use serde_json::Value;
 

@@ -212,7 +212,11 @@ impl Agent {
                         .and_then(|d| d.mac)
                         .filter(Mac::is_unicast),
                 };
-                f.mac = Some(from_annotation.or(from_device).unwrap_or_else(Mac::random));
+                f.mac = Some(
+                    from_annotation
+                        .or(from_device)
+                        .unwrap_or_else(crate::annotations::random_mac),
+                );
             }
         }
         // 3. Publish.

@@ -515,7 +515,10 @@ impl Netlink {
             NeighbourFlags::Own,
         );
         self.ack(
-            format!("set fdb entry {} dst {dst} on link #{index}", fmt_mac(&mac)),
+            format!(
+                "set fdb entry {} dst {dst} on link #{index}",
+                crate::wire::Mac(mac)
+            ),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
@@ -539,7 +542,7 @@ impl Netlink {
         self.ack(
             format!(
                 "append fdb entry {} dst {dst} on link #{index}",
-                fmt_mac(&mac)
+                crate::wire::Mac(mac)
             ),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_APPEND,
@@ -558,7 +561,7 @@ impl Netlink {
         self.ack(
             format!(
                 "delete fdb entry {} dst {dst} on link #{index}",
-                fmt_mac(&mac)
+                crate::wire::Mac(mac)
             ),
             RouteNetlinkMessage::DelNeighbour(msg),
             0,
@@ -611,13 +614,6 @@ impl Netlink {
         )
         .await
     }
-}
-
-pub fn fmt_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
 }
 
 fn neigh_message(

@@ -2,4 +2,5 @@
 //! functions that name what they do and the invariant they rely on.
 
 pub mod netns;
+pub mod packet;
 pub mod tcp;

@@ -16,11 +16,9 @@ pub mod sessions;
 pub mod status;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metalnet::model::core::Node;
 use metalnet::state::{ObjectRef, Snapshot};
 use metalnet::validate::ParsedConfig;
 
@@ -31,17 +29,6 @@ use sessions::{Sessions, SharedSessions};
 
 /// How often the session counters are copied into the metrics.
 pub const METRICS_REFRESH: Duration = Duration::from_millis(500);
-
-/// The first InternalIP of a node of the given family (v4 = true).
-pub fn internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())?
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse::<IpAddr>().ok())
-        .find(|a| a.is_ipv4() == v4)
-}
 
 /// Whether a change can alter the BGP plan (our own status writes and events cannot).
 pub fn replan_needed(changed: &std::collections::BTreeSet<metalnet::state::ObjectRef>) -> bool {

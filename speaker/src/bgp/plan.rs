@@ -27,7 +27,8 @@ use metalnet::validate::{
     is_base64_error, md5_key_too_long,
 };
 
-use crate::election::{self, EXCLUDE_LABEL, Exclusion, NodeFacts};
+use crate::eligibility::{EXCLUDE_LABEL, Exclusion, IpChoice, NodeFacts, internal_ip};
+use crate::layer2::election;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -321,7 +322,7 @@ fn node_plan(inputs: &Inputs<'_>) -> (NodePlan, NodeFacts) {
         .map(|(_, n)| n);
     let facts = node_obj.map(|n| NodeFacts::of(n)).unwrap_or_default();
     let router_id = node_obj
-        .and_then(|n| crate::bgp::internal_ip(n, true))
+        .and_then(|n| internal_ip(n, IpChoice::Only { v4: true }))
         .and_then(|ip| match ip {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(_) => None,

@@ -400,17 +400,17 @@ proptest! {
         ],
         m in any::<[u8; 6]>(),
     ) {
-        if let Some(mac) = Mac::parse(&s) {
+        if let Ok(mac) = s.parse::<Mac>() {
             prop_assert_eq!(mac.to_string(), s.to_ascii_lowercase());
         }
-        prop_assert_eq!(Mac::parse(&Mac(m).to_string()), Some(Mac(m)));
-        prop_assert_eq!(Mac::parse(&Mac(m).to_string().to_uppercase()), Some(Mac(m)));
+        prop_assert_eq!(Mac(m).to_string().parse::<Mac>().ok(), Some(Mac(m)));
+        prop_assert_eq!(Mac(m).to_string().to_uppercase().parse::<Mac>().ok(), Some(Mac(m)));
     }
 
     #[test]
     fn backend_data_parse_never_panics(s in annotation_value(), m in any::<[u8; 6]>(), vni in any::<u32>()) {
         if let Some(d) = BackendData::parse(&s) {
-            prop_assert!(Mac::parse(&d.vtep_mac.to_string()).is_some());
+            prop_assert!(d.vtep_mac.to_string().parse::<Mac>().is_ok());
         }
         let d = BackendData { vni, vtep_mac: Mac(m) };
         prop_assert_eq!(BackendData::parse(&d.to_json()), Some(d));

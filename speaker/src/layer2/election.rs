@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
-use metalnet::model::core::{EndpointSlice, Node, Service};
+use metalnet::model::core::{EndpointSlice, Service};
 use metalnet::state::Snapshot;
 use metalnet::validate::{ParsedConfig, ParsedPool};
 use sha2::{Digest, Sha256};
 
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+use crate::eligibility::{EXCLUDE_LABEL, Exclusion, NodeFacts};
+
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Which interfaces an address is announced on.
@@ -57,83 +58,6 @@ impl fmt::Display for Interfaces {
                 write!(f, "{}", s.iter().cloned().collect::<Vec<_>>().join(", "))
             }
         }
-    }
-}
-
-/// The facts about a node that matter for the election.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub labels: BTreeMap<String, String>,
-    pub network_unavailable: bool,
-    pub ready: bool,
-}
-
-impl NodeFacts {
-    pub fn of(node: &Node) -> NodeFacts {
-        let condition = |t: &str| {
-            node.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| cs.iter().find(|c| c.type_ == t))
-                .is_some_and(|c| c.status == "True")
-        };
-        NodeFacts {
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            network_unavailable: condition("NetworkUnavailable"),
-            ready: condition("Ready"),
-        }
-    }
-}
-
-/// Every Node of a snapshot by name.
-pub fn nodes(snapshot: &Snapshot) -> BTreeMap<String, NodeFacts> {
-    snapshot
-        .nodes
-        .iter()
-        .map(|(k, n)| (k.name.clone(), NodeFacts::of(n)))
-        .collect()
-}
-
-/// Nodes whose `Ready` condition is True: the live speakers when gossip is off.
-pub fn ready_nodes(nodes: &BTreeMap<String, NodeFacts>) -> BTreeSet<String> {
-    nodes
-        .iter()
-        .filter(|(_, f)| f.ready)
-        .map(|(n, _)| n.clone())
-        .collect()
-}
-
-/// Why a node is not a candidate for a Service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exclusion {
-    /// No live speaker on it (gossip says it is gone, or Node not Ready without gossip).
-    SpeakerNotLive,
-    /// A live speaker with no Node object.
-    NoNodeObject,
-    NetworkUnavailable,
-    ExcludedByLabel,
-    /// No L2Advertisement covering the pool selects this node.
-    NotSelected,
-    /// `externalTrafficPolicy: Local` and no serving endpoint on the node.
-    NoLocalEndpoint,
-}
-
-impl fmt::Display for Exclusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Exclusion::SpeakerNotLive => "no live speaker",
-            Exclusion::NoNodeObject => "no Node object",
-            Exclusion::NetworkUnavailable => "Node has the NetworkUnavailable condition",
-            Exclusion::ExcludedByLabel => {
-                "Node has the label node.kubernetes.io/exclude-from-external-load-balancers"
-            }
-            Exclusion::NotSelected => {
-                "no L2Advertisement for the pool selects this node (nodeSelectors)"
-            }
-            Exclusion::NoLocalEndpoint => {
-                "externalTrafficPolicy is Local and no serving endpoint runs on this node"
-            }
-        })
     }
 }
 
@@ -198,6 +122,17 @@ impl ServiceElection {
     pub fn winner(&self) -> Option<&str> {
         match &self.verdict {
             Verdict::Announced { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The interfaces `node` announces this Service's addresses on, if `node` won.
+    pub fn won_by(&self, node: &str) -> Option<&Interfaces> {
+        match &self.verdict {
+            Verdict::Announced {
+                node: winner,
+                interfaces,
+            } if winner == node => Some(interfaces),
             _ => None,
         }
     }
@@ -329,10 +264,8 @@ fn elect_indexed(inputs: &Inputs<'_>, slices: &SliceIndex<'_>, svc: &Service) ->
         .iter()
         .map(|a| format!("{}/{}", a.namespace, a.name))
         .collect();
-    if ads.is_empty() {
-        e.verdict = Verdict::NoAdvertisement;
-        return e;
-    }
+    // Endpoints are counted before any verdict that stops here, so `explain` shows them
+    // whatever the reason the Service is not announced.
     let own_slices = slices
         .get(&(namespace.as_str(), name.as_str()))
         .map(Vec::as_slice)
@@ -346,6 +279,10 @@ fn elect_indexed(inputs: &Inputs<'_>, slices: &SliceIndex<'_>, svc: &Service) ->
                 }
             }
         }
+    }
+    if ads.is_empty() {
+        e.verdict = Verdict::NoAdvertisement;
+        return e;
     }
     if e.serving_endpoints == 0 {
         e.verdict = Verdict::NoServingEndpoint;
@@ -431,12 +368,7 @@ pub fn elect_all(inputs: &Inputs<'_>) -> Vec<ServiceElection> {
 pub fn announced_by(elections: &[ServiceElection], node: &str) -> BTreeMap<IpAddr, Interfaces> {
     let mut out: BTreeMap<IpAddr, Interfaces> = BTreeMap::new();
     for e in elections {
-        if let Verdict::Announced {
-            node: winner,
-            interfaces,
-        } = &e.verdict
-            && winner == node
-        {
+        if let Some(interfaces) = e.won_by(node) {
             for ip in &e.ips {
                 let merged = match out.get(ip) {
                     Some(prev) => prev.union(interfaces),
@@ -510,7 +442,7 @@ mod tests {
         let snap = snapshot(objects);
         let (config, problems) = valid_config(&snap);
         assert!(problems.is_empty(), "{problems:?}");
-        let nodes = nodes(&snap);
+        let nodes = crate::eligibility::nodes(&snap);
         let live: BTreeSet<String> = live.iter().map(|s| s.to_string()).collect();
         let mut out = elect_all(&Inputs {
             snapshot: &snap,
@@ -599,6 +531,16 @@ mod tests {
             &["node1", "node2", "node3"],
         );
         assert_eq!(e[0].verdict, Verdict::NoAdvertisement);
+        // The ready endpoint is still counted (explain shows it).
+        assert_eq!(e[0].serving_endpoints, 1);
+        assert_eq!(e[0].endpoint_nodes, ["node1".to_string()].into());
+        let out = crate::layer2::explain::render(
+            &e[0],
+            Some("node1"),
+            &BTreeSet::new(),
+            &crate::layer2::explain::LiveSource::NodeReady("test".into()),
+        );
+        assert!(out.contains("serving endpoints: 1 (on node1)"), "{out}");
         // An address outside every pool.
         let e = run(
             base(vec![
@@ -754,6 +696,112 @@ mod tests {
         let e = run(base(extra), &all);
         for n in all {
             assert!(!announced_by(&e, n).is_empty(), "{n} announces nothing");
+        }
+    }
+
+    #[test]
+    fn won_by_names_the_winners_interfaces_only() {
+        let e = run(
+            base(vec![
+                l2("l2", json!({"interfaces": ["eth1"]})),
+                service("web", &["192.0.2.200"], "Cluster"),
+                slice("web", &[("node1", Some(true))]),
+            ]),
+            &["node1", "node2", "node3"],
+        );
+        let winner = e[0].winner().unwrap();
+        assert_eq!(
+            e[0].won_by(winner),
+            Some(&Interfaces::Only(["eth1".to_string()].into()))
+        );
+        for n in ["node1", "node2", "node3", "ghost"] {
+            if n != winner {
+                assert_eq!(e[0].won_by(n), None);
+            }
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 6] = ["node1", "node2", "node3", "node4", "node5", "node6"];
+
+        /// Nodes (a subset of NAMES, Ready), live speakers (a subset), and Services each
+        /// with an address of the pool and a ready endpoint.
+        fn objects(nodes: &[bool], services: &[u8], extra_label: Option<usize>) -> Vec<Value> {
+            let mut v: Vec<Value> = NAMES
+                .iter()
+                .zip(nodes)
+                .filter(|(_, present)| **present)
+                .enumerate()
+                .map(|(i, (n, _))| {
+                    let labels = if extra_label == Some(i) {
+                        json!({"irrelevant": "yes"})
+                    } else {
+                        json!({})
+                    };
+                    node(n, labels, ready())
+                })
+                .collect();
+            v.push(pool("site", "192.0.2.200-192.0.2.250"));
+            v.push(l2("l2", json!({})));
+            for (i, last) in services.iter().enumerate() {
+                let name = format!("s{i}");
+                let ip = format!("192.0.2.{}", 200 + u16::from(*last % 51));
+                v.push(service(&name, &[&ip], "Cluster"));
+                v.push(slice(&name, &[("node1", Some(true))]));
+            }
+            v
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Every address is won by exactly one live candidate, and every node computes
+            /// the same winner (the election has no notion of "me").
+            #[test]
+            fn exactly_one_winner_per_address_among_live_candidates(
+                nodes in proptest::collection::vec(any::<bool>(), 6),
+                live in proptest::collection::vec(any::<bool>(), 6),
+                services in proptest::collection::vec(any::<u8>(), 1..8),
+            ) {
+                let live: Vec<&str> = NAMES.iter().zip(&live).filter(|(_, l)| **l).map(|(n, _)| *n).collect();
+                let present: BTreeSet<&str> = NAMES.iter().zip(&nodes).filter(|(_, p)| **p).map(|(n, _)| *n).collect();
+                let e = run(objects(&nodes, &services, None), &live);
+                let candidates: Vec<&str> = live.iter().copied().filter(|n| present.contains(n)).collect();
+                let mut by_ip: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+                for s in &e {
+                    match s.winner() {
+                        Some(w) => {
+                            prop_assert!(candidates.contains(&w), "{w} is not a live candidate");
+                            prop_assert_eq!(Some(w), first_ranked(&candidates, &s.ips[0]));
+                            by_ip.entry(s.ips[0]).or_default().insert(w.to_string());
+                        }
+                        None => prop_assert!(candidates.is_empty(), "{:?}", s.verdict),
+                    }
+                }
+                for (ip, winners) in &by_ip {
+                    prop_assert_eq!(winners.len(), 1, "{} won by {:?}", ip, winners);
+                    let w = winners.iter().next().unwrap();
+                    let owners: Vec<&str> = NAMES.iter().copied().filter(|n| announced_by(&e, n).contains_key(ip)).collect();
+                    prop_assert_eq!(owners, vec![w.as_str()]);
+                }
+            }
+
+            /// A change to a node that is not the winner and stays a candidate (a label no
+            /// L2Advertisement selects on) moves nothing.
+            #[test]
+            fn stable_under_irrelevant_node_changes(
+                services in proptest::collection::vec(any::<u8>(), 1..8),
+                labelled in 0usize..6,
+            ) {
+                let all = [true; 6];
+                let before = run(objects(&all, &services, None), &NAMES);
+                let after = run(objects(&all, &services, Some(labelled)), &NAMES);
+                let winners = |e: &[ServiceElection]| e.iter().map(|s| s.winner().map(str::to_string)).collect::<Vec<_>>();
+                prop_assert_eq!(winners(&before), winners(&after));
+            }
         }
     }
 }

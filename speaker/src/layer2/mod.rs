@@ -1,25 +1,39 @@
-//! Announcers: the side-effecting part that makes won addresses reachable.
+//! Layer 2 mode: [`election`] decides which node announces each address, [`explain`] says
+//! why, and the responder here makes the won addresses reachable.
 //!
 //! [`Layer2`] answers ARP and Neighbor Solicitations for the addresses this node announces,
 //! on the eligible interfaces (up, Ethernet, not loopback, not NOARP, not enslaved to a
-//! bridge or bond), through one pair of AF_PACKET sockets per interface. It never adds the
-//! address to an interface. A BGP announcer would sit beside it, fed by the same election.
+//! bridge or bond), through one pair of AF_PACKET sockets per interface
+//! ([`metalnet::sys::packet`]). Frames are decided purely ([`decide_arp`], [`decide_ndp`]):
+//! VLAN-tagged frames, senders that are not unicast and messages RFC 826/4861 call invalid
+//! are dropped and counted by reason. It never adds the
+//! address to an interface. BGP mode ([`crate::bgp`]) announces the same election's
+//! addresses to routers instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use crate::arp::{self, ArpOp, BROADCAST, Mac};
-use crate::election::Interfaces;
-use crate::metrics::{InterfaceLabel, Metrics, ip_label};
-use crate::ndp;
+use metalnet::sys::packet::{
+    self, BpfInstruction, HardwareAddr, InterfaceQuery, PacketSocket, PacketType, Received,
+};
+use metalnet::wire::arp;
+use metalnet::wire::ndp::{self, Icmpv6Type, NextHeader};
+use metalnet::wire::responder;
+use metalnet::wire::{EtherType, Mac};
+
+pub mod election;
+pub mod explain;
+
+use crate::metrics::{EventLabel, InterfaceLabel, Metrics, ReasonLabel, ip_label};
+use crate::ratelimit::{Verdict, WarnLimiter};
+use election::Interfaces;
 
 /// Gratuitous announcements on takeover: at once, then every 1.1 s while within 5 s (as
 /// MetalLB), so hosts that missed one still move.
@@ -28,91 +42,33 @@ pub const GRATUITOUS_WINDOW: Duration = Duration::from_secs(5);
 /// How often interfaces are re-listed (new, gone, changed MAC).
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const PACKET_OUTGOING: u8 = 4;
+pub use metalnet::wire::responder::{Decision, DropReason, RxMeta};
 
-/// What to do with a received frame (pure decision, see [`decide_arp`] / [`decide_ndp`]).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Not for us (another address, a reply, our own frame, ...).
-    Ignore,
-    /// Malformed: dropped and counted.
-    Malformed(arp::FrameError),
-    /// A request for an announced address: send `frame`.
-    Answer { ip: IpAddr, frame: Vec<u8> },
-    /// Another station announces an address we announce (a gratuitous ARP or unsolicited
-    /// NA from `mac`): the next node taking over while we leave, else a conflict.
-    Claimed { ip: IpAddr, mac: Mac },
+/// What the kernel says about a received frame, as the responder reads it.
+pub fn rx_meta(r: &Received) -> RxMeta {
+    RxMeta {
+        vlan_tci: r.vlan_tci,
+        other_host: r.packet_type == PacketType::OtherHost,
+    }
 }
 
 /// Which addresses are announced, and where.
 pub type Table = HashMap<IpAddr, Interfaces>;
 
-/// Decides about an ARP frame received on `link`.
-pub fn decide_arp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-    let (eth, pkt) = match arp::parse_frame(frame) {
-        Ok(p) => p,
-        Err(e) => return Decision::Malformed(e),
-    };
-    if pkt.sender_mac != mac && eth.src != mac {
-        let sender = IpAddr::V4(pkt.sender_ip);
-        if table.get(&sender).is_some_and(|ifs| ifs.allows(link)) {
-            return Decision::Claimed {
-                ip: sender,
-                mac: pkt.sender_mac,
-            };
-        }
-    }
-    // Only requests to broadcast or to us (unicast refreshes); never our own frames.
-    if pkt.op != ArpOp::Request
-        || (eth.dst != BROADCAST && eth.dst != mac)
-        || eth.src == mac
-        || pkt.sender_mac == mac
-    {
-        return Decision::Ignore;
-    }
-    let ip = IpAddr::V4(pkt.target_ip);
-    match table.get(&ip) {
-        Some(ifs) if ifs.allows(link) => Decision::Answer {
-            ip,
-            frame: arp::reply_to(&pkt, mac),
-        },
-        _ => Decision::Ignore,
-    }
+/// [`metalnet::wire::responder::decide_arp`] for a frame received on `link`, answering for
+/// the addresses of `table` announced there.
+pub fn decide_arp(frame: &[u8], rx: RxMeta, link: &str, mac: Mac, table: &Table) -> Decision {
+    responder::decide_arp(frame, rx, mac, |ip| {
+        table.get(&ip).is_some_and(|ifs| ifs.allows(link))
+    })
 }
 
-/// Decides about an IPv6 frame (expected to be a Neighbor Solicitation or Advertisement)
-/// received on `link`.
-pub fn decide_ndp(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
-    match ndp::parse_advertisement(frame) {
-        Ok(Some(claim)) => {
-            let by = claim.target_ll.unwrap_or(claim.eth_src);
-            let ip = IpAddr::V6(claim.target);
-            if by != mac && claim.eth_src != mac && table.get(&ip).is_some_and(|i| i.allows(link)) {
-                return Decision::Claimed { ip, mac: by };
-            }
-            return Decision::Ignore;
-        }
-        Ok(None) => {}
-        Err(e) => return Decision::Malformed(e),
-    }
-    let ns = match ndp::parse_solicitation(frame) {
-        Ok(Some(ns)) => ns,
-        Ok(None) => return Decision::Ignore,
-        Err(e) => return Decision::Malformed(e),
-    };
-    if ns.eth_src == mac {
-        return Decision::Ignore;
-    }
-    let ip = IpAddr::V6(ns.target);
-    match table.get(&ip) {
-        Some(ifs) if ifs.allows(link) => Decision::Answer {
-            ip,
-            frame: ndp::answer(&ns, mac),
-        },
-        _ => Decision::Ignore,
-    }
+/// [`metalnet::wire::responder::decide_ndp`] for a frame received on `link`, answering for
+/// the addresses of `table` announced there.
+pub fn decide_ndp(frame: &[u8], rx: RxMeta, link: &str, mac: Mac, table: &Table) -> Decision {
+    responder::decide_ndp(frame, rx, mac, |ip| {
+        table.get(&ip).is_some_and(|ifs| ifs.allows(link))
+    })
 }
 
 /// An interface as listed.
@@ -204,11 +160,35 @@ pub fn announce_failures(
         .collect()
 }
 
+/// The pure decision of a receive path.
+type Decide = fn(&[u8], RxMeta, &str, Mac, &Table) -> Decision;
+
+/// What a rate-limited warning is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum WarnKey {
+    /// Another station claims an address we announce.
+    Claim(IpAddr, Mac),
+    /// Receiving on an interface (by index) failed.
+    Receive(u32),
+    /// Sending an answer on an interface (by index) failed.
+    Send(u32),
+}
+
+impl WarnKey {
+    fn event(&self) -> &'static str {
+        match self {
+            WarnKey::Claim(..) => "address_claimed_by_other_station",
+            WarnKey::Receive(_) => "receive_failed",
+            WarnKey::Send(_) => "send_failed",
+        }
+    }
+}
+
 /// One interface we listen on.
 struct Link {
     info: LinkInfo,
-    arp: AsyncFd<OwnedFd>,
-    nd: AsyncFd<OwnedFd>,
+    arp: AsyncFd<PacketSocket>,
+    nd: AsyncFd<PacketSocket>,
     /// Solicited-node groups joined on `nd`.
     groups: Mutex<BTreeSet<Ipv6Addr>>,
 }
@@ -227,6 +207,27 @@ struct Inner {
     states: Mutex<NodeLinks>,
     gratuitous: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    warnings: Mutex<WarnLimiter<WarnKey>>,
+}
+
+impl Inner {
+    /// Whether a warning about `key` may be logged now: `Some(n)` with the number of the
+    /// same warnings suppressed since the last one, or `None` (counted as suppressed).
+    fn warn_allowed(&self, key: WarnKey) -> Option<u64> {
+        let event = key.event();
+        match self.warnings.lock().unwrap().check(key, Instant::now()) {
+            Verdict::Log { suppressed } => Some(suppressed),
+            Verdict::Suppress => {
+                self.metrics
+                    .warnings_suppressed
+                    .get_or_create(&EventLabel {
+                        event: event.to_string(),
+                    })
+                    .inc();
+                None
+            }
+        }
+    }
 }
 
 /// The layer 2 announcer. Cheap to clone.
@@ -245,6 +246,7 @@ impl Layer2 {
                 states: Mutex::new(NodeLinks::new()),
                 gratuitous: Mutex::new(HashMap::new()),
                 metrics,
+                warnings: Mutex::new(WarnLimiter::default()),
             }),
         }
     }
@@ -303,7 +305,7 @@ impl Layer2 {
                     Ok(link) => {
                         let link = Arc::new(link);
                         let task = tokio::spawn(receive_loop(self.inner.clone(), link.clone()));
-                        tracing::info!(interface = %info.name, index = info.index, mac = %arp::mac_to_string(&info.mac), "answering ARP/NDP on interface");
+                        tracing::info!(interface = %info.name, index = info.index, mac = %info.mac, "answering ARP/NDP on interface");
                         links.insert(
                             info.name.clone(),
                             LinkEntry {
@@ -411,7 +413,11 @@ fn sync_groups(link: &Link, table: &Table) {
         .collect();
     let mut have = link.groups.lock().unwrap();
     for g in want.difference(&have.clone()) {
-        match membership(link.nd.as_raw_fd(), link.info.index, g, true) {
+        match link.nd.get_ref().set_multicast_membership(
+            link.info.index,
+            ndp::multicast_mac(*g),
+            true,
+        ) {
             Ok(()) => {
                 have.insert(*g);
             }
@@ -421,7 +427,11 @@ fn sync_groups(link: &Link, table: &Table) {
         }
     }
     for g in have.clone().difference(&want) {
-        let _ = membership(link.nd.as_raw_fd(), link.info.index, g, false);
+        let _ = link.nd.get_ref().set_multicast_membership(
+            link.info.index,
+            ndp::multicast_mac(*g),
+            false,
+        );
         have.remove(g);
     }
 }
@@ -452,15 +462,18 @@ async fn gratuitous_loop(inner: Arc<Inner>, ip: IpAddr) {
 }
 
 fn send_gratuitous_on(metrics: &Metrics, link: &Link, ip: IpAddr) {
-    let frames: Vec<(RawFd, Vec<u8>)> = match ip {
+    let frames: Vec<(&PacketSocket, Vec<u8>)> = match ip {
         IpAddr::V4(v4) => arp::gratuitous(v4, link.info.mac)
             .into_iter()
-            .map(|f| (link.arp.as_raw_fd(), f))
+            .map(|f| (link.arp.get_ref(), f.emit()))
             .collect(),
-        IpAddr::V6(v6) => vec![(link.nd.as_raw_fd(), ndp::unsolicited(v6, link.info.mac))],
+        IpAddr::V6(v6) => vec![(
+            link.nd.get_ref(),
+            ndp::unsolicited(v6, link.info.mac).emit(),
+        )],
     };
-    for (fd, frame) in frames {
-        match send(fd, &frame) {
+    for (sock, frame) in frames {
+        match sock.send(&frame) {
             Ok(()) => {
                 metrics.gratuitous_sent.get_or_create(&ip_label(&ip)).inc();
             }
@@ -477,14 +490,14 @@ async fn receive_loop(inner: Arc<Inner>, link: Arc<Link>) {
         tokio::select! {
             r = link.arp.readable() => match r {
                 Ok(mut guard) => {
-                    drain(&inner, &link, guard.get_inner().as_raw_fd(), &mut buf, decide_arp);
+                    drain(&inner, &link, guard.get_inner(), &mut buf, decide_arp);
                     guard.clear_ready();
                 }
                 Err(e) => { tracing::error!(interface = %link.info.name, error = %e, "ARP socket failed"); return; }
             },
             r = link.nd.readable() => match r {
                 Ok(mut guard) => {
-                    drain(&inner, &link, guard.get_inner().as_raw_fd(), &mut buf, decide_ndp);
+                    drain(&inner, &link, guard.get_inner(), &mut buf, decide_ndp);
                     guard.clear_ready();
                 }
                 Err(e) => { tracing::error!(interface = %link.info.name, error = %e, "NDP socket failed"); return; }
@@ -494,31 +507,46 @@ async fn receive_loop(inner: Arc<Inner>, link: Arc<Link>) {
 }
 
 /// Reads every pending frame of `fd` and acts on it.
-fn drain(
-    inner: &Inner,
-    link: &Link,
-    fd: RawFd,
-    buf: &mut [u8],
-    decide: fn(&[u8], &str, Mac, &Table) -> Decision,
-) {
+fn drain(inner: &Inner, link: &Link, sock: &PacketSocket, buf: &mut [u8], decide: Decide) {
     loop {
-        let (n, pkttype) = match recv(fd, buf) {
+        let received = match sock.recv(buf) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
-                tracing::warn!(interface = %link.info.name, error = %e, "receive failed");
+                if let Some(suppressed) = inner.warn_allowed(WarnKey::Receive(link.info.index)) {
+                    tracing::warn!(interface = %link.info.name, error = %e, suppressed, "receive failed");
+                }
                 return;
             }
         };
-        if pkttype == PACKET_OUTGOING {
+        if received.packet_type == PacketType::Outgoing {
             continue;
         }
+        let frame = &buf[..received.len.min(buf.len())];
         let decision = {
             let table = inner.table.read().unwrap();
-            decide(&buf[..n], &link.info.name, link.info.mac, &table)
+            decide(
+                frame,
+                rx_meta(&received),
+                &link.info.name,
+                link.info.mac,
+                &table,
+            )
         };
+        if let Some(reason) = decision.drop_reason() {
+            inner
+                .metrics
+                .frames_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .inc();
+        }
         match decision {
             Decision::Ignore => {}
+            Decision::Dropped(r) => {
+                tracing::debug!(interface = %link.info.name, reason = r.as_str(), "frame dropped");
+            }
             Decision::Malformed(e) => {
                 tracing::debug!(interface = %link.info.name, error = %e, "malformed frame dropped");
                 inner
@@ -533,13 +561,13 @@ fn drain(
                 if inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
                     let removed = inner.table.write().unwrap().remove(&ip).is_some();
                     if removed {
-                        tracing::info!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "taken over by the next node, stopped answering");
+                        tracing::info!(%ip, by = %mac, interface = %link.info.name, "taken over by the next node, stopped answering");
                         if let Some(t) = inner.gratuitous.lock().unwrap().remove(&ip) {
                             t.abort();
                         }
                     }
-                } else {
-                    tracing::warn!(%ip, by = %arp::mac_to_string(&mac), interface = %link.info.name, "another station announces an address this node announces");
+                } else if let Some(suppressed) = inner.warn_allowed(WarnKey::Claim(ip, mac)) {
+                    tracing::warn!(%ip, by = %mac, interface = %link.info.name, suppressed, "another station announces an address this node announces");
                 }
             }
             Decision::Answer { ip, frame } => {
@@ -548,7 +576,7 @@ fn drain(
                     .requests_received
                     .get_or_create(&ip_label(&ip))
                     .inc();
-                match send(fd, &frame) {
+                match sock.send(&frame) {
                     Ok(()) => {
                         inner
                             .metrics
@@ -557,7 +585,10 @@ fn drain(
                             .inc();
                     }
                     Err(e) => {
-                        tracing::warn!(interface = %link.info.name, %ip, error = %e, "sending answer failed")
+                        if let Some(suppressed) = inner.warn_allowed(WarnKey::Send(link.info.index))
+                        {
+                            tracing::warn!(interface = %link.info.name, %ip, error = %e, suppressed, "sending answer failed")
+                        }
                     }
                 }
             }
@@ -567,151 +598,46 @@ fn drain(
 
 // --- the AF_PACKET edge ------------------------------------------------------------------
 
-fn last_os_error<T>() -> io::Result<T> {
-    Err(io::Error::last_os_error())
-}
-
 /// A classic BPF program passing only ICMPv6 Neighbor Solicitations and Advertisements (no
 /// extension headers), so the IPv6 socket does not copy every IPv6 frame to user space.
-fn ns_filter() -> [libc::sock_filter; 9] {
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    const LD_H_ABS: u16 = 0x28;
-    const LD_B_ABS: u16 = 0x30;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
+fn ns_filter() -> [BpfInstruction; 9] {
+    use BpfInstruction as I;
+    // Offsets in an untagged Ethernet frame: EtherType, IPv6 next header, ICMPv6 type.
+    const ETHERTYPE_AT: u32 = 12;
+    const NEXT_HEADER_AT: u32 = 14 + 6;
+    const ICMP_TYPE_AT: u32 = 14 + 40;
     [
-        op(LD_H_ABS, 0, 0, 12),
-        op(JEQ_K, 0, 6, u32::from(ETH_P_IPV6)),
-        op(LD_B_ABS, 0, 0, 20),
-        op(JEQ_K, 0, 4, 58),
-        op(LD_B_ABS, 0, 0, 54),
-        op(JEQ_K, 1, 0, u32::from(ndp::TYPE_NS)),
-        op(JEQ_K, 0, 1, u32::from(ndp::TYPE_NA)),
-        op(RET_K, 0, 0, 0xffff),
-        op(RET_K, 0, 0, 0),
+        I::new(I::LD_H_ABS, 0, 0, ETHERTYPE_AT),
+        I::new(I::JEQ_K, 0, 6, u32::from(u16::from(EtherType::Ipv6))),
+        I::new(I::LD_B_ABS, 0, 0, NEXT_HEADER_AT),
+        I::new(I::JEQ_K, 0, 4, u32::from(u8::from(NextHeader::Icmpv6))),
+        I::new(I::LD_B_ABS, 0, 0, ICMP_TYPE_AT),
+        I::new(
+            I::JEQ_K,
+            1,
+            0,
+            u32::from(u8::from(Icmpv6Type::NeighborSolicit)),
+        ),
+        I::new(
+            I::JEQ_K,
+            0,
+            1,
+            u32::from(u8::from(Icmpv6Type::NeighborAdvert)),
+        ),
+        I::new(I::RET_K, 0, 0, 0xffff),
+        I::new(I::RET_K, 0, 0, 0),
     ]
 }
 
-/// Opens a packet socket bound to one interface and protocol.
-fn packet_socket(
-    index: u32,
-    protocol: u16,
-    filter: Option<&[libc::sock_filter]>,
-) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0, // receive nothing until bound, so no frame of another interface slips in
-        )
-    };
-    if fd < 0 {
-        return last_os_error();
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some(prog) = filter {
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: fprog points to a live program for the duration of the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &fprog as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return last_os_error();
-        }
-    }
-    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = protocol.to_be();
-    sll.sll_ifindex = index as i32;
-    // SAFETY: sll is a valid sockaddr_ll of the given size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return last_os_error();
-    }
-    Ok(fd)
-}
-
 fn open_link(info: &LinkInfo) -> io::Result<Link> {
-    let arp = packet_socket(info.index, ETH_P_ARP, None)?;
-    let nd = packet_socket(info.index, ETH_P_IPV6, Some(&ns_filter()))?;
+    let arp = PacketSocket::open(info.index, EtherType::Arp.into(), None)?;
+    let nd = PacketSocket::open(info.index, EtherType::Ipv6.into(), Some(&ns_filter()))?;
     Ok(Link {
         info: info.clone(),
-        // SAFETY: OwnedFd keeps the descriptor open and unchanged for the AsyncFd's life.
-        arp: unsafe { AsyncFd::register(arp) }.map_err(io::Error::from)?,
-        // SAFETY: as above.
-        nd: unsafe { AsyncFd::register(nd) }.map_err(io::Error::from)?,
+        arp: arp.into_async()?,
+        nd: nd.into_async()?,
         groups: Mutex::new(BTreeSet::new()),
     })
-}
-
-fn membership(fd: RawFd, index: u32, group: &Ipv6Addr, add: bool) -> io::Result<()> {
-    // SAFETY: packet_mreq is plain data.
-    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-    mreq.mr_ifindex = index as i32;
-    mreq.mr_type = libc::PACKET_MR_MULTICAST as u16;
-    mreq.mr_alen = 6;
-    mreq.mr_address[..6].copy_from_slice(&ndp::multicast_mac(*group));
-    let opt = if add {
-        libc::PACKET_ADD_MEMBERSHIP
-    } else {
-        libc::PACKET_DROP_MEMBERSHIP
-    };
-    // SAFETY: mreq is a valid packet_mreq for the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_PACKET,
-            opt,
-            &mreq as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-        )
-    };
-    if r < 0 { last_os_error() } else { Ok(()) }
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u8)> {
-    // SAFETY: sockaddr_ll is plain data.
-    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: buf and from are valid for writes of the given lengths.
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            0,
-            &mut from as *mut _ as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    if n < 0 {
-        return last_os_error();
-    }
-    Ok((n as usize, from.sll_pkttype))
-}
-
-fn send(fd: RawFd, frame: &[u8]) -> io::Result<()> {
-    // SAFETY: frame is valid for reads of its length; the socket is bound to an interface.
-    let n = unsafe { libc::send(fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
-    if n < 0 { last_os_error() } else { Ok(()) }
 }
 
 /// The interfaces of this node: the eligible ones to listen on, and every one's state.
@@ -724,17 +650,11 @@ pub struct LinkScan {
 /// Lists the interfaces of this node; layer 2 mode answers on those up, Ethernet, not
 /// loopback, not NOARP, not enslaved (a bridge port's frames belong to the bridge).
 pub fn scan_links() -> io::Result<LinkScan> {
-    // SAFETY: a datagram socket used only for interface ioctls.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return last_os_error();
-    }
-    // SAFETY: fresh descriptor we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let query = InterfaceQuery::new()?;
     let mut scan = LinkScan::default();
-    for (index, name) in interface_names()? {
+    for (index, name) in packet::interface_names()? {
         // None: gone since listed, or unreadable.
-        let Some(info) = link_info(sock.as_raw_fd(), index, &name) else {
+        let Some(info) = link_info(&query, index, &name) else {
             continue;
         };
         match info {
@@ -755,72 +675,25 @@ pub fn eligible_links() -> io::Result<Vec<LinkInfo>> {
     Ok(scan_links()?.eligible)
 }
 
-fn interface_names() -> io::Result<Vec<(u32, String)>> {
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return last_os_error();
-    }
-    let mut out = Vec::new();
-    let mut p = list;
-    // SAFETY: walking the array up to its terminator; names are NUL-terminated.
-    unsafe {
-        while (*p).if_index != 0 && !(*p).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*p).if_name)
-                .to_string_lossy()
-                .into_owned();
-            out.push(((*p).if_index, name));
-            p = p.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    Ok(out)
-}
-
-fn ifreq_for(name: &str) -> Option<libc::ifreq> {
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: ifreq is plain data.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    Some(req)
-}
-
 /// The interface's details if eligible, else why not; `None` if it cannot be read.
-fn link_info(sock: RawFd, index: u32, name: &str) -> Option<Result<LinkInfo, LinkState>> {
-    let mut req = ifreq_for(name)?;
-    // SAFETY: SIOCGIFFLAGS fills ifr_flags of a valid ifreq.
-    if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return None;
-    }
-    // SAFETY: the union member written by SIOCGIFFLAGS.
-    let flags = unsafe { req.ifr_ifru.ifru_flags } as i32;
-    if flags & libc::IFF_LOOPBACK != 0 {
+fn link_info(
+    query: &InterfaceQuery,
+    index: u32,
+    name: &str,
+) -> Option<Result<LinkInfo, LinkState>> {
+    let flags = query.flags(name)?;
+    if flags.loopback {
         return Some(Err(LinkState::Loopback));
     }
-    if flags & libc::IFF_UP == 0 {
+    if !flags.up {
         return Some(Err(LinkState::Down));
     }
-    if flags & libc::IFF_NOARP != 0 {
+    if flags.noarp {
         return Some(Err(LinkState::NoArp));
     }
-    let mut req = ifreq_for(name)?;
-    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq.
-    if unsafe { libc::ioctl(sock, libc::SIOCGIFHWADDR, &mut req) } < 0 {
-        return None;
-    }
-    // SAFETY: the union member written by SIOCGIFHWADDR.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
+    let HardwareAddr::Ethernet(mac) = query.hardware_addr(name)? else {
         return Some(Err(LinkState::NotEthernet));
-    }
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
-        *m = *b as u8;
-    }
+    };
     if has_master(index, name) {
         return Some(Err(LinkState::Enslaved));
     }
@@ -845,26 +718,34 @@ fn has_master(index: u32, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalnet::wire::L2Error;
+    use metalnet::wire::arp::{ArpFrame, Operation};
+    use metalnet::wire::ndp::{NdiscRepr, NdpFrame};
     use std::net::Ipv4Addr;
 
-    const ME: Mac = [0x02, 0, 0, 0, 0, 1];
-    const CLIENT: Mac = [0x02, 0, 0, 0, 0, 0x64];
+    use metalnet::wire::EthernetRepr;
+    use metalnet::wire::arp::ArpRepr;
+
+    const ME: Mac = Mac([0x02, 0, 0, 0, 0, 1]);
+    const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0, 0x64]);
+    const BROADCAST: Mac = Mac::BROADCAST;
 
     fn arp_request(dst: Mac, target: Ipv4Addr) -> Vec<u8> {
-        arp::emit_frame(
-            &arp::Ethernet {
-                dst,
-                src: CLIENT,
-                ethertype: arp::ETHERTYPE_ARP,
+        ArpFrame {
+            ethernet: EthernetRepr {
+                dst_addr: dst,
+                src_addr: CLIENT,
+                ethertype: EtherType::Arp,
             },
-            &arp::Arp {
-                op: ArpOp::Request,
-                sender_mac: CLIENT,
-                sender_ip: Ipv4Addr::new(192, 0, 2, 100),
-                target_mac: [0; 6],
-                target_ip: target,
+            arp: ArpRepr {
+                operation: Operation::Request,
+                source_hardware_addr: CLIENT,
+                source_protocol_addr: Ipv4Addr::new(192, 0, 2, 100),
+                target_hardware_addr: Mac::ZERO,
+                target_protocol_addr: target,
             },
-        )
+        }
+        .emit()
     }
 
     fn table() -> Table {
@@ -881,26 +762,33 @@ mod tests {
     fn answers_only_announced_addresses_on_allowed_interfaces() {
         let t = table();
         let vip = Ipv4Addr::new(192, 0, 2, 200);
-        match decide_arp(&arp_request(BROADCAST, vip), "eth0", ME, &t) {
+        match decide_arp_untagged(&arp_request(BROADCAST, vip), "eth0", ME, &t) {
             Decision::Answer { ip, frame } => {
                 assert_eq!(ip, IpAddr::V4(vip));
-                let (eth, a) = arp::parse_frame(&frame).unwrap();
-                assert_eq!((eth.dst, a.sender_mac, a.sender_ip), (CLIENT, ME, vip));
+                let f = ArpFrame::parse(&frame).unwrap();
+                assert_eq!(
+                    (
+                        f.ethernet.dst_addr,
+                        f.arp.source_hardware_addr,
+                        f.arp.source_protocol_addr
+                    ),
+                    (CLIENT, ME, vip)
+                );
             }
             other => panic!("{other:?}"),
         }
         // Unicast to us (a refresh) is answered too; unicast to someone else is not.
         assert!(matches!(
-            decide_arp(&arp_request(ME, vip), "eth0", ME, &t),
+            decide_arp_untagged(&arp_request(ME, vip), "eth0", ME, &t),
             Decision::Answer { .. }
         ));
         assert_eq!(
-            decide_arp(&arp_request([2, 9, 9, 9, 9, 9], vip), "eth0", ME, &t),
+            decide_arp_untagged(&arp_request(Mac([2, 9, 9, 9, 9, 9]), vip), "eth0", ME, &t),
             Decision::Ignore
         );
         // Another address, or an address restricted to another interface.
         assert_eq!(
-            decide_arp(
+            decide_arp_untagged(
                 &arp_request(BROADCAST, Ipv4Addr::new(192, 0, 2, 12)),
                 "eth0",
                 ME,
@@ -910,52 +798,39 @@ mod tests {
         );
         let only_eth1 = Ipv4Addr::new(192, 0, 2, 201);
         assert_eq!(
-            decide_arp(&arp_request(BROADCAST, only_eth1), "eth0", ME, &t),
+            decide_arp_untagged(&arp_request(BROADCAST, only_eth1), "eth0", ME, &t),
             Decision::Ignore
         );
         assert!(matches!(
-            decide_arp(&arp_request(BROADCAST, only_eth1), "eth1", ME, &t),
+            decide_arp_untagged(&arp_request(BROADCAST, only_eth1), "eth1", ME, &t),
             Decision::Answer { .. }
         ));
         // Malformed frames are reported as such.
         assert!(matches!(
-            decide_arp(&arp_request(BROADCAST, vip)[..30], "eth0", ME, &t),
+            decide_arp_untagged(&arp_request(BROADCAST, vip)[..30], "eth0", ME, &t),
             Decision::Malformed(_)
         ));
     }
 
-    /// Runs the classic BPF program on a frame (the subset of opcodes it uses).
-    fn run_filter(prog: &[libc::sock_filter], frame: &[u8]) -> u32 {
-        let (mut pc, mut a) = (0usize, 0u32);
-        loop {
-            let ins = &prog[pc];
-            let k = ins.k as usize;
-            match ins.code {
-                0x28 => match frame.get(k..k + 2) {
-                    Some(b) => a = u32::from(u16::from_be_bytes([b[0], b[1]])),
-                    None => return 0,
-                },
-                0x30 => match frame.get(k) {
-                    Some(b) => a = u32::from(*b),
-                    None => return 0,
-                },
-                0x15 => {
-                    pc += usize::from(if a == ins.k { ins.jt } else { ins.jf });
-                }
-                0x06 => return ins.k,
-                other => panic!("opcode {other:#x}"),
-            }
-            pc += 1;
-        }
+    fn decide_arp_untagged(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
+        decide_arp(frame, RxMeta::default(), link, mac, table)
+    }
+
+    fn decide_ndp_untagged(frame: &[u8], link: &str, mac: Mac, table: &Table) -> Decision {
+        decide_ndp(frame, RxMeta::default(), link, mac, table)
+    }
+
+    fn run_filter(prog: &[BpfInstruction], frame: &[u8]) -> u32 {
+        BpfInstruction::run(prog, frame).expect("filter uses known opcodes")
     }
 
     #[test]
     fn bpf_filter_passes_ns_and_na_only() {
         let prog = ns_filter();
-        let na = ndp::unsolicited("2001:db8::200".parse().unwrap(), ME);
+        let na = ndp::unsolicited("2001:db8::200".parse().unwrap(), ME).emit();
         assert_eq!(run_filter(&prog, &na), 0xffff);
         let mut ns = na.clone();
-        ns[54] = ndp::TYPE_NS;
+        ns[54] = Icmpv6Type::NeighborSolicit.into();
         assert_eq!(run_filter(&prog, &ns), 0xffff);
         let mut echo = na.clone();
         echo[54] = 128;
@@ -977,7 +852,7 @@ mod tests {
         let [req, reply] = arp::gratuitous(vip, CLIENT);
         for f in [req, reply] {
             assert_eq!(
-                decide_arp(&f, "eth0", ME, &t),
+                decide_arp_untagged(&f.emit(), "eth0", ME, &t),
                 Decision::Claimed {
                     ip: IpAddr::V4(vip),
                     mac: CLIENT
@@ -986,21 +861,209 @@ mod tests {
         }
         // Our own announcement is not a claim.
         let [req, _] = arp::gratuitous(vip, ME);
-        assert_eq!(decide_arp(&req, "eth0", ME, &t), Decision::Ignore);
+        assert_eq!(
+            decide_arp_untagged(&req.emit(), "eth0", ME, &t),
+            Decision::Ignore
+        );
         let mut t6 = Table::new();
         let v6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
         t6.insert(IpAddr::V6(v6), Interfaces::All);
         assert_eq!(
-            decide_ndp(&ndp::unsolicited(v6, CLIENT), "eth0", ME, &t6),
+            decide_ndp_untagged(&ndp::unsolicited(v6, CLIENT).emit(), "eth0", ME, &t6),
             Decision::Claimed {
                 ip: IpAddr::V6(v6),
                 mac: CLIENT
             }
         );
         assert_eq!(
-            decide_ndp(&ndp::unsolicited(v6, ME), "eth0", ME, &t6),
+            decide_ndp_untagged(&ndp::unsolicited(v6, ME).emit(), "eth0", ME, &t6),
             Decision::Ignore
         );
+    }
+
+    fn v6_table(vip: std::net::Ipv6Addr) -> Table {
+        [(IpAddr::V6(vip), Interfaces::All)].into()
+    }
+
+    fn ns(src: std::net::Ipv6Addr, target: std::net::Ipv6Addr, lladdr: Option<Mac>) -> Vec<u8> {
+        let group = ndp::solicited_node(target);
+        NdpFrame {
+            ethernet: EthernetRepr {
+                dst_addr: ndp::multicast_mac(group),
+                src_addr: CLIENT,
+                ethertype: EtherType::Ipv6,
+            },
+            ip: ndp::Ipv6Repr {
+                src_addr: src,
+                dst_addr: group,
+                next_header: NextHeader::Icmpv6,
+                payload_len: 0,
+                hop_limit: ndp::ND_HOP_LIMIT,
+            },
+            ndisc: NdiscRepr::NeighborSolicit {
+                target_addr: target,
+                lladdr,
+            },
+        }
+        .emit()
+    }
+
+    /// Sets the IPv6 payload length to the rest of `frame` and recomputes the checksum, as
+    /// a sender of a deliberately odd (but checksummed) message would.
+    fn reseal(frame: &mut [u8]) {
+        let icmp_len = (frame.len() - 54) as u16;
+        frame[18..20].copy_from_slice(&icmp_len.to_be_bytes());
+        frame[56..58].copy_from_slice(&[0, 0]);
+        let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).unwrap());
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap());
+        let sum = ndp::icmpv6_checksum(&src, &dst, &frame[54..]);
+        frame[56..58].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    fn tag(vid: u16) -> RxMeta {
+        RxMeta {
+            vlan_tci: Some(vid),
+            other_host: false,
+        }
+    }
+
+    /// `frame` with an 802.1Q tag for `vid` inserted after the addresses.
+    fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+        let mut out = frame[..12].to_vec();
+        out.extend_from_slice(&0x8100u16.to_be_bytes());
+        out.extend_from_slice(&vid.to_be_bytes());
+        out.extend_from_slice(&frame[12..]);
+        out
+    }
+
+    #[test]
+    fn vlan_tagged_frames_are_dropped_not_answered_untagged() {
+        let t = table();
+        let vip = Ipv4Addr::new(192, 0, 2, 200);
+        let req = arp_request(BROADCAST, vip);
+        // Tag stripped by the kernel (reported beside the frame), or left in the frame.
+        let d = decide_arp(&req, tag(100), "eth0", ME, &t);
+        assert_eq!(d, Decision::Dropped(DropReason::VlanTagged));
+        assert_eq!(d.drop_reason(), Some("vlan_tagged"));
+        assert_eq!(
+            decide_arp(&tagged(&req, 100), RxMeta::default(), "eth0", ME, &t),
+            Decision::Dropped(DropReason::VlanTagged)
+        );
+        // Priority-tagged (VLAN 0) frames are tagged too.
+        assert_eq!(
+            decide_arp(&req, tag(0), "eth0", ME, &t),
+            Decision::Dropped(DropReason::VlanTagged)
+        );
+        let vip6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
+        let t6 = v6_table(vip6);
+        let f = ns("2001:db8::100".parse().unwrap(), vip6, Some(CLIENT));
+        assert!(matches!(
+            decide_ndp(&f, RxMeta::default(), "eth0", ME, &t6),
+            Decision::Answer { .. }
+        ));
+        assert_eq!(
+            decide_ndp(&f, tag(7), "eth0", ME, &t6),
+            Decision::Dropped(DropReason::VlanTagged)
+        );
+        assert_eq!(
+            decide_ndp(&tagged(&f, 7), RxMeta::default(), "eth0", ME, &t6),
+            Decision::Dropped(DropReason::VlanTagged)
+        );
+        // Tagged with a VLAN the node has no interface for, the kernel removes the tag and
+        // classes the frame as for another host: that is how a tagged request arrives.
+        let other = RxMeta {
+            vlan_tci: None,
+            other_host: true,
+        };
+        let d = decide_arp(&req, other, "eth0", ME, &t);
+        assert_eq!(d, Decision::Dropped(DropReason::OtherHost));
+        assert_eq!(d.drop_reason(), Some("other_host"));
+        assert_eq!(
+            decide_ndp(&f, other, "eth0", ME, &t6),
+            Decision::Dropped(DropReason::OtherHost)
+        );
+    }
+
+    #[test]
+    fn solicitations_rfc4861_forbids_are_dropped() {
+        let vip6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
+        let t6 = v6_table(vip6);
+        let unspecified = std::net::Ipv6Addr::UNSPECIFIED;
+        // A DAD probe (from ::) is answered to all nodes, but not one carrying a source
+        // link-layer address option (RFC 4861 7.1.1).
+        match decide_ndp_untagged(&ns(unspecified, vip6, None), "eth0", ME, &t6) {
+            Decision::Answer { frame, .. } => {
+                assert_eq!(&frame[..6], &ndp::multicast_mac(ndp::ALL_NODES).0)
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = decide_ndp_untagged(&ns(unspecified, vip6, Some(CLIENT)), "eth0", ME, &t6);
+        assert_eq!(d, Decision::Malformed(L2Error::UnspecifiedWithLinkLayer));
+        assert_eq!(d.drop_reason(), Some("dad_with_link_layer_option"));
+
+        let good = ns("2001:db8::100".parse().unwrap(), vip6, Some(CLIENT));
+        // A zero-length option.
+        let mut zero = good.clone();
+        zero[54 + 25] = 0;
+        reseal(&mut zero);
+        let d = decide_ndp_untagged(&zero, "eth0", ME, &t6);
+        assert_eq!(d, Decision::Malformed(L2Error::OptionLength));
+        assert_eq!(d.drop_reason(), Some("option_length"));
+        // A truncated option: one byte after the link-layer option, or an option whose
+        // length runs past the message.
+        let mut one_byte = good.clone();
+        one_byte.push(1);
+        reseal(&mut one_byte);
+        assert_eq!(
+            decide_ndp_untagged(&one_byte, "eth0", ME, &t6),
+            Decision::Malformed(L2Error::OptionTruncated(1))
+        );
+        let mut long = good;
+        long[54 + 25] = 2;
+        reseal(&mut long);
+        let d = decide_ndp_untagged(&long, "eth0", ME, &t6);
+        assert_eq!(d, Decision::Malformed(L2Error::OptionTruncated(8)));
+        assert_eq!(d.drop_reason(), Some("option_truncated"));
+    }
+
+    #[test]
+    fn never_answers_a_broadcast_zero_or_multicast_sender() {
+        let t = table();
+        let vip = Ipv4Addr::new(192, 0, 2, 200);
+        let bad_macs = [Mac::BROADCAST, Mac::ZERO, Mac([0x01, 0, 0x5e, 0, 0, 1])];
+        for bad in bad_macs {
+            // As the Ethernet source.
+            let mut f = arp_request(BROADCAST, vip);
+            f[6..12].copy_from_slice(&bad.0);
+            let d = decide_arp_untagged(&f, "eth0", ME, &t);
+            assert_eq!(d, Decision::Dropped(DropReason::SenderNotUnicast), "{bad}");
+            assert_eq!(d.drop_reason(), Some("sender_not_unicast"));
+            // As the ARP sender hardware address (where the reply would go).
+            let mut f = arp_request(BROADCAST, vip);
+            f[14 + 8..14 + 14].copy_from_slice(&bad.0);
+            assert_eq!(
+                decide_arp_untagged(&f, "eth0", ME, &t),
+                Decision::Dropped(DropReason::SenderNotUnicast),
+                "{bad}"
+            );
+        }
+        let vip6: std::net::Ipv6Addr = "2001:db8::200".parse().unwrap();
+        let t6 = v6_table(vip6);
+        let src: std::net::Ipv6Addr = "2001:db8::100".parse().unwrap();
+        for bad in bad_macs {
+            assert_eq!(
+                decide_ndp_untagged(&ns(src, vip6, Some(bad)), "eth0", ME, &t6),
+                Decision::Dropped(DropReason::SenderNotUnicast),
+                "{bad}"
+            );
+            let mut f = ns(src, vip6, None);
+            f[6..12].copy_from_slice(&bad.0);
+            assert_eq!(
+                decide_ndp_untagged(&f, "eth0", ME, &t6),
+                Decision::Dropped(DropReason::SenderNotUnicast),
+                "{bad}"
+            );
+        }
     }
 
     fn links(states: &[(&str, LinkState)]) -> NodeLinks {
