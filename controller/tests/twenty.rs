@@ -46,6 +46,10 @@ fn status_files(dir: &Path) -> BTreeMap<PathBuf, String> {
     fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
         for e in std::fs::read_dir(p).expect("reading status/").flatten() {
             let path = e.path();
+            // Locks record who runs, not what the cluster holds.
+            if path.ends_with("locks") {
+                continue;
+            }
             if path.is_dir() {
                 walk(&path, out);
             } else if path.file_name().is_some_and(|n| n != ".lock") {

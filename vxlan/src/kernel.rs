@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
+use metalnet::netlink::AddressFamily;
 use metalnet::netlink::{Netlink, NetlinkError, Route, VxlanParams};
-use netlink_packet_route::AddressFamily;
 
 use crate::annotations::Mac;
 use crate::plan::{

@@ -164,7 +164,8 @@ pub struct Inputs<'a> {
     pub ignore_exclude_label: bool,
 }
 
-/// The addresses a Service was given (status.loadBalancer.ingress[].ip), in order.
+/// The addresses a Service was given (status.loadBalancer.ingress[].ip), in order, less any
+/// special-purpose address (unspecified, loopback, multicast, broadcast, link-local).
 pub fn service_ips(svc: &Service) -> Vec<IpAddr> {
     svc.status
         .as_ref()
@@ -174,6 +175,11 @@ pub fn service_ips(svc: &Service) -> Vec<IpAddr> {
             ing.iter()
                 .filter_map(|i| i.ip.as_deref())
                 .filter_map(|ip| ip.parse().ok())
+                // Whoever wrote them into the status (the controller never assigns them),
+                // special-purpose addresses are never announced: a gratuitous ARP for
+                // 255.255.255.255 or an NA for ff02::1 would disturb every host on the
+                // segment.
+                .filter(|ip| metalnet::addr::special_purpose(*ip).is_none())
                 .collect()
         })
         .unwrap_or_default()
