@@ -336,23 +336,49 @@ fn main() {
         .into_iter()
         .filter(|k| only.is_none_or(|o| o == k.name()))
         .collect();
-    assert!(!kinds.is_empty(), "--only takes one of requests, conflict, conflict-macs, malformed");
+    assert!(
+        !kinds.is_empty(),
+        "--only takes one of requests, conflict, conflict-macs, malformed"
+    );
     let objects = site_objects(
-        &["192.0.2.200/32"],
+        &["192.0.2.128/25"],
         l2_advertisement("l2"),
         &[("web", "192.0.2.200")],
     );
     let site = L2Site::new("bench_arp_flood", &objects, &[]).expect("the lab builds");
-    let speaker = site.start("node1", "speaker", &[]).expect("the speaker starts");
+    let speaker = site
+        .start("node1", "speaker", &[])
+        .expect("the speaker starts");
     wait_for("the address announced", Duration::from_secs(30), || {
         site.metrics("node1")
             .contains("metalnet_speaker_announced_addresses 1")
     })
-    .expect("announced");
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; speaker logs:\n{}\nmetrics:\n{}\nexplain:\n{:?}",
+            speaker.logs(),
+            site.metrics("node1"),
+            site.node("node1").exec_status(&[
+                metalnet_lab::bins::binary("metalnet-speaker")
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+                "explain",
+                "--state-dir",
+                site.state_dir().to_str().unwrap(),
+                "--node-name",
+                "node1",
+                "default/web"
+            ])
+        )
+    });
     // Past the takeover announcements.
     std::thread::sleep(Duration::from_millis(5500));
     let (lines, bytes) = log_size(&speaker);
-    println!("speaker pid {} up; {lines} log lines ({bytes} bytes) so far", speaker.pid());
+    println!(
+        "speaker pid {} up; {lines} log lines ({bytes} bytes) so far",
+        speaker.pid()
+    );
     for kind in kinds {
         run(&site, &speaker, kind, secs);
     }
