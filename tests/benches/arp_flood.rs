@@ -16,7 +16,11 @@
 //!   request and a request whose ARP sender is multicast; all to be dropped and counted.
 //!
 //! For each: frames sent, the speaker's CPU per second (utime + stime), its log lines and
-//! bytes written during the flood, and the change of its layer 2 counters.
+//! bytes written during the flood, and the change of its layer 2 counters. Frames the
+//! kernel drops because a socket's receive buffer is full are counted nowhere: the speaker's
+//! counters say how many it processed, and the sender's count of answers is a lower bound
+//! (it drains its own receive socket only between bursts of 256 frames). The speaker is the
+//! debug build `metalnet_lab::bins` finds (`target/debug`).
 
 use std::io;
 use std::net::Ipv4Addr;
