@@ -372,6 +372,9 @@ impl Reconcile for Layer2Loop {
         }
         let live_changed = self.last_live.as_ref() != Some(&live);
         self.last_live = Some(live.clone());
+        // Settling by time wakes the loop with nothing changed: the first election must
+        // still be applied then.
+        let mut just_settled = false;
         if !self.settled {
             let nodes = eligibility::nodes(snapshot);
             let everyone = nodes.keys().all(|n| live.contains(n));
@@ -383,12 +386,13 @@ impl Reconcile for Layer2Loop {
                     "membership settled, announcing"
                 );
                 self.settled = true;
+                just_settled = true;
             } else {
                 return Vec::new();
             }
         }
         let state_changed = input.changed.is_none_or(|c| !c.is_empty());
-        if !(state_changed || live_changed || input.changed.is_none()) {
+        if !(state_changed || live_changed || just_settled || input.changed.is_none()) {
             return if std::mem::take(&mut self.failures_dirty) {
                 vec![Layer2Op::Interfaces]
             } else {

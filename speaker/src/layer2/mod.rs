@@ -166,8 +166,9 @@ type Decide = fn(&[u8], RxMeta, &str, Mac, &Table) -> Decision;
 /// What a rate-limited warning is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum WarnKey {
-    /// Another station claims an address we announce.
-    Claim(IpAddr, Mac),
+    /// Another station claims an address we announce. Keyed by the address alone: a flood
+    /// from ever new sender MACs would otherwise log one line per MAC.
+    Claim(IpAddr),
     /// Receiving on an interface (by index) failed.
     Receive(u32),
     /// Sending an answer on an interface (by index) failed.
@@ -566,7 +567,7 @@ fn drain(inner: &Inner, link: &Link, sock: &PacketSocket, buf: &mut [u8], decide
                             t.abort();
                         }
                     }
-                } else if let Some(suppressed) = inner.warn_allowed(WarnKey::Claim(ip, mac)) {
+                } else if let Some(suppressed) = inner.warn_allowed(WarnKey::Claim(ip)) {
                     tracing::warn!(%ip, by = %mac, interface = %link.info.name, suppressed, "another station announces an address this node announces");
                 }
             }
@@ -1064,6 +1065,40 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn claims_of_one_address_from_many_macs_log_once_per_interval() {
+        let metrics = Arc::new(Metrics::default());
+        let l2 = Layer2::new(metrics.clone());
+        let vip: IpAddr = "192.0.2.200".parse().unwrap();
+        let other: IpAddr = "192.0.2.201".parse().unwrap();
+        let logged = (0..1000u64)
+            .filter(|i| {
+                let by = Mac::local_from_seed(*i);
+                let d = decide_arp_untagged(
+                    &arp::gratuitous(Ipv4Addr::new(192, 0, 2, 200), by)[0].emit(),
+                    "eth0",
+                    ME,
+                    &table(),
+                );
+                assert_eq!(d, Decision::Claimed { ip: vip, mac: by });
+                l2.inner.warn_allowed(WarnKey::Claim(vip)).is_some()
+            })
+            .count();
+        assert_eq!(
+            logged, 1,
+            "one line per address per interval, whatever the MAC"
+        );
+        let suppressed = metrics
+            .warnings_suppressed
+            .get_or_create(&EventLabel {
+                event: "address_claimed_by_other_station".into(),
+            })
+            .get();
+        assert_eq!(suppressed, 999);
+        // Another address is warned about on its own.
+        assert!(l2.inner.warn_allowed(WarnKey::Claim(other)).is_some());
     }
 
     fn links(states: &[(&str, LinkState)]) -> NodeLinks {
