@@ -51,6 +51,11 @@ pub trait Manifest: Sized {
         ObjectRef::of_manifest(self.value()).expect("builders name a known kind")
     }
 
+    /// The object and its manifest, the pair validation and the state backends take.
+    fn pair(&self) -> (ObjectRef, Value) {
+        (self.object_ref(), self.json())
+    }
+
     /// `metadata.namespace`.
     fn namespace(mut self, namespace: &str) -> Self {
         self.value_mut()["metadata"]["namespace"] = json!(namespace);
@@ -637,6 +642,18 @@ mod tests {
         assert_eq!(
             eps["endpoints"][1],
             json!({"addresses": ["10.244.0.2"], "nodeName": "n2", "conditions": {"ready": true}})
+        );
+    }
+
+    #[test]
+    fn pair_is_the_object_and_its_manifest() {
+        let p = pool("p", ["192.0.2.0/24"]);
+        assert_eq!(
+            p.pair(),
+            (
+                ObjectRef::new(Kind::IPAddressPool, Some(METALLB_NS), "p"),
+                p.json()
+            )
         );
     }
 
