@@ -388,6 +388,11 @@ mod tests {
     use metalnet::validate::valid_config;
     use serde_json::{Value, json};
 
+    /// A LoadBalancer Service holding `ip`, with this external traffic policy.
+    fn lb_service(name: &str, ip: &str, policy: &str) -> Value {
+        service(name).traffic_policy(policy).ingress([ip]).json()
+    }
+
     fn three_nodes() -> Vec<Value> {
         vec![
             node("node1").label("zone", "a").ready().json(),
@@ -453,10 +458,7 @@ mod tests {
         let e = run(
             base(vec![
                 l2_advertisement("l2").json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &all,
@@ -473,10 +475,7 @@ mod tests {
         let e2 = run(
             base(vec![
                 l2_advertisement("l2").json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &rest,
@@ -489,10 +488,7 @@ mod tests {
     fn no_advertisement_no_announcement() {
         let e = run(
             base(vec![
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1", "node2", "node3"],
@@ -512,10 +508,7 @@ mod tests {
         let e = run(
             base(vec![
                 l2_advertisement("l2").json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["198.51.100.5"])
-                    .json(),
+                lb_service("web", "198.51.100.5", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1"],
@@ -528,10 +521,7 @@ mod tests {
         let e = run(
             base(vec![
                 l2_advertisement("l2").json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(false)).json(),
             ]),
             &["node1", "node2", "node3"],
@@ -547,10 +537,7 @@ mod tests {
                     .node_selector(json!({"zone": "b"}))
                     .interfaces(["eth1"])
                     .json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1", "node2", "node3"],
@@ -573,10 +560,7 @@ mod tests {
             base(vec![
                 l2_advertisement("a").interfaces(["eth1"]).json(),
                 l2_advertisement("b").interfaces(["eth2"]).json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1"],
@@ -592,10 +576,7 @@ mod tests {
             base(vec![
                 l2_advertisement("a").interfaces(["eth1"]).json(),
                 l2_advertisement("b").json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1"],
@@ -614,10 +595,7 @@ mod tests {
         let e = run(
             base(vec![
                 l2_advertisement("l2").json(),
-                service("web")
-                    .traffic_policy("Local")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Local"),
                 endpoint_slice("web")
                     .endpoint("node3", Some(true))
                     .endpoint("node2", Some(false))
@@ -643,10 +621,7 @@ mod tests {
         ];
         objects.extend([
             l2_advertisement("l2").json(),
-            service("web")
-                .traffic_policy("Cluster")
-                .ingress(["192.0.2.200"])
-                .json(),
+            lb_service("web", "192.0.2.200", "Cluster"),
             endpoint_slice("web").endpoint("node1", None).json(),
         ]);
         let e = run(objects, &["node1", "node2", "node3", "ghost"]);
@@ -665,7 +640,7 @@ mod tests {
             ("b", "192.0.2.200"),
             ("c", "192.0.2.201"),
         ] {
-            extra.push(service(svc).traffic_policy("Cluster").ingress([ip]).json());
+            extra.push(lb_service(svc, ip, "Cluster"));
             extra.push(endpoint_slice(svc).endpoint("node1", None).json());
         }
         let e = run(base(extra), &all);
@@ -676,12 +651,11 @@ mod tests {
         let mut extra = vec![l2_advertisement("l2").json()];
         for i in 0..30 {
             let name = format!("s{i}");
-            extra.push(
-                service(&name)
-                    .traffic_policy("Cluster")
-                    .ingress([&format!("192.0.2.{}", 200 + i)])
-                    .json(),
-            );
+            extra.push(lb_service(
+                &name,
+                &format!("192.0.2.{}", 200 + i),
+                "Cluster",
+            ));
             extra.push(endpoint_slice(&name).endpoint("node1", None).json());
         }
         let e = run(base(extra), &all);
@@ -695,10 +669,7 @@ mod tests {
         let e = run(
             base(vec![
                 l2_advertisement("l2").interfaces(["eth1"]).json(),
-                service("web")
-                    .traffic_policy("Cluster")
-                    .ingress(["192.0.2.200"])
-                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
                 endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1", "node2", "node3"],
@@ -743,12 +714,7 @@ mod tests {
             for (i, last) in services.iter().enumerate() {
                 let name = format!("s{i}");
                 let ip = format!("192.0.2.{}", 200 + u16::from(*last % 51));
-                v.push(
-                    service(&name)
-                        .traffic_policy("Cluster")
-                        .ingress([&ip])
-                        .json(),
-                );
+                v.push(lb_service(&name, &ip, "Cluster"));
                 v.push(endpoint_slice(&name).endpoint("node1", Some(true)).json());
             }
             v

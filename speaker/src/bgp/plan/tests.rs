@@ -8,6 +8,11 @@ fn node1() -> NodeBuilder {
     node("node1").internal_ip("192.0.2.11")
 }
 
+/// A LoadBalancer Service holding `ips`, with this external traffic policy.
+fn lb_service(name: &str, ips: &[&str], policy: &str) -> Value {
+    service(name).traffic_policy(policy).ingress(ips).json()
+}
+
 fn base(extra: Vec<Value>) -> Vec<Value> {
     let mut v = vec![
         node1().label("zone", "a").ready().json(),
@@ -42,10 +47,7 @@ fn net(s: &str) -> IpNet {
 fn announces_host_route_with_session_parameters() {
     let p = run(base(vec![
         bgp_advertisement("all").json(),
-        service("web")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.200", "2001:db8:0:1::201"])
-            .json(),
+        lb_service("web", &["192.0.2.200", "2001:db8:0:1::201"], "Cluster"),
         endpoint_slice("web").ready_on_each(["node2"]).json(),
     ]));
     let r = routes(&p, "router");
@@ -73,7 +75,7 @@ fn ipv6_address_on_an_ipv4_only_session_is_not_announced() {
     let objects = |peer_extra: Value, ips: &[&str]| {
         let mut v = base(vec![
             bgp_advertisement("all").json(),
-            service("web").traffic_policy("Cluster").ingress(ips).json(),
+            lb_service("web", ips, "Cluster"),
             endpoint_slice("web").ready_on_each(["node2"]).json(),
         ]);
         v[2] = bgp_peer("router", "192.0.2.1", 64513, 64512)
@@ -150,18 +152,9 @@ fn aggregates_and_merges_communities_and_local_pref() {
             .with_spec(json!({"aggregationLength": 27, "localPref": 200,
             "communities": ["no-export"]}))
             .json(),
-        service("a")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.200"])
-            .json(),
-        service("b")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.201"])
-            .json(),
-        service("c")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.201"])
-            .json(),
+        lb_service("a", &["192.0.2.200"], "Cluster"),
+        lb_service("b", &["192.0.2.201"], "Cluster"),
+        lb_service("c", &["192.0.2.201"], "Cluster"),
         endpoint_slice("a").ready_on_each(["node1"]).json(),
         endpoint_slice("b").ready_on_each(["node1"]).json(),
         endpoint_slice("c").ready_on_each(["node1"]).json(),
@@ -186,10 +179,7 @@ fn local_policy_needs_an_endpoint_on_this_node() {
     let objs = |eps: &[&str]| {
         base(vec![
             bgp_advertisement("all").json(),
-            service("web")
-                .traffic_policy("Local")
-                .ingress(["192.0.2.200"])
-                .json(),
+            lb_service("web", &["192.0.2.200"], "Local"),
             endpoint_slice("web").ready_on_each(eps).json(),
         ])
     };
@@ -227,10 +217,7 @@ fn unusable_node_withdraws_everything_but_keeps_sessions() {
     ] {
         let mut objs = base(vec![
             bgp_advertisement("all").json(),
-            service("web")
-                .traffic_policy("Cluster")
-                .ingress(["192.0.2.200"])
-                .json(),
+            lb_service("web", &["192.0.2.200"], "Cluster"),
             endpoint_slice("web").ready_on_each(["node1"]).json(),
         ]);
         objs[0] = node.json();
@@ -255,10 +242,7 @@ fn selectors_and_peer_lists_filter() {
             .with_spec(json!({"aggregationLength": 27,
             "nodeSelectors": [{"matchLabels": {"zone": "b"}}]}))
             .json(),
-        service("web")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.200"])
-            .json(),
+        lb_service("web", &["192.0.2.200"], "Cluster"),
         endpoint_slice("web").ready_on_each(["node1"]).json(),
     ]));
     assert_eq!(
@@ -277,10 +261,7 @@ fn selectors_and_peer_lists_filter() {
             .with_spec(json!({
             "nodeSelectors": [{"matchLabels": {"zone": "b"}}]}))
             .json(),
-        service("web")
-            .traffic_policy("Cluster")
-            .ingress(["192.0.2.200"])
-            .json(),
+        lb_service("web", &["192.0.2.200"], "Cluster"),
         endpoint_slice("web").ready_on_each(["node1"]).json(),
     ]));
     assert_eq!(p.services[0].not_announced, Some(NotAnnounced::NotSelected));
@@ -543,6 +524,26 @@ fn incremental_plan_follows_add_modify_delete() {
     apply(&services);
 }
 
+/// Service `s{i}` at `ip`, as the timing tests create and change it.
+fn timed_service(i: usize, ip: &str) -> Value {
+    lb_service(&format!("s{i}"), &[ip], "Cluster")
+}
+
+/// `n` Services at `ip(i)`, each with a slice of ready endpoints on node1 and node2.
+fn timed_services(n: usize, ip: impl Fn(usize) -> String) -> Vec<Value> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                timed_service(i, &ip(i)),
+                endpoint_slice(&format!("s{i}"))
+                    .name(&format!("s{i}-x"))
+                    .ready_on_each(["node1", "node2"])
+                    .json(),
+            ]
+        })
+        .collect()
+}
+
 /// Prints the time of one Service change at 10,000 Services, full plan and incremental.
 /// `cargo test -p metalnet-speaker --release plan_timing -- --ignored --nocapture`
 #[test]
@@ -550,22 +551,9 @@ fn incremental_plan_follows_add_modify_delete() {
 fn plan_timing_at_10000_services() {
     const N: usize = 10_000;
     let mut objs = config_objects();
-    let svc = |i: usize, ip: &str| {
-        service(&format!("s{i}"))
-            .traffic_policy("Cluster")
-            .ingress([ip])
-            .json()
-    };
-    let ip = |i: usize| format!("2001:db8:0:1::{:x}", 0x200 + (i % 16));
-    for i in 0..N {
-        objs.push(svc(i, &ip(i)));
-        objs.push(
-            endpoint_slice(&format!("s{i}"))
-                .name(&format!("s{i}-x"))
-                .ready_on_each(["node1", "node2"])
-                .json(),
-        );
-    }
+    objs.extend(timed_services(N, |i| {
+        format!("2001:db8:0:1::{:x}", 0x200 + (i % 16))
+    }));
     let snap = snapshot(objs.clone());
     let (config, _) = valid_config(&snap);
     let inputs = |snap: &'_ Snapshot, config: &'_ ParsedConfig| -> NodePlan {
@@ -587,7 +575,7 @@ fn plan_timing_at_10000_services() {
         None,
     );
     // One Service changes its address.
-    let changed_svc = svc(42, "192.0.2.201");
+    let changed_svc = timed_service(42, "192.0.2.201");
     let changed = BTreeSet::from([ObjectRef::of_manifest(&changed_svc).unwrap()]);
     objs.push(changed_svc);
     let snap2 = snapshot(objs);
@@ -636,22 +624,7 @@ fn plan_timing_at_10000_routes() {
             .with_spec(json!({"localPref": 50, "communities": ["64513:1"]}))
             .json(),
     ];
-    let svc = |i: usize, ip: &str| {
-        service(&format!("s{i}"))
-            .traffic_policy("Cluster")
-            .ingress([ip])
-            .json()
-    };
-    let ip = |i: usize| format!("2001:db8:100::{:x}", i + 1);
-    for i in 0..N {
-        objs.push(svc(i, &ip(i)));
-        objs.push(
-            endpoint_slice(&format!("s{i}"))
-                .name(&format!("s{i}-x"))
-                .ready_on_each(["node1", "node2"])
-                .json(),
-        );
-    }
+    objs.extend(timed_services(N, |i| format!("2001:db8:100::{:x}", i + 1)));
     let snap = snapshot(objs.clone());
     let (config, problems) = valid_config(&snap);
     assert!(problems.iter().all(|p| !p.is_error()), "{problems:?}");
@@ -700,7 +673,7 @@ fn plan_timing_at_10000_routes() {
         })
         .collect();
     // One Service changes its address.
-    let changed_svc = svc(42, "2001:db8:100::ffff");
+    let changed_svc = timed_service(42, "2001:db8:100::ffff");
     let changed = BTreeSet::from([ObjectRef::of_manifest(&changed_svc).unwrap()]);
     objs.push(changed_svc);
     let snap2 = snapshot(objs);
