@@ -513,10 +513,9 @@ mod tests {
     }
 
     fn secret(data: Value) -> (ObjectRef, Value) {
-        let object = ObjectRef::new(Kind::Secret, Some(NS), "s");
-        let value = json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "s", "namespace": NS}, "data": data});
-        (object, value)
+        object("v1", "Secret", Some(NS), "s")
+            .field("data", data)
+            .pair()
     }
 
     #[test]
