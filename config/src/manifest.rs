@@ -702,6 +702,7 @@ fn fold_string_data(value: &mut Value) -> Result<(), (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Manifest, node, service};
 
     fn parse(name: &str, text: &str) -> (Vec<RawObject>, Vec<String>) {
         let (objs, errs) = parse_manifests(Path::new(name), text);
@@ -879,7 +880,7 @@ metadata: {name: speaker}
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::create_dir(dir.path().join(".git")).unwrap();
-        let node = |n: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n");
+        let node = |n: &str| node(n).yaml();
         std::fs::write(dir.path().join("a.yaml"), node("n1")).unwrap();
         std::fs::write(sub.join("b.yml"), node("n2") + "---\n" + &node("n1")).unwrap();
         std::fs::write(dir.path().join(".git/c.yaml"), node("hidden")).unwrap();
@@ -992,11 +993,10 @@ metadata: {name: speaker}
 
     #[test]
     fn many_documents_are_read_in_linear_time() {
-        let doc = |i: usize| {
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n"
-            )
-        };
+        // One document from the builder, renamed per copy: serializing 20,000 would take
+        // longer than the parse under test.
+        let template = service("svc-NAME").yaml();
+        let doc = |i: usize| template.replace("svc-NAME", &format!("svc-{i}"));
         let text: String = (0..20_000).map(|i| format!("---\n{}", doc(i))).collect();
         let started = std::time::Instant::now();
         let (objs, errs) = parse("many.yaml", &text);

@@ -851,58 +851,23 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet::model::IPAddressPool;
-    use metalnet::model::core::Service;
-    use serde_json::json;
+    use metalnet::testing::{Manifest, pool, service};
+    use serde_json::{Value, json};
     use std::sync::Arc;
 
-    fn service(ns: &str, name: &str, extra: serde_json::Value) -> Service {
-        let mut v = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": ns, "name": name},
-            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
-        });
-        metalnet::state::merge_patch(&mut v, &extra);
-        serde_json::from_value(v).unwrap()
+    /// A snapshot of these pools and Services.
+    fn snapshot(pools: Vec<Value>, services: Vec<Value>) -> Arc<Snapshot> {
+        metalnet::testing::snapshot(pools.into_iter().chain(services))
     }
 
-    fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
-        serde_json::from_value(json!({
-            "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
-            "metadata": {"namespace": "metallb-system", "name": name},
-            "spec": {"addresses": addresses},
-        }))
-        .unwrap()
-    }
-
-    fn snapshot(pools: Vec<IPAddressPool>, services: Vec<Service>) -> Snapshot {
-        Snapshot {
-            ip_address_pools: Arc::new(
-                pools
-                    .into_iter()
-                    .map(|p| {
-                        let k = ObjectKey {
-                            namespace: p.metadata.namespace.clone(),
-                            name: p.metadata.name.clone().unwrap(),
-                        };
-                        (k, Arc::new(p))
-                    })
-                    .collect(),
-            ),
-            services: Arc::new(
-                services
-                    .into_iter()
-                    .map(|svc| {
-                        let k = ObjectKey {
-                            namespace: svc.metadata.namespace.clone(),
-                            name: svc.metadata.name.clone().unwrap(),
-                        };
-                        (k, Arc::new(svc))
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }
+    /// A Service in `ns` with the address it was given from pool `pool`, as the controller
+    /// writes it back.
+    fn assigned(name: &str, ip: &str, pool: &str) -> Value {
+        service(name)
+            .namespace("ns")
+            .ingress([ip])
+            .annotation(ANNOTATION_IP_ALLOCATED_FROM_POOL, pool)
+            .json()
     }
 
     fn ingress(actions: &[Action]) -> BTreeMap<String, Vec<String>> {
@@ -933,14 +898,13 @@ mod tests {
     #[test]
     fn requested_addresses_go_first_and_others_fill_in() {
         let snap = snapshot(
-            vec![pool("a", &["192.0.2.0/30"])],
+            vec![pool("a", ["192.0.2.0/30"]).json()],
             vec![
-                service("ns", "a-auto", json!({})),
-                service(
-                    "ns",
-                    "b-wants-0",
-                    json!({"metadata": {"annotations": {"metallb.io/loadBalancerIPs": "192.0.2.0"}}}),
-                ),
+                service("a-auto").namespace("ns").json(),
+                service("b-wants-0")
+                    .namespace("ns")
+                    .annotation("metallb.io/loadBalancerIPs", "192.0.2.0")
+                    .json(),
             ],
         );
         let mut r = Reconciler::new(Options::default());
@@ -957,15 +921,10 @@ mod tests {
 
     #[test]
     fn restart_adopts_and_writes_nothing() {
-        let svc = service(
-            "ns",
-            "web",
-            json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.3"}]}},
-                   "metadata": {"annotations": {"metallb.io/ip-allocated-from-pool": "a"}}}),
-        );
+        let svc = assigned("web", "192.0.2.3", "a");
         let snap = snapshot(
-            vec![pool("a", &["192.0.2.0/30"])],
-            vec![svc, service("ns", "another", json!({}))],
+            vec![pool("a", ["192.0.2.0/30"]).json()],
+            vec![svc, service("another").namespace("ns").json()],
         );
         let mut r = Reconciler::new(Options::default());
         let actions = r.reconcile(&snap, None);
@@ -976,13 +935,15 @@ mod tests {
 
     #[test]
     fn other_classes_are_untouched_and_lb_class_selects() {
-        let classed = service(
-            "ns",
-            "classed",
-            json!({"spec": {"loadBalancerClass": "example.com/other"}}),
+        let classed = service("classed")
+            .namespace("ns")
+            .spec("loadBalancerClass", json!("example.com/other"))
+            .json();
+        let plain = service("plain").namespace("ns").json();
+        let snap = snapshot(
+            vec![pool("a", ["192.0.2.0/30"]).json()],
+            vec![classed, plain],
         );
-        let plain = service("ns", "plain", json!({}));
-        let snap = snapshot(vec![pool("a", &["192.0.2.0/30"])], vec![classed, plain]);
         let actions = Reconciler::new(Options::default()).reconcile(&snap, None);
         assert_eq!(ingress(&actions).keys().collect::<Vec<_>>(), ["ns/plain"]);
         let opts = Options {
@@ -995,13 +956,13 @@ mod tests {
 
     #[test]
     fn a_pool_turning_invalid_keeps_its_last_valid_version() {
-        let svc = service("ns", "web", json!({}));
-        let good = snapshot(vec![pool("a", &["192.0.2.0/30"])], vec![svc.clone()]);
+        let svc = service("web").namespace("ns").json();
+        let good = snapshot(vec![pool("a", ["192.0.2.0/30"]).json()], vec![svc.clone()]);
         let mut r = Reconciler::new(Options::default());
         let actions = r.reconcile(&good, None);
         assert_eq!(ingress(&actions)["ns/web"], ["192.0.2.0"]);
 
-        let bad = snapshot(vec![pool("a", &["192.0.2.0/33"])], vec![svc]);
+        let bad = snapshot(vec![pool("a", ["192.0.2.0/33"]).json()], vec![svc]);
         let changed = BTreeSet::from([ObjectRef::new(
             Kind::IPAddressPool,
             Some("metallb-system"),
@@ -1021,22 +982,15 @@ mod tests {
 
     #[test]
     fn shrinking_a_pool_frees_only_what_left_it() {
-        let a = service("ns", "a", json!({}));
-        let b = service("ns", "b", json!({}));
-        let snap1 = snapshot(vec![pool("p", &["192.0.2.0/30"])], vec![a, b]);
+        let a = service("a").namespace("ns").json();
+        let b = service("b").namespace("ns").json();
+        let snap1 = snapshot(vec![pool("p", ["192.0.2.0/30"]).json()], vec![a, b]);
         let mut r = Reconciler::new(Options::default());
         r.reconcile(&snap1, None);
         // Write back what the controller would have written.
-        let with_status = |name: &str, ip: &str| {
-            service(
-                "ns",
-                name,
-                json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
-                       "metadata": {"annotations": {"metallb.io/ip-allocated-from-pool": "p"}}}),
-            )
-        };
+        let with_status = |name: &str, ip: &str| assigned(name, ip, "p");
         let snap2 = snapshot(
-            vec![pool("p", &["192.0.2.1/32"])],
+            vec![pool("p", ["192.0.2.1/32"]).json()],
             vec![with_status("a", "192.0.2.0"), with_status("b", "192.0.2.1")],
         );
         let changed = BTreeSet::from([ObjectRef::new(
@@ -1064,8 +1018,11 @@ mod tests {
     #[test]
     fn explain_names_the_pool_or_the_reason() {
         let snap = snapshot(
-            vec![pool("p", &["192.0.2.0/32"])],
-            vec![service("ns", "a", json!({})), service("ns", "b", json!({}))],
+            vec![pool("p", ["192.0.2.0/32"]).json()],
+            vec![
+                service("a").namespace("ns").json(),
+                service("b").namespace("ns").json(),
+            ],
         );
         let mut r = Reconciler::new(Options::default());
         r.reconcile(&snap, None);
@@ -1078,12 +1035,12 @@ mod tests {
     }
 
     /// The Services as they are after the controller's writes.
-    fn written(services: &[Service], actions: &[Action]) -> Vec<Service> {
+    fn written(services: &[Value], actions: &[Action]) -> Vec<Value> {
         services
             .iter()
             .map(|svc| {
-                let mut v = serde_json::to_value(svc).unwrap();
-                let name = svc.metadata.name.as_deref().unwrap();
+                let mut v = svc.clone();
+                let name = svc["metadata"]["name"].as_str().unwrap();
                 for a in actions {
                     match a {
                         Action::SetIngress { service, ips } if service.name == name => {
@@ -1116,7 +1073,7 @@ mod tests {
                         _ => {}
                     }
                 }
-                serde_json::from_value(v).unwrap()
+                v
             })
             .collect()
     }
@@ -1130,22 +1087,17 @@ mod tests {
 
     #[test]
     fn services_coming_back_together_keep_their_addresses() {
-        let p = || vec![pool("p", &["192.0.2.0/28"])];
+        let p = || vec![pool("p", ["192.0.2.0/28"]).json()];
         let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
         let mut r = Reconciler::new(Options::default());
-        let first = vec![service("ns", "a-new", json!({}))];
+        let first = vec![service("a-new").namespace("ns").json()];
         let actions = r.reconcile(&snapshot(p(), first.clone()), None);
         assert_eq!(ingress(&actions)["ns/a-new"], ["192.0.2.0"]);
         let mut all = written(&first, &actions);
         // Ten Services come back at once (a file readable again), with the addresses
         // .0 to .9 in their status from before; .0 went to a-new meanwhile.
         for (i, n) in names.iter().enumerate() {
-            all.push(service(
-                "ns",
-                n,
-                json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("192.0.2.{i}")}]}},
-                       "metadata": {"annotations": {"metallb.io/ip-allocated-from-pool": "p"}}}),
-            ));
+            all.push(assigned(n, &format!("192.0.2.{i}"), "p"));
         }
         let changed = services_changed(&names.iter().map(String::as_str).collect::<Vec<_>>());
         let actions = r.reconcile(&snapshot(p(), all), Some(&changed));
@@ -1159,15 +1111,15 @@ mod tests {
 
     #[test]
     fn a_stale_status_does_not_take_an_address_from_its_holder() {
-        let p = || vec![pool("p", &["192.0.2.0/30"])];
-        let a = service("ns", "a", json!({}));
+        let p = || vec![pool("p", ["192.0.2.0/30"]).json()];
+        let a = service("a").namespace("ns").json();
         let mut r = Reconciler::new(Options::default());
         let actions = r.reconcile(&snapshot(p(), vec![a.clone()]), None);
         let a_written = written(&[a], &actions);
         assert_eq!(ingress(&actions)["ns/a"], ["192.0.2.0"]);
 
         // a is deleted (its status stays on disk); b arrives and gets the freed address.
-        let b = service("ns", "b", json!({}));
+        let b = service("b").namespace("ns").json();
         let actions = r.reconcile(
             &snapshot(p(), vec![b.clone()]),
             Some(&services_changed(&["a", "b"])),
@@ -1194,15 +1146,15 @@ mod tests {
         fn early() -> Timestamp {
             "2020-01-01T00:00:00Z".parse().unwrap()
         }
-        let p = || vec![pool("p", &["192.0.2.0/30"])];
-        let a = service("ns", "a", json!({"metadata": {"uid": "uid-1"}}));
+        let p = || vec![pool("p", ["192.0.2.0/30"]).json()];
+        let a = service("a").namespace("ns").uid("uid-1").json();
         let mut r = Reconciler::new(Options::default()).with_clock(late);
         let actions = r.reconcile(&snapshot(p(), vec![a.clone()]), None);
         let a_written = written(&[a], &actions);
 
         // a deleted while the controller was down; the clock stepped back since; b gets
         // the address.
-        let b = service("ns", "b", json!({"metadata": {"uid": "uid-2"}}));
+        let b = service("b").namespace("ns").uid("uid-2").json();
         let mut r = Reconciler::new(Options::default()).with_clock(early);
         let actions = r.reconcile(&snapshot(p(), vec![b.clone()]), None);
         assert_eq!(ingress(&actions)["ns/b"], ["192.0.2.0"]);
@@ -1211,7 +1163,7 @@ mod tests {
         // a created again (a new uid) with the old status: its time is later, but it was
         // written for uid-1, so it is not a's any more.
         let mut a_again = a_written[0].clone();
-        a_again.metadata.uid = Some("uid-3".into());
+        a_again["metadata"]["uid"] = json!("uid-3");
         let mut r = Reconciler::new(Options::default()).with_clock(early);
         let actions = r.reconcile(&snapshot(p(), vec![a_again, b_written[0].clone()]), None);
         assert_eq!(
@@ -1227,16 +1179,16 @@ mod tests {
 
     #[test]
     fn a_new_overlapping_pool_evicts_nobody_now_or_after_a_restart() {
-        let s1 = service("ns", "s1", json!({}));
-        let s2 = service("ns", "s2", json!({}));
-        let old = || pool("zz-old", &["192.0.2.0/30"]);
+        let s1 = service("s1").namespace("ns").json();
+        let s2 = service("s2").namespace("ns").json();
+        let old = || pool("zz-old", ["192.0.2.0/30"]).json();
         let mut r = Reconciler::new(Options::default());
         let actions = r.reconcile(&snapshot(vec![old()], vec![s1.clone(), s2.clone()]), None);
         assert_eq!(ingress(&actions)["ns/s2"], ["192.0.2.1"]);
         let services = written(&[s1, s2], &actions);
 
         // A new pool overlapping by one address, whose name sorts first.
-        let both = || vec![old(), pool("aa-new", &["192.0.2.1/32"])];
+        let both = || vec![old(), pool("aa-new", ["192.0.2.1/32"]).json()];
         let changed = BTreeSet::from([ObjectRef::new(
             Kind::IPAddressPool,
             Some("metallb-system"),

@@ -130,31 +130,30 @@ pub fn internal_ip(node: &Node, choice: IpChoice) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn node(addrs: &[(&str, &str)]) -> Node {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n1"},
-            "status": {"addresses": addrs.iter().map(|(t, a)| serde_json::json!({"type": t, "address": a})).collect::<Vec<_>>()},
-        }))
-        .unwrap()
+    use metalnet::testing::{Manifest, NodeBuilder, node};
+
+    fn decode(node: NodeBuilder) -> Node {
+        serde_json::from_value(node.json()).unwrap()
     }
 
     #[test]
     fn internal_ip_choices() {
-        let n = node(&[
-            ("Hostname", "n1"),
-            ("InternalIP", "2001:db8::1"),
-            ("ExternalIP", "198.51.100.1"),
-            ("InternalIP", "192.0.2.1"),
-        ]);
+        let n = decode(
+            node("n1")
+                .address("Hostname", "n1")
+                .internal_ip("2001:db8::1")
+                .address("ExternalIP", "198.51.100.1")
+                .internal_ip("192.0.2.1"),
+        );
         let v4: IpAddr = "192.0.2.1".parse().unwrap();
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(internal_ips(&n), vec![v6, v4]);
         assert_eq!(internal_ip(&n, IpChoice::First), Some(v6));
         assert_eq!(internal_ip(&n, IpChoice::Prefer { v4: true }), Some(v4));
         assert_eq!(internal_ip(&n, IpChoice::Only { v4: true }), Some(v4));
-        let only6 = node(&[("InternalIP", "2001:db8::1"), ("InternalIP", "junk")]);
+        let only6 = decode(node("n1").internal_ip("2001:db8::1").internal_ip("junk"));
         assert_eq!(internal_ip(&only6, IpChoice::Prefer { v4: true }), Some(v6));
         assert_eq!(internal_ip(&only6, IpChoice::Only { v4: true }), None);
-        assert_eq!(internal_ip(&node(&[]), IpChoice::First), None);
+        assert_eq!(internal_ip(&decode(node("n1")), IpChoice::First), None);
     }
 }

@@ -279,7 +279,7 @@ impl OwnedPlanner<Round> for L2StatusPlanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalnet::state::{Core, Delta};
+    use metalnet::testing::snapshot;
 
     fn election(name: &str, winner: &str) -> ServiceElection {
         ServiceElection {
@@ -298,19 +298,6 @@ mod tests {
                 interfaces: Interfaces::Only(["eth0".to_string()].into()),
             },
         }
-    }
-
-    fn snapshot(objects: Vec<Value>) -> Arc<Snapshot> {
-        let core = Core::new([Kind::ServiceL2Status]);
-        core.apply(objects.into_iter().map(|v| {
-            let r = ObjectRef::new(
-                Kind::ServiceL2Status,
-                v["metadata"]["namespace"].as_str(),
-                v["metadata"]["name"].as_str().unwrap(),
-            );
-            Delta::Apply(r, v)
-        }));
-        core.snapshot()
     }
 
     #[test]

@@ -166,19 +166,16 @@ mod tests {
     use super::*;
     use crate::bgp::fsm::Fsm;
     use crate::model::BGPPeer;
+    use crate::testing::{Manifest, bgp_peer};
     use crate::validate::valid_peers;
     use serde_json::{Value, json};
 
     fn parsed(extra: Value) -> ParsedPeer {
-        let mut spec = json!({"myASN": 64512, "peerASN": 64513, "peerAddress": "192.0.2.2"});
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        let peer: BGPPeer = serde_json::from_value(json!({
-            "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
-            "metadata": {"name": "p", "namespace": "metallb-system"},
-            "spec": spec,
-        }))
+        let peer: BGPPeer = serde_json::from_value(
+            bgp_peer("p", "192.0.2.2", 64512, 64513)
+                .spec_fields(extra)
+                .json(),
+        )
         .unwrap();
         let (mut peers, problems) = valid_peers([&peer]);
         assert!(problems.is_empty(), "{problems:#?}");

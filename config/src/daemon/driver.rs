@@ -434,6 +434,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::state::Source;
+    use crate::testing::{Manifest, service, yaml_stream};
     use std::sync::Mutex;
 
     /// Plans one op per Service (its name); fails the ones named in `fail` with that class.
@@ -484,18 +485,16 @@ mod tests {
         }
     }
 
-    fn service(name: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: LoadBalancer\n"
-        )
-    }
-
     #[tokio::test]
     async fn retries_transient_failures_and_not_invalid_ones() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("s.yaml"),
-            [service("flaky"), service("bad"), service("good")].join("---\n"),
+            yaml_stream(&[
+                service("flaky").json(),
+                service("bad").json(),
+                service("good").json(),
+            ]),
         )
         .unwrap();
         let state = ClusterState::start(Source::Dir(dir.path().into()), [Kind::Service])
@@ -551,7 +550,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("state");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("s.yaml"), service("web")).unwrap();
+        std::fs::write(dir.join("s.yaml"), service("web").yaml()).unwrap();
         let state = Arc::new(
             ClusterState::start(Source::Dir(dir.clone()), [Kind::Service])
                 .await

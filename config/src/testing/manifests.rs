@@ -51,6 +51,11 @@ pub trait Manifest: Sized {
         ObjectRef::of_manifest(self.value()).expect("builders name a known kind")
     }
 
+    /// The object and its manifest, the pair validation and the state backends take.
+    fn pair(&self) -> (ObjectRef, Value) {
+        (self.object_ref(), self.json())
+    }
+
     /// `metadata.namespace`.
     fn namespace(mut self, namespace: &str) -> Self {
         self.value_mut()["metadata"]["namespace"] = json!(namespace);
@@ -367,6 +372,13 @@ impl EndpointSliceBuilder {
         self.endpoint(node, Some(true))
     }
 
+    /// One ready endpoint on each of these nodes, in order.
+    pub fn ready_on_each<S: AsRef<str>>(self, nodes: impl IntoIterator<Item = S>) -> Self {
+        nodes
+            .into_iter()
+            .fold(self, |slice, node| slice.ready_on(node.as_ref()))
+    }
+
     /// An endpoint on `node` with `conditions.ready` (`None`: the condition is absent,
     /// which Kubernetes reads as ready).
     pub fn endpoint(self, node: &str, ready: Option<bool>) -> Self {
@@ -614,6 +626,35 @@ mod tests {
         for (built, by_hand) in cases {
             assert_eq!(built, read(by_hand), "{by_hand}");
         }
+    }
+
+    #[test]
+    fn ready_on_each_adds_one_ready_endpoint_per_node() {
+        assert_eq!(
+            endpoint_slice("web").ready_on_each(["n1", "n2"]),
+            endpoint_slice("web").ready_on("n1").ready_on("n2")
+        );
+        assert_eq!(
+            endpoint_slice("web").ready_on_each(Vec::<&str>::new()),
+            endpoint_slice("web")
+        );
+        let eps = endpoint_slice("web").ready_on_each(["n1", "n2"]).json();
+        assert_eq!(
+            eps["endpoints"][1],
+            json!({"addresses": ["10.244.0.2"], "nodeName": "n2", "conditions": {"ready": true}})
+        );
+    }
+
+    #[test]
+    fn pair_is_the_object_and_its_manifest() {
+        let p = pool("p", ["192.0.2.0/24"]);
+        assert_eq!(
+            p.pair(),
+            (
+                ObjectRef::new(Kind::IPAddressPool, Some(METALLB_NS), "p"),
+                p.json()
+            )
+        );
     }
 
     #[test]

@@ -269,11 +269,13 @@ mod tests {
 
     #[test]
     fn aggregation_length_ranges() {
-        let base = pool("pool-a", &["192.0.2.0/32"]);
+        let base = pool("pool-a", ["192.0.2.0/32"]).pair();
         assert_only_error(
             &[
                 base.clone(),
-                bgp_adv("adv", json!({"aggregationLength": 33})),
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLength": 33}))
+                    .pair(),
             ],
             ADV,
             "spec.aggregationLength",
@@ -282,7 +284,9 @@ mod tests {
         assert_only_error(
             &[
                 base.clone(),
-                bgp_adv("adv", json!({"aggregationLength": 0})),
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLength": 0}))
+                    .pair(),
             ],
             ADV,
             "spec.aggregationLength",
@@ -291,14 +295,21 @@ mod tests {
         assert_only_error(
             &[
                 base.clone(),
-                bgp_adv("adv", json!({"aggregationLengthV6": 129})),
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLengthV6": 129}))
+                    .pair(),
             ],
             ADV,
             "spec.aggregationLengthV6",
             "129 is outside 0..=128",
         );
         assert_only_error(
-            &[base, bgp_adv("adv", json!({"aggregationLengthV6": -1}))],
+            &[
+                base,
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLengthV6": -1}))
+                    .pair(),
+            ],
             ADV,
             "spec.aggregationLengthV6",
             "-1 is outside 0..=128",
@@ -308,52 +319,57 @@ mod tests {
     #[test]
     fn aggregation_may_not_be_wider_than_the_pool() {
         let pools = [
-            pool("pool-a", &["192.0.2.0/26", "2001:db8::/120"]),
-            pool("pool-r", &["198.51.100.10-198.51.100.20"]),
+            pool("pool-a", ["192.0.2.0/26", "2001:db8::/120"]).pair(),
+            pool("pool-r", ["198.51.100.10-198.51.100.20"]).pair(),
         ];
         let with = |adv: (ObjectRef, Value)| {
             let mut v = pools.to_vec();
             v.push(adv);
             v
         };
-        assert_clean(&with(bgp_adv(
-            "adv",
-            json!({"aggregationLength": 26, "aggregationLengthV6": 120, "ipAddressPools": ["pool-a"]}),
-        )));
+        assert_clean(&with(bgp_advertisement("adv").with_spec(json!({"aggregationLength": 26, "aggregationLengthV6": 120, "ipAddressPools": ["pool-a"]})).pair()));
         assert_only_error(
-            &with(bgp_adv(
-                "adv",
-                json!({"aggregationLength": 24, "ipAddressPools": ["pool-a"]}),
-            )),
+            &with(
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLength": 24, "ipAddressPools": ["pool-a"]}))
+                    .pair(),
+            ),
             ADV,
             "spec.aggregationLength",
             "24 is shorter than the /26 of \"192.0.2.0/26\" (spec.addresses[0]) in IPAddressPool/metallb-system/pool-a",
         );
         assert_only_error(
-            &with(bgp_adv(
-                "adv",
-                json!({"aggregationLengthV6": 112, "ipAddressPools": ["pool-a"]}),
-            )),
+            &with(
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLengthV6": 112, "ipAddressPools": ["pool-a"]}))
+                    .pair(),
+            ),
             ADV,
             "spec.aggregationLengthV6",
             "112 is shorter than the /120 of \"2001:db8::/120\"",
         );
         // A range: its widest CIDR (/30 for .12-.15 and .16-.19) bounds the aggregation.
-        assert_clean(&with(bgp_adv(
-            "adv",
-            json!({"aggregationLength": 30, "ipAddressPools": ["pool-r"]}),
-        )));
+        assert_clean(&with(
+            bgp_advertisement("adv")
+                .with_spec(json!({"aggregationLength": 30, "ipAddressPools": ["pool-r"]}))
+                .pair(),
+        ));
         assert_only_error(
-            &with(bgp_adv(
-                "adv",
-                json!({"aggregationLength": 29, "ipAddressPools": ["pool-r"]}),
-            )),
+            &with(
+                bgp_advertisement("adv")
+                    .with_spec(json!({"aggregationLength": 29, "ipAddressPools": ["pool-r"]}))
+                    .pair(),
+            ),
             ADV,
             "spec.aggregationLength",
             "29 is shorter than the /30 of \"198.51.100.10-198.51.100.20\"",
         );
         // No pools named: every pool is announced, so every pool is checked.
-        let problems = validate_objects(&with(bgp_adv("adv", json!({"aggregationLength": 25}))));
+        let problems = validate_objects(&with(
+            bgp_advertisement("adv")
+                .with_spec(json!({"aggregationLength": 25}))
+                .pair(),
+        ));
         assert_error(
             &problems,
             ADV,
@@ -368,15 +384,12 @@ mod tests {
         );
         assert_eq!(errors(&problems).len(), 2, "{problems:#?}");
         // Selected by label.
-        let mut labelled = pool("pool-l", &["203.0.113.0/24"]);
+        let mut labelled = pool("pool-l", ["203.0.113.0/24"]).pair();
         labelled.1["metadata"]["labels"] = json!({"bgp": "yes"});
         assert_only_error(
             &[
                 labelled,
-                bgp_adv(
-                    "adv",
-                    json!({"aggregationLength": 16, "ipAddressPoolSelectors": [{"matchLabels": {"bgp": "yes"}}]}),
-                ),
+                bgp_advertisement("adv").with_spec(json!({"aggregationLength": 16, "ipAddressPoolSelectors": [{"matchLabels": {"bgp": "yes"}}]})).pair(),
             ],
             ADV,
             "spec.aggregationLength",
@@ -393,17 +406,13 @@ mod tests {
         );
         assert_clean(&[
             aliases.clone(),
-            bgp_adv(
-                "adv",
-                json!({"communities": ["NO_ADVERTISE", "64500:1", "large:1:2:3"]}),
-            ),
+            bgp_advertisement("adv")
+                .with_spec(json!({"communities": ["NO_ADVERTISE", "64500:1", "large:1:2:3"]}))
+                .pair(),
         ]);
         let problems = validate_objects(&[
             aliases,
-            bgp_adv(
-                "adv",
-                json!({"communities": ["65536:1", "no-export", "64500:1", "64500:1", "large:1:2:-3"]}),
-            ),
+            bgp_advertisement("adv").with_spec(json!({"communities": ["65536:1", "no-export", "64500:1", "64500:1", "large:1:2:-3"]})).pair(),
         ]);
         assert_error(
             &problems,
@@ -463,17 +472,14 @@ mod tests {
     #[test]
     fn advertisement_pool_references() {
         let problems = validate_objects(&[
-            pool("pool-a", &["192.0.2.0/28"]),
-            pool("broken", &["nope"]),
-            obj(
-                Kind::L2Advertisement,
-                "l2",
-                json!({"ipAddressPools": ["pool-a", "ghost", "broken", "pool-a"]}),
-            ),
-            bgp_adv(
-                "adv",
-                json!({"ipAddressPools": ["ghost"], "peers": ["r1", "r1"]}),
-            ),
+            pool("pool-a", ["192.0.2.0/28"]).pair(),
+            pool("broken", ["nope"]).pair(),
+            l2_advertisement("l2")
+                .with_spec(json!({"ipAddressPools": ["pool-a", "ghost", "broken", "pool-a"]}))
+                .pair(),
+            bgp_advertisement("adv")
+                .with_spec(json!({"ipAddressPools": ["ghost"], "peers": ["r1", "r1"]}))
+                .pair(),
         ]);
         assert_one(
             &problems,
@@ -516,20 +522,13 @@ mod tests {
     #[test]
     fn advertisement_selector_errors() {
         assert_only_error(
-            &[obj(
-                Kind::L2Advertisement,
-                "l2",
-                json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "in", "values": ["v"]}]}]}),
-            )],
+            &[l2_advertisement("l2").with_spec(json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "in", "values": ["v"]}]}]})).pair()],
             "L2Advertisement/metallb-system/l2",
             "spec.nodeSelectors[0].matchExpressions[0].operator",
             "\"in\" is not a valid operator",
         );
         assert_only_error(
-            &[peer(
-                "p",
-                json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "Exists", "values": ["v"]}]}]}),
-            )],
+            &[peer("p").spec_fields(json!({"nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "Exists", "values": ["v"]}]}]})).pair()],
             PEER,
             "spec.nodeSelectors[0].matchExpressions[0].values",
             "takes no values",

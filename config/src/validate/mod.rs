@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn display_names_object_field_and_reason() {
         let problems =
-            validate_objects(&[pool("pool-a", &["192.0.2.0/28", "192.0.2.20-192.0.2.10"])]);
+            validate_objects(&[pool("pool-a", ["192.0.2.0/28", "192.0.2.20-192.0.2.10"]).pair()]);
         assert_eq!(
             errors(&problems),
             vec![
@@ -349,8 +349,10 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let problems = validate_objects(&[
-            pool("pool-a", &["bad", "192.0.2.0/40"]),
-            peer("p", json!({"myASN": 0, "routerID": "x"})),
+            pool("pool-a", ["bad", "192.0.2.0/40"]).pair(),
+            peer("p")
+                .spec_fields(json!({"myASN": 0, "routerID": "x"}))
+                .pair(),
         ]);
         assert_eq!(errors(&problems).len(), 4, "{problems:#?}");
     }
@@ -380,7 +382,9 @@ mod tests {
             "missing field `addresses`",
         );
         assert_only_error(
-            &[peer("p", json!({"myASN": 4294967296u64}))],
+            &[peer("p")
+                .spec_fields(json!({"myASN": 4294967296u64}))
+                .pair()],
             PEER,
             "spec.myASN",
             "invalid value: integer `4294967296`, expected u32",
@@ -399,15 +403,15 @@ mod tests {
 
     #[test]
     fn optional_spec_may_be_missing() {
-        let (object, mut value) = obj(Kind::L2Advertisement, "all", json!({}));
+        let (object, mut value) = l2_advertisement("all").pair();
         value.as_object_mut().unwrap().remove("spec");
-        assert_clean(&[pool("pool-a", &["192.0.2.0/28"]), (object, value)]);
+        assert_clean(&[pool("pool-a", ["192.0.2.0/28"]).pair(), (object, value)]);
     }
 
     // --- runtime helpers ---------------------------------------------------------------------
 
     fn typed_pool(name: &str, addresses: &[&str], created: Option<&str>) -> IPAddressPool {
-        let (_, mut value) = pool(name, addresses);
+        let (_, mut value) = pool(name, addresses).pair();
         if let Some(ts) = created {
             value["metadata"]["creationTimestamp"] = json!(ts);
         }
@@ -514,8 +518,8 @@ mod tests {
         let decode_all =
             |v: Vec<(ObjectRef, Value)>| -> Vec<Value> { v.into_iter().map(|(_, v)| v).collect() };
         let pools: Vec<IPAddressPool> = decode_all(vec![
-            pool("pool-a", &["192.0.2.0/28"]),
-            pool("pool-b", &["bad"]),
+            pool("pool-a", ["192.0.2.0/28"]).pair(),
+            pool("pool-b", ["bad"]).pair(),
         ])
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap())
@@ -533,14 +537,19 @@ mod tests {
         ];
         let advs: Vec<BGPAdvertisement> = vec![
             serde_json::from_value(
-                bgp_adv(
-                    "adv",
-                    json!({"communities": ["x", "large:1:2:3"], "localPref": 50}),
-                )
-                .1,
+                bgp_advertisement("adv")
+                    .with_spec(json!({"communities": ["x", "large:1:2:3"], "localPref": 50}))
+                    .pair()
+                    .1,
             )
             .unwrap(),
-            serde_json::from_value(bgp_adv("bad-adv", json!({"communities": ["y"]})).1).unwrap(),
+            serde_json::from_value(
+                bgp_advertisement("bad-adv")
+                    .with_spec(json!({"communities": ["y"]}))
+                    .pair()
+                    .1,
+            )
+            .unwrap(),
         ];
         let snapshot = Snapshot {
             ip_address_pools: objects(pools, |p| p.metadata.name.clone().unwrap_or_default()),

@@ -305,39 +305,43 @@ mod tests {
     #[test]
     fn asn_rules() {
         assert_only_error(
-            &[peer("p", json!({"myASN": 0}))],
+            &[peer("p").spec_fields(json!({"myASN": 0})).pair()],
             PEER,
             "spec.myASN",
             "got 0",
         );
         assert_only_error(
-            &[peer("p", json!({"peerASN": null}))],
+            &[peer("p").spec_fields(json!({"peerASN": null})).pair()],
             PEER,
             "spec.peerASN",
             "unless dynamicASN is set",
         );
         assert_only_error(
-            &[peer("p", json!({"dynamicASN": "external"}))],
+            &[peer("p")
+                .spec_fields(json!({"dynamicASN": "external"}))
+                .pair()],
             PEER,
             "spec.peerASN",
             "peerASN 64501 and dynamicASN are both set",
         );
         assert_only_error(
-            &[peer(
-                "p",
-                json!({"peerASN": null, "dynamicASN": "sideways"}),
-            )],
+            &[peer("p")
+                .spec_fields(json!({"peerASN": null, "dynamicASN": "sideways"}))
+                .pair()],
             PEER,
             "spec.dynamicASN",
             "\"sideways\" is not valid (internal or external)",
         );
-        assert_clean(&[peer(
-            "p",
-            json!({"peerASN": null, "dynamicASN": "internal"}),
-        )]);
-        assert_clean(&[peer("p", json!({"myASN": 4294967295u32, "peerASN": 1}))]);
+        assert_clean(&[peer("p")
+            .spec_fields(json!({"peerASN": null, "dynamicASN": "internal"}))
+            .pair()]);
+        assert_clean(&[peer("p")
+            .spec_fields(json!({"myASN": 4294967295u32, "peerASN": 1}))
+            .pair()]);
         assert_only_error(
-            &[peer("p", json!({"peerASN": 64500, "ebgpMultiHop": true}))],
+            &[peer("p")
+                .spec_fields(json!({"peerASN": 64500, "ebgpMultiHop": true}))
+                .pair()],
             PEER,
             "spec.ebgpMultiHop",
             "iBGP",
@@ -347,45 +351,52 @@ mod tests {
     #[test]
     fn address_rules() {
         assert_only_error(
-            &[peer("p", json!({"peerAddress": "router-1"}))],
+            &[peer("p")
+                .spec_fields(json!({"peerAddress": "router-1"}))
+                .pair()],
             PEER,
             "spec.peerAddress",
             "\"router-1\" is not an IP address",
         );
         assert_only_error(
-            &[peer("p", json!({"peerAddress": null, "interface": "eth1"}))],
+            &[peer("p")
+                .spec_fields(json!({"peerAddress": null, "interface": "eth1"}))
+                .pair()],
             PEER,
             "spec.peerAddress",
             "unnumbered BGP over interface \"eth1\" is not supported",
         );
         assert_only_error(
-            &[peer("p", json!({"sourceAddress": "192.0.2.300"}))],
+            &[peer("p")
+                .spec_fields(json!({"sourceAddress": "192.0.2.300"}))
+                .pair()],
             PEER,
             "spec.sourceAddress",
             "\"192.0.2.300\" is not an IP address",
         );
         assert_only_error(
-            &[peer("p", json!({"sourceAddress": "2001:db8::1"}))],
+            &[peer("p")
+                .spec_fields(json!({"sourceAddress": "2001:db8::1"}))
+                .pair()],
             PEER,
             "spec.sourceAddress",
             "not of the same address family",
         );
         assert_only_error(
-            &[peer("p", json!({"routerID": "2001:db8::1"}))],
+            &[peer("p")
+                .spec_fields(json!({"routerID": "2001:db8::1"}))
+                .pair()],
             PEER,
             "spec.routerID",
             "is not an IPv4 address",
         );
         assert_only_error(
-            &[peer("p", json!({"peerPort": 0}))],
+            &[peer("p").spec_fields(json!({"peerPort": 0})).pair()],
             PEER,
             "spec.peerPort",
             "got 0",
         );
-        assert_clean(&[peer(
-            "p",
-            json!({"peerAddress": "2001:db8::1", "sourceAddress": "2001:db8::2", "routerID": "192.0.2.9", "peerPort": 1179}),
-        )]);
+        assert_clean(&[peer("p").spec_fields(json!({"peerAddress": "2001:db8::1", "sourceAddress": "2001:db8::2", "routerID": "192.0.2.9", "peerPort": 1179})).pair()]);
     }
 
     #[test]
@@ -398,63 +409,66 @@ mod tests {
             json!({"holdTime": "240s", "keepaliveTime": "1m"}),
             json!({"connectTime": "10s"}),
         ] {
-            assert_clean(&[peer("p", ok)]);
+            assert_clean(&[peer("p").spec_fields(ok).pair()]);
         }
         assert_only_error(
-            &[peer("p", json!({"holdTime": "2s"}))],
+            &[peer("p").spec_fields(json!({"holdTime": "2s"})).pair()],
             PEER,
             "spec.holdTime",
             "hold time 2s must be 0 or at least 3s",
         );
         // Rounded down to whole seconds first, as MetalLB does.
         assert_only_error(
-            &[peer("p", json!({"holdTime": "2.9s"}))],
+            &[peer("p").spec_fields(json!({"holdTime": "2.9s"})).pair()],
             PEER,
             "spec.holdTime",
             "must be 0 or at least 3s",
         );
         // Only keepaliveTime: the hold time is three times it.
         assert_only_error(
-            &[peer("p", json!({"keepaliveTime": "500ms"}))],
+            &[peer("p")
+                .spec_fields(json!({"keepaliveTime": "500ms"}))
+                .pair()],
             PEER,
             "spec.keepaliveTime",
             "hold time 1.5s must be 0 or at least 3s",
         );
         assert_only_error(
-            &[peer(
-                "p",
-                json!({"holdTime": "30s", "keepaliveTime": "31s"}),
-            )],
+            &[peer("p")
+                .spec_fields(json!({"holdTime": "30s", "keepaliveTime": "31s"}))
+                .pair()],
             PEER,
             "spec.keepaliveTime",
             "keepalive time 31s is above the hold time 30s",
         );
         assert_only_error(
-            &[peer("p", json!({"holdTime": "19h"}))],
+            &[peer("p").spec_fields(json!({"holdTime": "19h"})).pair()],
             PEER,
             "spec.holdTime",
             "above the BGP maximum of 65535s",
         );
         assert_only_error(
-            &[peer("p", json!({"holdTime": "90"}))],
+            &[peer("p").spec_fields(json!({"holdTime": "90"})).pair()],
             PEER,
             "spec.holdTime",
             "invalid duration \"90\": missing unit",
         );
         assert_only_error(
-            &[peer("p", json!({"connectTime": "soon"}))],
+            &[peer("p").spec_fields(json!({"connectTime": "soon"})).pair()],
             PEER,
             "spec.connectTime",
             "invalid duration \"soon\"",
         );
         assert_only_error(
-            &[peer("p", json!({"connectTime": "1500ms"}))],
+            &[peer("p")
+                .spec_fields(json!({"connectTime": "1500ms"}))
+                .pair()],
             PEER,
             "spec.connectTime",
             "whole number of seconds in 1s..=65535s",
         );
         assert_only_error(
-            &[peer("p", json!({"connectTime": "0s"}))],
+            &[peer("p").spec_fields(json!({"connectTime": "0s"})).pair()],
             PEER,
             "spec.connectTime",
             "whole number of seconds in 1s..=65535s",
@@ -464,29 +478,34 @@ mod tests {
     #[test]
     fn password_rules() {
         assert_only_error(
-            &[peer(
-                "p",
-                json!({"password": "x", "passwordSecret": {"name": "s"}}),
-            )],
+            &[peer("p")
+                .spec_fields(json!({"password": "x", "passwordSecret": {"name": "s"}}))
+                .pair()],
             PEER,
             "spec.password",
             "password and passwordSecret are both set",
         );
         assert_only_error(
-            &[peer("p", json!({"password": "x\ny"}))],
+            &[peer("p").spec_fields(json!({"password": "x\ny"})).pair()],
             PEER,
             "spec.password",
             "line break",
         );
         // An empty secret reference counts as unset.
-        assert_clean(&[peer("p", json!({"password": "x", "passwordSecret": {}}))]);
+        assert_clean(&[peer("p")
+            .spec_fields(json!({"password": "x", "passwordSecret": {}}))
+            .pair()]);
     }
 
     #[test]
     fn md5_password_fits_the_kernel_key() {
-        assert_clean(&[peer("p", json!({"password": "k".repeat(80)}))]);
+        assert_clean(&[peer("p")
+            .spec_fields(json!({"password": "k".repeat(80)}))
+            .pair()]);
         assert_only_error(
-            &[peer("p", json!({"password": "k".repeat(81)}))],
+            &[peer("p")
+                .spec_fields(json!({"password": "k".repeat(81)}))
+                .pair()],
             PEER,
             "spec.password",
             "81 bytes, above the 80 Linux accepts for a TCP MD5 key",
@@ -494,17 +513,20 @@ mod tests {
     }
 
     fn secret(data: Value) -> (ObjectRef, Value) {
-        let object = ObjectRef::new(Kind::Secret, Some(NS), "s");
-        let value = json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "s", "namespace": NS}, "data": data});
-        (object, value)
+        object("v1", "Secret", Some(NS), "s")
+            .field("data", data)
+            .pair()
     }
 
     #[test]
     fn password_secret_is_read_as_the_speaker_reads_it() {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let with_secret = || peer("p", json!({"passwordSecret": {"name": "s"}}));
+        let with_secret = || {
+            peer("p")
+                .spec_fields(json!({"passwordSecret": {"name": "s"}}))
+                .pair()
+        };
         assert_clean(&[with_secret(), secret(json!({"password": b64("s3cr3t")}))]);
 
         let problems =
@@ -541,10 +563,9 @@ mod tests {
 
     #[test]
     fn parsed_peer_defaults() {
-        let (_, value) = peer(
-            "p",
-            json!({"keepaliveTime": "20s", "passwordSecret": {"name": "s"}}),
-        );
+        let (_, value) = peer("p")
+            .spec_fields(json!({"keepaliveTime": "20s", "passwordSecret": {"name": "s"}}))
+            .pair();
         let typed: BGPPeer = serde_json::from_value(value).unwrap();
         let (peers, problems) = valid_peers([&typed]);
         assert!(problems.is_empty());
@@ -560,7 +581,7 @@ mod tests {
                 name: "s".into()
             })
         );
-        let (_, value) = peer("p", json!({}));
+        let (_, value) = peer("p").pair();
         let typed: BGPPeer = serde_json::from_value(value).unwrap();
         let p = &valid_peers([&typed]).0[0];
         assert_eq!(

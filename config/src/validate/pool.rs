@@ -269,14 +269,15 @@ mod tests {
     fn pool_address_errors() {
         let problems = validate_objects(&[pool(
             "pool-a",
-            &[
+            [
                 "not-an-ip",
                 "192.0.2.0/33",
                 "2001:db8::/129",
                 "192.0.2.1-2001:db8::5",
                 "pool",
             ],
-        )]);
+        )
+        .pair()]);
         assert_error(
             &problems,
             POOL_A,
@@ -313,7 +314,7 @@ mod tests {
     #[test]
     fn pool_without_addresses() {
         assert_only_error(
-            &[pool("pool-a", &[])],
+            &[pool("pool-a", Vec::<&str>::new()).pair()],
             POOL_A,
             "spec.addresses",
             "no addresses",
@@ -322,7 +323,7 @@ mod tests {
 
     #[test]
     fn host_bits_are_a_warning() {
-        let problems = validate_objects(&[pool("pool-a", &["192.0.2.5/24"])]);
+        let problems = validate_objects(&[pool("pool-a", ["192.0.2.5/24"]).pair()]);
         assert_one(
             &problems,
             Severity::Warning,
@@ -337,8 +338,8 @@ mod tests {
     #[test]
     fn overlapping_pools_name_both() {
         let problems = validate_objects(&[
-            pool("pool-a", &["192.0.2.0/28"]),
-            pool("pool-b", &["198.51.100.0/24", "192.0.2.10-192.0.2.20"]),
+            pool("pool-a", ["192.0.2.0/28"]).pair(),
+            pool("pool-b", ["198.51.100.0/24", "192.0.2.10-192.0.2.20"]).pair(),
         ]);
         assert_error(
             &problems,
@@ -352,7 +353,7 @@ mod tests {
     #[test]
     fn overlap_within_one_pool() {
         assert_only_error(
-            &[pool("pool-a", &["192.0.2.0/24", "192.0.2.128/25"])],
+            &[pool("pool-a", ["192.0.2.0/24", "192.0.2.128/25"]).pair()],
             POOL_A,
             "spec.addresses[1]",
             "overlaps \"192.0.2.0/24\" (spec.addresses[0]) of this pool",
@@ -362,8 +363,8 @@ mod tests {
     #[test]
     fn adjacent_and_other_family_ranges_do_not_overlap() {
         assert_clean(&[
-            pool("pool-a", &["192.0.2.0/28", "::ffff:0:0/96"]),
-            pool("pool-b", &["192.0.2.16-192.0.2.31", "2001:db8::/64"]),
+            pool("pool-a", ["192.0.2.0/28", "::ffff:0:0/96"]).pair(),
+            pool("pool-b", ["192.0.2.16-192.0.2.31", "2001:db8::/64"]).pair(),
         ]);
     }
 

@@ -2,39 +2,24 @@
 
 pub(crate) use super::{Problem, Severity, validate_objects};
 pub(crate) use crate::state::{Kind, ObjectRef};
+pub(crate) use crate::testing::{
+    Manifest, PeerBuilder, bgp_advertisement, bgp_peer, l2_advertisement, object, pool,
+};
 pub(crate) use serde_json::{Value, json};
 
-pub(crate) const NS: &str = "metallb-system";
+pub(crate) const NS: &str = crate::testing::METALLB_NS;
 
+/// Any object of `kind` in `metallb-system` with this spec, for the specs no typed builder
+/// writes (wrong types, missing fields, kinds without a builder).
 pub(crate) fn obj(kind: Kind, name: &str, spec: Value) -> (ObjectRef, Value) {
-    let object = ObjectRef::new(kind, Some(NS), name);
-    let value = json!({
-        "apiVersion": kind.api_version(),
-        "kind": kind.name(),
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    });
-    (object, value)
+    object(&kind.api_version(), kind.name(), Some(NS), name)
+        .field("spec", spec)
+        .pair()
 }
 
-pub(crate) fn pool(name: &str, addresses: &[&str]) -> (ObjectRef, Value) {
-    obj(Kind::IPAddressPool, name, json!({ "addresses": addresses }))
-}
-
-pub(crate) fn peer(name: &str, extra: Value) -> (ObjectRef, Value) {
-    let mut spec = json!({"myASN": 64500, "peerASN": 64501, "peerAddress": "192.0.2.1"});
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            spec.as_object_mut().unwrap().remove(k);
-        } else {
-            spec[k] = v.clone();
-        }
-    }
-    obj(Kind::BGPPeer, name, spec)
-}
-
-pub(crate) fn bgp_adv(name: &str, spec: Value) -> (ObjectRef, Value) {
-    obj(Kind::BGPAdvertisement, name, spec)
+/// The BGPPeer the peer tests start from, before their own spec fields.
+pub(crate) fn peer(name: &str) -> PeerBuilder {
+    bgp_peer(name, "192.0.2.1", 64500, 64501)
 }
 
 pub(crate) fn nad(name: &str, config: &str) -> (ObjectRef, Value) {

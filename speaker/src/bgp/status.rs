@@ -131,11 +131,11 @@ pub fn planner(
 mod tests {
     use super::*;
     use crate::bgp::plan::Contribution;
-    use metalnet::state::{Core, Delta};
+    use metalnet::testing::snapshot;
     use std::collections::BTreeSet;
-    use std::sync::Arc;
 
-    fn service(name: &str, peers: &[&str]) -> ServiceBgp {
+    /// A Service announced at 192.0.2.200/32 to these peers.
+    pub(super) fn service(name: &str, peers: &[&str]) -> ServiceBgp {
         ServiceBgp {
             namespace: "default".into(),
             name: name.into(),
@@ -155,19 +155,6 @@ mod tests {
             unsent: Vec::new(),
             not_announced: None,
         }
-    }
-
-    fn snapshot(objects: Vec<Value>) -> Arc<Snapshot> {
-        let core = Core::new(Kind::ALL);
-        core.apply(objects.into_iter().map(|v| {
-            let r = ObjectRef::new(
-                Kind::ServiceBGPStatus,
-                v["metadata"]["namespace"].as_str(),
-                v["metadata"]["name"].as_str().unwrap(),
-            );
-            Delta::Apply(r, v)
-        }));
-        core.snapshot()
     }
 
     #[test]
@@ -199,34 +186,10 @@ mod tests {
 #[cfg(test)]
 mod retry_tests {
     use super::*;
-    use crate::bgp::plan::Contribution;
     use metalnet::daemon::{Driver, OwnedObjects, RetryPolicy, Shutdown};
     use metalnet::state::{ClusterState, Source};
-    use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::time::Duration;
-
-    fn service(name: &str) -> ServiceBgp {
-        ServiceBgp {
-            namespace: "default".into(),
-            name: name.into(),
-            ips: vec!["192.0.2.200".parse().unwrap()],
-            pools: BTreeSet::new(),
-            advertisements: BTreeSet::new(),
-            external_traffic_local: false,
-            serving_endpoints: 1,
-            endpoint_nodes: BTreeSet::new(),
-            contributions: vec![Contribution {
-                ip: "192.0.2.200".parse().unwrap(),
-                prefix: "192.0.2.200/32".parse().unwrap(),
-                advertisement: "metallb-system/a".into(),
-                advertisement_index: 0,
-                peers: BTreeSet::from(["metallb-system/p".to_string()]),
-            }],
-            not_announced: None,
-            unsent: Vec::new(),
-        }
-    }
 
     /// A ServiceBGPStatus write that fails is retried while the plan stays the same (the
     /// writer used to remember the plan as done and skip it from then on).
@@ -260,7 +223,10 @@ mod retry_tests {
         });
         let s = state.clone();
         let task = tokio::spawn(async move { driver.run(&s).await });
-        let services: PlannedServices = Arc::from(vec![Arc::new(service("web"))]);
+        let services: PlannedServices = Arc::from(vec![Arc::new(super::tests::service(
+            "web",
+            &["metallb-system/p"],
+        ))]);
         tx.send_replace(Some(services));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(target.is_dir(), "the write failed so far");

@@ -390,57 +390,20 @@ pub fn announced_by(elections: &[ServiceElection], node: &str) -> BTreeMap<IpAdd
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalnet::testing::*;
     use metalnet::validate::valid_config;
     use serde_json::{Value, json};
 
-    fn snapshot(objects: Vec<Value>) -> std::sync::Arc<Snapshot> {
-        Snapshot::from_manifests(objects)
-    }
-
-    fn node(name: &str, labels: Value, conditions: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": labels},
-            "status": {"conditions": conditions}})
-    }
-
-    fn ready() -> Value {
-        json!([{"type": "Ready", "status": "True"}])
-    }
-
-    fn pool(name: &str, cidr: &str) -> Value {
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
-            "metadata": {"name": name, "namespace": "metallb-system"},
-            "spec": {"addresses": [cidr]}})
-    }
-
-    fn l2(name: &str, spec: Value) -> Value {
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
-            "metadata": {"name": name, "namespace": "metallb-system"}, "spec": spec})
-    }
-
-    fn service(name: &str, ips: &[&str], etp: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": etp,
-                     "ports": [{"port": 80}]},
-            "status": {"loadBalancer": {"ingress": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}}})
-    }
-
-    fn slice(svc: &str, eps: &[(&str, Option<bool>)]) -> Value {
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{svc}-x"), "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": "IPv4",
-            "endpoints": eps.iter().enumerate().map(|(i, (n, r))| json!({
-                "addresses": [format!("10.0.0.{}", i + 1)], "nodeName": n,
-                "conditions": {"ready": r}})).collect::<Vec<_>>()})
+    /// A LoadBalancer Service holding `ip`, with this external traffic policy.
+    fn lb_service(name: &str, ip: &str, policy: &str) -> Value {
+        service(name).traffic_policy(policy).ingress([ip]).json()
     }
 
     fn three_nodes() -> Vec<Value> {
         vec![
-            node("node1", json!({"zone": "a"}), ready()),
-            node("node2", json!({"zone": "b"}), ready()),
-            node("node3", json!({"zone": "b"}), ready()),
+            node("node1").label("zone", "a").ready().json(),
+            node("node2").label("zone", "b").ready().json(),
+            node("node3").label("zone", "b").ready().json(),
         ]
     }
 
@@ -469,7 +432,7 @@ mod tests {
 
     fn base(extra: Vec<Value>) -> Vec<Value> {
         let mut v = three_nodes();
-        v.push(pool("site", "192.0.2.200-192.0.2.250"));
+        v.push(pool("site", ["192.0.2.200-192.0.2.250"]).json());
         v.extend(extra);
         v
     }
@@ -500,9 +463,9 @@ mod tests {
         let all = ["node1", "node2", "node3"];
         let e = run(
             base(vec![
-                l2("l2", json!({})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", Some(true))]),
+                l2_advertisement("l2").json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &all,
         );
@@ -517,9 +480,9 @@ mod tests {
         let rest: Vec<&str> = all.iter().copied().filter(|n| *n != winner).collect();
         let e2 = run(
             base(vec![
-                l2("l2", json!({})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", Some(true))]),
+                l2_advertisement("l2").json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &rest,
         );
@@ -531,8 +494,8 @@ mod tests {
     fn no_advertisement_no_announcement() {
         let e = run(
             base(vec![
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", Some(true))]),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1", "node2", "node3"],
         );
@@ -550,9 +513,9 @@ mod tests {
         // An address outside every pool.
         let e = run(
             base(vec![
-                l2("l2", json!({})),
-                service("web", &["198.51.100.5"], "Cluster"),
-                slice("web", &[("node1", Some(true))]),
+                l2_advertisement("l2").json(),
+                lb_service("web", "198.51.100.5", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1"],
         );
@@ -563,9 +526,9 @@ mod tests {
     fn no_serving_endpoint_nobody_announces() {
         let e = run(
             base(vec![
-                l2("l2", json!({})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", Some(false))]),
+                l2_advertisement("l2").json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(false)).json(),
             ]),
             &["node1", "node2", "node3"],
         );
@@ -576,12 +539,12 @@ mod tests {
     fn node_selectors_and_interfaces_restrict() {
         let e = run(
             base(vec![
-                l2(
-                    "l2",
-                    json!({"nodeSelectors": [{"matchLabels": {"zone": "b"}}], "interfaces": ["eth1"]}),
-                ),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", None)]),
+                l2_advertisement("l2")
+                    .node_selector(json!({"zone": "b"}))
+                    .interfaces(["eth1"])
+                    .json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1", "node2", "node3"],
         );
@@ -601,10 +564,10 @@ mod tests {
     fn interfaces_union_over_advertisements_and_all_wins() {
         let e = run(
             base(vec![
-                l2("a", json!({"interfaces": ["eth1"]})),
-                l2("b", json!({"interfaces": ["eth2"]})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", None)]),
+                l2_advertisement("a").interfaces(["eth1"]).json(),
+                l2_advertisement("b").interfaces(["eth2"]).json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1"],
         );
@@ -617,10 +580,10 @@ mod tests {
         );
         let e = run(
             base(vec![
-                l2("a", json!({"interfaces": ["eth1"]})),
-                l2("b", json!({})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", None)]),
+                l2_advertisement("a").interfaces(["eth1"]).json(),
+                l2_advertisement("b").json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", None).json(),
             ]),
             &["node1"],
         );
@@ -637,9 +600,12 @@ mod tests {
     fn local_policy_needs_a_local_serving_endpoint() {
         let e = run(
             base(vec![
-                l2("l2", json!({})),
-                service("web", &["192.0.2.200"], "Local"),
-                slice("web", &[("node3", Some(true)), ("node2", Some(false))]),
+                l2_advertisement("l2").json(),
+                lb_service("web", "192.0.2.200", "Local"),
+                endpoint_slice("web")
+                    .endpoint("node3", Some(true))
+                    .endpoint("node2", Some(false))
+                    .json(),
             ]),
             &["node1", "node2", "node3"],
         );
@@ -651,19 +617,18 @@ mod tests {
     #[test]
     fn unavailable_and_excluded_nodes_are_not_candidates() {
         let mut objects = vec![
-            node(
-                "node1",
-                json!({}),
-                json!([{"type": "Ready", "status": "True"}, {"type": "NetworkUnavailable", "status": "True"}]),
-            ),
-            node("node2", json!({EXCLUDE_LABEL: ""}), ready()),
-            node("node3", json!({}), ready()),
-            pool("site", "192.0.2.200-192.0.2.250"),
+            node("node1")
+                .ready()
+                .condition("NetworkUnavailable", "True")
+                .json(),
+            node("node2").label(EXCLUDE_LABEL, "").ready().json(),
+            node("node3").ready().json(),
+            pool("site", ["192.0.2.200-192.0.2.250"]).json(),
         ];
         objects.extend([
-            l2("l2", json!({})),
-            service("web", &["192.0.2.200"], "Cluster"),
-            slice("web", &[("node1", None)]),
+            l2_advertisement("l2").json(),
+            lb_service("web", "192.0.2.200", "Cluster"),
+            endpoint_slice("web").endpoint("node1", None).json(),
         ]);
         let e = run(objects, &["node1", "node2", "node3", "ghost"]);
         assert_eq!(e[0].winner(), Some("node3"));
@@ -675,29 +640,29 @@ mod tests {
     #[test]
     fn shared_addresses_go_to_one_node_and_addresses_spread() {
         let all = ["node1", "node2", "node3"];
-        let mut extra = vec![l2("l2", json!({}))];
+        let mut extra = vec![l2_advertisement("l2").json()];
         for (svc, ip) in [
             ("a", "192.0.2.200"),
             ("b", "192.0.2.200"),
             ("c", "192.0.2.201"),
         ] {
-            extra.push(service(svc, &[ip], "Cluster"));
-            extra.push(slice(svc, &[("node1", None)]));
+            extra.push(lb_service(svc, ip, "Cluster"));
+            extra.push(endpoint_slice(svc).endpoint("node1", None).json());
         }
         let e = run(base(extra), &all);
         assert_eq!(e[0].winner(), e[1].winner());
         let mine = announced_by(&e, e[2].winner().unwrap());
         assert!(mine.contains_key(&"192.0.2.201".parse().unwrap()));
         // Over many addresses, every node gets some.
-        let mut extra = vec![l2("l2", json!({}))];
+        let mut extra = vec![l2_advertisement("l2").json()];
         for i in 0..30 {
             let name = format!("s{i}");
-            extra.push(service(
+            extra.push(lb_service(
                 &name,
-                &[&format!("192.0.2.{}", 200 + i)],
+                &format!("192.0.2.{}", 200 + i),
                 "Cluster",
             ));
-            extra.push(slice(&name, &[("node1", None)]));
+            extra.push(endpoint_slice(&name).endpoint("node1", None).json());
         }
         let e = run(base(extra), &all);
         for n in all {
@@ -709,9 +674,9 @@ mod tests {
     fn won_by_names_the_winners_interfaces_only() {
         let e = run(
             base(vec![
-                l2("l2", json!({"interfaces": ["eth1"]})),
-                service("web", &["192.0.2.200"], "Cluster"),
-                slice("web", &[("node1", Some(true))]),
+                l2_advertisement("l2").interfaces(["eth1"]).json(),
+                lb_service("web", "192.0.2.200", "Cluster"),
+                endpoint_slice("web").endpoint("node1", Some(true)).json(),
             ]),
             &["node1", "node2", "node3"],
         );
@@ -742,21 +707,21 @@ mod tests {
                 .filter(|(_, present)| **present)
                 .enumerate()
                 .map(|(i, (n, _))| {
-                    let labels = if extra_label == Some(i) {
-                        json!({"irrelevant": "yes"})
+                    let node = node(n).ready();
+                    if extra_label == Some(i) {
+                        node.label("irrelevant", "yes").json()
                     } else {
-                        json!({})
-                    };
-                    node(n, labels, ready())
+                        node.json()
+                    }
                 })
                 .collect();
-            v.push(pool("site", "192.0.2.200-192.0.2.250"));
-            v.push(l2("l2", json!({})));
+            v.push(pool("site", ["192.0.2.200-192.0.2.250"]).json());
+            v.push(l2_advertisement("l2").json());
             for (i, last) in services.iter().enumerate() {
                 let name = format!("s{i}");
                 let ip = format!("192.0.2.{}", 200 + u16::from(*last % 51));
-                v.push(service(&name, &[&ip], "Cluster"));
-                v.push(slice(&name, &[("node1", Some(true))]));
+                v.push(lb_service(&name, &ip, "Cluster"));
+                v.push(endpoint_slice(&name).endpoint("node1", Some(true)).json());
             }
             v
         }

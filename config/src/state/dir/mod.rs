@@ -1033,6 +1033,7 @@ mod tests {
     use super::atomic::{temp_file_writer, to_yaml};
     use super::status::ref_from_relative_path;
     use super::*;
+    use crate::testing::{Manifest, node, service};
 
     #[test]
     fn status_paths_name_objects() {
@@ -1103,12 +1104,6 @@ mod tests {
         assert_eq!(serde_saphyr::from_str::<Value>(&text).unwrap(), v, "{text}");
     }
 
-    fn service_yaml(name: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
-        )
-    }
-
     fn ingress_ip(snap: &super::super::Snapshot, svc: &ObjectRef) -> Option<String> {
         snap.services
             .get(&svc.key())?
@@ -1134,7 +1129,7 @@ mod tests {
         std::fs::create_dir(&services).unwrap();
         for i in 0..N {
             let name = format!("svc-{i}");
-            std::fs::write(services.join(format!("{name}.yaml")), service_yaml(&name)).unwrap();
+            std::fs::write(services.join(format!("{name}.yaml")), service(&name).yaml()).unwrap();
         }
         let core = Core::new(Kind::ALL);
         let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
@@ -1197,7 +1192,11 @@ mod tests {
     async fn a_write_delivers_only_its_object() {
         let dir = tempfile::tempdir().unwrap();
         for name in ["a", "b", "c"] {
-            std::fs::write(dir.path().join(format!("{name}.yaml")), service_yaml(name)).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{name}.yaml")),
+                service(name).yaml(),
+            )
+            .unwrap();
         }
         let core = Core::new(Kind::ALL);
         let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
@@ -1238,11 +1237,7 @@ mod tests {
     #[tokio::test]
     async fn idle_directory_is_not_rescanned_and_drop_stops_the_watcher() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("n.yaml"),
-            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("n.yaml"), node("n1").yaml()).unwrap();
         let core = Core::new(Kind::ALL);
         let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
             .await
