@@ -125,6 +125,8 @@ pub struct Reconciler {
     /// The latest allocation time written or seen (nanoseconds since the epoch): times
     /// written are strictly increasing even when the clock stalls or steps back a little.
     last_stamp: i128,
+    /// Services that took their addresses back mid-run: their allocation time is renewed.
+    restamp: BTreeSet<ServiceKey>,
 }
 
 /// What to do with the allocation-time annotations when writing a Service.
@@ -232,6 +234,7 @@ impl Reconciler {
             reported: BTreeMap::new(),
             clock: Timestamp::now,
             last_stamp: 0,
+            restamp: BTreeSet::new(),
         }
     }
 
@@ -306,6 +309,7 @@ impl Reconciler {
         if pools_changed && self.refresh_pools(snapshot, &mut out) {
             everything = true;
         }
+        let first = !self.started;
         self.started = true;
         let keys: BTreeSet<ServiceKey> = match changed {
             Some(changed) if !everything => self.affected(snapshot, changed),
@@ -317,7 +321,7 @@ impl Reconciler {
                 .chain(self.alloc.pending())
                 .collect(),
         };
-        self.process(snapshot, keys, &mut out);
+        self.process(snapshot, keys, first, &mut out);
         out
     }
 
@@ -459,7 +463,11 @@ impl Reconciler {
     /// still valid, all before anything is allocated: at start, and whenever Services come
     /// back together (a file readable again, a directory copied back), so one conflict cannot
     /// renumber the Services after it. Two claims on one address: the later allocation wins.
-    fn adopt(&mut self, snapshot: &Snapshot, services: &[&k8s_openapi::api::core::v1::Service]) {
+    fn adopt(
+        &mut self,
+        snapshot: &Snapshot,
+        services: &[&k8s_openapi::api::core::v1::Service],
+    ) -> Vec<ServiceKey> {
         let mut claims = Vec::new();
         for svc in services {
             let ips: Vec<IpAddr> = ingress_ips(svc).into_iter().flatten().collect();
@@ -516,14 +524,16 @@ impl Reconciler {
             }
         }
         if claims.is_empty() {
-            return;
+            return Vec::new();
         }
         let adopted = claims.len();
         let mut failed = 0;
+        let mut taken = Vec::new();
         for (key, result) in self.alloc.adopt_claims(claims) {
             match result {
                 Ok(a) => {
-                    tracing::debug!(service = %key, ip = %ips_text(&a.ips), pool = %a.pool, "adopted")
+                    tracing::debug!(service = %key, ip = %ips_text(&a.ips), pool = %a.pool, "adopted");
+                    taken.push(key);
                 }
                 Err(e) => {
                     failed += 1;
@@ -537,10 +547,17 @@ impl Reconciler {
             rejected = failed,
             "adopted the addresses already in Service status"
         );
+        taken
     }
 
     /// Reconciles the Services `keys` (present, changed or gone) in batch order.
-    fn process(&mut self, snapshot: &Snapshot, keys: BTreeSet<ServiceKey>, out: &mut Vec<Action>) {
+    fn process(
+        &mut self,
+        snapshot: &Snapshot,
+        keys: BTreeSet<ServiceKey>,
+        first: bool,
+        out: &mut Vec<Action>,
+    ) {
         let mut freed = false;
         let mut assign = Vec::new();
         for key in &keys {
@@ -591,7 +608,13 @@ impl Reconciler {
             .filter(|(_, key, _, _)| self.alloc.held(key).is_none())
             .map(|(_, _, _, svc)| svc.as_ref())
             .collect();
-        self.adopt(snapshot, &returning);
+        let adopted = self.adopt(snapshot, &returning);
+        if !first {
+            // Back while this controller watched (a file readable again, a directory copied
+            // back): its address is its own again from now on, so it is the current holder
+            // should a stale claim on the same address turn up after a restart.
+            self.restamp.extend(adopted);
+        }
         assign.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (_, _, req, svc) in &assign {
             freed |= self.assign(svc, req, out);
@@ -704,9 +727,10 @@ impl Reconciler {
             .held(&key)
             .map(|(ips, pool)| (ips.to_vec(), pool.to_string()));
         let after = held.as_ref().map(|(ips, _)| ips.clone());
+        let restamp = self.restamp.remove(&key);
         let stamp = match &after {
             None => Stamp::Clear,
-            Some(a) if before.as_ref() != Some(a) => Stamp::New,
+            Some(a) if before.as_ref() != Some(a) || restamp => Stamp::New,
             Some(_) => Stamp::Keep,
         };
         self.write(svc, held, stamp, out);

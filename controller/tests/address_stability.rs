@@ -414,3 +414,19 @@ fn reported_sequences() {
     // A deleted Service's status comes back with a Service of that name, controller down.
     run_case(&[Op::Delete { file: 2 }, Op::RecreateWhileDown { file: 2 }]).unwrap();
 }
+
+/// A Service back mid-run takes its address back and is its holder from then on: after a
+/// restart, the stale claim of another Service that held that address while it was away
+/// (allocated more recently than the first allocation) must not win.
+#[test]
+fn a_service_back_mid_run_is_the_holder_after_a_restart() {
+    for _ in 0..5 {
+        run_case(&[
+            Op::Partial { file: 2, cut: 1 },
+            Op::Partial { file: 0, cut: 1 },
+            Op::Recreate { file: 2 },
+            Op::RecreateWhileDown { file: 0 },
+        ])
+        .unwrap();
+    }
+}
