@@ -408,8 +408,10 @@ impl Faults {
     }
 
     /// One step of churn: create, delete, or rewrite a file in place (truncate, then write in
-    /// two halves, probing while it is empty).
-    fn churn_step(&mut self) {
+    /// two halves, probing while it is empty). A rewrite restarts `restart_during` while the
+    /// file is empty, so the daemon starts on a directory where those Services seem gone;
+    /// returns whether it did.
+    fn churn_step(&mut self, restart_during: Option<Target>) -> bool {
         let i = self.rng.below(CHURN as u64) as usize;
         let roll = self.rng.below(100);
         if !self.present.contains(&i) {
@@ -418,6 +420,7 @@ impl Faults {
             write_atomic(&self.churn_path(i), &service_doc(&name));
             self.present.insert(i);
             self.fresh.insert(name);
+            false
         } else if roll < 45 {
             let name = churn_name(i);
             self.note(format!("delete {name}"));
@@ -427,19 +430,31 @@ impl Faults {
             self.present.remove(&i);
             self.pinned.remove(&name);
             self.fresh.remove(&name);
+            false
         } else {
             let (path, text) = if roll < 75 {
                 (self.churn_path(i), service_doc(&churn_name(i)))
             } else {
                 (self.stable_path(), Self::stable_text())
             };
-            let pause = Duration::from_millis(20 + self.rng.below(100));
+            // Long enough for a restarted daemon to start and read the directory meanwhile.
+            let pause = match restart_during {
+                Some(_) => Duration::from_millis(200 + self.rng.below(300)),
+                None => Duration::from_millis(20 + self.rng.below(100)),
+            };
             self.note(format!(
                 "rewrite {} in place, empty for {pause:?}",
                 path.file_name().unwrap().to_string_lossy()
             ));
             let mut f = std::fs::File::create(&path)
                 .unwrap_or_else(|e| panic!("truncating {}: {e}", path.display()));
+            if let Some(target) = restart_during {
+                *self
+                    .faults
+                    .entry("restarts while a manifest is empty")
+                    .or_default() += 1;
+                self.restart(target);
+            }
             let arp = self.rng.chance(50);
             self.probe("while a manifest is empty", arp);
             std::thread::sleep(pause);
@@ -450,6 +465,7 @@ impl Faults {
             self.probe("while a manifest is half written", false);
             f.write_all(b)
                 .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            restart_during.is_some()
         }
     }
 
@@ -517,12 +533,22 @@ impl Faults {
                 self.check_alive(Some(target));
                 self.probe("with a daemon down", true);
             }
+            let mut churned = false;
             if step == restart_at {
-                self.restart(target);
+                if step < steps && self.rng.chance(35) {
+                    churned = true;
+                    if !self.churn_step(Some(target)) {
+                        self.restart(target);
+                    }
+                } else {
+                    self.restart(target);
+                }
                 self.probe("after a restart", true);
             }
             if step < steps {
-                self.churn_step();
+                if !churned {
+                    self.churn_step(None);
+                }
                 self.check_alive(if step >= stop_at && step < restart_at {
                     Some(target)
                 } else {
