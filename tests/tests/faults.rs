@@ -10,7 +10,8 @@
 //!   election picks.
 //!
 //! The run is seeded: the seed is printed, and `FAULTS_SEED` replays it; `FAULTS_ITERATIONS`
-//! sets the number of iterations. Needs root (network namespaces).
+//! sets the number of iterations; `FAULTS_EMPTY_STARTS=0` never restarts a daemon while a
+//! manifest is empty. Needs root (network namespaces).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -157,6 +158,9 @@ struct Faults {
     probes: u64,
     arp_requests: u64,
     faults: BTreeMap<&'static str, u64>,
+    /// Whether a daemon may be restarted while a manifest is empty (`FAULTS_EMPTY_STARTS=0`
+    /// turns it off, to look past a known failure of that case).
+    empty_starts: bool,
 }
 
 impl Faults {
@@ -535,7 +539,7 @@ impl Faults {
             }
             let mut churned = false;
             if step == restart_at {
-                if step < steps && self.rng.chance(35) {
+                if step < steps && self.rng.chance(35) && self.empty_starts {
                     churned = true;
                     if !self.churn_step(Some(target)) {
                         self.restart(target);
@@ -634,6 +638,7 @@ fn killed_and_restarted_daemons_never_move_double_or_double_answer_an_address() 
         probes: 0,
         arp_requests: 0,
         faults: BTreeMap::new(),
+        empty_starts: env_u64("FAULTS_EMPTY_STARTS") != Some(0),
     };
     f.note("initial start");
     f.settle();
