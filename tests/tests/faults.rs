@@ -154,6 +154,8 @@ struct Faults {
     pinned: BTreeMap<String, String>,
     /// What this iteration did, for the failure message.
     journal: Vec<String>,
+    /// The journals of the iterations before, one line each.
+    history: Vec<String>,
     iteration: u64,
     probes: u64,
     arp_requests: u64,
@@ -206,9 +208,10 @@ impl Faults {
             logs.push('\n');
         }
         panic!(
-            "iteration {} (FAULTS_SEED={}): {why}\nthis iteration:\n  {}\npinned: {:?}\n{logs}",
+            "iteration {} (FAULTS_SEED={}): {why}\nthe iterations before:\n  {}\nthis iteration:\n  {}\npinned: {:?}\n{logs}",
             self.iteration,
             self.seed,
+            self.history[self.history.len().saturating_sub(10)..].join("\n  "),
             self.journal.join("\n  "),
             self.pinned,
         );
@@ -518,7 +521,8 @@ impl Faults {
     }
 
     fn iterate(&mut self) {
-        self.journal.clear();
+        let done = std::mem::take(&mut self.journal).join("; ");
+        self.history.push(format!("{}: {done}", self.iteration - 1));
         let target = match self.rng.below(2 + NODES.len() as u64) {
             0 | 1 => Target::Controller,
             n => Target::Speaker(n as usize - 2),
@@ -634,6 +638,7 @@ fn killed_and_restarted_daemons_never_move_double_or_double_answer_an_address() 
         fresh: BTreeSet::new(),
         pinned: BTreeMap::new(),
         journal: Vec::new(),
+        history: Vec::new(),
         iteration: 0,
         probes: 0,
         arp_requests: 0,
@@ -707,5 +712,48 @@ fn a_controller_starting_while_a_manifest_is_empty_keeps_its_services_addresses(
         (ingress("a"), ingress("b")),
         (vec!["192.0.2.200".to_string()], vec![]),
         "a keeps its address; b waits"
+    );
+}
+
+/// A Service deleted while no controller runs leaves its status on disk; its address goes to
+/// another Service, and a Service of the first name created again waits: the current holder
+/// keeps the address.
+#[test]
+fn a_recreated_service_does_not_take_its_old_address_from_the_current_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let once = |what: &str| {
+        let out = std::process::Command::new(bins::binary("metalnet-controller").unwrap())
+            .args(["--once", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "controller --once ({what}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ingress = |name: &str| service_ingress(dir.path(), "default", name);
+    std::fs::write(
+        dir.path().join("pool.yaml"),
+        metalnet::testing::pool("p", ["192.0.2.200/32"]).document(),
+    )
+    .unwrap();
+    let a = dir.path().join("a.yaml");
+    write_atomic(&a, &service("a").document());
+    once("a alone");
+    assert_eq!(ingress("a"), ["192.0.2.200"]);
+    // a is deleted while no controller runs: its status stays behind.
+    std::fs::remove_file(&a).unwrap();
+    write_atomic(&dir.path().join("b.yaml"), &service("b").document());
+    once("b created");
+    assert_eq!(ingress("b"), ["192.0.2.200"], "b takes the freed address");
+
+    write_atomic(&a, &service("a").document());
+    once("a created again");
+    assert_eq!(
+        (ingress("a"), ingress("b")),
+        (vec![], vec!["192.0.2.200".to_string()]),
+        "b keeps its address; a waits"
     );
 }
