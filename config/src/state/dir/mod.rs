@@ -320,8 +320,28 @@ impl DirBackend {
         self.blocking(move |inner| inner.delete(&obj)).await
     }
 
+    /// Every Event in `namespace`, oldest first, as this backend knows them: the watcher
+    /// keeps them current, so they are not read and parsed again from disk (a controller
+    /// starting on 20,000 Services reads 20,000 Events at once).
     pub fn list_events(&self, namespace: &str) -> Vec<Value> {
-        list_namespace_events(&self.inner.root, namespace)
+        let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events: Vec<Value> = files
+            .owned
+            .iter()
+            .filter(|(obj, _)| {
+                obj.kind == Kind::Event && obj.namespace.as_deref() == Some(namespace)
+            })
+            .filter_map(|(obj, paths)| {
+                let canonical = self.inner.status_path(StatusArea::Objects, obj).ok();
+                files
+                    .status_value(Some(paths), canonical.as_deref())
+                    .map(|(_, v)| v.clone())
+            })
+            .filter(Value::is_object)
+            .collect();
+        drop(files);
+        events::sort_events(&mut events);
+        events
     }
 
     pub async fn record_event(
@@ -1445,6 +1465,57 @@ mod tests {
             "redelivered: {:?}",
             quiet.map(|u| u.changed)
         );
+    }
+
+    /// Events are listed from what the backend holds, as on disk, without reading files.
+    #[tokio::test]
+    async fn events_are_listed_from_memory_as_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service_yaml("a")).unwrap();
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let a = ObjectRef::new(Kind::Service, Some("default"), "a");
+        for (reason, times) in [("IPAllocated", 2), ("Other", 1)] {
+            let event = EventRecord {
+                type_: super::super::EventType::Normal,
+                reason: reason.into(),
+                message: "m".into(),
+                reporter: "test".into(),
+            };
+            for _ in 0..times {
+                backend.record_event(&a, &event).await.unwrap();
+            }
+        }
+        // Another process's Event, seen through the watcher.
+        let other = backend.inner.status_path(
+            StatusArea::Objects,
+            &ObjectRef::new(Kind::Event, Some("default"), "a.other"),
+        );
+        let other = other.unwrap();
+        write_atomic(
+            &other,
+            &json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "a.other", "namespace": "default"},
+                "involvedObject": {"kind": "Service", "name": "a", "namespace": "default"},
+                "reason": "FromElsewhere", "firstTimestamp": "2000-01-01T00:00:00Z"}),
+        )
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while backend.list_events("default").len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other Event never listed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let parsed = backend.inner.stats.parsed.load(Ordering::Relaxed);
+        let listed = backend.list_events("default");
+        assert_eq!(backend.inner.stats.parsed.load(Ordering::Relaxed), parsed);
+        assert_eq!(listed, list_namespace_events(dir.path(), "default"));
+        assert_eq!(listed[0]["reason"], "FromElsewhere");
+        assert!(backend.list_events("elsewhere").is_empty());
     }
 
     #[test]
