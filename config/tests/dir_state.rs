@@ -948,3 +948,46 @@ fn names_kubernetes_rejects_make_the_object_invalid_on_any_backend() {
         "{cluster}"
     );
 }
+
+/// A ConfigMap volume changes by swapping its `..data` link to a new hidden directory; no
+/// event names `pools.yaml` itself, so the refresh must list the tree to see it.
+#[tokio::test]
+async fn a_configmap_volume_update_is_seen() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..2026_01")).unwrap();
+    std::fs::write(
+        root.join("..2026_01/pools.yaml"),
+        pool("a", ["192.0.2.0/28"]).yaml(),
+    )
+    .unwrap();
+    symlink("..2026_01", root.join("..data")).unwrap();
+    symlink("..data/pools.yaml", root.join("pools.yaml")).unwrap();
+    let state = start(root).await;
+    let addresses = |s: &Snapshot| {
+        s.ip_address_pools
+            .get(&pool_ref("a").key())
+            .map(|p| p.spec.addresses.clone())
+    };
+    assert_eq!(
+        addresses(&state.snapshot()),
+        Some(vec!["192.0.2.0/28".to_string()])
+    );
+
+    // What the kubelet does: a new timestamped directory, a new link renamed over `..data`,
+    // the old directory removed.
+    std::fs::create_dir(root.join("..2026_02")).unwrap();
+    std::fs::write(
+        root.join("..2026_02/pools.yaml"),
+        pool("a", ["198.51.100.0/28"]).yaml(),
+    )
+    .unwrap();
+    symlink("..2026_02", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..2026_01")).unwrap();
+    wait_for(&state, "the swapped ConfigMap content", |s| {
+        addresses(s) == Some(vec!["198.51.100.0/28".to_string()])
+    })
+    .await;
+}

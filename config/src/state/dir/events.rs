@@ -100,6 +100,12 @@ pub fn list_namespace_events(dir: &Path, namespace: &str) -> Vec<Value> {
         .filter_map(|t| serde_saphyr::from_str::<Value>(&t).ok())
         .filter(Value::is_object)
         .collect();
+    sort_events(&mut events);
+    events
+}
+
+/// Oldest first: by `firstTimestamp`, then name.
+pub(super) fn sort_events(events: &mut [Value]) {
     events.sort_by(|a, b| {
         let key = |v: &Value| {
             (
@@ -112,7 +118,6 @@ pub fn list_namespace_events(dir: &Path, namespace: &str) -> Vec<Value> {
         };
         key(a).cmp(&key(b))
     });
-    events
 }
 
 /// Whether an Event's `involvedObject` is `regarding`.

@@ -41,9 +41,12 @@
 //! A write costs O(the written object), not O(the directory): with `status/.lock` held it
 //! stats (and reads only if changed) the files of that one object, writes one file, records
 //! it in memory as written and hands the core that one object, merged, so it is in the
-//! snapshot when the call returns. The watcher's refresh (debounced) lists and stats the
-//! tree, reads only files whose (device, inode, size, mtime) changed, and hands the core
-//! only the objects those files define.
+//! snapshot when the call returns. The watcher's refresh (debounced) looks only at the
+//! files its events name when they are status files or manifests it already knows (so the
+//! refresh after a write costs one `stat`); a new manifest, a directory, a link or a hidden
+//! entry changed (a ConfigMap volume's `..data` swap), lost events, or a re-check make it list
+//! and stat the whole tree. Either way it reads only files whose (device, inode, size, mtime)
+//! changed, and hands the core only the objects those files define.
 //!
 //! # Files being written
 //!
@@ -155,6 +158,8 @@ struct Inner {
     writing: Mutex<HashMap<PathBuf, Instant>>,
     /// When the watcher must look again although nothing changed (a file held back).
     recheck: Mutex<Option<Instant>>,
+    /// What the watcher saw change since the last refresh.
+    dirty: Mutex<Dirty>,
     /// What the last listing could not read, as logged (see [`Inner::warn_once`]).
     listing_warned: Mutex<BTreeSet<String>>,
     /// The (device, inode) of the directory being watched; what is read under `root` counts
@@ -197,6 +202,8 @@ struct Stats {
     scans: AtomicU64,
     /// Of those, the ones a write made.
     write_scans: AtomicU64,
+    /// Watcher refreshes that looked only at the files named by the events (no listing).
+    path_refreshes: AtomicU64,
     /// Files read and parsed.
     parsed: AtomicU64,
     /// Listing problems logged (each once, not at every refresh).
@@ -249,6 +256,7 @@ impl DirBackend {
             stats: Stats::default(),
             writing: Mutex::new(HashMap::new()),
             recheck: Mutex::new(None),
+            dirty: Mutex::new(Dirty::default()),
             listing_warned: Mutex::new(BTreeSet::new()),
             watched: Mutex::new(None),
             attached: tokio::sync::watch::Sender::new(true),
@@ -312,8 +320,28 @@ impl DirBackend {
         self.blocking(move |inner| inner.delete(&obj)).await
     }
 
+    /// Every Event in `namespace`, oldest first, as this backend knows them: the watcher
+    /// keeps them current, so they are not read and parsed again from disk (a controller
+    /// starting on 20,000 Services reads 20,000 Events at once).
     pub fn list_events(&self, namespace: &str) -> Vec<Value> {
-        list_namespace_events(&self.inner.root, namespace)
+        let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events: Vec<Value> = files
+            .owned
+            .iter()
+            .filter(|(obj, _)| {
+                obj.kind == Kind::Event && obj.namespace.as_deref() == Some(namespace)
+            })
+            .filter_map(|(obj, paths)| {
+                let canonical = self.inner.status_path(StatusArea::Objects, obj).ok();
+                files
+                    .status_value(Some(paths), canonical.as_deref())
+                    .map(|(_, v)| v.clone())
+            })
+            .filter(Value::is_object)
+            .collect();
+        drop(files);
+        events::sort_events(&mut events);
+        events
     }
 
     pub async fn record_event(
@@ -360,17 +388,24 @@ fn new_watcher(
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
             Ok(ev) => {
-                if let Some(inner) = weak.upgrade() {
-                    inner.note_event(&ev);
-                }
                 // Opening and reading (our own scans among them) change nothing.
-                if !matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+                if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
                 {
+                    return;
+                }
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                inner.note_event(&ev);
+                if inner.note_dirty(&ev) {
                     let _ = tx.send(());
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "watching the state directory; re-reading it");
+                if let Some(inner) = weak.upgrade() {
+                    inner.dirty.lock().unwrap_or_else(|e| e.into_inner()).full = true;
+                }
                 let _ = tx.send(());
             }
         }
@@ -416,7 +451,8 @@ async fn watch_loop(
             }
             continue;
         }
-        if now != watched || watcher.is_none() {
+        let reattached = now != watched || watcher.is_none();
+        if reattached {
             watcher = None;
             *inner.watched.lock().unwrap_or_else(|e| e.into_inner()) = None;
             match new_watcher(&inner, tx.clone()) {
@@ -442,10 +478,27 @@ async fn watch_loop(
             }
             continue;
         }
+        if let Some(r) = recheck.filter(|_| !due) {
+            // Not due yet: a refresh of some paths must not drop it.
+            inner.recheck_at(r.into_std());
+        }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
+        let dirty = std::mem::take(&mut *inner.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        // A re-check, a re-attached directory or an event the paths alone do not explain
+        // (a directory or link changed, events lost) lists the whole tree; otherwise only the
+        // files named by the events are looked at, so a refresh after our own writes costs
+        // O(those writes), not O(the directory).
+        let full = dirty.full || due || reattached || !event;
         let inner = inner.clone();
-        match tokio::task::spawn_blocking(move || inner.reload()).await {
+        let refresh = move || {
+            if full {
+                inner.reload()
+            } else {
+                inner.refresh_paths(dirty.paths)
+            }
+        };
+        match tokio::task::spawn_blocking(refresh).await {
             Ok(Ok(())) => {}
             // Already logged (once) by the listing.
             Ok(Err(_)) => {}
@@ -454,7 +507,87 @@ async fn watch_loop(
     }
 }
 
+/// What the watcher saw change since the last refresh.
+#[derive(Default)]
+struct Dirty {
+    /// Something the paths alone do not explain: list the whole tree.
+    full: bool,
+    /// Files created, changed or removed.
+    paths: BTreeSet<PathBuf>,
+}
+
+/// What one path in a file-system event asks of the next refresh.
+#[derive(Debug, PartialEq, Eq)]
+enum Wants {
+    /// Nothing: our own temporary files, locks, and other files no listing includes.
+    Nothing,
+    /// A look at this file.
+    Path,
+    /// A listing of the whole tree: a directory, a link or a hidden entry changed (a
+    /// ConfigMap volume swaps its `..data` link), or a path outside what is known.
+    Full,
+}
+
+/// What a change at `path` asks of the next refresh, for a state directory at `root` with
+/// its status directory `status`. Pure, on the path alone: a file named like a manifest is
+/// looked at on its own; anything else that a listing may see lists the tree.
+fn wants(root: &Path, status: &Path, path: &Path) -> Wants {
+    let Ok(relative) = path.strip_prefix(root) else {
+        return Wants::Full;
+    };
+    let name = relative.file_name().and_then(|n| n.to_str());
+    if let Ok(in_status) = path.strip_prefix(status) {
+        let parts: Vec<&str> = in_status
+            .components()
+            .map(|c| c.as_os_str().to_str().unwrap_or_default())
+            .collect();
+        return match parts.as_slice() {
+            // `status/` itself or a whole area: every file in it may have changed.
+            [] | ["patches" | "objects"] => Wants::Full,
+            [_, .., n] if atomic::temp_file_writer(n).is_some() => Wants::Nothing,
+            // `AREA/KIND/NAMESPACE/NAME.yaml`
+            ["patches" | "objects", _, _, n] if manifest::is_manifest_name(n) => Wants::Path,
+            // A kind's or a namespace's directory, or a stray file: let the listing judge.
+            ["patches" | "objects", ..] => Wants::Full,
+            // `status/.lock`, `status/locks/`: not state.
+            _ => Wants::Nothing,
+        };
+    }
+    let hidden = relative
+        .components()
+        .any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.')));
+    match name {
+        Some(n) if !hidden && manifest::is_manifest_name(n) => Wants::Path,
+        _ => Wants::Full,
+    }
+}
+
 impl Inner {
+    /// Records in [`Inner::dirty`] what one file-system event asks of the next refresh;
+    /// returns whether a refresh is needed at all.
+    fn note_dirty(&self, ev: &notify::Event) -> bool {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.need_rescan() || ev.paths.is_empty() {
+            dirty.full = true;
+            return true;
+        }
+        let mut wake = false;
+        for path in &ev.paths {
+            match wants(&self.root, &self.status, path) {
+                Wants::Nothing => {}
+                Wants::Path => {
+                    dirty.paths.insert(path.clone());
+                    wake = true;
+                }
+                Wants::Full => {
+                    dirty.full = true;
+                    wake = true;
+                }
+            }
+        }
+        wake
+    }
+
     /// Keeps [`Inner::writing`] up to date from one file-system event.
     fn note_event(&self, ev: &notify::Event) {
         use notify::EventKind;
@@ -525,6 +658,102 @@ impl Inner {
         self.merge_listing(&mut files, listing, &mut affected);
         self.deliver(&mut files, affected);
         Ok(())
+    }
+
+    /// Looks at the files `paths` named by the watcher's events, without listing the tree:
+    /// status files, and manifests already known (edited or removed). A manifest new to this
+    /// backend, or a path that is no longer a file, lists the tree instead, so that what the
+    /// listing decides (which links are followed, which file is older, the size limit of
+    /// the whole directory) stays decided in one place.
+    fn refresh_paths(&self, paths: BTreeSet<PathBuf>) -> Result<(), StateError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let watched = *self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.is_none() || dir_id(&self.root) != watched {
+            return Ok(());
+        }
+        let mut present = Vec::new();
+        let mut gone = Vec::new();
+        for path in paths {
+            let user = self.status_area(&path).is_none();
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    if user && !self.is_cached(&path) {
+                        return self.reload();
+                    }
+                    present.push((path, Stamp::of(&meta)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(path),
+                // A directory, or unreadable: the listing reports it.
+                _ => return self.reload(),
+            }
+        }
+        if present.iter().any(|(p, _)| self.status_area(p).is_none())
+            && self.user_bytes_with(&present) > manifest::MAX_TOTAL_BYTES
+        {
+            // The listing refuses it and says so, once.
+            return self.reload();
+        }
+        self.stats.path_refreshes.fetch_add(1, Ordering::Relaxed);
+        // Oldest first, as the listing reads them.
+        present.sort_by(|(pa, a), (pb, b)| (a.modified(), pa).cmp(&(b.modified(), pb)));
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut affected = BTreeSet::new();
+        for path in gone {
+            if files.cache.contains_key(&path) {
+                self.note_missing(&mut files, &path, &mut affected);
+            }
+        }
+        for (path, stamp) in &present {
+            files.missing.remove(path);
+            if files.cache.get(path).is_none_or(|c| c.stamp != *stamp) {
+                self.sync_path(&mut files, path, &mut affected);
+            }
+        }
+        self.deliver(&mut files, affected);
+        Ok(())
+    }
+
+    fn is_cached(&self, path: &Path) -> bool {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cache
+            .contains_key(path)
+    }
+
+    /// The bytes of user manifests if the files `changed` had the sizes of their stamps.
+    fn user_bytes_with(&self, changed: &[(PathBuf, Stamp)]) -> u64 {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: HashMap<&Path, u64> = changed
+            .iter()
+            .filter(|(p, _)| self.status_area(p).is_none())
+            .map(|(p, s)| (p.as_path(), s.len()))
+            .collect();
+        files
+            .cache
+            .iter()
+            .filter(|(p, c)| {
+                matches!(c.content, Content::User(_)) || changed.contains_key(p.as_path())
+            })
+            .map(|(p, c)| changed.get(p.as_path()).copied().unwrap_or(c.stamp.len()))
+            .sum()
+    }
+
+    /// A file known here is no longer on disk: its objects are deleted once it has stayed
+    /// gone for [`DELETE_GRACE`] (`rm -rf` and a directory being replaced remove files one
+    /// by one before the directory itself goes), if the directory is still there then.
+    /// Status files too: a Service must not lose its address for a moment.
+    fn note_missing(&self, files: &mut Files, path: &Path, affected: &mut BTreeSet<ObjectRef>) {
+        let now = Instant::now();
+        let since = *files.missing.entry(path.to_path_buf()).or_insert(now);
+        if now.duration_since(since) >= DELETE_GRACE {
+            files.missing.remove(path);
+            files.set(path, None, affected);
+        } else {
+            self.recheck_at(since + DELETE_GRACE);
+        }
     }
 
     /// Lists every manifest and status file with its stamp. What cannot be listed (an
@@ -614,17 +843,7 @@ impl Inner {
                 // Written by us after the listing was made: look again.
                 self.sync_path(files, &path, affected);
             } else {
-                // Deleted, or its directory is going (`rm -rf`, a replacement): deleted once
-                // it has stayed gone for a moment, if the directory is still there then.
-                // Status files too: a Service must not lose its address for a moment.
-                let now = Instant::now();
-                let since = *files.missing.entry(path.clone()).or_insert(now);
-                if now.duration_since(since) >= DELETE_GRACE {
-                    files.missing.remove(&path);
-                    files.set(&path, None, affected);
-                } else {
-                    self.recheck_at(since + DELETE_GRACE);
-                }
+                self.note_missing(files, &path, affected);
             }
         }
         files.missing.retain(|p, _| !listed.contains(p.as_path()));
@@ -1138,6 +1357,7 @@ mod tests {
         assert_eq!(core.snapshot().services.len(), N);
         let stats = &backend.inner.stats;
         let parsed_before = stats.parsed.load(Ordering::Relaxed);
+        let scans_before = stats.scans.load(Ordering::Relaxed);
 
         let writes = async {
             for i in 0..N {
@@ -1182,6 +1402,15 @@ mod tests {
             0,
             "a refresh re-read a file this backend wrote"
         );
+        // The refreshes our writes cause look at the written files only (listing the whole
+        // tree after each burst of writes made a run of N writes cost O(N²)); the first
+        // writes create status directories, which are listed.
+        let scans = stats.scans.load(Ordering::Relaxed) - scans_before;
+        assert!(
+            scans <= 5,
+            "{scans} refreshes after our own writes listed the whole directory"
+        );
+        assert!(stats.path_refreshes.load(Ordering::Relaxed) > 0);
         let snap = core.snapshot();
         assert_eq!(snap.services.len(), N);
         assert_eq!(snap.service_l2_statuses.len(), N);
@@ -1207,7 +1436,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(first.changed.len(), 3);
-        let scans = backend.inner.stats.scans.load(Ordering::Relaxed);
+        let stats = &backend.inner.stats;
+        let refreshes =
+            || stats.scans.load(Ordering::Relaxed) + stats.path_refreshes.load(Ordering::Relaxed);
+        let scans = refreshes();
 
         let b = ObjectRef::new(Kind::Service, Some("default"), "b");
         let status = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}});
@@ -1219,7 +1451,7 @@ mod tests {
         assert_eq!(ingress_ip(&u.snapshot, &b).as_deref(), Some("192.0.2.7"));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while backend.inner.stats.scans.load(Ordering::Relaxed) == scans {
+        while refreshes() == scans {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no refresh after the write"
@@ -1232,6 +1464,93 @@ mod tests {
             "redelivered: {:?}",
             quiet.map(|u| u.changed)
         );
+    }
+
+    /// Events are listed from what the backend holds, as on disk, without reading files.
+    #[tokio::test]
+    async fn events_are_listed_from_memory_as_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service_yaml("a")).unwrap();
+        let core = Core::new(Kind::ALL);
+        let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
+            .await
+            .unwrap();
+        let a = ObjectRef::new(Kind::Service, Some("default"), "a");
+        for (reason, times) in [("IPAllocated", 2), ("Other", 1)] {
+            let event = EventRecord {
+                type_: super::super::EventType::Normal,
+                reason: reason.into(),
+                message: "m".into(),
+                reporter: "test".into(),
+            };
+            for _ in 0..times {
+                backend.record_event(&a, &event).await.unwrap();
+            }
+        }
+        // Another process's Event, seen through the watcher.
+        let other = backend.inner.status_path(
+            StatusArea::Objects,
+            &ObjectRef::new(Kind::Event, Some("default"), "a.other"),
+        );
+        let other = other.unwrap();
+        write_atomic(
+            &other,
+            &json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "a.other", "namespace": "default"},
+                "involvedObject": {"kind": "Service", "name": "a", "namespace": "default"},
+                "reason": "FromElsewhere", "firstTimestamp": "2000-01-01T00:00:00Z"}),
+        )
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while backend.list_events("default").len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other Event never listed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let parsed = backend.inner.stats.parsed.load(Ordering::Relaxed);
+        let listed = backend.list_events("default");
+        assert_eq!(backend.inner.stats.parsed.load(Ordering::Relaxed), parsed);
+        assert_eq!(listed, list_namespace_events(dir.path(), "default"));
+        assert_eq!(listed[0]["reason"], "FromElsewhere");
+        assert!(backend.list_events("elsewhere").is_empty());
+    }
+
+    #[test]
+    fn what_a_change_asks_of_the_refresh() {
+        let root = Path::new("/d");
+        let status = Path::new("/d/status");
+        let cases = [
+            ("/d/pools.yaml", Wants::Path),
+            ("/d/services/web.yml", Wants::Path),
+            ("/d/nodes.json", Wants::Path),
+            // Directories, links and hidden entries (a ConfigMap's `..data`) list the tree.
+            ("/d/services", Wants::Full),
+            ("/d/..data", Wants::Full),
+            ("/d/..2024_01_01/pools.yaml", Wants::Full),
+            ("/d/.pools.yaml.swp", Wants::Full),
+            ("/d", Wants::Full),
+            ("/elsewhere/x.yaml", Wants::Full),
+            ("/d/status/patches/Service/default/web.yaml", Wants::Path),
+            (
+                "/d/status/objects/Event/default/web.0123456789.yaml",
+                Wants::Path,
+            ),
+            (
+                "/d/status/patches/Service/default/.web.yaml.42.7.tmp",
+                Wants::Nothing,
+            ),
+            ("/d/status/.lock", Wants::Nothing),
+            ("/d/status/locks/controller.lock", Wants::Nothing),
+            ("/d/status", Wants::Full),
+            ("/d/status/patches", Wants::Full),
+            ("/d/status/patches/Service/default", Wants::Full),
+            ("/d/status/objects/Event", Wants::Full),
+        ];
+        for (path, want) in cases {
+            assert_eq!(wants(root, status, Path::new(path)), want, "{path}");
+        }
     }
 
     #[tokio::test]
