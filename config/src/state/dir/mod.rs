@@ -1470,7 +1470,7 @@ mod tests {
     #[tokio::test]
     async fn events_are_listed_from_memory_as_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), service_yaml("a")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a").yaml()).unwrap();
         let core = Core::new(Kind::ALL);
         let backend = DirBackend::start(dir.path().to_path_buf(), core.clone())
             .await
