@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metalnet::daemon::{Classify, Driver, Health, OwnedObjects, Plan, Reconcile, Shutdown};
-use metalnet::state::{ClusterState, ErrorClass, Kind, Snapshot};
+use std::convert::Infallible;
+
+use metalnet::daemon::{Driver, Health, OwnedObjects, Plan, Reconcile, Shutdown};
+use metalnet::state::{ClusterState, Kind, Snapshot};
 use metalnet::validate::valid_config;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -318,16 +320,6 @@ pub enum Layer2Op {
     Interfaces,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable: layer 2 ops do not fail")]
-pub struct Infallible;
-
-impl Classify for Infallible {
-    fn class(&self) -> ErrorClass {
-        ErrorClass::Invalid
-    }
-}
-
 impl Layer2Loop {
     fn live(&self, snapshot: &Snapshot) -> BTreeSet<String> {
         match &*self.live.borrow() {
@@ -366,11 +358,11 @@ impl Reconcile for Layer2Loop {
     fn plan(&mut self, input: Plan<'_, &'static str>) -> Vec<Layer2Op> {
         let snapshot = input.snapshot;
         let live = self.live(snapshot);
-        if self.last_live.as_ref() != Some(&live) {
+        let live_changed = self.last_live.as_ref() != Some(&live);
+        if live_changed {
             tracing::info!(live = ?live, "live speakers");
             self.metrics.set_members(&live);
         }
-        let live_changed = self.last_live.as_ref() != Some(&live);
         self.last_live = Some(live.clone());
         // Settling by time wakes the loop with nothing changed: the first election must
         // still be applied then.
@@ -392,7 +384,7 @@ impl Reconcile for Layer2Loop {
             }
         }
         let state_changed = input.changed.is_none_or(|c| !c.is_empty());
-        if !(state_changed || live_changed || just_settled || input.changed.is_none()) {
+        if !(state_changed || live_changed || just_settled) {
             return if std::mem::take(&mut self.failures_dirty) {
                 vec![Layer2Op::Interfaces]
             } else {

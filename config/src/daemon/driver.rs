@@ -49,6 +49,13 @@ impl Classify for StateError {
     }
 }
 
+/// For loops whose ops cannot fail (in-memory tables).
+impl Classify for std::convert::Infallible {
+    fn class(&self) -> ErrorClass {
+        match *self {}
+    }
+}
+
 /// A daemon's logic as the [`Driver`] runs it: a pure plan and the edge that applies it.
 pub trait Reconcile: Send {
     /// One thing to do, about one object.
@@ -231,15 +238,6 @@ impl<R: Reconcile> Driver<R> {
 
     pub fn reconciler(&self) -> &R {
         &self.reconciler
-    }
-
-    pub fn reconciler_mut(&mut self) -> &mut R {
-        &mut self.reconciler
-    }
-
-    /// Objects waiting for a retry.
-    pub fn retrying(&self) -> impl Iterator<Item = &R::Key> {
-        self.retries.keys()
     }
 
     /// One pass over the current snapshot, everything new (`--once`).

@@ -59,10 +59,6 @@ impl Readiness {
     pub fn set(&self, ready: bool) {
         self.health.lock().insert(self.name.clone(), ready);
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 #[cfg(test)]

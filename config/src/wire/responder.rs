@@ -35,6 +35,19 @@ pub struct RxMeta {
     pub other_host: bool,
 }
 
+impl RxMeta {
+    /// Why the kernel's word alone rules the frame out, before it is parsed.
+    fn drop_reason(self) -> Option<DropReason> {
+        if self.vlan_tci.is_some() {
+            Some(DropReason::VlanTagged)
+        } else if self.other_host {
+            Some(DropReason::OtherHost)
+        } else {
+            None
+        }
+    }
+}
+
 /// Why a well-formed frame is dropped without an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -78,11 +91,8 @@ pub fn decide_arp(
     mac: Mac,
     announced: impl Fn(IpAddr) -> bool,
 ) -> Decision {
-    if rx.vlan_tci.is_some() {
-        return Decision::Dropped(DropReason::VlanTagged);
-    }
-    if rx.other_host {
-        return Decision::Dropped(DropReason::OtherHost);
+    if let Some(reason) = rx.drop_reason() {
+        return Decision::Dropped(reason);
     }
     let ArpFrame {
         ethernet: eth,
@@ -134,11 +144,8 @@ pub fn decide_ndp(
     mac: Mac,
     announced: impl Fn(IpAddr) -> bool,
 ) -> Decision {
-    if rx.vlan_tci.is_some() {
-        return Decision::Dropped(DropReason::VlanTagged);
-    }
-    if rx.other_host {
-        return Decision::Dropped(DropReason::OtherHost);
+    if let Some(reason) = rx.drop_reason() {
+        return Decision::Dropped(reason);
     }
     let nd = match NdpFrame::parse(frame) {
         Ok(Some(nd)) => nd,
