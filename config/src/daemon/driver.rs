@@ -259,6 +259,7 @@ impl<R: Reconcile> Driver<R> {
         // Never ready while blind: a state directory that vanished keeps its last state in
         // force, but nothing new is seen until it is back.
         let mut attached = state.attached();
+        let mut attached_open = true;
         let mut ready = false;
         loop {
             let next_retry = self.retries.values().map(|r| r.due).min();
@@ -266,11 +267,10 @@ impl<R: Reconcile> Driver<R> {
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
-                r = attached.changed() => {
-                    if r.is_err() {
-                        // The backend is gone with its sender; nothing will change any more.
-                        attached = tokio::sync::watch::Sender::new(false).subscribe();
-                    }
+                r = attached.changed(), if attached_open => {
+                    // A closed channel (the backend gone) keeps its last value; stop waiting
+                    // on it rather than wake at once again and again.
+                    attached_open = r.is_ok();
                     self.set_ready(ready && *attached.borrow());
                     continue;
                 }
