@@ -673,6 +673,66 @@ async fn deletions_that_are_meant_still_delete() {
     .await;
 }
 
+/// A process starting while a manifest is empty (emptied just before) or broken uses the last
+/// good version an earlier process kept, as a running process keeps its previous version; a
+/// manifest emptied long before the start, or deleted, loses its objects.
+#[tokio::test]
+async fn a_process_starting_while_a_manifest_is_being_rewritten_uses_its_last_good_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.yaml");
+    let text = services_yaml(&EIGHT);
+    std::fs::write(&file, &text).unwrap();
+    drop(start(dir.path()).await);
+
+    // Truncated just before the start: the eight stay, and go once it stays empty.
+    std::fs::File::create(&file).unwrap();
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 8, "emptied just before start");
+    wait_for(&state, "the emptied file's Services gone", |s| {
+        s.services.is_empty()
+    })
+    .await;
+    drop(state);
+
+    // Once deleted for good, nothing of it comes back at the next start.
+    std::fs::write(&file, "").unwrap();
+    age(&file, 60);
+    let state = start(dir.path()).await;
+    assert!(state.snapshot().services.is_empty(), "emptied long ago");
+    drop(state);
+
+    // Broken while no process ran (an edit gone wrong): the last good version stays in force
+    // until it parses again.
+    std::fs::write(&file, &text).unwrap();
+    drop(start(dir.path()).await);
+    std::fs::write(&file, text.replace("kind: Service", "kind: [Service")).unwrap();
+    age(&file, 60);
+    let state = start(dir.path()).await;
+    assert_eq!(state.snapshot().services.len(), 8, "broken at start");
+    write_atomic(&file, &services_yaml(&EIGHT[..2]));
+    wait_for(&state, "the fixed file", |s| s.services.len() == 2).await;
+    drop(state);
+
+    // Emptied long before the start: deleted.
+    std::fs::write(&file, "# nothing\n").unwrap();
+    age(&file, 60);
+    let state = start(dir.path()).await;
+    assert!(state.snapshot().services.is_empty(), "emptied long ago");
+    drop(state);
+
+    // A file deleted while no process ran leaves no copy behind.
+    std::fs::write(&file, &text).unwrap();
+    drop(start(dir.path()).await);
+    std::fs::remove_file(&file).unwrap();
+    drop(start(dir.path()).await);
+    std::fs::File::create(&file).unwrap();
+    let state = start(dir.path()).await;
+    assert!(
+        state.snapshot().services.is_empty(),
+        "a deleted file's last good version is gone"
+    );
+}
+
 fn port_of(s: &Snapshot, name: &str) -> Option<i32> {
     let svc = s.services.get(&key(name, "default"))?;
     Some(svc.spec.as_ref()?.ports.as_ref()?[0].port)

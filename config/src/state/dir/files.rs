@@ -198,6 +198,15 @@ impl Stamp {
         (self.mtime, self.mtime_nsec)
     }
 
+    /// A stamp like this one that no file has, for a version cached that must be read again
+    /// at the next refresh although the file did not change.
+    pub(super) fn unread(self) -> Stamp {
+        Stamp {
+            mtime_nsec: -1,
+            ..self
+        }
+    }
+
     pub(super) fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             dev: meta.dev(),

@@ -11,6 +11,7 @@
 //! └── status/                     # metalnet's: written by the suite, never by you
 //!     ├── .lock                   # flock taken around every read-modify-write
 //!     ├── locks/controller.lock   # named locks: one daemon per role (holder pid and host)
+//!     ├── last-good/services/web.yaml  # the last version of each manifest that parsed
 //!     ├── patches/                # JSON merge patches onto YOUR objects
 //!     │   └── Service/default/web.yaml          # e.g. status.loadBalancer.ingress
 //!     └── objects/                # whole objects the suite owns
@@ -61,6 +62,11 @@
 //! - a manifest that still exists but lost every object at once keeps its previous version
 //!   for 1 s, and loses its objects only if it stays so (a WARN says so, once).
 //!
+//! A process reading a manifest for the first time has no previous version in memory: the last
+//! version that parsed with objects is kept under `status/last-good/` by whichever process read
+//! it, and stands in for a manifest that does not parse at start, or that is without objects
+//! and was emptied less than 1 s before (then held for what is left of that second).
+//!
 //! Deleting a file, or removing some objects from a file that parses, deletes them once the
 //! file has stayed gone for 300 ms.
 //!
@@ -91,6 +97,7 @@
 mod atomic;
 mod events;
 mod files;
+mod last_good;
 mod lock;
 mod status;
 
@@ -274,6 +281,7 @@ impl DirBackend {
                 path: inner.root.clone(),
                 source: std::io::Error::other(e),
             })??;
+        last_good::remove_orphans(&inner.root, &inner.status);
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
         let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
         Ok(DirBackend { inner, task })
@@ -751,6 +759,11 @@ impl Inner {
         if now.duration_since(since) >= DELETE_GRACE {
             files.missing.remove(path);
             files.set(path, None, affected);
+            if self.status_area(path).is_none()
+                && let Some(copy) = last_good::copy_path(&self.root, &self.status, path)
+            {
+                last_good::forget(&copy);
+            }
         } else {
             self.recheck_at(since + DELETE_GRACE);
         }
@@ -925,7 +938,7 @@ impl Inner {
                 let previous = files.cache.get(path).map(|c| &c.content);
                 match read {
                     Ok((stamp, text)) => match self.read_user_file(files, path, stamp, &text) {
-                        Some(content) => (stamp, content),
+                        Some(read) => read,
                         // Held back: the cache keeps the previous version and its stamp,
                         // so the file is read again at the next refresh.
                         None => return,
@@ -951,24 +964,41 @@ impl Inner {
         files.set(path, Some(Cached { stamp, content }), affected);
     }
 
-    /// A user manifest's objects, or `None` to keep the previous version in force for now.
+    /// A user manifest's objects with the stamp to cache them under, or `None` to keep the
+    /// previous version in force for now.
     ///
     /// A file that does not parse keeps its previous objects until it does (an edit in
     /// progress). A file that parses but lost every object at once while still existing is
     /// held back for [`SHRINK_GRACE`] (a truncation before a write); if it stays so, its
     /// objects are deleted. Each is logged once per episode, not at every refresh.
+    ///
+    /// A file read for the first time by this process has no previous version in memory; its
+    /// last good version kept on disk (see [`last_good`]) stands in for it, so that a daemon
+    /// starting while a manifest is being rewritten or is broken does not take its objects
+    /// for deleted. Every version that parses with objects is kept so.
     fn read_user_file(
         &self,
         files: &mut Files,
         path: &Path,
         stamp: Stamp,
         text: &str,
-    ) -> Option<Content> {
+    ) -> Option<(Stamp, Content)> {
         let (objects, errors) = manifest::parse_manifests(path, text);
-        let previous = match files.cache.get(path).map(|c| &c.content) {
-            Some(Content::User(objects)) if !objects.is_empty() => Some(objects),
+        let copy = last_good::copy_path(&self.root, &self.status, path);
+        let cached = files.cache.get(path).map(|c| &c.content);
+        let mut previous = match cached {
+            Some(Content::User(objects)) if !objects.is_empty() => Some(objects.clone()),
             _ => None,
         };
+        let first_read = cached.is_none();
+        if first_read && (!errors.is_empty() || objects.is_empty()) {
+            previous = copy
+                .as_deref()
+                .and_then(last_good::read)
+                .map(|kept| manifest::parse_manifests(path, &kept))
+                .filter(|(kept, kept_errors)| !kept.is_empty() && kept_errors.is_empty())
+                .map(|(kept, _)| kept);
+        }
         if !errors.is_empty() {
             files.suspects.remove(path);
             for e in &errors {
@@ -979,15 +1009,56 @@ impl Inner {
                     "invalid manifest"
                 );
             }
-            return Some(Content::User(previous.cloned().unwrap_or(objects)));
+            if first_read && previous.is_some() {
+                tracing::info!(
+                    file = %path.display(),
+                    "using the last good version of the manifest until it parses again"
+                );
+            }
+            return Some((stamp, Content::User(previous.unwrap_or(objects))));
         }
         let Some(previous) = previous.filter(|_| objects.is_empty()) else {
             if files.suspects.remove(path).is_some() {
                 tracing::info!(file = %path.display(), "manifest readable again");
             }
-            return Some(Content::User(objects));
+            if let Some(copy) = &copy {
+                if objects.is_empty() {
+                    last_good::forget(copy);
+                } else {
+                    last_good::keep(copy, text, stamp);
+                }
+            }
+            return Some((stamp, Content::User(objects)));
         };
         let now = Instant::now();
+        if first_read {
+            // Emptied before this process started: held back for what is left of the grace
+            // period since it was, under a stamp no file has, so that it is read again.
+            let age = last_good::age(stamp).unwrap_or(SHRINK_GRACE);
+            if age >= SHRINK_GRACE {
+                if let Some(copy) = &copy {
+                    last_good::forget(copy);
+                }
+                tracing::info!(
+                    file = %path.display(),
+                    objects = previous.len(),
+                    "manifest has been without objects since before start; not using its last good version"
+                );
+                return Some((stamp, Content::User(objects)));
+            }
+            tracing::warn!(
+                file = %path.display(),
+                objects = previous.len(),
+                emptied_ago = ?age,
+                grace = ?SHRINK_GRACE,
+                "manifest without objects at start, emptied just before (truncated, or being \
+                 written?); using its last good version until it stays so"
+            );
+            let since = now.checked_sub(age).unwrap_or(now);
+            files.suspects.insert(path.to_path_buf(), Suspect { stamp, since });
+            self.recheck_at(since + SHRINK_GRACE);
+            return Some((stamp.unread(), Content::User(previous)));
+        }
         let suspect = files.suspects.entry(path.to_path_buf()).or_insert_with(|| {
             tracing::warn!(
                 file = %path.display(),
@@ -1008,12 +1079,15 @@ impl Inner {
             return None;
         }
         files.suspects.remove(path);
+        if let Some(copy) = &copy {
+            last_good::forget(copy);
+        }
         tracing::warn!(
             file = %path.display(),
             objects = previous.len(),
             "manifest has stayed without objects; deleting its previous objects"
         );
-        Some(Content::User(objects))
+        Some((stamp, Content::User(objects)))
     }
 
     /// The object `obj` as in effect: your object with its patch, or the suite's own.
