@@ -1,0 +1,4 @@
+//! Multus's semantics, as pure functions: no process, file or network access here except
+//! where a function says it reads a file.
+
+pub mod plan;
