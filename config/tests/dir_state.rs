@@ -687,7 +687,11 @@ async fn a_process_starting_while_a_manifest_is_being_rewritten_uses_its_last_go
     // Truncated just before the start: the eight stay, and go once it stays empty.
     std::fs::File::create(&file).unwrap();
     let state = start(dir.path()).await;
-    assert_eq!(state.snapshot().services.len(), 8, "emptied just before start");
+    assert_eq!(
+        state.snapshot().services.len(),
+        8,
+        "emptied just before start"
+    );
     wait_for(&state, "the emptied file's Services gone", |s| {
         s.services.is_empty()
     })
@@ -786,10 +790,36 @@ async fn a_duplicate_never_replaces_the_object_in_force() {
         "{errors:?}"
     );
 
+    // The duplicate is a Warning Event on the Service, naming both files.
+    let duplicate_events = || {
+        metalnet::state::dir::list_events(dir.path(), &svc("web"))
+            .into_iter()
+            .filter(|e| e["reason"] == "DuplicateObject")
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while duplicate_events().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = duplicate_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    let message = events[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("0-scratch.yaml") && message.contains("web.yaml"),
+        "{message}"
+    );
+
     // At a restart, the older file's definition is in force.
     drop(state);
     let again = start(dir.path()).await;
     assert_eq!(port_of(&again.snapshot(), "web"), Some(81));
+    // A second process finding the same duplicate leaves the Event as it is.
+    let second = start(dir.path()).await;
+    let events = duplicate_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["count"], 1, "{events:?}");
+    drop(second);
 
     // The original deleted: the copy takes over.
     std::fs::remove_file(&original).unwrap();

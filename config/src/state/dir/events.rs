@@ -10,11 +10,49 @@ use super::status::StatusArea;
 use crate::manifest;
 use crate::state::{EventRecord, Kind, ObjectRef, StateError};
 
+/// The reason of the Warning recorded on an object defined more than once.
+pub const DUPLICATE_REASON: &str = "DuplicateObject";
+
 impl Inner {
+    /// Records the problems found with objects since the last call as Warning Events on
+    /// them. Every process reading the directory finds the same problems: an Event already
+    /// there is left as it is, so its count does not grow with the number of daemons.
+    /// Not called with the status lock held (it takes it).
+    pub(super) fn record_problem_events(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .problem_events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (obj, message) in pending {
+            let event = EventRecord {
+                type_: crate::state::EventType::Warning,
+                reason: DUPLICATE_REASON.into(),
+                message,
+                reporter: "metalnet".into(),
+            };
+            if let Err(e) = self.record_event_with(&obj, &event, false) {
+                tracing::debug!(object = %obj, error = %e, "cannot record a problem as an Event");
+            }
+        }
+    }
+
     pub(super) fn record_event(
         &self,
         regarding: &ObjectRef,
         event: &EventRecord,
+    ) -> Result<(), StateError> {
+        self.record_event_with(regarding, event, true)
+    }
+
+    /// Records `event`; an Event of the same (object, reason, message) already there gets its
+    /// count raised if `count_again`, else is left as it is.
+    fn record_event_with(
+        &self,
+        regarding: &ObjectRef,
+        event: &EventRecord,
+        count_again: bool,
     ) -> Result<(), StateError> {
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let hash = fnv1a(&[
@@ -34,6 +72,7 @@ impl Inner {
                 _ => None,
             };
             let value = match existing {
+                Some(_) if !count_again => return Ok(()),
                 Some(mut v) => {
                     let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
                     v["count"] = json!(count + 1);

@@ -93,7 +93,9 @@ pub(super) fn remove_orphans(root: &Path, status: &Path) {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 walk(&path, root, base);
                 // Removed only if empty.

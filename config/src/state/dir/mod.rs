@@ -89,7 +89,9 @@
 //!
 //! # Duplicates
 //!
-//! An object defined twice (in two files, or twice in one) is logged once, naming both places;
+//! An object defined twice (in two files, or twice in one) is logged once, naming both places,
+//! and recorded as a Warning Event `DuplicateObject` on the object (one Event however many
+//! daemons read the directory);
 //! the definition in force first stays in force (at start, the one in the file modified
 //! longest ago), so a scratch copy never replaces an object in use. `metalnet-controller
 //! validate DIR` reports the same duplicates (see [`crate::manifest::load_paths`]).
@@ -167,6 +169,8 @@ struct Inner {
     recheck: Mutex<Option<Instant>>,
     /// What the watcher saw change since the last refresh.
     dirty: Mutex<Dirty>,
+    /// Problems with objects (duplicates) found since they were last recorded as Events.
+    problem_events: Mutex<Vec<(ObjectRef, String)>>,
     /// What the last listing could not read, as logged (see [`Inner::warn_once`]).
     listing_warned: Mutex<BTreeSet<String>>,
     /// The (device, inode) of the directory being watched; what is read under `root` counts
@@ -264,6 +268,7 @@ impl DirBackend {
             writing: Mutex::new(HashMap::new()),
             recheck: Mutex::new(None),
             dirty: Mutex::new(Dirty::default()),
+            problem_events: Mutex::new(Vec::new()),
             listing_warned: Mutex::new(BTreeSet::new()),
             watched: Mutex::new(None),
             attached: tokio::sync::watch::Sender::new(true),
@@ -275,12 +280,16 @@ impl DirBackend {
         let watcher = new_watcher(&inner, tx.clone())?;
 
         let first = inner.clone();
-        tokio::task::spawn_blocking(move || first.reload())
-            .await
-            .map_err(|e| StateError::Io {
-                path: inner.root.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        tokio::task::spawn_blocking(move || {
+            first.reload()?;
+            first.record_problem_events();
+            Ok::<(), StateError>(())
+        })
+        .await
+        .map_err(|e| StateError::Io {
+            path: inner.root.clone(),
+            source: std::io::Error::other(e),
+        })??;
         last_good::remove_orphans(&inner.root, &inner.status);
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
         let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
@@ -500,11 +509,13 @@ async fn watch_loop(
         let full = dirty.full || due || reattached || !event;
         let inner = inner.clone();
         let refresh = move || {
-            if full {
+            let result = if full {
                 inner.reload()
             } else {
                 inner.refresh_paths(dirty.paths)
-            }
+            };
+            inner.record_problem_events();
+            result
         };
         match tokio::task::spawn_blocking(refresh).await {
             Ok(Ok(())) => {}
@@ -1055,7 +1066,9 @@ impl Inner {
                  written?); using its last good version until it stays so"
             );
             let since = now.checked_sub(age).unwrap_or(now);
-            files.suspects.insert(path.to_path_buf(), Suspect { stamp, since });
+            files
+                .suspects
+                .insert(path.to_path_buf(), Suspect { stamp, since });
             self.recheck_at(since + SHRINK_GRACE);
             return Some((stamp.unread(), Content::User(previous)));
         }
@@ -1117,6 +1130,10 @@ impl Inner {
             let logged = files.warned.remove(&obj).unwrap_or_default();
             for p in problems.difference(&logged) {
                 tracing::warn!(problem = %p, "state directory");
+                self.problem_events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((obj.clone(), p.clone()));
             }
             if !problems.is_empty() {
                 files.warned.insert(obj.clone(), problems);
