@@ -2,5 +2,6 @@
 //! where a function says it reads a file.
 
 pub mod config;
+pub mod networks;
 pub mod plan;
 pub mod status;
