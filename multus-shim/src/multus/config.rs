@@ -457,7 +457,6 @@ pub(crate) fn is_version(s: &str) -> bool {
 }
 
 /// Compares two `MAJOR.MINOR.PATCH` versions (anything else counts as 0.0.0).
-#[allow(dead_code)] // used by the generated configuration
 pub(crate) fn version_at_least(v: &str, min: (u64, u64, u64)) -> bool {
     let mut it = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let t = (
