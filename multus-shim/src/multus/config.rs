@@ -262,7 +262,7 @@ impl MultusConf {
         let cluster_network = k.nonempty("clusterNetwork")?;
         if cluster_network.is_none() && delegates.is_empty() {
             return Err(ConfError::Invalid(
-                "at least one delegate/defaultNetwork must be specified: \"delegates\" and \"clusterNetwork\" are both missing or empty".into(),
+                "at least one delegate/clusterNetwork must be specified: \"delegates\" and \"clusterNetwork\" are both missing or empty".into(),
             ));
         }
         let default_networks = match k.get("defaultNetworks") {
@@ -367,7 +367,11 @@ impl MultusConf {
             daemon_socket_dir: k.path("daemonSocketDir")?,
             log_file: k.path("logFile")?,
             log_level: k.nonempty("logLevel")?,
-            log_to_stderr: k.boolean("logToStderr")?,
+            // Multus logs to stderr unless told not to.
+            log_to_stderr: match k.get("logToStderr") {
+                None => true,
+                Some(_) => k.boolean("logToStderr")?,
+            },
             runtime_config,
             raw,
         })
@@ -483,7 +487,7 @@ mod tests {
         assert_eq!(c.global_namespaces, vec!["default"]);
         assert_eq!(c.system_namespaces, vec!["kube-system"]);
         assert_eq!(c.multus_namespace, "kube-system");
-        assert!(!c.namespace_isolation && !c.retry_delete_on_error && !c.log_to_stderr);
+        assert!(!c.namespace_isolation && !c.retry_delete_on_error && c.log_to_stderr);
         assert_eq!(c.cluster_network, None);
         assert_eq!(c.delegates.len(), 1);
         assert!(!c.is_thick());
@@ -526,6 +530,8 @@ mod tests {
         assert_eq!(c.global_namespaces, vec!["a"]);
         assert_eq!(c.system_namespaces, vec!["p", "q"]);
         assert_eq!(c.cni_version, DEFAULT_CNI_VERSION);
+        let c = MultusConf::parse(br#"{"clusterNetwork":"x","logToStderr":false}"#).unwrap();
+        assert!(!c.log_to_stderr);
     }
 
     #[test]

@@ -95,11 +95,20 @@ pub enum PlanError {
     /// The networks or default-network annotation is malformed.
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
-    /// `v1.multus-cni.io/default-network` names more than one network.
+    /// `v1.multus-cni.io/default-network` does not name exactly one network.
     #[error(
-        "pod annotation {DEFAULT_NETWORK_ANNOTATION}: more than one default network is specified ({0})"
+        "pod annotation {DEFAULT_NETWORK_ANNOTATION}: exactly one default network must be specified ({0})"
     )]
     TooManyDefaultNetworks(String),
+    /// More than one gateway per address family in `default-route` over all networks.
+    #[error(
+        "pod annotation {NETWORKS_ANNOTATION}: field \"default-route\": multus does not support ECMP for default-route (IPv4 gateways: {v4}, IPv6 gateways: {v6}; networks: {networks})"
+    )]
+    DefaultRouteEcmp {
+        v4: usize,
+        v6: usize,
+        networks: String,
+    },
     /// The pod asks for a NetworkAttachmentDefinition that does not exist.
     #[error(
         "network {namespace}/{name}: cannot find a network-attachment-definition ({name}) in namespace ({namespace})"
@@ -229,7 +238,8 @@ pub fn plan(
         let mut master = resolve_network(conf, cluster, "clusterNetwork", nads)?;
         master.master = true;
         pending.push(master);
-        if !conf.system_namespaces.contains(&pod_namespace) {
+        // As Multus: only for a pod it knows, and not in the system namespaces.
+        if pod.is_some() && !conf.system_namespaces.contains(&pod_namespace) {
             for (i, name) in conf.default_networks.iter().enumerate() {
                 pending.push(resolve_network(
                     conf,
@@ -269,14 +279,15 @@ pub fn plan(
             let names: Vec<String> = nets.iter().map(NetworkSelection::key).collect();
             return Err(PlanError::TooManyDefaultNetworks(names.join(", ")));
         }
-        if let Some(sel) = nets.pop() {
-            let mut master = nad_network(conf, sel, nads)?;
-            master.master = true;
-            if pending.is_empty() {
-                pending.push(master);
-            } else {
-                pending[0] = master;
-            }
+        let Some(sel) = nets.pop() else {
+            return Err(PlanError::TooManyDefaultNetworks("none given".into()));
+        };
+        let mut master = nad_network(conf, sel, nads)?;
+        master.master = true;
+        if pending.is_empty() {
+            pending.push(master);
+        } else {
+            pending[0] = master;
         }
     }
 
@@ -310,6 +321,24 @@ pub fn plan(
         }
         out.push(d);
     }
+    let v4 = out
+        .iter()
+        .flat_map(|d| &d.default_route)
+        .filter(|g| g.is_ipv4())
+        .count();
+    let v6 = out.iter().map(|d| d.default_route.len()).sum::<usize>() - v4;
+    if v4 > 1 || v6 > 1 {
+        let networks: Vec<&str> = out
+            .iter()
+            .filter(|d| !d.default_route.is_empty())
+            .map(|d| d.status_name.as_str())
+            .collect();
+        return Err(PlanError::DefaultRouteEcmp {
+            v4,
+            v6,
+            networks: networks.join(", "),
+        });
+    }
     Ok(out)
 }
 
@@ -330,57 +359,54 @@ fn conf_name(conf: &Value) -> Option<String> {
 }
 
 /// A network named in `clusterNetwork` or `defaultNetworks`, resolved as Multus does: a
-/// NetworkAttachmentDefinition in `multusNamespace`, else the configuration in `confDir`
-/// with that `name`, else a directory (its first configuration file), else a file.
+/// name with a `/` is a path (a directory: its first configuration file; else that file);
+/// any other name is a NetworkAttachmentDefinition in `multusNamespace`, else the
+/// configuration in `confDir` with that `name`.
 fn resolve_network(
     conf: &MultusConf,
     name: &str,
     key: &str,
     nads: &dyn Nads,
 ) -> Result<Pending, PlanError> {
-    if metalnet_name_ok(name)
-        && let Some(nad) = nads.nad(&conf.multus_namespace, name)
-    {
-        let sel = NetworkSelection {
-            name: name.to_string(),
-            namespace: conf.multus_namespace.clone(),
-            ..Default::default()
-        };
-        return nad_pending(conf, sel, &nad);
-    }
-    if let Some((_, c)) = find_conf_in_dir(&conf.conf_dir, Some(name)) {
-        return Ok(file_pending(c));
-    }
-    let path = Path::new(name);
-    let io = |p: &Path, e: std::io::Error| PlanError::Io {
-        network: name.to_string(),
-        path: p.to_path_buf(),
-        reason: e.to_string(),
-    };
-    if path.is_dir() {
-        if let Some((_, c)) = find_conf_in_dir(path, None) {
-            return Ok(file_pending(c));
-        }
-    } else if path.is_file() {
-        let text = std::fs::read(path).map_err(|e| io(path, e))?;
-        let c = load_conf_bytes(&text).map_err(|reason| PlanError::Config {
-            network: name.to_string(),
-            field: path.display().to_string(),
-            reason,
-        })?;
-        return Ok(file_pending(c));
-    }
-    Err(PlanError::NetworkNotFound {
+    let not_found = || PlanError::NetworkNotFound {
         key: key.to_string(),
         name: name.to_string(),
         namespace: conf.multus_namespace.clone(),
         conf_dir: conf.conf_dir.display().to_string(),
-    })
-}
-
-/// Paths are not object names: only look a NAD up for names that can be one.
-fn metalnet_name_ok(name: &str) -> bool {
-    super::config::is_dns_label(name)
+    };
+    if !name.contains('/') {
+        if let Some(nad) = nads.nad(&conf.multus_namespace, name) {
+            let sel = NetworkSelection {
+                name: name.to_string(),
+                namespace: conf.multus_namespace.clone(),
+                ..Default::default()
+            };
+            return nad_pending(conf, sel, &nad);
+        }
+        return find_conf_in_dir(&conf.conf_dir, Some(name))
+            .map(|(_, c)| file_pending(c))
+            .ok_or_else(not_found);
+    }
+    let path = Path::new(name);
+    if path.is_dir() {
+        return find_conf_in_dir(path, None)
+            .map(|(_, c)| file_pending(c))
+            .ok_or_else(not_found);
+    }
+    if !path.is_file() {
+        return Err(not_found());
+    }
+    let text = std::fs::read(path).map_err(|e| PlanError::Io {
+        network: name.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let c = load_conf_bytes(&text).map_err(|reason| PlanError::Config {
+        network: name.to_string(),
+        field: key.to_string(),
+        reason: format!("{}: {reason}", path.display()),
+    })?;
+    Ok(file_pending(c))
 }
 
 fn file_pending(c: Value) -> Pending {
@@ -966,9 +992,48 @@ mod tests {
         assert!(d[0].master);
         assert_eq!(d[0].ifname, "eth0");
         assert_eq!(d[1].ifname, "net1");
-        let p = pod("default", &[(DEFAULT_NETWORK_ANNOTATION, "altnet,mv1")]);
+        for v in ["altnet,mv1", "[]"] {
+            let p = pod("default", &[(DEFAULT_NETWORK_ANNOTATION, v)]);
+            let e = plan(&inline_conf(), Some(&p), &attachment("default"), &nads()).unwrap_err();
+            assert!(
+                matches!(e, PlanError::TooManyDefaultNetworks(_)),
+                "{v}: {e}"
+            );
+            assert!(e.to_string().contains(DEFAULT_NETWORK_ANNOTATION));
+        }
+        // Its NAD must exist.
+        let p = pod("default", &[(DEFAULT_NETWORK_ANNOTATION, "nope")]);
         let e = plan(&inline_conf(), Some(&p), &attachment("default"), &nads()).unwrap_err();
-        assert!(matches!(e, PlanError::TooManyDefaultNetworks(_)), "{e}");
+        assert!(
+            e.is_no_network_found() && e.to_string().contains("kube-system/nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn default_route_one_gateway_per_family_over_all_networks() {
+        let ok = r#"[{"name":"mv1","default-route":["192.0.2.1"]},{"name":"br2","default-route":["2001:db8::1"]}]"#;
+        let p = pod("default", &[(NETWORKS_ANNOTATION, ok)]);
+        let d = plan(&inline_conf(), Some(&p), &attachment("default"), &nads()).unwrap();
+        assert_eq!(
+            d[1].default_route,
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(d[0].default_route.is_empty());
+        let bad = r#"[{"name":"mv1","default-route":["192.0.2.1"]},{"name":"br2","default-route":["198.51.100.1"]}]"#;
+        let p = pod("default", &[(NETWORKS_ANNOTATION, bad)]);
+        let e = plan(&inline_conf(), Some(&p), &attachment("default"), &nads()).unwrap_err();
+        assert!(
+            matches!(e, PlanError::DefaultRouteEcmp { v4: 2, v6: 0, .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("multus does not support ECMP for default-route"));
+        assert!(
+            msg.contains("default/mv1") && msg.contains("default/br2"),
+            "{msg}"
+        );
+        assert_eq!(CniError::from(e).code, CniError::INVALID_CONFIG);
     }
 
     #[test]
@@ -1015,6 +1080,21 @@ mod tests {
         assert_eq!(d[0].status_name, "fromdir");
         let d = plan(&mk(single.to_str().unwrap()), None, &a, &NoNads).unwrap();
         assert_eq!(d[0].status_name, "filenet");
+        // Without a pod, no defaultNetworks (as Multus, which only adds them for a pod).
+        assert_eq!(d.len(), 1);
+        // A path that does not exist, and a name that is only a file name elsewhere.
+        let gone = dir.path().join("gone.conf");
+        let e = plan(&mk(gone.to_str().unwrap()), Some(&p), &a, &NoNads).unwrap_err();
+        assert!(e.is_no_network_found(), "{e}");
+        let e = plan(&mk("single.conflist"), Some(&p), &a, &NoNads).unwrap_err();
+        assert!(e.is_no_network_found(), "{e}");
+        // A broken file named by path is a configuration error naming the key.
+        let broken = confdir.join("05-broken.conf");
+        let e = plan(&mk(broken.to_str().unwrap()), Some(&p), &a, &NoNads).unwrap_err();
+        assert!(
+            matches!(e, PlanError::Config { ref field, .. } if field == "clusterNetwork"),
+            "{e}"
+        );
         // defaultNetworks are skipped for pods in systemNamespaces.
         let sys = pod("kube-system", &[]);
         let d = plan(
