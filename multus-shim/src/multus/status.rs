@@ -233,6 +233,38 @@ pub fn network_status_entries(
     out
 }
 
+/// The message of Multus's `AddedInterface` Event for one delegate's result
+/// (`Add <ifname> [<ip/prefix> ...] from <network>`), or `None` when the result has neither
+/// `interfaces` nor `ips` (Multus records no Event for such an empty result).
+pub fn added_interface_message(delegate: &Delegate, result: &Value) -> Option<String> {
+    let has = |k: &str| result.get(k).is_some_and(Value::is_array);
+    if !has("interfaces") && !has("ips") {
+        return None;
+    }
+    let ips: Vec<String> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|ip| {
+            let address = str_of(ip, "address");
+            match address.parse::<ipnet::IpNet>() {
+                Ok(net) => format!("{}/{}", go_ip(net.addr()), net.prefix_len()),
+                Err(_) => address.to_string(),
+            }
+        })
+        .collect();
+    let ips = format!("[{}]", ips.join(" "));
+    Some(if delegate.status_name.is_empty() {
+        format!("Add {} {ips}", delegate.ifname)
+    } else {
+        format!(
+            "Add {} {ips} from {}",
+            delegate.ifname, delegate.status_name
+        )
+    })
+}
+
 impl NetworkStatus {
     /// `json.MarshalIndent(entry, "", "    ")` of the client's `NetworkStatus` type.
     pub fn to_go_json(&self) -> String {
@@ -582,6 +614,26 @@ mod tests {
             .is_empty()
         );
         assert_eq!(network_status(&[]), "[]");
+    }
+
+    #[test]
+    fn added_interface_event_message() {
+        let d = delegate("default/mv1", false, "net1");
+        let r = json!({"interfaces":[{"name":"net1","sandbox":"/x"}],
+            "ips":[{"address":"192.0.2.10/24"},{"address":"2001:db8::a/64"}]});
+        assert_eq!(
+            added_interface_message(&d, &r).as_deref(),
+            Some("Add net1 [192.0.2.10/24 2001:db8::a/64] from default/mv1")
+        );
+        let unnamed = delegate("", true, "eth0");
+        assert_eq!(
+            added_interface_message(&unnamed, &json!({"interfaces":[]})).as_deref(),
+            Some("Add eth0 []")
+        );
+        assert_eq!(
+            added_interface_message(&d, &json!({"cniVersion":"1.0.0"})),
+            None
+        );
     }
 
     #[test]
