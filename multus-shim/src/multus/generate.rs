@@ -71,9 +71,10 @@ pub enum GenerateError {
     NotFound(String),
 }
 
-/// Whether a file of the directory is a CNI configuration Multus looks at.
+/// Whether a file of the directory can be the master configuration: Multus's entrypoints
+/// only consider `.conf` and `.conflist` files (not `.json`, which libcni also reads).
 pub fn is_conf_file(name: &str) -> bool {
-    name.ends_with(".conf") || name.ends_with(".conflist") || name.ends_with(".json")
+    name.ends_with(".conf") || name.ends_with(".conflist")
 }
 
 /// Whether a file is Multus's own output (never a master).
@@ -220,6 +221,7 @@ mod tests {
             ),
             f("00-multus.conf", r#"{"type":"multus"}"#),
             f("README", "x"),
+            f("05-other.json", r#"{"cniVersion":"1.0.0","name":"j","type":"ptp"}"#),
             f("10-flannel.conflist", FLANNEL),
         ];
         assert_eq!(select_master(&files).unwrap().0, "10-flannel.conflist");
