@@ -221,7 +221,10 @@ mod tests {
             ),
             f("00-multus.conf", r#"{"type":"multus"}"#),
             f("README", "x"),
-            f("05-other.json", r#"{"cniVersion":"1.0.0","name":"j","type":"ptp"}"#),
+            f(
+                "05-other.json",
+                r#"{"cniVersion":"1.0.0","name":"j","type":"ptp"}"#,
+            ),
             f("10-flannel.conflist", FLANNEL),
         ];
         assert_eq!(select_master(&files).unwrap().0, "10-flannel.conflist");

@@ -11,7 +11,7 @@ use metalnet::model::core::Pod;
 use super::config::{MultusConf, check_delegate, is_multus_type, json_type};
 use super::networks::{
     AnnotationError, DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION, NetworkSelection,
-    check_ifname, parse_networks,
+    parse_networks,
 };
 
 /// One delegate of a pod's attachment: what to run, on which interface, with which arguments.
@@ -645,7 +645,8 @@ fn finish(
         None if p.master => attachment.ifname.clone(),
         None => format!("net{index}"),
     };
-    check_ifname(&ifname).map_err(|r| cfg_err("interface", r))?;
+    // Requested names were checked with the annotation; `CNI_IFNAME` is the runtime's, checked
+    // with the rest of the CNI environment.
 
     let mut rc = conf.runtime_config.clone();
     if !p.master {
