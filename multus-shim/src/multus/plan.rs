@@ -136,7 +136,7 @@ pub enum PlanError {
         target: String,
     },
     /// A network's configuration is unusable.
-    #[error("network {network}: {field}: {reason}")]
+    #[error("network {network}: field {field}: {reason}")]
     Config {
         network: String,
         field: String,
