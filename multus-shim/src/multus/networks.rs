@@ -164,6 +164,11 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A Kubernetes object name (DNS-1123 subdomain).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// An interface name the kernel accepts: at most 15 bytes, no `/`, no whitespace, not
 /// `.`/`..`.
 pub fn check_ifname(ifname: &str) -> Result<(), String> {
@@ -236,7 +241,19 @@ fn parse_element(item: &Value, default_namespace: &str) -> Result<NetworkSelecti
         return Err((None, format!("expected an object, got {}", json_type(item))));
     };
     let name = opt_string(o, "name")?.unwrap_or_default();
-    check_name(&name).map_err(|r| field_err("name", r))?;
+    // The JSON form takes any object name (Multus does not check it at all): a
+    // NetworkAttachmentDefinition's name may contain dots, which the comma form refuses.
+    if name.is_empty() {
+        return Err(field_err("name", "is empty"));
+    }
+    if !is_dns_subdomain(&name) {
+        return Err(field_err(
+            "name",
+            format!(
+                "{name:?} is not a valid object name (lower case alphanumeric characters, '-' or '.', starting and ending with an alphanumeric character, at most 253)"
+            ),
+        ));
+    }
     let namespace = match opt_string(o, "namespace")? {
         None => default_namespace.to_string(),
         Some(ns) => {
@@ -480,6 +497,10 @@ mod tests {
         assert_eq!(n[0].device_id.as_deref(), Some("0000:00:01.0"));
         assert_eq!(n[1].key(), "podns/br");
         assert_eq!(n[1].interface.as_deref(), Some("old0"));
+        // Object names with dots are fine in the JSON form (not in the comma form).
+        assert_eq!(parse(r#"[{"name":"mv.v2"}]"#).unwrap()[0].name, "mv.v2");
+        assert!(parse("mv.v2").is_err());
+        assert!(parse(r#"[{"name":"a..b"}]"#).is_err());
     }
 
     #[test]
