@@ -231,7 +231,12 @@ fn stub_records_gc_status_and_fails_on_demand() {
         json!({"portMappings": [{"hostPort": 8080}]})
     );
     assert_eq!(add["stdin"]["name"], "stubnet");
-    assert!(add["env"]["CNI_PATH"].as_str().unwrap().contains(DEBIAN_CNI_PATH));
+    assert!(
+        add["env"]["CNI_PATH"]
+            .as_str()
+            .unwrap()
+            .contains(DEBIAN_CNI_PATH)
+    );
     // DEL got the cached result as prevResult.
     assert_eq!(calls[3]["stdin"]["prevResult"], r);
     assert_eq!(calls[3]["env"]["CNI_CONTAINERID"], a.container_id.as_str());
@@ -252,16 +257,19 @@ fn stub_records_gc_status_and_fails_on_demand() {
     assert!(e.text().contains("boom"));
     assert_eq!(s.rt.status(&failing).unwrap_err().code(), Some(50));
     // Invalid JSON on stdin: decode error.
-    let e = s
-        .rt
-        .exec_plugin("stub", CniCommand::Add, Some(&a.attachment("x")), b"{not json")
+    let e =
+        s.rt.exec_plugin(
+            "stub",
+            CniCommand::Add,
+            Some(&a.attachment("x")),
+            b"{not json",
+        )
         .unwrap_err();
     assert_eq!(e.code(), Some(6));
     // A missing plugin is the runtime's error, not a plugin's.
-    let e = s
-        .rt
-        .exec_plugin("nope", CniCommand::Add, Some(&a.attachment("x")), b"{}")
-        .unwrap_err();
+    let e =
+        s.rt.exec_plugin("nope", CniCommand::Add, Some(&a.attachment("x")), b"{}")
+            .unwrap_err();
     assert_eq!(e.code(), None);
     let _ = &s.bin;
 }

@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-const SUPPORTED: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const SUPPORTED: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 fn main() -> ExitCode {
     let mut raw = Vec::new();

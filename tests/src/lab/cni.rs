@@ -619,7 +619,10 @@ impl Runtime {
     /// 1.1.0 and later.
     pub fn gc(&self, conf: &NetConf, valid: &[(String, String)]) -> Result<(), CniCallError> {
         for entry in self.cached_attachments(conf.name()) {
-            let id = entry["containerId"].as_str().unwrap_or_default().to_string();
+            let id = entry["containerId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let ifname = entry["ifName"].as_str().unwrap_or_default().to_string();
             if valid.iter().any(|(c, i)| *c == id && *i == ifname) {
                 continue;
@@ -906,7 +909,8 @@ mod tests {
         };
         att.capability_args
             .insert("mac".into(), json!("02:00:00:00:00:01"));
-        att.capability_args.insert("ips".into(), json!(["192.0.2.1/24"]));
+        att.capability_args
+            .insert("ips".into(), json!(["192.0.2.1/24"]));
         att.capability_args.insert("portMappings".into(), json!([]));
         let plugins = conf.plugins();
         let first: Value =
@@ -917,8 +921,7 @@ mod tests {
         assert!(first.get("prevResult").is_none());
         let prev = json!({"cniVersion": "1.0.0", "ips": []});
         let second: Value =
-            serde_json::from_slice(&build_stdin(&conf, &plugins[1], Some(&prev), &att))
-                .unwrap();
+            serde_json::from_slice(&build_stdin(&conf, &plugins[1], Some(&prev), &att)).unwrap();
         assert_eq!(second["prevResult"], prev);
         assert!(second.get("runtimeConfig").is_none());
     }
