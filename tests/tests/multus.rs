@@ -660,14 +660,15 @@ fn del_frees_everything_also_without_the_cluster(backend: Backend) {
 fn failed_delegate_rolls_back(backend: Backend) {
     let env = Env::new("multus_rollback", backend);
     env.standard_nads();
-    // A plugin configuration the plugin refuses.
+    // A configuration its plugin refuses on ADD (its master does not exist) and whose DEL
+    // is harmless, as the runtime's DEL after the failed ADD needs.
     env.nad(
         NS,
         "broken",
         json!({
-            "cniVersion": "1.0.0", "type": "bridge", "bridge": "brx",
+            "cniVersion": "1.0.0", "type": "macvlan", "master": "no-such-link",
             "ipam": {"type": "host-local", "dataDir": env.ipam.display().to_string(),
-                     "ranges": [[{"subnet": "not-a-subnet"}]]}
+                     "ranges": [[{"subnet": "192.0.2.192/26"}]]}
         }),
     );
     // The stub told to fail.
