@@ -397,31 +397,37 @@ impl Env {
     }
 }
 
-/// Thick mode: starts `multus-shim daemon` in the node, serving `<socket dir>/multus.sock`,
-/// on the same state directory; the shim's configuration names the socket directory
-/// (`daemonSocketDir`, see [`Env::multus_conf`]). The daemon's command line is the one hook
-/// to adjust when the daemon lands.
+/// Thick mode: starts `multus-shim daemon` in the node on the same state directory, serving
+/// `<socket dir>/multus.sock`; the shim's configuration names the socket directory
+/// (`daemonSocketDir`, see [`Env::multus_conf`]) and the daemon runs the delegates. The
+/// daemon writes no `00-multus.conf` (`--multus-conf-file none`, and its configuration
+/// directory is the test's own) and serves no metrics port. This command line is the one hook
+/// to adjust if the daemon's flags change.
 fn start_thick_daemon(env: &mut Env) {
     let socket_dir = env.socket_dir();
-    std::fs::create_dir_all(&socket_dir).unwrap();
-    // The daemon reads the same Multus keys as the plugin, plus where to listen.
-    let mut conf = env.multus_conf().raw;
-    conf["socketDir"] = socket_dir.display().to_string().into();
-    let conf_path = env.lab.dir().join("daemon-config.json");
-    std::fs::write(&conf_path, conf.to_string()).unwrap();
+    let net_d = env.lab.dir().join("net.d");
+    for d in [&socket_dir, &net_d] {
+        std::fs::create_dir_all(d).unwrap();
+    }
     let bin = multus_shim();
-    let daemon = env
-        .node
-        .spawn(
-            "multus-shim-daemon",
-            &[
-                bin.to_str().unwrap(),
-                "daemon",
-                "--config",
-                conf_path.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let args = [
+        bin.display().to_string(),
+        "daemon".into(),
+        "--state-dir".into(),
+        env.state.display().to_string(),
+        "--node-name".into(),
+        env.node.name().into(),
+        "--socket-dir".into(),
+        socket_dir.display().to_string(),
+        "--cni-conf-dir".into(),
+        net_d.display().to_string(),
+        "--multus-conf-file".into(),
+        "none".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = env.node.spawn("multus-shim-daemon", &argv).unwrap();
     let sock = socket_dir.join("multus.sock");
     wait_for("the daemon's socket", Duration::from_secs(20), || {
         sock.exists()
