@@ -691,8 +691,11 @@ fn failed_delegate_rolls_back(backend: Backend) {
         assert!(e.code().is_some(), "a CNI error object: {e}");
         assert!(e.text().contains(second), "the error names {second}: {e}");
         assert_nothing_attached(&env, &pod);
-        // The runtime DELs a failed ADD; that must succeed too.
-        env.del(&pod).unwrap();
+        // The runtime DELs a failed ADD; that must succeed too (a rolled-back delegate's DEL
+        // replayed can fail: Debian's macvlan answers "Link not found").
+        env.del(&pod).unwrap_or_else(|e| {
+            panic!("{second}: DEL after the rolled-back ADD must succeed: {e}")
+        });
         assert_nothing_attached(&env, &pod);
     }
     assert!(env.allocations().is_empty(), "{:?}", env.allocations());
@@ -728,26 +731,35 @@ fn bad_input_is_refused(backend: Backend) {
     );
     env.conf_extra
         .insert("namespaceIsolation".into(), json!(true));
-    let cases: [(&str, &str, u64, &[&str]); 4] = [
+    // (pod, annotation, acceptable codes, what the message names). An unknown NAD may be
+    // "invalid configuration" (7) or "try again later" (11): it may yet be created, and the
+    // runtime retries ADD either way.
+    let cases: [(&str, &str, &[u64], &[&str]); 4] = [
         (
             "bad1",
             r#"[{"name": "macvlan-a""#,
-            7,
+            &[7],
             &["k8s.v1.cni.cncf.io/networks"],
         ),
-        ("bad2", "no-such-net", 7, &["no-such-net"]),
-        ("bad3", "other/mv-other", 7, &["other", "mv-other"]),
-        ("bad4", "escape", 7, &["escape", "type"]),
+        ("bad2", "no-such-net", &[7, 11], &["no-such-net"]),
+        ("bad3", "other/mv-other", &[7], &["other", "mv-other"]),
+        ("bad4", "escape", &[7], &["escape", "type"]),
     ];
-    for (name, networks, code, named) in cases {
+    for (name, networks, codes, named) in cases {
         let pod = env.pod(name, Some(networks));
         let e = env.add(&pod).expect_err(networks);
-        assert_eq!(e.code(), Some(code), "{networks}: {e}");
+        assert!(
+            e.code().is_some_and(|c| codes.contains(&c)),
+            "{networks}: code in {codes:?}: {e}"
+        );
         for part in named {
             assert!(e.text().contains(part), "{networks}: names {part}: {e}");
         }
         assert_nothing_attached(&env, &pod);
-        env.del(&pod).unwrap();
+        // The runtime tears the sandbox down after a failed ADD: DEL of what does not exist
+        // must succeed, or the pod can never be removed.
+        env.del(&pod)
+            .unwrap_or_else(|e| panic!("{networks}: DEL after the refused ADD must succeed: {e}"));
     }
     env.wait_event("bad2", "NoNetworkFound", "no-such-net");
 
