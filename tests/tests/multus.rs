@@ -594,11 +594,41 @@ fn two_nads_attach_route_and_report(backend: Backend) {
         &format!("Add net2 [{A_STATIC}/26] from tenant/static-b"),
     );
 
+    // CHECK with the runtime's cached result succeeds on a healthy attachment.
+    env.rt
+        .check(&env.multus_conf(), &a.attachment("eth0"))
+        .unwrap_or_else(|e| panic!("{}", env.explain(&e)));
+
     // DEL of both frees everything.
     env.del(&a).unwrap();
     env.del(&b).unwrap();
     assert_nothing_attached(&env, &a);
     assert!(env.allocations().is_empty(), "{:?}", env.allocations());
+}
+
+/// VERSION answers every version up to 1.1.0; ADD's result comes in the configuration's
+/// `cniVersion`, converted as libcni converts (0.4.0: `version` on each address).
+fn versions_and_result_conversion(backend: Backend) {
+    let mut env = Env::new("multus_versions", backend);
+    let v = env.rt.version("multus-shim", "1.0.0").unwrap();
+    let supported = v["supportedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        assert!(supported.contains(&json!(version)), "{version} in {v}");
+    }
+    env.standard_nads();
+    env.conf_extra.insert("cniVersion".into(), json!("0.4.0"));
+    let pod = env.pod("v", Some("macvlan-a"));
+    let result = env
+        .add(&pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(&e)));
+    assert_eq!(result["cniVersion"], "0.4.0", "{result}");
+    assert_eq!(result["ips"][0]["version"], "4", "{result}");
+    assert_eq!(ifnames(&pod), ["eth0", "net1"]);
+    env.del(&pod).unwrap();
+    assert_nothing_attached(&env, &pod);
 }
 
 /// The comma form: `[ns/]name[@ifname]`, items trimmed; unnamed interfaces are named by
@@ -896,6 +926,7 @@ macro_rules! on_backends {
 on_backends!(
     two_nads_attach_route_and_report,
     comma_form_names_interfaces,
+    versions_and_result_conversion,
     del_frees_everything_also_without_the_cluster,
     failed_delegate_rolls_back,
     bad_input_is_refused,
