@@ -266,6 +266,22 @@ fn stub_records_gc_status_and_fails_on_demand() {
         )
         .unwrap_err();
     assert_eq!(e.code(), Some(6));
+    // ADD without the attachment's variables: an environment error.
+    let e =
+        s.rt.exec_plugin("stub", CniCommand::Add, None, br#"{"cniVersion": "1.1.0"}"#)
+            .unwrap_err();
+    assert_eq!(e.code(), Some(4), "{e}");
+    assert!(e.text().contains("CNI_CONTAINERID"), "{e}");
+    // A version it does not know: incompatible version.
+    let e =
+        s.rt.exec_plugin(
+            "stub",
+            CniCommand::Add,
+            Some(&a.attachment("x")),
+            br#"{"cniVersion": "9.9.9"}"#,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(1), "{e}");
     // A missing plugin is the runtime's error, not a plugin's.
     let e =
         s.rt.exec_plugin("nope", CniCommand::Add, Some(&a.attachment("x")), b"{}")
