@@ -631,6 +631,57 @@ fn versions_and_result_conversion(backend: Backend) {
     assert_nothing_attached(&env, &pod);
 }
 
+/// `default-route` on a secondary network: the pod's only default route goes through the
+/// requested gateway on that network; the cluster network's default route is removed.
+fn default_route_moves_the_default(backend: Backend) {
+    let mut env = Env::new("multus_default_route", backend);
+    env.cluster_network["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    env.standard_nads();
+    let gw = "192.0.2.126";
+    let pod = env.pod(
+        "d",
+        Some(&format!(
+            r#"[{{"name": "macvlan-a", "default-route": ["{gw}"]}}]"#
+        )),
+    );
+    env.add(&pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(&e)));
+    let defaults: Vec<(String, String)> = pod
+        .routes()
+        .unwrap()
+        .iter()
+        .filter(|r| r["dst"] == "default")
+        .map(|r| {
+            (
+                r["gateway"].as_str().unwrap_or_default().to_string(),
+                r["dev"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(defaults, [(gw.to_string(), "net1".to_string())]);
+    env.del(&pod).unwrap();
+    assert_nothing_attached(&env, &pod);
+}
+
+/// A Pod whose uid is not the runtime's (a Pod deleted and created again under the same name
+/// while the old sandbox is set up) is refused, and nothing is attached.
+fn stale_pod_uid_is_refused(backend: Backend) {
+    let env = Env::new("multus_stale_uid", backend);
+    env.standard_nads();
+    let pod = env.pod("s", Some("macvlan-a"));
+    let mut att = pod.attachment("eth0");
+    if let Some(identity) = att.pod.as_mut() {
+        identity.uid = "uid-of-an-older-pod".into();
+    }
+    let e = env
+        .rt
+        .add(&env.multus_conf(), &att)
+        .expect_err("a stale uid");
+    assert!(e.code().is_some(), "{e}");
+    assert!(e.text().contains("uid") || e.text().contains("UID"), "{e}");
+    assert_nothing_attached(&env, &pod);
+}
+
 /// The comma form: `[ns/]name[@ifname]`, items trimmed; unnamed interfaces are named by
 /// their position in the full list.
 fn comma_form_names_interfaces(backend: Backend) {
@@ -927,6 +978,8 @@ on_backends!(
     two_nads_attach_route_and_report,
     comma_form_names_interfaces,
     versions_and_result_conversion,
+    default_route_moves_the_default,
+    stale_pod_uid_is_refused,
     del_frees_everything_also_without_the_cluster,
     failed_delegate_rolls_back,
     bad_input_is_refused,
