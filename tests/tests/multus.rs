@@ -918,7 +918,8 @@ fn gc_deletes_what_is_not_valid_and_status_is_forwarded(backend: Backend) {
         .collect();
     assert!(
         !cluster_gc.is_empty(),
-        "GC forwarded to the cluster network"
+        "GC forwarded to the cluster network: {:?}",
+        calls(&cluster_record)
     );
     let valid = &cluster_gc[0]["stdin"]["cni.dev/valid-attachments"];
     assert!(
@@ -934,7 +935,9 @@ fn gc_deletes_what_is_not_valid_and_status_is_forwarded(backend: Backend) {
     assert!(
         calls(&cluster_record)
             .iter()
-            .any(|c| c["command"] == "STATUS")
+            .any(|c| c["command"] == "STATUS"),
+        "STATUS forwarded to the cluster network: {:?}",
+        calls(&cluster_record)
     );
     // A cluster network that is not available: STATUS answers its code.
     env.cluster_network["fail"] = json!({"STATUS": 50});
