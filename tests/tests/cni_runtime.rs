@@ -240,6 +240,9 @@ fn stub_records_gc_status_and_fails_on_demand() {
     // DEL got the cached result as prevResult.
     assert_eq!(calls[3]["stdin"]["prevResult"], r);
     assert_eq!(calls[3]["env"]["CNI_CONTAINERID"], a.container_id.as_str());
+    // ... with the attachment's cached arguments and namespace.
+    assert_eq!(calls[3]["env"]["CNI_ARGS"], add["env"]["CNI_ARGS"]);
+    assert_eq!(calls[3]["env"]["CNI_NETNS"], a.netns_path());
     assert_eq!(
         calls[4]["stdin"]["cni.dev/valid-attachments"],
         json!([{"containerID": b.container_id, "ifname": "eth0"}])

@@ -627,11 +627,34 @@ impl Runtime {
             if valid.iter().any(|(c, i)| *c == id && *i == ifname) {
                 continue;
             }
+            // As libcni does: the DEL gets the attachment's cached arguments.
+            let args: BTreeMap<String, String> = entry["cniArgs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
+                .collect();
+            let pod = match (
+                args.get("K8S_POD_NAMESPACE"),
+                args.get("K8S_POD_NAME"),
+                args.get("K8S_POD_UID"),
+            ) {
+                (Some(namespace), Some(name), Some(uid)) => Some(PodIdentity {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                }),
+                _ => None,
+            };
+            let netns = entry["netns"]
+                .as_str()
+                .filter(|p| !p.is_empty() && Path::new(p).exists())
+                .map(str::to_string);
             let att = Attachment {
                 container_id: id,
-                netns: None,
+                netns,
                 ifname,
-                pod: None,
+                pod,
                 capability_args: entry["capabilityArgs"]
                     .as_object()
                     .cloned()
