@@ -309,3 +309,27 @@ fn plugin_calls_are_bounded_in_time() {
     assert!(start.elapsed() < Duration::from_secs(10));
     let _ = Attachment::clone;
 }
+
+#[test]
+fn sandboxes_are_removed_on_drop_also_on_panic() {
+    let s = setup("cni_runtime_sandbox_drop");
+    let a = PodSandbox::new(&s.lab, "default", "a", "uid-a").unwrap();
+    let b = PodSandbox::new(&s.lab, "default", "b", "uid-b").unwrap();
+    assert_ne!(a.netns(), b.netns());
+    assert_ne!(a.container_id, b.container_id);
+    let path = PathBuf::from(a.netns_path());
+    assert!(path.exists());
+    drop(a);
+    assert!(!path.exists(), "removed on drop");
+    let path_b = PathBuf::from(b.netns_path());
+    let lab = &s.lab;
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _c = PodSandbox::new(lab, "default", "c", "uid-c").unwrap();
+        panic!("a failing test");
+    }));
+    assert!(unwound.is_err());
+    let path_c = PathBuf::from(format!("/run/netns/{}-pod-c", s.lab.prefix()));
+    assert!(!path_c.exists(), "removed while unwinding");
+    drop(b);
+    assert!(!path_b.exists());
+}
