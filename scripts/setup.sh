@@ -13,7 +13,7 @@ declare -A NEED=(
   [ip]=iproute2 [bridge]=iproute2 [clang]=clang [llc]=llvm [bird]=bird2 [birdc]=bird2
   [vtysh]=frr [gobgpd]=gobgpd [gobgp]=gobgpd [arping]=arping [ndisc6]=ndisc6
   [iperf3]=iperf3 [tcpdump]=tcpdump [ping]=iputils-ping [iptables]=iptables [nft]=nftables
-  [pgrep]=procps [curl]=curl [cc]=gcc [pkg-config]=pkg-config [python3]=python3
+  [pgrep]=procps [curl]=curl [ethtool]=ethtool [cc]=gcc [pkg-config]=pkg-config [python3]=python3
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -91,3 +91,10 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+/// The `multus-shim` CNI meta-plugin (package `multus-shim` in `multus-shim/`), built like the
+/// other workspace binaries. The lab's own plugins (`cni-stub`) are binaries of this crate:
+/// integration tests find them with `env!("CARGO_BIN_EXE_cni-stub")`.
+pub fn multus_shim() -> Result<PathBuf, String> {
+    binary("multus-shim")
+}

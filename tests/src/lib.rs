@@ -5,4 +5,5 @@ pub mod backends;
 pub mod bins;
 pub mod lab;
 
+pub use lab::cni;
 pub use lab::{Host, Lab, LabError, Process, Switch};

@@ -222,6 +222,62 @@ async fn patch_metadata_sets_and_removes(h: impl Harness) {
     .await;
 }
 
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns1\n  annotations:\n    k8s.v1.cni.cncf.io/networks: net-a\nspec:\n  nodeName: node1\n  containers:\n  - name: c\n    image: i\n";
+
+/// network-status as multus-shim writes it: an annotation on a Pod, the Pod's other
+/// annotations kept.
+async fn patch_metadata_of_a_pod(h: impl Harness) {
+    h.put(POD).await;
+    let pod = ObjectRef::new(Kind::Pod, Some("ns1"), "p");
+    let state = h.open(&Kind::ALL).await;
+    let mut patch = MetadataPatch::default();
+    patch.annotations.insert(
+        "k8s.v1.cni.cncf.io/network-status".into(),
+        Some("[]".into()),
+    );
+    state.patch_metadata(&pod, &patch).await.expect("setting");
+    wait_for(&state, "network-status on the Pod", |s| {
+        s.pods.get(&pod.key()).is_some_and(|p| {
+            let a = p.metadata.annotations.clone().unwrap_or_default();
+            a.get("k8s.v1.cni.cncf.io/network-status")
+                .map(String::as_str)
+                == Some("[]")
+                && a.get("k8s.v1.cni.cncf.io/networks").map(String::as_str) == Some("net-a")
+        })
+    })
+    .await;
+}
+
+/// Kubernetes only: a Pod's metadata is patched through `pods/NAME/status` (RBAC on
+/// `pods/status` suffices), other kinds' through the object itself.
+async fn pod_metadata_goes_through_the_status_subresource(h: KubeHarness) {
+    h.put(POD).await;
+    h.put(&web().yaml()).await;
+    let state = h.open(&Kind::ALL).await;
+    let mut patch = MetadataPatch::default();
+    patch.annotations.insert("a".into(), Some("1".into()));
+    let pod = ObjectRef::new(Kind::Pod, Some("ns1"), "p");
+    state.patch_metadata(&pod, &patch).await.expect("pod");
+    state
+        .patch_metadata(&service_ref(), &patch)
+        .await
+        .expect("service");
+    let patches: Vec<String> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        patches,
+        [
+            "/api/v1/namespaces/ns1/pods/p/status",
+            "/api/v1/namespaces/shop/services/web",
+        ]
+    );
+}
+
 async fn apply_and_delete_owned_object(h: impl Harness) {
     h.put(&web().yaml()).await;
     let state = h.open(&Kind::ALL).await;
@@ -474,6 +530,7 @@ both_backends!(
     subscriber_sees_exact_changes,
     patch_status_persists,
     patch_metadata_sets_and_removes,
+    patch_metadata_of_a_pod,
     apply_and_delete_owned_object,
     record_event_counts_repeats,
     invalid_pool_is_reported_not_fatal,
@@ -501,6 +558,15 @@ async fn kube_missing_resource_names_it() {
 async fn kube_drop_stops_watchers() {
     tokio::time::timeout(patient(LIMIT), async {
         drop_stops_watchers(KubeHarness::new().await).await
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn kube_pod_metadata_goes_through_the_status_subresource() {
+    tokio::time::timeout(patient(LIMIT), async {
+        pod_metadata_goes_through_the_status_subresource(KubeHarness::new().await).await
     })
     .await
     .expect("bounded");

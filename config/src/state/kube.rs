@@ -243,10 +243,18 @@ impl KubeBackend {
         patch: &MetadataPatch,
     ) -> Result<(), StateError> {
         let patch = patch.to_merge_patch();
-        self.api(obj)
-            .patch(&obj.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| object_error(obj, "patching metadata", e))?;
+        let api = self.api(obj);
+        let params = PatchParams::default();
+        // A Pod's labels and annotations can be written through its status subresource (the
+        // pod status strategy keeps only the spec and owner references): per-node daemons
+        // writing network-status then need RBAC on `pods/status` alone, not on `pods`.
+        let written = if obj.kind == Kind::Pod {
+            api.patch_status(&obj.name, &params, &Patch::Merge(&patch))
+                .await
+        } else {
+            api.patch(&obj.name, &params, &Patch::Merge(&patch)).await
+        };
+        written.map_err(|e| object_error(obj, "patching metadata", e))?;
         Ok(())
     }
 

@@ -18,7 +18,8 @@
 //! - GET, POST (409 if it exists), PUT (409 on a stale `resourceVersion`), DELETE, and PATCH
 //!   with merge patch, strategic merge patch (treated as a merge patch: fine for maps) and
 //!   server-side apply (create, or merge the given object in), on objects and their `/status`.
-//!   Status subresource writes change only `.status`; main-resource writes keep the stored
+//!   Status subresource writes change only `.status` (a Pod's also its labels and
+//!   annotations, as the real pod status strategy allows); main-resource writes keep the stored
 //!   `.status` of kinds that have the subresource.
 //! - Every write bumps one global resource version and sets `metadata.resourceVersion`,
 //!   `uid`, `creationTimestamp` and `generation`; writes that change nothing are not writes.

@@ -392,3 +392,91 @@ async fn start_in_a_missing_namespace_names_it() {
     assert!(message.contains(&missing), "{message}");
     assert!(message.contains("192.0.2.5:6443"), "{message}");
 }
+
+/// What Multus sends for network-status (GET, then PUT of `pods/NAME/status` with the
+/// annotation set) and what metalnet sends (a merge patch of `metadata.annotations` on
+/// `pods/NAME/status`) both change the Pod's annotations, as the real server's pod status
+/// strategy allows, but never its spec; Events are created; NetworkAttachmentDefinitions
+/// are listed and watched.
+#[tokio::test]
+async fn pod_status_writes_change_annotations_events_and_nads() {
+    with_server(async |server| {
+        server
+            .apply_yaml(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns1\n  annotations:\n    k8s.v1.cni.cncf.io/networks: net-a\nspec:\n  nodeName: node1\n  containers:\n  - name: c\n    image: i\n",
+            )
+            .unwrap();
+        let pods = namespaced(&server, Kind::Pod, "ns1");
+        let mut pod = pods.get("p").await.unwrap();
+        let annotations = pod.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert("k8s.v1.cni.cncf.io/network-status".into(), "[]".into());
+        pod.data["spec"]["nodeName"] = json!("elsewhere");
+        let put = pods
+            .replace_status("p", &PostParams::default(), &pod)
+            .await
+            .unwrap();
+        let a = put.metadata.annotations.clone().unwrap();
+        assert_eq!(a["k8s.v1.cni.cncf.io/network-status"], "[]");
+        assert_eq!(a["k8s.v1.cni.cncf.io/networks"], "net-a");
+        assert_eq!(put.data["spec"]["nodeName"], "node1", "status writes keep the spec");
+
+        let patch = json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": "[{}]"}}});
+        let patched = pods
+            .patch_status("p", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let a = patched.metadata.annotations.unwrap();
+        assert_eq!(a["k8s.v1.cni.cncf.io/network-status"], "[{}]");
+        assert_eq!(a["k8s.v1.cni.cncf.io/networks"], "net-a");
+
+        // Other kinds' status writes still leave metadata alone.
+        let svc = services(&server, "default");
+        create_service(&svc, "web").await;
+        let patched = svc
+            .patch_status(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {"x": "1"}}})),
+            )
+            .await
+            .unwrap();
+        assert!(patched.metadata.annotations.unwrap_or_default().is_empty());
+
+        // Events.
+        let events = namespaced(&server, Kind::Event, "ns1");
+        let event: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "p.", "namespace": "ns1"},
+            "involvedObject": {"kind": "Pod", "namespace": "ns1", "name": "p"},
+            "reason": "AddedInterface", "message": "Add net1 [192.0.2.1/24] from ns1/net-a",
+            "type": "Normal",
+        }))
+        .unwrap();
+        events.create(&PostParams::default(), &event).await.unwrap();
+        let listed = events.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items[0].data["reason"], "AddedInterface");
+
+        // NetworkAttachmentDefinitions: list, then watch from the list's version.
+        let nads = namespaced(&server, Kind::NetworkAttachmentDefinition, "ns1");
+        let version = list_version(&nads).await;
+        let mut stream = watch(&nads, &WatchParams::default(), &version).await;
+        server
+            .apply_yaml(
+                "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: net-a\n  namespace: ns1\nspec:\n  config: '{\"cniVersion\":\"1.0.0\",\"type\":\"macvlan\"}'\n",
+            )
+            .unwrap();
+        match next_event(&mut stream).await {
+            WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("net-a")),
+            other => panic!("expected Added, got {other:?}"),
+        }
+        let listed = nads.list(&ListParams::default()).await.unwrap();
+        assert_eq!(listed.items.len(), 1);
+        assert!(
+            server
+                .requests()
+                .iter()
+                .any(|r| r.path == "/apis/k8s.cni.cncf.io/v1/namespaces/ns1/network-attachment-definitions")
+        );
+    })
+    .await;
+}

@@ -2,6 +2,7 @@
 //! with the object or a `Status` as the real server does.
 
 use bytes::Bytes;
+use metalnet::state::Kind;
 use metalnet::state::merge_patch;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -172,8 +173,11 @@ pub(super) fn create(shared: &Shared, route: &Route, mut body: Value) -> Result<
     Ok(Reply::ok(201, stored))
 }
 
-/// The object a main-resource or status write leaves: status writes change only `.status`;
-/// main writes keep the stored `.status` of kinds with the subresource.
+/// The object a main-resource or status write leaves: status writes change only `.status`
+/// (and, for a Pod, its labels and annotations too: the real server's pod status strategy
+/// resets only the spec, the owner references and the deletion timestamp, which is how
+/// Multus writes network-status through `pods/status`); main writes keep the stored `.status`
+/// of kinds with the subresource.
 pub(super) fn merge_write(route: &Route, old: &Value, mut new: Value, status_write: bool) -> Value {
     if status_write {
         let mut result = old.clone();
@@ -182,6 +186,21 @@ pub(super) fn merge_write(route: &Route, old: &Value, mut new: Value, status_wri
             None => {
                 if let Some(m) = result.as_object_mut() {
                     m.remove("status");
+                }
+            }
+        }
+        if route.kind == Kind::Pod {
+            for field in ["annotations", "labels"] {
+                let given = new["metadata"].get(field).cloned();
+                if let Some(meta) = result["metadata"].as_object_mut() {
+                    match given {
+                        Some(v) if !v.is_null() => {
+                            meta.insert(field.into(), v);
+                        }
+                        _ => {
+                            meta.remove(field);
+                        }
+                    }
                 }
             }
         }

@@ -19,6 +19,7 @@ pub use metalnet::testing::patience::{PATIENCE_VAR, patient};
 
 pub mod bgp;
 pub mod bird;
+pub mod cni;
 pub mod components;
 pub mod demo;
 mod down;
