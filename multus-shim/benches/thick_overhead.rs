@@ -82,7 +82,7 @@ fn main() {
     }
     let n = env_usize("BENCH_PODS", 40);
     let warmup = 3;
-    let mut lab = Lab::new("ov", 2 * (n + warmup));
+    let mut lab = Lab::new("ov", 3 * (n + warmup));
     lab.start_daemon(&[]);
     let conf = lab.multus_conf();
     let conf_bytes = conf.to_string().into_bytes();
@@ -103,7 +103,7 @@ fn main() {
         (real, vec![])
     };
 
-    let pods = 2 * (n + warmup);
+    let pods = 3 * (n + warmup);
     let envs: Vec<_> = (0..pods)
         .map(|i| {
             (
@@ -113,12 +113,20 @@ fn main() {
         })
         .collect();
     let host = lab.host.name().to_string();
-    let (alone, thick) =
+    let socket = lab.socket();
+    let conf_value = conf.clone();
+    let (alone, thick, direct) =
         metalnet::testing::block_on_in(&host, Duration::from_secs(900), move || async move {
             let bridge = format!("{PLUGINS}/bridge");
-            let (mut alone, mut thick) = (Vec::new(), Vec::new());
+            let (mut alone, mut thick, mut direct) = (Vec::new(), Vec::new(), Vec::new());
             for (i, (add, _)) in envs.iter().enumerate() {
-                if i % 2 == 0 {
+                if i % 3 == 2 {
+                    // The daemon's share: the same request posted by this process, no shim.
+                    let t = Instant::now();
+                    let r = http(&socket, "POST", "/cni", &cni_body(add, &conf_value));
+                    assert!(matches!(r, Ok((200, _))), "direct POST, pod {i}: {r:?}");
+                    direct.push(t.elapsed());
+                } else if i % 3 == 0 {
                     let (t, ok, out) = timed(&bridge, &[], add, &bridge_bytes);
                     assert!(ok, "bridge alone, pod {i}: {out}");
                     alone.push(t);
@@ -130,13 +138,19 @@ fn main() {
                 }
             }
             for (i, (_, del)) in envs.iter().enumerate() {
-                if i % 2 == 0 {
+                if i % 3 == 2 {
+                    let _ = http(&socket, "POST", "/cni", &cni_body(del, &conf_value));
+                } else if i % 3 == 0 {
                     timed(&bridge, &[], del, &bridge_bytes);
                 } else {
                     timed(&shim, &shim_args, del, &conf_bytes);
                 }
             }
-            (alone.split_off(warmup), thick.split_off(warmup))
+            (
+                alone.split_off(warmup),
+                thick.split_off(warmup),
+                direct.split_off(warmup),
+            )
         });
     let left = lab.allocated();
     lab.stop_daemon();
@@ -167,6 +181,12 @@ fn main() {
         "  overhead: median of pairwise differences {:.1} ms; difference of medians {:.1} ms",
         median_diff * 1000.0,
         (mt.as_secs_f64() - ma.as_secs_f64()) * 1000.0
+    );
+    let mut d = direct.clone();
+    println!(
+        "  of which the daemon (POST /cni without a shim process): median {}; the shim process and its client: about {:.1} ms",
+        ms(percentile(&mut d, 50.0)),
+        (mt.as_secs_f64() - percentile(&mut d, 50.0).as_secs_f64()) * 1000.0
     );
     println!("  addresses left after DEL: {left}");
 }
