@@ -19,7 +19,7 @@ use std::time::Duration;
 use metalnet::daemon::{CommonArgs, Health, Shutdown, serve_metrics};
 use metalnet::state::Kind;
 
-pub use server::{DAEMON_ONLY_KEYS, apply_overrides, gate};
+pub use server::{DAEMON_ONLY_KEYS, HEADER_READ_TIMEOUT, apply_overrides, gate};
 
 /// The metrics endpoint's default port (controller 7472 ... router 7475).
 pub const METRICS_PORT: u16 = 7476;

@@ -344,3 +344,24 @@ async fn the_client_waits_for_readyz_and_forwards() {
     req.env.insert("CNI_COMMAND".into(), "DEL".into());
     assert_eq!(forward_with(&socket, req.clone(), &opts).await, Ok(None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start(&[]).await;
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    s.write_all(b"POST /cni HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        multus_shim::daemon::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        s.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(r.is_ok(), "closed by the daemon, not by our timeout");
+    assert!(start.elapsed() >= multus_shim::daemon::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(http(&d.socket, "GET", "/healthz", "").await.unwrap().0, 200);
+    d.stop().await;
+}

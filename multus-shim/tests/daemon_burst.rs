@@ -5,50 +5,11 @@
 
 mod daemon_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use daemon_support::{Daemon, body_for, http, pod_env, wait_for};
-use serde_json::json;
-
-/// Writes the stub plugin `slow` into `dir`: ADD sleeps `secs` and prints a result; every
-/// call appends `start|end <container> <ns since epoch>` to `dir/log`.
-fn stub_plugin(dir: &Path, secs: &str) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let log = dir.join("log");
-    let script = format!(
-        r#"#!/bin/sh
-# A CNI plugin stand-in for the delegates: reads its configuration, sleeps on ADD.
-cat >/dev/null
-case "$CNI_COMMAND" in
-VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}' ;;
-ADD)
-  echo "start $CNI_CONTAINERID $(date +%s%N)" >> {log}
-  sleep {secs}
-  echo "end $CNI_CONTAINERID $(date +%s%N)" >> {log}
-  echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}}],"ips":[{{"address":"192.0.2.5/24","interface":0}}]}}' ;;
-*) ;;
-esac
-"#,
-        log = log.display()
-    );
-    let path = bin.join("slow");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-/// A NAD-free configuration whose only delegate is the stub.
-fn conf(dir: &Path, bin: &Path) -> String {
-    json!({
-        "cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus-shim",
-        "cniDir": dir.join("cni"), "binDir": bin,
-        "delegates": [{"cniVersion": "1.0.0", "name": "slownet", "type": "slow"}],
-    })
-    .to_string()
-}
+use daemon_support::{Daemon, body_for, http, wait_for};
+use daemon_support::{stub_conf as conf, stub_env as env, stub_plugin};
 
 /// The most ADDs of the stub running at once, from its log.
 fn max_concurrency(log: &Path) -> usize {
@@ -78,13 +39,6 @@ fn ended(log: &Path, container: &str) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with(&format!("end {container} ")))
-}
-
-/// The state has no Pods and the requests name none: only the configuration's delegates.
-fn env<'a>(cmd: &'a str, id: &'a str) -> Vec<(&'a str, String)> {
-    let mut e = pod_env(cmd, id, "", "/var/run/netns/none", "/usr/bin");
-    e[4].1 = "IgnoreUnknown=true".into();
-    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@
 //!
 //! The generation below is a small private one (name `multus-cni-network`, type
 //! `multus-shim`, `clusterNetwork` = the primary configuration's path, the union of its
-//! capabilities, `daemonSocketDir`), standing in until the Multus model's own generator is
-//! available to call.
+//! capabilities, `daemonSocketDir`), standing in for the Multus model's pure generator
+//! (`multus::generate`), which this daemon should call instead once both are on one branch.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -43,8 +43,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AutoconfError + '_ {
     }
 }
 
-/// The primary configuration as libcni picks it: the alphabetically first `.conf`,
-/// `.conflist` or `.json` file, skipping ours and hidden files.
+/// The primary configuration as Multus's entrypoints pick it: the alphabetically first
+/// `.conf` or `.conflist` file, skipping ours and hidden files.
 pub fn pick_master(dir: &Path) -> Result<Option<PathBuf>, AutoconfError> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?

@@ -29,6 +29,9 @@ pub(crate) struct Synced {
     pub attached: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How long a connection may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every request of the daemon shares.
 pub(crate) struct Shared {
     /// The context before the state has synced: no cluster, so only DEL (from the delegate
@@ -324,7 +327,11 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| route(shared.clone(), req));
+            // A client that opens a connection and sends nothing (or half a request) is
+            // dropped after a while instead of holding a task and a buffer for ever.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use serde_json::json;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -238,4 +240,50 @@ pub fn pod_env<'a>(
 pub fn body_for(env: &[(&str, String)], conf: &str) -> String {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     cni_body(&env, conf)
+}
+
+/// Writes the stub plugin `slow` into `dir`: ADD sleeps `secs` and prints a result; every
+/// call appends `start|end <container> <ns since epoch>` to `dir/log`.
+pub fn stub_plugin(dir: &Path, secs: &str) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("log");
+    let script = format!(
+        r#"#!/bin/sh
+# A CNI plugin stand-in for the delegates: reads its configuration, sleeps on ADD.
+cat >/dev/null
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}' ;;
+ADD)
+  echo "start $CNI_CONTAINERID $(date +%s%N)" >> {log}
+  sleep {secs}
+  echo "end $CNI_CONTAINERID $(date +%s%N)" >> {log}
+  echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}}],"ips":[{{"address":"192.0.2.5/24","interface":0}}]}}' ;;
+*) ;;
+esac
+"#,
+        log = log.display()
+    );
+    let path = bin.join("slow");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A NAD-free configuration whose only delegate is the stub.
+pub fn stub_conf(dir: &Path, bin: &Path) -> String {
+    json!({
+        "cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus-shim",
+        "cniDir": dir.join("cni"), "binDir": bin,
+        "delegates": [{"cniVersion": "1.0.0", "name": "slownet", "type": "slow"}],
+    })
+    .to_string()
+}
+
+/// The state has no Pods and the requests name none: only the configuration's delegates.
+pub fn stub_env<'a>(cmd: &'a str, id: &'a str) -> Vec<(&'a str, String)> {
+    let mut e = pod_env(cmd, id, "", "/var/run/netns/none", "/usr/bin");
+    e[4].1 = "IgnoreUnknown=true".into();
+    e
 }
