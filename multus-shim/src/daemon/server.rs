@@ -415,7 +415,8 @@ pub(crate) fn bind_socket(dir: &Path) -> std::io::Result<(UnixListener, BoundSoc
 }
 
 /// Keeps the metrics' readiness conditions in step with [`Shared::not_ready`], so the
-/// metrics endpoint's `/readyz` agrees with the socket's.
+/// metrics endpoint's `/readyz` agrees with the socket's, and samples the in-flight and
+/// queued gauges (which otherwise change only when a request starts or ends running).
 pub(crate) async fn mirror_health(
     shared: Arc<Shared>,
     health: metalnet::daemon::Health,
@@ -424,6 +425,7 @@ pub(crate) async fn mirror_health(
     let ready = health.condition("multus-daemon");
     loop {
         ready.set(shared.not_ready().is_empty());
+        shared.update_load();
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
             _ = shutdown.wait() => { ready.set(false); return; }
