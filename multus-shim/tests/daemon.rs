@@ -94,6 +94,12 @@ async fn add_is_refused_with_11_until_the_readiness_file_exists_del_always_serve
         reached_plugin(status, &v),
         "ADD reaches the plugin once ready: {v}"
     );
+
+    // The indicator goes away (the primary network is being reinstalled): closed again.
+    std::fs::remove_file(&d.ready_file).unwrap();
+    let (status, v) = d.post_cni(&cni_body(&add_env(), CONF)).await;
+    assert_eq!((status, v["code"].clone()), (400, 11.into()), "{v}");
+    assert_eq!(http(&d.socket, "GET", "/readyz", "").await.unwrap().0, 500);
     d.stop().await;
 }
 
@@ -282,7 +288,9 @@ async fn the_metrics_endpoint_exports_multus_request_counter() {
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(&["--metrics-addr", &addr]).await;
     d.post_cni(&cni_body(&add_env(), CONF)).await;
+    let a = addr.clone();
     let text = tokio::task::spawn_blocking(move || {
+        let addr = a;
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -300,6 +308,26 @@ async fn the_metrics_endpoint_exports_multus_request_counter() {
         text.contains(r#"multus_server_requests_rejected_total{reason="not_ready"} 1"#),
         "{text}"
     );
+    // The metrics endpoint's /readyz follows the socket's.
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+    };
+    assert!(get("/readyz").await.unwrap().contains(" 503 "));
+    d.set_ready();
+    wait_for("the metrics /readyz", Duration::from_secs(10), || {
+        let r = get("/readyz");
+        async move { r.await.unwrap().contains(" 200 ") }
+    })
+    .await;
     d.stop().await;
 }
 
@@ -364,4 +392,28 @@ async fn a_connection_that_never_finishes_its_headers_is_dropped() {
     assert!(start.elapsed() >= multus_shim::daemon::HEADER_READ_TIMEOUT - Duration::from_secs(1));
     assert_eq!(http(&d.socket, "GET", "/healthz", "").await.unwrap().0, 200);
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_multus_conf_file_is_copied_under_its_kind_of_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("my-multus.json");
+    let list =
+        r#"{"cniVersion":"1.0.0","name":"multus-cni-network","plugins":[{"type":"multus-shim"}]}"#;
+    std::fs::write(&mine, list).unwrap();
+    let m = mine.display().to_string();
+    let d = Daemon::start_in(dir, &["--multus-conf-file", &m], true).await;
+    let target = d.conf_dir.join("00-multus.conflist");
+    let t = target.clone();
+    wait_for("00-multus.conflist", Duration::from_secs(10), || {
+        let t = t.clone();
+        async move { t.exists() }
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), list);
+    let dir = d.stop().await;
+    assert!(
+        dir.path().join("net.d/00-multus.conflist").exists(),
+        "kept without --cleanup-config-on-exit"
+    );
 }
