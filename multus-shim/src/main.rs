@@ -142,7 +142,8 @@ fn serve(req: &Request) -> Result<Option<Value>, CniError> {
         .map_err(|e| CniError::new(CniError::IO, format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         if let Some(dir) = conf.get("daemonSocketDir").and_then(Value::as_str) {
-            // forwarded once daemon::client exists
+            // forwarded once daemon::client exists:
+            // return multus_shim::daemon::client::forward(&socket, req.clone()).await;
             let socket = std::path::Path::new(dir).join("multus.sock");
             return Err(CniError::new(
                 CniError::TRY_AGAIN_LATER,

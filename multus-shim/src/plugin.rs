@@ -564,7 +564,7 @@ async fn add(
         }
     };
     let mut added = run.add(&env.container_id, &env.netns, &delegates).await?;
-    if let Err(e) = finish_add(ctx, env, run, pod.as_ref(), &mut added).await {
+    if let Err(e) = finish_add(ctx, env, pod.as_ref(), &mut added).await {
         run.rollback(&env.container_id, &env.netns, &added, None)
             .await;
         return Err(e);
@@ -585,7 +585,6 @@ async fn add(
 async fn finish_add(
     ctx: &Context,
     env: &CniEnv,
-    run: &Runner,
     pod: Option<&Pod>,
     added: &mut [Added],
 ) -> Result<(), CniError> {
@@ -612,7 +611,6 @@ async fn finish_add(
         for (j, r) in results.iter_mut().enumerate() {
             route::apply_to_result(r, (j == i).then_some(gws.as_slice()));
         }
-        let _ = run;
     }
     let (Some(state), Some(pod)) = (&ctx.state, pod) else {
         return Ok(());

@@ -284,3 +284,116 @@ async fn runner_on_a_hand_made_delegate_list() {
             .is_none()
     );
 }
+
+fn call_with(command: &str, cid: &str, stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/run/netns/none")
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin_pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    // The plugin may stop reading at its limit: write from a thread, ignore a broken pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin_pipe.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn logs_never_reach_stdout_and_stdin_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stubs(dir.path());
+    let mut conf = multus(
+        dir.path(),
+        &bin,
+        vec![json!({"cniVersion": "1.0.0", "name": "cluster", "type": "stub"})],
+    );
+    conf["logToStderr"] = true.into();
+    conf["logLevel"] = "verbose".into();
+    let (rc, stdout, stderr) = call_with("ADD", "c1", &serde_json::to_vec(&conf).unwrap());
+    assert_eq!(rc, 0, "{stdout}");
+    let v: Value = serde_json::from_str(stdout.trim()).expect("stdout holds the result only");
+    assert_eq!(v["cniVersion"], "1.1.0");
+    assert!(stderr.contains("delegate added"), "{stderr}");
+    // A log file instead.
+    conf["logToStderr"] = false.into();
+    conf["logFile"] = dir
+        .path()
+        .join("m.log")
+        .to_string_lossy()
+        .into_owned()
+        .into();
+    let (rc, stdout, stderr) = call_with("DEL", "c1", &serde_json::to_vec(&conf).unwrap());
+    assert_eq!((rc, stdout.as_str(), stderr.as_str()), (0, "", ""));
+    assert!(
+        !std::fs::read_to_string(dir.path().join("m.log"))
+            .unwrap()
+            .is_empty()
+    );
+    // More than 1 MiB on stdin: a decode error, not an unbounded read.
+    let mut big = b"{\"cniVersion\":\"1.0.0\",\"x\":\"".to_vec();
+    big.resize(2 << 20, b'a');
+    let (rc, stdout, _) = call_with("ADD", "c1", &big);
+    assert_eq!(rc, 1);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["code"], 6);
+    assert!(v["msg"].as_str().unwrap().contains("larger than"), "{v}");
+}
+
+#[test]
+fn check_needs_0_4_0_and_a_cached_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stubs(dir.path());
+    let mut conf = multus(
+        dir.path(),
+        &bin,
+        vec![json!({"cniVersion": "1.0.0", "name": "cluster", "type": "stub"})],
+    );
+    let (rc, out) = call("CHECK", "c1", &conf);
+    assert_eq!((rc, out["code"].as_u64()), (1, Some(3)), "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("no cached result"),
+        "{out}"
+    );
+    let (rc, out) = call("ADD", "c1", &conf);
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = call("CHECK", "c1", &conf);
+    assert_eq!(rc, 0, "{out}");
+    let log = calls(dir.path());
+    let (cmd, req) = log.last().unwrap();
+    assert_eq!(cmd, "CHECK");
+    assert_eq!(req["prevResult"]["ips"][0]["address"], "192.0.2.9/24");
+    conf["cniVersion"] = "0.3.1".into();
+    let (rc, out) = call("CHECK", "c1", &conf);
+    assert_eq!((rc, out["code"].as_u64()), (1, Some(1)), "{out}");
+    assert_eq!(out["cniVersion"], "0.3.1");
+}
+
+#[test]
+fn daemon_socket_dir_is_not_run_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stubs(dir.path());
+    let mut conf = multus(
+        dir.path(),
+        &bin,
+        vec![json!({"cniVersion": "1.0.0", "name": "cluster", "type": "stub"})],
+    );
+    conf["daemonSocketDir"] = dir.path().join("run").to_string_lossy().into_owned().into();
+    let (rc, out) = call("ADD", "c1", &conf);
+    assert_eq!(rc, 1, "{out}");
+    // No delegate ran in the shim.
+    assert!(calls(dir.path()).is_empty());
+}
