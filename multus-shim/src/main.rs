@@ -155,14 +155,14 @@ fn serve(req: &Request) -> Result<Option<Value>, CniError> {
         }
         let command = req.env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
         let state = match command {
+            _ if !plugin::needs_cluster(req) => None,
             "ADD" => start_state(&conf, req, Duration::from_secs(30)).await?,
-            // DEL never needs the cluster: it works from its caches, and reads the pod only
-            // when nothing is cached and the pod can be read.
-            "DEL" => start_state(&conf, req, Duration::from_secs(5))
+            // DEL works from its caches; with nothing cached it reads the pod if it can, and
+            // succeeds without it.
+            _ => start_state(&conf, req, Duration::from_secs(5))
                 .await
                 .ok()
                 .flatten(),
-            _ => None,
         };
         plugin::handle(&Context { state }, req.clone()).await
     })

@@ -392,6 +392,27 @@ pub fn error_version(req: &Request) -> String {
         .unwrap_or_else(|| version::LATEST.to_string())
 }
 
+/// Whether the call needs the cluster (the pod, NADs): ADD always; DEL only when nothing of
+/// the container is cached (then it re-plans from the pod if it can), so a DEL with the API
+/// down never waits for it.
+pub fn needs_cluster(req: &Request) -> bool {
+    match req.env.get("CNI_COMMAND").map(String::as_str) {
+        Some("ADD") => true,
+        Some("DEL") => {
+            let Ok((_, conf)) = parse_stdin(req) else {
+                return false;
+            };
+            let cid = req.env.get("CNI_CONTAINERID").cloned().unwrap_or_default();
+            if crate::cni::env::check_container_id(&cid).is_err() {
+                return false;
+            }
+            !cache::path(&conf.cni_dir, &cid).exists()
+                && ResultCache::of_container(&conf.cni_dir, &cid).is_empty()
+        }
+        _ => false,
+    }
+}
+
 /// Reads the configuration on stdin: invalid JSON is error 6.
 pub fn parse_stdin(req: &Request) -> Result<(Value, MultusConf), CniError> {
     let v: Value = serde_json::from_slice(&req.stdin).map_err(|e| {
@@ -720,14 +741,17 @@ async fn check(conf: &MultusConf, env: &CniEnv, run: &Runner) -> Result<(), CniE
 
 /// The runtime's `cni.dev/valid-attachments`.
 fn valid_attachments(raw: &Value) -> Result<Vec<(String, String)>, CniError> {
-    let Some(list) = raw.get("cni.dev/valid-attachments") else {
-        return Ok(Vec::new());
-    };
     let bad = |why: &str| {
         CniError::new(
             CniError::DECODE,
             format!("field cni.dev/valid-attachments {why}"),
         )
+    };
+    // Without the list every attachment would look stale: refuse rather than delete all.
+    let Some(list) = raw.get("cni.dev/valid-attachments") else {
+        return Err(bad(
+            "is missing (GC needs the runtime's list of valid attachments)",
+        ));
     };
     let list = list.as_array().ok_or_else(|| bad("is not a list"))?;
     list.iter()

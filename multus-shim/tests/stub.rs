@@ -397,3 +397,31 @@ fn daemon_socket_dir_is_not_run_in_process() {
     // No delegate ran in the shim.
     assert!(calls(dir.path()).is_empty());
 }
+
+#[test]
+fn gc_without_the_valid_list_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stubs(dir.path());
+    let conf = multus(
+        dir.path(),
+        &bin,
+        vec![json!({"cniVersion": "1.0.0", "name": "cluster", "type": "stub"})],
+    );
+    let (rc, out) = call("ADD", "c1", &conf);
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = call("GC", "", &conf);
+    assert_eq!((rc, out["code"].as_u64()), (1, Some(6)), "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("cni.dev/valid-attachments"),
+        "{out}"
+    );
+    assert!(dir.path().join("cni/c1").exists());
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": 7}]);
+    let (rc, out) = call("GC", "", &gc);
+    assert_eq!((rc, out["code"].as_u64()), (1, Some(6)), "{out}");
+    assert!(dir.path().join("cni/c1").exists());
+}
