@@ -181,6 +181,53 @@ impl Runner {
         let _ = crate::cni::cache::remove(&cache::path(&self.cni_dir, container_id));
     }
 
+    /// `default-route`: when a delegate asks for it, the default routes of the others are
+    /// removed in the pod's namespace, the requested gateways set on its interface, and the
+    /// results (returned and cached) changed to match, so CHECK finds what is there.
+    pub async fn default_route(
+        &self,
+        container_id: &str,
+        netns: &str,
+        added: &mut [Added],
+    ) -> Result<(), CniError> {
+        let Some(i) = added.iter().position(|(d, _)| !d.default_route.is_empty()) else {
+            return Ok(());
+        };
+        let mut results: Vec<CniResult> = added
+            .iter()
+            .map(|(d, r)| CniResult::parse(r, crate::cni::exec::network_version(&d.conf)))
+            .collect::<Result<_, _>>()?;
+        let others: Vec<String> = added
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(j, (d, _))| {
+                let mut names: Vec<String> = results[j]
+                    .sandbox_interfaces()
+                    .map(|(_, f)| f.name.clone())
+                    .collect();
+                names.push(d.ifname.clone());
+                names
+            })
+            .collect();
+        let gws = added[i].0.default_route.clone();
+        route::apply(netns, &others, &added[i].0.ifname, &gws).await?;
+        for (j, ((d, result), r)) in added.iter_mut().zip(results.iter_mut()).enumerate() {
+            route::apply_to_result(r, (j == i).then_some(gws.as_slice()));
+            *result = r.to_version(crate::cni::exec::network_version(&d.conf))?;
+            ResultCache::new(
+                container_id,
+                &d.ifname,
+                &d.conf,
+                &d.cni_args,
+                &d.runtime_config,
+                result,
+            )
+            .write(&self.cni_dir)?;
+        }
+        Ok(())
+    }
+
     /// DEL of `delegates` in reverse, each with its cached result; the caches are removed
     /// unless a DEL failed and `retryDeleteOnError` is set. The first error is returned.
     pub async fn del_delegates(
@@ -585,7 +632,7 @@ async fn add(
         }
     };
     let mut added = run.add(&env.container_id, &env.netns, &delegates).await?;
-    if let Err(e) = finish_add(ctx, env, pod.as_ref(), &mut added).await {
+    if let Err(e) = finish_add(ctx, env, run, pod.as_ref(), &mut added).await {
         run.rollback(&env.container_id, &env.netns, &added, None)
             .await;
         return Err(e);
@@ -606,33 +653,16 @@ async fn add(
 async fn finish_add(
     ctx: &Context,
     env: &CniEnv,
+    run: &Runner,
     pod: Option<&Pod>,
     added: &mut [Added],
 ) -> Result<(), CniError> {
-    let mut results: Vec<CniResult> = added
+    run.default_route(&env.container_id, &env.netns, added)
+        .await?;
+    let results: Vec<CniResult> = added
         .iter()
         .map(|(d, r)| CniResult::parse(r, crate::cni::exec::network_version(&d.conf)))
         .collect::<Result<_, _>>()?;
-    if let Some(i) = added.iter().position(|(d, _)| !d.default_route.is_empty()) {
-        let others: Vec<String> = added
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .flat_map(|(j, (d, _))| {
-                let mut names: Vec<String> = results[j]
-                    .sandbox_interfaces()
-                    .map(|(_, f)| f.name.clone())
-                    .collect();
-                names.push(d.ifname.clone());
-                names
-            })
-            .collect();
-        let gws = added[i].0.default_route.clone();
-        route::apply(&env.netns, &others, &added[i].0.ifname, &gws).await?;
-        for (j, r) in results.iter_mut().enumerate() {
-            route::apply_to_result(r, (j == i).then_some(gws.as_slice()));
-        }
-    }
     let (Some(state), Some(pod)) = (&ctx.state, pod) else {
         return Ok(());
     };

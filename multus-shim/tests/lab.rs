@@ -355,3 +355,71 @@ fn readiness_indicator_missing_is_try_again_later() {
     assert_eq!(rc, 0, "{out}");
     assert_eq!(lab.allocated(), Vec::<String>::new());
 }
+
+/// `default-route` on a hand-made delegate list with the real plugins: the bridge's default
+/// route goes, the ptp gateway becomes the default, the cached results match (CHECK passes),
+/// and DEL frees everything.
+#[test]
+fn default_route_with_real_plugins() {
+    use multus_shim::cni::exec::Exec;
+    use multus_shim::multus::plan::Delegate;
+    use multus_shim::plugin::Runner;
+
+    let Some(lab) = Lab::new("dr") else { return };
+    let delegate = |index: usize, ifname: &str, conf: Value, gw: Option<&str>| Delegate {
+        index,
+        master: index == 0,
+        status_name: conf["name"].as_str().unwrap().to_string(),
+        nad: None,
+        ifname: ifname.into(),
+        conf,
+        runtime_config: Default::default(),
+        cni_args: vec![],
+        default_route: gw.map(|g| vec![g.parse().unwrap()]).unwrap_or_default(),
+    };
+    let mut ptp = lab.ptp("1.0.0");
+    ptp["ipam"]["ranges"] = json!([[{"subnet": "203.0.113.0/24", "gateway": "203.0.113.1"}]]);
+    let ds = vec![
+        delegate(0, "eth0", lab.bridge("1.0.0"), None),
+        delegate(1, "net1", ptp, Some("203.0.113.1")),
+    ];
+    let runner = Runner {
+        exec: Exec {
+            search: vec![common::PLUGINS.into()],
+            timeout: std::time::Duration::from_secs(30),
+        },
+        cni_dir: lab.cni_dir(),
+        retry_delete_on_error: false,
+        abort_after: None,
+    };
+    let netns = lab.netns_path();
+    let pod = lab.pod.name().to_string();
+    let (results, check, routes) = lab.host.block_on(move || async move {
+        let mut added = runner.add("c-dr", &netns, &ds).await.unwrap();
+        runner
+            .default_route("c-dr", &netns, &mut added)
+            .await
+            .unwrap();
+        let check = runner.check("c-dr", &netns, &ds).await;
+        let routes = std::process::Command::new("ip")
+            .args(["-n", &pod, "-4", "route", "show", "default"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout).trim().to_string();
+        let results: Vec<Value> = added.into_iter().map(|(_, r)| r).collect();
+        runner.del_cached("c-dr", &netns).await.unwrap();
+        (results, check, routes)
+    });
+    assert_eq!(routes, "default via 203.0.113.1 dev net1", "{routes}");
+    // Checked between ADD and DEL, inside the closure; the routes as they were then:
+    check.unwrap();
+    let has_default = |r: &Value| {
+        r["routes"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|x| x["dst"] == "0.0.0.0/0"))
+    };
+    assert!(!has_default(&results[0]), "{}", results[0]);
+    assert!(has_default(&results[1]), "{}", results[1]);
+    assert_eq!(lab.allocated(), Vec::<String>::new());
+    assert!(lab.cache_files().is_empty(), "{:?}", lab.cache_files());
+}
