@@ -32,7 +32,8 @@ pub const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
 pub const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 /// The hidden test hook: `cache` aborts right after the delegate cache is written,
 /// `delegate:N` right after delegate N's ADD (before its result cache), `result:N` right
-/// after its result cache. The process exits with status 137, as if killed.
+/// after its result cache. The process exits with status 137, as if killed. Honoured only
+/// when the process itself has it in its environment, never from a forwarded request alone.
 pub const TEST_ABORT_ENV: &str = "MULTUS_SHIM_TEST_ABORT_AFTER";
 /// How long one delegate call may take.
 pub const DELEGATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -483,7 +484,13 @@ fn runner(conf: &MultusConf, env: &CniEnv, req: &Request) -> Runner {
         },
         cni_dir: conf.cni_dir.clone(),
         retry_delete_on_error: conf.retry_delete_on_error,
-        abort_after: req.env.get(TEST_ABORT_ENV).cloned(),
+        // Only when this very process was started with it (thin mode): a request forwarded
+        // to the daemon must never be able to stop it.
+        abort_after: req
+            .env
+            .get(TEST_ABORT_ENV)
+            .filter(|v| std::env::var(TEST_ABORT_ENV).ok().as_ref() == Some(*v))
+            .cloned(),
     }
 }
 
@@ -827,4 +834,97 @@ async fn status(conf: &MultusConf, env: &CniEnv, run: &Runner) -> Result<(), Cni
         run.exec.status_network(&d.conf).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(env: &[(&str, &str)], stdin: &[u8]) -> Request {
+        Request {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            stdin: stdin.to_vec(),
+        }
+    }
+
+    #[test]
+    fn error_version_is_the_configurations_when_it_can() {
+        assert_eq!(
+            error_version(&req(&[], br#"{"cniVersion":"0.3.1"}"#)),
+            "0.3.1"
+        );
+        assert_eq!(
+            error_version(&req(&[], br#"{"cniVersion":"7.0.0"}"#)),
+            "1.1.0"
+        );
+        assert_eq!(error_version(&req(&[], b"{")), "1.1.0");
+    }
+
+    #[test]
+    fn valid_attachments_are_read_strictly() {
+        let v = json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]});
+        assert_eq!(
+            valid_attachments(&v).unwrap(),
+            vec![("a".to_string(), "eth0".to_string())]
+        );
+        assert_eq!(
+            valid_attachments(&json!({"cni.dev/valid-attachments": []})).unwrap(),
+            vec![]
+        );
+        for bad in [
+            json!({}),
+            json!({"cni.dev/valid-attachments": {}}),
+            json!({"cni.dev/valid-attachments": [{"containerID": "a"}]}),
+        ] {
+            let e = valid_attachments(&bad).unwrap_err();
+            assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
+        }
+    }
+
+    #[test]
+    fn del_needs_the_cluster_only_without_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf =
+            serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": "m", "cniDir": dir.path()}))
+                .unwrap();
+        let del = req(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1")], &conf);
+        assert!(needs_cluster(&del));
+        std::fs::write(dir.path().join("c1"), b"[]").unwrap();
+        assert!(!needs_cluster(&del));
+        assert!(needs_cluster(&req(&[("CNI_COMMAND", "ADD")], &conf)));
+        assert!(!needs_cluster(&req(&[("CNI_COMMAND", "CHECK")], &conf)));
+        assert!(!needs_cluster(&req(
+            &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "../x")],
+            &conf
+        )));
+    }
+
+    #[tokio::test]
+    async fn version_and_env_errors_need_no_configuration() {
+        let ctx = Context { state: None };
+        let out = handle(&ctx, req(&[("CNI_COMMAND", "VERSION")], b""))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out["cniVersion"], "1.1.0");
+        let e = handle(&ctx, req(&[("CNI_COMMAND", "ADD")], b"{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 4);
+        let e = handle(
+            &ctx,
+            req(
+                &[("CNI_COMMAND", "STATUS")],
+                br#"{"cniVersion":"1.1.0","delegates":7}"#,
+            ),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("field delegates"), "{}", e.msg);
+    }
 }

@@ -124,20 +124,27 @@ fn a_failing_delegate_rolls_back_the_ones_before() {
     let Some(lab) = Lab::new("rb") else { return };
     let mut bad = lab.macvlan("badmv", "1.0.0");
     bad["master"] = "nosuch0".into();
-    let conf = lab.multus(
-        "1.0.0",
-        vec![lab.bridge("1.0.0"), lab.macvlan("mv", "1.0.0"), bad],
-    );
-    let (rc, out) = lab.call("ADD", "c-rb", &conf, &[]);
-    assert_eq!(rc, 1, "{out}");
-    let msg = out["msg"].as_str().unwrap();
-    assert!(
-        msg.contains("\"badmv\"") && msg.contains("\"net2\""),
-        "{msg}"
-    );
-    assert_eq!(lab.allocated(), Vec::<String>::new());
-    assert!(lab.pod_links().is_empty(), "{:?}", lab.pod_links());
-    assert!(lab.cache_files().is_empty(), "{:?}", lab.cache_files());
+    // The second of two, then the third of three.
+    for (cid, delegates, ifname) in [
+        ("c-rb2", vec![lab.bridge("1.0.0"), bad.clone()], "net1"),
+        (
+            "c-rb3",
+            vec![lab.bridge("1.0.0"), lab.macvlan("mv", "1.0.0"), bad.clone()],
+            "net2",
+        ),
+    ] {
+        let conf = lab.multus("1.0.0", delegates);
+        let (rc, out) = lab.call("ADD", cid, &conf, &[]);
+        assert_eq!(rc, 1, "{out}");
+        let msg = out["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("\"badmv\"") && msg.contains(&format!("\"{ifname}\"")),
+            "{msg}"
+        );
+        assert_eq!(lab.allocated(), Vec::<String>::new(), "{cid}");
+        assert!(lab.pod_links().is_empty(), "{:?}", lab.pod_links());
+        assert!(lab.cache_files().is_empty(), "{:?}", lab.cache_files());
+    }
 }
 
 /// Kills the plugin at every step of an ADD, then DEL (or GC with an empty list of valid
