@@ -113,6 +113,17 @@ impl Runner {
                     .unwrap_or_default(),
             )?;
         }
+        // A cache left by an ADD that never finished (killed, and retried by the runtime
+        // without a DEL): undo it first, or what it attached would no longer be listed
+        // anywhere once this ADD overwrites the cache with a possibly different plan.
+        let leftover = cache::path(&self.cni_dir, container_id).exists()
+            || !ResultCache::of_container(&self.cni_dir, container_id).is_empty();
+        if leftover {
+            warn!(container = %container_id, "ADD over a leftover attachment: deleting it first");
+            if let Err(e) = self.del_cached(container_id, netns).await {
+                warn!(container = %container_id, error = %e, "DEL of the leftover attachment");
+            }
+        }
         cache::write(&self.cni_dir, container_id, delegates)?;
         self.abort_point("cache");
         let mut added = Vec::new();

@@ -430,3 +430,36 @@ fn default_route_with_real_plugins() {
     assert_eq!(lab.allocated(), Vec::<String>::new());
     assert!(lab.cache_files().is_empty(), "{:?}", lab.cache_files());
 }
+
+/// An ADD killed midway and retried by the runtime without a DEL (a different plan this
+/// time): the leftover is undone first, so the final DEL frees everything.
+#[test]
+fn add_retried_over_a_killed_one_leaks_nothing() {
+    let Some(lab) = Lab::new("retry") else { return };
+    let first = lab.multus(
+        "1.0.0",
+        vec![
+            lab.bridge("1.0.0"),
+            lab.macvlan("mv", "1.0.0"),
+            lab.ptp("1.0.0"),
+        ],
+    );
+    let (rc, out) = lab.call(
+        "ADD",
+        "c-retry",
+        &first,
+        &[("MULTUS_SHIM_TEST_ABORT_AFTER", "result:1")],
+    );
+    assert_eq!(rc, 137, "{out}");
+    assert_eq!(lab.allocated().len(), 2);
+    let second = lab.multus("1.0.0", vec![lab.bridge("1.0.0"), lab.ptp("1.0.0")]);
+    let (rc, out) = lab.call("ADD", "c-retry", &second, &[]);
+    assert_eq!(rc, 0, "{out}");
+    let links: Vec<String> = lab.pod_links().into_iter().map(|l| l.0).collect();
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(lab.allocated().len(), 2, "{:?}", lab.allocated());
+    let (rc, out) = lab.call("DEL", "c-retry", &second, &[]);
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(lab.allocated(), Vec::<String>::new());
+    assert!(lab.pod_links().is_empty());
+}
