@@ -192,3 +192,144 @@ fn vxlan_config_map_is_valid_flannel_configuration() {
     assert_eq!(cni["plugins"][0]["type"], "flannel");
     assert!(cni["cniVersion"].is_string());
 }
+
+/// multus.yaml: everything in kube-system (Multus's multusNamespace, no Namespace of its
+/// own), the RBAC the daemon needs, a privileged host-network DaemonSet running
+/// `multus-shim daemon` with every host path delegates use mounted at the same place, an
+/// init container that installs the shim by rename (never writing over a running binary),
+/// and the NetworkAttachmentDefinition CRD shipped under crds/.
+#[test]
+fn multus_manifest_holds_together() {
+    let text = std::fs::read_to_string(deploy_dir().join("multus.yaml")).unwrap();
+    let path = deploy_dir().join("multus.yaml");
+    let docs: Vec<Value> = manifest::yaml_documents(&path, &text)
+        .into_iter()
+        .map(|d| d.unwrap_or_else(|e| panic!("{e}")).1)
+        .collect();
+    for d in &docs {
+        assert_ne!(d["kind"], "Namespace", "multus.yaml runs in kube-system");
+        if !["ClusterRole", "ClusterRoleBinding"].contains(&d["kind"].as_str().unwrap()) {
+            assert_eq!(d["metadata"]["namespace"], "kube-system", "{}", d["kind"]);
+        }
+    }
+    let docs: Vec<(String, Value)> = docs
+        .into_iter()
+        .map(|d| ("multus.yaml".to_string(), d))
+        .collect();
+
+    // RBAC: each (group, resource, verb) the daemon uses is granted.
+    let role = find(&docs, "ClusterRole", "multus-shim").expect("ClusterRole multus-shim");
+    let granted = |group: &str, resource: &str, verb: &str| {
+        role["rules"].as_array().unwrap().iter().any(|r| {
+            str_list(&r["apiGroups"]).iter().any(|g| g == group)
+                && str_list(&r["resources"]).iter().any(|x| x == resource)
+                && str_list(&r["verbs"]).iter().any(|v| v == verb)
+        })
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(granted("", "pods", verb), "pods {verb}");
+        assert!(
+            granted("k8s.cni.cncf.io", "network-attachment-definitions", verb),
+            "network-attachment-definitions {verb}"
+        );
+    }
+    for verb in ["update", "patch"] {
+        assert!(granted("", "pods/status", verb), "pods/status {verb}");
+    }
+    for verb in ["create", "patch"] {
+        assert!(granted("", "events", verb), "events {verb}");
+    }
+    assert!(!granted("", "pods", "delete") && !granted("", "secrets", "get"));
+
+    let ds = find(&docs, "DaemonSet", "multus-shim").expect("DaemonSet multus-shim");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(str_list(&c["command"]), ["multus-shim", "daemon"]);
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NODE_NAME"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+        "the daemon watches the pods of its node"
+    );
+    // Host paths the delegates see mounted at the same place as on the host.
+    let host_path = |volume: &str| -> String {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("volume {volume} is not a hostPath"))
+            .to_string()
+    };
+    let mounts: Vec<(String, String)> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            (
+                m["mountPath"].as_str().unwrap().to_string(),
+                host_path(name),
+            )
+        })
+        .collect();
+    for needed in [
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/run/multus",
+        "/var/lib/cni",
+        "/run/netns",
+    ] {
+        assert!(
+            mounts.iter().any(|(m, h)| m == needed && h == needed),
+            "{needed} is not mounted from the host at the same path: {mounts:?}"
+        );
+    }
+    let args = str_list(&c["args"]);
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_string))
+    };
+    assert_eq!(flag("socket-dir").as_deref(), Some("/run/multus"));
+    assert_eq!(flag("cni-conf-dir").as_deref(), Some("/etc/cni/net.d"));
+
+    // The binary is installed by copy to a temporary name in the same directory, then rename.
+    let init = &pod["initContainers"][0];
+    let script = str_list(&init["command"])
+        .into_iter()
+        .chain(str_list(&init["args"]))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tmp = "/host/opt/cni/bin/.multus-shim.new";
+    let cp = script.find(&format!("cp /usr/local/bin/multus-shim {tmp}"));
+    let mv = script.find(&format!("mv -f {tmp} /host/opt/cni/bin/multus-shim"));
+    assert!(
+        matches!((cp, mv), (Some(a), Some(b)) if a < b),
+        "install is not copy-then-rename: {script}"
+    );
+    let init_mount = &init["volumeMounts"][0];
+    assert_eq!(init_mount["mountPath"], "/host/opt/cni/bin");
+    assert_eq!(
+        host_path(init_mount["name"].as_str().unwrap()),
+        "/opt/cni/bin"
+    );
+
+    // The NetworkAttachmentDefinition CRD ships with the others.
+    let crd_path = deploy_dir().join("crds/network-attachment-definitions.k8s.cni.cncf.io.yaml");
+    let crd_text = std::fs::read_to_string(&crd_path).unwrap();
+    let crd = manifest::yaml_documents(&crd_path, &crd_text)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap()
+        .1;
+    assert_eq!(crd["kind"], "CustomResourceDefinition");
+    assert_eq!(crd["spec"]["group"], "k8s.cni.cncf.io");
+    assert_eq!(crd["spec"]["names"]["kind"], "NetworkAttachmentDefinition");
+}

@@ -2,5 +2,7 @@
 //! where a function says it reads a file.
 
 pub mod config;
+pub mod generate;
+pub mod networks;
 pub mod plan;
 pub mod status;
