@@ -42,7 +42,6 @@ fn ended(log: &Path, container: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs plugin::handle of the multus-cni branch"]
 async fn a_burst_of_200_adds_runs_at_most_n_and_refuses_past_the_queue_with_11() {
     let d = Daemon::start(&["--max-concurrent", "4", "--max-queued", "16"]).await;
     let bin = stub_plugin(d.dir.path(), "0.4");
@@ -102,7 +101,6 @@ async fn a_burst_of_200_adds_runs_at_most_n_and_refuses_past_the_queue_with_11()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs plugin::handle of the multus-cni branch"]
 async fn an_add_whose_client_went_away_still_finishes() {
     let d = Daemon::start(&[]).await;
     let bin = stub_plugin(d.dir.path(), "0.5");
@@ -130,7 +128,6 @@ async fn an_add_whose_client_went_away_still_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs plugin::handle of the multus-cni branch"]
 async fn shutdown_drains_running_requests_refuses_new_adds_and_serves_del() {
     let d = Daemon::start(&["--shutdown-grace", "20"]).await;
     let bin = stub_plugin(d.dir.path(), "1");

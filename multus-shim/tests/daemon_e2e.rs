@@ -28,7 +28,6 @@ fn opts() -> ClientOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs plugin::handle of the multus-cni branch"]
 async fn the_result_is_in_the_shims_cni_version() {
     let d = Daemon::start(&[]).await;
     let bin = stub_plugin(d.dir.path(), "0");
@@ -47,7 +46,6 @@ async fn the_result_is_in_the_shims_cni_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs plugin::handle of the multus-cni branch"]
 async fn the_daemon_configuration_replaces_the_shims_keys() {
     let dir = tempfile::tempdir().unwrap();
     let bin = stub_plugin(dir.path(), "0");
