@@ -140,10 +140,16 @@ async fn malformed_requests_get_decode_errors() {
         assert_eq!(v["code"], CniError::DECODE, "{body}: {v}");
     }
     // Past the body limit: refused, and the daemon keeps serving.
-    let big = format!(r#"{{"env":{{}},"config":"{}"}}"#, "A".repeat(2 << 20));
-    let (status, v) = d.post_cni(&big).await;
-    assert_eq!(status, 400);
-    assert!(v["msg"].as_str().unwrap().contains("at most"), "{v}");
+    let big = format!(r#"{{"env":{{}},"config":"{}"}}"#, "A".repeat(3 << 20));
+    match http(&d.socket, "POST", "/cni", &big).await {
+        Ok((status, body)) => {
+            assert_eq!(status, 400, "{body}");
+            assert!(body.contains("at most"), "{body}");
+        }
+        // The daemon answered and closed while we were still writing: the kernel resets
+        // the connection over the unread rest, and the answer may be lost with it.
+        Err(e) => assert!(e.contains("reset") || e.contains("pipe"), "{e}"),
+    }
     assert_eq!(http(&d.socket, "GET", "/healthz", "").await.unwrap().0, 200);
     d.stop().await;
 }

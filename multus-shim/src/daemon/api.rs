@@ -14,8 +14,10 @@ use crate::cni::{CniError, Request};
 pub const SOCKET_NAME: &str = "multus.sock";
 
 /// The largest request body the daemon reads: a CNI configuration with its `prevResult` is
-/// a few kilobytes; a bound keeps a burst of bad clients from growing the daemon's memory.
-pub const MAX_BODY: usize = 1 << 20;
+/// a few kilobytes, and the shim takes at most 1 MiB on stdin, which base64 makes 1.4 MiB
+/// plus the environment; a bound keeps a burst of bad clients from growing the daemon's
+/// memory.
+pub const MAX_BODY: usize = 2 << 20;
 
 /// The body of `POST /cni`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +145,18 @@ mod tests {
         assert!(e.msg.contains("request body"), "{}", e.msg);
         let e = decode_request(br#"{"env":{"CNI_COMMAND":7}}"#).unwrap_err();
         assert!(e.msg.contains("env"), "{}", e.msg);
+    }
+
+    #[test]
+    fn the_largest_configuration_the_shim_takes_fits_in_a_body() {
+        let mut req = Request {
+            stdin: vec![b'x'; 1 << 20],
+            ..Default::default()
+        };
+        for i in 0..100 {
+            req.env.insert(format!("VAR{i}"), "v".repeat(100));
+        }
+        assert!(encode_request(&req).len() < MAX_BODY);
     }
 
     #[test]

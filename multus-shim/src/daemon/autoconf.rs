@@ -2,17 +2,19 @@
 //! first other configuration there (`--multus-conf-file=auto`) or copied from a given file,
 //! written atomically, regenerated when the directory changes.
 //!
-//! The generation below is a small private one (name `multus-cni-network`, type
-//! `multus-shim`, `clusterNetwork` = the primary configuration's path, the union of its
-//! capabilities, `daemonSocketDir`), standing in for the Multus model's pure generator
-//! (`multus::generate`), which this daemon should call instead once both are on one branch.
+//! The content is the Multus model's ([`crate::multus::generate`], thick mode:
+//! `type: multus-shim`, `clusterNetwork` = the primary configuration's path,
+//! `daemonSocketDir`); this module reads the directory, writes and follows.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use metalnet::daemon::Shutdown;
+
+use crate::multus::generate::{
+    GenerateError, GenerateOptions, Mode as GenerateMode, generate, is_conf_file,
+};
 
 /// The file names the daemon writes; other configurations starting with this are never
 /// taken for the primary network.
@@ -23,9 +25,15 @@ pub const MULTUS_CONFLIST: &str = "00-multus.conflist";
 #[derive(Debug, thiserror::Error)]
 pub enum AutoconfError {
     #[error(
-        "{dir}: no CNI configuration (.conf, .conflist, .json) other than 00-multus.conf to use as the cluster network"
+        "{dir}: no CNI configuration (.conf, .conflist) other than 00-multus.conf(list) to use as the cluster network"
     )]
     NoMaster { dir: PathBuf },
+    #[error("{dir}: {source}")]
+    Generate {
+        dir: PathBuf,
+        #[source]
+        source: GenerateError,
+    },
     #[error("{path}: {reason}")]
     Master { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -43,100 +51,34 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AutoconfError + '_ {
     }
 }
 
-/// The primary configuration as Multus's entrypoints pick it: the alphabetically first
-/// `.conf` or `.conflist` file, skipping ours and hidden files.
-pub fn pick_master(dir: &Path) -> Result<Option<PathBuf>, AutoconfError> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.') && !n.starts_with(MULTUS_CONF))
-        .filter(|n| {
-            [".conf", ".conflist", ".json"]
-                .iter()
-                .any(|x| n.ends_with(x))
-        })
-        .collect();
-    names.sort();
-    Ok(names.first().map(|n| dir.join(n)))
-}
+/// The most a configuration file in the directory may weigh to be read.
+const MAX_CONF_FILE: u64 = 1 << 20;
 
-/// The Multus configuration for the primary configuration `master` (read from
-/// `master_path`): its file name and content.
-pub fn generate(
-    master_path: &Path,
-    master: &[u8],
-    socket_dir: &Path,
-) -> Result<(&'static str, serde_json::Value), AutoconfError> {
-    let bad = |reason: String| AutoconfError::Master {
-        path: master_path.to_path_buf(),
-        reason,
-    };
-    let conf: serde_json::Value =
-        serde_json::from_slice(master).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let obj = conf
-        .as_object()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
-    let version = obj
-        .get("cniVersion")
-        .and_then(|v| v.as_str())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| bad("cniVersion: missing or not a string".into()))?;
-    // The union of what the primary network's plugins declare, so the runtime passes the
-    // capability arguments (portMappings, bandwidth, ...) on to it through us.
-    let mut capabilities = BTreeMap::new();
-    let plugins: Vec<&serde_json::Value> = match obj.get("plugins") {
-        Some(serde_json::Value::Array(p)) => p.iter().collect(),
-        Some(_) => return Err(bad("plugins: not a list".into())),
-        None => vec![&conf],
-    };
-    for p in plugins {
-        if let Some(caps) = p.get("capabilities").and_then(|c| c.as_object()) {
-            for (k, v) in caps {
-                if v.as_bool() == Some(true) {
-                    capabilities.insert(k.clone(), serde_json::Value::Bool(true));
-                }
+/// The directory's CNI configuration files (`.conf`, `.conflist`; not hidden), as the
+/// generator chooses among them. A file that vanishes meanwhile or is too large is left out.
+fn read_confs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, AutoconfError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') || !is_conf_file(&name) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() <= MAX_CONF_FILE => {}
+            Ok(m) if m.is_file() => {
+                tracing::warn!(path = %path.display(), size = m.len(), "CNI configuration larger than 1 MiB: ignored");
+                continue;
             }
+            _ => continue,
+        }
+        if let Ok(bytes) = std::fs::read(&path) {
+            files.push((name, bytes));
         }
     }
-    let mut plugin = serde_json::json!({
-        "type": "multus-shim",
-        "clusterNetwork": master_path.to_string_lossy(),
-        "daemonSocketDir": socket_dir.to_string_lossy(),
-    });
-    if !capabilities.is_empty() {
-        plugin["capabilities"] = serde_json::to_value(capabilities).unwrap_or_default();
-    }
-    // A conflist from 1.0.0 on, as Multus does: runtimes of CNI 1.x expect one.
-    if version_at_least_1(version) {
-        Ok((
-            MULTUS_CONFLIST,
-            serde_json::json!({
-                "cniVersion": version,
-                "name": "multus-cni-network",
-                "plugins": [plugin],
-            }),
-        ))
-    } else {
-        let mut conf = serde_json::json!({
-            "cniVersion": version,
-            "name": "multus-cni-network",
-        });
-        if let (Some(c), Some(p)) = (conf.as_object_mut(), plugin.as_object()) {
-            for (k, v) in p {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-        Ok((MULTUS_CONF, conf))
-    }
-}
-
-fn version_at_least_1(v: &str) -> bool {
-    v.split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .is_some_and(|m| m >= 1)
+    Ok(files)
 }
 
 /// Writes `content` to `dir/name` atomically (temporary file, fsync, rename) unless it is
@@ -194,14 +136,25 @@ pub fn apply(
 ) -> Result<PathBuf, AutoconfError> {
     let (name, content) = match mode {
         Mode::Auto => {
-            let master = pick_master(cni_conf_dir)?.ok_or_else(|| AutoconfError::NoMaster {
-                dir: cni_conf_dir.to_path_buf(),
-            })?;
-            let bytes = std::fs::read(&master).map_err(io_err(&master))?;
-            let (name, conf) = generate(&master, &bytes, socket_dir)?;
-            let mut text = serde_json::to_string_pretty(&conf).unwrap_or_default();
-            text.push('\n');
-            (name, text.into_bytes())
+            let files = read_confs(cni_conf_dir)?;
+            let opts = GenerateOptions::new(GenerateMode::Thick {
+                daemon_socket_dir: socket_dir.to_string_lossy().into_owned(),
+                conf_dir: cni_conf_dir.to_string_lossy().into_owned(),
+            });
+            match generate(&files, &opts) {
+                Ok(Some(out)) => out,
+                Ok(None) => {
+                    return Err(AutoconfError::NoMaster {
+                        dir: cni_conf_dir.to_path_buf(),
+                    });
+                }
+                Err(source) => {
+                    return Err(AutoconfError::Generate {
+                        dir: cni_conf_dir.to_path_buf(),
+                        source,
+                    });
+                }
+            }
         }
         Mode::File(path) => {
             let bytes = std::fs::read(path).map_err(io_err(path))?;
@@ -215,11 +168,11 @@ pub fn apply(
             } else {
                 MULTUS_CONF
             };
-            (name, bytes)
+            (name.to_string(), bytes)
         }
     };
-    let changed = write_conf(cni_conf_dir, name, &content)?;
-    let path = cni_conf_dir.join(name);
+    let changed = write_conf(cni_conf_dir, &name, &content)?;
+    let path = cni_conf_dir.join(&name);
     if changed {
         tracing::info!(path = %path.display(), "wrote the Multus CNI configuration");
     }
@@ -281,69 +234,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn picks_the_first_other_configuration() {
+    fn auto_generates_from_the_first_conf_or_conflist() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(pick_master(d.path()).unwrap(), None);
-        for n in [
-            "00-multus.conf",
-            "20-b.conflist",
-            "10-a.conf",
-            ".hidden.conf",
-            "readme.txt",
+        for (n, c) in [
+            (
+                "05-x.json",
+                r#"{"cniVersion":"0.3.1","name":"x","type":"bridge"}"#,
+            ),
+            (
+                ".01-hidden.conf",
+                r#"{"cniVersion":"0.3.1","name":"h","type":"bridge"}"#,
+            ),
+            (
+                "10-a.conf",
+                r#"{"cniVersion":"0.4.0","name":"a","type":"bridge"}"#,
+            ),
+            (
+                "20-b.conflist",
+                r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"ptp"}]}"#,
+            ),
         ] {
-            std::fs::write(d.path().join(n), "{}").unwrap();
+            std::fs::write(d.path().join(n), c).unwrap();
         }
+        let written = apply(&Mode::Auto, d.path(), Path::new("/run/multus")).unwrap();
+        assert_eq!(written, d.path().join(MULTUS_CONF));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+        assert_eq!(v["type"], "multus-shim");
+        assert_eq!(v["cniVersion"], "0.4.0");
         assert_eq!(
-            pick_master(d.path()).unwrap(),
-            Some(d.path().join("10-a.conf"))
+            v["clusterNetwork"],
+            d.path().join("10-a.conf").display().to_string()
         );
+        assert_eq!(v["daemonSocketDir"], "/run/multus");
     }
 
     #[test]
-    fn generates_conf_for_old_versions_and_conflist_from_1_0() {
-        let sock = Path::new("/run/multus");
-        let (name, conf) = generate(
-            Path::new("/etc/cni/net.d/10-br.conf"),
-            br#"{"cniVersion":"0.3.1","name":"br","type":"bridge","capabilities":{"ips":true,"mac":false}}"#,
-            sock,
-        )
-        .unwrap();
-        assert_eq!(name, MULTUS_CONF);
-        assert_eq!(conf["type"], "multus-shim");
-        assert_eq!(conf["name"], "multus-cni-network");
-        assert_eq!(conf["cniVersion"], "0.3.1");
-        assert_eq!(conf["clusterNetwork"], "/etc/cni/net.d/10-br.conf");
-        assert_eq!(conf["daemonSocketDir"], "/run/multus");
-        assert_eq!(conf["capabilities"], serde_json::json!({"ips": true}));
-
-        let (name, conf) = generate(
-            Path::new("/x/10-k.conflist"),
-            br#"{"cniVersion":"1.0.0","name":"k","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
-            sock,
-        )
-        .unwrap();
-        assert_eq!(name, MULTUS_CONFLIST);
-        assert_eq!(conf["plugins"][0]["type"], "multus-shim");
-        assert_eq!(
-            conf["plugins"][0]["capabilities"],
-            serde_json::json!({"portMappings": true})
-        );
-    }
-
-    #[test]
-    fn bad_primary_configurations_name_the_file_and_field() {
-        let p = Path::new("/x/10-a.conf");
-        let sock = Path::new("/run/multus");
-        let e = generate(p, b"{", sock).unwrap_err().to_string();
-        assert!(e.contains("/x/10-a.conf") && e.contains("not JSON"), "{e}");
-        let e = generate(p, br#"{"type":"bridge"}"#, sock)
+    fn a_bad_primary_configuration_is_reported_and_nothing_written() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("10-a.conf"), "{").unwrap();
+        let e = apply(&Mode::Auto, d.path(), Path::new("/run/multus"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cniVersion"), "{e}");
-        let e = generate(p, br#"{"cniVersion":"1.0.0","plugins":3}"#, sock)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("plugins"), "{e}");
+        assert!(e.contains("10-a.conf"), "{e}");
+        assert!(!d.path().join(MULTUS_CONF).exists());
     }
 
     #[test]
