@@ -71,3 +71,53 @@ async fn the_daemon_configuration_replaces_the_shims_keys() {
     let _ = forward_with(&d.socket, request("DEL", "o1", &conf.to_string()), &opts()).await;
     d.stop().await;
 }
+
+/// The built binary's `daemon` subcommand: serves, and on SIGTERM removes its socket and
+/// exits 0.
+#[test]
+#[ignore = "needs main.rs to call daemon::run for the daemon subcommand"]
+fn the_binary_daemon_serves_and_stops_cleanly_on_sigterm() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (run, state) = (dir.path().join("run"), dir.path().join("state"));
+    std::fs::create_dir_all(&state).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multus-shim"))
+        .arg("daemon")
+        .args(["--socket-dir", run.to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--multus-conf-file", "none", "--metrics-addr", "off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = run.join("multus.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let start = std::time::Instant::now();
+    let ready = loop {
+        if let Ok((200, _)) = rt.block_on(daemon_support::http(&socket, "GET", "/readyz", "")) {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(20) || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ready, "the daemon answered /readyz 200");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exits 0 on SIGTERM");
+    assert!(!socket.exists(), "socket removed");
+}
