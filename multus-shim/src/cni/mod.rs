@@ -3,9 +3,16 @@
 
 use std::collections::BTreeMap;
 
+pub mod cache;
+pub mod env;
 mod error;
+pub mod exec;
+pub mod result;
+pub mod version;
 
+pub use env::{CniEnv, Command};
 pub use error::CniError;
+pub use result::CniResult;
 
 /// One invocation of a CNI plugin as the runtime made it: the `CNI_*` environment (and any
 /// other variables the plugin reads) and the configuration on stdin.
