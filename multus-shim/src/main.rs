@@ -50,14 +50,33 @@ fn main() -> std::process::ExitCode {
     if !as_plugin {
         let cli = Cli::parse();
         match cli.command {
-            Some(Sub::Daemon(_args)) => {
-                eprintln!("multus-shim daemon: not part of this build yet");
-                return std::process::ExitCode::from(2);
-            }
+            Some(Sub::Daemon(args)) => return run_daemon(args),
             None => {}
         }
     }
     run_plugin()
+}
+
+fn run_daemon(args: multus_shim::daemon::DaemonArgs) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            metalnet::daemon::stderr_line(format_args!(
+                "multus-shim daemon: cannot start the runtime: {e}"
+            ));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(multus_shim::daemon::run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            metalnet::daemon::stderr_line(format_args!("multus-shim daemon: {e:#}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn read_stdin() -> Result<Vec<u8>, CniError> {
@@ -142,16 +161,9 @@ fn serve(req: &Request) -> Result<Option<Value>, CniError> {
         .map_err(|e| CniError::new(CniError::IO, format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         if let Some(dir) = conf.get("daemonSocketDir").and_then(Value::as_str) {
-            // forwarded once daemon::client exists:
-            // return multus_shim::daemon::client::forward(&socket, req.clone()).await;
+            // Thick mode: the node's daemon runs the call.
             let socket = std::path::Path::new(dir).join("multus.sock");
-            return Err(CniError::new(
-                CniError::TRY_AGAIN_LATER,
-                format!(
-                    "daemonSocketDir: forwarding to {} is not part of this build",
-                    socket.display()
-                ),
-            ));
+            return multus_shim::daemon::client::forward(&socket, req.clone()).await;
         }
         let command = req.env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
         let state = match command {

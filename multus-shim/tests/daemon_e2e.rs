@@ -75,7 +75,6 @@ async fn the_daemon_configuration_replaces_the_shims_keys() {
 /// The built binary's `daemon` subcommand: serves, and on SIGTERM removes its socket and
 /// exits 0.
 #[test]
-#[ignore = "needs main.rs to call daemon::run for the daemon subcommand"]
 fn the_binary_daemon_serves_and_stops_cleanly_on_sigterm() {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();

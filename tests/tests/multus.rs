@@ -968,7 +968,6 @@ macro_rules! on_backends {
         mod thick {
             $(
                 #[test]
-                #[ignore = "needs `multus-shim daemon` (thick mode); see start_thick_daemon"]
                 fn $scenario() {
                     super::$scenario(super::Backend::Thick)
                 }
