@@ -765,8 +765,23 @@ async fn del(ctx: &Context, conf: &MultusConf, env: &CniEnv, run: &Runner) -> Re
             return Ok(());
         }
     };
-    let ds = make_plan(conf, Some(&pod), &attachment(env), &SnapshotNads(&snapshot))?;
-    run.del_delegates(&env.container_id, &env.netns, &ds).await
+    // Best effort: the delegate cache is written before any delegate runs and removed only
+    // once they are all deleted (or rolled back), so with no cache at all this pod most
+    // likely has nothing of ours attached (a refused or rolled-back ADD, which the runtime
+    // follows with a DEL). The re-plan only frees what a lost cache directory would leak
+    // (host-local's allocations survive a reboot); failing here would keep the runtime from
+    // ever removing the pod.
+    let ds = match make_plan(conf, Some(&pod), &attachment(env), &SnapshotNads(&snapshot)) {
+        Ok(ds) => ds,
+        Err(e) => {
+            info!(container = %env.container_id, error = %e, "DEL: nothing cached and no plan for the pod, nothing to do");
+            return Ok(());
+        }
+    };
+    if let Err(e) = run.del_delegates(&env.container_id, &env.netns, &ds).await {
+        info!(container = %env.container_id, error = %e, "DEL: nothing cached; DEL of the re-planned delegates failed, ignored");
+    }
+    Ok(())
 }
 
 async fn check(conf: &MultusConf, env: &CniEnv, run: &Runner) -> Result<(), CniError> {
