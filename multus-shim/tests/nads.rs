@@ -59,6 +59,16 @@ fn pods_with_nads_in_both_annotation_forms() {
             r#"[{"name": "statnet", "ips": ["198.51.100.77/24"], "mac": "0a:58:c6:33:64:4d"}, {"name": "mvnet", "interface": "mv0"}]"#,
         ),
         pod("p3", "nosuch"),
+        nad(
+            "ptpnet",
+            &json!({"cniVersion": "1.0.0", "type": "ptp", "ipam": {
+            "type": "host-local", "dataDir": lab.ipam_dir(),
+            "ranges": [[{"subnet": "203.0.113.0/24", "gateway": "203.0.113.1"}]]}}),
+        ),
+        pod(
+            "p4",
+            r#"[{"name": "ptpnet", "default-route": ["203.0.113.1"]}]"#,
+        ),
     ];
     for (i, m) in manifests.iter().enumerate() {
         std::fs::write(
@@ -114,6 +124,32 @@ fn pods_with_nads_in_both_annotation_forms() {
         patch.contains(r#""198.51.100.77""#) && patch.contains(r#""mac": "0a:58:c6:33:64:4d","#),
         "{patch}"
     );
+
+    let (rc, out) = lab.call("DEL", "c-p2", &conf, &[("CNI_ARGS", &args("p2"))]);
+    assert_eq!(rc, 0, "{out}");
+
+    // default-route: the pod's default route moves to the network asking for it.
+    let (rc, out) = lab.call("ADD", "c-p4", &conf, &[("CNI_ARGS", &args("p4"))]);
+    assert_eq!(rc, 0, "{out}");
+    let routes = lab.pod.ip(&["-4", "route", "show", "default"]);
+    assert_eq!(
+        routes.trim(),
+        "default via 203.0.113.1 dev net1",
+        "{routes}"
+    );
+    // The returned (cluster network's) result no longer has its default route.
+    assert!(
+        !out["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["dst"] == "0.0.0.0/0")),
+        "{out}"
+    );
+    let (rc, out) = lab.call("CHECK", "c-p4", &conf, &[("CNI_ARGS", &args("p4"))]);
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = lab.call("DEL", "c-p4", &conf, &[("CNI_ARGS", &args("p4"))]);
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = lab.call("ADD", "c-p2", &conf, &[("CNI_ARGS", &args("p2"))]);
+    assert_eq!(rc, 0, "{out}");
 
     // A missing NAD: try again later, an Event, nothing attached.
     let (rc, out) = lab.call("ADD", "c-p3", &conf, &[("CNI_ARGS", &args("p3"))]);
