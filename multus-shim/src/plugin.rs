@@ -916,7 +916,7 @@ mod tests {
         let e = handle(
             &ctx,
             req(
-                &[("CNI_COMMAND", "STATUS")],
+                &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/opt/cni/bin")],
                 br#"{"cniVersion":"1.1.0","delegates":7}"#,
             ),
         )
