@@ -6,7 +6,6 @@
 //! hand-made lists; [`handle`] makes the list from the configuration and the pod.
 
 pub mod cache;
-pub mod conf;
 pub mod route;
 
 use std::collections::BTreeSet;
@@ -28,8 +27,6 @@ use crate::multus::plan::{Attachment, Delegate, Nads};
 
 /// The annotation network-status is written to.
 pub const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
-/// The annotation a pod asks for networks with.
-pub const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 /// The hidden test hook: `cache` aborts right after the delegate cache is written,
 /// `delegate:N` right after delegate N's ADD (before its result cache), `result:N` right
 /// after its result cache. The process exits with status 137, as if killed. Honoured only
@@ -474,13 +471,8 @@ pub fn needs_cluster(req: &Request) -> bool {
 
 /// Reads the configuration on stdin: invalid JSON is error 6.
 pub fn parse_stdin(req: &Request) -> Result<(Value, MultusConf), CniError> {
-    let v: Value = serde_json::from_slice(&req.stdin).map_err(|e| {
-        CniError::new(
-            CniError::DECODE,
-            format!("the configuration on stdin is not valid JSON: {e}"),
-        )
-    })?;
-    let conf = conf::parse_conf(&v)?;
+    let conf = MultusConf::parse(&req.stdin)?;
+    let v = conf.raw.clone();
     version::layout(&conf.cni_version)?;
     Ok((v, conf))
 }
@@ -548,30 +540,14 @@ fn find_pod(snapshot: &Snapshot, env: &CniEnv) -> Result<Option<Pod>, CniError> 
     Ok(Some((**pod).clone()))
 }
 
-/// The delegate list of the call.
+/// The delegate list of the call (Multus's planner).
 fn make_plan(
     conf: &MultusConf,
     pod: Option<&Pod>,
     att: &Attachment,
     nads: &dyn Nads,
-) -> Result<Vec<Delegate>, CniError> {
-    match crate::multus::plan::plan(conf, pod, att, nads) {
-        Ok(ds) => Ok(ds),
-        // Until the planner exists: the configuration's own delegates.
-        Err(crate::multus::plan::PlanError::Other(m)) if m == "not implemented yet" => {
-            let asks = pod
-                .and_then(|p| p.metadata.annotations.as_ref())
-                .is_some_and(|a| a.get(NETWORKS).is_some_and(|v| !v.trim().is_empty()));
-            if asks {
-                return Err(CniError::new(
-                    CniError::INVALID_CONFIG,
-                    format!("annotation {NETWORKS}: not supported by this build"),
-                ));
-            }
-            conf::own_delegates(conf, att)
-        }
-        Err(e) => Err(e.into()),
-    }
+) -> Result<Vec<Delegate>, crate::multus::plan::PlanError> {
+    crate::multus::plan::plan(conf, pod, att, nads)
 }
 
 fn attachment(env: &CniEnv) -> Attachment {
@@ -643,10 +619,19 @@ async fn add(
     let delegates = match delegates {
         Ok(d) => d,
         Err(e) => {
-            if let (Some(state), Some(pod)) = (&ctx.state, &pod) {
-                event(state, pod, EventType::Warning, "NoNetworkFound", &e.msg).await;
+            if let (Some(state), Some(pod)) = (&ctx.state, &pod)
+                && e.is_no_network_found()
+            {
+                event(
+                    state,
+                    pod,
+                    EventType::Warning,
+                    "NoNetworkFound",
+                    &e.to_string(),
+                )
+                .await;
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     let mut added = run.add(&env.container_id, &env.netns, &delegates).await?;
@@ -914,9 +899,11 @@ mod tests {
     #[test]
     fn del_needs_the_cluster_only_without_caches() {
         let dir = tempfile::tempdir().unwrap();
-        let conf =
-            serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": "m", "cniDir": dir.path()}))
-                .unwrap();
+        let conf = serde_json::to_vec(
+            &json!({"cniVersion": "1.0.0", "name": "m", "cniDir": dir.path(),
+                   "delegates": [{"name": "a", "type": "bridge"}]}),
+        )
+        .unwrap();
         let del = req(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1")], &conf);
         assert!(needs_cluster(&del));
         std::fs::write(dir.path().join("c1"), b"[]").unwrap();
@@ -944,13 +931,13 @@ mod tests {
         let e = handle(
             &ctx,
             req(
-                &[("CNI_COMMAND", "STATUS")],
+                &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/opt/cni/bin")],
                 br#"{"cniVersion":"1.1.0","delegates":7}"#,
             ),
         )
         .await
         .unwrap_err();
         assert_eq!(e.code, 7);
-        assert!(e.msg.contains("field delegates"), "{}", e.msg);
+        assert!(e.msg.contains("delegates"), "{}", e.msg);
     }
 }

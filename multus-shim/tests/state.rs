@@ -72,6 +72,16 @@ fn add_on_the_state_directory_writes_network_status_and_events() {
         "{written}"
     );
 
+    // With every cache lost, DEL plans again from the pod and frees what the plan names.
+    std::fs::remove_dir_all(lab.cni_dir()).unwrap();
+    assert_eq!(lab.allocated().len(), 1);
+    let (rc, out) = lab.call("DEL", "c-st", &conf, &[("CNI_ARGS", &args("p1", "uid-1"))]);
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(lab.allocated(), Vec::<String>::new());
+    assert!(lab.pod_links().is_empty());
+    let (rc, out) = lab.call("ADD", "c-st", &conf, &[("CNI_ARGS", &args("p1", "uid-1"))]);
+    assert_eq!(rc, 0, "{out}");
+
     // DEL works from the caches even with the state directory gone.
     std::fs::remove_dir_all(&state).unwrap();
     let (rc, out) = lab.call("DEL", "c-st", &conf, &[("CNI_ARGS", &args("p1", "uid-1"))]);

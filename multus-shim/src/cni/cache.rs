@@ -84,7 +84,6 @@ pub struct ResultCache {
 impl ResultCache {
     pub const KIND: &'static str = "cniCacheV1";
 
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         container_id: &str,
         ifname: &str,

@@ -57,7 +57,8 @@ pub struct CniEnv {
 impl CniEnv {
     /// Reads the environment of a call. Each command's required variables are checked as
     /// the spec lists them (ADD, CHECK: container id, netns, ifname; DEL: container id and
-    /// ifname; GC, STATUS, VERSION: none but the command), error 4 naming the variable.
+    /// ifname; GC, STATUS: `CNI_PATH`; VERSION: none but the command), error 4 naming the
+    /// variable.
     pub fn from_env(env: &BTreeMap<String, String>) -> Result<CniEnv, CniError> {
         let get = |k: &str| env.get(k).cloned().unwrap_or_default();
         let cmd = get("CNI_COMMAND");
@@ -85,7 +86,8 @@ impl CniEnv {
         let required: &[&str] = match command {
             Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
-            Command::Gc | Command::Status | Command::Version => &[],
+            Command::Gc | Command::Status => &["CNI_PATH"],
+            Command::Version => &[],
         };
         for var in required {
             if get(var).is_empty() {
@@ -223,8 +225,11 @@ mod tests {
         assert_eq!(ok.command, Some(Command::Del));
         assert_eq!(ok.arg("B"), Some("x=y"));
         assert_eq!(ok.path, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
-        for cmd in ["GC", "STATUS", "VERSION"] {
-            CniEnv::from_env(&env(&[("CNI_COMMAND", cmd)])).unwrap();
+        CniEnv::from_env(&env(&[("CNI_COMMAND", "VERSION")])).unwrap();
+        for cmd in ["GC", "STATUS"] {
+            let e = CniEnv::from_env(&env(&[("CNI_COMMAND", cmd)])).unwrap_err();
+            assert!(e.msg.starts_with("CNI_PATH is not set"), "{}", e.msg);
+            CniEnv::from_env(&env(&[("CNI_COMMAND", cmd), ("CNI_PATH", "/opt/cni/bin")])).unwrap();
         }
     }
 

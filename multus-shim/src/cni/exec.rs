@@ -1,7 +1,7 @@
 //! Running CNI plugins as libcni does: finding the binary, building each plugin's request
 //! from a network configuration (one plugin or a list), and reading its answer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -371,11 +371,6 @@ fn truncate(s: &str, n: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Whether a directory entry is a usable plugin directory (exists).
-pub fn existing_dirs(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
-    dirs.into_iter().filter(|d| Path::new(d).is_dir()).collect()
 }
 
 #[cfg(test)]
