@@ -1,7 +1,8 @@
 //! `multus-shim` end to end, as the container runtime meets it: the lab's runtime
 //! ([`metalnet_lab::cni`]) calls the binary with the CNI environment and `00-multus.conf` as
 //! libcni does, for pod sandboxes in lab namespaces, with Debian's real plugins
-//! (`/usr/lib/cni`: bridge, host-local, macvlan on a veth master, static) and the test stub
+//! (`/usr/lib/cni`: bridge, host-local, macvlan on a veth master, static, and ptp, tuning,
+//! portmap and bandwidth chained in one NAD) and the test stub
 //! (`cni-stub`, for GC, STATUS and failures on demand) as delegates.
 //!
 //! The expectations are the CNI protocol's and Multus's documented behaviour: interface
@@ -945,6 +946,76 @@ fn gc_deletes_what_is_not_valid_and_status_is_forwarded(backend: Backend) {
     assert_eq!(e.code(), Some(50), "{e}");
 }
 
+const CHAIN_SUBNET: &str = "198.51.100.0/26";
+const HOST_PORT: u16 = 8080;
+
+/// A NAD that is a conflist of the Debian plugins Multus users chain behind a secondary
+/// network: `ptp` (host-local), `tuning` (MTU), `portmap` and `bandwidth` (capabilities
+/// `portMappings` and `bandwidth`), asked for with the pod's `portMappings` and `bandwidth`:
+/// each capability reaches the plugin that declares it, and DEL undoes all of them.
+fn chained_plugins_get_their_capabilities(backend: Backend) {
+    let env = Env::new("multus_chain", backend);
+    env.nad(
+        NS,
+        "chain-c",
+        json!({
+            "cniVersion": "1.0.0", "name": "chain-c",
+            "plugins": [
+                {"type": "ptp",
+                 "ipam": {"type": "host-local", "dataDir": env.ipam.display().to_string(),
+                          "ranges": [[{"subnet": CHAIN_SUBNET}]]}},
+                {"type": "tuning", "mtu": 1400},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+            ]
+        }),
+    );
+    let pod = env.pod(
+        "c",
+        Some(&format!(
+            r#"[{{"name": "chain-c", "interface": "chain0",
+                 "portMappings": [{{"hostPort": {HOST_PORT}, "containerPort": 80, "protocol": "tcp"}}],
+                 "bandwidth": {{"ingressRate": 8000000, "ingressBurst": 80000,
+                                "egressRate": 8000000, "egressBurst": 80000}}}}]"#
+        )),
+    );
+    env.add(&pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(&e)));
+    assert_eq!(ifnames(&pod), ["chain0", "eth0"]);
+    let chain0 = pod.interface("chain0").unwrap().unwrap();
+    assert_eq!(chain0.mtu, 1400, "tuning's MTU on chain0");
+    let ip = addr_of(&pod, "chain0");
+    assert!(in_subnet(&ip, CHAIN_SUBNET), "{ip}");
+
+    // portmap: a DNAT of the host port to the pod's chain0 address, in the node's namespace.
+    let nat = env.node.exec_ok(&["iptables", "-t", "nat", "-S"]).unwrap();
+    let dnat = nat
+        .lines()
+        .find(|l| l.contains(&format!("--dport {HOST_PORT}")) && l.contains("DNAT"))
+        .unwrap_or_else(|| panic!("no DNAT for port {HOST_PORT}:\n{nat}"));
+    assert!(dnat.contains(&format!("{ip}:80")), "{dnat}");
+    // bandwidth: token-bucket shaping on the host side (and an ifb for the other direction).
+    let qdiscs = env.node.exec_ok(&["tc", "qdisc", "show"]).unwrap();
+    assert!(
+        qdiscs.contains("tbf"),
+        "no tbf qdisc in the node:\n{qdiscs}"
+    );
+
+    env.del(&pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(&e)));
+    assert_nothing_attached(&env, &pod);
+    let nat = env.node.exec_ok(&["iptables", "-t", "nat", "-S"]).unwrap();
+    assert!(
+        !nat.contains(&format!("--dport {HOST_PORT}")),
+        "portmap's rule left after DEL:\n{nat}"
+    );
+    let qdiscs = env.node.exec_ok(&["tc", "qdisc", "show"]).unwrap();
+    assert!(
+        !qdiscs.contains("tbf"),
+        "bandwidth's qdisc left after DEL:\n{qdiscs}"
+    );
+}
+
 // ---- the tests: every scenario on every backend ---------------------------------------------
 
 macro_rules! on_backends {
@@ -986,4 +1057,5 @@ on_backends!(
     failed_delegate_rolls_back,
     bad_input_is_refused,
     gc_deletes_what_is_not_valid_and_status_is_forwarded,
+    chained_plugins_get_their_capabilities,
 );
