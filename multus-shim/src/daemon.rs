@@ -185,7 +185,8 @@ pub async fn run_until(args: DaemonArgs, shutdown: Shutdown) -> Result<(), Daemo
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::new(&mut registry);
     let shared = Arc::new(server::Shared {
-        unsynced: Arc::new(crate::plugin::Context { state: None }),
+        unsynced: Arc::new(crate::plugin::Context::new(None)),
+        events_pending: Default::default(),
         synced: OnceLock::new(),
         readiness_file: settings.readiness_file.clone(),
         shutting_down: Default::default(),
@@ -241,14 +242,19 @@ pub async fn run_until(args: DaemonArgs, shutdown: Shutdown) -> Result<(), Daemo
             shutdown.wait().await;
             shared.shutting_down.store(true, Ordering::SeqCst);
             let deadline = tokio::time::Instant::now() + grace;
-            while shared.limiter.running() + shared.limiter.queued() > 0
-                && tokio::time::Instant::now() < deadline
-            {
+            // Events queued by requests already answered are written too.
+            let busy = |s: &server::Shared| {
+                s.limiter.running() + s.limiter.queued() + s.events_pending.load(Ordering::SeqCst)
+            };
+            while busy(&shared) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let left = shared.limiter.running() + shared.limiter.queued();
+            let left = busy(&shared);
             if left > 0 {
-                tracing::warn!(left, "shutdown grace over with CNI requests still running");
+                tracing::warn!(
+                    left,
+                    "shutdown grace over with CNI requests or Events still running"
+                );
             }
         }
     };
@@ -288,10 +294,13 @@ async fn sync_state(shared: Arc<server::Shared>, common: CommonArgs, shutdown: S
         match started {
             Ok(state) => {
                 let attached = state.attached();
-                let _ = shared.synced.set(server::Synced {
-                    ctx: Arc::new(crate::plugin::Context { state: Some(state) }),
-                    attached,
+                let (events, rx) = crate::plugin::EventQueue::new(shared.events_pending.clone());
+                let ctx = Arc::new(crate::plugin::Context {
+                    state: Some(state),
+                    events: Some(events),
                 });
+                tokio::spawn(crate::plugin::record_queued(ctx.clone(), rx));
+                let _ = shared.synced.set(server::Synced { ctx, attached });
                 tracing::info!("cluster state synced (Pods, NetworkAttachmentDefinitions)");
                 return;
             }

@@ -176,7 +176,7 @@ fn serve(req: &Request) -> Result<Option<Value>, CniError> {
                 .ok()
                 .flatten(),
         };
-        plugin::handle(&Context { state }, req.clone()).await
+        plugin::handle(&Context::new(state), req.clone()).await
     })
 }
 

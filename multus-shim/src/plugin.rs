@@ -10,6 +10,8 @@ pub mod route;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -40,6 +42,73 @@ pub struct Context {
     /// Pods and NetworkAttachmentDefinitions, and where network-status and Events are
     /// written. `None`: no cluster is configured (only the configuration's own `delegates`).
     pub state: Option<metalnet::state::ClusterState>,
+    /// Where Events go: `None` records them before the call answers (a plugin process ends
+    /// with its call); a queue has them recorded after the answer by [`record_queued`].
+    pub events: Option<EventQueue>,
+}
+
+impl Context {
+    /// A context whose Events are recorded before each call answers.
+    pub fn new(state: Option<metalnet::state::ClusterState>) -> Context {
+        Context {
+            state,
+            events: None,
+        }
+    }
+}
+
+/// Events waiting to be recorded after their call has answered, as Kubernetes' event
+/// recorders do (Multus's included): Events are informational, so the runtime need not wait
+/// for their writes, and a full queue drops them (with a warning) rather than slow pods
+/// down. Only for a process that outlives its calls (the daemon).
+#[derive(Clone)]
+pub struct EventQueue {
+    tx: tokio::sync::mpsc::Sender<(ObjectRef, EventRecord)>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// The receiving end of an [`EventQueue`].
+pub struct EventReceiver {
+    rx: tokio::sync::mpsc::Receiver<(ObjectRef, EventRecord)>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl EventQueue {
+    /// How many Events may wait at once (client-go's broadcaster queues 1000 too).
+    pub const CAPACITY: usize = 1000;
+
+    /// A queue whose Events not yet recorded are counted in `pending` (so a shutdown can
+    /// wait for them).
+    pub fn new(pending: Arc<AtomicUsize>) -> (EventQueue, EventReceiver) {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::CAPACITY);
+        (
+            EventQueue {
+                tx,
+                pending: pending.clone(),
+            },
+            EventReceiver { rx, pending },
+        )
+    }
+
+    fn push(&self, obj: ObjectRef, rec: EventRecord) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.tx.try_send((obj, rec)) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            warn!(error = %e, "event queue full or closed: event dropped");
+        }
+    }
+}
+
+/// Records the Events of `rx` with `ctx`'s state, in order, until the queue is closed.
+pub async fn record_queued(ctx: Arc<Context>, mut rx: EventReceiver) {
+    while let Some((obj, rec)) = rx.rx.recv().await {
+        if let Some(state) = &ctx.state
+            && let Err(e) = state.record_event(&obj, &rec).await
+        {
+            warn!(reason = %rec.reason, object = %obj, error = %e, "cannot record the event");
+        }
+        rx.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Runs delegate lists: ADD with its caches and rollback, DEL from the caches, CHECK, GC.
@@ -623,6 +692,7 @@ async fn add(
                 && e.is_no_network_found()
             {
                 event(
+                    ctx,
                     state,
                     pod,
                     EventType::Warning,
@@ -698,7 +768,7 @@ async fn finish_add(
             ips.join(","),
             d.status_name
         );
-        event(state, pod, EventType::Normal, "AddedInterface", &msg).await;
+        event(ctx, state, pod, EventType::Normal, "AddedInterface", &msg).await;
     }
     Ok(())
 }
@@ -711,7 +781,9 @@ fn pod_object(pod: &Pod) -> ObjectRef {
     )
 }
 
+/// Records an Event about `pod`: queued when the context has a queue, else at once.
 async fn event(
+    ctx: &Context,
     state: &metalnet::state::ClusterState,
     pod: &Pod,
     type_: EventType,
@@ -724,6 +796,10 @@ async fn event(
         message: message.into(),
         reporter: "multus".into(),
     };
+    if let Some(q) = &ctx.events {
+        q.push(pod_object(pod), rec);
+        return;
+    }
     if let Err(e) = state.record_event(&pod_object(pod), &rec).await {
         warn!(reason, error = %e, "cannot record the event");
     }
@@ -918,7 +994,7 @@ mod tests {
 
     #[tokio::test]
     async fn version_and_env_errors_need_no_configuration() {
-        let ctx = Context { state: None };
+        let ctx = Context::new(None);
         let out = handle(&ctx, req(&[("CNI_COMMAND", "VERSION")], b""))
             .await
             .unwrap()
@@ -939,5 +1015,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, 7);
         assert!(e.msg.contains("delegates"), "{}", e.msg);
+    }
+
+    #[tokio::test]
+    async fn queued_events_are_counted_until_recorded_and_a_full_queue_drops_them() {
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (q, rx) = EventQueue::new(pending.clone());
+        let rec = EventRecord {
+            type_: EventType::Normal,
+            reason: "AddedInterface".into(),
+            message: "Add eth0 [] from net".into(),
+            reporter: "multus".into(),
+        };
+        for _ in 0..EventQueue::CAPACITY + 5 {
+            q.push(ObjectRef::new(Kind::Pod, Some("ns"), "p"), rec.clone());
+        }
+        // What did not fit was dropped, not counted: a shutdown never waits for it.
+        assert_eq!(pending.load(Ordering::SeqCst), EventQueue::CAPACITY);
+        let task = tokio::spawn(record_queued(Arc::new(Context::new(None)), rx));
+        drop(q);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pending.load(Ordering::SeqCst), 0);
     }
 }

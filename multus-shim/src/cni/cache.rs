@@ -18,6 +18,13 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> CniError {
 /// a truncated one: temporary file in the same directory, fsync, rename, fsync of the
 /// directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CniError> {
+    write_replacing(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename: readers, and the next
+/// call after this process was killed, see either the old file or the new one; with
+/// `durable` the file and the directory are also fsync'd, so a power loss cannot undo it.
+fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), CniError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
     let name = path
@@ -32,8 +39,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CniError> {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| io_err("cannot write", &tmp, e))?;
-        f.sync_all().map_err(|e| io_err("cannot sync", &tmp, e))?;
+        if durable {
+            f.sync_all().map_err(|e| io_err("cannot sync", &tmp, e))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| io_err("cannot rename to", path, e))?;
+        if !durable {
+            return Ok(());
+        }
         let d = std::fs::File::open(dir).map_err(|e| io_err("cannot open", dir, e))?;
         d.sync_all().map_err(|e| io_err("cannot sync", dir, e))
     })();
@@ -124,6 +136,12 @@ impl ResultCache {
             .join(format!("{}-{container_id}-{ifname}", sanitize(network)))
     }
 
+    /// Writes the entry as libcni does, without fsync (libcni's is a plain write): it only
+    /// serves DEL, CHECK and GC as the delegate's prevResult, and as the fallback when the
+    /// delegate cache is lost. What guarantees that nothing leaks is the delegate cache,
+    /// fsync'd before the first delegate runs. The rename still keeps a killed process from
+    /// leaving half an entry; after a power loss an entry may be missing or empty, which DEL
+    /// handles (it runs without prevResult, and removes an unreadable entry).
     pub fn write(&self, cni_dir: &Path) -> Result<PathBuf, CniError> {
         let p = Self::path(
             cni_dir,
@@ -131,7 +149,7 @@ impl ResultCache {
             &self.container_id,
             &self.if_name,
         );
-        write_atomic(&p, &serde_json::to_vec(self).unwrap_or_default())?;
+        write_replacing(&p, &serde_json::to_vec(self).unwrap_or_default(), false)?;
         Ok(p)
     }
 

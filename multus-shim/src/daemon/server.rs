@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// Keys of the daemon's own configuration that replace the shim's (see
     /// [`apply_overrides`]).
     pub overrides: serde_json::Map<String, serde_json::Value>,
+    /// Events queued by answered requests and not recorded yet.
+    pub events_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -88,6 +90,9 @@ impl Shared {
     }
 }
 
+/// How the gate's refusals begin, so the shim knows to wait for `/readyz` and post again.
+pub const NOT_READY_PREFIX: &str = "multus daemon is not ready";
+
 /// The refusal a command gets while the daemon is not ready (`not_ready` non-empty): ADD,
 /// CHECK and GC get error 11 so the runtime retries rather than start a pod without the
 /// networks it asked for (or collect attachments against an empty cache); STATUS reports
@@ -101,11 +106,11 @@ pub fn gate(command: &str, not_ready: &[String]) -> Option<CniError> {
     match command {
         "ADD" | "CHECK" | "GC" => Some(CniError::new(
             CniError::TRY_AGAIN_LATER,
-            format!("multus daemon is not ready for {command}: {why}; try again later"),
+            format!("{NOT_READY_PREFIX} for {command}: {why}; try again later"),
         )),
         "STATUS" => Some(CniError::new(
             CniError::PLUGIN_NOT_AVAILABLE,
-            format!("multus daemon is not ready: {why}"),
+            format!("{NOT_READY_PREFIX}: {why}"),
         )),
         _ => None,
     }
