@@ -19,17 +19,14 @@ use super::files::Stamp;
 /// The folder under `status/` holding the copies.
 pub(super) const DIR: &str = "last-good";
 
-/// Where the copy of the manifest `path` (under `root`) is kept, if it can be.
+/// Where the copy of the manifest `path` (under `root`, never under `status`: callers pass
+/// user manifests only) is kept, if it can be.
 pub(super) fn copy_path(root: &Path, status: &Path, path: &Path) -> Option<PathBuf> {
     let rel = path.strip_prefix(root).ok()?;
-    if rel.as_os_str().is_empty() || rel.starts_with(manifest_status(root, status)?) {
+    if rel.as_os_str().is_empty() {
         return None;
     }
     Some(status.join(DIR).join(rel))
-}
-
-fn manifest_status<'a>(root: &Path, status: &'a Path) -> Option<&'a Path> {
-    status.strip_prefix(root).ok()
 }
 
 /// The text of the copy of `path`, if there is one.

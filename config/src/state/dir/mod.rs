@@ -103,6 +103,7 @@ mod last_good;
 mod lock;
 mod status;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,6 +115,7 @@ use serde_json::{Value, json};
 
 use super::{Core, Delta, EventRecord, Kind, MetadataPatch, ObjectRef, StateError, merge_patch};
 use crate::manifest;
+use crate::manifest::RawObject;
 use atomic::{remove_dead_writers_temp_files, write_atomic};
 pub use events::{event_is_about, list_events, list_namespace_events};
 use files::{Cached, Content, Files, Stamp, Suspect, read_stamped};
@@ -997,8 +999,9 @@ impl Inner {
         let (objects, errors) = manifest::parse_manifests(path, text);
         let copy = last_good::copy_path(&self.root, &self.status, path);
         let cached = files.cache.get(path).map(|c| &c.content);
-        let mut previous = match cached {
-            Some(Content::User(objects)) if !objects.is_empty() => Some(objects.clone()),
+        // Borrowed from the cache: cloned only when it stays in force.
+        let mut previous: Option<Cow<'_, [RawObject]>> = match cached {
+            Some(Content::User(objects)) if !objects.is_empty() => Some(Cow::Borrowed(objects)),
             _ => None,
         };
         let first_read = cached.is_none();
@@ -1008,7 +1011,7 @@ impl Inner {
                 .and_then(last_good::read)
                 .map(|kept| manifest::parse_manifests(path, &kept))
                 .filter(|(kept, kept_errors)| !kept.is_empty() && kept_errors.is_empty())
-                .map(|(kept, _)| kept);
+                .map(|(kept, _)| Cow::Owned(kept));
         }
         if !errors.is_empty() {
             files.suspects.remove(path);
@@ -1026,7 +1029,10 @@ impl Inner {
                     "using the last good version of the manifest until it parses again"
                 );
             }
-            return Some((stamp, Content::User(previous.unwrap_or(objects))));
+            return Some((
+                stamp,
+                Content::User(previous.map_or(objects, Cow::into_owned)),
+            ));
         }
         let Some(previous) = previous.filter(|_| objects.is_empty()) else {
             if files.suspects.remove(path).is_some() {
@@ -1070,7 +1076,7 @@ impl Inner {
                 .suspects
                 .insert(path.to_path_buf(), Suspect { stamp, since });
             self.recheck_at(since + SHRINK_GRACE);
-            return Some((stamp.unread(), Content::User(previous)));
+            return Some((stamp.unread(), Content::User(previous.into_owned())));
         }
         let suspect = files.suspects.entry(path.to_path_buf()).or_insert_with(|| {
             tracing::warn!(
