@@ -6,7 +6,6 @@
 //! `type: multus-shim`, `clusterNetwork` = the primary configuration's path,
 //! `daemonSocketDir`); this module reads the directory, writes and follows.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +35,8 @@ pub enum AutoconfError {
     },
     #[error("{path}: {reason}")]
     Master { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -93,18 +94,12 @@ pub fn write_conf(dir: &Path, name: &str, content: &[u8]) -> Result<bool, Autoco
     });
     let unchanged = std::fs::read(&path).map(|c| c == content).unwrap_or(false);
     if !unchanged {
-        // Hidden and without a CNI extension: neither libcni nor pick_master reads it.
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(content)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(AutoconfError::Io { path, source: e });
-        }
+        // Its temporary file is hidden and without a CNI extension: neither libcni nor
+        // pick_master reads it.
+        crate::cni::cache::write_atomic(&path, content).map_err(|e| AutoconfError::Write {
+            path: path.clone(),
+            reason: e.msg,
+        })?;
     }
     match std::fs::remove_file(&other) {
         Ok(()) => {}
