@@ -672,6 +672,20 @@ fn killed_and_restarted_daemons_never_move_double_or_double_answer_an_address() 
     );
 }
 
+/// Runs `metalnet-controller --once` on `dir`, which must succeed (`what` names the step).
+fn controller_once(dir: &Path, what: &str) {
+    let out = std::process::Command::new(bins::binary("metalnet-controller").unwrap())
+        .args(["--once", "--state-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "controller --once ({what}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The smallest reproduction of what the random run above once found: a controller that
 /// starts while the file holding a Service is being rewritten (empty for a moment) gave that
 /// Service's address to a Service waiting for one, so the address moved when the file was
@@ -679,18 +693,7 @@ fn killed_and_restarted_daemons_never_move_double_or_double_answer_an_address() 
 #[test]
 fn a_controller_starting_while_a_manifest_is_empty_keeps_its_services_addresses() {
     let dir = tempfile::tempdir().unwrap();
-    let once = |what: &str| {
-        let out = std::process::Command::new(bins::binary("metalnet-controller").unwrap())
-            .args(["--once", "--state-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "controller --once ({what}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let once = |what: &str| controller_once(dir.path(), what);
     let ingress = |name: &str| service_ingress(dir.path(), "default", name);
     let a = dir.path().join("a.yaml");
     std::fs::write(
@@ -722,18 +725,7 @@ fn a_controller_starting_while_a_manifest_is_empty_keeps_its_services_addresses(
 #[test]
 fn a_recreated_service_does_not_take_its_old_address_from_the_current_holder() {
     let dir = tempfile::tempdir().unwrap();
-    let once = |what: &str| {
-        let out = std::process::Command::new(bins::binary("metalnet-controller").unwrap())
-            .args(["--once", "--state-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "controller --once ({what}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let once = |what: &str| controller_once(dir.path(), what);
     let ingress = |name: &str| service_ingress(dir.path(), "default", name);
     std::fs::write(
         dir.path().join("pool.yaml"),
