@@ -1,22 +1,23 @@
-//! metalnet-router: kube-router style pod routing over BGP and an eBPF service proxy.
+//! metalnet-router: kube-router style pod routing over BGP (wiring only; the logic is in the
+//! library).
 
 #![forbid(unsafe_code)]
 
 use clap::Parser;
 use metalnet::daemon::CommonArgs;
+use metalnet_router::routing::options::RoutingArgs;
 
-/// Routes pod CIDRs over BGP and replaces kube-proxy with eBPF (kube-router style).
+/// Routes pod CIDRs over BGP between nodes and to upstream routers (kube-router style).
 ///
-/// NOT YET IMPLEMENTED: this build only describes what the router will do.
-///
-/// Planned: runs on every node; peers over BGP with the other nodes and upstream routers to
-/// exchange pod CIDRs, and load-balances ClusterIP/NodePort/LoadBalancer traffic with tc
-/// eBPF programs fed from Services and EndpointSlices, in place of kube-proxy.
+/// Skeleton: the daemon is not wired yet.
 #[derive(Parser, Debug)]
 #[command(name = "metalnet-router", version)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    routing: RoutingArgs,
 }
 
 fn main() -> std::process::ExitCode {
