@@ -32,6 +32,7 @@ pub mod options;
 pub mod policy;
 pub mod sessions;
 pub mod topology;
+pub mod tunnel;
 
 /// kube-router's route protocol number: its constant `ZebraOriginator = 0x11` (meant as
 /// RTPROT_ZEBRA, which is 11) is 17, and `ip route` shows `proto 17`. Using the same number
