@@ -63,6 +63,10 @@ pub struct PeerConfig {
     pub graceful_restart_time: u16,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
+    /// Passive on a listener shared with other sessions: the peer's connections (matched by
+    /// source address) come from it. Takes precedence over `listen`.
+    #[cfg(feature = "io")]
+    pub inbound: Option<std::sync::Arc<super::session::Listener>>,
     pub families: Vec<Family>,
     /// Reconnect backoff (MetalLB: 1 s doubling to 2 min).
     pub retry_initial: Duration,
@@ -87,6 +91,8 @@ impl PeerConfig {
             enable_graceful_restart: false,
             graceful_restart_time: 120,
             listen: None,
+            #[cfg(feature = "io")]
+            inbound: None,
             families: vec![IPV4_UNICAST, IPV6_UNICAST],
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(120),
@@ -128,7 +134,7 @@ impl PeerConfig {
             router_id: self.router_id,
             hold_time: secs(self.hold_time),
             keepalive_time: self.keepalive_time.map(secs),
-            passive: self.listen.is_some(),
+            passive: self.passive(),
             graceful_restart: self
                 .enable_graceful_restart
                 .then_some(self.graceful_restart_time),
@@ -136,6 +142,15 @@ impl PeerConfig {
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
         }
+    }
+
+    /// Whether the session waits for the peer to connect.
+    pub fn passive(&self) -> bool {
+        #[cfg(feature = "io")]
+        if self.inbound.is_some() {
+            return true;
+        }
+        self.listen.is_some()
     }
 
     pub fn peer(&self) -> SocketAddr {

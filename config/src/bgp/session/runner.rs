@@ -1,6 +1,7 @@
 //! The session task: one loop over the socket, the timers and route changes, feeding events
 //! to the [`Fsm`] and carrying out its actions.
 
+use super::listener::Registration;
 use super::{Counters, Desired, Received, SessionStatus, lock};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -78,6 +79,8 @@ pub(super) struct Runner {
     conn: Option<Conn>,
     connecting: Option<Connecting>,
     listener: Option<TcpListener>,
+    /// The session's place on a shared listener.
+    inbound: Option<Registration>,
     timers: Timers,
     desired: Desired,
     desired_changed: watch::Receiver<()>,
@@ -99,6 +102,8 @@ enum Wake {
     Timer,
     Connected(io::Result<TcpStream>),
     Accepted(io::Result<(TcpStream, SocketAddr)>),
+    /// A connection from the peer through the shared listener (`None`: it went away).
+    Inbound(Option<TcpStream>),
     Read(io::Result<usize>),
 }
 
@@ -118,6 +123,7 @@ impl Runner {
             conn: None,
             connecting: None,
             listener: None,
+            inbound: None,
             timers: Timers::default(),
             desired,
             desired_changed,
@@ -134,7 +140,9 @@ impl Runner {
 
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let peer = self.config.peer_address;
-        if self.config.listen.is_some() {
+        if self.config.inbound.is_some() {
+            self.register_inbound(&mut stop).await;
+        } else if self.config.listen.is_some() {
             self.bind_listener(&mut stop).await;
         }
         self.process(Event::ManualStart).await;
@@ -149,6 +157,7 @@ impl Runner {
                 _ = sleep_until_opt(next_timer), if next_timer.is_some() => Wake::Timer,
                 r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => Wake::Connected(r),
                 r = async { self.listener.as_ref().expect("guarded").accept().await }, if self.listener.is_some() => Wake::Accepted(r),
+                r = async { self.inbound.as_mut().expect("guarded").accept().await }, if self.inbound.is_some() => Wake::Inbound(r),
                 r = async { let c = self.conn.as_mut().expect("guarded"); c.read.read_buf(&mut self.buf).await }, if self.conn.is_some() => Wake::Read(r),
             };
             match wake {
@@ -187,6 +196,11 @@ impl Runner {
                         self.attach(stream).await;
                     }
                 }
+                Wake::Inbound(Some(stream)) => self.inbound_connection(stream).await,
+                Wake::Inbound(None) => {
+                    tracing::warn!(%peer, "shared BGP listener went away");
+                    self.inbound = None;
+                }
                 Wake::Accepted(Err(e)) => {
                     tracing::warn!(%peer, error = %e, "BGP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -202,6 +216,64 @@ impl Runner {
                 }
             }
             self.publish();
+        }
+    }
+
+    /// Registers with the shared listener, retrying each second while that fails (a TCP MD5
+    /// key the kernel refuses, a peer of the other family).
+    async fn register_inbound(&mut self, stop: &mut watch::Receiver<bool>) {
+        let Some(listener) = self.config.inbound.clone() else {
+            return;
+        };
+        loop {
+            match listener.register(self.config.peer_address, self.config.password.as_ref()) {
+                Ok(r) => {
+                    self.inbound = Some(r);
+                    return;
+                }
+                Err(e) => {
+                    let addr = listener.local_addr();
+                    tracing::warn!(peer = %self.config.peer_address, %addr, error = %e, "cannot register with the BGP listener");
+                    self.last_error = Some(format!("register on listener {addr}: {e}"));
+                    self.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection from the peer through the shared listener. We never connect, so a
+    /// second connection is not a collision between two directions (RFC 4271 §6.8) but the
+    /// peer trying again:
+    /// - Established: the established connection is kept and the new one closed, as §6.8
+    ///   has it. If the old one is half-dead (the peer restarted), our next KEEPALIVE draws a
+    ///   reset, or at worst the hold timer expires; the session then returns to Active and
+    ///   the peer's next attempt is taken.
+    /// - OpenSent/OpenConfirm: the peer gave up on the older connection before finishing the
+    ///   OPEN exchange, so the newer one replaces it.
+    async fn inbound_connection(&mut self, stream: TcpStream) {
+        let peer = self.config.peer_address;
+        match self.fsm.state() {
+            State::Established | State::Idle | State::Connect => {
+                tracing::info!(%peer, state = %self.fsm.state(), "refusing a second BGP connection from the peer");
+                drop(stream);
+                return;
+            }
+            State::OpenSent | State::OpenConfirm => {
+                tracing::info!(%peer, state = %self.fsm.state(), "new BGP connection from the peer replaces the unfinished one");
+                self.last_error = Some("peer opened a new connection".into());
+                self.process(Event::TcpFailed).await;
+            }
+            State::Active => {}
+        }
+        if self.fsm.state() == State::Active && self.conn.is_none() {
+            let _ = set_ttl(&stream, &peer, self.config.ttl()).inspect_err(
+                |e| tracing::debug!(%peer, error = %e, "cannot set the TTL of the BGP connection"),
+            );
+            self.attach(stream).await;
         }
     }
 
