@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use super::rib::PeerRestart;
 use super::wire::{
     AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GR_FORWARDING, GrFamily, Message, Notification, Open,
     OptParam, SAFI_UNICAST, WireContext, WireError, code,
@@ -190,6 +191,8 @@ pub struct Fsm {
     retry_delay: Duration,
     local_addr: Option<IpAddr>,
     negotiated: Option<Negotiated>,
+    /// The graceful restart capability of the peer's OPEN in the current session.
+    peer_restart: Option<PeerRestart>,
 }
 
 impl Fsm {
@@ -202,6 +205,7 @@ impl Fsm {
             retry_delay,
             local_addr: None,
             negotiated: None,
+            peer_restart: None,
         }
     }
 
@@ -211,6 +215,12 @@ impl Fsm {
 
     pub fn negotiated(&self) -> Option<&Negotiated> {
         self.negotiated.as_ref()
+    }
+
+    /// The graceful restart capability the peer sent in this session's OPEN (kept from
+    /// OpenConfirm until the session ends).
+    pub fn peer_restart(&self) -> Option<&PeerRestart> {
+        self.peer_restart.as_ref()
     }
 
     pub fn config(&self) -> &FsmConfig {
@@ -326,6 +336,7 @@ impl Fsm {
         actions.extend(self.stop_all_timers());
         self.state = State::Idle;
         self.negotiated = None;
+        self.peer_restart = None;
         actions
     }
 
@@ -403,6 +414,7 @@ impl Fsm {
                 self.state = State::OpenConfirm;
                 let mut actions = vec![Action::Send(Message::Keepalive)];
                 self.negotiated = Some(neg);
+                self.peer_restart = PeerRestart::from_open(&open);
                 actions.extend(self.hold_timer());
                 actions.extend(self.keepalive_timer());
                 actions
@@ -527,6 +539,7 @@ impl Fsm {
 
     fn fail(&mut self, reason: DownReason, actions: Vec<Action>) -> Vec<Action> {
         self.negotiated = None;
+        self.peer_restart = None;
         self.state = if self.config.passive {
             State::Active
         } else {

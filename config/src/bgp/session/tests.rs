@@ -506,3 +506,147 @@ async fn a_restarted_peer_gets_back_in_after_the_hold_time() {
     assert_eq!(b.counters().established_total.load(Ordering::Relaxed), 2);
     b.shutdown().await;
 }
+
+/// An UPDATE from the raw peer (AS 64513) announcing IPv4 `prefixes` via 192.0.2.9.
+fn announce(prefixes: &[&str]) -> Vec<u8> {
+    use crate::bgp::wire::{AS_SEQUENCE, AsSegment, Attr, PathAttribute, Update};
+    let u = Update {
+        attributes: vec![
+            PathAttribute::new(Attr::Origin(0)),
+            PathAttribute::new(Attr::AsPath(vec![AsSegment {
+                kind: AS_SEQUENCE,
+                asns: vec![64513],
+            }])),
+            PathAttribute::new(Attr::NextHop(Ipv4Addr::new(192, 0, 2, 9))),
+        ],
+        nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+        ..Update::default()
+    };
+    Message::Update(u)
+        .to_bytes(WireContext::FOUR_OCTET)
+        .unwrap()
+}
+
+fn end_of_rib_v4() -> Vec<u8> {
+    Message::Update(wire::Update::end_of_rib(wire::AFI_IPV4, wire::SAFI_UNICAST))
+        .to_bytes(WireContext::FOUR_OCTET)
+        .unwrap()
+}
+
+/// Waits until the received table satisfies `f`, up to `timeout`.
+async fn wait_received(
+    s: &SessionHandle,
+    timeout: Duration,
+    f: impl Fn(&BTreeMap<IpNet, ReceivedRoute>) -> bool,
+) -> bool {
+    let mut rx = s.watch_received();
+    tokio::time::timeout(timeout, async {
+        loop {
+            rx.borrow_and_update();
+            if f(&s.received()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn stale_map(s: &SessionHandle) -> Vec<(String, bool)> {
+    s.received()
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.stale))
+        .collect()
+}
+
+/// Graceful restart, helper side: a GR peer that drops the connection keeps its routes,
+/// stale; back up, what it re-announces is fresh and its End-of-RIB sweeps the rest.
+#[tokio::test]
+async fn graceful_restart_helper_keeps_stale_routes_until_end_of_rib() {
+    let port = free_loopback_port();
+    let mut c = passive_on_loopback(port);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    peer.write_all(&announce(&["203.0.113.0/24", "198.51.100.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 2).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)).await,
+        "{:?}",
+        stale_map(&s)
+    );
+    assert_eq!(s.received().len(), 2);
+    assert_eq!(s.counters().prefixes_received.load(Ordering::Relaxed), 2);
+
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().any(|r| !r.stale)).await);
+    assert_eq!(s.received().len(), 2, "the other one still stale");
+    peer.write_all(&end_of_rib_v4()).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), false)]);
+    s.shutdown().await;
+}
+
+/// The restart time passing before the peer is back removes the stale routes; a new session
+/// without graceful restart removes them at once; so does a session loss without it.
+#[tokio::test]
+async fn stale_routes_go_after_the_restart_time_or_without_graceful_restart() {
+    let port = free_loopback_port();
+    let mut c = passive_on_loopback(port);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+
+    // Restart time 1 s, and the peer does not come back.
+    let (mut peer, _) = raw_peer(port, Some(1)).await;
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)
+            && !r.is_empty())
+        .await
+    );
+    let t = Instant::now();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Back with graceful restart, then back without it: swept as the session comes up.
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)
+            && !r.is_empty())
+        .await
+    );
+    let (mut peer, _) = raw_peer(port, None).await;
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+
+    // Without graceful restart the routes go with the session.
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    s.shutdown().await;
+}
