@@ -61,6 +61,10 @@ pub struct PeerConfig {
     pub enable_graceful_restart: bool,
     /// Graceful restart time announced, seconds.
     pub graceful_restart_time: u16,
+    /// We restarted and kept our forwarding state (the node's routes): the OPENs of the first
+    /// session carry the Restart State bit, so the peer keeps our routes until our
+    /// End-of-RIB. Needs `enable_graceful_restart`.
+    pub restarting: bool,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
     /// Passive on a listener shared with other sessions: the peer's connections (matched by
@@ -90,6 +94,7 @@ impl PeerConfig {
             password: None,
             enable_graceful_restart: false,
             graceful_restart_time: 120,
+            restarting: false,
             listen: None,
             #[cfg(feature = "io")]
             inbound: None,
@@ -138,6 +143,7 @@ impl PeerConfig {
             graceful_restart: self
                 .enable_graceful_restart
                 .then_some(self.graceful_restart_time),
+            restarting: self.restarting,
             families: self.families.clone(),
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
