@@ -327,7 +327,9 @@ impl Runner {
 
     async fn attach(&mut self, stream: TcpStream) {
         let local = match stream.local_addr() {
-            Ok(a) => a.ip(),
+            // An IPv4 peer on a dual-stack listener shows as IPv4-mapped: our address is the
+            // IPv4 one (the default next hop, the router ID).
+            Ok(a) => a.ip().to_canonical(),
             Err(e) => {
                 self.last_error = Some(format!("local address: {e}"));
                 self.process(Event::TcpFailed).await;

@@ -440,6 +440,11 @@ async fn sessions_share_a_listener() {
         b2.status().negotiated.unwrap().peer_id,
         Ipv4Addr::new(127, 0, 0, 12)
     );
+    // Our address on the dual-stack listener is the IPv4 one, not IPv4-mapped.
+    assert_eq!(
+        b1.status().negotiated.unwrap().local_addr,
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
     assert!(closed_at_once("127.0.0.13", port).await, "unknown address");
     // A second connection from an established peer is closed; the session stays up.
     assert!(
