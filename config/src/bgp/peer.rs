@@ -65,6 +65,9 @@ pub struct PeerConfig {
     /// session carry the Restart State bit, so the peer keeps our routes until our
     /// End-of-RIB. Needs `enable_graceful_restart`.
     pub restarting: bool,
+    /// Our cluster ID when we reflect routes (RFC 4456): routes whose CLUSTER_LIST holds it
+    /// came back to us and are ignored (as are routes with our router ID as ORIGINATOR_ID).
+    pub cluster_id: Option<Ipv4Addr>,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
     /// Passive on a listener shared with other sessions: the peer's connections (matched by
@@ -95,6 +98,7 @@ impl PeerConfig {
             enable_graceful_restart: false,
             graceful_restart_time: 120,
             restarting: false,
+            cluster_id: None,
             listen: None,
             #[cfg(feature = "io")]
             inbound: None,

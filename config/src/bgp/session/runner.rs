@@ -162,6 +162,8 @@ impl Runner {
             self.bind_listener(&mut stop).await;
         }
         self.process(Event::ManualStart).await;
+        // A passive session shows Active while it waits, not Idle.
+        self.publish();
         loop {
             let next_timer = self.timers.next();
             let wake = tokio::select! {
@@ -492,8 +494,14 @@ impl Runner {
                     }
                     tracing::debug!(%peer, family = ?f, "graceful restart: End-of-RIB, stale routes of the family removed");
                 }
+                let (local_id, cluster_id) = (
+                    self.fsm.negotiated().map(|n| n.local_id),
+                    self.config.cluster_id,
+                );
                 self.change_received(|r| {
-                    rib::apply_update(r, &u);
+                    rib::apply_update_with(r, &u, |route| {
+                        !local_id.is_some_and(|id| rib::reflection_loop(route, id, cluster_id))
+                    });
                     if let Some(f) = eor {
                         rib::sweep_stale(r, f);
                     }
