@@ -96,6 +96,8 @@ pub(super) struct Runner {
     status: watch::Sender<SessionStatus>,
     last_error: Option<String>,
     established_since: Option<std::time::Instant>,
+    /// Families whose End-of-RIB arrived in this session.
+    end_of_rib_received: Vec<Family>,
     /// The peer's graceful restart capability when the current session negotiated it.
     session_restart: Option<rib::PeerRestart>,
     /// Families whose received routes are stale, waiting for the peer's End-of-RIB.
@@ -147,6 +149,7 @@ impl Runner {
             status,
             last_error: None,
             established_since: None,
+            end_of_rib_received: Vec::new(),
             session_restart: None,
             stale_families: Vec::new(),
             stale_deadline: None,
@@ -225,7 +228,7 @@ impl Runner {
                 }
                 Wake::Inbound(Some(stream)) => self.inbound_connection(stream).await,
                 Wake::Inbound(None) => {
-                    tracing::warn!(%peer, "shared BGP listener went away");
+                    tracing::warn!(%peer, "another session registered for this peer on the shared BGP listener; this one gets no more connections");
                     self.inbound = None;
                 }
                 Wake::Accepted(Err(e)) => {
@@ -484,6 +487,11 @@ impl Runner {
                 self.counters
                     .updates_received
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = u.is_end_of_rib()
+                    && !self.end_of_rib_received.contains(&f)
+                {
+                    self.end_of_rib_received.push(f);
+                }
                 let eor = u
                     .is_end_of_rib()
                     .filter(|f| self.stale_families.contains(f));
@@ -528,6 +536,7 @@ impl Runner {
                     self.last_error = Some(reason.to_string());
                 }
                 self.established_since = None;
+                self.end_of_rib_received.clear();
                 self.advertised.clear();
                 self.counters.prefixes_announced.store(0, Ordering::Relaxed);
                 self.session_lost(&reason);
@@ -681,6 +690,7 @@ impl Runner {
             last_error: self.last_error.clone(),
             negotiated: self.fsm.negotiated().cloned(),
             established_since: self.established_since,
+            end_of_rib_received: self.end_of_rib_received.clone(),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

@@ -596,8 +596,17 @@ async fn graceful_restart_helper_keeps_stale_routes_until_end_of_rib() {
         .unwrap();
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().any(|r| !r.stale)).await);
     assert_eq!(s.received().len(), 2, "the other one still stale");
+    assert!(s.status().end_of_rib_received.is_empty());
     peer.write_all(&end_of_rib_v4()).await.unwrap();
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let mut rx = s.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|st| st.end_of_rib_received == [crate::bgp::fsm::IPV4_UNICAST]),
+    )
+    .await
+    .expect("End-of-RIB in the status")
+    .unwrap();
     assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), false)]);
     s.shutdown().await;
 }
