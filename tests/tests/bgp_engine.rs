@@ -727,6 +727,33 @@ fn bird_route_reflection_attributes() {
         assert_eq!(r21.originator_id, Some(ip4(SPEAKER_V4)), "{r21:?}");
         assert_eq!(r21.cluster_list, vec![ip4(ROUTER_V4)], "{r21:?}");
         assert!(r21.as_path.is_empty());
+
+        // How long a change takes from one session of ours, through BIRD, to the other's
+        // received table, woken by watch_received (no polling).
+        let p30: IpNet = "203.0.113.30/32".parse().expect("prefix");
+        let mut rx = bb.watch_received();
+        let mut times = Vec::new();
+        for i in 0..20 {
+            let add = i % 2 == 0;
+            rx.borrow_and_update();
+            let t = Instant::now();
+            a.update_routes([(p30, add.then(RouteAttrs::default))]);
+            tokio::time::timeout(WAIT, async {
+                while bb.received().contains_key(&p30) != add {
+                    rx.changed().await.expect("session alive");
+                }
+            })
+            .await
+            .expect("change reached the other session");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "route change through BIRD to our other session: median {:?}, max {:?}",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+        assert!(times[times.len() / 2] < Duration::from_secs(1), "{times:?}");
         a.shutdown().await;
         bb.shutdown().await;
     });
