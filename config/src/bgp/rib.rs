@@ -302,12 +302,13 @@ pub fn reflection_loop(
     r.originator_id == Some(router_id) || cluster_id.is_some_and(|c| r.cluster_list.contains(&c))
 }
 
-/// Like [`apply_update`], but an announced route `accept` refuses is ignored: it withdraws
-/// what the peer had for the prefix, as the announcement replaces it.
+/// Like [`apply_update`], but `accept` sees (and may adjust) the announced route first; one
+/// it refuses is ignored, which withdraws what the peer had for the prefix, as the
+/// announcement replaces it.
 pub fn apply_update_with(
     received: &mut BTreeMap<IpNet, ReceivedRoute>,
     u: &Update,
-    accept: impl Fn(&ReceivedRoute) -> bool,
+    mut accept: impl FnMut(&mut ReceivedRoute) -> bool,
 ) {
     for p in &u.withdrawn {
         received.remove(&IpNet::V4(*p));
@@ -351,7 +352,7 @@ pub fn apply_update_with(
     if let Some(as4) = as4_path {
         route.as_path = merge_as4_path(&route.as_path, &as4);
     }
-    if !accept(&route) {
+    if !accept(&mut route) {
         for p in u.nlri.iter().map(|p| IpNet::V4(*p)) {
             received.remove(&p);
         }
@@ -907,7 +908,7 @@ mod tests {
             );
             build_updates(&ann, &[], &n, 64512).remove(0)
         };
-        let check = |r: &ReceivedRoute| !reflection_loop(r, me, Some(cluster));
+        let check = |r: &mut ReceivedRoute| !reflection_loop(r, me, Some(cluster));
         let mut rib = BTreeMap::new();
         apply_update_with(
             &mut rib,

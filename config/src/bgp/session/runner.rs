@@ -502,12 +502,18 @@ impl Runner {
                     }
                     tracing::debug!(%peer, family = ?f, "graceful restart: End-of-RIB, stale routes of the family removed");
                 }
-                let (local_id, cluster_id) = (
+                let (local_id, ibgp, cluster_id) = (
                     self.fsm.negotiated().map(|n| n.local_id),
+                    self.fsm.negotiated().is_some_and(|n| n.ibgp),
                     self.config.cluster_id,
                 );
                 self.change_received(|r| {
                     rib::apply_update_with(r, &u, |route| {
+                        if !ibgp {
+                            // RFC 7606 §7.9/§7.10: these never come over eBGP; discarded.
+                            route.originator_id = None;
+                            route.cluster_list.clear();
+                        }
                         !local_id.is_some_and(|id| rib::reflection_loop(route, id, cluster_id))
                     });
                     if let Some(f) = eor {
@@ -632,8 +638,8 @@ impl Runner {
                     }
                 }
                 self.stale_families.retain(|f| retained.contains(f));
-                self.stale_deadline =
-                    Some(Instant::now() + Duration::from_secs(r.restart_time.into()));
+                self.stale_deadline = (!self.stale_families.is_empty())
+                    .then(|| Instant::now() + Duration::from_secs(r.restart_time.into()));
                 tracing::info!(%peer, restart_time = r.restart_time, families = ?retained, "graceful restart: keeping the peer's routes as stale");
                 self.change_received(|t| {
                     rib::mark_stale(t, &retained);

@@ -514,8 +514,12 @@ async fn a_restarted_peer_gets_back_in_after_the_hold_time() {
 
 /// An UPDATE from the raw peer (AS 64513) announcing IPv4 `prefixes` via 192.0.2.9.
 fn announce(prefixes: &[&str]) -> Vec<u8> {
+    announce_with(prefixes, vec![])
+}
+
+fn announce_with(prefixes: &[&str], extra: Vec<wire::PathAttribute>) -> Vec<u8> {
     use crate::bgp::wire::{AS_SEQUENCE, AsSegment, Attr, PathAttribute, Update};
-    let u = Update {
+    let mut u = Update {
         attributes: vec![
             PathAttribute::new(Attr::Origin(0)),
             PathAttribute::new(Attr::AsPath(vec![AsSegment {
@@ -527,6 +531,7 @@ fn announce(prefixes: &[&str]) -> Vec<u8> {
         nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
         ..Update::default()
     };
+    u.attributes.extend(extra);
     Message::Update(u)
         .to_bytes(WireContext::FOUR_OCTET)
         .unwrap()
@@ -662,5 +667,29 @@ async fn stale_routes_go_after_the_restart_time_or_without_graceful_restart() {
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
     drop(peer);
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    s.shutdown().await;
+}
+
+/// ORIGINATOR_ID and CLUSTER_LIST from an eBGP peer are discarded (RFC 7606 §7.9/§7.10);
+/// the route stays.
+#[tokio::test]
+async fn reflection_attributes_from_an_ebgp_peer_are_discarded() {
+    use crate::bgp::wire::{Attr, PathAttribute};
+    let port = free_loopback_port();
+    let s = Session::spawn(passive_on_loopback(port));
+    let (mut peer, _) = raw_peer(port, None).await;
+    let id = Ipv4Addr::new(192, 0, 2, 7);
+    peer.write_all(&announce_with(
+        &["203.0.113.0/24"],
+        vec![
+            PathAttribute::new(Attr::OriginatorId(id)),
+            PathAttribute::new(Attr::ClusterList(vec![id])),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let r = s.received().into_values().next().unwrap();
+    assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
     s.shutdown().await;
 }
