@@ -884,3 +884,76 @@ fn capture_fixtures() {
         router.stop();
     }
 }
+
+/// Regenerates the route-reflection fixtures (`rr_bird_*`, `rr_frr_*` in
+/// `config/tests/fixtures/bgp/`): a session of ours (from 192.0.2.4) announces routes, one
+/// with ORIGINATOR_ID and CLUSTER_LIST set, to BIRD (`rr client`) or FRR
+/// (`route-reflector-client`) acting as reflector, and a raw client (from 192.0.2.1) records
+/// what the reflector sends it:
+/// `cargo test -p metalnet-lab --test bgp_engine capture_rr_fixtures -- --ignored`.
+#[test]
+#[ignore]
+fn capture_rr_fixtures() {
+    if !can_run(&["bird", "birdc", "/usr/lib/frr/bgpd", "vtysh"]) {
+        return;
+    }
+    const CLIENT: &str = "192.0.2.4";
+    for name in ["bird", "frr"] {
+        let site = site(&format!("bgp_capture_rr_{name}"));
+        site.speaker
+            .add_addr("eth0", &format!("{CLIENT}/24"))
+            .expect("second speaker address");
+        let router: SharedRouter = if name == "bird" {
+            let mut c = BirdConfig::new(ROUTER_V4.parse().expect("id"), SPEAKER_AS);
+            let mut extra = String::from("protocol direct { ipv4; }\n");
+            for (proto, peer) in [("rr_a", CLIENT), ("rr_b", SPEAKER_V4)] {
+                extra.push_str(&format!(
+                    "protocol bgp {proto} {{ local {ROUTER_V4} as {SPEAKER_AS}; neighbor {peer} as {SPEAKER_AS}; \
+                     passive on; rr client; ipv4 {{ import all; export all; }}; }}\n"
+                ));
+            }
+            c.extra = extra;
+            Arc::new(Bird::start(&site.router, c).expect("bird"))
+        } else {
+            let mut c = FrrConfig::new(ROUTER_V4.parse().expect("id"), SPEAKER_AS);
+            let mut extra = String::from(" address-family ipv4 unicast\n");
+            for peer in [CLIENT, SPEAKER_V4] {
+                let mut n = BgpNeighbor::new(ip(peer), SPEAKER_AS).passive();
+                n.ipv6 = false;
+                c.neighbors.push(n);
+                extra.push_str(&format!("  neighbor {peer} route-reflector-client\n"));
+            }
+            extra.push_str(" exit-address-family\n");
+            c.extra_bgp = extra;
+            Arc::new(Frr::start(&site.router, c).expect("frr"))
+        };
+        let r2 = router.clone();
+        site.speaker.block_on(move || async move {
+            let mut c = peer_config(ROUTER_V4, SPEAKER_AS);
+            c.source_address = Some(ip(CLIENT));
+            c.router_id = Some(ip4(CLIENT));
+            c.families = vec![metalnet::bgp::fsm::IPV4_UNICAST];
+            let s = Session::spawn(c);
+            established(&s, "rr client").await;
+            s.set_routes(routes(&[
+                (
+                    "203.0.113.20/32",
+                    RouteAttrs {
+                        as_path: vec![64600],
+                        originator_id: Some(ip4("192.0.2.7")),
+                        cluster_list: vec![ip4("192.0.2.9")],
+                        ..RouteAttrs::default()
+                    },
+                ),
+                ("203.0.113.21/32", RouteAttrs::default()),
+            ]));
+            wait_route(&r2, "203.0.113.20/32", |_| true).await;
+            wait_route(&r2, "203.0.113.21/32", |_| true).await;
+            let frames = capture(ROUTER_V4, SPEAKER_AS).await;
+            assert!(frames.len() >= 3, "{name}: only {} messages", frames.len());
+            save_fixtures(&format!("rr_{name}"), "v4", &frames);
+            s.shutdown().await;
+        });
+        router.stop();
+    }
+}
