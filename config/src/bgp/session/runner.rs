@@ -278,15 +278,24 @@ impl Runner {
     /// A connection from the peer through the shared listener. We never connect, so a
     /// second connection is not a collision between two directions (RFC 4271 §6.8) but the
     /// peer trying again:
-    /// - Established: the established connection is kept and the new one closed, as §6.8
-    ///   has it. If the old one is half-dead (the peer restarted), our next KEEPALIVE draws a
-    ///   reset, or at worst the hold timer expires; the session then returns to Active and
-    ///   the peer's next attempt is taken.
+    /// - Established without graceful restart: the established connection is kept and the
+    ///   new one closed, as §6.8 has it. If the old one is half-dead (the peer restarted),
+    ///   our next KEEPALIVE draws a reset, or at worst the hold timer expires; the session
+    ///   then returns to Active and the peer's next attempt is taken.
+    /// - Established with graceful restart: a peer that reconnects while we still hold its
+    ///   session has restarted (RFC 4724 §4.2 has the receiving speaker close the old
+    ///   session then): the old connection ends as if it broke, its routes stay stale, and
+    ///   the new one proceeds.
     /// - OpenSent/OpenConfirm: the peer gave up on the older connection before finishing the
     ///   OPEN exchange, so the newer one replaces it.
     async fn inbound_connection(&mut self, stream: TcpStream) {
         let peer = self.config.peer_address;
         match self.fsm.state() {
+            State::Established if self.session_restart.is_some() => {
+                tracing::info!(%peer, "new BGP connection from a graceful-restart peer while established: the peer restarted; the old connection is closed");
+                self.last_error = Some("peer reconnected (restarted)".into());
+                self.process(Event::TcpFailed).await;
+            }
             State::Established | State::Idle | State::Connect => {
                 tracing::info!(%peer, state = %self.fsm.state(), "refusing a second BGP connection from the peer");
                 drop(stream);

@@ -693,3 +693,40 @@ async fn reflection_attributes_from_an_ebgp_peer_are_discarded() {
     assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
     s.shutdown().await;
 }
+
+/// On a shared listener, a graceful-restart peer that connects again while its old
+/// connection still looks established has restarted: the new connection takes over and the
+/// routes stay, stale, until the new session refreshes them.
+#[tokio::test]
+async fn a_graceful_restart_peer_reconnecting_replaces_its_old_connection() {
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
+    let mut c = passive_on(&listener, "127.0.0.1", None);
+    (c.my_asn, c.peer_asn) = (64512, 64513);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+    let (mut old, _) = raw_peer(port, Some(120)).await;
+    old.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let (mut new, _) = raw_peer(port, Some(120)).await;
+    assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+    assert_eq!(s.counters().established_total.load(Ordering::Relaxed), 2);
+    assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), true)]);
+    new.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    new.write_all(&end_of_rib_v4()).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| !r.stale)).await);
+    assert_eq!(s.received().len(), 1);
+    // The old connection was closed by us.
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match old.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "old connection still open");
+    s.shutdown().await;
+}
