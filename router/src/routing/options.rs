@@ -21,6 +21,9 @@ pub struct RoutingOptions {
     /// `--peer-router-*`: the global external peers (when set, the per-node annotations are
     /// ignored, as kube-router does).
     pub global_peers: Vec<ExternalPeer>,
+    /// `--peer-router-multihop-ttl` when above 1: eBGP multihop towards every external peer
+    /// (the global ones and the annotated ones, as kube-router applies it).
+    pub peer_multihop_ttl: Option<u8>,
     /// `--advertise-pod-cidr` (true): pod CIDRs to external peers too.
     pub advertise_pod_cidr: bool,
     /// `--advertise-cluster-ip` (false).
@@ -98,6 +101,7 @@ impl Default for RoutingOptions {
             nodes_full_mesh: true,
             enable_ibgp: true,
             global_peers: Vec::new(),
+            peer_multihop_ttl: None,
             advertise_pod_cidr: true,
             advertise_cluster_ip: false,
             advertise_external_ip: false,
@@ -331,6 +335,8 @@ impl RoutingArgs {
         o.nodes_full_mesh = self.nodes_full_mesh;
         o.enable_ibgp = self.enable_ibgp;
         o.global_peers = self.global_peers(passwords_file)?;
+        o.peer_multihop_ttl =
+            (self.peer_router_multihop_ttl > 1).then_some(self.peer_router_multihop_ttl);
         o.advertise_pod_cidr = self.advertise_pod_cidr;
         o.advertise_cluster_ip = self.advertise_cluster_ip;
         o.advertise_external_ip = self.advertise_external_ip;
