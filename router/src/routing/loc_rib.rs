@@ -40,6 +40,8 @@ pub struct Best {
 /// Everything the router wants at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
+    /// The name of the node this is computed for.
+    pub node: String,
     pub plan: PeerPlan,
     /// What each peer (by address) is sent.
     pub exports: BTreeMap<IpAddr, BTreeMap<IpNet, RouteAttrs>>,
@@ -333,6 +335,7 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
         })
         .collect();
     Desired {
+        node: inputs.local.name.clone(),
         plan,
         exports,
         best,

@@ -646,7 +646,7 @@ mod tests {
         let v6 = node("b", &["2001:db8::10"], &[]);
         assert_eq!(router_id(&g, &v6), Ok(Ipv4Addr::new(95, 90, 237, 87)));
         assert!(router_id(&o, &v6).unwrap_err().contains("--router-id"));
-        let p = plan_peers(&o, &v6, &[v6.clone()]);
+        let p = plan_peers(&o, &v6, std::slice::from_ref(&v6));
         assert!(p.not_running.is_some());
         let f = RoutingOptions {
             router_id: RouterIdChoice::Fixed(Ipv4Addr::new(1, 2, 3, 4)),
