@@ -702,4 +702,47 @@ mod tests {
             "an aggregate of our CIDR is fine"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn vips_independent_of_object_order(
+            specs in proptest::collection::vec((0u8..4, 0u8..3, proptest::bool::ANY, proptest::bool::ANY), 1..6),
+            eps in proptest::collection::vec((0u8..6, 0u8..3, proptest::option::of(proptest::bool::ANY)), 0..6),
+            rot in 0usize..6,
+        ) {
+            let services: Vec<Service> = specs.iter().enumerate().map(|(i, (ty, pol, lb, local))| {
+                let ty = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"][usize::from(*ty)];
+                let pol = ["Cluster", "Local", "Local"][usize::from(*pol)];
+                let mut v = json!({
+                    "metadata": {"name": format!("s{i}"), "namespace": "d"},
+                    "spec": {"type": ty, "clusterIP": format!("10.96.0.{i}"),
+                             "externalTrafficPolicy": pol, "internalTrafficPolicy": pol,
+                             "externalIPs": [format!("198.51.100.{}", i % 2)]},
+                });
+                if *lb {
+                    merge(&mut v, json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("203.0.113.{i}")}]}}}));
+                }
+                if *local {
+                    merge(&mut v, json!({"metadata": {"annotations": {SVC_LOCAL: "true"}}}));
+                }
+                svc(v)
+            }).collect();
+            let slices: Vec<EndpointSlice> = eps.iter().map(|(s, n, ready)| {
+                let mut e = json!({"addresses": ["10.244.0.1"], "nodeName": format!("n{n}")});
+                if let Some(r) = ready {
+                    merge(&mut e, json!({"conditions": {"ready": r}}));
+                }
+                slice("d", &format!("s{s}"), json!([e]))
+            }).collect();
+            let o = RoutingOptions { advertise_loadbalancer_ip: true, ..RoutingOptions::default() };
+            let a = service_vips(&o, "n1", &services, &slices);
+            let mut rs = services.clone();
+            let len = rs.len();
+            rs.rotate_left(rot % len);
+            rs.reverse();
+            let mut rsl = slices.clone();
+            rsl.reverse();
+            proptest::prop_assert_eq!(a, service_vips(&o, "n1", &rs, &rsl));
+        }
+    }
 }
