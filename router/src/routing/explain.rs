@@ -110,6 +110,9 @@ pub fn node(desired: &Desired, sessions: &BTreeMap<IpAddr, SessionView>, name: &
         let _ = writeln!(out, "sessions ({}):", plan.peers.len());
         for (addr, p) in &plan.peers {
             peer_line(&mut out, p, sessions.get(addr));
+            if let Some(why) = plan.reasons.get(addr) {
+                let _ = writeln!(out, "    why: {why}");
+            }
             let sent = desired.exports.get(addr).map_or(0, BTreeMap::len);
             let _ = writeln!(out, "    routes wanted out: {sent}");
         }
@@ -146,6 +149,9 @@ pub fn node(desired: &Desired, sessions: &BTreeMap<IpAddr, SessionView>, name: &
     if let Some(p) = peer {
         let _ = writeln!(out, "node {name}: peered with from {}:", desired.node);
         peer_line(&mut out, p, sessions.get(&p.address));
+        if let Some(why) = plan.reasons.get(&p.address) {
+            let _ = writeln!(out, "  why: {why}");
+        }
         let learned: Vec<String> = desired
             .best
             .iter()
@@ -234,6 +240,12 @@ pub fn route(desired: &Desired, prefix: IpNet) -> String {
             out.push('\n');
         }
         None => out.push_str("  best: none received\n"),
+    }
+    if let Some(own) = desired.pod_cidrs.iter().find(|c| c.contains(&prefix)) {
+        let _ = writeln!(
+            out,
+            "  inside this node's own pod CIDR {own}: never learned, only announced"
+        );
     }
     for l in desired.lost.iter().filter(|l| l.prefix == prefix) {
         let _ = writeln!(
@@ -416,6 +428,10 @@ mod tests {
         assert!(t.contains("node n2: peered with from n1"), "{t}");
         assert!(t.contains("session not running yet"), "{t}");
         assert!(t.contains("best routes from it: 10.244.2.0/24"), "{t}");
+        assert!(
+            t.contains("why: full mesh (--nodes-full-mesh): iBGP in the cluster AS 64512"),
+            "{t}"
+        );
         let t = node(&d, &BTreeMap::new(), "c1");
         assert!(
             t.contains("node c1: no peering from n1: it is a route-reflector client"),
@@ -470,6 +486,10 @@ mod tests {
             "{t}"
         );
         let t = route(&d, net("10.244.1.0/24"));
+        assert!(
+            t.contains("inside this node's own pod CIDR 10.244.1.0/24"),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "announced to: 192.0.2.2 (next hop 192.0.2.1), 192.0.2.3 (next hop 192.0.2.1)"

@@ -42,6 +42,8 @@ pub struct Best {
 pub struct Desired {
     /// The name of the node this is computed for.
     pub node: String,
+    /// This node's pod CIDRs (announced, never learned).
+    pub pod_cidrs: Vec<IpNet>,
     pub plan: PeerPlan,
     /// What each peer (by address) is sent.
     pub exports: BTreeMap<IpAddr, BTreeMap<IpNet, RouteAttrs>>,
@@ -336,6 +338,7 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
         .collect();
     Desired {
         node: inputs.local.name.clone(),
+        pod_cidrs: inputs.local.pod_cidrs.clone(),
         plan,
         exports,
         best,

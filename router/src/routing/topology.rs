@@ -89,6 +89,8 @@ pub struct PeerPlan {
     pub skipped: Vec<Skipped>,
     /// Why BGP does not run at all on this node, when `local_asn` is `None`.
     pub not_running: Option<String>,
+    /// Why each peer of `peers` is one (for `explain node`).
+    pub reasons: BTreeMap<IpAddr, String>,
 }
 
 impl NodeView {
@@ -320,6 +322,25 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
             hold_time: opts.hold_time,
             graceful_restart,
         };
+        let reason = match (role, other.rr_role()) {
+            (RrRole::Server(c), _) if spec.rr_client => {
+                format!("we are a route reflector (cluster id {c}) and it is our client")
+            }
+            (RrRole::Server(_), _) => {
+                "we are a route reflector: reflectors peer with every node".into()
+            }
+            (RrRole::Client(_), _) => {
+                "we are a route-reflector client and it is a route reflector".into()
+            }
+            (RrRole::None, RrRole::Server(_)) => {
+                "it is a route reflector: reflectors peer with every node".into()
+            }
+            _ if opts.nodes_full_mesh => {
+                format!("full mesh (--nodes-full-mesh): iBGP in the cluster AS {asn}")
+            }
+            _ => format!("--nodes-full-mesh=false and it has our node.asn {asn}"),
+        };
+        plan.reasons.insert(theirs, reason);
         plan.peers.insert(theirs, spec);
     }
 
@@ -328,11 +349,16 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
     } else {
         (PeerKind::AnnotatedExternal, &local.bgp.peers)
     };
+    let why = match kind {
+        PeerKind::GlobalExternal => "external router from --peer-router-ips",
+        _ => "external router from this node's kube-router.io/peers (or peer.*) annotation",
+    };
     for peer in external {
         if local.addresses.contains(&peer.address) || plan.peers.contains_key(&peer.address) {
             // A node of the cluster or ourselves: the node session stands.
             continue;
         }
+        plan.reasons.insert(peer.address, why.to_string());
         plan.peers.insert(
             peer.address,
             PeerSpec {
@@ -569,6 +595,7 @@ mod tests {
         let p = plan_peers(&o, &nodes[0], &nodes);
         let e = &p.peers[&ip("203.0.113.1")];
         assert_eq!(e.kind, PeerKind::AnnotatedExternal);
+        assert!(p.reasons[&ip("203.0.113.1")].contains("kube-router.io/peers"));
         assert_eq!(
             (e.port, e.multihop_ttl, e.local_address),
             (1179, Some(5), Some(ip("192.0.2.1")))
@@ -614,6 +641,8 @@ mod tests {
         assert!(!s1.peers[&ip("192.0.2.2")].rr_client);
         assert!(s1.peers[&ip("192.0.2.3")].rr_client && s1.peers[&ip("192.0.2.4")].rr_client);
         assert!(!s1.peers[&ip("192.0.2.5")].rr_client);
+        assert!(s1.reasons[&ip("192.0.2.3")].contains("our client"));
+        assert_eq!(s1.reasons.len(), s1.peers.len());
         let c1 = plan_peers(&o, &nodes[2], &nodes);
         assert_eq!(c1.cluster_id, None);
         assert_eq!(
@@ -621,6 +650,7 @@ mod tests {
             vec![ip("192.0.2.1"), ip("192.0.2.2")]
         );
         assert_eq!(c1.skipped.len(), 2);
+        assert!(c1.reasons[&ip("192.0.2.1")].contains("client"));
         assert!(c1.skipped.iter().all(|s| s.reason.contains("rr.client")));
         let plain = plan_peers(&o, &nodes[4], &nodes);
         assert_eq!(plain.peers.len(), 2, "{plain:?}");
