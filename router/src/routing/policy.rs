@@ -61,15 +61,18 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// kube-router's `shouldAdvertiseService`: the per-Service annotation when it parses as a
-/// boolean, else the flag.
+/// kube-router's `shouldAdvertiseService`: the per-Service annotation when present (one
+/// that does not parse as a boolean counts as false, as there), else the flag.
 fn advertise(svc: &Service, annotation: &str, flag: bool) -> bool {
-    svc.metadata
+    match svc
+        .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(annotation))
-        .and_then(|v| parse_go_bool(v.trim()))
-        .unwrap_or(flag)
+    {
+        Some(v) => parse_go_bool(v.trim()).unwrap_or(false),
+        None => flag,
+    }
 }
 
 fn parse_addresses<'a>(list: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
@@ -124,6 +127,9 @@ pub fn service_vips<'a>(
             continue;
         };
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        // kube-router also skips a Service whose clusterIP is still blank; the API server
+        // never leaves one blank, but the state directory may, and its external and
+        // load-balancer addresses are still the Service's.
         if ty == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") {
             continue;
         }
@@ -398,12 +404,9 @@ mod tests {
         };
         let v = service_vips(&o, "n1", [&s], []);
         let adv: Vec<_> = v.iter().filter(|v| v.advertise).map(|v| v.kind).collect();
-        // clusterip by annotation; externalip: the annotation does not parse, the flag
-        // stands; loadbalancerip off by annotation.
-        assert_eq!(
-            adv,
-            vec![VipKind::ClusterIp, VipKind::ExternalIp, VipKind::ClusterIp]
-        );
+        // clusterip by annotation; externalip: the annotation does not parse, which counts
+        // as false in kube-router; loadbalancerip off by annotation.
+        assert_eq!(adv, vec![VipKind::ClusterIp, VipKind::ClusterIp]);
         let s = lb(
             "web",
             json!({"metadata": {"annotations": {SVC_SKIP_LB_IPS: ""}}}),
