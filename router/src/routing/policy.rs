@@ -205,8 +205,8 @@ fn host_prefix(ip: IpAddr) -> IpNet {
 /// the routes it reflects to this peer (`reflected`, already chosen per peer by
 /// [`super::loc_rib`]). kube-router's export policy: pod CIDRs to the other nodes, and to
 /// external peers with `--advertise-pod-cidr`; Service VIPs only to external peers and only
-/// where announced; the node's communities on its own routes; the AS-path prepend and, with
-/// `--override-nexthop`, next hop self towards external peers.
+/// where announced; towards external peers the node's communities, its AS-path prepend
+/// and, with `--override-nexthop`, next hop self.
 pub fn export_table(
     opts: &RoutingOptions,
     plan: &PeerPlan,
@@ -220,22 +220,30 @@ pub fn export_table(
         return out;
     }
     let external = peer.is_external();
+    // kube-router's actions (communities, prepend, next hop self) sit on its statements
+    // towards external peers only; routes to the other nodes go out plain.
     let own = |next_hop: Option<IpAddr>| {
+        if !external {
+            return RouteAttrs {
+                next_hop,
+                ..RouteAttrs::default()
+            };
+        }
         let mut communities = local.bgp.communities.clone();
         communities.sort_unstable();
         communities.dedup();
         RouteAttrs {
             // Next hop self (the session's address) on request; else this node's own
             // address of the route's family.
-            next_hop: if external && opts.override_nexthop {
+            next_hop: if opts.override_nexthop {
                 None
             } else {
                 next_hop
             },
             communities,
             as_path: match local.bgp.path_prepend {
-                Some((asn, n)) if external && !peer.is_ibgp() => vec![asn; usize::from(n)],
-                _ => Vec::new(),
+                Some((asn, n)) => vec![asn; usize::from(n)],
+                None => Vec::new(),
             },
             ..RouteAttrs::default()
         }
@@ -572,7 +580,7 @@ mod tests {
         );
         assert_eq!(t[&net("10.244.1.0/24")].next_hop, Some(ip("192.0.2.1")));
         assert_eq!(t[&net("fd00:1::/64")].next_hop, Some(ip("2001:db8::1")));
-        assert_eq!(t[&net("10.244.1.0/24")].communities, vec![100, 0xffff_ff01]);
+        assert!(t[&net("10.244.1.0/24")].communities.is_empty());
         assert!(
             t[&net("10.244.1.0/24")].as_path.is_empty(),
             "no prepend towards nodes"
@@ -590,6 +598,11 @@ mod tests {
         );
         assert_eq!(t[&net("203.0.113.10/32")].next_hop, Some(ip("192.0.2.1")));
         assert_eq!(t[&net("203.0.113.10/32")].as_path, vec![64512, 64512]);
+        assert_eq!(
+            t[&net("203.0.113.10/32")].communities,
+            vec![100, 0xffff_ff01]
+        );
+        assert_eq!(t[&net("10.244.1.0/24")].communities, vec![100, 0xffff_ff01]);
 
         let no_pods = RoutingOptions {
             advertise_pod_cidr: false,
