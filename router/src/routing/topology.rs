@@ -86,6 +86,8 @@ pub struct PeerPlan {
     pub cluster_id: Option<Ipv4Addr>,
     /// Keyed by peer address: one session per address.
     pub peers: BTreeMap<IpAddr, PeerSpec>,
+    /// Other nodes not peered with (and external routers that cannot be, named
+    /// `external router ADDRESS`).
     pub skipped: Vec<Skipped>,
     /// Why BGP does not run at all on this node, when `local_asn` is `None`.
     pub not_running: Option<String>,
@@ -358,6 +360,21 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
             // A node of the cluster or ourselves: the node session stands.
             continue;
         }
+        // The source is the node's primary address unless the peer names one (kube-router
+        // sets it so the router sees the address it was configured with); of another
+        // family it cannot work, and kube-router skips the peer.
+        let source = peer.local_address.or(local.primary());
+        if let Some(src) = source
+            && src.is_ipv4() != peer.address.is_ipv4()
+        {
+            plan.skipped.push(Skipped {
+                node: format!("external router {}", peer.address),
+                reason: format!(
+                    "our local address {src} and its address are of different families (set localip)"
+                ),
+            });
+            continue;
+        }
         plan.reasons.insert(peer.address, why.to_string());
         plan.peers.insert(
             peer.address,
@@ -367,7 +384,7 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
                 port: peer.port,
                 local_asn: asn,
                 peer_asn: peer.asn,
-                local_address: peer.local_address,
+                local_address: source,
                 router_id: id,
                 password: peer.password.clone(),
                 multihop_ttl: peer.multihop_ttl.or(opts.peer_multihop_ttl),
@@ -615,6 +632,40 @@ mod tests {
         let p = plan_peers(&o, &nodes[0], &nodes);
         assert!(!p.peers.contains_key(&ip("203.0.113.1")));
         assert!(p.peers.contains_key(&ip("198.51.100.1")));
+        // Without localip the source is the primary address; another family cannot peer.
+        let o = RoutingOptions {
+            global_peers: vec![
+                ExternalPeer {
+                    address: ip("198.51.100.1"),
+                    asn: 65100,
+                    password: None,
+                    port: 179,
+                    multihop_ttl: None,
+                    local_address: None,
+                },
+                ExternalPeer {
+                    address: ip("2001:db8:ff::1"),
+                    asn: 65100,
+                    password: None,
+                    port: 179,
+                    multihop_ttl: None,
+                    local_address: None,
+                },
+            ],
+            ..RoutingOptions::default()
+        };
+        let p = plan_peers(&o, &nodes[0], &nodes);
+        assert_eq!(
+            p.peers[&ip("198.51.100.1")].local_address,
+            Some(ip("192.0.2.1"))
+        );
+        assert!(!p.peers.contains_key(&ip("2001:db8:ff::1")));
+        let s = p
+            .skipped
+            .iter()
+            .find(|s| s.node == "external router 2001:db8:ff::1")
+            .unwrap();
+        assert!(s.reason.contains("different families"), "{}", s.reason);
         // An external peer at a node's address does not replace the node session.
         nodes[0].bgp.peers[0].address = ip("192.0.2.2");
         let p = plan_peers(&RoutingOptions::default(), &nodes[0], &nodes);
