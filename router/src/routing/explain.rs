@@ -127,7 +127,7 @@ pub fn node(desired: &Desired, sessions: &BTreeMap<IpAddr, SessionView>, name: &
             );
         }
         if !plan.skipped.is_empty() {
-            let _ = writeln!(out, "nodes not peered with ({}):", plan.skipped.len());
+            let _ = writeln!(out, "not peered with ({}):", plan.skipped.len());
             for s in &plan.skipped {
                 let _ = writeln!(out, "  {}: {}", s.node, s.reason);
             }
