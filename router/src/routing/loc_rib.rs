@@ -106,16 +106,19 @@ struct Candidate<'a> {
 fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
     let steps: [(&'static str, Ordering); 7] = [
         (
-            "lower LOCAL_PREF",
+            "LOCAL_PREF (higher wins)",
             local_pref(b.route).cmp(&local_pref(a.route)),
         ),
         (
-            "longer AS_PATH",
+            "AS_PATH length (shorter wins)",
             a.route.as_path.len().cmp(&b.route.as_path.len()),
         ),
-        ("higher ORIGIN", a.route.origin.cmp(&b.route.origin)),
         (
-            "higher MED from the same neighbour AS",
+            "ORIGIN (IGP < EGP < incomplete)",
+            a.route.origin.cmp(&b.route.origin),
+        ),
+        (
+            "MED from the same neighbour AS (lower wins)",
             if a.route.as_path.first() == b.route.as_path.first() {
                 a.route.med.unwrap_or(0).cmp(&b.route.med.unwrap_or(0))
             } else {
@@ -123,16 +126,16 @@ fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
             },
         ),
         // eBGP (true) over iBGP.
-        ("iBGP against eBGP", a.peer.is_ibgp().cmp(&b.peer.is_ibgp())),
+        ("eBGP over iBGP", a.peer.is_ibgp().cmp(&b.peer.is_ibgp())),
         (
-            "higher router id",
+            "router id (lower wins)",
             match (a.id, b.id) {
                 (Some(x), Some(y)) => x.cmp(&y),
                 _ => Ordering::Equal,
             },
         ),
         (
-            "longer CLUSTER_LIST",
+            "CLUSTER_LIST length (shorter wins)",
             a.route.cluster_list.len().cmp(&b.route.cluster_list.len()),
         ),
     ];
@@ -141,7 +144,10 @@ fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
             return (o, why);
         }
     }
-    (a.peer.address.cmp(&b.peer.address), "higher peer address")
+    (
+        a.peer.address.cmp(&b.peer.address),
+        "peer address (lower wins)",
+    )
 }
 
 /// Why a received route is not even a candidate: the import policy and the loop checks.
@@ -269,14 +275,16 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
     let mut best = BTreeMap::new();
     for (prefix, mut cands) in candidates {
         cands.sort_by(|a, b| compare(a, b).0);
-        let winner = &cands[0];
-        for c in &cands[1..] {
+        let Some((winner, rest)) = cands.split_first() else {
+            continue;
+        };
+        for c in rest {
             let (_, why) = compare(winner, c);
             lost.push(Rejected {
                 peer: c.peer.address,
                 prefix,
                 reason: format!(
-                    "not best: {why} than the route from {}",
+                    "not best: lost to the route from {} on {why}",
                     winner.peer.address
                 ),
             });
