@@ -322,18 +322,7 @@ mod tests {
         s.parse().unwrap()
     }
     fn rx(nh: &str) -> ReceivedRoute {
-        ReceivedRoute {
-            next_hop: ip(nh),
-            origin: 0,
-            as_path: vec![],
-            med: None,
-            local_pref: Some(100),
-            communities: vec![],
-            large_communities: vec![],
-            originator_id: None,
-            cluster_list: vec![],
-            stale: false,
-        }
+        crate::routing::topology::testing::received(ip(nh))
     }
 
     fn setup() -> Desired {

@@ -369,18 +369,7 @@ mod tests {
         s.parse().unwrap()
     }
     fn route(nh: &str) -> ReceivedRoute {
-        ReceivedRoute {
-            next_hop: ip(nh),
-            origin: 0,
-            as_path: vec![],
-            med: None,
-            local_pref: Some(100),
-            communities: vec![],
-            large_communities: vec![],
-            originator_id: None,
-            cluster_list: vec![],
-            stale: false,
-        }
+        crate::routing::topology::testing::received(ip(nh))
     }
 
     type Received = BTreeMap<IpAddr, BTreeMap<IpNet, ReceivedRoute>>;
@@ -496,14 +485,7 @@ mod tests {
     fn best_path_order() {
         let nodes = mesh();
         let o = RoutingOptions {
-            global_peers: vec![ExternalPeer {
-                address: ip("192.0.2.100"),
-                asn: 65100,
-                password: None,
-                port: 179,
-                multihop_ttl: None,
-                local_address: None,
-            }],
+            global_peers: vec![ExternalPeer::new(ip("192.0.2.100"), 65100)],
             ..RoutingOptions::default()
         };
         let p = "10.50.0.0/16";
@@ -795,21 +777,10 @@ mod scale {
             let nh: IpAddr = format!("192.0.2.{peer}").parse().unwrap();
             let prefix =
                 IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + (r << 8))), 24).unwrap();
-            received.entry(nh).or_default().insert(
-                prefix,
-                ReceivedRoute {
-                    next_hop: nh,
-                    origin: 0,
-                    as_path: vec![],
-                    med: None,
-                    local_pref: Some(100),
-                    communities: vec![],
-                    large_communities: vec![],
-                    originator_id: None,
-                    cluster_list: vec![],
-                    stale: false,
-                },
-            );
+            received
+                .entry(nh)
+                .or_default()
+                .insert(prefix, crate::routing::topology::testing::received(nh));
         }
         let opts = RoutingOptions::default();
         let connected = ["192.0.2.0/24".parse().unwrap()];

@@ -86,6 +86,20 @@ pub struct ExternalPeer {
     pub local_address: Option<IpAddr>,
 }
 
+impl ExternalPeer {
+    /// A peer on port 179 with no password, TTL or source address of its own.
+    pub fn new(address: IpAddr, asn: u32) -> ExternalPeer {
+        ExternalPeer {
+            address,
+            asn,
+            password: None,
+            port: 179,
+            multihop_ttl: None,
+            local_address: None,
+        }
+    }
+}
+
 /// A flag value that is not acceptable, naming the flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--{flag}: {reason}")]

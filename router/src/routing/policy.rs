@@ -545,14 +545,7 @@ mod tests {
             node("n2", &["192.0.2.2"], &["10.244.2.0/24"]),
         ];
         let o = RoutingOptions {
-            global_peers: vec![ExternalPeer {
-                address: ip("198.51.100.1"),
-                asn: 65100,
-                password: None,
-                port: 179,
-                multihop_ttl: None,
-                local_address: None,
-            }],
+            global_peers: vec![ExternalPeer::new(ip("198.51.100.1"), 65100)],
             ..RoutingOptions::default()
         };
         (local, nodes, o)

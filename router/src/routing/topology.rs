@@ -478,6 +478,22 @@ pub(crate) mod testing {
         f(&mut n.bgp);
         n
     }
+
+    /// A route received with next hop `next_hop` and default attributes (LOCAL_PREF 100).
+    pub fn received(next_hop: IpAddr) -> metalnet::bgp::ReceivedRoute {
+        metalnet::bgp::ReceivedRoute {
+            next_hop,
+            origin: 0,
+            as_path: vec![],
+            med: None,
+            local_pref: Some(100),
+            communities: vec![],
+            large_communities: vec![],
+            originator_id: None,
+            cluster_list: vec![],
+            stale: false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -621,14 +637,7 @@ mod tests {
         );
         assert_eq!(e.password, Some(Password::new("x")));
         let o = RoutingOptions {
-            global_peers: vec![ExternalPeer {
-                address: ip("198.51.100.1"),
-                asn: 65100,
-                password: None,
-                port: 179,
-                multihop_ttl: None,
-                local_address: None,
-            }],
+            global_peers: vec![ExternalPeer::new(ip("198.51.100.1"), 65100)],
             ..RoutingOptions::default()
         };
         let p = plan_peers(&o, &nodes[0], &nodes);
@@ -637,22 +646,8 @@ mod tests {
         // Without localip the source is the primary address; another family cannot peer.
         let o = RoutingOptions {
             global_peers: vec![
-                ExternalPeer {
-                    address: ip("198.51.100.1"),
-                    asn: 65100,
-                    password: None,
-                    port: 179,
-                    multihop_ttl: None,
-                    local_address: None,
-                },
-                ExternalPeer {
-                    address: ip("2001:db8:ff::1"),
-                    asn: 65100,
-                    password: None,
-                    port: 179,
-                    multihop_ttl: None,
-                    local_address: None,
-                },
+                ExternalPeer::new(ip("198.51.100.1"), 65100),
+                ExternalPeer::new(ip("2001:db8:ff::1"), 65100),
             ],
             ..RoutingOptions::default()
         };
