@@ -22,10 +22,24 @@ pub(super) fn to_yaml(value: &Value) -> String {
     s
 }
 
-/// Replaces `path` with `value` atomically: a temporary file in the same directory, fsync,
-/// rename, fsync of the directory.
+/// Whether a write must reach the disk before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// fsync of the file and of its directory: the write survives a crash of the machine.
+    Synced,
+    /// Atomic (rename) but left to the kernel's writeback: after a crash of the machine the
+    /// file may hold its previous content. For what cannot outlive such a crash anyway.
+    Volatile,
+}
+
+/// Replaces `path` with `value` atomically: a temporary file in the same directory, fsync
+/// (when `durability` asks for it), rename, fsync of the directory (likewise).
 /// Returns the stamp of the file written.
-pub(super) fn write_atomic(path: &Path, value: &Value) -> Result<Stamp, StateError> {
+pub(super) fn write_atomic(
+    path: &Path,
+    value: &Value,
+    durability: Durability,
+) -> Result<Stamp, StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().ok_or_else(|| StateError::Io {
         path: path.to_path_buf(),
@@ -44,11 +58,15 @@ pub(super) fn write_atomic(path: &Path, value: &Value) -> Result<Stamp, StateErr
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(to_yaml(value).as_bytes())?;
-        f.sync_all()?;
+        if durability == Durability::Synced {
+            f.sync_all()?;
+        }
         // Renaming keeps the inode and mtime: this is the stamp `path` will have.
         let stamp = Stamp::of(&f.metadata()?);
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        if durability == Durability::Synced {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         Ok(stamp)
     })();
     if result.is_err() {
