@@ -10,6 +10,9 @@
 //! Route protocol numbers used by metalnet (see `/etc/iproute2/rt_protos`; these are unused
 //! by iproute2 and the routing daemons it lists):
 //! - [`RTPROT_METALNET_VXLAN`] = 77 for routes of metalnet-vxlan.
+//!
+//! metalnet-router uses kube-router's number, 17, so that it finds the routes kube-router
+//! left (its own constant, `RTPROT_KUBE_ROUTER`, lives with the router).
 
 use std::net::IpAddr;
 
@@ -605,6 +608,17 @@ impl Netlink {
             format!("replace route {}", r.dst),
             RouteNetlinkMessage::NewRoute(route_message(r)),
             NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
+    /// Adds a route to the main table only if none with its destination and metric exists
+    /// (`ip route add`: `NLM_F_EXCL`), so a route of another protocol is never overwritten.
+    pub async fn add_route(&self, r: &Route) -> Result<(), NetlinkError> {
+        self.ack(
+            format!("add route {}", r.dst),
+            RouteNetlinkMessage::NewRoute(route_message(r)),
+            NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
     }
