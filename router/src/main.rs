@@ -45,17 +45,17 @@ struct Cli {
 
     /// Enables pod networking: advertises and learns the routes to pods over BGP
     /// (kube-router's switch; on by default as there).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
     run_router: bool,
 
     /// kube-router's service proxy. Not built yet: `true` is refused (keep kube-proxy, or
     /// pass --run-service-proxy=false as kube-router manifests that use kube-proxy do).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     run_service_proxy: bool,
 
     /// kube-router's network policy firewall. Not built: accepted so kube-router's
     /// arguments carry over, and ignored with a warning when true.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     run_firewall: bool,
 
     #[command(flatten)]
