@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use metalnet::state::dir::list_events;
+use metalnet::state::{Kind, ObjectRef};
 use metalnet::testing::Netns;
 use serde_json::json;
 
@@ -102,20 +104,6 @@ fn proto17(ns: &Netns) -> String {
     ns.ip(&["route", "show", "proto", "17"]) + &ns.ip(&["-6", "route", "show", "proto", "17"])
 }
 
-fn grep_dir(dir: &Path, needle: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            grep_dir(&p, needle)
-        } else {
-            std::fs::read_to_string(&p).is_ok_and(|t| t.contains(needle))
-        }
-    })
-}
-
 #[test]
 fn two_nodes_peer_install_routes_and_clean_up() {
     let (Some(a), Some(b)) = (Netns::new("rts"), Netns::new("rts")) else {
@@ -193,7 +181,15 @@ fn two_nodes_peer_install_routes_and_clean_up() {
     wait_for(
         "a Warning Event about kube-router.io/node.asn",
         Duration::from_secs(10),
-        || grep_dir(&dir.join("status"), "kube-router.io/node.asn"),
+        || {
+            let node = ObjectRef::new(Kind::Node, None, "a");
+            list_events(&dir, &node).iter().any(|e| {
+                e["type"] == "Warning"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("kube-router.io/node.asn"))
+            })
+        },
         &logs,
     );
     std::thread::sleep(Duration::from_millis(300));
