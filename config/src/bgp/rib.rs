@@ -3,7 +3,7 @@
 //! applying received UPDATEs to a table of the peer's routes (Adj-RIB-In).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
@@ -24,6 +24,13 @@ pub struct RouteAttrs {
     pub med: Option<u32>,
     pub communities: Vec<u32>,
     pub large_communities: Vec<LargeCommunity>,
+    /// ASNs of the AS_PATH after our own AS on eBGP, or the whole path on iBGP: an AS-path
+    /// prepend, or the path of a route we reflect.
+    pub as_path: Vec<u32>,
+    /// ORIGINATOR_ID (RFC 4456), sent on iBGP only: set when reflecting a route.
+    pub originator_id: Option<Ipv4Addr>,
+    /// CLUSTER_LIST (RFC 4456), sent on iBGP only, nearest reflector first.
+    pub cluster_list: Vec<Ipv4Addr>,
 }
 
 /// The default LOCAL_PREF on iBGP sessions when a route sets none.
@@ -47,6 +54,13 @@ pub struct ReceivedRoute {
     pub local_pref: Option<u32>,
     pub communities: Vec<u32>,
     pub large_communities: Vec<LargeCommunity>,
+    /// ORIGINATOR_ID, when a route reflector set it (RFC 4456).
+    pub originator_id: Option<Ipv4Addr>,
+    /// CLUSTER_LIST, nearest reflector first (RFC 4456); empty when absent.
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Kept from a session that went down with graceful restart negotiated, not yet
+    /// re-announced by the peer (RFC 4724 §4.2).
+    pub stale: bool,
 }
 
 fn family_of(p: &IpNet) -> (u16, u8) {
@@ -103,15 +117,21 @@ pub fn diff(
     (announce, withdraw)
 }
 
-/// The path attributes for a route (MetalLB's choices: ORIGIN IGP; AS_PATH empty on iBGP,
-/// our AS on eBGP; LOCAL_PREF on iBGP only; communities sorted and deduplicated).
+/// The path attributes for a route (MetalLB's choices: ORIGIN IGP; AS_PATH the route's path,
+/// after our AS on eBGP; LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST on iBGP only; communities
+/// sorted and deduplicated).
 fn attributes(a: &Announced, neg: &Negotiated, local_as: u32) -> Vec<PathAttribute> {
-    let path = if neg.ibgp {
+    let mut asns = Vec::with_capacity(a.attrs.as_path.len() + 1);
+    if !neg.ibgp {
+        asns.push(local_as);
+    }
+    asns.extend_from_slice(&a.attrs.as_path);
+    let path = if asns.is_empty() {
         vec![]
     } else {
         vec![AsSegment {
             kind: AS_SEQUENCE,
-            asns: vec![local_as],
+            asns,
         }]
     };
     let mut attrs = vec![
@@ -128,6 +148,16 @@ fn attributes(a: &Announced, neg: &Negotiated, local_as: u32) -> Vec<PathAttribu
         attrs.push(PathAttribute::new(Attr::LocalPref(
             a.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF),
         )));
+    }
+    if neg.ibgp {
+        if let Some(id) = a.attrs.originator_id {
+            attrs.push(PathAttribute::new(Attr::OriginatorId(id)));
+        }
+        if !a.attrs.cluster_list.is_empty() {
+            attrs.push(PathAttribute::new(Attr::ClusterList(
+                a.attrs.cluster_list.clone(),
+            )));
+        }
     }
     if !a.attrs.communities.is_empty() {
         let mut c = a.attrs.communities.clone();
@@ -270,6 +300,9 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
         local_pref: None,
         communities: vec![],
         large_communities: vec![],
+        originator_id: None,
+        cluster_list: vec![],
+        stale: false,
     };
     let mut v4_next_hop = None;
     let mut mp_reach = None;
@@ -283,6 +316,8 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
             Attr::LocalPref(l) => route.local_pref = Some(*l),
             Attr::Communities(c) => route.communities = c.clone(),
             Attr::LargeCommunities(c) => route.large_communities = c.clone(),
+            Attr::OriginatorId(id) => route.originator_id = Some(*id),
+            Attr::ClusterList(ids) => route.cluster_list = ids.clone(),
             Attr::MpReach(m) => mp_reach = Some(m),
             Attr::As4Path(segs) => as4_path = Some(flatten(segs)),
             Attr::MpUnreach(m) => {
@@ -475,7 +510,6 @@ pub fn apply_diff(
 mod tests {
     use super::*;
     use crate::bgp::wire::WireContext;
-    use std::net::Ipv4Addr;
 
     fn neg(ibgp: bool, local: &str) -> Negotiated {
         Negotiated {
@@ -603,6 +637,47 @@ mod tests {
             );
             // The IPv6 prefix has no IPv6 next hop on this IPv4 session.
             assert!(u.attr(crate::bgp::wire::ATTR_MP_REACH).is_none());
+        }
+    }
+
+    #[test]
+    fn as_path_and_reflection_attributes_are_sent_and_received() {
+        let a = RouteAttrs {
+            as_path: vec![64600, 64601],
+            originator_id: Some(Ipv4Addr::new(192, 0, 2, 7)),
+            cluster_list: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            ..RouteAttrs::default()
+        };
+        let d = desired(&[("203.0.113.0/24", a)]);
+        for (ibgp, path) in [
+            (false, vec![64512, 64600, 64601]),
+            (true, vec![64600, 64601]),
+        ] {
+            let n = neg(ibgp, "192.0.2.1");
+            let (ann, _) = diff(&BTreeMap::new(), &outgoing(&d, &n));
+            let ups = build_updates(&ann, &[], &n, 64512);
+            let u = &ups[0];
+            assert_eq!(
+                u.attr(crate::bgp::wire::ATTR_AS_PATH),
+                Some(&Attr::AsPath(vec![AsSegment {
+                    kind: AS_SEQUENCE,
+                    asns: path.clone()
+                }]))
+            );
+            // RFC 4456: the reflection attributes never leave the AS.
+            assert_eq!(u.attr(crate::bgp::wire::ATTR_ORIGINATOR_ID).is_some(), ibgp);
+            assert_eq!(u.attr(crate::bgp::wire::ATTR_CLUSTER_LIST).is_some(), ibgp);
+            let mut rib = BTreeMap::new();
+            apply_update(&mut rib, u);
+            let r = &rib[&"203.0.113.0/24".parse::<IpNet>().unwrap()];
+            assert_eq!(r.as_path, path);
+            assert!(!r.stale);
+            if ibgp {
+                assert_eq!(r.originator_id, Some(Ipv4Addr::new(192, 0, 2, 7)));
+                assert_eq!(r.cluster_list, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+            } else {
+                assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
+            }
         }
     }
 

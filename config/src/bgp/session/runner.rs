@@ -84,9 +84,11 @@ pub(super) struct Runner {
     /// What the peer has from us (Adj-RIB-Out).
     advertised: BTreeMap<IpNet, Announced>,
     received: Received,
+    received_gen: watch::Sender<u64>,
     counters: Arc<Counters>,
     status: watch::Sender<SessionStatus>,
     last_error: Option<String>,
+    established_since: Option<std::time::Instant>,
     buf: Vec<u8>,
 }
 
@@ -106,6 +108,7 @@ impl Runner {
         desired: Desired,
         desired_changed: watch::Receiver<()>,
         received: Received,
+        received_gen: watch::Sender<u64>,
         counters: Arc<Counters>,
         status: watch::Sender<SessionStatus>,
     ) -> Self {
@@ -120,9 +123,11 @@ impl Runner {
             desired_changed,
             advertised: BTreeMap::new(),
             received,
+            received_gen,
             counters,
             status,
             last_error: None,
+            established_since: None,
             buf: Vec::new(),
         }
     }
@@ -354,6 +359,7 @@ impl Runner {
             Action::Established(neg) => {
                 tracing::info!(%peer, peer_as = neg.peer_as, hold = neg.hold_time, families = ?neg.families, "BGP session established");
                 self.last_error = None;
+                self.established_since = Some(std::time::Instant::now());
                 self.counters.session_up.store(true, Ordering::Relaxed);
                 self.counters
                     .established_total
@@ -372,9 +378,7 @@ impl Runner {
                 self.counters
                     .updates_received
                     .fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut r) = self.received.lock() {
-                    rib::apply_update(&mut r, &u);
-                }
+                self.change_received(|r| rib::apply_update(r, &u));
             }
             Action::Deliver(Message::RouteRefresh(_)) => {
                 // Re-send everything: the peer asked for the whole table.
@@ -396,11 +400,10 @@ impl Runner {
                 {
                     self.last_error = Some(reason.to_string());
                 }
+                self.established_since = None;
                 self.advertised.clear();
                 self.counters.prefixes_announced.store(0, Ordering::Relaxed);
-                if let Ok(mut r) = self.received.lock() {
-                    r.clear();
-                }
+                self.change_received(|r| r.clear());
             }
         }
         None
@@ -470,11 +473,25 @@ impl Runner {
             .store(self.advertised.len() as u64, Ordering::Relaxed);
     }
 
+    /// Changes the peer's routes, then updates the counter and wakes the watchers.
+    fn change_received(&self, f: impl FnOnce(&mut BTreeMap<IpNet, rib::ReceivedRoute>)) {
+        let len = {
+            let mut r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut r);
+            r.len()
+        };
+        self.counters
+            .prefixes_received
+            .store(len as u64, Ordering::Relaxed);
+        self.received_gen.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     fn publish(&self) {
         let status = SessionStatus {
             state: self.fsm.state(),
             last_error: self.last_error.clone(),
             negotiated: self.fsm.negotiated().cloned(),
+            established_since: self.established_since,
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

@@ -35,17 +35,23 @@ async fn two_sessions_on_loopback() {
     );
     assert!(b.wait_for(State::Established, Duration::from_secs(5)).await);
     assert_eq!(a.status().negotiated.unwrap().hold_time, 9);
+    let since = a.status().established_since.expect("established_since");
+    assert!(since.elapsed() < Duration::from_secs(10));
+    let mut gen_rx = b.watch_received();
+    gen_rx.borrow_and_update();
 
     let attrs = RouteAttrs {
         communities: vec![0xfde8_0001],
         ..RouteAttrs::default()
     };
     a.set_routes([("203.0.113.5/32".parse().unwrap(), attrs.clone())].into());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.received().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The generation moves as soon as the UPDATE is applied: no polling needed.
+    tokio::time::timeout(Duration::from_secs(5), gen_rx.changed())
+        .await
+        .expect("received table change")
+        .unwrap();
     let got = b.received();
+    assert_eq!(b.counters().prefixes_received.load(Ordering::Relaxed), 1);
     let r = &got[&"203.0.113.5/32".parse::<IpNet>().unwrap()];
     assert_eq!(r.next_hop, lo);
     assert_eq!(r.as_path, vec![64512]);
@@ -83,6 +89,7 @@ async fn two_sessions_on_loopback() {
     .unwrap()
     .clone();
     assert!(s.last_error.unwrap().contains("administrative shutdown"));
+    assert_eq!(s.established_since, None);
     b.shutdown().await;
 }
 
