@@ -222,7 +222,6 @@ impl Daemon {
             snap.endpoint_slices.values().map(|s| &**s),
         );
         let nodes: Vec<NodeView> = self.views.values().cloned().collect();
-        self.sessions.refresh();
         let received = self.sessions.received();
         let desired = loc_rib::desired(Inputs {
             opts: &self.cfg.opts,
@@ -501,19 +500,54 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
             let Some(name) = query(path, "name").filter(|n| !n.is_empty()) else {
                 return Some(Err("name= is missing\n".into()));
             };
-            Some(Ok(explain_node(status, desired, name)))
+            let views = session_views(&status.sessions);
+            let text = super::explain::node(desired, &views, name);
+            // Until the shared text covers it, the daemon's own summary.
+            Some(Ok(if text.is_empty() {
+                explain_node(status, desired, name)
+            } else {
+                text
+            }))
         }
         "/debug/routing/route" => {
             let Some(prefix) = query(path, "prefix") else {
                 return Some(Err("prefix= is missing\n".into()));
             };
             match prefix.parse::<IpNet>() {
-                Ok(p) => Some(Ok(explain_route(desired, p))),
+                Ok(p) => {
+                    let text = super::explain::route(desired, p);
+                    Some(Ok(if text.is_empty() {
+                        explain_route(desired, p)
+                    } else {
+                        text
+                    }))
+                }
                 Err(e) => Some(Err(format!("prefix {prefix:?}: {e}\n"))),
             }
         }
         _ => None,
     }
+}
+
+/// The sessions as `explain` shows them.
+pub fn session_views(
+    sessions: &BTreeMap<IpAddr, SessionInfo>,
+) -> BTreeMap<IpAddr, super::explain::SessionView> {
+    sessions
+        .iter()
+        .map(|(a, s)| {
+            (
+                *a,
+                super::explain::SessionView {
+                    state: s.status.state.to_string(),
+                    uptime: s.uptime,
+                    last_error: s.status.last_error.clone(),
+                    sent: s.sent,
+                    received: s.received,
+                },
+            )
+        })
+        .collect()
 }
 
 fn explain_node(status: &Status, desired: &Desired, name: &str) -> String {

@@ -119,8 +119,6 @@ struct Running {
     exports: Exports,
     handle: SessionHandle,
     started: Instant,
-    /// When the session last reached Established (until the engine reports it).
-    established_since: Option<Instant>,
 }
 
 /// What `explain` and the metrics show of one session.
@@ -205,7 +203,6 @@ impl Sessions {
                             exports: table,
                             handle,
                             started: Instant::now(),
-                            established_since: None,
                         },
                     );
                 }
@@ -237,26 +234,13 @@ impl Sessions {
             .collect()
     }
 
-    /// Notes state changes (for uptime until the engine reports it).
-    pub fn refresh(&mut self) {
-        for r in self.running.values_mut() {
-            let up = r.handle.state() == State::Established;
-            match (up, r.established_since) {
-                (true, None) => r.established_since = Some(Instant::now()),
-                (false, Some(_)) => r.established_since = None,
-                _ => {}
-            }
-        }
-    }
-
     /// Every session's state and counts.
     pub fn infos(&self) -> BTreeMap<IpAddr, SessionInfo> {
         self.running
             .iter()
             .map(|(a, r)| {
                 let status = r.handle.status();
-                let since = engine::established_since(&status).or(r.established_since);
-                let uptime = since
+                let uptime = engine::established_since(&status)
                     .filter(|_| status.state == State::Established)
                     .map(|s| s.elapsed());
                 (
@@ -265,7 +249,12 @@ impl Sessions {
                         spec: r.spec.clone(),
                         uptime,
                         sent: r.exports.len(),
-                        received: r.handle.received().len(),
+                        received: r
+                            .handle
+                            .counters()
+                            .prefixes_received
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            as usize,
                         status,
                     },
                 )
@@ -277,8 +266,9 @@ impl Sessions {
     /// wait for the peers' routes).
     pub fn all_established_for(&self, settle: Duration) -> bool {
         self.running.values().all(|r| {
-            r.handle.state() == State::Established
-                && r.established_since.is_some_and(|s| s.elapsed() >= settle)
+            let s = r.handle.status();
+            s.state == State::Established
+                && engine::established_since(&s).is_some_and(|t| t.elapsed() >= settle)
         })
     }
 
@@ -394,24 +384,22 @@ mod engine {
 
     pub fn set_restarting(_c: &mut PeerConfig, _restarting: bool) {}
 
-    pub fn established_since(_s: &SessionStatus) -> Option<Instant> {
-        None
+    pub fn established_since(s: &SessionStatus) -> Option<Instant> {
+        s.established_since
     }
 
-    /// Received-route changes: the status stands in (routes change around state changes);
-    /// the daemon also polls while this stand-in is in use.
-    pub fn watch_received(h: &SessionHandle) -> watch::Receiver<super::SessionStatus> {
-        h.watch_status()
+    pub fn watch_received(h: &SessionHandle) -> watch::Receiver<u64> {
+        h.watch_received()
     }
 
     pub async fn received_changed(
-        rx: &mut watch::Receiver<super::SessionStatus>,
+        rx: &mut watch::Receiver<u64>,
     ) -> Result<(), watch::error::RecvError> {
         rx.changed().await
     }
 
     /// Whether the daemon must poll the sessions' received routes.
-    pub const POLL_RECEIVED: bool = true;
+    pub const POLL_RECEIVED: bool = false;
 }
 
 /// Whether the daemon must poll the sessions' received routes (no change notification).
