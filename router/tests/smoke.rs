@@ -19,8 +19,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_metalnet-router");
 struct Router(Child);
 
 impl Router {
-    fn start(ns: &Netns, dir: &Path, node: &str, log: &Path) -> Router {
-        let log = std::fs::File::create(log).unwrap();
+    fn start(ns: &Netns, dir: &Path, node: &str, log: &Path, extra: &[&str]) -> Router {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -32,6 +36,7 @@ impl Router {
             ])
             .arg(dir)
             .args(["--node-name", node, "--metrics-addr", "127.0.0.1:7475"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -52,6 +57,14 @@ impl Router {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+}
+
+impl Router {
+    /// SIGKILL, as a crash.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -104,93 +117,128 @@ fn proto17(ns: &Netns) -> String {
     ns.ip(&["route", "show", "proto", "17"]) + &ns.ip(&["-6", "route", "show", "proto", "17"])
 }
 
-#[test]
-fn two_nodes_peer_install_routes_and_clean_up() {
-    let (Some(a), Some(b)) = (Netns::new("rts"), Netns::new("rts")) else {
-        return;
-    };
-    a.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        b.name(),
-    ]);
-    for (ns, v4, v6) in [
-        (&a, "192.0.2.11/24", "2001:db8::11/64"),
-        (&b, "192.0.2.12/24", "2001:db8::12/64"),
-    ] {
-        ns.ip(&["addr", "add", v4, "dev", "eth0"]);
-        ns.ip(&["-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
-    std::fs::create_dir(&dir).unwrap();
-    let write_a = |asn: Option<&str>| {
+/// Two nodes `a` (192.0.2.11) and `b` (192.0.2.12) on one veth link, with their Node
+/// manifests in a state directory.
+struct Pair {
+    a: Netns,
+    b: Netns,
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    logs: [PathBuf; 2],
+}
+
+const A_PODS: [&str; 2] = ["198.51.100.16/28", "2001:db8:100:1::/64"];
+const B_PODS: [&str; 2] = ["198.51.100.32/28", "2001:db8:100:2::/64"];
+
+impl Pair {
+    fn new() -> Option<Pair> {
+        let (Some(a), Some(b)) = (Netns::new("rts"), Netns::new("rts")) else {
+            return None;
+        };
+        a.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b.name(),
+        ]);
+        for (ns, v4, v6) in [
+            (&a, "192.0.2.11/24", "2001:db8::11/64"),
+            (&b, "192.0.2.12/24", "2001:db8::12/64"),
+        ] {
+            ns.ip(&["addr", "add", v4, "dev", "eth0"]);
+            ns.ip(&["-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let logs = [tmp.path().join("a.log"), tmp.path().join("b.log")];
+        let pair = Pair {
+            a,
+            b,
+            tmp,
+            dir,
+            logs,
+        };
+        pair.write_a(None);
         std::fs::write(
-            dir.join("node-a.yaml"),
-            node_manifest(
-                "a",
-                "192.0.2.11",
-                "2001:db8::11",
-                ["198.51.100.16/28", "2001:db8:100:1::/64"],
-                asn,
-            ),
+            pair.dir.join("node-b.yaml"),
+            node_manifest("b", "192.0.2.12", "2001:db8::12", B_PODS, None),
+        )
+        .unwrap();
+        Some(pair)
+    }
+
+    fn write_a(&self, asn: Option<&str>) {
+        std::fs::write(
+            self.dir.join("node-a.yaml"),
+            node_manifest("a", "192.0.2.11", "2001:db8::11", A_PODS, asn),
         )
         .unwrap()
-    };
-    write_a(None);
-    std::fs::write(
-        dir.join("node-b.yaml"),
-        node_manifest(
-            "b",
-            "192.0.2.12",
-            "2001:db8::12",
-            ["198.51.100.32/28", "2001:db8:100:2::/64"],
-            None,
-        ),
-    )
-    .unwrap();
-    let logs = [tmp.path().join("a.log"), tmp.path().join("b.log")];
-    let ra = Router::start(&a, &dir, "a", &logs[0]);
-    let rb = Router::start(&b, &dir, "b", &logs[1]);
+    }
+
+    fn start_a(&self, extra: &[&str]) -> Router {
+        Router::start(&self.a, &self.dir, "a", &self.logs[0], extra)
+    }
+
+    fn start_b(&self, extra: &[&str]) -> Router {
+        Router::start(&self.b, &self.dir, "b", &self.logs[1], extra)
+    }
+
+    fn a_has_b(&self) -> bool {
+        let t = proto17(&self.a);
+        t.contains("198.51.100.32/28 via 192.0.2.12")
+            && t.contains("2001:db8:100:2::/64 via 2001:db8::12")
+    }
+
+    fn b_has_a(&self) -> bool {
+        let t = proto17(&self.b);
+        t.contains("198.51.100.16/28 via 192.0.2.11")
+            && t.contains("2001:db8:100:1::/64 via 2001:db8::11")
+    }
+
+    fn wait(&self, what: &str, limit: Duration, f: impl FnMut() -> bool) {
+        wait_for(what, limit, f, &self.logs)
+    }
+}
+
+#[test]
+fn two_nodes_peer_install_routes_and_clean_up() {
+    let Some(p) = Pair::new() else { return };
+    let (a, b, dir, logs) = (&p.a, &p.b, &p.dir, &p.logs);
+    let _keep = &p.tmp;
+    let ra = p.start_a(&[]);
+    let rb = p.start_b(&[]);
 
     let started = Instant::now();
-    wait_for(
+    p.wait(
         "node a has b's pod routes and b has a's",
         Duration::from_secs(20),
-        || {
-            let (ta, tb) = (proto17(&a), proto17(&b));
-            ta.contains("198.51.100.32/28 via 192.0.2.12")
-                && ta.contains("2001:db8:100:2::/64 via 2001:db8::12")
-                && tb.contains("198.51.100.16/28 via 192.0.2.11")
-                && tb.contains("2001:db8:100:1::/64 via 2001:db8::11")
-        },
-        &logs,
+        || p.a_has_b() && p.b_has_a(),
     );
     eprintln!("converged in {:?}", started.elapsed());
 
     // A bad annotation: a Warning Event naming it; the routes stay.
-    write_a(Some("not-a-number"));
+    p.write_a(Some("not-a-number"));
     wait_for(
         "a Warning Event about kube-router.io/node.asn",
         Duration::from_secs(10),
         || {
             let node = ObjectRef::new(Kind::Node, None, "a");
-            list_events(&dir, &node).iter().any(|e| {
+            list_events(dir, &node).iter().any(|e| {
                 e["type"] == "Warning"
                     && e["message"]
                         .as_str()
                         .is_some_and(|m| m.contains("kube-router.io/node.asn"))
             })
         },
-        &logs,
+        logs,
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(proto17(&a).contains("198.51.100.32/28 via 192.0.2.12"));
@@ -225,8 +273,75 @@ fn two_nodes_peer_install_routes_and_clean_up() {
         "node a forgets b's pod routes",
         Duration::from_secs(10),
         || !proto17(&a).contains("198.51.100.32/28"),
-        &logs,
+        logs,
     );
     assert!(ra.stop());
     assert!(proto17(&a).trim().is_empty(), "{}", proto17(&a));
+}
+
+/// SIGKILL without graceful restart: the other node removes the dead node's routes when the
+/// hold time expires (3 s here).
+#[test]
+fn a_killed_router_s_routes_go_within_the_hold_time() {
+    let Some(p) = Pair::new() else { return };
+    let args = ["--bgp-holdtime=3s"];
+    let _ra = p.start_a(&args);
+    let rb = p.start_b(&args);
+    p.wait("converged", Duration::from_secs(20), || {
+        p.a_has_b() && p.b_has_a()
+    });
+    rb.kill();
+    let t = Instant::now();
+    p.wait("a drops b's routes", Duration::from_secs(8), || {
+        !proto17(&p.a).contains("198.51.100.32/28")
+    });
+    eprintln!("b's routes gone from a {:?} after the kill", t.elapsed());
+    // The killed router left its own routes behind; a restarted one without graceful
+    // restart replaces them with what it learns.
+    assert!(p.b_has_a(), "{}", proto17(&p.b));
+    let _rb = p.start_b(&args);
+    p.wait("converged again", Duration::from_secs(20), || {
+        p.a_has_b() && p.b_has_a()
+    });
+}
+
+/// SIGKILL with graceful restart: the other node keeps the dead node's routes (stale), the
+/// restarted router keeps its own kernel routes and both refresh; a SIGTERM with graceful
+/// restart leaves the routes in place.
+#[test]
+fn graceful_restart_keeps_routes_across_a_kill() {
+    let Some(p) = Pair::new() else { return };
+    let args = [
+        "--bgp-holdtime=3s",
+        "--bgp-graceful-restart",
+        "--bgp-graceful-restart-time=30s",
+        "--bgp-graceful-restart-deferral-time=20s",
+    ];
+    let ra = p.start_a(&args);
+    let rb = p.start_b(&args);
+    p.wait("converged", Duration::from_secs(20), || {
+        p.a_has_b() && p.b_has_a()
+    });
+    rb.kill();
+    // Past the hold time, a still has b's routes (stale), and b its own copy of a's.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(p.a_has_b(), "{}", proto17(&p.a));
+    assert!(p.b_has_a(), "{}", proto17(&p.b));
+    let rb = p.start_b(&args);
+    let t = Instant::now();
+    // Never a moment without the routes on either side while b comes back.
+    while t.elapsed() < Duration::from_secs(4) {
+        assert!(
+            p.a_has_b() && p.b_has_a(),
+            "a: {}\nb: {}",
+            proto17(&p.a),
+            proto17(&p.b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A clean stop with graceful restart leaves the routes.
+    assert!(rb.stop());
+    assert!(p.b_has_a(), "{}", proto17(&p.b));
+    assert!(ra.stop());
+    assert!(p.a_has_b(), "{}", proto17(&p.a));
 }
