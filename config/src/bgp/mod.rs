@@ -19,5 +19,5 @@ pub use fsm::{DynamicAs, Fsm, FsmConfig, Negotiated, State};
 pub use peer::{Password, PeerConfig};
 pub use rib::{ReceivedRoute, RouteAttrs};
 #[cfg(feature = "io")]
-pub use session::{Session, SessionHandle, SessionStatus};
+pub use session::{Listener, Session, SessionHandle, SessionStatus};
 pub use wire::{LargeCommunity, Message, WireContext, WireError};

@@ -61,8 +61,16 @@ pub struct PeerConfig {
     pub enable_graceful_restart: bool,
     /// Graceful restart time announced, seconds.
     pub graceful_restart_time: u16,
+    /// We restarted and kept our forwarding state (the node's routes): the OPENs of the first
+    /// session carry the Restart State bit, so the peer keeps our routes until our
+    /// End-of-RIB. Needs `enable_graceful_restart`.
+    pub restarting: bool,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
+    /// Passive on a listener shared with other sessions: the peer's connections (matched by
+    /// source address) come from it. Takes precedence over `listen`.
+    #[cfg(feature = "io")]
+    pub inbound: Option<std::sync::Arc<super::session::Listener>>,
     pub families: Vec<Family>,
     /// Reconnect backoff (MetalLB: 1 s doubling to 2 min).
     pub retry_initial: Duration,
@@ -86,7 +94,10 @@ impl PeerConfig {
             password: None,
             enable_graceful_restart: false,
             graceful_restart_time: 120,
+            restarting: false,
             listen: None,
+            #[cfg(feature = "io")]
+            inbound: None,
             families: vec![IPV4_UNICAST, IPV6_UNICAST],
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(120),
@@ -128,14 +139,24 @@ impl PeerConfig {
             router_id: self.router_id,
             hold_time: secs(self.hold_time),
             keepalive_time: self.keepalive_time.map(secs),
-            passive: self.listen.is_some(),
+            passive: self.passive(),
             graceful_restart: self
                 .enable_graceful_restart
                 .then_some(self.graceful_restart_time),
+            restarting: self.restarting,
             families: self.families.clone(),
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
         }
+    }
+
+    /// Whether the session waits for the peer to connect.
+    pub fn passive(&self) -> bool {
+        #[cfg(feature = "io")]
+        if self.inbound.is_some() {
+            return true;
+        }
+        self.listen.is_some()
     }
 
     pub fn peer(&self) -> SocketAddr {

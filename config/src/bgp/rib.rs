@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use super::fsm::{IPV4_UNICAST, IPV6_UNICAST, Negotiated};
+use super::fsm::{Family, IPV4_UNICAST, IPV6_UNICAST, Negotiated};
 use super::wire::{
     AFI_IPV6, AS_SEQUENCE, AsSegment, Attr, FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, LargeCommunity,
     MAX_MESSAGE_LEN, Message, MpReach, MpUnreach, ORIGIN_IGP, PathAttribute, SAFI_UNICAST, Update,
@@ -382,6 +382,82 @@ pub fn end_of_rib_markers(neg: &Negotiated) -> Vec<Update> {
         .collect()
 }
 
+/// Graceful restart, receiving side (RFC 4724 §4.2), at session loss: the routes of the
+/// families the peer's graceful restart capability listed are kept, marked stale; the others
+/// are removed. Returns whether anything changed.
+pub fn mark_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>, retained: &[Family]) -> bool {
+    let before = received.len();
+    let mut changed = false;
+    received.retain(|p, r| {
+        let keep = retained.contains(&family_of(p));
+        if keep && !r.stale {
+            r.stale = true;
+            changed = true;
+        }
+        keep
+    });
+    changed || received.len() != before
+}
+
+/// Removes the stale routes of `family` (at the peer's End-of-RIB for it, or when the new
+/// session cannot refresh it). Returns how many went.
+pub fn sweep_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>, family: Family) -> usize {
+    let before = received.len();
+    received.retain(|p, r| !(r.stale && family_of(p) == family));
+    before - received.len()
+}
+
+/// Removes every stale route (the restart time passed). Returns how many went.
+pub fn sweep_all_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>) -> usize {
+    let before = received.len();
+    received.retain(|_, r| !r.stale);
+    before - received.len()
+}
+
+/// The peer's graceful restart capability, as far as the receiving side needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRestart {
+    /// Seconds the peer asks us to keep its routes after the session is lost.
+    pub restart_time: u16,
+    /// The families listed, with their forwarding-state (F) bit.
+    pub families: Vec<(Family, bool)>,
+}
+
+impl PeerRestart {
+    pub fn from_open(open: &super::wire::Open) -> Option<Self> {
+        open.capabilities().find_map(|c| match c {
+            super::wire::Capability::GracefulRestart { time, families, .. } => Some(PeerRestart {
+                restart_time: *time,
+                families: families
+                    .iter()
+                    .map(|f| ((f.afi, f.safi), f.flags & super::wire::GR_FORWARDING != 0))
+                    .collect(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// The stale families the new session will not refresh, to sweep as it comes up: all of
+/// them when it did not negotiate graceful restart, otherwise those the peer's new
+/// capability omits or lists without the forwarding-state bit, or not negotiated at all.
+pub fn unrefreshable_families(
+    stale: &[Family],
+    neg: &Negotiated,
+    peer: Option<&PeerRestart>,
+) -> Vec<Family> {
+    stale
+        .iter()
+        .copied()
+        .filter(|f| {
+            let kept = neg.graceful_restart
+                && neg.families.contains(f)
+                && peer.is_some_and(|p| p.families.contains(&(*f, true)));
+            !kept
+        })
+        .collect()
+}
+
 /// The routes a session is to announce, and which prefixes changed since the session last
 /// synced, so that a change of a few routes is sent without comparing whole tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -679,6 +755,110 @@ mod tests {
                 assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
             }
         }
+    }
+
+    fn received_table(prefixes: &[&str]) -> BTreeMap<IpNet, ReceivedRoute> {
+        let n = neg(false, "192.0.2.1");
+        let mut rib = BTreeMap::new();
+        for p in prefixes {
+            let nh = if p.contains(':') {
+                "2001:db8::2"
+            } else {
+                "192.0.2.2"
+            };
+            let d = desired(&[(
+                p,
+                RouteAttrs {
+                    next_hop: Some(nh.parse().unwrap()),
+                    ..RouteAttrs::default()
+                },
+            )]);
+            let (ann, _) = diff(&BTreeMap::new(), &outgoing(&d, &n));
+            for u in build_updates(&ann, &[], &n, 64513) {
+                apply_update(&mut rib, &u);
+            }
+        }
+        rib
+    }
+
+    fn stale_of(rib: &BTreeMap<IpNet, ReceivedRoute>) -> Vec<(String, bool)> {
+        rib.iter().map(|(p, r)| (p.to_string(), r.stale)).collect()
+    }
+
+    #[test]
+    fn graceful_restart_keeps_routes_stale_until_refreshed_and_swept() {
+        let mut rib = received_table(&["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/64"]);
+        // Only IPv4 was in the peer's capability: IPv6 routes go at once.
+        assert!(mark_stale(&mut rib, &[IPV4_UNICAST]));
+        assert_eq!(
+            stale_of(&rib),
+            [
+                ("198.51.100.0/24".into(), true),
+                ("203.0.113.0/24".into(), true)
+            ]
+        );
+        assert!(
+            !mark_stale(&mut rib, &[IPV4_UNICAST]),
+            "nothing new to mark"
+        );
+        // The peer re-announces one route: it is fresh again.
+        let fresh = received_table(&["203.0.113.0/24", "2001:db8:2::/64"]);
+        rib.extend(fresh);
+        assert_eq!(sweep_stale(&mut rib, IPV6_UNICAST), 0);
+        assert_eq!(
+            sweep_stale(&mut rib, IPV4_UNICAST),
+            1,
+            "End-of-RIB for IPv4"
+        );
+        assert_eq!(
+            stale_of(&rib),
+            [
+                ("203.0.113.0/24".into(), false),
+                ("2001:db8:2::/64".into(), false)
+            ]
+        );
+        mark_stale(&mut rib, &[IPV4_UNICAST, IPV6_UNICAST]);
+        assert_eq!(sweep_all_stale(&mut rib), 2);
+        assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn stale_families_the_new_session_cannot_refresh() {
+        let mut n = neg(false, "192.0.2.1");
+        let both = [IPV4_UNICAST, IPV6_UNICAST];
+        let cap = |f4: bool, f6: Option<bool>| PeerRestart {
+            restart_time: 120,
+            families: [Some((IPV4_UNICAST, f4)), f6.map(|f| (IPV6_UNICAST, f))]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        // No graceful restart in the new session: everything goes.
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            both
+        );
+        n.graceful_restart = true;
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            []
+        );
+        assert_eq!(unrefreshable_families(&both, &n, None), both);
+        // F bit clear for IPv4, IPv6 not listed.
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(false, None))),
+            both
+        );
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(false)))),
+            [IPV6_UNICAST]
+        );
+        // A family the new session did not negotiate.
+        n.families = vec![IPV4_UNICAST];
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            [IPV6_UNICAST]
+        );
     }
 
     #[test]

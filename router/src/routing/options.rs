@@ -145,12 +145,12 @@ pub struct RoutingArgs {
     /// Each node peers with every other node (iBGP full mesh); when false a node needs
     /// `kube-router.io/node.asn` and peers only with nodes of the same ASN.
     #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub nodes_full_mesh: bool,
 
     /// Peer with the other nodes of the cluster at all (false: external peers only).
     #[arg(long = "enable-ibgp", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub enable_ibgp: bool,
 
     /// The IP addresses of external routers every node peers with (comma separated);
@@ -184,33 +184,33 @@ pub struct RoutingArgs {
     /// Advertise this node's pod CIDRs to the external peers too (the other nodes always
     /// get them).
     #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub advertise_pod_cidr: bool,
 
     /// Advertise the Services' cluster IPs to the external peers.
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub advertise_cluster_ip: bool,
 
     /// Advertise the Services' external IPs to the external peers.
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub advertise_external_ip: bool,
 
     /// Advertise the Services' load-balancer IPs (`status.loadBalancer.ingress`) to the
     /// external peers.
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub advertise_loadbalancer_ip: bool,
 
     /// Announce this node's own address as next hop to the external peers.
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub override_nexthop: bool,
 
     /// Announce BGP graceful restart (RFC 4724): peers keep our routes while we restart.
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub bgp_graceful_restart: bool,
 
     /// BGP graceful restart time (RFC 4724 §3), at most 4095s.
@@ -242,7 +242,7 @@ pub struct RoutingArgs {
     /// Tunnel pod traffic to nodes in other subnets (ipip/fou; this kernel has neither, so
     /// only same-subnet routes are installed).
     #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub enable_overlay: bool,
 
     /// `subnet`: tunnel only to nodes outside this node's subnets; `full`: to every node.
@@ -656,8 +656,9 @@ mod tests {
         .unwrap();
         assert!(o.advertise_cluster_ip && o.advertise_external_ip && o.override_nexthop);
         assert!(o.graceful_restart && !o.enable_overlay);
-        let mut v = vec!["x", "--nodes-full-mesh=maybe"];
-        assert!(Cli::try_parse_from(v.drain(..)).is_err());
+        assert!(Cli::try_parse_from(["x", "--nodes-full-mesh=maybe"]).is_err());
+        // As with Go's pflag, a value needs '=': a following word is never taken as one.
+        assert!(Cli::try_parse_from(["x", "--nodes-full-mesh", "false"]).is_err());
     }
 
     #[test]

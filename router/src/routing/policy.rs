@@ -61,15 +61,18 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// kube-router's `shouldAdvertiseService`: the per-Service annotation when it parses as a
-/// boolean, else the flag.
+/// kube-router's `shouldAdvertiseService`: the per-Service annotation when present (one
+/// that does not parse as a boolean counts as false, as there), else the flag.
 fn advertise(svc: &Service, annotation: &str, flag: bool) -> bool {
-    svc.metadata
+    match svc
+        .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(annotation))
-        .and_then(|v| parse_go_bool(v.trim()))
-        .unwrap_or(flag)
+    {
+        Some(v) => parse_go_bool(v.trim()).unwrap_or(false),
+        None => flag,
+    }
 }
 
 fn parse_addresses<'a>(list: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
@@ -124,6 +127,9 @@ pub fn service_vips<'a>(
             continue;
         };
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        // kube-router also skips a Service whose clusterIP is still blank; the API server
+        // never leaves one blank, but the state directory may, and its external and
+        // load-balancer addresses are still the Service's.
         if ty == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") {
             continue;
         }
@@ -199,8 +205,8 @@ fn host_prefix(ip: IpAddr) -> IpNet {
 /// the routes it reflects to this peer (`reflected`, already chosen per peer by
 /// [`super::loc_rib`]). kube-router's export policy: pod CIDRs to the other nodes, and to
 /// external peers with `--advertise-pod-cidr`; Service VIPs only to external peers and only
-/// where announced; the node's communities on its own routes; the AS-path prepend and, with
-/// `--override-nexthop`, next hop self towards external peers.
+/// where announced; towards external peers the node's communities, its AS-path prepend
+/// and, with `--override-nexthop`, next hop self.
 pub fn export_table(
     opts: &RoutingOptions,
     plan: &PeerPlan,
@@ -214,22 +220,30 @@ pub fn export_table(
         return out;
     }
     let external = peer.is_external();
+    // kube-router's actions (communities, prepend, next hop self) sit on its statements
+    // towards external peers only; routes to the other nodes go out plain.
     let own = |next_hop: Option<IpAddr>| {
+        if !external {
+            return RouteAttrs {
+                next_hop,
+                ..RouteAttrs::default()
+            };
+        }
         let mut communities = local.bgp.communities.clone();
         communities.sort_unstable();
         communities.dedup();
         RouteAttrs {
             // Next hop self (the session's address) on request; else this node's own
             // address of the route's family.
-            next_hop: if external && opts.override_nexthop {
+            next_hop: if opts.override_nexthop {
                 None
             } else {
                 next_hop
             },
             communities,
             as_path: match local.bgp.path_prepend {
-                Some((asn, n)) if external && !peer.is_ibgp() => vec![asn; usize::from(n)],
-                _ => Vec::new(),
+                Some((asn, n)) => vec![asn; usize::from(n)],
+                None => Vec::new(),
             },
             ..RouteAttrs::default()
         }
@@ -398,12 +412,9 @@ mod tests {
         };
         let v = service_vips(&o, "n1", [&s], []);
         let adv: Vec<_> = v.iter().filter(|v| v.advertise).map(|v| v.kind).collect();
-        // clusterip by annotation; externalip: the annotation does not parse, the flag
-        // stands; loadbalancerip off by annotation.
-        assert_eq!(
-            adv,
-            vec![VipKind::ClusterIp, VipKind::ExternalIp, VipKind::ClusterIp]
-        );
+        // clusterip by annotation; externalip: the annotation does not parse, which counts
+        // as false in kube-router; loadbalancerip off by annotation.
+        assert_eq!(adv, vec![VipKind::ClusterIp, VipKind::ClusterIp]);
         let s = lb(
             "web",
             json!({"metadata": {"annotations": {SVC_SKIP_LB_IPS: ""}}}),
@@ -569,7 +580,7 @@ mod tests {
         );
         assert_eq!(t[&net("10.244.1.0/24")].next_hop, Some(ip("192.0.2.1")));
         assert_eq!(t[&net("fd00:1::/64")].next_hop, Some(ip("2001:db8::1")));
-        assert_eq!(t[&net("10.244.1.0/24")].communities, vec![100, 0xffff_ff01]);
+        assert!(t[&net("10.244.1.0/24")].communities.is_empty());
         assert!(
             t[&net("10.244.1.0/24")].as_path.is_empty(),
             "no prepend towards nodes"
@@ -587,6 +598,11 @@ mod tests {
         );
         assert_eq!(t[&net("203.0.113.10/32")].next_hop, Some(ip("192.0.2.1")));
         assert_eq!(t[&net("203.0.113.10/32")].as_path, vec![64512, 64512]);
+        assert_eq!(
+            t[&net("203.0.113.10/32")].communities,
+            vec![100, 0xffff_ff01]
+        );
+        assert_eq!(t[&net("10.244.1.0/24")].communities, vec![100, 0xffff_ff01]);
 
         let no_pods = RoutingOptions {
             advertise_pod_cidr: false,
@@ -701,5 +717,48 @@ mod tests {
             r("10.244.0.0/16").is_none(),
             "an aggregate of our CIDR is fine"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn vips_independent_of_object_order(
+            specs in proptest::collection::vec((0u8..4, 0u8..3, proptest::bool::ANY, proptest::bool::ANY), 1..6),
+            eps in proptest::collection::vec((0u8..6, 0u8..3, proptest::option::of(proptest::bool::ANY)), 0..6),
+            rot in 0usize..6,
+        ) {
+            let services: Vec<Service> = specs.iter().enumerate().map(|(i, (ty, pol, lb, local))| {
+                let ty = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"][usize::from(*ty)];
+                let pol = ["Cluster", "Local", "Local"][usize::from(*pol)];
+                let mut v = json!({
+                    "metadata": {"name": format!("s{i}"), "namespace": "d"},
+                    "spec": {"type": ty, "clusterIP": format!("10.96.0.{i}"),
+                             "externalTrafficPolicy": pol, "internalTrafficPolicy": pol,
+                             "externalIPs": [format!("198.51.100.{}", i % 2)]},
+                });
+                if *lb {
+                    merge(&mut v, json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("203.0.113.{i}")}]}}}));
+                }
+                if *local {
+                    merge(&mut v, json!({"metadata": {"annotations": {SVC_LOCAL: "true"}}}));
+                }
+                svc(v)
+            }).collect();
+            let slices: Vec<EndpointSlice> = eps.iter().map(|(s, n, ready)| {
+                let mut e = json!({"addresses": ["10.244.0.1"], "nodeName": format!("n{n}")});
+                if let Some(r) = ready {
+                    merge(&mut e, json!({"conditions": {"ready": r}}));
+                }
+                slice("d", &format!("s{s}"), json!([e]))
+            }).collect();
+            let o = RoutingOptions { advertise_loadbalancer_ip: true, ..RoutingOptions::default() };
+            let a = service_vips(&o, "n1", &services, &slices);
+            let mut rs = services.clone();
+            let len = rs.len();
+            rs.rotate_left(rot % len);
+            rs.reverse();
+            let mut rsl = slices.clone();
+            rsl.reverse();
+            proptest::prop_assert_eq!(a, service_vips(&o, "n1", &rs, &rsl));
+        }
     }
 }

@@ -86,9 +86,13 @@ pub struct PeerPlan {
     pub cluster_id: Option<Ipv4Addr>,
     /// Keyed by peer address: one session per address.
     pub peers: BTreeMap<IpAddr, PeerSpec>,
+    /// Other nodes not peered with (and external routers that cannot be, named
+    /// `external router ADDRESS`).
     pub skipped: Vec<Skipped>,
     /// Why BGP does not run at all on this node, when `local_asn` is `None`.
     pub not_running: Option<String>,
+    /// Why each peer of `peers` is one (for `explain node`).
+    pub reasons: BTreeMap<IpAddr, String>,
 }
 
 impl NodeView {
@@ -320,6 +324,25 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
             hold_time: opts.hold_time,
             graceful_restart,
         };
+        let reason = match (role, other.rr_role()) {
+            (RrRole::Server(c), _) if spec.rr_client => {
+                format!("we are a route reflector (cluster id {c}) and it is our client")
+            }
+            (RrRole::Server(_), _) => {
+                "we are a route reflector: reflectors peer with every node".into()
+            }
+            (RrRole::Client(_), _) => {
+                "we are a route-reflector client and it is a route reflector".into()
+            }
+            (RrRole::None, RrRole::Server(_)) => {
+                "it is a route reflector: reflectors peer with every node".into()
+            }
+            _ if opts.nodes_full_mesh => {
+                format!("full mesh (--nodes-full-mesh): iBGP in the cluster AS {asn}")
+            }
+            _ => format!("--nodes-full-mesh=false and it has our node.asn {asn}"),
+        };
+        plan.reasons.insert(theirs, reason);
         plan.peers.insert(theirs, spec);
     }
 
@@ -328,11 +351,31 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
     } else {
         (PeerKind::AnnotatedExternal, &local.bgp.peers)
     };
+    let why = match kind {
+        PeerKind::GlobalExternal => "external router from --peer-router-ips",
+        _ => "external router from this node's kube-router.io/peers (or peer.*) annotation",
+    };
     for peer in external {
         if local.addresses.contains(&peer.address) || plan.peers.contains_key(&peer.address) {
             // A node of the cluster or ourselves: the node session stands.
             continue;
         }
+        // The source is the node's primary address unless the peer names one (kube-router
+        // sets it so the router sees the address it was configured with); of another
+        // family it cannot work, and kube-router skips the peer.
+        let source = peer.local_address.or(local.primary());
+        if let Some(src) = source
+            && src.is_ipv4() != peer.address.is_ipv4()
+        {
+            plan.skipped.push(Skipped {
+                node: format!("external router {}", peer.address),
+                reason: format!(
+                    "our local address {src} and its address are of different families (set localip)"
+                ),
+            });
+            continue;
+        }
+        plan.reasons.insert(peer.address, why.to_string());
         plan.peers.insert(
             peer.address,
             PeerSpec {
@@ -341,7 +384,7 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
                 port: peer.port,
                 local_asn: asn,
                 peer_asn: peer.asn,
-                local_address: peer.local_address,
+                local_address: source,
                 router_id: id,
                 password: peer.password.clone(),
                 multihop_ttl: peer.multihop_ttl.or(opts.peer_multihop_ttl),
@@ -569,6 +612,7 @@ mod tests {
         let p = plan_peers(&o, &nodes[0], &nodes);
         let e = &p.peers[&ip("203.0.113.1")];
         assert_eq!(e.kind, PeerKind::AnnotatedExternal);
+        assert!(p.reasons[&ip("203.0.113.1")].contains("kube-router.io/peers"));
         assert_eq!(
             (e.port, e.multihop_ttl, e.local_address),
             (1179, Some(5), Some(ip("192.0.2.1")))
@@ -588,6 +632,40 @@ mod tests {
         let p = plan_peers(&o, &nodes[0], &nodes);
         assert!(!p.peers.contains_key(&ip("203.0.113.1")));
         assert!(p.peers.contains_key(&ip("198.51.100.1")));
+        // Without localip the source is the primary address; another family cannot peer.
+        let o = RoutingOptions {
+            global_peers: vec![
+                ExternalPeer {
+                    address: ip("198.51.100.1"),
+                    asn: 65100,
+                    password: None,
+                    port: 179,
+                    multihop_ttl: None,
+                    local_address: None,
+                },
+                ExternalPeer {
+                    address: ip("2001:db8:ff::1"),
+                    asn: 65100,
+                    password: None,
+                    port: 179,
+                    multihop_ttl: None,
+                    local_address: None,
+                },
+            ],
+            ..RoutingOptions::default()
+        };
+        let p = plan_peers(&o, &nodes[0], &nodes);
+        assert_eq!(
+            p.peers[&ip("198.51.100.1")].local_address,
+            Some(ip("192.0.2.1"))
+        );
+        assert!(!p.peers.contains_key(&ip("2001:db8:ff::1")));
+        let s = p
+            .skipped
+            .iter()
+            .find(|s| s.node == "external router 2001:db8:ff::1")
+            .unwrap();
+        assert!(s.reason.contains("different families"), "{}", s.reason);
         // An external peer at a node's address does not replace the node session.
         nodes[0].bgp.peers[0].address = ip("192.0.2.2");
         let p = plan_peers(&RoutingOptions::default(), &nodes[0], &nodes);
@@ -614,6 +692,8 @@ mod tests {
         assert!(!s1.peers[&ip("192.0.2.2")].rr_client);
         assert!(s1.peers[&ip("192.0.2.3")].rr_client && s1.peers[&ip("192.0.2.4")].rr_client);
         assert!(!s1.peers[&ip("192.0.2.5")].rr_client);
+        assert!(s1.reasons[&ip("192.0.2.3")].contains("our client"));
+        assert_eq!(s1.reasons.len(), s1.peers.len());
         let c1 = plan_peers(&o, &nodes[2], &nodes);
         assert_eq!(c1.cluster_id, None);
         assert_eq!(
@@ -621,6 +701,7 @@ mod tests {
             vec![ip("192.0.2.1"), ip("192.0.2.2")]
         );
         assert_eq!(c1.skipped.len(), 2);
+        assert!(c1.reasons[&ip("192.0.2.1")].contains("client"));
         assert!(c1.skipped.iter().all(|s| s.reason.contains("rr.client")));
         let plain = plan_peers(&o, &nodes[4], &nodes);
         assert_eq!(plain.peers.len(), 2, "{plain:?}");
@@ -646,7 +727,7 @@ mod tests {
         let v6 = node("b", &["2001:db8::10"], &[]);
         assert_eq!(router_id(&g, &v6), Ok(Ipv4Addr::new(95, 90, 237, 87)));
         assert!(router_id(&o, &v6).unwrap_err().contains("--router-id"));
-        let p = plan_peers(&o, &v6, &[v6.clone()]);
+        let p = plan_peers(&o, &v6, std::slice::from_ref(&v6));
         assert!(p.not_running.is_some());
         let f = RoutingOptions {
             router_id: RouterIdChoice::Fixed(Ipv4Addr::new(1, 2, 3, 4)),

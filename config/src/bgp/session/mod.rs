@@ -15,8 +15,10 @@ use super::peer::PeerConfig;
 pub use super::rib::RouteAttrs;
 use super::rib::{DesiredRoutes, ReceivedRoute};
 
+mod listener;
 mod runner;
 
+pub use listener::Listener;
 use runner::Runner;
 
 /// The session's state as the status and metrics see it.
