@@ -241,7 +241,7 @@ fn two_nodes_peer_install_routes_and_clean_up() {
         logs,
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(proto17(&a).contains("198.51.100.32/28 via 192.0.2.12"));
+    assert!(proto17(a).contains("198.51.100.32/28 via 192.0.2.12"));
 
     // explain asks the running router.
     let out = Command::new("ip")
@@ -268,15 +268,15 @@ fn two_nodes_peer_install_routes_and_clean_up() {
 
     // Clean shutdown without graceful restart: b removes its routes, a withdraws b's.
     assert!(rb.stop(), "b's router exits cleanly");
-    assert!(proto17(&b).trim().is_empty(), "{}", proto17(&b));
+    assert!(proto17(b).trim().is_empty(), "{}", proto17(b));
     wait_for(
         "node a forgets b's pod routes",
         Duration::from_secs(10),
-        || !proto17(&a).contains("198.51.100.32/28"),
+        || !proto17(a).contains("198.51.100.32/28"),
         logs,
     );
     assert!(ra.stop());
-    assert!(proto17(&a).trim().is_empty(), "{}", proto17(&a));
+    assert!(proto17(a).trim().is_empty(), "{}", proto17(a));
 }
 
 /// SIGKILL without graceful restart: the other node removes the dead node's routes when the

@@ -41,8 +41,6 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// After a kernel failure, the next try.
 const RETRY: Duration = Duration::from_secs(1);
-/// Polling of received routes while the engine gives no change notification.
-const POLL: Duration = Duration::from_millis(100);
 /// Graceful restart: how long every session must have been Established before the routes
 /// of before the restart are swept (the peers send their table right after the OPEN).
 const GR_SETTLE: Duration = Duration::from_secs(2);
@@ -185,9 +183,6 @@ impl Daemon {
             t = t
                 .min(until)
                 .min(Instant::now() + Duration::from_millis(500));
-        }
-        if sessions::POLL_RECEIVED && !self.sessions.is_empty() {
-            t = t.min(Instant::now() + POLL);
         }
         t.max(Instant::now())
     }
@@ -501,27 +496,18 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
                 return Some(Err("name= is missing\n".into()));
             };
             let views = session_views(&status.sessions);
-            let text = super::explain::node(desired, &views, name);
-            // Until the shared text covers it, the daemon's own summary.
-            Some(Ok(if text.is_empty() {
-                explain_node(status, desired, name)
-            } else {
-                text
-            }))
+            let mut text = super::explain::node(desired, &views, name);
+            if name == status.node {
+                text.push_str(&daemon_lines(status));
+            }
+            Some(Ok(text))
         }
         "/debug/routing/route" => {
             let Some(prefix) = query(path, "prefix") else {
                 return Some(Err("prefix= is missing\n".into()));
             };
             match prefix.parse::<IpNet>() {
-                Ok(p) => {
-                    let text = super::explain::route(desired, p);
-                    Some(Ok(if text.is_empty() {
-                        explain_route(desired, p)
-                    } else {
-                        text
-                    }))
-                }
+                Ok(p) => Some(Ok(super::explain::route(desired, p))),
                 Err(e) => Some(Err(format!("prefix {prefix:?}: {e}\n"))),
             }
         }
@@ -550,100 +536,21 @@ pub fn session_views(
         .collect()
 }
 
-fn explain_node(status: &Status, desired: &Desired, name: &str) -> String {
+/// What only the daemon knows: the kernel routes installed, a graceful restart under way.
+fn daemon_lines(status: &Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    if name == status.node {
-        let _ = writeln!(out, "node {name} (this node)");
-        if let Some(w) = &status.waiting {
-            let _ = writeln!(out, "  not running: {w}");
-        }
-        if let Some(until) = status.holding_until {
-            let _ = writeln!(
-                out,
-                "  graceful restart: keeping the routes of before the restart for {:?} at most",
-                until.saturating_duration_since(Instant::now())
-            );
-        }
-        let _ = writeln!(out, "  kernel routes (proto 17): {}", status.installed);
-        for (addr, s) in &status.sessions {
-            let _ = write!(
-                out,
-                "  session {addr} ({}) AS {}: {}",
-                sessions::kind_name(&s.spec.kind),
-                s.spec.peer_asn,
-                s.status.state
-            );
-            if let Some(up) = s.uptime {
-                let _ = write!(out, " for {}s", up.as_secs());
-            }
-            let _ = writeln!(out, ", {} sent, {} received", s.sent, s.received);
-            if let Some(e) = &s.status.last_error {
-                let _ = writeln!(out, "    last error: {e}");
-            }
-        }
-    } else {
-        let _ = writeln!(out, "node {name}");
-        let peering =
-            desired.plan.peers.values().find(
-                |p| matches!(&p.kind, super::topology::PeerKind::Node { name: n } if n == name),
-            );
-        match peering {
-            Some(p) => {
-                let state = status
-                    .sessions
-                    .get(&p.address)
-                    .map_or("not started".to_string(), |s| s.status.state.to_string());
-                let _ = writeln!(
-                    out,
-                    "  peered at {} (AS {}, {}): {state}",
-                    p.address,
-                    p.peer_asn,
-                    if p.passive {
-                        "it connects"
-                    } else {
-                        "we connect"
-                    }
-                );
-            }
-            None => match desired.plan.skipped.iter().find(|s| s.node == name) {
-                Some(s) => {
-                    let _ = writeln!(out, "  not peered: {}", s.reason);
-                }
-                None => {
-                    let _ = writeln!(out, "  not peered (no such node known)");
-                }
-            },
-        }
-    }
-    out
-}
-
-fn explain_route(desired: &Desired, prefix: IpNet) -> String {
-    use std::fmt::Write;
-    let mut out = format!("route {prefix}\n");
-    match desired.best.get(&prefix) {
-        Some(b) => {
-            let _ = writeln!(
-                out,
-                "  best: from {} next hop {} as path {:?}",
-                b.peer, b.route.next_hop, b.route.as_path
-            );
-        }
-        None => {
-            let _ = writeln!(out, "  no best route");
-        }
-    }
-    for r in desired.rejected.iter().filter(|r| r.prefix == prefix) {
-        let _ = writeln!(out, "  rejected from {}: {}", r.peer, r.reason);
-    }
-    match desired.kernel.get(&prefix) {
-        Some(k) => {
-            let _ = writeln!(out, "  kernel: {} via {} proto 17", k.dst, k.gateway);
-        }
-        None => {
-            let _ = writeln!(out, "  kernel: none");
-        }
+    let _ = writeln!(
+        out,
+        "  kernel routes installed (proto 17): {}",
+        status.installed
+    );
+    if let Some(until) = status.holding_until {
+        let _ = writeln!(
+            out,
+            "  graceful restart: the routes of before the restart are kept until the peers are back, {}s at most",
+            until.saturating_duration_since(Instant::now()).as_secs()
+        );
     }
     out
 }
@@ -669,15 +576,19 @@ mod tests {
                 .unwrap()
                 .is_err()
         );
-        st.desired = Some(Desired::default());
+        st.desired = Some(Desired {
+            node: "n1".into(),
+            ..Desired::default()
+        });
+        st.installed = 3;
         let t = debug_answer(&st, "/debug/routing/node?name=n1")
             .unwrap()
             .unwrap();
-        assert!(t.contains("this node"), "{t}");
+        assert!(t.contains("kernel routes installed (proto 17): 3"), "{t}");
         let t = debug_answer(&st, "/debug/routing/route?prefix=198.51.100.0/28")
             .unwrap()
             .unwrap();
-        assert!(t.contains("kernel: none"), "{t}");
+        assert!(t.contains("198.51.100.0/28"), "{t}");
         assert!(
             debug_answer(&st, "/debug/routing/route?prefix=x")
                 .unwrap()

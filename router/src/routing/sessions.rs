@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use super::topology::{PeerKind, PeerSpec};
 
-pub use engine::Listener;
+pub use metalnet::bgp::Listener;
 
 /// A node's routers reconnect quickly: a peer that restarts (rolling update) should be back
 /// within a second or two, and the mesh must converge in seconds after all start at once.
@@ -53,8 +53,12 @@ pub fn peer_config(spec: &PeerSpec, ctx: &SessionContext) -> PeerConfig {
     }
     c.retry_initial = RETRY_INITIAL;
     c.retry_max = RETRY_MAX;
-    engine::set_inbound(&mut c, spec.passive.then(|| ctx.listener.clone()).flatten());
-    engine::set_restarting(&mut c, ctx.restarting);
+    c.inbound = if spec.passive {
+        ctx.listener.clone()
+    } else {
+        None
+    };
+    c.restarting = ctx.restarting;
     c
 }
 
@@ -240,7 +244,8 @@ impl Sessions {
             .iter()
             .map(|(a, r)| {
                 let status = r.handle.status();
-                let uptime = engine::established_since(&status)
+                let uptime = status
+                    .established_since
                     .filter(|_| status.state == State::Established)
                     .map(|s| s.elapsed());
                 (
@@ -268,7 +273,7 @@ impl Sessions {
         self.running.values().all(|r| {
             let s = r.handle.status();
             s.state == State::Established
-                && engine::established_since(&s).is_some_and(|t| t.elapsed() >= settle)
+                && s.established_since.is_some_and(|t| t.elapsed() >= settle)
         })
     }
 
@@ -305,7 +310,7 @@ impl Sessions {
 /// session.
 fn spawn_watcher(addr: IpAddr, handle: &SessionHandle, wake: Arc<Notify>) {
     let mut status = handle.watch_status();
-    let mut received = engine::watch_received(handle);
+    let mut received = handle.watch_received();
     tokio::spawn(async move {
         let mut last = status.borrow().state;
         loop {
@@ -323,7 +328,7 @@ fn spawn_watcher(addr: IpAddr, handle: &SessionHandle, wake: Arc<Notify>) {
                         wake.notify_one();
                     }
                 }
-                r = engine::received_changed(&mut received) => {
+                r = received.changed() => {
                     if r.is_err() { return; }
                     wake.notify_one();
                 }
@@ -345,65 +350,6 @@ pub fn kind_name(kind: &PeerKind) -> &'static str {
 pub fn listen_addr(port: u16) -> SocketAddr {
     SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
 }
-
-/// The engine calls that differ while the shared listener and received-route notification
-/// are being added to the engine: kept here so the rest of the router uses one API.
-mod engine {
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::time::Instant;
-
-    use metalnet::bgp::{PeerConfig, SessionHandle, SessionStatus};
-    use tokio::sync::watch;
-
-    /// Stand-in for the engine's shared listener: the address passive sessions listen on.
-    #[derive(Debug)]
-    pub struct Listener {
-        addr: SocketAddr,
-    }
-
-    impl Listener {
-        pub fn bind(addr: SocketAddr) -> std::io::Result<Arc<Listener>> {
-            Ok(Arc::new(Listener { addr }))
-        }
-        pub fn local_addr(&self) -> SocketAddr {
-            self.addr
-        }
-    }
-
-    pub fn set_inbound(c: &mut PeerConfig, listener: Option<Arc<Listener>>) {
-        // One socket per session, of the peer's family (the old engine compares the
-        // source address without unmapping IPv4-mapped IPv6).
-        let any: std::net::IpAddr = if c.peer_address.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        };
-        c.listen = listener.map(|l| SocketAddr::new(any, l.addr.port()));
-    }
-
-    pub fn set_restarting(_c: &mut PeerConfig, _restarting: bool) {}
-
-    pub fn established_since(s: &SessionStatus) -> Option<Instant> {
-        s.established_since
-    }
-
-    pub fn watch_received(h: &SessionHandle) -> watch::Receiver<u64> {
-        h.watch_received()
-    }
-
-    pub async fn received_changed(
-        rx: &mut watch::Receiver<u64>,
-    ) -> Result<(), watch::error::RecvError> {
-        rx.changed().await
-    }
-
-    /// Whether the daemon must poll the sessions' received routes.
-    pub const POLL_RECEIVED: bool = false;
-}
-
-/// Whether the daemon must poll the sessions' received routes (no change notification).
-pub const POLL_RECEIVED: bool = engine::POLL_RECEIVED;
 
 #[cfg(test)]
 mod tests {
@@ -514,6 +460,22 @@ mod tests {
                 Change::Stop(ip("192.0.2.14"))
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn passive_sessions_take_the_shared_listener() {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let ctx = SessionContext {
+            listener: Some(l.clone()),
+            restarting: true,
+        };
+        let mut s = spec("192.0.2.12", 64512);
+        s.passive = true;
+        let c = peer_config(&s, &ctx);
+        assert!(c.inbound.is_some_and(|i| i.local_addr() == l.local_addr()));
+        assert!(c.restarting);
+        s.passive = false;
+        assert!(peer_config(&s, &ctx).inbound.is_none());
     }
 
     #[test]
