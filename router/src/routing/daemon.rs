@@ -240,8 +240,8 @@ impl Daemon {
             .observe(started.elapsed().as_secs_f64());
         // Graceful restart: hold the old routes until every peer is back, or the deadline.
         if let Restart::Holding { until } = self.restart {
-            let back = !self.sessions.is_empty() && self.sessions.all_established_for(GR_SETTLE);
-            if back || Instant::now() >= until {
+            let back = self.sessions.all_established_for(GR_SETTLE);
+            if restart_over(until, Instant::now(), desired.plan.peers.is_empty(), back) {
                 tracing::info!(
                     peers_back = back,
                     "graceful restart: sweeping routes no longer wanted"
@@ -453,6 +453,13 @@ impl Daemon {
     }
 }
 
+/// Graceful restart on our side is over (the routes of before the restart may be swept):
+/// every planned peer has been back long enough to have re-sent its routes, there is no peer
+/// to wait for, or the deferral time has passed. Pure.
+fn restart_over(until: Instant, now: Instant, no_peers: bool, all_back: bool) -> bool {
+    no_peers || all_back || now >= until
+}
+
 /// The subnets of this node's interfaces (loopback and link-local left out), for direct
 /// routes.
 async fn connected_subnets(kernel: &Kernel) -> Result<Vec<IpNet>, NetlinkError> {
@@ -558,6 +565,16 @@ fn daemon_lines(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graceful_restart_waits_for_the_peers_or_the_deferral() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(360);
+        assert!(!restart_over(later, now, false, false));
+        assert!(restart_over(later, now, false, true));
+        assert!(restart_over(later, now, true, false), "no peer to wait for");
+        assert!(restart_over(later, later, false, false), "deferral over");
+    }
 
     #[test]
     fn debug_paths_and_queries() {
