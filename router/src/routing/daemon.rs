@@ -231,7 +231,8 @@ impl Daemon {
         }
         let applied = self
             .sessions
-            .apply(&desired.plan.peers, &desired.exports, &self.ctx);
+            .apply(&desired.plan.peers, &desired.exports, &self.ctx)
+            .await;
         self.metrics
             .advertisements_sent
             .inc_by(applied.routes_sent as u64);

@@ -24,6 +24,9 @@ pub use metalnet::bgp::Listener;
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a restarted session's predecessor may take to stop.
+const RESTART_WAIT: Duration = Duration::from_secs(2);
+
 /// Routes sent to one peer, by prefix.
 pub type Exports = BTreeMap<IpNet, RouteAttrs>;
 
@@ -162,7 +165,7 @@ impl Sessions {
     }
 
     /// Makes the sessions match the plan. Must run inside a tokio runtime.
-    pub fn apply(
+    pub async fn apply(
         &mut self,
         peers: &BTreeMap<IpAddr, PeerSpec>,
         exports: &BTreeMap<IpAddr, Exports>,
@@ -185,7 +188,14 @@ impl Sessions {
                     if let Some(old) = self.running.remove(&addr) {
                         tracing::info!(peer = %addr, "peer parameters changed: restarting its session");
                         applied.restarted += 1;
-                        tokio::spawn(old.handle.shutdown());
+                        // The old session ends (Cease sent, listener slot and MD5 key given
+                        // back) before the new one takes its place.
+                        if tokio::time::timeout(RESTART_WAIT, old.handle.shutdown())
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(peer = %addr, "the old session did not stop in time");
+                        }
                     } else {
                         applied.started += 1;
                     }
