@@ -345,3 +345,41 @@ fn graceful_restart_keeps_routes_across_a_kill() {
     assert!(ra.stop());
     assert!(p.a_has_b(), "{}", proto17(&p.a));
 }
+
+/// CPU time (user + system, clock ticks) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn readyz(ns: &Netns) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "curl", "-s", "--max-time", "2"])
+        .arg("http://127.0.0.1:7475/readyz")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A router whose Node is not in the cluster state waits without spinning and is not
+/// ready; once the Node appears it peers and becomes ready.
+#[test]
+fn a_router_without_its_node_waits_quietly() {
+    let Some(p) = Pair::new() else { return };
+    std::fs::remove_file(p.dir.join("node-a.yaml")).unwrap();
+    let ra = p.start_a(&[]);
+    let _rb = p.start_b(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu_ticks(ra.0.id());
+    // Startup takes a tick or two; a loop that spins while waiting takes many more.
+    assert!(ticks < 8, "{ticks} ticks of CPU in 3 s while waiting");
+    assert!(readyz(&p.a).contains("not ready"), "{}", readyz(&p.a));
+    p.write_a(None);
+    p.wait("converged", Duration::from_secs(20), || {
+        p.a_has_b() && p.b_has_a()
+    });
+    assert_eq!(readyz(&p.a).trim(), "ready");
+}

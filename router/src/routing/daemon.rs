@@ -193,23 +193,24 @@ impl Daemon {
         let snap = state.snapshot();
         let problems = self.update_views(&snap);
         self.report_problems(state, problems).await;
-        let Some(local) = self.views.get(&self.cfg.node).cloned() else {
-            let why = format!("Node {} is not in the cluster state", self.cfg.node);
-            self.set_waiting(why);
-            return;
-        };
         if self.connected_at.elapsed() >= ADDRESS_CHECK || self.connected.is_empty() {
+            // Set first: a failure must not make the check due again at once.
+            self.connected_at = Instant::now();
             match connected_subnets(&self.kernel).await {
                 Ok(c) => {
                     if c != self.connected {
                         tracing::info!(subnets = ?c, "connected subnets");
                     }
                     self.connected = c;
-                    self.connected_at = Instant::now();
                 }
                 Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
             }
         }
+        let Some(local) = self.views.get(&self.cfg.node).cloned() else {
+            let why = format!("Node {} is not in the cluster state", self.cfg.node);
+            self.set_waiting(why);
+            return;
+        };
         let vips = policy::service_vips(
             &self.cfg.opts,
             &self.cfg.node,
