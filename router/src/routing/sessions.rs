@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use metalnet::bgp::{
@@ -125,7 +125,6 @@ struct Running {
     spec: PeerSpec,
     exports: Exports,
     handle: SessionHandle,
-    started: Instant,
 }
 
 /// What `explain` and the metrics show of one session.
@@ -216,7 +215,6 @@ impl Sessions {
                             spec: spec.clone(),
                             exports: table,
                             handle,
-                            started: Instant::now(),
                         },
                     );
                 }
@@ -253,6 +251,7 @@ impl Sessions {
         self.running
             .iter()
             .map(|(a, r)| {
+                use std::sync::atomic::Ordering::Relaxed;
                 let status = r.handle.status();
                 let uptime = status
                     .established_since
@@ -263,13 +262,8 @@ impl Sessions {
                     SessionInfo {
                         spec: r.spec.clone(),
                         uptime,
-                        sent: r.exports.len(),
-                        received: r
-                            .handle
-                            .counters()
-                            .prefixes_received
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            as usize,
+                        sent: r.handle.counters().prefixes_announced.load(Relaxed) as usize,
+                        received: r.handle.counters().prefixes_received.load(Relaxed) as usize,
                         status,
                     },
                 )
@@ -287,18 +281,12 @@ impl Sessions {
         })
     }
 
-    /// The oldest session's start (for logs).
     pub fn len(&self) -> usize {
         self.running.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
-    }
-
-    /// When a session started, by address.
-    pub fn started(&self, addr: &IpAddr) -> Option<Instant> {
-        self.running.get(addr).map(|r| r.started)
     }
 
     /// Stops every session (Cease, or a plain close when graceful restart was negotiated, so
@@ -330,8 +318,9 @@ fn spawn_watcher(addr: IpAddr, handle: &SessionHandle, wake: Arc<Notify>) {
                     let s = status.borrow_and_update().clone();
                     if s.state != last {
                         match (&s.last_error, s.state) {
-                            (_, State::Established) => tracing::info!(peer = %addr, "BGP session established"),
-                            (Some(e), _) => tracing::info!(peer = %addr, state = %s.state, reason = %e, "BGP session state"),
+                            // The engine logs the transitions that matter at info level.
+                            (_, State::Established) => tracing::debug!(peer = %addr, "BGP session established"),
+                            (Some(e), _) => tracing::debug!(peer = %addr, state = %s.state, reason = %e, "BGP session state"),
                             (None, _) => tracing::debug!(peer = %addr, state = %s.state, "BGP session state"),
                         }
                         last = s.state;
