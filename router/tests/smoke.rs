@@ -37,7 +37,11 @@ impl Router {
             .arg(dir)
             .args(["--node-name", node, "--metrics-addr", "127.0.0.1:7475"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .args(
+                std::env::var("SMOKE_LOG")
+                    .ok()
+                    .map(|l| format!("--log-level={l}")),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
