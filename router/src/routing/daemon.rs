@@ -41,8 +41,8 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// After a kernel failure, the next try.
 const RETRY: Duration = Duration::from_secs(1);
-/// Graceful restart: how long every session must have been Established before the routes
-/// of before the restart are swept (the peers send their table right after the OPEN).
+/// Graceful restart: a peer that sends no End-of-RIB counts as back once its session has been
+/// Established this long (peers send their table right after the OPEN).
 const GR_SETTLE: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for the sessions to close.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
@@ -130,6 +130,7 @@ impl Daemon {
             ctx: SessionContext {
                 listener,
                 restarting: matches!(restart, Restart::Holding { .. }),
+                cluster_id: None,
             },
             sessions: Sessions::new(wake.clone()),
             wake,
@@ -230,6 +231,8 @@ impl Daemon {
         if let Some(why) = &desired.plan.not_running {
             self.set_waiting(format!("BGP does not run on this node: {why}"));
         }
+        // Sessions started from now on drop routes carrying our cluster id.
+        self.ctx.cluster_id = desired.plan.cluster_id;
         let applied = self
             .sessions
             .apply(&desired.plan.peers, &desired.exports, &self.ctx)
@@ -242,7 +245,7 @@ impl Daemon {
             .observe(started.elapsed().as_secs_f64());
         // Graceful restart: hold the old routes until every peer is back, or the deadline.
         if let Restart::Holding { until } = self.restart {
-            let back = self.sessions.all_established_for(GR_SETTLE);
+            let back = self.sessions.all_back(GR_SETTLE);
             if restart_over(until, Instant::now(), desired.plan.peers.is_empty(), back) {
                 tracing::info!(
                     peers_back = back,

@@ -38,6 +38,9 @@ pub struct SessionContext {
     /// Graceful restart, restarting side: our forwarding state (the kernel routes) survived a
     /// restart; set on the sessions started before the routes are swept.
     pub restarting: bool,
+    /// Our route-reflector cluster id, when this node is a server: the engine drops routes
+    /// that looped back (RFC 4456).
+    pub cluster_id: Option<std::net::Ipv4Addr>,
 }
 
 /// The engine session parameters of a planned peer. Pure.
@@ -48,8 +51,10 @@ pub fn peer_config(spec: &PeerSpec, ctx: &SessionContext) -> PeerConfig {
     c.router_id = Some(spec.router_id);
     c.hold_time = spec.hold_time;
     c.password = spec.password.clone();
-    // The engine sends TTL 255 for multihop eBGP (iBGP always).
+    // eBGP multihop with kube-router's TTL (iBGP always uses 255).
     c.ebgp_multihop = spec.multihop_ttl.is_some();
+    c.multihop_ttl = spec.multihop_ttl;
+    c.cluster_id = ctx.cluster_id;
     if let Some(time) = spec.graceful_restart {
         c.enable_graceful_restart = true;
         c.graceful_restart_time = u16::try_from(time.as_secs().min(4095)).unwrap_or(4095);
@@ -271,14 +276,13 @@ impl Sessions {
             .collect()
     }
 
-    /// Whether every session is Established and has been for `settle` (the graceful-restart
-    /// wait for the peers' routes).
-    pub fn all_established_for(&self, settle: Duration) -> bool {
-        self.running.values().all(|r| {
-            let s = r.handle.status();
-            s.state == State::Established
-                && s.established_since.is_some_and(|t| t.elapsed() >= settle)
-        })
+    /// Whether every peer is back with its whole table (the graceful-restart wait): each
+    /// session Established, and the peer sent End-of-RIB for every family negotiated, or
+    /// (a peer that sends none) has been Established for `settle`.
+    pub fn all_back(&self, settle: Duration) -> bool {
+        self.running
+            .values()
+            .all(|r| peer_back(&r.handle.status(), settle))
     }
 
     pub fn len(&self) -> usize {
@@ -302,6 +306,18 @@ impl Sessions {
             tracing::warn!(sessions = n, "sessions did not stop in time");
         }
     }
+}
+
+/// One peer is back after our restart (see [`Sessions::all_back`]). Pure.
+pub fn peer_back(s: &SessionStatus, settle: Duration) -> bool {
+    if s.state != State::Established {
+        return false;
+    }
+    let whole_table = s
+        .negotiated
+        .as_ref()
+        .is_some_and(|n| n.families.iter().all(|f| s.end_of_rib_received.contains(f)));
+    whole_table || s.established_since.is_some_and(|t| t.elapsed() >= settle)
 }
 
 /// Wakes the daemon on every change of a session's received routes or state; ends with the
@@ -388,6 +404,42 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_back_with_its_end_of_rib_or_after_the_settle_time() {
+        use metalnet::bgp::fsm::{IPV4_UNICAST, IPV6_UNICAST};
+        let settle = Duration::from_secs(2);
+        let mut s = SessionStatus {
+            state: State::Established,
+            last_error: None,
+            negotiated: None,
+            established_since: Some(std::time::Instant::now()),
+            end_of_rib_received: vec![],
+        };
+        assert!(!peer_back(&s, settle));
+        s.negotiated = Some(metalnet::bgp::Negotiated {
+            peer_as: 64512,
+            peer_id: Ipv4Addr::new(192, 0, 2, 12),
+            local_id: Ipv4Addr::new(192, 0, 2, 11),
+            local_addr: ip("192.0.2.11"),
+            hold_time: 90,
+            keepalive_time: 30,
+            ctx: Default::default(),
+            families: vec![IPV4_UNICAST, IPV6_UNICAST],
+            route_refresh: true,
+            graceful_restart: true,
+            ibgp: true,
+        });
+        s.end_of_rib_received = vec![IPV4_UNICAST];
+        assert!(!peer_back(&s, settle), "one family still to come");
+        s.end_of_rib_received.push(IPV6_UNICAST);
+        assert!(peer_back(&s, settle));
+        s.end_of_rib_received.clear();
+        s.established_since = Some(std::time::Instant::now() - settle);
+        assert!(peer_back(&s, settle), "no End-of-RIB, but long enough");
+        s.state = State::Active;
+        assert!(!peer_back(&s, settle));
+    }
+
+    #[test]
     fn route_changes_name_only_changed_prefixes() {
         let old: Exports = [
             (net("198.51.100.16/28"), attrs("192.0.2.11")),
@@ -467,12 +519,14 @@ mod tests {
         let ctx = SessionContext {
             listener: Some(l.clone()),
             restarting: true,
+            cluster_id: Some(Ipv4Addr::new(1, 2, 3, 4)),
         };
         let mut s = spec("192.0.2.12", 64512);
         s.passive = true;
         let c = peer_config(&s, &ctx);
         assert!(c.inbound.is_some_and(|i| i.local_addr() == l.local_addr()));
         assert!(c.restarting);
+        assert_eq!(c.cluster_id, Some(Ipv4Addr::new(1, 2, 3, 4)));
         s.passive = false;
         assert!(peer_config(&s, &ctx).inbound.is_none());
     }
@@ -491,6 +545,8 @@ mod tests {
         assert_eq!(c.router_id, Some(Ipv4Addr::new(192, 0, 2, 11)));
         assert_eq!(c.hold_time, Duration::from_secs(9));
         assert!(c.ebgp_multihop && c.enable_graceful_restart);
+        assert_eq!(c.multihop_ttl, Some(4));
+        assert_eq!(c.ttl(), 4);
         assert_eq!(c.graceful_restart_time, 90);
         assert_eq!(c.password, s.password);
     }
