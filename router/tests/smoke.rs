@@ -159,6 +159,31 @@ impl Pair {
             ns.ip(&["-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
         }
+        // Permanent neighbours: the kernel's ARP/ND tables are shared by every namespace on
+        // the host, and a big lab running alongside can fill them (dynamic entries then fail).
+        let mac = |ns: &Netns| {
+            let out = ns.ip(&["-br", "link", "show", "eth0"]);
+            out.split_whitespace().nth(2).unwrap().to_string()
+        };
+        let (mac_a, mac_b) = (mac(&a), mac(&b));
+        for (ns, v4, v6, lladdr) in [
+            (&a, "192.0.2.12", "2001:db8::12", &mac_b),
+            (&b, "192.0.2.11", "2001:db8::11", &mac_a),
+        ] {
+            for ip in [v4, v6] {
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    lladdr,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         std::fs::create_dir(&dir).unwrap();
