@@ -219,7 +219,9 @@ impl Daemon {
             snap.endpoint_slices.values().map(|s| &**s),
         );
         let nodes: Vec<NodeView> = self.views.values().cloned().collect();
+        let t_received = Instant::now();
         let received = self.sessions.received();
+        let t_desired = Instant::now();
         let desired = loc_rib::desired(Inputs {
             opts: &self.cfg.opts,
             local: &local,
@@ -228,6 +230,7 @@ impl Daemon {
             received: &received,
             connected: &self.connected,
         });
+        let t_computed = Instant::now();
         if let Some(why) = &desired.plan.not_running {
             self.set_waiting(format!("BGP does not run on this node: {why}"));
         }
@@ -308,6 +311,15 @@ impl Daemon {
         self.metrics
             .last_sync_seconds
             .set(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            took = ?started.elapsed(),
+            inputs = ?t_received.duration_since(started),
+            received = ?t_desired.duration_since(t_received),
+            computed = ?t_computed.duration_since(t_desired),
+            kernel = ?kernel_started.elapsed(),
+            routes = installed,
+            "pass"
+        );
         self.readiness.set(true);
     }
 
