@@ -36,7 +36,7 @@ pub const REPORTER: &str = "metalnet-router";
 
 /// How long a change waits for others before a pass: a burst (an annotation edit that
 /// changes several sessions, a peer's UPDATEs) becomes one pass.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How often the connected subnets are re-read without any other change.
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// After a kernel failure, the next try.
@@ -76,6 +76,13 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// A Node's view, with the object it was made from and its annotations' problems.
+struct CachedView {
+    node: Arc<metalnet::model::core::Node>,
+    view: NodeView,
+    problems: Vec<AnnotationProblem>,
+}
+
 /// Graceful restart on our side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -92,7 +99,7 @@ pub struct Daemon {
     sessions: Sessions,
     ctx: SessionContext,
     wake: Arc<Notify>,
-    views: BTreeMap<String, NodeView>,
+    views: BTreeMap<String, CachedView>,
     /// Problems of our Node's annotations already reported as Events.
     reported: BTreeSet<String>,
     restart: Restart,
@@ -207,7 +214,7 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
             }
         }
-        let Some(local) = self.views.get(&self.cfg.node).cloned() else {
+        let Some(local) = self.views.get(&self.cfg.node).map(|c| c.view.clone()) else {
             let why = format!("Node {} is not in the cluster state", self.cfg.node);
             self.set_waiting(why);
             return;
@@ -218,7 +225,7 @@ impl Daemon {
             snap.services.values().map(|s| &**s),
             snap.endpoint_slices.values().map(|s| &**s),
         );
-        let nodes: Vec<NodeView> = self.views.values().cloned().collect();
+        let nodes: Vec<NodeView> = self.views.values().map(|c| c.view.clone()).collect();
         let t_received = Instant::now();
         let received = self.sessions.received();
         let t_desired = Instant::now();
@@ -335,17 +342,25 @@ impl Daemon {
     /// problems of our own Node's annotations, `None` when our Node is missing.
     fn update_views(&mut self, snap: &Snapshot) -> Option<Vec<AnnotationProblem>> {
         let mut views = BTreeMap::new();
-        let mut ours = None;
         for (key, node) in snap.nodes.iter() {
-            let previous = self.views.get(&key.name);
-            let (view, problems) = topology::node_view(node, previous);
-            if key.name == self.cfg.node {
-                ours = Some(problems);
-            }
-            views.insert(key.name.clone(), view);
+            // A snapshot keeps the same object for a Node that did not change: its view
+            // (annotations parsed) stands as it is.
+            let cached = match self.views.remove(&key.name) {
+                Some(c) if Arc::ptr_eq(&c.node, node) => c,
+                previous => {
+                    let (view, problems) =
+                        topology::node_view(node, previous.as_ref().map(|c| &c.view));
+                    CachedView {
+                        node: node.clone(),
+                        view,
+                        problems,
+                    }
+                }
+            };
+            views.insert(key.name.clone(), cached);
         }
         self.views = views;
-        ours
+        self.views.get(&self.cfg.node).map(|c| c.problems.clone())
     }
 
     /// A Warning Event on our Node for each new problem in its annotations (the Node's own
