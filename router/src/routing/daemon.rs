@@ -111,6 +111,8 @@ pub struct Daemon {
     connected_at: Instant,
     connected: Vec<IpNet>,
     received_counts: BTreeMap<IpAddr, usize>,
+    /// The kernel requests that failed in the last pass.
+    kernel_failures: BTreeSet<String>,
 }
 
 impl Daemon {
@@ -153,6 +155,7 @@ impl Daemon {
             connected_at: Instant::now() - ADDRESS_CHECK,
             connected: Vec::new(),
             received_counts: BTreeMap::new(),
+            kernel_failures: BTreeSet::new(),
             cfg,
         })
     }
@@ -283,9 +286,13 @@ impl Daemon {
                         "kernel routes synced"
                     );
                 }
-                for e in report.failed.iter().take(5) {
+                // Each failure is logged when it first appears, not on every retry.
+                let failures: BTreeSet<String> =
+                    report.failed.iter().map(|e| e.to_string()).collect();
+                for e in failures.difference(&self.kernel_failures).take(5) {
                     tracing::warn!(error = %e, "kernel route");
                 }
+                self.kernel_failures = failures;
                 self.metrics
                     .route_conflicts
                     .set(report.conflicts.len() as i64);
