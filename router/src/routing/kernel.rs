@@ -331,25 +331,6 @@ fn describe(op: &KernelOp) -> String {
     }
 }
 
-/// The name of kube-router's overlay tunnel to a node (`--enable-overlay`): `tun-` and the
-/// first 11 hex digits of the SHA-256 of the node address without its `.` and `:`
-/// (`pkg/tunnels`), so the names match a node migrating from kube-router. The tunnels
-/// themselves (ipip, ip6ip6, GUE) are [`metalnet::netlink::TunnelParams`]; this kernel has
-/// no tunnel devices, so the router installs only direct routes.
-pub fn tunnel_name(node: IpAddr) -> String {
-    use sha2::{Digest, Sha256};
-    let stripped: String = node
-        .to_string()
-        .chars()
-        .filter(|c| *c != '.' && *c != ':')
-        .collect();
-    let hex: String = Sha256::digest(stripped.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("tun-{}", &hex[..11])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,14 +365,6 @@ mod tests {
             table: u32::from(RT_TABLE_MAIN),
             unicast: true,
         }
-    }
-
-    #[test]
-    fn tunnel_names_are_kube_router_s() {
-        // The values kube-router's GenerateTunnelName gives.
-        assert_eq!(tunnel_name(ip("192.0.2.12")), "tun-a8e0d7ef05b");
-        assert_eq!(tunnel_name(ip("2001:db8::12")), "tun-dc69032cf2b");
-        assert!(tunnel_name(ip("2001:db8::12")).len() <= 15, "IFNAMSIZ");
     }
 
     #[test]

@@ -106,6 +106,15 @@ fn plain_ipip_has_no_encapsulation() {
 
 #[test]
 fn tunnel_names_follow_kube_router() {
+    // The values kube-router's GenerateTunnelName gives.
+    assert_eq!(
+        tunnel_name("192.0.2.12".parse().unwrap()),
+        "tun-a8e0d7ef05b"
+    );
+    assert_eq!(
+        tunnel_name("2001:db8::12".parse().unwrap()),
+        "tun-dc69032cf2b"
+    );
     // sha256("1921680211") and sha256("2001db812") as kube-router's GenerateTunnelName.
     let v4 = tunnel_name("192.168.0.211".parse().unwrap());
     assert_eq!(v4.len(), 15);
