@@ -51,6 +51,9 @@ pub struct RoutingOptions {
     /// `--enable-overlay` (true) / `--overlay-type` (subnet|full).
     pub enable_overlay: bool,
     pub overlay_type: OverlayType,
+    /// `--overlay-encap` (ipip) and `--overlay-encap-port` (5555).
+    pub overlay_encap: super::tunnel::Encap,
+    pub overlay_encap_port: u16,
 }
 
 /// How the BGP identifier is chosen.
@@ -130,6 +133,8 @@ impl Default for RoutingOptions {
             injected_routes_sync_period: Duration::from_secs(60),
             enable_overlay: true,
             overlay_type: OverlayType::Subnet,
+            overlay_encap: super::tunnel::Encap::Ipip,
+            overlay_encap_port: super::tunnel::DEFAULT_ENCAP_PORT,
         }
     }
 }
@@ -262,6 +267,14 @@ pub struct RoutingArgs {
     /// `subnet`: tunnel only to nodes outside this node's subnets; `full`: to every node.
     #[arg(long, value_name = "subnet|full", default_value = "subnet")]
     pub overlay_type: String,
+
+    /// Tunnel encapsulation: `ipip` (IP in IP) or `fou` (IP in GUE over UDP).
+    #[arg(long, value_name = "ipip|fou", default_value = "ipip")]
+    pub overlay_encap: String,
+
+    /// UDP port of the `fou` encapsulation (1024 or above).
+    #[arg(long, value_name = "PORT", default_value_t = super::tunnel::DEFAULT_ENCAP_PORT)]
+    pub overlay_encap_port: u16,
 }
 
 impl Default for RoutingArgs {
@@ -420,6 +433,12 @@ impl RoutingArgs {
                 ));
             }
         };
+        o.overlay_encap = self
+            .overlay_encap
+            .parse()
+            .map_err(|e| err("overlay-encap", e))?;
+        o.overlay_encap_port = super::tunnel::check_encap_port(self.overlay_encap_port)
+            .map_err(|e| err("overlay-encap-port", e))?;
         Ok(o)
     }
 
@@ -861,6 +880,19 @@ mod tests {
         assert_eq!(
             opts(&["--overlay-type=mesh"]).unwrap_err().flag,
             "overlay-type"
+        );
+        let o = opts(&["--overlay-encap=fou", "--overlay-encap-port=6000"]).unwrap();
+        assert_eq!(
+            (o.overlay_encap, o.overlay_encap_port),
+            (super::super::tunnel::Encap::Fou, 6000)
+        );
+        assert_eq!(
+            opts(&["--overlay-encap=gre"]).unwrap_err().flag,
+            "overlay-encap"
+        );
+        assert_eq!(
+            opts(&["--overlay-encap-port=80"]).unwrap_err().flag,
+            "overlay-encap-port"
         );
     }
 
