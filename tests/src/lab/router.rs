@@ -36,7 +36,7 @@ pub const FRR_ASN: u32 = 64601;
 pub const FRR_V4: &str = "192.0.2.3";
 pub const FRR_V6: &str = "2001:db8::3";
 /// Where every router serves its metrics, inside its own node namespace.
-pub const METRICS_ADDR: &str = "127.0.0.1:20245";
+pub const METRICS_ADDR: &str = "127.0.0.1:7475";
 /// The route protocol kube-router (and metalnet-router) installs routes with.
 pub const PROTO_KUBE_ROUTER: u8 = 17;
 
@@ -481,6 +481,26 @@ impl RouterCluster {
         ])
     }
 
+    /// `GET http://METRICS_ADDR{path}` inside node `i`'s namespace (the router's debug
+    /// endpoints, e.g. `/debug/routing/node?name=n1`).
+    pub fn router_get(&self, i: usize, path: &str) -> Result<String> {
+        self.nodes[i].host.exec_ok(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://{METRICS_ADDR}{path}"),
+        ])
+    }
+
+    /// The router's own view of its sessions (from `explain node <itself>`):
+    /// `peer -> (state, seconds Established)`.
+    pub fn router_sessions(&self, i: usize) -> Result<BTreeMap<IpAddr, (String, Option<u64>)>> {
+        let name = &self.nodes[i].name;
+        let text = self.router_get(i, &format!("/debug/routing/node?name={name}"))?;
+        Ok(parse_explain_sessions(&text))
+    }
+
     /// The TCP peers of established BGP connections in node `i`'s namespace (`ss -tn`, port
     /// 179 on either side).
     pub fn bgp_connections(&self, i: usize) -> Result<Vec<IpAddr>> {
@@ -588,6 +608,32 @@ fn socket_ip(s: &str) -> Option<IpAddr> {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     })
+}
+
+/// The sessions of `explain node` text: lines `  session ADDR (kind) AS N: STATE[ for Ns], ...`.
+pub fn parse_explain_sessions(text: &str) -> BTreeMap<IpAddr, (String, Option<u64>)> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("session ") else {
+            continue;
+        };
+        let Some((addr, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(addr) = addr.parse::<IpAddr>() else {
+            continue;
+        };
+        let Some((_, rest)) = rest.split_once(": ") else {
+            continue;
+        };
+        let state_part = rest.split(',').next().unwrap_or_default().trim();
+        let (state, secs) = match state_part.split_once(" for ") {
+            Some((s, up)) => (s.to_string(), up.trim_end_matches('s').parse().ok()),
+            None => (state_part.to_string(), None),
+        };
+        out.insert(addr, (state, secs));
+    }
+    out
 }
 
 /// The routes of `host`'s main table with protocol `proto`, IPv4 and IPv6.
@@ -781,6 +827,21 @@ mod tests {
         assert_eq!(r[2].1, Some("192.0.2.12".parse().unwrap()));
         assert_eq!(r[3].0.to_string(), "::/0");
         assert!(parse_ip_routes("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_explain_sessions() {
+        let text = "node n1 (this node)\n  kernel routes (proto 17): 4\n  session 192.0.2.12 (node) AS 64512: Established for 12s, 2 sent, 2 received\n  session 2001:db8::2 (external) AS 64600: Active, 0 sent, 0 received\n    last error: refused\n";
+        let s = parse_explain_sessions(text);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s[&"192.0.2.12".parse::<IpAddr>().unwrap()],
+            ("Established".to_string(), Some(12))
+        );
+        assert_eq!(
+            s[&"2001:db8::2".parse::<IpAddr>().unwrap()],
+            ("Active".to_string(), None)
+        );
     }
 
     #[test]
