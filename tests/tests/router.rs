@@ -756,3 +756,38 @@ fn sigterm_without_graceful_restart_removes_routes() {
     let took = wait_routes_gone(&c, 2, Duration::from_secs(5));
     eprintln!("routes of the stopped node gone on the others after {took:?}");
 }
+
+/// The upstream routers of the lab start with MD5 and their default routes, with one v4 and
+/// one v6 neighbor per node (no routers run: the sessions stay down), and reach the nodes.
+#[test]
+fn topology_upstream_routers_start() {
+    if !can_run(&["ethtool", "ping", "bird", "vtysh"]) {
+        return;
+    }
+    let c = RouterCluster::new("router_topology_up", ClusterOptions::new(2)).unwrap();
+    let bird = c
+        .start_bird(Some(PASSWORD), |cfg| cfg.static_routes = default_routes())
+        .unwrap();
+    let frr = c
+        .start_frr(Some(PASSWORD), |cfg| cfg.networks = default_routes())
+        .unwrap();
+    let protocols = bird_protocol_since(&bird).unwrap();
+    for n in ["n1_v4", "n1_v6", "n2_v4", "n2_v6"] {
+        assert!(protocols.contains_key(n), "{protocols:?}");
+    }
+    let peers = frr_peer_uptimes(&frr).unwrap();
+    for n in &c.nodes {
+        for a in [&n.v4, &n.v6] {
+            let (state, since) = &peers[a.as_str()];
+            assert_ne!(state, "Established");
+            assert!(since.is_none() || *since == Some(0), "{peers:?}");
+        }
+    }
+    for n in &c.nodes {
+        n.host.wait_ping(BIRD_V4, STEP).unwrap();
+        n.host.wait_ping(FRR_V6, STEP).unwrap();
+    }
+    // Their own default routes are in their RIBs, ready to be announced.
+    bird.wait_route("0.0.0.0/0", &|_| true, STEP).unwrap();
+    frr.wait_route("::/0", &|_| true, STEP).unwrap();
+}
