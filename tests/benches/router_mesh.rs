@@ -1,7 +1,7 @@
 //! metalnet-router benchmark (root; builds its own labs):
 //!
 //! ```text
-//! cargo bench -p metalnet-lab --bench router_mesh --profile dev -- [NODES] [TRIALS] [--skip-mesh|--skip-bulk]
+//! cargo bench -p metalnet-lab --bench router_mesh --profile dev -- [NODES] [TRIALS] [--skip-mesh|--skip-bulk|--bird-only]
 //! ```
 //!
 //! - Mesh: NODES (default 50) router processes, one namespace each, full iBGP mesh; from the
@@ -244,7 +244,7 @@ fn mesh(nodes: usize, trials: usize) {
     drop(c);
 }
 
-fn bulk() {
+fn bulk(bird_only: bool) {
     let offset = utc_offset();
     router_binary().unwrap();
     let mut c = RouterCluster::new(
@@ -273,7 +273,9 @@ fn bulk() {
         format!("--peer-router-asns={BIRD_ASN}"),
         "--log-level=warn".into(),
     ];
-    c.start_all(&[]).unwrap();
+    if !bird_only {
+        c.start_all(&[]).unwrap();
+    }
     std::thread::sleep(Duration::from_millis(300));
     let t0 = now_epoch();
     let bird = c
@@ -295,7 +297,7 @@ fn bulk() {
         "10,000 routes in both kernels",
         Duration::from_secs(120),
         || {
-            reached(&node_mon.events(offset), "17", BULK).is_some()
+            (bird_only || reached(&node_mon.events(offset), "17", BULK).is_some())
                 && reached(&birdk_mon.events(offset), "bird", BULK).is_some()
         },
     );
@@ -330,7 +332,11 @@ fn bulk() {
         );
         last - first
     };
-    let ours = report("metalnet-router (proto 17)", &node_mon.events(offset), "17");
+    let ours = if bird_only {
+        f64::NAN
+    } else {
+        report("metalnet-router (proto 17)", &node_mon.events(offset), "17")
+    };
     let theirs = report("BIRD protocol kernel", &birdk_mon.events(offset), "bird");
     println!(
         "bulk: announcing BIRD started in {started:.2} s; metalnet-router {:.0} ms vs BIRD {:.0} ms; target < 1 s",
@@ -365,7 +371,7 @@ fn main() {
         mesh(nodes, trials);
     }
     if !args.iter().any(|a| a == "--skip-bulk") {
-        bulk();
+        bulk(args.iter().any(|a| a == "--bird-only"));
     }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }
