@@ -460,6 +460,62 @@ fn bird_sessions(bird: &metalnet_lab::lab::Bird) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A router's own sessions at one moment.
+struct Sessions {
+    at: Instant,
+    node: usize,
+    map: BTreeMap<IpAddr, (String, Option<u64>)>,
+}
+
+fn router_sessions(c: &RouterCluster, i: usize) -> Sessions {
+    let map = c
+        .router_sessions(i)
+        .unwrap_or_else(|e| panic!("explain on {}: {e}\n{}", c.nodes[i].name, c.logs()));
+    Sessions {
+        at: Instant::now(),
+        node: i,
+        map,
+    }
+}
+
+/// Every session of `before` towards one of `peers` that was Established is still Established
+/// now, with an uptime that kept counting (not reset in between).
+fn assert_sessions_kept(c: &RouterCluster, before: &Sessions, peers: &[IpAddr]) {
+    let now = router_sessions(c, before.node);
+    let elapsed = before.at.elapsed().as_secs();
+    let mut checked = 0;
+    for p in peers {
+        let Some((state, Some(up))) = before.map.get(p) else {
+            continue;
+        };
+        if state != "Established" {
+            continue;
+        }
+        checked += 1;
+        let after = now.map.get(p);
+        let kept =
+            matches!(after, Some((s, Some(u))) if s == "Established" && *u + 2 >= up + elapsed);
+        assert!(
+            kept,
+            "{}'s session to {p} was reset: before {:?}, {elapsed}s later {after:?}\n{}",
+            c.nodes[before.node].name,
+            (state, up),
+            c.logs()
+        );
+    }
+    assert!(
+        checked > 0,
+        "{}: no Established session to {peers:?} to check: {:?}",
+        c.nodes[before.node].name,
+        before.map
+    );
+}
+
+/// Both addresses of node `j`.
+fn addrs(c: &RouterCluster, j: usize) -> [IpAddr; 2] {
+    [ip(&c.nodes[j].v4), ip(&c.nodes[j].v6)]
+}
+
 /// Live reconfiguration on running routers: the peers annotation, the node ASN and the rr
 /// annotations change on one node; routes converge without a restart (same pids) and the
 /// sessions not concerned never leave Established (BIRD's `Since`, FRR's established epoch).
@@ -491,6 +547,10 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
     std::thread::sleep(Duration::from_millis(1500));
     let before = bird_sessions(&bird);
     assert_eq!(before.len(), 8, "{before:?}");
+    let bird_addrs = [ip(BIRD_V4), ip(BIRD_V6)];
+    let frr_addrs = [ip(FRR_V4), ip(FRR_V6)];
+    let n1_before = router_sessions(&c, 0);
+    let n4_before = router_sessions(&c, 3);
 
     // 1. n4 also peers with FRR: FRR sessions come up, every BIRD session stays.
     let peers_both = format!(
@@ -509,8 +569,16 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
         t.elapsed()
     );
     assert_eq!(bird_sessions(&bird), before, "BIRD sessions were reset");
+    // The routers' own view: n1's sessions to every node, n4's to the nodes and BIRD.
+    let others: Vec<IpAddr> = (1..4).flat_map(|j| addrs(&c, j)).collect();
+    assert_sessions_kept(&c, &n1_before, &others);
+    let mut n4_peers: Vec<IpAddr> = (0..3).flat_map(|j| addrs(&c, j)).collect();
+    n4_peers.extend(bird_addrs);
+    assert_sessions_kept(&c, &n4_before, &n4_peers);
     std::thread::sleep(Duration::from_millis(1100));
     let frr_before = frr_peer_uptimes(&frr).unwrap();
+    let n1_before = router_sessions(&c, 0);
+    let n4_before = router_sessions(&c, 3);
 
     // 2. n3's ASN changes (full mesh: everyone now peers with n3 over eBGP). n3's own sessions
     // are concerned; n1, n2, n4's BIRD sessions and n4's FRR sessions are not.
@@ -532,6 +600,14 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
         frr_before,
         "FRR sessions reset"
     );
+    let mut n1_peers: Vec<IpAddr> = [1, 3].iter().flat_map(|&j| addrs(&c, j)).collect();
+    n1_peers.extend(bird_addrs);
+    assert_sessions_kept(&c, &n1_before, &n1_peers);
+    let mut n4_peers: Vec<IpAddr> = [0, 1].iter().flat_map(|&j| addrs(&c, j)).collect();
+    n4_peers.extend(bird_addrs);
+    n4_peers.extend(frr_addrs);
+    assert_sessions_kept(&c, &n4_before, &n4_peers);
+    let n4_before = router_sessions(&c, 3);
 
     // 3. Route reflection on n1 (server) and n2 (client): everything still routes, the
     // upstream sessions stay.
@@ -551,6 +627,11 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
         frr_before,
         "FRR sessions reset"
     );
+    // n4's sessions to n3 (neither changed) and to the upstream routers.
+    let mut n4_peers: Vec<IpAddr> = addrs(&c, 2).to_vec();
+    n4_peers.extend(bird_addrs);
+    n4_peers.extend(frr_addrs);
+    assert_sessions_kept(&c, &n4_before, &n4_peers);
 
     // No restart: the same processes throughout.
     for (i, n) in c.nodes.iter().enumerate() {

@@ -610,30 +610,65 @@ fn socket_ip(s: &str) -> Option<IpAddr> {
     })
 }
 
-/// The sessions of `explain node` text: lines `  session ADDR (kind) AS N: STATE[ for Ns], ...`.
+/// The sessions of `explain node <this node>` text, `peer -> (state, seconds Established)`.
+/// Two layouts are read: a peer line `  ADDR node n2: iBGP ...` followed by `    session
+/// Established for 1m2s, routes sent ...`, and the one-line `  session ADDR (node) AS N:
+/// Established for 12s, ...`.
 pub fn parse_explain_sessions(text: &str) -> BTreeMap<IpAddr, (String, Option<u64>)> {
     let mut out = BTreeMap::new();
+    let mut current: Option<IpAddr> = None;
     for line in text.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("session ") else {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("session ") {
+            // One-line layout: `session ADDR (...) ...: STATE ...`.
+            let (addr, state_part) = match rest.split_once(' ') {
+                Some((a, r)) if a.parse::<IpAddr>().is_ok() => (
+                    a.parse::<IpAddr>().ok(),
+                    r.split_once(": ").map(|(_, s)| s).unwrap_or_default(),
+                ),
+                _ => (current, rest),
+            };
+            let Some(addr) = addr else { continue };
+            let state_part = state_part.split(',').next().unwrap_or_default().trim();
+            let (state, secs) = match state_part.split_once(" for ") {
+                Some((s, up)) => (s.to_string(), parse_go_secs(up)),
+                None => (state_part.to_string(), None),
+            };
+            out.insert(addr, (state, secs));
             continue;
-        };
-        let Some((addr, rest)) = rest.split_once(' ') else {
-            continue;
-        };
-        let Ok(addr) = addr.parse::<IpAddr>() else {
-            continue;
-        };
-        let Some((_, rest)) = rest.split_once(": ") else {
-            continue;
-        };
-        let state_part = rest.split(',').next().unwrap_or_default().trim();
-        let (state, secs) = match state_part.split_once(" for ") {
-            Some((s, up)) => (s.to_string(), up.trim_end_matches('s').parse().ok()),
-            None => (state_part.to_string(), None),
-        };
-        out.insert(addr, (state, secs));
+        }
+        // A peer line: two spaces, an address, a space.
+        if line.starts_with("  ") && !line.starts_with("   ") {
+            current = trimmed
+                .split_whitespace()
+                .next()
+                .map(|a| a.trim_end_matches(':'))
+                .and_then(|a| a.parse().ok());
+        }
     }
     out
+}
+
+/// Whole seconds of a Go duration (`1h2m3s`, `45s`, `1.5s`).
+fn parse_go_secs(s: &str) -> Option<u64> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    for ch in s.trim().chars() {
+        match ch {
+            '0'..='9' | '.' => num.push(ch),
+            'h' | 'm' | 's' => {
+                let v: f64 = num.parse().ok()?;
+                total += v * match ch {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                num.clear();
+            }
+            _ => return None,
+        }
+    }
+    num.is_empty().then_some(total as u64)
 }
 
 /// The routes of `host`'s main table with protocol `proto`, IPv4 and IPv6.
@@ -842,6 +877,18 @@ mod tests {
             s[&"2001:db8::2".parse::<IpAddr>().unwrap()],
             ("Active".to_string(), None)
         );
+        let text = "node n1 (this node): BGP AS 64512, router id 192.0.2.11\nsessions (2):\n  192.0.2.12 node n2: iBGP AS 64512 -> AS 64512, port 179, connects\n    session Established for 1h2m3s, routes sent 1, received 1\n    routes wanted out: 2\n  192.0.2.2 external router (--peer-router-ips): eBGP AS 64512 -> AS 64600, port 179, connects\n    session not running yet\n";
+        let s = parse_explain_sessions(text);
+        assert_eq!(
+            s[&"192.0.2.12".parse::<IpAddr>().unwrap()],
+            ("Established".to_string(), Some(3723))
+        );
+        assert_eq!(
+            s[&"192.0.2.2".parse::<IpAddr>().unwrap()].0,
+            "not running yet"
+        );
+        assert_eq!(parse_go_secs("1.5s"), Some(1));
+        assert_eq!(parse_go_secs("x"), None);
     }
 
     #[test]
