@@ -530,8 +530,11 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
     let peers_bird = format!(
         "- remoteip: {BIRD_V4}\n  remoteasn: {BIRD_ASN}\n- remoteip: {BIRD_V6}\n  remoteasn: {BIRD_ASN}\n"
     );
+    // Per-node ASNs (node.asn counts only without full mesh, as in kube-router).
+    c.common_args = vec!["--nodes-full-mesh=false".into()];
     for i in 0..4 {
         c.annotate(i, "kube-router.io/peers", &peers_bird);
+        c.annotate(i, "kube-router.io/node.asn", "64512");
         c.write_node(i).unwrap();
     }
     c.start_all(&[]).unwrap();
@@ -580,16 +583,25 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
     let n1_before = router_sessions(&c, 0);
     let n4_before = router_sessions(&c, 3);
 
-    // 2. n3's ASN changes (full mesh: everyone now peers with n3 over eBGP). n3's own sessions
-    // are concerned; n1, n2, n4's BIRD sessions and n4's FRR sessions are not.
+    // 2. n3's ASN changes (without full mesh nodes peer only within their node.asn): n3
+    // leaves the mesh, the others drop its pod routes; then it comes back. n3's sessions are
+    // concerned; the sessions among n1, n2, n4 and theirs with BIRD and FRR are not.
+    let n3_pods: Vec<IpNet> = c.nodes[2].pod_cidrs.iter().map(|s| net(s)).collect();
     c.set_annotation(2, "kube-router.io/node.asn", Some("64513"))
         .unwrap();
-    wait_for("sessions to n3 with its new ASN", CONVERGE, || {
-        // n3's BIRD sessions go down: BIRD expects AS 64512 from it.
-        !bird_sessions(&bird).contains_key("n3_v4")
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    std::thread::sleep(Duration::from_secs(2));
+    for i in [0, 1, 3] {
+        wait_for(
+            &format!("{} to drop n3's pod routes", c.nodes[i].name),
+            CONVERGE,
+            || {
+                let have = c.proto17_destinations(i);
+                !n3_pods.iter().any(|d| have.contains(d))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", all_routes(&c), c.logs()));
+    }
+    c.set_annotation(2, "kube-router.io/node.asn", Some("64512"))
+        .unwrap();
     converge(&c);
     let after = bird_sessions(&bird);
     for k in ["n1_v4", "n1_v6", "n2_v4", "n2_v6", "n4_v4", "n4_v6"] {
