@@ -333,3 +333,64 @@ fn multus_manifest_holds_together() {
     assert_eq!(crd["spec"]["group"], "k8s.cni.cncf.io");
     assert_eq!(crd["spec"]["names"]["kind"], "NetworkAttachmentDefinition");
 }
+
+/// router.yaml: the RBAC the router uses (Nodes, Services and EndpointSlices read and
+/// watched, Events written), a host-network DaemonSet with NET_ADMIN, and kube-router's
+/// argument names (so a kube-router DaemonSet's arguments carry over).
+#[test]
+fn router_manifest_holds_together() {
+    let path = deploy_dir().join("router.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<(String, Value)> = manifest::yaml_documents(&path, &text)
+        .into_iter()
+        .map(|d| {
+            (
+                "router.yaml".to_string(),
+                d.unwrap_or_else(|e| panic!("{e}")).1,
+            )
+        })
+        .collect();
+    let role = find(&docs, "ClusterRole", "metalnet-router").expect("ClusterRole metalnet-router");
+    let granted = |group: &str, resource: &str, verb: &str| {
+        role["rules"].as_array().unwrap().iter().any(|r| {
+            str_list(&r["apiGroups"]).iter().any(|g| g == group)
+                && str_list(&r["resources"]).iter().any(|x| x == resource)
+                && str_list(&r["verbs"]).iter().any(|v| v == verb)
+        })
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(granted("", "nodes", verb), "nodes {verb}");
+        assert!(granted("", "services", verb), "services {verb}");
+        assert!(
+            granted("discovery.k8s.io", "endpointslices", verb),
+            "endpointslices {verb}"
+        );
+    }
+    for verb in ["create", "patch"] {
+        assert!(granted("", "events", verb), "events {verb}");
+    }
+    let ds = find(&docs, "DaemonSet", "metalnet-router").expect("DaemonSet metalnet-router");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(str_list(&c["command"]), ["metalnet-router"]);
+    assert!(
+        str_list(&c["securityContext"]["capabilities"]["add"]).contains(&"NET_ADMIN".to_string())
+    );
+    let args = str_list(&c["args"]);
+    for arg in [
+        "--run-router=true",
+        "--run-service-proxy=false",
+        "--cluster-asn=64512",
+    ] {
+        assert!(args.contains(&arg.to_string()), "{arg} in {args:?}");
+    }
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NODE_NAME"),
+        "NODE_NAME from spec.nodeName"
+    );
+}

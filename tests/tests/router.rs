@@ -367,6 +367,34 @@ fn upstream_bird_and_frr_global_peers_md5() {
     }
     // And the nodes still route each other's pods.
     converge(&c);
+
+    // Asked for by the Service (kube-router.io/service.advertise.clusterip), a ClusterIP is
+    // announced, from every node; the other one still is not.
+    let cip2 = "203.0.113.31";
+    let api = service("api")
+        .type_("ClusterIP")
+        .annotation("kube-router.io/service.advertise.clusterip", "true")
+        .spec("clusterIP", serde_json::json!(cip2))
+        .spec("clusterIPs", serde_json::json!([cip2]));
+    c.write_manifest("svc-api.json", &api.json()).unwrap();
+    let all_v4: Vec<IpAddr> = c.nodes.iter().map(|n| ip(&n.v4)).collect();
+    wait_for(
+        "BIRD to learn the asked-for ClusterIP from every node",
+        STEP,
+        || {
+            let p = net(&format!("{cip2}/32"));
+            let hops: Vec<IpAddr> = bird
+                .routes()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.prefix == p)
+                .flat_map(|r| r.next_hops)
+                .collect();
+            all_v4.iter().all(|a| hops.contains(a))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(!bird.routes().unwrap().iter().any(|r| r.prefix == cip_net));
 }
 
 /// The per-node `kube-router.io/peers` annotation (no global peers): n1 peers with BIRD
@@ -803,6 +831,7 @@ fn sigkill_with_graceful_restart_keeps_routes_and_traffic() {
         .lines()
         .find(|l| l.contains("packets transmitted"))
         .unwrap_or_else(|| panic!("no ping summary: {out}"));
+    eprintln!("ping across the graceful restart: {stats}");
     assert!(
         stats.contains(" 0% packet loss"),
         "packets lost across the graceful restart: {stats}\n{}",

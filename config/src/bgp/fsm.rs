@@ -8,9 +8,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use super::rib::PeerRestart;
 use super::wire::{
-    AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GR_FORWARDING, GrFamily, Message, Notification, Open,
-    OptParam, SAFI_UNICAST, WireContext, WireError, code,
+    AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GR_FORWARDING, GR_RESTART_STATE, GrFamily, Message,
+    Notification, Open, OptParam, SAFI_UNICAST, WireContext, WireError, code,
 };
 
 /// An address family (AFI, SAFI).
@@ -39,6 +40,9 @@ pub struct FsmConfig {
     pub passive: bool,
     /// Announce graceful restart (RFC 4724) with this restart time in seconds.
     pub graceful_restart: Option<u16>,
+    /// We restarted with our forwarding state kept: the Restart State (R) bit goes into the
+    /// graceful restart capability until the first session is established.
+    pub restarting: bool,
     /// Families announced with the multiprotocol capability.
     pub families: Vec<Family>,
     /// Reconnect backoff: first delay, doubling up to the maximum.
@@ -57,6 +61,7 @@ impl FsmConfig {
             keepalive_time: None,
             passive: false,
             graceful_restart: None,
+            restarting: false,
             families: vec![IPV4_UNICAST, IPV6_UNICAST],
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(120),
@@ -190,18 +195,24 @@ pub struct Fsm {
     retry_delay: Duration,
     local_addr: Option<IpAddr>,
     negotiated: Option<Negotiated>,
+    /// The graceful restart capability of the peer's OPEN in the current session.
+    peer_restart: Option<PeerRestart>,
+    /// Still in the restart the config announced: no session established yet.
+    restarting: bool,
 }
 
 impl Fsm {
     pub fn new(config: FsmConfig) -> Self {
         let retry_delay = config.retry_initial;
         Self {
-            config,
             state: State::Idle,
             started: false,
             retry_delay,
             local_addr: None,
             negotiated: None,
+            peer_restart: None,
+            restarting: config.restarting,
+            config,
         }
     }
 
@@ -211,6 +222,12 @@ impl Fsm {
 
     pub fn negotiated(&self) -> Option<&Negotiated> {
         self.negotiated.as_ref()
+    }
+
+    /// The graceful restart capability the peer sent in this session's OPEN (kept from
+    /// OpenConfirm until the session ends).
+    pub fn peer_restart(&self) -> Option<&PeerRestart> {
+        self.peer_restart.as_ref()
     }
 
     pub fn config(&self) -> &FsmConfig {
@@ -263,6 +280,7 @@ impl Fsm {
             }
             (OpenConfirm, Event::Message(Message::Keepalive)) => {
                 self.state = Established;
+                self.restarting = false;
                 self.retry_delay = self.config.retry_initial;
                 let neg = self.negotiated.clone().expect("negotiated in OpenConfirm");
                 let mut actions = self.hold_timer();
@@ -326,6 +344,7 @@ impl Fsm {
         actions.extend(self.stop_all_timers());
         self.state = State::Idle;
         self.negotiated = None;
+        self.peer_restart = None;
         actions
     }
 
@@ -373,9 +392,10 @@ impl Fsm {
         caps.push(Capability::FourOctetAs(c.local_as));
         if let Some(time) = c.graceful_restart {
             caps.push(Capability::GracefulRestart {
-                flags: 0,
+                flags: if self.restarting { GR_RESTART_STATE } else { 0 },
                 time: time.min(0x0fff),
-                // The node keeps forwarding while the speaker restarts.
+                // The node keeps forwarding while the speaker or router restarts: the kernel
+                // holds the routes, not this process.
                 families: c
                     .families
                     .iter()
@@ -403,6 +423,7 @@ impl Fsm {
                 self.state = State::OpenConfirm;
                 let mut actions = vec![Action::Send(Message::Keepalive)];
                 self.negotiated = Some(neg);
+                self.peer_restart = PeerRestart::from_open(&open);
                 actions.extend(self.hold_timer());
                 actions.extend(self.keepalive_timer());
                 actions
@@ -527,6 +548,7 @@ impl Fsm {
 
     fn fail(&mut self, reason: DownReason, actions: Vec<Action>) -> Vec<Action> {
         self.negotiated = None;
+        self.peer_restart = None;
         self.state = if self.config.passive {
             State::Active
         } else {

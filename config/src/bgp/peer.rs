@@ -57,12 +57,25 @@ pub struct PeerConfig {
     pub connect_time: Duration,
     /// eBGP peer more than one hop away: TTL 255 instead of 1 (iBGP always uses 255).
     pub ebgp_multihop: bool,
+    /// eBGP multihop with this TTL instead (kube-router's `--peer-router-multihop-ttl`).
+    pub multihop_ttl: Option<u8>,
     pub password: Option<Password>,
     pub enable_graceful_restart: bool,
     /// Graceful restart time announced, seconds.
     pub graceful_restart_time: u16,
+    /// We restarted and kept our forwarding state (the node's routes): the OPENs of the first
+    /// session carry the Restart State bit, so the peer keeps our routes until our
+    /// End-of-RIB. Needs `enable_graceful_restart`.
+    pub restarting: bool,
+    /// Our cluster ID when we reflect routes (RFC 4456): routes whose CLUSTER_LIST holds it
+    /// came back to us and are ignored (as are routes with our router ID as ORIGINATOR_ID).
+    pub cluster_id: Option<Ipv4Addr>,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
+    /// Passive on a listener shared with other sessions: the peer's connections (matched by
+    /// source address) come from it. Takes precedence over `listen`.
+    #[cfg(feature = "io")]
+    pub inbound: Option<std::sync::Arc<super::session::Listener>>,
     pub families: Vec<Family>,
     /// Reconnect backoff (MetalLB: 1 s doubling to 2 min).
     pub retry_initial: Duration,
@@ -83,10 +96,15 @@ impl PeerConfig {
             keepalive_time: None,
             connect_time: DEFAULT_CONNECT_TIME,
             ebgp_multihop: false,
+            multihop_ttl: None,
             password: None,
             enable_graceful_restart: false,
             graceful_restart_time: 120,
+            restarting: false,
+            cluster_id: None,
             listen: None,
+            #[cfg(feature = "io")]
+            inbound: None,
             families: vec![IPV4_UNICAST, IPV6_UNICAST],
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(120),
@@ -128,14 +146,24 @@ impl PeerConfig {
             router_id: self.router_id,
             hold_time: secs(self.hold_time),
             keepalive_time: self.keepalive_time.map(secs),
-            passive: self.listen.is_some(),
+            passive: self.passive(),
             graceful_restart: self
                 .enable_graceful_restart
                 .then_some(self.graceful_restart_time),
+            restarting: self.restarting,
             families: self.families.clone(),
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
         }
+    }
+
+    /// Whether the session waits for the peer to connect.
+    pub fn passive(&self) -> bool {
+        #[cfg(feature = "io")]
+        if self.inbound.is_some() {
+            return true;
+        }
+        self.listen.is_some()
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -153,7 +181,11 @@ impl PeerConfig {
     /// The IP TTL of the session's packets (RFC 5082 style: 1 for a directly connected eBGP
     /// peer, 255 otherwise).
     pub fn ttl(&self) -> u32 {
-        if self.ebgp_multihop || self.ibgp() {
+        if self.ibgp() {
+            255
+        } else if let Some(ttl) = self.multihop_ttl.filter(|t| *t > 0) {
+            ttl.into()
+        } else if self.ebgp_multihop {
             255
         } else {
             1
@@ -257,7 +289,11 @@ mod tests {
         assert_eq!(c.ttl(), 1);
         c.ebgp_multihop = true;
         assert_eq!(c.ttl(), 255);
-        let c = PeerConfig::new(64512, 64512, "192.0.2.2".parse().unwrap());
+        c.multihop_ttl = Some(4);
+        assert_eq!(c.ttl(), 4);
+        let mut c = PeerConfig::new(64512, 64512, "192.0.2.2".parse().unwrap());
         assert_eq!(c.ttl(), 255);
+        c.multihop_ttl = Some(4);
+        assert_eq!(c.ttl(), 255, "iBGP");
     }
 }

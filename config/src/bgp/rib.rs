@@ -3,11 +3,11 @@
 //! applying received UPDATEs to a table of the peer's routes (Adj-RIB-In).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use super::fsm::{IPV4_UNICAST, IPV6_UNICAST, Negotiated};
+use super::fsm::{Family, IPV4_UNICAST, IPV6_UNICAST, Negotiated};
 use super::wire::{
     AFI_IPV6, AS_SEQUENCE, AsSegment, Attr, FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, LargeCommunity,
     MAX_MESSAGE_LEN, Message, MpReach, MpUnreach, ORIGIN_IGP, PathAttribute, SAFI_UNICAST, Update,
@@ -24,6 +24,13 @@ pub struct RouteAttrs {
     pub med: Option<u32>,
     pub communities: Vec<u32>,
     pub large_communities: Vec<LargeCommunity>,
+    /// ASNs of the AS_PATH after our own AS on eBGP, or the whole path on iBGP: an AS-path
+    /// prepend, or the path of a route we reflect.
+    pub as_path: Vec<u32>,
+    /// ORIGINATOR_ID (RFC 4456), sent on iBGP only: set when reflecting a route.
+    pub originator_id: Option<Ipv4Addr>,
+    /// CLUSTER_LIST (RFC 4456), sent on iBGP only, nearest reflector first.
+    pub cluster_list: Vec<Ipv4Addr>,
 }
 
 /// The default LOCAL_PREF on iBGP sessions when a route sets none.
@@ -47,6 +54,13 @@ pub struct ReceivedRoute {
     pub local_pref: Option<u32>,
     pub communities: Vec<u32>,
     pub large_communities: Vec<LargeCommunity>,
+    /// ORIGINATOR_ID, when a route reflector set it (RFC 4456).
+    pub originator_id: Option<Ipv4Addr>,
+    /// CLUSTER_LIST, nearest reflector first (RFC 4456); empty when absent.
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Kept from a session that went down with graceful restart negotiated, not yet
+    /// re-announced by the peer (RFC 4724 §4.2).
+    pub stale: bool,
 }
 
 fn family_of(p: &IpNet) -> (u16, u8) {
@@ -103,15 +117,21 @@ pub fn diff(
     (announce, withdraw)
 }
 
-/// The path attributes for a route (MetalLB's choices: ORIGIN IGP; AS_PATH empty on iBGP,
-/// our AS on eBGP; LOCAL_PREF on iBGP only; communities sorted and deduplicated).
+/// The path attributes for a route (MetalLB's choices: ORIGIN IGP; AS_PATH the route's path,
+/// after our AS on eBGP; LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST on iBGP only; communities
+/// sorted and deduplicated).
 fn attributes(a: &Announced, neg: &Negotiated, local_as: u32) -> Vec<PathAttribute> {
-    let path = if neg.ibgp {
+    let mut asns = Vec::with_capacity(a.attrs.as_path.len() + 1);
+    if !neg.ibgp {
+        asns.push(local_as);
+    }
+    asns.extend_from_slice(&a.attrs.as_path);
+    let path = if asns.is_empty() {
         vec![]
     } else {
         vec![AsSegment {
             kind: AS_SEQUENCE,
-            asns: vec![local_as],
+            asns,
         }]
     };
     let mut attrs = vec![
@@ -128,6 +148,16 @@ fn attributes(a: &Announced, neg: &Negotiated, local_as: u32) -> Vec<PathAttribu
         attrs.push(PathAttribute::new(Attr::LocalPref(
             a.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF),
         )));
+    }
+    if neg.ibgp {
+        if let Some(id) = a.attrs.originator_id {
+            attrs.push(PathAttribute::new(Attr::OriginatorId(id)));
+        }
+        if !a.attrs.cluster_list.is_empty() {
+            attrs.push(PathAttribute::new(Attr::ClusterList(
+                a.attrs.cluster_list.clone(),
+            )));
+        }
     }
     if !a.attrs.communities.is_empty() {
         let mut c = a.attrs.communities.clone();
@@ -259,6 +289,27 @@ pub fn build_updates(
 /// Applies a received UPDATE to the peer's routes. Routes of an UPDATE without a next hop for
 /// their family are ignored.
 pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
+    apply_update_with(received, u, |_| true);
+}
+
+/// RFC 4456 §8 loop detection: a route reflected back to us carries our BGP identifier as
+/// ORIGINATOR_ID, or, when we reflect routes ourselves, our cluster ID in its CLUSTER_LIST.
+pub fn reflection_loop(
+    r: &ReceivedRoute,
+    router_id: Ipv4Addr,
+    cluster_id: Option<Ipv4Addr>,
+) -> bool {
+    r.originator_id == Some(router_id) || cluster_id.is_some_and(|c| r.cluster_list.contains(&c))
+}
+
+/// Like [`apply_update`], but `accept` sees (and may adjust) the announced route first; one
+/// it refuses is ignored, which withdraws what the peer had for the prefix, as the
+/// announcement replaces it.
+pub fn apply_update_with(
+    received: &mut BTreeMap<IpNet, ReceivedRoute>,
+    u: &Update,
+    mut accept: impl FnMut(&mut ReceivedRoute) -> bool,
+) {
     for p in &u.withdrawn {
         received.remove(&IpNet::V4(*p));
     }
@@ -270,6 +321,9 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
         local_pref: None,
         communities: vec![],
         large_communities: vec![],
+        originator_id: None,
+        cluster_list: vec![],
+        stale: false,
     };
     let mut v4_next_hop = None;
     let mut mp_reach = None;
@@ -283,6 +337,8 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
             Attr::LocalPref(l) => route.local_pref = Some(*l),
             Attr::Communities(c) => route.communities = c.clone(),
             Attr::LargeCommunities(c) => route.large_communities = c.clone(),
+            Attr::OriginatorId(id) => route.originator_id = Some(*id),
+            Attr::ClusterList(ids) => route.cluster_list = ids.clone(),
             Attr::MpReach(m) => mp_reach = Some(m),
             Attr::As4Path(segs) => as4_path = Some(flatten(segs)),
             Attr::MpUnreach(m) => {
@@ -295,6 +351,15 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
     }
     if let Some(as4) = as4_path {
         route.as_path = merge_as4_path(&route.as_path, &as4);
+    }
+    if !accept(&mut route) {
+        for p in u.nlri.iter().map(|p| IpNet::V4(*p)) {
+            received.remove(&p);
+        }
+        for p in mp_reach.iter().flat_map(|m| &m.nlri) {
+            received.remove(p);
+        }
+        return;
     }
     if let Some(nh) = v4_next_hop {
         for p in &u.nlri {
@@ -344,6 +409,82 @@ pub fn end_of_rib_markers(neg: &Negotiated) -> Vec<Update> {
     neg.families
         .iter()
         .map(|&(afi, safi)| Update::end_of_rib(afi, safi))
+        .collect()
+}
+
+/// Graceful restart, receiving side (RFC 4724 §4.2), at session loss: the routes of the
+/// families the peer's graceful restart capability listed are kept, marked stale; the others
+/// are removed. Returns whether anything changed.
+pub fn mark_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>, retained: &[Family]) -> bool {
+    let before = received.len();
+    let mut changed = false;
+    received.retain(|p, r| {
+        let keep = retained.contains(&family_of(p));
+        if keep && !r.stale {
+            r.stale = true;
+            changed = true;
+        }
+        keep
+    });
+    changed || received.len() != before
+}
+
+/// Removes the stale routes of `family` (at the peer's End-of-RIB for it, or when the new
+/// session cannot refresh it). Returns how many went.
+pub fn sweep_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>, family: Family) -> usize {
+    let before = received.len();
+    received.retain(|p, r| !(r.stale && family_of(p) == family));
+    before - received.len()
+}
+
+/// Removes every stale route (the restart time passed). Returns how many went.
+pub fn sweep_all_stale(received: &mut BTreeMap<IpNet, ReceivedRoute>) -> usize {
+    let before = received.len();
+    received.retain(|_, r| !r.stale);
+    before - received.len()
+}
+
+/// The peer's graceful restart capability, as far as the receiving side needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRestart {
+    /// Seconds the peer asks us to keep its routes after the session is lost.
+    pub restart_time: u16,
+    /// The families listed, with their forwarding-state (F) bit.
+    pub families: Vec<(Family, bool)>,
+}
+
+impl PeerRestart {
+    pub fn from_open(open: &super::wire::Open) -> Option<Self> {
+        open.capabilities().find_map(|c| match c {
+            super::wire::Capability::GracefulRestart { time, families, .. } => Some(PeerRestart {
+                restart_time: *time,
+                families: families
+                    .iter()
+                    .map(|f| ((f.afi, f.safi), f.flags & super::wire::GR_FORWARDING != 0))
+                    .collect(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// The stale families the new session will not refresh, to sweep as it comes up: all of
+/// them when it did not negotiate graceful restart, otherwise those the peer's new
+/// capability omits or lists without the forwarding-state bit, or not negotiated at all.
+pub fn unrefreshable_families(
+    stale: &[Family],
+    neg: &Negotiated,
+    peer: Option<&PeerRestart>,
+) -> Vec<Family> {
+    stale
+        .iter()
+        .copied()
+        .filter(|f| {
+            let kept = neg.graceful_restart
+                && neg.families.contains(f)
+                && peer.is_some_and(|p| p.families.contains(&(*f, true)));
+            !kept
+        })
         .collect()
 }
 
@@ -475,7 +616,6 @@ pub fn apply_diff(
 mod tests {
     use super::*;
     use crate::bgp::wire::WireContext;
-    use std::net::Ipv4Addr;
 
     fn neg(ibgp: bool, local: &str) -> Negotiated {
         Negotiated {
@@ -604,6 +744,199 @@ mod tests {
             // The IPv6 prefix has no IPv6 next hop on this IPv4 session.
             assert!(u.attr(crate::bgp::wire::ATTR_MP_REACH).is_none());
         }
+    }
+
+    #[test]
+    fn as_path_and_reflection_attributes_are_sent_and_received() {
+        let a = RouteAttrs {
+            as_path: vec![64600, 64601],
+            originator_id: Some(Ipv4Addr::new(192, 0, 2, 7)),
+            cluster_list: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            ..RouteAttrs::default()
+        };
+        let d = desired(&[("203.0.113.0/24", a)]);
+        for (ibgp, path) in [
+            (false, vec![64512, 64600, 64601]),
+            (true, vec![64600, 64601]),
+        ] {
+            let n = neg(ibgp, "192.0.2.1");
+            let (ann, _) = diff(&BTreeMap::new(), &outgoing(&d, &n));
+            let ups = build_updates(&ann, &[], &n, 64512);
+            let u = &ups[0];
+            assert_eq!(
+                u.attr(crate::bgp::wire::ATTR_AS_PATH),
+                Some(&Attr::AsPath(vec![AsSegment {
+                    kind: AS_SEQUENCE,
+                    asns: path.clone()
+                }]))
+            );
+            // RFC 4456: the reflection attributes never leave the AS.
+            assert_eq!(u.attr(crate::bgp::wire::ATTR_ORIGINATOR_ID).is_some(), ibgp);
+            assert_eq!(u.attr(crate::bgp::wire::ATTR_CLUSTER_LIST).is_some(), ibgp);
+            let mut rib = BTreeMap::new();
+            apply_update(&mut rib, u);
+            let r = &rib[&"203.0.113.0/24".parse::<IpNet>().unwrap()];
+            assert_eq!(r.as_path, path);
+            assert!(!r.stale);
+            if ibgp {
+                assert_eq!(r.originator_id, Some(Ipv4Addr::new(192, 0, 2, 7)));
+                assert_eq!(r.cluster_list, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+            } else {
+                assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
+            }
+        }
+    }
+
+    fn received_table(prefixes: &[&str]) -> BTreeMap<IpNet, ReceivedRoute> {
+        let n = neg(false, "192.0.2.1");
+        let mut rib = BTreeMap::new();
+        for p in prefixes {
+            let nh = if p.contains(':') {
+                "2001:db8::2"
+            } else {
+                "192.0.2.2"
+            };
+            let d = desired(&[(
+                p,
+                RouteAttrs {
+                    next_hop: Some(nh.parse().unwrap()),
+                    ..RouteAttrs::default()
+                },
+            )]);
+            let (ann, _) = diff(&BTreeMap::new(), &outgoing(&d, &n));
+            for u in build_updates(&ann, &[], &n, 64513) {
+                apply_update(&mut rib, &u);
+            }
+        }
+        rib
+    }
+
+    fn stale_of(rib: &BTreeMap<IpNet, ReceivedRoute>) -> Vec<(String, bool)> {
+        rib.iter().map(|(p, r)| (p.to_string(), r.stale)).collect()
+    }
+
+    #[test]
+    fn graceful_restart_keeps_routes_stale_until_refreshed_and_swept() {
+        let mut rib = received_table(&["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/64"]);
+        // Only IPv4 was in the peer's capability: IPv6 routes go at once.
+        assert!(mark_stale(&mut rib, &[IPV4_UNICAST]));
+        assert_eq!(
+            stale_of(&rib),
+            [
+                ("198.51.100.0/24".into(), true),
+                ("203.0.113.0/24".into(), true)
+            ]
+        );
+        assert!(
+            !mark_stale(&mut rib, &[IPV4_UNICAST]),
+            "nothing new to mark"
+        );
+        // The peer re-announces one route: it is fresh again.
+        let fresh = received_table(&["203.0.113.0/24", "2001:db8:2::/64"]);
+        rib.extend(fresh);
+        assert_eq!(sweep_stale(&mut rib, IPV6_UNICAST), 0);
+        assert_eq!(
+            sweep_stale(&mut rib, IPV4_UNICAST),
+            1,
+            "End-of-RIB for IPv4"
+        );
+        assert_eq!(
+            stale_of(&rib),
+            [
+                ("203.0.113.0/24".into(), false),
+                ("2001:db8:2::/64".into(), false)
+            ]
+        );
+        mark_stale(&mut rib, &[IPV4_UNICAST, IPV6_UNICAST]);
+        assert_eq!(sweep_all_stale(&mut rib), 2);
+        assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn stale_families_the_new_session_cannot_refresh() {
+        let mut n = neg(false, "192.0.2.1");
+        let both = [IPV4_UNICAST, IPV6_UNICAST];
+        let cap = |f4: bool, f6: Option<bool>| PeerRestart {
+            restart_time: 120,
+            families: [Some((IPV4_UNICAST, f4)), f6.map(|f| (IPV6_UNICAST, f))]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        // No graceful restart in the new session: everything goes.
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            both
+        );
+        n.graceful_restart = true;
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            []
+        );
+        assert_eq!(unrefreshable_families(&both, &n, None), both);
+        // F bit clear for IPv4, IPv6 not listed.
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(false, None))),
+            both
+        );
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(false)))),
+            [IPV6_UNICAST]
+        );
+        // A family the new session did not negotiate.
+        n.families = vec![IPV4_UNICAST];
+        assert_eq!(
+            unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
+            [IPV6_UNICAST]
+        );
+    }
+
+    #[test]
+    fn reflected_loops_are_ignored() {
+        let me = Ipv4Addr::new(192, 0, 2, 1);
+        let cluster = Ipv4Addr::new(192, 0, 2, 100);
+        let n = neg(true, "192.0.2.2");
+        let announce = |originator: Option<Ipv4Addr>, clusters: Vec<Ipv4Addr>| {
+            let a = RouteAttrs {
+                originator_id: originator,
+                cluster_list: clusters,
+                ..RouteAttrs::default()
+            };
+            let (ann, _) = diff(
+                &BTreeMap::new(),
+                &outgoing(&desired(&[("203.0.113.0/24", a)]), &n),
+            );
+            build_updates(&ann, &[], &n, 64512).remove(0)
+        };
+        let check = |r: &mut ReceivedRoute| !reflection_loop(r, me, Some(cluster));
+        let mut rib = BTreeMap::new();
+        apply_update_with(
+            &mut rib,
+            &announce(Some(Ipv4Addr::new(192, 0, 2, 7)), vec![]),
+            check,
+        );
+        assert_eq!(rib.len(), 1);
+        // Our own route back: ignored, and it replaces (withdraws) the one before.
+        apply_update_with(&mut rib, &announce(Some(me), vec![]), check);
+        assert!(rib.is_empty());
+        apply_update_with(
+            &mut rib,
+            &announce(None, vec![Ipv4Addr::new(192, 0, 2, 9), cluster]),
+            check,
+        );
+        assert!(rib.is_empty());
+        apply_update_with(
+            &mut rib,
+            &announce(None, vec![Ipv4Addr::new(192, 0, 2, 9)]),
+            check,
+        );
+        assert_eq!(rib.len(), 1);
+        // Without a cluster ID of ours only the originator counts.
+        assert!(!reflection_loop(
+            &rib.values().next().unwrap().clone(),
+            me,
+            None
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub use driver::{Classify, Driver, DriverMetrics, PassReport, Plan, Reconcile, R
 pub use health::{Health, Readiness};
 pub use owned::{OwnedObjects, OwnedOp, OwnedPlan, OwnedPlanner};
 pub use shutdown::Shutdown;
-pub use telemetry::{init_logging, serve_metrics};
+pub use telemetry::{DebugHandler, init_logging, serve_metrics, serve_metrics_with_debug};
 
 /// Writes a line to stderr and ignores failure: a daemon whose stderr is closed (`2>&1 |
 /// head -1`) must not panic on its last words, as `eprintln!` would.

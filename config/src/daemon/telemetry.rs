@@ -37,6 +37,11 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
+/// Answers `GET /debug/...` requests of a daemon's own tools (e.g. `explain`): the path
+/// (query included) in, `Ok(text)` (200) or `Err(text)` (404) out; `None` for paths it does
+/// not know.
+pub type DebugHandler = Arc<dyn Fn(&str) -> Option<Result<String, String>> + Send + Sync>;
+
 /// Binds the metrics endpoint and serves `/metrics` (Prometheus text format), `/healthz`
 /// and `/readyz` in a background task. Binding errors are returned so the daemon can fail
 /// loudly at start.
@@ -44,6 +49,16 @@ pub async fn serve_metrics(
     addr: SocketAddr,
     registry: Arc<Registry>,
     health: Health,
+) -> std::io::Result<SocketAddr> {
+    serve_metrics_with_debug(addr, registry, health, None).await
+}
+
+/// [`serve_metrics`], plus `/debug/...` answered by `debug`.
+pub async fn serve_metrics_with_debug(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Health,
+    debug: Option<DebugHandler>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -54,10 +69,11 @@ pub async fn serve_metrics(
                 Ok((stream, _)) => {
                     let registry = registry.clone();
                     let health = health.clone();
+                    let debug = debug.clone();
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(
                             Duration::from_secs(10),
-                            answer(stream, &registry, &health),
+                            answer(stream, &registry, &health, debug.as_ref()),
                         )
                         .await;
                     });
@@ -77,6 +93,7 @@ async fn answer(
     mut stream: TcpStream,
     registry: &Registry,
     health: &Health,
+    debug: Option<&DebugHandler>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
@@ -99,6 +116,7 @@ async fn answer(
     let head = String::from_utf8_lossy(&buf[..len]);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let full_path = path;
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" {
         return respond(
@@ -141,6 +159,13 @@ async fn answer(
                 format!("not ready: {}\n", waiting.join(", "))
             };
             respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await
+        }
+        p if p.starts_with("/debug/") && debug.is_some() => {
+            match debug.and_then(|d| d(full_path)) {
+                Some(Ok(body)) => respond(&mut stream, "200 OK", "text/plain", &body).await,
+                Some(Err(body)) => respond(&mut stream, "404 Not Found", "text/plain", &body).await,
+                None => respond(&mut stream, "404 Not Found", "text/plain", "unknown path\n").await,
+            }
         }
         _ => {
             respond(
@@ -206,5 +231,30 @@ mod tests {
         health.set_ready(true);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn serves_debug_paths_through_the_handler() {
+        let debug: DebugHandler = Arc::new(|path: &str| match path {
+            "/debug/echo?x=1" => Some(Ok("echo x=1\n".to_string())),
+            "/debug/missing" => Some(Err("no such thing\n".to_string())),
+            _ => None,
+        });
+        let addr = serve_metrics_with_debug(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+            Health::default(),
+            Some(debug),
+        )
+        .await
+        .unwrap();
+        let r = get(addr, "/debug/echo?x=1").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.ends_with("echo x=1\n"),
+            "{r}"
+        );
+        assert!(get(addr, "/debug/missing").await.contains("no such thing"));
+        assert!(get(addr, "/debug/other").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
     }
 }

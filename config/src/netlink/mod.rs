@@ -10,6 +10,9 @@
 //! Route protocol numbers used by metalnet (see `/etc/iproute2/rt_protos`; these are unused
 //! by iproute2 and the routing daemons it lists):
 //! - [`RTPROT_METALNET_VXLAN`] = 77 for routes of metalnet-vxlan.
+//!
+//! metalnet-router uses kube-router's number, 17, so that it finds the routes kube-router
+//! left (its own constant, `RTPROT_KUBE_ROUTER`, lives with the router).
 
 use std::net::IpAddr;
 
@@ -25,7 +28,8 @@ pub use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoData, InfoIpTunnel, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+    LinkMessage, TunnelEncapType,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -95,6 +99,48 @@ pub struct VxlanParams {
     pub learning: bool,
     pub mtu: u32,
     pub mac: [u8; 6],
+}
+
+/// An IP-in-IP tunnel to one remote node, as kube-router's overlay makes it: `ipip` for
+/// IPv4 (`ip tunnel add NAME mode ipip local L remote R`), `ip6tnl` in ip6ip6 mode for IPv6,
+/// optionally with GUE encapsulation over UDP (`encap gue encap-sport auto encap-dport PORT`,
+/// TTL 225, kube-router's `--overlay-encap=fou`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelParams {
+    pub name: String,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    /// GUE destination port (kube-router's `--overlay-encap-port`, 5555); `None`: plain ipip.
+    pub gue_port: Option<u16>,
+}
+
+/// kube-router's TTL for GUE-encapsulated tunnels.
+pub const GUE_TUNNEL_TTL: u8 = 225;
+
+/// The RTM_NEWLINK message creating the tunnel `p` describes. Pure (unit-tested: this
+/// kernel has no ipip, ip6tnl or fou).
+pub fn tunnel_link_message(p: &TunnelParams) -> LinkMessage {
+    let v6 = p.remote.is_ipv6();
+    let mut data = vec![InfoIpTunnel::Local(p.local), InfoIpTunnel::Remote(p.remote)];
+    if v6 {
+        data.push(InfoIpTunnel::Protocol(
+            rtnetlink::packet_route::IpProtocol::Ipv6,
+        ));
+    }
+    if let Some(port) = p.gue_port {
+        data.push(InfoIpTunnel::Ttl(GUE_TUNNEL_TTL));
+        data.push(InfoIpTunnel::EncapType(TunnelEncapType::Gue));
+        // Source port 0: chosen per flow by the kernel (`encap-sport auto`).
+        data.push(InfoIpTunnel::EncapSPort(0));
+        data.push(InfoIpTunnel::EncapDPort(port));
+    }
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(p.name.clone()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        NlLinkInfo::Kind(if v6 { InfoKind::Ip6Tnl } else { InfoKind::IpIp }),
+        NlLinkInfo::Data(InfoData::IpTunnel(data)),
+    ]));
+    msg
 }
 
 /// What the kernel shows about a link.
@@ -294,6 +340,16 @@ impl Netlink {
         self.ack(
             format!("create vxlan device {}", p.name),
             RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+    }
+
+    /// Creates an IP-in-IP tunnel device (down; see [`Netlink::set_up`]).
+    pub async fn create_tunnel(&self, p: &TunnelParams) -> Result<(), NetlinkError> {
+        self.ack(
+            format!("create tunnel {} to {}", p.name, p.remote),
+            RouteNetlinkMessage::NewLink(tunnel_link_message(p)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
@@ -609,6 +665,17 @@ impl Netlink {
         .await
     }
 
+    /// Adds a route to the main table only if none with its destination and metric exists
+    /// (`ip route add`: `NLM_F_EXCL`), so a route of another protocol is never overwritten.
+    pub async fn add_route(&self, r: &Route) -> Result<(), NetlinkError> {
+        self.ack(
+            format!("add route {}", r.dst),
+            RouteNetlinkMessage::NewRoute(route_message(r)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+    }
+
     pub async fn del_route(&self, r: &Route) -> Result<(), NetlinkError> {
         self.ack(
             format!("delete route {}", r.dst),
@@ -884,6 +951,108 @@ mod tests {
             nl.del_address(dev.index, addr).await.unwrap();
             nl.delete_link(dev.index).await.unwrap();
             assert!(nl.link_by_name("flannel.1").await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn tunnel_messages_are_kube_router_s_ipip_ip6ip6_and_gue() {
+        let round_trip = |p: &TunnelParams| {
+            let msg = tunnel_link_message(p);
+            let mut nl = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg.clone()));
+            nl.finalize();
+            let mut buf = vec![0u8; nl.buffer_len()];
+            nl.serialize(&mut buf);
+            let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(back)) = parsed.payload
+            else {
+                panic!("not a NEWLINK: {parsed:?}");
+            };
+            assert_eq!(back, msg);
+            let info = back
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::LinkInfo(i) => Some(i.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            let kind = info.iter().find_map(|i| match i {
+                NlLinkInfo::Kind(k) => Some(k.clone()),
+                _ => None,
+            });
+            let data = info
+                .iter()
+                .find_map(|i| match i {
+                    NlLinkInfo::Data(InfoData::IpTunnel(d)) => Some(d.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            (kind.unwrap(), data)
+        };
+        let v4 = TunnelParams {
+            name: "tun-0123456789a".into(),
+            local: "192.0.2.11".parse().unwrap(),
+            remote: "203.0.113.12".parse().unwrap(),
+            gue_port: None,
+        };
+        let (kind, data) = round_trip(&v4);
+        assert_eq!(kind, InfoKind::IpIp);
+        assert_eq!(
+            data,
+            vec![
+                InfoIpTunnel::Local(v4.local),
+                InfoIpTunnel::Remote(v4.remote)
+            ]
+        );
+        let gue = TunnelParams {
+            gue_port: Some(5555),
+            ..v4.clone()
+        };
+        let (_, data) = round_trip(&gue);
+        assert!(data.contains(&InfoIpTunnel::Ttl(225)));
+        assert!(data.contains(&InfoIpTunnel::EncapType(TunnelEncapType::Gue)));
+        assert!(data.contains(&InfoIpTunnel::EncapDPort(5555)));
+        let v6 = TunnelParams {
+            name: "tun-fedcba98765".into(),
+            local: "2001:db8::11".parse().unwrap(),
+            remote: "2001:db8:1::12".parse().unwrap(),
+            gue_port: None,
+        };
+        let (kind, data) = round_trip(&v6);
+        assert_eq!(kind, InfoKind::Ip6Tnl);
+        assert!(data.contains(&InfoIpTunnel::Protocol(
+            rtnetlink::packet_route::IpProtocol::Ipv6
+        )));
+    }
+
+    /// This kernel has no ipip: the refusal names the device and the remote.
+    #[test]
+    fn creating_a_tunnel_reports_the_kernel_s_answer() {
+        let Some(ns) = Netns::with_veth("tun") else {
+            return;
+        };
+        ns.block_on(|| async {
+            let nl = Netlink::connect().unwrap();
+            let p = TunnelParams {
+                name: "tun-0123456789a".into(),
+                local: "192.0.2.1".parse().unwrap(),
+                remote: "203.0.113.12".parse().unwrap(),
+                gue_port: None,
+            };
+            match nl.create_tunnel(&p).await {
+                Ok(()) => {
+                    let link = nl.link_by_name(&p.name).await.unwrap().unwrap();
+                    assert_eq!(link.kind.as_deref(), Some("ipip"));
+                    nl.delete_link(link.index).await.unwrap();
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("tun-0123456789a") && text.contains("203.0.113.12"),
+                        "{text}"
+                    );
+                }
+            }
         });
     }
 

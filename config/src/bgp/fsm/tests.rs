@@ -405,3 +405,54 @@ fn dynamic_as_accepts_the_right_kind_and_rejects_the_other() {
         assert_eq!(fsm.state(), State::Idle);
     }
 }
+
+fn gr_flags(open: &Open) -> (u8, Vec<u8>) {
+    open.capabilities()
+        .find_map(|c| match c {
+            Capability::GracefulRestart {
+                flags, families, ..
+            } => Some((*flags, families.iter().map(|f| f.flags).collect())),
+            _ => None,
+        })
+        .expect("graceful restart capability")
+}
+
+/// A restarting speaker sets the Restart State bit (and the forwarding bits) until its first
+/// session is established, not in the sessions after.
+#[test]
+fn restarting_sets_the_restart_state_bit_until_established() {
+    let mut c = FsmConfig::new(64512, 64513);
+    c.graceful_restart = Some(120);
+    assert_eq!(
+        gr_flags(&Fsm::new(c.clone()).our_open(LOCAL)),
+        (0, vec![GR_FORWARDING, GR_FORWARDING])
+    );
+    c.restarting = true;
+    let fsm = Fsm::new(c.clone());
+    assert_eq!(
+        gr_flags(&fsm.our_open(LOCAL)),
+        (GR_RESTART_STATE, vec![GR_FORWARDING, GR_FORWARDING])
+    );
+    let (mut fsm, _) = established(c, 90);
+    assert_eq!(gr_flags(&fsm.our_open(LOCAL)).0, 0);
+    fsm.handle(Event::TcpFailed);
+    assert_eq!(gr_flags(&fsm.our_open(LOCAL)).0, 0, "later sessions");
+}
+
+/// The peer's graceful restart capability is kept for the session and forgotten after it.
+#[test]
+fn the_peers_restart_capability_is_kept_for_the_session() {
+    let mut c = FsmConfig::new(64512, 64513);
+    c.graceful_restart = Some(120);
+    let (mut fsm, neg) = established(c, 90);
+    assert!(neg.graceful_restart);
+    assert_eq!(
+        fsm.peer_restart(),
+        Some(&PeerRestart {
+            restart_time: 120,
+            families: vec![]
+        })
+    );
+    fsm.handle(Event::TcpFailed);
+    assert_eq!(fsm.peer_restart(), None);
+}

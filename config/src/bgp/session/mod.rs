@@ -15,8 +15,10 @@ use super::peer::PeerConfig;
 pub use super::rib::RouteAttrs;
 use super::rib::{DesiredRoutes, ReceivedRoute};
 
+mod listener;
 mod runner;
 
+pub use listener::Listener;
 use runner::Runner;
 
 /// The session's state as the status and metrics see it.
@@ -26,6 +28,11 @@ pub struct SessionStatus {
     /// Why the session last went down or failed to come up.
     pub last_error: Option<String>,
     pub negotiated: Option<Negotiated>,
+    /// When the session last reached Established; `None` while it is not.
+    pub established_since: Option<std::time::Instant>,
+    /// Families whose End-of-RIB the peer sent in this session: its initial table of them is
+    /// complete (a restarting router waits for these before removing routes it kept).
+    pub end_of_rib_received: Vec<super::fsm::Family>,
 }
 
 /// Counters for metrics.
@@ -35,6 +42,8 @@ pub struct Counters {
     pub updates_received: AtomicU64,
     /// Prefixes the peer currently has from us.
     pub prefixes_announced: AtomicU64,
+    /// Prefixes we currently hold from the peer (stale ones included).
+    pub prefixes_received: AtomicU64,
     pub session_up: AtomicBool,
     /// How often the session reached Established.
     pub established_total: AtomicU64,
@@ -58,6 +67,8 @@ pub struct SessionHandle {
     desired_changed: watch::Sender<()>,
     status: watch::Receiver<SessionStatus>,
     received: Received,
+    /// Bumped by the session task on every change to `received`.
+    received_gen: watch::Receiver<u64>,
     counters: Arc<Counters>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -85,15 +96,19 @@ impl Session {
             state: State::Idle,
             last_error: None,
             negotiated: None,
+            established_since: None,
+            end_of_rib_received: Vec::new(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let received = Received::default();
+        let (received_tx, received_rx) = watch::channel(0u64);
         let counters = Arc::new(Counters::default());
         let runner = Runner::new(
             config.clone(),
             desired.clone(),
             desired_rx,
             received.clone(),
+            received_tx,
             counters.clone(),
             status_tx,
         );
@@ -104,6 +119,7 @@ impl Session {
             desired_changed: desired_tx,
             status: status_rx,
             received,
+            received_gen: received_rx,
             counters,
             stop: stop_tx,
             task: Some(task),
@@ -152,6 +168,13 @@ impl SessionHandle {
     /// The routes the peer announced to us (empty while the session is down).
     pub fn received(&self) -> BTreeMap<IpNet, ReceivedRoute> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// A generation number bumped on every change to [`SessionHandle::received`] (an UPDATE
+    /// applied, the table cleared at session loss, stale routes swept), so a consumer can
+    /// re-read the table as soon as it changes.
+    pub fn watch_received(&self) -> watch::Receiver<u64> {
+        self.received_gen.clone()
     }
 
     pub fn counters(&self) -> &Counters {

@@ -1,6 +1,7 @@
 //! The session task: one loop over the socket, the timers and route changes, feeding events
 //! to the [`Fsm`] and carrying out its actions.
 
+use super::listener::Registration;
 use super::{Counters, Desired, Received, SessionStatus, lock};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -17,12 +18,16 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bgp::fsm::{Action, DownReason, Event, Fsm, State, Timer};
+use crate::bgp::fsm::{Action, DownReason, Event, Family, Fsm, State, Timer};
 use crate::bgp::peer::PeerConfig;
 use crate::bgp::rib::{self, Announced, DesiredChanges};
 use crate::bgp::wire::{self, Message, WireContext};
 
 use crate::sys::tcp::{set_md5, set_ttl};
+
+/// How long stale routes wait for the peer's End-of-RIB once the session is back (FRR's
+/// default stale-path time): a peer that never sends one does not keep them forever.
+const STALE_PATH_TIME: Duration = Duration::from_secs(360);
 
 #[derive(Default)]
 struct Timers {
@@ -78,15 +83,28 @@ pub(super) struct Runner {
     conn: Option<Conn>,
     connecting: Option<Connecting>,
     listener: Option<TcpListener>,
+    /// The session's place on a shared listener.
+    inbound: Option<Registration>,
     timers: Timers,
     desired: Desired,
     desired_changed: watch::Receiver<()>,
     /// What the peer has from us (Adj-RIB-Out).
     advertised: BTreeMap<IpNet, Announced>,
     received: Received,
+    received_gen: watch::Sender<u64>,
     counters: Arc<Counters>,
     status: watch::Sender<SessionStatus>,
     last_error: Option<String>,
+    established_since: Option<std::time::Instant>,
+    /// Families whose End-of-RIB arrived in this session.
+    end_of_rib_received: Vec<Family>,
+    /// The peer's graceful restart capability when the current session negotiated it.
+    session_restart: Option<rib::PeerRestart>,
+    /// Families whose received routes are stale, waiting for the peer's End-of-RIB.
+    stale_families: Vec<Family>,
+    /// When the stale routes go if not refreshed: the peer's restart time while the
+    /// session is down, [`STALE_PATH_TIME`] once it is back.
+    stale_deadline: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -95,8 +113,12 @@ enum Wake {
     Stop,
     DesiredChanged,
     Timer,
+    /// The stale routes' time is up.
+    StaleTimer,
     Connected(io::Result<TcpStream>),
     Accepted(io::Result<(TcpStream, SocketAddr)>),
+    /// A connection from the peer through the shared listener (`None`: it went away).
+    Inbound(Option<TcpStream>),
     Read(io::Result<usize>),
 }
 
@@ -106,6 +128,7 @@ impl Runner {
         desired: Desired,
         desired_changed: watch::Receiver<()>,
         received: Received,
+        received_gen: watch::Sender<u64>,
         counters: Arc<Counters>,
         status: watch::Sender<SessionStatus>,
     ) -> Self {
@@ -115,24 +138,35 @@ impl Runner {
             conn: None,
             connecting: None,
             listener: None,
+            inbound: None,
             timers: Timers::default(),
             desired,
             desired_changed,
             advertised: BTreeMap::new(),
             received,
+            received_gen,
             counters,
             status,
             last_error: None,
+            established_since: None,
+            end_of_rib_received: Vec::new(),
+            session_restart: None,
+            stale_families: Vec::new(),
+            stale_deadline: None,
             buf: Vec::new(),
         }
     }
 
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let peer = self.config.peer_address;
-        if self.config.listen.is_some() {
+        if self.config.inbound.is_some() {
+            self.register_inbound(&mut stop).await;
+        } else if self.config.listen.is_some() {
             self.bind_listener(&mut stop).await;
         }
         self.process(Event::ManualStart).await;
+        // A passive session shows Active while it waits, not Idle.
+        self.publish();
         loop {
             let next_timer = self.timers.next();
             let wake = tokio::select! {
@@ -142,8 +176,10 @@ impl Runner {
                     Err(_) => Wake::Stop,
                 },
                 _ = sleep_until_opt(next_timer), if next_timer.is_some() => Wake::Timer,
+                _ = sleep_until_opt(self.stale_deadline), if self.stale_deadline.is_some() => Wake::StaleTimer,
                 r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => Wake::Connected(r),
                 r = async { self.listener.as_ref().expect("guarded").accept().await }, if self.listener.is_some() => Wake::Accepted(r),
+                r = async { self.inbound.as_mut().expect("guarded").accept().await }, if self.inbound.is_some() => Wake::Inbound(r),
                 r = async { let c = self.conn.as_mut().expect("guarded"); c.read.read_buf(&mut self.buf).await }, if self.conn.is_some() => Wake::Read(r),
             };
             match wake {
@@ -156,6 +192,14 @@ impl Runner {
                     if self.fsm.state() == State::Established {
                         self.sync_routes(false).await;
                     }
+                }
+                Wake::StaleTimer => {
+                    tracing::info!(%peer, families = ?self.stale_families, "graceful restart: stale routes not refreshed in time; removed");
+                    self.stale_families.clear();
+                    self.stale_deadline = None;
+                    self.change_received(|r| {
+                        rib::sweep_all_stale(r);
+                    });
                 }
                 Wake::Timer => {
                     for e in self.timers.expired(Instant::now()) {
@@ -182,6 +226,11 @@ impl Runner {
                         self.attach(stream).await;
                     }
                 }
+                Wake::Inbound(Some(stream)) => self.inbound_connection(stream).await,
+                Wake::Inbound(None) => {
+                    tracing::warn!(%peer, "another session registered for this peer on the shared BGP listener; this one gets no more connections");
+                    self.inbound = None;
+                }
                 Wake::Accepted(Err(e)) => {
                     tracing::warn!(%peer, error = %e, "BGP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -197,6 +246,73 @@ impl Runner {
                 }
             }
             self.publish();
+        }
+    }
+
+    /// Registers with the shared listener, retrying each second while that fails (a TCP MD5
+    /// key the kernel refuses, a peer of the other family).
+    async fn register_inbound(&mut self, stop: &mut watch::Receiver<bool>) {
+        let Some(listener) = self.config.inbound.clone() else {
+            return;
+        };
+        loop {
+            match listener.register(self.config.peer_address, self.config.password.as_ref()) {
+                Ok(r) => {
+                    self.inbound = Some(r);
+                    return;
+                }
+                Err(e) => {
+                    let addr = listener.local_addr();
+                    tracing::warn!(peer = %self.config.peer_address, %addr, error = %e, "cannot register with the BGP listener");
+                    self.last_error = Some(format!("register on listener {addr}: {e}"));
+                    self.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection from the peer through the shared listener. We never connect, so a
+    /// second connection is not a collision between two directions (RFC 4271 §6.8) but the
+    /// peer trying again:
+    /// - Established without graceful restart: the established connection is kept and the
+    ///   new one closed, as §6.8 has it. If the old one is half-dead (the peer restarted),
+    ///   our next KEEPALIVE draws a reset, or at worst the hold timer expires; the session
+    ///   then returns to Active and the peer's next attempt is taken.
+    /// - Established with graceful restart: a peer that reconnects while we still hold its
+    ///   session has restarted (RFC 4724 §4.2 has the receiving speaker close the old
+    ///   session then): the old connection ends as if it broke, its routes stay stale, and
+    ///   the new one proceeds.
+    /// - OpenSent/OpenConfirm: the peer gave up on the older connection before finishing the
+    ///   OPEN exchange, so the newer one replaces it.
+    async fn inbound_connection(&mut self, stream: TcpStream) {
+        let peer = self.config.peer_address;
+        match self.fsm.state() {
+            State::Established if self.session_restart.is_some() => {
+                tracing::info!(%peer, "new BGP connection from a graceful-restart peer while established: the peer restarted; the old connection is closed");
+                self.last_error = Some("peer reconnected (restarted)".into());
+                self.process(Event::TcpFailed).await;
+            }
+            State::Established | State::Idle | State::Connect => {
+                tracing::info!(%peer, state = %self.fsm.state(), "refusing a second BGP connection from the peer");
+                drop(stream);
+                return;
+            }
+            State::OpenSent | State::OpenConfirm => {
+                tracing::info!(%peer, state = %self.fsm.state(), "new BGP connection from the peer replaces the unfinished one");
+                self.last_error = Some("peer opened a new connection".into());
+                self.process(Event::TcpFailed).await;
+            }
+            State::Active => {}
+        }
+        if self.fsm.state() == State::Active && self.conn.is_none() {
+            let _ = set_ttl(&stream, &peer, self.config.ttl()).inspect_err(
+                |e| tracing::debug!(%peer, error = %e, "cannot set the TTL of the BGP connection"),
+            );
+            self.attach(stream).await;
         }
     }
 
@@ -225,7 +341,9 @@ impl Runner {
 
     async fn attach(&mut self, stream: TcpStream) {
         let local = match stream.local_addr() {
-            Ok(a) => a.ip(),
+            // An IPv4 peer on a dual-stack listener shows as IPv4-mapped: our address is the
+            // IPv4 one (the default next hop, the router ID).
+            Ok(a) => a.ip().to_canonical(),
             Err(e) => {
                 self.last_error = Some(format!("local address: {e}"));
                 self.process(Event::TcpFailed).await;
@@ -354,6 +472,12 @@ impl Runner {
             Action::Established(neg) => {
                 tracing::info!(%peer, peer_as = neg.peer_as, hold = neg.hold_time, families = ?neg.families, "BGP session established");
                 self.last_error = None;
+                self.established_since = Some(std::time::Instant::now());
+                self.session_restart = neg
+                    .graceful_restart
+                    .then(|| self.fsm.peer_restart().cloned())
+                    .flatten();
+                self.restarted(&neg);
                 self.counters.session_up.store(true, Ordering::Relaxed);
                 self.counters
                     .established_total
@@ -372,9 +496,39 @@ impl Runner {
                 self.counters
                     .updates_received
                     .fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut r) = self.received.lock() {
-                    rib::apply_update(&mut r, &u);
+                if let Some(f) = u.is_end_of_rib()
+                    && !self.end_of_rib_received.contains(&f)
+                {
+                    self.end_of_rib_received.push(f);
                 }
+                let eor = u
+                    .is_end_of_rib()
+                    .filter(|f| self.stale_families.contains(f));
+                if let Some(f) = eor {
+                    self.stale_families.retain(|s| *s != f);
+                    if self.stale_families.is_empty() {
+                        self.stale_deadline = None;
+                    }
+                    tracing::debug!(%peer, family = ?f, "graceful restart: End-of-RIB, stale routes of the family removed");
+                }
+                let (local_id, ibgp, cluster_id) = (
+                    self.fsm.negotiated().map(|n| n.local_id),
+                    self.fsm.negotiated().is_some_and(|n| n.ibgp),
+                    self.config.cluster_id,
+                );
+                self.change_received(|r| {
+                    rib::apply_update_with(r, &u, |route| {
+                        if !ibgp {
+                            // RFC 7606 §7.9/§7.10: these never come over eBGP; discarded.
+                            route.originator_id = None;
+                            route.cluster_list.clear();
+                        }
+                        !local_id.is_some_and(|id| rib::reflection_loop(route, id, cluster_id))
+                    });
+                    if let Some(f) = eor {
+                        rib::sweep_stale(r, f);
+                    }
+                });
             }
             Action::Deliver(Message::RouteRefresh(_)) => {
                 // Re-send everything: the peer asked for the whole table.
@@ -396,11 +550,11 @@ impl Runner {
                 {
                     self.last_error = Some(reason.to_string());
                 }
+                self.established_since = None;
+                self.end_of_rib_received.clear();
                 self.advertised.clear();
                 self.counters.prefixes_announced.store(0, Ordering::Relaxed);
-                if let Ok(mut r) = self.received.lock() {
-                    r.clear();
-                }
+                self.session_lost(&reason);
             }
         }
         None
@@ -470,11 +624,88 @@ impl Runner {
             .store(self.advertised.len() as u64, Ordering::Relaxed);
     }
 
+    /// The received routes at session loss. Graceful restart, helper side (RFC 4724 §4.2):
+    /// when the lost session had negotiated it and ended without a deliberate NOTIFICATION
+    /// (the connection broke, or the peer went silent until the hold timer expired), the
+    /// routes of the families the peer listed stay, stale, for its restart time. A failed
+    /// attempt while stale routes wait leaves them to their timer; our own stop, or a
+    /// NOTIFICATION otherwise (a Cease from the peer), removes everything.
+    fn session_lost(&mut self, reason: &DownReason) {
+        let peer = self.config.peer_address;
+        let restart = self.session_restart.take();
+        let abrupt = match reason {
+            DownReason::ConnectionLost | DownReason::ConnectFailed => true,
+            DownReason::NotificationSent(n) => n.code == wire::code::HOLD_TIMER_EXPIRED,
+            DownReason::NotificationReceived(_) | DownReason::Stopped => false,
+        };
+        match restart {
+            Some(r) if abrupt && r.restart_time > 0 => {
+                let retained: Vec<Family> = r.families.iter().map(|(f, _)| *f).collect();
+                for f in &retained {
+                    if !self.stale_families.contains(f) {
+                        self.stale_families.push(*f);
+                    }
+                }
+                self.stale_families.retain(|f| retained.contains(f));
+                self.stale_deadline = (!self.stale_families.is_empty())
+                    .then(|| Instant::now() + Duration::from_secs(r.restart_time.into()));
+                tracing::info!(%peer, restart_time = r.restart_time, families = ?retained, "graceful restart: keeping the peer's routes as stale");
+                self.change_received(|t| {
+                    rib::mark_stale(t, &retained);
+                });
+            }
+            None if abrupt && !self.stale_families.is_empty() => {}
+            _ => {
+                self.stale_families.clear();
+                self.stale_deadline = None;
+                self.change_received(|t| t.clear());
+            }
+        }
+    }
+
+    /// A session is up again while stale routes wait: those the new session cannot refresh
+    /// go now, the others wait for the End-of-RIB (at most [`STALE_PATH_TIME`]).
+    fn restarted(&mut self, neg: &crate::bgp::fsm::Negotiated) {
+        if self.stale_families.is_empty() {
+            return;
+        }
+        let gone = rib::unrefreshable_families(&self.stale_families, neg, self.fsm.peer_restart());
+        self.stale_families.retain(|f| !gone.contains(f));
+        self.stale_deadline = if self.stale_families.is_empty() {
+            None
+        } else {
+            Some(Instant::now() + STALE_PATH_TIME)
+        };
+        if !gone.is_empty() {
+            tracing::info!(peer = %self.config.peer_address, families = ?gone, "graceful restart: the new session will not refresh these families; their stale routes removed");
+            self.change_received(|t| {
+                for f in &gone {
+                    rib::sweep_stale(t, *f);
+                }
+            });
+        }
+    }
+
+    /// Changes the peer's routes, then updates the counter and wakes the watchers.
+    fn change_received(&self, f: impl FnOnce(&mut BTreeMap<IpNet, rib::ReceivedRoute>)) {
+        let len = {
+            let mut r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut r);
+            r.len()
+        };
+        self.counters
+            .prefixes_received
+            .store(len as u64, Ordering::Relaxed);
+        self.received_gen.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     fn publish(&self) {
         let status = SessionStatus {
             state: self.fsm.state(),
             last_error: self.last_error.clone(),
             negotiated: self.fsm.negotiated().cloned(),
+            established_since: self.established_since,
+            end_of_rib_received: self.end_of_rib_received.clone(),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

@@ -35,17 +35,23 @@ async fn two_sessions_on_loopback() {
     );
     assert!(b.wait_for(State::Established, Duration::from_secs(5)).await);
     assert_eq!(a.status().negotiated.unwrap().hold_time, 9);
+    let since = a.status().established_since.expect("established_since");
+    assert!(since.elapsed() < Duration::from_secs(10));
+    let mut gen_rx = b.watch_received();
+    gen_rx.borrow_and_update();
 
     let attrs = RouteAttrs {
         communities: vec![0xfde8_0001],
         ..RouteAttrs::default()
     };
     a.set_routes([("203.0.113.5/32".parse().unwrap(), attrs.clone())].into());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.received().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The generation moves as soon as the UPDATE is applied: no polling needed.
+    tokio::time::timeout(Duration::from_secs(5), gen_rx.changed())
+        .await
+        .expect("received table change")
+        .unwrap();
     let got = b.received();
+    assert_eq!(b.counters().prefixes_received.load(Ordering::Relaxed), 1);
     let r = &got[&"203.0.113.5/32".parse::<IpNet>().unwrap()];
     assert_eq!(r.next_hop, lo);
     assert_eq!(r.as_path, vec![64512]);
@@ -83,6 +89,7 @@ async fn two_sessions_on_loopback() {
     .unwrap()
     .clone();
     assert!(s.last_error.unwrap().contains("administrative shutdown"));
+    assert_eq!(s.established_since, None);
     b.shutdown().await;
 }
 
@@ -360,4 +367,366 @@ async fn md5_mismatch_fails_cleanly() {
     assert!(!format!("{s:?}").contains("wrong"));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A session of ours connecting from `source` on loopback to `port`, AS 64512 to 64513.
+fn active_from(source: &str, port: u16, password: Option<&str>) -> PeerConfig {
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut c = PeerConfig::new(64512, 64513, lo);
+    c.peer_port = port;
+    c.source_address = Some(source.parse().unwrap());
+    c.router_id = Some(source.parse().unwrap());
+    c.ebgp_multihop = true;
+    c.retry_initial = Duration::from_millis(50);
+    c.connect_time = Duration::from_millis(500);
+    c.password = password.map(Password::new);
+    c
+}
+
+/// A passive session on `listener` for the peer at `peer` (AS 64513).
+fn passive_on(listener: &Arc<Listener>, peer: &str, password: Option<&str>) -> PeerConfig {
+    let mut c = PeerConfig::new(64513, 64512, peer.parse().unwrap());
+    c.inbound = Some(listener.clone());
+    c.router_id = Some(Ipv4Addr::new(192, 0, 2, 100));
+    c.ebgp_multihop = true;
+    c.password = password.map(Password::new);
+    c
+}
+
+/// Connects from `source` and tells whether the connection is closed on us without a byte.
+async fn closed_at_once(source: &str, port: u16) -> bool {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = socket
+        .connect(SocketAddr::new("127.0.0.1".parse().unwrap(), port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Two passive sessions share one dual-stack listener (one with TCP MD5), each gets its own
+/// peer's connection by source address; unknown addresses, and a peer whose session
+/// stopped, are closed at once; a second connection while Established is refused and the
+/// session stays.
+#[tokio::test]
+async fn sessions_share_a_listener() {
+    let listener = Listener::bind("[::]:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
+    assert!(format!("{listener:?}").contains("Listener"));
+    let b1 = Session::spawn(passive_on(&listener, "127.0.0.11", Some("secret")));
+    let b2 = Session::spawn(passive_on(&listener, "::ffff:127.0.0.12", None));
+    let a1 = Session::spawn(active_from("127.0.0.11", port, Some("secret")));
+    let a2 = Session::spawn(active_from("127.0.0.12", port, None));
+    for (h, who) in [(&a1, "a1"), (&a2, "a2"), (&b1, "b1"), (&b2, "b2")] {
+        assert!(
+            h.wait_for(State::Established, Duration::from_secs(10))
+                .await,
+            "{who}: {:?}",
+            h.status()
+        );
+    }
+    // Each passive session talks to its own peer.
+    assert_eq!(
+        b1.status().negotiated.unwrap().peer_id,
+        Ipv4Addr::new(127, 0, 0, 11)
+    );
+    assert_eq!(
+        b2.status().negotiated.unwrap().peer_id,
+        Ipv4Addr::new(127, 0, 0, 12)
+    );
+    // Our address on the dual-stack listener is the IPv4 one, not IPv4-mapped.
+    assert_eq!(
+        b1.status().negotiated.unwrap().local_addr,
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
+    assert!(closed_at_once("127.0.0.13", port).await, "unknown address");
+    // A second connection from an established peer is closed; the session stays up.
+    assert!(
+        closed_at_once("127.0.0.12", port).await,
+        "second connection"
+    );
+    assert_eq!(b2.state(), State::Established);
+    assert_eq!(b2.counters().established_total.load(Ordering::Relaxed), 1);
+
+    // Without the MD5 key the kernel drops the peer's SYNs: connecting never succeeds.
+    let no_key = Session::spawn(active_from("127.0.0.11", port, None));
+    assert!(
+        !no_key
+            .wait_for(State::OpenSent, Duration::from_secs(1))
+            .await
+    );
+    no_key.shutdown().await;
+
+    // Once its session is gone, the peer's address is unknown again.
+    b2.shutdown().await;
+    a2.shutdown().await;
+    assert!(closed_at_once("127.0.0.12", port).await, "stopped session");
+    a1.shutdown().await;
+    b1.shutdown().await;
+    // With the last reference gone the accept loop ends and the port closes.
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A peer that restarts without closing its old connection (the old one half-dead: open
+/// but silent) is refused while the session holds the old one, and gets back in once the
+/// hold timer ends it.
+#[tokio::test]
+async fn a_restarted_peer_gets_back_in_after_the_hold_time() {
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
+    // The raw peer is AS 64513 and expects 64512.
+    let mut c = passive_on(&listener, "127.0.0.1", None);
+    (c.my_asn, c.peer_asn) = (64512, 64513);
+    c.hold_time = Duration::from_secs(3);
+    let b = Session::spawn(c);
+    let (_half_dead, _) = raw_peer(port, None).await;
+    assert!(b.wait_for(State::Established, Duration::from_secs(5)).await);
+    let started = Instant::now();
+    assert!(
+        closed_at_once("127.0.0.1", port).await,
+        "refused while established"
+    );
+    let mut rx = b.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(6),
+        rx.wait_for(|s| s.state == State::Active),
+    )
+    .await
+    .expect("hold timer")
+    .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let (_fresh, _) = raw_peer(port, None).await;
+    assert!(b.wait_for(State::Established, Duration::from_secs(5)).await);
+    assert_eq!(b.counters().established_total.load(Ordering::Relaxed), 2);
+    b.shutdown().await;
+}
+
+/// An UPDATE from the raw peer (AS 64513) announcing IPv4 `prefixes` via 192.0.2.9.
+fn announce(prefixes: &[&str]) -> Vec<u8> {
+    announce_with(prefixes, vec![])
+}
+
+fn announce_with(prefixes: &[&str], extra: Vec<wire::PathAttribute>) -> Vec<u8> {
+    use crate::bgp::wire::{AS_SEQUENCE, AsSegment, Attr, PathAttribute, Update};
+    let mut u = Update {
+        attributes: vec![
+            PathAttribute::new(Attr::Origin(0)),
+            PathAttribute::new(Attr::AsPath(vec![AsSegment {
+                kind: AS_SEQUENCE,
+                asns: vec![64513],
+            }])),
+            PathAttribute::new(Attr::NextHop(Ipv4Addr::new(192, 0, 2, 9))),
+        ],
+        nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+        ..Update::default()
+    };
+    u.attributes.extend(extra);
+    Message::Update(u)
+        .to_bytes(WireContext::FOUR_OCTET)
+        .unwrap()
+}
+
+fn end_of_rib_v4() -> Vec<u8> {
+    Message::Update(wire::Update::end_of_rib(wire::AFI_IPV4, wire::SAFI_UNICAST))
+        .to_bytes(WireContext::FOUR_OCTET)
+        .unwrap()
+}
+
+/// Waits until the received table satisfies `f`, up to `timeout`.
+async fn wait_received(
+    s: &SessionHandle,
+    timeout: Duration,
+    f: impl Fn(&BTreeMap<IpNet, ReceivedRoute>) -> bool,
+) -> bool {
+    let mut rx = s.watch_received();
+    tokio::time::timeout(timeout, async {
+        loop {
+            rx.borrow_and_update();
+            if f(&s.received()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn stale_map(s: &SessionHandle) -> Vec<(String, bool)> {
+    s.received()
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.stale))
+        .collect()
+}
+
+/// Graceful restart, helper side: a GR peer that drops the connection keeps its routes,
+/// stale; back up, what it re-announces is fresh and its End-of-RIB sweeps the rest.
+#[tokio::test]
+async fn graceful_restart_helper_keeps_stale_routes_until_end_of_rib() {
+    let port = free_loopback_port();
+    let mut c = passive_on_loopback(port);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    peer.write_all(&announce(&["203.0.113.0/24", "198.51.100.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 2).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)).await,
+        "{:?}",
+        stale_map(&s)
+    );
+    assert_eq!(s.received().len(), 2);
+    assert_eq!(s.counters().prefixes_received.load(Ordering::Relaxed), 2);
+
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().any(|r| !r.stale)).await);
+    assert_eq!(s.received().len(), 2, "the other one still stale");
+    assert!(s.status().end_of_rib_received.is_empty());
+    peer.write_all(&end_of_rib_v4()).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let mut rx = s.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|st| st.end_of_rib_received == [crate::bgp::fsm::IPV4_UNICAST]),
+    )
+    .await
+    .expect("End-of-RIB in the status")
+    .unwrap();
+    assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), false)]);
+    s.shutdown().await;
+}
+
+/// The restart time passing before the peer is back removes the stale routes; a new session
+/// without graceful restart removes them at once; so does a session loss without it.
+#[tokio::test]
+async fn stale_routes_go_after_the_restart_time_or_without_graceful_restart() {
+    let port = free_loopback_port();
+    let mut c = passive_on_loopback(port);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+
+    // Restart time 1 s, and the peer does not come back.
+    let (mut peer, _) = raw_peer(port, Some(1)).await;
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)
+            && !r.is_empty())
+        .await
+    );
+    let t = Instant::now();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Back with graceful restart, then back without it: swept as the session comes up.
+    let (mut peer, _) = raw_peer(port, Some(120)).await;
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(
+        wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| r.stale)
+            && !r.is_empty())
+        .await
+    );
+    let (mut peer, _) = raw_peer(port, None).await;
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+
+    // Without graceful restart the routes go with the session.
+    peer.write_all(&announce(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    drop(peer);
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    s.shutdown().await;
+}
+
+/// ORIGINATOR_ID and CLUSTER_LIST from an eBGP peer are discarded (RFC 7606 §7.9/§7.10);
+/// the route stays.
+#[tokio::test]
+async fn reflection_attributes_from_an_ebgp_peer_are_discarded() {
+    use crate::bgp::wire::{Attr, PathAttribute};
+    let port = free_loopback_port();
+    let s = Session::spawn(passive_on_loopback(port));
+    let (mut peer, _) = raw_peer(port, None).await;
+    let id = Ipv4Addr::new(192, 0, 2, 7);
+    peer.write_all(&announce_with(
+        &["203.0.113.0/24"],
+        vec![
+            PathAttribute::new(Attr::OriginatorId(id)),
+            PathAttribute::new(Attr::ClusterList(vec![id])),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let r = s.received().into_values().next().unwrap();
+    assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
+    s.shutdown().await;
+}
+
+/// On a shared listener, a graceful-restart peer that connects again while its old
+/// connection still looks established has restarted: the new connection takes over and the
+/// routes stay, stale, until the new session refreshes them.
+#[tokio::test]
+async fn a_graceful_restart_peer_reconnecting_replaces_its_old_connection() {
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
+    let mut c = passive_on(&listener, "127.0.0.1", None);
+    (c.my_asn, c.peer_asn) = (64512, 64513);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+    let (mut old, _) = raw_peer(port, Some(120)).await;
+    old.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let (mut new, _) = raw_peer(port, Some(120)).await;
+    assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+    assert_eq!(s.counters().established_total.load(Ordering::Relaxed), 2);
+    assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), true)]);
+    new.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    new.write_all(&end_of_rib_v4()).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| !r.stale)).await);
+    assert_eq!(s.received().len(), 1);
+    // The old connection was closed by us.
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match old.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "old connection still open");
+    s.shutdown().await;
 }

@@ -22,6 +22,8 @@ pub const ATTR_LOCAL_PREF: u8 = 5;
 pub const ATTR_ATOMIC_AGGREGATE: u8 = 6;
 pub const ATTR_AGGREGATOR: u8 = 7;
 pub const ATTR_COMMUNITIES: u8 = 8;
+pub const ATTR_ORIGINATOR_ID: u8 = 9;
+pub const ATTR_CLUSTER_LIST: u8 = 10;
 pub const ATTR_MP_REACH: u8 = 14;
 pub const ATTR_MP_UNREACH: u8 = 15;
 pub const ATTR_EXTENDED_COMMUNITIES: u8 = 16;
@@ -46,6 +48,11 @@ pub enum Attr {
         addr: Ipv4Addr,
     },
     Communities(Vec<u32>),
+    /// RFC 4456: the router ID of the route's originator in the local AS, set by a route
+    /// reflector.
+    OriginatorId(Ipv4Addr),
+    /// RFC 4456: the cluster IDs of the route reflectors the route passed, nearest first.
+    ClusterList(Vec<Ipv4Addr>),
     MpReach(MpReach),
     MpUnreach(MpUnreach),
     ExtendedCommunities(Vec<u64>),
@@ -116,6 +123,8 @@ impl Attr {
             Attr::AtomicAggregate => ATTR_ATOMIC_AGGREGATE,
             Attr::Aggregator { .. } => ATTR_AGGREGATOR,
             Attr::Communities(_) => ATTR_COMMUNITIES,
+            Attr::OriginatorId(_) => ATTR_ORIGINATOR_ID,
+            Attr::ClusterList(_) => ATTR_CLUSTER_LIST,
             Attr::MpReach(_) => ATTR_MP_REACH,
             Attr::MpUnreach(_) => ATTR_MP_UNREACH,
             Attr::ExtendedCommunities(_) => ATTR_EXTENDED_COMMUNITIES,
@@ -138,6 +147,8 @@ pub enum AttrType {
     AtomicAggregate,
     Aggregator,
     Communities,
+    OriginatorId,
+    ClusterList,
     MpReach,
     MpUnreach,
     ExtendedCommunities,
@@ -158,6 +169,8 @@ impl From<u8> for AttrType {
             ATTR_ATOMIC_AGGREGATE => AttrType::AtomicAggregate,
             ATTR_AGGREGATOR => AttrType::Aggregator,
             ATTR_COMMUNITIES => AttrType::Communities,
+            ATTR_ORIGINATOR_ID => AttrType::OriginatorId,
+            ATTR_CLUSTER_LIST => AttrType::ClusterList,
             ATTR_MP_REACH => AttrType::MpReach,
             ATTR_MP_UNREACH => AttrType::MpUnreach,
             ATTR_EXTENDED_COMMUNITIES => AttrType::ExtendedCommunities,
@@ -180,6 +193,8 @@ impl AttrType {
             AttrType::AtomicAggregate => ATTR_ATOMIC_AGGREGATE,
             AttrType::Aggregator => ATTR_AGGREGATOR,
             AttrType::Communities => ATTR_COMMUNITIES,
+            AttrType::OriginatorId => ATTR_ORIGINATOR_ID,
+            AttrType::ClusterList => ATTR_CLUSTER_LIST,
             AttrType::MpReach => ATTR_MP_REACH,
             AttrType::MpUnreach => ATTR_MP_UNREACH,
             AttrType::ExtendedCommunities => ATTR_EXTENDED_COMMUNITIES,
@@ -190,13 +205,13 @@ impl AttrType {
         }
     }
 
-    /// The flags RFC 4271/4760/1997/8092/6793 prescribe for the type (optional and
+    /// The flags RFC 4271/4760/1997/4456/8092/6793 prescribe for the type (optional and
     /// transitive bits), or `None` for types we do not know.
     pub fn flags(self) -> Option<u8> {
         use AttrType::*;
         Some(match self {
             Origin | AsPath | NextHop | LocalPref | AtomicAggregate => FLAG_TRANSITIVE,
-            Med | MpReach | MpUnreach => FLAG_OPTIONAL,
+            Med | MpReach | MpUnreach | OriginatorId | ClusterList => FLAG_OPTIONAL,
             Aggregator | Communities | ExtendedCommunities | As4Path | As4Aggregator
             | LargeCommunities => FLAG_OPTIONAL | FLAG_TRANSITIVE,
             Unknown(_) => return None,
@@ -336,6 +351,23 @@ pub(super) fn parse_attr(
                 return Err(len_err());
             }
             Attr::Communities((0..v.len()).step_by(4).map(u32_at).collect())
+        }
+        AttrType::OriginatorId => {
+            if v.len() != 4 {
+                return Err(len_err());
+            }
+            Attr::OriginatorId(Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+        }
+        AttrType::ClusterList => {
+            // RFC 7606 §7.10: a length that is not a non-zero multiple of 4 is malformed.
+            if v.is_empty() || !v.len().is_multiple_of(4) {
+                return Err(len_err());
+            }
+            Attr::ClusterList(
+                v.chunks_exact(4)
+                    .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                    .collect(),
+            )
         }
         AttrType::ExtendedCommunities => {
             if !v.len().is_multiple_of(8) {
@@ -537,6 +569,8 @@ pub(super) fn emit_attr_value(a: &Attr, ctx: WireContext, out: &mut Vec<u8>) {
         Attr::Communities(cs) => cs
             .iter()
             .for_each(|c| out.extend_from_slice(&c.to_be_bytes())),
+        Attr::OriginatorId(a) => out.extend_from_slice(&a.octets()),
+        Attr::ClusterList(ids) => ids.iter().for_each(|a| out.extend_from_slice(&a.octets())),
         Attr::ExtendedCommunities(cs) => cs
             .iter()
             .for_each(|c| out.extend_from_slice(&c.to_be_bytes())),

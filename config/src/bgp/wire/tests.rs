@@ -497,6 +497,7 @@ fn any_update(four: bool) -> impl Strategy<Value = Update> {
         prop::option::of(mp_reach),
         prop::option::of(prop::collection::vec(any_v6net(), 0..4)),
         prop::option::of((100u8..=250, prop::collection::vec(any::<u8>(), 0..300))),
+        prop::option::of((any::<u32>(), prop::collection::vec(any::<u32>(), 1..4))),
     )
         .prop_map(
             |(
@@ -508,6 +509,7 @@ fn any_update(four: bool) -> impl Strategy<Value = Update> {
                 mp,
                 unreach,
                 unknown,
+                rr,
             )| {
                 let mut attributes = vec![
                     PathAttribute::new(Attr::Origin(origin)),
@@ -528,6 +530,12 @@ fn any_update(four: bool) -> impl Strategy<Value = Update> {
                             .collect(),
                     ))
                 }));
+                if let Some((originator, clusters)) = rr {
+                    attributes.push(PathAttribute::new(Attr::OriginatorId(originator.into())));
+                    attributes.push(PathAttribute::new(Attr::ClusterList(
+                        clusters.into_iter().map(Ipv4Addr::from).collect(),
+                    )));
+                }
                 attributes.extend(mp.map(|m| PathAttribute::new(Attr::MpReach(m))));
                 attributes.extend(unreach.map(|w| {
                     PathAttribute::new(Attr::MpUnreach(MpUnreach {
@@ -710,4 +718,51 @@ fn typed_codes_roundtrip_every_byte() {
         );
     }
     assert_eq!(describe(42, 0), "unknown error code");
+}
+
+#[test]
+fn route_reflection_attributes_roundtrip_and_malformed_ones_withdraw() {
+    // ORIGINATOR_ID 192.0.2.7 and CLUSTER_LIST [192.0.2.1, 198.51.100.1], optional
+    // non-transitive, as an RFC 4456 reflector sends them.
+    const ORIGINATOR: [u8; 7] = [0x80, 9, 4, 192, 0, 2, 7];
+    const CLUSTER: [u8; 11] = [0x80, 10, 8, 192, 0, 2, 1, 198, 51, 100, 1];
+    let bytes = update_with_attrs(
+        &attrs(&[&ORIGIN, &AS_PATH, &NEXT_HOP, &ORIGINATOR, &CLUSTER]),
+        &NLRI,
+    );
+    let (Message::Update(u), _) = Message::parse(&bytes, FOUR).unwrap() else {
+        panic!("not an UPDATE")
+    };
+    assert_eq!(
+        u.attr(ATTR_ORIGINATOR_ID),
+        Some(&Attr::OriginatorId(Ipv4Addr::new(192, 0, 2, 7)))
+    );
+    assert_eq!(
+        u.attr(ATTR_CLUSTER_LIST),
+        Some(&Attr::ClusterList(vec![
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(198, 51, 100, 1)
+        ]))
+    );
+    assert_eq!(
+        PathAttribute::new(Attr::OriginatorId(Ipv4Addr::new(192, 0, 2, 7))).flags,
+        FLAG_OPTIONAL
+    );
+    assert_eq!(Message::Update(u).to_bytes(FOUR).unwrap(), bytes);
+
+    // RFC 7606 §7.9/§7.10: a wrong length, or transitive flags, withdraw the routes.
+    for bad in [
+        &[0x80, 9, 3, 192, 0, 2][..],
+        &[0x80, 10, 6, 192, 0, 2, 1, 198, 51][..],
+        &[0x80, 10, 0][..],
+        &[0xc0, 9, 4, 192, 0, 2, 7][..],
+    ] {
+        let bytes = update_with_attrs(&attrs(&[&ORIGIN, &AS_PATH, &NEXT_HOP, bad]), &NLRI);
+        let (m, _, faults) = Message::parse_received(&bytes, FOUR).unwrap();
+        assert_eq!(faults.len(), 1, "{bad:?}");
+        assert_eq!(faults[0].action, FaultAction::TreatAsWithdraw, "{bad:?}");
+        let Message::Update(u) = m else { panic!() };
+        assert_eq!(u.withdrawn, vec![v4("203.0.113.0/24")], "{bad:?}");
+        assert!(u.nlri.is_empty());
+    }
 }
