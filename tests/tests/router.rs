@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use metalnet::testing::{Manifest, endpoint_slice, service};
 use metalnet_lab::lab::router::{
-    BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, RouterCluster, base64,
-    bird_protocol_since, frr_peer_uptimes, routes_with_proto,
+    BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, METRICS_ADDR,
+    RouterCluster, base64, bird_protocol_since, frr_peer_uptimes, router_binary, routes_with_proto,
 };
 use metalnet_lab::lab::{BgpRouter, StaticRoute, wait_for};
 
@@ -166,6 +166,46 @@ fn five_nodes_full_mesh() {
     for n in &c.nodes {
         let links = n.host.exec_ok(&["ip", "-o", "link"]).unwrap();
         assert!(!links.contains("tun-"), "{}: {links}", n.name);
+    }
+    // What the router says about it: four sessions up in its metrics, and `explain route`
+    // names the kernel route it installed.
+    let metrics = c.metrics(0).unwrap();
+    let up = metrics
+        .lines()
+        .filter(|l| l.starts_with("metalnet_router_bgp_session_up{") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(up, 4, "{metrics}");
+    let n2 = &c.nodes[1];
+    let explain = c
+        .router_get(
+            0,
+            &format!("/debug/routing/route?prefix={}", n2.pod_cidrs[0]),
+        )
+        .unwrap();
+    assert!(
+        explain.contains(&format!("{} via {} proto 17", n2.pod_cidrs[0], n2.v4)),
+        "{explain}"
+    );
+    // The same through the command line, asking the router of the node it runs on.
+    let bin = router_binary().unwrap();
+    let out = c.nodes[0]
+        .host
+        .exec_ok(&[
+            &bin.display().to_string(),
+            "explain",
+            "--router",
+            METRICS_ADDR,
+            "node",
+            "n1",
+        ])
+        .unwrap();
+    let sessions = metalnet_lab::lab::router::parse_explain_sessions(&out);
+    for n in &c.nodes[1..] {
+        assert_eq!(
+            sessions.get(&ip(&n.v4)).map(|(s, _)| s.as_str()),
+            Some("Established"),
+            "{out}"
+        );
     }
 }
 
