@@ -985,3 +985,50 @@ fn topology_upstream_routers_start() {
     bird.wait_route("0.0.0.0/0", &|_| true, STEP).unwrap();
     frr.wait_route("::/0", &|_| true, STEP).unwrap();
 }
+
+/// The periodic resync (`--injected-routes-sync-period`) repairs proto-17 routes removed or
+/// changed behind the router's back.
+#[test]
+fn resync_repairs_routes_changed_behind_its_back() {
+    if !can_run(&["ethtool", "ping"]) {
+        return;
+    }
+    let mut c = RouterCluster::new("router_resync", ClusterOptions::new(3)).unwrap();
+    c.common_args = vec!["--injected-routes-sync-period=1s".into()];
+    c.start_all(&[]).unwrap();
+    converge(&c);
+    let (cidr4, cidr6) = (
+        c.nodes[1].pod_cidrs[0].clone(),
+        c.nodes[1].pod_cidrs[1].clone(),
+    );
+    let n1 = c.nodes[0].host.clone();
+    // Removed by hand.
+    n1.exec(&["ip", "route", "del", &cidr4, "proto", "17"])
+        .unwrap();
+    n1.exec(&["ip", "-6", "route", "del", &cidr6, "proto", "17"])
+        .unwrap();
+    assert!(!c.has_full_pod_routes(0));
+    c.wait_full_mesh_routes(&[0], Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Pointed elsewhere by hand.
+    n1.exec(&[
+        "ip",
+        "route",
+        "replace",
+        &cidr4,
+        "via",
+        &c.nodes[2].v4,
+        "proto",
+        "17",
+    ])
+    .unwrap();
+    c.wait_full_mesh_routes(&[0], Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = c.routes_proto17(0).unwrap();
+    assert!(
+        r.contains(&(net(&cidr4), Some(ip(&c.nodes[1].v4))))
+            && !r.contains(&(net(&cidr4), Some(ip(&c.nodes[2].v4)))),
+        "{r:?}"
+    );
+    c.wait_pod_ping(0, c.nodes[1].pod_v4(), STEP).unwrap();
+}
