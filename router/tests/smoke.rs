@@ -272,6 +272,24 @@ fn two_nodes_peer_install_routes_and_clean_up() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(proto17(a).contains("198.51.100.32/28 via 192.0.2.12"));
 
+    // Metrics: kube-router's names and the per-session series.
+    let out = Command::new("ip")
+        .args(["netns", "exec", a.name(), "curl", "-s", "--max-time", "2"])
+        .arg("http://127.0.0.1:7475/metrics")
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "kube_router_controller_bgp_peers 1",
+        r#"metalnet_router_bgp_session_up{peer="192.0.2.12",peer_asn="64512",kind="node"} 1"#,
+        r#"metalnet_router_bgp_prefixes_received{peer="192.0.2.12",peer_asn="64512",kind="node"} 2"#,
+        r#"metalnet_router_routes_installed{family="ipv4"} 1"#,
+        r#"metalnet_router_routes_installed{family="ipv6"} 1"#,
+        "metalnet_router_annotation_problems 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
     // explain asks the running router.
     let out = Command::new("ip")
         .args([

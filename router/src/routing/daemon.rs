@@ -36,7 +36,7 @@ pub const REPORTER: &str = "metalnet-router";
 
 /// How long a change waits for others before a pass: a burst (an annotation edit that
 /// changes several sessions, a peer's UPDATEs) becomes one pass.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How often the connected subnets are re-read without any other change.
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// After a kernel failure, the next try.
@@ -76,6 +76,13 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// A Node's view, with the object it was made from and its annotations' problems.
+struct CachedView {
+    node: Arc<metalnet::model::core::Node>,
+    view: NodeView,
+    problems: Vec<AnnotationProblem>,
+}
+
 /// Graceful restart on our side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -92,7 +99,7 @@ pub struct Daemon {
     sessions: Sessions,
     ctx: SessionContext,
     wake: Arc<Notify>,
-    views: BTreeMap<String, NodeView>,
+    views: BTreeMap<String, CachedView>,
     /// Problems of our Node's annotations already reported as Events.
     reported: BTreeSet<String>,
     restart: Restart,
@@ -104,6 +111,8 @@ pub struct Daemon {
     connected_at: Instant,
     connected: Vec<IpNet>,
     received_counts: BTreeMap<IpAddr, usize>,
+    /// The kernel requests that failed in the last pass.
+    kernel_failures: BTreeSet<String>,
 }
 
 impl Daemon {
@@ -146,6 +155,7 @@ impl Daemon {
             connected_at: Instant::now() - ADDRESS_CHECK,
             connected: Vec::new(),
             received_counts: BTreeMap::new(),
+            kernel_failures: BTreeSet::new(),
             cfg,
         })
     }
@@ -207,7 +217,7 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
             }
         }
-        let Some(local) = self.views.get(&self.cfg.node).cloned() else {
+        let Some(local) = self.views.get(&self.cfg.node).map(|c| c.view.clone()) else {
             let why = format!("Node {} is not in the cluster state", self.cfg.node);
             self.set_waiting(why);
             return;
@@ -218,8 +228,10 @@ impl Daemon {
             snap.services.values().map(|s| &**s),
             snap.endpoint_slices.values().map(|s| &**s),
         );
-        let nodes: Vec<NodeView> = self.views.values().cloned().collect();
+        let nodes: Vec<NodeView> = self.views.values().map(|c| c.view.clone()).collect();
+        let t_received = Instant::now();
         let received = self.sessions.received();
+        let t_desired = Instant::now();
         let desired = loc_rib::desired(Inputs {
             opts: &self.cfg.opts,
             local: &local,
@@ -228,6 +240,7 @@ impl Daemon {
             received: &received,
             connected: &self.connected,
         });
+        let t_computed = Instant::now();
         if let Some(why) = &desired.plan.not_running {
             self.set_waiting(format!("BGP does not run on this node: {why}"));
         }
@@ -273,9 +286,13 @@ impl Daemon {
                         "kernel routes synced"
                     );
                 }
-                for e in report.failed.iter().take(5) {
+                // Each failure is logged when it first appears, not on every retry.
+                let failures: BTreeSet<String> =
+                    report.failed.iter().map(|e| e.to_string()).collect();
+                for e in failures.difference(&self.kernel_failures).take(5) {
                     tracing::warn!(error = %e, "kernel route");
                 }
+                self.kernel_failures = failures;
                 self.metrics
                     .route_conflicts
                     .set(report.conflicts.len() as i64);
@@ -308,6 +325,15 @@ impl Daemon {
         self.metrics
             .last_sync_seconds
             .set(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            took = ?started.elapsed(),
+            inputs = ?t_received.duration_since(started),
+            received = ?t_desired.duration_since(t_received),
+            computed = ?t_computed.duration_since(t_desired),
+            kernel = ?kernel_started.elapsed(),
+            routes = installed,
+            "pass"
+        );
         self.readiness.set(true);
     }
 
@@ -323,17 +349,25 @@ impl Daemon {
     /// problems of our own Node's annotations, `None` when our Node is missing.
     fn update_views(&mut self, snap: &Snapshot) -> Option<Vec<AnnotationProblem>> {
         let mut views = BTreeMap::new();
-        let mut ours = None;
         for (key, node) in snap.nodes.iter() {
-            let previous = self.views.get(&key.name);
-            let (view, problems) = topology::node_view(node, previous);
-            if key.name == self.cfg.node {
-                ours = Some(problems);
-            }
-            views.insert(key.name.clone(), view);
+            // A snapshot keeps the same object for a Node that did not change: its view
+            // (annotations parsed) stands as it is.
+            let cached = match self.views.remove(&key.name) {
+                Some(c) if Arc::ptr_eq(&c.node, node) => c,
+                previous => {
+                    let (view, problems) =
+                        topology::node_view(node, previous.as_ref().map(|c| &c.view));
+                    CachedView {
+                        node: node.clone(),
+                        view,
+                        problems,
+                    }
+                }
+            };
+            views.insert(key.name.clone(), cached);
         }
         self.views = views;
-        ours
+        self.views.get(&self.cfg.node).map(|c| c.problems.clone())
     }
 
     /// A Warning Event on our Node for each new problem in its annotations (the Node's own
