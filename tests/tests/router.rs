@@ -1032,3 +1032,26 @@ fn resync_repairs_routes_changed_behind_its_back() {
     );
     c.wait_pod_ping(0, c.nodes[1].pod_v4(), STEP).unwrap();
 }
+
+/// A router that hangs (SIGSTOP: its TCP connections stay open, nothing is sent) loses its
+/// routes on the other nodes when the hold time (3 s) runs out, not before; once it runs
+/// again (SIGCONT) the sessions and routes come back.
+#[test]
+fn frozen_router_routes_go_when_the_hold_time_runs_out() {
+    if !can_run(&["ethtool", "ping"]) {
+        return;
+    }
+    let mut c = RouterCluster::new("router_frozen", ClusterOptions::new(3)).unwrap();
+    c.common_args = vec!["--bgp-holdtime=3s".into()];
+    c.start_all(&[]).unwrap();
+    converge(&c);
+    let frozen = c.nodes[2].router().unwrap();
+    frozen.signal(libc::SIGSTOP);
+    let took = wait_routes_gone(&c, 2, Duration::from_secs(8));
+    eprintln!("routes of the frozen node gone after {took:?}");
+    // Keepalives every second, hold 3 s: gone after at least 2 s (the last keepalive may
+    // have been sent just before the stop), well before 8 s.
+    assert!(took >= Duration::from_secs(2), "gone too early: {took:?}");
+    c.nodes[2].router().unwrap().signal(libc::SIGCONT);
+    converge(&c);
+}
