@@ -1055,3 +1055,33 @@ fn frozen_router_routes_go_when_the_hold_time_runs_out() {
     c.nodes[2].router().unwrap().signal(libc::SIGCONT);
     converge(&c);
 }
+
+/// A Node leaving the cluster (its manifest deleted) and joining again: the others drop its
+/// routes and then learn them again, without a restart, and their sessions among themselves
+/// stay up throughout.
+#[test]
+fn node_leaving_and_joining_live() {
+    if !can_run(&["ethtool", "ping"]) {
+        return;
+    }
+    let mut c = RouterCluster::new("router_join", ClusterOptions::new(4)).unwrap();
+    c.start_all(&[]).unwrap();
+    converge(&c);
+    std::thread::sleep(Duration::from_millis(1100));
+    let n1_before = router_sessions(&c, 0);
+    c.remove_manifest("node-n4.json").unwrap();
+    let took = wait_routes_gone(&c, 3, Duration::from_secs(5));
+    eprintln!("n4's routes gone {took:?} after its Node was deleted");
+    c.write_node(3).unwrap();
+    let t = Instant::now();
+    converge(&c);
+    eprintln!(
+        "n4's routes back {:?} after its Node came back",
+        t.elapsed()
+    );
+    let peers: Vec<IpAddr> = (1..3).flat_map(|j| addrs(&c, j)).collect();
+    assert_sessions_kept(&c, &n1_before, &peers);
+    for i in 0..4 {
+        assert!(c.router_running(i), "{}", c.logs());
+    }
+}
