@@ -435,6 +435,52 @@ fn upstream_bird_and_frr_global_peers_md5() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert!(!bird.routes().unwrap().iter().any(|r| r.prefix == cip_net));
+
+    // The endpoints (both slices: a node with a local endpoint of either family announces)
+    // move to n3: the Local LoadBalancer address is now announced from n3 only.
+    c.write_manifest(
+        "eps-web.json",
+        &endpoint_slice("web").ready_on_each(["n3"]).json(),
+    )
+    .unwrap();
+    c.write_manifest(
+        "eps-web6.json",
+        &endpoint_slice("web")
+            .name("web-6")
+            .address_type("IPv6")
+            .ready_on_each(["n3"])
+            .json(),
+    )
+    .unwrap();
+    let lb_net = net(&format!("{lb4}/32"));
+    let n3 = ip(&c.nodes[2].v4);
+    wait_for(
+        "BIRD to learn the LoadBalancer address from n3 only",
+        STEP,
+        || {
+            let mut hops: Vec<IpAddr> = bird
+                .routes()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.prefix == lb_net)
+                .flat_map(|r| r.next_hops)
+                .collect();
+            hops.dedup();
+            hops == vec![n3]
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{:?}\nn1 explains: {:?}\n{}",
+            bird.routes(),
+            c.router_get(0, &format!("/debug/routing/route?prefix={lb4}/32")),
+            c.logs()
+        )
+    });
+    // The Service asking for its ClusterIP goes away: withdrawn.
+    c.remove_manifest("svc-api.json").unwrap();
+    bird.wait_no_route(&format!("{cip2}/32"), STEP)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
 /// The per-node `kube-router.io/peers` annotation (no global peers): n1 peers with BIRD
