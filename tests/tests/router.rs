@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use metalnet::testing::{Manifest, endpoint_slice, service};
 use metalnet_lab::lab::router::{
-    BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, METRICS_ADDR,
+    BIRD_ASN, BIRD_V4, BIRD_V6, CLUSTER_ASN, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, METRICS_ADDR,
     RouterCluster, base64, bird_protocol_since, frr_peer_uptimes, router_binary, routes_with_proto,
 };
-use metalnet_lab::lab::{BgpRouter, StaticRoute, wait_for};
+use metalnet_lab::lab::{BgpRouter, Community, StaticRoute, wait_for};
 
 /// Convergence of a small cluster.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -1129,5 +1129,90 @@ fn node_leaving_and_joining_live() {
     assert_sessions_kept(&c, &n1_before, &peers);
     for i in 0..4 {
         assert!(c.router_running(i), "{}", c.logs());
+    }
+}
+
+/// Policies towards and from an upstream router: `kube-router.io/node.bgp.communities` and
+/// `path-prepend.as`/`.repeat-n` on what a node announces; routes BIRD announces are
+/// installed on the nodes (proto 17, via BIRD) except those a node's
+/// `node.bgp.customimportreject` names, and never the default route.
+#[test]
+fn upstream_policies_communities_prepend_and_import_reject() {
+    if !can_run(&["ethtool", "ping", "bird"]) {
+        return;
+    }
+    let mut c = RouterCluster::new("router_policies", ClusterOptions::new(3)).unwrap();
+    let (ext4, ext6) = ("203.0.113.128/25", "2001:db8:ee::/48");
+    let bird = c
+        .start_bird(None, |cfg| {
+            cfg.static_routes = default_routes();
+            cfg.static_routes.push(StaticRoute::new(net(ext4)));
+            cfg.static_routes.push(StaticRoute::new(net(ext6)));
+        })
+        .unwrap();
+    c.annotate(2, "kube-router.io/node.bgp.communities", "64512:100");
+    c.annotate(2, "kube-router.io/path-prepend.as", "65000");
+    c.annotate(2, "kube-router.io/path-prepend.repeat-n", "2");
+    c.write_node(2).unwrap();
+    c.annotate(0, "kube-router.io/node.bgp.customimportreject", ext4);
+    c.write_node(0).unwrap();
+    c.common_args = vec![
+        format!("--peer-router-ips={BIRD_V4}"),
+        format!("--peer-router-asns={BIRD_ASN}"),
+    ];
+    c.start_all(&[]).unwrap();
+    converge(&c);
+    let n3 = &c.nodes[2];
+    let r = bird
+        .wait_route(
+            &n3.pod_cidrs[0],
+            &|r| r.from_protocol == "n3_v4" && r.communities.contains(&Community::new(64512, 100)),
+            STEP,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", bird.routes(), c.logs()));
+    assert_eq!(r.as_path.len(), 3, "{r:?}");
+    assert_eq!(
+        r.as_path.iter().filter(|a| **a == 65000).count(),
+        2,
+        "{r:?}"
+    );
+    assert_eq!(r.as_path[0], CLUSTER_ASN, "{r:?}");
+    // n1's routes carry neither.
+    let r1 = bird
+        .wait_route(&c.nodes[0].pod_cidrs[0], &|_| true, STEP)
+        .unwrap();
+    assert_eq!(r1.as_path, vec![CLUSTER_ASN]);
+    assert!(r1.communities.is_empty(), "{r1:?}");
+    // BIRD's routes on the nodes, via BIRD; not on n1 the one it rejects; no default.
+    let via4 = Some(ip(BIRD_V4));
+    let via6 = Some(ip(BIRD_V6));
+    for i in [1, 2] {
+        wait_for(
+            &format!("{} to install BIRD's routes", c.nodes[i].name),
+            STEP,
+            || {
+                let r = c.routes_proto17(i).unwrap_or_default();
+                r.contains(&(net(ext4), via4)) && r.contains(&(net(ext6), via6))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", all_routes(&c)));
+    }
+    wait_for("n1 to install BIRD's IPv6 route", STEP, || {
+        c.routes_proto17(0)
+            .unwrap_or_default()
+            .contains(&(net(ext6), via6))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", all_routes(&c)));
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        let r = c.routes_proto17(i).unwrap();
+        assert!(
+            !r.iter().any(|(d, _)| d.prefix_len() == 0),
+            "{}: {r:?}",
+            c.nodes[i].name
+        );
+        if i == 0 {
+            assert!(!r.iter().any(|(d, _)| *d == net(ext4)), "n1: {r:?}");
+        }
     }
 }
