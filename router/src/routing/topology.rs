@@ -362,21 +362,29 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
             // A node of the cluster or ourselves: the node session stands.
             continue;
         }
-        // The source is the node's primary address unless the peer names one (kube-router
-        // sets it so the router sees the address it was configured with); of another
-        // family it cannot work, and kube-router skips the peer.
-        let source = peer.local_address.or(local.primary());
-        if let Some(src) = source
-            && src.is_ipv4() != peer.address.is_ipv4()
-        {
+        // The source is the address the peer names (kube-router's localip), else the
+        // node's first address of the peer's family, so a dual-stack node reaches IPv6
+        // routers from its IPv6 address; a node with no address of that family cannot.
+        let source = peer.local_address.or_else(|| {
+            local
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv4() == peer.address.is_ipv4())
+                .copied()
+        });
+        let Some(src) = source.filter(|s| s.is_ipv4() == peer.address.is_ipv4()) else {
             plan.skipped.push(Skipped {
                 node: format!("external router {}", peer.address),
-                reason: format!(
-                    "our local address {src} and its address are of different families (set localip)"
-                ),
+                reason: match source {
+                    Some(src) => {
+                        format!("its localip {src} and its address are of different families")
+                    }
+                    None => "this node has no address of its family".to_string(),
+                },
             });
             continue;
-        }
+        };
+        let source = Some(src);
         plan.reasons.insert(peer.address, why.to_string());
         plan.peers.insert(
             peer.address,
@@ -643,7 +651,7 @@ mod tests {
         let p = plan_peers(&o, &nodes[0], &nodes);
         assert!(!p.peers.contains_key(&ip("203.0.113.1")));
         assert!(p.peers.contains_key(&ip("198.51.100.1")));
-        // Without localip the source is the primary address; another family cannot peer.
+        // Without localip the source is the node's address of the peer's family.
         let o = RoutingOptions {
             global_peers: vec![
                 ExternalPeer::new(ip("198.51.100.1"), 65100),
@@ -656,13 +664,25 @@ mod tests {
             p.peers[&ip("198.51.100.1")].local_address,
             Some(ip("192.0.2.1"))
         );
+        let mut dual = nodes[0].clone();
+        dual.addresses.push(ip("2001:db8::1"));
+        let p6 = plan_peers(&o, &dual, &nodes);
+        assert_eq!(
+            p6.peers[&ip("2001:db8:ff::1")].local_address,
+            Some(ip("2001:db8::1"))
+        );
+        // A node with no IPv6 address cannot reach an IPv6 router.
         assert!(!p.peers.contains_key(&ip("2001:db8:ff::1")));
         let s = p
             .skipped
             .iter()
             .find(|s| s.node == "external router 2001:db8:ff::1")
             .unwrap();
-        assert!(s.reason.contains("different families"), "{}", s.reason);
+        assert!(
+            s.reason.contains("no address of its family"),
+            "{}",
+            s.reason
+        );
         // An external peer at a node's address does not replace the node session.
         nodes[0].bgp.peers[0].address = ip("192.0.2.2");
         let p = plan_peers(&RoutingOptions::default(), &nodes[0], &nodes);
