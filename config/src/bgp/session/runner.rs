@@ -70,6 +70,9 @@ impl Timers {
     }
 }
 
+/// How much a read takes from the socket at most.
+const READ_CHUNK: usize = 64 * 1024;
+
 struct Conn {
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
@@ -168,6 +171,12 @@ impl Runner {
         // A passive session shows Active while it waits, not Idle.
         self.publish();
         loop {
+            // Room for a large read: a Vec grows its spare room by only 64 bytes when full,
+            // and reading a peer's full table a couple of kilobytes per call lets the socket
+            // fill up and the peer stall on a closed window (BIRD then waited up to 3 s).
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
             let next_timer = self.timers.next();
             let wake = tokio::select! {
                 r = stop.wait_for(|s| *s) => { let _ = r; Wake::Stop }
