@@ -97,6 +97,21 @@ impl KubeCluster {
         for i in 0..kc.c.nodes.len() {
             kc.push_node(i);
         }
+        // Every node reaches the stand-in before its router starts: a router whose first
+        // list fails waits out kube's backoff (seconds) before it tries again.
+        let t = Instant::now();
+        for n in &kc.c.nodes {
+            n.host.wait_ping(API_V4, STEP).unwrap_or_else(|e| {
+                // The ARP table is one for all namespaces: a big lab elsewhere can fill it.
+                panic!("the lab itself: {e} (kernel neighbour table full? see dmesg)")
+            });
+        }
+        if t.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "the nodes reached the stand-in's host after {:?}",
+                t.elapsed()
+            );
+        }
         kc.c.kubeconfig = Some(kc.api.kubeconfig(kc.c.lab.dir()).unwrap());
         kc.c.start_all(&[]).unwrap();
         // The routers run on the Kubernetes path: no state directory on their command line.
