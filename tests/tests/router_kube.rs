@@ -357,8 +357,8 @@ fn kube_three_nodes_route_pod_cidrs_from_node_objects() {
 /// Live changes written through the API reach the running routers: a changed pod CIDR
 /// replaces the old routes on the other nodes without resetting any session, changing it back
 /// restores pod traffic, and route-reflector roles (n1 `rr.server`, n2 and n3 `rr.client`)
-/// leave the clients with sessions to the server only, routes and pod traffic intact. The
-/// same router processes throughout.
+/// leave the clients with sessions to the server only, routes and pod traffic intact; a Node
+/// deleted and written again leaves and rejoins. The same router processes throughout.
 #[test]
 fn kube_live_changes_through_the_api_converge_without_restart() {
     if !can_run(&["ethtool", "ping", "ss"]) {
@@ -460,6 +460,26 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
     );
     kc.c.wait_all_pods_ping(STEP)
         .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
+
+    // 4. n3 leaves the cluster (its Node object deleted in the API): the others drop its
+    // pod routes; written again, it joins again and pod traffic flows.
+    let n3_pods: Vec<IpNet> = kc.c.nodes[2].pod_cidrs.iter().map(|s| net(s)).collect();
+    assert!(kc.api.delete(Kind::Node, None, "n3"));
+    for i in [0, 1] {
+        wait_for(
+            &format!(
+                "{} to drop the pod routes of deleted n3",
+                kc.c.nodes[i].name
+            ),
+            STEP,
+            || routes_none_of(&kc, i, &n3_pods),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", kc.all_routes(), kc.c.logs()));
+    }
+    kc.push_node(2);
+    kc.converge();
+    kc.c.wait_all_pods_ping(STEP)
+        .unwrap_or_else(|e| panic!("after n3 joined again: {e}\n{}", kc.c.logs()));
 
     // No restart: the same processes throughout.
     assert_eq!(kc.pids(), pids, "a router restarted\n{}", kc.c.logs());
