@@ -248,6 +248,46 @@ impl KubeCluster {
     }
 }
 
+/// `ip -o monitor route` in every node: the kernel's own record of every route change, so
+/// that a route removed and put back between two polls is seen too.
+struct RouteMonitor {
+    monitors: Vec<metalnet_lab::Process>,
+}
+
+impl RouteMonitor {
+    fn start(kc: &KubeCluster) -> RouteMonitor {
+        let monitors =
+            kc.c.nodes
+                .iter()
+                .map(|n| {
+                    n.host
+                        .spawn("route-monitor", &["ip", "-o", "monitor", "route"])
+                        .unwrap()
+                })
+                .collect();
+        // Time to subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        RouteMonitor { monitors }
+    }
+
+    /// The protocol-17 routes node `i`'s kernel deleted so far, as `ip monitor` prints them.
+    fn deleted(&self, i: usize) -> Vec<String> {
+        self.monitors[i]
+            .logs()
+            .lines()
+            .filter(|l| l.starts_with("Deleted") && l.contains("proto 17"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every node's deletions, for assertions: `(node index, line)`.
+    fn all_deleted(&self) -> Vec<(usize, String)> {
+        (0..self.monitors.len())
+            .flat_map(|i| self.deleted(i).into_iter().map(move |l| (i, l)))
+            .collect()
+    }
+}
+
 /// A router's own sessions at one moment (`explain node <itself>`).
 struct Sessions {
     at: Instant,
@@ -510,6 +550,7 @@ fn kube_bad_annotations_give_warning_events_and_routes_stay() {
     });
     kc.converge();
     let pids = kc.pids();
+    let monitor = RouteMonitor::start(&kc);
 
     kc.set_annotation(
         1,
@@ -535,6 +576,12 @@ fn kube_bad_annotations_give_warning_events_and_routes_stay() {
     }
     // The routes stay meanwhile and after (n3 keeps its last good ASN 64512).
     kc.assert_routes_stay(Duration::from_secs(3), "after the bad annotations");
+    let deleted = monitor.all_deleted();
+    assert!(
+        deleted.is_empty(),
+        "routes deleted after the bad annotations: {deleted:?}\n{}",
+        kc.c.logs()
+    );
     kc.c.wait_all_pods_ping(STEP)
         .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
 
@@ -591,6 +638,7 @@ fn kube_api_outage_removes_no_route() {
         .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
     let pids = kc.pids();
     let requests_before = kc.api.requests().len();
+    let monitor = RouteMonitor::start(&kc);
 
     let KubeCluster { api, runtime, .. } = &mut kc;
     runtime.block_on(api.stop());
@@ -629,6 +677,13 @@ fn kube_api_outage_removes_no_route() {
         back.elapsed()
     );
     kc.assert_routes_stay(Duration::from_secs(3), "after the relist");
+    // Not even for a moment: the kernels deleted no route all along.
+    let deleted = monitor.all_deleted();
+    assert!(
+        deleted.is_empty(),
+        "routes deleted during or after the outage: {deleted:?}\n{}",
+        kc.c.logs()
+    );
 
     // A change after the outage still arrives: n2's pod CIDRs move.
     let old: Vec<IpNet> = kc.c.nodes[1].pod_cidrs.iter().map(|s| net(s)).collect();
@@ -646,6 +701,17 @@ fn kube_api_outage_removes_no_route() {
         "a change after the outage reached the kernels in {:?}",
         t.elapsed()
     );
+    // The monitor does see deletions: the old prefixes of n2, on n1 and n3.
+    for i in [0, 2] {
+        let deleted = monitor.deleted(i);
+        for cidr in &old {
+            assert!(
+                deleted.iter().any(|l| l.contains(&cidr.to_string())),
+                "{}'s monitor missed the deletion of {cidr}: {deleted:?}",
+                kc.c.nodes[i].name
+            );
+        }
+    }
     assert_eq!(kc.pids(), pids, "a router restarted\n{}", kc.c.logs());
     let refused = kc.refused();
     assert!(refused.is_empty(), "requests refused: {refused:?}");
