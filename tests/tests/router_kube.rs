@@ -101,7 +101,7 @@ impl KubeCluster {
         // list fails waits out kube's backoff (seconds) before it tries again.
         let t = Instant::now();
         for n in &kc.c.nodes {
-            n.host.wait_ping(API_V4, STEP).unwrap_or_else(|e| {
+            n.host.wait_ping(API_V4, CONVERGE).unwrap_or_else(|e| {
                 // The ARP table is one for all namespaces: a big lab elsewhere can fill it.
                 panic!("the lab itself: {e} (kernel neighbour table full? see dmesg)")
             });
