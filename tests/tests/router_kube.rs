@@ -534,7 +534,8 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
 /// n2, a non-numeric `kube-router.io/node.asn` on n3 with `--nodes-full-mesh=false`) each give
 /// one Warning Event on that Node, created through the stand-in's core/v1 events API and
 /// naming the annotation; the last good values stay (n3 keeps its ASN, so stays in the
-/// mesh) and no route goes.
+/// mesh) and no route goes. Fixed and broken again, the problem is counted again on the same
+/// Event.
 #[test]
 fn kube_bad_annotations_give_warning_events_and_routes_stay() {
     if !can_run(&["ethtool", "ping"]) {
@@ -612,6 +613,58 @@ fn kube_bad_annotations_give_warning_events_and_routes_stay() {
         "no Event created through the events API: {}",
         kc.requests_summary()
     );
+    // The router's gauge agrees: n3 has one problem now.
+    let problems = |kc: &KubeCluster, i: usize| -> Option<f64> {
+        let text = kc.c.metrics(i).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("metalnet_router_annotation_problems "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(
+        problems(&kc, 2),
+        Some(1.0),
+        "{}",
+        kc.c.metrics(2).unwrap_or_default()
+    );
+
+    // Fixed, then broken again: reported again, as a repeat of the same Event (its count
+    // goes up, written with a PATCH, as kube's event recorder does).
+    kc.set_annotation(2, "kube-router.io/node.asn", Some("64512"));
+    wait_for("n3's annotation problem to clear", STEP, || {
+        problems(&kc, 2) == Some(0.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
+    kc.set_annotation(2, "kube-router.io/node.asn", Some("abc"));
+    wait_for(
+        "the node.asn Warning on n3 to be counted twice",
+        STEP,
+        || {
+            let events = kc.warnings_naming("n3", "kube-router.io/node.asn");
+            events.len() == 1 && events[0]["count"] == 2
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\n{}",
+            kc.warnings_naming("n3", "kube-router.io/node.asn"),
+            kc.requests_summary()
+        )
+    });
+    assert!(
+        kc.api.requests().iter().any(|r| r.method == "PATCH"
+            && r.path.starts_with("/api/v1/namespaces/default/events/n3.")
+            && r.status == 200),
+        "the repeat was not a PATCH of the Event: {}",
+        kc.requests_summary()
+    );
+    kc.assert_routes_stay(Duration::from_secs(1), "after the repeat");
+    let deleted = monitor.all_deleted();
+    assert!(
+        deleted.is_empty(),
+        "routes deleted: {deleted:?}\n{}",
+        kc.c.logs()
+    );
+
     // n1, untouched, got no Warning.
     let n1 = kc.node_events("n1");
     assert!(
