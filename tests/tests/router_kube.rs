@@ -7,11 +7,13 @@
 //! annotations) are written into the stand-in, never into a state directory.
 //!
 //! Checked: the mesh (protocol-17 routes, pods pinging across), live changes through the API
-//! (a pod CIDR, route-reflector roles) without a restart, bad annotations giving Warning
-//! Events created through the stand-in's events API while the routes stay, and an outage of
-//! the stand-in (stopped for seconds, its watch history gone so the routers relist) that
-//! removes no installed route. Needs root (network namespaces); every wait is bounded
-//! (scaled by `METALNET_TEST_PATIENCE`) and the lab, processes and stand-in go on failure.
+//! (a pod CIDR, route-reflector roles, a Node leaving and rejoining) without a restart, bad
+//! annotations giving Warning Events created through the stand-in's events API while the
+//! routes stay, an outage of the stand-in (stopped for seconds, its watch history gone so the
+//! routers relist) that removes no installed route, and Services and EndpointSlices from the
+//! API deciding what an upstream BIRD learns. Needs root (network namespaces), and BIRD for
+//! the Service test; every wait is bounded (scaled by `METALNET_TEST_PATIENCE`) and the lab,
+//! processes and stand-in go on failure.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use metalnet::state::Kind;
+use metalnet::testing::{Manifest, endpoint_slice, service};
 use metalnet_lab::apiserver::{ApiServer, RequestRecord};
-use metalnet_lab::lab::router::{ClusterOptions, RouterCluster};
-use metalnet_lab::lab::wait_for;
+use metalnet_lab::lab::router::{BIRD_ASN, BIRD_V4, ClusterOptions, RouterCluster};
+use metalnet_lab::lab::{BgpRouter, wait_for};
 use serde_json::Value;
 
 /// Convergence of the cluster.
@@ -766,6 +769,103 @@ fn kube_api_outage_removes_no_route() {
         }
     }
     assert_eq!(kc.pids(), pids, "a router restarted\n{}", kc.c.logs());
+    let refused = kc.refused();
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
+}
+
+/// BIRD's next hops for `prefix` (every path it holds), sorted.
+fn bird_next_hops(bird: &metalnet_lab::lab::Bird, prefix: &str) -> Vec<IpAddr> {
+    let p = net(prefix);
+    let mut hops: Vec<IpAddr> = bird
+        .routes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.prefix == p)
+        .flat_map(|r| r.next_hops)
+        .collect();
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
+/// Services and EndpointSlices come through the API too: with `--advertise-loadbalancer-ip`
+/// and BIRD as global peer, a LoadBalancer Service put into the stand-in is announced by
+/// every node (`Cluster`), only by the node with a ready endpoint once it turns `Local` with
+/// an EndpointSlice, and withdrawn when deleted; BIRD holds the pod CIDRs throughout.
+#[test]
+fn kube_services_from_the_api_reach_the_upstream_router() {
+    if !can_run(&["ethtool", "ping", "bird"]) {
+        return;
+    }
+    let mut kc = KubeCluster::start("rkube_svc", |c| {
+        c.common_args = vec![
+            // IPv4 only: an external peer of the other family than the node's primary
+            // address is skipped (as in kube-router) unless it names a localip.
+            format!("--peer-router-ips={BIRD_V4}"),
+            format!("--peer-router-asns={BIRD_ASN}"),
+            "--advertise-loadbalancer-ip".into(),
+        ];
+    });
+    let bird = kc.c.start_bird(None, |_| {}).unwrap();
+    for n in &kc.c.nodes {
+        bird.wait_established(&format!("{}_v4", n.name), CONVERGE)
+            .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
+    }
+    for n in &kc.c.nodes {
+        let c4 = n.pod_cidrs[0].clone();
+        let v4 = ip(&n.v4);
+        wait_for(&format!("BIRD to learn {c4} from {}", n.name), STEP, || {
+            bird_next_hops(&bird, &c4) == vec![v4]
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
+    }
+
+    let lb4 = "203.0.113.10";
+    let p4 = format!("{lb4}/32");
+    let expect = |kc: &KubeCluster, nodes: &[usize], what: &str| {
+        let want: Vec<IpAddr> = nodes.iter().map(|&j| ip(&kc.c.nodes[j].v4)).collect();
+        wait_for(what, STEP, || bird_next_hops(&bird, &p4) == want).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {p4} via {:?}\n{}\n{}",
+                bird_next_hops(&bird, &p4),
+                kc.c.logs(),
+                kc.requests_summary()
+            )
+        });
+    };
+    let svc = || service("web").ingress([lb4]).families_of(&[lb4]);
+
+    // 1. A Cluster Service: every node announces its addresses.
+    kc.api.put(svc().traffic_policy("Cluster").json()).unwrap();
+    expect(
+        &kc,
+        &[0, 1, 2],
+        "BIRD to learn the LoadBalancer addresses from every node",
+    );
+
+    // 2. Local, with a ready endpoint on n2 only: only n2 announces.
+    kc.api
+        .put(endpoint_slice("web").ready_on("n2").json())
+        .unwrap();
+    kc.api.put(svc().traffic_policy("Local").json()).unwrap();
+    expect(
+        &kc,
+        &[1],
+        "only n2 (the node with the endpoint) to announce",
+    );
+
+    // 3. Deleted: withdrawn everywhere; the pod CIDRs stay.
+    assert!(kc.api.delete(Kind::Service, Some("default"), "web"));
+    expect(&kc, &[], "the LoadBalancer addresses to be withdrawn");
+    for n in &kc.c.nodes {
+        assert_eq!(
+            bird_next_hops(&bird, &n.pod_cidrs[0]),
+            vec![ip(&n.v4)],
+            "BIRD lost {}'s pod CIDR",
+            n.name
+        );
+    }
+    kc.converge();
     let refused = kc.refused();
     assert!(refused.is_empty(), "requests refused: {refused:?}");
 }
