@@ -797,7 +797,7 @@ fn kube_services_from_the_api_reach_the_upstream_router() {
     if !can_run(&["ethtool", "ping", "bird"]) {
         return;
     }
-    let mut kc = KubeCluster::start("rkube_svc", |c| {
+    let kc = KubeCluster::start("rkube_svc", |c| {
         c.common_args = vec![
             // IPv4 only: an external peer of the other family than the node's primary
             // address is skipped (as in kube-router) unless it names a localip.
