@@ -77,3 +77,46 @@ fn every_router_sent_the_attributes_we_rely_on() {
         assert_eq!(opens, 2, "{router}");
     }
 }
+
+/// BIRD (`rr client`) and FRR (`route-reflector-client`) reflecting a client's routes to
+/// another client: the reflector's cluster ID goes in front of the CLUSTER_LIST, an
+/// ORIGINATOR_ID set by the client is kept, and a route without one gets the client's router
+/// ID. Captured by `capture_rr_fixtures` in `tests/tests/bgp_engine.rs`.
+#[test]
+fn reflectors_send_originator_id_and_cluster_list() {
+    use metalnet::bgp::rib::apply_update;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    let all = fixtures();
+    let id = |s: &str| s.parse::<Ipv4Addr>().expect("IPv4 literal");
+    for router in ["rr_bird", "rr_frr"] {
+        let mut rib = BTreeMap::new();
+        for (_, bytes) in all
+            .iter()
+            .filter(|(n, _)| n.starts_with(router) && n.ends_with("update.hex"))
+        {
+            if let Ok((Message::Update(u), _)) = Message::parse(bytes, WireContext::FOUR_OCTET) {
+                apply_update(&mut rib, &u);
+            }
+        }
+        let route = |p: &str| {
+            rib.get(&p.parse().expect("prefix"))
+                .unwrap_or_else(|| panic!("{router}: no route {p}: {rib:?}"))
+        };
+        let kept = route("203.0.113.20/32");
+        assert_eq!(kept.originator_id, Some(id("192.0.2.7")), "{router}");
+        assert_eq!(
+            kept.cluster_list,
+            vec![id("192.0.2.2"), id("192.0.2.9")],
+            "{router}"
+        );
+        assert_eq!(kept.as_path, vec![64600], "{router}");
+        let set = route("203.0.113.21/32");
+        assert_eq!(set.originator_id, Some(id("192.0.2.4")), "{router}");
+        assert_eq!(set.cluster_list, vec![id("192.0.2.2")], "{router}");
+        assert_eq!(
+            set.next_hop,
+            "192.0.2.4".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+}

@@ -37,7 +37,11 @@ impl Router {
             .arg(dir)
             .args(["--node-name", node, "--metrics-addr", "127.0.0.1:7475"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .args(
+                std::env::var("SMOKE_LOG")
+                    .ok()
+                    .map(|l| format!("--log-level={l}")),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -155,6 +159,31 @@ impl Pair {
             ns.ip(&["-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
         }
+        // Permanent neighbours: the kernel's ARP/ND tables are shared by every namespace on
+        // the host, and a big lab running alongside can fill them (dynamic entries then fail).
+        let mac = |ns: &Netns| {
+            let out = ns.ip(&["-br", "link", "show", "eth0"]);
+            out.split_whitespace().nth(2).unwrap().to_string()
+        };
+        let (mac_a, mac_b) = (mac(&a), mac(&b));
+        for (ns, v4, v6, lladdr) in [
+            (&a, "192.0.2.12", "2001:db8::12", &mac_b),
+            (&b, "192.0.2.11", "2001:db8::11", &mac_a),
+        ] {
+            for ip in [v4, v6] {
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    lladdr,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         std::fs::create_dir(&dir).unwrap();
@@ -242,6 +271,24 @@ fn two_nodes_peer_install_routes_and_clean_up() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(proto17(a).contains("198.51.100.32/28 via 192.0.2.12"));
+
+    // Metrics: kube-router's names and the per-session series.
+    let out = Command::new("ip")
+        .args(["netns", "exec", a.name(), "curl", "-s", "--max-time", "2"])
+        .arg("http://127.0.0.1:7475/metrics")
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "kube_router_controller_bgp_peers 1",
+        r#"metalnet_router_bgp_session_up{peer="192.0.2.12",peer_asn="64512",kind="node"} 1"#,
+        r#"metalnet_router_bgp_prefixes_received{peer="192.0.2.12",peer_asn="64512",kind="node"} 2"#,
+        r#"metalnet_router_routes_installed{family="ipv4"} 1"#,
+        r#"metalnet_router_routes_installed{family="ipv6"} 1"#,
+        "metalnet_router_annotation_problems 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     // explain asks the running router.
     let out = Command::new("ip")
@@ -344,4 +391,42 @@ fn graceful_restart_keeps_routes_across_a_kill() {
     assert!(p.b_has_a(), "{}", proto17(&p.b));
     assert!(ra.stop());
     assert!(p.a_has_b(), "{}", proto17(&p.a));
+}
+
+/// CPU time (user + system, clock ticks) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn readyz(ns: &Netns) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "curl", "-s", "--max-time", "2"])
+        .arg("http://127.0.0.1:7475/readyz")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A router whose Node is not in the cluster state waits without spinning and is not
+/// ready; once the Node appears it peers and becomes ready.
+#[test]
+fn a_router_without_its_node_waits_quietly() {
+    let Some(p) = Pair::new() else { return };
+    std::fs::remove_file(p.dir.join("node-a.yaml")).unwrap();
+    let ra = p.start_a(&[]);
+    let _rb = p.start_b(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu_ticks(ra.0.id());
+    // Startup takes a tick or two; a loop that spins while waiting takes many more.
+    assert!(ticks < 8, "{ticks} ticks of CPU in 3 s while waiting");
+    assert!(readyz(&p.a).contains("not ready"), "{}", readyz(&p.a));
+    p.write_a(None);
+    p.wait("converged", Duration::from_secs(20), || {
+        p.a_has_b() && p.b_has_a()
+    });
+    assert_eq!(readyz(&p.a).trim(), "ready");
 }

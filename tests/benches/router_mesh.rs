@@ -1,17 +1,21 @@
 //! metalnet-router benchmark (root; builds its own labs):
 //!
 //! ```text
-//! cargo bench -p metalnet-lab --bench router_mesh --profile dev -- [NODES] [TRIALS] [--skip-mesh|--skip-bulk|--bird-only]
+//! cargo bench -p metalnet-lab --bench router_mesh --profile dev -- [--mesh-nodes=25] [--rr-nodes=50]
+//!     [--trials=10] [--stagger-ms=0] [--skip-mesh|--skip-bulk|--bird-only]
 //! ```
 //!
-//! - Mesh: NODES (default 50) router processes, one namespace each, full iBGP mesh; from the
-//!   first start until every node's kernel holds a proto-17 route (v4 and v6) to every other
-//!   node's pod CIDR. Times come from `ip -ts monitor route` in each namespace, so polling
-//!   does not blur them.
+//! - Mesh: router processes, one namespace each, on one segment: a full iBGP mesh of 25 and
+//!   50 with two route reflectors (the kernel's one neighbour table, shared by every
+//!   namespace and capped at 1024 entries, cannot hold the 2,450 ARP entries of a 50-node full
+//!   mesh); from the first start until every node's kernel holds a proto-17 route (v4 and v6)
+//!   to every other node's pod CIDR. Times come from `ip -ts monitor route` in each
+//!   namespace, so polling does not blur them.
 //! - Pod-CIDR change: node n1's IPv4 pod CIDR is rewritten TRIALS times (default 10); per
 //!   trial, from the write of the manifest to the new route in each other node's kernel
 //!   (median over nodes, and the last node); the median over trials is reported.
-//! - Bulk: BIRD announces 10,000 IPv6 /64s (2001:db8:f000::/52 ..) to one router, which
+//! - Bulk: BIRD announces 10,000 IPv6 /64s (2001:db8:f000::/52 ..) to one router (over an
+//!   IPv4 session, MP-BGP), which
 //!   installs them with protocol 17; in the same run a second BIRD learns the same 10,000
 //!   from the first and installs them into its kernel table (`protocol kernel`). Both are
 //!   timed from their first route in the kernel to the 10,000th (`ip -ts monitor route`), and
@@ -22,10 +26,20 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metalnet_lab::lab::router::{BIRD_ASN, BIRD_V6, ClusterOptions, RouterCluster, router_binary};
+use metalnet_lab::lab::router::{
+    BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, RouterCluster, router_binary,
+};
 use metalnet_lab::lab::{BgpNeighbor, BgpRouter, Bird, BirdConfig, Host, StaticRoute, wait_for};
 
 const BULK: usize = 10_000;
+
+/// The routers' `--log-level` (`warn` unless `ROUTER_BENCH_LOG` says otherwise).
+fn log_level() -> String {
+    format!(
+        "--log-level={}",
+        std::env::var("ROUTER_BENCH_LOG").unwrap_or_else(|_| "warn".into())
+    )
+}
 
 fn now_epoch() -> f64 {
     SystemTime::now()
@@ -165,16 +179,57 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn mesh(nodes: usize, trials: usize) {
+/// The machine's IPv4 neighbour table: `(entries, allocation failures)`. It is one table for
+/// every namespace, with one hard limit (`gc_thresh3`, 1024 here) for all of them together.
+fn arp_table() -> (u64, u64) {
+    let out = std::process::Command::new("ip")
+        .args(["-s", "ntable", "show", "name", "arp_cache"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        out.split_whitespace()
+            .skip_while(|t| *t != name)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("entries"), field("res_failed"))
+}
+
+/// How the nodes peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    FullMesh,
+    /// n1 and n2 route reflectors (cluster id 42), every other node their client.
+    Reflectors,
+}
+
+fn mesh(nodes: usize, trials: usize, stagger: Duration, topology: Topology) {
     let offset = utc_offset();
     router_binary().unwrap();
     let mut c =
         RouterCluster::new("bench_router_mesh", ClusterOptions { nodes, pods: false }).unwrap();
+    if topology == Topology::Reflectors {
+        for i in 0..nodes {
+            let role = if i < 2 { "rr.server" } else { "rr.client" };
+            c.annotate(i, &format!("kube-router.io/{role}"), "42");
+            c.write_node(i).unwrap();
+        }
+    }
     let monitors: Vec<Monitor> = c.nodes.iter().map(|n| Monitor::start(&n.host)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let want = 2 * (nodes - 1);
+    let (_, failed0) = arp_table();
     let t0 = now_epoch();
-    c.start_all(&["--log-level=warn"]).unwrap();
+    if stagger.is_zero() {
+        c.start_all(&[&log_level()]).unwrap();
+    } else {
+        for i in 0..nodes {
+            c.start_router(i, &[&log_level()]).unwrap();
+            std::thread::sleep(stagger);
+        }
+    }
     let spawned = now_epoch() - t0;
     let converged = wait_for(
         "every node to hold every other node's pod CIDRs",
@@ -192,7 +247,14 @@ fn mesh(nodes: usize, trials: usize) {
             .filter(|(_, m)| reached(&m.events(offset), "17", want).is_none())
             .map(|(i, _)| c.nodes[i].name.clone())
             .collect();
-        panic!("{e}; not converged: {missing:?}\n{}", c.logs_tail(10));
+        panic!(
+            "{e}; not converged: {missing:?}; ARP table (entries, failed resolutions since start): {:?}\n{}",
+            {
+                let (n, f) = arp_table();
+                (n, f - failed0)
+            },
+            c.logs_tail(10)
+        );
     }
     let mut per_node: Vec<f64> = monitors
         .iter()
@@ -201,12 +263,17 @@ fn mesh(nodes: usize, trials: usize) {
     let last = per_node.iter().cloned().fold(0.0, f64::max);
     let med = median(&mut per_node);
     println!(
-        "mesh: {nodes} routers (spawned in {spawned:.2} s): every kernel holds all {want} pod routes after {last:.2} s (median node {med:.2} s) from the first start; target < 5 s"
+        "mesh ({topology:?}): {nodes} routers (spawned in {spawned:.2} s, {} ms apart): every kernel holds all {want} pod routes after {last:.2} s (median node {med:.2} s) from the first start; target < 5 s; ARP table entries {}, failed resolutions {}",
+        stagger.as_millis(),
+        arp_table().0,
+        arp_table().1 - failed0
     );
 
     // Pod-CIDR changes on n1, seen in every other node's kernel.
     let mut per_trial_last = Vec::new();
     let mut per_trial_median = Vec::new();
+    // The first node to have it: the floor (manifest seen by n1, UPDATE sent, route installed).
+    let mut per_trial_first = Vec::new();
     let v6 = c.nodes[0].pod_cidrs[1].clone();
     for t in 0..trials {
         let new4 = format!("198.51.100.{}/30", 200 + 4 * (t % 13));
@@ -228,17 +295,19 @@ fn mesh(nodes: usize, trials: usize) {
         let mut lat: Vec<f64> = monitors[1..].iter().filter_map(seen).collect();
         let last = lat.iter().cloned().fold(0.0, f64::max);
         per_trial_last.push(last);
+        per_trial_first.push(lat.iter().cloned().fold(f64::INFINITY, f64::min));
         per_trial_median.push(median(&mut lat));
     }
     let mut all_last = per_trial_last.clone();
     println!(
-        "pod-CIDR change on n1 -> every other node's kernel: median over {trials} trials {:.0} ms (last node; per trial {:?} ms), median node {:.0} ms; target < 200 ms",
+        "pod-CIDR change on n1 ({topology:?}) -> every other node's kernel: median over {trials} trials {:.0} ms (last node; per trial {:?} ms), median node {:.0} ms, first node {:.0} ms; target < 200 ms",
         median(&mut all_last) * 1e3,
         per_trial_last
             .iter()
             .map(|s| (s * 1e3).round() as i64)
             .collect::<Vec<_>>(),
         median(&mut per_trial_median) * 1e3,
+        median(&mut per_trial_first) * 1e3,
     );
     drop(monitors);
     drop(c);
@@ -269,9 +338,9 @@ fn bulk(bird_only: bool) {
 
     // The node's router peers with BIRD over IPv6.
     c.common_args = vec![
-        format!("--peer-router-ips={BIRD_V6}"),
+        format!("--peer-router-ips={BIRD_V4}"),
         format!("--peer-router-asns={BIRD_ASN}"),
-        "--log-level=warn".into(),
+        log_level(),
     ];
     if !bird_only {
         c.start_all(&[]).unwrap();
@@ -281,7 +350,7 @@ fn bulk(bird_only: bool) {
     let bird = c
         .start_bird(None, |cfg| {
             cfg.kernel_export = false;
-            cfg.neighbors.retain(|n| n.name.as_deref() == Some("n1_v6"));
+            cfg.neighbors.retain(|n| n.name.as_deref() == Some("n1_v4"));
             let mut to_k =
                 BgpNeighbor::new(birdk_v6.parse::<IpAddr>().unwrap(), 64700).named("birdk");
             to_k.ipv4 = false;
@@ -356,19 +425,38 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let numbers: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let nodes = numbers.first().copied().unwrap_or(50);
-    let trials = numbers.get(1).copied().unwrap_or(10);
-    println!(
-        "command: cargo bench -p metalnet-lab --bench router_mesh --profile dev -- {nodes} {trials}{}",
+    let value = |name: &str| -> Option<usize> {
         args.iter()
-            .filter(|a| a.starts_with("--"))
-            .map(|a| format!(" {a}"))
-            .collect::<String>()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let mesh_nodes = value("mesh-nodes").unwrap_or(25);
+    let rr_nodes = value("rr-nodes").unwrap_or(50);
+    let trials = value("trials").unwrap_or(10);
+    let stagger = Duration::from_millis(value("stagger-ms").unwrap_or(0) as u64);
+    println!(
+        "command: cargo bench -p metalnet-lab --bench router_mesh --profile dev --{}",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
     );
+    // Every namespace shares the kernel's one IPv4 neighbour table, capped at gc_thresh3
+    // (1024): a full mesh of N nodes on one segment needs N*(N-1) entries, so past ~30 nodes
+    // resolutions fail ("neighbor table overflow"), segments are lost, TCP backs off and BGP
+    // hold timers expire, for every lab on the machine. Larger meshes run with reflectors
+    // (clients resolve two neighbours).
+    let limit = value("force-mesh").unwrap_or(30);
     let started = Instant::now();
     if !args.iter().any(|a| a == "--skip-mesh") {
-        mesh(nodes, trials);
+        if mesh_nodes * (mesh_nodes - 1) > limit * (limit - 1) {
+            println!(
+                "mesh: {mesh_nodes} nodes need {} neighbour entries, more than the machine's shared table holds; use --rr-nodes (or --force-mesh={mesh_nodes})",
+                mesh_nodes * (mesh_nodes - 1)
+            );
+        } else {
+            mesh(mesh_nodes, trials, stagger, Topology::FullMesh);
+        }
+        if rr_nodes > 0 {
+            mesh(rr_nodes, trials, stagger, Topology::Reflectors);
+        }
     }
     if !args.iter().any(|a| a == "--skip-bulk") {
         bulk(args.iter().any(|a| a == "--bird-only"));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use metalnet::bgp::fsm::State;
-use metalnet::bgp::{Password, PeerConfig, RouteAttrs, Session, SessionHandle};
+use metalnet::bgp::{Listener, Password, PeerConfig, RouteAttrs, Session, SessionHandle};
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, BirdConfig, Community, Frr, FrrConfig, Gobgp, GobgpConfig, Host,
     Lab, LargeCommunity, Route, StaticRoute,
@@ -432,6 +432,337 @@ fn gobgp_ibgp() {
     });
 }
 
+// --- shared listener, graceful restart helper, route reflection ------------------------------
+
+/// The port our shared listener uses (BIRD connects to it).
+const LISTEN_PORT: u16 = 1790;
+
+/// Connects from `source` to our listener and tells whether the connection is closed on us
+/// without a byte.
+async fn closed_at_once(source: &str, to: &str) -> bool {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(ip(source), 0))
+        .expect("bind");
+    let Ok(mut stream) = socket
+        .connect(std::net::SocketAddr::new(ip(to), LISTEN_PORT))
+        .await
+    else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+        )
+        .await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// BIRD connects to passive sessions of ours that share one dual-stack listener: two IPv4
+/// peers (one with TCP MD5) and an IPv6 one, each matched by its source address; routes go
+/// both ways on each; a connection from an address with no session is closed at once.
+#[test]
+fn bird_connects_through_a_shared_listener() {
+    if !can_run(&["bird", "birdc"]) {
+        return;
+    }
+    let site = site("bgp_bird_listener");
+    site.router
+        .add_addr("eth0", "192.0.2.3/24")
+        .expect("second router address");
+    // BIRD runs one session at a time per neighbor address and port: the second peer
+    // connects to another address of ours (the listener takes any).
+    site.speaker
+        .add_addr("eth0", "192.0.2.5/24")
+        .expect("second speaker address");
+    let mut c = BirdConfig::new(ROUTER_V4.parse().expect("id"), ROUTER_AS);
+    for (name, local, peer, password, v4) in [
+        ("lst_a", ROUTER_V4, SPEAKER_V4, Some("s3cret"), true),
+        ("lst_b", "192.0.2.3", "192.0.2.5", None, true),
+        ("lst_6", ROUTER_V6, SPEAKER_V6, None, false),
+    ] {
+        let mut n = BgpNeighbor::new(ip(peer), SPEAKER_AS).named(name);
+        n.local_address = Some(ip(local));
+        n.port = Some(LISTEN_PORT);
+        n.password = password.map(str::to_string);
+        n.hold_time = Some(9);
+        n.ipv4 = v4;
+        n.ipv6 = !v4;
+        c.neighbors.push(n);
+    }
+    c.static_routes = router_routes();
+    let b = Arc::new(Bird::start(&site.router, c).expect("bird"));
+    let router: SharedRouter = b.clone();
+    site.speaker.block_on(move || async move {
+        let listener =
+            Listener::bind(format!("[::]:{LISTEN_PORT}").parse().expect("addr")).expect("listen");
+        let session = |peer: &str, password: Option<&str>| {
+            let mut c = peer_config(peer, ROUTER_AS);
+            c.inbound = Some(listener.clone());
+            c.password = password.map(Password::new);
+            Session::spawn(c)
+        };
+        let a = session(ROUTER_V4, Some("s3cret"));
+        let bb = session("192.0.2.3", None);
+        let six = session(ROUTER_V6, None);
+        established(&a, "lst_a (MD5)").await;
+        established(&bb, "lst_b").await;
+        established(&six, "lst_6").await;
+        assert_eq!(
+            a.status().negotiated.expect("negotiated").local_addr,
+            ip(SPEAKER_V4)
+        );
+
+        a.set_routes(routes(&[("203.0.113.10/32", RouteAttrs::default())]));
+        bb.set_routes(routes(&[("203.0.113.11/32", RouteAttrs::default())]));
+        six.set_routes(routes(&[("2001:db8:11::/64", RouteAttrs::default())]));
+        let r = wait_route(&router, "203.0.113.10/32", |r| r.from_protocol == "lst_a").await;
+        assert_eq!(r.as_path, vec![SPEAKER_AS]);
+        wait_route(&router, "203.0.113.11/32", |r| r.from_protocol == "lst_b").await;
+        wait_route(&router, "2001:db8:11::/64", |r| r.from_protocol == "lst_6").await;
+        for (s, prefix) in [
+            (&a, "198.51.100.0/24"),
+            (&bb, "198.51.100.0/24"),
+            (&six, "2001:db8:99::/48"),
+        ] {
+            let prefix: IpNet = prefix.parse().expect("prefix");
+            wait_async(&format!("{prefix} from BIRD"), WAIT, || {
+                s.received().contains_key(&prefix)
+            })
+            .await;
+        }
+        assert!(
+            closed_at_once(SPEAKER_V4, SPEAKER_V4).await,
+            "a connection from an address with no session stayed open"
+        );
+        for s in [a, bb, six] {
+            assert_eq!(s.counters().established_total.load(Ordering::Relaxed), 1);
+            s.shutdown().await;
+        }
+    });
+}
+
+fn gr_bird_config(static_routes: Vec<StaticRoute>, graceful_restart: bool) -> BirdConfig {
+    let mut c = BirdConfig::new(ROUTER_V4.parse().expect("id"), ROUTER_AS);
+    c.neighbors = neighbors(SPEAKER_AS, None);
+    c.neighbors.truncate(1);
+    if graceful_restart {
+        c.neighbors[0].graceful_restart = Some(60);
+    }
+    c.static_routes = static_routes;
+    // Recovery (bird -R) holds exports back until convergence or this many seconds.
+    c.extra = "graceful restart wait 5;".into();
+    c
+}
+
+fn v4_route(prefix: &str) -> StaticRoute {
+    let mut r = StaticRoute::new(prefix.parse().expect("prefix"));
+    r.via = Some(ip(ROUTER_V4));
+    r
+}
+
+/// Graceful restart, helper side, against BIRD: BIRD with `graceful restart on` is killed;
+/// its routes stay with us, stale; it comes back in recovery mode (R and F bits) without
+/// one of them: the other is refreshed, the one it no longer has goes at its End-of-RIB.
+/// BIRD without graceful restart killed the same way: its routes go at once.
+#[test]
+fn bird_graceful_restart_helper() {
+    if !can_run(&["bird", "birdc"]) {
+        return;
+    }
+    let site = site("bgp_bird_gr_helper");
+    let both = vec![v4_route("198.51.100.0/24"), v4_route("203.0.113.128/25")];
+    let b = Arc::new(Bird::start(&site.router, gr_bird_config(both.clone(), true)).expect("bird"));
+    site.speaker.block_on(move || async move {
+        let mut c = peer_config(ROUTER_V4, ROUTER_AS);
+        c.source_address = Some(ip(SPEAKER_V4));
+        c.enable_graceful_restart = true;
+        let s = Session::spawn(c);
+        established(&s, "gr").await;
+        let p1: IpNet = "198.51.100.0/24".parse().expect("prefix");
+        let p2: IpNet = "203.0.113.128/25".parse().expect("prefix");
+        wait_async("both BIRD routes", WAIT, || s.received().len() == 2).await;
+        assert!(s.status().negotiated.expect("negotiated").graceful_restart);
+
+        let b2 = b.clone();
+        tokio::task::spawn_blocking(move || b2.crash())
+            .await
+            .expect("blocking");
+        wait_async("session to drop", WAIT, || s.state() != State::Established).await;
+        // Stale, not gone, and still there a while later.
+        wait_async("routes marked stale", Duration::from_secs(5), || {
+            let r = s.received();
+            r.len() == 2 && r.values().all(|r| r.stale)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(s.received().len(), 2, "stale routes dropped early");
+
+        let b2 = b.clone();
+        tokio::task::spawn_blocking(move || {
+            b2.relaunch(
+                gr_bird_config(vec![v4_route("198.51.100.0/24")], true),
+                true,
+            )
+        })
+        .await
+        .expect("blocking")
+        .expect("bird relaunch");
+        established(&s, "gr after restart").await;
+        // The F bit was set: nothing is swept as the session comes up.
+        assert!(s.received().contains_key(&p1), "{:?}", s.received());
+        wait_async("the refreshed table", WAIT, || {
+            let r = s.received();
+            r.len() == 1 && r.get(&p1).is_some_and(|r| !r.stale)
+        })
+        .await;
+        assert!(!s.received().contains_key(&p2));
+        s.shutdown().await;
+
+        // Without graceful restart on BIRD's side: gone with the session.
+        let b2 = b.clone();
+        tokio::task::spawn_blocking(move || b2.relaunch(gr_bird_config(both, false), false))
+            .await
+            .expect("blocking")
+            .expect("bird relaunch");
+        let mut c = peer_config(ROUTER_V4, ROUTER_AS);
+        c.source_address = Some(ip(SPEAKER_V4));
+        c.enable_graceful_restart = true;
+        let s = Session::spawn(c);
+        established(&s, "no gr").await;
+        wait_async("both BIRD routes", WAIT, || s.received().len() == 2).await;
+        let b2 = b.clone();
+        tokio::task::spawn_blocking(move || b2.crash())
+            .await
+            .expect("blocking");
+        let t = Instant::now();
+        wait_async("routes removed", Duration::from_secs(10), || {
+            s.received().is_empty()
+        })
+        .await;
+        eprintln!("routes removed {:?} after the crash", t.elapsed());
+        s.shutdown().await;
+    });
+}
+
+/// Route reflection against BIRD (`rr client`): the ORIGINATOR_ID and CLUSTER_LIST we send
+/// reach BIRD as sent, and what BIRD reflects to a second session of ours carries BIRD's
+/// cluster ID in front, the originator kept; a route without them gets our first session's
+/// router ID as originator.
+#[test]
+fn bird_route_reflection_attributes() {
+    if !can_run(&["bird", "birdc"]) {
+        return;
+    }
+    const SECOND: &str = "192.0.2.4";
+    let site = site("bgp_bird_rr");
+    site.speaker
+        .add_addr("eth0", &format!("{SECOND}/24"))
+        .expect("second speaker address");
+    let mut c = BirdConfig::new(ROUTER_V4.parse().expect("id"), SPEAKER_AS);
+    let mut extra = String::from("protocol direct { ipv4; }\n");
+    for (name, peer) in [("rr_a", SPEAKER_V4), ("rr_b", SECOND)] {
+        extra.push_str(&format!(
+            "protocol bgp {name} {{ local {ROUTER_V4} as {SPEAKER_AS}; neighbor {peer} as {SPEAKER_AS}; \
+             passive on; rr client; hold time 9; keepalive time 3; error wait time 1, 5; \
+             ipv4 {{ import all; export all; }}; }}\n"
+        ));
+    }
+    c.extra = extra;
+    let b = Arc::new(Bird::start(&site.router, c).expect("bird"));
+    let router: SharedRouter = b.clone();
+    site.speaker.block_on(move || async move {
+        let mut ca = peer_config(ROUTER_V4, SPEAKER_AS);
+        ca.source_address = Some(ip(SPEAKER_V4));
+        let mut cb = peer_config(ROUTER_V4, SPEAKER_AS);
+        cb.source_address = Some(ip(SECOND));
+        cb.router_id = Some(SECOND.parse().expect("id"));
+        let a = Session::spawn(ca);
+        let bb = Session::spawn(cb);
+        established(&a, "rr_a").await;
+        established(&bb, "rr_b").await;
+        let originator: Ipv4Addr = "192.0.2.7".parse().expect("id");
+        let cluster: Ipv4Addr = "192.0.2.9".parse().expect("id");
+        a.set_routes(routes(&[
+            (
+                "203.0.113.20/32",
+                RouteAttrs {
+                    as_path: vec![64600],
+                    originator_id: Some(originator),
+                    cluster_list: vec![cluster],
+                    ..RouteAttrs::default()
+                },
+            ),
+            ("203.0.113.21/32", RouteAttrs::default()),
+        ]));
+        let r = wait_route(&router, "203.0.113.20/32", |r| r.from_protocol == "rr_a").await;
+        assert_eq!(r.as_path, vec![64600]);
+        let b2 = b.clone();
+        let shown = tokio::task::spawn_blocking(move || {
+            b2.birdc(&["show", "route", "for", "203.0.113.20/32", "all"])
+        })
+        .await
+        .expect("blocking")
+        .expect("birdc");
+        assert!(shown.contains("BGP.originator_id: 192.0.2.7"), "{shown}");
+        assert!(shown.contains("BGP.cluster_list: 192.0.2.9"), "{shown}");
+
+        let p20: IpNet = "203.0.113.20/32".parse().expect("prefix");
+        let p21: IpNet = "203.0.113.21/32".parse().expect("prefix");
+        wait_async("reflected routes", WAIT, || {
+            let r = bb.received();
+            r.contains_key(&p20) && r.contains_key(&p21)
+        })
+        .await;
+        let got = bb.received();
+        let r20 = &got[&p20];
+        assert_eq!(r20.originator_id, Some(originator), "{r20:?}");
+        assert_eq!(r20.cluster_list, vec![ip4(ROUTER_V4), cluster], "{r20:?}");
+        assert_eq!(r20.as_path, vec![64600]);
+        assert_eq!(r20.next_hop, ip(SPEAKER_V4));
+        let r21 = &got[&p21];
+        assert_eq!(r21.originator_id, Some(ip4(SPEAKER_V4)), "{r21:?}");
+        assert_eq!(r21.cluster_list, vec![ip4(ROUTER_V4)], "{r21:?}");
+        assert!(r21.as_path.is_empty());
+
+        // How long a change takes from one session of ours, through BIRD, to the other's
+        // received table, woken by watch_received (no polling).
+        let p30: IpNet = "203.0.113.30/32".parse().expect("prefix");
+        let mut rx = bb.watch_received();
+        let mut times = Vec::new();
+        for i in 0..20 {
+            let add = i % 2 == 0;
+            rx.borrow_and_update();
+            let t = Instant::now();
+            a.update_routes([(p30, add.then(RouteAttrs::default))]);
+            tokio::time::timeout(WAIT, async {
+                while bb.received().contains_key(&p30) != add {
+                    rx.changed().await.expect("session alive");
+                }
+            })
+            .await
+            .expect("change reached the other session");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "route change through BIRD to our other session: median {:?}, max {:?}",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+        assert!(times[times.len() / 2] < Duration::from_secs(1), "{times:?}");
+        a.shutdown().await;
+        bb.shutdown().await;
+    });
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().expect("IPv4 literal")
+}
+
 // --- fixture capture ---------------------------------------------------------------------------
 
 /// Connects to the router like a speaker would, records every message it sends (OPEN,
@@ -549,6 +880,79 @@ fn capture_fixtures() {
                 );
                 save_fixtures(name, family, &frames);
             }
+        });
+        router.stop();
+    }
+}
+
+/// Regenerates the route-reflection fixtures (`rr_bird_*`, `rr_frr_*` in
+/// `config/tests/fixtures/bgp/`): a session of ours (from 192.0.2.4) announces routes, one
+/// with ORIGINATOR_ID and CLUSTER_LIST set, to BIRD (`rr client`) or FRR
+/// (`route-reflector-client`) acting as reflector, and a raw client (from 192.0.2.1) records
+/// what the reflector sends it:
+/// `cargo test -p metalnet-lab --test bgp_engine capture_rr_fixtures -- --ignored`.
+#[test]
+#[ignore]
+fn capture_rr_fixtures() {
+    if !can_run(&["bird", "birdc", "/usr/lib/frr/bgpd", "vtysh"]) {
+        return;
+    }
+    const CLIENT: &str = "192.0.2.4";
+    for name in ["bird", "frr"] {
+        let site = site(&format!("bgp_capture_rr_{name}"));
+        site.speaker
+            .add_addr("eth0", &format!("{CLIENT}/24"))
+            .expect("second speaker address");
+        let router: SharedRouter = if name == "bird" {
+            let mut c = BirdConfig::new(ROUTER_V4.parse().expect("id"), SPEAKER_AS);
+            let mut extra = String::from("protocol direct { ipv4; }\n");
+            for (proto, peer) in [("rr_a", CLIENT), ("rr_b", SPEAKER_V4)] {
+                extra.push_str(&format!(
+                    "protocol bgp {proto} {{ local {ROUTER_V4} as {SPEAKER_AS}; neighbor {peer} as {SPEAKER_AS}; \
+                     passive on; rr client; ipv4 {{ import all; export all; }}; }}\n"
+                ));
+            }
+            c.extra = extra;
+            Arc::new(Bird::start(&site.router, c).expect("bird"))
+        } else {
+            let mut c = FrrConfig::new(ROUTER_V4.parse().expect("id"), SPEAKER_AS);
+            let mut extra = String::from(" address-family ipv4 unicast\n");
+            for peer in [CLIENT, SPEAKER_V4] {
+                let mut n = BgpNeighbor::new(ip(peer), SPEAKER_AS).passive();
+                n.ipv6 = false;
+                c.neighbors.push(n);
+                extra.push_str(&format!("  neighbor {peer} route-reflector-client\n"));
+            }
+            extra.push_str(" exit-address-family\n");
+            c.extra_bgp = extra;
+            Arc::new(Frr::start(&site.router, c).expect("frr"))
+        };
+        let r2 = router.clone();
+        site.speaker.block_on(move || async move {
+            let mut c = peer_config(ROUTER_V4, SPEAKER_AS);
+            c.source_address = Some(ip(CLIENT));
+            c.router_id = Some(ip4(CLIENT));
+            c.families = vec![metalnet::bgp::fsm::IPV4_UNICAST];
+            let s = Session::spawn(c);
+            established(&s, "rr client").await;
+            s.set_routes(routes(&[
+                (
+                    "203.0.113.20/32",
+                    RouteAttrs {
+                        as_path: vec![64600],
+                        originator_id: Some(ip4("192.0.2.7")),
+                        cluster_list: vec![ip4("192.0.2.9")],
+                        ..RouteAttrs::default()
+                    },
+                ),
+                ("203.0.113.21/32", RouteAttrs::default()),
+            ]));
+            wait_route(&r2, "203.0.113.20/32", |_| true).await;
+            wait_route(&r2, "203.0.113.21/32", |_| true).await;
+            let frames = capture(ROUTER_V4, SPEAKER_AS).await;
+            assert!(frames.len() >= 3, "{name}: only {} messages", frames.len());
+            save_fixtures(&format!("rr_{name}"), "v4", &frames);
+            s.shutdown().await;
         });
         router.stop();
     }

@@ -6,7 +6,10 @@
 //!   NOTIFICATION code/subcode RFC 4271 §6 prescribes.
 //! - [`fsm`]: the RFC 4271 §8 state machine as a pure function of events to actions.
 //! - [`peer`]: a peer's session parameters, built from the validated BGPPeer.
-//! - [`session`]: sockets (source address, TTL, TCP MD5), framing, timers, route diffing.
+//! - [`rib`]: pure route bookkeeping: what to send, what the peer sent, stale routes of a
+//!   restarting peer (graceful restart helper).
+//! - [`session`]: sockets (source address, TTL, TCP MD5, a passive listener shared by a
+//!   node's sessions), framing, timers, route diffing.
 
 pub mod fsm;
 pub mod peer;

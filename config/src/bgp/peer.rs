@@ -57,6 +57,8 @@ pub struct PeerConfig {
     pub connect_time: Duration,
     /// eBGP peer more than one hop away: TTL 255 instead of 1 (iBGP always uses 255).
     pub ebgp_multihop: bool,
+    /// eBGP multihop with this TTL instead (kube-router's `--peer-router-multihop-ttl`).
+    pub multihop_ttl: Option<u8>,
     pub password: Option<Password>,
     pub enable_graceful_restart: bool,
     /// Graceful restart time announced, seconds.
@@ -65,6 +67,9 @@ pub struct PeerConfig {
     /// session carry the Restart State bit, so the peer keeps our routes until our
     /// End-of-RIB. Needs `enable_graceful_restart`.
     pub restarting: bool,
+    /// Our cluster ID when we reflect routes (RFC 4456): routes whose CLUSTER_LIST holds it
+    /// came back to us and are ignored (as are routes with our router ID as ORIGINATOR_ID).
+    pub cluster_id: Option<Ipv4Addr>,
     /// Passive: accept the peer's connection on this address instead of connecting.
     pub listen: Option<SocketAddr>,
     /// Passive on a listener shared with other sessions: the peer's connections (matched by
@@ -91,10 +96,12 @@ impl PeerConfig {
             keepalive_time: None,
             connect_time: DEFAULT_CONNECT_TIME,
             ebgp_multihop: false,
+            multihop_ttl: None,
             password: None,
             enable_graceful_restart: false,
             graceful_restart_time: 120,
             restarting: false,
+            cluster_id: None,
             listen: None,
             #[cfg(feature = "io")]
             inbound: None,
@@ -174,7 +181,11 @@ impl PeerConfig {
     /// The IP TTL of the session's packets (RFC 5082 style: 1 for a directly connected eBGP
     /// peer, 255 otherwise).
     pub fn ttl(&self) -> u32 {
-        if self.ebgp_multihop || self.ibgp() {
+        if self.ibgp() {
+            255
+        } else if let Some(ttl) = self.multihop_ttl.filter(|t| *t > 0) {
+            ttl.into()
+        } else if self.ebgp_multihop {
             255
         } else {
             1
@@ -278,7 +289,11 @@ mod tests {
         assert_eq!(c.ttl(), 1);
         c.ebgp_multihop = true;
         assert_eq!(c.ttl(), 255);
-        let c = PeerConfig::new(64512, 64512, "192.0.2.2".parse().unwrap());
+        c.multihop_ttl = Some(4);
+        assert_eq!(c.ttl(), 4);
+        let mut c = PeerConfig::new(64512, 64512, "192.0.2.2".parse().unwrap());
         assert_eq!(c.ttl(), 255);
+        c.multihop_ttl = Some(4);
+        assert_eq!(c.ttl(), 255, "iBGP");
     }
 }

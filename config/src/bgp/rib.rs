@@ -289,6 +289,27 @@ pub fn build_updates(
 /// Applies a received UPDATE to the peer's routes. Routes of an UPDATE without a next hop for
 /// their family are ignored.
 pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
+    apply_update_with(received, u, |_| true);
+}
+
+/// RFC 4456 §8 loop detection: a route reflected back to us carries our BGP identifier as
+/// ORIGINATOR_ID, or, when we reflect routes ourselves, our cluster ID in its CLUSTER_LIST.
+pub fn reflection_loop(
+    r: &ReceivedRoute,
+    router_id: Ipv4Addr,
+    cluster_id: Option<Ipv4Addr>,
+) -> bool {
+    r.originator_id == Some(router_id) || cluster_id.is_some_and(|c| r.cluster_list.contains(&c))
+}
+
+/// Like [`apply_update`], but `accept` sees (and may adjust) the announced route first; one
+/// it refuses is ignored, which withdraws what the peer had for the prefix, as the
+/// announcement replaces it.
+pub fn apply_update_with(
+    received: &mut BTreeMap<IpNet, ReceivedRoute>,
+    u: &Update,
+    mut accept: impl FnMut(&mut ReceivedRoute) -> bool,
+) {
     for p in &u.withdrawn {
         received.remove(&IpNet::V4(*p));
     }
@@ -330,6 +351,15 @@ pub fn apply_update(received: &mut BTreeMap<IpNet, ReceivedRoute>, u: &Update) {
     }
     if let Some(as4) = as4_path {
         route.as_path = merge_as4_path(&route.as_path, &as4);
+    }
+    if !accept(&mut route) {
+        for p in u.nlri.iter().map(|p| IpNet::V4(*p)) {
+            received.remove(&p);
+        }
+        for p in mp_reach.iter().flat_map(|m| &m.nlri) {
+            received.remove(p);
+        }
+        return;
     }
     if let Some(nh) = v4_next_hop {
         for p in &u.nlri {
@@ -859,6 +889,54 @@ mod tests {
             unrefreshable_families(&both, &n, Some(&cap(true, Some(true)))),
             [IPV6_UNICAST]
         );
+    }
+
+    #[test]
+    fn reflected_loops_are_ignored() {
+        let me = Ipv4Addr::new(192, 0, 2, 1);
+        let cluster = Ipv4Addr::new(192, 0, 2, 100);
+        let n = neg(true, "192.0.2.2");
+        let announce = |originator: Option<Ipv4Addr>, clusters: Vec<Ipv4Addr>| {
+            let a = RouteAttrs {
+                originator_id: originator,
+                cluster_list: clusters,
+                ..RouteAttrs::default()
+            };
+            let (ann, _) = diff(
+                &BTreeMap::new(),
+                &outgoing(&desired(&[("203.0.113.0/24", a)]), &n),
+            );
+            build_updates(&ann, &[], &n, 64512).remove(0)
+        };
+        let check = |r: &mut ReceivedRoute| !reflection_loop(r, me, Some(cluster));
+        let mut rib = BTreeMap::new();
+        apply_update_with(
+            &mut rib,
+            &announce(Some(Ipv4Addr::new(192, 0, 2, 7)), vec![]),
+            check,
+        );
+        assert_eq!(rib.len(), 1);
+        // Our own route back: ignored, and it replaces (withdraws) the one before.
+        apply_update_with(&mut rib, &announce(Some(me), vec![]), check);
+        assert!(rib.is_empty());
+        apply_update_with(
+            &mut rib,
+            &announce(None, vec![Ipv4Addr::new(192, 0, 2, 9), cluster]),
+            check,
+        );
+        assert!(rib.is_empty());
+        apply_update_with(
+            &mut rib,
+            &announce(None, vec![Ipv4Addr::new(192, 0, 2, 9)]),
+            check,
+        );
+        assert_eq!(rib.len(), 1);
+        // Without a cluster ID of ours only the originator counts.
+        assert!(!reflection_loop(
+            &rib.values().next().unwrap().clone(),
+            me,
+            None
+        ));
     }
 
     #[test]

@@ -36,13 +36,13 @@ pub const REPORTER: &str = "metalnet-router";
 
 /// How long a change waits for others before a pass: a burst (an annotation edit that
 /// changes several sessions, a peer's UPDATEs) becomes one pass.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How often the connected subnets are re-read without any other change.
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// After a kernel failure, the next try.
 const RETRY: Duration = Duration::from_secs(1);
-/// Graceful restart: how long every session must have been Established before the routes
-/// of before the restart are swept (the peers send their table right after the OPEN).
+/// Graceful restart: a peer that sends no End-of-RIB counts as back once its session has been
+/// Established this long (peers send their table right after the OPEN).
 const GR_SETTLE: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for the sessions to close.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
@@ -76,6 +76,13 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// A Node's view, with the object it was made from and its annotations' problems.
+struct CachedView {
+    node: Arc<metalnet::model::core::Node>,
+    view: NodeView,
+    problems: Vec<AnnotationProblem>,
+}
+
 /// Graceful restart on our side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -92,7 +99,7 @@ pub struct Daemon {
     sessions: Sessions,
     ctx: SessionContext,
     wake: Arc<Notify>,
-    views: BTreeMap<String, NodeView>,
+    views: BTreeMap<String, CachedView>,
     /// Problems of our Node's annotations already reported as Events.
     reported: BTreeSet<String>,
     restart: Restart,
@@ -104,6 +111,8 @@ pub struct Daemon {
     connected_at: Instant,
     connected: Vec<IpNet>,
     received_counts: BTreeMap<IpAddr, usize>,
+    /// The kernel requests that failed in the last pass.
+    kernel_failures: BTreeSet<String>,
 }
 
 impl Daemon {
@@ -130,6 +139,7 @@ impl Daemon {
             ctx: SessionContext {
                 listener,
                 restarting: matches!(restart, Restart::Holding { .. }),
+                cluster_id: None,
             },
             sessions: Sessions::new(wake.clone()),
             wake,
@@ -145,6 +155,7 @@ impl Daemon {
             connected_at: Instant::now() - ADDRESS_CHECK,
             connected: Vec::new(),
             received_counts: BTreeMap::new(),
+            kernel_failures: BTreeSet::new(),
             cfg,
         })
     }
@@ -193,31 +204,34 @@ impl Daemon {
         let snap = state.snapshot();
         let problems = self.update_views(&snap);
         self.report_problems(state, problems).await;
-        let Some(local) = self.views.get(&self.cfg.node).cloned() else {
-            let why = format!("Node {} is not in the cluster state", self.cfg.node);
-            self.set_waiting(why);
-            return;
-        };
         if self.connected_at.elapsed() >= ADDRESS_CHECK || self.connected.is_empty() {
+            // Set first: a failure must not make the check due again at once.
+            self.connected_at = Instant::now();
             match connected_subnets(&self.kernel).await {
                 Ok(c) => {
                     if c != self.connected {
                         tracing::info!(subnets = ?c, "connected subnets");
                     }
                     self.connected = c;
-                    self.connected_at = Instant::now();
                 }
                 Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
             }
         }
+        let Some(local) = self.views.get(&self.cfg.node).map(|c| c.view.clone()) else {
+            let why = format!("Node {} is not in the cluster state", self.cfg.node);
+            self.set_waiting(why);
+            return;
+        };
         let vips = policy::service_vips(
             &self.cfg.opts,
             &self.cfg.node,
             snap.services.values().map(|s| &**s),
             snap.endpoint_slices.values().map(|s| &**s),
         );
-        let nodes: Vec<NodeView> = self.views.values().cloned().collect();
+        let nodes: Vec<NodeView> = self.views.values().map(|c| c.view.clone()).collect();
+        let t_received = Instant::now();
         let received = self.sessions.received();
+        let t_desired = Instant::now();
         let desired = loc_rib::desired(Inputs {
             opts: &self.cfg.opts,
             local: &local,
@@ -226,12 +240,16 @@ impl Daemon {
             received: &received,
             connected: &self.connected,
         });
+        let t_computed = Instant::now();
         if let Some(why) = &desired.plan.not_running {
             self.set_waiting(format!("BGP does not run on this node: {why}"));
         }
+        // Sessions started from now on drop routes carrying our cluster id.
+        self.ctx.cluster_id = desired.plan.cluster_id;
         let applied = self
             .sessions
-            .apply(&desired.plan.peers, &desired.exports, &self.ctx);
+            .apply(&desired.plan.peers, &desired.exports, &self.ctx)
+            .await;
         self.metrics
             .advertisements_sent
             .inc_by(applied.routes_sent as u64);
@@ -240,7 +258,7 @@ impl Daemon {
             .observe(started.elapsed().as_secs_f64());
         // Graceful restart: hold the old routes until every peer is back, or the deadline.
         if let Restart::Holding { until } = self.restart {
-            let back = self.sessions.all_established_for(GR_SETTLE);
+            let back = self.sessions.all_back(GR_SETTLE);
             if restart_over(until, Instant::now(), desired.plan.peers.is_empty(), back) {
                 tracing::info!(
                     peers_back = back,
@@ -268,9 +286,13 @@ impl Daemon {
                         "kernel routes synced"
                     );
                 }
-                for e in report.failed.iter().take(5) {
+                // Each failure is logged when it first appears, not on every retry.
+                let failures: BTreeSet<String> =
+                    report.failed.iter().map(|e| e.to_string()).collect();
+                for e in failures.difference(&self.kernel_failures).take(5) {
                     tracing::warn!(error = %e, "kernel route");
                 }
+                self.kernel_failures = failures;
                 self.metrics
                     .route_conflicts
                     .set(report.conflicts.len() as i64);
@@ -303,6 +325,15 @@ impl Daemon {
         self.metrics
             .last_sync_seconds
             .set(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            took = ?started.elapsed(),
+            inputs = ?t_received.duration_since(started),
+            received = ?t_desired.duration_since(t_received),
+            computed = ?t_computed.duration_since(t_desired),
+            kernel = ?kernel_started.elapsed(),
+            routes = installed,
+            "pass"
+        );
         self.readiness.set(true);
     }
 
@@ -318,17 +349,25 @@ impl Daemon {
     /// problems of our own Node's annotations, `None` when our Node is missing.
     fn update_views(&mut self, snap: &Snapshot) -> Option<Vec<AnnotationProblem>> {
         let mut views = BTreeMap::new();
-        let mut ours = None;
         for (key, node) in snap.nodes.iter() {
-            let previous = self.views.get(&key.name);
-            let (view, problems) = topology::node_view(node, previous);
-            if key.name == self.cfg.node {
-                ours = Some(problems);
-            }
-            views.insert(key.name.clone(), view);
+            // A snapshot keeps the same object for a Node that did not change: its view
+            // (annotations parsed) stands as it is.
+            let cached = match self.views.remove(&key.name) {
+                Some(c) if Arc::ptr_eq(&c.node, node) => c,
+                previous => {
+                    let (view, problems) =
+                        topology::node_view(node, previous.as_ref().map(|c| &c.view));
+                    CachedView {
+                        node: node.clone(),
+                        view,
+                        problems,
+                    }
+                }
+            };
+            views.insert(key.name.clone(), cached);
         }
         self.views = views;
-        ours
+        self.views.get(&self.cfg.node).map(|c| c.problems.clone())
     }
 
     /// A Warning Event on our Node for each new problem in its annotations (the Node's own

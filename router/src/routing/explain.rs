@@ -468,7 +468,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("candidate from 192.0.2.3 (node n3): not best: lower LOCAL_PREF"),
+            t.contains("candidate from 192.0.2.3 (node n3): not best: lost to the route from 192.0.2.2 on LOCAL_PREF"),
             "{t}"
         );
         assert!(

@@ -249,8 +249,9 @@ impl Kernel {
         let started = Instant::now();
         let mut report = SyncReport::default();
         if self.observed.is_none() || self.observed_at.elapsed() >= self.resync {
-            self.observed = Some(self.observe().await?);
+            // Set first: a failed read is retried by the caller, not made due again at once.
             self.observed_at = Instant::now();
+            self.observed = Some(self.observe().await?);
             report.reread = true;
         }
         let observed = self.observed.as_mut().expect("read above");

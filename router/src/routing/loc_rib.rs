@@ -76,19 +76,9 @@ fn local_pref(r: &ReceivedRoute) -> u32 {
         .unwrap_or(metalnet::bgp::rib::DEFAULT_LOCAL_PREF)
 }
 
-/// The BGP identifier of the router that sent a route into this AS, as far as it is known:
-/// ORIGINATOR_ID when a reflector set it, else the identifier the peer node runs with,
-/// else the peer's address when it is IPv4.
-fn origin_id(
-    opts: &RoutingOptions,
-    nodes: &[NodeView],
-    peer: &PeerSpec,
-    r: &ReceivedRoute,
-) -> Option<Ipv4Addr> {
-    r.originator_id
-        .or_else(|| peer_router_id(opts, nodes, peer))
-}
-
+/// The BGP identifier a peer runs with, as far as it is known: the identifier the peer
+/// node's options give it, else its address when that is IPv4. ORIGINATOR_ID, when a
+/// reflector set one, takes its place for the routes that carry it.
 fn peer_router_id(opts: &RoutingOptions, nodes: &[NodeView], peer: &PeerSpec) -> Option<Ipv4Addr> {
     let node_id = match &peer.kind {
         PeerKind::Node { name } => nodes
@@ -116,16 +106,19 @@ struct Candidate<'a> {
 fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
     let steps: [(&'static str, Ordering); 7] = [
         (
-            "lower LOCAL_PREF",
+            "LOCAL_PREF (higher wins)",
             local_pref(b.route).cmp(&local_pref(a.route)),
         ),
         (
-            "longer AS_PATH",
+            "AS_PATH length (shorter wins)",
             a.route.as_path.len().cmp(&b.route.as_path.len()),
         ),
-        ("higher ORIGIN", a.route.origin.cmp(&b.route.origin)),
         (
-            "higher MED from the same neighbour AS",
+            "ORIGIN (IGP < EGP < incomplete)",
+            a.route.origin.cmp(&b.route.origin),
+        ),
+        (
+            "MED from the same neighbour AS (lower wins)",
             if a.route.as_path.first() == b.route.as_path.first() {
                 a.route.med.unwrap_or(0).cmp(&b.route.med.unwrap_or(0))
             } else {
@@ -133,16 +126,16 @@ fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
             },
         ),
         // eBGP (true) over iBGP.
-        ("iBGP against eBGP", a.peer.is_ibgp().cmp(&b.peer.is_ibgp())),
+        ("eBGP over iBGP", a.peer.is_ibgp().cmp(&b.peer.is_ibgp())),
         (
-            "higher router id",
+            "router id (lower wins)",
             match (a.id, b.id) {
                 (Some(x), Some(y)) => x.cmp(&y),
                 _ => Ordering::Equal,
             },
         ),
         (
-            "longer CLUSTER_LIST",
+            "CLUSTER_LIST length (shorter wins)",
             a.route.cluster_list.len().cmp(&b.route.cluster_list.len()),
         ),
     ];
@@ -151,7 +144,10 @@ fn compare(a: &Candidate<'_>, b: &Candidate<'_>) -> (Ordering, &'static str) {
             return (o, why);
         }
     }
-    (a.peer.address.cmp(&b.peer.address), "higher peer address")
+    (
+        a.peer.address.cmp(&b.peer.address),
+        "peer address (lower wins)",
+    )
 }
 
 /// Why a received route is not even a candidate: the import policy and the loop checks.
@@ -194,8 +190,8 @@ fn unusable(
 /// own). ORIGINATOR_ID is set when absent, our cluster id goes first in CLUSTER_LIST,
 /// next hop and path stay.
 fn reflected_for(
-    inputs: &Inputs<'_>,
     plan: &PeerPlan,
+    ids: &BTreeMap<IpAddr, Option<Ipv4Addr>>,
     best: &BTreeMap<IpNet, Best>,
     to: &PeerSpec,
 ) -> BTreeMap<IpNet, RouteAttrs> {
@@ -217,7 +213,9 @@ fn reflected_for(
             continue;
         }
         let r = &b.route;
-        let originator = origin_id(inputs.opts, inputs.nodes, from, r);
+        let originator = r
+            .originator_id
+            .or(ids.get(&from.address).copied().flatten());
         let mut cluster_list = Vec::with_capacity(r.cluster_list.len() + 1);
         cluster_list.push(cluster);
         cluster_list.extend_from_slice(&r.cluster_list);
@@ -241,6 +239,11 @@ fn reflected_for(
 /// From the inputs to the sessions, export tables and kernel routes wanted.
 pub fn desired(inputs: Inputs<'_>) -> Desired {
     let plan = topology::plan_peers(inputs.opts, inputs.local, inputs.nodes);
+    let ids: BTreeMap<IpAddr, Option<Ipv4Addr>> = plan
+        .peers
+        .iter()
+        .map(|(a, p)| (*a, peer_router_id(inputs.opts, inputs.nodes, p)))
+        .collect();
     let mut rejected = Vec::new();
     let mut lost = Vec::new();
 
@@ -264,7 +267,7 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
             candidates.entry(prefix).or_default().push(Candidate {
                 peer,
                 route: r,
-                id: origin_id(inputs.opts, inputs.nodes, peer, r),
+                id: r.originator_id.or(ids.get(addr).copied().flatten()),
             });
         }
     }
@@ -272,14 +275,16 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
     let mut best = BTreeMap::new();
     for (prefix, mut cands) in candidates {
         cands.sort_by(|a, b| compare(a, b).0);
-        let winner = &cands[0];
-        for c in &cands[1..] {
+        let Some((winner, rest)) = cands.split_first() else {
+            continue;
+        };
+        for c in rest {
             let (_, why) = compare(winner, c);
             lost.push(Rejected {
                 peer: c.peer.address,
                 prefix,
                 reason: format!(
-                    "not best: {why} than the route from {}",
+                    "not best: lost to the route from {} on {why}",
                     winner.peer.address
                 ),
             });
@@ -324,7 +329,7 @@ pub fn desired(inputs: Inputs<'_>) -> Desired {
         .peers
         .iter()
         .map(|(addr, peer)| {
-            let reflected = reflected_for(&inputs, &plan, &best, peer);
+            let reflected = reflected_for(&plan, &ids, &best, peer);
             let table = policy::export_table(
                 inputs.opts,
                 &plan,
@@ -752,5 +757,74 @@ mod tests {
             let d2 = run(&RoutingOptions::default(), &rev, local_rev, &vips, &rx, &conn);
             prop_assert_eq!(d, d2);
         }
+    }
+}
+
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use crate::routing::policy::VipKind;
+    use crate::routing::topology::testing::node;
+
+    /// 50 nodes, 10,000 learned routes from 49 sessions and 1,000 VIPs: one pass stays
+    /// well inside the daemon's budget (printed with `--nocapture`).
+    #[test]
+    fn ten_thousand_routes() {
+        let nodes: Vec<NodeView> = (1..=50)
+            .map(|i| {
+                node(
+                    &format!("n{i}"),
+                    &[&format!("192.0.2.{i}")],
+                    &[&format!("10.{i}.0.0/24")],
+                )
+            })
+            .collect();
+        let vips: Vec<ServiceVip> = (0..1000u32)
+            .map(|i| ServiceVip {
+                address: IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i)),
+                kind: VipKind::LoadBalancer,
+                service: format!("d/s{i}"),
+                advertise: true,
+                local_only: false,
+                has_local_endpoint: false,
+            })
+            .collect();
+        let mut received: BTreeMap<IpAddr, BTreeMap<IpNet, ReceivedRoute>> = BTreeMap::new();
+        for r in 0..10_000u32 {
+            let peer = 2 + (r % 49);
+            let nh: IpAddr = format!("192.0.2.{peer}").parse().unwrap();
+            let prefix =
+                IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + (r << 8))), 24).unwrap();
+            received.entry(nh).or_default().insert(
+                prefix,
+                ReceivedRoute {
+                    next_hop: nh,
+                    origin: 0,
+                    as_path: vec![],
+                    med: None,
+                    local_pref: Some(100),
+                    communities: vec![],
+                    large_communities: vec![],
+                    originator_id: None,
+                    cluster_list: vec![],
+                    stale: false,
+                },
+            );
+        }
+        let opts = RoutingOptions::default();
+        let connected = ["192.0.2.0/24".parse().unwrap()];
+        let start = std::time::Instant::now();
+        let d = desired(Inputs {
+            opts: &opts,
+            local: &nodes[0],
+            nodes: &nodes,
+            vips: &vips,
+            received: &received,
+            connected: &connected,
+        });
+        let took = start.elapsed();
+        println!("desired(): 50 nodes, 10000 routes, 1000 VIPs in {took:?}");
+        assert_eq!(d.kernel.len(), 10_000);
+        assert_eq!(d.plan.peers.len(), 49);
     }
 }

@@ -920,4 +920,17 @@ mod tests {
             assert!(names.contains(&flag), "--{flag} missing");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn durations_round_trip(secs in 0u64..400_000, millis in 0u32..1000) {
+            let d = Duration::from_secs(secs) + Duration::from_millis(u64::from(millis));
+            proptest::prop_assert_eq!(parse_go_duration(&fmt_duration(d)), Ok(d));
+        }
+
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC{0,24}") {
+            let _ = parse_go_duration(&s);
+        }
+    }
 }

@@ -206,7 +206,9 @@ fn host_prefix(ip: IpAddr) -> IpNet {
 /// [`super::loc_rib`]). kube-router's export policy: pod CIDRs to the other nodes, and to
 /// external peers with `--advertise-pod-cidr`; Service VIPs only to external peers and only
 /// where announced; towards external peers the node's communities, its AS-path prepend
-/// and, with `--override-nexthop`, next hop self.
+/// and, with `--override-nexthop`, next hop self. A route reflector keeps these policies
+/// (kube-router installs none on one, which leaks VIPs to nodes and imports default
+/// routes there) and adds what it reflects.
 pub fn export_table(
     opts: &RoutingOptions,
     plan: &PeerPlan,

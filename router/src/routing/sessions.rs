@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use metalnet::bgp::{
@@ -24,6 +24,9 @@ pub use metalnet::bgp::Listener;
 const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a restarted session's predecessor may take to stop.
+const RESTART_WAIT: Duration = Duration::from_secs(2);
+
 /// Routes sent to one peer, by prefix.
 pub type Exports = BTreeMap<IpNet, RouteAttrs>;
 
@@ -35,6 +38,9 @@ pub struct SessionContext {
     /// Graceful restart, restarting side: our forwarding state (the kernel routes) survived a
     /// restart; set on the sessions started before the routes are swept.
     pub restarting: bool,
+    /// Our route-reflector cluster id, when this node is a server: the engine drops routes
+    /// that looped back (RFC 4456).
+    pub cluster_id: Option<std::net::Ipv4Addr>,
 }
 
 /// The engine session parameters of a planned peer. Pure.
@@ -45,8 +51,10 @@ pub fn peer_config(spec: &PeerSpec, ctx: &SessionContext) -> PeerConfig {
     c.router_id = Some(spec.router_id);
     c.hold_time = spec.hold_time;
     c.password = spec.password.clone();
-    // The engine sends TTL 255 for multihop eBGP (iBGP always).
+    // eBGP multihop with kube-router's TTL (iBGP always uses 255).
     c.ebgp_multihop = spec.multihop_ttl.is_some();
+    c.multihop_ttl = spec.multihop_ttl;
+    c.cluster_id = ctx.cluster_id;
     if let Some(time) = spec.graceful_restart {
         c.enable_graceful_restart = true;
         c.graceful_restart_time = u16::try_from(time.as_secs().min(4095)).unwrap_or(4095);
@@ -122,7 +130,6 @@ struct Running {
     spec: PeerSpec,
     exports: Exports,
     handle: SessionHandle,
-    started: Instant,
 }
 
 /// What `explain` and the metrics show of one session.
@@ -162,7 +169,7 @@ impl Sessions {
     }
 
     /// Makes the sessions match the plan. Must run inside a tokio runtime.
-    pub fn apply(
+    pub async fn apply(
         &mut self,
         peers: &BTreeMap<IpAddr, PeerSpec>,
         exports: &BTreeMap<IpAddr, Exports>,
@@ -185,7 +192,14 @@ impl Sessions {
                     if let Some(old) = self.running.remove(&addr) {
                         tracing::info!(peer = %addr, "peer parameters changed: restarting its session");
                         applied.restarted += 1;
-                        tokio::spawn(old.handle.shutdown());
+                        // The old session ends (Cease sent, listener slot and MD5 key given
+                        // back) before the new one takes its place.
+                        if tokio::time::timeout(RESTART_WAIT, old.handle.shutdown())
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(peer = %addr, "the old session did not stop in time");
+                        }
                     } else {
                         applied.started += 1;
                     }
@@ -206,7 +220,6 @@ impl Sessions {
                             spec: spec.clone(),
                             exports: table,
                             handle,
-                            started: Instant::now(),
                         },
                     );
                 }
@@ -243,6 +256,7 @@ impl Sessions {
         self.running
             .iter()
             .map(|(a, r)| {
+                use std::sync::atomic::Ordering::Relaxed;
                 let status = r.handle.status();
                 let uptime = status
                     .established_since
@@ -253,13 +267,8 @@ impl Sessions {
                     SessionInfo {
                         spec: r.spec.clone(),
                         uptime,
-                        sent: r.exports.len(),
-                        received: r
-                            .handle
-                            .counters()
-                            .prefixes_received
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            as usize,
+                        sent: r.handle.counters().prefixes_announced.load(Relaxed) as usize,
+                        received: r.handle.counters().prefixes_received.load(Relaxed) as usize,
                         status,
                     },
                 )
@@ -267,28 +276,21 @@ impl Sessions {
             .collect()
     }
 
-    /// Whether every session is Established and has been for `settle` (the graceful-restart
-    /// wait for the peers' routes).
-    pub fn all_established_for(&self, settle: Duration) -> bool {
-        self.running.values().all(|r| {
-            let s = r.handle.status();
-            s.state == State::Established
-                && s.established_since.is_some_and(|t| t.elapsed() >= settle)
-        })
+    /// Whether every peer is back with its whole table (the graceful-restart wait): each
+    /// session Established, and the peer sent End-of-RIB for every family negotiated, or
+    /// (a peer that sends none) has been Established for `settle`.
+    pub fn all_back(&self, settle: Duration) -> bool {
+        self.running
+            .values()
+            .all(|r| peer_back(&r.handle.status(), settle))
     }
 
-    /// The oldest session's start (for logs).
     pub fn len(&self) -> usize {
         self.running.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
-    }
-
-    /// When a session started, by address.
-    pub fn started(&self, addr: &IpAddr) -> Option<Instant> {
-        self.running.get(addr).map(|r| r.started)
     }
 
     /// Stops every session (Cease, or a plain close when graceful restart was negotiated, so
@@ -306,6 +308,18 @@ impl Sessions {
     }
 }
 
+/// One peer is back after our restart (see [`Sessions::all_back`]). Pure.
+pub fn peer_back(s: &SessionStatus, settle: Duration) -> bool {
+    if s.state != State::Established {
+        return false;
+    }
+    let whole_table = s
+        .negotiated
+        .as_ref()
+        .is_some_and(|n| n.families.iter().all(|f| s.end_of_rib_received.contains(f)));
+    whole_table || s.established_since.is_some_and(|t| t.elapsed() >= settle)
+}
+
 /// Wakes the daemon on every change of a session's received routes or state; ends with the
 /// session.
 fn spawn_watcher(addr: IpAddr, handle: &SessionHandle, wake: Arc<Notify>) {
@@ -320,8 +334,9 @@ fn spawn_watcher(addr: IpAddr, handle: &SessionHandle, wake: Arc<Notify>) {
                     let s = status.borrow_and_update().clone();
                     if s.state != last {
                         match (&s.last_error, s.state) {
-                            (_, State::Established) => tracing::info!(peer = %addr, "BGP session established"),
-                            (Some(e), _) => tracing::info!(peer = %addr, state = %s.state, reason = %e, "BGP session state"),
+                            // The engine logs the transitions that matter at info level.
+                            (_, State::Established) => tracing::debug!(peer = %addr, "BGP session established"),
+                            (Some(e), _) => tracing::debug!(peer = %addr, state = %s.state, reason = %e, "BGP session state"),
                             (None, _) => tracing::debug!(peer = %addr, state = %s.state, "BGP session state"),
                         }
                         last = s.state;
@@ -386,6 +401,42 @@ mod tests {
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_is_back_with_its_end_of_rib_or_after_the_settle_time() {
+        use metalnet::bgp::fsm::{IPV4_UNICAST, IPV6_UNICAST};
+        let settle = Duration::from_secs(2);
+        let mut s = SessionStatus {
+            state: State::Established,
+            last_error: None,
+            negotiated: None,
+            established_since: Some(std::time::Instant::now()),
+            end_of_rib_received: vec![],
+        };
+        assert!(!peer_back(&s, settle));
+        s.negotiated = Some(metalnet::bgp::Negotiated {
+            peer_as: 64512,
+            peer_id: Ipv4Addr::new(192, 0, 2, 12),
+            local_id: Ipv4Addr::new(192, 0, 2, 11),
+            local_addr: ip("192.0.2.11"),
+            hold_time: 90,
+            keepalive_time: 30,
+            ctx: Default::default(),
+            families: vec![IPV4_UNICAST, IPV6_UNICAST],
+            route_refresh: true,
+            graceful_restart: true,
+            ibgp: true,
+        });
+        s.end_of_rib_received = vec![IPV4_UNICAST];
+        assert!(!peer_back(&s, settle), "one family still to come");
+        s.end_of_rib_received.push(IPV6_UNICAST);
+        assert!(peer_back(&s, settle));
+        s.end_of_rib_received.clear();
+        s.established_since = Some(std::time::Instant::now() - settle);
+        assert!(peer_back(&s, settle), "no End-of-RIB, but long enough");
+        s.state = State::Active;
+        assert!(!peer_back(&s, settle));
     }
 
     #[test]
@@ -468,12 +519,14 @@ mod tests {
         let ctx = SessionContext {
             listener: Some(l.clone()),
             restarting: true,
+            cluster_id: Some(Ipv4Addr::new(1, 2, 3, 4)),
         };
         let mut s = spec("192.0.2.12", 64512);
         s.passive = true;
         let c = peer_config(&s, &ctx);
         assert!(c.inbound.is_some_and(|i| i.local_addr() == l.local_addr()));
         assert!(c.restarting);
+        assert_eq!(c.cluster_id, Some(Ipv4Addr::new(1, 2, 3, 4)));
         s.passive = false;
         assert!(peer_config(&s, &ctx).inbound.is_none());
     }
@@ -492,6 +545,8 @@ mod tests {
         assert_eq!(c.router_id, Some(Ipv4Addr::new(192, 0, 2, 11)));
         assert_eq!(c.hold_time, Duration::from_secs(9));
         assert!(c.ebgp_multihop && c.enable_graceful_restart);
+        assert_eq!(c.multihop_ttl, Some(4));
+        assert_eq!(c.ttl(), 4);
         assert_eq!(c.graceful_restart_time, 90);
         assert_eq!(c.password, s.password);
     }

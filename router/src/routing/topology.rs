@@ -321,6 +321,8 @@ pub fn plan_peers(opts: &RoutingOptions, local: &NodeView, nodes: &[NodeView]) -
             rr_client: matches!(role, RrRole::Server(_)) && other.bgp.rr_client.is_some(),
             // The lower address connects; the higher one waits for it.
             passive: ours > theirs,
+            // kube-router leaves GoBGP's 90 s on node sessions; here --bgp-holdtime covers
+            // them too, so a shorter one also finds a dead node sooner.
             hold_time: opts.hold_time,
             graceful_restart,
         };

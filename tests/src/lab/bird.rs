@@ -206,6 +206,10 @@ impl Bird {
     }
 
     fn launch(&self) -> Result<()> {
+        self.launch_with(&[])
+    }
+
+    fn launch_with(&self, extra_args: &[&str]) -> Result<()> {
         let conf = self.conf_path.to_string_lossy().into_owned();
         let sock = self.socket.to_string_lossy().into_owned();
         let pid = self.conf_path.with_extension("pid");
@@ -214,19 +218,10 @@ impl Bird {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bird".into());
-        let process = self.host.spawn(
-            &name,
-            &[
-                "bird",
-                "-f",
-                "-c",
-                &conf,
-                "-s",
-                &sock,
-                "-P",
-                &pid.to_string_lossy(),
-            ],
-        )?;
+        let pid = pid.to_string_lossy();
+        let mut args = vec!["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid];
+        args.extend_from_slice(extra_args);
+        let process = self.host.spawn(&name, &args)?;
         let ready = wait_for(
             &format!("BIRD control socket {sock}"),
             Duration::from_secs(10),
@@ -299,6 +294,29 @@ impl Bird {
         BgpRouter::stop(self);
         let _ = std::fs::remove_file(&self.socket);
         self.launch()
+    }
+
+    /// Kills the daemon (SIGKILL: no NOTIFICATION, its sessions just break, as in a crash).
+    pub fn crash(&self) {
+        if let Some(p) = self
+            .process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            p.kill();
+        }
+    }
+
+    /// Starts the daemon again (after [`Bird::crash`]) with `config`; with `recovery`, in
+    /// graceful restart recovery mode (`bird -R`: Restart State and Forwarding State bits in
+    /// its OPENs).
+    pub fn relaunch(&self, config: BirdConfig, recovery: bool) -> Result<()> {
+        self.crash();
+        let _ = std::fs::remove_file(&self.socket);
+        *self.config() = config;
+        self.write_config()?;
+        self.launch_with(if recovery { &["-R"] } else { &[] })
     }
 
     /// The daemon's logs (stdout/stderr and its log file).

@@ -537,13 +537,36 @@ impl RouterCluster {
         Ok(peers)
     }
 
+    /// A `kube-router.io/peers` value for node `i` naming each `(v4, v6, asn)` router by both
+    /// addresses; the IPv6 entry has `localip` set to the node's IPv6 address (without it the
+    /// source would be the node's primary, IPv4, address and the peer is skipped).
+    pub fn peers_annotation(
+        &self,
+        i: usize,
+        routers: &[(&str, &str, u32)],
+        password: Option<&str>,
+    ) -> String {
+        let pw = password
+            .map(|p| format!("  password: {}\n", base64(p)))
+            .unwrap_or_default();
+        let mut y = String::new();
+        for (v4, v6, asn) in routers {
+            y.push_str(&format!("- remoteip: {v4}\n  remoteasn: {asn}\n{pw}"));
+            y.push_str(&format!(
+                "- remoteip: {v6}\n  remoteasn: {asn}\n  localip: {}\n{pw}",
+                self.nodes[i].v6
+            ));
+        }
+        y
+    }
+
     /// Events recorded about Node `name` in the state directory: `(type, reason, message)`.
     pub fn node_events(&self, name: &str) -> Vec<(String, String, String)> {
         node_events(&self.state, name)
     }
 
     /// An upstream BIRD on the segment (`.2`/`::2`, AS [`BIRD_ASN`]) with a v4 and a v6
-    /// session to each node (protocols `n<i>_v4`, `n<i>_v6`, IPv4 resp. IPv6 only), MD5 with
+    /// session to each node (protocols `n<i>_v4` with both families, `n<i>_v6` IPv6 only), MD5 with
     /// `password` when given, routes into its kernel table (ECMP merged). `edit` may change
     /// the configuration (static routes, policies) before start.
     pub fn start_bird(
@@ -573,8 +596,8 @@ impl RouterCluster {
         Frr::start(&host, cfg)
     }
 
-    /// The neighbors an upstream router has: each node's v4 (IPv4 only) and v6 (IPv6 only)
-    /// address, named `n<i>_v4`/`n<i>_v6`, AS [`CLUSTER_ASN`].
+    /// The neighbors an upstream router has: each node's v4 (IPv4 and IPv6) and v6 (IPv6
+    /// only) address, named `n<i>_v4`/`n<i>_v6`, AS [`CLUSTER_ASN`].
     pub fn upstream_neighbors(
         &self,
         password: Option<&str>,
@@ -585,8 +608,10 @@ impl RouterCluster {
             for (af, addr) in [("v4", &n.v4), ("v6", &n.v6)] {
                 let mut nb = BgpNeighbor::new(addr.parse().expect("an address"), CLUSTER_ASN)
                     .named(&format!("{}_{af}", n.name));
+                // The v4 session carries both families (MP-BGP, as global peers given by
+                // IPv4 address do); the v6 one only IPv6.
                 nb.ipv4 = af == "v4";
-                nb.ipv6 = af == "v6";
+                nb.ipv6 = true;
                 nb.password = password.map(str::to_string);
                 edit(&mut nb);
                 out.push(nb);
@@ -605,6 +630,28 @@ impl RouterCluster {
         host.add_addr("eth0", &format!("{v6}/64"))?;
         Ok(host)
     }
+}
+
+/// Standard base64 (kube-router's passwords are base64).
+pub fn base64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The IP of `ss` address `1.2.3.4:179`, `[2001:db8::1]:179` or `[::ffff:1.2.3.4]:179`.
@@ -915,6 +962,14 @@ mod tests {
             Some("192.0.2.12".parse().unwrap())
         );
         assert_eq!(socket_ip("nonsense"), None);
+    }
+
+    #[test]
+    fn base64_pads() {
+        assert_eq!(base64("a"), "YQ==");
+        assert_eq!(base64("ab"), "YWI=");
+        assert_eq!(base64("abc"), "YWJj");
+        assert_eq!(base64("lab-md5-secret"), "bGFiLW1kNS1zZWNyZXQ=");
     }
 
     #[test]

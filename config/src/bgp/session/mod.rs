@@ -30,6 +30,9 @@ pub struct SessionStatus {
     pub negotiated: Option<Negotiated>,
     /// When the session last reached Established; `None` while it is not.
     pub established_since: Option<std::time::Instant>,
+    /// Families whose End-of-RIB the peer sent in this session: its initial table of them is
+    /// complete (a restarting router waits for these before removing routes it kept).
+    pub end_of_rib_received: Vec<super::fsm::Family>,
 }
 
 /// Counters for metrics.
@@ -94,6 +97,7 @@ impl Session {
             last_error: None,
             negotiated: None,
             established_since: None,
+            end_of_rib_received: Vec::new(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let received = Received::default();

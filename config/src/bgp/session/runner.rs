@@ -96,6 +96,8 @@ pub(super) struct Runner {
     status: watch::Sender<SessionStatus>,
     last_error: Option<String>,
     established_since: Option<std::time::Instant>,
+    /// Families whose End-of-RIB arrived in this session.
+    end_of_rib_received: Vec<Family>,
     /// The peer's graceful restart capability when the current session negotiated it.
     session_restart: Option<rib::PeerRestart>,
     /// Families whose received routes are stale, waiting for the peer's End-of-RIB.
@@ -147,6 +149,7 @@ impl Runner {
             status,
             last_error: None,
             established_since: None,
+            end_of_rib_received: Vec::new(),
             session_restart: None,
             stale_families: Vec::new(),
             stale_deadline: None,
@@ -162,6 +165,8 @@ impl Runner {
             self.bind_listener(&mut stop).await;
         }
         self.process(Event::ManualStart).await;
+        // A passive session shows Active while it waits, not Idle.
+        self.publish();
         loop {
             let next_timer = self.timers.next();
             let wake = tokio::select! {
@@ -223,7 +228,7 @@ impl Runner {
                 }
                 Wake::Inbound(Some(stream)) => self.inbound_connection(stream).await,
                 Wake::Inbound(None) => {
-                    tracing::warn!(%peer, "shared BGP listener went away");
+                    tracing::warn!(%peer, "another session registered for this peer on the shared BGP listener; this one gets no more connections");
                     self.inbound = None;
                 }
                 Wake::Accepted(Err(e)) => {
@@ -273,15 +278,24 @@ impl Runner {
     /// A connection from the peer through the shared listener. We never connect, so a
     /// second connection is not a collision between two directions (RFC 4271 §6.8) but the
     /// peer trying again:
-    /// - Established: the established connection is kept and the new one closed, as §6.8
-    ///   has it. If the old one is half-dead (the peer restarted), our next KEEPALIVE draws a
-    ///   reset, or at worst the hold timer expires; the session then returns to Active and
-    ///   the peer's next attempt is taken.
+    /// - Established without graceful restart: the established connection is kept and the
+    ///   new one closed, as §6.8 has it. If the old one is half-dead (the peer restarted),
+    ///   our next KEEPALIVE draws a reset, or at worst the hold timer expires; the session
+    ///   then returns to Active and the peer's next attempt is taken.
+    /// - Established with graceful restart: a peer that reconnects while we still hold its
+    ///   session has restarted (RFC 4724 §4.2 has the receiving speaker close the old
+    ///   session then): the old connection ends as if it broke, its routes stay stale, and
+    ///   the new one proceeds.
     /// - OpenSent/OpenConfirm: the peer gave up on the older connection before finishing the
     ///   OPEN exchange, so the newer one replaces it.
     async fn inbound_connection(&mut self, stream: TcpStream) {
         let peer = self.config.peer_address;
         match self.fsm.state() {
+            State::Established if self.session_restart.is_some() => {
+                tracing::info!(%peer, "new BGP connection from a graceful-restart peer while established: the peer restarted; the old connection is closed");
+                self.last_error = Some("peer reconnected (restarted)".into());
+                self.process(Event::TcpFailed).await;
+            }
             State::Established | State::Idle | State::Connect => {
                 tracing::info!(%peer, state = %self.fsm.state(), "refusing a second BGP connection from the peer");
                 drop(stream);
@@ -327,7 +341,9 @@ impl Runner {
 
     async fn attach(&mut self, stream: TcpStream) {
         let local = match stream.local_addr() {
-            Ok(a) => a.ip(),
+            // An IPv4 peer on a dual-stack listener shows as IPv4-mapped: our address is the
+            // IPv4 one (the default next hop, the router ID).
+            Ok(a) => a.ip().to_canonical(),
             Err(e) => {
                 self.last_error = Some(format!("local address: {e}"));
                 self.process(Event::TcpFailed).await;
@@ -480,6 +496,11 @@ impl Runner {
                 self.counters
                     .updates_received
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = u.is_end_of_rib()
+                    && !self.end_of_rib_received.contains(&f)
+                {
+                    self.end_of_rib_received.push(f);
+                }
                 let eor = u
                     .is_end_of_rib()
                     .filter(|f| self.stale_families.contains(f));
@@ -490,8 +511,20 @@ impl Runner {
                     }
                     tracing::debug!(%peer, family = ?f, "graceful restart: End-of-RIB, stale routes of the family removed");
                 }
+                let (local_id, ibgp, cluster_id) = (
+                    self.fsm.negotiated().map(|n| n.local_id),
+                    self.fsm.negotiated().is_some_and(|n| n.ibgp),
+                    self.config.cluster_id,
+                );
                 self.change_received(|r| {
-                    rib::apply_update(r, &u);
+                    rib::apply_update_with(r, &u, |route| {
+                        if !ibgp {
+                            // RFC 7606 §7.9/§7.10: these never come over eBGP; discarded.
+                            route.originator_id = None;
+                            route.cluster_list.clear();
+                        }
+                        !local_id.is_some_and(|id| rib::reflection_loop(route, id, cluster_id))
+                    });
                     if let Some(f) = eor {
                         rib::sweep_stale(r, f);
                     }
@@ -518,6 +551,7 @@ impl Runner {
                     self.last_error = Some(reason.to_string());
                 }
                 self.established_since = None;
+                self.end_of_rib_received.clear();
                 self.advertised.clear();
                 self.counters.prefixes_announced.store(0, Ordering::Relaxed);
                 self.session_lost(&reason);
@@ -613,8 +647,8 @@ impl Runner {
                     }
                 }
                 self.stale_families.retain(|f| retained.contains(f));
-                self.stale_deadline =
-                    Some(Instant::now() + Duration::from_secs(r.restart_time.into()));
+                self.stale_deadline = (!self.stale_families.is_empty())
+                    .then(|| Instant::now() + Duration::from_secs(r.restart_time.into()));
                 tracing::info!(%peer, restart_time = r.restart_time, families = ?retained, "graceful restart: keeping the peer's routes as stale");
                 self.change_received(|t| {
                     rib::mark_stale(t, &retained);
@@ -671,6 +705,7 @@ impl Runner {
             last_error: self.last_error.clone(),
             negotiated: self.fsm.negotiated().cloned(),
             established_since: self.established_since,
+            end_of_rib_received: self.end_of_rib_received.clone(),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

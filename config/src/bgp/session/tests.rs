@@ -440,6 +440,11 @@ async fn sessions_share_a_listener() {
         b2.status().negotiated.unwrap().peer_id,
         Ipv4Addr::new(127, 0, 0, 12)
     );
+    // Our address on the dual-stack listener is the IPv4 one, not IPv4-mapped.
+    assert_eq!(
+        b1.status().negotiated.unwrap().local_addr,
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
     assert!(closed_at_once("127.0.0.13", port).await, "unknown address");
     // A second connection from an established peer is closed; the session stays up.
     assert!(
@@ -509,8 +514,12 @@ async fn a_restarted_peer_gets_back_in_after_the_hold_time() {
 
 /// An UPDATE from the raw peer (AS 64513) announcing IPv4 `prefixes` via 192.0.2.9.
 fn announce(prefixes: &[&str]) -> Vec<u8> {
+    announce_with(prefixes, vec![])
+}
+
+fn announce_with(prefixes: &[&str], extra: Vec<wire::PathAttribute>) -> Vec<u8> {
     use crate::bgp::wire::{AS_SEQUENCE, AsSegment, Attr, PathAttribute, Update};
-    let u = Update {
+    let mut u = Update {
         attributes: vec![
             PathAttribute::new(Attr::Origin(0)),
             PathAttribute::new(Attr::AsPath(vec![AsSegment {
@@ -522,6 +531,7 @@ fn announce(prefixes: &[&str]) -> Vec<u8> {
         nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
         ..Update::default()
     };
+    u.attributes.extend(extra);
     Message::Update(u)
         .to_bytes(WireContext::FOUR_OCTET)
         .unwrap()
@@ -591,8 +601,17 @@ async fn graceful_restart_helper_keeps_stale_routes_until_end_of_rib() {
         .unwrap();
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().any(|r| !r.stale)).await);
     assert_eq!(s.received().len(), 2, "the other one still stale");
+    assert!(s.status().end_of_rib_received.is_empty());
     peer.write_all(&end_of_rib_v4()).await.unwrap();
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let mut rx = s.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|st| st.end_of_rib_received == [crate::bgp::fsm::IPV4_UNICAST]),
+    )
+    .await
+    .expect("End-of-RIB in the status")
+    .unwrap();
     assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), false)]);
     s.shutdown().await;
 }
@@ -648,5 +667,66 @@ async fn stale_routes_go_after_the_restart_time_or_without_graceful_restart() {
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
     drop(peer);
     assert!(wait_received(&s, Duration::from_secs(5), |r| r.is_empty()).await);
+    s.shutdown().await;
+}
+
+/// ORIGINATOR_ID and CLUSTER_LIST from an eBGP peer are discarded (RFC 7606 §7.9/§7.10);
+/// the route stays.
+#[tokio::test]
+async fn reflection_attributes_from_an_ebgp_peer_are_discarded() {
+    use crate::bgp::wire::{Attr, PathAttribute};
+    let port = free_loopback_port();
+    let s = Session::spawn(passive_on_loopback(port));
+    let (mut peer, _) = raw_peer(port, None).await;
+    let id = Ipv4Addr::new(192, 0, 2, 7);
+    peer.write_all(&announce_with(
+        &["203.0.113.0/24"],
+        vec![
+            PathAttribute::new(Attr::OriginatorId(id)),
+            PathAttribute::new(Attr::ClusterList(vec![id])),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let r = s.received().into_values().next().unwrap();
+    assert_eq!((r.originator_id, r.cluster_list.len()), (None, 0));
+    s.shutdown().await;
+}
+
+/// On a shared listener, a graceful-restart peer that connects again while its old
+/// connection still looks established has restarted: the new connection takes over and the
+/// routes stay, stale, until the new session refreshes them.
+#[tokio::test]
+async fn a_graceful_restart_peer_reconnecting_replaces_its_old_connection() {
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().port();
+    let mut c = passive_on(&listener, "127.0.0.1", None);
+    (c.my_asn, c.peer_asn) = (64512, 64513);
+    c.enable_graceful_restart = true;
+    let s = Session::spawn(c);
+    let (mut old, _) = raw_peer(port, Some(120)).await;
+    old.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.len() == 1).await);
+    let (mut new, _) = raw_peer(port, Some(120)).await;
+    assert!(s.wait_for(State::Established, Duration::from_secs(5)).await);
+    assert_eq!(s.counters().established_total.load(Ordering::Relaxed), 2);
+    assert_eq!(stale_map(&s), [("203.0.113.0/24".to_string(), true)]);
+    new.write_all(&announce(&["203.0.113.0/24"])).await.unwrap();
+    new.write_all(&end_of_rib_v4()).await.unwrap();
+    assert!(wait_received(&s, Duration::from_secs(5), |r| r.values().all(|r| !r.stale)).await);
+    assert_eq!(s.received().len(), 1);
+    // The old connection was closed by us.
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match old.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "old connection still open");
     s.shutdown().await;
 }
