@@ -624,6 +624,18 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
     kc.c.wait_all_pods_ping(STEP)
         .unwrap_or_else(|e| panic!("after n3 joined again: {e}\n{}", kc.c.logs()));
 
+    // Valid changes only: no Warning Event anywhere.
+    let warnings: Vec<Value> = kc
+        .api
+        .list(Kind::Event)
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "Warnings on valid changes: {warnings:?}"
+    );
+
     // No restart: the same processes throughout.
     assert_eq!(kc.pids(), pids, "a router restarted\n{}", kc.c.logs());
     for i in 0..3 {
