@@ -10,8 +10,9 @@
 //! (a pod CIDR, route-reflector roles, a Node leaving and rejoining) without a restart, bad
 //! annotations giving Warning Events created through the stand-in's events API while the
 //! routes stay, an outage of the stand-in (stopped for seconds, its watch history gone so the
-//! routers relist) that removes no installed route, and Services and EndpointSlices from the
-//! API deciding what an upstream BIRD learns. Needs root (network namespaces), and BIRD for
+//! routers relist) that removes no installed route, even with a router restarted meanwhile
+//! (graceful restart), and Services and EndpointSlices from the API deciding what an upstream
+//! BIRD learns. Needs root (network namespaces), and BIRD for
 //! the Service test; every wait is bounded (scaled by `METALNET_TEST_PATIENCE`) and the lab,
 //! processes and stand-in go on failure.
 
@@ -981,6 +982,65 @@ fn kube_services_from_the_api_reach_the_upstream_router() {
         );
     }
     kc.converge();
+    let refused = kc.refused();
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
+}
+
+/// A router restarted while the API is away (SIGKILL, with `--bgp-graceful-restart`): the new
+/// process waits for the API without touching the kernel, the other nodes keep its routes as
+/// graceful-restart helpers, and once the API is back it starts, peers again and catches up.
+/// No proto-17 route is deleted anywhere from the outage to the end, and a change made
+/// afterwards reaches the restarted router's kernel.
+#[test]
+fn kube_router_restarted_during_an_api_outage_keeps_routes() {
+    if !can_run(&["ethtool", "ping"]) {
+        return;
+    }
+    let mut kc = KubeCluster::start("rkube_gr", |c| {
+        c.common_args = vec!["--bgp-graceful-restart=true".into()];
+    });
+    kc.converge();
+    let monitor = RouteMonitor::start(&kc);
+
+    let KubeCluster { api, runtime, .. } = &mut kc;
+    runtime.block_on(api.stop());
+    api.compact();
+    kc.c.kill_router(2);
+    kc.c.start_router(2, &[]).unwrap();
+    kc.assert_routes_stay(OUTAGE, "n3 restarted while the API is away");
+    let KubeCluster { api, runtime, .. } = &mut kc;
+    runtime.block_on(api.resume()).unwrap();
+    let back = Instant::now();
+
+    // The new n3 starts once it has listed the cluster, and peers with both nodes again.
+    let others = [ip(&kc.c.nodes[0].v4), ip(&kc.c.nodes[1].v4)];
+    wait_for("the restarted n3 to peer again", AFTER_OUTAGE, || {
+        kc.c.router_sessions(2).is_ok_and(|s| {
+            others
+                .iter()
+                .all(|p| s.get(p).is_some_and(|(state, _)| state == "Established"))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));
+    eprintln!(
+        "the restarted n3 peered again {:?} after the API came back",
+        back.elapsed()
+    );
+    kc.assert_routes_stay(Duration::from_secs(3), "after n3 caught up");
+    let deleted = monitor.all_deleted();
+    assert!(
+        deleted.is_empty(),
+        "routes deleted across the restart during the outage: {deleted:?}\n{}",
+        kc.c.logs()
+    );
+
+    // The restarted router follows the API: n1's pod CIDRs move.
+    let old: Vec<IpNet> = kc.c.nodes[0].pod_cidrs.iter().map(|s| net(s)).collect();
+    kc.set_pod_cidrs(0, &["198.51.100.128/28", "2001:db8:100:fd::/64"]);
+    wait_for("n3 to follow n1's new pod CIDRs", STEP, || {
+        kc.c.has_full_pod_routes(2) && routes_none_of(&kc, 2, &old)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", kc.all_routes(), kc.c.logs()));
     let refused = kc.refused();
     assert!(refused.is_empty(), "requests refused: {refused:?}");
 }
