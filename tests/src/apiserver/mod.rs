@@ -93,6 +93,8 @@ struct Shared {
 /// The API server stand-in; shuts down when dropped.
 pub struct ApiServer {
     addr: SocketAddr,
+    /// The network namespace it listens in, when not the caller's (to listen again there).
+    netns: Option<String>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -118,21 +120,10 @@ impl ApiServer {
     /// the lab's links. Only the listening socket lives there: the socket keeps the namespace
     /// it was created in, so serving runs on the caller's runtime as usual.
     pub async fn start_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<ApiServer> {
-        let what = format!("binding the API stand-in to {addr} in network namespace {netns}");
-        let netns_name = netns.to_string();
-        let bound = tokio::task::spawn_blocking(move || {
-            metalnet::netlink::in_netns(&netns_name, move || {
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                Ok::<_, std::io::Error>(listener)
-            })
-        })
-        .await
-        .with_context(|| what.clone())?
-        .with_context(|| what.clone())?
-        .with_context(|| what.clone())?;
-        let listener = TcpListener::from_std(bound).with_context(|| what.clone())?;
-        ApiServer::serve_on(listener)
+        let listener = bind_in_netns(netns, addr).await?;
+        let mut server = ApiServer::serve_on(listener)?;
+        server.netns = Some(netns.to_string());
+        Ok(server)
     }
 
     /// Serves on a bound listener until dropped.
@@ -159,7 +150,37 @@ impl ApiServer {
             instance,
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
-        Ok(ApiServer { addr, shared, task })
+        Ok(ApiServer {
+            addr,
+            netns: None,
+            shared,
+            task,
+        })
+    }
+
+    /// Goes away as a crashed or restarting API server does: stops listening (connections
+    /// are refused) and ends every open connection and watch. The objects and their history
+    /// stay, as etcd keeps them; [`ApiServer::resume`] serves them again.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        // Once the task is gone, so are the listener and the connections it owned.
+        let _ = (&mut self.task).await;
+    }
+
+    /// Listens again on the same address (and namespace) after [`ApiServer::stop`], with the
+    /// same objects and resource versions; a no-op while serving.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        if !self.task.is_finished() {
+            return Ok(());
+        }
+        let listener = match &self.netns {
+            Some(netns) => bind_in_netns(netns, self.addr).await?,
+            None => TcpListener::bind(self.addr)
+                .await
+                .with_context(|| format!("binding the API stand-in to {} again", self.addr))?,
+        };
+        self.task = tokio::spawn(serve(listener, self.shared.clone()));
+        Ok(())
     }
 
     /// `http://ADDR:PORT`, where it listens (`127.0.0.1` unless started in a namespace).
@@ -283,6 +304,24 @@ impl ApiServer {
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.store.lock().unwrap().requests.clone()
     }
+}
+
+/// A listener on `addr` inside the network namespace `netns`.
+async fn bind_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let what = format!("binding the API stand-in to {addr} in network namespace {netns}");
+    let netns_name = netns.to_string();
+    let bound = tokio::task::spawn_blocking(move || {
+        metalnet::netlink::in_netns(&netns_name, move || {
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(listener)
+        })
+    })
+    .await
+    .with_context(|| what.clone())?
+    .with_context(|| what.clone())?
+    .with_context(|| what.clone())?;
+    TcpListener::from_std(bound).with_context(|| what.clone())
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {

@@ -299,6 +299,45 @@ async fn watch_from_version_and_410_after_compaction() {
 }
 
 #[tokio::test]
+async fn stop_refuses_and_ends_watches_and_resume_serves_the_same_objects() {
+    with_server(async |mut server| {
+        let api = services(&server, "default");
+        create_service(&api, "a").await;
+        let rv = list_version(&api).await;
+        let mut events = watch(&api, &WatchParams::default().timeout(30), &rv).await;
+
+        // Stopped: the open watch ends and new requests fail without an answer.
+        server.stop().await;
+        let ended = events.next().await;
+        assert!(
+            ended.is_none() || matches!(ended, Some(Err(_))),
+            "open watch ends at stop: {ended:?}"
+        );
+        let refused = api.get("a").await;
+        assert!(
+            matches!(&refused, Err(e) if !matches!(e, kube::Error::Api(_))),
+            "a stopped stand-in answers nothing: {refused:?}"
+        );
+        // Objects written meanwhile (as by another client of etcd) are there after resume.
+        server
+            .put(serde_json::to_value(service("b")).unwrap())
+            .unwrap();
+
+        server.resume().await.unwrap();
+        server.resume().await.unwrap();
+        let got = api.get("a").await.unwrap();
+        assert_eq!(got.metadata.name.as_deref(), Some("a"));
+        // A watch from the version seen before the stop resumes without a gap.
+        let mut events = watch(&api, &WatchParams::default().timeout(10), &rv).await;
+        match next_event(&mut events).await {
+            WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("b")),
+            other => panic!("expected ADDED b, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn watch_times_out_with_a_bookmark() {
     with_server(async |server| {
         let api = services(&server, "default");

@@ -92,6 +92,9 @@ pub struct RouterCluster {
     state: PathBuf,
     /// Arguments every router gets after the fixed ones (`--bgp-holdtime`, peers, ...).
     pub common_args: Vec<String>,
+    /// When set, routers read the cluster through this kubeconfig (an API server) instead of
+    /// the state directory; the Node objects are then the caller's to write there.
+    pub kubeconfig: Option<PathBuf>,
     // Last: dropped after the processes above.
     pub lab: Lab,
 }
@@ -186,6 +189,7 @@ impl RouterCluster {
             sw,
             state,
             common_args: Vec::new(),
+            kubeconfig: None,
             lab,
         };
         for i in 0..cluster.nodes.len() {
@@ -272,14 +276,19 @@ impl RouterCluster {
         self.write_node(i)
     }
 
-    /// The router's command line for node `i`: the fixed part, [`Self::common_args`], `extra`.
+    /// The router's command line for node `i`: the fixed part (`--state-dir`, or
+    /// `--kubeconfig` when [`Self::kubeconfig`] is set), [`Self::common_args`], `extra`.
     pub fn router_args(&self, i: usize, extra: &[&str]) -> Result<Vec<String>> {
         let bin = router_binary()?;
+        let (source_flag, source) = match &self.kubeconfig {
+            Some(k) => ("--kubeconfig", k.display().to_string()),
+            None => ("--state-dir", self.state.display().to_string()),
+        };
         let mut args = vec![
             bin.display().to_string(),
             "--run-router".into(),
-            "--state-dir".into(),
-            self.state.display().to_string(),
+            source_flag.into(),
+            source,
             "--node-name".into(),
             self.nodes[i].name.clone(),
             "--metrics-addr".into(),
