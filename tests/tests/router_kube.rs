@@ -25,7 +25,9 @@ use metalnet::state::Kind;
 use metalnet::testing::{Manifest, endpoint_slice, service};
 use metalnet_lab::Host;
 use metalnet_lab::apiserver::{ApiServer, RequestRecord};
-use metalnet_lab::lab::router::{BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, RouterCluster};
+use metalnet_lab::lab::router::{
+    BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, RouterCluster, pin_neighbours,
+};
 use metalnet_lab::lab::{BgpRouter, wait_for};
 use serde_json::Value;
 
@@ -73,103 +75,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address literal")
 }
 
-/// One end of a link: a host, its interface, and the addresses it holds there.
-struct LinkEnd<'a> {
-    host: &'a Host,
-    ifname: &'a str,
-    addrs: Vec<String>,
-}
-
-/// Permanent neighbour entries between every pair of `ends` (one link or segment), IPv4 and
-/// IPv6. The kernel's ARP and ND tables are one for all namespaces and a big lab running at
-/// the same time (a 50-node bench) fills them ("neighbor table overflow"), after which new
-/// neighbours never resolve; permanent entries are exempt from that limit. Neighbour
-/// resolution is the kernel's, not the router's, so nothing under test is bypassed.
-fn pin_neighbours(ends: &[LinkEnd]) {
-    let macs: Vec<String> = ends.iter().map(|e| e.host.mac(e.ifname).unwrap()).collect();
-    for (a, end) in ends.iter().enumerate() {
-        for (b, other) in ends.iter().enumerate() {
-            if a == b {
-                continue;
-            }
-            for addr in &other.addrs {
-                end.host
-                    .exec_ok(&[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        addr,
-                        "lladdr",
-                        &macs[b],
-                        "dev",
-                        end.ifname,
-                        "nud",
-                        "permanent",
-                    ])
-                    .unwrap();
-            }
-        }
-    }
-}
-
-/// The segment's end of every node, plus `extra` hosts on it (`eth0`, v4 and v6).
-fn segment_ends<'a>(c: &'a RouterCluster, extra: &[(&'a Host, &str, &str)]) -> Vec<LinkEnd<'a>> {
-    let mut ends: Vec<LinkEnd> = c
-        .nodes
-        .iter()
-        .map(|n| LinkEnd {
-            host: &n.host,
-            ifname: "eth0",
-            addrs: vec![n.v4.clone(), n.v6.clone()],
-        })
-        .collect();
-    for (host, v4, v6) in extra {
-        ends.push(LinkEnd {
-            host,
-            ifname: "eth0",
-            addrs: vec![v4.to_string(), v6.to_string()],
-        });
-    }
-    ends
-}
-
-/// Pins the neighbours of the segment (nodes and `extra` hosts) and of every node's pod link
-/// (the node's gateway addresses on `pod0`, the pod's on its `eth0`).
-fn pin_cluster_neighbours(c: &RouterCluster, extra: &[(&Host, &str, &str)]) {
-    pin_neighbours(&segment_ends(c, extra));
-    for n in &c.nodes {
-        let Some(pod) = &n.pod else { continue };
-        let gateways: Vec<String> = n
-            .host
-            .exec_ok(&["ip", "-j", "addr", "show", "dev", "pod0"])
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .into_iter()
-            .flat_map(|v| {
-                v.as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-                    .filter(|a| a["scope"] == "global")
-                    .filter_map(|a| a["local"].as_str().map(str::to_string))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        pin_neighbours(&[
-            LinkEnd {
-                host: &n.host,
-                ifname: "pod0",
-                addrs: gateways,
-            },
-            LinkEnd {
-                host: pod,
-                ifname: "eth0",
-                addrs: n.pod_ips.clone(),
-            },
-        ]);
-    }
-}
-
 /// A router cluster whose routers read the stand-in. Fields drop in order: the routers and
 /// namespaces first, then the stand-in, then the runtime serving it.
 struct KubeCluster {
@@ -190,7 +95,8 @@ impl KubeCluster {
         let mut c = RouterCluster::new(test, ClusterOptions::new(3)).unwrap();
         setup(&mut c);
         let host = c.upstream_host(API_HOST, API_V4, API_V6).unwrap();
-        pin_cluster_neighbours(&c, &[(&host, API_V4, API_V6)]);
+        c.pin_neighbours(&[(&host, API_V4, API_V6)])
+            .expect("pinning neighbours");
         let api = runtime
             .block_on(ApiServer::start_in_netns(
                 host.netns(),
@@ -922,7 +828,7 @@ fn kube_services_from_the_api_reach_the_upstream_router() {
     let bird = kc.c.start_bird(None, |_| {}).unwrap();
     // BIRD joins the segment: its neighbour entries and the nodes' ones for it are pinned too.
     let bird_end: Vec<(&Host, &str, &str)> = vec![(bird.host(), BIRD_V4, BIRD_V6)];
-    pin_neighbours(&segment_ends(&kc.c, &bird_end));
+    pin_neighbours(&kc.c.segment_ends(&bird_end)).expect("pinning neighbours");
     for n in &kc.c.nodes {
         bird.wait_established(&format!("{}_v4", n.name), CONVERGE)
             .unwrap_or_else(|e| panic!("{e}\n{}", kc.c.logs()));

@@ -901,6 +901,117 @@ pub fn time_until(
     }
 }
 
+/// One end of a link: a host, its interface, and the addresses it holds there.
+pub struct LinkEnd<'a> {
+    pub host: &'a Host,
+    pub ifname: &'a str,
+    pub addrs: Vec<String>,
+}
+
+/// Permanent neighbour entries between every pair of `ends` (one link or segment), IPv4 and
+/// IPv6. The kernel's ARP and ND tables are one for all namespaces, capped at 1,024
+/// entries that it may collect (`gc_thresh3`, settable only in the machine's own namespace);
+/// a 50-node full mesh needs 2,450 and a big lab fills them for every other test ("neighbor
+/// table overflow"), after which new neighbours never resolve. Permanent entries are exempt
+/// from that cap. Neighbour resolution is the kernel's, not the router's, so nothing under
+/// test is bypassed. One `ip -batch` per end.
+pub fn pin_neighbours(ends: &[LinkEnd]) -> Result<()> {
+    let macs = ends
+        .iter()
+        .map(|e| e.host.mac(e.ifname))
+        .collect::<Result<Vec<String>>>()?;
+    for (a, end) in ends.iter().enumerate() {
+        let mut batch = String::new();
+        for (b, other) in ends.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            for addr in &other.addrs {
+                batch.push_str(&format!(
+                    "neigh replace {addr} lladdr {} dev {} nud permanent\n",
+                    macs[b], end.ifname
+                ));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let file = std::env::temp_dir().join(format!(
+            "mnl-neigh-{}-{}.batch",
+            std::process::id(),
+            end.host.netns()
+        ));
+        std::fs::write(&file, &batch).map_err(io_err(file.display().to_string()))?;
+        let path = file.to_string_lossy().into_owned();
+        let done = end.host.exec_ok(&["ip", "-batch", &path]);
+        let _ = std::fs::remove_file(&file);
+        done?;
+    }
+    Ok(())
+}
+
+impl RouterCluster {
+    /// The segment's end of every node, plus `extra` hosts on it (`eth0`, v4 and v6).
+    pub fn segment_ends<'a>(&'a self, extra: &[(&'a Host, &str, &str)]) -> Vec<LinkEnd<'a>> {
+        let mut ends: Vec<LinkEnd> = self
+            .nodes
+            .iter()
+            .map(|n| LinkEnd {
+                host: &n.host,
+                ifname: "eth0",
+                addrs: vec![n.v4.clone(), n.v6.clone()],
+            })
+            .collect();
+        for (host, v4, v6) in extra {
+            ends.push(LinkEnd {
+                host,
+                ifname: "eth0",
+                addrs: vec![v4.to_string(), v6.to_string()],
+            });
+        }
+        ends
+    }
+
+    /// Pins the neighbours of the segment (nodes and `extra` hosts) and of every node's pod
+    /// link (the node's gateway addresses on `pod0`, the pod's on its `eth0`); see
+    /// [`pin_neighbours`].
+    pub fn pin_neighbours(&self, extra: &[(&Host, &str, &str)]) -> Result<()> {
+        pin_neighbours(&self.segment_ends(extra))?;
+        for n in &self.nodes {
+            let Some(pod) = &n.pod else { continue };
+            let gateways: Vec<String> = n
+                .host
+                .exec_ok(&["ip", "-j", "addr", "show", "dev", "pod0"])
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .into_iter()
+                .flat_map(|v| {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+                        .filter(|a| a["scope"] == "global")
+                        .filter_map(|a| a["local"].as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            pin_neighbours(&[
+                LinkEnd {
+                    host: &n.host,
+                    ifname: "pod0",
+                    addrs: gateways,
+                },
+                LinkEnd {
+                    host: pod,
+                    ifname: "eth0",
+                    addrs: n.pod_ips.clone(),
+                },
+            ])?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
