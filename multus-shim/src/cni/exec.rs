@@ -128,7 +128,7 @@ impl Exec {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let what = format!("network {network:?}: plugin {ty:?} ({})", command.as_str());
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut child = spawn(&mut cmd).await.map_err(|e| {
             CniError::new(
                 CniError::IO,
                 format!("{what}: cannot start {}: {e}", bin.display()),
@@ -371,6 +371,23 @@ fn truncate(s: &str, n: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Starts `cmd`, trying again for a moment while the binary is "busy": a plugin file that
+/// was just written (an installer copying it, or another thread of this process forking
+/// while it still held the file open for writing) cannot be executed until every writer has
+/// closed it, which takes microseconds.
+async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 #[cfg(test)]
