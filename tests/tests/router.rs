@@ -616,62 +616,6 @@ fn assert_bird_kept(
     }
 }
 
-/// A router's own sessions at one moment.
-struct Sessions {
-    at: Instant,
-    node: usize,
-    map: BTreeMap<IpAddr, (String, Option<u64>)>,
-}
-
-fn router_sessions(c: &RouterCluster, i: usize) -> Sessions {
-    let map = c
-        .router_sessions(i)
-        .unwrap_or_else(|e| panic!("explain on {}: {e}\n{}", c.nodes[i].name, c.logs()));
-    Sessions {
-        at: Instant::now(),
-        node: i,
-        map,
-    }
-}
-
-/// Every session of `before` towards one of `peers` that was Established is still Established
-/// now, with an uptime that kept counting (not reset in between).
-fn assert_sessions_kept(c: &RouterCluster, before: &Sessions, peers: &[IpAddr]) {
-    let now = router_sessions(c, before.node);
-    let elapsed = before.at.elapsed().as_secs();
-    let mut checked = 0;
-    for p in peers {
-        let Some((state, Some(up))) = before.map.get(p) else {
-            continue;
-        };
-        if state != "Established" {
-            continue;
-        }
-        checked += 1;
-        let after = now.map.get(p);
-        let kept =
-            matches!(after, Some((s, Some(u))) if s == "Established" && *u + 2 >= up + elapsed);
-        assert!(
-            kept,
-            "{}'s session to {p} was reset: before {:?}, {elapsed}s later {after:?}\n{}",
-            c.nodes[before.node].name,
-            (state, up),
-            c.logs()
-        );
-    }
-    assert!(
-        checked > 0,
-        "{}: no Established session to {peers:?} to check: {:?}",
-        c.nodes[before.node].name,
-        before.map
-    );
-}
-
-/// Both addresses of node `j`.
-fn addrs(c: &RouterCluster, j: usize) -> [IpAddr; 2] {
-    [ip(&c.nodes[j].v4), ip(&c.nodes[j].v6)]
-}
-
 /// Live reconfiguration on running routers: the peers annotation, the node ASN and the rr
 /// annotations change on one node; routes converge without a restart (same pids) and the
 /// sessions not concerned never leave Established (BIRD's `Since`, FRR's established epoch).
@@ -707,8 +651,8 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
     assert_eq!(before.len(), 8, "{before:?}");
     let bird_addrs = [ip(BIRD_V4), ip(BIRD_V6)];
     let frr_addrs = [ip(FRR_V4), ip(FRR_V6)];
-    let n1_before = router_sessions(&c, 0);
-    let n4_before = router_sessions(&c, 3);
+    let n1_before = c.session_snapshot(0);
+    let n4_before = c.session_snapshot(3);
 
     // 1. n4 also peers with FRR: FRR sessions come up, every BIRD session stays.
     let peers_both = c.peers_annotation(
@@ -734,15 +678,15 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
         &before.keys().map(String::as_str).collect::<Vec<_>>(),
     );
     // The routers' own view: n1's sessions to every node, n4's to the nodes and BIRD.
-    let others: Vec<IpAddr> = (1..4).flat_map(|j| addrs(&c, j)).collect();
-    assert_sessions_kept(&c, &n1_before, &others);
-    let mut n4_peers: Vec<IpAddr> = (0..3).flat_map(|j| addrs(&c, j)).collect();
+    let others: Vec<IpAddr> = (1..4).flat_map(|j| c.node_addrs(j)).collect();
+    c.assert_sessions_kept(&n1_before, &others);
+    let mut n4_peers: Vec<IpAddr> = (0..3).flat_map(|j| c.node_addrs(j)).collect();
     n4_peers.extend(bird_addrs);
-    assert_sessions_kept(&c, &n4_before, &n4_peers);
+    c.assert_sessions_kept(&n4_before, &n4_peers);
     std::thread::sleep(Duration::from_millis(1100));
     let frr_before = frr_peer_uptimes(&frr).unwrap();
-    let n1_before = router_sessions(&c, 0);
-    let n4_before = router_sessions(&c, 3);
+    let n1_before = c.session_snapshot(0);
+    let n4_before = c.session_snapshot(3);
 
     // 2. n3's ASN changes (without full mesh nodes peer only within their node.asn): n3
     // leaves the mesh, the others drop its pod routes; then it comes back. n3's sessions are
@@ -770,14 +714,14 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
         &["n1_v4", "n1_v6", "n2_v4", "n2_v6", "n4_v4", "n4_v6"],
     );
     assert_frr_kept(&frr, &frr_before, &c);
-    let mut n1_peers: Vec<IpAddr> = [1, 3].iter().flat_map(|&j| addrs(&c, j)).collect();
+    let mut n1_peers: Vec<IpAddr> = [1, 3].iter().flat_map(|&j| c.node_addrs(j)).collect();
     n1_peers.extend(bird_addrs);
-    assert_sessions_kept(&c, &n1_before, &n1_peers);
-    let mut n4_peers: Vec<IpAddr> = [0, 1].iter().flat_map(|&j| addrs(&c, j)).collect();
+    c.assert_sessions_kept(&n1_before, &n1_peers);
+    let mut n4_peers: Vec<IpAddr> = [0, 1].iter().flat_map(|&j| c.node_addrs(j)).collect();
     n4_peers.extend(bird_addrs);
     n4_peers.extend(frr_addrs);
-    assert_sessions_kept(&c, &n4_before, &n4_peers);
-    let n4_before = router_sessions(&c, 3);
+    c.assert_sessions_kept(&n4_before, &n4_peers);
+    let n4_before = c.session_snapshot(3);
 
     // 3. Route reflection on n1 (server) and n2 (client): everything still routes, the
     // upstream sessions stay.
@@ -795,10 +739,10 @@ fn live_reconfiguration_keeps_unconcerned_sessions() {
     );
     assert_frr_kept(&frr, &frr_before, &c);
     // n4's sessions to n3 (neither changed) and to the upstream routers.
-    let mut n4_peers: Vec<IpAddr> = addrs(&c, 2).to_vec();
+    let mut n4_peers: Vec<IpAddr> = c.node_addrs(2).to_vec();
     n4_peers.extend(bird_addrs);
     n4_peers.extend(frr_addrs);
-    assert_sessions_kept(&c, &n4_before, &n4_peers);
+    c.assert_sessions_kept(&n4_before, &n4_peers);
 
     // No restart: the same processes throughout.
     for (i, n) in c.nodes.iter().enumerate() {
@@ -1123,7 +1067,7 @@ fn node_leaving_and_joining_live() {
     c.start_all(&[]).unwrap();
     converge(&c);
     std::thread::sleep(Duration::from_millis(1100));
-    let n1_before = router_sessions(&c, 0);
+    let n1_before = c.session_snapshot(0);
     c.remove_manifest("node-n4.json").unwrap();
     let took = wait_routes_gone(&c, 3, Duration::from_secs(5));
     eprintln!("n4's routes gone {took:?} after its Node was deleted");
@@ -1134,8 +1078,8 @@ fn node_leaving_and_joining_live() {
         "n4's routes back {:?} after its Node came back",
         t.elapsed()
     );
-    let peers: Vec<IpAddr> = (1..3).flat_map(|j| addrs(&c, j)).collect();
-    assert_sessions_kept(&c, &n1_before, &peers);
+    let peers: Vec<IpAddr> = (1..3).flat_map(|j| c.node_addrs(j)).collect();
+    c.assert_sessions_kept(&n1_before, &peers);
     for i in 0..4 {
         assert!(c.router_running(i), "{}", c.logs());
     }

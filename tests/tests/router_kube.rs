@@ -16,7 +16,6 @@
 //! the Service test; every wait is bounded (scaled by `METALNET_TEST_PATIENCE`) and the lab,
 //! processes and stand-in go on failure.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -298,62 +297,6 @@ impl RouteMonitor {
     }
 }
 
-/// A router's own sessions at one moment (`explain node <itself>`).
-struct Sessions {
-    at: Instant,
-    node: usize,
-    map: BTreeMap<IpAddr, (String, Option<u64>)>,
-}
-
-fn router_sessions(kc: &KubeCluster, i: usize) -> Sessions {
-    let map =
-        kc.c.router_sessions(i)
-            .unwrap_or_else(|e| panic!("explain on {}: {e}\n{}", kc.c.nodes[i].name, kc.c.logs()));
-    Sessions {
-        at: Instant::now(),
-        node: i,
-        map,
-    }
-}
-
-/// Every session of `before` to one of `peers` that was Established still is, with an uptime
-/// that kept counting (never reset in between).
-fn assert_sessions_kept(kc: &KubeCluster, before: &Sessions, peers: &[IpAddr]) {
-    let now = router_sessions(kc, before.node);
-    let elapsed = before.at.elapsed().as_secs();
-    let mut checked = 0;
-    for p in peers {
-        let Some((state, Some(up))) = before.map.get(p) else {
-            continue;
-        };
-        if state != "Established" {
-            continue;
-        }
-        checked += 1;
-        let after = now.map.get(p);
-        let kept =
-            matches!(after, Some((s, Some(u))) if s == "Established" && *u + 2 >= up + elapsed);
-        assert!(
-            kept,
-            "{}'s session to {p} was reset: before {:?}, {elapsed}s later {after:?}\n{}",
-            kc.c.nodes[before.node].name,
-            (state, up),
-            kc.c.logs()
-        );
-    }
-    assert!(
-        checked > 0,
-        "{}: no Established session to {peers:?} to check: {:?}",
-        kc.c.nodes[before.node].name,
-        before.map
-    );
-}
-
-/// Both addresses of node `j`.
-fn addrs(kc: &KubeCluster, j: usize) -> [IpAddr; 2] {
-    [ip(&kc.c.nodes[j].v4), ip(&kc.c.nodes[j].v6)]
-}
-
 /// Whether node `i` has a proto-17 route to none of `cidrs`.
 fn routes_none_of(kc: &KubeCluster, i: usize, cidrs: &[IpNet]) -> bool {
     let have = kc.c.proto17_destinations(i);
@@ -419,8 +362,8 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
     let pids = kc.pids();
     // Let the session uptimes tick past a second so a reset would show.
     std::thread::sleep(Duration::from_millis(1100));
-    let n1_before = router_sessions(&kc, 0);
-    let n2_before = router_sessions(&kc, 1);
+    let n1_before = kc.c.session_snapshot(0);
+    let n2_before = kc.c.session_snapshot(1);
 
     // 1. n3's pod CIDRs change in the API: the others route the new ones, drop the old.
     let old: Vec<IpNet> = kc.c.nodes[2].pod_cidrs.iter().map(|s| net(s)).collect();
@@ -448,8 +391,14 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
         );
     }
     // A pod CIDR change is an UPDATE, not a reason to reset a session.
-    assert_sessions_kept(&kc, &n1_before, &[addrs(&kc, 1), addrs(&kc, 2)].concat());
-    assert_sessions_kept(&kc, &n2_before, &[addrs(&kc, 0), addrs(&kc, 2)].concat());
+    kc.c.assert_sessions_kept(
+        &n1_before,
+        &[kc.c.node_addrs(1), kc.c.node_addrs(2)].concat(),
+    );
+    kc.c.assert_sessions_kept(
+        &n2_before,
+        &[kc.c.node_addrs(0), kc.c.node_addrs(2)].concat(),
+    );
 
     // 2. Back again: pods on n3 (addressed from the original CIDRs) are reachable again.
     let original: Vec<String> = old.iter().map(IpNet::to_string).collect();
@@ -475,7 +424,7 @@ fn kube_live_changes_through_the_api_converge_without_restart() {
     kc.set_annotation(0, "kube-router.io/rr.server", Some("42"));
     kc.set_annotation(1, "kube-router.io/rr.client", Some("42"));
     kc.set_annotation(2, "kube-router.io/rr.client", Some("42"));
-    let server = addrs(&kc, 0);
+    let server = kc.c.node_addrs(0);
     for i in [1, 2] {
         wait_for(
             &format!("client {} to peer with the server only", kc.c.nodes[i].name),

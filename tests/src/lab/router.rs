@@ -1012,6 +1012,67 @@ impl RouterCluster {
     }
 }
 
+/// A router's sessions at one moment (from its `explain node`), to check later that none was
+/// reset in between.
+pub struct SessionSnapshot {
+    pub at: Instant,
+    pub node: usize,
+    pub map: BTreeMap<IpAddr, (String, Option<u64>)>,
+}
+
+impl RouterCluster {
+    /// Node `i`'s sessions now; panics with the routers' logs when its router cannot say.
+    pub fn session_snapshot(&self, i: usize) -> SessionSnapshot {
+        let map = self
+            .router_sessions(i)
+            .unwrap_or_else(|e| panic!("explain on {}: {e}\n{}", self.nodes[i].name, self.logs()));
+        SessionSnapshot {
+            at: Instant::now(),
+            node: i,
+            map,
+        }
+    }
+
+    /// Every session of `before` towards one of `peers` that was Established is still
+    /// Established now, with an uptime that kept counting (not reset in between).
+    pub fn assert_sessions_kept(&self, before: &SessionSnapshot, peers: &[IpAddr]) {
+        let now = self.session_snapshot(before.node);
+        let elapsed = before.at.elapsed().as_secs();
+        let mut checked = 0;
+        for p in peers {
+            let Some((state, Some(up))) = before.map.get(p) else {
+                continue;
+            };
+            if state != "Established" {
+                continue;
+            }
+            checked += 1;
+            let after = now.map.get(p);
+            let kept =
+                matches!(after, Some((s, Some(u))) if s == "Established" && *u + 2 >= up + elapsed);
+            assert!(
+                kept,
+                "{}'s session to {p} was reset: before {:?}, {elapsed}s later {after:?}\n{}",
+                self.nodes[before.node].name,
+                (state, up),
+                self.logs()
+            );
+        }
+        assert!(
+            checked > 0,
+            "{}: no Established session to {peers:?} to check: {:?}",
+            self.nodes[before.node].name,
+            before.map
+        );
+    }
+
+    /// Both addresses of node `j`.
+    pub fn node_addrs(&self, j: usize) -> [IpAddr; 2] {
+        let parse = |a: &str| a.parse().expect("the lab's own node address");
+        [parse(&self.nodes[j].v4), parse(&self.nodes[j].v6)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
