@@ -12,9 +12,9 @@ use ipnet::IpNet;
 use metalnet::testing::{Manifest, endpoint_slice, service};
 use metalnet_lab::lab::router::{
     BIRD_ASN, BIRD_V4, BIRD_V6, CLUSTER_ASN, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, METRICS_ADDR,
-    RouterCluster, base64, bird_protocol_since, frr_peer_uptimes, router_binary, routes_with_proto,
+    RouterCluster, bird_protocol_since, frr_peer_uptimes, router_binary, routes_with_proto,
 };
-use metalnet_lab::lab::{BgpRouter, Community, StaticRoute, wait_for};
+use metalnet_lab::lab::{BgpRouter, Community, StaticRoute, base64, wait_for};
 
 /// Convergence of a small cluster.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -261,7 +261,7 @@ fn route_reflectors_two_servers_three_clients() {
 /// sessions carry IPv6 too; a global peer of the other family than the node's primary
 /// address is skipped, as there is no flag for a per-peer source address).
 fn global_peer_args() -> Vec<String> {
-    let pw = base64(PASSWORD);
+    let pw = base64(PASSWORD.as_bytes());
     vec![
         format!("--peer-router-ips={BIRD_V4},{FRR_V4}"),
         format!("--peer-router-asns={BIRD_ASN},{FRR_ASN}"),

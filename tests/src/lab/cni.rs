@@ -720,7 +720,7 @@ impl Runtime {
     }
 
     fn write_cache(&self, conf: &NetConf, att: &Attachment, result: &Value) -> std::io::Result<()> {
-        use base64_engine::encode;
+        use super::base64 as encode;
         let path = self.cache_path(conf.name(), &att.container_id, &att.ifname);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -858,31 +858,6 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, LabError> {
     })
 }
 
-/// Standard base64 (with padding), as Go's encoding/json writes `[]byte`.
-mod base64_engine {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
 /// A map of `KEY=VALUE` pairs from `CNI_ARGS` text.
 pub fn parse_cni_args(s: &str) -> BTreeMap<String, String> {
     s.split(';')
@@ -897,11 +872,11 @@ mod tests {
 
     #[test]
     fn base64_matches_go() {
-        assert_eq!(base64_engine::encode(b""), "");
-        assert_eq!(base64_engine::encode(b"f"), "Zg==");
-        assert_eq!(base64_engine::encode(b"fo"), "Zm8=");
-        assert_eq!(base64_engine::encode(b"foo"), "Zm9v");
-        assert_eq!(base64_engine::encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::super::base64(b""), "");
+        assert_eq!(super::super::base64(b"f"), "Zg==");
+        assert_eq!(super::super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::super::base64(b"foobar"), "Zm9vYmFy");
     }
 
     #[test]

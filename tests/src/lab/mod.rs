@@ -112,6 +112,13 @@ pub(crate) fn display_cmd<S: AsRef<OsStr>>(args: &[S]) -> String {
         .join(" ")
 }
 
+/// Standard base64 with padding: how Go's encoding/json writes `[]byte` (CNI caches) and how
+/// kube-router reads its passwords.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` (scaled by the patience factor,
 /// [`PATIENCE_VAR`]) passes.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {

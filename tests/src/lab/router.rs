@@ -16,7 +16,7 @@
 
 use super::bird::{Bird, BirdConfig};
 use super::frr::{Frr, FrrConfig};
-use super::{BgpNeighbor, Host, Lab, LabError, Process, Result, Switch, io_err, wait_for};
+use super::{BgpNeighbor, Host, Lab, LabError, Process, Result, Switch, base64, io_err, wait_for};
 use ipnet::IpNet;
 use metalnet::testing::{Manifest, node};
 use serde_json::Value;
@@ -547,7 +547,7 @@ impl RouterCluster {
         password: Option<&str>,
     ) -> String {
         let pw = password
-            .map(|p| format!("  password: {}\n", base64(p)))
+            .map(|p| format!("  password: {}\n", base64(p.as_bytes())))
             .unwrap_or_default();
         let mut y = String::new();
         for (v4, v6, asn) in routers {
@@ -630,28 +630,6 @@ impl RouterCluster {
         host.add_addr("eth0", &format!("{v6}/64"))?;
         Ok(host)
     }
-}
-
-/// Standard base64 (kube-router's passwords are base64).
-pub fn base64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in s.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The IP of `ss` address `1.2.3.4:179`, `[2001:db8::1]:179` or `[::ffff:1.2.3.4]:179`.
@@ -1138,10 +1116,10 @@ mod tests {
 
     #[test]
     fn base64_pads() {
-        assert_eq!(base64("a"), "YQ==");
-        assert_eq!(base64("ab"), "YWI=");
-        assert_eq!(base64("abc"), "YWJj");
-        assert_eq!(base64("lab-md5-secret"), "bGFiLW1kNS1zZWNyZXQ=");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(base64(b"lab-md5-secret"), "bGFiLW1kNS1zZWNyZXQ=");
     }
 
     #[test]
