@@ -53,6 +53,15 @@ fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> Option<&'a V
         .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
 }
 
+/// Whether the ClusterRole `role` grants `verb` on `resource` of API group `group`.
+fn grants(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    role["rules"].as_array().unwrap().iter().any(|r| {
+        str_list(&r["apiGroups"]).iter().any(|g| g == group)
+            && str_list(&r["resources"]).iter().any(|x| x == resource)
+            && str_list(&r["verbs"]).iter().any(|v| v == verb)
+    })
+}
+
 fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
         .into_iter()
@@ -219,13 +228,7 @@ fn multus_manifest_holds_together() {
 
     // RBAC: each (group, resource, verb) the daemon uses is granted.
     let role = find(&docs, "ClusterRole", "multus-shim").expect("ClusterRole multus-shim");
-    let granted = |group: &str, resource: &str, verb: &str| {
-        role["rules"].as_array().unwrap().iter().any(|r| {
-            str_list(&r["apiGroups"]).iter().any(|g| g == group)
-                && str_list(&r["resources"]).iter().any(|x| x == resource)
-                && str_list(&r["verbs"]).iter().any(|v| v == verb)
-        })
-    };
+    let granted = |group: &str, resource: &str, verb: &str| grants(role, group, resource, verb);
     for verb in ["get", "list", "watch"] {
         assert!(granted("", "pods", verb), "pods {verb}");
         assert!(
@@ -351,13 +354,7 @@ fn router_manifest_holds_together() {
         })
         .collect();
     let role = find(&docs, "ClusterRole", "metalnet-router").expect("ClusterRole metalnet-router");
-    let granted = |group: &str, resource: &str, verb: &str| {
-        role["rules"].as_array().unwrap().iter().any(|r| {
-            str_list(&r["apiGroups"]).iter().any(|g| g == group)
-                && str_list(&r["resources"]).iter().any(|x| x == resource)
-                && str_list(&r["verbs"]).iter().any(|v| v == verb)
-        })
-    };
+    let granted = |group: &str, resource: &str, verb: &str| grants(role, group, resource, verb);
     for verb in ["get", "list", "watch"] {
         assert!(granted("", "nodes", verb), "nodes {verb}");
         assert!(granted("", "services", verb), "services {verb}");
