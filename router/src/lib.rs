@@ -4,8 +4,10 @@
 //!   annotations, route protocol 17), on the shared BGP engine ([`metalnet::bgp`]), with live
 //!   reconfiguration.
 //!
-//! The eBPF service proxy (`--run-service-proxy`) is not built yet.
+//! - [`proxy`] (`--run-service-proxy`): an eBPF kube-proxy replacement (socket-LB on the cgroup
+//!   v2 root, per-packet load balancing on TCX), fed by a pure control plane.
 
 #![forbid(unsafe_code)]
 
+pub mod proxy;
 pub mod routing;

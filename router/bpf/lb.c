@@ -1,0 +1,4 @@
+/* lb: the lb programs (to be written). */
+#include "proxy.h"
+
+char _license[] SEC("license") = "GPL";
