@@ -155,8 +155,17 @@ struct mn_src_range_key {
 
 /* --- node and global configuration ---------------------------------------------------- */
 
-/* Addresses of this node, for NodePort (the wildcard frontend applies to these only). */
-/* mn_node_addr: key __u8[16], value __u32 (flags, 0) */
+/* Addresses of this node, for NodePort (the wildcard frontend applies to these only).
+ * mn_node_addr: key __u8[16], value __u32 (0). */
+
+/* In-cluster sources (--cluster-cidr, as kube-proxy's local detector): traffic from these or
+ * from a node address is in-cluster and uses a frontend's INTERNAL entry when there is one;
+ * loadBalancerSourceRanges and Maglev apply to the rest. LPM trie: prefixlen in IPv6 terms
+ * (IPv4 as ::ffff:0:0/96 + len). */
+struct mn_cidr_key {
+	__u32 prefixlen;
+	__u8 addr[MN_ADDR_LEN];
+};                              /* 20 bytes -> __u8 1 */
 
 struct mn_config {
 	__u64 host_netns_cookie; /* --socket-lb=host-only: only sockets of this netns are translated */
@@ -217,6 +226,7 @@ MN_MAP(mn_affinity, BPF_MAP_TYPE_LRU_HASH, struct mn_affinity_key, struct mn_aff
 MN_MAP(mn_src_range, BPF_MAP_TYPE_LPM_TRIE, struct mn_src_range_key, __u8, 16384, BPF_F_NO_PREALLOC);
 MN_MAP(mn_maglev, BPF_MAP_TYPE_ARRAY, __u32, __u32, MN_MAGLEV_ENTRIES, 0);
 MN_MAP(mn_node_addr, BPF_MAP_TYPE_HASH, __u8[MN_ADDR_LEN], __u32, 256, 0);
+MN_MAP(mn_cluster_cidr, BPF_MAP_TYPE_LPM_TRIE, struct mn_cidr_key, __u8, 64, BPF_F_NO_PREALLOC);
 MN_MAP(mn_config, BPF_MAP_TYPE_ARRAY, __u32, struct mn_config, 1, 0);
 MN_MAP(mn_counters, BPF_MAP_TYPE_PERCPU_ARRAY, __u32, __u64, MN_CNT_MAX, 0);
 

@@ -21,6 +21,7 @@ pub mod names {
     pub const SRC_RANGE: &str = "mn_src_range";
     pub const MAGLEV: &str = "mn_maglev";
     pub const NODE_ADDR: &str = "mn_node_addr";
+    pub const CLUSTER_CIDR: &str = "mn_cluster_cidr";
     pub const CONFIG: &str = "mn_config";
     pub const COUNTERS: &str = "mn_counters";
 }
@@ -475,6 +476,18 @@ impl CtVal {
             last_seen: u32_he(b, 28),
         }
     }
+}
+
+/// `struct mn_cidr_key`: an in-cluster source range (value: 1).
+pub fn cidr_key(net: ipnet::IpNet) -> [u8; 20] {
+    let mut b = [0; 20];
+    let bits = match net {
+        ipnet::IpNet::V4(n) => 96 + n.prefix_len() as u32,
+        ipnet::IpNet::V6(n) => n.prefix_len() as u32,
+    };
+    put(&mut b, 0, &bits.to_le_bytes());
+    put(&mut b, 4, &addr_bytes(net.network()));
+    b
 }
 
 impl Config {

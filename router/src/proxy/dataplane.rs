@@ -36,6 +36,8 @@ pub trait Dataplane: Send {
     fn read(&self) -> Result<MapState, DataplaneError>;
     /// This node's addresses, for NodePort (`mn_node_addr`).
     fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<(), DataplaneError>;
+    /// In-cluster source ranges (`mn_cluster_cidr`, from --cluster-cidr).
+    fn set_cluster_cidrs(&mut self, cidrs: &[ipnet::IpNet]) -> Result<(), DataplaneError>;
     /// `mn_config[0]`.
     fn set_config(&mut self, cfg: &abi::Config) -> Result<(), DataplaneError>;
     /// The per-CPU counters summed, by `abi::COUNTERS` index.
@@ -52,6 +54,7 @@ pub trait Dataplane: Send {
 pub struct Recorder {
     pub state: MapState,
     pub node_addrs: BTreeSet<IpAddr>,
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub config: abi::Config,
     pub diffs: Vec<MapDiff>,
     pub destroyed: Vec<abi::Backend>,
@@ -68,6 +71,10 @@ impl Dataplane for Recorder {
     }
     fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<(), DataplaneError> {
         self.node_addrs = addrs.clone();
+        Ok(())
+    }
+    fn set_cluster_cidrs(&mut self, cidrs: &[ipnet::IpNet]) -> Result<(), DataplaneError> {
+        self.cluster_cidrs = cidrs.to_vec();
         Ok(())
     }
     fn set_config(&mut self, cfg: &abi::Config) -> Result<(), DataplaneError> {
