@@ -194,20 +194,30 @@ struct mn_tcp_rst {
 	__be16 urg_ptr;
 };
 
-/* No backend: a TCP SYN gets a RST|ACK built in place and sent back out the interface it
- * came in on (REJECT with tcp-reset, as kube-proxy's reject gives ECONNREFUSED). */
-static __always_inline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p)
+/* The sender's frame with the addresses swapped, for an answer built in place. */
+static __always_inline int mn_eth_reply(struct __sk_buff *skb, struct ethhdr *eth)
+{
+	__u8 tmp[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)))
+		return -1;
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+	return 0;
+}
+
+/* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
+ * (REJECT with tcp-reset: the client sees ECONNREFUSED at once). redirect_flags: 0 at
+ * ingress (out the interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	struct ethhdr eth;
 	struct mn_tcp_rst th = {};
-	__u8 tmp[ETH_ALEN];
 	__s64 sum;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+	if (mn_eth_reply(skb, &eth))
 		return TC_ACT_SHOT;
-	__builtin_memcpy(tmp, eth.h_source, ETH_ALEN);
-	__builtin_memcpy(eth.h_source, eth.h_dest, ETH_ALEN);
-	__builtin_memcpy(eth.h_dest, tmp, ETH_ALEN);
 
 	th.source = p->dport;
 	th.dest = p->sport;
@@ -276,14 +286,108 @@ static __always_inline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
 		return TC_ACT_SHOT;
 	skb->mark = 0;
-	return bpf_redirect(skb->ifindex, 0);
+	return bpf_redirect(skb->ifindex, redirect_flags);
 }
 
-static __noinline int mn_reject(struct __sk_buff *skb, const struct mn_pkt *p)
+#define MN_ICMP_DEST_UNREACH  3
+#define MN_ICMP_PORT_UNREACH  3
+#define MN_ICMP6_DEST_UNREACH 1
+#define MN_ICMP6_PORT_UNREACH 4
+#define MN_IPPROTO_ICMPV6     58
+
+/* No backend for a UDP datagram: an ICMP (ICMPv6) port unreachable from the frontend,
+ * quoting the datagram's IP header and first 8 bytes, as kube-proxy's REJECT does. */
+static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
+{
+	struct ethhdr eth;
+	__s64 sum;
+
+	if (mn_eth_reply(skb, &eth))
+		return TC_ACT_SHOT;
+	if (!p->v6) {
+		struct iphdr ip = {};
+		struct {
+			__u8 type;
+			__u8 code;
+			__be16 check;
+			__be32 unused;
+			__u8 quote[sizeof(struct iphdr) + 8];
+		} ic = {};
+
+		/* Only option-less headers are quoted (the quote has a fixed size). */
+		if (p->l4off != ETH_HLEN + sizeof(struct iphdr))
+			return TC_ACT_SHOT;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
+			return TC_ACT_SHOT;
+		ic.type = MN_ICMP_DEST_UNREACH;
+		ic.code = MN_ICMP_PORT_UNREACH;
+		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), 0));
+		ip.version = 4;
+		ip.ihl = 5;
+		ip.tot_len = bpf_htons(sizeof(ip) + sizeof(ic));
+		ip.ttl = 64;
+		ip.protocol = IPPROTO_ICMP;
+		ip.saddr = mn_word(p->daddr, 3);
+		ip.daddr = mn_word(p->saddr, 3);
+		ip.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &ic, sizeof(ic), 0))
+			return TC_ACT_SHOT;
+	} else {
+		struct ipv6hdr ip6 = {};
+		struct {
+			__u8 saddr[MN_ADDR_LEN];
+			__u8 daddr[MN_ADDR_LEN];
+			__be32 len;
+			__be32 proto;
+		} ph;
+		struct {
+			__u8 type;
+			__u8 code;
+			__be16 check;
+			__be32 unused;
+			__u8 quote[sizeof(struct ipv6hdr) + 8];
+		} ic = {};
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
+			return TC_ACT_SHOT;
+		ic.type = MN_ICMP6_DEST_UNREACH;
+		ic.code = MN_ICMP6_PORT_UNREACH;
+		ip6.version = 6;
+		ip6.payload_len = bpf_htons(sizeof(ic));
+		ip6.nexthdr = MN_IPPROTO_ICMPV6;
+		ip6.hop_limit = 64;
+		__builtin_memcpy(&ip6.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(&ip6.daddr, p->saddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
+		ph.len = bpf_htonl(sizeof(ic));
+		ph.proto = bpf_htonl(MN_IPPROTO_ICMPV6);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(ic), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip6), &ic, sizeof(ic), 0))
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+		return TC_ACT_SHOT;
+	skb->mark = 0;
+	return bpf_redirect(skb->ifindex, redirect_flags);
+}
+
+/* A frontend without backends: RST for a TCP SYN, ICMP port unreachable for UDP, a drop for
+ * the rest (a TCP segment of no connection, SCTP). */
+static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	mn_count(MN_CNT_REJECT);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
-		return mn_reject_tcp(skb, p);
+		return mn_reject_tcp(skb, p, redirect_flags);
+	if (p->proto == IPPROTO_UDP)
+		return mn_reject_udp(skb, p, redirect_flags);
 	return TC_ACT_SHOT;
 }
 
@@ -502,8 +606,36 @@ int mn_tc_ingress(struct __sk_buff *skb)
 	}
 	r = mn_lb_new(skb, &p, syn, now);
 	if (r == MN_REJECT)
-		return mn_reject(skb, &p);
+		return mn_reject(skb, &p, 0);
 	return r;
+}
+
+/* A connection from this host that socket-LB left untranslated because its frontend has no
+ * backend (or socket-LB is off for it): reject it here, as kube-proxy does in OUTPUT, by
+ * sending the answer back into the host. Only for new flows (a TCP SYN, any UDP datagram) so
+ * other egress traffic costs no lookup. */
+static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_svc_key sk = {};
+	struct mn_svc_val *v, svc;
+
+	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
+	sk.port = p->dport;
+	sk.proto = p->proto;
+	sk.scope = MN_SCOPE_EXTERNAL;
+	v = bpf_map_lookup_elem(&mn_svc, &sk);
+	if (!v)
+		return TC_ACT_OK;
+	svc = *v;
+	/* This host is an in-cluster client. */
+	mn_svc_scope(&sk, 1, &svc);
+	if (svc.count)
+		return TC_ACT_OK;
+	if (svc.flags & MN_SVC_F_LOCAL) {
+		mn_count(MN_CNT_DROP_LOCAL);
+		return TC_ACT_SHOT;
+	}
+	return mn_reject(skb, p, BPF_F_INGRESS);
 }
 
 SEC("classifier")
@@ -517,8 +649,12 @@ int mn_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	mn_ct_key_of(&rk, &p, 1);
 	v = bpf_map_lookup_elem(&mn_ct, &rk);
-	if (!v)
+	if (!v) {
+		if (p.proto == IPPROTO_UDP ||
+		    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN))
+			return mn_egress_no_backend(skb, &p);
 		return TC_ACT_OK;
+	}
 	c = *v;
 	/* No expiry check here: the forward direction decides when a connection is over (it
 	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */

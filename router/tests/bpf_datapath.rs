@@ -111,7 +111,10 @@ impl Dp {
         Some(dp)
     }
 
-    fn hash<const K: usize, const V: usize>(&mut self, map: &str) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
+    fn hash<const K: usize, const V: usize>(
+        &mut self,
+        map: &str,
+    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
         HashMap::try_from(self.ebpf.map_mut(map).expect("map exists")).expect("hash map")
     }
 
@@ -176,6 +179,54 @@ impl Dp {
         let k = AffinityMatch { backend_id, rev_id };
         self.hash::<8, 1>(names::AFFINITY_MATCH)
             .insert(k.to_bytes(), [1], 0)
+            .unwrap();
+    }
+
+    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .remove(&k.to_bytes())
+            .unwrap();
+    }
+
+    /// `struct mn_affinity_key` for a client address (kind 0).
+    fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
+        let mut k = [0; 24];
+        k[..16].copy_from_slice(&abi::addr_bytes(client.parse().unwrap()));
+        k[16..20].copy_from_slice(&rev_id.to_le_bytes());
+        k
+    }
+
+    /// The affinity entry of a client: (backend id, last used).
+    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
+        let v = self
+            .hash::<24, 8>(names::AFFINITY)
+            .get(&Self::affinity_key(client, rev_id), 0)
+            .ok()?;
+        Some((
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
+        ))
+    }
+
+    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
+        let mut v = [0; 8];
+        v[..4].copy_from_slice(&backend_id.to_le_bytes());
+        v[4..].copy_from_slice(&last_used.to_le_bytes());
+        self.hash::<24, 8>(names::AFFINITY)
+            .insert(Self::affinity_key(client, rev_id), v, 0)
+            .unwrap();
+    }
+
+    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
+        let _ = self
+            .hash::<24, 8>(names::AFFINITY)
+            .remove(&Self::affinity_key(client, rev_id));
+    }
+
+    fn set_ct(&mut self, k: CtKey, v: CtVal) {
+        self.hash::<40, 32>(names::CT)
+            .insert(k.to_bytes(), v.to_bytes(), 0)
             .unwrap();
     }
 
@@ -267,6 +318,34 @@ impl Dp {
     }
 
     /// A frontend with its backends in slots 1..: (id, address, port, flags) each.
+    #[allow(clippy::too_many_arguments)]
+    fn service_with(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        scope: Scope,
+        val: SvcVal,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        self.svc(
+            addr,
+            port,
+            proto,
+            scope,
+            SvcVal {
+                count: backends.len() as u16,
+                ..val
+            },
+        );
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            self.backend(*id, a, *p, proto, *f);
+            self.slot(val.rev_id, scope, i as u16 + 1, *id);
+            self.affinity_match(*id, val.rev_id);
+        }
+        self.rev_nat(val.rev_id, addr, port);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn service(
         &mut self,
@@ -640,7 +719,11 @@ fn clusterip_v4_udp_and_v6_tcp() {
     let r = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
     assert_eq!(r.parsed().dst, sa("[2001:db8:2::80]:8080"));
     assert_eq!(r.mark, MASQ);
-    let r = dp.egress(&tcp("[2001:db8:2::80]:8080", "[2001:db8:9::1]:41000", SYN | ACK));
+    let r = dp.egress(&tcp(
+        "[2001:db8:2::80]:8080",
+        "[2001:db8:9::1]:41000",
+        SYN | ACK,
+    ));
     assert_eq!(r.parsed().src, sa("[fd00:96::80]:80"));
 }
 
@@ -698,7 +781,11 @@ fn nodeport_wildcard_on_node_addresses_only() {
     let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[2001:db8::1]:30080", SYN));
     assert_eq!(r.parsed().dst, sa("[2001:db8:5::20]:8080"));
     assert_eq!(r.mark, MASQ);
-    let r = dp.egress(&tcp("[2001:db8:5::20]:8080", "[2001:db8:9::5]:40000", SYN | ACK));
+    let r = dp.egress(&tcp(
+        "[2001:db8:5::20]:8080",
+        "[2001:db8:9::5]:40000",
+        SYN | ACK,
+    ));
     assert_eq!(r.parsed().src, sa("[2001:db8::1]:30080"));
 
     // Not a node address: not a NodePort.
@@ -880,7 +967,10 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
     let r = dp.ingress(&syn);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
-    assert_eq!((p.src, p.dst), (sa("10.96.0.10:80"), sa("203.0.113.5:40000")));
+    assert_eq!(
+        (p.src, p.dst),
+        (sa("10.96.0.10:80"), sa("203.0.113.5:40000"))
+    );
     assert_eq!(p.flags, RST | ACK);
     assert_eq!((p.seq, p.ack, p.len), (0, 1001, 0));
     assert_eq!(&r.pkt[0..6], &syn[6..12], "back to the sender's MAC");
@@ -922,4 +1012,398 @@ fn fin_marks_the_connection_closing() {
     let rk = ct_key("10.244.2.10:8080", "10.244.1.5:40000", TCP, 1);
     dp.egress(&tcp("10.244.2.10:8080", "10.244.1.5:40000", RST));
     assert_ne!(dp.ct(rk).unwrap().flags & ct_flags::CLOSING, 0);
+}
+
+#[test]
+fn no_backend_udp_gets_port_unreachable() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+
+    let dgram = udp("203.0.113.5:5000", "10.96.0.53:53");
+    let r = dp.ingress(&dgram);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(p.proto, 1);
+    assert_eq!(
+        (p.flags, p.seq),
+        (3, 3),
+        "ICMP destination unreachable, port"
+    );
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("10.96.0.53:0").ip(), sa("203.0.113.5:0").ip())
+    );
+    assert_eq!(
+        &r.pkt[42..70],
+        &dgram[14..42],
+        "the datagram's IP header and 8 bytes quoted"
+    );
+
+    let dgram = udp("[2001:db8:9::1]:5000", "[fd00:96::53]:53");
+    let r = dp.ingress(&dgram);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(p.proto, 58);
+    assert_eq!(
+        (p.flags, p.seq),
+        (1, 4),
+        "ICMPv6 destination unreachable, port"
+    );
+    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    assert_eq!(&r.pkt[62..110], &dgram[14..62]);
+    assert_eq!(dp.counter(2), 2, "reject");
+}
+
+#[test]
+fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.11",
+        80,
+        Proto::Tcp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP | svc_flags::LOCAL,
+        &[],
+    );
+    dp.service(
+        "10.96.0.12",
+        80,
+        Proto::Tcp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(41, "10.244.2.10", 8080, 0)],
+    );
+    let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.10:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src, p.dst, p.flags),
+        (sa("10.96.0.10:80"), sa("192.0.2.1:40000"), RST | ACK)
+    );
+    let r = dp.egress(&udp("192.0.2.1:5000", "10.96.0.53:53"));
+    assert_eq!((r.verdict, r.parsed().proto), (TC_ACT_REDIRECT, 1));
+    let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.11:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT, "Local without local backends: drop");
+    let pkt = tcp("192.0.2.1:40000", "10.96.0.12:80", SYN);
+    let r = dp.egress(&pkt);
+    assert_eq!(
+        (r.verdict, &r.pkt),
+        (TC_ACT_OK, &pkt),
+        "a frontend with backends"
+    );
+    let pkt = tcp("192.0.2.1:40000", "10.96.0.10:80", ACK);
+    let r = dp.egress(&pkt);
+    assert_eq!(
+        (r.verdict, &r.pkt),
+        (TC_ACT_OK, &pkt),
+        "only new flows are looked up"
+    );
+}
+
+#[test]
+fn source_ranges_filter_external_clients_only() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    let flags = svc_flags::LOADBALANCER | svc_flags::SRC_RANGE;
+    dp.service(
+        "203.0.113.100",
+        443,
+        Proto::Tcp,
+        EXT,
+        9,
+        flags,
+        &[(91, "10.244.1.10", 8443, backend_flags::LOCAL)],
+    );
+    dp.service(
+        "2001:db8:100::1",
+        443,
+        Proto::Tcp,
+        EXT,
+        10,
+        flags,
+        &[(101, "2001:db8:244::10", 8443, backend_flags::LOCAL)],
+    );
+    dp.src_range(9, "198.51.100.0/24");
+    dp.src_range(10, "2001:db8:77::/48");
+    // Another frontend's range does not open this one.
+    dp.src_range(10, "203.0.113.0/24");
+
+    let r = dp.ingress(&tcp("198.51.100.7:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.1.10:8443"));
+    let r = dp.ingress(&tcp("203.0.113.5:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    let r = dp.ingress(&tcp("10.244.7.7:5000", "203.0.113.100:443", SYN));
+    assert_eq!(
+        r.parsed().dst,
+        sa("10.244.1.10:8443"),
+        "in-cluster: not filtered"
+    );
+
+    let r = dp.ingress(&tcp(
+        "[2001:db8:77:1::5]:5000",
+        "[2001:db8:100::1]:443",
+        SYN,
+    ));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:244::10]:8443"));
+    let r = dp.ingress(&tcp("[2001:db8:78::5]:5000", "[2001:db8:100::1]:443", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(4), 2, "drop_src_range");
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    let val = SvcVal {
+        rev_id: 1,
+        flags: svc_flags::CLUSTER_IP | svc_flags::AFFINITY,
+        affinity_timeout: 60,
+        ..SvcVal::default()
+    };
+    let backends: Vec<(u32, String)> = (0..8)
+        .map(|i| (10 + i, format!("10.244.2.{}", 10 + i)))
+        .collect();
+    let list: Vec<(u32, &str, u16, u8)> = backends
+        .iter()
+        .map(|(id, a)| (*id, a.as_str(), 8080, 0))
+        .collect();
+    dp.service_with("10.96.0.10", 80, Proto::Tcp, EXT, val, &list);
+
+    let first = dp
+        .ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN))
+        .parsed()
+        .dst;
+    for port in 40001..40021 {
+        let r = dp.ingress(&tcp(&format!("10.244.1.5:{port}"), "10.96.0.10:80", SYN));
+        assert_eq!(r.parsed().dst, first, "port {port}");
+    }
+    assert_eq!(dp.counter(6), 20, "affinity_hit");
+    let (id, now) = dp.affinity("10.244.1.5", 1).expect("an affinity entry");
+    let chosen = list
+        .iter()
+        .find(|b| sa(&format!("{}:8080", b.1)) == first)
+        .unwrap()
+        .0;
+    assert_eq!(id, chosen);
+
+    // Expired: chosen afresh (all slots now name one other backend, so the choice shows).
+    for slot in 1..=8 {
+        dp.slot(1, EXT, slot, if chosen == 10 { 11 } else { 10 });
+    }
+    let other = if chosen == 10 {
+        "10.244.2.11:8080"
+    } else {
+        "10.244.2.10:8080"
+    };
+    dp.set_affinity("10.244.1.5", 1, chosen, now - 61);
+    let r = dp.ingress(&tcp("10.244.1.5:41000", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other), "expired affinity");
+
+    // Its backend no longer serves the frontend: chosen afresh.
+    dp.set_affinity("10.244.1.5", 1, chosen, now);
+    dp.remove_affinity_match(chosen, 1);
+    let r = dp.ingress(&tcp("10.244.1.5:41001", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other), "backend gone from the frontend");
+    // And the new choice sticks.
+    let r = dp.ingress(&tcp("10.244.1.5:41002", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other));
+    // Another client is not affected by this one's entry.
+    assert!(dp.affinity("10.244.1.6", 1).is_none());
+}
+
+fn maglev_dp(affinity: bool) -> Option<Dp> {
+    let mut dp = Dp::new()?;
+    dp.cluster_cidr("10.244.0.0/16");
+    // M = 7 (set by Dp::new), row 2: indexes 14..21 name backends 100..106.
+    let flags = svc_flags::LOADBALANCER
+        | svc_flags::MAGLEV
+        | if affinity { svc_flags::AFFINITY } else { 0 };
+    let val = SvcVal {
+        rev_id: 5,
+        flags,
+        affinity_timeout: 60,
+        maglev_row: 2,
+        ..SvcVal::default()
+    };
+    // In-cluster clients use the slots: one backend only, 200.
+    dp.service_with(
+        "203.0.113.50",
+        80,
+        Proto::Tcp,
+        EXT,
+        val,
+        &[(200, "10.244.200.1", 8080, 0)],
+    );
+    for i in 0..7 {
+        let id = 100 + i;
+        dp.backend(id, &format!("10.244.100.{i}"), 8080, Proto::Tcp, 0);
+        dp.affinity_match(id, 5);
+        dp.maglev(14 + i, id);
+    }
+    Some(dp)
+}
+
+#[test]
+fn maglev_for_external_clients_same_choice_on_every_node() {
+    let Some(mut a) = maglev_dp(false) else {
+        return;
+    };
+    let Some(mut b) = maglev_dp(false) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40030 {
+        let pkt = tcp(&format!("198.51.100.9:{port}"), "203.0.113.50:80", SYN);
+        let da = a.ingress(&pkt).parsed().dst;
+        assert_eq!(
+            da.ip().to_string().rsplit_once('.').unwrap().0,
+            "10.244.100"
+        );
+        assert_eq!(
+            b.ingress(&pkt).parsed().dst,
+            da,
+            "another node, same flow: same backend"
+        );
+        assert_eq!(a.ingress(&pkt).parsed().dst, da, "the same flow again");
+        seen.insert(da);
+    }
+    assert!(seen.len() >= 3, "the hash spreads flows: {seen:?}");
+    // In-cluster clients pick from the slots at random.
+    let r = a.ingress(&tcp("10.244.1.5:40000", "203.0.113.50:80", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.200.1:8080"));
+}
+
+#[test]
+fn maglev_under_affinity_leaves_the_source_port_out() {
+    let Some(mut dp) = maglev_dp(true) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40020 {
+        dp.clear_affinity("198.51.100.9", 5);
+        let pkt = tcp(&format!("198.51.100.9:{port}"), "203.0.113.50:80", SYN);
+        seen.insert(dp.ingress(&pkt).parsed().dst);
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
+
+#[test]
+fn conntrack_entries_expire_by_protocol_and_state() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.config(Config {
+        masq_mark: MASQ,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 30,
+        ..Config::default()
+    });
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.20", 8080, 0)],
+    );
+    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
+    dp.backend(22, "10.244.3.20", 8080, Proto::Tcp, 0);
+
+    let uk = ct_key("10.244.1.5:5000", "10.96.0.10:80", UDP, 0);
+    dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    let entry = dp.ct(uk).expect("a UDP entry");
+    let now = entry.last_seen;
+    dp.slot(1, EXT, 1, 12);
+    // Idle 20 s of 30: kept.
+    dp.set_ct(
+        uk,
+        CtVal {
+            last_seen: now - 20,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    assert_eq!(dp.ct(uk).unwrap().last_seen, now, "refreshed");
+    // Idle 31 s: over, balanced afresh.
+    dp.set_ct(
+        uk,
+        CtVal {
+            last_seen: now - 31,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+
+    let tk = ct_key("10.244.1.5:40000", "10.96.0.10:80", TCP, 0);
+    dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    let entry = dp.ct(tk).expect("a TCP entry");
+    dp.slot(2, EXT, 1, 22);
+    // Established, idle 1000 s of 3600: kept.
+    dp.set_ct(
+        tk,
+        CtVal {
+            last_seen: now - 1000,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.20:8080"));
+    // Closing, idle 11 s: over.
+    dp.set_ct(
+        tk,
+        CtVal {
+            last_seen: now - 11,
+            flags: ct_flags::CLOSING,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.3.20:8080"));
 }
