@@ -1407,3 +1407,433 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.3.20:8080"));
 }
+
+// --- socket-LB (sock.c) on a cgroup and a network namespace of the test's own ------------
+
+/// A cgroup v2 directory of our own under the cgroup2 mount, removed on drop.
+struct Cgroup {
+    path: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.split_whitespace().next() == Some("cgroup2"))
+                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))
+                    .flatten()
+            })
+            .expect("a cgroup2 mount in /proc/self/mountinfo");
+        let path = Path::new(&root).join(format!("mnl-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Cgroup { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The client processes have exited, but the cgroup may take a moment to empty.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("leftover cgroup {}", self.path.display());
+    }
+}
+
+/// Backends in the namespace: TCP on 198.51.100.10:8081..8084 and [2001:db8::10]:8081, UDP
+/// on 198.51.100.10:5353 and [2001:db8::10]:5353; each answers with its own port.
+struct Servers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Servers {
+    fn start(ns: &str) -> Servers {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = metalnet::sys::netns::spawn_in(ns, move || {
+            let mut tcp = Vec::new();
+            for a in [
+                "198.51.100.10:8081",
+                "198.51.100.10:8082",
+                "198.51.100.10:8083",
+                "198.51.100.10:8084",
+                "[2001:db8::10]:8081",
+            ] {
+                let l = std::net::TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                l.set_nonblocking(true).unwrap();
+                tcp.push(l);
+            }
+            let mut udp = Vec::new();
+            for a in ["198.51.100.10:5353", "[2001:db8::10]:5353"] {
+                let u = std::net::UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                u.set_nonblocking(true).unwrap();
+                udp.push(u);
+            }
+            tx.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for l in &tcp {
+                    while let Ok((mut s, _)) = l.accept() {
+                        let port = l.local_addr().unwrap().port();
+                        let _ = s.write_all(port.to_string().as_bytes());
+                    }
+                }
+                for u in &udp {
+                    while let Ok((_, from)) = u.recv_from(&mut buf) {
+                        let port = u.local_addr().unwrap().port();
+                        let _ = u.send_to(port.to_string().as_bytes(), from);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+        .expect("a thread in the namespace");
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("servers listening");
+        Servers {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+const CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.sendto(b"q", (host, port))
+        d, a = u.recvfrom(16)
+        return [a[0], a[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        peer = u.getpeername()[:2]
+        return [peer[0], peer[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+cookie = int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), "little")
+print(json.dumps({
+    "cookie": cookie,
+    "tcp4": [tcp("10.96.0.10", 80) for _ in range(16)],
+    "affinity": [tcp("10.96.0.20", 80) for _ in range(8)],
+    "udp4": udp("10.96.0.53", 53),
+    "udp4c": udp_connected("10.96.0.53", 53),
+    "tcp6": tcp("fd00:96::10", 80, socket.AF_INET6),
+    "udp6": udp("fd00:96::53", 53, socket.AF_INET6),
+    "none": tcp("10.96.0.99", 80),
+}))
+"#;
+
+fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec timeout 30 nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
+            cg.path.display()
+        ))
+        .arg(CLIENT)
+        .output()
+        .expect("running the client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn have_python() -> bool {
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
+    use aya::programs::CgroupSockAddr;
+    use aya::programs::links::CgroupAttachMode;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(ns) = metalnet::testing::Netns::new("bpfsock") else {
+        return;
+    };
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&["-6", "addr", "add", "2001:db8::10/128", "dev", "lo"]);
+    let _servers = Servers::start(ns.name());
+    let cg = Cgroup::new("bpfsock");
+    let fs = Bpffs::mount();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    let cg_dir = std::fs::File::open(&cg.path).unwrap();
+    for name in [
+        "mn_sock_connect4",
+        "mn_sock_connect6",
+        "mn_sock_sendmsg4",
+        "mn_sock_sendmsg6",
+        "mn_sock_recvmsg4",
+        "mn_sock_recvmsg6",
+        "mn_sock_getpeername4",
+        "mn_sock_getpeername6",
+    ] {
+        let prog: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        prog.attach(&cg_dir, CgroupAttachMode::Single)
+            .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
+    }
+    // The map writers of Dp, on this object's maps.
+    let mut dp = SockMaps(ebpf);
+    let set_config = |dp: &mut SockMaps, socket_lb: u32, cookie: u64| {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(dp.0.map_mut(names::CONFIG).unwrap()).unwrap();
+        let c = Config {
+            socket_lb,
+            host_netns_cookie: cookie,
+            ..Config::default()
+        };
+        m.set(0, c.to_bytes(), 0).unwrap();
+    };
+    set_config(&mut dp, 1, 0);
+    let four: Vec<(u32, String)> = (1..=4)
+        .map(|i| (10 + i, "198.51.100.10".to_string()))
+        .collect();
+    let b4: Vec<(u32, &str, u16, u8)> = four
+        .iter()
+        .enumerate()
+        .map(|(i, (id, a))| (*id, a.as_str(), 8081 + i as u16, 0))
+        .collect();
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 1,
+            ..SvcVal::default()
+        },
+        &b4,
+    );
+    let b4a: Vec<(u32, &str, u16, u8)> = b4
+        .iter()
+        .map(|(id, a, p, f)| (id + 10, *a, *p, *f))
+        .collect();
+    dp.service(
+        "10.96.0.20",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 2,
+            flags: svc_flags::AFFINITY,
+            affinity_timeout: 60,
+            ..SvcVal::default()
+        },
+        &b4a,
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 3,
+            ..SvcVal::default()
+        },
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 4,
+            ..SvcVal::default()
+        },
+        &[(41, "2001:db8::10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 5,
+            ..SvcVal::default()
+        },
+        &[(51, "2001:db8::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 6,
+            ..SvcVal::default()
+        },
+        &[],
+    );
+
+    let v = run_client(&cg, ns.name());
+    let tcp4 = v["tcp4"].as_array().unwrap();
+    let mut ports = std::collections::BTreeSet::new();
+    for c in tcp4 {
+        assert_eq!(
+            (&c[0], &c[1]),
+            (&serde_json::json!("10.96.0.10"), &serde_json::json!(80)),
+            "{v}"
+        );
+        ports.insert(c[2].as_str().unwrap().to_string());
+    }
+    assert!(ports.len() >= 2, "random choice over 4 backends: {ports:?}");
+    let aff: std::collections::BTreeSet<_> = v["affinity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(aff.len(), 1, "affinity by network namespace: {v}");
+    assert_eq!(
+        v["udp4"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp4c"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["tcp6"],
+        serde_json::json!(["fd00:96::10", 80, "8081"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp6"],
+        serde_json::json!(["fd00:96::53", 53, "5353"]),
+        "{v}"
+    );
+    // No backend: left untranslated (no route to the VIP in this namespace).
+    assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
+    assert!(dp.counter(1) >= 28, "sock_lb");
+
+    // host-only: another namespace's sockets are left alone...
+    let cookie = v["cookie"].as_u64().unwrap();
+    set_config(&mut dp, 2, cookie + 1);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
+    // ...and the host's (here: the test namespace named as the host) translated.
+    set_config(&mut dp, 2, cookie);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
+    // off: nothing translated.
+    set_config(&mut dp, 0, 0);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
+    drop(dp);
+    drop(fs);
+}
+
+struct SockMaps(Ebpf);
+
+impl SockMaps {
+    fn service(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        val: SvcVal,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        let k = SvcKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto,
+            scope: EXT,
+        };
+        let v = SvcVal {
+            count: backends.len() as u16,
+            ..val
+        };
+        let mut m: HashMap<_, [u8; 20], [u8; 16]> =
+            HashMap::try_from(self.0.map_mut(names::SVC).unwrap()).unwrap();
+        m.insert(k.to_bytes(), v.to_bytes(), 0).unwrap();
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            let b = Backend {
+                addr: a.parse().unwrap(),
+                port: *p,
+                proto,
+                flags: *f,
+            };
+            let mut m: HashMap<_, [u8; 4], [u8; 20]> =
+                HashMap::try_from(self.0.map_mut(names::BACKEND).unwrap()).unwrap();
+            m.insert(id.to_le_bytes(), b.to_bytes(), 0).unwrap();
+            let sk = SlotKey {
+                rev_id: val.rev_id,
+                slot: i as u16 + 1,
+                scope: EXT,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 4]> =
+                HashMap::try_from(self.0.map_mut(names::SLOT).unwrap()).unwrap();
+            m.insert(sk.to_bytes(), id.to_le_bytes(), 0).unwrap();
+            let mk = AffinityMatch {
+                backend_id: *id,
+                rev_id: val.rev_id,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 1]> =
+                HashMap::try_from(self.0.map_mut(names::AFFINITY_MATCH).unwrap()).unwrap();
+            m.insert(mk.to_bytes(), [1], 0).unwrap();
+        }
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.0.map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+}
