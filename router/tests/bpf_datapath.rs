@@ -1837,3 +1837,106 @@ impl SockMaps {
         m.get(&idx, 0).unwrap().iter().sum()
     }
 }
+
+/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
+/// covers no address.
+fn sctp(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d) = (sa(src), sa(dst));
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.port().to_be_bytes());
+    l4.extend_from_slice(&d.port().to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[1, 0, 0, 4]);
+    let mut p = packet(s, d, UDP, 0, &[]);
+    p.truncate(14 + 20);
+    p[14 + 9] = 132;
+    let total = (20 + l4.len()) as u16;
+    p[16..18].copy_from_slice(&total.to_be_bytes());
+    p[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&p[14..34], 0));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn sctp_rewrites_addresses_when_the_port_is_kept() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        3868,
+        Proto::Sctp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 3868, 0)],
+    );
+    dp.service(
+        "10.96.0.11",
+        3868,
+        Proto::Sctp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.11", 3869, 0)],
+    );
+    let pkt = sctp("10.244.1.5:5000", "10.96.0.10:3868");
+    let r = dp.ingress(&pkt);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_eq!(fold(sum16(&r.pkt[14..34], 0)), 0, "IPv4 header checksum");
+    assert_eq!(&r.pkt[30..34], &[10, 244, 2, 10]);
+    assert_eq!(&r.pkt[34..], &pkt[34..], "SCTP header and chunk untouched");
+    let r = dp.egress(&sctp("10.244.2.10:3868", "10.244.1.5:5000"));
+    assert_eq!(&r.pkt[26..30], &[10, 96, 0, 10]);
+    // A port change would need the CRC32c recomputed: dropped rather than sent corrupt.
+    let r = dp.ingress(&sctp("10.244.1.5:5000", "10.96.0.11:3868"));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+}
+
+/// Not a pass/fail check: the programs' cost per packet (BPF_PROG_TEST_RUN's average over
+/// many runs), printed for the record (`cargo test -- --nocapture run_time`).
+#[test]
+fn run_time_per_packet() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0), (12, "10.244.2.11", 8080, 0)],
+    );
+    let syn = tcp("10.244.1.5:40000", "10.96.0.10:80", SYN);
+    let ack = tcp("10.244.1.5:40000", "10.96.0.10:80", ACK);
+    dp.ingress(&syn);
+    let reply = tcp("10.244.2.10:8080", "10.244.1.5:40000", ACK);
+    let other = tcp("10.244.1.5:40001", "10.244.9.9:22", ACK);
+    let mut line = String::new();
+    for (what, prog, pkt) in [
+        ("new connection (SYN)", "mn_tc_ingress", &syn),
+        ("established (ingress)", "mn_tc_ingress", &ack),
+        ("reply (egress)", "mn_tc_egress", &reply),
+        ("not a service (ingress)", "mn_tc_ingress", &other),
+        ("not a service (egress)", "mn_tc_egress", &other),
+    ] {
+        let p: &SchedClassifier = dp.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat: 20_000,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert!(
+            r.duration < std::time::Duration::from_micros(100),
+            "{what}: {:?}",
+            r.duration
+        );
+        line.push_str(&format!("{what}: {} ns; ", r.duration.as_nanos()));
+    }
+    eprintln!("BPF run time per packet: {line}");
+}
