@@ -184,8 +184,7 @@ impl Ids {
             if ids.frontends.peek(&key) != Some(v.rev_id) {
                 ids.frontends.restore(key, v.rev_id);
             }
-            if v.flags & svc_flags::MAGLEV != 0 && ids.rows.peek(&v.rev_id) != Some(v.maglev_row)
-            {
+            if v.flags & svc_flags::MAGLEV != 0 && ids.rows.peek(&v.rev_id) != Some(v.maglev_row) {
                 ids.rows.restore(v.rev_id, v.maglev_row);
             }
         }
