@@ -39,10 +39,12 @@ const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// a million entries is not free).
 const FILL_CHECK: Duration = Duration::from_secs(10);
 
-/// A problem the model found in a Service (a bad field): reported once as a Warning Event on
-/// the Service; the rest of the Service, and every other Service, keeps working.
+/// A problem the model found in a Service or EndpointSlice (a bad field): reported once as a
+/// Warning Event on that object; the rest of it, and every other Service, keeps working.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceProblem {
+    /// The object the Event is about: [`Kind::Service`] or [`Kind::EndpointSlice`].
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     /// The Event's reason (CamelCase).
@@ -71,6 +73,9 @@ pub trait Model: Send {
     /// Takes the ids the maps hold (what the last run left) as the starting assignment.
     fn restore(&mut self, live: &MapState);
     fn plan(&mut self, snap: &Snapshot) -> Self::Plan;
+    /// What the maps hold after a write (or read back after a failed one): ids no longer in
+    /// them may be given to new objects.
+    fn committed(&mut self, _live: &MapState) {}
 }
 
 /// What the proxy is doing, for the debug endpoints and tests.
@@ -225,7 +230,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         let snap = state.snapshot();
         let report = self.pass_on(&snap);
         for p in &report.new_problems {
-            let obj = ObjectRef::new(Kind::Service, Some(&p.namespace), &p.name);
+            let obj = ObjectRef::new(p.kind, Some(&p.namespace), &p.name);
             let event = EventRecord {
                 type_: EventType::Warning,
                 reason: p.reason.clone(),
@@ -234,7 +239,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             };
             if let Err(e) = state.record_event(&obj, &event).await {
                 tracing::warn!(service = %format!("{}/{}", p.namespace, p.name), error = %e,
-                    "recording an Event on the Service");
+                    "recording an Event about a problem");
             }
         }
         report
@@ -298,6 +303,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     report.written = diff.len();
                     let removed = removed_backends(&self.current, &diff);
                     super::state::apply(&mut self.current, &diff);
+                    self.model.committed(&self.current);
                     if !removed.is_empty() {
                         match self.dp.destroy_sockets(&removed) {
                             Ok(n) => tracing::info!(
@@ -326,7 +332,10 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     self.metrics.sync_errors.inc();
                     // Part of the diff may be in: start the next diff from what the maps hold.
                     match self.dp.read() {
-                        Ok(live) => self.current = live,
+                        Ok(live) => {
+                            self.current = live;
+                            self.model.committed(&self.current);
+                        }
                         Err(e) => tracing::warn!(error = %e, "reading the maps back"),
                     }
                     failing = Some(msg);

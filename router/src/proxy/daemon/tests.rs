@@ -20,6 +20,8 @@ struct Toy {
     node: String,
     rev: BTreeMap<(IpAddr, u16), u32>,
     be: BTreeMap<(IpAddr, u16), u32>,
+    /// What the daemon said the maps hold after its last write.
+    committed: Option<MapState>,
 }
 
 struct ToyPlan {
@@ -35,6 +37,9 @@ fn next_id<K: Ord>(m: &BTreeMap<K, u32>) -> u32 {
 
 impl Model for Toy {
     type Plan = ToyPlan;
+    fn committed(&mut self, live: &MapState) {
+        self.committed = Some(live.clone());
+    }
     fn restore(&mut self, live: &MapState) {
         for (id, r) in &live.rev_nat {
             self.rev.insert((r.addr, r.port), *id);
@@ -96,6 +101,7 @@ impl Model for Toy {
             for port in spec.ports.unwrap_or_default() {
                 if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                     p.problems.push(ServiceProblem {
+                        kind: Kind::Service,
                         namespace: ns.clone(),
                         name: key.name.clone(),
                         reason: "UnsupportedProtocol".into(),
@@ -431,12 +437,18 @@ fn a_failed_write_is_retried_from_what_the_maps_hold() {
     );
     assert!(d.retry_at.is_some());
     assert_eq!(d.current().backend.len(), 1, "the part written is known");
+    assert_eq!(
+        d.model.committed.as_ref(),
+        Some(d.current()),
+        "and told to the model"
+    );
     assert!(status.lock().unwrap().failing.is_some());
     d.dp.fail = false;
     let r = d.pass_on(&snap);
     assert!(r.error.is_none());
     assert_eq!(r.written, 3, "the backend is not written again");
     assert_eq!(d.dp.rec.state, *d.current());
+    assert_eq!(d.model.committed.as_ref(), Some(d.current()));
     assert!(health.is_ready());
     assert!(d.retry_at.is_none());
 }
