@@ -1032,10 +1032,12 @@ impl ProxyCluster {
             .lab
             .dir()
             .join(format!("hold-{}", self.lab.shared.next_id()));
-        let (n_s, ctl) = (n.to_string(), control.display().to_string());
-        let mut args = vec!["hold", addr, "", n_s.as_str(), ctl.as_str()];
-        let port_s = port.to_string();
-        args[2] = &port_s;
+        let (n_s, ctl, port_s) = (
+            n.to_string(),
+            control.display().to_string(),
+            port.to_string(),
+        );
+        let mut args = vec!["hold", addr, port_s.as_str(), n_s.as_str(), ctl.as_str()];
         if udp {
             args.push("--udp");
         }
