@@ -193,7 +193,21 @@ fn topology_without_proxy() {
         assert_eq!(u[0].backend(), Some("a1"), "{u:?}");
         let node = c.node_ip(1, client_ip(f)).to_string();
         assert!(c.client.ping(&node), "client -> {node}");
+        // Held connections exchange data round after round.
+        for udp in [false, true] {
+            let mut held = c
+                .hold(At::Pod(b1), &pod_ip(&c, "a1", f), SERVER_PORT, 50, udp)
+                .unwrap();
+            let o = held.opened(STEP).unwrap();
+            assert_eq!((o.ok, o.answers.len()), (50, 1), "udp {udp}: {o:?}");
+            for _ in 0..2 {
+                let r = held.exchange(STEP).unwrap();
+                assert_eq!(r.ok, 50, "udp {udp}: {r:?}");
+            }
+        }
     }
+    // Nothing answers on a Service address without a proxy.
+    not_answered(&c, At::Pod(a1), &vip(V4, 9), 80, "no proxy runs");
     let cgroups: Vec<_> = c.nodes.iter().map(|n| n.cgroup.clone()).collect();
     let mounts: Vec<_> = c.nodes.iter().map(|n| n.bpf_dir.clone()).collect();
     for cg in &cgroups {

@@ -1193,7 +1193,7 @@ pub struct HeldReport {
     pub ok: usize,
     /// The first errors, by errno name.
     pub errors: Vec<String>,
-    /// The distinct answers.
+    /// The distinct backends that answered.
     pub answers: Vec<String>,
 }
 

@@ -8,8 +8,9 @@ Clients print one JSON object per line:
   tcp HOST PORT [--count N] [--sport P] [--src A] [--timeout S] [--proto tcp|sctp]
       {"answer": "...", "peer": "ip port", "error": null, "ms": 1.2} per connection
   udp HOST PORT [--count N] [--connected] [--src A] [--timeout S]
-  hold HOST PORT N CONTROL [--timeout S] [--udp]: opens N connections (or one connected UDP
-      socket), reads the greeting, prints {"opened": k, "errors": [...]}, then every time the file
+  hold HOST PORT N CONTROL [--timeout S] [--udp]: opens N connections (or N connected UDP
+      sockets), reads the greeting, prints {"opened": k, "errors": [...], "answers": [the
+      distinct backend names]}, then every time the file
       CONTROL.K appears (K = 1, 2, ...) sends a line on each and prints
       {"round": K, "ok": k, "errors": [...]}; ends when CONTROL.stop appears.
   until HOST PORT DEADLINE_S [--want NAME]: connects every 20 ms until an answer (from NAME)
@@ -240,11 +241,11 @@ def hold(args):
                 s.settimeout(o["timeout"])
                 s.connect((host, port))
                 s.send(b"ping\n")
-                answers.append(s.recv(65536).decode().strip())
+                answers.append(s.recv(65536).decode().split()[0])
             else:
                 s = stream_socket(host, o)
                 s.connect((host, port))
-                answers.append(read_line(s))
+                answers.append(read_line(s).split()[0])
             socks.append(s)
         except Exception as e:  # noqa: BLE001
             errors.append(err_text(e))
@@ -265,7 +266,7 @@ def hold(args):
                 errors.append(err_text(e))
         for s in socks:
             try:
-                answers.append(s.recv(65536).decode().strip() if o["udp"] else read_line(s))
+                answers.append((s.recv(65536).decode() if o["udp"] else read_line(s)).split()[0])
                 ok += 1
             except Exception as e:  # noqa: BLE001
                 errors.append(err_text(e))
