@@ -460,7 +460,10 @@ pub mod nft {
     fn setup(out: &mut String, cluster: &Cluster) {
         let t = TABLE;
         let mark = format!("{:#x}", cluster.masq_mark);
-        let _ = writeln!(out, "add table {t} {{ comment \"rules for kube-proxy\" ; }}");
+        let _ = writeln!(
+            out,
+            "add table {t} {{ comment \"rules for kube-proxy\" ; }}"
+        );
         // (name, type, hook, priority): dstnat = -100, srcnat = 100, filter = 0.
         let base = [
             ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
@@ -491,7 +494,11 @@ pub mod nft {
             ("filter-output", "service-endpoints-check", "ct state new "),
             ("filter-forward", "cluster-ips-check", "ct state new "),
             ("filter-output", "cluster-ips-check", "ct state new "),
-            ("filter-prerouting-pre-dnat", "firewall-check", "ct state new "),
+            (
+                "filter-prerouting-pre-dnat",
+                "firewall-check",
+                "ct state new ",
+            ),
             ("filter-output-pre-dnat", "firewall-check", "ct state new "),
             ("nat-output", "services", ""),
             ("nat-prerouting", "services", ""),
@@ -520,10 +527,7 @@ pub mod nft {
             out,
             "add rule {t} mark-for-masquerade mark set mark or {mark}"
         );
-        let _ = writeln!(
-            out,
-            "add rule {t} masquerading mark and {mark} == 0 return"
-        );
+        let _ = writeln!(out, "add rule {t} masquerading mark and {mark} == 0 return");
         let _ = writeln!(out, "add rule {t} masquerading mark set mark xor {mark}");
         let _ = writeln!(out, "add rule {t} masquerading masquerade fully-random");
         let _ = writeln!(
@@ -620,6 +624,10 @@ pub mod nft {
         }
         let chain = service_chain(svc);
         ensure_chain(out, &chain);
+        // Endpoint chains exist before the vmap that jumps to them (one transaction).
+        for ep in &svc.endpoints {
+            ensure_chain(out, &endpoint_chain(svc, ep));
+        }
         let _ = writeln!(
             out,
             "add rule {t} {chain} ip daddr {vip} ip saddr != {} jump mark-for-masquerade",
@@ -639,7 +647,6 @@ pub mod nft {
         );
         for ep in &svc.endpoints {
             let ep_chain = endpoint_chain(svc, ep);
-            ensure_chain(out, &ep_chain);
             let _ = writeln!(
                 out,
                 "add rule {t} {ep_chain} ip saddr {} jump mark-for-masquerade",
@@ -742,7 +749,10 @@ mod tests {
 COMMIT
 ";
         assert!(out.ends_with(expected_nat), "{out}");
-        assert!(out.starts_with("*filter\n:KUBE-SERVICES - [0:0]\n"), "{out}");
+        assert!(
+            out.starts_with("*filter\n:KUBE-SERVICES - [0:0]\n"),
+            "{out}"
+        );
         assert!(out.contains(
             "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x00004000/0x00004000 -j ACCEPT\n"
         ));
@@ -860,7 +870,9 @@ COMMIT
 
     #[test]
     fn bench_services_follow_the_naming() {
-        let s = bench_services(3, |i| SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 8080 + i as u16));
+        let s = bench_services(3, |i| {
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 8080 + i as u16)
+        });
         assert_eq!(s[2].port_name_string(), "ns2/svc2:p80");
         assert_eq!(s[2].cluster_ip, Ipv4Addr::new(10, 96, 0, 12));
         assert_eq!(s[2].endpoints[0].port(), 8082);
