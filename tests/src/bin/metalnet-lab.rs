@@ -267,6 +267,14 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let ctl_ns = site.nodes[0].netns();
     let bin = bin_dir.display();
     let metrics = lab::demo::node_v4(0);
+    // The proxy BGP delivers the remote client's requests to: its answers show them.
+    let delivered = site
+        .nodes
+        .iter()
+        .position(|n| n.name() == http.delivered_to)
+        .unwrap_or(0);
+    let proxy_ns = site.nodes[delivered].netns();
+    let proxy_addr = format!("{}:7475", lab::demo::node_v4(delivered));
     for line in [
         format!("\nmetalnet on the embedded default, state directory {dir}:"),
         format!(
@@ -323,11 +331,13 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
             site.remote.netns()
         ),
         format!(
-            "  ip netns exec {ctl_ns} {bin}/metalnet-router explain service demo/web --router {metrics}:7475"
+            "  ip netns exec {proxy_ns} {bin}/metalnet-router explain service demo/web --router {proxy_addr}"
         ),
         format!(
-            "  nsenter --net=/run/netns/{ctl_ns} {bin}/metalnet-router dump --bpf-dir {}",
-            proxy.dirs[0].bpf_dir.display()
+            "  ip netns exec {proxy_ns} {bin}/metalnet-router dump --router {proxy_addr}    # the proxy's maps, as ipvsadm -Ln"
+        ),
+        format!(
+            "  ip netns exec {proxy_ns} curl -s http://{proxy_addr}/metrics | grep metalnet_proxy_datapath"
         ),
         format!("  {bin}/metalnet-controller --state-dir {dir} explain demo/web"),
         format!("  cat {dir}/status/patches/Service/demo/web.yaml     # what the controller wrote"),
