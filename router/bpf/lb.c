@@ -38,7 +38,7 @@ struct mn_pkt {
 	__be32 seq;       /* TCP */
 	__u32 l3off;
 	__u32 l4off;
-	__u32 l4len;      /* L4 header and payload, from the IP header */
+	__u32 l4len;      /* L4 header and payload, from the IP header; TCP: the payload only */
 	__u32 csum_off;   /* 0: no L4 checksum to update (SCTP) */
 };
 
@@ -96,6 +96,8 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->dport = th->dest;
 		p->seq = th->seq;
 		p->tcp_flags = ((__u8 *)th)[13];
+		/* A SYN's options are not data: the RST must acknowledge the SYN alone. */
+		p->l4len = p->l4len > th->doff * 4 ? p->l4len - th->doff * 4 : 0;
 		p->csum_off = p->l4off + offsetof(struct tcphdr, check);
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
@@ -222,7 +224,7 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 	th.source = p->dport;
 	th.dest = p->sport;
 	/* The SYN counts one, plus any data it carried. */
-	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + (p->l4len > 20 ? p->l4len - 20 : 0));
+	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
 	th.doff = 5 << 4;
 	th.flags = MN_TH_RST | MN_TH_ACK;
 

@@ -480,6 +480,19 @@ fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]
 fn tcp(src: &str, dst: &str, flags: u8) -> Vec<u8> {
     packet(sa(src), sa(dst), TCP, flags, &[])
 }
+/// A SYN with 12 bytes of options (MSS, SACK permitted, window scale): not payload.
+fn syn_with_options(src: &str, dst: &str) -> Vec<u8> {
+    let opts = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1];
+    let mut p = packet(sa(src), sa(dst), TCP, SYN, &opts);
+    let l4 = if p[12] == 0x08 { 34 } else { 54 };
+    p[l4 + 12] = 8 << 4;
+    p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let (s, d) = (sa(src), sa(dst));
+    let c = fold(sum16(&p[l4..], pseudo(s.ip(), d.ip(), TCP, p.len() - l4)));
+    p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 fn udp(src: &str, dst: &str) -> Vec<u8> {
     packet(sa(src), sa(dst), UDP, 0, b"query")
 }
@@ -985,10 +998,24 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
     );
     assert_eq!((p.flags, p.ack), (RST | ACK, 1001));
 
+    // A SYN's options are not data: the RST acknowledges the SYN alone.
+    let r = dp.ingress(&syn_with_options("203.0.113.5:40002", "10.96.0.10:80"));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!((r.parsed().flags, r.parsed().ack), (RST | ACK, 1001));
+    // Data on a SYN is acknowledged too.
+    let r = dp.ingress(&packet(
+        sa("203.0.113.5:40003"),
+        sa("10.96.0.10:80"),
+        TCP,
+        SYN,
+        b"fastopen",
+    ));
+    assert_eq!(r.parsed().ack, 1009);
+
     // Not a SYN: dropped.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.verdict, TC_ACT_SHOT);
-    assert_eq!(dp.counter(2), 3, "reject");
+    assert_eq!(dp.counter(2), 5, "reject");
 }
 
 #[test]
@@ -1454,7 +1481,11 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(ns: &str) -> Servers {
+    fn start(
+        ns: &str,
+        tcp_addrs: &'static [&'static str],
+        udp_addrs: &'static [&'static str],
+    ) -> Servers {
         use std::io::Write;
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1462,19 +1493,13 @@ impl Servers {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = metalnet::sys::netns::spawn_in(ns, move || {
             let mut tcp = Vec::new();
-            for a in [
-                "198.51.100.10:8081",
-                "198.51.100.10:8082",
-                "198.51.100.10:8083",
-                "198.51.100.10:8084",
-                "[2001:db8::10]:8081",
-            ] {
+            for a in tcp_addrs {
                 let l = std::net::TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
                 l.set_nonblocking(true).unwrap();
                 tcp.push(l);
             }
             let mut udp = Vec::new();
-            for a in ["198.51.100.10:5353", "[2001:db8::10]:5353"] {
+            for a in udp_addrs {
                 let u = std::net::UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
                 u.set_nonblocking(true).unwrap();
                 udp.push(u);
@@ -1499,8 +1524,12 @@ impl Servers {
             }
         })
         .expect("a thread in the namespace");
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .expect("servers listening");
+        if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+            match handle.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(r) => panic!("servers in {ns} not listening: {r:?}"),
+            }
+        }
         Servers {
             stop,
             handle: Some(handle),
@@ -1606,8 +1635,26 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         return;
     };
     ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
-    ns.ip(&["-6", "addr", "add", "2001:db8::10/128", "dev", "lo"]);
-    let _servers = Servers::start(ns.name());
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::10/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    let _servers = Servers::start(
+        ns.name(),
+        &[
+            "198.51.100.10:8081",
+            "198.51.100.10:8082",
+            "198.51.100.10:8083",
+            "198.51.100.10:8084",
+            "[2001:db8::10]:8081",
+        ],
+        &["198.51.100.10:5353", "[2001:db8::10]:5353"],
+    );
     let cg = Cgroup::new("bpfsock");
     let fs = Bpffs::mount();
     let mut ebpf = EbpfLoader::new()
@@ -1939,4 +1986,351 @@ fn run_time_per_packet() {
         line.push_str(&format!("{what}: {} ns; ", r.duration.as_nanos()));
     }
     eprintln!("BPF run time per packet: {line}");
+}
+
+// --- lb.o on real traffic: TCX on a node namespace between a client and a backend ---------
+
+const TRAFFIC_CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        return [host, port, d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_from(port, host, dport, fam=socket.AF_INET):
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    u.bind(("", port))
+    u.connect((host, dport))
+    u.send(b"q")
+    try:
+        return u.recv(16).decode()
+    except OSError as e:
+        return "error %d" % e.errno
+ok4 = [tcp("10.96.0.10", 80) for _ in range(300)]
+ok6 = [tcp("fd00:96::10", 80, socket.AF_INET6) for _ in range(100)]
+print(json.dumps({
+    "tcp4": sorted(set(map(tuple, ok4))),
+    "tcp6": sorted(set(map(tuple, ok6))),
+    "udp4": udp_connected("10.96.0.53", 53),
+    "udp6": udp_connected("fd00:96::53", 53, socket.AF_INET6),
+    "refused_tcp4": tcp("10.96.0.99", 80),
+    "refused_tcp6": tcp("fd00:96::99", 80, socket.AF_INET6),
+    "refused_udp4": udp_connected("10.96.0.99", 53),
+    "refused_udp6": udp_connected("fd00:96::99", 53, socket.AF_INET6),
+    "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
+}))
+"#;
+
+/// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
+fn csum_errors(ns: &str) -> u64 {
+    let read = |f: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", f])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut total = 0;
+    let lines: Vec<&str> = snmp.lines().collect();
+    for pair in lines.chunks(2) {
+        if let [head, vals] = pair
+            && (head.starts_with("Tcp:") || head.starts_with("Udp:"))
+        {
+            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
+                if h == "InCsumErrors" {
+                    total += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    for l in read("/proc/net/snmp6").lines() {
+        if let Some(("Udp6InCsumErrors", v)) = l
+            .split_once(char::is_whitespace)
+            .map(|(a, b)| (a, b.trim()))
+        {
+            total += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn tcx_traffic_through_a_node_checksums_verified() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let (Some(node), Some(client), Some(backend)) = (
+        Netns::new("bpfnode"),
+        Netns::new("bpfcli"),
+        Netns::new("bpfbe"),
+    ) else {
+        return;
+    };
+    node.ip(&[
+        "link",
+        "add",
+        "n0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "netns",
+        client.name(),
+    ]);
+    node.ip(&[
+        "link",
+        "add",
+        "n1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "b0",
+        "netns",
+        backend.name(),
+    ]);
+    for (ns, dev, v4, v6, gw4, gw6) in [
+        (&node, "n0", "192.0.2.1/24", "2001:db8:1::1/64", None, None),
+        (
+            &node,
+            "n1",
+            "198.51.100.1/24",
+            "2001:db8:2::1/64",
+            None,
+            None,
+        ),
+        (
+            &client,
+            "c0",
+            "192.0.2.2/24",
+            "2001:db8:1::2/64",
+            Some("192.0.2.1"),
+            Some("2001:db8:1::1"),
+        ),
+        (
+            &backend,
+            "b0",
+            "198.51.100.10/24",
+            "2001:db8:2::10/64",
+            Some("198.51.100.1"),
+            Some("2001:db8:2::1"),
+        ),
+    ] {
+        ns.ip(&["addr", "add", v4, "dev", dev]);
+        ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", dev, "up"]);
+        if let (Some(g4), Some(g6)) = (gw4, gw6) {
+            ns.ip(&["route", "add", "default", "via", g4]);
+            ns.ip(&["-6", "route", "add", "default", "via", g6]);
+        }
+        // Without this veth never verifies L4 checksums and a wrong rewrite would pass.
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "ethtool",
+                "-K",
+                dev,
+                "tx",
+                "off",
+                "rx",
+                "off",
+            ])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "ethtool on {dev}");
+    }
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _servers = Servers::start(
+        backend.name(),
+        &["198.51.100.10:8081", "[2001:db8:2::10]:8081"],
+        &["198.51.100.10:5353", "[2001:db8:2::10]:5353"],
+    );
+
+    let Some(mut dp) = Dp::new() else { return };
+    dp.node_addr("192.0.2.1");
+    dp.node_addr("198.51.100.1");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 8081, 0)],
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.54",
+        53,
+        Proto::Udp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        5,
+        svc_flags::CLUSTER_IP,
+        &[(51, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        EXT,
+        6,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        80,
+        Proto::Tcp,
+        EXT,
+        7,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.99",
+        53,
+        Proto::Udp,
+        EXT,
+        8,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        53,
+        Proto::Udp,
+        EXT,
+        9,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+
+    // Attach from a thread inside the node namespace only (interface names resolve there).
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                for dev in ["n0", "n1"] {
+                    p.attach(dev, kind)
+                        .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    });
+
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client.name(),
+            "timeout",
+            "60",
+            "python3",
+            "-c",
+            TRAFFIC_CLIENT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{v}");
+    assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{v}");
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["udp6"], json!(["fd00:96::53", 53, "5353"]), "{v}");
+    // ECONNREFUSED at once: a RST for TCP, ICMP port unreachable for UDP.
+    for k in [
+        "refused_tcp4",
+        "refused_tcp6",
+        "refused_udp4",
+        "refused_udp6",
+    ] {
+        assert_eq!(v[k], json!(["error", 111, ""]), "{k}: {v}");
+    }
+    // One client port to two Services with the same backend: both answered.
+    assert_eq!(v["same_port_two_services"], json!(["5353", "5353"]), "{v}");
+    for ns in [&client, &backend] {
+        assert_eq!(
+            csum_errors(ns.name()),
+            0,
+            "checksum errors in {}",
+            ns.name()
+        );
+    }
+    assert!(dp.counter(0) >= 400, "lb_new {}", dp.counter(0));
+    drop(dp);
 }
