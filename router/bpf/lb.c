@@ -5,7 +5,7 @@
  * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
  * a packet matching a reply entry gets the frontend back as its source.
  *
- * Handles Ethernet devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
+ * Handles Ethernet and L3 devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
  * headers), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
  * its CRC32c cannot be updated incrementally). Everything else passes untouched. */
 #include <linux/if_ether.h>
@@ -46,14 +46,27 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	void *l4;
+	__u64 head, net;
+	void *l3, *l4;
 
-	if ((void *)(eth + 1) > end)
+	/* L3 devices (tun, WireGuard, IP tunnels) have no Ethernet header: there the network
+	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes. */
+	if (data + sizeof(head) > end)
 		return -1;
-	p->l3off = ETH_HLEN;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+	if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
+		return -1;
+	__builtin_memcpy(&head, data, sizeof(head));
+	if (head == net) {
+		p->l3off = 0;
+		l3 = data;
+	} else {
+		if (data + ETH_HLEN > end)
+			return -1;
+		p->l3off = ETH_HLEN;
+		l3 = data + ETH_HLEN;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
 		__u32 hl;
 
 		if ((void *)(ip + 1) > end)
@@ -68,11 +81,11 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->proto = ip->protocol;
 		mn_addr_set_v4(p->saddr, ip->saddr);
 		mn_addr_set_v4(p->daddr, ip->daddr);
-		p->l4off = ETH_HLEN + hl;
+		p->l4off = p->l3off + hl;
 		p->l4len = bpf_ntohs(ip->tot_len) - hl;
 		l4 = (void *)ip + hl;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
 
 		if ((void *)(ip6 + 1) > end)
 			return -1;
@@ -80,7 +93,7 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, MN_ADDR_LEN);
 		__builtin_memcpy(p->daddr, &ip6->daddr, MN_ADDR_LEN);
-		p->l4off = ETH_HLEN + sizeof(*ip6);
+		p->l4off = p->l3off + sizeof(*ip6);
 		p->l4len = bpf_ntohs(ip6->payload_len);
 		l4 = (void *)(ip6 + 1);
 	} else {
@@ -386,6 +399,9 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	mn_count(MN_CNT_REJECT);
+	/* The answers are built as Ethernet frames. */
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
 		return mn_reject_tcp(skb, p, redirect_flags);
 	if (p->proto == IPPROTO_UDP)

@@ -289,9 +289,16 @@ impl Dp {
 
     /// Runs a program on one packet: its verdict, the packet after it, and skb->mark.
     fn run(&mut self, prog: &str, pkt: &[u8]) -> Run {
+        self.run_on(prog, pkt, 0)
+    }
+
+    /// [`Dp::run`] as if the packet came from the device `ifindex` (of the calling thread's
+    /// network namespace; 0: loopback).
+    fn run_on(&mut self, prog: &str, pkt: &[u8], ifindex: u32) -> Run {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; 2048];
-        let ctx_in = [0u8; 192];
+        let mut ctx_in = [0u8; 192];
+        ctx_in[40..44].copy_from_slice(&ifindex.to_le_bytes());
         let mut ctx_out = [0u8; 192];
         let r = p
             .test_run(TestRunOptions {
@@ -2333,4 +2340,129 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     }
     assert!(dp.counter(0) >= 400, "lb_new {}", dp.counter(0));
     drop(dp);
+}
+
+const TUN_SCRIPT: &str = r#"
+import fcntl, json, os, select, socket, struct
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tun0", 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def udp4(src, sport, dst, dport, payload):
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    u = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    c = csum(s + d + struct.pack("!BBH", 0, 17, len(u)) + u) or 0xffff
+    u = u[:6] + struct.pack("!H", c) + u[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 1, 0, 64, 17, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return ip + u
+out = {}
+# Ingress: a client's datagram to the VIP comes in on tun0, the backend (on lo) gets it.
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind(("198.51.100.10", 8080))
+srv.settimeout(2)
+os.write(fd, udp4("203.0.113.5", 40000, "10.96.0.10", 80, b"hello"))
+try:
+    d, a = srv.recvfrom(64)
+    out["ingress"] = [a[0], a[1], d.decode()]
+except OSError as e:
+    out["ingress"] = ["error", str(e)]
+# Egress: the backend's answer leaves through tun0 with the VIP as its source.
+srv.sendto(b"answer", ("203.0.113.5", 40000))
+out["egress"] = ""
+for _ in range(20):
+    r, _, _ = select.select([fd], [], [], 2)
+    if not r:
+        break
+    p = os.read(fd, 2048)
+    # Skip what the kernel sends on its own (IPv6 router solicitations).
+    if p[0] >> 4 == 4:
+        out["egress"] = p.hex()
+        break
+print(json.dumps(out))
+"#;
+
+#[test]
+fn l3_devices_are_parsed_without_an_ethernet_header() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(mut dp) = Dp::new() else { return };
+    let Some(ns) = Netns::new("bpftun") else {
+        return;
+    };
+    ns.ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    ns.ip(&["link", "set", "tun0", "up"]);
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "dev", "tun0"]);
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, backend_flags::LOCAL)],
+    );
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                p.attach("tun0", kind)
+                    .unwrap_or_else(|e| panic!("attaching {prog} to tun0: {e:?}"));
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+            TUN_SCRIPT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tun client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["ingress"],
+        serde_json::json!(["203.0.113.5", 40000, "hello"]),
+        "{v}"
+    );
+    let hex = v["egress"].as_str().unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(!bytes.is_empty(), "no answer read from tun0: {v}");
+    // Parse the IP packet behind a made-up Ethernet header.
+    let mut framed = vec![0; 12];
+    framed.extend_from_slice(&[0x08, 0x00]);
+    framed.extend_from_slice(&bytes);
+    let p = parse(&framed);
+    assert_eq!(p.src, sa("10.96.0.10:80"));
+    assert_eq!(p.dst, sa("203.0.113.5:40000"));
+    assert_eq!(csum_errors(ns.name()), 0);
 }
