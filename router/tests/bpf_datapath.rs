@@ -2041,6 +2041,8 @@ print(json.dumps({
     "refused_tcp6": tcp("fd00:96::99", 80, socket.AF_INET6),
     "refused_udp4": udp_connected("10.96.0.99", 53),
     "refused_udp6": udp_connected("fd00:96::99", 53, socket.AF_INET6),
+    "backend_refused_udp4": udp_connected("10.96.0.55", 53),
+    "backend_refused_udp6": udp_connected("fd00:96::55", 53, socket.AF_INET6),
     "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
 }))
 "#;
@@ -2274,6 +2276,21 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         &[],
     );
 
+    for (vip, be, id) in [
+        ("10.96.0.55", "198.51.100.10", 61),
+        ("fd00:96::55", "2001:db8:2::10", 62),
+    ] {
+        dp.service(
+            vip,
+            53,
+            Proto::Udp,
+            EXT,
+            id,
+            svc_flags::CLUSTER_IP,
+            &[(id, be, 5999, 0)],
+        );
+    }
+
     // Attach from a thread inside the node namespace only (interface names resolve there).
     let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
     std::thread::scope(|s| {
@@ -2465,4 +2482,130 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     assert_eq!(p.src, sa("10.96.0.10:80"));
     assert_eq!(p.dst, sa("203.0.113.5:40000"));
     assert_eq!(csum_errors(ns.name()), 0);
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
+/// from [`packet`]): its IP header and 8 bytes.
+fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let v6 = s.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
+    let acc = if v6 { pseudo(s, d, 58, icmp.len()) } else { 0 };
+    let c = fold(sum16(&icmp, acc));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[58, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn icmp_errors_about_balanced_flows_show_the_frontend() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.80",
+        80,
+        Proto::Tcp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "10.244.2.20", 8080, 0)],
+    );
+
+    // The backend has nothing on the port: its port unreachable reaches the client as if
+    // the frontend had sent it.
+    let sent = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53")).pkt;
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    let r = dp.egress(&err);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("10.96.0.53:0").ip(), sa("10.244.1.5:0").ip())
+    );
+    let inner = &r.pkt[42..];
+    assert_eq!(
+        fold(sum16(&inner[..20], 0)),
+        0,
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(&inner[16..20], &[10, 96, 0, 53], "quoted destination");
+    assert_eq!(
+        &inner[22..24],
+        &53u16.to_be_bytes(),
+        "quoted destination port"
+    );
+    assert_eq!(&inner[12..16], &[10, 244, 1, 5]);
+
+    // Fragmentation needed from a router on the way (this node): only the quote changes.
+    let sent = dp
+        .ingress(&tcp("10.244.1.5:40000", "10.96.0.80:80", SYN))
+        .pkt;
+    let err = icmp_error("192.0.2.1", "10.244.1.5", 3, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("192.0.2.1:0").ip());
+    let inner = &r.pkt[42..];
+    assert_eq!(&inner[16..20], &[10, 96, 0, 80]);
+    assert_eq!(&inner[22..24], &80u16.to_be_bytes());
+
+    let sent = dp
+        .ingress(&udp("[2001:db8:1::5]:5000", "[fd00:96::53]:53"))
+        .pkt;
+    let err = icmp_error("2001:db8:2::10", "2001:db8:1::5", 1, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    let inner = &r.pkt[62..];
+    let vip6: std::net::Ipv6Addr = "fd00:96::53".parse().unwrap();
+    assert_eq!(&inner[24..40], &vip6.octets());
+    assert_eq!(&inner[42..44], &53u16.to_be_bytes());
+
+    // An error about another flow is left alone.
+    let other = udp("10.244.1.5:5001", "10.244.9.9:53");
+    let err = icmp_error("10.244.9.9", "10.244.1.5", 3, 3, &other);
+    assert_eq!(dp.egress(&err).pkt, err);
+    // Ingress leaves ICMP alone.
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    assert_eq!(dp.ingress(&err).pkt, err);
 }
