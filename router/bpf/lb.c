@@ -5,8 +5,9 @@
  * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
  * a packet matching a reply entry gets the frontend back as its source.
  *
- * Handles Ethernet and L3 devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
- * headers), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
+ * Handles Ethernet and L3 devices, IPv4 (options allowed) and IPv6 (the fragment header is the
+ * only extension header understood), fragments (the first one's ports recorded in mn_frag for
+ * the others), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
  * its CRC32c cannot be updated incrementally). Everything else passes untouched. */
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -34,7 +35,7 @@ struct mn_pkt {
 	__u8 proto;
 	__u8 v6;
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 frag;        /* MN_FRAG_*: ports from mn_frag, no L4 header in this packet */
 	__be32 seq;       /* TCP */
 	__u32 l3off;
 	__u32 l4off;
@@ -43,7 +44,42 @@ struct mn_pkt {
 };
 
 #define MN_IPPROTO_ICMPV6 58
+#define MN_NEXTHDR_FRAG   44
 #define MN_PARSE_ICMP     1
+
+#define MN_FRAG_NONE  0
+#define MN_FRAG_FIRST 1 /* has the L4 header; its ports recorded in mn_frag */
+#define MN_FRAG_LATER 2 /* no L4 header: ports from mn_frag, only addresses are rewritten */
+
+/* A fragment: the first one records its ports, the later ones take them (or are left alone
+ * when the first was not seen). */
+static __always_inline int mn_frag_ports(struct mn_pkt *p, __u32 id, void *l4, void *end)
+{
+	struct mn_frag_key k = {};
+	struct mn_frag_val v, *f;
+
+	__builtin_memcpy(k.saddr, p->saddr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->daddr, MN_ADDR_LEN);
+	k.id = id;
+	k.proto = p->proto;
+	if (p->frag == MN_FRAG_FIRST) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > end)
+			return -1;
+		v.sport = ports[0];
+		v.dport = ports[1];
+		bpf_map_update_elem(&mn_frag, &k, &v, BPF_ANY);
+		return 0;
+	}
+	f = bpf_map_lookup_elem(&mn_frag, &k);
+	if (!f)
+		return -1;
+	p->sport = f->sport;
+	p->dport = f->dport;
+	p->csum_off = 0;
+	return 0;
+}
 
 /* 0: TCP, UDP or SCTP parsed; MN_PARSE_ICMP: an ICMP or ICMPv6 message (type in tcp_flags,
  * l4off at its header); < 0: anything else, to pass untouched. */
@@ -79,9 +115,6 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		hl = ip->ihl * 4;
 		if (hl < sizeof(*ip))
 			return -1;
-		/* Only the first fragment has the ports; without reassembly none can be NATed. */
-		if (ip->frag_off & bpf_htons(MN_IP_MF | MN_IP_OFFSET))
-			return -1;
 		p->v6 = 0;
 		p->proto = ip->protocol;
 		mn_addr_set_v4(p->saddr, ip->saddr);
@@ -89,6 +122,15 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->l4off = p->l3off + hl;
 		p->l4len = bpf_ntohs(ip->tot_len) - hl;
 		l4 = (void *)ip + hl;
+		if (ip->frag_off & bpf_htons(MN_IP_MF | MN_IP_OFFSET)) {
+			p->frag = (ip->frag_off & bpf_htons(MN_IP_OFFSET)) ? MN_FRAG_LATER : MN_FRAG_FIRST;
+			if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+				return -1;
+			if (mn_frag_ports(p, bpf_ntohs(ip->id), l4, end))
+				return -1;
+			if (p->frag == MN_FRAG_LATER)
+				return 0;
+		}
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 
@@ -101,6 +143,31 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->l4off = p->l3off + sizeof(*ip6);
 		p->l4len = bpf_ntohs(ip6->payload_len);
 		l4 = (void *)(ip6 + 1);
+		/* The fragment header is the one extension header handled (others pass untouched). */
+		if (p->proto == MN_NEXTHDR_FRAG) {
+			struct {
+				__u8 nexthdr;
+				__u8 reserved;
+				__be16 frag_off; /* offset << 3 | more fragments */
+				__be32 id;
+			} *fh = l4;
+
+			if ((void *)(fh + 1) > end)
+				return -1;
+			p->proto = fh->nexthdr;
+			p->l4off += sizeof(*fh);
+			p->l4len = p->l4len > sizeof(*fh) ? p->l4len - sizeof(*fh) : 0;
+			l4 = (void *)(fh + 1);
+			if (fh->frag_off & bpf_htons(0xfff9)) {
+				p->frag = (fh->frag_off & bpf_htons(0xfff8)) ? MN_FRAG_LATER : MN_FRAG_FIRST;
+				if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+					return -1;
+				if (mn_frag_ports(p, bpf_ntohl(fh->id), l4, end))
+					return -1;
+				if (p->frag == MN_FRAG_LATER)
+					return 0;
+			}
+		}
 	} else {
 		return -1;
 	}
@@ -190,6 +257,8 @@ static __noinline int mn_nat(struct __sk_buff *skb, const struct mn_pkt *p, int 
 				return TC_ACT_SHOT;
 		}
 	}
+	if (p->frag == MN_FRAG_LATER)
+		return TC_ACT_OK;
 	if (old_port != port) {
 		if (!p->csum_off)
 			return TC_ACT_SHOT;
@@ -634,6 +703,9 @@ int mn_tc_ingress(struct __sk_buff *skb)
 		if (r != MN_NO_ENTRY)
 			return r;
 	}
+	/* A later fragment follows its first one; it cannot start a connection. */
+	if (p.frag == MN_FRAG_LATER)
+		return TC_ACT_OK;
 	r = mn_lb_new(skb, &p, syn, now);
 	if (r == MN_REJECT)
 		return mn_reject(skb, &p, 0);
@@ -780,7 +852,7 @@ int mn_tc_egress(struct __sk_buff *skb)
 	mn_ct_key_of(&rk, &p, 1);
 	v = bpf_map_lookup_elem(&mn_ct, &rk);
 	if (!v) {
-		if (p.proto == IPPROTO_UDP ||
+		if ((p.proto == IPPROTO_UDP && p.frag != MN_FRAG_LATER) ||
 		    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN))
 			return mn_egress_no_backend(skb, &p);
 		return TC_ACT_OK;
