@@ -1693,7 +1693,11 @@ mod tests {
         } else {
             format!("192.0.2.{}", i + 1)
         };
-        let node = if i % 3 == 0 { "node-a" } else { "node-b" };
+        let node = if i.is_multiple_of(3) {
+            "node-a"
+        } else {
+            "node-b"
+        };
         ep(&addr, node, i % 4 != 1, i % 4 != 2, i % 4 == 1)
     }
 
