@@ -324,15 +324,19 @@ fn port_endpoints(
             {
                 continue;
             }
-            let port = match p.port.map(u16::try_from) {
-                Some(Ok(n)) if n > 0 => n,
-                other => {
-                    problems.push(problem(
-                        format!("ports[{pi}].port"),
-                        format!("{other:?} is not a port number"),
-                    ));
-                    continue;
-                }
+            let port = match p.port {
+                // No port: "every port", which only headless Services have.
+                None => continue,
+                Some(n) => match u16::try_from(n) {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        problems.push(problem(
+                            format!("ports[{pi}].port"),
+                            format!("{n} is not a port number"),
+                        ));
+                        continue;
+                    }
+                },
             };
             for (ei, e) in s.endpoints.iter().enumerate() {
                 // kube-proxy uses the first address; the others are the same pod.
@@ -422,16 +426,26 @@ fn skip_reason(svc: &Service, proxy_name: &str) -> Option<String> {
 pub fn desired(inputs: &Inputs, ids: &mut Ids) -> Desired {
     let mut out = Desired::default();
     let slices = index_slices(&inputs.endpoint_slices);
-    let mut services: Vec<&Service> = inputs.services.clone();
-    services.sort_by(|a, b| {
-        (ns_of(&a.metadata), &a.metadata.name).cmp(&(ns_of(&b.metadata), &b.metadata.name))
-    });
+    // By namespace and name: which of two Services claiming a frontend wins must not depend
+    // on the input order.
+    let mut services: Vec<((String, String), &Service)> = inputs
+        .services
+        .iter()
+        .map(|s| {
+            (
+                (
+                    ns_of(&s.metadata),
+                    s.metadata.name.clone().unwrap_or_default(),
+                ),
+                *s,
+            )
+        })
+        .collect();
+    services.sort_by(|a, b| a.0.cmp(&b.0));
     let mut claimed: HashMap<Endpoint, (String, String)> = HashMap::new();
     ids.begin();
-    for svc in services {
-        let ns = ns_of(&svc.metadata);
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let key = (ns.clone(), name.clone());
+    for (key, svc) in services {
+        let (ns, name) = key.clone();
         let no_slices = Vec::new();
         let sl = slices.get(&key).unwrap_or(&no_slices);
         let view = one_service(
