@@ -74,9 +74,23 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         }
         self.low = id + 1;
         self.taken.insert(id);
+        // About to be written: held until the maps are known not to have it.
+        self.live.insert(id);
         self.assigned.insert(key, id);
         self.used.insert(key);
         Some(id)
+    }
+
+    /// Forgets a key now (an incremental update dropped it); its id stays taken while the
+    /// maps may hold it.
+    fn release(&mut self, key: &K) {
+        self.used.remove(key);
+        if let Some(id) = self.assigned.remove(key)
+            && !self.live.contains(&id)
+        {
+            self.taken.remove(&id);
+            self.low = self.low.min(id);
+        }
     }
 
     fn peek(&self, key: &K) -> Option<u32> {
@@ -270,6 +284,21 @@ impl Ids {
     /// The Maglev row of a frontend (`None` when every row is taken).
     pub fn maglev_row(&mut self, rev_id: u32) -> Option<u32> {
         self.rows.get(rev_id)
+    }
+
+    /// Drops a frontend outside a full recomputation ([`super::model::Model::update`]).
+    pub fn release_frontend(&mut self, fe: &Endpoint) {
+        self.frontends.release(fe);
+    }
+
+    /// Drops a backend outside a full recomputation.
+    pub fn release_backend(&mut self, be: &Endpoint) {
+        self.backends.release(be);
+    }
+
+    /// Drops a frontend's Maglev row outside a full recomputation.
+    pub fn release_row(&mut self, rev_id: u32) {
+        self.rows.release(&rev_id);
     }
 
     /// The rev_id already assigned to a frontend, without assigning one.
