@@ -268,8 +268,66 @@ fn usable<'e>(eps: impl Iterator<Item = &'e Ep> + Clone) -> (Vec<&'e Ep>, bool) 
     (term, fallback)
 }
 
+fn ns_str(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.namespace.clone().unwrap_or_else(|| "default".into())
+    ns_str(meta).to_string()
+}
+
+/// The Services to hand [`Model::update`] between two snapshots: those added, changed or
+/// deleted, and those whose EndpointSlices were. Snapshots share unchanged objects, so this
+/// compares pointers.
+pub fn changed_services(
+    old: &metalnet::state::Snapshot,
+    new: &metalnet::state::Snapshot,
+) -> BTreeSet<SvcName> {
+    use std::sync::Arc;
+    fn walk<T>(
+        old: &metalnet::state::Objects<T>,
+        new: &metalnet::state::Objects<T>,
+        mut key: impl FnMut(&T) -> Option<SvcName>,
+        out: &mut BTreeSet<SvcName>,
+    ) {
+        if Arc::ptr_eq(old, new) {
+            return;
+        }
+        for (k, o) in old.iter() {
+            match new.get(k) {
+                Some(n) if Arc::ptr_eq(o, n) => {}
+                Some(n) => out.extend(key(o).into_iter().chain(key(n))),
+                None => out.extend(key(o)),
+            }
+        }
+        for (k, n) in new.iter() {
+            if !old.contains_key(k) {
+                out.extend(key(n));
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(
+        &old.services,
+        &new.services,
+        |s: &Service| {
+            Some((
+                ns_of(&s.metadata),
+                s.metadata.name.clone().unwrap_or_default(),
+            ))
+        },
+        &mut out,
+    );
+    walk(
+        &old.endpoint_slices,
+        &new.endpoint_slices,
+        |s: &EndpointSlice| {
+            let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+            Some((ns_of(&s.metadata), svc.clone()))
+        },
+        &mut out,
+    );
+    out
 }
 
 /// Slices by (namespace, service name), each list sorted by slice name.
@@ -519,15 +577,19 @@ impl Model {
         if self.conflicts > 0 {
             return self.full(inputs, ids);
         }
-        let wanted: HashSet<&SvcName> = changed.iter().collect();
+        // Borrowed keys: this walks every object, so it must not allocate per object.
+        let wanted: HashSet<(&str, &str)> = changed
+            .iter()
+            .map(|(ns, n)| (ns.as_str(), n.as_str()))
+            .collect();
         let mut services: Vec<(SvcName, &Service)> = Vec::new();
         for s in &inputs.services {
-            let key = (
-                ns_of(&s.metadata),
-                s.metadata.name.clone().unwrap_or_default(),
+            let (ns, name) = (
+                ns_str(&s.metadata),
+                s.metadata.name.as_deref().unwrap_or(""),
             );
-            if wanted.contains(&key) {
-                services.push((key, *s));
+            if wanted.contains(&(ns, name)) {
+                services.push(((ns.to_string(), name.to_string()), *s));
             }
         }
         services.sort_by(|a, b| a.0.cmp(&b.0));
@@ -541,7 +603,7 @@ impl Model {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(LABEL_SERVICE_NAME));
-                svc.is_some_and(|n| wanted.contains(&(ns_of(&s.metadata), n.clone())))
+                svc.is_some_and(|n| wanted.contains(&(ns_str(&s.metadata), n.as_str())))
             })
             .collect();
         let slices = index_slices(&wanted_slices);
@@ -2331,6 +2393,49 @@ mod tests {
             let again = model.full(&inputs(&sb, &eb), &mut ids);
             prop_assert!(again.is_empty(), "{:?}", again);
         }
+    }
+
+    #[test]
+    fn changed_services_between_snapshots() {
+        use metalnet::model::ObjectKey;
+        use std::sync::Arc;
+        let key = |ns: &str, n: &str| ObjectKey {
+            namespace: Some(ns.into()),
+            name: n.into(),
+        };
+        let mut old = metalnet::state::Snapshot::default();
+        let svcs: BTreeMap<ObjectKey, Arc<Service>> = [
+            (key("default", "web"), Arc::new(web())),
+            (key("default", "lb"), Arc::new(lb("Local", "Cluster"))),
+        ]
+        .into();
+        old.services = Arc::new(svcs.clone());
+        let sl: BTreeMap<ObjectKey, Arc<EndpointSlice>> =
+            [(key("default", "lb-1"), Arc::new(lb_slices().remove(0)))].into();
+        old.endpoint_slices = Arc::new(sl.clone());
+        assert!(changed_services(&old, &old.clone()).is_empty());
+        // A new slice object for lb (even with equal contents), a new Service, web untouched.
+        let mut new = old.clone();
+        let mut sl2 = sl.clone();
+        sl2.insert(key("default", "lb-1"), Arc::new(lb_slices().remove(0)));
+        new.endpoint_slices = Arc::new(sl2);
+        let mut svcs2 = svcs.clone();
+        svcs2.insert(
+            key("default", "dns"),
+            Arc::new(service(
+                "default",
+                "dns",
+                json!({"clusterIP": "10.96.0.53"}),
+            )),
+        );
+        new.services = Arc::new(svcs2);
+        let got: Vec<String> = changed_services(&old, &new)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(got, ["dns", "lb"]);
+        // Deleted ones count too.
+        assert_eq!(changed_services(&new, &old).len(), 2);
     }
 
     #[test]
