@@ -29,6 +29,12 @@
 //!   slot, while rows last.
 //! - A frontend claimed by two Services goes to the first by namespace and name; the other
 //!   gets a problem. A Service's problems never change another Service's entries.
+//!
+//! Use: at start, `Ids::from_state(&live, ids::maglev_rows(entries, m))`, `Model::full`, then
+//! write `MapDiff::between(&live, &model.desired.maps)` (the diffs the model returns are
+//! relative to its own previous result) and `ids.committed(..)`. On each change,
+//! `model.update(&inputs, &changed_services(&old, &new), &mut ids)`, write the diff, and
+//! `ids.committed(&model.desired.maps)` (after a failed write: with what the maps hold).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
