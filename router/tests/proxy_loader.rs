@@ -13,6 +13,7 @@ use metalnet_router::proxy::abi::{
 use metalnet_router::proxy::attach;
 use metalnet_router::proxy::dataplane::Dataplane;
 use metalnet_router::proxy::loader::{Loader, Sizes};
+use metalnet_router::proxy::nft;
 use metalnet_router::proxy::state::{MapDiff, MapState};
 
 fn is_root() -> bool {
@@ -629,4 +630,110 @@ fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
     );
     let e = sock.send(b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+}
+
+#[test]
+fn the_masquerade_table_is_idempotent_and_removable() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new("pxn").unwrap();
+    let shown = in_ns(&ns, || {
+        nft::ensure(0x4000).unwrap();
+        nft::ensure(0x4000).unwrap();
+        let shown = nft::show().unwrap();
+        nft::remove().unwrap();
+        nft::remove().unwrap();
+        (shown, nft::show().unwrap())
+    });
+    let table = shown.0.expect("the table");
+    assert!(table.contains("masquerade"), "{table}");
+    assert_eq!(table.matches("chain postrouting").count(), 1, "{table}");
+    assert_eq!(shown.1, None);
+}
+
+/// A pod reaching itself through its Service: the node routes the DNATed packet back out the
+/// pod's veth and masquerades it, so the pod sees the node's address, not its own.
+#[test]
+fn hairpin_through_the_vip_is_masqueraded() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let probe = Loader::open(&dir.path, &small())
+        .unwrap()
+        .take_programs()
+        .unwrap();
+    if probe.lb.program(attach::TC_INGRESS).is_none() {
+        eprintln!("skipping: lb.o has no {} yet", attach::TC_INGRESS);
+        return;
+    }
+    drop(probe);
+    let (pod, node) = topology();
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node.name(), "sysctl", "-qw", s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The pod's server answers with the peer address it sees.
+    let l = in_ns(&pod, || {
+        TcpListener::bind(format!("{CLIENT}:8080")).unwrap()
+    });
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let peer = s.peer_addr().unwrap().ip().to_string();
+            let _ = s.write_all(peer.as_bytes());
+        }
+    });
+    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
+    l1.set_config(&abi::Config {
+        socket_lb: 1,
+        maglev_m: 1021,
+        masq_mark: 0x4000,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 60,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut want = one_service();
+    want.backend.insert(
+        1,
+        Backend {
+            addr: CLIENT.parse().unwrap(),
+            port: 8080,
+            proto: Proto::Tcp,
+            flags: 0,
+        },
+    );
+    l1.apply(&MapDiff::between(&MapState::default(), &want))
+        .unwrap();
+    in_ns(&node, || nft::ensure(0x4000)).unwrap();
+    let a = start(
+        &node,
+        l1.take_programs().unwrap(),
+        AttachOptions {
+            bpf_dir: dir.path.clone(),
+            cgroup_root: None,
+            nodeport_addresses: vec![],
+            node_addrs: false,
+        },
+    );
+    let mut s = connect_vip(&pod).unwrap();
+    assert_eq!(s.peer_addr().unwrap().ip().to_string(), VIP);
+    let mut seen = String::new();
+    s.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, SERVER, "the pod sees the node's address");
+    assert_eq!(csum_errors(&pod), 0);
+    drop(a);
+    drop(l1);
 }
