@@ -223,10 +223,14 @@ fn daemon(rec: Recorder) -> (Daemon<Recorder, Toy>, Fixture) {
         ..Toy::default()
     };
     let d = Daemon::new(
-        "n1".into(),
-        ProxyOptions {
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            ..ProxyOptions::default()
+        Config {
+            node: "n1".into(),
+            opts: ProxyOptions {
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                ..ProxyOptions::default()
+            },
+            host_netns_cookie: 4096,
+            write_node_addrs: true,
         },
         rec,
         toy,
@@ -253,6 +257,7 @@ fn start_programs_the_config_and_readiness_waits_for_the_first_pass() {
     let (mut d, f) = daemon(Recorder::default());
     assert_eq!(d.dataplane().config.masq_mark, 0x4000);
     assert_eq!(d.dataplane().config.maglev_m, 1021);
+    assert_eq!(d.dataplane().config.host_netns_cookie, 4096);
     assert_eq!(d.dataplane().cluster_cidrs.len(), 1);
     assert!(!f.health.is_ready());
     let r = d.pass_on(&snapshot([]));
@@ -408,8 +413,10 @@ fn a_failed_write_is_retried_from_what_the_maps_hold() {
     let health = Health::default();
     let status: SharedStatus = Arc::default();
     let mut d = Daemon::new(
-        "n1".into(),
-        ProxyOptions::default(),
+        Config {
+            node: "n1".into(),
+            ..Config::default()
+        },
         Flaky {
             fail: true,
             ..Flaky::default()
@@ -568,6 +575,13 @@ fn node_addresses_are_filtered_for_nodeports() {
         .map(|a| a.to_string())
         .collect();
     assert_eq!(got, ["192.0.2.1"]);
+    // The attach watcher keeps mn_node_addr: the daemon only notes them for its servers.
+    d.write_node_addrs = false;
+    d.node_addrs = None;
+    d.dp.node_addrs.clear();
+    d.set_node_addrs(&all);
+    assert!(d.dataplane().node_addrs.is_empty());
+    assert_eq!(d.node_addrs.as_ref().map(|a| a.len()), Some(1));
 }
 
 #[test]
