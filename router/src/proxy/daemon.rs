@@ -349,7 +349,6 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                         took = ?started.elapsed(),
                         "maps programmed"
                     );
-                    self.observe_programming(snap);
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -366,6 +365,10 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     failing = Some(msg);
                 }
             }
+        }
+        // Slices changed without a map change count as programmed too (nothing to do).
+        if failing.is_none() {
+            self.observe_programming(snap);
         }
         // Health servers answer 503 while the maps are not what the cluster asks for.
         self.health.set_proxy_healthy(failing.is_none());
