@@ -433,21 +433,26 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// last pass, from its last-change-trigger-time to now.
     fn observe_programming(&mut self, snap: &Snapshot) {
         let now = SystemTime::now();
-        for (key, slice) in snap.endpoint_slices.iter() {
-            if self
-                .slices
-                .get(key)
-                .is_some_and(|old| Arc::ptr_eq(old, slice))
-            {
-                continue;
-            }
-            let Some(t) = slice
-                .metadata
+        let trigger = |s: &metalnet::model::core::EndpointSlice| {
+            s.metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME))
-                .and_then(|v| parse_rfc3339(v))
-            else {
+                .cloned()
+        };
+        for (key, slice) in snap.endpoint_slices.iter() {
+            let Some(stamp) = trigger(slice) else {
+                continue;
+            };
+            // Each change has its own trigger time: one seen before is not counted again.
+            if self
+                .slices
+                .get(key)
+                .is_some_and(|old| Arc::ptr_eq(old, slice) || trigger(old).as_ref() == Some(&stamp))
+            {
+                continue;
+            }
+            let Some(t) = parse_rfc3339(&stamp) else {
                 continue;
             };
             if let Ok(d) = now.duration_since(t) {

@@ -690,7 +690,7 @@ fn metrics_after_a_pass() {
         text.contains(r#"metalnet_proxy_map_entries{map="mn_slot"} 1"#),
         "{text}"
     );
-    // The same slice again: not counted twice.
+    // The same slice again (same trigger time): not counted twice.
     d.pass_on(&snapshot([svc("web", "10.96.0.10"), s]));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
