@@ -163,6 +163,20 @@ fn assert_checksums(c: &ProxyCluster) {
     );
 }
 
+/// Every pinned object (not directory) under a bpffs directory.
+fn pins(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(pins(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn pod_ip(c: &ProxyCluster, pod: &str, f: Family) -> String {
     let p = &c.pods[c.pod(pod)];
     match f {
@@ -1015,4 +1029,69 @@ fn explain_and_dump_name_frontends_and_backends() {
         },
         "explain of a missing Service says so"
     );
+}
+
+/// The proxy exports its map fill levels and data-path counters, conntrack among them.
+#[test]
+fn metrics_show_map_fill() {
+    if !can_run() {
+        return;
+    }
+    let c = cluster("proxy_metrics", &[1, 1], &[]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("counted", 33), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Client, &vip(V4, 33), 80);
+    all_answered(&c, At::Client, &vip(V4, 33), 80, 10);
+    let text = c.metrics(0).unwrap();
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let ct = value(r#"metalnet_proxy_map_entries{map="mn_ct"}"#);
+    assert!(
+        ct.is_some_and(|v| v > 0.0),
+        "conntrack entries after 10 connections through node1: {ct:?}\n{text}"
+    );
+    assert!(
+        value(r#"metalnet_proxy_map_capacity{map="mn_ct"}"#).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert!(text.contains("metalnet_proxy_frontends"), "{text}");
+}
+
+/// `--cleanup-config` removes what the proxy left (maps, programs, the nftables table): the
+/// Service stops answering through that node and its bpffs is empty.
+#[test]
+fn cleanup_config_removes_everything() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_cleanup", &[1, 1], &[]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("gone", 34), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Client, &vip(V4, 34), 80);
+    c.stop_proxy(0);
+    // Kept over a plain stop, as kube-proxy keeps its rules.
+    all_answered(&c, At::Client, &vip(V4, 34), 80, 3);
+    let out = c.run_proxy_once(0, &["--cleanup-config"]).unwrap();
+    assert!(
+        out.status.success(),
+        "--cleanup-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in FAMILIES {
+        not_answered(
+            &c,
+            At::Client,
+            &vip(f, 34),
+            80,
+            "node1's proxy was cleaned up",
+        );
+    }
+    let left = pins(&c.nodes[0].bpf_dir);
+    assert!(left.is_empty(), "pins left in the bpffs: {left:?}");
+    let tables = c.nodes[0].host.exec_ok(&["nft", "list", "tables"]).unwrap();
+    assert!(tables.trim().is_empty(), "nftables tables left: {tables}");
 }
