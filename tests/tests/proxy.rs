@@ -1095,3 +1095,31 @@ fn cleanup_config_removes_everything() {
     let tables = c.nodes[0].host.exec_ok(&["nft", "list", "tables"]).unwrap();
     assert!(tables.trim().is_empty(), "nftables tables left: {tables}");
 }
+
+/// Interfaces created after the proxy started (a pod's veth added by a CNI plugin later) get
+/// the per-packet data path: with socket-LB off, a new pod reaches a Service through its
+/// veth's ingress program.
+#[test]
+fn late_interfaces_get_the_data_path() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_late_iface", &[1, 1], &["--socket-lb", "off"]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("late", 35), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Pod(a1), &vip(V4, 35), 80);
+    let late = c.add_pod(0).unwrap();
+    c.wait_server(late).unwrap();
+    for f in FAMILIES {
+        let v = vip(f, 35);
+        let a = wait_answer(&c, At::Pod(late), &v, 80);
+        assert_eq!(a.peer_ip(), Some(v.as_str()), "{a:?}");
+        let t = all_answered(&c, At::Pod(late), &v, 80, 20);
+        assert_eq!(
+            t.len(),
+            2,
+            "per-packet from the late pod uses both backends: {t:?}"
+        );
+    }
+    assert_checksums(&c);
+}

@@ -613,7 +613,8 @@ impl ProxyCluster {
         Ok(self.pods.len() - 1)
     }
 
-    fn wait_server(&self, p: usize) -> Result<()> {
+    /// Waits until pod `p`'s server listens.
+    pub fn wait_server(&self, p: usize) -> Result<()> {
         let pod = &self.pods[p];
         wait_for(
             &format!("the server of pod {}", pod.name),
