@@ -1043,12 +1043,7 @@ fn metrics_show_map_fill() {
     wait_answer(&c, At::Client, &vip(V4, 33), 80);
     all_answered(&c, At::Client, &vip(V4, 33), 80, 10);
     let text = c.metrics(0).unwrap();
-    let value = |name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
+    let value = |series: &str| metric(&text, series);
     let ct = value(r#"metalnet_proxy_map_entries{map="mn_ct"}"#);
     assert!(
         ct.is_some_and(|v| v > 0.0),
@@ -1119,6 +1114,44 @@ fn late_interfaces_get_the_data_path() {
             t.len(),
             2,
             "per-packet from the late pod uses both backends: {t:?}"
+        );
+    }
+    assert_checksums(&c);
+}
+
+/// The value of a metric line starting with `series` (name and labels), when present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `--socket-lb host-only` (for service meshes): processes of the node's own namespace are
+/// balanced at connect (the node has no route to the VIP: only socket-LB can answer), while
+/// pods, though in the same cgroup, go through the per-packet path (new connections counted
+/// by the data path).
+#[test]
+fn socket_lb_host_only() {
+    if !can_run() {
+        return;
+    }
+    let c = cluster("proxy_host_only", &[2, 1], &["--socket-lb", "host-only"]);
+    let (a1, a2, b1) = (c.pod("a1"), c.pod("a2"), c.pod("b1"));
+    c.apply(&svc("mesh", 36), &[a1, b1]).unwrap();
+    let lb_new = r#"metalnet_proxy_datapath_total{event="lb_new"}"#;
+    for f in FAMILIES {
+        let v = vip(f, 36);
+        let a = wait_answer(&c, At::Node(0), &v, 80);
+        assert_eq!(a.peer_ip(), Some(v.as_str()), "{a:?}");
+        wait_answer(&c, At::Pod(a2), &v, 80);
+        let before = metric(&c.metrics(0).unwrap(), lb_new).unwrap_or(0.0);
+        all_answered(&c, At::Pod(a2), &v, 80, 10);
+        let text = c.metrics(0).unwrap();
+        let after = metric(&text, lb_new).unwrap_or(0.0);
+        assert!(
+            after - before >= 10.0,
+            "host-only: the pod's 10 connections go through the per-packet path: {lb_new} {before} -> {after}\n{text}"
         );
     }
     assert_checksums(&c);
