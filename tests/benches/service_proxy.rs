@@ -17,9 +17,10 @@
 //! - `direct`: no proxy, the client connects to the backend address (the baseline for
 //!   "latency added").
 //! - `iptables`: kube-proxy's iptables rule set ([`metalnet_lab::kubeproxy::iptables`]) loaded
-//!   with `iptables-restore --noflush --counters` (the nf_tables backend, Debian's default
-//!   `iptables`; jump rules first, as kube-proxy's `EnsureRule`); the add is the partial sync
-//!   kube-proxy writes (every top-level chain in full, the new Service's chains).
+//!   with `iptables-restore --noflush --counters`: `iptables-nft-restore`, the nf_tables
+//!   backend Debian's `iptables` points at (`BENCH_IPT_BACKEND=legacy` for
+//!   iptables-legacy); jump rules first, as kube-proxy's `EnsureRule`. The add is the partial
+//!   sync kube-proxy writes (every top-level chain in full, the new Service's chains).
 //! - `nft`: kube-proxy's `ip kube-proxy` table loaded with `nft -f`; the add is the
 //!   one-Service transaction.
 //!
@@ -75,6 +76,8 @@ struct Settings {
     run_limit: Duration,
     nft_timeout: Duration,
     ipt_timeout: Duration,
+    /// `nft` (iptables-nft, Debian's default `iptables`) or `legacy` (iptables-legacy).
+    ipt_backend: String,
     modes: Vec<Mode>,
 }
 
@@ -100,6 +103,10 @@ impl Settings {
             run_limit: Duration::from_secs_f64(env_or("BENCH_RUN_SECS", 3.0f64)),
             nft_timeout: Duration::from_secs(env_or("BENCH_NFT_TIMEOUT", 180u64)),
             ipt_timeout: Duration::from_secs(env_or("BENCH_IPT_TIMEOUT", 180u64)),
+            ipt_backend: match std::env::var("BENCH_IPT_BACKEND").as_deref() {
+                Ok("legacy") => "legacy".into(),
+                _ => "nft".into(),
+            },
             modes,
         }
     }
@@ -617,17 +624,21 @@ fn program_iptables(
     services: &[ServicePort],
     n: usize,
     limit: Duration,
+    backend: &str,
 ) -> Result<Programming, String> {
     let ns = node.netns();
+    let iptables = format!("iptables-{backend}");
+    let iptables_save = format!("iptables-{backend}-save");
+    let iptables_restore = format!("iptables-{backend}-restore");
     // EnsureChain + EnsureRule (prepend) for the jump rules, as kube-proxy before a full sync.
     for (table, chain) in kubeproxy::iptables::jump_targets() {
         let _ = run_bounded(
-            &mut ns_cmd(ns, &["iptables", "-w", "-t", table, "-N", chain]),
+            &mut ns_cmd(ns, &[&iptables, "-w", "-t", table, "-N", chain]),
             limit,
         );
     }
     for args in kubeproxy::iptables::jump_rules() {
-        let mut full = vec!["iptables", "-w"];
+        let mut full = vec![iptables.as_str(), "-w"];
         full.extend(args.iter().map(String::as_str));
         timed(&mut ns_cmd(ns, &full), limit)?;
     }
@@ -643,7 +654,7 @@ fn program_iptables(
         if large {
             Ok(Duration::ZERO)
         } else {
-            timed(&mut ns_cmd(ns, &["iptables-save", "-t", "nat"]), limit)
+            timed(&mut ns_cmd(ns, &[&iptables_save, "-t", "nat"]), limit)
         }
     };
     let restore = |file: &std::path::Path| -> Result<Duration, String> {
@@ -654,7 +665,7 @@ fn program_iptables(
                 &[
                     "sh",
                     "-c",
-                    &format!("iptables-restore -w 5 --noflush --counters < {path}"),
+                    &format!("{iptables_restore} -w 5 --noflush --counters < {path}"),
                 ],
             ),
             limit,
@@ -795,9 +806,15 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
     for (&mode, p) in &paths {
         let prog = match mode {
             Mode::Direct => continue,
-            Mode::Iptables => {
-                program_iptables(&lab, &p.node, &cluster, &services, n, settings.ipt_timeout)
-            }
+            Mode::Iptables => program_iptables(
+                &lab,
+                &p.node,
+                &cluster,
+                &services,
+                n,
+                settings.ipt_timeout,
+                &settings.ipt_backend,
+            ),
             Mode::Nft => program_nft(&lab, &p.node, &cluster, &services, n, settings.nft_timeout),
         };
         match prog {
@@ -935,8 +952,8 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nservice_proxy: medians of {} interleaved rounds, {} connections per run (100 warm-up), 1 endpoint per Service",
-        settings.rounds, settings.conns
+        "\nservice_proxy: medians of {} interleaved rounds, {} connections per run (100 warm-up), 1 endpoint per Service; iptables = iptables-{}",
+        settings.rounds, settings.conns, settings.ipt_backend
     );
     let _ = writeln!(
         out,
