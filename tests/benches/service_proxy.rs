@@ -117,16 +117,26 @@ enum Mode {
     Direct,
     Iptables,
     Nft,
+    Metalnet,
+    SockLb,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Direct, Mode::Iptables, Mode::Nft];
+    const ALL: [Mode; 5] = [
+        Mode::Direct,
+        Mode::Iptables,
+        Mode::Nft,
+        Mode::Metalnet,
+        Mode::SockLb,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::Iptables => "iptables",
             Mode::Nft => "nft",
+            Mode::Metalnet => "metalnet",
+            Mode::SockLb => "socket-lb",
         }
     }
 
@@ -136,6 +146,8 @@ impl Mode {
             Mode::Direct => "d",
             Mode::Iptables => "i",
             Mode::Nft => "n",
+            Mode::Metalnet => "m",
+            Mode::SockLb => "s",
         }
     }
 }
@@ -146,6 +158,9 @@ impl Mode {
 #[derive(Default)]
 struct Registry {
     labs: Vec<Arc<Lab>>,
+    /// bpffs mounts and cgroups made for the metalnet modes.
+    mounts: Vec<PathBuf>,
+    cgroups: Vec<PathBuf>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -158,9 +173,31 @@ fn registry() -> std::sync::MutexGuard<'static, Option<Registry>> {
 fn cleanup_all() {
     STOP_SERVERS.store(true, Ordering::Relaxed);
     let reg = registry().take().unwrap_or_default();
+    // Namespaces first: their processes (clients in the cgroup) go with them.
     for lab in reg.labs {
         lab.teardown();
     }
+    for m in reg.mounts {
+        unmount(&m);
+    }
+    for cg in reg.cgroups {
+        remove_cgroup(&cg);
+    }
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+fn remove_cgroup(cg: &std::path::Path) {
+    // A cgroup can be removed once its processes are gone; they may take a moment to exit.
+    for _ in 0..50 {
+        if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("service_proxy: could not remove cgroup {}", cg.display());
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and the threads it starts later, and starts one
@@ -803,9 +840,26 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         errors: Vec::new(),
         csum_errors: 0,
     };
+    // metalnet: the proxy's programs on the node's interfaces (TCX) and, for socket-LB, on a
+    // cgroup of the run's own; one set of maps serves both.
+    let mut side = None;
+    let wants_bpf = paths.contains_key(&Mode::Metalnet) || paths.contains_key(&Mode::SockLb);
+    if wants_bpf {
+        match metalnet_side::Side::start(&lab, paths.get(&Mode::Metalnet).map(|p| &p.node)) {
+            Ok(s) => side = Some(s),
+            Err(e) => {
+                eprintln!("  N={n} metalnet: {e}");
+                result.errors.push(format!("metalnet: {e}"));
+            }
+        }
+    }
     for (&mode, p) in &paths {
         let prog = match mode {
-            Mode::Direct => continue,
+            Mode::Direct | Mode::SockLb => continue,
+            Mode::Metalnet => match side.as_mut() {
+                Some(side) => side.program(&services, n),
+                None => continue,
+            },
             Mode::Iptables => program_iptables(
                 &lab,
                 &p.node,
@@ -846,13 +900,11 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
     let usable = |mode: Mode| -> bool {
         match mode {
             Mode::Direct => true,
-            _ => matches!(
-                result
-                    .programming
-                    .get(&mode)
-                    .and_then(|p| p.add_one.as_ref()),
-                Some(Ok(_))
-            ),
+            Mode::SockLb => {
+                side.as_ref().is_some_and(|s| s.cgroup().is_some())
+                    && programmed(&result, Mode::Metalnet)
+            }
+            _ => programmed(&result, mode),
         }
     };
     let modes: Vec<Mode> = settings
@@ -882,8 +934,12 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
                     })
                     .collect(),
             };
+            let cgroup = match mode {
+                Mode::SockLb => side.as_ref().and_then(|s| s.cgroup()),
+                _ => None,
+            };
             for (target, dst) in list {
-                match run_client(p.client.netns(), dst, settings, None) {
+                match run_client(p.client.netns(), dst, settings, cgroup) {
                     Ok(s) => {
                         eprintln!(
                             "  N={n} round {round} {} {}: {:.0} conn/s p50 {:.1} us p99 {:.1} us ({} failed)",
@@ -908,6 +964,9 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         result.csum_errors +=
             csum_errors(&p.client).unwrap_or(0) + csum_errors(&p.backend).unwrap_or(0);
     }
+    if let Some(side) = side {
+        side.stop();
+    }
     STOP_SERVERS.store(true, Ordering::Relaxed);
     for b in backends {
         let _ = b.join();
@@ -918,6 +977,16 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
     }
     lab.teardown();
     Ok(result)
+}
+
+fn programmed(result: &SizeResult, mode: Mode) -> bool {
+    matches!(
+        result
+            .programming
+            .get(&mode)
+            .and_then(|p| p.add_one.as_ref()),
+        Some(Ok(_))
+    )
 }
 
 fn fmt_prog(p: &Option<Result<Duration, String>>) -> String {
@@ -942,6 +1011,39 @@ fn fmt_dur(d: Duration) -> String {
         format!("{:.1} ms", s * 1e3)
     } else {
         format!("{:.0} us", s * 1e6)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// metalnet: the proxy's loader, attach and model, in-process.
+
+mod metalnet_side {
+    use super::*;
+
+    /// The proxy's data path for one N: maps under a bpffs of the run's own, programs on the
+    /// metalnet node's interfaces and on the socket-LB cgroup.
+    pub struct Side {
+        cgroup: Option<PathBuf>,
+    }
+
+    impl Side {
+        pub fn start(_lab: &Lab, _node: Option<&Host>) -> Result<Side, String> {
+            Err("the proxy's loader is not in this build yet".into())
+        }
+
+        pub fn cgroup(&self) -> Option<&std::path::Path> {
+            self.cgroup.as_deref()
+        }
+
+        pub fn program(
+            &mut self,
+            _services: &[ServicePort],
+            _n: usize,
+        ) -> Result<Programming, String> {
+            Err("the proxy's loader is not in this build yet".into())
+        }
+
+        pub fn stop(self) {}
     }
 }
 
@@ -980,6 +1082,12 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
                 );
                 continue;
             }
+            // Socket-LB reads metalnet's maps: its programming is metalnet's.
+            let prog = if mode == Mode::SockLb {
+                r.programming.get(&Mode::Metalnet)
+            } else {
+                prog
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1025,6 +1133,7 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
             }
         }
     }
+    out.push_str(&targets(results));
     let csum: u64 = results.iter().map(|r| r.csum_errors).sum();
     let _ = writeln!(out, "\nTcpInCsumErrors in clients and backends: {csum}");
     let errors: Vec<&String> = results.iter().flat_map(|r| &r.errors).collect();
@@ -1033,6 +1142,122 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
         for e in errors {
             let _ = writeln!(out, "  {e}");
         }
+    }
+    out
+}
+
+/// The targets, each with the figure, the bar and whether it is met.
+fn targets(results: &[SizeResult]) -> String {
+    let mut out = String::from("\ntargets (metalnet = TCX data path; medians):\n");
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut line = |text: String, ok: Option<bool>| {
+        let v = ok.map(verdict).unwrap_or("no figure");
+        let _ = writeln!(out, "  {text}: {v}");
+    };
+    let at = |n: usize| results.iter().find(|r| r.n == n);
+    let pair = |r: &SizeResult, a: Mode, b: Mode, t: Target| Some((r.med(a, t)?, r.med(b, t)?));
+    if let Some(r) = at(10_000) {
+        let p = pair(r, Mode::Metalnet, Mode::Iptables, Target::Last);
+        line(
+            format!(
+                "N=10,000 last Service, conn/s metalnet / iptables = {} (>= 4)",
+                p.map(|(m, i)| format!("{:.2}", m.0 / i.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| m.0 / i.0 >= 4.0),
+        );
+        line(
+            format!(
+                "N=10,000 last Service, p50 connect iptables / metalnet = {} (>= 5)",
+                p.map(|(m, i)| format!("{:.2}", i.1 / m.1))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| i.1 / m.1 >= 5.0),
+        );
+    } else {
+        line("N=10,000 not run: no iptables ratio".into(), None);
+    }
+    for r in results {
+        let f = pair(r, Mode::Metalnet, Mode::Metalnet, Target::First)
+            .and_then(|(first, _)| Some((first, r.med(Mode::Metalnet, Target::Last)?)));
+        line(
+            format!(
+                "N={} metalnet last/first conn/s = {} (>= 0.9)",
+                r.n,
+                f.map(|(a, b)| format!("{:.2}", b.0 / a.0))
+                    .unwrap_or("-".into())
+            ),
+            f.map(|(a, b)| b.0 / a.0 >= 0.9),
+        );
+    }
+    for r in results {
+        let direct = r.med(Mode::Direct, Target::Backend);
+        let m = r.med(Mode::Metalnet, Target::Last);
+        let nf = r.med(Mode::Nft, Target::Last);
+        let (text, ok) = match (direct, m, nf) {
+            (Some(d), Some(m), Some(nf)) => (
+                format!(
+                    "N={} latency added over direct, last Service: metalnet {:+.1} us vs nft {:+.1} us; conn/s metalnet / nft = {:.2} (added <= nft's, or conn/s >= 0.95x)",
+                    r.n,
+                    m.1 - d.1,
+                    nf.1 - d.1,
+                    m.0 / nf.0
+                ),
+                Some(m.1 - d.1 <= nf.1 - d.1 || m.0 / nf.0 >= 0.95),
+            ),
+            _ => (format!("N={} metalnet vs nft", r.n), None),
+        };
+        line(text, ok);
+    }
+    if let Some(r) = at(100) {
+        let p = pair(r, Mode::Metalnet, Mode::Iptables, Target::Last);
+        line(
+            format!(
+                "N=100 last Service, conn/s metalnet / iptables = {} (>= 0.9)",
+                p.map(|(m, i)| format!("{:.2}", m.0 / i.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| m.0 / i.0 >= 0.9),
+        );
+    }
+    let prog = |r: &SizeResult, add: bool| -> Option<Duration> {
+        let p = r.programming.get(&Mode::Metalnet)?;
+        match if add { &p.add_one } else { &p.full } {
+            Some(Ok(d)) => Some(*d),
+            _ => None,
+        }
+    };
+    if let Some(r) = at(10_000) {
+        let full = prog(r, false);
+        line(
+            format!(
+                "programming 10,000 Services = {} (<= 100 ms)",
+                full.map(fmt_dur).unwrap_or("-".into())
+            ),
+            full.map(|d| d <= Duration::from_millis(100)),
+        );
+        let add = prog(r, true);
+        line(
+            format!(
+                "adding one Service at 10,000 = {} (<= 1 ms)",
+                add.map(fmt_dur).unwrap_or("-".into())
+            ),
+            add.map(|d| d <= Duration::from_millis(1)),
+        );
+    }
+    for r in results {
+        let p = r
+            .med(Mode::SockLb, Target::Last)
+            .zip(r.med(Mode::Direct, Target::Backend));
+        line(
+            format!(
+                "N={} socket-LB / direct conn/s = {} (>= 0.95)",
+                r.n,
+                p.map(|(s, d)| format!("{:.2}", s.0 / d.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(s, d)| s.0 / d.0 >= 0.95),
+        );
     }
     out
 }
