@@ -96,6 +96,13 @@ impl Settings {
                 .collect(),
             Err(_) => Mode::ALL.to_vec(),
         };
+        let mut modes: Vec<Mode> = modes;
+        // Socket-LB reads the maps the metalnet mode programs.
+        if modes.contains(&Mode::SockLb) && !modes.contains(&Mode::Metalnet) {
+            modes.push(Mode::Metalnet);
+        }
+        modes.sort();
+        modes.dedup();
         Settings {
             sizes,
             rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
@@ -173,12 +180,14 @@ fn registry() -> std::sync::MutexGuard<'static, Option<Registry>> {
 fn cleanup_all() {
     STOP_SERVERS.store(true, Ordering::Relaxed);
     let reg = registry().take().unwrap_or_default();
-    // Namespaces first: their processes (clients in the cgroup) go with them.
-    for lab in reg.labs {
-        lab.teardown();
-    }
+    // bpffs mounts live in the lab directories: unmount before those are removed (which
+    // unpins the links too); namespaces next, their processes (clients in the cgroup) with
+    // them; cgroups last, once empty.
     for m in reg.mounts {
         unmount(&m);
+    }
+    for lab in reg.labs {
+        lab.teardown();
     }
     for cg in reg.cgroups {
         remove_cgroup(&cg);
@@ -471,7 +480,9 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<std::process::Outpu
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
-                let _ = child.wait();
+                // A process inside a long system call (nft committing a huge batch) dies
+                // only when the call returns: reap it in the background, do not wait here.
+                std::thread::spawn(move || child.wait());
                 return Err(format!(
                     "{what}: did not finish within {:.0} s",
                     limit.as_secs_f64()
@@ -784,6 +795,8 @@ struct SizeResult {
     runs: BTreeMap<(Mode, Target), Vec<Stats>>,
     errors: Vec<String>,
     csum_errors: u64,
+    /// metalnet's programming split into model, diff and map writes.
+    breakdown: Vec<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -839,13 +852,13 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         runs: BTreeMap::new(),
         errors: Vec::new(),
         csum_errors: 0,
+        breakdown: Vec::new(),
     };
     // metalnet: the proxy's programs on the node's interfaces (TCX) and, for socket-LB, on a
     // cgroup of the run's own; one set of maps serves both.
     let mut side = None;
-    let wants_bpf = paths.contains_key(&Mode::Metalnet) || paths.contains_key(&Mode::SockLb);
-    if wants_bpf {
-        match metalnet_side::Side::start(&lab, paths.get(&Mode::Metalnet).map(|p| &p.node)) {
+    if let Some(node) = paths.get(&Mode::Metalnet).map(|p| &p.node) {
+        match metalnet_side::Side::start(&lab, node, paths.contains_key(&Mode::SockLb)) {
             Ok(s) => side = Some(s),
             Err(e) => {
                 eprintln!("  N={n} metalnet: {e}");
@@ -964,8 +977,13 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         result.csum_errors +=
             csum_errors(&p.client).unwrap_or(0) + csum_errors(&p.backend).unwrap_or(0);
     }
+    let mut cgroup = None;
     if let Some(side) = side {
-        side.stop();
+        for b in &side.breakdown {
+            eprintln!("  N={n} metalnet: {b}");
+        }
+        result.breakdown = side.breakdown.clone();
+        cgroup = side.stop();
     }
     STOP_SERVERS.store(true, Ordering::Relaxed);
     for b in backends {
@@ -976,6 +994,12 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         reg.labs.retain(|l| !Arc::ptr_eq(l, &lab));
     }
     lab.teardown();
+    if let Some(cg) = cgroup {
+        remove_cgroup(&cg);
+        if let Some(reg) = registry().as_mut() {
+            reg.cgroups.retain(|c| c != &cg);
+        }
+    }
     Ok(result)
 }
 
@@ -1020,14 +1044,14 @@ fn fmt_dur(d: Duration) -> String {
 mod metalnet_side {
     use super::*;
 
-    /// The proxy's data path for one N: maps under a bpffs of the run's own, programs on the
-    /// metalnet node's interfaces and on the socket-LB cgroup.
+    /// The proxy's data path for one N (stub until the loader lands).
     pub struct Side {
         cgroup: Option<PathBuf>,
+        pub breakdown: Vec<String>,
     }
 
     impl Side {
-        pub fn start(_lab: &Lab, _node: Option<&Host>) -> Result<Side, String> {
+        pub fn start(_lab: &Lab, _node: &Host, _socket_lb: bool) -> Result<Side, String> {
             Err("the proxy's loader is not in this build yet".into())
         }
 
@@ -1043,7 +1067,9 @@ mod metalnet_side {
             Err("the proxy's loader is not in this build yet".into())
         }
 
-        pub fn stop(self) {}
+        pub fn stop(self) -> Option<PathBuf> {
+            self.cgroup
+        }
     }
 }
 
@@ -1116,6 +1142,11 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
                 p.lines.0,
                 p.lines.1
             );
+        }
+    }
+    for r in results {
+        for b in &r.breakdown {
+            let _ = writeln!(out, "  N={} metalnet: {b}", r.n);
         }
     }
     let _ = writeln!(
