@@ -368,20 +368,7 @@ impl Netlink {
             if index != 0 && a.header.index != index {
                 continue;
             }
-            // IFA_LOCAL is the interface's own address on point-to-point links; else IFA_ADDRESS.
-            let local = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(ip) => Some(*ip),
-                _ => None,
-            });
-            let addr = local.or_else(|| {
-                a.attributes.iter().find_map(|x| match x {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })
-            });
-            if let Some(ip) = addr
-                && let Ok(net) = IpNet::new(ip, a.header.prefix_len)
-            {
+            if let Some(net) = parse_address(&a) {
                 out.push((a.header.index, net));
             }
         }
@@ -726,6 +713,74 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
         table,
         unicast: r.header.kind == RouteType::Unicast,
     })
+}
+
+/// An address message's address: IFA_LOCAL is the interface's own address on point-to-point
+/// links; else IFA_ADDRESS.
+fn parse_address(a: &AddressMessage) -> Option<IpNet> {
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = local.or_else(|| {
+        a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    IpNet::new(addr, a.header.prefix_len).ok()
+}
+
+/// A link or address change the kernel announced (see [`Netlink::monitor`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A link appeared or changed (RTM_NEWLINK).
+    Link(Link),
+    /// The link with this index is gone (RTM_DELLINK).
+    LinkGone(u32),
+    /// An address was added to the link with this index (RTM_NEWADDR).
+    Addr(u32, IpNet),
+    /// An address was removed (RTM_DELADDR).
+    AddrGone(u32, IpNet),
+}
+
+fn change_of(m: NetlinkMessage<RouteNetlinkMessage>) -> Option<Change> {
+    let NetlinkPayload::InnerMessage(inner) = m.payload else {
+        return None;
+    };
+    match inner {
+        RouteNetlinkMessage::NewLink(l) => Some(Change::Link(parse_link(&l))),
+        RouteNetlinkMessage::DelLink(l) => Some(Change::LinkGone(l.header.index)),
+        RouteNetlinkMessage::NewAddress(a) => {
+            parse_address(&a).map(|n| Change::Addr(a.header.index, n))
+        }
+        RouteNetlinkMessage::DelAddress(a) => {
+            parse_address(&a).map(|n| Change::AddrGone(a.header.index, n))
+        }
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Opens a connection (in the calling thread's network namespace, on the current tokio
+    /// runtime) subscribed to link and address changes, and the stream of those changes.
+    /// Subscribe first, then list ([`Netlink::links`], [`Netlink::addresses`]) with the
+    /// returned handle: nothing created in between is missed (it may be seen twice).
+    pub fn monitor()
+    -> Result<(Netlink, impl futures::Stream<Item = Change> + Send + Unpin), NetlinkError> {
+        use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
+        use rtnetlink::sys::{AsyncSocket, SocketAddr};
+        let (mut conn, handle, messages) =
+            rtnetlink::new_connection().map_err(NetlinkError::Open)?;
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, groups))
+            .map_err(NetlinkError::Open)?;
+        tokio::spawn(conn);
+        let changes = messages.filter_map(|(m, _)| std::future::ready(change_of(m)));
+        Ok((Netlink { handle }, changes))
+    }
 }
 
 fn parse_link(l: &LinkMessage) -> Link {
