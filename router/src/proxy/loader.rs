@@ -308,12 +308,16 @@ fn removed(res: Result<(), MapError>, map: &'static str) -> Result<(), Dataplane
 /// Diffs at least this long go through the batch system calls.
 const BATCH_MIN: usize = 16;
 
+/// Writes one entry through aya (the fallback when a batch is refused).
+type WriteOne<'a, const K: usize, const V: usize> =
+    &'a mut dyn FnMut(&[u8; K], &[u8; V]) -> Result<(), MapError>;
+
 /// Writes entries to a hash-like map: batched when there are many, one by one otherwise.
 fn upsert_all<const K: usize, const V: usize>(
     fd: std::os::fd::BorrowedFd<'_>,
     map: &'static str,
     entries: &[([u8; K], [u8; V])],
-    one: &mut dyn FnMut(&[u8; K], &[u8; V]) -> Result<(), MapError>,
+    one: WriteOne<'_, K, V>,
 ) -> Result<(), DataplaneError> {
     if entries.len() >= BATCH_MIN {
         let mut keys = Vec::with_capacity(entries.len() * K);
