@@ -1,9 +1,12 @@
 //! Service-proxy benchmark (root; builds its own namespaces):
 //!
 //! ```text
-//! cargo bench -p metalnet-lab --bench service_proxy --profile dev
-//! BENCH_N=100,1000,10000,50000 BENCH_ROUNDS=5 cargo bench -p metalnet-lab --bench service_proxy --profile dev
+//! cargo bench -p metalnet-lab --bench service_proxy
+//! BENCH_N=100,1000,10000,50000 BENCH_ROUNDS=5 cargo bench -p metalnet-lab --bench service_proxy
 //! ```
+//!
+//! (`--profile dev` works too and builds faster, but metalnet's programming times are then
+//! those of unoptimised code.)
 //!
 //! For each N, N ClusterIP Services (`ns{i%100}/svc{i}:p80` -> 10.96.0.10+i:80, one endpoint
 //! 203.0.113.2:8080) are programmed into every mode, then one more is added (Service N, the
@@ -23,6 +26,15 @@
 //!   sync kube-proxy writes (every top-level chain in full, the new Service's chains).
 //! - `nft`: kube-proxy's `ip kube-proxy` table loaded with `nft -f`; the add is the
 //!   one-Service transaction.
+//! - `metalnet`: the proxy's own code in-process: `loader::Loader` loads the programs with
+//!   their maps pinned on a bpffs in the lab directory, `attach::Attachments` puts the tc
+//!   programs on the node's interfaces (TCX) and `nft::ensure` its masquerade rule, as the
+//!   daemon does. Programming is timed from the objects (Services and EndpointSlices, as
+//!   the informers hand them over) through `model::desired`, `MapDiff::between` and the map
+//!   writes; the split is reported.
+//! - `socket-lb`: the same maps and the socket programs on a cgroup of the run's own (under
+//!   the cgroup2 mount); the client process joins it and connects to the VIP through a node
+//!   with no programs.
 //!
 //! Loads are bounded (`BENCH_IPT_TIMEOUT`, `BENCH_NFT_TIMEOUT`, default 180 s each): a load
 //! that takes longer is reported as "did not load in time" and that mode is skipped for that
@@ -1043,33 +1055,242 @@ fn fmt_dur(d: Duration) -> String {
 
 mod metalnet_side {
     use super::*;
+    use metalnet::model::core::{EndpointSlice, Service};
+    use metalnet_router::proxy::dataplane::Dataplane;
+    use metalnet_router::proxy::ids::Ids;
+    use metalnet_router::proxy::state::{MapDiff, MapState};
+    use metalnet_router::proxy::{abi, attach, loader, model, nft};
 
-    /// The proxy's data path for one N (stub until the loader lands).
+    const NODE_NAME: &str = "bench-node";
+    const MAGLEV_M: u32 = 1021;
+
+    /// The proxy's data path for one N: maps under a bpffs of the run's own, programs on the
+    /// metalnet node's interfaces (TCX) and on the socket-LB cgroup.
     pub struct Side {
+        dir: PathBuf,
         cgroup: Option<PathBuf>,
+        loader: loader::Loader,
+        attachments: Option<attach::Attachments>,
+        ids: Ids,
+        live: MapState,
+        /// How the last programming split: model, diff, map writes.
         pub breakdown: Vec<String>,
     }
 
+    /// The cgroup v2 mount (the hybrid layout mounts it at /sys/fs/cgroup/unified).
+    fn cgroup2_mount() -> Option<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        info.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            pre.split_whitespace().nth(4).map(PathBuf::from)
+        })
+    }
+
     impl Side {
-        pub fn start(_lab: &Lab, _node: &Host, _socket_lb: bool) -> Result<Side, String> {
-            Err("the proxy's loader is not in this build yet".into())
+        /// Loads the programs with their maps pinned under `<lab>/bpf`, attaches the tc
+        /// programs to every interface of `node` and the socket programs to a cgroup of
+        /// the run's own (when socket-LB is measured).
+        pub fn start(lab: &Lab, node: &Host, socket_lb: bool) -> Result<Side, String> {
+            let dir = lab.dir().join("bpf");
+            if let Some(reg) = registry().as_mut() {
+                reg.mounts.push(dir.clone());
+            }
+            let sizes = loader::Sizes {
+                ct_max: 65_536,
+                ..loader::Sizes::default()
+            };
+            let mut loader = loader::Loader::open(&dir, &sizes)
+                .map_err(|e| format!("loading the data path under {}: {e}", dir.display()))?;
+            loader
+                .set_config(&abi::Config {
+                    host_netns_cookie: 0,
+                    socket_lb: 1,
+                    maglev_m: MAGLEV_M,
+                    masq_mark: 0x4000,
+                    ct_timeout_tcp: 7440,
+                    ct_timeout_other: 60,
+                })
+                .map_err(|e| format!("mn_config: {e}"))?;
+            let cgroup = if socket_lb {
+                let root = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+                let cg = root.join(format!("{}-socklb", lab.prefix()));
+                std::fs::create_dir(&cg).map_err(|e| format!("creating {}: {e}", cg.display()))?;
+                if let Some(reg) = registry().as_mut() {
+                    reg.cgroups.push(cg.clone());
+                }
+                Some(cg)
+            } else {
+                None
+            };
+            let programs = loader
+                .take_programs()
+                .ok_or("the loader handed its programs out already")?;
+            let opts = attach::AttachOptions {
+                bpf_dir: dir.clone(),
+                cgroup_root: cgroup.clone(),
+                nodeport_addresses: Vec::new(),
+                node_addrs: true,
+            };
+            // TCX attaches in the calling thread's namespace: start from one inside the node.
+            let attachments = metalnet::sys::netns::spawn_in(node.netns(), move || {
+                // The masquerade rule for marked packets, as the daemon installs it.
+                nft::ensure(0x4000).map_err(|e| e.to_string())?;
+                attach::Attachments::start(programs, opts).map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?
+            .join()
+            .map_err(|_| "the attach thread panicked".to_string())?
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?;
+            let status = attachments.status();
+            if !status.interfaces.values().any(|i| i == "c0") {
+                return Err(format!(
+                    "tc programs not on c0 of {}: {status:?}",
+                    node.netns()
+                ));
+            }
+            Ok(Side {
+                dir,
+                cgroup,
+                loader,
+                attachments: Some(attachments),
+                ids: Ids::new(sizes.maglev_rows),
+                live: MapState::default(),
+                breakdown: Vec::new(),
+            })
         }
 
         pub fn cgroup(&self) -> Option<&std::path::Path> {
             self.cgroup.as_deref()
         }
 
+        /// Programs Services `..n` (timed: model, diff, map writes), then adds Service `n`.
         pub fn program(
             &mut self,
-            _services: &[ServicePort],
-            _n: usize,
+            services: &[ServicePort],
+            n: usize,
         ) -> Result<Programming, String> {
-            Err("the proxy's loader is not in this build yet".into())
+            // The objects as the informers hand them over: decoding is not programming.
+            let (svcs, slices): (Vec<Service>, Vec<EndpointSlice>) = services
+                .iter()
+                .map(objects)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
+            let full = self.sync(&svcs[..n], &slices[..n]);
+            let full_ops = full.as_ref().map(|(_, ops)| *ops).unwrap_or(0);
+            let add = full
+                .as_ref()
+                .ok()
+                .map(|_| self.sync(&svcs[..=n], &slices[..=n]));
+            let add_ops = match &add {
+                Some(Ok((_, ops))) => *ops,
+                _ => 0,
+            };
+            Ok(Programming {
+                full: Some(full.map(|(d, _)| d)),
+                add_one: add.map(|r| r.map(|(d, _)| d)),
+                lines: (full_ops, add_ops),
+            })
         }
 
-        pub fn stop(self) -> Option<PathBuf> {
+        fn sync(
+            &mut self,
+            svcs: &[Service],
+            slices: &[EndpointSlice],
+        ) -> Result<(Duration, usize), String> {
+            let t0 = Instant::now();
+            let inputs = model::Inputs {
+                node_name: NODE_NAME,
+                cluster_cidrs: &[],
+                service_proxy_name: "",
+                maglev_m: MAGLEV_M,
+                services: svcs.iter().collect(),
+                endpoint_slices: slices.iter().collect(),
+            };
+            let desired = model::desired(&inputs, &mut self.ids);
+            let t1 = Instant::now();
+            let diff = MapDiff::between(&self.live, &desired.maps);
+            let t2 = Instant::now();
+            self.loader
+                .apply(&diff)
+                .map_err(|e| format!("writing {} map operations: {e}", diff.len()))?;
+            let t3 = Instant::now();
+            self.ids.committed(&desired.maps);
+            self.live = desired.maps;
+            if let Some(p) = desired.problems.first() {
+                return Err(format!(
+                    "the model reported {} problems, first: {p}",
+                    desired.problems.len()
+                ));
+            }
+            self.breakdown.push(format!(
+                "{} Services: model {}, diff {}, map writes {} ({} operations)",
+                svcs.len(),
+                fmt_dur(t1 - t0),
+                fmt_dur(t2 - t1),
+                fmt_dur(t3 - t2),
+                diff.len()
+            ));
+            Ok((t3 - t0, diff.len()))
+        }
+
+        /// Detaches and unpins everything (and unmounts the bpffs the loader mounted);
+        /// returns the cgroup to remove once its processes are gone.
+        pub fn stop(mut self) -> Option<PathBuf> {
+            if let Some(a) = self.attachments.take() {
+                a.stop();
+            }
+            drop(self.loader);
+            if let Err(e) = attach::cleanup(&self.dir, self.cgroup.as_deref()) {
+                eprintln!("service_proxy: cleaning {}: {e}", self.dir.display());
+                unmount(&self.dir);
+            }
+            if let Some(reg) = registry().as_mut() {
+                reg.mounts.retain(|m| m != &self.dir);
+            }
             self.cgroup
         }
+    }
+
+    /// A benchmark Service as the API server would hand it over: the Service and its one
+    /// EndpointSlice (the endpoint on another node, ready).
+    fn objects(svc: &ServicePort) -> Result<(Service, EndpointSlice), String> {
+        let ep = svc
+            .endpoints
+            .first()
+            .ok_or("a bench Service has one endpoint")?;
+        let service = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"namespace": svc.namespace, "name": svc.name},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": svc.cluster_ip.to_string(),
+                "clusterIPs": [svc.cluster_ip.to_string()],
+                "ports": [{"name": svc.port_name, "port": svc.port, "protocol": "TCP", "targetPort": ep.port()}]
+            }
+        });
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "namespace": svc.namespace,
+                "name": format!("{}-bench", svc.name),
+                "labels": {"kubernetes.io/service-name": svc.name}
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ep.ip().to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "backend-node"}],
+            "ports": [{"name": svc.port_name, "port": ep.port(), "protocol": "TCP"}]
+        });
+        Ok((
+            serde_json::from_value(service).map_err(|e| format!("Service {}: {e}", svc.name))?,
+            serde_json::from_value(slice)
+                .map_err(|e| format!("EndpointSlice {}: {e}", svc.name))?,
+        ))
     }
 }
 
