@@ -29,9 +29,10 @@
 //! - `metalnet`: the proxy's own code in-process: `loader::Loader` loads the programs with
 //!   their maps pinned on a bpffs in the lab directory, `attach::Attachments` puts the tc
 //!   programs on the node's interfaces (TCX) and `nft::ensure` its masquerade rule, as the
-//!   daemon does. Programming is timed from the objects (Services and EndpointSlices, as
-//!   the informers hand them over) through `model::desired`, `MapDiff::between` and the map
-//!   writes; the split is reported.
+//!   daemon does. Programming is timed as the daemon syncs, from the objects (Services and
+//!   EndpointSlices, as the informers hand them over): `model::Model::full` for N (the
+//!   first sync), `Model::update` with the one added Service for the add, each followed by
+//!   the map writes of the diff it yields; the split is reported.
 //! - `socket-lb`: the same maps and the socket programs on a cgroup of the run's own (under
 //!   the cgroup2 mount); the client process joins it and connects to the VIP through a node
 //!   with no programs.
@@ -50,7 +51,7 @@
 //! clients' and backends' `TcpInCsumErrors` are reported. Namespaces, cgroups and mounts are
 //! removed at the end, on a panic and on Ctrl-C.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -1058,7 +1059,6 @@ mod metalnet_side {
     use metalnet::model::core::{EndpointSlice, Service};
     use metalnet_router::proxy::dataplane::Dataplane;
     use metalnet_router::proxy::ids::Ids;
-    use metalnet_router::proxy::state::{MapDiff, MapState};
     use metalnet_router::proxy::{abi, attach, loader, model, nft};
 
     const NODE_NAME: &str = "bench-node";
@@ -1072,7 +1072,9 @@ mod metalnet_side {
         loader: loader::Loader,
         attachments: Option<attach::Attachments>,
         ids: Ids,
-        live: MapState,
+        /// The model kept between syncs, as the daemon keeps it (updates cost in proportion
+        /// to the changed Services).
+        model: model::Model,
         /// How the last programming split: model, diff, map writes.
         pub breakdown: Vec<String>,
     }
@@ -1158,7 +1160,7 @@ mod metalnet_side {
                 loader,
                 attachments: Some(attachments),
                 ids: Ids::new(sizes.maglev_rows),
-                live: MapState::default(),
+                model: model::Model::default(),
                 breakdown: Vec::new(),
             })
         }
@@ -1180,12 +1182,14 @@ mod metalnet_side {
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
                 .unzip();
-            let full = self.sync(&svcs[..n], &slices[..n]);
+            let full = self.sync(&svcs[..n], &slices[..n], None);
             let full_ops = full.as_ref().map(|(_, ops)| *ops).unwrap_or(0);
-            let add = full
-                .as_ref()
-                .ok()
-                .map(|_| self.sync(&svcs[..=n], &slices[..=n]));
+            let add = full.as_ref().ok().map(|_| {
+                // What changed_services finds between the two snapshots: the new one.
+                let added = &services[n];
+                let changed = BTreeSet::from([(added.namespace.clone(), added.name.clone())]);
+                self.sync(&svcs[..=n], &slices[..=n], Some(&changed))
+            });
             let add_ops = match &add {
                 Some(Ok((_, ops))) => *ops,
                 _ => 0,
@@ -1197,10 +1201,13 @@ mod metalnet_side {
             })
         }
 
+        /// The daemon's sync: the model for every Service (`full`) or for the changed ones
+        /// (`update`), the diff it yields written to the maps, the ids told what the maps hold.
         fn sync(
             &mut self,
             svcs: &[Service],
             slices: &[EndpointSlice],
+            changed: Option<&BTreeSet<(String, String)>>,
         ) -> Result<(Duration, usize), String> {
             let t0 = Instant::now();
             let inputs = model::Inputs {
@@ -1211,31 +1218,32 @@ mod metalnet_side {
                 services: svcs.iter().collect(),
                 endpoint_slices: slices.iter().collect(),
             };
-            let desired = model::desired(&inputs, &mut self.ids);
+            let diff = match changed {
+                None => self.model.full(&inputs, &mut self.ids),
+                Some(c) => self.model.update(&inputs, c, &mut self.ids),
+            };
             let t1 = Instant::now();
-            let diff = MapDiff::between(&self.live, &desired.maps);
-            let t2 = Instant::now();
             self.loader
                 .apply(&diff)
                 .map_err(|e| format!("writing {} map operations: {e}", diff.len()))?;
-            let t3 = Instant::now();
-            self.ids.committed(&desired.maps);
-            self.live = desired.maps;
-            if let Some(p) = desired.problems.first() {
+            let t2 = Instant::now();
+            self.ids.committed(&self.model.desired.maps);
+            let problems = &self.model.desired.problems;
+            if let Some(p) = problems.first() {
                 return Err(format!(
                     "the model reported {} problems, first: {p}",
-                    desired.problems.len()
+                    problems.len()
                 ));
             }
             self.breakdown.push(format!(
-                "{} Services: model {}, diff {}, map writes {} ({} operations)",
+                "{} Services ({}): model and diff {}, map writes {} ({} operations)",
                 svcs.len(),
+                if changed.is_some() { "update" } else { "full" },
                 fmt_dur(t1 - t0),
                 fmt_dur(t2 - t1),
-                fmt_dur(t3 - t2),
                 diff.len()
             ));
-            Ok((t3 - t0, diff.len()))
+            Ok((t2 - t0, diff.len()))
         }
 
         /// Detaches and unpins everything (and unmounts the bpffs the loader mounted);
