@@ -475,25 +475,6 @@ pub fn start_web(site: &DemoSite, pods: &[Pod], program: &Path) -> Result<Vec<Pr
         .collect()
 }
 
-/// Where cgroup v2 is mounted, from a `/proc/self/mountinfo` text: the socket hooks of the
-/// service proxy attach to a cgroup of the lab's own under it.
-pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split_whitespace().next()? == "cgroup2").then_some(())?;
-        mount.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-/// The machine's cgroup v2 mount (see [`cgroup2_mount_in`]).
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("reading /proc/self/mountinfo"))?;
-    cgroup2_mount_in(&text).ok_or_else(|| {
-        LabError::Invalid("no cgroup2 mount in /proc/self/mountinfo: socket hooks need one".into())
-    })
-}
-
 /// What one node's service proxy owns outside its network namespace: a bpffs of its own
 /// (maps and links are pinned there) and a cgroup of its own under the cgroup2 mount (the
 /// socket hooks; never the machine's root cgroup). Unmounted and removed when dropped, after
@@ -641,7 +622,7 @@ pub fn start_service_proxy(
     web_program: &Path,
 ) -> Result<ServiceProxy> {
     let router = binary(bin_dir, "metalnet-router")?;
-    let cgroup2 = cgroup2_mount()?;
+    let cgroup2 = super::proxy::cgroup2_mount()?;
     let web = start_web(site, pods, web_program)?;
     let mut proxy = ServiceProxy {
         web,
@@ -804,23 +785,6 @@ pub fn http_through_proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let mountinfo = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_mount_in(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            cgroup2_mount_in("31 23 0:28 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
-    }
 
     #[test]
     fn reads_the_next_hop_of_route_get() {
