@@ -13,6 +13,7 @@ use metalnet_router::proxy::abi::{
 use metalnet_router::proxy::attach;
 use metalnet_router::proxy::dataplane::Dataplane;
 use metalnet_router::proxy::loader::{Loader, Sizes};
+use metalnet_router::proxy::nft;
 use metalnet_router::proxy::state::{MapDiff, MapState};
 
 fn is_root() -> bool {
@@ -231,4 +232,535 @@ fn ten_thousand_services_are_programmed_fast() {
     };
     assert!(full.as_millis() <= full_max, "full load took {full:?}");
     assert!(one.as_millis() <= one_max, "one Service took {one:?}");
+}
+
+// --- attach, restart and cleanup with the real programs ------------------------------------
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use metalnet::testing::Netns;
+use metalnet_router::proxy::attach::{AttachOptions, Attachments};
+use metalnet_router::proxy::loader::Programs;
+
+const VIP: &str = "10.96.0.10";
+const CLIENT: &str = "192.0.2.1";
+const SERVER: &str = "192.0.2.2";
+
+/// A cgroup of the test's own under the cgroup2 mount, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> TestCgroup {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = info
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                post.starts_with("cgroup2 ")
+                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))
+                    .flatten()
+            })
+            .expect("a cgroup2 mount");
+        let p = mount.join(format!("mnl-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TestCgroup(p)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// client --veth c0|s0-- server (the node: the proxy attaches here; the backend listens here).
+fn topology() -> (Netns, Netns) {
+    let client = Netns::new("pxc").unwrap();
+    let server = Netns::new("pxs").unwrap();
+    client.ip(&[
+        "link",
+        "add",
+        "c0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "s0",
+        "netns",
+        server.name(),
+    ]);
+    client.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "c0"]);
+    server.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "s0"]);
+    client.ip(&["link", "set", "c0", "up"]);
+    server.ip(&["link", "set", "s0", "up"]);
+    client.ip(&["route", "add", "10.96.0.0/12", "via", SERVER]);
+    // veth verifies no L4 checksum unless offloads are off: a wrong rewrite must show.
+    for (ns, dev) in [(&client, "c0"), (&server, "s0")] {
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "ethtool",
+                "-K",
+                dev,
+                "tx",
+                "off",
+                "rx",
+                "off",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "ethtool: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    (client, server)
+}
+
+/// An echo server on SERVER:8080 in the server namespace, for the test's lifetime.
+fn echo_server(server: &Netns) {
+    let l = metalnet::sys::netns::spawn_in(server.name(), || {
+        TcpListener::bind(format!("{SERVER}:8080")).unwrap()
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn in_ns<R: Send + 'static>(ns: &Netns, f: impl FnOnce() -> R + Send + 'static) -> R {
+    metalnet::sys::netns::spawn_in(ns.name(), f)
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap()
+}
+
+fn connect_vip(client: &Netns) -> std::io::Result<TcpStream> {
+    in_ns(client, || {
+        let s = TcpStream::connect_timeout(
+            &format!("{VIP}:80").parse::<SocketAddr>().unwrap(),
+            Duration::from_millis(1500),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(s)
+    })
+}
+
+fn echo(s: &mut TcpStream, msg: &str) -> String {
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+fn csum_errors(ns: &Netns) -> u64 {
+    in_ns(ns, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+        let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+        let names: Vec<&str> = tcp[0].split_whitespace().collect();
+        let vals: Vec<&str> = tcp[1].split_whitespace().collect();
+        let i = names.iter().position(|n| *n == "InCsumErrors").unwrap();
+        vals[i].parse().unwrap()
+    })
+}
+
+fn one_service() -> MapState {
+    let mut st = MapState::default();
+    let vip: IpAddr = VIP.parse().unwrap();
+    st.svc.insert(
+        SvcKey {
+            addr: vip,
+            port: 80,
+            proto: Proto::Tcp,
+            scope: Scope::External,
+        },
+        SvcVal {
+            rev_id: 1,
+            count: 1,
+            flags: svc_flags::CLUSTER_IP,
+            ..Default::default()
+        },
+    );
+    st.slot.insert(
+        SlotKey {
+            rev_id: 1,
+            slot: 1,
+            scope: Scope::External,
+        },
+        1,
+    );
+    st.backend.insert(
+        1,
+        Backend {
+            addr: SERVER.parse().unwrap(),
+            port: 8080,
+            proto: Proto::Tcp,
+            flags: abi::backend_flags::LOCAL,
+        },
+    );
+    st.rev_nat.insert(
+        1,
+        RevNat {
+            addr: vip,
+            port: 80,
+        },
+    );
+    st
+}
+
+fn start(server: &Netns, programs: Programs, opts: AttachOptions) -> Attachments {
+    in_ns(server, move || Attachments::start(programs, opts)).unwrap()
+}
+
+/// socket-LB: a process of the test cgroup, in the client namespace, connects to the VIP;
+/// prints what getpeername shows and the echo.
+fn socket_lb_client(client: &Netns, cg: &Path) -> String {
+    let script = format!(
+        "import socket; s=socket.create_connection(('{VIP}',80),timeout=3); \
+         p=s.getpeername(); s.sendall(b'sock'); print(p[0], p[1], s.recv(16).decode())"
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} timeout 10 python3 -c \"{script}\"",
+            cg.display(),
+            client.name()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "socket-LB client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let probe = Loader::open(&dir.path, &small())
+        .unwrap()
+        .take_programs()
+        .unwrap();
+    if probe.lb.program(attach::TC_INGRESS).is_none() {
+        eprintln!("skipping: lb.o has no {} yet", attach::TC_INGRESS);
+        return;
+    }
+    drop(probe);
+    let cg = TestCgroup::new("pxl");
+    let (client, server) = topology();
+    echo_server(&server);
+    let opts = AttachOptions {
+        bpf_dir: dir.path.clone(),
+        cgroup_root: Some(cg.0.clone()),
+        nodeport_addresses: vec![],
+        node_addrs: true,
+    };
+    let cfg = abi::Config {
+        socket_lb: 1,
+        maglev_m: 1021,
+        masq_mark: 0x4000,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 60,
+        ..Default::default()
+    };
+
+    // First run.
+    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
+    l1.set_config(&cfg).unwrap();
+    let want = one_service();
+    l1.apply(&MapDiff::between(&MapState::default(), &want))
+        .unwrap();
+    let a1 = start(&server, l1.take_programs().unwrap(), opts.clone());
+    let st = a1.status();
+    assert_eq!(
+        st.interfaces.values().collect::<Vec<_>>(),
+        vec!["s0"],
+        "{st:?}"
+    );
+    assert_eq!(st.cgroup_programs.len(), 8, "{st:?}");
+    let server_addr: IpAddr = SERVER.parse().unwrap();
+    assert!(st.node_addrs.contains(&server_addr), "{st:?}");
+    assert_eq!(l1.maps().node_addrs().unwrap(), st.node_addrs);
+
+    // Per-packet path (the test process is not in the cgroup) and socket-LB.
+    let mut kept = connect_vip(&client).unwrap();
+    assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
+    assert_eq!(echo(&mut kept, "before"), "before");
+    let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
+    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+    let counters = l1.counters().unwrap();
+    assert!(
+        counters[0] >= 1 && counters[1] >= 1,
+        "lb_new, sock_lb: {counters:?}"
+    );
+
+    // Restart: the process "exits" (attachments and maps stay), a new one loads and swaps.
+    let ids = l1.maps().ids();
+    let links = pins(&dir.path.join(attach::LINKS_DIR));
+    drop(a1);
+    drop(l1);
+    assert_eq!(
+        echo(&mut kept, "between"),
+        "between",
+        "nothing detached on exit"
+    );
+    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    assert_eq!(l2.maps().ids(), ids, "same maps");
+    assert_eq!(l2.read().unwrap(), want, "same contents, same ids");
+    let a2 = start(&server, l2.take_programs().unwrap(), opts.clone());
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)),
+        links,
+        "links reused"
+    );
+    assert_eq!(echo(&mut kept, "after"), "after", "the connection survived");
+    for (i, c) in many.iter_mut().enumerate() {
+        assert_eq!(
+            echo(c, "kept"),
+            "kept",
+            "connection {i} of 200 survived the restart"
+        );
+    }
+    drop(many);
+    let mut fresh = connect_vip(&client).unwrap();
+    assert_eq!(echo(&mut fresh, "fresh"), "fresh");
+    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+
+    // An interface created later gets the programs at once; its address becomes a node
+    // address.
+    server.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni1",
+    ]);
+    server.ip(&["addr", "add", "203.0.113.5/32", "dev", "cni0"]);
+    let t = Instant::now();
+    let late: IpAddr = "203.0.113.5".parse().unwrap();
+    loop {
+        let st = a2.status();
+        let names: Vec<&String> = st.interfaces.values().collect();
+        if names.len() == 3 && st.node_addrs.contains(&late) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "not attached: {st:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "late interfaces attached and addressed in {:?}",
+        t.elapsed()
+    );
+    assert!(l2.maps().node_addrs().unwrap().contains(&late));
+    server.ip(&["link", "del", "cni0"]);
+    let t = Instant::now();
+    while a2.status().interfaces.len() != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", a2.status());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)),
+        links,
+        "the gone one's pins went"
+    );
+
+    assert_eq!(csum_errors(&client), 0);
+    assert_eq!(csum_errors(&server), 0);
+
+    // --socket-lb=off on the next start: the socket programs leave the cgroup.
+    drop(a2);
+    drop(l2);
+    let mut l3 = Loader::open(&dir.path, &small()).unwrap();
+    let a3 = start(
+        &server,
+        l3.take_programs().unwrap(),
+        AttachOptions {
+            cgroup_root: None,
+            ..opts.clone()
+        },
+    );
+    let left = pins(&dir.path.join(attach::LINKS_DIR));
+    assert!(left.iter().all(|p| !p.contains("cgroup-")), "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(echo(&mut kept, "off"), "off");
+    let (a2, l2) = (a3, l3);
+
+    // Cleanup: nothing pinned, nothing attached, nothing mounted.
+    drop(a2);
+    drop(l2);
+    drop(kept);
+    drop(fresh);
+    attach::cleanup(&dir.path, Some(&cg.0)).unwrap();
+    assert!(pins(&dir.path).is_empty(), "{:?}", pins(&dir.path));
+    assert!(!metalnet::sys::bpf::is_bpffs(&dir.path).unwrap_or(false));
+    // The kernel frees unpinned links after an RCU grace period: give it a moment.
+    let t = Instant::now();
+    while connect_vip(&client).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the VIP still answers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let procs = std::fs::read_to_string(cg.0.join("cgroup.procs")).unwrap();
+    assert!(procs.trim().is_empty(), "{procs}");
+}
+
+#[test]
+fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::with_veth("pxu").unwrap();
+    // A backend address and port no other test uses: destroy_sockets looks everywhere.
+    let sock = in_ns(&ns, || {
+        let s = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        s.connect("192.0.2.77:40999").unwrap();
+        s
+    });
+    let n = attach::destroy_sockets(&[Backend {
+        addr: "192.0.2.77".parse().unwrap(),
+        port: 40999,
+        proto: Proto::Udp,
+        flags: 0,
+    }])
+    .unwrap();
+    assert_eq!(n, 1);
+    // The kernel aborts it (the pending error) and disconnects it: the client learns at
+    // once and must reconnect, to a live backend.
+    let pending = sock.take_error().unwrap().expect("a pending error");
+    assert_eq!(
+        pending.raw_os_error(),
+        Some(libc::ECONNABORTED),
+        "{pending}"
+    );
+    let e = sock.send(b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+}
+
+#[test]
+fn the_masquerade_table_is_idempotent_and_removable() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new("pxn").unwrap();
+    let shown = in_ns(&ns, || {
+        nft::ensure(0x4000).unwrap();
+        nft::ensure(0x4000).unwrap();
+        let shown = nft::show().unwrap();
+        nft::remove().unwrap();
+        nft::remove().unwrap();
+        (shown, nft::show().unwrap())
+    });
+    let table = shown.0.expect("the table");
+    assert!(table.contains("masquerade"), "{table}");
+    assert_eq!(table.matches("chain postrouting").count(), 1, "{table}");
+    assert_eq!(shown.1, None);
+}
+
+/// A pod reaching itself through its Service: the node routes the DNATed packet back out the
+/// pod's veth and masquerades it, so the pod sees the node's address, not its own.
+#[test]
+fn hairpin_through_the_vip_is_masqueraded() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let probe = Loader::open(&dir.path, &small())
+        .unwrap()
+        .take_programs()
+        .unwrap();
+    if probe.lb.program(attach::TC_INGRESS).is_none() {
+        eprintln!("skipping: lb.o has no {} yet", attach::TC_INGRESS);
+        return;
+    }
+    drop(probe);
+    let (pod, node) = topology();
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node.name(), "sysctl", "-qw", s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The pod's server answers with the peer address it sees.
+    let l = in_ns(&pod, || {
+        TcpListener::bind(format!("{CLIENT}:8080")).unwrap()
+    });
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let peer = s.peer_addr().unwrap().ip().to_string();
+            let _ = s.write_all(peer.as_bytes());
+        }
+    });
+    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
+    l1.set_config(&abi::Config {
+        socket_lb: 1,
+        maglev_m: 1021,
+        masq_mark: 0x4000,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 60,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut want = one_service();
+    want.backend.insert(
+        1,
+        Backend {
+            addr: CLIENT.parse().unwrap(),
+            port: 8080,
+            proto: Proto::Tcp,
+            flags: 0,
+        },
+    );
+    l1.apply(&MapDiff::between(&MapState::default(), &want))
+        .unwrap();
+    in_ns(&node, || nft::ensure(0x4000)).unwrap();
+    let a = start(
+        &node,
+        l1.take_programs().unwrap(),
+        AttachOptions {
+            bpf_dir: dir.path.clone(),
+            cgroup_root: None,
+            nodeport_addresses: vec![],
+            node_addrs: false,
+        },
+    );
+    let mut s = connect_vip(&pod).unwrap();
+    assert_eq!(s.peer_addr().unwrap().ip().to_string(), VIP);
+    let mut seen = String::new();
+    s.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, SERVER, "the pod sees the node's address");
+    assert_eq!(csum_errors(&pod), 0);
+    drop(a);
+    drop(l1);
 }

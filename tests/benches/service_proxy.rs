@@ -1,9 +1,12 @@
 //! Service-proxy benchmark (root; builds its own namespaces):
 //!
 //! ```text
-//! cargo bench -p metalnet-lab --bench service_proxy --profile dev
-//! BENCH_N=100,1000,10000,50000 BENCH_ROUNDS=5 cargo bench -p metalnet-lab --bench service_proxy --profile dev
+//! cargo bench -p metalnet-lab --bench service_proxy
+//! BENCH_N=100,1000,10000,50000 BENCH_ROUNDS=5 cargo bench -p metalnet-lab --bench service_proxy
 //! ```
+//!
+//! (`--profile dev` works too and builds faster, but metalnet's programming times are then
+//! those of unoptimised code.)
 //!
 //! For each N, N ClusterIP Services (`ns{i%100}/svc{i}:p80` -> 10.96.0.10+i:80, one endpoint
 //! 203.0.113.2:8080) are programmed into every mode, then one more is added (Service N, the
@@ -17,12 +20,27 @@
 //! - `direct`: no proxy, the client connects to the backend address (the baseline for
 //!   "latency added").
 //! - `iptables`: kube-proxy's iptables rule set ([`metalnet_lab::kubeproxy::iptables`]) loaded
-//!   with `iptables-restore --noflush --counters` (the nf_tables backend, Debian's default
-//!   `iptables`; jump rules first, as kube-proxy's `EnsureRule`); the add is the partial sync
-//!   kube-proxy writes (every top-level chain in full, the new Service's chains).
-//! - `nft`: kube-proxy's `ip kube-proxy` table loaded with `nft -f` (bounded by
-//!   `BENCH_NFT_TIMEOUT`, default 120 s: a load that takes longer is reported as not loaded and
-//!   the mode skipped for that N); the add is the one-Service transaction.
+//!   with `iptables-restore --noflush --counters`: `iptables-nft-restore`, the nf_tables
+//!   backend Debian's `iptables` points at (`BENCH_IPT_BACKEND=legacy` for
+//!   iptables-legacy); jump rules first, as kube-proxy's `EnsureRule`. The add is the partial
+//!   sync kube-proxy writes (every top-level chain in full, the new Service's chains).
+//! - `nft`: kube-proxy's `ip kube-proxy` table loaded with `nft -f`; the add is the
+//!   one-Service transaction.
+//! - `metalnet`: the proxy's own code in-process: `loader::Loader` loads the programs with
+//!   their maps pinned on a bpffs in the lab directory, `attach::Attachments` puts the tc
+//!   programs on the node's interfaces (TCX) and `nft::ensure` its masquerade rule, as the
+//!   daemon does. Programming is timed as the daemon syncs, from the objects (Services and
+//!   EndpointSlices, as the informers hand them over): `model::Model::full` for N (the
+//!   first sync), `Model::update` with the one added Service for the add, each followed by
+//!   the map writes of the diff it yields; the split is reported.
+//! - `socket-lb`: the same maps and the socket programs on a cgroup of the run's own (under
+//!   the cgroup2 mount); the client process joins it and connects to the VIP through a node
+//!   with no programs.
+//!
+//! Loads are bounded (`BENCH_IPT_TIMEOUT`, `BENCH_NFT_TIMEOUT`, default 180 s each): a load
+//! that takes longer is reported as "did not load in time" and that mode is skipped for that
+//! N. `BENCH_N` (default `100,1000,10000`) selects the sizes; 50,000 is opt-in because
+//! kube-proxy's rule sets take minutes to load at that size.
 //!
 //! Per round, per mode, per target (first, middle and last Service; the backend for
 //! `direct`), a client process in the client namespace makes `BENCH_CONNS` (default 2,000)
@@ -33,7 +51,7 @@
 //! clients' and backends' `TcpInCsumErrors` are reported. Namespaces, cgroups and mounts are
 //! removed at the end, on a panic and on Ctrl-C.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -70,6 +88,9 @@ struct Settings {
     /// Longest a single measured run may take (slow modes at large N make fewer connections).
     run_limit: Duration,
     nft_timeout: Duration,
+    ipt_timeout: Duration,
+    /// `nft` (iptables-nft, Debian's default `iptables`) or `legacy` (iptables-legacy).
+    ipt_backend: String,
     modes: Vec<Mode>,
 }
 
@@ -88,12 +109,24 @@ impl Settings {
                 .collect(),
             Err(_) => Mode::ALL.to_vec(),
         };
+        let mut modes: Vec<Mode> = modes;
+        // Socket-LB reads the maps the metalnet mode programs.
+        if modes.contains(&Mode::SockLb) && !modes.contains(&Mode::Metalnet) {
+            modes.push(Mode::Metalnet);
+        }
+        modes.sort();
+        modes.dedup();
         Settings {
             sizes,
             rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
             conns: env_or("BENCH_CONNS", 2000usize).max(10),
             run_limit: Duration::from_secs_f64(env_or("BENCH_RUN_SECS", 3.0f64)),
-            nft_timeout: Duration::from_secs(env_or("BENCH_NFT_TIMEOUT", 120u64)),
+            nft_timeout: Duration::from_secs(env_or("BENCH_NFT_TIMEOUT", 180u64)),
+            ipt_timeout: Duration::from_secs(env_or("BENCH_IPT_TIMEOUT", 180u64)),
+            ipt_backend: match std::env::var("BENCH_IPT_BACKEND").as_deref() {
+                Ok("legacy") => "legacy".into(),
+                _ => "nft".into(),
+            },
             modes,
         }
     }
@@ -104,16 +137,26 @@ enum Mode {
     Direct,
     Iptables,
     Nft,
+    Metalnet,
+    SockLb,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Direct, Mode::Iptables, Mode::Nft];
+    const ALL: [Mode; 5] = [
+        Mode::Direct,
+        Mode::Iptables,
+        Mode::Nft,
+        Mode::Metalnet,
+        Mode::SockLb,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::Iptables => "iptables",
             Mode::Nft => "nft",
+            Mode::Metalnet => "metalnet",
+            Mode::SockLb => "socket-lb",
         }
     }
 
@@ -123,6 +166,8 @@ impl Mode {
             Mode::Direct => "d",
             Mode::Iptables => "i",
             Mode::Nft => "n",
+            Mode::Metalnet => "m",
+            Mode::SockLb => "s",
         }
     }
 }
@@ -133,6 +178,9 @@ impl Mode {
 #[derive(Default)]
 struct Registry {
     labs: Vec<Arc<Lab>>,
+    /// bpffs mounts and cgroups made for the metalnet modes.
+    mounts: Vec<PathBuf>,
+    cgroups: Vec<PathBuf>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -145,9 +193,33 @@ fn registry() -> std::sync::MutexGuard<'static, Option<Registry>> {
 fn cleanup_all() {
     STOP_SERVERS.store(true, Ordering::Relaxed);
     let reg = registry().take().unwrap_or_default();
+    // bpffs mounts live in the lab directories: unmount before those are removed (which
+    // unpins the links too); namespaces next, their processes (clients in the cgroup) with
+    // them; cgroups last, once empty.
+    for m in reg.mounts {
+        unmount(&m);
+    }
     for lab in reg.labs {
         lab.teardown();
     }
+    for cg in reg.cgroups {
+        remove_cgroup(&cg);
+    }
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+fn remove_cgroup(cg: &std::path::Path) {
+    // A cgroup can be removed once its processes are gone; they may take a moment to exit.
+    for _ in 0..50 {
+        if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("service_proxy: could not remove cgroup {}", cg.display());
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and the threads it starts later, and starts one
@@ -421,8 +493,13 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<std::process::Outpu
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what}: did not finish within {limit:?}"));
+                // A process inside a long system call (nft committing a huge batch) dies
+                // only when the call returns: reap it in the background, do not wait here.
+                std::thread::spawn(move || child.wait());
+                return Err(format!(
+                    "{what}: did not finish within {:.0} s",
+                    limit.as_secs_f64()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("waiting for {what}: {e}")),
@@ -607,18 +684,22 @@ fn program_iptables(
     cluster: &Cluster,
     services: &[ServicePort],
     n: usize,
+    limit: Duration,
+    backend: &str,
 ) -> Result<Programming, String> {
     let ns = node.netns();
-    let limit = Duration::from_secs(300);
+    let iptables = format!("iptables-{backend}");
+    let iptables_save = format!("iptables-{backend}-save");
+    let iptables_restore = format!("iptables-{backend}-restore");
     // EnsureChain + EnsureRule (prepend) for the jump rules, as kube-proxy before a full sync.
     for (table, chain) in kubeproxy::iptables::jump_targets() {
         let _ = run_bounded(
-            &mut ns_cmd(ns, &["iptables", "-w", "-t", table, "-N", chain]),
+            &mut ns_cmd(ns, &[&iptables, "-w", "-t", table, "-N", chain]),
             limit,
         );
     }
     for args in kubeproxy::iptables::jump_rules() {
-        let mut full = vec!["iptables", "-w"];
+        let mut full = vec![iptables.as_str(), "-w"];
         full.extend(args.iter().map(String::as_str));
         timed(&mut ns_cmd(ns, &full), limit)?;
     }
@@ -634,7 +715,7 @@ fn program_iptables(
         if large {
             Ok(Duration::ZERO)
         } else {
-            timed(&mut ns_cmd(ns, &["iptables-save", "-t", "nat"]), limit)
+            timed(&mut ns_cmd(ns, &[&iptables_save, "-t", "nat"]), limit)
         }
     };
     let restore = |file: &std::path::Path| -> Result<Duration, String> {
@@ -645,7 +726,7 @@ fn program_iptables(
                 &[
                     "sh",
                     "-c",
-                    &format!("iptables-restore -w 5 --noflush --counters < {path}"),
+                    &format!("{iptables_restore} -w 5 --noflush --counters < {path}"),
                 ],
             ),
             limit,
@@ -653,11 +734,16 @@ fn program_iptables(
     };
     let full = save(kubeproxy::iptables::large_cluster(&services[..n]))
         .and_then(|s| restore(&full_file).map(|r| s + r));
-    let add_one = save(kubeproxy::iptables::large_cluster(services))
-        .and_then(|s| restore(&add_file).map(|r| s + r));
+    let add_one = match &full {
+        Ok(_) => Some(
+            save(kubeproxy::iptables::large_cluster(services))
+                .and_then(|s| restore(&add_file).map(|r| s + r)),
+        ),
+        Err(_) => None,
+    };
     Ok(Programming {
         full: Some(full),
-        add_one: Some(add_one),
+        add_one,
         lines: (full_text.lines().count(), add_text.lines().count()),
     })
 }
@@ -722,6 +808,8 @@ struct SizeResult {
     runs: BTreeMap<(Mode, Target), Vec<Stats>>,
     errors: Vec<String>,
     csum_errors: u64,
+    /// metalnet's programming split into model, diff and map writes.
+    breakdown: Vec<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -777,11 +865,36 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         runs: BTreeMap::new(),
         errors: Vec::new(),
         csum_errors: 0,
+        breakdown: Vec::new(),
     };
+    // metalnet: the proxy's programs on the node's interfaces (TCX) and, for socket-LB, on a
+    // cgroup of the run's own; one set of maps serves both.
+    let mut side = None;
+    if let Some(node) = paths.get(&Mode::Metalnet).map(|p| &p.node) {
+        match metalnet_side::Side::start(&lab, node, paths.contains_key(&Mode::SockLb)) {
+            Ok(s) => side = Some(s),
+            Err(e) => {
+                eprintln!("  N={n} metalnet: {e}");
+                result.errors.push(format!("metalnet: {e}"));
+            }
+        }
+    }
     for (&mode, p) in &paths {
         let prog = match mode {
-            Mode::Direct => continue,
-            Mode::Iptables => program_iptables(&lab, &p.node, &cluster, &services, n),
+            Mode::Direct | Mode::SockLb => continue,
+            Mode::Metalnet => match side.as_mut() {
+                Some(side) => side.program(&services, n),
+                None => continue,
+            },
+            Mode::Iptables => program_iptables(
+                &lab,
+                &p.node,
+                &cluster,
+                &services,
+                n,
+                settings.ipt_timeout,
+                &settings.ipt_backend,
+            ),
             Mode::Nft => program_nft(&lab, &p.node, &cluster, &services, n, settings.nft_timeout),
         };
         match prog {
@@ -813,13 +926,11 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
     let usable = |mode: Mode| -> bool {
         match mode {
             Mode::Direct => true,
-            _ => matches!(
-                result
-                    .programming
-                    .get(&mode)
-                    .and_then(|p| p.add_one.as_ref()),
-                Some(Ok(_))
-            ),
+            Mode::SockLb => {
+                side.as_ref().is_some_and(|s| s.cgroup().is_some())
+                    && programmed(&result, Mode::Metalnet)
+            }
+            _ => programmed(&result, mode),
         }
     };
     let modes: Vec<Mode> = settings
@@ -849,8 +960,12 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
                     })
                     .collect(),
             };
+            let cgroup = match mode {
+                Mode::SockLb => side.as_ref().and_then(|s| s.cgroup()),
+                _ => None,
+            };
             for (target, dst) in list {
-                match run_client(p.client.netns(), dst, settings, None) {
+                match run_client(p.client.netns(), dst, settings, cgroup) {
                     Ok(s) => {
                         eprintln!(
                             "  N={n} round {round} {} {}: {:.0} conn/s p50 {:.1} us p99 {:.1} us ({} failed)",
@@ -875,6 +990,14 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         result.csum_errors +=
             csum_errors(&p.client).unwrap_or(0) + csum_errors(&p.backend).unwrap_or(0);
     }
+    let mut cgroup = None;
+    if let Some(side) = side {
+        for b in &side.breakdown {
+            eprintln!("  N={n} metalnet: {b}");
+        }
+        result.breakdown = side.breakdown.clone();
+        cgroup = side.stop();
+    }
     STOP_SERVERS.store(true, Ordering::Relaxed);
     for b in backends {
         let _ = b.join();
@@ -884,14 +1007,35 @@ fn bench_size(settings: &Settings, n: usize) -> Result<SizeResult, String> {
         reg.labs.retain(|l| !Arc::ptr_eq(l, &lab));
     }
     lab.teardown();
+    if let Some(cg) = cgroup {
+        remove_cgroup(&cg);
+        if let Some(reg) = registry().as_mut() {
+            reg.cgroups.retain(|c| c != &cg);
+        }
+    }
     Ok(result)
+}
+
+fn programmed(result: &SizeResult, mode: Mode) -> bool {
+    matches!(
+        result
+            .programming
+            .get(&mode)
+            .and_then(|p| p.add_one.as_ref()),
+        Some(Ok(_))
+    )
 }
 
 fn fmt_prog(p: &Option<Result<Duration, String>>) -> String {
     match p {
         None => "-".into(),
         Some(Ok(d)) => fmt_dur(*d),
-        Some(Err(e)) if e.contains("did not finish within") => "did not load in time".into(),
+        Some(Err(e)) if e.contains("did not finish within") => format!(
+            "did not load within {}",
+            e.rsplit("did not finish within ")
+                .next()
+                .unwrap_or("the limit")
+        ),
         Some(Err(_)) => "failed".into(),
     }
 }
@@ -908,14 +1052,265 @@ fn fmt_dur(d: Duration) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// metalnet: the proxy's loader, attach and model, in-process.
+
+mod metalnet_side {
+    use super::*;
+    use metalnet::model::core::{EndpointSlice, Service};
+    use metalnet_router::proxy::dataplane::Dataplane;
+    use metalnet_router::proxy::ids::Ids;
+    use metalnet_router::proxy::{abi, attach, loader, model, nft};
+
+    const NODE_NAME: &str = "bench-node";
+    const MAGLEV_M: u32 = 1021;
+
+    /// The proxy's data path for one N: maps under a bpffs of the run's own, programs on the
+    /// metalnet node's interfaces (TCX) and on the socket-LB cgroup.
+    pub struct Side {
+        dir: PathBuf,
+        cgroup: Option<PathBuf>,
+        loader: loader::Loader,
+        attachments: Option<attach::Attachments>,
+        ids: Ids,
+        /// The model kept between syncs, as the daemon keeps it (updates cost in proportion
+        /// to the changed Services).
+        model: model::Model,
+        /// How the last programming split: model, diff, map writes.
+        pub breakdown: Vec<String>,
+    }
+
+    /// The cgroup v2 mount (the hybrid layout mounts it at /sys/fs/cgroup/unified).
+    fn cgroup2_mount() -> Option<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        info.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            pre.split_whitespace().nth(4).map(PathBuf::from)
+        })
+    }
+
+    impl Side {
+        /// Loads the programs with their maps pinned under `<lab>/bpf`, attaches the tc
+        /// programs to every interface of `node` and the socket programs to a cgroup of
+        /// the run's own (when socket-LB is measured).
+        pub fn start(lab: &Lab, node: &Host, socket_lb: bool) -> Result<Side, String> {
+            let dir = lab.dir().join("bpf");
+            if let Some(reg) = registry().as_mut() {
+                reg.mounts.push(dir.clone());
+            }
+            let sizes = loader::Sizes {
+                ct_max: 65_536,
+                ..loader::Sizes::default()
+            };
+            let mut loader = loader::Loader::open(&dir, &sizes)
+                .map_err(|e| format!("loading the data path under {}: {e}", dir.display()))?;
+            loader
+                .set_config(&abi::Config {
+                    host_netns_cookie: 0,
+                    socket_lb: 1,
+                    maglev_m: MAGLEV_M,
+                    masq_mark: 0x4000,
+                    ct_timeout_tcp: 7440,
+                    ct_timeout_other: 60,
+                })
+                .map_err(|e| format!("mn_config: {e}"))?;
+            let cgroup = if socket_lb {
+                let root = cgroup2_mount().ok_or("no cgroup2 mount in /proc/self/mountinfo")?;
+                let cg = root.join(format!("{}-socklb", lab.prefix()));
+                std::fs::create_dir(&cg).map_err(|e| format!("creating {}: {e}", cg.display()))?;
+                if let Some(reg) = registry().as_mut() {
+                    reg.cgroups.push(cg.clone());
+                }
+                Some(cg)
+            } else {
+                None
+            };
+            let programs = loader
+                .take_programs()
+                .ok_or("the loader handed its programs out already")?;
+            let opts = attach::AttachOptions {
+                bpf_dir: dir.clone(),
+                cgroup_root: cgroup.clone(),
+                nodeport_addresses: Vec::new(),
+                node_addrs: true,
+            };
+            // TCX attaches in the calling thread's namespace: start from one inside the node.
+            let attachments = metalnet::sys::netns::spawn_in(node.netns(), move || {
+                // The masquerade rule for marked packets, as the daemon installs it.
+                nft::ensure(0x4000).map_err(|e| e.to_string())?;
+                attach::Attachments::start(programs, opts).map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?
+            .join()
+            .map_err(|_| "the attach thread panicked".to_string())?
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?
+            .map_err(|e| format!("attaching in {}: {e}", node.netns()))?;
+            let status = attachments.status();
+            if !status.interfaces.values().any(|i| i == "c0") {
+                return Err(format!(
+                    "tc programs not on c0 of {}: {status:?}",
+                    node.netns()
+                ));
+            }
+            Ok(Side {
+                dir,
+                cgroup,
+                loader,
+                attachments: Some(attachments),
+                ids: Ids::new(sizes.maglev_rows),
+                model: model::Model::default(),
+                breakdown: Vec::new(),
+            })
+        }
+
+        pub fn cgroup(&self) -> Option<&std::path::Path> {
+            self.cgroup.as_deref()
+        }
+
+        /// Programs Services `..n` (timed: model, diff, map writes), then adds Service `n`.
+        pub fn program(
+            &mut self,
+            services: &[ServicePort],
+            n: usize,
+        ) -> Result<Programming, String> {
+            // The objects as the informers hand them over: decoding is not programming.
+            let (svcs, slices): (Vec<Service>, Vec<EndpointSlice>) = services
+                .iter()
+                .map(objects)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
+            let full = self.sync(&svcs[..n], &slices[..n], None);
+            let full_ops = full.as_ref().map(|(_, ops)| *ops).unwrap_or(0);
+            let add = full.as_ref().ok().map(|_| {
+                // What changed_services finds between the two snapshots: the new one.
+                let added = &services[n];
+                let changed = BTreeSet::from([(added.namespace.clone(), added.name.clone())]);
+                self.sync(&svcs[..=n], &slices[..=n], Some(&changed))
+            });
+            let add_ops = match &add {
+                Some(Ok((_, ops))) => *ops,
+                _ => 0,
+            };
+            Ok(Programming {
+                full: Some(full.map(|(d, _)| d)),
+                add_one: add.map(|r| r.map(|(d, _)| d)),
+                lines: (full_ops, add_ops),
+            })
+        }
+
+        /// The daemon's sync: the model for every Service (`full`) or for the changed ones
+        /// (`update`), the diff it yields written to the maps, the ids told what the maps hold.
+        fn sync(
+            &mut self,
+            svcs: &[Service],
+            slices: &[EndpointSlice],
+            changed: Option<&BTreeSet<(String, String)>>,
+        ) -> Result<(Duration, usize), String> {
+            let t0 = Instant::now();
+            let inputs = model::Inputs {
+                node_name: NODE_NAME,
+                cluster_cidrs: &[],
+                service_proxy_name: "",
+                maglev_m: MAGLEV_M,
+                services: svcs.iter().collect(),
+                endpoint_slices: slices.iter().collect(),
+            };
+            let diff = match changed {
+                None => self.model.full(&inputs, &mut self.ids),
+                Some(c) => self.model.update(&inputs, c, &mut self.ids),
+            };
+            let t1 = Instant::now();
+            self.loader
+                .apply(&diff)
+                .map_err(|e| format!("writing {} map operations: {e}", diff.len()))?;
+            let t2 = Instant::now();
+            self.ids.committed(&self.model.desired.maps);
+            let problems = &self.model.desired.problems;
+            if let Some(p) = problems.first() {
+                return Err(format!(
+                    "the model reported {} problems, first: {p}",
+                    problems.len()
+                ));
+            }
+            self.breakdown.push(format!(
+                "{} Services ({}): model and diff {}, map writes {} ({} operations)",
+                svcs.len(),
+                if changed.is_some() { "update" } else { "full" },
+                fmt_dur(t1 - t0),
+                fmt_dur(t2 - t1),
+                diff.len()
+            ));
+            Ok((t2 - t0, diff.len()))
+        }
+
+        /// Detaches and unpins everything (and unmounts the bpffs the loader mounted);
+        /// returns the cgroup to remove once its processes are gone.
+        pub fn stop(mut self) -> Option<PathBuf> {
+            if let Some(a) = self.attachments.take() {
+                a.stop();
+            }
+            drop(self.loader);
+            if let Err(e) = attach::cleanup(&self.dir, self.cgroup.as_deref()) {
+                eprintln!("service_proxy: cleaning {}: {e}", self.dir.display());
+                unmount(&self.dir);
+            }
+            if let Some(reg) = registry().as_mut() {
+                reg.mounts.retain(|m| m != &self.dir);
+            }
+            self.cgroup
+        }
+    }
+
+    /// A benchmark Service as the API server would hand it over: the Service and its one
+    /// EndpointSlice (the endpoint on another node, ready).
+    fn objects(svc: &ServicePort) -> Result<(Service, EndpointSlice), String> {
+        let ep = svc
+            .endpoints
+            .first()
+            .ok_or("a bench Service has one endpoint")?;
+        let service = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"namespace": svc.namespace, "name": svc.name},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": svc.cluster_ip.to_string(),
+                "clusterIPs": [svc.cluster_ip.to_string()],
+                "ports": [{"name": svc.port_name, "port": svc.port, "protocol": "TCP", "targetPort": ep.port()}]
+            }
+        });
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "namespace": svc.namespace,
+                "name": format!("{}-bench", svc.name),
+                "labels": {"kubernetes.io/service-name": svc.name}
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ep.ip().to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "backend-node"}],
+            "ports": [{"name": svc.port_name, "port": ep.port(), "protocol": "TCP"}]
+        });
+        Ok((
+            serde_json::from_value(service).map_err(|e| format!("Service {}: {e}", svc.name))?,
+            serde_json::from_value(slice)
+                .map_err(|e| format!("EndpointSlice {}: {e}", svc.name))?,
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Report.
 
 fn report(settings: &Settings, results: &[SizeResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nservice_proxy: medians of {} interleaved rounds, {} connections per run (100 warm-up), 1 endpoint per Service",
-        settings.rounds, settings.conns
+        "\nservice_proxy: medians of {} interleaved rounds, {} connections per run (100 warm-up), 1 endpoint per Service; iptables = iptables-{}",
+        settings.rounds, settings.conns, settings.ipt_backend
     );
     let _ = writeln!(
         out,
@@ -942,6 +1337,12 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
                 );
                 continue;
             }
+            // Socket-LB reads metalnet's maps: its programming is metalnet's.
+            let prog = if mode == Mode::SockLb {
+                r.programming.get(&Mode::Metalnet)
+            } else {
+                prog
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -972,6 +1373,11 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
             );
         }
     }
+    for r in results {
+        for b in &r.breakdown {
+            let _ = writeln!(out, "  N={} metalnet: {b}", r.n);
+        }
+    }
     let _ = writeln!(
         out,
         "\nlatency added over direct (p50 last Service - p50 backend):"
@@ -987,6 +1393,7 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
             }
         }
     }
+    out.push_str(&targets(results));
     let csum: u64 = results.iter().map(|r| r.csum_errors).sum();
     let _ = writeln!(out, "\nTcpInCsumErrors in clients and backends: {csum}");
     let errors: Vec<&String> = results.iter().flat_map(|r| &r.errors).collect();
@@ -995,6 +1402,122 @@ fn report(settings: &Settings, results: &[SizeResult]) -> String {
         for e in errors {
             let _ = writeln!(out, "  {e}");
         }
+    }
+    out
+}
+
+/// The issue's targets, each with the figure, the bar and whether it is met.
+fn targets(results: &[SizeResult]) -> String {
+    let mut out = String::from("\ntargets (metalnet = TCX data path; medians):\n");
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut line = |text: String, ok: Option<bool>| {
+        let v = ok.map(verdict).unwrap_or("no figure");
+        let _ = writeln!(out, "  {text}: {v}");
+    };
+    let at = |n: usize| results.iter().find(|r| r.n == n);
+    let pair = |r: &SizeResult, a: Mode, b: Mode, t: Target| Some((r.med(a, t)?, r.med(b, t)?));
+    if let Some(r) = at(10_000) {
+        let p = pair(r, Mode::Metalnet, Mode::Iptables, Target::Last);
+        line(
+            format!(
+                "N=10,000 last Service, conn/s metalnet / iptables = {} (>= 4)",
+                p.map(|(m, i)| format!("{:.2}", m.0 / i.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| m.0 / i.0 >= 4.0),
+        );
+        line(
+            format!(
+                "N=10,000 last Service, p50 connect iptables / metalnet = {} (>= 5)",
+                p.map(|(m, i)| format!("{:.2}", i.1 / m.1))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| i.1 / m.1 >= 5.0),
+        );
+    } else {
+        line("N=10,000 not run: no iptables ratio".into(), None);
+    }
+    for r in results {
+        let f = pair(r, Mode::Metalnet, Mode::Metalnet, Target::First)
+            .and_then(|(first, _)| Some((first, r.med(Mode::Metalnet, Target::Last)?)));
+        line(
+            format!(
+                "N={} metalnet last/first conn/s = {} (>= 0.9)",
+                r.n,
+                f.map(|(a, b)| format!("{:.2}", b.0 / a.0))
+                    .unwrap_or("-".into())
+            ),
+            f.map(|(a, b)| b.0 / a.0 >= 0.9),
+        );
+    }
+    for r in results {
+        let direct = r.med(Mode::Direct, Target::Backend);
+        let m = r.med(Mode::Metalnet, Target::Last);
+        let nf = r.med(Mode::Nft, Target::Last);
+        let (text, ok) = match (direct, m, nf) {
+            (Some(d), Some(m), Some(nf)) => (
+                format!(
+                    "N={} latency added over direct, last Service: metalnet {:+.1} us vs nft {:+.1} us; conn/s metalnet / nft = {:.2} (added <= nft's, or conn/s >= 0.95x)",
+                    r.n,
+                    m.1 - d.1,
+                    nf.1 - d.1,
+                    m.0 / nf.0
+                ),
+                Some(m.1 - d.1 <= nf.1 - d.1 || m.0 / nf.0 >= 0.95),
+            ),
+            _ => (format!("N={} metalnet vs nft", r.n), None),
+        };
+        line(text, ok);
+    }
+    if let Some(r) = at(100) {
+        let p = pair(r, Mode::Metalnet, Mode::Iptables, Target::Last);
+        line(
+            format!(
+                "N=100 last Service, conn/s metalnet / iptables = {} (>= 0.9)",
+                p.map(|(m, i)| format!("{:.2}", m.0 / i.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(m, i)| m.0 / i.0 >= 0.9),
+        );
+    }
+    let prog = |r: &SizeResult, add: bool| -> Option<Duration> {
+        let p = r.programming.get(&Mode::Metalnet)?;
+        match if add { &p.add_one } else { &p.full } {
+            Some(Ok(d)) => Some(*d),
+            _ => None,
+        }
+    };
+    if let Some(r) = at(10_000) {
+        let full = prog(r, false);
+        line(
+            format!(
+                "programming 10,000 Services = {} (<= 100 ms)",
+                full.map(fmt_dur).unwrap_or("-".into())
+            ),
+            full.map(|d| d <= Duration::from_millis(100)),
+        );
+        let add = prog(r, true);
+        line(
+            format!(
+                "adding one Service at 10,000 = {} (<= 1 ms)",
+                add.map(fmt_dur).unwrap_or("-".into())
+            ),
+            add.map(|d| d <= Duration::from_millis(1)),
+        );
+    }
+    for r in results {
+        let p = r
+            .med(Mode::SockLb, Target::Last)
+            .zip(r.med(Mode::Direct, Target::Backend));
+        line(
+            format!(
+                "N={} socket-LB / direct conn/s = {} (>= 0.95)",
+                r.n,
+                p.map(|(s, d)| format!("{:.2}", s.0 / d.0))
+                    .unwrap_or("-".into())
+            ),
+            p.map(|(s, d)| s.0 / d.0 >= 0.95),
+        );
     }
     out
 }

@@ -202,7 +202,7 @@ pub fn map_delete_batch(
 
 fn check_batch(keys: &[u8], key_size: usize, values: Option<(&[u8], usize)>) -> io::Result<u32> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-    if key_size == 0 || keys.len() % key_size != 0 {
+    if key_size == 0 || !keys.len().is_multiple_of(key_size) {
         return Err(invalid(format!(
             "batch keys: {} bytes is not a multiple of the key size {key_size}",
             keys.len()

@@ -302,14 +302,10 @@ pub fn dump(maps: &MapState, names: &BTreeMap<u32, String>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<5}{:<44}{:<9}{:<6}{}",
-        "Prot", "LocalAddress:Port", "Scope", "Slots", "Flags"
+        "{:<5}{:<44}{:<9}{:<6}Flags",
+        "Prot", "LocalAddress:Port", "Scope", "Slots"
     );
-    let _ = writeln!(
-        out,
-        "  -> {:<44}{:<8}{}",
-        "RemoteAddress:Port", "Id", "Flags"
-    );
+    let _ = writeln!(out, "  -> {:<44}{:<8}Flags", "RemoteAddress:Port", "Id");
     // Slots by frontend and scope, in slot order (the map's order).
     let mut slots: BTreeMap<(u32, Scope), Vec<(u16, u32)>> = BTreeMap::new();
     for (k, id) in &maps.slot {

@@ -14,6 +14,14 @@ use std::net::IpAddr;
 use super::abi::{Proto, svc_flags};
 use super::state::MapState;
 
+/// `mn_maglev`'s default size in entries (`MN_MAGLEV_ENTRIES` in `proxy.h`).
+pub const DEFAULT_MAGLEV_ENTRIES: u32 = 1021 * 256;
+
+/// How many Maglev rows of `m` entries fit in `entries` (what [`Ids::new`] takes).
+pub fn maglev_rows(entries: u32, m: u32) -> u32 {
+    entries.checked_div(m).unwrap_or(0)
+}
+
 /// A frontend or backend as ids know it: address, port, protocol (not the scope, not flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
@@ -35,11 +43,12 @@ struct Space<K> {
     /// Every id below this is taken (a search start, so assigning N ids costs O(N)).
     low: u32,
     first: u32,
-    max: u32,
+    /// Ids are below this.
+    end: u64,
 }
 
 impl<K: Copy + Eq + std::hash::Hash> Space<K> {
-    fn new(first: u32, max: u32) -> Self {
+    fn new(first: u32, end: u64) -> Self {
         Space {
             assigned: HashMap::new(),
             taken: BTreeSet::new(),
@@ -47,7 +56,7 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
             used: Default::default(),
             low: first,
             first,
-            max,
+            end,
         }
     }
 
@@ -60,14 +69,28 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         while self.taken.contains(&id) {
             id = id.checked_add(1)?;
         }
-        if id > self.max {
+        if id as u64 >= self.end {
             return None;
         }
         self.low = id + 1;
         self.taken.insert(id);
+        // About to be written: held until the maps are known not to have it.
+        self.live.insert(id);
         self.assigned.insert(key, id);
         self.used.insert(key);
         Some(id)
+    }
+
+    /// Forgets a key now (an incremental update dropped it); its id stays taken while the
+    /// maps may hold it.
+    fn release(&mut self, key: &K) {
+        self.used.remove(key);
+        if let Some(id) = self.assigned.remove(key)
+            && !self.live.contains(&id)
+        {
+            self.taken.remove(&id);
+            self.low = self.low.min(id);
+        }
     }
 
     fn peek(&self, key: &K) -> Option<u32> {
@@ -165,9 +188,9 @@ impl Ids {
     /// An empty assignment with `maglev_rows` rows available (`mn_maglev`'s entries / M).
     pub fn new(maglev_rows: u32) -> Ids {
         Ids {
-            frontends: Space::new(1, u32::MAX),
-            backends: Space::new(1, u32::MAX),
-            rows: Space::new(0, maglev_rows.saturating_sub(1)),
+            frontends: Space::new(1, u32::MAX as u64 + 1),
+            backends: Space::new(1, u32::MAX as u64 + 1),
+            rows: Space::new(0, maglev_rows as u64),
         }
     }
 
@@ -261,6 +284,21 @@ impl Ids {
     /// The Maglev row of a frontend (`None` when every row is taken).
     pub fn maglev_row(&mut self, rev_id: u32) -> Option<u32> {
         self.rows.get(rev_id)
+    }
+
+    /// Drops a frontend outside a full recomputation ([`super::model::Model::update`]).
+    pub fn release_frontend(&mut self, fe: &Endpoint) {
+        self.frontends.release(fe);
+    }
+
+    /// Drops a backend outside a full recomputation.
+    pub fn release_backend(&mut self, be: &Endpoint) {
+        self.backends.release(be);
+    }
+
+    /// Drops a frontend's Maglev row outside a full recomputation.
+    pub fn release_row(&mut self, rev_id: u32) {
+        self.rows.release(&rev_id);
     }
 
     /// The rev_id already assigned to a frontend, without assigning one.
@@ -418,6 +456,15 @@ mod tests {
         assert_eq!(ids.backend(ep("192.0.2.6", 53)), Some(1));
         assert_eq!(ids.maglev_row(99), Some(0));
         ids.end();
+    }
+
+    #[test]
+    fn rows_fit_the_map() {
+        assert_eq!(maglev_rows(DEFAULT_MAGLEV_ENTRIES, 1021), 256);
+        assert_eq!(maglev_rows(DEFAULT_MAGLEV_ENTRIES, 16381), 15);
+        assert_eq!(maglev_rows(DEFAULT_MAGLEV_ENTRIES, 0), 0);
+        let mut none = Ids::new(0);
+        assert_eq!(none.maglev_row(1), None);
     }
 
     #[test]

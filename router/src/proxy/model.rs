@@ -29,6 +29,12 @@
 //!   slot, while rows last.
 //! - A frontend claimed by two Services goes to the first by namespace and name; the other
 //!   gets a problem. A Service's problems never change another Service's entries.
+//!
+//! Use: at start, `Ids::from_state(&live, ids::maglev_rows(entries, m))`, `Model::full`, then
+//! write `MapDiff::between(&live, &model.desired.maps)` (the diffs the model returns are
+//! relative to its own previous result) and `ids.committed(..)`. On each change,
+//! `model.update(&inputs, &changed_services(&old, &new), &mut ids)`, write the diff, and
+//! `ids.committed(&model.desired.maps)` (after a failed write: with what the maps hold).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -43,7 +49,7 @@ use super::abi::{
 };
 use super::ids::{Endpoint, Ids};
 use super::maglev;
-use super::state::MapState;
+use super::state::{MapDiff, MapState};
 
 /// The label naming the proxy that handles a Service.
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -268,8 +274,66 @@ fn usable<'e>(eps: impl Iterator<Item = &'e Ep> + Clone) -> (Vec<&'e Ep>, bool) 
     (term, fallback)
 }
 
+fn ns_str(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.namespace.clone().unwrap_or_else(|| "default".into())
+    ns_str(meta).to_string()
+}
+
+/// The Services to hand [`Model::update`] between two snapshots: those added, changed or
+/// deleted, and those whose EndpointSlices were. Snapshots share unchanged objects, so this
+/// compares pointers.
+pub fn changed_services(
+    old: &metalnet::state::Snapshot,
+    new: &metalnet::state::Snapshot,
+) -> BTreeSet<SvcName> {
+    use std::sync::Arc;
+    fn walk<T>(
+        old: &metalnet::state::Objects<T>,
+        new: &metalnet::state::Objects<T>,
+        mut key: impl FnMut(&T) -> Option<SvcName>,
+        out: &mut BTreeSet<SvcName>,
+    ) {
+        if Arc::ptr_eq(old, new) {
+            return;
+        }
+        for (k, o) in old.iter() {
+            match new.get(k) {
+                Some(n) if Arc::ptr_eq(o, n) => {}
+                Some(n) => out.extend(key(o).into_iter().chain(key(n))),
+                None => out.extend(key(o)),
+            }
+        }
+        for (k, n) in new.iter() {
+            if !old.contains_key(k) {
+                out.extend(key(n));
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(
+        &old.services,
+        &new.services,
+        |s: &Service| {
+            Some((
+                ns_of(&s.metadata),
+                s.metadata.name.clone().unwrap_or_default(),
+            ))
+        },
+        &mut out,
+    );
+    walk(
+        &old.endpoint_slices,
+        &new.endpoint_slices,
+        |s: &EndpointSlice| {
+            let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+            Some((ns_of(&s.metadata), svc.clone()))
+        },
+        &mut out,
+    );
+    out
 }
 
 /// Slices by (namespace, service name), each list sorted by slice name.
@@ -324,15 +388,19 @@ fn port_endpoints(
             {
                 continue;
             }
-            let port = match p.port.map(u16::try_from) {
-                Some(Ok(n)) if n > 0 => n,
-                other => {
-                    problems.push(problem(
-                        format!("ports[{pi}].port"),
-                        format!("{other:?} is not a port number"),
-                    ));
-                    continue;
-                }
+            let port = match p.port {
+                // No port: "every port", which only headless Services have.
+                None => continue,
+                Some(n) => match u16::try_from(n) {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        problems.push(problem(
+                            format!("ports[{pi}].port"),
+                            format!("{n} is not a port number"),
+                        ));
+                        continue;
+                    }
+                },
             };
             for (ei, e) in s.endpoints.iter().enumerate() {
                 // kube-proxy uses the first address; the others are the same pod.
@@ -420,36 +488,338 @@ fn skip_reason(svc: &Service, proxy_name: &str) -> Option<String> {
 
 /// Builds the desired state. `ids` keeps its assignment across calls (see [`Ids`]).
 pub fn desired(inputs: &Inputs, ids: &mut Ids) -> Desired {
-    let mut out = Desired::default();
-    let slices = index_slices(&inputs.endpoint_slices);
-    let mut services: Vec<&Service> = inputs.services.clone();
-    services.sort_by(|a, b| {
-        (ns_of(&a.metadata), &a.metadata.name).cmp(&(ns_of(&b.metadata), &b.metadata.name))
-    });
-    let mut claimed: HashMap<Endpoint, (String, String)> = HashMap::new();
-    ids.begin();
-    for svc in services {
-        let ns = ns_of(&svc.metadata);
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let key = (ns.clone(), name.clone());
-        let no_slices = Vec::new();
-        let sl = slices.get(&key).unwrap_or(&no_slices);
-        let view = one_service(
-            svc,
-            &ns,
-            &name,
-            sl,
-            inputs,
-            ids,
-            &mut claimed,
-            &mut out.maps,
-            &mut out.problems,
-            &mut out.health_checks,
-        );
-        out.services.insert(key, view);
+    let mut m = Model::default();
+    m.full(inputs, ids);
+    m.desired
+}
+
+type SvcName = (String, String);
+
+/// One Service's part of the maps, problems and health check.
+#[derive(Clone, Debug, Default)]
+struct Share {
+    maps: MapState,
+    problems: Vec<Problem>,
+    health: Option<HealthCheck>,
+    /// Frontends this Service holds.
+    claims: Vec<Endpoint>,
+    /// It lost a frontend to another Service (or would have).
+    conflict: bool,
+}
+
+/// Whether a backend of one Service is local or terminating, merged over the Services using
+/// it: local if any says so (the node is the same), terminating only if all say so (a pod
+/// ready for one Service is ready).
+fn merge_backend(old: &mut Backend, flags: u8) {
+    old.flags =
+        (old.flags | (flags & backend_flags::LOCAL)) & (flags | !backend_flags::TERMINATING);
+}
+
+/// The model kept between updates, so that a change to a few Services costs in proportion to
+/// them, not to every Service ([`Model::update`]). [`desired`] is the one-shot form.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// The result so far.
+    pub desired: Desired,
+    shares: HashMap<SvcName, Share>,
+    /// Backend id -> the Services using it, with their view of its flags.
+    users: HashMap<u32, HashMap<SvcName, u8>>,
+    claimed: HashMap<Endpoint, SvcName>,
+    /// Services that lost a frontend to another: updates recompute everything while any does,
+    /// as who wins depends on the whole set.
+    conflicts: usize,
+}
+
+fn sorted_services<'a>(inputs: &Inputs<'a>) -> Vec<(SvcName, &'a Service)> {
+    // By namespace and name: which of two Services claiming a frontend wins must not depend
+    // on the input order.
+    let mut services: Vec<(SvcName, &Service)> = inputs
+        .services
+        .iter()
+        .map(|s| {
+            (
+                (
+                    ns_of(&s.metadata),
+                    s.metadata.name.clone().unwrap_or_default(),
+                ),
+                *s,
+            )
+        })
+        .collect();
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    services
+}
+
+impl Model {
+    /// Recomputes every Service; returns what changed in the maps since the last result.
+    pub fn full(&mut self, inputs: &Inputs, ids: &mut Ids) -> MapDiff {
+        let slices = index_slices(&inputs.endpoint_slices);
+        let old = std::mem::take(self);
+        ids.begin();
+        for (key, svc) in sorted_services(inputs) {
+            let no_slices = Vec::new();
+            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let (view, share) =
+                one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
+            self.add_share(&key, &share);
+            self.desired.services.insert(key.clone(), view);
+            self.conflicts += share.conflict as usize;
+            self.shares.insert(key, share);
+        }
+        ids.end();
+        self.rebuild_lists();
+        MapDiff::between(&old.desired.maps, &self.desired.maps)
     }
-    ids.end();
-    out
+
+    /// Recomputes the named Services only (added, changed or deleted ones, and those whose
+    /// EndpointSlices changed); every other Service must be as in the last call. Returns
+    /// what changed in the maps. Falls back to [`Model::full`] while frontends conflict.
+    pub fn update(
+        &mut self,
+        inputs: &Inputs,
+        changed: &BTreeSet<SvcName>,
+        ids: &mut Ids,
+    ) -> MapDiff {
+        if self.conflicts > 0 {
+            return self.full(inputs, ids);
+        }
+        // Borrowed keys: this walks every object, so it must not allocate per object.
+        let wanted: HashSet<(&str, &str)> = changed
+            .iter()
+            .map(|(ns, n)| (ns.as_str(), n.as_str()))
+            .collect();
+        let mut services: Vec<(SvcName, &Service)> = Vec::new();
+        for s in &inputs.services {
+            let (ns, name) = (
+                ns_str(&s.metadata),
+                s.metadata.name.as_deref().unwrap_or(""),
+            );
+            if wanted.contains(&(ns, name)) {
+                services.push(((ns.to_string(), name.to_string()), *s));
+            }
+        }
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        let wanted_slices: Vec<&EndpointSlice> = inputs
+            .endpoint_slices
+            .iter()
+            .copied()
+            .filter(|s| {
+                let svc = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_SERVICE_NAME));
+                svc.is_some_and(|n| wanted.contains(&(ns_str(&s.metadata), n.as_str())))
+            })
+            .collect();
+        let slices = index_slices(&wanted_slices);
+
+        // Their frontends are free to take again.
+        let mut old: BTreeMap<SvcName, Share> = BTreeMap::new();
+        for key in changed {
+            if let Some(share) = self.shares.remove(key) {
+                for fe in &share.claims {
+                    self.claimed.remove(fe);
+                }
+                old.insert(key.clone(), share);
+            }
+            self.desired.services.remove(key);
+        }
+        let mut new: BTreeMap<SvcName, Share> = BTreeMap::new();
+        for (key, svc) in services {
+            let no_slices = Vec::new();
+            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let (view, share) =
+                one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
+            if share.conflict {
+                // Put back what was taken out, then let the full path decide.
+                for (k, s) in old {
+                    self.shares.insert(k, s);
+                }
+                return self.full(inputs, ids);
+            }
+            self.desired.services.insert(key.clone(), view);
+            new.insert(key, share);
+        }
+
+        let mut diff = MapDiff::default();
+        let empty = Share::default();
+        let mut touched: BTreeSet<u32> = BTreeSet::new();
+        for key in changed {
+            let (o, n) = (
+                old.get(key).unwrap_or(&empty),
+                new.get(key).unwrap_or(&empty),
+            );
+            let d = MapDiff::between(&o.maps, &n.maps);
+            let m = &mut self.desired.maps;
+            for (k, v) in &d.svc_upsert {
+                m.svc.insert(*k, *v);
+            }
+            for k in &d.svc_remove {
+                m.svc.remove(k);
+            }
+            for (k, v) in &d.slot_upsert {
+                m.slot.insert(*k, *v);
+            }
+            for k in &d.slot_remove {
+                m.slot.remove(k);
+            }
+            for (k, v) in &d.rev_nat_upsert {
+                m.rev_nat.insert(*k, *v);
+            }
+            for k in &d.rev_nat_remove {
+                m.rev_nat.remove(k);
+            }
+            m.affinity_match
+                .extend(d.affinity_match_add.iter().copied());
+            for k in &d.affinity_match_remove {
+                m.affinity_match.remove(k);
+            }
+            m.src_range.extend(d.src_range_add.iter().copied());
+            for k in &d.src_range_remove {
+                m.src_range.remove(k);
+            }
+            for (row, t) in &d.maglev_write {
+                m.maglev.insert(*row, t.clone());
+            }
+            for row in o.maps.maglev.keys() {
+                if !n.maps.maglev.contains_key(row) {
+                    m.maglev.remove(row);
+                }
+            }
+            diff.svc_upsert.extend(d.svc_upsert);
+            diff.svc_remove.extend(d.svc_remove);
+            diff.slot_upsert.extend(d.slot_upsert);
+            diff.slot_remove.extend(d.slot_remove);
+            diff.rev_nat_upsert.extend(d.rev_nat_upsert);
+            diff.rev_nat_remove.extend(d.rev_nat_remove);
+            diff.affinity_match_add.extend(d.affinity_match_add);
+            diff.affinity_match_remove.extend(d.affinity_match_remove);
+            diff.src_range_add.extend(d.src_range_add);
+            diff.src_range_remove.extend(d.src_range_remove);
+            diff.maglev_write.extend(d.maglev_write);
+
+            // Ids no longer used by this Service.
+            let new_claims: HashSet<&Endpoint> = n.claims.iter().collect();
+            for fe in &o.claims {
+                if !new_claims.contains(fe) {
+                    ids.release_frontend(fe);
+                }
+            }
+            for v in o.maps.svc.values() {
+                let still = n
+                    .maps
+                    .svc
+                    .values()
+                    .any(|nv| nv.rev_id == v.rev_id && nv.flags & svc_flags::MAGLEV != 0);
+                if v.flags & svc_flags::MAGLEV != 0 && !still {
+                    ids.release_row(v.rev_id);
+                }
+            }
+            for id in o.maps.backend.keys() {
+                if let Some(u) = self.users.get_mut(id) {
+                    u.remove(key);
+                }
+                touched.insert(*id);
+            }
+            for (id, b) in &n.maps.backend {
+                self.users
+                    .entry(*id)
+                    .or_default()
+                    .insert(key.clone(), b.flags);
+                touched.insert(*id);
+            }
+        }
+        // Shared backends: merge what their remaining users say.
+        for id in touched {
+            let before = self.desired.maps.backend.get(&id).copied();
+            let users = self.users.get(&id).filter(|u| !u.is_empty());
+            let after = users.and_then(|u| {
+                let be = new
+                    .values()
+                    .chain(old.values())
+                    .find_map(|s| s.maps.backend.get(&id))
+                    .or(before.as_ref())?;
+                let mut flags = u.values();
+                let mut b = Backend {
+                    flags: *flags.next()?,
+                    ..*be
+                };
+                for f in flags {
+                    merge_backend(&mut b, *f);
+                }
+                Some(b)
+            });
+            match after {
+                Some(b) => {
+                    if before != Some(b) {
+                        self.desired.maps.backend.insert(id, b);
+                        diff.backend_upsert.push((id, b));
+                    }
+                }
+                None => {
+                    self.users.remove(&id);
+                    if let Some(b) = before {
+                        self.desired.maps.backend.remove(&id);
+                        diff.backend_remove.push(id);
+                        ids.release_backend(&Endpoint {
+                            addr: b.addr,
+                            port: b.port,
+                            proto: b.proto,
+                        });
+                    }
+                }
+            }
+        }
+        for (key, share) in new {
+            self.shares.insert(key, share);
+        }
+        self.rebuild_lists();
+        diff
+    }
+
+    fn add_share(&mut self, key: &SvcName, share: &Share) {
+        let m = &mut self.desired.maps;
+        m.svc.extend(share.maps.svc.iter().map(|(k, v)| (*k, *v)));
+        m.slot.extend(share.maps.slot.iter().map(|(k, v)| (*k, *v)));
+        m.rev_nat
+            .extend(share.maps.rev_nat.iter().map(|(k, v)| (*k, *v)));
+        m.affinity_match
+            .extend(share.maps.affinity_match.iter().copied());
+        m.src_range.extend(share.maps.src_range.iter().copied());
+        m.maglev
+            .extend(share.maps.maglev.iter().map(|(k, v)| (*k, v.clone())));
+        for (id, b) in &share.maps.backend {
+            m.backend
+                .entry(*id)
+                .and_modify(|old| merge_backend(old, b.flags))
+                .or_insert(*b);
+            self.users
+                .entry(*id)
+                .or_default()
+                .insert(key.clone(), b.flags);
+        }
+    }
+
+    /// Problems and health checks in Service order. Few Services have either, but this walks
+    /// every share: cheap next to a map write.
+    fn rebuild_lists(&mut self) {
+        let mut keys: Vec<&SvcName> = self
+            .shares
+            .iter()
+            .filter(|(_, s)| !s.problems.is_empty() || s.health.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        self.desired.problems = keys
+            .iter()
+            .flat_map(|k| self.shares[*k].problems.iter().cloned())
+            .collect();
+        self.desired.health_checks = keys
+            .iter()
+            .filter_map(|k| self.shares[*k].health.clone())
+            .collect();
+    }
 }
 
 struct Ctx<'a> {
@@ -477,11 +847,31 @@ fn one_service(
     slices: &[&EndpointSlice],
     inputs: &Inputs,
     ids: &mut Ids,
-    claimed: &mut HashMap<Endpoint, (String, String)>,
-    maps: &mut MapState,
-    problems: &mut Vec<Problem>,
-    health: &mut Vec<HealthCheck>,
+    claimed: &mut HashMap<Endpoint, SvcName>,
+) -> (ServiceView, Share) {
+    let mut share = Share::default();
+    let view = service_into(svc, ns, name, slices, inputs, ids, claimed, &mut share);
+    (view, share)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn service_into(
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    slices: &[&EndpointSlice],
+    inputs: &Inputs,
+    ids: &mut Ids,
+    claimed: &mut HashMap<Endpoint, SvcName>,
+    share: &mut Share,
 ) -> ServiceView {
+    let Share {
+        maps,
+        problems,
+        health,
+        claims,
+        conflict,
+    } = share;
     let cx = Ctx { ns, name };
     let mut view = ServiceView::default();
     let Some(spec) = svc.spec.as_ref() else {
@@ -695,6 +1085,7 @@ fn one_service(
             }
             match claimed.get(&fe) {
                 Some((ons, oname)) => {
+                    *conflict = true;
                     problems.push(cx.problem(
                         field,
                         format!(
@@ -709,6 +1100,7 @@ fn one_service(
                 }
                 None => {
                     claimed.insert(fe, (ns.to_string(), name.to_string()));
+                    claims.push(fe);
                 }
             }
             let Some(rev_id) = ids.frontend(fe) else {
@@ -759,7 +1151,7 @@ fn one_service(
             Some(p) => match u16::try_from(p) {
                 Ok(port) => {
                     view.health_check_node_port = Some(port);
-                    health.push(HealthCheck {
+                    *health = Some(HealthCheck {
                         port,
                         namespace: ns.to_string(),
                         name: name.to_string(),
@@ -870,10 +1262,7 @@ fn frontend(
             // terminating for another is ready.
             maps.backend
                 .entry(id)
-                .and_modify(|old| {
-                    old.flags = (old.flags | (flags & backend_flags::LOCAL))
-                        & (flags | !backend_flags::TERMINATING)
-                })
+                .and_modify(|old| merge_backend(old, flags))
                 .or_insert(be);
             slots.push((id, be));
         }
@@ -1649,7 +2038,7 @@ mod tests {
 
     // --- properties -------------------------------------------------------------------------
 
-    #[derive(Clone, Debug)]
+    #[derive(Clone, Debug, PartialEq)]
     struct GenSvc {
         v6: bool,
         dual: bool,
@@ -1693,14 +2082,24 @@ mod tests {
         } else {
             format!("192.0.2.{}", i + 1)
         };
-        let node = if i % 3 == 0 { "node-a" } else { "node-b" };
+        let node = if i.is_multiple_of(3) {
+            "node-a"
+        } else {
+            "node-b"
+        };
         ep(&addr, node, i % 4 != 1, i % 4 != 2, i % 4 == 1)
     }
 
     fn build(gs: &[GenSvc]) -> (Vec<Service>, Vec<EndpointSlice>) {
+        build_opt(&gs.iter().cloned().map(Some).collect::<Vec<_>>())
+    }
+
+    /// Service `s{n}` from `gs[n]`, none where it is `None`.
+    fn build_opt(gs: &[Option<GenSvc>]) -> (Vec<Service>, Vec<EndpointSlice>) {
         let mut svcs = Vec::new();
         let mut slices = Vec::new();
         for (n, g) in gs.iter().enumerate() {
+            let Some(g) = g else { continue };
             let name = format!("s{n}");
             let c4 = format!("10.96.1.{}", n + 1);
             let c6 = format!("fd00:96::{:x}", n + 1);
@@ -1887,6 +2286,209 @@ mod tests {
         }
     }
 
+    type Resolved = BTreeMap<
+        SvcKey,
+        (
+            u16,
+            u16,
+            u32,
+            Vec<Backend>,
+            Vec<(IpAddr, u16)>,
+            RevNat,
+            BTreeSet<IpNet>,
+            BTreeSet<IpAddr>,
+        ),
+    >;
+
+    /// The maps with ids replaced by what they stand for, to compare states whose ids differ.
+    fn resolve(m: &MapState) -> (Resolved, BTreeSet<Backend>) {
+        let mut out = BTreeMap::new();
+        for (k, v) in &m.svc {
+            let slots: Vec<Backend> = (1..=v.count)
+                .map(|i| {
+                    m.backend[&m.slot[&SlotKey {
+                        rev_id: v.rev_id,
+                        slot: i,
+                        scope: k.scope,
+                    }]]
+                })
+                .collect();
+            let maglev = if v.flags & svc_flags::MAGLEV != 0 {
+                m.maglev[&v.maglev_row]
+                    .iter()
+                    .map(|id| (m.backend[id].addr, m.backend[id].port))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let src = m
+                .src_range
+                .iter()
+                .filter(|r| r.rev_id == v.rev_id)
+                .map(|r| r.net)
+                .collect();
+            let aff = m
+                .affinity_match
+                .iter()
+                .filter(|a| a.rev_id == v.rev_id)
+                .map(|a| m.backend[&a.backend_id].addr)
+                .collect();
+            out.insert(
+                *k,
+                (
+                    v.flags,
+                    v.count,
+                    v.affinity_timeout,
+                    slots,
+                    maglev,
+                    m.rev_nat[&v.rev_id],
+                    src,
+                    aff,
+                ),
+            );
+        }
+        (out, m.backend.values().copied().collect())
+    }
+
+    fn edit() -> impl Strategy<Value = (Vec<GenSvc>, Vec<GenSvc>, Vec<u8>)> {
+        (
+            prop::collection::vec(gen_svc(), 0..7),
+            prop::collection::vec(gen_svc(), 0..7),
+            prop::collection::vec(0u8..3, 7),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn incremental_updates_match_a_full_recomputation((a, b, how) in edit()) {
+            // Per index: 0 keep A's, 1 take B's (add, change or remove), 2 remove.
+            let n = a.len().max(b.len());
+            let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
+            let after: Vec<Option<GenSvc>> = (0..n)
+                .map(|i| match how[i] {
+                    0 => a.get(i).cloned(),
+                    1 => b.get(i).cloned(),
+                    _ => None,
+                })
+                .collect();
+            let changed: BTreeSet<SvcName> = (0..n)
+                .filter(|i| before[*i] != after[*i])
+                .map(|i| ("default".to_string(), format!("s{i}")))
+                .collect();
+            let (sa, ea) = build_opt(&before);
+            let (sb, eb) = build_opt(&after);
+            let mut ids = Ids::default();
+            let mut model = Model::default();
+            model.full(&inputs(&sa, &ea), &mut ids);
+            ids.committed(&model.desired.maps);
+            let old = model.desired.maps.clone();
+            let diff = model.update(&inputs(&sb, &eb), &changed, &mut ids);
+            check_consistent(&model.desired)?;
+            let mut st = old.clone();
+            apply(&mut st, &diff);
+            prop_assert_eq!(&st, &model.desired.maps);
+            let fresh = desired(&inputs(&sb, &eb), &mut Ids::default());
+            prop_assert_eq!(resolve(&model.desired.maps), resolve(&fresh.maps));
+            prop_assert_eq!(&model.desired.problems, &fresh.problems);
+            prop_assert_eq!(&model.desired.health_checks, &fresh.health_checks);
+            prop_assert_eq!(model.desired.services.len(), fresh.services.len());
+            // Nothing left for a full pass to change, ids included.
+            ids.committed(&model.desired.maps);
+            let again = model.full(&inputs(&sb, &eb), &mut ids);
+            prop_assert!(again.is_empty(), "{:?}", again);
+        }
+    }
+
+    #[test]
+    fn changed_services_between_snapshots() {
+        use metalnet::model::ObjectKey;
+        use std::sync::Arc;
+        let key = |ns: &str, n: &str| ObjectKey {
+            namespace: Some(ns.into()),
+            name: n.into(),
+        };
+        let mut old = metalnet::state::Snapshot::default();
+        let svcs: BTreeMap<ObjectKey, Arc<Service>> = [
+            (key("default", "web"), Arc::new(web())),
+            (key("default", "lb"), Arc::new(lb("Local", "Cluster"))),
+        ]
+        .into();
+        old.services = Arc::new(svcs.clone());
+        let sl: BTreeMap<ObjectKey, Arc<EndpointSlice>> =
+            [(key("default", "lb-1"), Arc::new(lb_slices().remove(0)))].into();
+        old.endpoint_slices = Arc::new(sl.clone());
+        assert!(changed_services(&old, &old.clone()).is_empty());
+        // A new slice object for lb (even with equal contents), a new Service, web untouched.
+        let mut new = old.clone();
+        let mut sl2 = sl.clone();
+        sl2.insert(key("default", "lb-1"), Arc::new(lb_slices().remove(0)));
+        new.endpoint_slices = Arc::new(sl2);
+        let mut svcs2 = svcs.clone();
+        svcs2.insert(
+            key("default", "dns"),
+            Arc::new(service(
+                "default",
+                "dns",
+                json!({"clusterIP": "10.96.0.53"}),
+            )),
+        );
+        new.services = Arc::new(svcs2);
+        let got: Vec<String> = changed_services(&old, &new)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(got, ["dns", "lb"]);
+        // Deleted ones count too.
+        assert_eq!(changed_services(&new, &old).len(), 2);
+    }
+
+    #[test]
+    fn an_update_that_creates_a_conflict_recomputes_everything() {
+        let a = service(
+            "a",
+            "one",
+            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+        );
+        let b = service(
+            "b",
+            "two",
+            json!({"clusterIP": "10.96.0.2", "externalIPs": ["198.51.100.5"], "ports": [{"port": 80}]}),
+        );
+        let mut ids = Ids::default();
+        let mut model = Model::default();
+        let svcs = [a, b.clone()];
+        model.full(&inputs(&svcs, &[]), &mut ids);
+        // a/one now claims b/two's external IP: a/one sorts first and wins.
+        let a2 = service(
+            "a",
+            "one",
+            json!({"clusterIP": "10.96.0.1", "externalIPs": ["198.51.100.5"], "ports": [{"port": 80}]}),
+        );
+        let svcs = [a2, b];
+        let changed = BTreeSet::from([("a".to_string(), "one".to_string())]);
+        let diff = model.update(&inputs(&svcs, &[]), &changed, &mut ids);
+        let fresh = desired(&inputs(&svcs, &[]), &mut Ids::default());
+        assert_eq!(resolve(&model.desired.maps), resolve(&fresh.maps));
+        assert_eq!(model.desired.problems.len(), 1);
+        assert_eq!(model.desired.problems[0].namespace, "b");
+        // The frontend changes hands with the same id and no endpoints: nothing to write.
+        assert!(diff.is_empty());
+        assert_eq!(
+            model.desired.services[&("a".into(), "one".into())]
+                .frontends
+                .len(),
+            2
+        );
+        assert_eq!(
+            model.desired.services[&("b".into(), "two".into())]
+                .frontends
+                .len(),
+            1
+        );
+    }
+
     /// `cargo test --release -p metalnet-router --lib proxy::model -- --ignored --nocapture`
     #[test]
     #[ignore]
@@ -1938,6 +2540,22 @@ mod tests {
         let dt = t.elapsed();
         println!(
             "desired(10000 Services): cold {cold:?}, one added {warm:?}; diff {dt:?} ({} ops)",
+            diff.len()
+        );
+        assert_eq!(diff.len(), 4);
+        // The incremental path: only the added Service is recomputed.
+        let mut ids = Ids::default();
+        let mut model = Model::default();
+        let t = std::time::Instant::now();
+        model.full(&inputs(&svcs[..10_000], &slices[..10_000]), &mut ids);
+        let full = t.elapsed();
+        ids.committed(&model.desired.maps);
+        let changed = BTreeSet::from([("default".to_string(), name)]);
+        let t = std::time::Instant::now();
+        let diff = model.update(&inputs(&svcs, &slices), &changed, &mut ids);
+        let one = t.elapsed();
+        println!(
+            "Model::full(10000) {full:?}; Model::update(one added) {one:?} ({} ops)",
             diff.len()
         );
         assert_eq!(diff.len(), 4);
