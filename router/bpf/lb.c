@@ -37,6 +37,7 @@ struct mn_pkt {
 	__u8 tcp_flags;
 	__u8 frag;        /* MN_FRAG_*: ports from mn_frag, no L4 header in this packet */
 	__be32 seq;       /* TCP */
+	__be32 ack;       /* TCP */
 	__u32 l3off;
 	__u32 l4off;
 	__u32 l4len;      /* L4 header and payload, from the IP header; TCP: the payload only */
@@ -180,6 +181,7 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->sport = th->source;
 		p->dport = th->dest;
 		p->seq = th->seq;
+		p->ack = th->ack_seq;
 		p->tcp_flags = ((__u8 *)th)[13];
 		/* A SYN's options are not data: the RST must acknowledge the SYN alone. */
 		p->l4len = p->l4len > th->doff * 4 ? p->l4len - th->doff * 4 : 0;
@@ -305,8 +307,10 @@ static __always_inline int mn_eth_reply(struct __sk_buff *skb, struct ethhdr *et
 }
 
 /* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
- * (REJECT with tcp-reset: the client sees ECONNREFUSED at once). redirect_flags: 0 at
- * ingress (out the interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+ * (REJECT with tcp-reset: the client sees ECONNREFUSED at once); a segment of a connection
+ * whose backend is gone gets a RST at its acknowledgment number, which the client accepts
+ * (RFC 793), instead of retransmitting into the void. redirect_flags: 0 at ingress (out the
+ * interface it came in on), BPF_F_INGRESS at egress (back into this host). */
 static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	struct ethhdr eth;
@@ -318,10 +322,15 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 
 	th.source = p->dport;
 	th.dest = p->sport;
-	/* The SYN counts one, plus any data it carried. */
-	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
 	th.doff = 5 << 4;
-	th.flags = MN_TH_RST | MN_TH_ACK;
+	if (p->tcp_flags & MN_TH_ACK) {
+		th.seq = p->ack;
+		th.flags = MN_TH_RST;
+	} else {
+		/* The SYN counts one, plus any data it carried. */
+		th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
+		th.flags = MN_TH_RST | MN_TH_ACK;
+	}
 
 	if (!p->v6) {
 		struct iphdr ip = {};
@@ -483,7 +492,9 @@ static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt 
 	/* The answers are built as Ethernet frames. */
 	if (p->l3off != ETH_HLEN)
 		return TC_ACT_SHOT;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
+	/* Never answer a RST (two proxies would ping-pong). */
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & MN_TH_RST) &&
+	    (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK)) != (MN_TH_SYN | MN_TH_ACK))
 		return mn_reject_tcp(skb, p, redirect_flags);
 	if (p->proto == IPPROTO_UDP)
 		return mn_reject_udp(skb, p, redirect_flags);
@@ -643,6 +654,12 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 		}
 		return TC_ACT_OK;
 	}
+	/* Only a SYN starts a TCP connection. Anything else without conntrack is either for
+	 * this host (masquerade and ephemeral ports can land on a NodePort number: the reply of
+	 * one of its own or of a masqueraded connection must reach the stack) or a segment to a
+	 * frontend whose connection is gone (its backend deleted, or its entry evicted): reset. */
+	if (p->proto == IPPROTO_TCP && !syn)
+		return mn_is_node_addr(p->daddr) ? TC_ACT_OK : MN_REJECT;
 	in_cluster = mn_in_cluster(p->saddr);
 	mn_svc_scope(&sk, in_cluster, &svc);
 

@@ -819,6 +819,12 @@ fn nodeport_wildcard_on_node_addresses_only() {
     ));
     assert_eq!(r.parsed().src, sa("[2001:db8::1]:30080"));
 
+    // A reply to one of the node's own (or masqueraded) connections whose port happens to
+    // be a NodePort: not a new connection, left to the stack.
+    let reply = tcp("198.51.100.99:443", "192.0.2.1:30080", SYN | ACK);
+    let r = dp.ingress(&reply);
+    assert_eq!((r.verdict, &r.pkt), (TC_ACT_OK, &reply));
+
     // Not a node address: not a NodePort.
     let other = tcp("203.0.113.5:40000", "192.0.2.99:30080", SYN);
     let r = dp.ingress(&other);
@@ -881,6 +887,34 @@ fn a_deleted_backend_rebalances_its_connections() {
     dp.slot(1, EXT, 1, 12);
     let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+}
+
+#[test]
+fn a_tcp_connection_whose_backend_is_deleted_is_reset() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    dp.remove_backend(11);
+    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.slot(1, EXT, 1, 12);
+    // Not moved mid-stream to another backend (which would reset it less helpfully): reset.
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src, p.dst, p.flags),
+        (sa("10.96.0.10:80"), sa("10.244.1.5:40000"), RST)
+    );
 }
 
 #[test]
@@ -1030,10 +1064,15 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
     ));
     assert_eq!(r.parsed().ack, 1009);
 
-    // Not a SYN: dropped.
+    // A segment of no connection: a RST at its acknowledgment number (77 here).
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!((p.flags, p.seq, p.ack), (RST, 77, 0));
+    // A RST is never answered.
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", RST | ACK));
     assert_eq!(r.verdict, TC_ACT_SHOT);
-    assert_eq!(dp.counter(2), 5, "reject");
+    assert_eq!(dp.counter(2), 6, "reject");
 }
 
 #[test]
@@ -1440,7 +1479,7 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     );
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.20:8080"));
-    // Closing, idle 11 s: over.
+    // Closing, idle 11 s: over; the next segment starts nothing, a new SYN is balanced.
     dp.set_ct(
         tk,
         CtVal {
@@ -1450,6 +1489,8 @@ fn conntrack_entries_expire_by_protocol_and_state() {
         },
     );
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!((r.verdict, r.parsed().flags), (TC_ACT_REDIRECT, RST));
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.3.20:8080"));
 }
 
