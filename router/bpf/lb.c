@@ -702,6 +702,26 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	return mn_nat(skb, p, 1, be.addr, be.port);
 }
 
+/* A reply to one of this host's own connections that mn_egress_lb balanced: the frontend back
+ * as its source. Only for packets to this node's addresses: forwarded replies are translated
+ * at egress, where the reverse NAT of netfilter's masquerade has already happened. */
+static __noinline int mn_ct_reply_to_host(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk;
+	struct mn_ct_val *v, c;
+
+	if (!mn_is_node_addr(p->daddr))
+		return MN_NO_ENTRY;
+	mn_ct_key_of(&rk, p, 1);
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	mn_ct_touch(v, &c, p, mn_now());
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
+}
+
 SEC("classifier")
 int mn_tc_ingress(struct __sk_buff *skb)
 {
@@ -719,6 +739,9 @@ int mn_tc_ingress(struct __sk_buff *skb)
 		r = mn_ct_forward(skb, &p, now);
 		if (r != MN_NO_ENTRY)
 			return r;
+		r = mn_ct_reply_to_host(skb, &p);
+		if (r != MN_NO_ENTRY)
+			return r;
 	}
 	/* A later fragment follows its first one; it cannot start a connection. */
 	if (p.frag == MN_FRAG_LATER)
@@ -729,14 +752,55 @@ int mn_tc_ingress(struct __sk_buff *skb)
 	return r;
 }
 
-/* A connection from this host that socket-LB left untranslated because its frontend has no
- * backend (or socket-LB is off for it): reject it here, as kube-proxy does in OUTPUT, by
- * sending the answer back into the host. Only for new flows (a TCP SYN, any UDP datagram) so
- * other egress traffic costs no lookup. */
-static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt *p)
+/* A packet of this host DNATed at egress: the stack routed it for the frontend's address, so
+ * it is sent on towards the backend's next hop (the neighbour subsystem fills in the Ethernet
+ * header), possibly out of another interface. */
+static __noinline int mn_reroute(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex;
+	long rc;
+
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	if (!p->v6) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = mn_word(p->saddr, 3);
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct iphdr, daddr), &fib.ipv4_dst, 4))
+			return TC_ACT_SHOT;
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, p->saddr, MN_ADDR_LEN);
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct ipv6hdr, daddr), fib.ipv6_dst, MN_ADDR_LEN))
+			return TC_ACT_SHOT;
+	}
+	/* An output lookup keeps IPv4 to the interface it names (the one the stack chose for the
+	 * frontend); when the backend is elsewhere, look up as if forwarding from it. */
+	ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		fib.ifindex = ifindex;
+		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+}
+
+/* A new flow leaving this host for a frontend: socket-LB did not translate it, because the
+ * frontend has no backend (rejected here, as kube-proxy does in OUTPUT, by sending the answer
+ * back into the host) or because socket-LB is off (balanced here: DNAT, conntrack, and the
+ * packet re-routed to the backend, since the stack routed it for the frontend's address; the
+ * replies are translated at ingress, see mn_ct_reply_to_host). Only for new flows (a TCP SYN,
+ * a UDP datagram) so other egress traffic costs no lookup. */
+static __noinline int mn_egress_lb(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_svc_key sk = {};
 	struct mn_svc_val *v, svc;
+	struct mn_affinity_key ak = {};
+	struct mn_backend be;
+	__u32 id = 0, now;
+	int r;
 
 	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
 	sk.port = p->dport;
@@ -748,13 +812,28 @@ static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt 
 	svc = *v;
 	/* This host is an in-cluster client. */
 	mn_svc_scope(&sk, 1, &svc);
-	if (svc.count)
-		return TC_ACT_OK;
-	if (svc.flags & MN_SVC_F_LOCAL) {
-		mn_count(MN_CNT_DROP_LOCAL);
-		return TC_ACT_SHOT;
+	if (!svc.count) {
+		if (svc.flags & MN_SVC_F_LOCAL) {
+			mn_count(MN_CNT_DROP_LOCAL);
+			return TC_ACT_SHOT;
+		}
+		return MN_REJECT;
 	}
-	return mn_reject(skb, p, BPF_F_INGRESS);
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_OK;
+
+	now = mn_now();
+	__builtin_memcpy(ak.client, p->saddr, MN_ADDR_LEN);
+	ak.rev_id = svc.rev_id;
+	if (!mn_select(&svc, sk.scope, &ak, 0, 0, 0, now, &id, &be))
+		return MN_REJECT;
+	mn_ct_create(p, &be, id, svc.rev_id, 0, now);
+	r = mn_nat(skb, p, 1, be.addr, be.port);
+	if (r != TC_ACT_OK)
+		return r;
+	mn_count(MN_CNT_LB_NEW);
+
+	return mn_reroute(skb, p);
 }
 
 /* An ICMP error about a balanced connection, on its way to the client: the quoted packet
@@ -853,12 +932,28 @@ static __noinline int mn_icmp_rev(struct __sk_buff *skb, struct mn_pkt *p)
 	return TC_ACT_OK;
 }
 
+/* A reply of a balanced connection on its way to the client: the frontend back as source. */
+static __noinline int mn_egress_reply(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk;
+	struct mn_ct_val *v, c;
+
+	mn_ct_key_of(&rk, p, 1);
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	/* No expiry check here: the forward direction decides when a connection is over (it
+	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
+	mn_ct_touch(v, &c, p, mn_now());
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
+}
+
 SEC("classifier")
 int mn_tc_egress(struct __sk_buff *skb)
 {
 	struct mn_pkt p = {};
-	struct mn_ct_key rk;
-	struct mn_ct_val *v, c;
 	int r;
 
 	r = mn_parse(skb, &p);
@@ -866,18 +961,23 @@ int mn_tc_egress(struct __sk_buff *skb)
 		return mn_icmp_rev(skb, &p);
 	if (r)
 		return TC_ACT_OK;
-	mn_ct_key_of(&rk, &p, 1);
-	v = bpf_map_lookup_elem(&mn_ct, &rk);
-	if (!v) {
-		if ((p.proto == IPPROTO_UDP && p.frag != MN_FRAG_LATER) ||
-		    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN))
-			return mn_egress_no_backend(skb, &p);
-		return TC_ACT_OK;
+	r = mn_egress_reply(skb, &p);
+	if (r != MN_NO_ENTRY)
+		return r;
+	/* This host's own connections balanced here (socket-LB off): the next packets. */
+	if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN)) {
+		r = mn_ct_forward(skb, &p, mn_now());
+		if (r == TC_ACT_OK)
+			return mn_reroute(skb, &p);
+		if (r != MN_NO_ENTRY)
+			return r;
 	}
-	c = *v;
-	/* No expiry check here: the forward direction decides when a connection is over (it
-	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
-	mn_ct_touch(v, &c, &p, mn_now());
-	mn_count(MN_CNT_REV_NAT);
-	return mn_nat(skb, &p, 0, c.nat_addr, c.nat_port);
+	if ((p.proto == IPPROTO_UDP && p.frag != MN_FRAG_LATER) ||
+	    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN)) {
+		r = mn_egress_lb(skb, &p);
+		if (r == MN_REJECT)
+			return mn_reject(skb, &p, BPF_F_INGRESS);
+		return r;
+	}
+	return TC_ACT_OK;
 }

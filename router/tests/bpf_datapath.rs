@@ -1157,6 +1157,8 @@ fn no_backend_udp_gets_port_unreachable() {
 
 #[test]
 fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
+    // (Host connections to a frontend with backends are balanced at egress when socket-LB
+    // did not translate them: see tcx_traffic_through_a_node_checksums_verified.)
     let Some(mut dp) = Dp::new() else { return };
     dp.service(
         "10.96.0.10",
@@ -1205,13 +1207,6 @@ fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
     assert_eq!((r.verdict, r.parsed().proto), (TC_ACT_REDIRECT, 1));
     let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.11:80", SYN));
     assert_eq!(r.verdict, TC_ACT_SHOT, "Local without local backends: drop");
-    let pkt = tcp("192.0.2.1:40000", "10.96.0.12:80", SYN);
-    let r = dp.egress(&pkt);
-    assert_eq!(
-        (r.verdict, &r.pkt),
-        (TC_ACT_OK, &pkt),
-        "a frontend with backends"
-    );
     let pkt = tcp("192.0.2.1:40000", "10.96.0.10:80", ACK);
     let r = dp.egress(&pkt);
     assert_eq!(
@@ -2098,6 +2093,40 @@ print(json.dumps({
 }))
 "#;
 
+/// The node's own connections when socket-LB is off: balanced at egress, replies translated
+/// at ingress.
+const NODE_CLIENT: &str = r#"
+import socket, json
+N = 30
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(5)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        return [host, port, d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+print(json.dumps({
+    "tcp4": sorted(set(tuple(tcp("10.96.0.10", 80)) for _ in range(N))),
+    "tcp6": sorted(set(tuple(tcp("fd00:96::10", 80, socket.AF_INET6)) for _ in range(N))),
+    "udp4": udp("10.96.0.53", 53),
+    "refused_tcp4": tcp("10.96.0.99", 80),
+}))
+"#;
+
 /// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
 fn csum_errors(ns: &str) -> u64 {
     let read = |f: &str| {
@@ -2243,8 +2272,14 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     );
 
     let Some(mut dp) = Dp::new() else { return };
-    dp.node_addr("192.0.2.1");
-    dp.node_addr("198.51.100.1");
+    for a in [
+        "192.0.2.1",
+        "198.51.100.1",
+        "2001:db8:1::1",
+        "2001:db8:2::1",
+    ] {
+        dp.node_addr(a);
+    }
     dp.service(
         "10.96.0.10",
         80,
@@ -2407,6 +2442,59 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         );
     }
     assert!(dp.counter(0) >= 400, "lb_new {}", dp.counter(0));
+
+    // The node's own connections (no socket-LB here): routed towards the client side, balanced
+    // at n0's egress and sent on to the backend, replies translated at n1's ingress.
+    node.ip(&["route", "add", "10.96.0.0/12", "via", "192.0.2.2"]);
+    node.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:96::/108",
+        "via",
+        "2001:db8:1::2",
+    ]);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.name(),
+            "timeout",
+            "60",
+            "python3",
+            "-c",
+            NODE_CLIENT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node client: {} {}; lb_new {} rev_nat {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        dp.counter(0),
+        dp.counter(7)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diag = format!(
+        "{v}; lb_new {} rev_nat {}; {}; {}",
+        dp.counter(0),
+        dp.counter(7),
+        node.ip(&["-s", "link"]),
+        node.ip(&["neigh"])
+    );
+    assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{diag}");
+    assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{diag}");
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{diag}");
+    assert_eq!(v["refused_tcp4"], json!(["error", 111, ""]), "{diag}");
+    for ns in [&node, &backend] {
+        assert_eq!(
+            csum_errors(ns.name()),
+            0,
+            "checksum errors in {}",
+            ns.name()
+        );
+    }
     drop(dp);
 }
 
