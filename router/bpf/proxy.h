@@ -97,6 +97,7 @@ struct mn_affinity_match_key {
  * dir 0 (forward): key = the client's packet as received (client -> VIP),
  *                  val = the backend (nat_addr/nat_port);
  * dir 1 (reply):   key = the backend's reply as seen at our egress (backend -> client),
+ *                  or at ingress for this host's own connections balanced at egress,
  *                  val = the frontend to restore as source (nat_addr/nat_port).
  * A TCP SYN without ACK always re-selects and rewrites both (a client reusing its source port
  * must be balanced afresh). */
