@@ -88,22 +88,36 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth;
 	__u64 head, net;
+	int is_l3 = 0;
 	void *l3, *l4;
 
 	/* L3 devices (tun, WireGuard, IP tunnels) have no Ethernet header: there the network
-	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes. */
-	if (data + sizeof(head) > end)
+	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes.
+	 * An Ethernet frame's type always equals skb->protocol; when it does and the first byte
+	 * could also start an IP header, the helper tells (about one Ethernet frame in eight,
+	 * by the first byte of the destination MAC, pays for it). */
+	if (data + ETH_HLEN > end)
 		return -1;
-	if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
-		return -1;
-	__builtin_memcpy(&head, data, sizeof(head));
-	if (head == net) {
+	eth = data;
+	if (eth->h_proto != skb->protocol) {
+		is_l3 = 1;
+	} else {
+		__u8 v = *(__u8 *)data >> 4;
+
+		if ((v == 4 && skb->protocol == bpf_htons(ETH_P_IP)) ||
+		    (v == 6 && skb->protocol == bpf_htons(ETH_P_IPV6))) {
+			if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
+				return -1;
+			__builtin_memcpy(&head, data, sizeof(head));
+			is_l3 = head == net;
+		}
+	}
+	if (is_l3) {
 		p->l3off = 0;
 		l3 = data;
 	} else {
-		if (data + ETH_HLEN > end)
-			return -1;
 		p->l3off = ETH_HLEN;
 		l3 = data + ETH_HLEN;
 	}
