@@ -2561,3 +2561,259 @@ mod tests {
         assert_eq!(diff.len(), 4);
     }
 }
+
+// --- the daemon's model -------------------------------------------------------------------
+
+/// [`Model`] and [`Ids`] behind the daemon's [`super::daemon::Model`]: the first pass after
+/// [`super::daemon::Model::restore`] recomputes everything, later ones only the Services
+/// that changed between snapshots ([`changed_services`]).
+#[derive(Debug)]
+pub struct ProxyModel {
+    node: String,
+    cluster_cidrs: Vec<IpNet>,
+    service_proxy_name: String,
+    maglev_m: u32,
+    maglev_rows: u32,
+    model: Model,
+    ids: Ids,
+    last: Option<metalnet::state::Snapshot>,
+}
+
+impl ProxyModel {
+    /// `maglev_rows`: how many rows `mn_maglev` holds (its entries / `maglev_m`).
+    pub fn new(
+        node: &str,
+        cluster_cidrs: &[IpNet],
+        service_proxy_name: &str,
+        maglev_m: u32,
+        maglev_rows: u32,
+    ) -> ProxyModel {
+        ProxyModel {
+            node: node.to_string(),
+            cluster_cidrs: cluster_cidrs.to_vec(),
+            service_proxy_name: service_proxy_name.to_string(),
+            maglev_m,
+            maglev_rows,
+            model: Model::default(),
+            ids: Ids::new(maglev_rows),
+            last: None,
+        }
+    }
+}
+
+impl super::daemon::Model for ProxyModel {
+    type Plan = ProxyPlan;
+
+    fn restore(&mut self, live: &MapState) {
+        self.ids = Ids::from_state(live, self.maglev_rows);
+        self.model = Model::default();
+        self.last = None;
+    }
+
+    fn plan(&mut self, snap: &metalnet::state::Snapshot) -> ProxyPlan {
+        let inputs = Inputs::from_snapshot(
+            snap,
+            &self.node,
+            &self.cluster_cidrs,
+            &self.service_proxy_name,
+            self.maglev_m,
+        );
+        match &self.last {
+            Some(old) => {
+                let changed = changed_services(old, snap);
+                if !changed.is_empty() {
+                    self.model.update(&inputs, &changed, &mut self.ids);
+                }
+            }
+            None => {
+                self.model.full(&inputs, &mut self.ids);
+            }
+        }
+        self.last = Some(snap.clone());
+        ProxyPlan(self.model.desired.clone())
+    }
+
+    fn committed(&mut self, live: &MapState) {
+        self.ids.committed(live);
+    }
+}
+
+/// One pass's [`Desired`], as the daemon shows and writes it.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan(pub Desired);
+
+impl Problem {
+    /// The Event reason (CamelCase) for this kind of problem.
+    pub fn event_reason(&self) -> &'static str {
+        let f = self.field.as_str();
+        if self.reason.contains("already a frontend") {
+            "FrontendConflict"
+        } else if self.reason.contains("Maglev row") {
+            "MaglevTableFull"
+        } else if self.reason.contains("id left") {
+            "IdsExhausted"
+        } else if f.ends_with(".protocol") {
+            "UnsupportedProtocol"
+        } else if f.starts_with("spec.loadBalancerSourceRanges") {
+            "InvalidSourceRange"
+        } else if f.starts_with("spec.sessionAffinityConfig") {
+            "InvalidAffinityTimeout"
+        } else {
+            "InvalidField"
+        }
+    }
+}
+
+impl super::daemon::Plan for ProxyPlan {
+    fn maps(&self) -> &MapState {
+        &self.0.maps
+    }
+
+    fn health_checks(&self) -> BTreeMap<u16, super::health::ServiceHealth> {
+        self.0
+            .health_checks
+            .iter()
+            .map(|h| {
+                (
+                    h.port,
+                    super::health::ServiceHealth {
+                        namespace: h.namespace.clone(),
+                        name: h.name.clone(),
+                        local_endpoints: h.local_endpoints,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn problems(&self) -> Vec<super::daemon::ServiceProblem> {
+        self.0
+            .problems
+            .iter()
+            .map(|p| super::daemon::ServiceProblem {
+                kind: if p.kind == "EndpointSlice" {
+                    metalnet::state::Kind::EndpointSlice
+                } else {
+                    metalnet::state::Kind::Service
+                },
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                reason: p.event_reason().to_string(),
+                message: format!("{}: {}", p.field, p.reason),
+            })
+            .collect()
+    }
+
+    fn explain_service(&self, live: &MapState, namespace: &str, name: &str) -> Option<String> {
+        self.0
+            .services
+            .contains_key(&(namespace.to_string(), name.to_string()))
+            .then(|| super::explain::explain_service(&self.0, live, namespace, name))
+    }
+
+    fn dump(&self, live: &MapState) -> String {
+        super::explain::dump(live, &self.0.names())
+    }
+}
+
+#[cfg(test)]
+mod daemon_model_tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::proxy::daemon::{Model as _, Plan as _};
+    use metalnet::model::ObjectKey;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn snap(svcs: Vec<Service>, slices: Vec<EndpointSlice>) -> metalnet::state::Snapshot {
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
+            namespace: m.namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+        };
+        metalnet::state::Snapshot {
+            services: Arc::new(
+                svcs.into_iter()
+                    .map(|s| (key(&s.metadata), Arc::new(s)))
+                    .collect(),
+            ),
+            endpoint_slices: Arc::new(
+                slices
+                    .into_iter()
+                    .map(|s| (key(&s.metadata), Arc::new(s)))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn restores_ids_plans_incrementally_and_reports() {
+        let web = service(
+            "default",
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "ICMP"}, {"name": "ok", "port": 81}]}),
+        );
+        let sl = slice(
+            "default",
+            "web-1",
+            "web",
+            "IPv4",
+            ("ok", "TCP", 8080),
+            vec![ready("192.0.2.1", "node-a")],
+        );
+        let s1 = snap(vec![web.clone()], vec![sl.clone()]);
+        let mut m = ProxyModel::new("node-a", &[], "", 251, 4);
+        m.restore(&MapState::default());
+        let p1 = m.plan(&s1);
+        assert_eq!(p1.maps().svc.len(), 1);
+        let probs = p1.problems();
+        assert_eq!(probs.len(), 1);
+        assert_eq!(probs[0].reason, "UnsupportedProtocol");
+        assert_eq!(
+            probs[0].message,
+            "spec.ports[0].protocol: \"ICMP\" is not TCP, UDP or SCTP"
+        );
+        assert!(
+            p1.explain_service(&p1.0.maps, "default", "web")
+                .unwrap()
+                .contains("10.96.0.10:81/TCP")
+        );
+        assert!(p1.explain_service(&p1.0.maps, "default", "nope").is_none());
+        assert!(p1.dump(&p1.0.maps).contains("-> 192.0.2.1:8080"));
+        m.committed(&p1.0.maps);
+
+        // A restarted proxy keeps the ids the maps hold.
+        let mut again = ProxyModel::new("node-a", &[], "", 251, 4);
+        again.restore(&p1.0.maps);
+        let p1b = again.plan(&s1);
+        assert_eq!(p1b.maps(), p1.maps());
+
+        // A second Service: only it is recomputed; the first keeps its entries.
+        let mut s2 = s1.clone();
+        let dns = service(
+            "default",
+            "dns",
+            json!({"clusterIP": "10.96.0.53", "ports": [{"port": 53, "protocol": "UDP"}]}),
+        );
+        let mut svcs = (*s2.services).clone();
+        svcs.insert(
+            ObjectKey {
+                namespace: Some("default".into()),
+                name: "dns".into(),
+            },
+            Arc::new(dns),
+        );
+        s2.services = Arc::new(svcs);
+        let p2 = m.plan(&s2);
+        assert_eq!(p2.maps().svc.len(), 2);
+        for (k, v) in &p1.maps().svc {
+            assert_eq!(p2.maps().svc.get(k), Some(v));
+        }
+        let full = desired(&inputs_of(&s2), &mut Ids::default());
+        assert_eq!(p2.maps().svc.len(), full.maps.svc.len());
+    }
+
+    fn inputs_of(s: &metalnet::state::Snapshot) -> Inputs<'_> {
+        Inputs::from_snapshot(s, "node-a", &[], "", 251)
+    }
+}
