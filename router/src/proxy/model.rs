@@ -71,7 +71,7 @@ pub struct Inputs<'a> {
     pub cluster_cidrs: &'a [IpNet],
     /// `--service-proxy-name`: empty handles unlabelled Services only, as kube-proxy.
     pub service_proxy_name: &'a str,
-    /// `--maglev-table-size` (prime); below 2 turns Maglev off.
+    /// `--maglev-table-size` (prime); anything else turns Maglev off.
     pub maglev_m: u32,
     pub services: Vec<&'a Service>,
     pub endpoint_slices: Vec<&'a EndpointSlice>,
@@ -1333,7 +1333,7 @@ fn frontend(
         if scope == Scope::External
             && kind.is_external()
             && !slots.is_empty()
-            && inputs.maglev_m >= 2
+            && maglev::is_prime(inputs.maglev_m)
         {
             match ids.maglev_row(rev_id) {
                 Some(row) => {
