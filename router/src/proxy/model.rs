@@ -996,7 +996,8 @@ fn service_into(
     }
     let node_ports = matches!(view.type_.as_str(), "NodePort" | "LoadBalancer");
 
-    let all_eps_local_ready: &mut BTreeSet<IpAddr> = &mut BTreeSet::new();
+    // For healthCheckNodePort: ready endpoints on this node, by address over every port.
+    let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
     let mut seen: HashSet<Endpoint> = HashSet::new();
     for (pi, p) in spec.ports.iter().flatten().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();
@@ -1020,7 +1021,7 @@ fn service_into(
         let eps = port_endpoints(slices, &port_name, proto, inputs.node_name, problems);
         for e in &eps {
             if e.local && e.ready {
-                all_eps_local_ready.insert(e.addr);
+                local_ready.insert(e.addr);
             }
         }
 
@@ -1155,7 +1156,7 @@ fn service_into(
                         port,
                         namespace: ns.to_string(),
                         name: name.to_string(),
-                        local_endpoints: all_eps_local_ready.len(),
+                        local_endpoints: local_ready.len(),
                     });
                 }
                 Err(_) => problems.push(cx.problem(
