@@ -339,14 +339,14 @@ pub fn changed_services(
 /// Slices by (namespace, service name), each list sorted by slice name.
 fn index_slices<'a>(
     slices: &[&'a EndpointSlice],
-) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
-    let mut idx: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut idx: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let labels = s.metadata.labels.as_ref();
         let Some(svc) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
             continue;
         };
-        idx.entry((ns_of(&s.metadata), svc.clone()))
+        idx.entry((ns_str(&s.metadata), svc.as_str()))
             .or_default()
             .push(*s);
     }
@@ -367,12 +367,11 @@ fn port_endpoints(
 ) -> Vec<Ep> {
     let mut out: BTreeMap<(IpAddr, u16), Ep> = BTreeMap::new();
     for s in slices {
-        let ns = ns_of(&s.metadata);
-        let sname = s.metadata.name.clone().unwrap_or_default();
+        // Names are copied only for a problem: this runs for every slice of every Service.
         let problem = |field: String, reason: String| Problem {
             kind: "EndpointSlice",
-            namespace: ns.clone(),
-            name: sname.clone(),
+            namespace: ns_of(&s.metadata),
+            name: s.metadata.name.clone().unwrap_or_default(),
             field,
             reason,
         };
@@ -558,7 +557,9 @@ impl Model {
         ids.begin();
         for (key, svc) in sorted_services(inputs) {
             let no_slices = Vec::new();
-            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let sl = slices
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .unwrap_or(&no_slices);
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             self.add_share(&key, &share);
@@ -628,7 +629,9 @@ impl Model {
         let mut new: BTreeMap<SvcName, Share> = BTreeMap::new();
         for (key, svc) in services {
             let no_slices = Vec::new();
-            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let sl = slices
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .unwrap_or(&no_slices);
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             if share.conflict {
@@ -1025,9 +1028,10 @@ fn service_into(
             }
         }
 
-        let mut fronts: Vec<(FrontendKind, IpAddr, u16, String)> = Vec::new();
+        // (kind, address, port); the field a problem names is built only for a problem.
+        let mut fronts: Vec<(FrontendKind, IpAddr, u16)> = Vec::new();
         for ip in &cluster_ips {
-            fronts.push((FrontendKind::ClusterIp, *ip, port, "spec.clusterIPs".into()));
+            fronts.push((FrontendKind::ClusterIp, *ip, port));
         }
         if node_ports {
             match p.node_port {
@@ -1035,12 +1039,7 @@ fn service_into(
                 Some(np) => match u16::try_from(np) {
                     Ok(np) => {
                         for v4 in &families {
-                            fronts.push((
-                                FrontendKind::NodePort,
-                                nodeport_wildcard(*v4),
-                                np,
-                                format!("spec.ports[{pi}].nodePort"),
-                            ));
+                            fronts.push((FrontendKind::NodePort, nodeport_wildcard(*v4), np));
                         }
                     }
                     Err(_) => problems.push(cx.problem(
@@ -1051,23 +1050,21 @@ fn service_into(
             }
         }
         for ip in &lb_ips {
-            fronts.push((
-                FrontendKind::LoadBalancer,
-                *ip,
-                port,
-                "status.loadBalancer.ingress".into(),
-            ));
+            fronts.push((FrontendKind::LoadBalancer, *ip, port));
         }
         for ip in &external_ips {
-            fronts.push((
-                FrontendKind::ExternalIp,
-                *ip,
-                port,
-                "spec.externalIPs".into(),
-            ));
+            fronts.push((FrontendKind::ExternalIp, *ip, port));
         }
 
-        for (kind, addr, fport, field) in fronts {
+        for (kind, addr, fport) in fronts {
+            let field = || -> String {
+                match kind {
+                    FrontendKind::ClusterIp => "spec.clusterIPs".into(),
+                    FrontendKind::NodePort => format!("spec.ports[{pi}].nodePort"),
+                    FrontendKind::LoadBalancer => "status.loadBalancer.ingress".into(),
+                    FrontendKind::ExternalIp => "spec.externalIPs".into(),
+                }
+            };
             let fe = Endpoint {
                 addr,
                 port: fport,
@@ -1075,7 +1072,7 @@ fn service_into(
             };
             if !seen.insert(fe) {
                 problems.push(cx.problem(
-                    field,
+                    field(),
                     format!(
                         "{} {} is already a frontend of this Service",
                         kind.as_str(),
@@ -1088,7 +1085,7 @@ fn service_into(
                 Some((ons, oname)) => {
                     *conflict = true;
                     problems.push(cx.problem(
-                        field,
+                        field(),
                         format!(
                             "{} {} is already a frontend of Service {}/{}",
                             kind.as_str(),
@@ -1105,7 +1102,7 @@ fn service_into(
                 }
             }
             let Some(rev_id) = ids.frontend(fe) else {
-                problems.push(cx.problem(field, "no frontend id left"));
+                problems.push(cx.problem(field(), "no frontend id left"));
                 continue;
             };
             let fv = frontend(
