@@ -522,7 +522,8 @@ pub struct Model {
     pub desired: Desired,
     shares: HashMap<SvcName, Share>,
     /// Backend id -> the Services using it, with their view of its flags.
-    users: HashMap<u32, HashMap<SvcName, u8>>,
+    /// (Few per backend: a Vec, not a map per backend.)
+    users: HashMap<u32, Vec<(SvcName, u8)>>,
     claimed: HashMap<Endpoint, SvcName>,
     /// Services that lost a frontend to another: updates recompute everything while any does,
     /// as who wins depends on the whole set.
@@ -584,18 +585,26 @@ impl Model {
         if self.conflicts > 0 {
             return self.full(inputs, ids);
         }
-        // Borrowed keys: this walks every object, so it must not allocate per object.
-        let wanted: HashSet<(&str, &str)> = changed
+        // This walks every object: no allocation per object, and for the usual handful of
+        // changes a scan beats hashing every name.
+        let set: HashSet<(&str, &str)> = changed
             .iter()
             .map(|(ns, n)| (ns.as_str(), n.as_str()))
             .collect();
+        let wanted = |ns: &str, name: &str| {
+            if changed.len() <= 8 {
+                changed.iter().any(|(a, b)| a == ns && b == name)
+            } else {
+                set.contains(&(ns, name))
+            }
+        };
         let mut services: Vec<(SvcName, &Service)> = Vec::new();
         for s in &inputs.services {
             let (ns, name) = (
                 ns_str(&s.metadata),
                 s.metadata.name.as_deref().unwrap_or(""),
             );
-            if wanted.contains(&(ns, name)) {
+            if wanted(ns, name) {
                 services.push(((ns.to_string(), name.to_string()), *s));
             }
         }
@@ -610,7 +619,7 @@ impl Model {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(LABEL_SERVICE_NAME));
-                svc.is_some_and(|n| wanted.contains(&(ns_str(&s.metadata), n.as_str())))
+                svc.is_some_and(|n| wanted(ns_str(&s.metadata), n))
             })
             .collect();
         let slices = index_slices(&wanted_slices);
@@ -721,7 +730,7 @@ impl Model {
             }
             for id in o.maps.backend.keys() {
                 if let Some(u) = self.users.get_mut(id) {
-                    u.remove(key);
+                    u.retain(|(k, _)| k != key);
                 }
                 touched.insert(*id);
             }
@@ -729,7 +738,7 @@ impl Model {
                 self.users
                     .entry(*id)
                     .or_default()
-                    .insert(key.clone(), b.flags);
+                    .push((key.clone(), b.flags));
                 touched.insert(*id);
             }
         }
@@ -743,7 +752,7 @@ impl Model {
                     .chain(old.values())
                     .find_map(|s| s.maps.backend.get(&id))
                     .or(before.as_ref())?;
-                let mut flags = u.values();
+                let mut flags = u.iter().map(|(_, f)| f);
                 let mut b = Backend {
                     flags: *flags.next()?,
                     ..*be
@@ -800,7 +809,7 @@ impl Model {
             self.users
                 .entry(*id)
                 .or_default()
-                .insert(key.clone(), b.flags);
+                .push((key.clone(), b.flags));
         }
     }
 
