@@ -722,16 +722,22 @@ fn hairpin_through_the_vip_is_masqueraded() {
             let _ = s.write_all(peer.as_bytes());
         }
     });
-    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
-    l1.set_config(&abi::Config {
+    let cfg = abi::Config {
         socket_lb: 1,
         maglev_m: 1021,
         masq_mark: 0x4000,
         ct_timeout_tcp: 3600,
         ct_timeout_other: 60,
         ..Default::default()
-    })
-    .unwrap();
+    };
+    let opts = AttachOptions {
+        bpf_dir: dir.path.clone(),
+        cgroup_root: None,
+        nodeport_addresses: vec![],
+        node_addrs: false,
+    };
+    let (mut l1, a) = in_ns(&node, move || attach::open_data_path(&small(), &cfg, opts)).unwrap();
+    assert_eq!(l1.maps().config().unwrap(), cfg);
     let mut want = one_service();
     want.backend.insert(
         1,
@@ -744,17 +750,6 @@ fn hairpin_through_the_vip_is_masqueraded() {
     );
     l1.apply(&MapDiff::between(&MapState::default(), &want))
         .unwrap();
-    in_ns(&node, || nft::ensure(0x4000)).unwrap();
-    let a = start(
-        &node,
-        l1.take_programs().unwrap(),
-        AttachOptions {
-            bpf_dir: dir.path.clone(),
-            cgroup_root: None,
-            nodeport_addresses: vec![],
-            node_addrs: false,
-        },
-    );
     let mut s = connect_vip(&pod).unwrap();
     assert_eq!(s.peer_addr().unwrap().ip().to_string(), VIP);
     let mut seen = String::new();

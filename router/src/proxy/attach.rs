@@ -756,3 +756,45 @@ pub fn destroy_sockets(backends: &[abi::Backend]) -> Result<usize, DataplaneErro
         })
     }
 }
+
+/// Opening the data path failed at one of its steps.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error(transparent)]
+    Load(#[from] super::loader::LoaderError),
+    #[error(transparent)]
+    Config(#[from] DataplaneError),
+    #[error(transparent)]
+    Nft(#[from] super::nft::NftError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// Everything `--run-service-proxy` needs from the kernel, in the order that never exposes a
+/// half-configured data path: load (maps pinned or reused), `mn_config` written, the
+/// masquerade rule in place, then the programs attached (or swapped into the links a previous
+/// run pinned). Call it from a thread in the node's network namespace. The daemon then
+/// applies its diffs to the returned [`super::loader::Loader`] (on a restart the maps
+/// already hold the last run's state: read them first).
+pub fn open_data_path(
+    sizes: &super::loader::Sizes,
+    config: &abi::Config,
+    opts: AttachOptions,
+) -> Result<(super::loader::Loader, Attachments), DataPathError> {
+    use super::dataplane::Dataplane;
+    let mut loader = super::loader::Loader::open(&opts.bpf_dir, sizes)?;
+    loader.set_config(config)?;
+    super::nft::ensure(config.masq_mark)?;
+    let programs = loader
+        .take_programs()
+        .ok_or_else(|| AttachError::Watch("the programs were taken already".into()))?;
+    let attachments = Attachments::start(programs, opts)?;
+    Ok((loader, attachments))
+}
+
+/// `--cleanup-config`: the pins, links, maps and mount ([`cleanup`]) and the nftables table.
+pub fn cleanup_all(bpf_dir: &Path, cgroup_root: Option<&Path>) -> Result<(), DataPathError> {
+    cleanup(bpf_dir, cgroup_root)?;
+    super::nft::remove()?;
+    Ok(())
+}
