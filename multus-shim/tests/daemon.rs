@@ -4,7 +4,7 @@
 
 mod daemon_support;
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use daemon_support::{Daemon, cni_body, http, wait_for};
@@ -167,8 +167,20 @@ async fn shutdown_removes_the_socket_but_not_a_successors() {
     // A successor's socket is not removed by the predecessor's exit.
     let a = Daemon::start(&[]).await;
     let sockdir = a.socket.parent().unwrap().display().to_string();
+    let inode = |p: &std::path::Path| std::fs::symlink_metadata(p).map(|m| m.ino()).ok();
+    let a_inode = inode(&a.socket);
+    // b's start returns once the path answers, and a answers there until b has bound its
+    // own socket over it: wait for b's socket (another inode) before stopping a.
     let b = Daemon::start(&["--socket-dir", &sockdir]).await;
     let sock = b.socket.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while inode(&sock) == a_inode {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never bound its socket"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Keep a's directory (which holds the shared socket directory) until the end.
     let _a_dir = a.stop().await;
     assert!(sock.exists(), "the newer daemon's socket stays");

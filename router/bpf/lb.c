@@ -1,4 +1,794 @@
-/* lb: the lb programs (to be written). */
-#include "proxy.h"
+/* metalnet service proxy: per-packet load balancing at TCX ingress and reverse NAT at egress.
+ *
+ * Ingress: a packet to a frontend (ClusterIP from outside, NodePort, LoadBalancer, externalIP)
+ * is DNATed to a backend, with two conntrack entries in mn_ct: the forward one (the client's
+ * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
+ * a packet matching a reply entry gets the frontend back as its source.
+ *
+ * Handles Ethernet and L3 devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
+ * headers), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
+ * its CRC32c cannot be updated incrementally). Everything else passes untouched. */
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include "common.h"
 
 char _license[] SEC("license") = "GPL";
+
+#define MN_IP_MF     0x2000
+#define MN_IP_OFFSET 0x1fff
+
+#define MN_TH_FIN 0x01
+#define MN_TH_SYN 0x02
+#define MN_TH_RST 0x04
+#define MN_TH_ACK 0x10
+
+struct mn_pkt {
+	__u8 saddr[MN_ADDR_LEN];
+	__u8 daddr[MN_ADDR_LEN];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 v6;
+	__u8 tcp_flags;
+	__u8 pad;
+	__be32 seq;       /* TCP */
+	__u32 l3off;
+	__u32 l4off;
+	__u32 l4len;      /* L4 header and payload, from the IP header; TCP: the payload only */
+	__u32 csum_off;   /* 0: no L4 checksum to update (SCTP) */
+};
+
+#define MN_IPPROTO_ICMPV6 58
+#define MN_PARSE_ICMP     1
+
+/* 0: TCP, UDP or SCTP parsed; MN_PARSE_ICMP: an ICMP or ICMPv6 message (type in tcp_flags,
+ * l4off at its header); < 0: anything else, to pass untouched. */
+static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u64 head, net;
+	void *l3, *l4;
+
+	/* L3 devices (tun, WireGuard, IP tunnels) have no Ethernet header: there the network
+	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes. */
+	if (data + sizeof(head) > end)
+		return -1;
+	if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
+		return -1;
+	__builtin_memcpy(&head, data, sizeof(head));
+	if (head == net) {
+		p->l3off = 0;
+		l3 = data;
+	} else {
+		if (data + ETH_HLEN > end)
+			return -1;
+		p->l3off = ETH_HLEN;
+		l3 = data + ETH_HLEN;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		__u32 hl;
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		hl = ip->ihl * 4;
+		if (hl < sizeof(*ip))
+			return -1;
+		/* Only the first fragment has the ports; without reassembly none can be NATed. */
+		if (ip->frag_off & bpf_htons(MN_IP_MF | MN_IP_OFFSET))
+			return -1;
+		p->v6 = 0;
+		p->proto = ip->protocol;
+		mn_addr_set_v4(p->saddr, ip->saddr);
+		mn_addr_set_v4(p->daddr, ip->daddr);
+		p->l4off = p->l3off + hl;
+		p->l4len = bpf_ntohs(ip->tot_len) - hl;
+		l4 = (void *)ip + hl;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		p->v6 = 1;
+		p->proto = ip6->nexthdr;
+		__builtin_memcpy(p->saddr, &ip6->saddr, MN_ADDR_LEN);
+		__builtin_memcpy(p->daddr, &ip6->daddr, MN_ADDR_LEN);
+		p->l4off = p->l3off + sizeof(*ip6);
+		p->l4len = bpf_ntohs(ip6->payload_len);
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return -1;
+	}
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > end)
+			return -1;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->seq = th->seq;
+		p->tcp_flags = ((__u8 *)th)[13];
+		/* A SYN's options are not data: the RST must acknowledge the SYN alone. */
+		p->l4len = p->l4len > th->doff * 4 ? p->l4len - th->doff * 4 : 0;
+		p->csum_off = p->l4off + offsetof(struct tcphdr, check);
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > end)
+			return -1;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->csum_off = p->l4off + offsetof(struct udphdr, check);
+	} else if (p->proto == IPPROTO_SCTP) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > end)
+			return -1;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->csum_off = 0;
+	} else if ((p->proto == IPPROTO_ICMP && !p->v6) || (p->proto == MN_IPPROTO_ICMPV6 && p->v6)) {
+		__u8 *icmp = l4;
+
+		/* Type, code, checksum and 4 more bytes before an error's quoted packet. */
+		if ((void *)(icmp + 8) > end)
+			return -1;
+		p->tcp_flags = icmp[0];
+		return MN_PARSE_ICMP;
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+/* Rewrites the destination (dst) or source address and port, checksums included. The helpers
+ * know CHECKSUM_PARTIAL packets (pseudo-header only), hence no hand-made arithmetic. */
+static __noinline int mn_nat(struct __sk_buff *skb, const struct mn_pkt *p, int dst, const __u8 *addr,
+				  __be16 port)
+{
+	const __u8 *old = dst ? p->daddr : p->saddr;
+	__be16 old_port = dst ? p->dport : p->sport;
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (!p->v6) {
+		__be32 o = mn_word(old, 3), n = mn_word(addr, 3);
+		__u32 off = p->l3off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+		if (!mn_is_v4mapped(addr))
+			return TC_ACT_SHOT;
+		if (o != n) {
+			if (p->csum_off &&
+			    bpf_l4_csum_replace(skb, p->csum_off, o, n, BPF_F_PSEUDO_HDR | mangled | sizeof(n)))
+				return TC_ACT_SHOT;
+			if (bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), o, n, sizeof(n)))
+				return TC_ACT_SHOT;
+			if (bpf_skb_store_bytes(skb, off, &n, sizeof(n), 0))
+				return TC_ACT_SHOT;
+		}
+	} else {
+		__u8 o[MN_ADDR_LEN], n[MN_ADDR_LEN];
+		__u32 off = p->l3off + (dst ? offsetof(struct ipv6hdr, daddr) : offsetof(struct ipv6hdr, saddr));
+
+		if (mn_is_v4mapped(addr))
+			return TC_ACT_SHOT;
+		__builtin_memcpy(o, old, MN_ADDR_LEN);
+		__builtin_memcpy(n, addr, MN_ADDR_LEN);
+		if (!mn_addr_eq(o, n)) {
+			if (p->csum_off) {
+				__s64 d = bpf_csum_diff((__be32 *)o, MN_ADDR_LEN, (__be32 *)n, MN_ADDR_LEN, 0);
+
+				if (bpf_l4_csum_replace(skb, p->csum_off, 0, d, BPF_F_PSEUDO_HDR | mangled))
+					return TC_ACT_SHOT;
+			}
+			if (bpf_skb_store_bytes(skb, off, n, MN_ADDR_LEN, 0))
+				return TC_ACT_SHOT;
+		}
+	}
+	if (old_port != port) {
+		if (!p->csum_off)
+			return TC_ACT_SHOT;
+		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, port, mangled | sizeof(port)))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, p->l4off + (dst ? 2 : 0), &port, sizeof(port), 0))
+			return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
+static __always_inline __u16 mn_csum_fold(__s64 sum)
+{
+	__u32 c = (__u32)sum;
+
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
+
+struct mn_tcp_rst {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff;  /* data offset << 4 */
+	__u8 flags;
+	__be16 window;
+	__be16 check;
+	__be16 urg_ptr;
+};
+
+/* The sender's frame with the addresses swapped, for an answer built in place. */
+static __always_inline int mn_eth_reply(struct __sk_buff *skb, struct ethhdr *eth)
+{
+	__u8 tmp[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)))
+		return -1;
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+	return 0;
+}
+
+/* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
+ * (REJECT with tcp-reset: the client sees ECONNREFUSED at once). redirect_flags: 0 at
+ * ingress (out the interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
+{
+	struct ethhdr eth;
+	struct mn_tcp_rst th = {};
+	__s64 sum;
+
+	if (mn_eth_reply(skb, &eth))
+		return TC_ACT_SHOT;
+
+	th.source = p->dport;
+	th.dest = p->sport;
+	/* The SYN counts one, plus any data it carried. */
+	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
+	th.doff = 5 << 4;
+	th.flags = MN_TH_RST | MN_TH_ACK;
+
+	if (!p->v6) {
+		struct iphdr ip = {};
+		struct {
+			__be32 saddr;
+			__be32 daddr;
+			__u8 zero;
+			__u8 proto;
+			__be16 len;
+		} ph;
+
+		ip.version = 4;
+		ip.ihl = 5;
+		ip.tot_len = bpf_htons(sizeof(ip) + sizeof(th));
+		ip.ttl = 64;
+		ip.protocol = IPPROTO_TCP;
+		ip.saddr = mn_word(p->daddr, 3);
+		ip.daddr = mn_word(p->saddr, 3);
+		ip.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+		ph.saddr = ip.saddr;
+		ph.daddr = ip.daddr;
+		ph.zero = 0;
+		ph.proto = IPPROTO_TCP;
+		ph.len = bpf_htons(sizeof(th));
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		th.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&th, sizeof(th), sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(th), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &th, sizeof(th), 0))
+			return TC_ACT_SHOT;
+	} else {
+		struct ipv6hdr ip6 = {};
+		struct {
+			__u8 saddr[MN_ADDR_LEN];
+			__u8 daddr[MN_ADDR_LEN];
+			__be32 len;
+			__be32 proto;
+		} ph;
+
+		ip6.version = 6;
+		ip6.payload_len = bpf_htons(sizeof(th));
+		ip6.nexthdr = IPPROTO_TCP;
+		ip6.hop_limit = 64;
+		__builtin_memcpy(&ip6.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(&ip6.daddr, p->saddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
+		ph.len = bpf_htonl(sizeof(th));
+		ph.proto = bpf_htonl(IPPROTO_TCP);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		th.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&th, sizeof(th), sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(th), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip6), &th, sizeof(th), 0))
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+		return TC_ACT_SHOT;
+	skb->mark = 0;
+	return bpf_redirect(skb->ifindex, redirect_flags);
+}
+
+#define MN_ICMP_DEST_UNREACH  3
+#define MN_ICMP_PORT_UNREACH  3
+#define MN_ICMP6_DEST_UNREACH 1
+#define MN_ICMP6_PORT_UNREACH 4
+
+/* No backend for a UDP datagram: an ICMP (ICMPv6) port unreachable from the frontend,
+ * quoting the datagram's IP header and first 8 bytes, as kube-proxy's REJECT does. */
+static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
+{
+	struct ethhdr eth;
+	__s64 sum;
+
+	if (mn_eth_reply(skb, &eth))
+		return TC_ACT_SHOT;
+	if (!p->v6) {
+		struct iphdr ip = {};
+		struct {
+			__u8 type;
+			__u8 code;
+			__be16 check;
+			__be32 unused;
+			__u8 quote[sizeof(struct iphdr) + 8];
+		} ic = {};
+
+		/* Only option-less headers are quoted (the quote has a fixed size). */
+		if (p->l4off != ETH_HLEN + sizeof(struct iphdr))
+			return TC_ACT_SHOT;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
+			return TC_ACT_SHOT;
+		ic.type = MN_ICMP_DEST_UNREACH;
+		ic.code = MN_ICMP_PORT_UNREACH;
+		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), 0));
+		ip.version = 4;
+		ip.ihl = 5;
+		ip.tot_len = bpf_htons(sizeof(ip) + sizeof(ic));
+		ip.ttl = 64;
+		ip.protocol = IPPROTO_ICMP;
+		ip.saddr = mn_word(p->daddr, 3);
+		ip.daddr = mn_word(p->saddr, 3);
+		ip.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &ic, sizeof(ic), 0))
+			return TC_ACT_SHOT;
+	} else {
+		struct ipv6hdr ip6 = {};
+		struct {
+			__u8 saddr[MN_ADDR_LEN];
+			__u8 daddr[MN_ADDR_LEN];
+			__be32 len;
+			__be32 proto;
+		} ph;
+		struct {
+			__u8 type;
+			__u8 code;
+			__be16 check;
+			__be32 unused;
+			__u8 quote[sizeof(struct ipv6hdr) + 8];
+		} ic = {};
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
+			return TC_ACT_SHOT;
+		ic.type = MN_ICMP6_DEST_UNREACH;
+		ic.code = MN_ICMP6_PORT_UNREACH;
+		ip6.version = 6;
+		ip6.payload_len = bpf_htons(sizeof(ic));
+		ip6.nexthdr = MN_IPPROTO_ICMPV6;
+		ip6.hop_limit = 64;
+		__builtin_memcpy(&ip6.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(&ip6.daddr, p->saddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
+		ph.len = bpf_htonl(sizeof(ic));
+		ph.proto = bpf_htonl(MN_IPPROTO_ICMPV6);
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(ic), 0))
+			return TC_ACT_SHOT;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip6), &ic, sizeof(ic), 0))
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+		return TC_ACT_SHOT;
+	skb->mark = 0;
+	return bpf_redirect(skb->ifindex, redirect_flags);
+}
+
+/* A frontend without backends: RST for a TCP SYN, ICMP port unreachable for UDP, a drop for
+ * the rest (a TCP segment of no connection, SCTP). */
+static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
+{
+	mn_count(MN_CNT_REJECT);
+	/* The answers are built as Ethernet frames. */
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_SHOT;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
+		return mn_reject_tcp(skb, p, redirect_flags);
+	if (p->proto == IPPROTO_UDP)
+		return mn_reject_udp(skb, p, redirect_flags);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void mn_ct_key_of(struct mn_ct_key *k, const struct mn_pkt *p, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, p->saddr, MN_ADDR_LEN);
+	__builtin_memcpy(k->daddr, p->daddr, MN_ADDR_LEN);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+static __always_inline int mn_ct_alive(const struct mn_ct_val *c, __u8 proto, const struct mn_config *cfg, __u32 now)
+{
+	__u32 t = proto == IPPROTO_TCP ? cfg->ct_timeout_tcp : cfg->ct_timeout_other;
+
+	if (!t)
+		t = proto == IPPROTO_TCP ? MN_CT_DEFAULT_TCP : MN_CT_DEFAULT_OTHER;
+	if ((c->flags & MN_CT_F_CLOSING) && t > MN_CT_CLOSING_TIMEOUT)
+		t = MN_CT_CLOSING_TIMEOUT;
+	return now - c->last_seen <= t;
+}
+
+/* Refreshes a conntrack entry in place: last_seen (written only when it changes, to keep
+ * the cache line clean on busy flows) and the closing flag on FIN or RST. */
+static __always_inline void mn_ct_touch(struct mn_ct_val *v, const struct mn_ct_val *c, const struct mn_pkt *p, __u32 now)
+{
+	if (c->last_seen != now)
+		v->last_seen = now;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_FIN | MN_TH_RST)) && !(c->flags & MN_CT_F_CLOSING))
+		v->flags = c->flags | MN_CT_F_CLOSING;
+}
+
+static __always_inline __u32 mn_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = (k << 15) | (k >> 17);
+	k *= 0x1b873593;
+	h ^= k;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64;
+}
+
+/* Maglev's flow hash: the same on every node (no per-node seed), so every node picks the same
+ * backend for a flow. Without the source port under affinity, so a client keeps its backend. */
+static __noinline __u32 mn_flow_hash(const struct mn_pkt *p, int with_sport)
+{
+	__u32 h = 0x6d6e6c62;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = mn_mix(h, mn_word(p->saddr, i));
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = mn_mix(h, mn_word(p->daddr, i));
+	h = mn_mix(h, ((__u32)(with_sport ? p->sport : 0) << 16) | p->dport);
+	h = mn_mix(h, p->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+#define MN_NO_ENTRY (-1)
+#define MN_REJECT   (-2)
+
+/* An established connection: MN_NO_ENTRY when there is no live entry for the packet's tuple
+ * (or its backend is gone), else the verdict after DNAT. */
+static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u32 now)
+{
+	struct mn_config cfg;
+	struct mn_ct_key fk;
+	struct mn_ct_val *v, c;
+
+	mn_ct_key_of(&fk, p, 0);
+	v = bpf_map_lookup_elem(&mn_ct, &fk);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	mn_config_get(&cfg);
+	if (!mn_ct_alive(&c, p->proto, &cfg, now) || !bpf_map_lookup_elem(&mn_backend, &c.backend_id))
+		return MN_NO_ENTRY;
+	mn_ct_touch(v, &c, p, now);
+	if (c.flags & MN_CT_F_MASQ)
+		skb->mark |= cfg.masq_mark;
+	return mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+}
+
+/* Conntrack for a new connection: the forward entry (the client's tuple -> the backend) and
+ * the reply entry (the backend's reply -> the address and port the client used: a node
+ * address for NodePort, not the wildcard). */
+static __always_inline void mn_ct_create(const struct mn_pkt *p, const struct mn_backend *be, __u32 backend_id,
+					 __u32 rev_id, __u16 flags, __u32 now)
+{
+	struct mn_ct_key k;
+	struct mn_ct_val v = {};
+	int err;
+
+	mn_ct_key_of(&k, p, 0);
+	__builtin_memcpy(v.nat_addr, be->addr, MN_ADDR_LEN);
+	v.nat_port = be->port;
+	v.flags = flags;
+	v.rev_id = rev_id;
+	v.backend_id = backend_id;
+	v.last_seen = now;
+	err = bpf_map_update_elem(&mn_ct, &k, &v, BPF_ANY);
+
+	__builtin_memcpy(k.saddr, be->addr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->saddr, MN_ADDR_LEN);
+	k.sport = be->port;
+	k.dport = p->sport;
+	k.dir = 1;
+	__builtin_memcpy(v.nat_addr, p->daddr, MN_ADDR_LEN);
+	v.nat_port = p->dport;
+	err |= bpf_map_update_elem(&mn_ct, &k, &v, BPF_ANY);
+	if (err)
+		mn_count(MN_CNT_CT_FULL);
+}
+
+/* A packet without a live conntrack entry: TC_ACT_OK when it is not for a frontend, the
+ * verdict after DNAT, TC_ACT_SHOT for a drop, or MN_REJECT. */
+static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn, __u32 now)
+{
+	struct mn_svc_key sk = {};
+	struct mn_svc_val svc;
+	struct mn_affinity_key ak = {};
+	struct mn_backend be;
+	__u32 backend_id = 0, maglev_m = 0, masq_mark = 0, zero = 0;
+	struct mn_config *cfg;
+	int in_cluster, masq;
+	__u16 flags;
+
+	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
+	sk.port = p->dport;
+	sk.proto = p->proto;
+	sk.scope = MN_SCOPE_EXTERNAL;
+	if (!mn_svc_lookup(&sk, &svc)) {
+		/* Not a service: a direct connection reusing a tuple must not have its replies
+		 * rewritten by a stale reply entry. */
+		if (syn) {
+			struct mn_ct_key rk;
+
+			mn_ct_key_of(&rk, p, 1);
+			__builtin_memcpy(rk.saddr, p->daddr, MN_ADDR_LEN);
+			__builtin_memcpy(rk.daddr, p->saddr, MN_ADDR_LEN);
+			rk.sport = p->dport;
+			rk.dport = p->sport;
+			bpf_map_delete_elem(&mn_ct, &rk);
+		}
+		return TC_ACT_OK;
+	}
+	in_cluster = mn_in_cluster(p->saddr);
+	mn_svc_scope(&sk, in_cluster, &svc);
+
+	if (!in_cluster && (svc.flags & MN_SVC_F_SRC_RANGE) && !mn_src_allowed(svc.rev_id, p->saddr)) {
+		mn_count(MN_CNT_DROP_SRC_RANGE);
+		return TC_ACT_SHOT;
+	}
+	if (svc.count == 0) {
+		if (svc.flags & MN_SVC_F_LOCAL) {
+			mn_count(MN_CNT_DROP_LOCAL);
+			return TC_ACT_SHOT;
+		}
+		return MN_REJECT;
+	}
+
+	cfg = bpf_map_lookup_elem(&mn_config, &zero);
+	if (cfg) {
+		maglev_m = cfg->maglev_m;
+		masq_mark = cfg->masq_mark;
+	}
+	__builtin_memcpy(ak.client, p->saddr, MN_ADDR_LEN);
+	ak.rev_id = svc.rev_id;
+	ak.kind = 0;
+	/* The slots and the backends may disagree while an update is in flight: as no backend. */
+	if (!mn_select(&svc, sk.scope, &ak, !in_cluster, mn_flow_hash(p, !(svc.flags & MN_SVC_F_AFFINITY)),
+		       maglev_m, now, &backend_id, &be))
+		return MN_REJECT;
+
+	/* Masquerade when replies would not come back through this node (an external client
+	 * and a backend elsewhere, unless the frontend is Local) or a pod reaches itself. */
+	masq = mn_addr_eq(be.addr, p->saddr) ||
+	       (!in_cluster && !(be.flags & MN_BE_F_LOCAL) && !(svc.flags & MN_SVC_F_LOCAL));
+	flags = masq ? MN_CT_F_MASQ : 0;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_FIN | MN_TH_RST)))
+		flags |= MN_CT_F_CLOSING;
+	mn_ct_create(p, &be, backend_id, svc.rev_id, flags, now);
+	mn_count(MN_CNT_LB_NEW);
+	if (masq)
+		skb->mark |= masq_mark;
+	return mn_nat(skb, p, 1, be.addr, be.port);
+}
+
+SEC("classifier")
+int mn_tc_ingress(struct __sk_buff *skb)
+{
+	struct mn_pkt p = {};
+	__u32 now;
+	int syn, r;
+
+	if (mn_parse(skb, &p) != 0)
+		return TC_ACT_OK;
+	syn = p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN;
+	now = mn_now();
+	/* A SYN always balances afresh: a client reusing its source port must not inherit the
+	 * previous connection's backend (and the reply entry may since belong to another). */
+	if (!syn) {
+		r = mn_ct_forward(skb, &p, now);
+		if (r != MN_NO_ENTRY)
+			return r;
+	}
+	r = mn_lb_new(skb, &p, syn, now);
+	if (r == MN_REJECT)
+		return mn_reject(skb, &p, 0);
+	return r;
+}
+
+/* A connection from this host that socket-LB left untranslated because its frontend has no
+ * backend (or socket-LB is off for it): reject it here, as kube-proxy does in OUTPUT, by
+ * sending the answer back into the host. Only for new flows (a TCP SYN, any UDP datagram) so
+ * other egress traffic costs no lookup. */
+static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_svc_key sk = {};
+	struct mn_svc_val *v, svc;
+
+	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
+	sk.port = p->dport;
+	sk.proto = p->proto;
+	sk.scope = MN_SCOPE_EXTERNAL;
+	v = bpf_map_lookup_elem(&mn_svc, &sk);
+	if (!v)
+		return TC_ACT_OK;
+	svc = *v;
+	/* This host is an in-cluster client. */
+	mn_svc_scope(&sk, 1, &svc);
+	if (svc.count)
+		return TC_ACT_OK;
+	if (svc.flags & MN_SVC_F_LOCAL) {
+		mn_count(MN_CNT_DROP_LOCAL);
+		return TC_ACT_SHOT;
+	}
+	return mn_reject(skb, p, BPF_F_INGRESS);
+}
+
+/* An ICMP error about a balanced connection, on its way to the client: the quoted packet
+ * (client -> backend, as DNATed) gets the frontend back as its destination, and the outer
+ * source too when the backend itself sent the error, so the client's stack matches it to its
+ * socket (a connected UDP socket's ECONNREFUSED, TCP's path MTU). */
+static __noinline int mn_icmp_rev(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk = {};
+	struct mn_ct_val *v, c;
+	__u8 type = p->tcp_flags, iproto;
+	__u32 in = p->l4off + 8, inl4, icsum = p->l4off + 2;
+	__be16 ports[2];
+
+	if (!p->v6) {
+		struct iphdr ih;
+
+		/* Destination unreachable, time exceeded, parameter problem. */
+		if (type != 3 && type != 11 && type != 12)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)) || ih.ihl != 5)
+			return TC_ACT_OK;
+		iproto = ih.protocol;
+		mn_addr_set_v4(rk.saddr, ih.daddr);
+		mn_addr_set_v4(rk.daddr, ih.saddr);
+		inl4 = in + sizeof(ih);
+	} else {
+		struct ipv6hdr ih;
+
+		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
+		if (type < 1 || type > 4)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)))
+			return TC_ACT_OK;
+		iproto = ih.nexthdr;
+		__builtin_memcpy(rk.saddr, &ih.daddr, MN_ADDR_LEN);
+		__builtin_memcpy(rk.daddr, &ih.saddr, MN_ADDR_LEN);
+		inl4 = in + sizeof(ih);
+	}
+	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, inl4, ports, sizeof(ports)))
+		return TC_ACT_OK;
+	rk.sport = ports[1];
+	rk.dport = ports[0];
+	rk.proto = iproto;
+	rk.dir = 1;
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return TC_ACT_OK;
+	c = *v;
+
+	if (!p->v6) {
+		__be32 o = mn_word(rk.saddr, 3), n = mn_word(c.nat_addr, 3);
+
+		if (!mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		if (o != n) {
+			/* The quoted header stays valid (its checksum follows), so the ICMP checksum,
+			 * which covers it, does not change. */
+			if (bpf_l3_csum_replace(skb, in + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+			    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, daddr), &n, sizeof(n), 0))
+				return TC_ACT_SHOT;
+			if (mn_word(p->saddr, 3) == o &&
+			    (bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+			     bpf_skb_store_bytes(skb, p->l3off + offsetof(struct iphdr, saddr), &n, sizeof(n), 0)))
+				return TC_ACT_SHOT;
+		}
+	} else {
+		__u8 o[MN_ADDR_LEN], n[MN_ADDR_LEN];
+
+		if (mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		__builtin_memcpy(o, rk.saddr, MN_ADDR_LEN);
+		__builtin_memcpy(n, c.nat_addr, MN_ADDR_LEN);
+		if (!mn_addr_eq(o, n)) {
+			__s64 d = bpf_csum_diff((__be32 *)o, MN_ADDR_LEN, (__be32 *)n, MN_ADDR_LEN, 0);
+
+			/* ICMPv6's checksum covers the quoted header, and the outer addresses through
+			 * its pseudo-header. */
+			if (bpf_l4_csum_replace(skb, icsum, 0, d, 0) ||
+			    bpf_skb_store_bytes(skb, in + offsetof(struct ipv6hdr, daddr), n, MN_ADDR_LEN, 0))
+				return TC_ACT_SHOT;
+			if (mn_addr_eq(p->saddr, o) &&
+			    (bpf_l4_csum_replace(skb, icsum, 0, d, BPF_F_PSEUDO_HDR) ||
+			     bpf_skb_store_bytes(skb, p->l3off + offsetof(struct ipv6hdr, saddr), n, MN_ADDR_LEN, 0)))
+				return TC_ACT_SHOT;
+		}
+	}
+	if (rk.sport != c.nat_port) {
+		if (bpf_l4_csum_replace(skb, icsum, rk.sport, c.nat_port, sizeof(c.nat_port)) ||
+		    bpf_skb_store_bytes(skb, inl4 + 2, &c.nat_port, sizeof(c.nat_port), 0))
+			return TC_ACT_SHOT;
+	}
+	mn_count(MN_CNT_REV_NAT);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int mn_tc_egress(struct __sk_buff *skb)
+{
+	struct mn_pkt p = {};
+	struct mn_ct_key rk;
+	struct mn_ct_val *v, c;
+	int r;
+
+	r = mn_parse(skb, &p);
+	if (r == MN_PARSE_ICMP)
+		return mn_icmp_rev(skb, &p);
+	if (r)
+		return TC_ACT_OK;
+	mn_ct_key_of(&rk, &p, 1);
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v) {
+		if (p.proto == IPPROTO_UDP ||
+		    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN))
+			return mn_egress_no_backend(skb, &p);
+		return TC_ACT_OK;
+	}
+	c = *v;
+	/* No expiry check here: the forward direction decides when a connection is over (it
+	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
+	mn_ct_touch(v, &c, &p, mn_now());
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, &p, 0, c.nat_addr, c.nat_port);
+}

@@ -1,5 +1,5 @@
-//! metalnet-router: kube-router style pod routing over BGP (wiring only; the logic is in the
-//! library).
+//! metalnet-router: kube-router style pod routing over BGP and an eBPF service proxy (wiring
+//! only; the logic is in the library).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,8 @@ use clap::{ArgAction, Parser, Subcommand};
 use ipnet::IpNet;
 use metalnet::daemon::{CommonArgs, DebugHandler, Health, Shutdown, serve_metrics_with_debug};
 use metalnet::netlink::Netlink;
+use metalnet_router::proxy;
+use metalnet_router::proxy::options::ProxyArgs;
 use metalnet_router::routing::daemon::{self, Config, Daemon, SharedStatus, Status};
 use metalnet_router::routing::kernel::Kernel;
 use metalnet_router::routing::metrics::Metrics;
@@ -23,7 +25,8 @@ use metalnet_router::routing::sessions::{Listener, listen_addr};
 /// The router's metrics port (controller 7472, speaker 7473, vxlan 7474, multus-shim 7476).
 const METRICS_PORT: u16 = 7475;
 
-/// Routes pod CIDRs over BGP between nodes and to upstream routers (kube-router style).
+/// Routes pod CIDRs over BGP between nodes and to upstream routers, and balances Services in
+/// eBPF in place of kube-proxy (kube-router style).
 ///
 /// Runs on every node (a DaemonSet with hostNetwork). With --run-router (kube-router's
 /// switch, on by default) it peers with the other nodes (iBGP full mesh with --cluster-asn,
@@ -35,8 +38,16 @@ const METRICS_PORT: u16 = 7475;
 /// hops on a connected subnet. Annotation changes apply live: only the sessions concerned are
 /// reset. A bad annotation gives a Warning Event on the Node and its last good value stays.
 ///
-/// `metalnet-router explain node NAME` and `explain route CIDR` ask the running router (its
-/// metrics endpoint) why.
+/// With --run-service-proxy (kube-router's switch) it replaces kube-proxy: BPF programs
+/// balance Services (ClusterIP, NodePort, LoadBalancer, externalIPs; TCP, UDP, SCTP) at the
+/// sockets of the cgroup tree (--cgroup-root) and per packet on every interface, with
+/// kube-proxy's semantics (traffic policies, session affinity, terminating endpoints, source
+/// ranges, healthCheckNodePort). Its maps are pinned under --bpf-dir: a restart or upgrade
+/// drops no connection. Both can run in one process, or the proxy alone with
+/// --run-router=false.
+///
+/// `metalnet-router explain node NAME`, `explain route CIDR`, `explain service NS/NAME` and
+/// `dump` ask the running daemon (its metrics endpoint) why.
 #[derive(Parser, Debug)]
 #[command(name = "metalnet-router", version)]
 struct Cli {
@@ -48,8 +59,11 @@ struct Cli {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
     run_router: bool,
 
-    /// kube-router's service proxy. Not built yet: `true` is refused (keep kube-proxy, or
-    /// pass --run-service-proxy=false as kube-router manifests that use kube-proxy do).
+    /// Runs the eBPF service proxy, a kube-proxy replacement (kube-router's switch; off by
+    /// default as there). Alone with --run-router=false, or beside the router in one
+    /// process. Its flags: --bpf-dir, --cgroup-root, --socket-lb, --cluster-cidr,
+    /// --nodeport-addresses, --service-proxy-name, --maglev-table-size, --masquerade-mark,
+    /// --bpf-ct-max, --cleanup-config.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     run_service_proxy: bool,
 
@@ -60,6 +74,9 @@ struct Cli {
 
     #[command(flatten)]
     routing: RoutingArgs,
+
+    #[command(flatten)]
+    proxy: ProxyArgs,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,6 +92,14 @@ enum Command {
         router: Option<SocketAddr>,
         #[command(subcommand)]
         what: Explain,
+    },
+    /// The service proxy's maps in readable form (frontends, then their backends, as
+    /// `ipvsadm -Ln`), asking the running daemon (--router, else 127.0.0.1 on the port of
+    /// --metrics-addr).
+    Dump {
+        /// The running daemon's metrics endpoint.
+        #[arg(long, value_name = "ADDR:PORT")]
+        router: Option<SocketAddr>,
     },
 }
 
@@ -94,12 +119,21 @@ enum Explain {
         #[arg(value_name = "CIDR")]
         cidr: IpNet,
     },
+    /// A Service, as the service proxy handles it: its frontends (address, port, kind,
+    /// scope), backends with their state (ready, terminating, local), traffic policies,
+    /// affinity and source ranges, against what the maps hold.
+    Service {
+        /// NAMESPACE/NAME (NAME alone: the default namespace).
+        #[arg(value_name = "NS/NAME")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Explain { router, what }) => explain(&cli, *router, what),
+        Some(Command::Dump { router }) => ask(&cli, *router, "/debug/proxy/dump"),
         None => {
             cli.common.init_logging();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -136,31 +170,50 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    if cli.run_service_proxy {
-        bail!(
-            "--run-service-proxy: the service proxy is not built yet; run kube-proxy and pass --run-service-proxy=false"
-        );
-    }
     if cli.run_firewall {
         tracing::warn!("--run-firewall: network policy is not built; ignored");
     }
-    if !cli.run_router {
+    let proxy_opts = cli.proxy.options()?;
+    if proxy_opts.cleanup_config {
+        return proxy_cleanup(&proxy_opts);
+    }
+    if !cli.run_router && !cli.run_service_proxy {
         bail!(
-            "--run-router=false: nothing else to run (the service proxy and firewall are not built)"
+            "--run-router=false and --run-service-proxy=false: nothing to run (the firewall is not built)"
         );
     }
-    let opts = cli.routing.options()?;
+    let routing_opts = if cli.run_router {
+        Some(cli.routing.options()?)
+    } else {
+        None
+    };
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let node = cli.common.node_name()?.to_string();
     let health = Health::default();
-    let readiness = health.condition("router");
     let metrics = Metrics::default();
+    let proxy_metrics = proxy::metrics::Metrics::default();
     let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
+    let proxy_status: proxy::daemon::SharedStatus = Arc::default();
+    // Readiness conditions exist before the server answers, so /readyz waits for both.
+    let router_ready = cli.run_router.then(|| health.condition("router"));
+    let proxy_ready = cli
+        .run_service_proxy
+        .then(|| health.condition("service-proxy"));
     if let Some(addr) = cli.common.metrics_addr(METRICS_PORT)? {
         let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
+        if cli.run_router {
+            metrics.register(&mut registry);
+        }
+        if cli.run_service_proxy {
+            proxy_metrics.register(&mut registry);
+        }
         let s = status.clone();
+        let ps = proxy_status.clone();
         let debug: DebugHandler = Arc::new(move |path: &str| {
+            if path.starts_with("/debug/proxy/") {
+                let st = ps.lock().unwrap_or_else(|e| e.into_inner());
+                return proxy::daemon::debug_answer(&st, path);
+            }
             let st = s.lock().unwrap_or_else(|e| e.into_inner());
             daemon::debug_answer(&st, path)
         });
@@ -170,48 +223,154 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let state = cli
         .common
-        .cluster_state(daemon::KINDS)
+        .cluster_state(daemon::KINDS.into_iter().chain(proxy::daemon::KINDS))
         .await
         .context("starting the cluster state")?;
-    // Two routers for one node would fight over its sessions and kernel routes.
-    let _lock = state
-        .lock(&format!("router-{node}"))
-        .with_context(|| format!("another metalnet-router runs with --node-name {node}"))?;
-    let bind = listen_addr(opts.bgp_port);
-    let listener = Listener::bind(bind).with_context(|| format!("listening for BGP on {bind}"))?;
-    let kernel = Kernel::new(
-        Netlink::connect().context("opening netlink")?,
-        opts.injected_routes_sync_period,
-    );
-    tracing::info!(%node, cluster_asn = opts.cluster_asn, bgp_port = opts.bgp_port,
-        graceful_restart = opts.graceful_restart, "metalnet-router starting");
-    let d = Daemon::new(
-        Config { node, opts },
-        kernel,
-        Some(listener),
-        metrics,
-        readiness,
-        status,
-    )
-    .await?;
-    d.run(&state, &shutdown).await;
+
+    let router = match (routing_opts, router_ready) {
+        (Some(opts), Some(readiness)) => {
+            // Two routers for one node would fight over its sessions and kernel routes.
+            let lock = state
+                .lock(&format!("router-{node}"))
+                .with_context(|| format!("another metalnet-router runs with --node-name {node}"))?;
+            let bind = listen_addr(opts.bgp_port);
+            let listener =
+                Listener::bind(bind).with_context(|| format!("listening for BGP on {bind}"))?;
+            let kernel = Kernel::new(
+                Netlink::connect().context("opening netlink")?,
+                opts.injected_routes_sync_period,
+            );
+            tracing::info!(%node, cluster_asn = opts.cluster_asn, bgp_port = opts.bgp_port,
+                graceful_restart = opts.graceful_restart, "metalnet-router starting");
+            let d = Daemon::new(
+                Config {
+                    node: node.clone(),
+                    opts,
+                },
+                kernel,
+                Some(listener),
+                metrics,
+                readiness,
+                status,
+            )
+            .await?;
+            Some((d, lock))
+        }
+        _ => None,
+    };
+    let proxy = match proxy_ready {
+        Some(readiness) => {
+            // Two proxies for one node would fight over its maps.
+            let lock = state
+                .lock(&format!("service-proxy-{node}"))
+                .with_context(|| format!("another service proxy runs with --node-name {node}"))?;
+            let d = start_proxy(&node, proxy_opts, proxy_metrics, readiness, proxy_status)?;
+            Some((d, lock))
+        }
+        None => None,
+    };
+    let run_router = async {
+        if let Some((d, _lock)) = router {
+            d.run(&state, &shutdown).await;
+        }
+    };
+    let run_proxy = async {
+        if let Some((d, _lock)) = proxy {
+            d.run(&state, &shutdown).await;
+        }
+    };
+    tokio::join!(run_router, run_proxy);
     Ok(())
 }
 
-/// `explain node|route`: the running router renders it from its live state.
+/// The service proxy's data path and model, once the BPF loader is in: until then the proxy
+/// cannot start.
+type ProxyDaemon = proxy::daemon::Daemon<proxy::dataplane::Recorder, NoModel>;
+
+/// Placeholder until the real model is wired.
+struct NoModel;
+
+struct NoPlan(proxy::state::MapState);
+
+impl proxy::daemon::Plan for NoPlan {
+    fn maps(&self) -> &proxy::state::MapState {
+        &self.0
+    }
+    fn health_checks(&self) -> std::collections::BTreeMap<u16, proxy::health::ServiceHealth> {
+        Default::default()
+    }
+    fn problems(&self) -> Vec<proxy::daemon::ServiceProblem> {
+        Vec::new()
+    }
+    fn explain_service(&self, _: &proxy::state::MapState, _: &str, _: &str) -> Option<String> {
+        None
+    }
+    fn dump(&self, _: &proxy::state::MapState) -> String {
+        String::new()
+    }
+}
+
+impl proxy::daemon::Model for NoModel {
+    type Plan = NoPlan;
+    fn restore(&mut self, _: &proxy::state::MapState) {}
+    fn plan(&mut self, _: &metalnet::state::Snapshot) -> NoPlan {
+        NoPlan(Default::default())
+    }
+}
+
+/// Opens the data path (maps pinned under --bpf-dir, programs attached) and the daemon.
+fn start_proxy(
+    node: &str,
+    opts: proxy::options::ProxyOptions,
+    metrics: proxy::metrics::Metrics,
+    readiness: metalnet::daemon::Readiness,
+    status: proxy::daemon::SharedStatus,
+) -> anyhow::Result<ProxyDaemon> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo to find the cgroup2 mount")?;
+    let cgroup_root = proxy::options::cgroup_root(&opts, &mountinfo)?;
+    tracing::info!(%node, bpf_dir = %opts.bpf_dir.display(), cgroup_root = %cgroup_root.display(),
+        socket_lb = ?opts.socket_lb, "service proxy starting");
+    let _ = (metrics, readiness, status);
+    bail!(
+        "--run-service-proxy: the BPF loader is not built yet; run kube-proxy and pass --run-service-proxy=false"
+    )
+}
+
+/// `--cleanup-config`: removes the proxy's programs, maps, pins and nftables table.
+fn proxy_cleanup(opts: &proxy::options::ProxyOptions) -> anyhow::Result<()> {
+    bail!(
+        "--cleanup-config: the BPF loader is not built yet; nothing of {} to remove",
+        opts.bpf_dir.display()
+    )
+}
+
+/// `explain node|route|service`: the running daemon renders it from its live state.
 fn explain(cli: &Cli, router: Option<SocketAddr>, what: &Explain) -> anyhow::Result<()> {
+    let path = match what {
+        Explain::Node { name } => format!("/debug/routing/node?name={name}"),
+        Explain::Route { cidr } => format!("/debug/routing/route?prefix={cidr}"),
+        Explain::Service { name } => {
+            let (ns, n) = name.split_once('/').unwrap_or(("default", name));
+            if ns.is_empty() || n.is_empty() || n.contains('/') {
+                bail!("explain service {name:?}: expected NAMESPACE/NAME");
+            }
+            format!("/debug/proxy/service?name={ns}/{n}")
+        }
+    };
+    ask(cli, router, &path)
+}
+
+/// Asks the running daemon's debug endpoint and prints the answer.
+fn ask(cli: &Cli, router: Option<SocketAddr>, path: &str) -> anyhow::Result<()> {
     let port = cli
         .common
         .metrics_addr(METRICS_PORT)?
         .map(|a| a.port())
         .unwrap_or(METRICS_PORT);
     let addr = router.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
-    let path = match what {
-        Explain::Node { name } => format!("/debug/routing/node?name={name}"),
-        Explain::Route { cidr } => format!("/debug/routing/route?prefix={cidr}"),
-    };
-    let (code, body) = http_get(addr, &path).with_context(|| {
-        format!("asking the running router at {addr} (is it running? --router)")
+    let (code, body) = http_get(addr, path).with_context(|| {
+        format!("asking the running metalnet-router at {addr} (is it running? --router)")
     })?;
     if code != 200 {
         bail!("{}", body.trim_end());
@@ -239,4 +398,63 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .context("a malformed HTTP status line")?;
     Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_subcommand_is_described() {
+        let mut cmd = Cli::command();
+        let text = cmd.render_long_help().to_string();
+        assert!(
+            metalnet::daemon::undescribed_flags(&text).is_empty(),
+            "{text}"
+        );
+        for flag in [
+            "--run-service-proxy",
+            "--bpf-dir",
+            "--cgroup-root",
+            "--socket-lb",
+            "--cluster-cidr",
+            "--nodeport-addresses",
+            "--service-proxy-name",
+            "--maglev-table-size",
+            "--masquerade-mark",
+            "--bpf-ct-max",
+            "--cleanup-config",
+        ] {
+            assert!(text.contains(flag), "{flag} missing from --help");
+        }
+        for sub in [&["explain", "service"][..], &["dump"]] {
+            let mut c = Cli::command();
+            let mut s = &mut c;
+            for name in sub {
+                s = s.find_subcommand_mut(name).expect("subcommand");
+            }
+            let t = s.render_long_help().to_string();
+            assert!(metalnet::daemon::undescribed_flags(&t).is_empty(), "{t}");
+        }
+    }
+
+    #[test]
+    fn proxy_switches_and_subcommands_parse() {
+        let cli = Cli::try_parse_from(["x", "--run-service-proxy", "--run-router=false"]).unwrap();
+        assert!(cli.run_service_proxy && !cli.run_router);
+        let cli = Cli::try_parse_from(["x", "--run-service-proxy=true"]).unwrap();
+        assert!(cli.run_service_proxy && cli.run_router, "beside the router");
+        assert!(!Cli::try_parse_from(["x"]).unwrap().run_service_proxy);
+        let cli = Cli::try_parse_from(["x", "explain", "service", "kube-system/dns"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Explain { what: Explain::Service { ref name }, .. }) if name == "kube-system/dns"
+        ));
+        let cli = Cli::try_parse_from(["x", "dump", "--router", "127.0.0.1:7475"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dump { router: Some(_) })
+        ));
+    }
 }

@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod backends;
 pub mod bins;
+pub mod kubeproxy;
 pub mod lab;
 
 pub use lab::cni;

@@ -7,19 +7,14 @@ use std::process::Command;
 /// Builds the workspace binaries the demo starts (a no-op when they are current), so the test
 /// also works under `cargo test -p metalnet-lab`.
 fn build_bins() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "metalnet-controller",
-            "--bin",
-            "metalnet-controller",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building metalnet-controller failed");
+    for name in [
+        "metalnet-controller",
+        "metalnet-speaker",
+        "metalnet-vxlan",
+        "metalnet-router",
+    ] {
+        metalnet_lab::bins::binary(name).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 #[test]
@@ -51,6 +46,12 @@ fn demo_comes_up_assigns_an_address_and_tears_down() {
         "{stdout}"
     );
     assert!(stdout.contains("BGP from all three nodes"), "{stdout}");
+    // The service proxy: the remote client's HTTP requests reach the pods, named in the answers.
+    assert!(
+        stdout.contains("http://192.0.2.200/ from the remote client goes by BGP to node"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("requests answered by pod"), "{stdout}");
     assert!(
         stdout.contains("reached 192.0.2.200 again after"),
         "{stdout}"

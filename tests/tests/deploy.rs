@@ -377,11 +377,42 @@ fn router_manifest_holds_together() {
     let args = str_list(&c["args"]);
     for arg in [
         "--run-router=true",
-        "--run-service-proxy=false",
+        "--run-service-proxy=true",
         "--cluster-asn=64512",
+        "--bpf-dir=/sys/fs/bpf/metalnet",
     ] {
         assert!(args.contains(&arg.to_string()), "{arg} in {args:?}");
     }
+    // The service proxy: privileged, the host's bpffs (pins outlive the container, mounts
+    // propagate back) and cgroup v2 tree, and --cgroup-root pointing into that mount.
+    assert_eq!(c["securityContext"]["privileged"], true);
+    let mount = |name: &str| {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("volumeMount {name}"))
+            .clone()
+    };
+    let host_path = |name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("volume {name}"))["hostPath"]["path"]
+            .clone()
+    };
+    assert_eq!(mount("bpffs")["mountPath"], "/sys/fs/bpf");
+    assert_eq!(mount("bpffs")["mountPropagation"], "Bidirectional");
+    assert_eq!(host_path("bpffs"), "/sys/fs/bpf");
+    assert_eq!(host_path("cgroup"), "/sys/fs/cgroup");
+    let cgroup_mount = mount("cgroup")["mountPath"].as_str().unwrap().to_string();
+    assert!(
+        args.contains(&format!("--cgroup-root={cgroup_mount}")),
+        "--cgroup-root on the host cgroup mount {cgroup_mount}: {args:?}"
+    );
     assert!(
         c["env"]
             .as_array()

@@ -1,6 +1,6 @@
 //! `metalnet-lab`: build the demo site or clean up lab leftovers.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use metalnet_lab::lab::{self, BgpRouter, Bird, DemoSite, Lab, components};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The demo pods' HTTP server: answers every request with TEXT (the pod's name).
+    #[command(hide = true)]
+    ServeHttp {
+        /// Address and port to listen on (`[::]:80`: IPv4 and IPv6).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The body of every answer.
+        #[arg(long)]
+        text: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -80,6 +90,8 @@ fn main() -> Result<()> {
             bin_dir,
             check,
         } => demo(&state_dir, bin_dir.as_deref(), check),
+        Command::ServeHttp { listen, text } => components::serve_http(listen, &text)
+            .with_context(|| format!("serving HTTP on {listen}")),
     }
 }
 
@@ -140,6 +152,18 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 )
             })?;
     }
+    // The service proxy on every node, and a web server in every pod for it to reach.
+    let web_program = std::env::current_exe().context("locating metalnet-lab")?;
+    let proxy = components::start_service_proxy(
+        &lab,
+        &site,
+        &running.pods,
+        state_dir,
+        &bin_dir,
+        &web_program,
+    )
+    .context("starting the service proxy")?;
+    components::checksum_offloads_off(&lab).context("turning checksum offloads off")?;
     let ips = components::wait_service_ingress(state_dir, "demo", "web", Duration::from_secs(20))
         .with_context(|| {
         format!(
@@ -189,6 +213,40 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     site.remote
         .wait_ping(&vip, Duration::from_secs(10))
         .with_context(|| format!("remote client cannot reach {vip} through the router"))?;
+    // The service proxy: BGP takes the remote client's request to one node, its proxy to a
+    // pod, on another node over the overlay for most requests.
+    proxy.check_running()?;
+    let http = components::http_through_proxy(&site, &vip, 12, Duration::from_secs(20))
+        .with_context(|| {
+            format!(
+                "the remote client's requests to http://{vip}/ through the service proxy; what node1's proxy says:\n{}\nthe proxies' logs:\n{}",
+                proxy.diagnose(&site, 0),
+                proxy.logs()
+            )
+        })?;
+    let answers = http
+        .answers
+        .iter()
+        .map(|(a, n)| format!("{a} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !http.crossed_nodes() {
+        bail!(
+            "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
+            http.delivered_to,
+            proxy.diagnose(&site, http.delivered_index),
+            proxy.logs()
+        );
+    }
+    for host in running.pods.iter().map(|p| &p.host).chain([&site.remote]) {
+        let errors = components::host_tcp_in_csum_errors(host)?;
+        if errors != 0 {
+            bail!(
+                "{} counted {errors} TCP segments with a bad checksum: the proxy's NAT rewrite is wrong",
+                host.name()
+            );
+        }
+    }
     // Failover: SIGKILL the announcing node's speaker; the client's neighbour entry moves to
     // the new announcer's MAC (it saw the gratuitous ARP) and the address answers again.
     let failover = failover_demo(&site, &running, state_dir, &vip, &announcer)?;
@@ -211,6 +269,9 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let ctl_ns = site.nodes[0].netns();
     let bin = bin_dir.display();
     let metrics = lab::demo::node_v4(0);
+    // The proxy BGP delivers the remote client's requests to: its answers show them.
+    let proxy_ns = site.nodes[http.delivered_index].netns();
+    let proxy_addr = format!("{}:7475", lab::demo::node_v4(http.delivered_index));
     for line in [
         format!("\nmetalnet on the embedded default, state directory {dir}:"),
         format!(
@@ -240,6 +301,10 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        format!(
+            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}",
+            http.delivered_to, http.requests
+        ),
         "\nTry:".to_string(),
         format!(
             "  ip netns exec {} arping -c3 -I eth0 {vip}     # one answer, from the elected node",
@@ -257,6 +322,19 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         ),
         format!(
             "  ip netns exec {ctl_ns} ip -d link show flannel.1; ip netns exec {ctl_ns} bridge fdb show dev flannel.1"
+        ),
+        format!(
+            "  ip netns exec {} curl -s http://{vip}/    # BGP to a node, its proxy to a pod (often on another node)",
+            site.remote.netns()
+        ),
+        format!(
+            "  ip netns exec {proxy_ns} {bin}/metalnet-router explain service demo/web --router {proxy_addr}"
+        ),
+        format!(
+            "  ip netns exec {proxy_ns} {bin}/metalnet-router dump --router {proxy_addr}    # the proxy's maps, as ipvsadm -Ln"
+        ),
+        format!(
+            "  ip netns exec {proxy_ns} curl -s http://{proxy_addr}/metrics | grep metalnet_proxy_datapath"
         ),
         format!("  {bin}/metalnet-controller --state-dir {dir} explain demo/web"),
         format!("  cat {dir}/status/patches/Service/demo/web.yaml     # what the controller wrote"),
@@ -283,8 +361,10 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         let sig = wait_for_termination(&signals);
         println!("\nsignal {sig} received, tearing down lab {}", lab.prefix());
     }
+    proxy.stop();
     running.stop();
     bird.stop();
+    drop(proxy);
     drop(lab);
     println!("done");
     Ok(())

@@ -32,9 +32,17 @@ kind: Service
 metadata: {name: web, namespace: demo}
 spec:
   type: LoadBalancer
-  ports: [{name: http, port: 80, protocol: TCP}]
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{name: http, port: 80, targetPort: 80, nodePort: 30080, protocol: TCP}]
   selector: {app: web}
 "#;
+
+/// demo/web's cluster address and node port, as an API server would have allocated them.
+pub const WEB_CLUSTER_IP: &str = "10.96.0.10";
+pub const WEB_NODE_PORT: u16 = 30080;
+/// The port demo/web's pods serve HTTP on (its `targetPort`).
+pub const WEB_POD_PORT: u16 = 80;
 
 /// Flannel's net-conf.json for the demo's pod network (documentation ranges).
 pub const DEMO_NET_CONF: &str = r#"{"Network": "203.0.113.0/24", "SubnetLen": 26, "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "IPv6SubnetLen": 64, "Backend": {"Type": "vxlan"}}"#;
@@ -64,7 +72,7 @@ pub fn pod_cidr_v6(index: usize) -> String {
 
 /// The manifests the demo starts from: a pool on the site segment, an L2Advertisement, the
 /// three Nodes, and one LoadBalancer Service. Plain YAML a user could `kubectl apply`.
-pub fn demo_manifests(site: &DemoSite) -> String {
+fn demo_base_manifests(site: &DemoSite) -> String {
     let mut s = String::from(DEMO_MANIFESTS);
     for (i, host) in site.nodes.iter().enumerate() {
         let name = host.name();
@@ -78,21 +86,39 @@ pub fn demo_manifests(site: &DemoSite) -> String {
                 .document(),
         );
     }
-    // The Service's pods, one per node (what kubelet and the EndpointSlice controller would
-    // publish): the address host-local gives the node's first pod.
-    let slice = site.nodes.iter().enumerate().fold(
-        endpoint_slice("web").namespace("demo"),
-        |slice, (i, host)| {
-            slice.endpoint_at(
-                &format!("203.0.113.{}", i * 64 + 2),
-                host.name(),
-                Some(true),
-            )
-        },
-    );
-    s.push_str(&slice.document());
     s.push_str(DEMO_BGP_MANIFESTS);
     s
+}
+
+/// The demo's manifests with demo/web's EndpointSlice as it will be once its pods run: one
+/// pod per node at the address host-local gives the node's first pod. For sites that attach
+/// no pods (the demo itself writes the slice from the pods it attached, see [`start`]).
+pub fn demo_manifests(site: &DemoSite) -> String {
+    let predicted: Vec<(String, String)> = site
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, host)| (format!("203.0.113.{}", i * 64 + 2), host.name().to_string()))
+        .collect();
+    demo_base_manifests(site) + &web_endpoint_slice(&predicted)
+}
+
+/// demo/web's IPv4 EndpointSlice, as the EndpointSlice controller publishes it: one ready
+/// endpoint per (pod address, node), port `http` [`WEB_POD_PORT`]/TCP.
+pub fn web_endpoint_slice(endpoints: &[(String, String)]) -> String {
+    endpoints
+        .iter()
+        .fold(
+            endpoint_slice("web")
+                .namespace("demo")
+                .name("web-ipv4")
+                .field(
+                    "ports",
+                    serde_json::json!([{"name": "http", "port": WEB_POD_PORT, "protocol": "TCP"}]),
+                ),
+            |slice, (address, node)| slice.endpoint_at(address, node, Some(true)),
+        )
+        .document()
 }
 
 /// Where the metalnet binaries are: `bin_dir` when given, else beside the running executable
@@ -145,7 +171,7 @@ impl Components {
 /// every node, and attaches one pod per node.
 pub fn start(lab: &Lab, site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Result<Components> {
     let manifests = state_dir.join("demo.yaml");
-    std::fs::write(&manifests, demo_manifests(site))
+    std::fs::write(&manifests, demo_base_manifests(site))
         .map_err(io_err(format!("writing {}", manifests.display())))?;
     let controller_bin = binary(bin_dir, "metalnet-controller")?;
     let state = state_dir.display().to_string();
@@ -178,6 +204,16 @@ pub fn start(lab: &Lab, site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Re
         let env = pods::read_subnet_env(&env_path)?;
         pods.push(pods::attach_pod(lab, node, &format!("pod{}", i + 1), &env)?);
     }
+    // The endpoint controller's part: the Service's pods, once they have their addresses
+    // (before the speakers start, which announce only Services with a ready endpoint).
+    let endpoints: Vec<(String, String)> = pods
+        .iter()
+        .zip(&site.nodes)
+        .filter_map(|(pod, node)| Some((pod.v4.clone()?, node.name().to_string())))
+        .collect();
+    let slice_path = state_dir.join("endpoints.yaml");
+    std::fs::write(&slice_path, web_endpoint_slice(&endpoints))
+        .map_err(io_err(format!("writing {}", slice_path.display())))?;
     // kube-proxy's part on each node: accept traffic for Service addresses (put on `lo`, see
     // `expose_on_nodes`) without answering ARP for them, which is the speaker's job.
     for node in &site.nodes {
@@ -375,4 +411,476 @@ pub fn l2_announcers(state_dir: &Path, namespace: &str, name: &str) -> Vec<Strin
     }
     nodes.sort();
     nodes
+}
+
+/// demo/web's pods: the text each answers (`pod1 on node1`), also how the check tells which
+/// pod answered.
+pub fn web_answer(pod: &Pod, node: &super::Host) -> String {
+    format!("{} on {}", pod.host.name(), node.name())
+}
+
+/// A minimal HTTP/1.1 server for the demo's pods: answers every request on `listen` with
+/// `text` and closes the connection. Runs until the process is killed.
+pub fn serve_http(listen: std::net::SocketAddr, text: &str) -> std::io::Result<()> {
+    serve_http_on(std::net::TcpListener::bind(listen)?, text)
+}
+
+/// [`serve_http`] on a bound listener.
+pub fn serve_http_on(listener: std::net::TcpListener, text: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let body = format!("{text}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let response = response.clone();
+        // One thread per connection: a client that sends nothing cannot block the others.
+        std::thread::spawn(move || {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(response.as_bytes());
+        });
+    }
+    Ok(())
+}
+
+/// Starts demo/web's HTTP server in every pod (`program serve-http`, i.e. `metalnet-lab`),
+/// listening on [`WEB_POD_PORT`] (IPv4 and IPv6), answering [`web_answer`].
+pub fn start_web(site: &DemoSite, pods: &[Pod], program: &Path) -> Result<Vec<Process>> {
+    let listen = format!("[::]:{WEB_POD_PORT}");
+    pods.iter()
+        .zip(&site.nodes)
+        .map(|(pod, node)| {
+            pod.host.spawn(
+                "web",
+                &[
+                    &program.display().to_string(),
+                    "serve-http",
+                    "--listen",
+                    &listen,
+                    "--text",
+                    &web_answer(pod, node),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// What one node's service proxy owns outside its network namespace: a bpffs of its own
+/// (maps and links are pinned there) and a cgroup of its own under the cgroup2 mount (the
+/// socket hooks; never the machine's root cgroup). Unmounted and removed when dropped, after
+/// the proxy has stopped.
+#[derive(Debug)]
+pub struct ProxyNodeDirs {
+    pub bpf_dir: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl ProxyNodeDirs {
+    fn create(lab: &Lab, node: &super::Host, cgroup2: &Path) -> Result<ProxyNodeDirs> {
+        let cgroup = cgroup2.join(format!("{}-{}", lab.prefix(), node.name()));
+        std::fs::create_dir(&cgroup).map_err(io_err(format!("creating {}", cgroup.display())))?;
+        let bpf_dir = node.dir().join("bpffs");
+        // From here on, drop removes what exists.
+        let dirs = ProxyNodeDirs { bpf_dir, cgroup };
+        std::fs::create_dir(&dirs.bpf_dir)
+            .map_err(io_err(format!("creating {}", dirs.bpf_dir.display())))?;
+        super::run(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            &dirs.bpf_dir.display().to_string(),
+        ])?;
+        Ok(dirs)
+    }
+}
+
+impl Drop for ProxyNodeDirs {
+    fn drop(&mut self) {
+        let bpf = self.bpf_dir.display().to_string();
+        if is_mount_point(&self.bpf_dir) && super::run(&["umount", &bpf]).is_err() {
+            // Busy (a process still has a pinned object open): detach it now, freed later.
+            let _ = super::run(&["umount", "-l", &bpf]);
+        }
+        let _ = std::fs::remove_dir(&self.bpf_dir);
+        // rmdir fails while a process is still in the cgroup: the proxy's exit can lag.
+        let _ = super::wait_for(
+            &format!("removing {}", self.cgroup.display()),
+            Duration::from_secs(3),
+            || match std::fs::remove_dir(&self.cgroup) {
+                Ok(()) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            },
+        );
+    }
+}
+
+/// Whether `path` is a mount point in this process's mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let target = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
+    })
+}
+
+/// The running service proxy of the demo: an HTTP server in every pod and
+/// `metalnet-router --run-service-proxy` on every node.
+pub struct ServiceProxy {
+    /// One per pod, in pod order.
+    pub web: Vec<Process>,
+    /// One per node, in node order.
+    pub proxies: Vec<Process>,
+    /// Declared after the processes: dropped (unmounted, removed) once they have stopped.
+    pub dirs: Vec<ProxyNodeDirs>,
+    /// The `metalnet-router` binary (for `explain` and `dump`).
+    pub router: PathBuf,
+}
+
+impl ServiceProxy {
+    /// Stops the proxies (SIGTERM keeps their maps and attachments, as a restart would) and
+    /// the web servers. The bpffs mounts and cgroups go when this is dropped.
+    pub fn stop(&self) {
+        for p in self.proxies.iter().chain(&self.web) {
+            p.stop();
+        }
+    }
+
+    /// Fails, naming the nodes and with the logs, when a proxy has exited (a daemon runs until
+    /// it is stopped: an exit is a refused flag or a failed start).
+    pub fn check_running(&self) -> Result<()> {
+        let exited: Vec<String> = self
+            .proxies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_running())
+            .map(|(i, _)| format!("node{}", i + 1))
+            .collect();
+        if exited.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Invalid(format!(
+                "metalnet-router --run-service-proxy exited on {}:\n{}",
+                exited.join(", "),
+                self.logs()
+            )))
+        }
+    }
+
+    /// What the proxy on demo node `index` says about demo/web and its maps
+    /// (`metalnet-router explain service demo/web` and `dump`, asked through its metrics
+    /// port): for error messages.
+    pub fn diagnose(&self, site: &DemoSite, index: usize) -> String {
+        let Some(node) = site.nodes.get(index) else {
+            return format!("no demo node {index}");
+        };
+        let router = self.router.display().to_string();
+        let addr = format!("{}:7475", node_v4(index));
+        [
+            vec!["explain", "service", "demo/web", "--router", &addr],
+            vec!["dump", "--router", &addr],
+        ]
+        .into_iter()
+        .map(|args| {
+            let mut argv = vec![router.as_str()];
+            argv.extend(args.iter().copied());
+            let text = match node.exec_status(&argv) {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            format!(
+                "--- metalnet-router {} on {} ---\n{text}",
+                args.join(" "),
+                node.name()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    /// Every proxy's log, headed by its node.
+    pub fn logs(&self) -> String {
+        self.proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("--- metalnet-router on node{} ---\n{}", i + 1, p.logs()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The flags of the service proxy on demo node `index` (see the router's `--help`): the proxy
+/// alone (`--run-router=false`), the shared state directory, its bpffs and cgroup, the pod
+/// network as the cluster CIDRs, metrics on the node's address.
+pub fn proxy_args(index: usize, node: &str, state_dir: &Path, dirs: &ProxyNodeDirs) -> Vec<String> {
+    [
+        "--run-router=false",
+        "--run-service-proxy",
+        "--state-dir",
+        &state_dir.display().to_string(),
+        "--node-name",
+        node,
+        "--metrics-addr",
+        &format!("{}:7475", node_v4(index)),
+        "--bpf-dir",
+        &dirs.bpf_dir.display().to_string(),
+        "--cgroup-root",
+        &dirs.cgroup.display().to_string(),
+        "--cluster-cidr",
+        "203.0.113.0/24,2001:db8:100::/56",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Starts demo/web's HTTP servers in the pods (`web_program serve-http`) and the service
+/// proxy on every node, each with a bpffs and a cgroup of its own.
+pub fn start_service_proxy(
+    lab: &Lab,
+    site: &DemoSite,
+    pods: &[Pod],
+    state_dir: &Path,
+    bin_dir: &Path,
+    web_program: &Path,
+) -> Result<ServiceProxy> {
+    let router = binary(bin_dir, "metalnet-router")?;
+    let cgroup2 = super::proxy::cgroup2_mount()?;
+    let web = start_web(site, pods, web_program)?;
+    let mut proxy = ServiceProxy {
+        web,
+        proxies: Vec::new(),
+        dirs: Vec::new(),
+        router: router.clone(),
+    };
+    // `ip netns exec` (how lab processes start) gives the process a mount namespace with a
+    // /sys of its own, where the bpffs and the cgroup2 mount are missing: the proxy goes
+    // back to the lab's mount namespace and keeps only the node's network namespace.
+    let mount_ns = format!("--mount=/proc/{}/ns/mnt", std::process::id());
+    for (i, node) in site.nodes.iter().enumerate() {
+        let dirs = ProxyNodeDirs::create(lab, node, &cgroup2)?;
+        let mut argv = vec![
+            "nsenter".to_string(),
+            mount_ns.clone(),
+            "--".to_string(),
+            router.display().to_string(),
+        ];
+        argv.extend(proxy_args(i, node.name(), state_dir, &dirs));
+        proxy.dirs.push(dirs);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        proxy.proxies.push(node.spawn("metalnet-router", &argv)?);
+    }
+    Ok(proxy)
+}
+
+/// The next hop (an address) in `ip route get` output (`... via 192.0.2.12 dev eth0 ...`).
+pub fn route_get_via(output: &str) -> Option<String> {
+    let mut words = output.split_whitespace();
+    words.find(|w| *w == "via")?;
+    words.next().map(str::to_string)
+}
+
+/// `TcpInCsumErrors` from a `/proc/net/snmp` text (the `Tcp:` header and value lines).
+pub fn tcp_in_csum_errors(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (header, values) = (tcp.next()?, tcp.next()?);
+    let column = header
+        .split_whitespace()
+        .position(|h| h == "InCsumErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// Turns TX and RX checksum offload off on every veth of the lab (hosts and switches): veth
+/// verifies no L4 checksum otherwise, so a wrong NAT rewrite would go unnoticed.
+pub fn checksum_offloads_off(lab: &Lab) -> Result<()> {
+    for netns in lab.namespaces() {
+        let out = super::run(&["ip", "-n", &netns, "-j", "link", "show", "type", "veth"])?;
+        let links: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+                what: format!("`ip -j link show type veth` in {netns}"),
+                reason: e.to_string(),
+            })?;
+        for name in links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str())
+        {
+            super::run(&[
+                "ip", "netns", "exec", &netns, "ethtool", "-K", name, "tx", "off", "rx", "off",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// `TcpInCsumErrors` of a host (0 when the data path's rewrites keep checksums right).
+pub fn host_tcp_in_csum_errors(host: &super::Host) -> Result<u64> {
+    let snmp = host.exec_ok(&["cat", "/proc/net/snmp"])?;
+    tcp_in_csum_errors(&snmp).ok_or_else(|| LabError::Parse {
+        what: format!("/proc/net/snmp of {}", host.name()),
+        reason: "no Tcp InCsumErrors".into(),
+    })
+}
+
+/// What the demo's HTTP step saw.
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    /// The node the router's ECMP route sends the remote client's traffic to, and its index.
+    pub delivered_to: String,
+    pub delivered_index: usize,
+    /// Each answer (`pod2 on node2`) and how many requests got it.
+    pub answers: std::collections::BTreeMap<String, usize>,
+    pub requests: usize,
+}
+
+impl HttpCheck {
+    /// Whether an answer came from a pod on a node other than the one BGP delivered to,
+    /// i.e. the proxy sent it on over the overlay.
+    pub fn crossed_nodes(&self) -> bool {
+        self.answers
+            .keys()
+            .any(|a| a.rsplit(" on ").next() != Some(self.delivered_to.as_str()))
+    }
+}
+
+/// The remote client (behind the BGP router) asks `http://VIP/` `requests` times; the router
+/// delivers to one node (ECMP hashes source and destination addresses only, so the same one
+/// every time: `ip route get` on the router names it) and that node's proxy picks the pod.
+/// Waits up to `timeout` for the first answer (the proxies program their maps at start).
+pub fn http_through_proxy(
+    site: &DemoSite,
+    vip: &str,
+    requests: usize,
+    timeout: Duration,
+) -> Result<HttpCheck> {
+    let url = if vip.contains(':') {
+        format!("http://[{vip}]/")
+    } else {
+        format!("http://{vip}/")
+    };
+    let remote_addr = if vip.contains(':') {
+        super::demo::REMOTE_V6
+    } else {
+        super::demo::REMOTE_V4
+    };
+    let route = site.router.exec_ok(&[
+        "ip",
+        "route",
+        "get",
+        vip,
+        "from",
+        remote_addr,
+        "iif",
+        "eth1",
+    ])?;
+    let via = route_get_via(&route).ok_or_else(|| LabError::Parse {
+        what: format!("the router's route to {vip}: {route:?}"),
+        reason: "no next hop".into(),
+    })?;
+    let delivered_index = (0..site.nodes.len())
+        .find(|&i| node_v4(i) == via || node_v6(i) == via)
+        .ok_or_else(|| LabError::Invalid(format!("the router sends {vip} to {via}, no node")))?;
+    let delivered_to = site.nodes[delivered_index].name().to_string();
+    let curl = || -> Option<String> {
+        let out = site
+            .remote
+            .exec_timeout(
+                &["curl", "-sS", "--max-time", "2", &url],
+                Duration::from_secs(3),
+            )
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    };
+    let first = super::wait_for_value(&format!("an answer from {url}"), timeout, curl)?;
+    let mut answers = std::collections::BTreeMap::new();
+    *answers.entry(first).or_insert(0) += 1;
+    for _ in 1..requests {
+        let answer = curl().ok_or_else(|| LabError::Invalid(format!("{url} did not answer")))?;
+        *answers.entry(answer).or_insert(0) += 1;
+    }
+    Ok(HttpCheck {
+        delivered_to,
+        delivered_index,
+        answers,
+        requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_next_hop_of_route_get() {
+        let out = "192.0.2.200 from 198.51.100.100 via 192.0.2.12 dev eth0 iif eth1 \n    cache \n";
+        assert_eq!(route_get_via(out).as_deref(), Some("192.0.2.12"));
+        assert_eq!(route_get_via("192.0.2.200 dev eth0 src 192.0.2.1"), None);
+    }
+
+    #[test]
+    fn reads_tcp_checksum_errors() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+Tcp: RtoAlgorithm RtoMin InErrs OutRsts InCsumErrors\nTcp: 1 200 0 3 7\n";
+        assert_eq!(tcp_in_csum_errors(snmp), Some(7));
+        assert_eq!(tcp_in_csum_errors("Ip: 1 64\n"), None);
+    }
+
+    #[test]
+    fn an_answer_from_another_node_crossed_the_overlay() {
+        let check = |answers: &[&str]| HttpCheck {
+            delivered_to: "node2".into(),
+            delivered_index: 1,
+            answers: answers.iter().map(|a| (a.to_string(), 1)).collect(),
+            requests: answers.len(),
+        };
+        assert!(!check(&["pod2 on node2"]).crossed_nodes());
+        assert!(check(&["pod2 on node2", "pod3 on node3"]).crossed_nodes());
+    }
+
+    #[test]
+    fn the_web_slice_names_the_pods_nodes_and_port() {
+        let yaml = web_endpoint_slice(&[
+            ("203.0.113.2".into(), "node1".into()),
+            ("203.0.113.66".into(), "node2".into()),
+        ]);
+        let v: serde_json::Value =
+            serde_saphyr::from_str(yaml.trim_start_matches("---\n")).unwrap();
+        assert_eq!(v["metadata"]["namespace"], "demo");
+        assert_eq!(v["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        assert_eq!(v["ports"][0]["port"], 80);
+        assert_eq!(v["endpoints"][1]["addresses"][0], "203.0.113.66");
+        assert_eq!(v["endpoints"][1]["nodeName"], "node2");
+        assert_eq!(v["endpoints"][1]["conditions"]["ready"], true);
+    }
+
+    #[test]
+    fn the_web_server_answers_with_its_text() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve_http_on(listener, "pod1 on node1"));
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\npod1 on node1\n"), "{answer}");
+    }
 }

@@ -101,6 +101,37 @@ fn down_where(select: impl Fn(&str) -> bool) -> DownReport {
             Err(e) => tracing::warn!(netns = name, error = %e, "deleting namespace failed"),
         }
     }
+    // The demo's service proxies leave bpffs mounts in their lab directory (unmounted before
+    // the directory goes) and cgroups `<prefix>-<node>` under the cgroup2 mount.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let tmp = std::env::temp_dir();
+    for mount_point in mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+    {
+        let lab = Path::new(mount_point)
+            .strip_prefix(&tmp)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        if let Some(lab) = lab
+            && is_lab_name(&lab)
+            && select(&lab[..8])
+        {
+            let _ = run(&["umount", "-l", mount_point]);
+        }
+    }
+    if let Ok(cgroup2) = super::proxy::cgroup2_mount()
+        && let Ok(entries) = std::fs::read_dir(&cgroup2)
+    {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_lab_name(&name) && select(&name[..8]) && std::fs::remove_dir(entry.path()).is_ok()
+            {
+                report.dirs.push(entry.path());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -127,5 +158,25 @@ mod tests {
         assert!(!is_lab_name("mnlab12cx-node1"));
         assert!(!is_lab_name("other-node1"));
         assert!(!is_lab_name("mnlab12c.tmp"));
+    }
+
+    /// A demo killed with SIGKILL leaves a node's bpffs mounted in its lab directory and its
+    /// cgroup: `down` removes both (needs root, as every lab).
+    #[test]
+    fn removes_a_lab_s_bpffs_mounts_and_cgroups() {
+        let lab = super::super::Lab::new("down_proxy_leftovers").unwrap();
+        let prefix = lab.prefix().to_string();
+        let bpf = lab.dir().join("node1/bpffs");
+        std::fs::create_dir_all(&bpf).unwrap();
+        super::run(&["mount", "-t", "bpf", "bpf", bpf.to_str().unwrap()]).unwrap();
+        let cgroup2 = super::super::proxy::cgroup2_mount().unwrap();
+        let cgroup = cgroup2.join(format!("{prefix}-node1"));
+        std::fs::create_dir(&cgroup).unwrap();
+        let report = super::down_where(|p| p == prefix);
+        assert!(report.dirs.contains(&cgroup), "{report:?}");
+        assert!(!cgroup.exists());
+        assert!(!lab.dir().exists(), "{report:?}");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains(&prefix), "{mountinfo}");
     }
 }

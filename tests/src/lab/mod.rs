@@ -28,6 +28,7 @@ pub mod gobgp;
 pub mod l2site;
 pub mod pods;
 mod process;
+pub mod proxy;
 pub mod router;
 
 pub use bgp::{BgpNeighbor, BgpRouter, Community, LargeCommunity, Policy, Route, StaticRoute};

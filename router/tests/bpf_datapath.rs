@@ -1,0 +1,2611 @@
+//! The per-packet data path (`bpf/lb.c`) run on crafted packets with BPF_PROG_TEST_RUN, no
+//! network: each test mounts a private bpffs on a temporary directory (unmounted on drop,
+//! also when the test fails), loads `lb.o` with its maps pinned there, fills the maps through
+//! the `abi` codecs and checks the rewritten addresses, ports, marks and checksums (computed
+//! here from scratch). Root only: skipped with a message otherwise.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+use metalnet_router::proxy::abi::{
+    self, AffinityMatch, Backend, Config, CtKey, CtVal, Proto, RevNat, Scope, SlotKey, SrcRange,
+    SvcKey, SvcVal, backend_flags, ct_flags, names, svc_flags,
+};
+
+static LB_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
+static SOCK_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const MASQ: u32 = 0x4000;
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const RST: u8 = 0x04;
+const FIN: u8 = 0x01;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A bpffs mounted on a temporary directory; unmounted (lazily, so open pins do not block
+/// it) and removed on drop.
+struct Bpffs {
+    dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    fn mount() -> Bpffs {
+        let dir = tempfile::Builder::new()
+            .prefix("mnl-bpffs")
+            .tempdir()
+            .expect("a temporary directory");
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(st.success(), "mount -t bpf on {}", dir.path().display());
+        Bpffs { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// lb.o loaded against a private bpffs, with map writers in the abi encodings.
+struct Dp {
+    ebpf: Ebpf,
+    // Dropped after `ebpf` (fields drop in order): the maps close before the unmount.
+    _fs: Bpffs,
+}
+
+impl Dp {
+    fn new() -> Option<Dp> {
+        if !is_root() {
+            eprintln!("skipped: BPF_PROG_TEST_RUN and bpffs need root");
+            return None;
+        }
+        let fs = Bpffs::mount();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(fs.path())
+            .load(LB_O)
+            .expect("lb.o loads");
+        for name in ["mn_tc_ingress", "mn_tc_egress"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("lb.o has {name}"))
+                .try_into()
+                .expect("a classifier");
+            prog.load()
+                .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        }
+        let mut dp = Dp { ebpf, _fs: fs };
+        dp.config(Config {
+            masq_mark: MASQ,
+            maglev_m: 7,
+            ..Config::default()
+        });
+        Some(dp)
+    }
+
+    fn hash<const K: usize, const V: usize>(
+        &mut self,
+        map: &str,
+    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
+        HashMap::try_from(self.ebpf.map_mut(map).expect("map exists")).expect("hash map")
+    }
+
+    fn config(&mut self, c: Config) {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(self.ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
+        m.set(0, c.to_bytes(), 0).unwrap();
+    }
+
+    fn svc(&mut self, addr: &str, port: u16, proto: Proto, scope: Scope, val: SvcVal) {
+        let k = SvcKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto,
+            scope,
+        };
+        self.hash::<20, 16>(names::SVC)
+            .insert(k.to_bytes(), val.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn slot(&mut self, rev_id: u32, scope: Scope, slot: u16, backend_id: u32) {
+        let k = SlotKey {
+            rev_id,
+            slot,
+            scope,
+        };
+        self.hash::<8, 4>(names::SLOT)
+            .insert(k.to_bytes(), backend_id.to_le_bytes(), 0)
+            .unwrap();
+    }
+
+    fn backend(&mut self, id: u32, addr: &str, port: u16, proto: Proto, flags: u8) {
+        let b = Backend {
+            addr: addr.parse().unwrap(),
+            port,
+            proto,
+            flags,
+        };
+        self.hash::<4, 20>(names::BACKEND)
+            .insert(id.to_le_bytes(), b.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn remove_backend(&mut self, id: u32) {
+        self.hash::<4, 20>(names::BACKEND)
+            .remove(&id.to_le_bytes())
+            .unwrap();
+    }
+
+    fn rev_nat(&mut self, rev_id: u32, addr: &str, port: u16) {
+        let r = RevNat {
+            addr: addr.parse().unwrap(),
+            port,
+        };
+        self.hash::<4, 20>(names::REV_NAT)
+            .insert(rev_id.to_le_bytes(), r.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .insert(k.to_bytes(), [1], 0)
+            .unwrap();
+    }
+
+    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .remove(&k.to_bytes())
+            .unwrap();
+    }
+
+    /// `struct mn_affinity_key` for a client address (kind 0).
+    fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
+        let mut k = [0; 24];
+        k[..16].copy_from_slice(&abi::addr_bytes(client.parse().unwrap()));
+        k[16..20].copy_from_slice(&rev_id.to_le_bytes());
+        k
+    }
+
+    /// The affinity entry of a client: (backend id, last used).
+    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
+        let v = self
+            .hash::<24, 8>(names::AFFINITY)
+            .get(&Self::affinity_key(client, rev_id), 0)
+            .ok()?;
+        Some((
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
+        ))
+    }
+
+    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
+        let mut v = [0; 8];
+        v[..4].copy_from_slice(&backend_id.to_le_bytes());
+        v[4..].copy_from_slice(&last_used.to_le_bytes());
+        self.hash::<24, 8>(names::AFFINITY)
+            .insert(Self::affinity_key(client, rev_id), v, 0)
+            .unwrap();
+    }
+
+    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
+        let _ = self
+            .hash::<24, 8>(names::AFFINITY)
+            .remove(&Self::affinity_key(client, rev_id));
+    }
+
+    fn set_ct(&mut self, k: CtKey, v: CtVal) {
+        self.hash::<40, 32>(names::CT)
+            .insert(k.to_bytes(), v.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn node_addr(&mut self, ip: &str) {
+        self.hash::<16, 4>(names::NODE_ADDR)
+            .insert(abi::addr_bytes(ip.parse().unwrap()), [0; 4], 0)
+            .unwrap();
+    }
+
+    fn cluster_cidr(&mut self, net: &str) {
+        let b = abi::cidr_key(net.parse().unwrap());
+        let mut m: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::CLUSTER_CIDR).unwrap()).unwrap();
+        let mut data = [0; 16];
+        data.copy_from_slice(&b[4..]);
+        m.insert(
+            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
+            1,
+            0,
+        )
+        .unwrap();
+    }
+
+    fn src_range(&mut self, rev_id: u32, net: &str) {
+        let b = SrcRange {
+            rev_id,
+            net: net.parse().unwrap(),
+        }
+        .to_bytes();
+        let mut m: LpmTrie<_, [u8; 20], u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::SRC_RANGE).unwrap()).unwrap();
+        let mut data = [0; 20];
+        data.copy_from_slice(&b[4..]);
+        m.insert(
+            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
+            1,
+            0,
+        )
+        .unwrap();
+    }
+
+    fn maglev(&mut self, index: u32, backend_id: u32) {
+        let mut m: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(names::MAGLEV).unwrap()).unwrap();
+        m.set(index, backend_id, 0).unwrap();
+    }
+
+    fn ct(&mut self, k: CtKey) -> Option<CtVal> {
+        self.hash::<40, 32>(names::CT)
+            .get(&k.to_bytes(), 0)
+            .ok()
+            .map(|b| CtVal::from_bytes(&b))
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+
+    /// Runs a program on one packet: its verdict, the packet after it, and skb->mark.
+    fn run(&mut self, prog: &str, pkt: &[u8]) -> Run {
+        self.run_on(prog, pkt, 0)
+    }
+
+    /// [`Dp::run`] as if the packet came from the device `ifindex` (of the calling thread's
+    /// network namespace; 0: loopback).
+    fn run_on(&mut self, prog: &str, pkt: &[u8], ifindex: u32) -> Run {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let mut ctx_in = [0u8; 192];
+        ctx_in[40..44].copy_from_slice(&ifindex.to_le_bytes());
+        let mut ctx_out = [0u8; 192];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test run of {prog}: {e:?}"));
+        out.truncate(r.data_size_out as usize);
+        Run {
+            verdict: r.return_value,
+            mark: u32::from_le_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]),
+            pkt: out,
+        }
+    }
+
+    fn ingress(&mut self, pkt: &[u8]) -> Run {
+        self.run("mn_tc_ingress", pkt)
+    }
+    fn egress(&mut self, pkt: &[u8]) -> Run {
+        self.run("mn_tc_egress", pkt)
+    }
+
+    /// A frontend with its backends in slots 1..: (id, address, port, flags) each.
+    #[allow(clippy::too_many_arguments)]
+    fn service_with(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        scope: Scope,
+        val: SvcVal,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        self.svc(
+            addr,
+            port,
+            proto,
+            scope,
+            SvcVal {
+                count: backends.len() as u16,
+                ..val
+            },
+        );
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            self.backend(*id, a, *p, proto, *f);
+            self.slot(val.rev_id, scope, i as u16 + 1, *id);
+            self.affinity_match(*id, val.rev_id);
+        }
+        self.rev_nat(val.rev_id, addr, port);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn service(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        scope: Scope,
+        rev_id: u32,
+        flags: u16,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        self.svc(
+            addr,
+            port,
+            proto,
+            scope,
+            SvcVal {
+                rev_id,
+                count: backends.len() as u16,
+                flags,
+                ..SvcVal::default()
+            },
+        );
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            self.backend(*id, a, *p, proto, *f);
+            self.slot(rev_id, scope, i as u16 + 1, *id);
+            self.affinity_match(*id, rev_id);
+        }
+        self.rev_nat(rev_id, addr, port);
+    }
+}
+
+struct Run {
+    verdict: u32,
+    mark: u32,
+    pkt: Vec<u8>,
+}
+
+impl Run {
+    fn parsed(&self) -> Pkt {
+        parse(&self.pkt)
+    }
+}
+
+// --- packets -------------------------------------------------------------------------------
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        acc += w as u32;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut acc = 0;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            acc = sum16(&s.octets(), acc);
+            acc = sum16(&d.octets(), acc);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            acc = sum16(&s.octets(), acc);
+            acc = sum16(&d.octets(), acc);
+        }
+        _ => panic!("mixed families"),
+    }
+    acc + proto as u32 + len as u32
+}
+
+/// Ethernet + IPv4/IPv6 + TCP (seq 1000, the given flags) or UDP, checksums correct.
+fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.port().to_be_bytes());
+    l4.extend_from_slice(&dst.port().to_be_bytes());
+    let csum_at = if proto == TCP {
+        l4.extend_from_slice(&1000u32.to_be_bytes());
+        l4.extend_from_slice(&(if flags & ACK != 0 { 77u32 } else { 0 }).to_be_bytes());
+        l4.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        16
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        6
+    };
+    l4.extend_from_slice(payload);
+    let c = fold(sum16(&l4, pseudo(src.ip(), dst.ip(), proto, l4.len())));
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+
+    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x86, 0xdd]);
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&l4);
+    p
+}
+
+fn tcp(src: &str, dst: &str, flags: u8) -> Vec<u8> {
+    packet(sa(src), sa(dst), TCP, flags, &[])
+}
+/// A SYN with 12 bytes of options (MSS, SACK permitted, window scale): not payload.
+fn syn_with_options(src: &str, dst: &str) -> Vec<u8> {
+    let opts = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1];
+    let mut p = packet(sa(src), sa(dst), TCP, SYN, &opts);
+    let l4 = if p[12] == 0x08 { 34 } else { 54 };
+    p[l4 + 12] = 8 << 4;
+    p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let (s, d) = (sa(src), sa(dst));
+    let c = fold(sum16(&p[l4..], pseudo(s.ip(), d.ip(), TCP, p.len() - l4)));
+    p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn udp(src: &str, dst: &str) -> Vec<u8> {
+    packet(sa(src), sa(dst), UDP, 0, b"query")
+}
+
+#[derive(Debug, PartialEq)]
+struct Pkt {
+    src: SocketAddr,
+    dst: SocketAddr,
+    proto: u8,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    /// Remaining data after the L4 header (the ICMP payload for ICMP).
+    len: usize,
+}
+
+/// Parses a packet and asserts its IPv4 header and L4 checksums verify.
+fn parse(p: &[u8]) -> Pkt {
+    let (src, dst, proto, l4) = match u16::from_be_bytes([p[12], p[13]]) {
+        0x0800 => {
+            let ip = &p[14..34];
+            assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum of {p:02x?}");
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            let s = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+            let d = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+            (s, d, ip[9], &p[34..14 + total])
+        }
+        0x86dd => {
+            let ip = &p[14..54];
+            let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            let s: [u8; 16] = ip[8..24].try_into().unwrap();
+            let d: [u8; 16] = ip[24..40].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d), ip[6], &p[54..54 + len])
+        }
+        t => panic!("ethertype {t:#x}"),
+    };
+    let pseudo_proto = proto;
+    let acc = if proto == 1 {
+        0
+    } else {
+        pseudo(src, dst, pseudo_proto, l4.len())
+    };
+    assert_eq!(
+        fold(sum16(l4, acc)),
+        0,
+        "L4 checksum (protocol {proto}) of {p:02x?}"
+    );
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let u32at = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
+    match proto {
+        TCP => Pkt {
+            src: SocketAddr::new(src, port(0)),
+            dst: SocketAddr::new(dst, port(2)),
+            proto,
+            flags: l4[13],
+            seq: u32at(4),
+            ack: u32at(8),
+            len: l4.len() - 20,
+        },
+        UDP => Pkt {
+            src: SocketAddr::new(src, port(0)),
+            dst: SocketAddr::new(dst, port(2)),
+            proto,
+            flags: 0,
+            seq: 0,
+            ack: 0,
+            len: l4.len() - 8,
+        },
+        _ => Pkt {
+            src: SocketAddr::new(src, 0),
+            dst: SocketAddr::new(dst, 0),
+            proto,
+            flags: l4[0],
+            seq: l4[1] as u32,
+            ack: 0,
+            len: l4.len() - 8,
+        },
+    }
+}
+
+fn ct_key(src: &str, dst: &str, proto: u8, dir: u8) -> CtKey {
+    let (s, d) = (sa(src), sa(dst));
+    CtKey {
+        saddr: s.ip(),
+        daddr: d.ip(),
+        sport: s.port(),
+        dport: d.port(),
+        proto,
+        dir,
+    }
+}
+
+const EXT: Scope = Scope::External;
+const INT: Scope = Scope::Internal;
+
+// --- tests ---------------------------------------------------------------------------------
+
+#[test]
+fn sock_programs_load() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fs = Bpffs::mount();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    for name in [
+        "mn_sock_connect4",
+        "mn_sock_connect6",
+        "mn_sock_sendmsg4",
+        "mn_sock_sendmsg6",
+        "mn_sock_recvmsg4",
+        "mn_sock_recvmsg6",
+        "mn_sock_getpeername4",
+        "mn_sock_getpeername6",
+    ] {
+        let prog: &mut aya::programs::CgroupSockAddr = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("sock.o has {name}"))
+            .try_into()
+            .expect("a sock_addr program");
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+    }
+    drop(ebpf);
+}
+
+#[test]
+fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, 0)],
+    );
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(p.dst, sa("198.51.100.10:8080"));
+    assert_eq!(p.src, sa("203.0.113.5:40000"));
+    assert_eq!(r.mark, MASQ, "external client, remote backend: masquerade");
+
+    let fwd = dp
+        .ct(ct_key("203.0.113.5:40000", "10.96.0.10:80", TCP, 0))
+        .expect("forward entry");
+    assert_eq!(fwd.nat_addr, "198.51.100.10".parse::<IpAddr>().unwrap());
+    assert_eq!((fwd.nat_port, fwd.backend_id, fwd.rev_id), (8080, 11, 1));
+    assert_eq!(fwd.flags, ct_flags::MASQ);
+    let rev = dp
+        .ct(ct_key("198.51.100.10:8080", "203.0.113.5:40000", TCP, 1))
+        .expect("reply entry");
+    assert_eq!(rev.nat_addr, "10.96.0.10".parse::<IpAddr>().unwrap());
+    assert_eq!(rev.nat_port, 80);
+
+    // The connection's next packets follow conntrack, and keep the mark.
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("198.51.100.10:8080"));
+    assert_eq!(r.mark, MASQ);
+
+    let r = dp.egress(&tcp("198.51.100.10:8080", "203.0.113.5:40000", SYN | ACK));
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(p.src, sa("10.96.0.10:80"));
+    assert_eq!(p.dst, sa("203.0.113.5:40000"));
+
+    // Other traffic passes untouched both ways.
+    let other = tcp("203.0.113.5:40001", "198.51.100.99:22", SYN);
+    let r = dp.ingress(&other);
+    assert_eq!((r.verdict, &r.pkt), (TC_ACT_OK, &other));
+    let r = dp.egress(&other);
+    assert_eq!((r.verdict, &r.pkt), (TC_ACT_OK, &other));
+
+    assert_eq!(dp.counter(0), 1, "lb_new");
+    assert_eq!(dp.counter(7), 1, "rev_nat");
+}
+
+#[test]
+fn clusterip_v6_udp_in_cluster_no_masq_and_reply() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("2001:db8:1::/64");
+    dp.service(
+        "fd00:96::10",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 5353, 0)],
+    );
+    let r = dp.ingress(&udp("[2001:db8:1::5]:33000", "[fd00:96::10]:53"));
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(p.dst, sa("[2001:db8:2::10]:5353"));
+    assert_eq!(p.src, sa("[2001:db8:1::5]:33000"));
+    assert_eq!(p.len, 5);
+    assert_eq!(r.mark, 0, "in-cluster client: no masquerade");
+
+    let r = dp.egress(&udp("[2001:db8:2::10]:5353", "[2001:db8:1::5]:33000"));
+    let p = r.parsed();
+    assert_eq!(p.src, sa("[fd00:96::10]:53"));
+    assert_eq!(p.dst, sa("[2001:db8:1::5]:33000"));
+}
+
+#[test]
+fn clusterip_v4_udp_and_v6_tcp() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "10.244.2.7", 53, 0)],
+    );
+    dp.service(
+        "fd00:96::80",
+        80,
+        Proto::Tcp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(41, "2001:db8:2::80", 8080, 0)],
+    );
+    let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53"));
+    assert_eq!(r.parsed().dst, sa("10.244.2.7:53"));
+    let r = dp.egress(&udp("10.244.2.7:53", "10.244.1.5:5000"));
+    assert_eq!(r.parsed().src, sa("10.96.0.53:53"));
+
+    let r = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:2::80]:8080"));
+    assert_eq!(r.mark, MASQ);
+    let r = dp.egress(&tcp(
+        "[2001:db8:2::80]:8080",
+        "[2001:db8:9::1]:41000",
+        SYN | ACK,
+    ));
+    assert_eq!(r.parsed().src, sa("[fd00:96::80]:80"));
+}
+
+#[test]
+fn udp_without_checksum_keeps_none() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "10.244.2.7", 5353, 0)],
+    );
+    let mut pkt = udp("10.244.1.5:5000", "10.96.0.53:53");
+    pkt[40] = 0;
+    pkt[41] = 0;
+    let r = dp.ingress(&pkt);
+    assert_eq!(&r.pkt[40..42], &[0, 0], "a zero UDP checksum stays zero");
+    assert_eq!(&r.pkt[30..34], &[10, 244, 2, 7]);
+    assert_eq!(&r.pkt[36..38], &5353u16.to_be_bytes());
+}
+
+#[test]
+fn nodeport_wildcard_on_node_addresses_only() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.node_addr("192.0.2.1");
+    dp.node_addr("2001:db8::1");
+    dp.service(
+        "0.0.0.0",
+        30080,
+        Proto::Tcp,
+        EXT,
+        5,
+        svc_flags::NODEPORT,
+        &[(51, "198.51.100.20", 8080, backend_flags::LOCAL)],
+    );
+    dp.service(
+        "::",
+        30080,
+        Proto::Tcp,
+        EXT,
+        6,
+        svc_flags::NODEPORT,
+        &[(61, "2001:db8:5::20", 8080, 0)],
+    );
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "192.0.2.1:30080", SYN));
+    assert_eq!(r.parsed().dst, sa("198.51.100.20:8080"));
+    assert_eq!(r.mark, 0, "local backend: the client address is kept");
+    // Replies come from the node address the client used, not the wildcard.
+    let r = dp.egress(&tcp("198.51.100.20:8080", "203.0.113.5:40000", SYN | ACK));
+    assert_eq!(r.parsed().src, sa("192.0.2.1:30080"));
+
+    let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[2001:db8::1]:30080", SYN));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:5::20]:8080"));
+    assert_eq!(r.mark, MASQ);
+    let r = dp.egress(&tcp(
+        "[2001:db8:5::20]:8080",
+        "[2001:db8:9::5]:40000",
+        SYN | ACK,
+    ));
+    assert_eq!(r.parsed().src, sa("[2001:db8::1]:30080"));
+
+    // Not a node address: not a NodePort.
+    let other = tcp("203.0.113.5:40000", "192.0.2.99:30080", SYN);
+    let r = dp.ingress(&other);
+    assert_eq!((r.verdict, &r.pkt), (TC_ACT_OK, &other));
+}
+
+#[test]
+fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    let client = "10.244.1.5:40000";
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+
+    // The backend set changes: established packets stay, a new SYN on the same tuple moves.
+    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.slot(1, EXT, 1, 12);
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+    let r = dp.egress(&tcp("10.244.3.10:8080", client, SYN | ACK));
+    assert_eq!(r.parsed().src, sa("10.96.0.10:80"));
+
+    // A direct connection reusing the first backend's reply tuple is not rewritten.
+    let r = dp.ingress(&tcp(client, "10.244.2.10:8080", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    let reply = tcp("10.244.2.10:8080", client, SYN | ACK);
+    let r = dp.egress(&reply);
+    assert_eq!(r.pkt, reply, "no stale reverse NAT on a direct connection");
+}
+
+#[test]
+fn a_deleted_backend_rebalances_its_connections() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    dp.remove_backend(11);
+    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
+    dp.slot(1, EXT, 1, 12);
+    let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+}
+
+#[test]
+fn internal_entry_for_in_cluster_sources_external_for_the_rest() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.node_addr("192.0.2.1");
+    let flags = svc_flags::LOADBALANCER | svc_flags::LOCAL | svc_flags::HAS_INTERNAL;
+    dp.service(
+        "203.0.113.100",
+        443,
+        Proto::Tcp,
+        EXT,
+        7,
+        flags,
+        &[(71, "10.244.1.10", 8443, backend_flags::LOCAL)],
+    );
+    dp.service(
+        "203.0.113.100",
+        443,
+        Proto::Tcp,
+        INT,
+        7,
+        svc_flags::LOADBALANCER,
+        &[(72, "10.244.9.10", 8443, 0)],
+    );
+    // Outside: the EXTERNAL (Local) entry, client address kept.
+    let r = dp.ingress(&tcp("198.51.100.77:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.1.10:8443"));
+    assert_eq!(r.mark, 0);
+    // A pod and the node itself: the INTERNAL entry.
+    let r = dp.ingress(&tcp("10.244.5.5:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.9.10:8443"));
+    assert_eq!(r.mark, 0);
+    let r = dp.ingress(&tcp("192.0.2.1:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.9.10:8443"));
+}
+
+#[test]
+fn local_without_local_backends_drops() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "203.0.113.100",
+        443,
+        Proto::Tcp,
+        EXT,
+        7,
+        svc_flags::LOADBALANCER | svc_flags::LOCAL,
+        &[],
+    );
+    let r = dp.ingress(&tcp("198.51.100.77:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(3), 1, "drop_local");
+    assert_eq!(dp.counter(2), 0, "no reject");
+}
+
+#[test]
+fn masquerade_mark_for_remote_backends_from_outside_and_hairpin() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
+    );
+    dp.service(
+        "10.96.0.11",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.5", 8080, 0)],
+    );
+    // Hairpin: the pod reaches itself through its Service.
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.1.5:8080"));
+    assert_eq!(r.mark, MASQ, "hairpin");
+    // Another pod, remote backend: no mark (the reply comes back through the pod's node).
+    let r = dp.ingress(&tcp("10.244.1.6:40000", "10.96.0.11:80", SYN));
+    assert_eq!(r.mark, 0);
+    // Outside client, local backend: no mark; remote backend: mark.
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
+    assert_eq!(r.mark, 0);
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.11:80", SYN));
+    assert_eq!(r.mark, MASQ);
+}
+
+#[test]
+fn no_backend_tcp_syn_gets_a_reset_back() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    let syn = tcp("203.0.113.5:40000", "10.96.0.10:80", SYN);
+    let r = dp.ingress(&syn);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src, p.dst),
+        (sa("10.96.0.10:80"), sa("203.0.113.5:40000"))
+    );
+    assert_eq!(p.flags, RST | ACK);
+    assert_eq!((p.seq, p.ack, p.len), (0, 1001, 0));
+    assert_eq!(&r.pkt[0..6], &syn[6..12], "back to the sender's MAC");
+    assert_eq!(&r.pkt[6..12], &syn[0..6]);
+
+    let r = dp.ingress(&tcp("[2001:db8:9::1]:40000", "[fd00:96::10]:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src, p.dst),
+        (sa("[fd00:96::10]:80"), sa("[2001:db8:9::1]:40000"))
+    );
+    assert_eq!((p.flags, p.ack), (RST | ACK, 1001));
+
+    // A SYN's options are not data: the RST acknowledges the SYN alone.
+    let r = dp.ingress(&syn_with_options("203.0.113.5:40002", "10.96.0.10:80"));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!((r.parsed().flags, r.parsed().ack), (RST | ACK, 1001));
+    // Data on a SYN is acknowledged too.
+    let r = dp.ingress(&packet(
+        sa("203.0.113.5:40003"),
+        sa("10.96.0.10:80"),
+        TCP,
+        SYN,
+        b"fastopen",
+    ));
+    assert_eq!(r.parsed().ack, 1009);
+
+    // Not a SYN: dropped.
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(2), 5, "reject");
+}
+
+#[test]
+fn fin_marks_the_connection_closing() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    let k = ct_key("10.244.1.5:40000", "10.96.0.10:80", TCP, 0);
+    assert_eq!(dp.ct(k).unwrap().flags & ct_flags::CLOSING, 0);
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", FIN | ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    assert_ne!(dp.ct(k).unwrap().flags & ct_flags::CLOSING, 0);
+    let rk = ct_key("10.244.2.10:8080", "10.244.1.5:40000", TCP, 1);
+    dp.egress(&tcp("10.244.2.10:8080", "10.244.1.5:40000", RST));
+    assert_ne!(dp.ct(rk).unwrap().flags & ct_flags::CLOSING, 0);
+}
+
+#[test]
+fn no_backend_udp_gets_port_unreachable() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+
+    let dgram = udp("203.0.113.5:5000", "10.96.0.53:53");
+    let r = dp.ingress(&dgram);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(p.proto, 1);
+    assert_eq!(
+        (p.flags, p.seq),
+        (3, 3),
+        "ICMP destination unreachable, port"
+    );
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("10.96.0.53:0").ip(), sa("203.0.113.5:0").ip())
+    );
+    assert_eq!(
+        &r.pkt[42..70],
+        &dgram[14..42],
+        "the datagram's IP header and 8 bytes quoted"
+    );
+
+    let dgram = udp("[2001:db8:9::1]:5000", "[fd00:96::53]:53");
+    let r = dp.ingress(&dgram);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(p.proto, 58);
+    assert_eq!(
+        (p.flags, p.seq),
+        (1, 4),
+        "ICMPv6 destination unreachable, port"
+    );
+    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    assert_eq!(&r.pkt[62..110], &dgram[14..62]);
+    assert_eq!(dp.counter(2), 2, "reject");
+}
+
+#[test]
+fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.11",
+        80,
+        Proto::Tcp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP | svc_flags::LOCAL,
+        &[],
+    );
+    dp.service(
+        "10.96.0.12",
+        80,
+        Proto::Tcp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(41, "10.244.2.10", 8080, 0)],
+    );
+    let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.10:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src, p.dst, p.flags),
+        (sa("10.96.0.10:80"), sa("192.0.2.1:40000"), RST | ACK)
+    );
+    let r = dp.egress(&udp("192.0.2.1:5000", "10.96.0.53:53"));
+    assert_eq!((r.verdict, r.parsed().proto), (TC_ACT_REDIRECT, 1));
+    let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.11:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT, "Local without local backends: drop");
+    let pkt = tcp("192.0.2.1:40000", "10.96.0.12:80", SYN);
+    let r = dp.egress(&pkt);
+    assert_eq!(
+        (r.verdict, &r.pkt),
+        (TC_ACT_OK, &pkt),
+        "a frontend with backends"
+    );
+    let pkt = tcp("192.0.2.1:40000", "10.96.0.10:80", ACK);
+    let r = dp.egress(&pkt);
+    assert_eq!(
+        (r.verdict, &r.pkt),
+        (TC_ACT_OK, &pkt),
+        "only new flows are looked up"
+    );
+}
+
+#[test]
+fn source_ranges_filter_external_clients_only() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    let flags = svc_flags::LOADBALANCER | svc_flags::SRC_RANGE;
+    dp.service(
+        "203.0.113.100",
+        443,
+        Proto::Tcp,
+        EXT,
+        9,
+        flags,
+        &[(91, "10.244.1.10", 8443, backend_flags::LOCAL)],
+    );
+    dp.service(
+        "2001:db8:100::1",
+        443,
+        Proto::Tcp,
+        EXT,
+        10,
+        flags,
+        &[(101, "2001:db8:244::10", 8443, backend_flags::LOCAL)],
+    );
+    dp.src_range(9, "198.51.100.0/24");
+    dp.src_range(10, "2001:db8:77::/48");
+    // Another frontend's range does not open this one.
+    dp.src_range(10, "203.0.113.0/24");
+
+    let r = dp.ingress(&tcp("198.51.100.7:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.1.10:8443"));
+    let r = dp.ingress(&tcp("203.0.113.5:5000", "203.0.113.100:443", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    let r = dp.ingress(&tcp("10.244.7.7:5000", "203.0.113.100:443", SYN));
+    assert_eq!(
+        r.parsed().dst,
+        sa("10.244.1.10:8443"),
+        "in-cluster: not filtered"
+    );
+
+    let r = dp.ingress(&tcp(
+        "[2001:db8:77:1::5]:5000",
+        "[2001:db8:100::1]:443",
+        SYN,
+    ));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:244::10]:8443"));
+    let r = dp.ingress(&tcp("[2001:db8:78::5]:5000", "[2001:db8:100::1]:443", SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(4), 2, "drop_src_range");
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    let val = SvcVal {
+        rev_id: 1,
+        flags: svc_flags::CLUSTER_IP | svc_flags::AFFINITY,
+        affinity_timeout: 60,
+        ..SvcVal::default()
+    };
+    let backends: Vec<(u32, String)> = (0..8)
+        .map(|i| (10 + i, format!("10.244.2.{}", 10 + i)))
+        .collect();
+    let list: Vec<(u32, &str, u16, u8)> = backends
+        .iter()
+        .map(|(id, a)| (*id, a.as_str(), 8080, 0))
+        .collect();
+    dp.service_with("10.96.0.10", 80, Proto::Tcp, EXT, val, &list);
+
+    let first = dp
+        .ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN))
+        .parsed()
+        .dst;
+    for port in 40001..40021 {
+        let r = dp.ingress(&tcp(&format!("10.244.1.5:{port}"), "10.96.0.10:80", SYN));
+        assert_eq!(r.parsed().dst, first, "port {port}");
+    }
+    assert_eq!(dp.counter(6), 20, "affinity_hit");
+    let (id, now) = dp.affinity("10.244.1.5", 1).expect("an affinity entry");
+    let chosen = list
+        .iter()
+        .find(|b| sa(&format!("{}:8080", b.1)) == first)
+        .unwrap()
+        .0;
+    assert_eq!(id, chosen);
+
+    // Expired: chosen afresh (all slots now name one other backend, so the choice shows).
+    for slot in 1..=8 {
+        dp.slot(1, EXT, slot, if chosen == 10 { 11 } else { 10 });
+    }
+    let other = if chosen == 10 {
+        "10.244.2.11:8080"
+    } else {
+        "10.244.2.10:8080"
+    };
+    dp.set_affinity("10.244.1.5", 1, chosen, now - 61);
+    let r = dp.ingress(&tcp("10.244.1.5:41000", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other), "expired affinity");
+
+    // Its backend no longer serves the frontend: chosen afresh.
+    dp.set_affinity("10.244.1.5", 1, chosen, now);
+    dp.remove_affinity_match(chosen, 1);
+    let r = dp.ingress(&tcp("10.244.1.5:41001", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other), "backend gone from the frontend");
+    // And the new choice sticks.
+    let r = dp.ingress(&tcp("10.244.1.5:41002", "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().dst, sa(other));
+    // Another client is not affected by this one's entry.
+    assert!(dp.affinity("10.244.1.6", 1).is_none());
+}
+
+fn maglev_dp(affinity: bool) -> Option<Dp> {
+    let mut dp = Dp::new()?;
+    dp.cluster_cidr("10.244.0.0/16");
+    // M = 7 (set by Dp::new), row 2: indexes 14..21 name backends 100..106.
+    let flags = svc_flags::LOADBALANCER
+        | svc_flags::MAGLEV
+        | if affinity { svc_flags::AFFINITY } else { 0 };
+    let val = SvcVal {
+        rev_id: 5,
+        flags,
+        affinity_timeout: 60,
+        maglev_row: 2,
+        ..SvcVal::default()
+    };
+    // In-cluster clients use the slots: one backend only, 200.
+    dp.service_with(
+        "203.0.113.50",
+        80,
+        Proto::Tcp,
+        EXT,
+        val,
+        &[(200, "10.244.200.1", 8080, 0)],
+    );
+    for i in 0..7 {
+        let id = 100 + i;
+        dp.backend(id, &format!("10.244.100.{i}"), 8080, Proto::Tcp, 0);
+        dp.affinity_match(id, 5);
+        dp.maglev(14 + i, id);
+    }
+    Some(dp)
+}
+
+#[test]
+fn maglev_for_external_clients_same_choice_on_every_node() {
+    let Some(mut a) = maglev_dp(false) else {
+        return;
+    };
+    let Some(mut b) = maglev_dp(false) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40030 {
+        let pkt = tcp(&format!("198.51.100.9:{port}"), "203.0.113.50:80", SYN);
+        let da = a.ingress(&pkt).parsed().dst;
+        assert_eq!(
+            da.ip().to_string().rsplit_once('.').unwrap().0,
+            "10.244.100"
+        );
+        assert_eq!(
+            b.ingress(&pkt).parsed().dst,
+            da,
+            "another node, same flow: same backend"
+        );
+        assert_eq!(a.ingress(&pkt).parsed().dst, da, "the same flow again");
+        seen.insert(da);
+    }
+    assert!(seen.len() >= 3, "the hash spreads flows: {seen:?}");
+    // In-cluster clients pick from the slots at random.
+    let r = a.ingress(&tcp("10.244.1.5:40000", "203.0.113.50:80", SYN));
+    assert_eq!(r.parsed().dst, sa("10.244.200.1:8080"));
+}
+
+#[test]
+fn maglev_under_affinity_leaves_the_source_port_out() {
+    let Some(mut dp) = maglev_dp(true) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40020 {
+        dp.clear_affinity("198.51.100.9", 5);
+        let pkt = tcp(&format!("198.51.100.9:{port}"), "203.0.113.50:80", SYN);
+        seen.insert(dp.ingress(&pkt).parsed().dst);
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
+
+#[test]
+fn conntrack_entries_expire_by_protocol_and_state() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.config(Config {
+        masq_mark: MASQ,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 30,
+        ..Config::default()
+    });
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0)],
+    );
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.20", 8080, 0)],
+    );
+    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
+    dp.backend(22, "10.244.3.20", 8080, Proto::Tcp, 0);
+
+    let uk = ct_key("10.244.1.5:5000", "10.96.0.10:80", UDP, 0);
+    dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    let entry = dp.ct(uk).expect("a UDP entry");
+    let now = entry.last_seen;
+    dp.slot(1, EXT, 1, 12);
+    // Idle 20 s of 30: kept.
+    dp.set_ct(
+        uk,
+        CtVal {
+            last_seen: now - 20,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    assert_eq!(dp.ct(uk).unwrap().last_seen, now, "refreshed");
+    // Idle 31 s: over, balanced afresh.
+    dp.set_ct(
+        uk,
+        CtVal {
+            last_seen: now - 31,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
+    assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
+
+    let tk = ct_key("10.244.1.5:40000", "10.96.0.10:80", TCP, 0);
+    dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    let entry = dp.ct(tk).expect("a TCP entry");
+    dp.slot(2, EXT, 1, 22);
+    // Established, idle 1000 s of 3600: kept.
+    dp.set_ct(
+        tk,
+        CtVal {
+            last_seen: now - 1000,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.20:8080"));
+    // Closing, idle 11 s: over.
+    dp.set_ct(
+        tk,
+        CtVal {
+            last_seen: now - 11,
+            flags: ct_flags::CLOSING,
+            ..entry
+        },
+    );
+    let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.3.20:8080"));
+}
+
+// --- socket-LB (sock.c) on a cgroup and a network namespace of the test's own ------------
+
+/// A cgroup v2 directory of our own under the cgroup2 mount, removed on drop.
+struct Cgroup {
+    path: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.split_whitespace().next() == Some("cgroup2"))
+                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))
+                    .flatten()
+            })
+            .expect("a cgroup2 mount in /proc/self/mountinfo");
+        let path = Path::new(&root).join(format!("mnl-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Cgroup { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The client processes have exited, but the cgroup may take a moment to empty.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("leftover cgroup {}", self.path.display());
+    }
+}
+
+/// Backends in the namespace: TCP on 198.51.100.10:8081..8084 and [2001:db8::10]:8081, UDP
+/// on 198.51.100.10:5353 and [2001:db8::10]:5353; each answers with its own port.
+struct Servers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Servers {
+    fn start(
+        ns: &str,
+        tcp_addrs: &'static [&'static str],
+        udp_addrs: &'static [&'static str],
+    ) -> Servers {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = metalnet::sys::netns::spawn_in(ns, move || {
+            let mut tcp = Vec::new();
+            for a in tcp_addrs {
+                let l = std::net::TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                l.set_nonblocking(true).unwrap();
+                tcp.push(l);
+            }
+            let mut udp = Vec::new();
+            for a in udp_addrs {
+                let u = std::net::UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                u.set_nonblocking(true).unwrap();
+                udp.push(u);
+            }
+            tx.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for l in &tcp {
+                    while let Ok((mut s, _)) = l.accept() {
+                        let port = l.local_addr().unwrap().port();
+                        let _ = s.write_all(port.to_string().as_bytes());
+                    }
+                }
+                for u in &udp {
+                    while let Ok((_, from)) = u.recv_from(&mut buf) {
+                        let port = u.local_addr().unwrap().port();
+                        let _ = u.send_to(port.to_string().as_bytes(), from);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+        .expect("a thread in the namespace");
+        if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+            match handle.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(r) => panic!("servers in {ns} not listening: {r:?}"),
+            }
+        }
+        Servers {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+const CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.sendto(b"q", (host, port))
+        d, a = u.recvfrom(16)
+        return [a[0], a[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        peer = u.getpeername()[:2]
+        return [peer[0], peer[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+cookie = int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), "little")
+print(json.dumps({
+    "cookie": cookie,
+    "tcp4": [tcp("10.96.0.10", 80) for _ in range(16)],
+    "affinity": [tcp("10.96.0.20", 80) for _ in range(8)],
+    "udp4": udp("10.96.0.53", 53),
+    "udp4c": udp_connected("10.96.0.53", 53),
+    "tcp6": tcp("fd00:96::10", 80, socket.AF_INET6),
+    "udp6": udp("fd00:96::53", 53, socket.AF_INET6),
+    "none": tcp("10.96.0.99", 80),
+}))
+"#;
+
+fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec timeout 30 nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
+            cg.path.display()
+        ))
+        .arg(CLIENT)
+        .output()
+        .expect("running the client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn have_python() -> bool {
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
+    use aya::programs::CgroupSockAddr;
+    use aya::programs::links::CgroupAttachMode;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(ns) = metalnet::testing::Netns::new("bpfsock") else {
+        return;
+    };
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::10/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    let _servers = Servers::start(
+        ns.name(),
+        &[
+            "198.51.100.10:8081",
+            "198.51.100.10:8082",
+            "198.51.100.10:8083",
+            "198.51.100.10:8084",
+            "[2001:db8::10]:8081",
+        ],
+        &["198.51.100.10:5353", "[2001:db8::10]:5353"],
+    );
+    let cg = Cgroup::new("bpfsock");
+    let fs = Bpffs::mount();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    let cg_dir = std::fs::File::open(&cg.path).unwrap();
+    for name in [
+        "mn_sock_connect4",
+        "mn_sock_connect6",
+        "mn_sock_sendmsg4",
+        "mn_sock_sendmsg6",
+        "mn_sock_recvmsg4",
+        "mn_sock_recvmsg6",
+        "mn_sock_getpeername4",
+        "mn_sock_getpeername6",
+    ] {
+        let prog: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        prog.attach(&cg_dir, CgroupAttachMode::Single)
+            .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
+    }
+    // The map writers of Dp, on this object's maps.
+    let mut dp = SockMaps(ebpf);
+    let set_config = |dp: &mut SockMaps, socket_lb: u32, cookie: u64| {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(dp.0.map_mut(names::CONFIG).unwrap()).unwrap();
+        let c = Config {
+            socket_lb,
+            host_netns_cookie: cookie,
+            ..Config::default()
+        };
+        m.set(0, c.to_bytes(), 0).unwrap();
+    };
+    set_config(&mut dp, 1, 0);
+    let four: Vec<(u32, String)> = (1..=4)
+        .map(|i| (10 + i, "198.51.100.10".to_string()))
+        .collect();
+    let b4: Vec<(u32, &str, u16, u8)> = four
+        .iter()
+        .enumerate()
+        .map(|(i, (id, a))| (*id, a.as_str(), 8081 + i as u16, 0))
+        .collect();
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 1,
+            ..SvcVal::default()
+        },
+        &b4,
+    );
+    let b4a: Vec<(u32, &str, u16, u8)> = b4
+        .iter()
+        .map(|(id, a, p, f)| (id + 10, *a, *p, *f))
+        .collect();
+    dp.service(
+        "10.96.0.20",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 2,
+            flags: svc_flags::AFFINITY,
+            affinity_timeout: 60,
+            ..SvcVal::default()
+        },
+        &b4a,
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 3,
+            ..SvcVal::default()
+        },
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 4,
+            ..SvcVal::default()
+        },
+        &[(41, "2001:db8::10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 5,
+            ..SvcVal::default()
+        },
+        &[(51, "2001:db8::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 6,
+            ..SvcVal::default()
+        },
+        &[],
+    );
+
+    let v = run_client(&cg, ns.name());
+    let tcp4 = v["tcp4"].as_array().unwrap();
+    let mut ports = std::collections::BTreeSet::new();
+    for c in tcp4 {
+        assert_eq!(
+            (&c[0], &c[1]),
+            (&serde_json::json!("10.96.0.10"), &serde_json::json!(80)),
+            "{v}"
+        );
+        ports.insert(c[2].as_str().unwrap().to_string());
+    }
+    assert!(ports.len() >= 2, "random choice over 4 backends: {ports:?}");
+    let aff: std::collections::BTreeSet<_> = v["affinity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(aff.len(), 1, "affinity by network namespace: {v}");
+    assert_eq!(
+        v["udp4"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp4c"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["tcp6"],
+        serde_json::json!(["fd00:96::10", 80, "8081"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp6"],
+        serde_json::json!(["fd00:96::53", 53, "5353"]),
+        "{v}"
+    );
+    // No backend: left untranslated (no route to the VIP in this namespace).
+    assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
+    assert!(dp.counter(1) >= 28, "sock_lb");
+
+    // host-only: another namespace's sockets are left alone...
+    let cookie = v["cookie"].as_u64().unwrap();
+    set_config(&mut dp, 2, cookie + 1);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
+    // ...and the host's (here: the test namespace named as the host) translated.
+    set_config(&mut dp, 2, cookie);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
+    // off: nothing translated.
+    set_config(&mut dp, 0, 0);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
+    drop(dp);
+    drop(fs);
+}
+
+struct SockMaps(Ebpf);
+
+impl SockMaps {
+    fn service(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        val: SvcVal,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        let k = SvcKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto,
+            scope: EXT,
+        };
+        let v = SvcVal {
+            count: backends.len() as u16,
+            ..val
+        };
+        let mut m: HashMap<_, [u8; 20], [u8; 16]> =
+            HashMap::try_from(self.0.map_mut(names::SVC).unwrap()).unwrap();
+        m.insert(k.to_bytes(), v.to_bytes(), 0).unwrap();
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            let b = Backend {
+                addr: a.parse().unwrap(),
+                port: *p,
+                proto,
+                flags: *f,
+            };
+            let mut m: HashMap<_, [u8; 4], [u8; 20]> =
+                HashMap::try_from(self.0.map_mut(names::BACKEND).unwrap()).unwrap();
+            m.insert(id.to_le_bytes(), b.to_bytes(), 0).unwrap();
+            let sk = SlotKey {
+                rev_id: val.rev_id,
+                slot: i as u16 + 1,
+                scope: EXT,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 4]> =
+                HashMap::try_from(self.0.map_mut(names::SLOT).unwrap()).unwrap();
+            m.insert(sk.to_bytes(), id.to_le_bytes(), 0).unwrap();
+            let mk = AffinityMatch {
+                backend_id: *id,
+                rev_id: val.rev_id,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 1]> =
+                HashMap::try_from(self.0.map_mut(names::AFFINITY_MATCH).unwrap()).unwrap();
+            m.insert(mk.to_bytes(), [1], 0).unwrap();
+        }
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.0.map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+}
+
+/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
+/// covers no address.
+fn sctp(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d) = (sa(src), sa(dst));
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.port().to_be_bytes());
+    l4.extend_from_slice(&d.port().to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[1, 0, 0, 4]);
+    let mut p = packet(s, d, UDP, 0, &[]);
+    p.truncate(14 + 20);
+    p[14 + 9] = 132;
+    let total = (20 + l4.len()) as u16;
+    p[16..18].copy_from_slice(&total.to_be_bytes());
+    p[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&p[14..34], 0));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn sctp_rewrites_addresses_when_the_port_is_kept() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        3868,
+        Proto::Sctp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 3868, 0)],
+    );
+    dp.service(
+        "10.96.0.11",
+        3868,
+        Proto::Sctp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.11", 3869, 0)],
+    );
+    let pkt = sctp("10.244.1.5:5000", "10.96.0.10:3868");
+    let r = dp.ingress(&pkt);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_eq!(fold(sum16(&r.pkt[14..34], 0)), 0, "IPv4 header checksum");
+    assert_eq!(&r.pkt[30..34], &[10, 244, 2, 10]);
+    assert_eq!(&r.pkt[34..], &pkt[34..], "SCTP header and chunk untouched");
+    let r = dp.egress(&sctp("10.244.2.10:3868", "10.244.1.5:5000"));
+    assert_eq!(&r.pkt[26..30], &[10, 96, 0, 10]);
+    // A port change would need the CRC32c recomputed: dropped rather than sent corrupt.
+    let r = dp.ingress(&sctp("10.244.1.5:5000", "10.96.0.11:3868"));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+}
+
+/// Not a pass/fail check: the programs' cost per packet (BPF_PROG_TEST_RUN's average over
+/// many runs), printed for the record (`cargo test -- --nocapture run_time`).
+#[test]
+fn run_time_per_packet() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0), (12, "10.244.2.11", 8080, 0)],
+    );
+    let syn = tcp("10.244.1.5:40000", "10.96.0.10:80", SYN);
+    let ack = tcp("10.244.1.5:40000", "10.96.0.10:80", ACK);
+    dp.ingress(&syn);
+    let reply = tcp("10.244.2.10:8080", "10.244.1.5:40000", ACK);
+    let other = tcp("10.244.1.5:40001", "10.244.9.9:22", ACK);
+    let mut line = String::new();
+    for (what, prog, pkt) in [
+        ("new connection (SYN)", "mn_tc_ingress", &syn),
+        ("established (ingress)", "mn_tc_ingress", &ack),
+        ("reply (egress)", "mn_tc_egress", &reply),
+        ("not a service (ingress)", "mn_tc_ingress", &other),
+        ("not a service (egress)", "mn_tc_egress", &other),
+    ] {
+        let p: &SchedClassifier = dp.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat: 20_000,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert!(
+            r.duration < std::time::Duration::from_micros(100),
+            "{what}: {:?}",
+            r.duration
+        );
+        line.push_str(&format!("{what}: {} ns; ", r.duration.as_nanos()));
+    }
+    eprintln!("BPF run time per packet: {line}");
+}
+
+// --- lb.o on real traffic: TCX on a node namespace between a client and a backend ---------
+
+const TRAFFIC_CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        return [host, port, d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_from(port, host, dport, fam=socket.AF_INET):
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    u.bind(("", port))
+    u.connect((host, dport))
+    u.send(b"q")
+    try:
+        return u.recv(16).decode()
+    except OSError as e:
+        return "error %d" % e.errno
+ok4 = [tcp("10.96.0.10", 80) for _ in range(300)]
+ok6 = [tcp("fd00:96::10", 80, socket.AF_INET6) for _ in range(100)]
+print(json.dumps({
+    "tcp4": sorted(set(map(tuple, ok4))),
+    "tcp6": sorted(set(map(tuple, ok6))),
+    "udp4": udp_connected("10.96.0.53", 53),
+    "udp6": udp_connected("fd00:96::53", 53, socket.AF_INET6),
+    "refused_tcp4": tcp("10.96.0.99", 80),
+    "refused_tcp6": tcp("fd00:96::99", 80, socket.AF_INET6),
+    "refused_udp4": udp_connected("10.96.0.99", 53),
+    "refused_udp6": udp_connected("fd00:96::99", 53, socket.AF_INET6),
+    "backend_refused_udp4": udp_connected("10.96.0.55", 53),
+    "backend_refused_udp6": udp_connected("fd00:96::55", 53, socket.AF_INET6),
+    "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
+}))
+"#;
+
+/// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
+fn csum_errors(ns: &str) -> u64 {
+    let read = |f: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", f])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut total = 0;
+    let lines: Vec<&str> = snmp.lines().collect();
+    for pair in lines.chunks(2) {
+        if let [head, vals] = pair
+            && (head.starts_with("Tcp:") || head.starts_with("Udp:"))
+        {
+            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
+                if h == "InCsumErrors" {
+                    total += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    for l in read("/proc/net/snmp6").lines() {
+        if let Some(("Udp6InCsumErrors", v)) = l
+            .split_once(char::is_whitespace)
+            .map(|(a, b)| (a, b.trim()))
+        {
+            total += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn tcx_traffic_through_a_node_checksums_verified() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let (Some(node), Some(client), Some(backend)) = (
+        Netns::new("bpfnode"),
+        Netns::new("bpfcli"),
+        Netns::new("bpfbe"),
+    ) else {
+        return;
+    };
+    node.ip(&[
+        "link",
+        "add",
+        "n0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "netns",
+        client.name(),
+    ]);
+    node.ip(&[
+        "link",
+        "add",
+        "n1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "b0",
+        "netns",
+        backend.name(),
+    ]);
+    for (ns, dev, v4, v6, gw4, gw6) in [
+        (&node, "n0", "192.0.2.1/24", "2001:db8:1::1/64", None, None),
+        (
+            &node,
+            "n1",
+            "198.51.100.1/24",
+            "2001:db8:2::1/64",
+            None,
+            None,
+        ),
+        (
+            &client,
+            "c0",
+            "192.0.2.2/24",
+            "2001:db8:1::2/64",
+            Some("192.0.2.1"),
+            Some("2001:db8:1::1"),
+        ),
+        (
+            &backend,
+            "b0",
+            "198.51.100.10/24",
+            "2001:db8:2::10/64",
+            Some("198.51.100.1"),
+            Some("2001:db8:2::1"),
+        ),
+    ] {
+        ns.ip(&["addr", "add", v4, "dev", dev]);
+        ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", dev, "up"]);
+        if let (Some(g4), Some(g6)) = (gw4, gw6) {
+            ns.ip(&["route", "add", "default", "via", g4]);
+            ns.ip(&["-6", "route", "add", "default", "via", g6]);
+        }
+        // Without this veth never verifies L4 checksums and a wrong rewrite would pass.
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "ethtool",
+                "-K",
+                dev,
+                "tx",
+                "off",
+                "rx",
+                "off",
+            ])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "ethtool on {dev}");
+    }
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _servers = Servers::start(
+        backend.name(),
+        &["198.51.100.10:8081", "[2001:db8:2::10]:8081"],
+        &["198.51.100.10:5353", "[2001:db8:2::10]:5353"],
+    );
+
+    let Some(mut dp) = Dp::new() else { return };
+    dp.node_addr("192.0.2.1");
+    dp.node_addr("198.51.100.1");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 8081, 0)],
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.54",
+        53,
+        Proto::Udp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        5,
+        svc_flags::CLUSTER_IP,
+        &[(51, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        EXT,
+        6,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        80,
+        Proto::Tcp,
+        EXT,
+        7,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.99",
+        53,
+        Proto::Udp,
+        EXT,
+        8,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        53,
+        Proto::Udp,
+        EXT,
+        9,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+
+    for (vip, be, id) in [
+        ("10.96.0.55", "198.51.100.10", 61),
+        ("fd00:96::55", "2001:db8:2::10", 62),
+    ] {
+        dp.service(
+            vip,
+            53,
+            Proto::Udp,
+            EXT,
+            id,
+            svc_flags::CLUSTER_IP,
+            &[(id, be, 5999, 0)],
+        );
+    }
+
+    // Attach from a thread inside the node namespace only (interface names resolve there).
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                for dev in ["n0", "n1"] {
+                    p.attach(dev, kind)
+                        .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    });
+
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client.name(),
+            "timeout",
+            "60",
+            "python3",
+            "-c",
+            TRAFFIC_CLIENT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{v}");
+    assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{v}");
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["udp6"], json!(["fd00:96::53", 53, "5353"]), "{v}");
+    // ECONNREFUSED at once: a RST for TCP, ICMP port unreachable for UDP.
+    for k in [
+        "refused_tcp4",
+        "refused_tcp6",
+        "refused_udp4",
+        "refused_udp6",
+    ] {
+        assert_eq!(v[k], json!(["error", 111, ""]), "{k}: {v}");
+    }
+    // One client port to two Services with the same backend: both answered.
+    assert_eq!(v["same_port_two_services"], json!(["5353", "5353"]), "{v}");
+    for ns in [&client, &backend] {
+        assert_eq!(
+            csum_errors(ns.name()),
+            0,
+            "checksum errors in {}",
+            ns.name()
+        );
+    }
+    assert!(dp.counter(0) >= 400, "lb_new {}", dp.counter(0));
+    drop(dp);
+}
+
+const TUN_SCRIPT: &str = r#"
+import fcntl, json, os, select, socket, struct
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tun0", 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def udp4(src, sport, dst, dport, payload):
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    u = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    c = csum(s + d + struct.pack("!BBH", 0, 17, len(u)) + u) or 0xffff
+    u = u[:6] + struct.pack("!H", c) + u[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 1, 0, 64, 17, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return ip + u
+out = {}
+# Ingress: a client's datagram to the VIP comes in on tun0, the backend (on lo) gets it.
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind(("198.51.100.10", 8080))
+srv.settimeout(2)
+os.write(fd, udp4("203.0.113.5", 40000, "10.96.0.10", 80, b"hello"))
+try:
+    d, a = srv.recvfrom(64)
+    out["ingress"] = [a[0], a[1], d.decode()]
+except OSError as e:
+    out["ingress"] = ["error", str(e)]
+# Egress: the backend's answer leaves through tun0 with the VIP as its source.
+srv.sendto(b"answer", ("203.0.113.5", 40000))
+out["egress"] = ""
+for _ in range(20):
+    r, _, _ = select.select([fd], [], [], 2)
+    if not r:
+        break
+    p = os.read(fd, 2048)
+    # Skip what the kernel sends on its own (IPv6 router solicitations).
+    if p[0] >> 4 == 4:
+        out["egress"] = p.hex()
+        break
+print(json.dumps(out))
+"#;
+
+#[test]
+fn l3_devices_are_parsed_without_an_ethernet_header() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(mut dp) = Dp::new() else { return };
+    let Some(ns) = Netns::new("bpftun") else {
+        return;
+    };
+    ns.ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    ns.ip(&["link", "set", "tun0", "up"]);
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "dev", "tun0"]);
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, backend_flags::LOCAL)],
+    );
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                p.attach("tun0", kind)
+                    .unwrap_or_else(|e| panic!("attaching {prog} to tun0: {e:?}"));
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+            TUN_SCRIPT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tun client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["ingress"],
+        serde_json::json!(["203.0.113.5", 40000, "hello"]),
+        "{v}"
+    );
+    let hex = v["egress"].as_str().unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(!bytes.is_empty(), "no answer read from tun0: {v}");
+    // Parse the IP packet behind a made-up Ethernet header.
+    let mut framed = vec![0; 12];
+    framed.extend_from_slice(&[0x08, 0x00]);
+    framed.extend_from_slice(&bytes);
+    let p = parse(&framed);
+    assert_eq!(p.src, sa("10.96.0.10:80"));
+    assert_eq!(p.dst, sa("203.0.113.5:40000"));
+    assert_eq!(csum_errors(ns.name()), 0);
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
+/// from [`packet`]): its IP header and 8 bytes.
+fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let v6 = s.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
+    let acc = if v6 { pseudo(s, d, 58, icmp.len()) } else { 0 };
+    let c = fold(sum16(&icmp, acc));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[58, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn icmp_errors_about_balanced_flows_show_the_frontend() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.80",
+        80,
+        Proto::Tcp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "10.244.2.20", 8080, 0)],
+    );
+
+    // The backend has nothing on the port: its port unreachable reaches the client as if
+    // the frontend had sent it.
+    let sent = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53")).pkt;
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    let r = dp.egress(&err);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("10.96.0.53:0").ip(), sa("10.244.1.5:0").ip())
+    );
+    let inner = &r.pkt[42..];
+    assert_eq!(
+        fold(sum16(&inner[..20], 0)),
+        0,
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(&inner[16..20], &[10, 96, 0, 53], "quoted destination");
+    assert_eq!(
+        &inner[22..24],
+        &53u16.to_be_bytes(),
+        "quoted destination port"
+    );
+    assert_eq!(&inner[12..16], &[10, 244, 1, 5]);
+
+    // Fragmentation needed from a router on the way (this node): only the quote changes.
+    let sent = dp
+        .ingress(&tcp("10.244.1.5:40000", "10.96.0.80:80", SYN))
+        .pkt;
+    let err = icmp_error("192.0.2.1", "10.244.1.5", 3, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("192.0.2.1:0").ip());
+    let inner = &r.pkt[42..];
+    assert_eq!(&inner[16..20], &[10, 96, 0, 80]);
+    assert_eq!(&inner[22..24], &80u16.to_be_bytes());
+
+    let sent = dp
+        .ingress(&udp("[2001:db8:1::5]:5000", "[fd00:96::53]:53"))
+        .pkt;
+    let err = icmp_error("2001:db8:2::10", "2001:db8:1::5", 1, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    let inner = &r.pkt[62..];
+    let vip6: std::net::Ipv6Addr = "fd00:96::53".parse().unwrap();
+    assert_eq!(&inner[24..40], &vip6.octets());
+    assert_eq!(&inner[42..44], &53u16.to_be_bytes());
+
+    // An error about another flow is left alone.
+    let other = udp("10.244.1.5:5001", "10.244.9.9:53");
+    let err = icmp_error("10.244.9.9", "10.244.1.5", 3, 3, &other);
+    assert_eq!(dp.egress(&err).pkt, err);
+    // Ingress leaves ICMP alone.
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    assert_eq!(dp.ingress(&err).pkt, err);
+}
