@@ -456,6 +456,14 @@ fn socket_lb_client(client: &Netns, cg: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// [`socket_lb_client`], checking that socket-LB (not the per-packet path) translated it.
+fn socket_lb_through(l: &Loader, client: &Netns, cg: &Path) {
+    let before = l.counters().unwrap()[1];
+    assert_eq!(socket_lb_client(client, cg), format!("{VIP} 80 sock"));
+    let after = l.counters().unwrap()[1];
+    assert!(after > before, "sock_lb counter {before} -> {after}");
+}
+
 #[test]
 fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     if !is_root() {
@@ -512,7 +520,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
     assert_eq!(echo(&mut kept, "before"), "before");
     let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
-    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+    socket_lb_through(&l1, &client, &cg.0);
     let counters = l1.counters().unwrap();
     assert!(
         counters[0] >= 1 && counters[1] >= 1,
@@ -549,7 +557,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(many);
     let mut fresh = connect_vip(&client).unwrap();
     assert_eq!(echo(&mut fresh, "fresh"), "fresh");
-    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+    socket_lb_through(&l2, &client, &cg.0);
 
     // An interface created later gets the programs at once; its address becomes a node
     // address.
@@ -573,6 +581,18 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         t.elapsed()
     );
     assert!(l2.maps().node_addrs().unwrap().contains(&late));
+    // A CNI moving the peer into a pod: it leaves the node's namespace, and its programs
+    // with it (a link pinned only by us is freed when its pin goes).
+    server.ip(&["link", "set", "cni1", "netns", client.name()]);
+    let t = Instant::now();
+    while a2.status().interfaces.len() != 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", a2.status());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)).len(),
+        links.len() + 2
+    );
     server.ip(&["link", "del", "cni0"]);
     let t = Instant::now();
     while a2.status().interfaces.len() != 1 {
@@ -587,6 +607,24 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
 
     assert_eq!(csum_errors(&client), 0);
     assert_eq!(csum_errors(&server), 0);
+
+    // Another --cgroup-root on the next start: the programs move there.
+    drop(a2);
+    drop(l2);
+    let other = TestCgroup::new("pxo");
+    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let a2 = start(
+        &server,
+        l2.take_programs().unwrap(),
+        AttachOptions {
+            cgroup_root: Some(other.0.clone()),
+            ..opts.clone()
+        },
+    );
+    let moved = pins(&dir.path.join(attach::LINKS_DIR));
+    assert_eq!(moved.len(), links.len(), "{moved:?}");
+    assert_ne!(moved, links, "new cgroup, new pins");
+    socket_lb_through(&l2, &client, &other.0);
 
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);

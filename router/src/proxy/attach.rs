@@ -311,21 +311,36 @@ impl Attacher {
     }
 
     fn attach_cgroup(&mut self) -> Result<(), AttachError> {
-        let Some(root) = self.opts.cgroup_root.clone() else {
-            // --socket-lb=off: a previous run's socket programs go.
-            for e in std::fs::read_dir(&self.links_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().starts_with("cgroup-") {
-                    let _ = std::fs::remove_file(e.path());
-                }
+        // Pins are named after the cgroup (its id, the directory's inode): a pin of another
+        // cgroup (the flag changed) or of none (--socket-lb=off) is removed, which detaches it.
+        let (root, cgroup, id) = match self.opts.cgroup_root.clone() {
+            Some(root) => {
+                let target = root.display().to_string();
+                let cgroup = File::open(&root).map_err(|e| attach_err("socket-LB", &target, e))?;
+                let id = cgroup
+                    .metadata()
+                    .map_err(|e| attach_err("socket-LB", &target, e))?
+                    .ino();
+                (Some(root), Some(cgroup), Some(id))
             }
+            None => (None, None, None),
+        };
+        let ours = id.map(|i| format!("cgroup-{i}-"));
+        for e in std::fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("cgroup-") && !ours.as_ref().is_some_and(|o| n.starts_with(o)) {
+                debug!(pin = %n, "removing the socket-LB link of another cgroup");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let (Some(root), Some(cgroup), Some(id)) = (root, cgroup, id) else {
             return Ok(());
         };
         let target = root.display().to_string();
-        let cgroup = File::open(&root).map_err(|e| attach_err("socket-LB", &target, e))?;
         let names: Vec<String> = self
             .programs
             .sock
@@ -341,7 +356,7 @@ impl Attacher {
                 .ok_or_else(|| attach_err(&name, &target, "not in sock.o"))?
                 .try_into()
                 .map_err(|e| attach_err(&name, &target, e))?;
-            let pin = self.links_dir.join(format!("cgroup-{name}"));
+            let pin = self.links_dir.join(format!("cgroup-{id}-{name}"));
             let fd = prog.fd().map_err(|e| attach_err(&name, &target, e))?;
             if update_pinned(&pin, fd.as_fd()).map_err(|e| attach_err(&name, &target, e))? {
                 debug!(program = %name, "swapped into the pinned cgroup link");
