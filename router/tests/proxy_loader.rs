@@ -797,3 +797,40 @@ fn hairpin_through_the_vip_is_masqueraded() {
     drop(a);
     drop(l1);
 }
+
+/// Fill levels count what the per-connection maps hold (they are walked: time it).
+#[test]
+fn fill_levels_count_the_conntrack_entries() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let sizes = Sizes {
+        ct_max: 131_072,
+        ..Sizes::default()
+    };
+    let l = Loader::open(&dir.path, &sizes).unwrap();
+    let n: u32 = 100_000;
+    let mut keys = Vec::with_capacity(n as usize * 40);
+    let mut vals = Vec::with_capacity(n as usize * 32);
+    for i in 0..n {
+        let k = abi::CtKey {
+            saddr: IpAddr::from([192, 0, 2, (i % 250) as u8]),
+            daddr: VIP.parse().unwrap(),
+            sport: (i / 250) as u16 + 1024,
+            dport: 80,
+            proto: 6,
+            dir: 0,
+        };
+        keys.extend_from_slice(&k.to_bytes());
+        vals.extend_from_slice(&[0u8; 32]);
+    }
+    let ct = metalnet::sys::bpf::obj_get(&dir.path.join("maps").join(abi::names::CT)).unwrap();
+    use std::os::fd::AsFd;
+    metalnet::sys::bpf::map_update_batch(ct.as_fd(), &keys, 40, &vals, 32).unwrap();
+    let t = Instant::now();
+    let fill = l.fill().unwrap();
+    eprintln!("fill of {n} conntrack entries in {:?}", t.elapsed());
+    assert_eq!(fill.maps[0], (abi::names::CT, n as u64, 131_072));
+    assert_eq!(fill.maps[1].1, 0);
+}

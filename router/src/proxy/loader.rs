@@ -665,42 +665,19 @@ impl Maps {
             .collect()
     }
 
+    /// Entries and capacity of the per-connection maps, counted with batch lookups.
     pub fn fill(&self) -> Result<Fill, DataplaneError> {
-        let count = |keys: &mut dyn Iterator<Item = Result<(), MapError>>,
-                     map: &'static str|
-         -> Result<u64, DataplaneError> {
-            let mut n = 0;
-            for k in keys {
-                // An LRU entry evicted while we walk ends the walk early or restarts it;
-                // either way the count is an estimate, which is all metrics need.
-                match k {
-                    Ok(()) => n += 1,
-                    Err(e) => {
-                        let e = io_of(e);
-                        if e.raw_os_error() == Some(libc::ENOENT) {
-                            break;
-                        }
-                        return Err(DataplaneError::Map { map, source: e });
-                    }
-                }
-            }
-            Ok(n)
+        let count = |m: &MapData, map: &'static str, k: usize, v: usize| {
+            let info = m.info().map_err(map_err(map))?;
+            let n = sysbpf::map_count(m.fd().as_fd(), k, v)
+                .map_err(|e| io_err(map, "counting entries", e))?;
+            Ok::<_, DataplaneError>((map, n, u64::from(info.max_entries())))
         };
-        let max = |m: &MapData| m.info().map(|i| i.max_entries() as u64).unwrap_or(0);
-        let ct = count(&mut self.ct.keys().map(|k| k.map(|_| ())), names::CT)?;
-        let sr = count(
-            &mut self.sock_rev.keys().map(|k| k.map(|_| ())),
-            names::SOCK_REV,
-        )?;
-        let af = count(
-            &mut self.affinity.keys().map(|k| k.map(|_| ())),
-            names::AFFINITY,
-        )?;
         Ok(Fill {
             maps: vec![
-                (names::CT, ct, max(data(&self.ct))),
-                (names::SOCK_REV, sr, max(data(&self.sock_rev))),
-                (names::AFFINITY, af, max(data(&self.affinity))),
+                count(data(&self.ct), names::CT, 40, 32)?,
+                count(data(&self.sock_rev), names::SOCK_REV, 32, 20)?,
+                count(data(&self.affinity), names::AFFINITY, 24, 8)?,
             ],
         })
     }
