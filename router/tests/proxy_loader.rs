@@ -193,6 +193,31 @@ fn diffs_shrink_and_remove_and_node_addrs_follow() {
     assert_eq!(l.read().unwrap(), less);
     // Removing what is already gone (a repeated diff) is not an error.
     l.apply(&MapDiff::between(&big, &less)).unwrap();
+    // Every control-plane map: affinity matches, source ranges (both families), Maglev rows.
+    let mut rich = less.clone();
+    for v in rich.svc.values_mut().take(2) {
+        v.flags |= svc_flags::MAGLEV | svc_flags::AFFINITY | svc_flags::SRC_RANGE;
+        v.maglev_row = v.rev_id;
+        v.affinity_timeout = 10800;
+    }
+    for rev in [1u32, 2] {
+        rich.maglev
+            .insert(rev, (0..1021).map(|i| i % 3 + rev).collect());
+        rich.affinity_match.insert(abi::AffinityMatch {
+            backend_id: rev,
+            rev_id: rev,
+        });
+        for net in ["192.0.2.0/24", "2001:db8::/32"] {
+            rich.src_range.insert(abi::SrcRange {
+                rev_id: rev,
+                net: net.parse().unwrap(),
+            });
+        }
+    }
+    l.apply(&MapDiff::between(&less, &rich)).unwrap();
+    assert_eq!(l.read().unwrap(), rich);
+    l.apply(&MapDiff::between(&rich, &less)).unwrap();
+    assert_eq!(l.read().unwrap(), less);
     let one: BTreeSet<IpAddr> = ["192.0.2.9".parse().unwrap()].into_iter().collect();
     l.set_node_addrs(&["192.0.2.1".parse().unwrap()].into_iter().collect())
         .unwrap();
