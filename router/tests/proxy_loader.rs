@@ -154,6 +154,7 @@ fn maps_are_pinned_reused_by_a_second_load_and_read_back() {
     let counters = a.counters().unwrap();
     assert_eq!(counters.len(), abi::COUNTERS_LEN as usize);
     assert!(counters.iter().all(|c| *c == 0));
+    assert_eq!(a.maps().maglev_entries(), 1021 * 256);
     let fill = a.fill().unwrap();
     assert_eq!(fill.maps[0], (abi::names::CT, 0, 4096));
 

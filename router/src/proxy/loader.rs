@@ -665,6 +665,12 @@ impl Maps {
             .collect()
     }
 
+    /// `mn_maglev`'s size as the kernel holds it (a pinned map keeps the size it was made
+    /// with): the model's row count is this divided by M (`ids::maglev_rows`).
+    pub fn maglev_entries(&self) -> u32 {
+        self.maglev.len()
+    }
+
     /// Entries and capacity of the per-connection maps, counted with batch lookups.
     pub fn fill(&self) -> Result<Fill, DataplaneError> {
         let count = |m: &MapData, map: &'static str, k: usize, v: usize| {
