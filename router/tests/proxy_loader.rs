@@ -860,3 +860,78 @@ fn fill_levels_count_the_conntrack_entries() {
     assert_eq!(fill.maps[0], (abi::names::CT, n as u64, 131_072));
     assert_eq!(fill.maps[1].1, 0);
 }
+
+/// A CNI starting many pods at once: every new interface gets the programs, quickly; every
+/// deleted one loses its pins.
+#[test]
+fn a_burst_of_interfaces_is_attached_and_forgotten() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let mut l = Loader::open(&dir.path, &small()).unwrap();
+    let programs = l.take_programs().unwrap();
+    if programs.lb.program(attach::TC_INGRESS).is_none() {
+        eprintln!("skipping: lb.o has no {} yet", attach::TC_INGRESS);
+        return;
+    }
+    let ns = Netns::new("pxb").unwrap();
+    let a = start(
+        &ns,
+        programs,
+        AttachOptions {
+            bpf_dir: dir.path.clone(),
+            cgroup_root: None,
+            nodeport_addresses: vec![],
+            node_addrs: false,
+        },
+    );
+    assert!(a.status().interfaces.is_empty(), "{:?}", a.status());
+    let pairs = 50;
+    let batch: String = (0..pairs)
+        .map(|i| format!("link add h{i} type veth peer name p{i}\n"))
+        .collect();
+    let run_batch = |script: String| {
+        let mut child = Command::new("ip")
+            .args(["-n", ns.name(), "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    let t = Instant::now();
+    run_batch(batch);
+    let created = t.elapsed();
+    while a.status().interfaces.len() != 2 * pairs {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} attached",
+            a.status().interfaces.len()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "{} interfaces created in {created:?}, all attached {:?} after the first was created",
+        2 * pairs,
+        t.elapsed()
+    );
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)).len(),
+        4 * pairs,
+        "ingress and egress each"
+    );
+    assert_eq!(a.status().errors, 0);
+    run_batch((0..pairs).map(|i| format!("link del h{i}\n")).collect());
+    let t = Instant::now();
+    while !a.status().interfaces.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", a.status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(pins(&dir.path.join(attach::LINKS_DIR)).is_empty());
+}

@@ -773,9 +773,12 @@ impl Netlink {
         let (mut conn, handle, messages) =
             rtnetlink::new_connection().map_err(NetlinkError::Open)?;
         let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-        conn.socket_mut()
-            .socket_mut()
-            .bind(&SocketAddr::new(0, groups))
+        let sock = conn.socket_mut().socket_mut();
+        sock.bind(&SocketAddr::new(0, groups))
+            .map_err(NetlinkError::Open)?;
+        // A burst (a hundred pods started at once) overflows the default buffer and the
+        // kernel drops notifications (ENOBUFS); 4 MiB holds tens of thousands.
+        sock.set_rx_buf_sz(4usize << 20)
             .map_err(NetlinkError::Open)?;
         tokio::spawn(conn);
         let changes = messages.filter_map(|(m, _)| std::future::ready(change_of(m)));
