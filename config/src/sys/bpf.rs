@@ -15,7 +15,11 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h), not in every libc version.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -114,6 +118,60 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Pins a BPF object (here: a link) at `path` on a bpffs.
+pub fn obj_pin(obj: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    let mut attr = ObjPinAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: obj.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// `link_create` for TCX: target ifindex, attach type, flags, then the tcx union (relative
+/// fd or id, expected revision), all zero: append after the programs already there.
+#[repr(C)]
+#[derive(Default)]
+struct TcxLinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+/// Attaches a tc program to TCX ingress or egress of interface `ifindex` (kernel 6.6+) and
+/// returns the link. Unlike netlink tc filters, this takes the interface by index, so a
+/// renamed interface cannot be confused with another.
+pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
+    let mut attr = TcxLinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: if egress {
+            BPF_TCX_EGRESS
+        } else {
+            BPF_TCX_INGRESS
+        },
+        ..Default::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
