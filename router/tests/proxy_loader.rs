@@ -936,3 +936,22 @@ fn a_burst_of_interfaces_is_attached_and_forgotten() {
     }
     assert!(pins(&dir.path.join(attach::LINKS_DIR)).is_empty());
 }
+
+/// A map pinned with another layout (an incompatible older proxy) is refused with a message
+/// that names it, before any program is loaded against it.
+#[test]
+fn a_map_pinned_with_another_layout_is_refused_by_name() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    drop(Loader::open(&dir.path, &small()).unwrap());
+    let svc = dir.path.join("maps").join(abi::names::SVC);
+    std::fs::remove_file(&svc).unwrap();
+    let wrong = aya::maps::HashMap::<aya::maps::MapData, u32, u32>::create(16, 0).unwrap();
+    wrong.pin(&svc).unwrap();
+    let e = Loader::open(&dir.path, &small()).unwrap_err().to_string();
+    assert!(e.contains("map mn_svc"), "{e}");
+    assert!(e.contains("keys of 4 and values of 4 bytes"), "{e}");
+    assert!(e.contains("--cleanup-config"), "{e}");
+}
