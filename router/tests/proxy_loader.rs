@@ -698,29 +698,67 @@ fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
     }
     let ns = Netns::with_veth("pxu").unwrap();
     // A backend address and port no other test uses: destroy_sockets looks everywhere.
-    let sock = in_ns(&ns, || {
-        let s = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
-        s.connect("192.0.2.77:40999").unwrap();
-        s
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let (v4, v6, other) = in_ns(&ns, || {
+        let v4 = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        v4.connect("192.0.2.77:40999").unwrap();
+        let v6 = std::net::UdpSocket::bind("[2001:db8::1]:0").unwrap();
+        v6.connect("[2001:db8::77]:40999").unwrap();
+        // Same address, another port: not a deleted backend.
+        let other = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        other.connect("192.0.2.77:41000").unwrap();
+        (v4, v6, other)
     });
-    let n = attach::destroy_sockets(&[Backend {
-        addr: "192.0.2.77".parse().unwrap(),
+    let gone = |addr: &str| Backend {
+        addr: addr.parse().unwrap(),
         port: 40999,
         proto: Proto::Udp,
+        flags: 0,
+    };
+    let n = attach::destroy_sockets(&[gone("192.0.2.77"), gone("2001:db8::77")]).unwrap();
+    assert_eq!(n, 2);
+    // The kernel aborts them (the pending error) and disconnects them: the client learns at
+    // once and must reconnect, to a live backend.
+    for sock in [&v4, &v6] {
+        let pending = sock.take_error().unwrap().expect("a pending error");
+        assert_eq!(
+            pending.raw_os_error(),
+            Some(libc::ECONNABORTED),
+            "{pending}"
+        );
+        let e = sock.send(b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+    }
+    assert!(other.take_error().unwrap().is_none());
+    other.send(b"x").unwrap();
+
+    // TCP: the client's connection is aborted; the listener and the server's side are not
+    // "connected to the backend" and stay.
+    let (listener, mut client, accepted) = in_ns(&ns, || {
+        let l = TcpListener::bind("192.0.2.1:40998").unwrap();
+        let c = TcpStream::connect("192.0.2.1:40998").unwrap();
+        let (a, _) = l.accept().unwrap();
+        (l, c, a)
+    });
+    let n = attach::destroy_sockets(&[Backend {
+        addr: "192.0.2.1".parse().unwrap(),
+        port: 40998,
+        proto: Proto::Tcp,
         flags: 0,
     }])
     .unwrap();
     assert_eq!(n, 1);
-    // The kernel aborts it (the pending error) and disconnects it: the client learns at
-    // once and must reconnect, to a live backend.
-    let pending = sock.take_error().unwrap().expect("a pending error");
-    assert_eq!(
-        pending.raw_os_error(),
-        Some(libc::ECONNABORTED),
-        "{pending}"
-    );
-    let e = sock.send(b"x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+    let e = client.read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+    drop((listener, accepted));
 }
 
 #[test]
