@@ -554,6 +554,33 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     );
 
     // Restart: the process "exits" (attachments and maps stay), a new one loads and swaps.
+    // New connections keep coming all along: none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        metalnet::sys::netns::spawn_in(client.name(), move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = TcpStream::connect_timeout(
+                    &format!("{VIP}:80").parse::<SocketAddr>().unwrap(),
+                    Duration::from_secs(2),
+                )
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"h")?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b)
+                });
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(100));
     let ids = l1.maps().ids();
     let links = pins(&dir.path.join(attach::LINKS_DIR));
     drop(a1);
@@ -567,6 +594,15 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(l2.maps().ids(), ids, "same maps");
     assert_eq!(l2.read().unwrap(), want, "same contents, same ids");
     let a2 = start(&server, l2.take_programs().unwrap(), opts.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.join().unwrap().unwrap();
+    eprintln!(
+        "{ok} connections through the VIP during the restart, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 10, "{ok}");
     assert_eq!(
         pins(&dir.path.join(attach::LINKS_DIR)),
         links,
