@@ -851,6 +851,49 @@ mod tests {
     use crate::testing::Netns;
 
     #[test]
+    fn the_monitor_reports_links_and_addresses_as_they_come_and_go() {
+        let Some(ns) = Netns::new("mon") else {
+            return;
+        };
+        let name = ns.name().to_string();
+        let changes = ns.block_on(move || async move {
+            let (_nl, mut changes) = Netlink::monitor().unwrap();
+            let ip = |args: &str| {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &name])
+                    .args(args.split(' '))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "ip {args}");
+            };
+            ip("link add mon0 type veth peer name mon1");
+            ip("addr add 192.0.2.5/24 dev mon0");
+            ip("link del mon0");
+            let mut seen = Vec::new();
+            while let Ok(Some(c)) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), changes.next()).await
+            {
+                seen.push(c);
+            }
+            seen
+        });
+        let index = changes
+            .iter()
+            .find_map(|c| match c {
+                Change::Link(l) if l.name == "mon0" => Some(l.index),
+                _ => None,
+            })
+            .expect("the new link");
+        let net: IpNet = "192.0.2.5/24".parse().unwrap();
+        assert!(changes.contains(&Change::Addr(index, net)), "{changes:?}");
+        assert!(
+            changes.contains(&Change::AddrGone(index, net)),
+            "{changes:?}"
+        );
+        assert!(changes.contains(&Change::LinkGone(index)), "{changes:?}");
+    }
+
+    #[test]
     fn vxlan_device_neighbours_fdb_routes_round_trip() {
         let Some(ns) = Netns::with_veth("rt") else {
             return;
