@@ -550,6 +550,35 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
+/// What only the daemon knows about a Service: its healthCheckNodePort server.
+fn health_lines(status: &Status, plan: &dyn Plan, ns: &str, name: &str) -> String {
+    let mut out = String::new();
+    for (port, h) in plan.health_checks() {
+        if h.namespace != ns || h.name != name {
+            continue;
+        }
+        let answer = if h.local_endpoints > 0 && status.failing.is_none() {
+            "200"
+        } else {
+            "503"
+        };
+        match status.health_ports.get(&port) {
+            Some(addrs) => {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                out.push_str(&format!(
+                    "  healthCheckNodePort {port}: listening on {}, answering {answer} ({} local endpoints)\n",
+                    addrs.join(", "),
+                    h.local_endpoints
+                ));
+            }
+            None => out.push_str(&format!(
+                "  healthCheckNodePort {port}: NOT listening (the port is taken? see the log)\n"
+            )),
+        }
+    }
+    out
+}
+
 /// The query parameter `key` of a request path.
 fn query<'a>(path: &'a str, key: &str) -> Option<&'a str> {
     path.split_once('?')?
@@ -577,7 +606,10 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
             };
             let (ns, name) = full.split_once('/').unwrap_or(("default", full));
             match plan.explain_service(&status.live, ns, name) {
-                Some(t) => t,
+                Some(mut t) => {
+                    t.push_str(&health_lines(status, plan.as_ref(), ns, name));
+                    t
+                }
                 None => {
                     return Some(Err(format!(
                         "Service {ns}/{name}: not handled by this proxy (missing, headless, ExternalName, or another service-proxy-name)\n"

@@ -540,6 +540,18 @@ async fn health_servers_follow_the_plan() {
     };
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains(r#""localEndpoints":1"#), "{body}");
+    let text = debug_answer(
+        &f.status.lock().unwrap(),
+        "/debug/proxy/service?name=default/web",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        text.contains(&format!(
+            "healthCheckNodePort {port}: listening on 127.0.0.1:{port}, answering 200 (1 local endpoints)"
+        )),
+        "{text}"
+    );
     d.pass_on(&snapshot([]));
     assert!(f.status.lock().unwrap().health_ports.is_empty());
 }
