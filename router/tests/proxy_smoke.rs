@@ -134,13 +134,25 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool, log: &Path
     );
 }
 
-fn proxy(node: &Netns, state: &Path, bpf: &Path, cgroup: &Path, log: &Path) -> Proc {
+fn proxy(
+    node: &Netns,
+    state: &Path,
+    bpf: &Path,
+    cgroup: &Path,
+    log: &Path,
+    with_router: bool,
+) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let child = in_ns(node, &[BIN, "--run-router=false", "--run-service-proxy"])
+    let router = if with_router {
+        "--run-router=true"
+    } else {
+        "--run-router=false"
+    };
+    let child = in_ns(node, &[BIN, router, "--run-service-proxy"])
         .arg("--state-dir")
         .arg(state)
         .arg("--bpf-dir")
@@ -236,7 +248,7 @@ fn proxy_smoke() {
     std::fs::write(state.join("web.yaml"), service.to_string()).unwrap();
     std::fs::write(state.join("web-slice.yaml"), slice.to_string()).unwrap();
 
-    let p = proxy(&node, &state, &bpf.path, &cgroup.0, &log);
+    let p = proxy(&node, &state, &bpf.path, &cgroup.0, &log, false);
     let ready =
         || curl(&node, "http://127.0.0.1:7475/readyz").is_some_and(|b| b.starts_with("ready"));
     wait_for("the proxy is ready", Duration::from_secs(30), ready, &log);
@@ -301,11 +313,17 @@ fn proxy_smoke() {
     ));
     assert!(!missing.status.success());
 
-    // A restart with the same Services writes nothing, and serves at once.
+    // A restart with the same Services writes nothing, and serves at once; this time beside
+    // the router, in one process (one metrics server, whose /readyz waits for both).
     assert!(p.stop(), "SIGTERM: a clean exit");
     assert!(mounted(&bpf.path), "the maps stay pinned after SIGTERM");
+    let node_obj = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node1"},
+        "spec": {"podCIDRs": ["198.51.100.0/28"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}});
+    std::fs::write(state.join("node1.yaml"), node_obj.to_string()).unwrap();
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-    let p = proxy(&node, &state, &bpf.path, &cgroup.0, &log);
+    let p = proxy(&node, &state, &bpf.path, &cgroup.0, &log, true);
     assert_eq!(
         curl(&client, &format!("http://{VIP}/name.txt")).as_deref(),
         Some("backend-1\n"),
