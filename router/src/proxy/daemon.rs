@@ -35,9 +35,13 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_secs(1);
 /// How often the node's addresses are re-read without any other change.
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
-/// How often the conntrack fill and the data path counters are read (walking a map of half
-/// a million entries is not free).
-const FILL_CHECK: Duration = Duration::from_secs(10);
+/// How often the conntrack fill and the data path counters are read at most often...
+const FILL_MIN: Duration = Duration::from_secs(1);
+/// ...and at least often.
+const FILL_MAX: Duration = Duration::from_secs(60);
+/// Walking the per-connection maps costs a syscall per entry: the next walk waits this many
+/// times as long as the last took (1% of a core at most).
+const FILL_COST_FACTOR: u32 = 100;
 
 /// A problem the model found in a Service or EndpointSlice (a bad field): reported once as a
 /// Warning Event on that object; the rest of it, and every other Service, keeps working.
@@ -138,6 +142,8 @@ pub struct Daemon<D: Dataplane, M: Model> {
     node_addrs: Option<BTreeSet<IpAddr>>,
     addrs_at: Instant,
     fill_at: Instant,
+    /// The interval before the next fill walk (see [`FILL_COST_FACTOR`]).
+    fill_every: Duration,
     retry_at: Option<Instant>,
     /// The EndpointSlices of the last pass, to time network programming of the changed ones.
     slices: metalnet::state::Objects<metalnet::model::core::EndpointSlice>,
@@ -177,7 +183,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         dp.set_cluster_cidrs(&opts.cluster_cidrs)?;
         readiness.set(false);
         let long_ago = Instant::now()
-            .checked_sub(FILL_CHECK.max(ADDRESS_CHECK))
+            .checked_sub(FILL_MAX.max(ADDRESS_CHECK))
             .unwrap_or_else(Instant::now);
         Ok(Daemon {
             node,
@@ -195,6 +201,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             node_addrs: None,
             addrs_at: long_ago,
             fill_at: long_ago,
+            fill_every: FILL_MIN,
             retry_at: None,
             slices: Default::default(),
         })
@@ -225,8 +232,15 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             if woke && !first {
                 tokio::time::sleep(DEBOUNCE).await;
             }
+            // A timer alone recomputes nothing unless a retry is due or the node's addresses
+            // changed (where the health servers listen); metrics are refreshed either way.
+            let due = self.retry_at.is_some_and(|r| r <= Instant::now());
+            if woke || first || due || self.refresh_node_addrs().await {
+                self.pass(state).await;
+            } else if self.fill_at.elapsed() >= self.fill_every {
+                self.observe_datapath();
+            }
             first = false;
-            self.pass(state).await;
         }
         self.readiness.set(false);
         tracing::info!(
@@ -237,7 +251,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 
     fn next_timer(&self) -> Instant {
-        let mut t = self.fill_at + FILL_CHECK;
+        let mut t = self.fill_at + self.fill_every;
         if self.netlink.is_some() {
             t = t.min(self.addrs_at + ADDRESS_CHECK);
         }
@@ -298,18 +312,26 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         self.node_addrs = Some(addrs);
     }
 
-    async fn refresh_node_addrs(&mut self) {
-        let Some(nl) = &self.netlink else { return };
+    /// Re-reads the node's addresses when due; whether they changed.
+    async fn refresh_node_addrs(&mut self) -> bool {
+        let Some(nl) = &self.netlink else {
+            return false;
+        };
         if self.addrs_at.elapsed() < ADDRESS_CHECK && self.node_addrs.is_some() {
-            return;
+            return false;
         }
         self.addrs_at = Instant::now();
         match nl.addresses(0).await {
             Ok(list) => {
                 let all: BTreeSet<IpAddr> = list.into_iter().map(|(_, n)| n.addr()).collect();
+                let before = self.node_addrs.clone();
                 self.set_node_addrs(&all);
+                before != self.node_addrs
             }
-            Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading this node's addresses");
+                false
+            }
         }
     }
 
@@ -393,8 +415,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             self.metrics.sync_last_timestamp.set(unix_now());
         }
         self.metrics.observe_state(&self.current);
-        if self.fill_at.elapsed() >= FILL_CHECK {
-            self.fill_at = Instant::now();
+        if self.fill_at.elapsed() >= self.fill_every {
             self.observe_datapath();
         }
         {
@@ -414,6 +435,13 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 
     fn observe_datapath(&mut self) {
+        let started = Instant::now();
+        self.observe_datapath_now();
+        self.fill_at = Instant::now();
+        self.fill_every = fill_interval(started.elapsed());
+    }
+
+    fn observe_datapath_now(&mut self) {
         match self.dp.counters() {
             Ok(c) => self.metrics.observe_counters(&c),
             Err(e) => tracing::debug!(error = %e, "reading the data path counters"),
@@ -461,6 +489,12 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         }
         self.slices = snap.endpoint_slices.clone();
     }
+}
+
+/// The interval before the next fill walk when the last one took `took`. Pure.
+fn fill_interval(took: Duration) -> Duration {
+    took.saturating_mul(FILL_COST_FACTOR)
+        .clamp(FILL_MIN, FILL_MAX)
 }
 
 /// The annotation the EndpointSlice controller sets to when the change that made the slice

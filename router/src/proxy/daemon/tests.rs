@@ -848,3 +848,16 @@ async fn real_model_health_check_node_port() {
     assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
     assert!(r.contains(r#""localEndpoints":1"#), "{r}");
 }
+
+#[test]
+fn fill_walks_cost_at_most_one_percent() {
+    assert_eq!(fill_interval(Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(
+        fill_interval(Duration::from_millis(50)),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        fill_interval(Duration::from_secs(5)),
+        Duration::from_secs(60)
+    );
+}
