@@ -5,7 +5,7 @@
  * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
  * a packet matching a reply entry gets the frontend back as its source.
  *
- * Handles Ethernet devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
+ * Handles Ethernet and L3 devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
  * headers), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
  * its CRC32c cannot be updated incrementally). Everything else passes untouched. */
 #include <linux/if_ether.h>
@@ -38,22 +38,40 @@ struct mn_pkt {
 	__be32 seq;       /* TCP */
 	__u32 l3off;
 	__u32 l4off;
-	__u32 l4len;      /* L4 header and payload, from the IP header */
+	__u32 l4len;      /* L4 header and payload, from the IP header; TCP: the payload only */
 	__u32 csum_off;   /* 0: no L4 checksum to update (SCTP) */
 };
 
+#define MN_IPPROTO_ICMPV6 58
+#define MN_PARSE_ICMP     1
+
+/* 0: TCP, UDP or SCTP parsed; MN_PARSE_ICMP: an ICMP or ICMPv6 message (type in tcp_flags,
+ * l4off at its header); < 0: anything else, to pass untouched. */
 static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	void *l4;
+	__u64 head, net;
+	void *l3, *l4;
 
-	if ((void *)(eth + 1) > end)
+	/* L3 devices (tun, WireGuard, IP tunnels) have no Ethernet header: there the network
+	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes. */
+	if (data + sizeof(head) > end)
 		return -1;
-	p->l3off = ETH_HLEN;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+	if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
+		return -1;
+	__builtin_memcpy(&head, data, sizeof(head));
+	if (head == net) {
+		p->l3off = 0;
+		l3 = data;
+	} else {
+		if (data + ETH_HLEN > end)
+			return -1;
+		p->l3off = ETH_HLEN;
+		l3 = data + ETH_HLEN;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
 		__u32 hl;
 
 		if ((void *)(ip + 1) > end)
@@ -68,11 +86,11 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->proto = ip->protocol;
 		mn_addr_set_v4(p->saddr, ip->saddr);
 		mn_addr_set_v4(p->daddr, ip->daddr);
-		p->l4off = ETH_HLEN + hl;
+		p->l4off = p->l3off + hl;
 		p->l4len = bpf_ntohs(ip->tot_len) - hl;
 		l4 = (void *)ip + hl;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
 
 		if ((void *)(ip6 + 1) > end)
 			return -1;
@@ -80,7 +98,7 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, MN_ADDR_LEN);
 		__builtin_memcpy(p->daddr, &ip6->daddr, MN_ADDR_LEN);
-		p->l4off = ETH_HLEN + sizeof(*ip6);
+		p->l4off = p->l3off + sizeof(*ip6);
 		p->l4len = bpf_ntohs(ip6->payload_len);
 		l4 = (void *)(ip6 + 1);
 	} else {
@@ -96,6 +114,8 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->dport = th->dest;
 		p->seq = th->seq;
 		p->tcp_flags = ((__u8 *)th)[13];
+		/* A SYN's options are not data: the RST must acknowledge the SYN alone. */
+		p->l4len = p->l4len > th->doff * 4 ? p->l4len - th->doff * 4 : 0;
 		p->csum_off = p->l4off + offsetof(struct tcphdr, check);
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
@@ -113,6 +133,14 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->sport = ports[0];
 		p->dport = ports[1];
 		p->csum_off = 0;
+	} else if ((p->proto == IPPROTO_ICMP && !p->v6) || (p->proto == MN_IPPROTO_ICMPV6 && p->v6)) {
+		__u8 *icmp = l4;
+
+		/* Type, code, checksum and 4 more bytes before an error's quoted packet. */
+		if ((void *)(icmp + 8) > end)
+			return -1;
+		p->tcp_flags = icmp[0];
+		return MN_PARSE_ICMP;
 	} else {
 		return -1;
 	}
@@ -222,7 +250,7 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 	th.source = p->dport;
 	th.dest = p->sport;
 	/* The SYN counts one, plus any data it carried. */
-	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + (p->l4len > 20 ? p->l4len - 20 : 0));
+	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
 	th.doff = 5 << 4;
 	th.flags = MN_TH_RST | MN_TH_ACK;
 
@@ -293,7 +321,6 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 #define MN_ICMP_PORT_UNREACH  3
 #define MN_ICMP6_DEST_UNREACH 1
 #define MN_ICMP6_PORT_UNREACH 4
-#define MN_IPPROTO_ICMPV6     58
 
 /* No backend for a UDP datagram: an ICMP (ICMPv6) port unreachable from the frontend,
  * quoting the datagram's IP header and first 8 bytes, as kube-proxy's REJECT does. */
@@ -384,6 +411,9 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	mn_count(MN_CNT_REJECT);
+	/* The answers are built as Ethernet frames. */
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
 		return mn_reject_tcp(skb, p, redirect_flags);
 	if (p->proto == IPPROTO_UDP)
@@ -593,7 +623,7 @@ int mn_tc_ingress(struct __sk_buff *skb)
 	__u32 now;
 	int syn, r;
 
-	if (mn_parse(skb, &p) < 0)
+	if (mn_parse(skb, &p) != 0)
 		return TC_ACT_OK;
 	syn = p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN;
 	now = mn_now();
@@ -638,14 +668,114 @@ static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt 
 	return mn_reject(skb, p, BPF_F_INGRESS);
 }
 
+/* An ICMP error about a balanced connection, on its way to the client: the quoted packet
+ * (client -> backend, as DNATed) gets the frontend back as its destination, and the outer
+ * source too when the backend itself sent the error, so the client's stack matches it to its
+ * socket (a connected UDP socket's ECONNREFUSED, TCP's path MTU). */
+static __noinline int mn_icmp_rev(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk = {};
+	struct mn_ct_val *v, c;
+	__u8 type = p->tcp_flags, iproto;
+	__u32 in = p->l4off + 8, inl4, icsum = p->l4off + 2;
+	__be16 ports[2];
+
+	if (!p->v6) {
+		struct iphdr ih;
+
+		/* Destination unreachable, time exceeded, parameter problem. */
+		if (type != 3 && type != 11 && type != 12)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)) || ih.ihl != 5)
+			return TC_ACT_OK;
+		iproto = ih.protocol;
+		mn_addr_set_v4(rk.saddr, ih.daddr);
+		mn_addr_set_v4(rk.daddr, ih.saddr);
+		inl4 = in + sizeof(ih);
+	} else {
+		struct ipv6hdr ih;
+
+		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
+		if (type < 1 || type > 4)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)))
+			return TC_ACT_OK;
+		iproto = ih.nexthdr;
+		__builtin_memcpy(rk.saddr, &ih.daddr, MN_ADDR_LEN);
+		__builtin_memcpy(rk.daddr, &ih.saddr, MN_ADDR_LEN);
+		inl4 = in + sizeof(ih);
+	}
+	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, inl4, ports, sizeof(ports)))
+		return TC_ACT_OK;
+	rk.sport = ports[1];
+	rk.dport = ports[0];
+	rk.proto = iproto;
+	rk.dir = 1;
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return TC_ACT_OK;
+	c = *v;
+
+	if (!p->v6) {
+		__be32 o = mn_word(rk.saddr, 3), n = mn_word(c.nat_addr, 3);
+
+		if (!mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		if (o != n) {
+			/* The quoted header stays valid (its checksum follows), so the ICMP checksum,
+			 * which covers it, does not change. */
+			if (bpf_l3_csum_replace(skb, in + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+			    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, daddr), &n, sizeof(n), 0))
+				return TC_ACT_SHOT;
+			if (mn_word(p->saddr, 3) == o &&
+			    (bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+			     bpf_skb_store_bytes(skb, p->l3off + offsetof(struct iphdr, saddr), &n, sizeof(n), 0)))
+				return TC_ACT_SHOT;
+		}
+	} else {
+		__u8 o[MN_ADDR_LEN], n[MN_ADDR_LEN];
+
+		if (mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		__builtin_memcpy(o, rk.saddr, MN_ADDR_LEN);
+		__builtin_memcpy(n, c.nat_addr, MN_ADDR_LEN);
+		if (!mn_addr_eq(o, n)) {
+			__s64 d = bpf_csum_diff((__be32 *)o, MN_ADDR_LEN, (__be32 *)n, MN_ADDR_LEN, 0);
+
+			/* ICMPv6's checksum covers the quoted header, and the outer addresses through
+			 * its pseudo-header. */
+			if (bpf_l4_csum_replace(skb, icsum, 0, d, 0) ||
+			    bpf_skb_store_bytes(skb, in + offsetof(struct ipv6hdr, daddr), n, MN_ADDR_LEN, 0))
+				return TC_ACT_SHOT;
+			if (mn_addr_eq(p->saddr, o) &&
+			    (bpf_l4_csum_replace(skb, icsum, 0, d, BPF_F_PSEUDO_HDR) ||
+			     bpf_skb_store_bytes(skb, p->l3off + offsetof(struct ipv6hdr, saddr), n, MN_ADDR_LEN, 0)))
+				return TC_ACT_SHOT;
+		}
+	}
+	if (rk.sport != c.nat_port) {
+		if (bpf_l4_csum_replace(skb, icsum, rk.sport, c.nat_port, sizeof(c.nat_port)) ||
+		    bpf_skb_store_bytes(skb, inl4 + 2, &c.nat_port, sizeof(c.nat_port), 0))
+			return TC_ACT_SHOT;
+	}
+	mn_count(MN_CNT_REV_NAT);
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int mn_tc_egress(struct __sk_buff *skb)
 {
 	struct mn_pkt p = {};
 	struct mn_ct_key rk;
 	struct mn_ct_val *v, c;
+	int r;
 
-	if (mn_parse(skb, &p) < 0)
+	r = mn_parse(skb, &p);
+	if (r == MN_PARSE_ICMP)
+		return mn_icmp_rev(skb, &p);
+	if (r)
 		return TC_ACT_OK;
 	mn_ct_key_of(&rk, &p, 1);
 	v = bpf_map_lookup_elem(&mn_ct, &rk);

@@ -289,9 +289,16 @@ impl Dp {
 
     /// Runs a program on one packet: its verdict, the packet after it, and skb->mark.
     fn run(&mut self, prog: &str, pkt: &[u8]) -> Run {
+        self.run_on(prog, pkt, 0)
+    }
+
+    /// [`Dp::run`] as if the packet came from the device `ifindex` (of the calling thread's
+    /// network namespace; 0: loopback).
+    fn run_on(&mut self, prog: &str, pkt: &[u8], ifindex: u32) -> Run {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; 2048];
-        let ctx_in = [0u8; 192];
+        let mut ctx_in = [0u8; 192];
+        ctx_in[40..44].copy_from_slice(&ifindex.to_le_bytes());
         let mut ctx_out = [0u8; 192];
         let r = p
             .test_run(TestRunOptions {
@@ -480,6 +487,19 @@ fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]
 fn tcp(src: &str, dst: &str, flags: u8) -> Vec<u8> {
     packet(sa(src), sa(dst), TCP, flags, &[])
 }
+/// A SYN with 12 bytes of options (MSS, SACK permitted, window scale): not payload.
+fn syn_with_options(src: &str, dst: &str) -> Vec<u8> {
+    let opts = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1];
+    let mut p = packet(sa(src), sa(dst), TCP, SYN, &opts);
+    let l4 = if p[12] == 0x08 { 34 } else { 54 };
+    p[l4 + 12] = 8 << 4;
+    p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let (s, d) = (sa(src), sa(dst));
+    let c = fold(sum16(&p[l4..], pseudo(s.ip(), d.ip(), TCP, p.len() - l4)));
+    p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 fn udp(src: &str, dst: &str) -> Vec<u8> {
     packet(sa(src), sa(dst), UDP, 0, b"query")
 }
@@ -985,10 +1005,24 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
     );
     assert_eq!((p.flags, p.ack), (RST | ACK, 1001));
 
+    // A SYN's options are not data: the RST acknowledges the SYN alone.
+    let r = dp.ingress(&syn_with_options("203.0.113.5:40002", "10.96.0.10:80"));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!((r.parsed().flags, r.parsed().ack), (RST | ACK, 1001));
+    // Data on a SYN is acknowledged too.
+    let r = dp.ingress(&packet(
+        sa("203.0.113.5:40003"),
+        sa("10.96.0.10:80"),
+        TCP,
+        SYN,
+        b"fastopen",
+    ));
+    assert_eq!(r.parsed().ack, 1009);
+
     // Not a SYN: dropped.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.verdict, TC_ACT_SHOT);
-    assert_eq!(dp.counter(2), 3, "reject");
+    assert_eq!(dp.counter(2), 5, "reject");
 }
 
 #[test]
@@ -1406,4 +1440,1172 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     );
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.3.20:8080"));
+}
+
+// --- socket-LB (sock.c) on a cgroup and a network namespace of the test's own ------------
+
+/// A cgroup v2 directory of our own under the cgroup2 mount, removed on drop.
+struct Cgroup {
+    path: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.split_whitespace().next() == Some("cgroup2"))
+                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))
+                    .flatten()
+            })
+            .expect("a cgroup2 mount in /proc/self/mountinfo");
+        let path = Path::new(&root).join(format!("mnl-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Cgroup { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The client processes have exited, but the cgroup may take a moment to empty.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("leftover cgroup {}", self.path.display());
+    }
+}
+
+/// Backends in the namespace: TCP on 198.51.100.10:8081..8084 and [2001:db8::10]:8081, UDP
+/// on 198.51.100.10:5353 and [2001:db8::10]:5353; each answers with its own port.
+struct Servers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Servers {
+    fn start(
+        ns: &str,
+        tcp_addrs: &'static [&'static str],
+        udp_addrs: &'static [&'static str],
+    ) -> Servers {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = metalnet::sys::netns::spawn_in(ns, move || {
+            let mut tcp = Vec::new();
+            for a in tcp_addrs {
+                let l = std::net::TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                l.set_nonblocking(true).unwrap();
+                tcp.push(l);
+            }
+            let mut udp = Vec::new();
+            for a in udp_addrs {
+                let u = std::net::UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                u.set_nonblocking(true).unwrap();
+                udp.push(u);
+            }
+            tx.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for l in &tcp {
+                    while let Ok((mut s, _)) = l.accept() {
+                        let port = l.local_addr().unwrap().port();
+                        let _ = s.write_all(port.to_string().as_bytes());
+                    }
+                }
+                for u in &udp {
+                    while let Ok((_, from)) = u.recv_from(&mut buf) {
+                        let port = u.local_addr().unwrap().port();
+                        let _ = u.send_to(port.to_string().as_bytes(), from);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+        .expect("a thread in the namespace");
+        if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+            match handle.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(r) => panic!("servers in {ns} not listening: {r:?}"),
+            }
+        }
+        Servers {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+const CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.sendto(b"q", (host, port))
+        d, a = u.recvfrom(16)
+        return [a[0], a[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        peer = u.getpeername()[:2]
+        return [peer[0], peer[1], d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+cookie = int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), "little")
+print(json.dumps({
+    "cookie": cookie,
+    "tcp4": [tcp("10.96.0.10", 80) for _ in range(16)],
+    "affinity": [tcp("10.96.0.20", 80) for _ in range(8)],
+    "udp4": udp("10.96.0.53", 53),
+    "udp4c": udp_connected("10.96.0.53", 53),
+    "tcp6": tcp("fd00:96::10", 80, socket.AF_INET6),
+    "udp6": udp("fd00:96::53", 53, socket.AF_INET6),
+    "none": tcp("10.96.0.99", 80),
+}))
+"#;
+
+fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec timeout 30 nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
+            cg.path.display()
+        ))
+        .arg(CLIENT)
+        .output()
+        .expect("running the client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn have_python() -> bool {
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
+    use aya::programs::CgroupSockAddr;
+    use aya::programs::links::CgroupAttachMode;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(ns) = metalnet::testing::Netns::new("bpfsock") else {
+        return;
+    };
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::10/128",
+        "dev",
+        "lo",
+        "nodad",
+    ]);
+    let _servers = Servers::start(
+        ns.name(),
+        &[
+            "198.51.100.10:8081",
+            "198.51.100.10:8082",
+            "198.51.100.10:8083",
+            "198.51.100.10:8084",
+            "[2001:db8::10]:8081",
+        ],
+        &["198.51.100.10:5353", "[2001:db8::10]:5353"],
+    );
+    let cg = Cgroup::new("bpfsock");
+    let fs = Bpffs::mount();
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    let cg_dir = std::fs::File::open(&cg.path).unwrap();
+    for name in [
+        "mn_sock_connect4",
+        "mn_sock_connect6",
+        "mn_sock_sendmsg4",
+        "mn_sock_sendmsg6",
+        "mn_sock_recvmsg4",
+        "mn_sock_recvmsg6",
+        "mn_sock_getpeername4",
+        "mn_sock_getpeername6",
+    ] {
+        let prog: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        prog.attach(&cg_dir, CgroupAttachMode::Single)
+            .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
+    }
+    // The map writers of Dp, on this object's maps.
+    let mut dp = SockMaps(ebpf);
+    let set_config = |dp: &mut SockMaps, socket_lb: u32, cookie: u64| {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(dp.0.map_mut(names::CONFIG).unwrap()).unwrap();
+        let c = Config {
+            socket_lb,
+            host_netns_cookie: cookie,
+            ..Config::default()
+        };
+        m.set(0, c.to_bytes(), 0).unwrap();
+    };
+    set_config(&mut dp, 1, 0);
+    let four: Vec<(u32, String)> = (1..=4)
+        .map(|i| (10 + i, "198.51.100.10".to_string()))
+        .collect();
+    let b4: Vec<(u32, &str, u16, u8)> = four
+        .iter()
+        .enumerate()
+        .map(|(i, (id, a))| (*id, a.as_str(), 8081 + i as u16, 0))
+        .collect();
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 1,
+            ..SvcVal::default()
+        },
+        &b4,
+    );
+    let b4a: Vec<(u32, &str, u16, u8)> = b4
+        .iter()
+        .map(|(id, a, p, f)| (id + 10, *a, *p, *f))
+        .collect();
+    dp.service(
+        "10.96.0.20",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 2,
+            flags: svc_flags::AFFINITY,
+            affinity_timeout: 60,
+            ..SvcVal::default()
+        },
+        &b4a,
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 3,
+            ..SvcVal::default()
+        },
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 4,
+            ..SvcVal::default()
+        },
+        &[(41, "2001:db8::10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        SvcVal {
+            rev_id: 5,
+            ..SvcVal::default()
+        },
+        &[(51, "2001:db8::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        SvcVal {
+            rev_id: 6,
+            ..SvcVal::default()
+        },
+        &[],
+    );
+
+    let v = run_client(&cg, ns.name());
+    let tcp4 = v["tcp4"].as_array().unwrap();
+    let mut ports = std::collections::BTreeSet::new();
+    for c in tcp4 {
+        assert_eq!(
+            (&c[0], &c[1]),
+            (&serde_json::json!("10.96.0.10"), &serde_json::json!(80)),
+            "{v}"
+        );
+        ports.insert(c[2].as_str().unwrap().to_string());
+    }
+    assert!(ports.len() >= 2, "random choice over 4 backends: {ports:?}");
+    let aff: std::collections::BTreeSet<_> = v["affinity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(aff.len(), 1, "affinity by network namespace: {v}");
+    assert_eq!(
+        v["udp4"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp4c"],
+        serde_json::json!(["10.96.0.53", 53, "5353"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["tcp6"],
+        serde_json::json!(["fd00:96::10", 80, "8081"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["udp6"],
+        serde_json::json!(["fd00:96::53", 53, "5353"]),
+        "{v}"
+    );
+    // No backend: left untranslated (no route to the VIP in this namespace).
+    assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
+    assert!(dp.counter(1) >= 28, "sock_lb");
+
+    // host-only: another namespace's sockets are left alone...
+    let cookie = v["cookie"].as_u64().unwrap();
+    set_config(&mut dp, 2, cookie + 1);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
+    // ...and the host's (here: the test namespace named as the host) translated.
+    set_config(&mut dp, 2, cookie);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
+    // off: nothing translated.
+    set_config(&mut dp, 0, 0);
+    let v = run_client(&cg, ns.name());
+    assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
+    drop(dp);
+    drop(fs);
+}
+
+struct SockMaps(Ebpf);
+
+impl SockMaps {
+    fn service(
+        &mut self,
+        addr: &str,
+        port: u16,
+        proto: Proto,
+        val: SvcVal,
+        backends: &[(u32, &str, u16, u8)],
+    ) {
+        let k = SvcKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto,
+            scope: EXT,
+        };
+        let v = SvcVal {
+            count: backends.len() as u16,
+            ..val
+        };
+        let mut m: HashMap<_, [u8; 20], [u8; 16]> =
+            HashMap::try_from(self.0.map_mut(names::SVC).unwrap()).unwrap();
+        m.insert(k.to_bytes(), v.to_bytes(), 0).unwrap();
+        for (i, (id, a, p, f)) in backends.iter().enumerate() {
+            let b = Backend {
+                addr: a.parse().unwrap(),
+                port: *p,
+                proto,
+                flags: *f,
+            };
+            let mut m: HashMap<_, [u8; 4], [u8; 20]> =
+                HashMap::try_from(self.0.map_mut(names::BACKEND).unwrap()).unwrap();
+            m.insert(id.to_le_bytes(), b.to_bytes(), 0).unwrap();
+            let sk = SlotKey {
+                rev_id: val.rev_id,
+                slot: i as u16 + 1,
+                scope: EXT,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 4]> =
+                HashMap::try_from(self.0.map_mut(names::SLOT).unwrap()).unwrap();
+            m.insert(sk.to_bytes(), id.to_le_bytes(), 0).unwrap();
+            let mk = AffinityMatch {
+                backend_id: *id,
+                rev_id: val.rev_id,
+            };
+            let mut m: HashMap<_, [u8; 8], [u8; 1]> =
+                HashMap::try_from(self.0.map_mut(names::AFFINITY_MATCH).unwrap()).unwrap();
+            m.insert(mk.to_bytes(), [1], 0).unwrap();
+        }
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.0.map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+}
+
+/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
+/// covers no address.
+fn sctp(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d) = (sa(src), sa(dst));
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.port().to_be_bytes());
+    l4.extend_from_slice(&d.port().to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[1, 0, 0, 4]);
+    let mut p = packet(s, d, UDP, 0, &[]);
+    p.truncate(14 + 20);
+    p[14 + 9] = 132;
+    let total = (20 + l4.len()) as u16;
+    p[16..18].copy_from_slice(&total.to_be_bytes());
+    p[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&p[14..34], 0));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn sctp_rewrites_addresses_when_the_port_is_kept() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        3868,
+        Proto::Sctp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 3868, 0)],
+    );
+    dp.service(
+        "10.96.0.11",
+        3868,
+        Proto::Sctp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "10.244.2.11", 3869, 0)],
+    );
+    let pkt = sctp("10.244.1.5:5000", "10.96.0.10:3868");
+    let r = dp.ingress(&pkt);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_eq!(fold(sum16(&r.pkt[14..34], 0)), 0, "IPv4 header checksum");
+    assert_eq!(&r.pkt[30..34], &[10, 244, 2, 10]);
+    assert_eq!(&r.pkt[34..], &pkt[34..], "SCTP header and chunk untouched");
+    let r = dp.egress(&sctp("10.244.2.10:3868", "10.244.1.5:5000"));
+    assert_eq!(&r.pkt[26..30], &[10, 96, 0, 10]);
+    // A port change would need the CRC32c recomputed: dropped rather than sent corrupt.
+    let r = dp.ingress(&sctp("10.244.1.5:5000", "10.96.0.11:3868"));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+}
+
+/// Not a pass/fail check: the programs' cost per packet (BPF_PROG_TEST_RUN's average over
+/// many runs), printed for the record (`cargo test -- --nocapture run_time`).
+#[test]
+fn run_time_per_packet() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 8080, 0), (12, "10.244.2.11", 8080, 0)],
+    );
+    let syn = tcp("10.244.1.5:40000", "10.96.0.10:80", SYN);
+    let ack = tcp("10.244.1.5:40000", "10.96.0.10:80", ACK);
+    dp.ingress(&syn);
+    let reply = tcp("10.244.2.10:8080", "10.244.1.5:40000", ACK);
+    let other = tcp("10.244.1.5:40001", "10.244.9.9:22", ACK);
+    let mut line = String::new();
+    for (what, prog, pkt) in [
+        ("new connection (SYN)", "mn_tc_ingress", &syn),
+        ("established (ingress)", "mn_tc_ingress", &ack),
+        ("reply (egress)", "mn_tc_egress", &reply),
+        ("not a service (ingress)", "mn_tc_ingress", &other),
+        ("not a service (egress)", "mn_tc_egress", &other),
+    ] {
+        let p: &SchedClassifier = dp.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; 2048];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat: 20_000,
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert!(
+            r.duration < std::time::Duration::from_micros(100),
+            "{what}: {:?}",
+            r.duration
+        );
+        line.push_str(&format!("{what}: {} ns; ", r.duration.as_nanos()));
+    }
+    eprintln!("BPF run time per packet: {line}");
+}
+
+// --- lb.o on real traffic: TCX on a node namespace between a client and a backend ---------
+
+const TRAFFIC_CLIENT: &str = r#"
+import socket, json
+def tcp(host, port, fam=socket.AF_INET):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        peer = s.getpeername()[:2]
+        data = s.recv(16).decode()
+        s.close()
+        return [peer[0], peer[1], data]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_connected(host, port, fam=socket.AF_INET):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        u.connect((host, port))
+        u.send(b"q")
+        d = u.recv(16)
+        return [host, port, d.decode()]
+    except OSError as e:
+        return ["error", e.errno, ""]
+def udp_from(port, host, dport, fam=socket.AF_INET):
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(2)
+    u.bind(("", port))
+    u.connect((host, dport))
+    u.send(b"q")
+    try:
+        return u.recv(16).decode()
+    except OSError as e:
+        return "error %d" % e.errno
+ok4 = [tcp("10.96.0.10", 80) for _ in range(300)]
+ok6 = [tcp("fd00:96::10", 80, socket.AF_INET6) for _ in range(100)]
+print(json.dumps({
+    "tcp4": sorted(set(map(tuple, ok4))),
+    "tcp6": sorted(set(map(tuple, ok6))),
+    "udp4": udp_connected("10.96.0.53", 53),
+    "udp6": udp_connected("fd00:96::53", 53, socket.AF_INET6),
+    "refused_tcp4": tcp("10.96.0.99", 80),
+    "refused_tcp6": tcp("fd00:96::99", 80, socket.AF_INET6),
+    "refused_udp4": udp_connected("10.96.0.99", 53),
+    "refused_udp6": udp_connected("fd00:96::99", 53, socket.AF_INET6),
+    "backend_refused_udp4": udp_connected("10.96.0.55", 53),
+    "backend_refused_udp6": udp_connected("fd00:96::55", 53, socket.AF_INET6),
+    "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
+}))
+"#;
+
+/// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
+fn csum_errors(ns: &str) -> u64 {
+    let read = |f: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", f])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut total = 0;
+    let lines: Vec<&str> = snmp.lines().collect();
+    for pair in lines.chunks(2) {
+        if let [head, vals] = pair
+            && (head.starts_with("Tcp:") || head.starts_with("Udp:"))
+        {
+            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
+                if h == "InCsumErrors" {
+                    total += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    for l in read("/proc/net/snmp6").lines() {
+        if let Some(("Udp6InCsumErrors", v)) = l
+            .split_once(char::is_whitespace)
+            .map(|(a, b)| (a, b.trim()))
+        {
+            total += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn tcx_traffic_through_a_node_checksums_verified() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let (Some(node), Some(client), Some(backend)) = (
+        Netns::new("bpfnode"),
+        Netns::new("bpfcli"),
+        Netns::new("bpfbe"),
+    ) else {
+        return;
+    };
+    node.ip(&[
+        "link",
+        "add",
+        "n0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "netns",
+        client.name(),
+    ]);
+    node.ip(&[
+        "link",
+        "add",
+        "n1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "b0",
+        "netns",
+        backend.name(),
+    ]);
+    for (ns, dev, v4, v6, gw4, gw6) in [
+        (&node, "n0", "192.0.2.1/24", "2001:db8:1::1/64", None, None),
+        (
+            &node,
+            "n1",
+            "198.51.100.1/24",
+            "2001:db8:2::1/64",
+            None,
+            None,
+        ),
+        (
+            &client,
+            "c0",
+            "192.0.2.2/24",
+            "2001:db8:1::2/64",
+            Some("192.0.2.1"),
+            Some("2001:db8:1::1"),
+        ),
+        (
+            &backend,
+            "b0",
+            "198.51.100.10/24",
+            "2001:db8:2::10/64",
+            Some("198.51.100.1"),
+            Some("2001:db8:2::1"),
+        ),
+    ] {
+        ns.ip(&["addr", "add", v4, "dev", dev]);
+        ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", dev, "up"]);
+        if let (Some(g4), Some(g6)) = (gw4, gw6) {
+            ns.ip(&["route", "add", "default", "via", g4]);
+            ns.ip(&["-6", "route", "add", "default", "via", g6]);
+        }
+        // Without this veth never verifies L4 checksums and a wrong rewrite would pass.
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "ethtool",
+                "-K",
+                dev,
+                "tx",
+                "off",
+                "rx",
+                "off",
+            ])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "ethtool on {dev}");
+    }
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _servers = Servers::start(
+        backend.name(),
+        &["198.51.100.10:8081", "[2001:db8:2::10]:8081"],
+        &["198.51.100.10:5353", "[2001:db8:2::10]:5353"],
+    );
+
+    let Some(mut dp) = Dp::new() else { return };
+    dp.node_addr("192.0.2.1");
+    dp.node_addr("198.51.100.1");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8081, 0)],
+    );
+    dp.service(
+        "fd00:96::10",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 8081, 0)],
+    );
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.54",
+        53,
+        Proto::Udp,
+        EXT,
+        4,
+        svc_flags::CLUSTER_IP,
+        &[(31, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        5,
+        svc_flags::CLUSTER_IP,
+        &[(51, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.99",
+        80,
+        Proto::Tcp,
+        EXT,
+        6,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        80,
+        Proto::Tcp,
+        EXT,
+        7,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "10.96.0.99",
+        53,
+        Proto::Udp,
+        EXT,
+        8,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+    dp.service(
+        "fd00:96::99",
+        53,
+        Proto::Udp,
+        EXT,
+        9,
+        svc_flags::CLUSTER_IP,
+        &[],
+    );
+
+    for (vip, be, id) in [
+        ("10.96.0.55", "198.51.100.10", 61),
+        ("fd00:96::55", "2001:db8:2::10", 62),
+    ] {
+        dp.service(
+            vip,
+            53,
+            Proto::Udp,
+            EXT,
+            id,
+            svc_flags::CLUSTER_IP,
+            &[(id, be, 5999, 0)],
+        );
+    }
+
+    // Attach from a thread inside the node namespace only (interface names resolve there).
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                for dev in ["n0", "n1"] {
+                    p.attach(dev, kind)
+                        .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    });
+
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client.name(),
+            "timeout",
+            "60",
+            "python3",
+            "-c",
+            TRAFFIC_CLIENT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{v}");
+    assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{v}");
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["udp6"], json!(["fd00:96::53", 53, "5353"]), "{v}");
+    // ECONNREFUSED at once: a RST for TCP, ICMP port unreachable for UDP.
+    for k in [
+        "refused_tcp4",
+        "refused_tcp6",
+        "refused_udp4",
+        "refused_udp6",
+    ] {
+        assert_eq!(v[k], json!(["error", 111, ""]), "{k}: {v}");
+    }
+    // One client port to two Services with the same backend: both answered.
+    assert_eq!(v["same_port_two_services"], json!(["5353", "5353"]), "{v}");
+    for ns in [&client, &backend] {
+        assert_eq!(
+            csum_errors(ns.name()),
+            0,
+            "checksum errors in {}",
+            ns.name()
+        );
+    }
+    assert!(dp.counter(0) >= 400, "lb_new {}", dp.counter(0));
+    drop(dp);
+}
+
+const TUN_SCRIPT: &str = r#"
+import fcntl, json, os, select, socket, struct
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tun0", 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def udp4(src, sport, dst, dport, payload):
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    u = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    c = csum(s + d + struct.pack("!BBH", 0, 17, len(u)) + u) or 0xffff
+    u = u[:6] + struct.pack("!H", c) + u[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 1, 0, 64, 17, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return ip + u
+out = {}
+# Ingress: a client's datagram to the VIP comes in on tun0, the backend (on lo) gets it.
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind(("198.51.100.10", 8080))
+srv.settimeout(2)
+os.write(fd, udp4("203.0.113.5", 40000, "10.96.0.10", 80, b"hello"))
+try:
+    d, a = srv.recvfrom(64)
+    out["ingress"] = [a[0], a[1], d.decode()]
+except OSError as e:
+    out["ingress"] = ["error", str(e)]
+# Egress: the backend's answer leaves through tun0 with the VIP as its source.
+srv.sendto(b"answer", ("203.0.113.5", 40000))
+out["egress"] = ""
+for _ in range(20):
+    r, _, _ = select.select([fd], [], [], 2)
+    if not r:
+        break
+    p = os.read(fd, 2048)
+    # Skip what the kernel sends on its own (IPv6 router solicitations).
+    if p[0] >> 4 == 4:
+        out["egress"] = p.hex()
+        break
+print(json.dumps(out))
+"#;
+
+#[test]
+fn l3_devices_are_parsed_without_an_ethernet_header() {
+    use aya::programs::TcAttachType;
+    use metalnet::testing::Netns;
+    if !is_root() || !have_python() {
+        eprintln!("skipped: needs root and python3");
+        return;
+    }
+    let Some(mut dp) = Dp::new() else { return };
+    let Some(ns) = Netns::new("bpftun") else {
+        return;
+    };
+    ns.ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    ns.ip(&["link", "set", "tun0", "up"]);
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "dev", "tun0"]);
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, backend_flags::LOCAL)],
+    );
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            metalnet::sys::netns::enter(&ns_file).unwrap();
+            for (prog, kind) in [
+                ("mn_tc_ingress", TcAttachType::Ingress),
+                ("mn_tc_egress", TcAttachType::Egress),
+            ] {
+                let p: &mut SchedClassifier =
+                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                p.attach("tun0", kind)
+                    .unwrap_or_else(|e| panic!("attaching {prog} to tun0: {e:?}"));
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+            TUN_SCRIPT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tun client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["ingress"],
+        serde_json::json!(["203.0.113.5", 40000, "hello"]),
+        "{v}"
+    );
+    let hex = v["egress"].as_str().unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(!bytes.is_empty(), "no answer read from tun0: {v}");
+    // Parse the IP packet behind a made-up Ethernet header.
+    let mut framed = vec![0; 12];
+    framed.extend_from_slice(&[0x08, 0x00]);
+    framed.extend_from_slice(&bytes);
+    let p = parse(&framed);
+    assert_eq!(p.src, sa("10.96.0.10:80"));
+    assert_eq!(p.dst, sa("203.0.113.5:40000"));
+    assert_eq!(csum_errors(ns.name()), 0);
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
+/// from [`packet`]): its IP header and 8 bytes.
+fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let v6 = s.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
+    let acc = if v6 { pseudo(s, d, 58, icmp.len()) } else { 0 };
+    let c = fold(sum16(&icmp, acc));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[58, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn icmp_errors_about_balanced_flows_show_the_frontend() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.2.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::53",
+        53,
+        Proto::Udp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::10", 5353, 0)],
+    );
+    dp.service(
+        "10.96.0.80",
+        80,
+        Proto::Tcp,
+        EXT,
+        3,
+        svc_flags::CLUSTER_IP,
+        &[(31, "10.244.2.20", 8080, 0)],
+    );
+
+    // The backend has nothing on the port: its port unreachable reaches the client as if
+    // the frontend had sent it.
+    let sent = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53")).pkt;
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    let r = dp.egress(&err);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("10.96.0.53:0").ip(), sa("10.244.1.5:0").ip())
+    );
+    let inner = &r.pkt[42..];
+    assert_eq!(
+        fold(sum16(&inner[..20], 0)),
+        0,
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(&inner[16..20], &[10, 96, 0, 53], "quoted destination");
+    assert_eq!(
+        &inner[22..24],
+        &53u16.to_be_bytes(),
+        "quoted destination port"
+    );
+    assert_eq!(&inner[12..16], &[10, 244, 1, 5]);
+
+    // Fragmentation needed from a router on the way (this node): only the quote changes.
+    let sent = dp
+        .ingress(&tcp("10.244.1.5:40000", "10.96.0.80:80", SYN))
+        .pkt;
+    let err = icmp_error("192.0.2.1", "10.244.1.5", 3, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("192.0.2.1:0").ip());
+    let inner = &r.pkt[42..];
+    assert_eq!(&inner[16..20], &[10, 96, 0, 80]);
+    assert_eq!(&inner[22..24], &80u16.to_be_bytes());
+
+    let sent = dp
+        .ingress(&udp("[2001:db8:1::5]:5000", "[fd00:96::53]:53"))
+        .pkt;
+    let err = icmp_error("2001:db8:2::10", "2001:db8:1::5", 1, 4, &sent);
+    let r = dp.egress(&err);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    let inner = &r.pkt[62..];
+    let vip6: std::net::Ipv6Addr = "fd00:96::53".parse().unwrap();
+    assert_eq!(&inner[24..40], &vip6.octets());
+    assert_eq!(&inner[42..44], &53u16.to_be_bytes());
+
+    // An error about another flow is left alone.
+    let other = udp("10.244.1.5:5001", "10.244.9.9:53");
+    let err = icmp_error("10.244.9.9", "10.244.1.5", 3, 3, &other);
+    assert_eq!(dp.egress(&err).pkt, err);
+    // Ingress leaves ICMP alone.
+    let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
+    assert_eq!(dp.ingress(&err).pkt, err);
 }

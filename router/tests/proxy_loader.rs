@@ -511,6 +511,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     let mut kept = connect_vip(&client).unwrap();
     assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
     assert_eq!(echo(&mut kept, "before"), "before");
+    let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
     assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
     let counters = l1.counters().unwrap();
     assert!(
@@ -538,6 +539,14 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         "links reused"
     );
     assert_eq!(echo(&mut kept, "after"), "after", "the connection survived");
+    for (i, c) in many.iter_mut().enumerate() {
+        assert_eq!(
+            echo(c, "kept"),
+            "kept",
+            "connection {i} of 200 survived the restart"
+        );
+    }
+    drop(many);
     let mut fresh = connect_vip(&client).unwrap();
     assert_eq!(echo(&mut fresh, "fresh"), "fresh");
     assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
@@ -578,6 +587,24 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
 
     assert_eq!(csum_errors(&client), 0);
     assert_eq!(csum_errors(&server), 0);
+
+    // --socket-lb=off on the next start: the socket programs leave the cgroup.
+    drop(a2);
+    drop(l2);
+    let mut l3 = Loader::open(&dir.path, &small()).unwrap();
+    let a3 = start(
+        &server,
+        l3.take_programs().unwrap(),
+        AttachOptions {
+            cgroup_root: None,
+            ..opts.clone()
+        },
+    );
+    let left = pins(&dir.path.join(attach::LINKS_DIR));
+    assert!(left.iter().all(|p| !p.contains("cgroup-")), "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(echo(&mut kept, "off"), "off");
+    let (a2, l2) = (a3, l3);
 
     // Cleanup: nothing pinned, nothing attached, nothing mounted.
     drop(a2);

@@ -163,6 +163,20 @@ fn assert_checksums(c: &ProxyCluster) {
     );
 }
 
+/// Every pinned object (not directory) under a bpffs directory.
+fn pins(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(pins(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn pod_ip(c: &ProxyCluster, pod: &str, f: Family) -> String {
     let p = &c.pods[c.pod(pod)];
     match f {
@@ -1015,4 +1029,130 @@ fn explain_and_dump_name_frontends_and_backends() {
         },
         "explain of a missing Service says so"
     );
+}
+
+/// The proxy exports its map fill levels and data-path counters, conntrack among them.
+#[test]
+fn metrics_show_map_fill() {
+    if !can_run() {
+        return;
+    }
+    let c = cluster("proxy_metrics", &[1, 1], &[]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("counted", 33), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Client, &vip(V4, 33), 80);
+    all_answered(&c, At::Client, &vip(V4, 33), 80, 10);
+    let text = c.metrics(0).unwrap();
+    let value = |series: &str| metric(&text, series);
+    let ct = value(r#"metalnet_proxy_map_entries{map="mn_ct"}"#);
+    assert!(
+        ct.is_some_and(|v| v > 0.0),
+        "conntrack entries after 10 connections through node1: {ct:?}\n{text}"
+    );
+    assert!(
+        value(r#"metalnet_proxy_map_capacity{map="mn_ct"}"#).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert!(text.contains("metalnet_proxy_frontends"), "{text}");
+}
+
+/// `--cleanup-config` removes what the proxy left (maps, programs, the nftables table): the
+/// Service stops answering through that node and its bpffs is empty.
+#[test]
+fn cleanup_config_removes_everything() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_cleanup", &[1, 1], &[]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("gone", 34), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Client, &vip(V4, 34), 80);
+    c.stop_proxy(0);
+    // Kept over a plain stop, as kube-proxy keeps its rules.
+    all_answered(&c, At::Client, &vip(V4, 34), 80, 3);
+    let out = c.run_proxy_once(0, &["--cleanup-config"]).unwrap();
+    assert!(
+        out.status.success(),
+        "--cleanup-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in FAMILIES {
+        not_answered(
+            &c,
+            At::Client,
+            &vip(f, 34),
+            80,
+            "node1's proxy was cleaned up",
+        );
+    }
+    let left = pins(&c.nodes[0].bpf_dir);
+    assert!(left.is_empty(), "pins left in the bpffs: {left:?}");
+    let tables = c.nodes[0].host.exec_ok(&["nft", "list", "tables"]).unwrap();
+    assert!(tables.trim().is_empty(), "nftables tables left: {tables}");
+}
+
+/// Interfaces created after the proxy started (a pod's veth added by a CNI plugin later) get
+/// the per-packet data path: with socket-LB off, a new pod reaches a Service through its
+/// veth's ingress program.
+#[test]
+fn late_interfaces_get_the_data_path() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_late_iface", &[1, 1], &["--socket-lb", "off"]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("late", 35), &[a1, b1]).unwrap();
+    wait_answer(&c, At::Pod(a1), &vip(V4, 35), 80);
+    let late = c.add_pod(0).unwrap();
+    c.wait_server(late).unwrap();
+    for f in FAMILIES {
+        let v = vip(f, 35);
+        let a = wait_answer(&c, At::Pod(late), &v, 80);
+        assert_eq!(a.peer_ip(), Some(v.as_str()), "{a:?}");
+        let t = all_answered(&c, At::Pod(late), &v, 80, 20);
+        assert_eq!(
+            t.len(),
+            2,
+            "per-packet from the late pod uses both backends: {t:?}"
+        );
+    }
+    assert_checksums(&c);
+}
+
+/// The value of a metric line starting with `series` (name and labels), when present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `--socket-lb host-only` (for service meshes): processes of the node's own namespace are
+/// balanced at connect (the node has no route to the VIP: only socket-LB can answer), while
+/// pods, though in the same cgroup, go through the per-packet path (new connections counted
+/// by the data path).
+#[test]
+fn socket_lb_host_only() {
+    if !can_run() {
+        return;
+    }
+    let c = cluster("proxy_host_only", &[2, 1], &["--socket-lb", "host-only"]);
+    let (a1, a2, b1) = (c.pod("a1"), c.pod("a2"), c.pod("b1"));
+    c.apply(&svc("mesh", 36), &[a1, b1]).unwrap();
+    let lb_new = r#"metalnet_proxy_datapath_total{event="lb_new"}"#;
+    for f in FAMILIES {
+        let v = vip(f, 36);
+        let a = wait_answer(&c, At::Node(0), &v, 80);
+        assert_eq!(a.peer_ip(), Some(v.as_str()), "{a:?}");
+        wait_answer(&c, At::Pod(a2), &v, 80);
+        let before = metric(&c.metrics(0).unwrap(), lb_new).unwrap_or(0.0);
+        all_answered(&c, At::Pod(a2), &v, 80, 10);
+        let text = c.metrics(0).unwrap();
+        let after = metric(&text, lb_new).unwrap_or(0.0);
+        assert!(
+            after - before >= 10.0,
+            "host-only: the pod's 10 connections go through the per-packet path: {lb_new} {before} -> {after}\n{text}"
+        );
+    }
+    assert_checksums(&c);
 }

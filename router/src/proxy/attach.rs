@@ -247,7 +247,63 @@ fn update_pinned(pin: &Path, prog: std::os::fd::BorrowedFd<'_>) -> Result<bool, 
     }
 }
 
+/// How often the watcher lists links and addresses besides following notifications.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The next notification; once the stream ended, never (the periodic listing goes on).
+async fn next_change<S>(changes: &mut Option<S>) -> Option<Change>
+where
+    S: futures::Stream<Item = Change> + Unpin,
+{
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Attacher {
+    /// Lists links and addresses: attaches to links not seen yet, forgets gone ones, rebuilds
+    /// the addresses. At start (`first`) a failed attachment fails the start.
+    async fn resync(&mut self, nl: &Netlink, first: bool) -> Result<(), AttachError> {
+        let links = nl
+            .links()
+            .await
+            .map_err(|e| AttachError::Watch(e.to_string()))?;
+        let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
+        self.prune(&present);
+        let known: Vec<u32> = self
+            .status
+            .lock()
+            .map(|s| s.interfaces.keys().copied().collect())
+            .unwrap_or_default();
+        for i in known {
+            if !present.contains(&i) {
+                self.link_gone(i);
+            }
+        }
+        for l in &links {
+            if first && l.name != "lo" {
+                self.attach_tc(l.index, &l.name)?;
+                self.set_status(|s| {
+                    s.interfaces.insert(l.index, l.name.clone());
+                });
+            } else {
+                self.link_seen(l.index, &l.name);
+            }
+        }
+        let mut addrs: BTreeMap<u32, BTreeSet<IpNet>> = BTreeMap::new();
+        for (index, net) in nl
+            .addresses(0)
+            .await
+            .map_err(|e| AttachError::Watch(e.to_string()))?
+        {
+            addrs.entry(index).or_default().insert(net);
+        }
+        self.addrs = addrs;
+        self.sync_node_addrs();
+        Ok(())
+    }
+
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
@@ -493,31 +549,10 @@ async fn watch(
         }
         a.attach_cgroup()?;
         let (nl, changes) = Netlink::monitor().map_err(|e| AttachError::Watch(e.to_string()))?;
-        let links = nl
-            .links()
-            .await
-            .map_err(|e| AttachError::Watch(e.to_string()))?;
-        let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
-        a.prune(&present);
-        for l in &links {
-            if l.name != "lo" {
-                a.attach_tc(l.index, &l.name)?;
-                a.set_status(|s| {
-                    s.interfaces.insert(l.index, l.name.clone());
-                });
-            }
-        }
-        for (index, net) in nl
-            .addresses(0)
-            .await
-            .map_err(|e| AttachError::Watch(e.to_string()))?
-        {
-            a.addrs.entry(index).or_default().insert(net);
-        }
-        a.sync_node_addrs();
-        Ok::<_, AttachError>(changes)
+        a.resync(&nl, true).await?;
+        Ok::<_, AttachError>((nl, changes))
     };
-    let mut changes = match setup.await {
+    let (nl, changes) = match setup.await {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -525,13 +560,25 @@ async fn watch(
         }
     };
     let _ = ready.send(Ok(()));
+    // Netlink drops notifications when the socket's buffer overflows (a burst of CNI
+    // veths): a periodic listing catches what was missed.
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    let mut changes = Some(changes);
     loop {
+        let mut ended = false;
         tokio::select! {
             _ = &mut stop => break,
-            ch = changes.next() => match ch {
+            _ = resync.tick() => {
+                if let Err(e) = a.resync(&nl, false).await {
+                    warn!(error = %e, "listing links and addresses failed");
+                }
+            }
+            ch = next_change(&mut changes) => match ch {
                 None => {
-                    warn!("the link monitor ended; interfaces created from now on get no programs");
-                    break;
+                    warn!("the link monitor ended; relying on the periodic listing");
+                    ended = true;
                 }
                 Some(Change::Link(l)) => a.link_seen(l.index, &l.name),
                 Some(Change::LinkGone(i)) => {
@@ -549,6 +596,9 @@ async fn watch(
                     a.sync_node_addrs();
                 }
             }
+        }
+        if ended {
+            changes = None;
         }
     }
     // Dropping the programs closes their descriptors; the pinned links keep them running.

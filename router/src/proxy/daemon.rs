@@ -106,9 +106,24 @@ pub struct PassReport {
     pub error: Option<String>,
 }
 
+/// How the daemon was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub node: String,
+    pub opts: ProxyOptions,
+    /// `mn_config.host_netns_cookie`: the node's network namespace, for
+    /// `--socket-lb=host-only`.
+    pub host_netns_cookie: u64,
+    /// Whether the daemon writes `mn_node_addr` itself; off when the attach watcher keeps it
+    /// (it sees address changes at once). The addresses are read either way, for where the
+    /// healthCheckNodePort servers listen.
+    pub write_node_addrs: bool,
+}
+
 pub struct Daemon<D: Dataplane, M: Model> {
     node: String,
     opts: ProxyOptions,
+    write_node_addrs: bool,
     dp: D,
     model: M,
     /// What the maps hold (read at start, then kept as written).
@@ -131,10 +146,8 @@ pub struct Daemon<D: Dataplane, M: Model> {
 impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// Reads the maps the last run left and takes their ids; programs the data path's
     /// configuration (idempotent).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        node: String,
-        opts: ProxyOptions,
+        cfg: Config,
         mut dp: D,
         mut model: M,
         netlink: Option<Netlink>,
@@ -151,7 +164,16 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             );
         }
         model.restore(&current);
-        dp.set_config(&opts.abi_config())?;
+        let Config {
+            node,
+            opts,
+            host_netns_cookie,
+            write_node_addrs,
+        } = cfg;
+        dp.set_config(&abi::Config {
+            host_netns_cookie,
+            ..opts.abi_config()
+        })?;
         dp.set_cluster_cidrs(&opts.cluster_cidrs)?;
         readiness.set(false);
         let long_ago = Instant::now()
@@ -159,6 +181,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             .unwrap_or_else(Instant::now);
         Ok(Daemon {
             node,
+            write_node_addrs,
             health: HealthServers::new(Vec::new()),
             opts,
             dp,
@@ -257,7 +280,9 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             return;
         }
         tracing::info!(addrs = ?addrs, "node addresses serving NodePorts");
-        if let Err(e) = self.dp.set_node_addrs(&addrs) {
+        if self.write_node_addrs
+            && let Err(e) = self.dp.set_node_addrs(&addrs)
+        {
             tracing::warn!(error = %e, "writing the node addresses");
             self.retry_at = Some(Instant::now() + RETRY);
             return;
@@ -324,7 +349,6 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                         took = ?started.elapsed(),
                         "maps programmed"
                     );
-                    self.observe_programming(snap);
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -341,6 +365,10 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     failing = Some(msg);
                 }
             }
+        }
+        // Slices changed without a map change count as programmed too (nothing to do).
+        if failing.is_none() {
+            self.observe_programming(snap);
         }
         // Health servers answer 503 while the maps are not what the cluster asks for.
         self.health.set_proxy_healthy(failing.is_none());
@@ -405,21 +433,26 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// last pass, from its last-change-trigger-time to now.
     fn observe_programming(&mut self, snap: &Snapshot) {
         let now = SystemTime::now();
-        for (key, slice) in snap.endpoint_slices.iter() {
-            if self
-                .slices
-                .get(key)
-                .is_some_and(|old| Arc::ptr_eq(old, slice))
-            {
-                continue;
-            }
-            let Some(t) = slice
-                .metadata
+        let trigger = |s: &metalnet::model::core::EndpointSlice| {
+            s.metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME))
-                .and_then(|v| parse_rfc3339(v))
-            else {
+                .cloned()
+        };
+        for (key, slice) in snap.endpoint_slices.iter() {
+            let Some(stamp) = trigger(slice) else {
+                continue;
+            };
+            // Each change has its own trigger time: one seen before is not counted again.
+            if self
+                .slices
+                .get(key)
+                .is_some_and(|old| Arc::ptr_eq(old, slice) || trigger(old).as_ref() == Some(&stamp))
+            {
+                continue;
+            }
+            let Some(t) = parse_rfc3339(&stamp) else {
                 continue;
             };
             if let Ok(d) = now.duration_since(t) {

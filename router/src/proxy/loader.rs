@@ -385,7 +385,7 @@ impl Maps {
             .iter()
             .map(|(id, b)| (u32_key_bytes(*id), b.to_bytes()))
             .collect();
-        let fd = self.backend_fd();
+        let fd = fd_of(&self.backend, names::BACKEND)?;
         let backend = &mut self.backend;
         upsert_all(fd.as_fd(), names::BACKEND, &be, &mut |k, v| {
             backend.insert(u32::from_ne_bytes(*k), v, 0)
@@ -395,7 +395,7 @@ impl Maps {
             .iter()
             .map(|(id, r)| (u32_key_bytes(*id), r.to_bytes()))
             .collect();
-        let fd = fd_of(&self.rev_nat);
+        let fd = fd_of(&self.rev_nat, names::REV_NAT)?;
         let rev_nat = &mut self.rev_nat;
         upsert_all(fd.as_fd(), names::REV_NAT, &rn, &mut |k, v| {
             rev_nat.insert(u32::from_ne_bytes(*k), v, 0)
@@ -405,7 +405,7 @@ impl Maps {
             .iter()
             .map(|(k, id)| (k.to_bytes(), id.to_ne_bytes()))
             .collect();
-        let fd = fd_of(&self.slot);
+        let fd = fd_of(&self.slot, names::SLOT)?;
         let slot = &mut self.slot;
         upsert_all(fd.as_fd(), names::SLOT, &sl, &mut |k, v| {
             slot.insert(k, u32::from_ne_bytes(*v), 0)
@@ -415,7 +415,7 @@ impl Maps {
             .iter()
             .map(|m| (m.to_bytes(), [1]))
             .collect();
-        let fd = fd_of(&self.affinity_match);
+        let fd = fd_of(&self.affinity_match, names::AFFINITY_MATCH)?;
         let affinity_match = &mut self.affinity_match;
         upsert_all(fd.as_fd(), names::AFFINITY_MATCH, &am, &mut |k, v| {
             affinity_match.insert(k, v[0], 0)
@@ -435,7 +435,7 @@ impl Maps {
             .iter()
             .map(|(k, v)| (k.to_bytes(), v.to_bytes()))
             .collect();
-        let fd = fd_of(&self.svc);
+        let fd = fd_of(&self.svc, names::SVC)?;
         let svc = &mut self.svc;
         upsert_all(fd.as_fd(), names::SVC, &sv, &mut |k, v| svc.insert(k, v, 0))?;
         let sr: Vec<[u8; 20]> = d.svc_remove.iter().map(|k| k.to_bytes()).collect();
@@ -443,7 +443,7 @@ impl Maps {
         remove_all(fd.as_fd(), names::SVC, &sr, &mut |k| svc.remove(k))?;
         // 4. what shrunk frontends no longer reach.
         let sl: Vec<[u8; 8]> = d.slot_remove.iter().map(|k| k.to_bytes()).collect();
-        let fd = fd_of(&self.slot);
+        let fd = fd_of(&self.slot, names::SLOT)?;
         let slot = &mut self.slot;
         remove_all(fd.as_fd(), names::SLOT, &sl, &mut |k| slot.remove(k))?;
         let am: Vec<[u8; 8]> = d
@@ -451,7 +451,7 @@ impl Maps {
             .iter()
             .map(|m| m.to_bytes())
             .collect();
-        let fd = fd_of(&self.affinity_match);
+        let fd = fd_of(&self.affinity_match, names::AFFINITY_MATCH)?;
         let affinity_match = &mut self.affinity_match;
         remove_all(fd.as_fd(), names::AFFINITY_MATCH, &am, &mut |k| {
             affinity_match.remove(k)
@@ -465,22 +465,18 @@ impl Maps {
         }
         // 5. reverse NAT and backends last.
         let rn: Vec<[u8; 4]> = d.rev_nat_remove.iter().map(|k| u32_key_bytes(*k)).collect();
-        let fd = fd_of(&self.rev_nat);
+        let fd = fd_of(&self.rev_nat, names::REV_NAT)?;
         let rev_nat = &mut self.rev_nat;
         remove_all(fd.as_fd(), names::REV_NAT, &rn, &mut |k| {
             rev_nat.remove(&u32::from_ne_bytes(*k))
         })?;
         let be: Vec<[u8; 4]> = d.backend_remove.iter().map(|k| u32_key_bytes(*k)).collect();
-        let fd = self.backend_fd();
+        let fd = fd_of(&self.backend, names::BACKEND)?;
         let backend = &mut self.backend;
         remove_all(fd.as_fd(), names::BACKEND, &be, &mut |k| {
             backend.remove(&u32::from_ne_bytes(*k))
         })?;
         Ok(())
-    }
-
-    fn backend_fd(&self) -> std::os::fd::OwnedFd {
-        fd_of(&self.backend)
     }
 
     fn write_maglev_row(
@@ -510,7 +506,7 @@ impl Maps {
             .flat_map(|i| (base as u32 + i).to_ne_bytes())
             .collect();
         let vals: Vec<u8> = table.iter().flat_map(|b| b.to_ne_bytes()).collect();
-        let fd = fd_of(&self.maglev);
+        let fd = fd_of(&self.maglev, names::MAGLEV)?;
         match sysbpf::map_update_batch(fd.as_fd(), &keys, 4, &vals, 4) {
             Ok(()) => Ok(()),
             Err((e, _)) => {
@@ -710,17 +706,17 @@ impl Maps {
     }
 }
 
-fn fd_of<K: aya::Pod, V, M: IterableMap<K, V>>(m: &M) -> std::os::fd::OwnedFd {
-    dup_fd(data(m))
-}
-
-fn dup_fd(m: &MapData) -> std::os::fd::OwnedFd {
+fn fd_of<K: aya::Pod, V, M: IterableMap<K, V>>(
+    m: &M,
+    map: &'static str,
+) -> Result<std::os::fd::OwnedFd, DataplaneError> {
     // A duplicate keeps the borrow checker out of the way of the typed handle's &mut; it costs
     // one fcntl per map and step, nothing next to the writes.
-    m.fd()
+    data(m)
+        .fd()
         .as_fd()
         .try_clone_to_owned()
-        .expect("duplicating a map descriptor (out of file descriptors)")
+        .map_err(|e| io_err(map, "duplicating the map descriptor", e))
 }
 
 /// `struct mn_config` decoded (abi.rs encodes only; the layout is the one `to_bytes` writes).

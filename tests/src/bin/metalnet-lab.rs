@@ -219,7 +219,8 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let http = components::http_through_proxy(&site, &vip, 12, Duration::from_secs(20))
         .with_context(|| {
             format!(
-                "the remote client's requests to http://{vip}/ through the service proxy; its logs:\n{}",
+                "the remote client's requests to http://{vip}/ through the service proxy; what node1's proxy says:\n{}\nthe proxies' logs:\n{}",
+                proxy.diagnose(&site, 0),
                 proxy.logs()
             )
         })?;
@@ -231,8 +232,9 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         .join(", ");
     if !http.crossed_nodes() {
         bail!(
-            "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}",
+            "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
             http.delivered_to,
+            proxy.diagnose(&site, http.delivered_index),
             proxy.logs()
         );
     }
@@ -268,13 +270,8 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let bin = bin_dir.display();
     let metrics = lab::demo::node_v4(0);
     // The proxy BGP delivers the remote client's requests to: its answers show them.
-    let delivered = site
-        .nodes
-        .iter()
-        .position(|n| n.name() == http.delivered_to)
-        .unwrap_or(0);
-    let proxy_ns = site.nodes[delivered].netns();
-    let proxy_addr = format!("{}:7475", lab::demo::node_v4(delivered));
+    let proxy_ns = site.nodes[http.delivered_index].netns();
+    let proxy_addr = format!("{}:7475", lab::demo::node_v4(http.delivered_index));
     for line in [
         format!("\nmetalnet on the embedded default, state directory {dir}:"),
         format!(

@@ -475,25 +475,6 @@ pub fn start_web(site: &DemoSite, pods: &[Pod], program: &Path) -> Result<Vec<Pr
         .collect()
 }
 
-/// Where cgroup v2 is mounted, from a `/proc/self/mountinfo` text: the socket hooks of the
-/// service proxy attach to a cgroup of the lab's own under it.
-pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split_whitespace().next()? == "cgroup2").then_some(())?;
-        mount.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-/// The machine's cgroup v2 mount (see [`cgroup2_mount_in`]).
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("reading /proc/self/mountinfo"))?;
-    cgroup2_mount_in(&text).ok_or_else(|| {
-        LabError::Invalid("no cgroup2 mount in /proc/self/mountinfo: socket hooks need one".into())
-    })
-}
-
 /// What one node's service proxy owns outside its network namespace: a bpffs of its own
 /// (maps and links are pinned there) and a cgroup of its own under the cgroup2 mount (the
 /// socket hooks; never the machine's root cgroup). Unmounted and removed when dropped, after
@@ -562,6 +543,8 @@ pub struct ServiceProxy {
     pub proxies: Vec<Process>,
     /// Declared after the processes: dropped (unmounted, removed) once they have stopped.
     pub dirs: Vec<ProxyNodeDirs>,
+    /// The `metalnet-router` binary (for `explain` and `dump`).
+    pub router: PathBuf,
 }
 
 impl ServiceProxy {
@@ -592,6 +575,41 @@ impl ServiceProxy {
                 self.logs()
             )))
         }
+    }
+
+    /// What the proxy on demo node `index` says about demo/web and its maps
+    /// (`metalnet-router explain service demo/web` and `dump`, asked through its metrics
+    /// port): for error messages.
+    pub fn diagnose(&self, site: &DemoSite, index: usize) -> String {
+        let Some(node) = site.nodes.get(index) else {
+            return format!("no demo node {index}");
+        };
+        let router = self.router.display().to_string();
+        let addr = format!("{}:7475", node_v4(index));
+        [
+            vec!["explain", "service", "demo/web", "--router", &addr],
+            vec!["dump", "--router", &addr],
+        ]
+        .into_iter()
+        .map(|args| {
+            let mut argv = vec![router.as_str()];
+            argv.extend(args.iter().copied());
+            let text = match node.exec_status(&argv) {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            format!(
+                "--- metalnet-router {} on {} ---\n{text}",
+                args.join(" "),
+                node.name()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 
     /// Every proxy's log, headed by its node.
@@ -641,12 +659,13 @@ pub fn start_service_proxy(
     web_program: &Path,
 ) -> Result<ServiceProxy> {
     let router = binary(bin_dir, "metalnet-router")?;
-    let cgroup2 = cgroup2_mount()?;
+    let cgroup2 = super::proxy::cgroup2_mount()?;
     let web = start_web(site, pods, web_program)?;
     let mut proxy = ServiceProxy {
         web,
         proxies: Vec::new(),
         dirs: Vec::new(),
+        router: router.clone(),
     };
     // `ip netns exec` (how lab processes start) gives the process a mount namespace with a
     // /sys of its own, where the bpffs and the cgroup2 mount are missing: the proxy goes
@@ -721,8 +740,9 @@ pub fn host_tcp_in_csum_errors(host: &super::Host) -> Result<u64> {
 /// What the demo's HTTP step saw.
 #[derive(Debug, Clone)]
 pub struct HttpCheck {
-    /// The node the router's ECMP route sends the remote client's traffic to.
+    /// The node the router's ECMP route sends the remote client's traffic to, and its index.
     pub delivered_to: String,
+    pub delivered_index: usize,
     /// Each answer (`pod2 on node2`) and how many requests got it.
     pub answers: std::collections::BTreeMap<String, usize>,
     pub requests: usize,
@@ -772,10 +792,10 @@ pub fn http_through_proxy(
         what: format!("the router's route to {vip}: {route:?}"),
         reason: "no next hop".into(),
     })?;
-    let delivered_to = (0..site.nodes.len())
+    let delivered_index = (0..site.nodes.len())
         .find(|&i| node_v4(i) == via || node_v6(i) == via)
-        .map(|i| site.nodes[i].name().to_string())
         .ok_or_else(|| LabError::Invalid(format!("the router sends {vip} to {via}, no node")))?;
+    let delivered_to = site.nodes[delivered_index].name().to_string();
     let curl = || -> Option<String> {
         let out = site
             .remote
@@ -796,6 +816,7 @@ pub fn http_through_proxy(
     }
     Ok(HttpCheck {
         delivered_to,
+        delivered_index,
         answers,
         requests,
     })
@@ -804,23 +825,6 @@ pub fn http_through_proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let mountinfo = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_mount_in(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            cgroup2_mount_in("31 23 0:28 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
-    }
 
     #[test]
     fn reads_the_next_hop_of_route_get() {
@@ -841,6 +845,7 @@ Tcp: RtoAlgorithm RtoMin InErrs OutRsts InCsumErrors\nTcp: 1 200 0 3 7\n";
     fn an_answer_from_another_node_crossed_the_overlay() {
         let check = |answers: &[&str]| HttpCheck {
             delivered_to: "node2".into(),
+            delivered_index: 1,
             answers: answers.iter().map(|a| (a.to_string(), 1)).collect(),
             requests: answers.len(),
         };

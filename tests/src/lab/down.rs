@@ -121,7 +121,7 @@ fn down_where(select: impl Fn(&str) -> bool) -> DownReport {
             let _ = run(&["umount", "-l", mount_point]);
         }
     }
-    if let Some(cgroup2) = super::components::cgroup2_mount_in(&mountinfo)
+    if let Ok(cgroup2) = super::proxy::cgroup2_mount()
         && let Ok(entries) = std::fs::read_dir(&cgroup2)
     {
         for entry in entries.flatten() {
@@ -169,7 +169,7 @@ mod tests {
         let bpf = lab.dir().join("node1/bpffs");
         std::fs::create_dir_all(&bpf).unwrap();
         super::run(&["mount", "-t", "bpf", "bpf", bpf.to_str().unwrap()]).unwrap();
-        let cgroup2 = super::super::components::cgroup2_mount().unwrap();
+        let cgroup2 = super::super::proxy::cgroup2_mount().unwrap();
         let cgroup = cgroup2.join(format!("{prefix}-node1"));
         std::fs::create_dir(&cgroup).unwrap();
         let report = super::down_where(|p| p == prefix);

@@ -613,7 +613,8 @@ impl ProxyCluster {
         Ok(self.pods.len() - 1)
     }
 
-    fn wait_server(&self, p: usize) -> Result<()> {
+    /// Waits until pod `p`'s server listens.
+    pub fn wait_server(&self, p: usize) -> Result<()> {
         let pod = &self.pods[p];
         wait_for(
             &format!("the server of pod {}", pod.name),
@@ -1079,6 +1080,29 @@ impl ProxyCluster {
         let mut argv = vec![bin.as_str()];
         argv.extend_from_slice(args);
         self.nodes[i].host.exec_ok(&argv)
+    }
+
+    /// Node `i`'s `/metrics` text.
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        let url = format!("http://{METRICS_ADDR}/metrics");
+        self.nodes[i].host.exec_ok(&["curl", "-s", "-m", "3", &url])
+    }
+
+    /// Runs the proxy's command line of node `i` with `extra` to completion (e.g.
+    /// `--cleanup-config`), in the node's network namespace only, bounded by 60 s.
+    pub fn run_proxy_once(&self, i: usize, extra: &[&str]) -> Result<std::process::Output> {
+        let args = self.proxy_args(i, extra)?;
+        let net = format!("--net=/run/netns/{}", self.nodes[i].host.netns());
+        let secs = format!(
+            "{:.0}",
+            super::patient(Duration::from_secs(60)).as_secs_f64()
+        );
+        Command::new("timeout")
+            .args(["-k", "1", &secs, "nsenter", &net, "--"])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .output()
+            .map_err(io_err(format!("running {}", args.join(" "))))
     }
 
     /// `metalnet-router explain service NS/NAME` on node `i`.

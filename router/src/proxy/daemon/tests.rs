@@ -223,10 +223,14 @@ fn daemon(rec: Recorder) -> (Daemon<Recorder, Toy>, Fixture) {
         ..Toy::default()
     };
     let d = Daemon::new(
-        "n1".into(),
-        ProxyOptions {
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            ..ProxyOptions::default()
+        Config {
+            node: "n1".into(),
+            opts: ProxyOptions {
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                ..ProxyOptions::default()
+            },
+            host_netns_cookie: 4096,
+            write_node_addrs: true,
         },
         rec,
         toy,
@@ -253,6 +257,7 @@ fn start_programs_the_config_and_readiness_waits_for_the_first_pass() {
     let (mut d, f) = daemon(Recorder::default());
     assert_eq!(d.dataplane().config.masq_mark, 0x4000);
     assert_eq!(d.dataplane().config.maglev_m, 1021);
+    assert_eq!(d.dataplane().config.host_netns_cookie, 4096);
     assert_eq!(d.dataplane().cluster_cidrs.len(), 1);
     assert!(!f.health.is_ready());
     let r = d.pass_on(&snapshot([]));
@@ -408,8 +413,10 @@ fn a_failed_write_is_retried_from_what_the_maps_hold() {
     let health = Health::default();
     let status: SharedStatus = Arc::default();
     let mut d = Daemon::new(
-        "n1".into(),
-        ProxyOptions::default(),
+        Config {
+            node: "n1".into(),
+            ..Config::default()
+        },
         Flaky {
             fail: true,
             ..Flaky::default()
@@ -568,6 +575,13 @@ fn node_addresses_are_filtered_for_nodeports() {
         .map(|a| a.to_string())
         .collect();
     assert_eq!(got, ["192.0.2.1"]);
+    // The attach watcher keeps mn_node_addr: the daemon only notes them for its servers.
+    d.write_node_addrs = false;
+    d.node_addrs = None;
+    d.dp.node_addrs.clear();
+    d.set_node_addrs(&all);
+    assert!(d.dataplane().node_addrs.is_empty());
+    assert_eq!(d.node_addrs.as_ref().map(|a| a.len()), Some(1));
 }
 
 #[test]
@@ -623,4 +637,65 @@ fn rfc3339() {
     ] {
         assert!(parse_rfc3339(bad).is_none(), "{bad}");
     }
+}
+
+#[test]
+fn metrics_after_a_pass() {
+    let (mut d, _) = daemon(Recorder::default());
+    let mut reg = prometheus_client::registry::Registry::default();
+    d.metrics.register(&mut reg);
+    let mut s = slice("web", &[("10.244.1.5", "n2")]);
+    let when = SystemTime::now() - Duration::from_secs(2);
+    let secs = when
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Seconds since the epoch as RFC 3339, by the inverse of parse_rfc3339's arithmetic
+    // (checked by parsing it back).
+    let days = (secs / 86_400) as i64;
+    let (h, m, sec) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let stamp = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}Z");
+    assert_eq!(
+        parse_rfc3339(&stamp)
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        secs
+    );
+    s["metadata"]["annotations"] = json!({TRIGGER_TIME: stamp});
+    d.pass_on(&snapshot([svc("web", "10.96.0.10"), s.clone()]));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(text.contains("metalnet_proxy_frontends 1"), "{text}");
+    assert!(text.contains("metalnet_proxy_backends 1"), "{text}");
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"metalnet_proxy_map_entries{map="mn_slot"} 1"#),
+        "{text}"
+    );
+    // The same slice again (same trigger time): not counted twice.
+    d.pass_on(&snapshot([svc("web", "10.96.0.10"), s]));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(
+        text.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        "{text}"
+    );
 }

@@ -234,7 +234,12 @@ def hold(args):
     rest, o = opts(args, {"timeout": 5.0, "udp": False, "src": "", "sport": 0, "proto": "tcp"})
     host, port, n, control = rest[0], int(rest[1]), int(rest[2]), rest[3]
     socks, errors, answers = [], [], []
+    # One deadline for the lot: a broken path fails the run in seconds, not N timeouts.
+    deadline = time.monotonic() + max(o["timeout"], n * 0.05)
     for _ in range(n):
+        if time.monotonic() > deadline:
+            errors.append("deadline")
+            continue
         try:
             if o["udp"]:
                 s = socket.socket(fam(host), socket.SOCK_DGRAM)
@@ -264,8 +269,10 @@ def hold(args):
                 s.send(b"ping\n")
             except Exception as e:  # noqa: BLE001
                 errors.append(err_text(e))
+        deadline = time.monotonic() + o["timeout"]
         for s in socks:
             try:
+                s.settimeout(max(0.001, deadline - time.monotonic()))
                 answers.append((s.recv(65536).decode() if o["udp"] else read_line(s)).split()[0])
                 ok += 1
             except Exception as e:  # noqa: BLE001
