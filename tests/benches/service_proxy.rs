@@ -50,6 +50,17 @@
 //! rounds of conn/s, connect p50 and p99. Every veth has checksum offload off and the
 //! clients' and backends' `TcpInCsumErrors` are reported. Namespaces, cgroups and mounts are
 //! removed at the end, on a panic and on Ctrl-C.
+//!
+//! Besides the raw conn/s of a run, the client reports a steady rate, 1 / the median
+//! connection cycle (socket to close): on a shared machine a few cycles stalled by the
+//! scheduler swing the raw rate 2-3x between runs, and connect p50 is bimodal (idle versus
+//! busy CPUs), while the median cycle stays within a few percent. Ratios of rates and the
+//! latency a mode adds over `direct` are computed from it; raw figures are shown beside.
+//!
+//! Environment: `BENCH_N`, `BENCH_ROUNDS`, `BENCH_CONNS`, `BENCH_RUN_SECS` (longest run, 3),
+//! `BENCH_MODES` (e.g. `direct,metalnet,socket-lb`), `BENCH_IPT_TIMEOUT`,
+//! `BENCH_NFT_TIMEOUT`, `BENCH_IPT_BACKEND=nft|legacy`, `BENCH_METALNET_MASQ=0` (metalnet
+//! without its masquerade table, i.e. without conntrack in the node).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
