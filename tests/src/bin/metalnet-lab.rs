@@ -230,6 +230,15 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         .map(|(a, n)| format!("{a} x{n}"))
         .collect::<Vec<_>>()
         .join(", ");
+    if http.failed > 0 {
+        bail!(
+            "{} of {} requests to http://{vip}/ from the remote client got no answer (the others: {answers})\n{}\n{}",
+            http.failed,
+            http.requests,
+            proxy.diagnose(&site, http.delivered_index),
+            proxy.logs()
+        );
+    }
     if !http.crossed_nodes() {
         bail!(
             "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
