@@ -265,6 +265,28 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         running.speakers[i] = components::start_speaker(&site, i, state_dir, &bin_dir)?;
     }
 
+    // The proxies' own account (their counters are read every few seconds): the delivering
+    // node balanced the requests, the others none.
+    let balanced = lab::wait_for_value(
+        "the proxies' counters of balanced connections",
+        Duration::from_secs(15),
+        || {
+            let counts: Vec<u64> = (0..site.nodes.len())
+                .map(|i| proxy.datapath_counter(&site, i, "lb_new"))
+                .collect::<Option<_>>()?;
+            let mine = counts[http.delivered_index];
+            let others = counts.iter().sum::<u64>() - mine;
+            (mine >= http.requests as u64 && others == 0).then_some(mine)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{} balanced fewer than {} connections, or another node's proxy balanced some\n{}",
+            http.delivered_to,
+            http.requests,
+            proxy.logs()
+        )
+    })?;
     let mut text = site.describe();
     text.push_str(&format!(
         "  birdc -s {} show protocols     # BGP sessions of the router\n",
@@ -311,8 +333,8 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 .join(", ")
         ),
         format!(
-            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}",
-            http.delivered_to, http.requests
+            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}; {} counted {balanced} balanced connections, the other nodes none",
+            http.delivered_to, http.requests, http.delivered_to
         ),
         "\nTry:".to_string(),
         format!(

@@ -612,6 +612,18 @@ impl ServiceProxy {
         .join("\n")
     }
 
+    /// The proxy's data path counter `event` on demo node `index`
+    /// (`metalnet_proxy_datapath_total`, read from its metrics; `None` when unreadable).
+    pub fn datapath_counter(&self, site: &DemoSite, index: usize, event: &str) -> Option<u64> {
+        let url = format!("http://{}:7475/metrics", node_v4(index));
+        let text = site
+            .nodes
+            .get(index)?
+            .exec_ok(&["curl", "-sS", "--max-time", "2", &url])
+            .ok()?;
+        datapath_counter_in(&text, event)
+    }
+
     /// Every proxy's log, headed by its node.
     pub fn logs(&self) -> String {
         self.proxies
@@ -685,6 +697,15 @@ pub fn start_service_proxy(
         proxy.proxies.push(node.spawn("metalnet-router", &argv)?);
     }
     Ok(proxy)
+}
+
+/// `metalnet_proxy_datapath_total{event="EVENT"}` in a Prometheus text exposition.
+pub fn datapath_counter_in(metrics: &str, event: &str) -> Option<u64> {
+    let series = format!("metalnet_proxy_datapath_total{{event=\"{event}\"}}");
+    metrics.lines().find_map(|l| {
+        let value = l.strip_prefix(&series)?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
 }
 
 /// The next hop (an address) in `ip route get` output (`... via 192.0.2.12 dev eth0 ...`).
@@ -837,6 +858,16 @@ mod tests {
         let out = "192.0.2.200 from 198.51.100.100 via 192.0.2.12 dev eth0 iif eth1 \n    cache \n";
         assert_eq!(route_get_via(out).as_deref(), Some("192.0.2.12"));
         assert_eq!(route_get_via("192.0.2.200 dev eth0 src 192.0.2.1"), None);
+    }
+
+    #[test]
+    fn reads_a_datapath_counter() {
+        let text = "# TYPE metalnet_proxy_datapath counter\n\
+metalnet_proxy_datapath_total{event=\"lb_new\"} 15\n\
+metalnet_proxy_datapath_total{event=\"rev_nat\"} 73\n";
+        assert_eq!(datapath_counter_in(text, "lb_new"), Some(15));
+        assert_eq!(datapath_counter_in(text, "rev_nat"), Some(73));
+        assert_eq!(datapath_counter_in(text, "reject"), None);
     }
 
     #[test]
