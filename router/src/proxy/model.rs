@@ -521,6 +521,8 @@ pub struct Model {
     /// The result so far.
     pub desired: Desired,
     shares: HashMap<SvcName, Share>,
+    /// The Services with problems or a health check, so listing them does not walk all.
+    noted: BTreeSet<SvcName>,
     /// Backend id -> the Services using it, with their view of its flags.
     /// (Few per backend: a Vec, not a map per backend.)
     users: HashMap<u32, Vec<(SvcName, u8)>>,
@@ -566,7 +568,7 @@ impl Model {
             self.add_share(&key, &share);
             self.desired.services.insert(key.clone(), view);
             self.conflicts += share.conflict as usize;
-            self.shares.insert(key, share);
+            self.insert_share(key, share);
         }
         ids.end();
         self.rebuild_lists();
@@ -627,6 +629,7 @@ impl Model {
         // Their frontends are free to take again.
         let mut old: BTreeMap<SvcName, Share> = BTreeMap::new();
         for key in changed {
+            self.noted.remove(key);
             if let Some(share) = self.shares.remove(key) {
                 for fe in &share.claims {
                     self.claimed.remove(fe);
@@ -784,7 +787,7 @@ impl Model {
             }
         }
         for (key, share) in new {
-            self.shares.insert(key, share);
+            self.insert_share(key, share);
         }
         self.rebuild_lists();
         diff
@@ -813,24 +816,27 @@ impl Model {
         }
     }
 
-    /// Problems and health checks in Service order. Few Services have either, but this walks
-    /// every share: cheap next to a map write.
+    /// Problems and health checks in Service order.
     fn rebuild_lists(&mut self) {
-        let mut keys: Vec<&SvcName> = self
-            .shares
+        let shares: Vec<&Share> = self
+            .noted
             .iter()
-            .filter(|(_, s)| !s.problems.is_empty() || s.health.is_some())
-            .map(|(k, _)| k)
+            .filter_map(|k| self.shares.get(k))
             .collect();
-        keys.sort();
-        self.desired.problems = keys
+        self.desired.problems = shares
             .iter()
-            .flat_map(|k| self.shares[*k].problems.iter().cloned())
+            .flat_map(|s| s.problems.iter().cloned())
             .collect();
-        self.desired.health_checks = keys
-            .iter()
-            .filter_map(|k| self.shares[*k].health.clone())
-            .collect();
+        self.desired.health_checks = shares.iter().filter_map(|s| s.health.clone()).collect();
+    }
+
+    fn insert_share(&mut self, key: SvcName, share: Share) {
+        if !share.problems.is_empty() || share.health.is_some() {
+            self.noted.insert(key.clone());
+        } else {
+            self.noted.remove(&key);
+        }
+        self.shares.insert(key, share);
     }
 }
 
@@ -2833,6 +2839,8 @@ mod daemon_model_tests {
         s2.services = Arc::new(svcs);
         let p2 = m.plan(&s2);
         assert_eq!(p2.maps().svc.len(), 2);
+        // The untouched Service's problem is still reported.
+        assert_eq!(p2.problems(), probs);
         for (k, v) in &p1.maps().svc {
             assert_eq!(p2.maps().svc.get(k), Some(v));
         }
