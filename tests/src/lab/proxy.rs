@@ -515,9 +515,23 @@ impl ProxyCluster {
         for a in [CLIENT_V4, CLIENT_ALT_V4] {
             cluster.client.add_addr("eth0", &format!("{a}/24"))?;
         }
-        for a in [CLIENT_V6, CLIENT_ALT_V6] {
-            cluster.client.add_addr("eth0", &format!("{a}/64"))?;
-        }
+        cluster
+            .client
+            .add_addr("eth0", &format!("{CLIENT_V6}/64"))?;
+        // Deprecated: never chosen as a source unless bound (the second IPv4 address is a
+        // secondary one, never chosen either).
+        cluster.client.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{CLIENT_ALT_V6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
         cluster.route_client_via(0)?;
         for (k, count) in opts.pods.iter().enumerate() {
             for _ in 0..*count {
