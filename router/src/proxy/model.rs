@@ -2703,20 +2703,18 @@ impl super::daemon::Plan for ProxyPlan {
     }
 
     fn health_checks(&self) -> BTreeMap<u16, super::health::ServiceHealth> {
-        self.0
-            .health_checks
-            .iter()
-            .map(|h| {
-                (
-                    h.port,
-                    super::health::ServiceHealth {
-                        namespace: h.namespace.clone(),
-                        name: h.name.clone(),
-                        local_endpoints: h.local_endpoints,
-                    },
-                )
-            })
-            .collect()
+        let mut out = BTreeMap::new();
+        for h in &self.0.health_checks {
+            // One port for two Services (the API server prevents it): the first by namespace
+            // and name keeps it, as the daemon's own model does.
+            out.entry(h.port)
+                .or_insert_with(|| super::health::ServiceHealth {
+                    namespace: h.namespace.clone(),
+                    name: h.name.clone(),
+                    local_endpoints: h.local_endpoints,
+                });
+        }
+        out
     }
 
     fn problems(&self) -> Vec<super::daemon::ServiceProblem> {
