@@ -496,7 +496,13 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         return;
     }
     let dir = BpfDir::new();
-    let probe = Loader::open(&dir.path, &small())
+    // Room for the connections the restart check opens: an LRU conntrack map that is too
+    // small evicts the entries of established connections, which then get reset.
+    let sizes = Sizes {
+        ct_max: 262_144,
+        ..Sizes::default()
+    };
+    let probe = Loader::open(&dir.path, &sizes)
         .unwrap()
         .take_programs()
         .unwrap();
@@ -524,7 +530,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     };
 
     // First run.
-    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l1 = Loader::open(&dir.path, &sizes).unwrap();
     l1.set_config(&cfg).unwrap();
     let want = one_service();
     l1.apply(&MapDiff::between(&MapState::default(), &want))
@@ -590,7 +596,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         "between",
         "nothing detached on exit"
     );
-    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
     assert_eq!(l2.maps().ids(), ids, "same maps");
     assert_eq!(l2.read().unwrap(), want, "same contents, same ids");
     let a2 = start(&server, l2.take_programs().unwrap(), opts.clone());
@@ -674,7 +680,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(a2);
     drop(l2);
     let other = TestCgroup::new("pxo");
-    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
     let a2 = start(
         &server,
         l2.take_programs().unwrap(),
@@ -691,7 +697,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);
     drop(l2);
-    let mut l3 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l3 = Loader::open(&dir.path, &sizes).unwrap();
     let a3 = start(
         &server,
         l3.take_programs().unwrap(),
