@@ -786,6 +786,13 @@ fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
     // "connected to the backend" and stay.
     let (listener, mut client, accepted) = in_ns(&ns, || {
         let l = TcpListener::bind("192.0.2.1:40998").unwrap();
+        // One closed by the client first: it lingers in TIME_WAIT, which is no failure.
+        let closed = TcpStream::connect("192.0.2.1:40998").unwrap();
+        let (a, _) = l.accept().unwrap();
+        drop(closed);
+        let mut a = a;
+        let _ = a.read(&mut [0u8; 1]);
+        drop(a);
         let c = TcpStream::connect("192.0.2.1:40998").unwrap();
         let (a, _) = l.accept().unwrap();
         (l, c, a)
