@@ -387,15 +387,18 @@ fn connect_vip(client: &Netns) -> std::io::Result<TcpStream> {
             &format!("{VIP}:80").parse::<SocketAddr>().unwrap(),
             Duration::from_millis(1500),
         )?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(s)
     })
 }
 
 fn echo(s: &mut TcpStream, msg: &str) -> String {
-    s.write_all(msg.as_bytes()).unwrap();
+    let what = format!("echo {msg:?} on {:?}", s.local_addr());
+    s.write_all(msg.as_bytes())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).unwrap();
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     String::from_utf8(buf).unwrap()
 }
 
