@@ -387,15 +387,18 @@ fn connect_vip(client: &Netns) -> std::io::Result<TcpStream> {
             &format!("{VIP}:80").parse::<SocketAddr>().unwrap(),
             Duration::from_millis(1500),
         )?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(s)
     })
 }
 
 fn echo(s: &mut TcpStream, msg: &str) -> String {
-    s.write_all(msg.as_bytes()).unwrap();
+    let what = format!("echo {msg:?} on {:?}", s.local_addr());
+    s.write_all(msg.as_bytes())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).unwrap();
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     String::from_utf8(buf).unwrap()
 }
 
@@ -496,7 +499,13 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         return;
     }
     let dir = BpfDir::new();
-    let probe = Loader::open(&dir.path, &small())
+    // Room for the connections the restart check opens: an LRU conntrack map that is too
+    // small evicts the entries of established connections, which then get reset.
+    let sizes = Sizes {
+        ct_max: 262_144,
+        ..Sizes::default()
+    };
+    let probe = Loader::open(&dir.path, &sizes)
         .unwrap()
         .take_programs()
         .unwrap();
@@ -524,7 +533,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     };
 
     // First run.
-    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l1 = Loader::open(&dir.path, &sizes).unwrap();
     l1.set_config(&cfg).unwrap();
     let want = one_service();
     l1.apply(&MapDiff::between(&MapState::default(), &want))
@@ -590,7 +599,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         "between",
         "nothing detached on exit"
     );
-    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
     assert_eq!(l2.maps().ids(), ids, "same maps");
     assert_eq!(l2.read().unwrap(), want, "same contents, same ids");
     let a2 = start(&server, l2.take_programs().unwrap(), opts.clone());
@@ -674,7 +683,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(a2);
     drop(l2);
     let other = TestCgroup::new("pxo");
-    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
     let a2 = start(
         &server,
         l2.take_programs().unwrap(),
@@ -691,7 +700,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);
     drop(l2);
-    let mut l3 = Loader::open(&dir.path, &small()).unwrap();
+    let mut l3 = Loader::open(&dir.path, &sizes).unwrap();
     let a3 = start(
         &server,
         l3.take_programs().unwrap(),
@@ -780,6 +789,13 @@ fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
     // "connected to the backend" and stay.
     let (listener, mut client, accepted) = in_ns(&ns, || {
         let l = TcpListener::bind("192.0.2.1:40998").unwrap();
+        // One closed by the client first: it lingers in TIME_WAIT, which is no failure.
+        let closed = TcpStream::connect("192.0.2.1:40998").unwrap();
+        let (a, _) = l.accept().unwrap();
+        drop(closed);
+        let mut a = a;
+        let _ = a.read(&mut [0u8; 1]);
+        drop(a);
         let c = TcpStream::connect("192.0.2.1:40998").unwrap();
         let (a, _) = l.accept().unwrap();
         (l, c, a)

@@ -23,6 +23,8 @@ const ID_LEN: usize = 48;
 const REQ_LEN: usize = 8 + ID_LEN;
 /// `struct inet_diag_msg` up to and including the id.
 const MSG_MIN: usize = 4 + ID_LEN;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
 
 /// One socket the kernel listed.
@@ -177,29 +179,51 @@ pub fn destroy(sock: &DiagSocket) -> io::Result<()> {
 }
 
 /// Destroys every TCP and UDP socket of the calling thread's network namespace connected to
-/// one of `targets` (address, port, IP protocol number); returns how many.
+/// one of `targets` (address, port, IP protocol number); returns how many. TCP sockets that
+/// are listening, closed or in TIME_WAIT are left alone (nothing to abort). A socket the
+/// kernel refuses to destroy does not stop the others: the first such error is returned
+/// only when nothing could be destroyed.
 pub fn destroy_connected_to(targets: &[(IpAddr, u16, u8)]) -> io::Result<usize> {
     let mut n = 0;
+    let mut first_err = None;
     for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
         if !targets.iter().any(|t| t.2 == proto) {
             continue;
         }
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             for s in list(family, proto)? {
-                if s.protocol == libc::IPPROTO_TCP as u8 && s.state == TCP_LISTEN {
+                if s.protocol == libc::IPPROTO_TCP as u8
+                    && matches!(s.state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE)
+                {
                     continue;
                 }
-                if targets
+                if !targets
                     .iter()
                     .any(|(a, p, pr)| *pr == proto && *a == s.dst && *p == s.dport)
                 {
-                    destroy(&s)?;
-                    n += 1;
+                    continue;
+                }
+                match destroy(&s) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        first_err.get_or_insert_with(|| {
+                            io::Error::new(
+                                e.kind(),
+                                format!(
+                                    "destroying the socket {}:{} -> {}:{}: {e}",
+                                    s.src, s.sport, s.dst, s.dport
+                                ),
+                            )
+                        });
+                    }
                 }
             }
         }
     }
-    Ok(n)
+    match first_err {
+        Some(e) if n == 0 => Err(e),
+        _ => Ok(n),
+    }
 }
 
 #[cfg(test)]

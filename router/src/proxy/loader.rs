@@ -152,6 +152,9 @@ impl std::fmt::Debug for Programs {
     }
 }
 
+/// Loads of one program tried when the verifier is interrupted.
+const LOAD_TRIES: u32 = 5;
+
 fn load_object(
     object: &'static str,
     bytes: &[u8],
@@ -169,15 +172,34 @@ fn load_object(
             source: Box::new(e),
         })?;
     for (name, prog) in ebpf.programs_mut() {
-        let res = match prog {
-            Program::SchedClassifier(p) => p.load(),
-            Program::CgroupSockAddr(p) => p.load(),
-            other => {
-                return Err(LoaderError::ProgramType {
-                    object,
-                    program: name.to_string(),
-                    kind: format!("{:?}", other.prog_type()),
-                });
+        let mut attempt = 0;
+        let res = loop {
+            attempt += 1;
+            let res = match prog {
+                Program::SchedClassifier(p) => p.load(),
+                Program::CgroupSockAddr(p) => p.load(),
+                other => {
+                    return Err(LoaderError::ProgramType {
+                        object,
+                        program: name.to_string(),
+                        kind: format!("{:?}", other.prog_type()),
+                    });
+                }
+            };
+            match res {
+                // The verifier gives up with EAGAIN when a signal is pending (a child
+                // exiting, SIGTERM racing the start); libbpf retries likewise.
+                Err(ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_TRIES =>
+                {
+                    debug!(
+                        object,
+                        program = name,
+                        attempt,
+                        "verifier interrupted; loading again"
+                    );
+                }
+                other => break other,
             }
         };
         res.map_err(|e| LoaderError::Program {
