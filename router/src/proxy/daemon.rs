@@ -491,6 +491,21 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 }
 
+/// The local ready endpoints a healthCheckNodePort reports: distinct addresses of the larger
+/// family. kube-proxy runs one proxier per family, each answering its own family's count, so
+/// a dual-stack pod counts once, not twice. Pure.
+pub fn local_ready_per_family(backends: &[super::model::BackendView]) -> usize {
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for b in backends.iter().filter(|b| b.local && b.ready) {
+        if b.addr.is_ipv4() {
+            v4.insert(b.addr);
+        } else {
+            v6.insert(b.addr);
+        }
+    }
+    v4.len().max(v6.len())
+}
+
 /// The interval before the next fill walk when the last one took `took`. Pure.
 fn fill_interval(took: Duration) -> Duration {
     took.saturating_mul(FILL_COST_FACTOR)
@@ -715,10 +730,16 @@ impl Plan for super::model::Desired {
         for h in &self.health_checks {
             // The API server never gives one port to two Services; a state directory could:
             // the first (by namespace and name) keeps it.
+            let key = (h.namespace.clone(), h.name.clone());
+            let local_endpoints = self
+                .services
+                .get(&key)
+                .map(|v| local_ready_per_family(&v.backends))
+                .unwrap_or(h.local_endpoints);
             out.entry(h.port).or_insert_with(|| ServiceHealth {
                 namespace: h.namespace.clone(),
                 name: h.name.clone(),
-                local_endpoints: h.local_endpoints,
+                local_endpoints,
             });
         }
         out

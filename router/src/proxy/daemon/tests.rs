@@ -861,3 +861,35 @@ fn fill_walks_cost_at_most_one_percent() {
         Duration::from_secs(60)
     );
 }
+
+#[test]
+fn a_dual_stack_pod_counts_once_as_kube_proxy_per_family() {
+    use crate::proxy::model::BackendView;
+    let be = |addr: &str, port: u16, local: bool, ready: bool| BackendView {
+        port_name: String::new(),
+        addr: addr.parse().unwrap(),
+        port,
+        proto: Proto::Tcp,
+        id: 1,
+        ready,
+        serving: ready,
+        terminating: false,
+        local,
+        node_name: None,
+    };
+    let one_pod = [
+        be("10.244.0.7", 8080, true, true),
+        be("10.244.0.7", 9090, true, true),
+        be("fd00:244::7", 8080, true, true),
+    ];
+    assert_eq!(local_ready_per_family(&one_pod), 1);
+    let more = [
+        be("10.244.0.7", 8080, true, true),
+        be("10.244.0.8", 8080, true, true),
+        be("10.244.0.9", 8080, true, false),
+        be("10.244.1.9", 8080, false, true),
+        be("fd00:244::7", 8080, true, true),
+    ];
+    assert_eq!(local_ready_per_family(&more), 2);
+    assert_eq!(local_ready_per_family(&[]), 0);
+}
