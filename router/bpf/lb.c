@@ -636,6 +636,44 @@ static __always_inline void mn_ct_create(const struct mn_pkt *p, const struct mn
 		mn_count(MN_CNT_CT_FULL);
 }
 
+/* A SYN to no frontend: a direct connection reusing a tuple must not have its replies
+ * rewritten by the reply entry of an earlier, balanced connection on the same tuple. But the
+ * SYN of a connection balanced a moment ago on another interface of this node (a pod's veth,
+ * then the bridge it hangs on) looks the same: its forward entry is live, from this second,
+ * and names this destination as the backend; then the reply entry stays. */
+static __noinline void mn_forget_stale_reply(struct mn_pkt *p, __u32 now)
+{
+	struct mn_ct_key k;
+	struct mn_ct_val *v, r;
+
+	mn_ct_key_of(&k, p, 1);
+	__builtin_memcpy(k.saddr, p->daddr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->saddr, MN_ADDR_LEN);
+	k.sport = p->dport;
+	k.dport = p->sport;
+	v = bpf_map_lookup_elem(&mn_ct, &k);
+	if (!v)
+		return;
+	r = *v;
+	/* The forward entry of the connection the reply entry belongs to. */
+	__builtin_memcpy(k.saddr, p->saddr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, r.nat_addr, MN_ADDR_LEN);
+	k.sport = p->sport;
+	k.dport = r.nat_port;
+	k.dir = 0;
+	v = bpf_map_lookup_elem(&mn_ct, &k);
+	if (v && !(v->flags & MN_CT_F_CLOSING) && v->last_seen == now && v->nat_port == p->dport &&
+	    mn_addr_eq(v->nat_addr, p->daddr))
+		return;
+	/* Back to the reply key. */
+	__builtin_memcpy(k.saddr, p->daddr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->saddr, MN_ADDR_LEN);
+	k.sport = p->dport;
+	k.dport = p->sport;
+	k.dir = 1;
+	bpf_map_delete_elem(&mn_ct, &k);
+}
+
 /* A packet without a live conntrack entry: TC_ACT_OK when it is not for a frontend, the
  * verdict after DNAT, TC_ACT_SHOT for a drop, or MN_REJECT. */
 static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn, __u32 now)
@@ -656,16 +694,8 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	if (!mn_svc_lookup(&sk, &svc)) {
 		/* Not a service: a direct connection reusing a tuple must not have its replies
 		 * rewritten by a stale reply entry. */
-		if (syn) {
-			struct mn_ct_key rk;
-
-			mn_ct_key_of(&rk, p, 1);
-			__builtin_memcpy(rk.saddr, p->daddr, MN_ADDR_LEN);
-			__builtin_memcpy(rk.daddr, p->saddr, MN_ADDR_LEN);
-			rk.sport = p->dport;
-			rk.dport = p->sport;
-			bpf_map_delete_elem(&mn_ct, &rk);
-		}
+		if (syn)
+			mn_forget_stale_reply(p, now);
 		return TC_ACT_OK;
 	}
 	/* Only a SYN starts a TCP connection. Anything else without conntrack is either for

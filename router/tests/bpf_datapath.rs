@@ -869,6 +869,36 @@ fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
 }
 
 #[test]
+fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
+    );
+    // A pod reaches itself: its veth's ingress balances, then the bridge's ingress sees the
+    // DNATed SYN, a SYN to no frontend.
+    let hop1 = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
+    assert_eq!(hop1.parsed().dst, sa("10.244.1.5:8080"));
+    let hop2 = dp.ingress(&hop1.pkt);
+    assert_eq!((hop2.verdict, &hop2.pkt), (TC_ACT_OK, &hop1.pkt));
+    let r = dp.egress(&tcp("10.244.1.5:8080", "10.244.1.5:40000", SYN | ACK));
+    assert_eq!(r.parsed().src, sa("10.96.0.10:80"), "reply entry kept");
+
+    // The client resets that connection and reuses the port for a direct one: the old reply
+    // entry goes, the direct connection's replies stay as they are.
+    dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", RST | ACK));
+    dp.ingress(&tcp("10.244.1.5:40000", "10.244.1.5:8080", SYN));
+    let reply = tcp("10.244.1.5:8080", "10.244.1.5:40000", SYN | ACK);
+    assert_eq!(dp.egress(&reply).pkt, reply);
+}
+
+#[test]
 fn a_deleted_backend_rebalances_its_connections() {
     let Some(mut dp) = Dp::new() else { return };
     dp.service(

@@ -60,7 +60,8 @@
 //! Environment: `BENCH_N`, `BENCH_ROUNDS`, `BENCH_CONNS`, `BENCH_RUN_SECS` (longest run, 3),
 //! `BENCH_MODES` (e.g. `direct,metalnet,socket-lb`), `BENCH_IPT_TIMEOUT`,
 //! `BENCH_NFT_TIMEOUT`, `BENCH_IPT_BACKEND=nft|legacy`, `BENCH_METALNET_MASQ=0` (metalnet
-//! without its masquerade table, i.e. without conntrack in the node).
+//! without its masquerade table, i.e. without conntrack in the node), `BENCH_CPU` (the CPU
+//! clients and backends are pinned to, 0; `none`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -286,6 +287,34 @@ fn setsockopt<T>(
     }
 }
 
+/// The CPU the clients and backends run on (`BENCH_CPU`, default 0; `none` lets them
+/// float). On one CPU a connection's packets, the client and the backend share it the same
+/// way in every run; floating, a run lands either way at random (client and backend apart:
+/// a faster connect but a cross-CPU wake-up per answer) and the modes' figures scatter.
+fn bench_cpu() -> Option<usize> {
+    match std::env::var("BENCH_CPU").as_deref() {
+        Ok("none") => None,
+        Ok(v) => v.trim().parse().ok(),
+        Err(_) => Some(0),
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, zeroed then filled by the libc macros; the kernel
+    // reads `size_of::<cpu_set_t>()` bytes from it and keeps no reference.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn timeval(d: Duration) -> libc::timeval {
     libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
@@ -394,6 +423,9 @@ fn client_main(args: &[String]) -> Result<(), String> {
         let procs = PathBuf::from(cg).join("cgroup.procs");
         std::fs::write(&procs, std::process::id().to_string())
             .map_err(|e| format!("client: joining {}: {e}", procs.display()))?;
+    }
+    if let Some(cpu) = bench_cpu() {
+        pin_to(cpu).map_err(|e| format!("client: pinning to CPU {cpu}: {e}"))?;
     }
     let ns = std::fs::File::open(format!("/run/netns/{netns}"))
         .map_err(|e| format!("client: opening netns {netns}: {e}"))?;
@@ -548,6 +580,9 @@ fn start_backend(netns: &str) -> Result<std::thread::JoinHandle<std::io::Result<
                     return Err(e);
                 }
             };
+        if let Some(cpu) = bench_cpu() {
+            pin_to(cpu)?;
+        }
         // accept() wakes every 200 ms to notice the end of the run.
         let tv = timeval(Duration::from_millis(200));
         setsockopt(
