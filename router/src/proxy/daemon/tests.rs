@@ -714,7 +714,7 @@ fn metrics_after_a_pass() {
 
 // --- the real model -----------------------------------------------------------------------
 
-fn real(rec: Recorder) -> (Daemon<Recorder, ProxyModel>, Health) {
+fn real(rec: Recorder) -> (Daemon<Recorder, crate::proxy::model::ProxyModel>, Health) {
     let opts = ProxyOptions::default();
     let health = Health::default();
     let d = Daemon::new(
@@ -725,7 +725,13 @@ fn real(rec: Recorder) -> (Daemon<Recorder, ProxyModel>, Health) {
             write_node_addrs: true,
         },
         rec,
-        ProxyModel::new("n1", &opts, 256),
+        crate::proxy::model::ProxyModel::new(
+            "n1",
+            &opts.cluster_cidrs,
+            "",
+            opts.maglev_table_size,
+            256,
+        ),
         None,
         Metrics::default(),
         health.condition("proxy"),
