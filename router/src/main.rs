@@ -287,7 +287,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// The service proxy on the BPF data path.
-type ProxyDaemon = proxy::daemon::Daemon<proxy::loader::Loader, proxy::daemon::ProxyModel>;
+type ProxyDaemon = proxy::daemon::Daemon<proxy::loader::Loader, proxy::model::ProxyModel>;
 
 /// Opens the data path (maps pinned under --bpf-dir, reused from the last run), the
 /// masquerade rule and the daemon, then attaches the programs (socket-LB on the cgroup, TCX
@@ -325,7 +325,13 @@ fn start_proxy(
     proxy::nft::ensure(opts.masquerade_mark).context("the masquerade rule (nftables)")?;
     let cookie =
         proxy::attach::host_netns_cookie().context("the node's network namespace cookie")?;
-    let model = proxy::daemon::ProxyModel::new(node, &opts, sizes.maglev_rows);
+    let model = proxy::model::ProxyModel::new(
+        node,
+        &opts.cluster_cidrs,
+        opts.service_proxy_name.as_deref().unwrap_or(""),
+        opts.maglev_table_size,
+        sizes.maglev_rows,
+    );
     let attach = proxy::attach::AttachOptions {
         bpf_dir: opts.bpf_dir.clone(),
         cgroup_root,

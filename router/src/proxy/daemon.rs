@@ -491,6 +491,21 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 }
 
+/// The local ready endpoints a healthCheckNodePort reports: distinct addresses of the larger
+/// family. kube-proxy runs one proxier per family, each answering its own family's count, so
+/// a dual-stack pod counts once, not twice. Pure.
+pub fn local_ready_per_family(backends: &[super::model::BackendView]) -> usize {
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for b in backends.iter().filter(|b| b.local && b.ready) {
+        if b.addr.is_ipv4() {
+            v4.insert(b.addr);
+        } else {
+            v6.insert(b.addr);
+        }
+    }
+    v4.len().max(v6.len())
+}
+
 /// The interval before the next fill walk when the last one took `took`. Pure.
 fn fill_interval(took: Duration) -> Duration {
     took.saturating_mul(FILL_COST_FACTOR)
@@ -659,94 +674,6 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
         ));
     }
     Some(Ok(text))
-}
-
-/// The model of kube-proxy's semantics ([`super::model::desired`]), with the ids kept in
-/// [`super::ids::Ids`] from one pass to the next and across restarts.
-pub struct ProxyModel {
-    node: String,
-    cluster_cidrs: Vec<ipnet::IpNet>,
-    service_proxy_name: String,
-    maglev_m: u32,
-    maglev_rows: u32,
-    ids: super::ids::Ids,
-}
-
-impl ProxyModel {
-    /// `maglev_rows`: how many frontends can use Maglev at once (rows of `mn_maglev`).
-    pub fn new(node: &str, opts: &ProxyOptions, maglev_rows: u32) -> Self {
-        ProxyModel {
-            node: node.to_string(),
-            cluster_cidrs: opts.cluster_cidrs.clone(),
-            service_proxy_name: opts.service_proxy_name.clone().unwrap_or_default(),
-            maglev_m: opts.maglev_table_size,
-            maglev_rows,
-            ids: super::ids::Ids::new(maglev_rows),
-        }
-    }
-}
-
-impl Model for ProxyModel {
-    type Plan = super::model::Desired;
-    fn restore(&mut self, live: &MapState) {
-        self.ids = super::ids::Ids::from_state(live, self.maglev_rows);
-    }
-    fn plan(&mut self, snap: &Snapshot) -> super::model::Desired {
-        let inputs = super::model::Inputs::from_snapshot(
-            snap,
-            &self.node,
-            &self.cluster_cidrs,
-            &self.service_proxy_name,
-            self.maglev_m,
-        );
-        super::model::desired(&inputs, &mut self.ids)
-    }
-    fn committed(&mut self, live: &MapState) {
-        self.ids.committed(live);
-    }
-}
-
-impl Plan for super::model::Desired {
-    fn maps(&self) -> &MapState {
-        &self.maps
-    }
-    fn health_checks(&self) -> BTreeMap<u16, ServiceHealth> {
-        let mut out = BTreeMap::new();
-        for h in &self.health_checks {
-            // The API server never gives one port to two Services; a state directory could:
-            // the first (by namespace and name) keeps it.
-            out.entry(h.port).or_insert_with(|| ServiceHealth {
-                namespace: h.namespace.clone(),
-                name: h.name.clone(),
-                local_endpoints: h.local_endpoints,
-            });
-        }
-        out
-    }
-    fn problems(&self) -> Vec<ServiceProblem> {
-        self.problems
-            .iter()
-            .map(|p| ServiceProblem {
-                kind: if p.kind == "EndpointSlice" {
-                    Kind::EndpointSlice
-                } else {
-                    Kind::Service
-                },
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                reason: "ServiceProxyProblem".into(),
-                message: format!("{}: {}", p.field, p.reason),
-            })
-            .collect()
-    }
-    fn explain_service(&self, live: &MapState, namespace: &str, name: &str) -> Option<String> {
-        self.services
-            .contains_key(&(namespace.to_string(), name.to_string()))
-            .then(|| super::explain::explain_service(self, live, namespace, name))
-    }
-    fn dump(&self, live: &MapState) -> String {
-        super::explain::dump(live, &self.names())
-    }
 }
 
 #[cfg(test)]

@@ -2705,13 +2705,20 @@ impl super::daemon::Plan for ProxyPlan {
     fn health_checks(&self) -> BTreeMap<u16, super::health::ServiceHealth> {
         let mut out = BTreeMap::new();
         for h in &self.0.health_checks {
+            // A dual-stack pod counts once, as kube-proxy's per-family proxiers answer.
+            let local_endpoints = self
+                .0
+                .services
+                .get(&(h.namespace.clone(), h.name.clone()))
+                .map(|v| super::daemon::local_ready_per_family(&v.backends))
+                .unwrap_or(h.local_endpoints);
             // One port for two Services (the API server prevents it): the first by namespace
             // and name keeps it, as the daemon's own model does.
             out.entry(h.port)
                 .or_insert_with(|| super::health::ServiceHealth {
                     namespace: h.namespace.clone(),
                     name: h.name.clone(),
-                    local_endpoints: h.local_endpoints,
+                    local_endpoints,
                 });
         }
         out

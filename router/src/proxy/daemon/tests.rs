@@ -714,7 +714,7 @@ fn metrics_after_a_pass() {
 
 // --- the real model -----------------------------------------------------------------------
 
-fn real(rec: Recorder) -> (Daemon<Recorder, ProxyModel>, Health) {
+fn real(rec: Recorder) -> (Daemon<Recorder, crate::proxy::model::ProxyModel>, Health) {
     let opts = ProxyOptions::default();
     let health = Health::default();
     let d = Daemon::new(
@@ -725,7 +725,13 @@ fn real(rec: Recorder) -> (Daemon<Recorder, ProxyModel>, Health) {
             write_node_addrs: true,
         },
         rec,
-        ProxyModel::new("n1", &opts, 256),
+        crate::proxy::model::ProxyModel::new(
+            "n1",
+            &opts.cluster_cidrs,
+            "",
+            opts.maglev_table_size,
+            256,
+        ),
         None,
         Metrics::default(),
         health.condition("proxy"),
@@ -860,4 +866,36 @@ fn fill_walks_cost_at_most_one_percent() {
         fill_interval(Duration::from_secs(5)),
         Duration::from_secs(60)
     );
+}
+
+#[test]
+fn a_dual_stack_pod_counts_once_as_kube_proxy_per_family() {
+    use crate::proxy::model::BackendView;
+    let be = |addr: &str, port: u16, local: bool, ready: bool| BackendView {
+        port_name: String::new(),
+        addr: addr.parse().unwrap(),
+        port,
+        proto: Proto::Tcp,
+        id: 1,
+        ready,
+        serving: ready,
+        terminating: false,
+        local,
+        node_name: None,
+    };
+    let one_pod = [
+        be("10.244.0.7", 8080, true, true),
+        be("10.244.0.7", 9090, true, true),
+        be("fd00:244::7", 8080, true, true),
+    ];
+    assert_eq!(local_ready_per_family(&one_pod), 1);
+    let more = [
+        be("10.244.0.7", 8080, true, true),
+        be("10.244.0.8", 8080, true, true),
+        be("10.244.0.9", 8080, true, false),
+        be("10.244.1.9", 8080, false, true),
+        be("fd00:244::7", 8080, true, true),
+    ];
+    assert_eq!(local_ready_per_family(&more), 2);
+    assert_eq!(local_ready_per_family(&[]), 0);
 }
