@@ -5,8 +5,9 @@
  * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
  * a packet matching a reply entry gets the frontend back as its source.
  *
- * Handles Ethernet and L3 devices, IPv4 (not fragmented; options allowed) and IPv6 (no extension
- * headers), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
+ * Handles Ethernet and L3 devices, IPv4 (options allowed) and IPv6 (the fragment header is the
+ * only extension header understood), fragments (the first one's ports recorded in mn_frag for
+ * the others), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
  * its CRC32c cannot be updated incrementally). Everything else passes untouched. */
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -34,8 +35,9 @@ struct mn_pkt {
 	__u8 proto;
 	__u8 v6;
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 frag;        /* MN_FRAG_*: ports from mn_frag, no L4 header in this packet */
 	__be32 seq;       /* TCP */
+	__be32 ack;       /* TCP */
 	__u32 l3off;
 	__u32 l4off;
 	__u32 l4len;      /* L4 header and payload, from the IP header; TCP: the payload only */
@@ -43,7 +45,42 @@ struct mn_pkt {
 };
 
 #define MN_IPPROTO_ICMPV6 58
+#define MN_NEXTHDR_FRAG   44
 #define MN_PARSE_ICMP     1
+
+#define MN_FRAG_NONE  0
+#define MN_FRAG_FIRST 1 /* has the L4 header; its ports recorded in mn_frag */
+#define MN_FRAG_LATER 2 /* no L4 header: ports from mn_frag, only addresses are rewritten */
+
+/* A fragment: the first one records its ports, the later ones take them (or are left alone
+ * when the first was not seen). */
+static __always_inline int mn_frag_ports(struct mn_pkt *p, __u32 id, void *l4, void *end)
+{
+	struct mn_frag_key k = {};
+	struct mn_frag_val v, *f;
+
+	__builtin_memcpy(k.saddr, p->saddr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->daddr, MN_ADDR_LEN);
+	k.id = id;
+	k.proto = p->proto;
+	if (p->frag == MN_FRAG_FIRST) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > end)
+			return -1;
+		v.sport = ports[0];
+		v.dport = ports[1];
+		bpf_map_update_elem(&mn_frag, &k, &v, BPF_ANY);
+		return 0;
+	}
+	f = bpf_map_lookup_elem(&mn_frag, &k);
+	if (!f)
+		return -1;
+	p->sport = f->sport;
+	p->dport = f->dport;
+	p->csum_off = 0;
+	return 0;
+}
 
 /* 0: TCP, UDP or SCTP parsed; MN_PARSE_ICMP: an ICMP or ICMPv6 message (type in tcp_flags,
  * l4off at its header); < 0: anything else, to pass untouched. */
@@ -51,22 +88,36 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth;
 	__u64 head, net;
+	int is_l3 = 0;
 	void *l3, *l4;
 
 	/* L3 devices (tun, WireGuard, IP tunnels) have no Ethernet header: there the network
-	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes. */
-	if (data + sizeof(head) > end)
+	 * header is at the start of the data. Reading it as Ethernet would rewrite random bytes.
+	 * An Ethernet frame's type always equals skb->protocol; when it does and the first byte
+	 * could also start an IP header, the helper tells (about one Ethernet frame in eight,
+	 * by the first byte of the destination MAC, pays for it). */
+	if (data + ETH_HLEN > end)
 		return -1;
-	if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
-		return -1;
-	__builtin_memcpy(&head, data, sizeof(head));
-	if (head == net) {
+	eth = data;
+	if (eth->h_proto != skb->protocol) {
+		is_l3 = 1;
+	} else {
+		__u8 v = *(__u8 *)data >> 4;
+
+		if ((v == 4 && skb->protocol == bpf_htons(ETH_P_IP)) ||
+		    (v == 6 && skb->protocol == bpf_htons(ETH_P_IPV6))) {
+			if (bpf_skb_load_bytes_relative(skb, 0, &net, sizeof(net), BPF_HDR_START_NET))
+				return -1;
+			__builtin_memcpy(&head, data, sizeof(head));
+			is_l3 = head == net;
+		}
+	}
+	if (is_l3) {
 		p->l3off = 0;
 		l3 = data;
 	} else {
-		if (data + ETH_HLEN > end)
-			return -1;
 		p->l3off = ETH_HLEN;
 		l3 = data + ETH_HLEN;
 	}
@@ -79,9 +130,6 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		hl = ip->ihl * 4;
 		if (hl < sizeof(*ip))
 			return -1;
-		/* Only the first fragment has the ports; without reassembly none can be NATed. */
-		if (ip->frag_off & bpf_htons(MN_IP_MF | MN_IP_OFFSET))
-			return -1;
 		p->v6 = 0;
 		p->proto = ip->protocol;
 		mn_addr_set_v4(p->saddr, ip->saddr);
@@ -89,6 +137,15 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->l4off = p->l3off + hl;
 		p->l4len = bpf_ntohs(ip->tot_len) - hl;
 		l4 = (void *)ip + hl;
+		if (ip->frag_off & bpf_htons(MN_IP_MF | MN_IP_OFFSET)) {
+			p->frag = (ip->frag_off & bpf_htons(MN_IP_OFFSET)) ? MN_FRAG_LATER : MN_FRAG_FIRST;
+			if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+				return -1;
+			if (mn_frag_ports(p, bpf_ntohs(ip->id), l4, end))
+				return -1;
+			if (p->frag == MN_FRAG_LATER)
+				return 0;
+		}
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 
@@ -101,6 +158,31 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->l4off = p->l3off + sizeof(*ip6);
 		p->l4len = bpf_ntohs(ip6->payload_len);
 		l4 = (void *)(ip6 + 1);
+		/* The fragment header is the one extension header handled (others pass untouched). */
+		if (p->proto == MN_NEXTHDR_FRAG) {
+			struct {
+				__u8 nexthdr;
+				__u8 reserved;
+				__be16 frag_off; /* offset << 3 | more fragments */
+				__be32 id;
+			} *fh = l4;
+
+			if ((void *)(fh + 1) > end)
+				return -1;
+			p->proto = fh->nexthdr;
+			p->l4off += sizeof(*fh);
+			p->l4len = p->l4len > sizeof(*fh) ? p->l4len - sizeof(*fh) : 0;
+			l4 = (void *)(fh + 1);
+			if (fh->frag_off & bpf_htons(0xfff9)) {
+				p->frag = (fh->frag_off & bpf_htons(0xfff8)) ? MN_FRAG_LATER : MN_FRAG_FIRST;
+				if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+					return -1;
+				if (mn_frag_ports(p, bpf_ntohl(fh->id), l4, end))
+					return -1;
+				if (p->frag == MN_FRAG_LATER)
+					return 0;
+			}
+		}
 	} else {
 		return -1;
 	}
@@ -113,6 +195,7 @@ static __always_inline int mn_parse(struct __sk_buff *skb, struct mn_pkt *p)
 		p->sport = th->source;
 		p->dport = th->dest;
 		p->seq = th->seq;
+		p->ack = th->ack_seq;
 		p->tcp_flags = ((__u8 *)th)[13];
 		/* A SYN's options are not data: the RST must acknowledge the SYN alone. */
 		p->l4len = p->l4len > th->doff * 4 ? p->l4len - th->doff * 4 : 0;
@@ -190,6 +273,8 @@ static __noinline int mn_nat(struct __sk_buff *skb, const struct mn_pkt *p, int 
 				return TC_ACT_SHOT;
 		}
 	}
+	if (p->frag == MN_FRAG_LATER)
+		return TC_ACT_OK;
 	if (old_port != port) {
 		if (!p->csum_off)
 			return TC_ACT_SHOT;
@@ -236,8 +321,10 @@ static __always_inline int mn_eth_reply(struct __sk_buff *skb, struct ethhdr *et
 }
 
 /* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
- * (REJECT with tcp-reset: the client sees ECONNREFUSED at once). redirect_flags: 0 at
- * ingress (out the interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+ * (REJECT with tcp-reset: the client sees ECONNREFUSED at once); a segment of a connection
+ * whose backend is gone gets a RST at its acknowledgment number, which the client accepts
+ * (RFC 793), instead of retransmitting into the void. redirect_flags: 0 at ingress (out the
+ * interface it came in on), BPF_F_INGRESS at egress (back into this host). */
 static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	struct ethhdr eth;
@@ -249,10 +336,15 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 
 	th.source = p->dport;
 	th.dest = p->sport;
-	/* The SYN counts one, plus any data it carried. */
-	th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
 	th.doff = 5 << 4;
-	th.flags = MN_TH_RST | MN_TH_ACK;
+	if (p->tcp_flags & MN_TH_ACK) {
+		th.seq = p->ack;
+		th.flags = MN_TH_RST;
+	} else {
+		/* The SYN counts one, plus any data it carried. */
+		th.ack_seq = bpf_htonl(bpf_ntohl(p->seq) + 1 + p->l4len);
+		th.flags = MN_TH_RST | MN_TH_ACK;
+	}
 
 	if (!p->v6) {
 		struct iphdr ip = {};
@@ -414,7 +506,9 @@ static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt 
 	/* The answers are built as Ethernet frames. */
 	if (p->l3off != ETH_HLEN)
 		return TC_ACT_SHOT;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK | MN_TH_RST)) == MN_TH_SYN)
+	/* Never answer a RST (two proxies would ping-pong). */
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & MN_TH_RST) &&
+	    (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK)) != (MN_TH_SYN | MN_TH_ACK))
 		return mn_reject_tcp(skb, p, redirect_flags);
 	if (p->proto == IPPROTO_UDP)
 		return mn_reject_udp(skb, p, redirect_flags);
@@ -574,6 +668,12 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 		}
 		return TC_ACT_OK;
 	}
+	/* Only a SYN starts a TCP connection. Anything else without conntrack is either for
+	 * this host (masquerade and ephemeral ports can land on a NodePort number: the reply of
+	 * one of its own or of a masqueraded connection must reach the stack) or a segment to a
+	 * frontend whose connection is gone (its backend deleted, or its entry evicted): reset. */
+	if (p->proto == IPPROTO_TCP && !syn)
+		return mn_is_node_addr(p->daddr) ? TC_ACT_OK : MN_REJECT;
 	in_cluster = mn_in_cluster(p->saddr);
 	mn_svc_scope(&sk, in_cluster, &svc);
 
@@ -616,6 +716,26 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	return mn_nat(skb, p, 1, be.addr, be.port);
 }
 
+/* A reply to one of this host's own connections that mn_egress_lb balanced: the frontend back
+ * as its source. Only for packets to this node's addresses: forwarded replies are translated
+ * at egress, where the reverse NAT of netfilter's masquerade has already happened. */
+static __noinline int mn_ct_reply_to_host(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk;
+	struct mn_ct_val *v, c;
+
+	if (!mn_is_node_addr(p->daddr))
+		return MN_NO_ENTRY;
+	mn_ct_key_of(&rk, p, 1);
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	mn_ct_touch(v, &c, p, mn_now());
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
+}
+
 SEC("classifier")
 int mn_tc_ingress(struct __sk_buff *skb)
 {
@@ -633,21 +753,68 @@ int mn_tc_ingress(struct __sk_buff *skb)
 		r = mn_ct_forward(skb, &p, now);
 		if (r != MN_NO_ENTRY)
 			return r;
+		r = mn_ct_reply_to_host(skb, &p);
+		if (r != MN_NO_ENTRY)
+			return r;
 	}
+	/* A later fragment follows its first one; it cannot start a connection. */
+	if (p.frag == MN_FRAG_LATER)
+		return TC_ACT_OK;
 	r = mn_lb_new(skb, &p, syn, now);
 	if (r == MN_REJECT)
 		return mn_reject(skb, &p, 0);
 	return r;
 }
 
-/* A connection from this host that socket-LB left untranslated because its frontend has no
- * backend (or socket-LB is off for it): reject it here, as kube-proxy does in OUTPUT, by
- * sending the answer back into the host. Only for new flows (a TCP SYN, any UDP datagram) so
- * other egress traffic costs no lookup. */
-static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt *p)
+/* A packet of this host DNATed at egress: the stack routed it for the frontend's address, so
+ * it is sent on towards the backend's next hop (the neighbour subsystem fills in the Ethernet
+ * header), possibly out of another interface. */
+static __noinline int mn_reroute(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex;
+	long rc;
+
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	if (!p->v6) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = mn_word(p->saddr, 3);
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct iphdr, daddr), &fib.ipv4_dst, 4))
+			return TC_ACT_SHOT;
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, p->saddr, MN_ADDR_LEN);
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct ipv6hdr, daddr), fib.ipv6_dst, MN_ADDR_LEN))
+			return TC_ACT_SHOT;
+	}
+	/* An output lookup keeps IPv4 to the interface it names (the one the stack chose for the
+	 * frontend); when the backend is elsewhere, look up as if forwarding from it. */
+	ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		fib.ifindex = ifindex;
+		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+}
+
+/* A new flow leaving this host for a frontend: socket-LB did not translate it, because the
+ * frontend has no backend (rejected here, as kube-proxy does in OUTPUT, by sending the answer
+ * back into the host) or because socket-LB is off (balanced here: DNAT, conntrack, and the
+ * packet re-routed to the backend, since the stack routed it for the frontend's address; the
+ * replies are translated at ingress, see mn_ct_reply_to_host). Only for new flows (a TCP SYN,
+ * a UDP datagram) so other egress traffic costs no lookup. */
+static __noinline int mn_egress_lb(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_svc_key sk = {};
 	struct mn_svc_val *v, svc;
+	struct mn_affinity_key ak = {};
+	struct mn_backend be;
+	__u32 id = 0, now;
+	int r;
 
 	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
 	sk.port = p->dport;
@@ -659,13 +826,28 @@ static __noinline int mn_egress_no_backend(struct __sk_buff *skb, struct mn_pkt 
 	svc = *v;
 	/* This host is an in-cluster client. */
 	mn_svc_scope(&sk, 1, &svc);
-	if (svc.count)
-		return TC_ACT_OK;
-	if (svc.flags & MN_SVC_F_LOCAL) {
-		mn_count(MN_CNT_DROP_LOCAL);
-		return TC_ACT_SHOT;
+	if (!svc.count) {
+		if (svc.flags & MN_SVC_F_LOCAL) {
+			mn_count(MN_CNT_DROP_LOCAL);
+			return TC_ACT_SHOT;
+		}
+		return MN_REJECT;
 	}
-	return mn_reject(skb, p, BPF_F_INGRESS);
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_OK;
+
+	now = mn_now();
+	__builtin_memcpy(ak.client, p->saddr, MN_ADDR_LEN);
+	ak.rev_id = svc.rev_id;
+	if (!mn_select(&svc, sk.scope, &ak, 0, 0, 0, now, &id, &be))
+		return MN_REJECT;
+	mn_ct_create(p, &be, id, svc.rev_id, 0, now);
+	r = mn_nat(skb, p, 1, be.addr, be.port);
+	if (r != TC_ACT_OK)
+		return r;
+	mn_count(MN_CNT_LB_NEW);
+
+	return mn_reroute(skb, p);
 }
 
 /* An ICMP error about a balanced connection, on its way to the client: the quoted packet
@@ -764,12 +946,28 @@ static __noinline int mn_icmp_rev(struct __sk_buff *skb, struct mn_pkt *p)
 	return TC_ACT_OK;
 }
 
+/* A reply of a balanced connection on its way to the client: the frontend back as source. */
+static __noinline int mn_egress_reply(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk;
+	struct mn_ct_val *v, c;
+
+	mn_ct_key_of(&rk, p, 1);
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	/* No expiry check here: the forward direction decides when a connection is over (it
+	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
+	mn_ct_touch(v, &c, p, mn_now());
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
+}
+
 SEC("classifier")
 int mn_tc_egress(struct __sk_buff *skb)
 {
 	struct mn_pkt p = {};
-	struct mn_ct_key rk;
-	struct mn_ct_val *v, c;
 	int r;
 
 	r = mn_parse(skb, &p);
@@ -777,18 +975,23 @@ int mn_tc_egress(struct __sk_buff *skb)
 		return mn_icmp_rev(skb, &p);
 	if (r)
 		return TC_ACT_OK;
-	mn_ct_key_of(&rk, &p, 1);
-	v = bpf_map_lookup_elem(&mn_ct, &rk);
-	if (!v) {
-		if (p.proto == IPPROTO_UDP ||
-		    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN))
-			return mn_egress_no_backend(skb, &p);
-		return TC_ACT_OK;
+	r = mn_egress_reply(skb, &p);
+	if (r != MN_NO_ENTRY)
+		return r;
+	/* This host's own connections balanced here (socket-LB off): the next packets. */
+	if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN)) {
+		r = mn_ct_forward(skb, &p, mn_now());
+		if (r == TC_ACT_OK)
+			return mn_reroute(skb, &p);
+		if (r != MN_NO_ENTRY)
+			return r;
 	}
-	c = *v;
-	/* No expiry check here: the forward direction decides when a connection is over (it
-	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
-	mn_ct_touch(v, &c, &p, mn_now());
-	mn_count(MN_CNT_REV_NAT);
-	return mn_nat(skb, &p, 0, c.nat_addr, c.nat_port);
+	if ((p.proto == IPPROTO_UDP && p.frag != MN_FRAG_LATER) ||
+	    (p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN)) {
+		r = mn_egress_lb(skb, &p);
+		if (r == MN_REJECT)
+			return mn_reject(skb, &p, BPF_F_INGRESS);
+		return r;
+	}
+	return TC_ACT_OK;
 }

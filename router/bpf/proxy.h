@@ -97,6 +97,7 @@ struct mn_affinity_match_key {
  * dir 0 (forward): key = the client's packet as received (client -> VIP),
  *                  val = the backend (nat_addr/nat_port);
  * dir 1 (reply):   key = the backend's reply as seen at our egress (backend -> client),
+ *                  or at ingress for this host's own connections balanced at egress,
  *                  val = the frontend to restore as source (nat_addr/nat_port).
  * A TCP SYN without ACK always re-selects and rewrites both (a client reusing its source port
  * must be balanced afresh). */
@@ -130,6 +131,22 @@ struct mn_sock_rev_key {
 	__be16 port;
 	__u8 pad[6];
 };                              /* 32 bytes -> struct mn_rev_nat */
+
+/* Fragmented datagrams: only the first fragment carries the ports. The data path records them
+ * here, keyed by the fragments' common identity, so the later fragments follow the same
+ * conntrack entry (their addresses rewritten, nothing else). IPv4 ids in the low 16 bits. */
+struct mn_frag_key {
+	__u8 saddr[MN_ADDR_LEN];
+	__u8 daddr[MN_ADDR_LEN];
+	__u32 id;               /* host order */
+	__u8 proto;
+	__u8 pad[3];
+};                              /* 40 bytes */
+
+struct mn_frag_val {
+	__be16 sport;
+	__be16 dport;
+};                              /* 4 bytes */
 
 /* sessionAffinity: ClientIP. The client is its address (per-packet path) or, under socket-LB,
  * its network namespace cookie (kind 1) in the first 8 bytes. */
@@ -229,5 +246,6 @@ MN_MAP(mn_node_addr, BPF_MAP_TYPE_HASH, __u8[MN_ADDR_LEN], __u32, 256, 0);
 MN_MAP(mn_cluster_cidr, BPF_MAP_TYPE_LPM_TRIE, struct mn_cidr_key, __u8, 64, BPF_F_NO_PREALLOC);
 MN_MAP(mn_config, BPF_MAP_TYPE_ARRAY, __u32, struct mn_config, 1, 0);
 MN_MAP(mn_counters, BPF_MAP_TYPE_PERCPU_ARRAY, __u32, __u64, MN_CNT_MAX, 0);
+MN_MAP(mn_frag, BPF_MAP_TYPE_LRU_HASH, struct mn_frag_key, struct mn_frag_val, 8192, 0);
 
 #endif

@@ -264,8 +264,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             let lock = state
                 .lock(&format!("service-proxy-{node}"))
                 .with_context(|| format!("another service proxy runs with --node-name {node}"))?;
-            let d = start_proxy(&node, proxy_opts, proxy_metrics, readiness, proxy_status)?;
-            Some((d, lock))
+            let (d, attachments) =
+                start_proxy(&node, proxy_opts, proxy_metrics, readiness, proxy_status)?;
+            Some((d, attachments, lock))
         }
         None => None,
     };
@@ -275,74 +276,94 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     let run_proxy = async {
-        if let Some((d, _lock)) = proxy {
+        if let Some((d, attachments, _lock)) = proxy {
             d.run(&state, &shutdown).await;
+            // Stops watching links; every attachment stays (the next run takes them over).
+            attachments.stop();
         }
     };
     tokio::join!(run_router, run_proxy);
     Ok(())
 }
 
-/// The service proxy's data path and model, once the BPF loader is in: until then the proxy
-/// cannot start.
-type ProxyDaemon = proxy::daemon::Daemon<proxy::dataplane::Recorder, NoModel>;
+/// The service proxy on the BPF data path.
+type ProxyDaemon = proxy::daemon::Daemon<proxy::loader::Loader, proxy::daemon::ProxyModel>;
 
-/// Placeholder until the real model is wired.
-struct NoModel;
-
-struct NoPlan(proxy::state::MapState);
-
-impl proxy::daemon::Plan for NoPlan {
-    fn maps(&self) -> &proxy::state::MapState {
-        &self.0
-    }
-    fn health_checks(&self) -> std::collections::BTreeMap<u16, proxy::health::ServiceHealth> {
-        Default::default()
-    }
-    fn problems(&self) -> Vec<proxy::daemon::ServiceProblem> {
-        Vec::new()
-    }
-    fn explain_service(&self, _: &proxy::state::MapState, _: &str, _: &str) -> Option<String> {
-        None
-    }
-    fn dump(&self, _: &proxy::state::MapState) -> String {
-        String::new()
-    }
-}
-
-impl proxy::daemon::Model for NoModel {
-    type Plan = NoPlan;
-    fn restore(&mut self, _: &proxy::state::MapState) {}
-    fn plan(&mut self, _: &metalnet::state::Snapshot) -> NoPlan {
-        NoPlan(Default::default())
-    }
-}
-
-/// Opens the data path (maps pinned under --bpf-dir, programs attached) and the daemon.
+/// Opens the data path (maps pinned under --bpf-dir, reused from the last run), the
+/// masquerade rule and the daemon, then attaches the programs (socket-LB on the cgroup, TCX
+/// on every interface, watched). The maps are read and `mn_config` written before anything
+/// is attached, so a fresh node never runs the programs on an empty configuration.
 fn start_proxy(
     node: &str,
     opts: proxy::options::ProxyOptions,
     metrics: proxy::metrics::Metrics,
     readiness: metalnet::daemon::Readiness,
     status: proxy::daemon::SharedStatus,
-) -> anyhow::Result<ProxyDaemon> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo to find the cgroup2 mount")?;
-    let cgroup_root = proxy::options::cgroup_root(&opts, &mountinfo)?;
-    tracing::info!(%node, bpf_dir = %opts.bpf_dir.display(), cgroup_root = %cgroup_root.display(),
+) -> anyhow::Result<(ProxyDaemon, proxy::attach::Attachments)> {
+    use proxy::options::SocketLb;
+    let cgroup_root = match opts.socket_lb {
+        SocketLb::Off => None,
+        SocketLb::All | SocketLb::HostOnly => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                .context("reading /proc/self/mountinfo to find the cgroup2 mount")?;
+            Some(proxy::options::cgroup_root(&opts, &mountinfo)?)
+        }
+    };
+    tracing::info!(%node, bpf_dir = %opts.bpf_dir.display(),
+        cgroup_root = ?cgroup_root.as_ref().map(|p| p.display().to_string()),
         socket_lb = ?opts.socket_lb, "service proxy starting");
-    let _ = (metrics, readiness, status);
-    bail!(
-        "--run-service-proxy: the BPF loader is not built yet; run kube-proxy and pass --run-service-proxy=false"
+    let sizes = proxy::loader::Sizes {
+        ct_max: opts.bpf_ct_max,
+        maglev_m: opts.maglev_table_size,
+        ..proxy::loader::Sizes::default()
+    };
+    let mut loader = proxy::loader::Loader::open(&opts.bpf_dir, &sizes)
+        .with_context(|| format!("--bpf-dir {}", opts.bpf_dir.display()))?;
+    let programs = loader
+        .take_programs()
+        .context("the BPF programs were already taken")?;
+    proxy::nft::ensure(opts.masquerade_mark).context("the masquerade rule (nftables)")?;
+    let cookie =
+        proxy::attach::host_netns_cookie().context("the node's network namespace cookie")?;
+    let model = proxy::daemon::ProxyModel::new(node, &opts, sizes.maglev_rows);
+    let attach = proxy::attach::AttachOptions {
+        bpf_dir: opts.bpf_dir.clone(),
+        cgroup_root,
+        nodeport_addresses: opts.nodeport_addresses.clone(),
+        // The watcher sees address changes at once; the daemon only reads them for the
+        // healthCheckNodePort servers.
+        node_addrs: true,
+    };
+    let daemon = proxy::daemon::Daemon::new(
+        proxy::daemon::Config {
+            node: node.to_string(),
+            opts,
+            host_netns_cookie: cookie,
+            write_node_addrs: false,
+        },
+        loader,
+        model,
+        Some(Netlink::connect().context("opening netlink")?),
+        metrics,
+        readiness,
+        status,
     )
+    .context("reading the pinned maps")?;
+    let attachments =
+        proxy::attach::Attachments::start(programs, attach).context("attaching the programs")?;
+    Ok((daemon, attachments))
 }
 
-/// `--cleanup-config`: removes the proxy's programs, maps, pins and nftables table.
+/// `--cleanup-config`: removes the proxy's programs (their pinned links), maps, pins, the
+/// bpffs mount it made and the nftables table, as kube-router's flag does.
 fn proxy_cleanup(opts: &proxy::options::ProxyOptions) -> anyhow::Result<()> {
-    bail!(
-        "--cleanup-config: the BPF loader is not built yet; nothing of {} to remove",
-        opts.bpf_dir.display()
-    )
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup_root = proxy::options::cgroup_root(opts, &mountinfo).ok();
+    proxy::attach::cleanup(&opts.bpf_dir, cgroup_root.as_deref())
+        .with_context(|| format!("--cleanup-config: {}", opts.bpf_dir.display()))?;
+    proxy::nft::remove().context("--cleanup-config: the nftables table")?;
+    tracing::info!(bpf_dir = %opts.bpf_dir.display(), "service proxy removed");
+    Ok(())
 }
 
 /// `explain node|route|service`: the running daemon renders it from its live state.

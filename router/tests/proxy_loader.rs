@@ -154,6 +154,7 @@ fn maps_are_pinned_reused_by_a_second_load_and_read_back() {
     let counters = a.counters().unwrap();
     assert_eq!(counters.len(), abi::COUNTERS_LEN as usize);
     assert!(counters.iter().all(|c| *c == 0));
+    assert_eq!(a.maps().maglev_entries(), 1021 * 256);
     let fill = a.fill().unwrap();
     assert_eq!(fill.maps[0], (abi::names::CT, 0, 4096));
 
@@ -193,6 +194,31 @@ fn diffs_shrink_and_remove_and_node_addrs_follow() {
     assert_eq!(l.read().unwrap(), less);
     // Removing what is already gone (a repeated diff) is not an error.
     l.apply(&MapDiff::between(&big, &less)).unwrap();
+    // Every control-plane map: affinity matches, source ranges (both families), Maglev rows.
+    let mut rich = less.clone();
+    for v in rich.svc.values_mut().take(2) {
+        v.flags |= svc_flags::MAGLEV | svc_flags::AFFINITY | svc_flags::SRC_RANGE;
+        v.maglev_row = v.rev_id;
+        v.affinity_timeout = 10800;
+    }
+    for rev in [1u32, 2] {
+        rich.maglev
+            .insert(rev, (0..1021).map(|i| i % 3 + rev).collect());
+        rich.affinity_match.insert(abi::AffinityMatch {
+            backend_id: rev,
+            rev_id: rev,
+        });
+        for net in ["192.0.2.0/24", "2001:db8::/32"] {
+            rich.src_range.insert(abi::SrcRange {
+                rev_id: rev,
+                net: net.parse().unwrap(),
+            });
+        }
+    }
+    l.apply(&MapDiff::between(&less, &rich)).unwrap();
+    assert_eq!(l.read().unwrap(), rich);
+    l.apply(&MapDiff::between(&rich, &less)).unwrap();
+    assert_eq!(l.read().unwrap(), less);
     let one: BTreeSet<IpAddr> = ["192.0.2.9".parse().unwrap()].into_iter().collect();
     l.set_node_addrs(&["192.0.2.1".parse().unwrap()].into_iter().collect())
         .unwrap();
@@ -456,6 +482,14 @@ fn socket_lb_client(client: &Netns, cg: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// [`socket_lb_client`], checking that socket-LB (not the per-packet path) translated it.
+fn socket_lb_through(l: &Loader, client: &Netns, cg: &Path) {
+    let before = l.counters().unwrap()[1];
+    assert_eq!(socket_lb_client(client, cg), format!("{VIP} 80 sock"));
+    let after = l.counters().unwrap()[1];
+    assert!(after > before, "sock_lb counter {before} -> {after}");
+}
+
 #[test]
 fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     if !is_root() {
@@ -512,7 +546,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
     assert_eq!(echo(&mut kept, "before"), "before");
     let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
-    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+    socket_lb_through(&l1, &client, &cg.0);
     let counters = l1.counters().unwrap();
     assert!(
         counters[0] >= 1 && counters[1] >= 1,
@@ -520,6 +554,33 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     );
 
     // Restart: the process "exits" (attachments and maps stay), a new one loads and swaps.
+    // New connections keep coming all along: none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        metalnet::sys::netns::spawn_in(client.name(), move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = TcpStream::connect_timeout(
+                    &format!("{VIP}:80").parse::<SocketAddr>().unwrap(),
+                    Duration::from_secs(2),
+                )
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"h")?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b)
+                });
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(100));
     let ids = l1.maps().ids();
     let links = pins(&dir.path.join(attach::LINKS_DIR));
     drop(a1);
@@ -533,6 +594,15 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(l2.maps().ids(), ids, "same maps");
     assert_eq!(l2.read().unwrap(), want, "same contents, same ids");
     let a2 = start(&server, l2.take_programs().unwrap(), opts.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.join().unwrap().unwrap();
+    eprintln!(
+        "{ok} connections through the VIP during the restart, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 10, "{ok}");
     assert_eq!(
         pins(&dir.path.join(attach::LINKS_DIR)),
         links,
@@ -549,7 +619,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(many);
     let mut fresh = connect_vip(&client).unwrap();
     assert_eq!(echo(&mut fresh, "fresh"), "fresh");
-    assert_eq!(socket_lb_client(&client, &cg.0), format!("{VIP} 80 sock"));
+    socket_lb_through(&l2, &client, &cg.0);
 
     // An interface created later gets the programs at once; its address becomes a node
     // address.
@@ -573,6 +643,18 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         t.elapsed()
     );
     assert!(l2.maps().node_addrs().unwrap().contains(&late));
+    // A CNI moving the peer into a pod: it leaves the node's namespace, and its programs
+    // with it (a link pinned only by us is freed when its pin goes).
+    server.ip(&["link", "set", "cni1", "netns", client.name()]);
+    let t = Instant::now();
+    while a2.status().interfaces.len() != 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", a2.status());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)).len(),
+        links.len() + 2
+    );
     server.ip(&["link", "del", "cni0"]);
     let t = Instant::now();
     while a2.status().interfaces.len() != 1 {
@@ -587,6 +669,24 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
 
     assert_eq!(csum_errors(&client), 0);
     assert_eq!(csum_errors(&server), 0);
+
+    // Another --cgroup-root on the next start: the programs move there.
+    drop(a2);
+    drop(l2);
+    let other = TestCgroup::new("pxo");
+    let mut l2 = Loader::open(&dir.path, &small()).unwrap();
+    let a2 = start(
+        &server,
+        l2.take_programs().unwrap(),
+        AttachOptions {
+            cgroup_root: Some(other.0.clone()),
+            ..opts.clone()
+        },
+    );
+    let moved = pins(&dir.path.join(attach::LINKS_DIR));
+    assert_eq!(moved.len(), links.len(), "{moved:?}");
+    assert_ne!(moved, links, "new cgroup, new pins");
+    socket_lb_through(&l2, &client, &other.0);
 
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);
@@ -634,29 +734,67 @@ fn a_connected_udp_socket_to_a_deleted_backend_gets_an_error() {
     }
     let ns = Netns::with_veth("pxu").unwrap();
     // A backend address and port no other test uses: destroy_sockets looks everywhere.
-    let sock = in_ns(&ns, || {
-        let s = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
-        s.connect("192.0.2.77:40999").unwrap();
-        s
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let (v4, v6, other) = in_ns(&ns, || {
+        let v4 = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        v4.connect("192.0.2.77:40999").unwrap();
+        let v6 = std::net::UdpSocket::bind("[2001:db8::1]:0").unwrap();
+        v6.connect("[2001:db8::77]:40999").unwrap();
+        // Same address, another port: not a deleted backend.
+        let other = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        other.connect("192.0.2.77:41000").unwrap();
+        (v4, v6, other)
     });
-    let n = attach::destroy_sockets(&[Backend {
-        addr: "192.0.2.77".parse().unwrap(),
+    let gone = |addr: &str| Backend {
+        addr: addr.parse().unwrap(),
         port: 40999,
         proto: Proto::Udp,
+        flags: 0,
+    };
+    let n = attach::destroy_sockets(&[gone("192.0.2.77"), gone("2001:db8::77")]).unwrap();
+    assert_eq!(n, 2);
+    // The kernel aborts them (the pending error) and disconnects them: the client learns at
+    // once and must reconnect, to a live backend.
+    for sock in [&v4, &v6] {
+        let pending = sock.take_error().unwrap().expect("a pending error");
+        assert_eq!(
+            pending.raw_os_error(),
+            Some(libc::ECONNABORTED),
+            "{pending}"
+        );
+        let e = sock.send(b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+    }
+    assert!(other.take_error().unwrap().is_none());
+    other.send(b"x").unwrap();
+
+    // TCP: the client's connection is aborted; the listener and the server's side are not
+    // "connected to the backend" and stay.
+    let (listener, mut client, accepted) = in_ns(&ns, || {
+        let l = TcpListener::bind("192.0.2.1:40998").unwrap();
+        let c = TcpStream::connect("192.0.2.1:40998").unwrap();
+        let (a, _) = l.accept().unwrap();
+        (l, c, a)
+    });
+    let n = attach::destroy_sockets(&[Backend {
+        addr: "192.0.2.1".parse().unwrap(),
+        port: 40998,
+        proto: Proto::Tcp,
         flags: 0,
     }])
     .unwrap();
     assert_eq!(n, 1);
-    // The kernel aborts it (the pending error) and disconnects it: the client learns at
-    // once and must reconnect, to a live backend.
-    let pending = sock.take_error().unwrap().expect("a pending error");
-    assert_eq!(
-        pending.raw_os_error(),
-        Some(libc::ECONNABORTED),
-        "{pending}"
-    );
-    let e = sock.send(b"x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+    let e = client.read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+    drop((listener, accepted));
 }
 
 #[test]
@@ -722,16 +860,22 @@ fn hairpin_through_the_vip_is_masqueraded() {
             let _ = s.write_all(peer.as_bytes());
         }
     });
-    let mut l1 = Loader::open(&dir.path, &small()).unwrap();
-    l1.set_config(&abi::Config {
+    let cfg = abi::Config {
         socket_lb: 1,
         maglev_m: 1021,
         masq_mark: 0x4000,
         ct_timeout_tcp: 3600,
         ct_timeout_other: 60,
         ..Default::default()
-    })
-    .unwrap();
+    };
+    let opts = AttachOptions {
+        bpf_dir: dir.path.clone(),
+        cgroup_root: None,
+        nodeport_addresses: vec![],
+        node_addrs: false,
+    };
+    let (mut l1, a) = in_ns(&node, move || attach::open_data_path(&small(), &cfg, opts)).unwrap();
+    assert_eq!(l1.maps().config().unwrap(), cfg);
     let mut want = one_service();
     want.backend.insert(
         1,
@@ -744,17 +888,6 @@ fn hairpin_through_the_vip_is_masqueraded() {
     );
     l1.apply(&MapDiff::between(&MapState::default(), &want))
         .unwrap();
-    in_ns(&node, || nft::ensure(0x4000)).unwrap();
-    let a = start(
-        &node,
-        l1.take_programs().unwrap(),
-        AttachOptions {
-            bpf_dir: dir.path.clone(),
-            cgroup_root: None,
-            nodeport_addresses: vec![],
-            node_addrs: false,
-        },
-    );
     let mut s = connect_vip(&pod).unwrap();
     assert_eq!(s.peer_addr().unwrap().ip().to_string(), VIP);
     let mut seen = String::new();
@@ -763,4 +896,136 @@ fn hairpin_through_the_vip_is_masqueraded() {
     assert_eq!(csum_errors(&pod), 0);
     drop(a);
     drop(l1);
+}
+
+/// Fill levels count what the per-connection maps hold (they are walked: time it).
+#[test]
+fn fill_levels_count_the_conntrack_entries() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let sizes = Sizes {
+        ct_max: 131_072,
+        ..Sizes::default()
+    };
+    let l = Loader::open(&dir.path, &sizes).unwrap();
+    let n: u32 = 100_000;
+    let mut keys = Vec::with_capacity(n as usize * 40);
+    let mut vals = Vec::with_capacity(n as usize * 32);
+    for i in 0..n {
+        let k = abi::CtKey {
+            saddr: IpAddr::from([192, 0, 2, (i % 250) as u8]),
+            daddr: VIP.parse().unwrap(),
+            sport: (i / 250) as u16 + 1024,
+            dport: 80,
+            proto: 6,
+            dir: 0,
+        };
+        keys.extend_from_slice(&k.to_bytes());
+        vals.extend_from_slice(&[0u8; 32]);
+    }
+    let ct = metalnet::sys::bpf::obj_get(&dir.path.join("maps").join(abi::names::CT)).unwrap();
+    use std::os::fd::AsFd;
+    metalnet::sys::bpf::map_update_batch(ct.as_fd(), &keys, 40, &vals, 32).unwrap();
+    let t = Instant::now();
+    let fill = l.fill().unwrap();
+    eprintln!("fill of {n} conntrack entries in {:?}", t.elapsed());
+    assert_eq!(fill.maps[0], (abi::names::CT, n as u64, 131_072));
+    assert_eq!(fill.maps[1].1, 0);
+}
+
+/// A CNI starting many pods at once: every new interface gets the programs, quickly; every
+/// deleted one loses its pins.
+#[test]
+fn a_burst_of_interfaces_is_attached_and_forgotten() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let mut l = Loader::open(&dir.path, &small()).unwrap();
+    let programs = l.take_programs().unwrap();
+    if programs.lb.program(attach::TC_INGRESS).is_none() {
+        eprintln!("skipping: lb.o has no {} yet", attach::TC_INGRESS);
+        return;
+    }
+    let ns = Netns::new("pxb").unwrap();
+    let a = start(
+        &ns,
+        programs,
+        AttachOptions {
+            bpf_dir: dir.path.clone(),
+            cgroup_root: None,
+            nodeport_addresses: vec![],
+            node_addrs: false,
+        },
+    );
+    assert!(a.status().interfaces.is_empty(), "{:?}", a.status());
+    let pairs = 50;
+    let batch: String = (0..pairs)
+        .map(|i| format!("link add h{i} type veth peer name p{i}\n"))
+        .collect();
+    let run_batch = |script: String| {
+        let mut child = Command::new("ip")
+            .args(["-n", ns.name(), "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    let t = Instant::now();
+    run_batch(batch);
+    let created = t.elapsed();
+    while a.status().interfaces.len() != 2 * pairs {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} attached",
+            a.status().interfaces.len()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "{} interfaces created in {created:?} (TCX attachments hold the rtnl lock through an \
+         RCU grace period, which slows creation); all attached {:?} after the last one",
+        2 * pairs,
+        t.elapsed().saturating_sub(created)
+    );
+    assert_eq!(
+        pins(&dir.path.join(attach::LINKS_DIR)).len(),
+        4 * pairs,
+        "ingress and egress each"
+    );
+    assert_eq!(a.status().errors, 0);
+    run_batch((0..pairs).map(|i| format!("link del h{i}\n")).collect());
+    let t = Instant::now();
+    while !a.status().interfaces.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", a.status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(pins(&dir.path.join(attach::LINKS_DIR)).is_empty());
+}
+
+/// A map pinned with another layout (an incompatible older proxy) is refused with a message
+/// that names it, before any program is loaded against it.
+#[test]
+fn a_map_pinned_with_another_layout_is_refused_by_name() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    drop(Loader::open(&dir.path, &small()).unwrap());
+    let svc = dir.path.join("maps").join(abi::names::SVC);
+    std::fs::remove_file(&svc).unwrap();
+    let wrong = aya::maps::HashMap::<aya::maps::MapData, u32, u32>::create(16, 0).unwrap();
+    wrong.pin(&svc).unwrap();
+    let e = Loader::open(&dir.path, &small()).unwrap_err().to_string();
+    assert!(e.contains("map mn_svc"), "{e}");
+    assert!(e.contains("keys of 4 and values of 4 bytes"), "{e}");
+    assert!(e.contains("--cleanup-config"), "{e}");
 }

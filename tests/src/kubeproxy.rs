@@ -856,6 +856,23 @@ COMMIT
     }
 
     #[test]
+    fn nft_endpoint_chains_exist_before_the_vmap_that_jumps_to_them() {
+        // One transaction: a goto to a chain added later fails with ENOENT.
+        let mut svc = fixture("ns4", "svc4", [172, 30, 0, 44], "10.180.0.4:80");
+        svc.endpoints.push("10.180.0.5:80".parse().unwrap());
+        let add = nft::add(&Cluster::default(), std::slice::from_ref(&svc));
+        let vmap = add.find("numgen random mod 2 vmap").unwrap();
+        for ep in &svc.endpoints {
+            let chain = format!(
+                "add chain ip kube-proxy {}\n",
+                nft::endpoint_chain(&svc, ep)
+            );
+            assert!(add.find(&chain).unwrap() < vmap, "{add}");
+        }
+        assert!(add.contains(" : goto endpoint-") && add.contains(" , 1 : goto endpoint-"));
+    }
+
+    #[test]
     fn no_endpoints_reject() {
         let mut svc = fixture("ns6", "svc6", [172, 30, 0, 46], "10.180.0.1:80");
         svc.endpoints.clear();

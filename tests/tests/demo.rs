@@ -53,6 +53,10 @@ fn demo_comes_up_assigns_an_address_and_tears_down() {
     );
     assert!(stdout.contains("requests answered by pod"), "{stdout}");
     assert!(
+        stdout.contains("balanced connections, the other nodes none"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("reached 192.0.2.200 again after"),
         "{stdout}"
     );

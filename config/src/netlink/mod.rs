@@ -773,9 +773,12 @@ impl Netlink {
         let (mut conn, handle, messages) =
             rtnetlink::new_connection().map_err(NetlinkError::Open)?;
         let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
-        conn.socket_mut()
-            .socket_mut()
-            .bind(&SocketAddr::new(0, groups))
+        let sock = conn.socket_mut().socket_mut();
+        sock.bind(&SocketAddr::new(0, groups))
+            .map_err(NetlinkError::Open)?;
+        // A burst (a hundred pods started at once) overflows the default buffer and the
+        // kernel drops notifications (ENOBUFS); 4 MiB holds tens of thousands.
+        sock.set_rx_buf_sz(4usize << 20)
             .map_err(NetlinkError::Open)?;
         tokio::spawn(conn);
         let changes = messages.filter_map(|(m, _)| std::future::ready(change_of(m)));
@@ -846,6 +849,49 @@ pub fn in_netns<R: Send + 'static>(
 mod tests {
     use super::*;
     use crate::testing::Netns;
+
+    #[test]
+    fn the_monitor_reports_links_and_addresses_as_they_come_and_go() {
+        let Some(ns) = Netns::new("mon") else {
+            return;
+        };
+        let name = ns.name().to_string();
+        let changes = ns.block_on(move || async move {
+            let (_nl, mut changes) = Netlink::monitor().unwrap();
+            let ip = |args: &str| {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &name])
+                    .args(args.split(' '))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "ip {args}");
+            };
+            ip("link add mon0 type veth peer name mon1");
+            ip("addr add 192.0.2.5/24 dev mon0");
+            ip("link del mon0");
+            let mut seen = Vec::new();
+            while let Ok(Some(c)) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), changes.next()).await
+            {
+                seen.push(c);
+            }
+            seen
+        });
+        let index = changes
+            .iter()
+            .find_map(|c| match c {
+                Change::Link(l) if l.name == "mon0" => Some(l.index),
+                _ => None,
+            })
+            .expect("the new link");
+        let net: IpNet = "192.0.2.5/24".parse().unwrap();
+        assert!(changes.contains(&Change::Addr(index, net)), "{changes:?}");
+        assert!(
+            changes.contains(&Change::AddrGone(index, net)),
+            "{changes:?}"
+        );
+        assert!(changes.contains(&Change::LinkGone(index)), "{changes:?}");
+    }
 
     #[test]
     fn vxlan_device_neighbours_fdb_routes_round_trip() {

@@ -12,9 +12,14 @@ use std::path::Path;
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h), not in every libc version.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -118,6 +123,60 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 
 #[repr(C)]
 #[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Pins a BPF object (here: a link) at `path` on a bpffs.
+pub fn obj_pin(obj: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    let mut attr = ObjPinAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: obj.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// `link_create` for TCX: target ifindex, attach type, flags, then the tcx union (relative
+/// fd or id, expected revision), all zero: append after the programs already there.
+#[repr(C)]
+#[derive(Default)]
+struct TcxLinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+/// Attaches a tc program to TCX ingress or egress of interface `ifindex` (kernel 6.6+) and
+/// returns the link. Unlike netlink tc filters, this takes the interface by index, so a
+/// renamed interface cannot be confused with another.
+pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
+    let mut attr = TcxLinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: if egress {
+            BPF_TCX_EGRESS
+        } else {
+            BPF_TCX_INGRESS
+        },
+        ..Default::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
 struct LinkUpdateAttr {
     link_fd: u32,
     new_prog_fd: u32,
@@ -198,6 +257,49 @@ pub fn map_delete_batch(
     bpf(BPF_MAP_DELETE_BATCH, &mut attr)
         .map(|_| ())
         .map_err(|e| (e, attr.count))
+}
+
+/// Counts the entries of a hash map (LRU included) with `BPF_MAP_LOOKUP_BATCH`, a few
+/// thousand per system call, instead of one `get_next_key` call per key.
+pub fn map_count(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<u64> {
+    const CHUNK: usize = 4096;
+    // Per-CPU maps would need value_size * CPUs: refuse rather than overrun.
+    if key_size == 0 || value_size == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("counting a map with key size {key_size} and value size {value_size}"),
+        ));
+    }
+    let mut keys = vec![0u8; CHUNK * key_size];
+    let mut values = vec![0u8; CHUNK * value_size.div_ceil(8) * 8];
+    // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+    let mut token_in = [0u8; 8];
+    let mut token_out = [0u8; 8];
+    let mut total = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // The kernel writes at most `count` keys and values into buffers sized for CHUNK of
+        // each, and one token into `token_out`.
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        total += u64::from(attr.count);
+        match res {
+            Ok(_) => {}
+            // ENOENT: the walk is done (the count of this last call is valid).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Err(e) => return Err(e),
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 fn check_batch(keys: &[u8], key_size: usize, values: Option<(&[u8], usize)>) -> io::Result<u32> {

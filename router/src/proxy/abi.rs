@@ -24,6 +24,7 @@ pub mod names {
     pub const CLUSTER_CIDR: &str = "mn_cluster_cidr";
     pub const CONFIG: &str = "mn_config";
     pub const COUNTERS: &str = "mn_counters";
+    pub const FRAG: &str = "mn_frag";
 }
 
 /// A malformed map entry read back from the kernel (a layout mismatch or a foreign writer).
@@ -478,6 +479,57 @@ impl CtVal {
     }
 }
 
+/// `struct mn_frag_key`: the identity shared by a datagram's fragments (value: [`FragVal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FragKey {
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    /// IPv4: the 16-bit identification; IPv6: the fragment header's 32-bit one.
+    pub id: u32,
+    pub proto: u8,
+}
+
+/// `struct mn_frag_val`: the ports from the datagram's first fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FragVal {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl FragKey {
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut b = [0; 40];
+        put(&mut b, 0, &addr_bytes(self.saddr));
+        put(&mut b, 16, &addr_bytes(self.daddr));
+        put(&mut b, 32, &self.id.to_le_bytes());
+        b[36] = self.proto;
+        b
+    }
+    pub fn from_bytes(b: &[u8; 40]) -> Self {
+        FragKey {
+            saddr: addr_from(get16(b, 0)),
+            daddr: addr_from(get16(b, 16)),
+            id: u32_he(b, 32),
+            proto: b[36],
+        }
+    }
+}
+
+impl FragVal {
+    pub fn to_bytes(&self) -> [u8; 4] {
+        let mut b = [0; 4];
+        put(&mut b, 0, &self.sport.to_be_bytes());
+        put(&mut b, 2, &self.dport.to_be_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8; 4]) -> Self {
+        FragVal {
+            sport: u16_ne(b, 0),
+            dport: u16_ne(b, 2),
+        }
+    }
+}
+
 /// `struct mn_cidr_key`: an in-cluster source range (value: 1).
 pub fn cidr_key(net: ipnet::IpNet) -> [u8; 20] {
     let mut b = [0; 20];
@@ -533,6 +585,26 @@ mod tests {
             };
             assert_eq!(SrcRange::from_bytes(&r.to_bytes()).unwrap(), r, "{net}");
         }
+    }
+
+    #[test]
+    fn frag_entries_round_trip_in_the_c_layout() {
+        let k = FragKey {
+            saddr: "192.0.2.7".parse().unwrap(),
+            daddr: "2001:db8::9".parse().unwrap(),
+            id: 0x1234,
+            proto: 17,
+        };
+        let b = k.to_bytes();
+        assert_eq!(&b[12..16], &[192, 0, 2, 7]);
+        assert_eq!(&b[32..37], &[0x34, 0x12, 0, 0, 17]);
+        assert_eq!(FragKey::from_bytes(&b), k);
+        let v = FragVal {
+            sport: 5000,
+            dport: 53,
+        };
+        assert_eq!(v.to_bytes(), [0x13, 0x88, 0, 53]);
+        assert_eq!(FragVal::from_bytes(&v.to_bytes()), v);
     }
 
     #[test]

@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use aya::programs::links::FdLink;
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
-use futures::StreamExt;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
 use metalnet::netlink::{Change, Netlink};
 use metalnet::sys::bpf as sysbpf;
@@ -261,7 +261,62 @@ where
     }
 }
 
+/// Parallel TCX attachments (each mostly waits for an RCU grace period).
+const TC_ATTACH_THREADS: usize = 16;
+
+/// One tc program on one direction of one interface: swapped into the link pinned for it, or
+/// attached with a new link that is then pinned.
+fn attach_tcx(
+    links_dir: &Path,
+    prog: std::os::fd::BorrowedFd<'_>,
+    index: u32,
+    egress: bool,
+) -> io::Result<()> {
+    let t = if egress {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
+    };
+    let pin = tc_pin(links_dir, index, t);
+    if update_pinned(&pin, prog)? {
+        return Ok(());
+    }
+    let link = sysbpf::tcx_link_create(prog, index, egress)?;
+    sysbpf::obj_pin(link.as_fd(), &pin)
+}
+
 impl Attacher {
+    /// Applies notifications in order; the interfaces to attach are attached at the end,
+    /// together (an interface created and deleted within the batch is skipped).
+    fn handle(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut pending: Vec<(u32, String)> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Link(l) => {
+                    pending.retain(|(i, _)| *i != l.index);
+                    pending.push((l.index, l.name));
+                }
+                Change::LinkGone(i) => {
+                    pending.retain(|(p, _)| *p != i);
+                    self.link_gone(i);
+                }
+                Change::Addr(i, n) => {
+                    self.addrs.entry(i).or_default().insert(n);
+                }
+                Change::AddrGone(i, n) => {
+                    if let Some(s) = self.addrs.get_mut(&i) {
+                        s.remove(&n);
+                    }
+                }
+            }
+        }
+        let _ = self.links_seen(pending, false);
+        self.sync_node_addrs();
+    }
+
     /// Lists links and addresses: attaches to links not seen yet, forgets gone ones, rebuilds
     /// the addresses. At start (`first`) a failed attachment fails the start.
     async fn resync(&mut self, nl: &Netlink, first: bool) -> Result<(), AttachError> {
@@ -281,16 +336,10 @@ impl Attacher {
                 self.link_gone(i);
             }
         }
-        for l in &links {
-            if first && l.name != "lo" {
-                self.attach_tc(l.index, &l.name)?;
-                self.set_status(|s| {
-                    s.interfaces.insert(l.index, l.name.clone());
-                });
-            } else {
-                self.link_seen(l.index, &l.name);
-            }
-        }
+        self.links_seen(
+            links.iter().map(|l| (l.index, l.name.clone())).collect(),
+            first,
+        )?;
         let mut addrs: BTreeMap<u32, BTreeSet<IpNet>> = BTreeMap::new();
         for (index, net) in nl
             .addresses(0)
@@ -311,21 +360,36 @@ impl Attacher {
     }
 
     fn attach_cgroup(&mut self) -> Result<(), AttachError> {
-        let Some(root) = self.opts.cgroup_root.clone() else {
-            // --socket-lb=off: a previous run's socket programs go.
-            for e in std::fs::read_dir(&self.links_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().starts_with("cgroup-") {
-                    let _ = std::fs::remove_file(e.path());
-                }
+        // Pins are named after the cgroup (its id, the directory's inode): a pin of another
+        // cgroup (the flag changed) or of none (--socket-lb=off) is removed, which detaches it.
+        let (root, cgroup, id) = match self.opts.cgroup_root.clone() {
+            Some(root) => {
+                let target = root.display().to_string();
+                let cgroup = File::open(&root).map_err(|e| attach_err("socket-LB", &target, e))?;
+                let id = cgroup
+                    .metadata()
+                    .map_err(|e| attach_err("socket-LB", &target, e))?
+                    .ino();
+                (Some(root), Some(cgroup), Some(id))
             }
+            None => (None, None, None),
+        };
+        let ours = id.map(|i| format!("cgroup-{i}-"));
+        for e in std::fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("cgroup-") && !ours.as_ref().is_some_and(|o| n.starts_with(o)) {
+                debug!(pin = %n, "removing the socket-LB link of another cgroup");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let (Some(root), Some(cgroup), Some(id)) = (root, cgroup, id) else {
             return Ok(());
         };
         let target = root.display().to_string();
-        let cgroup = File::open(&root).map_err(|e| attach_err("socket-LB", &target, e))?;
         let names: Vec<String> = self
             .programs
             .sock
@@ -341,7 +405,7 @@ impl Attacher {
                 .ok_or_else(|| attach_err(&name, &target, "not in sock.o"))?
                 .try_into()
                 .map_err(|e| attach_err(&name, &target, e))?;
-            let pin = self.links_dir.join(format!("cgroup-{name}"));
+            let pin = self.links_dir.join(format!("cgroup-{id}-{name}"));
             let fd = prog.fd().map_err(|e| attach_err(&name, &target, e))?;
             if update_pinned(&pin, fd.as_fd()).map_err(|e| attach_err(&name, &target, e))? {
                 debug!(program = %name, "swapped into the pinned cgroup link");
@@ -366,81 +430,137 @@ impl Attacher {
         Ok(())
     }
 
-    fn attach_tc(&mut self, index: u32, name: &str) -> Result<(), AttachError> {
-        for (prog_name, t) in [
-            (TC_INGRESS, TcAttachType::Ingress),
-            (TC_EGRESS, TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = self
-                .programs
-                .lb
-                .program_mut(prog_name)
-                .ok_or_else(|| attach_err(prog_name, name, "not in lb.o"))?
-                .try_into()
-                .map_err(|e| attach_err(prog_name, name, e))?;
-            let pin = tc_pin(&self.links_dir, index, t);
-            let fd = prog.fd().map_err(|e| attach_err(prog_name, name, e))?;
-            if update_pinned(&pin, fd.as_fd()).map_err(|e| attach_err(prog_name, name, e))? {
-                continue;
-            }
-            let id = match prog.attach_with_options(
-                name,
-                t,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            ) {
-                Ok(id) => id,
-                Err(tcx) => {
-                    // Kernels before 6.6 have no TCX: a clsact qdisc and a netlink filter,
-                    // which outlives the process by itself (it cannot be pinned).
-                    let _ = aya::programs::tc::qdisc_add_clsact(name);
-                    let id = prog.attach(name, t).map_err(|e| {
-                        attach_err(prog_name, name, format!("TCX: {tcx}; clsact: {e}"))
-                    })?;
-                    let link = prog
-                        .take_link(id)
-                        .map_err(|e| attach_err(prog_name, name, e))?;
-                    std::mem::forget(link);
-                    continue;
-                }
-            };
-            let link = prog
-                .take_link(id)
-                .map_err(|e| attach_err(prog_name, name, e))?;
-            let fd_link: FdLink = link
-                .try_into()
-                .map_err(|e| attach_err(prog_name, name, format!("{e:?}")))?;
-            fd_link
-                .pin(&pin)
-                .map_err(|e| attach_err(prog_name, name, format!("pinning: {e}")))?;
-        }
+    /// The old way, for kernels without TCX (before 6.6): a clsact qdisc and a netlink
+    /// filter, which outlives the process by itself (it cannot be pinned).
+    fn attach_clsact(&mut self, name: &str, egress: bool) -> Result<(), AttachError> {
+        let (prog_name, t) = if egress {
+            (TC_EGRESS, TcAttachType::Egress)
+        } else {
+            (TC_INGRESS, TcAttachType::Ingress)
+        };
+        let prog: &mut SchedClassifier = self
+            .programs
+            .lb
+            .program_mut(prog_name)
+            .ok_or_else(|| attach_err(prog_name, name, "not in lb.o"))?
+            .try_into()
+            .map_err(|e| attach_err(prog_name, name, e))?;
+        let _ = aya::programs::tc::qdisc_add_clsact(name);
+        let id = prog
+            .attach_with_options(name, t, TcAttachOptions::Netlink(Default::default()))
+            .map_err(|e| attach_err(prog_name, name, format!("clsact: {e}")))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(prog_name, name, e))?;
+        std::mem::forget(link);
         Ok(())
     }
 
-    fn link_seen(&mut self, index: u32, name: &str) {
-        if name == "lo" || name.is_empty() {
-            return;
+    fn tc_fd(&self, prog_name: &str) -> Result<std::os::fd::BorrowedFd<'_>, AttachError> {
+        match self.programs.lb.program(prog_name) {
+            Some(aya::programs::Program::SchedClassifier(p)) => p
+                .fd()
+                .map(|fd| fd.as_fd())
+                .map_err(|e| attach_err(prog_name, "lb.o", e)),
+            Some(_) => Err(attach_err(prog_name, "lb.o", "not a tc program")),
+            None => Err(attach_err(prog_name, "lb.o", "not in lb.o")),
         }
-        let known = self
-            .status
-            .lock()
-            .map(|s| s.interfaces.get(&index).is_some_and(|n| n == name))
-            .unwrap_or(false);
-        if known {
-            return;
-        }
-        let t = Instant::now();
-        match self.attach_tc(index, name) {
-            Ok(()) => {
-                info!(interface = name, index, took = ?t.elapsed(), "tc programs attached");
-                self.set_status(|s| {
-                    s.interfaces.insert(index, name.to_string());
+    }
+
+    /// Attaches both tc programs to these interfaces, in parallel: each TCX attachment waits
+    /// for an RCU grace period (~10 ms), and concurrent waits share one, so a burst of new
+    /// interfaces costs a few grace periods instead of two per interface. Returns the result
+    /// per interface.
+    fn attach_tc_many(&mut self, links: &[(u32, String)]) -> Vec<Result<(), AttachError>> {
+        let fds = match (self.tc_fd(TC_INGRESS), self.tc_fd(TC_EGRESS)) {
+            (Ok(i), Ok(e)) => [i, e],
+            (Err(e), _) | (_, Err(e)) => {
+                let msg = e.to_string();
+                return links
+                    .iter()
+                    .map(|(_, n)| Err(attach_err("tc", n, &msg)))
+                    .collect();
+            }
+        };
+        let items: Vec<(usize, bool)> = (0..links.len())
+            .flat_map(|i| [(i, false), (i, true)])
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, bool, io::Result<()>)>> = Mutex::new(Vec::new());
+        let dir = &self.links_dir;
+        std::thread::scope(|scope| {
+            for _ in 0..items.len().min(TC_ATTACH_THREADS) {
+                scope.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(i, egress)) = items.get(k) else {
+                            return;
+                        };
+                        let r = attach_tcx(dir, fds[usize::from(egress)], links[i].0, egress);
+                        if let Ok(mut v) = results.lock() {
+                            v.push((i, egress, r));
+                        }
+                    }
                 });
             }
-            Err(e) => {
-                warn!(interface = name, index, error = %e, "attaching the tc programs failed");
-                self.set_status(|s| s.errors += 1);
+        });
+        let mut out: Vec<Result<(), AttachError>> = links.iter().map(|_| Ok(())).collect();
+        for (i, egress, r) in results.into_inner().unwrap_or_default() {
+            let name = links[i].1.clone();
+            let prog = if egress { TC_EGRESS } else { TC_INGRESS };
+            let r = match r {
+                Ok(()) => Ok(()),
+                // No TCX on this kernel (unknown attach type).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                    .attach_clsact(&name, egress)
+                    .map_err(|c| attach_err(prog, &name, format!("TCX: {e}; {c}"))),
+                Err(e) => Err(attach_err(prog, &name, e)),
+            };
+            if let Err(e) = r
+                && out[i].is_ok()
+            {
+                out[i] = Err(e);
             }
         }
+        out
+    }
+
+    /// Attaches to new or renamed interfaces and records them; failures are logged and
+    /// counted (an interface may vanish at once), or returned when `strict`.
+    fn links_seen(&mut self, links: Vec<(u32, String)>, strict: bool) -> Result<(), AttachError> {
+        let new: Vec<(u32, String)> = {
+            let st = self
+                .status
+                .lock()
+                .map(|s| s.interfaces.clone())
+                .unwrap_or_default();
+            links
+                .into_iter()
+                .filter(|(i, n)| n != "lo" && !n.is_empty() && st.get(i) != Some(n))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let results = self.attach_tc_many(&new);
+        let took = t.elapsed();
+        for ((index, name), r) in new.into_iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    info!(interface = %name, index, ?took, "tc programs attached");
+                    self.set_status(|s| {
+                        s.interfaces.insert(index, name);
+                    });
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => {
+                    warn!(interface = %name, index, error = %e, "attaching the tc programs failed");
+                    self.set_status(|s| s.errors += 1);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn link_gone(&mut self, index: u32) {
@@ -567,6 +687,7 @@ async fn watch(
     resync.tick().await;
     let mut changes = Some(changes);
     loop {
+        let mut got = Vec::new();
         let mut ended = false;
         tokio::select! {
             _ = &mut stop => break,
@@ -580,26 +701,20 @@ async fn watch(
                     warn!("the link monitor ended; relying on the periodic listing");
                     ended = true;
                 }
-                Some(Change::Link(l)) => a.link_seen(l.index, &l.name),
-                Some(Change::LinkGone(i)) => {
-                    a.link_gone(i);
-                    a.sync_node_addrs();
-                }
-                Some(Change::Addr(i, n)) => {
-                    a.addrs.entry(i).or_default().insert(n);
-                    a.sync_node_addrs();
-                }
-                Some(Change::AddrGone(i, n)) => {
-                    if let Some(s) = a.addrs.get_mut(&i) {
-                        s.remove(&n);
-                    }
-                    a.sync_node_addrs();
-                }
+                Some(c) => got.push(c),
             }
         }
         if ended {
             changes = None;
         }
+        // Whatever else is already queued is handled together: new interfaces are attached
+        // in parallel.
+        if let Some(c) = changes.as_mut() {
+            while let Some(Some(ch)) = c.next().now_or_never() {
+                got.push(ch);
+            }
+        }
+        a.handle(got);
     }
     // Dropping the programs closes their descriptors; the pinned links keep them running.
 }
@@ -755,4 +870,46 @@ pub fn destroy_sockets(backends: &[abi::Backend]) -> Result<usize, DataplaneErro
             reason: failures.join("; "),
         })
     }
+}
+
+/// Opening the data path failed at one of its steps.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error(transparent)]
+    Load(#[from] super::loader::LoaderError),
+    #[error(transparent)]
+    Config(#[from] DataplaneError),
+    #[error(transparent)]
+    Nft(#[from] super::nft::NftError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// Everything `--run-service-proxy` needs from the kernel, in the order that never exposes a
+/// half-configured data path: load (maps pinned or reused), `mn_config` written, the
+/// masquerade rule in place, then the programs attached (or swapped into the links a previous
+/// run pinned). Call it from a thread in the node's network namespace. The daemon then
+/// applies its diffs to the returned [`super::loader::Loader`] (on a restart the maps
+/// already hold the last run's state: read them first).
+pub fn open_data_path(
+    sizes: &super::loader::Sizes,
+    config: &abi::Config,
+    opts: AttachOptions,
+) -> Result<(super::loader::Loader, Attachments), DataPathError> {
+    use super::dataplane::Dataplane;
+    let mut loader = super::loader::Loader::open(&opts.bpf_dir, sizes)?;
+    loader.set_config(config)?;
+    super::nft::ensure(config.masq_mark)?;
+    let programs = loader
+        .take_programs()
+        .ok_or_else(|| AttachError::Watch("the programs were taken already".into()))?;
+    let attachments = Attachments::start(programs, opts)?;
+    Ok((loader, attachments))
+}
+
+/// `--cleanup-config`: the pins, links, maps and mount ([`cleanup`]) and the nftables table.
+pub fn cleanup_all(bpf_dir: &Path, cgroup_root: Option<&Path>) -> Result<(), DataPathError> {
+    cleanup(bpf_dir, cgroup_root)?;
+    super::nft::remove()?;
+    Ok(())
 }

@@ -35,9 +35,13 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_secs(1);
 /// How often the node's addresses are re-read without any other change.
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
-/// How often the conntrack fill and the data path counters are read (walking a map of half
-/// a million entries is not free).
-const FILL_CHECK: Duration = Duration::from_secs(10);
+/// How often the conntrack fill and the data path counters are read at most often...
+const FILL_MIN: Duration = Duration::from_secs(1);
+/// ...and at least often.
+const FILL_MAX: Duration = Duration::from_secs(60);
+/// Walking the per-connection maps costs a syscall per entry: the next walk waits this many
+/// times as long as the last took (1% of a core at most).
+const FILL_COST_FACTOR: u32 = 100;
 
 /// A problem the model found in a Service or EndpointSlice (a bad field): reported once as a
 /// Warning Event on that object; the rest of it, and every other Service, keeps working.
@@ -138,6 +142,8 @@ pub struct Daemon<D: Dataplane, M: Model> {
     node_addrs: Option<BTreeSet<IpAddr>>,
     addrs_at: Instant,
     fill_at: Instant,
+    /// The interval before the next fill walk (see [`FILL_COST_FACTOR`]).
+    fill_every: Duration,
     retry_at: Option<Instant>,
     /// The EndpointSlices of the last pass, to time network programming of the changed ones.
     slices: metalnet::state::Objects<metalnet::model::core::EndpointSlice>,
@@ -177,7 +183,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         dp.set_cluster_cidrs(&opts.cluster_cidrs)?;
         readiness.set(false);
         let long_ago = Instant::now()
-            .checked_sub(FILL_CHECK.max(ADDRESS_CHECK))
+            .checked_sub(FILL_MAX.max(ADDRESS_CHECK))
             .unwrap_or_else(Instant::now);
         Ok(Daemon {
             node,
@@ -195,6 +201,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             node_addrs: None,
             addrs_at: long_ago,
             fill_at: long_ago,
+            fill_every: FILL_MIN,
             retry_at: None,
             slices: Default::default(),
         })
@@ -225,8 +232,15 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             if woke && !first {
                 tokio::time::sleep(DEBOUNCE).await;
             }
+            // A timer alone recomputes nothing unless a retry is due or the node's addresses
+            // changed (where the health servers listen); metrics are refreshed either way.
+            let due = self.retry_at.is_some_and(|r| r <= Instant::now());
+            if woke || first || due || self.refresh_node_addrs().await {
+                self.pass(state).await;
+            } else if self.fill_at.elapsed() >= self.fill_every {
+                self.observe_datapath();
+            }
             first = false;
-            self.pass(state).await;
         }
         self.readiness.set(false);
         tracing::info!(
@@ -237,7 +251,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 
     fn next_timer(&self) -> Instant {
-        let mut t = self.fill_at + FILL_CHECK;
+        let mut t = self.fill_at + self.fill_every;
         if self.netlink.is_some() {
             t = t.min(self.addrs_at + ADDRESS_CHECK);
         }
@@ -298,18 +312,26 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         self.node_addrs = Some(addrs);
     }
 
-    async fn refresh_node_addrs(&mut self) {
-        let Some(nl) = &self.netlink else { return };
+    /// Re-reads the node's addresses when due; whether they changed.
+    async fn refresh_node_addrs(&mut self) -> bool {
+        let Some(nl) = &self.netlink else {
+            return false;
+        };
         if self.addrs_at.elapsed() < ADDRESS_CHECK && self.node_addrs.is_some() {
-            return;
+            return false;
         }
         self.addrs_at = Instant::now();
         match nl.addresses(0).await {
             Ok(list) => {
                 let all: BTreeSet<IpAddr> = list.into_iter().map(|(_, n)| n.addr()).collect();
+                let before = self.node_addrs.clone();
                 self.set_node_addrs(&all);
+                before != self.node_addrs
             }
-            Err(e) => tracing::warn!(error = %e, "reading this node's addresses"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading this node's addresses");
+                false
+            }
         }
     }
 
@@ -393,8 +415,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             self.metrics.sync_last_timestamp.set(unix_now());
         }
         self.metrics.observe_state(&self.current);
-        if self.fill_at.elapsed() >= FILL_CHECK {
-            self.fill_at = Instant::now();
+        if self.fill_at.elapsed() >= self.fill_every {
             self.observe_datapath();
         }
         {
@@ -414,6 +435,13 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 
     fn observe_datapath(&mut self) {
+        let started = Instant::now();
+        self.observe_datapath_now();
+        self.fill_at = Instant::now();
+        self.fill_every = fill_interval(started.elapsed());
+    }
+
+    fn observe_datapath_now(&mut self) {
         match self.dp.counters() {
             Ok(c) => self.metrics.observe_counters(&c),
             Err(e) => tracing::debug!(error = %e, "reading the data path counters"),
@@ -461,6 +489,12 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         }
         self.slices = snap.endpoint_slices.clone();
     }
+}
+
+/// The interval before the next fill walk when the last one took `took`. Pure.
+fn fill_interval(took: Duration) -> Duration {
+    took.saturating_mul(FILL_COST_FACTOR)
+        .clamp(FILL_MIN, FILL_MAX)
 }
 
 /// The annotation the EndpointSlice controller sets to when the change that made the slice
@@ -550,6 +584,35 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
+/// What only the daemon knows about a Service: its healthCheckNodePort server.
+fn health_lines(status: &Status, plan: &dyn Plan, ns: &str, name: &str) -> String {
+    let mut out = String::new();
+    for (port, h) in plan.health_checks() {
+        if h.namespace != ns || h.name != name {
+            continue;
+        }
+        let answer = if h.local_endpoints > 0 && status.failing.is_none() {
+            "200"
+        } else {
+            "503"
+        };
+        match status.health_ports.get(&port) {
+            Some(addrs) => {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                out.push_str(&format!(
+                    "  healthCheckNodePort {port}: listening on {}, answering {answer} ({} local endpoints)\n",
+                    addrs.join(", "),
+                    h.local_endpoints
+                ));
+            }
+            None => out.push_str(&format!(
+                "  healthCheckNodePort {port}: NOT listening (the port is taken? see the log)\n"
+            )),
+        }
+    }
+    out
+}
+
 /// The query parameter `key` of a request path.
 fn query<'a>(path: &'a str, key: &str) -> Option<&'a str> {
     path.split_once('?')?
@@ -577,7 +640,10 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
             };
             let (ns, name) = full.split_once('/').unwrap_or(("default", full));
             match plan.explain_service(&status.live, ns, name) {
-                Some(t) => t,
+                Some(mut t) => {
+                    t.push_str(&health_lines(status, plan.as_ref(), ns, name));
+                    t
+                }
                 None => {
                     return Some(Err(format!(
                         "Service {ns}/{name}: not handled by this proxy (missing, headless, ExternalName, or another service-proxy-name)\n"
@@ -593,6 +659,94 @@ pub fn debug_answer(status: &Status, path: &str) -> Option<Result<String, String
         ));
     }
     Some(Ok(text))
+}
+
+/// The model of kube-proxy's semantics ([`super::model::desired`]), with the ids kept in
+/// [`super::ids::Ids`] from one pass to the next and across restarts.
+pub struct ProxyModel {
+    node: String,
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    service_proxy_name: String,
+    maglev_m: u32,
+    maglev_rows: u32,
+    ids: super::ids::Ids,
+}
+
+impl ProxyModel {
+    /// `maglev_rows`: how many frontends can use Maglev at once (rows of `mn_maglev`).
+    pub fn new(node: &str, opts: &ProxyOptions, maglev_rows: u32) -> Self {
+        ProxyModel {
+            node: node.to_string(),
+            cluster_cidrs: opts.cluster_cidrs.clone(),
+            service_proxy_name: opts.service_proxy_name.clone().unwrap_or_default(),
+            maglev_m: opts.maglev_table_size,
+            maglev_rows,
+            ids: super::ids::Ids::new(maglev_rows),
+        }
+    }
+}
+
+impl Model for ProxyModel {
+    type Plan = super::model::Desired;
+    fn restore(&mut self, live: &MapState) {
+        self.ids = super::ids::Ids::from_state(live, self.maglev_rows);
+    }
+    fn plan(&mut self, snap: &Snapshot) -> super::model::Desired {
+        let inputs = super::model::Inputs::from_snapshot(
+            snap,
+            &self.node,
+            &self.cluster_cidrs,
+            &self.service_proxy_name,
+            self.maglev_m,
+        );
+        super::model::desired(&inputs, &mut self.ids)
+    }
+    fn committed(&mut self, live: &MapState) {
+        self.ids.committed(live);
+    }
+}
+
+impl Plan for super::model::Desired {
+    fn maps(&self) -> &MapState {
+        &self.maps
+    }
+    fn health_checks(&self) -> BTreeMap<u16, ServiceHealth> {
+        let mut out = BTreeMap::new();
+        for h in &self.health_checks {
+            // The API server never gives one port to two Services; a state directory could:
+            // the first (by namespace and name) keeps it.
+            out.entry(h.port).or_insert_with(|| ServiceHealth {
+                namespace: h.namespace.clone(),
+                name: h.name.clone(),
+                local_endpoints: h.local_endpoints,
+            });
+        }
+        out
+    }
+    fn problems(&self) -> Vec<ServiceProblem> {
+        self.problems
+            .iter()
+            .map(|p| ServiceProblem {
+                kind: if p.kind == "EndpointSlice" {
+                    Kind::EndpointSlice
+                } else {
+                    Kind::Service
+                },
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                reason: "ServiceProxyProblem".into(),
+                message: format!("{}: {}", p.field, p.reason),
+            })
+            .collect()
+    }
+    fn explain_service(&self, live: &MapState, namespace: &str, name: &str) -> Option<String> {
+        self.services
+            .contains_key(&(namespace.to_string(), name.to_string()))
+            .then(|| super::explain::explain_service(self, live, namespace, name))
+    }
+    fn dump(&self, live: &MapState) -> String {
+        super::explain::dump(live, &self.names())
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,62 @@ fn load_object(
     Ok(ebpf)
 }
 
+/// Every map's key and value size (`proxy.h`; LPM keys include their prefix length).
+pub const LAYOUTS: [(&str, u32, u32); 14] = [
+    (names::SVC, 20, 16),
+    (names::SLOT, 8, 4),
+    (names::BACKEND, 4, 20),
+    (names::REV_NAT, 4, 20),
+    (names::AFFINITY_MATCH, 8, 1),
+    (names::CT, 40, 32),
+    (names::SOCK_REV, 32, 20),
+    (names::AFFINITY, 24, 8),
+    (names::SRC_RANGE, 24, 1),
+    (names::MAGLEV, 4, 4),
+    (names::NODE_ADDR, 16, 4),
+    (names::CLUSTER_CIDR, 20, 1),
+    (names::CONFIG, 4, 32),
+    (names::COUNTERS, 4, 8),
+];
+
+/// Refuses maps pinned with another layout before anything is loaded against them (the
+/// verifier would fail the programs with a far less helpful message, or, worse, accept them).
+fn check_pinned_layouts(maps_dir: &Path) -> Result<(), LoaderError> {
+    for (name, key, value) in LAYOUTS {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = names_static(name);
+        let err = |reason: String| LoaderError::Map {
+            map,
+            path: path.clone(),
+            reason,
+        };
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|e| err(format!("opening the pin: {e}")))?;
+        if (info.key_size(), info.value_size()) != (key, value) {
+            return Err(err(format!(
+                "layout: keys of {} and values of {} bytes, this version uses {key} and {value} \
+                 (pinned by another version of the proxy; --cleanup-config removes it, and \
+                 with it the connections it tracks)",
+                info.key_size(),
+                info.value_size()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn names_static(name: &str) -> &'static str {
+    LAYOUTS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .find(|n| *n == name)
+        .unwrap_or("?")
+}
+
 /// Typed handles on every pinned map (keys and values as the [`abi`] byte layouts).
 pub struct Maps {
     pub svc: HashMap<MapData, [u8; 20], [u8; 16]>,
@@ -221,7 +277,12 @@ where
     let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
     // Converting checks the kernel's key and value sizes against ours: a map pinned by an
     // older layout is refused here rather than misread.
-    M::try_from(map).map_err(|e| err(format!("layout: {e}")))
+    M::try_from(map).map_err(|e| {
+        err(format!(
+            "layout: {e} (pinned by another version of the proxy; --cleanup-config removes \
+             it, and with it the connections it tracks)"
+        ))
+    })
 }
 
 impl Maps {
@@ -665,42 +726,25 @@ impl Maps {
             .collect()
     }
 
+    /// `mn_maglev`'s size as the kernel holds it (a pinned map keeps the size it was made
+    /// with): the model's row count is this divided by M (`ids::maglev_rows`).
+    pub fn maglev_entries(&self) -> u32 {
+        self.maglev.len()
+    }
+
+    /// Entries and capacity of the per-connection maps, counted with batch lookups.
     pub fn fill(&self) -> Result<Fill, DataplaneError> {
-        let count = |keys: &mut dyn Iterator<Item = Result<(), MapError>>,
-                     map: &'static str|
-         -> Result<u64, DataplaneError> {
-            let mut n = 0;
-            for k in keys {
-                // An LRU entry evicted while we walk ends the walk early or restarts it;
-                // either way the count is an estimate, which is all metrics need.
-                match k {
-                    Ok(()) => n += 1,
-                    Err(e) => {
-                        let e = io_of(e);
-                        if e.raw_os_error() == Some(libc::ENOENT) {
-                            break;
-                        }
-                        return Err(DataplaneError::Map { map, source: e });
-                    }
-                }
-            }
-            Ok(n)
+        let count = |m: &MapData, map: &'static str, k: usize, v: usize| {
+            let info = m.info().map_err(map_err(map))?;
+            let n = sysbpf::map_count(m.fd().as_fd(), k, v)
+                .map_err(|e| io_err(map, "counting entries", e))?;
+            Ok::<_, DataplaneError>((map, n, u64::from(info.max_entries())))
         };
-        let max = |m: &MapData| m.info().map(|i| i.max_entries() as u64).unwrap_or(0);
-        let ct = count(&mut self.ct.keys().map(|k| k.map(|_| ())), names::CT)?;
-        let sr = count(
-            &mut self.sock_rev.keys().map(|k| k.map(|_| ())),
-            names::SOCK_REV,
-        )?;
-        let af = count(
-            &mut self.affinity.keys().map(|k| k.map(|_| ())),
-            names::AFFINITY,
-        )?;
         Ok(Fill {
             maps: vec![
-                (names::CT, ct, max(data(&self.ct))),
-                (names::SOCK_REV, sr, max(data(&self.sock_rev))),
-                (names::AFFINITY, af, max(data(&self.affinity))),
+                count(data(&self.ct), names::CT, 40, 32)?,
+                count(data(&self.sock_rev), names::SOCK_REV, 32, 20)?,
+                count(data(&self.affinity), names::AFFINITY, 24, 8)?,
             ],
         })
     }
@@ -771,6 +815,7 @@ impl Loader {
         let maps_dir = bpf_dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).map_err(|e| bpffs_err(&maps_dir, e))?;
         let reused = maps_dir.join(names::SVC).exists();
+        check_pinned_layouts(&maps_dir)?;
         let lb = load_object("lb", LB_OBJECT, &maps_dir, sizes)?;
         let sock = load_object("sock", SOCK_OBJECT, &maps_dir, sizes)?;
         let maps = Maps::open(bpf_dir)?;

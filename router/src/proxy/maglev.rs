@@ -43,9 +43,11 @@ fn offset_skip(b: &Backend, m: u32) -> (u64, u64) {
 
 /// The lookup table of size `m` (prime, at least 2) for these backends, each given as its id
 /// and what it is: entry i holds the id of the backend that connections hashing to i go to.
-/// Empty when there is no backend. Order of `backends` does not matter.
+/// Empty when there is no backend, or when `m` is not prime (a skip sharing a factor with M
+/// would never visit some positions, and the fill would not end). Order of `backends` does
+/// not matter.
 pub fn table(backends: &[(u32, Backend)], m: u32) -> Vec<u32> {
-    if backends.is_empty() || m < 2 {
+    if backends.is_empty() || !is_prime(m) {
         return Vec::new();
     }
     // The population loop visits backends in turn: sort by what every node agrees on.
@@ -113,6 +115,7 @@ mod tests {
     #[test]
     fn empty_and_single() {
         assert!(table(&[], 1021).is_empty());
+        assert!(table(&[(1, be(1)), (2, be(2))], 1024).is_empty());
         let t = table(&[(4, be(1))], 1021);
         assert_eq!(t.len(), 1021);
         assert!(t.iter().all(|id| *id == 4));

@@ -71,7 +71,7 @@ pub struct Inputs<'a> {
     pub cluster_cidrs: &'a [IpNet],
     /// `--service-proxy-name`: empty handles unlabelled Services only, as kube-proxy.
     pub service_proxy_name: &'a str,
-    /// `--maglev-table-size` (prime); below 2 turns Maglev off.
+    /// `--maglev-table-size` (prime); anything else turns Maglev off.
     pub maglev_m: u32,
     pub services: Vec<&'a Service>,
     pub endpoint_slices: Vec<&'a EndpointSlice>,
@@ -339,14 +339,14 @@ pub fn changed_services(
 /// Slices by (namespace, service name), each list sorted by slice name.
 fn index_slices<'a>(
     slices: &[&'a EndpointSlice],
-) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
-    let mut idx: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut idx: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let labels = s.metadata.labels.as_ref();
         let Some(svc) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
             continue;
         };
-        idx.entry((ns_of(&s.metadata), svc.clone()))
+        idx.entry((ns_str(&s.metadata), svc.as_str()))
             .or_default()
             .push(*s);
     }
@@ -367,12 +367,11 @@ fn port_endpoints(
 ) -> Vec<Ep> {
     let mut out: BTreeMap<(IpAddr, u16), Ep> = BTreeMap::new();
     for s in slices {
-        let ns = ns_of(&s.metadata);
-        let sname = s.metadata.name.clone().unwrap_or_default();
+        // Names are copied only for a problem: this runs for every slice of every Service.
         let problem = |field: String, reason: String| Problem {
             kind: "EndpointSlice",
-            namespace: ns.clone(),
-            name: sname.clone(),
+            namespace: ns_of(&s.metadata),
+            name: s.metadata.name.clone().unwrap_or_default(),
             field,
             reason,
         };
@@ -523,7 +522,8 @@ pub struct Model {
     pub desired: Desired,
     shares: HashMap<SvcName, Share>,
     /// Backend id -> the Services using it, with their view of its flags.
-    users: HashMap<u32, HashMap<SvcName, u8>>,
+    /// (Few per backend: a Vec, not a map per backend.)
+    users: HashMap<u32, Vec<(SvcName, u8)>>,
     claimed: HashMap<Endpoint, SvcName>,
     /// Services that lost a frontend to another: updates recompute everything while any does,
     /// as who wins depends on the whole set.
@@ -558,7 +558,9 @@ impl Model {
         ids.begin();
         for (key, svc) in sorted_services(inputs) {
             let no_slices = Vec::new();
-            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let sl = slices
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .unwrap_or(&no_slices);
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             self.add_share(&key, &share);
@@ -583,18 +585,26 @@ impl Model {
         if self.conflicts > 0 {
             return self.full(inputs, ids);
         }
-        // Borrowed keys: this walks every object, so it must not allocate per object.
-        let wanted: HashSet<(&str, &str)> = changed
+        // This walks every object: no allocation per object, and for the usual handful of
+        // changes a scan beats hashing every name.
+        let set: HashSet<(&str, &str)> = changed
             .iter()
             .map(|(ns, n)| (ns.as_str(), n.as_str()))
             .collect();
+        let wanted = |ns: &str, name: &str| {
+            if changed.len() <= 8 {
+                changed.iter().any(|(a, b)| a == ns && b == name)
+            } else {
+                set.contains(&(ns, name))
+            }
+        };
         let mut services: Vec<(SvcName, &Service)> = Vec::new();
         for s in &inputs.services {
             let (ns, name) = (
                 ns_str(&s.metadata),
                 s.metadata.name.as_deref().unwrap_or(""),
             );
-            if wanted.contains(&(ns, name)) {
+            if wanted(ns, name) {
                 services.push(((ns.to_string(), name.to_string()), *s));
             }
         }
@@ -609,7 +619,7 @@ impl Model {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(LABEL_SERVICE_NAME));
-                svc.is_some_and(|n| wanted.contains(&(ns_str(&s.metadata), n.as_str())))
+                svc.is_some_and(|n| wanted(ns_str(&s.metadata), n))
             })
             .collect();
         let slices = index_slices(&wanted_slices);
@@ -628,7 +638,9 @@ impl Model {
         let mut new: BTreeMap<SvcName, Share> = BTreeMap::new();
         for (key, svc) in services {
             let no_slices = Vec::new();
-            let sl = slices.get(&key).unwrap_or(&no_slices);
+            let sl = slices
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .unwrap_or(&no_slices);
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             if share.conflict {
@@ -718,7 +730,7 @@ impl Model {
             }
             for id in o.maps.backend.keys() {
                 if let Some(u) = self.users.get_mut(id) {
-                    u.remove(key);
+                    u.retain(|(k, _)| k != key);
                 }
                 touched.insert(*id);
             }
@@ -726,7 +738,7 @@ impl Model {
                 self.users
                     .entry(*id)
                     .or_default()
-                    .insert(key.clone(), b.flags);
+                    .push((key.clone(), b.flags));
                 touched.insert(*id);
             }
         }
@@ -740,7 +752,7 @@ impl Model {
                     .chain(old.values())
                     .find_map(|s| s.maps.backend.get(&id))
                     .or(before.as_ref())?;
-                let mut flags = u.values();
+                let mut flags = u.iter().map(|(_, f)| f);
                 let mut b = Backend {
                     flags: *flags.next()?,
                     ..*be
@@ -797,7 +809,7 @@ impl Model {
             self.users
                 .entry(*id)
                 .or_default()
-                .insert(key.clone(), b.flags);
+                .push((key.clone(), b.flags));
         }
     }
 
@@ -996,7 +1008,8 @@ fn service_into(
     }
     let node_ports = matches!(view.type_.as_str(), "NodePort" | "LoadBalancer");
 
-    let all_eps_local_ready: &mut BTreeSet<IpAddr> = &mut BTreeSet::new();
+    // For healthCheckNodePort: ready endpoints on this node, by address over every port.
+    let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
     let mut seen: HashSet<Endpoint> = HashSet::new();
     for (pi, p) in spec.ports.iter().flatten().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();
@@ -1020,13 +1033,14 @@ fn service_into(
         let eps = port_endpoints(slices, &port_name, proto, inputs.node_name, problems);
         for e in &eps {
             if e.local && e.ready {
-                all_eps_local_ready.insert(e.addr);
+                local_ready.insert(e.addr);
             }
         }
 
-        let mut fronts: Vec<(FrontendKind, IpAddr, u16, String)> = Vec::new();
+        // (kind, address, port); the field a problem names is built only for a problem.
+        let mut fronts: Vec<(FrontendKind, IpAddr, u16)> = Vec::new();
         for ip in &cluster_ips {
-            fronts.push((FrontendKind::ClusterIp, *ip, port, "spec.clusterIPs".into()));
+            fronts.push((FrontendKind::ClusterIp, *ip, port));
         }
         if node_ports {
             match p.node_port {
@@ -1034,12 +1048,7 @@ fn service_into(
                 Some(np) => match u16::try_from(np) {
                     Ok(np) => {
                         for v4 in &families {
-                            fronts.push((
-                                FrontendKind::NodePort,
-                                nodeport_wildcard(*v4),
-                                np,
-                                format!("spec.ports[{pi}].nodePort"),
-                            ));
+                            fronts.push((FrontendKind::NodePort, nodeport_wildcard(*v4), np));
                         }
                     }
                     Err(_) => problems.push(cx.problem(
@@ -1050,23 +1059,21 @@ fn service_into(
             }
         }
         for ip in &lb_ips {
-            fronts.push((
-                FrontendKind::LoadBalancer,
-                *ip,
-                port,
-                "status.loadBalancer.ingress".into(),
-            ));
+            fronts.push((FrontendKind::LoadBalancer, *ip, port));
         }
         for ip in &external_ips {
-            fronts.push((
-                FrontendKind::ExternalIp,
-                *ip,
-                port,
-                "spec.externalIPs".into(),
-            ));
+            fronts.push((FrontendKind::ExternalIp, *ip, port));
         }
 
-        for (kind, addr, fport, field) in fronts {
+        for (kind, addr, fport) in fronts {
+            let field = || -> String {
+                match kind {
+                    FrontendKind::ClusterIp => "spec.clusterIPs".into(),
+                    FrontendKind::NodePort => format!("spec.ports[{pi}].nodePort"),
+                    FrontendKind::LoadBalancer => "status.loadBalancer.ingress".into(),
+                    FrontendKind::ExternalIp => "spec.externalIPs".into(),
+                }
+            };
             let fe = Endpoint {
                 addr,
                 port: fport,
@@ -1074,7 +1081,7 @@ fn service_into(
             };
             if !seen.insert(fe) {
                 problems.push(cx.problem(
-                    field,
+                    field(),
                     format!(
                         "{} {} is already a frontend of this Service",
                         kind.as_str(),
@@ -1087,7 +1094,7 @@ fn service_into(
                 Some((ons, oname)) => {
                     *conflict = true;
                     problems.push(cx.problem(
-                        field,
+                        field(),
                         format!(
                             "{} {} is already a frontend of Service {}/{}",
                             kind.as_str(),
@@ -1104,7 +1111,7 @@ fn service_into(
                 }
             }
             let Some(rev_id) = ids.frontend(fe) else {
-                problems.push(cx.problem(field, "no frontend id left"));
+                problems.push(cx.problem(field(), "no frontend id left"));
                 continue;
             };
             let fv = frontend(
@@ -1155,7 +1162,7 @@ fn service_into(
                         port,
                         namespace: ns.to_string(),
                         name: name.to_string(),
-                        local_endpoints: all_eps_local_ready.len(),
+                        local_endpoints: local_ready.len(),
                     });
                 }
                 Err(_) => problems.push(cx.problem(
@@ -1333,7 +1340,7 @@ fn frontend(
         if scope == Scope::External
             && kind.is_external()
             && !slots.is_empty()
-            && inputs.maglev_m >= 2
+            && maglev::is_prime(inputs.maglev_m)
         {
             match ids.maglev_row(rev_id) {
                 Some(row) => {
@@ -2559,5 +2566,261 @@ mod tests {
             diff.len()
         );
         assert_eq!(diff.len(), 4);
+    }
+}
+
+// --- the daemon's model -------------------------------------------------------------------
+
+/// [`Model`] and [`Ids`] behind the daemon's [`super::daemon::Model`]: the first pass after
+/// [`super::daemon::Model::restore`] recomputes everything, later ones only the Services
+/// that changed between snapshots ([`changed_services`]).
+#[derive(Debug)]
+pub struct ProxyModel {
+    node: String,
+    cluster_cidrs: Vec<IpNet>,
+    service_proxy_name: String,
+    maglev_m: u32,
+    maglev_rows: u32,
+    model: Model,
+    ids: Ids,
+    last: Option<metalnet::state::Snapshot>,
+}
+
+impl ProxyModel {
+    /// `maglev_rows`: how many rows `mn_maglev` holds (its entries / `maglev_m`).
+    pub fn new(
+        node: &str,
+        cluster_cidrs: &[IpNet],
+        service_proxy_name: &str,
+        maglev_m: u32,
+        maglev_rows: u32,
+    ) -> ProxyModel {
+        ProxyModel {
+            node: node.to_string(),
+            cluster_cidrs: cluster_cidrs.to_vec(),
+            service_proxy_name: service_proxy_name.to_string(),
+            maglev_m,
+            maglev_rows,
+            model: Model::default(),
+            ids: Ids::new(maglev_rows),
+            last: None,
+        }
+    }
+}
+
+impl super::daemon::Model for ProxyModel {
+    type Plan = ProxyPlan;
+
+    fn restore(&mut self, live: &MapState) {
+        self.ids = Ids::from_state(live, self.maglev_rows);
+        self.model = Model::default();
+        self.last = None;
+    }
+
+    fn plan(&mut self, snap: &metalnet::state::Snapshot) -> ProxyPlan {
+        let inputs = Inputs::from_snapshot(
+            snap,
+            &self.node,
+            &self.cluster_cidrs,
+            &self.service_proxy_name,
+            self.maglev_m,
+        );
+        match &self.last {
+            Some(old) => {
+                let changed = changed_services(old, snap);
+                if !changed.is_empty() {
+                    self.model.update(&inputs, &changed, &mut self.ids);
+                }
+            }
+            None => {
+                self.model.full(&inputs, &mut self.ids);
+            }
+        }
+        self.last = Some(snap.clone());
+        ProxyPlan(self.model.desired.clone())
+    }
+
+    fn committed(&mut self, live: &MapState) {
+        self.ids.committed(live);
+    }
+}
+
+/// One pass's [`Desired`], as the daemon shows and writes it.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan(pub Desired);
+
+impl Problem {
+    /// The Event reason (CamelCase) for this kind of problem.
+    pub fn event_reason(&self) -> &'static str {
+        let f = self.field.as_str();
+        if self.reason.contains("already a frontend") {
+            "FrontendConflict"
+        } else if self.reason.contains("Maglev row") {
+            "MaglevTableFull"
+        } else if self.reason.contains("id left") {
+            "IdsExhausted"
+        } else if f.ends_with(".protocol") {
+            "UnsupportedProtocol"
+        } else if f.starts_with("spec.loadBalancerSourceRanges") {
+            "InvalidSourceRange"
+        } else if f.starts_with("spec.sessionAffinityConfig") {
+            "InvalidAffinityTimeout"
+        } else {
+            "InvalidField"
+        }
+    }
+}
+
+impl super::daemon::Plan for ProxyPlan {
+    fn maps(&self) -> &MapState {
+        &self.0.maps
+    }
+
+    fn health_checks(&self) -> BTreeMap<u16, super::health::ServiceHealth> {
+        self.0
+            .health_checks
+            .iter()
+            .map(|h| {
+                (
+                    h.port,
+                    super::health::ServiceHealth {
+                        namespace: h.namespace.clone(),
+                        name: h.name.clone(),
+                        local_endpoints: h.local_endpoints,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn problems(&self) -> Vec<super::daemon::ServiceProblem> {
+        self.0
+            .problems
+            .iter()
+            .map(|p| super::daemon::ServiceProblem {
+                kind: if p.kind == "EndpointSlice" {
+                    metalnet::state::Kind::EndpointSlice
+                } else {
+                    metalnet::state::Kind::Service
+                },
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                reason: p.event_reason().to_string(),
+                message: format!("{}: {}", p.field, p.reason),
+            })
+            .collect()
+    }
+
+    fn explain_service(&self, live: &MapState, namespace: &str, name: &str) -> Option<String> {
+        self.0
+            .services
+            .contains_key(&(namespace.to_string(), name.to_string()))
+            .then(|| super::explain::explain_service(&self.0, live, namespace, name))
+    }
+
+    fn dump(&self, live: &MapState) -> String {
+        super::explain::dump(live, &self.0.names())
+    }
+}
+
+#[cfg(test)]
+mod daemon_model_tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::proxy::daemon::{Model as _, Plan as _};
+    use metalnet::model::ObjectKey;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn snap(svcs: Vec<Service>, slices: Vec<EndpointSlice>) -> metalnet::state::Snapshot {
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
+            namespace: m.namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+        };
+        metalnet::state::Snapshot {
+            services: Arc::new(
+                svcs.into_iter()
+                    .map(|s| (key(&s.metadata), Arc::new(s)))
+                    .collect(),
+            ),
+            endpoint_slices: Arc::new(
+                slices
+                    .into_iter()
+                    .map(|s| (key(&s.metadata), Arc::new(s)))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn restores_ids_plans_incrementally_and_reports() {
+        let web = service(
+            "default",
+            "web",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "ICMP"}, {"name": "ok", "port": 81}]}),
+        );
+        let sl = slice(
+            "default",
+            "web-1",
+            "web",
+            "IPv4",
+            ("ok", "TCP", 8080),
+            vec![ready("192.0.2.1", "node-a")],
+        );
+        let s1 = snap(vec![web.clone()], vec![sl.clone()]);
+        let mut m = ProxyModel::new("node-a", &[], "", 251, 4);
+        m.restore(&MapState::default());
+        let p1 = m.plan(&s1);
+        assert_eq!(p1.maps().svc.len(), 1);
+        let probs = p1.problems();
+        assert_eq!(probs.len(), 1);
+        assert_eq!(probs[0].reason, "UnsupportedProtocol");
+        assert_eq!(
+            probs[0].message,
+            "spec.ports[0].protocol: \"ICMP\" is not TCP, UDP or SCTP"
+        );
+        assert!(
+            p1.explain_service(&p1.0.maps, "default", "web")
+                .unwrap()
+                .contains("10.96.0.10:81/TCP")
+        );
+        assert!(p1.explain_service(&p1.0.maps, "default", "nope").is_none());
+        assert!(p1.dump(&p1.0.maps).contains("-> 192.0.2.1:8080"));
+        m.committed(&p1.0.maps);
+
+        // A restarted proxy keeps the ids the maps hold.
+        let mut again = ProxyModel::new("node-a", &[], "", 251, 4);
+        again.restore(&p1.0.maps);
+        let p1b = again.plan(&s1);
+        assert_eq!(p1b.maps(), p1.maps());
+
+        // A second Service: only it is recomputed; the first keeps its entries.
+        let mut s2 = s1.clone();
+        let dns = service(
+            "default",
+            "dns",
+            json!({"clusterIP": "10.96.0.53", "ports": [{"port": 53, "protocol": "UDP"}]}),
+        );
+        let mut svcs = (*s2.services).clone();
+        svcs.insert(
+            ObjectKey {
+                namespace: Some("default".into()),
+                name: "dns".into(),
+            },
+            Arc::new(dns),
+        );
+        s2.services = Arc::new(svcs);
+        let p2 = m.plan(&s2);
+        assert_eq!(p2.maps().svc.len(), 2);
+        for (k, v) in &p1.maps().svc {
+            assert_eq!(p2.maps().svc.get(k), Some(v));
+        }
+        let full = desired(&inputs_of(&s2), &mut Ids::default());
+        assert_eq!(p2.maps().svc.len(), full.maps.svc.len());
+    }
+
+    fn inputs_of(s: &metalnet::state::Snapshot) -> Inputs<'_> {
+        Inputs::from_snapshot(s, "node-a", &[], "", 251)
     }
 }

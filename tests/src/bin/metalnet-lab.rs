@@ -230,6 +230,15 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         .map(|(a, n)| format!("{a} x{n}"))
         .collect::<Vec<_>>()
         .join(", ");
+    if http.failed > 0 {
+        bail!(
+            "{} of {} requests to http://{vip}/ from the remote client got no answer (the others: {answers})\n{}\n{}",
+            http.failed,
+            http.requests,
+            proxy.diagnose(&site, http.delivered_index),
+            proxy.logs()
+        );
+    }
     if !http.crossed_nodes() {
         bail!(
             "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
@@ -256,6 +265,28 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         running.speakers[i] = components::start_speaker(&site, i, state_dir, &bin_dir)?;
     }
 
+    // The proxies' own account (their counters are read every few seconds): the delivering
+    // node balanced the requests, the others none.
+    let balanced = lab::wait_for_value(
+        "the proxies' counters of balanced connections",
+        Duration::from_secs(15),
+        || {
+            let counts: Vec<u64> = (0..site.nodes.len())
+                .map(|i| proxy.datapath_counter(&site, i, "lb_new"))
+                .collect::<Option<_>>()?;
+            let mine = counts[http.delivered_index];
+            let others = counts.iter().sum::<u64>() - mine;
+            (mine >= http.requests as u64 && others == 0).then_some(mine)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{} balanced fewer than {} connections, or another node's proxy balanced some\n{}",
+            http.delivered_to,
+            http.requests,
+            proxy.logs()
+        )
+    })?;
     let mut text = site.describe();
     text.push_str(&format!(
         "  birdc -s {} show protocols     # BGP sessions of the router\n",
@@ -302,8 +333,8 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 .join(", ")
         ),
         format!(
-            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}",
-            http.delivered_to, http.requests
+            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}; {} counted {balanced} balanced connections, the other nodes none",
+            http.delivered_to, http.requests, http.delivered_to
         ),
         "\nTry:".to_string(),
         format!(

@@ -612,6 +612,18 @@ impl ServiceProxy {
         .join("\n")
     }
 
+    /// The proxy's data path counter `event` on demo node `index`
+    /// (`metalnet_proxy_datapath_total`, read from its metrics; `None` when unreadable).
+    pub fn datapath_counter(&self, site: &DemoSite, index: usize, event: &str) -> Option<u64> {
+        let url = format!("http://{}:7475/metrics", node_v4(index));
+        let text = site
+            .nodes
+            .get(index)?
+            .exec_ok(&["curl", "-sS", "--max-time", "2", &url])
+            .ok()?;
+        datapath_counter_in(&text, event)
+    }
+
     /// Every proxy's log, headed by its node.
     pub fn logs(&self) -> String {
         self.proxies
@@ -687,6 +699,15 @@ pub fn start_service_proxy(
     Ok(proxy)
 }
 
+/// `metalnet_proxy_datapath_total{event="EVENT"}` in a Prometheus text exposition.
+pub fn datapath_counter_in(metrics: &str, event: &str) -> Option<u64> {
+    let series = format!("metalnet_proxy_datapath_total{{event=\"{event}\"}}");
+    metrics.lines().find_map(|l| {
+        let value = l.strip_prefix(&series)?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
 /// The next hop (an address) in `ip route get` output (`... via 192.0.2.12 dev eth0 ...`).
 pub fn route_get_via(output: &str) -> Option<String> {
     let mut words = output.split_whitespace();
@@ -746,6 +767,8 @@ pub struct HttpCheck {
     /// Each answer (`pod2 on node2`) and how many requests got it.
     pub answers: std::collections::BTreeMap<String, usize>,
     pub requests: usize,
+    /// Requests that got no answer (after the first answer came).
+    pub failed: usize,
 }
 
 impl HttpCheck {
@@ -810,15 +833,19 @@ pub fn http_through_proxy(
     let first = super::wait_for_value(&format!("an answer from {url}"), timeout, curl)?;
     let mut answers = std::collections::BTreeMap::new();
     *answers.entry(first).or_insert(0) += 1;
+    let mut failed = 0;
     for _ in 1..requests {
-        let answer = curl().ok_or_else(|| LabError::Invalid(format!("{url} did not answer")))?;
-        *answers.entry(answer).or_insert(0) += 1;
+        match curl() {
+            Some(answer) => *answers.entry(answer).or_insert(0) += 1,
+            None => failed += 1,
+        }
     }
     Ok(HttpCheck {
         delivered_to,
         delivered_index,
         answers,
         requests,
+        failed,
     })
 }
 
@@ -831,6 +858,16 @@ mod tests {
         let out = "192.0.2.200 from 198.51.100.100 via 192.0.2.12 dev eth0 iif eth1 \n    cache \n";
         assert_eq!(route_get_via(out).as_deref(), Some("192.0.2.12"));
         assert_eq!(route_get_via("192.0.2.200 dev eth0 src 192.0.2.1"), None);
+    }
+
+    #[test]
+    fn reads_a_datapath_counter() {
+        let text = "# TYPE metalnet_proxy_datapath counter\n\
+metalnet_proxy_datapath_total{event=\"lb_new\"} 15\n\
+metalnet_proxy_datapath_total{event=\"rev_nat\"} 73\n";
+        assert_eq!(datapath_counter_in(text, "lb_new"), Some(15));
+        assert_eq!(datapath_counter_in(text, "rev_nat"), Some(73));
+        assert_eq!(datapath_counter_in(text, "reject"), None);
     }
 
     #[test]
@@ -848,6 +885,7 @@ Tcp: RtoAlgorithm RtoMin InErrs OutRsts InCsumErrors\nTcp: 1 200 0 3 7\n";
             delivered_index: 1,
             answers: answers.iter().map(|a| (a.to_string(), 1)).collect(),
             requests: answers.len(),
+            failed: 0,
         };
         assert!(!check(&["pod2 on node2"]).crossed_nodes());
         assert!(check(&["pod2 on node2", "pod3 on node3"]).crossed_nodes());

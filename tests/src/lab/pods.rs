@@ -66,6 +66,9 @@ pub fn bridge_conf(env: &BTreeMap<String, String>, ipam_dir: &Path) -> Result<se
     Ok(serde_json::json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cni0",
         "mtu": mtu, "ipMasq": !ipmasq, "isGateway": true, "hairpinMode": true,
+        // kube-flannel.yml's delegate: pods reach beyond the pod network (and answer
+        // clients outside it, as Services' backends) through the bridge.
+        "isDefaultGateway": true,
         "ipam": {"type": "host-local", "dataDir": ipam_dir.display().to_string(),
                  "ranges": ranges, "routes": routes}
     }))

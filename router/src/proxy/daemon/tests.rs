@@ -540,6 +540,18 @@ async fn health_servers_follow_the_plan() {
     };
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains(r#""localEndpoints":1"#), "{body}");
+    let text = debug_answer(
+        &f.status.lock().unwrap(),
+        "/debug/proxy/service?name=default/web",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        text.contains(&format!(
+            "healthCheckNodePort {port}: listening on 127.0.0.1:{port}, answering 200 (1 local endpoints)"
+        )),
+        "{text}"
+    );
     d.pass_on(&snapshot([]));
     assert!(f.status.lock().unwrap().health_ports.is_empty());
 }
@@ -697,5 +709,155 @@ fn metrics_after_a_pass() {
     assert!(
         text.contains("kubeproxy_network_programming_duration_seconds_count 1"),
         "{text}"
+    );
+}
+
+// --- the real model -----------------------------------------------------------------------
+
+fn real(rec: Recorder) -> (Daemon<Recorder, ProxyModel>, Health) {
+    let opts = ProxyOptions::default();
+    let health = Health::default();
+    let d = Daemon::new(
+        Config {
+            node: "n1".into(),
+            opts: opts.clone(),
+            host_netns_cookie: 1,
+            write_node_addrs: true,
+        },
+        rec,
+        ProxyModel::new("n1", &opts, 256),
+        None,
+        Metrics::default(),
+        health.condition("proxy"),
+        Arc::default(),
+    )
+    .unwrap();
+    (d, health)
+}
+
+/// A LoadBalancer Service with eTP=Local: ClusterIP, NodePort and LoadBalancer frontends, and
+/// a healthCheckNodePort.
+fn lb_local(health_port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                 "ipFamilies": ["IPv4"], "externalTrafficPolicy": "Local",
+                 "healthCheckNodePort": health_port,
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}})
+}
+
+fn lb_slice(eps: &[(&str, &str)]) -> Value {
+    let mut s = slice("lb", eps);
+    s["ports"] = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    s
+}
+
+#[test]
+fn real_model_restart_writes_nothing_and_keeps_ids() {
+    let objs = || {
+        vec![
+            lb_local(0),
+            lb_slice(&[("10.244.0.7", "n1"), ("10.244.1.5", "n2")]),
+            svc("web", "10.96.0.10"),
+            slice("web", &[("10.244.1.6", "n2")]),
+        ]
+    };
+    let (mut d, health) = real(Recorder::default());
+    let r = d.pass_on(&snapshot(objs()));
+    assert!(r.error.is_none());
+    assert!(r.written > 0);
+    assert!(health.is_ready());
+    let before = d.current().clone();
+    assert_eq!(before, d.dataplane().state);
+    let lb_vip = SvcKey {
+        addr: "203.0.113.10".parse().unwrap(),
+        port: 80,
+        proto: Proto::Tcp,
+        scope: Scope::External,
+    };
+    assert!(
+        before.svc[&lb_vip].flags & svc_flags::LOCAL != 0,
+        "{:?}",
+        before.svc[&lb_vip]
+    );
+
+    let (mut d2, _) = real(Recorder {
+        state: before.clone(),
+        ..Recorder::default()
+    });
+    let r = d2.pass_on(&snapshot(objs()));
+    assert_eq!(r.written, 0, "{:?}", d2.dataplane().diffs);
+    assert!(d2.dataplane().diffs.is_empty());
+
+    // One endpoint goes after the restart: only its entries change, every id stays.
+    let mut fewer = objs();
+    fewer[1] = lb_slice(&[("10.244.0.7", "n1")]);
+    let r = d2.pass_on(&snapshot(fewer));
+    assert_eq!(r.destroyed.len(), 1);
+    assert_eq!(r.destroyed[0].addr, "10.244.1.5".parse::<IpAddr>().unwrap());
+    let after = d2.current();
+    for (k, v) in &after.svc {
+        assert_eq!(before.svc[k].rev_id, v.rev_id, "{k:?}");
+    }
+    for (id, b) in &after.backend {
+        assert_eq!(before.backend.get(id), Some(b));
+    }
+    // The web Service was not touched.
+    let diff = d2.dataplane().diffs.last().unwrap();
+    assert!(
+        diff.svc_upsert
+            .iter()
+            .all(|(k, _)| k.addr != "10.96.0.10".parse::<IpAddr>().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn real_model_health_check_node_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut d, _) = real(Recorder::default());
+    d.health.set_addresses(vec!["127.0.0.1".parse().unwrap()]);
+    d.pass_on(&snapshot([
+        lb_local(port),
+        lb_slice(&[("10.244.1.5", "n2")]),
+    ]));
+    let get = move || async move {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    };
+    let r = get().await;
+    assert!(r.starts_with("HTTP/1.1 503"), "no local endpoint: {r}");
+    assert!(r.ends_with(r#"{"service":{"namespace":"default","name":"lb"},"localEndpoints":0,"serviceProxyHealthy":true}"#), "{r}");
+    d.pass_on(&snapshot([
+        lb_local(port),
+        lb_slice(&[("10.244.1.5", "n2"), ("10.244.0.7", "n1")]),
+    ]));
+    let r = get().await;
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(r.contains(r#""localEndpoints":1"#), "{r}");
+}
+
+#[test]
+fn fill_walks_cost_at_most_one_percent() {
+    assert_eq!(fill_interval(Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(
+        fill_interval(Duration::from_millis(50)),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        fill_interval(Duration::from_secs(5)),
+        Duration::from_secs(60)
     );
 }
