@@ -644,7 +644,8 @@ impl ProxyCluster {
         let pod = &self.pods[p];
         wait_for(
             &format!("the server of pod {}", pod.name),
-            Duration::from_secs(10),
+            // A python start on a loaded machine.
+            Duration::from_secs(30),
             || pod.server.logs().contains("serving"),
         )
         .map_err(|e| LabError::Invalid(format!("{e}: {}", pod.server.logs())))
