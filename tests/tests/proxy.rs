@@ -971,7 +971,8 @@ fn sctp_when_the_kernel_has_it() {
     if !can_run() {
         return;
     }
-    let c = cluster("proxy_sctp", &[2, 0], &[]);
+    // The kernel's SCTP is checked pod to pod before any proxy starts.
+    let mut c = ProxyCluster::new("proxy_sctp", ProxyOptions::new(&[2, 0])).unwrap();
     let (a1, a2) = (c.pod("a1"), c.pod("a2"));
     let direct = c
         .tcp(
@@ -988,6 +989,7 @@ fn sctp_when_the_kernel_has_it() {
         eprintln!("skipping SCTP: the kernel has no SCTP here: {direct:?}");
         return;
     }
+    c.start_all(&[]).unwrap_or_else(|e| panic!("{e}"));
     c.apply(&svc("sctp", 31).with_sctp(), &[a1]).unwrap();
     for f in FAMILIES {
         let v = vip(f, 31);
