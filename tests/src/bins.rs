@@ -45,8 +45,9 @@ fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
     latest
 }
 
-/// Whether the binary is older than the sources of its package (`metalnet-X` lives in `X/`)
-/// or of the common crate.
+/// Whether the binary is older than the sources of its package (`metalnet-X` lives in `X/`:
+/// `src/`, `Cargo.toml`, and `bpf/` for the C programs its build script compiles) or of the
+/// common crate.
 fn stale(path: &std::path::Path, name: &str) -> bool {
     let Some(built) = std::fs::metadata(path).ok().and_then(|m| m.modified().ok()) else {
         return true;
@@ -55,7 +56,11 @@ fn stale(path: &std::path::Path, name: &str) -> bool {
     let package_dir = name.strip_prefix("metalnet-").unwrap_or(name);
     [root.join(package_dir), root.join("config")]
         .iter()
-        .filter_map(|d| newest(&d.join("src")).max(newest_file(&d.join("Cargo.toml"))))
+        .filter_map(|d| {
+            newest(&d.join("src"))
+                .max(newest(&d.join("bpf")))
+                .max(newest_file(&d.join("Cargo.toml")))
+        })
         .any(|t| t > built)
 }
 

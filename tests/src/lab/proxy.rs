@@ -604,6 +604,18 @@ impl ProxyCluster {
         offloads_off(&link.netns, &link.name)?;
         offloads_off(&link.peer_netns, &link.peer_name)?;
         node_host.exec(&["ip", "link", "set", &port, "master", "cni0"])?;
+        // As the CNI bridge plugin with `hairpinMode: true` (Flannel's configuration): with
+        // br_netfilter loaded, a pod's hairpinned reply is bridged back out of its own port.
+        node_host.exec(&[
+            "ip",
+            "link",
+            "set",
+            &port,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         let v4 = format!("10.244.{k}.{}", 10 + j);
         let v6 = format!("fd00:244:{k}::{}", 10 + j);
         host.add_addr("eth0", &format!("{v4}/24"))?;
@@ -632,7 +644,8 @@ impl ProxyCluster {
         let pod = &self.pods[p];
         wait_for(
             &format!("the server of pod {}", pod.name),
-            Duration::from_secs(10),
+            // A python start on a loaded machine.
+            Duration::from_secs(30),
             || pod.server.logs().contains("serving"),
         )
         .map_err(|e| LabError::Invalid(format!("{e}: {}", pod.server.logs())))
