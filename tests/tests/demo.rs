@@ -53,7 +53,11 @@ fn demo_comes_up_assigns_an_address_and_tears_down() {
     );
     assert!(stdout.contains("requests answered by pod"), "{stdout}");
     assert!(
-        stdout.contains("balanced connections, the other nodes none"),
+        stdout.contains("http://[2001:db8:0:1::200]/ from the remote client goes by BGP to node"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("balanced connections counted by the proxies: node"),
         "{stdout}"
     );
     assert!(

@@ -196,57 +196,38 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
         Duration::from_secs(10),
         || components::l2_announcer(state_dir, "demo", "web"),
     )?;
-    // BGP: the router learns the address from all three nodes and the remote client reaches it.
-    let prefix = format!("{vip}/32");
-    lab::wait_for(
-        "the router to learn the address from all three nodes",
-        Duration::from_secs(20),
-        || {
-            bird.routes()
-                .map(|rs| {
-                    rs.iter().filter(|r| r.prefix.to_string() == prefix).count() == site.nodes.len()
-                })
-                .unwrap_or(false)
-        },
-    )
-    .with_context(|| format!("BGP routes for {prefix}\n{}", speaker_logs(&running)))?;
+    // BGP: the router learns the addresses from all three nodes and the remote client reaches
+    // them.
+    for ip in &ips {
+        let prefix = if ip.contains(':') {
+            format!("{ip}/128")
+        } else {
+            format!("{ip}/32")
+        };
+        lab::wait_for(
+            "the router to learn the address from all three nodes",
+            Duration::from_secs(20),
+            || {
+                bird.routes()
+                    .map(|rs| {
+                        rs.iter().filter(|r| r.prefix.to_string() == prefix).count()
+                            == site.nodes.len()
+                    })
+                    .unwrap_or(false)
+            },
+        )
+        .with_context(|| format!("BGP routes for {prefix}\n{}", speaker_logs(&running)))?;
+    }
     site.remote
         .wait_ping(&vip, Duration::from_secs(10))
         .with_context(|| format!("remote client cannot reach {vip} through the router"))?;
     // The service proxy: BGP takes the remote client's request to one node, its proxy to a
     // pod, on another node over the overlay for most requests.
     proxy.check_running()?;
-    let http = components::http_through_proxy(&site, &vip, 12, Duration::from_secs(20))
-        .with_context(|| {
-            format!(
-                "the remote client's requests to http://{vip}/ through the service proxy; what node1's proxy says:\n{}\nthe proxies' logs:\n{}",
-                proxy.diagnose(&site, 0),
-                proxy.logs()
-            )
-        })?;
-    let answers = http
-        .answers
+    let checks = ips
         .iter()
-        .map(|(a, n)| format!("{a} x{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if http.failed > 0 {
-        bail!(
-            "{} of {} requests to http://{vip}/ from the remote client got no answer (the others: {answers})\n{}\n{}",
-            http.failed,
-            http.requests,
-            proxy.diagnose(&site, http.delivered_index),
-            proxy.logs()
-        );
-    }
-    if !http.crossed_nodes() {
-        bail!(
-            "every answer to http://{vip}/ came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
-            http.delivered_to,
-            proxy.diagnose(&site, http.delivered_index),
-            proxy.logs()
-        );
-    }
+        .map(|ip| http_step(&site, &proxy, ip))
+        .collect::<Result<Vec<_>>>()?;
     for host in running.pods.iter().map(|p| &p.host).chain([&site.remote]) {
         let errors = components::host_tcp_in_csum_errors(host)?;
         if errors != 0 {
@@ -266,7 +247,12 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     }
 
     // The proxies' own account (their counters are read every few seconds): the delivering
-    // node balanced the requests, the others none.
+    // nodes balanced the requests, the others none.
+    let mut expected = vec![0u64; site.nodes.len()];
+    for (check, _) in &checks {
+        expected[check.delivered_index] += check.requests as u64;
+    }
+    let mut counted = Vec::new();
     let balanced = lab::wait_for_value(
         "the proxies' counters of balanced connections",
         Duration::from_secs(15),
@@ -274,19 +260,28 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
             let counts: Vec<u64> = (0..site.nodes.len())
                 .map(|i| proxy.datapath_counter(&site, i, "lb_new"))
                 .collect::<Option<_>>()?;
-            let mine = counts[http.delivered_index];
-            let others = counts.iter().sum::<u64>() - mine;
-            (mine >= http.requests as u64 && others == 0).then_some(mine)
+            counted = counts.clone();
+            counts
+                .iter()
+                .zip(&expected)
+                .all(|(&c, &e)| if e == 0 { c == 0 } else { c >= e })
+                .then_some(counts)
         },
     )
     .with_context(|| {
         format!(
-            "{} balanced fewer than {} connections, or another node's proxy balanced some\n{}",
-            http.delivered_to,
-            http.requests,
+            "the proxies' lb_new counters {counted:?} do not match the requests each node got {expected:?}\n{}",
             proxy.logs()
         )
     })?;
+    let balanced = site
+        .nodes
+        .iter()
+        .zip(&balanced)
+        .filter(|(_, c)| **c > 0)
+        .map(|(n, c)| format!("{} {c}", n.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut text = site.describe();
     text.push_str(&format!(
         "  birdc -s {} show protocols     # BGP sessions of the router\n",
@@ -301,8 +296,9 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     let bin = bin_dir.display();
     let metrics = lab::demo::node_v4(0);
     // The proxy BGP delivers the remote client's requests to: its answers show them.
-    let proxy_ns = site.nodes[http.delivered_index].netns();
-    let proxy_addr = format!("{}:7475", lab::demo::node_v4(http.delivered_index));
+    let delivered = checks[0].0.delivered_index;
+    let proxy_ns = site.nodes[delivered].netns();
+    let proxy_addr = format!("{}:7475", lab::demo::node_v4(delivered));
     for line in [
         format!("\nmetalnet on the embedded default, state directory {dir}:"),
         format!(
@@ -333,8 +329,15 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
                 .join(", ")
         ),
         format!(
-            "  metalnet-router       service proxy on every node; http://{vip}/ from the remote client goes by BGP to {}, {} requests answered by {answers}; {} counted {balanced} balanced connections, the other nodes none",
-            http.delivered_to, http.requests, http.delivered_to
+            "  metalnet-router       service proxy on every node; {}; balanced connections counted by the proxies: {balanced}, the other nodes none",
+            checks
+                .iter()
+                .map(|(c, answers)| format!(
+                    "{} from the remote client goes by BGP to {}, {} requests answered by {answers}",
+                    c.url, c.delivered_to, c.requests
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         "\nTry:".to_string(),
         format!(
@@ -355,8 +358,9 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
             "  ip netns exec {ctl_ns} ip -d link show flannel.1; ip netns exec {ctl_ns} bridge fdb show dev flannel.1"
         ),
         format!(
-            "  ip netns exec {} curl -s http://{vip}/    # BGP to a node, its proxy to a pod (often on another node)",
-            site.remote.netns()
+            "  ip netns exec {} curl -s {}    # BGP to a node, its proxy to a pod (often on another node)",
+            site.remote.netns(),
+            checks.iter().map(|(c, _)| c.url.as_str()).collect::<Vec<_>>().join(" ")
         ),
         format!(
             "  ip netns exec {proxy_ns} {bin}/metalnet-router explain service demo/web --router {proxy_addr}"
@@ -399,6 +403,48 @@ fn demo(state_dir: &Path, bin_dir: Option<&Path>, check: bool) -> Result<()> {
     drop(lab);
     println!("done");
     Ok(())
+}
+
+/// The remote client's requests to `http://IP/`: every one answered, at least one by a pod on
+/// another node than the one BGP delivers to. Returns the check and its answers as text.
+fn http_step(
+    site: &DemoSite,
+    proxy: &components::ServiceProxy,
+    ip: &str,
+) -> Result<(components::HttpCheck, String)> {
+    let http = components::http_through_proxy(site, ip, 12, Duration::from_secs(20))
+        .with_context(|| {
+            format!(
+                "the remote client's requests to {ip} through the service proxy; what node1's proxy says:\n{}\nthe proxies' logs:\n{}",
+                proxy.diagnose(site, 0),
+                proxy.logs()
+            )
+        })?;
+    let url = &http.url;
+    let answers = http
+        .answers
+        .iter()
+        .map(|(a, n)| format!("{a} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if http.failed > 0 {
+        bail!(
+            "{} of {} requests to {url} from the remote client got no answer (the others: {answers})\n{}\n{}",
+            http.failed,
+            http.requests,
+            proxy.diagnose(site, http.delivered_index),
+            proxy.logs()
+        );
+    }
+    if !http.crossed_nodes() {
+        bail!(
+            "every answer to {url} came from {}, the node BGP delivers to ({answers}): none crossed the overlay\n{}\n{}",
+            http.delivered_to,
+            proxy.diagnose(site, http.delivered_index),
+            proxy.logs()
+        );
+    }
+    Ok((http, answers))
 }
 
 /// Kills the announcing node's speaker and reports how the address moved.

@@ -32,8 +32,10 @@ kind: Service
 metadata: {name: web, namespace: demo}
 spec:
   type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv4, IPv6]
   clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
+  clusterIPs: [10.96.0.10, "fd00:96::10"]
   ports: [{name: http, port: 80, targetPort: 80, nodePort: 30080, protocol: TCP}]
   selector: {app: web}
 "#;
@@ -94,24 +96,29 @@ fn demo_base_manifests(site: &DemoSite) -> String {
 /// pod per node at the address host-local gives the node's first pod. For sites that attach
 /// no pods (the demo itself writes the slice from the pods it attached, see [`start`]).
 pub fn demo_manifests(site: &DemoSite) -> String {
-    let predicted: Vec<(String, String)> = site
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, host)| (format!("203.0.113.{}", i * 64 + 2), host.name().to_string()))
-        .collect();
-    demo_base_manifests(site) + &web_endpoint_slice(&predicted)
+    let predicted = |address: fn(usize) -> String| -> Vec<(String, String)> {
+        site.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, host)| (address(i), host.name().to_string()))
+            .collect()
+    };
+    demo_base_manifests(site)
+        + &web_endpoint_slice("IPv4", &predicted(|i| format!("203.0.113.{}", i * 64 + 2)))
+        + &web_endpoint_slice("IPv6", &predicted(|i| format!("2001:db8:100:{}::2", i + 1)))
 }
 
-/// demo/web's IPv4 EndpointSlice, as the EndpointSlice controller publishes it: one ready
-/// endpoint per (pod address, node), port `http` [`WEB_POD_PORT`]/TCP.
-pub fn web_endpoint_slice(endpoints: &[(String, String)]) -> String {
+/// demo/web's EndpointSlice of one family (`IPv4`, `IPv6`: `web-ipv4`, `web-ipv6`), as the
+/// EndpointSlice controller publishes it: one ready endpoint per (pod address, node), port
+/// `http` [`WEB_POD_PORT`]/TCP.
+pub fn web_endpoint_slice(address_type: &str, endpoints: &[(String, String)]) -> String {
     endpoints
         .iter()
         .fold(
             endpoint_slice("web")
                 .namespace("demo")
-                .name("web-ipv4")
+                .name(&format!("web-{}", address_type.to_ascii_lowercase()))
+                .address_type(address_type)
                 .field(
                     "ports",
                     serde_json::json!([{"name": "http", "port": WEB_POD_PORT, "protocol": "TCP"}]),
@@ -206,13 +213,16 @@ pub fn start(lab: &Lab, site: &DemoSite, state_dir: &Path, bin_dir: &Path) -> Re
     }
     // The endpoint controller's part: the Service's pods, once they have their addresses
     // (before the speakers start, which announce only Services with a ready endpoint).
-    let endpoints: Vec<(String, String)> = pods
-        .iter()
-        .zip(&site.nodes)
-        .filter_map(|(pod, node)| Some((pod.v4.clone()?, node.name().to_string())))
-        .collect();
+    let endpoints = |address: fn(&Pod) -> Option<&String>| -> Vec<(String, String)> {
+        pods.iter()
+            .zip(&site.nodes)
+            .filter_map(|(pod, node)| Some((address(pod)?.clone(), node.name().to_string())))
+            .collect()
+    };
+    let slices = web_endpoint_slice("IPv4", &endpoints(|p| p.v4.as_ref()))
+        + &web_endpoint_slice("IPv6", &endpoints(|p| p.v6.as_ref()));
     let slice_path = state_dir.join("endpoints.yaml");
-    std::fs::write(&slice_path, web_endpoint_slice(&endpoints))
+    std::fs::write(&slice_path, slices)
         .map_err(io_err(format!("writing {}", slice_path.display())))?;
     // kube-proxy's part on each node: accept traffic for Service addresses (put on `lo`, see
     // `expose_on_nodes`) without answering ARP for them, which is the speaker's job.
@@ -761,6 +771,8 @@ pub fn host_tcp_in_csum_errors(host: &super::Host) -> Result<u64> {
 /// What the demo's HTTP step saw.
 #[derive(Debug, Clone)]
 pub struct HttpCheck {
+    /// `http://VIP/` (brackets around an IPv6 address).
+    pub url: String,
     /// The node the router's ECMP route sends the remote client's traffic to, and its index.
     pub delivered_to: String,
     pub delivered_index: usize,
@@ -782,8 +794,9 @@ impl HttpCheck {
 }
 
 /// The remote client (behind the BGP router) asks `http://VIP/` `requests` times; the router
-/// delivers to one node (ECMP hashes source and destination addresses only, so the same one
-/// every time: `ip route get` on the router names it) and that node's proxy picks the pod.
+/// delivers to one node (ECMP hashes addresses, and for IPv6 the flow label the remote
+/// client leaves at 0 and the protocol, so the same one every time: `ip route get` on the
+/// router names it) and that node's proxy picks the pod.
 /// Waits up to `timeout` for the first answer (the proxies program their maps at start).
 pub fn http_through_proxy(
     site: &DemoSite,
@@ -801,6 +814,7 @@ pub fn http_through_proxy(
     } else {
         super::demo::REMOTE_V4
     };
+    // The protocol goes into the IPv6 hash (next header): ask for a TCP flow.
     let route = site.router.exec_ok(&[
         "ip",
         "route",
@@ -810,6 +824,8 @@ pub fn http_through_proxy(
         remote_addr,
         "iif",
         "eth1",
+        "ipproto",
+        "tcp",
     ])?;
     let via = route_get_via(&route).ok_or_else(|| LabError::Parse {
         what: format!("the router's route to {vip}: {route:?}"),
@@ -841,6 +857,7 @@ pub fn http_through_proxy(
         }
     }
     Ok(HttpCheck {
+        url,
         delivered_to,
         delivered_index,
         answers,
@@ -881,6 +898,7 @@ Tcp: RtoAlgorithm RtoMin InErrs OutRsts InCsumErrors\nTcp: 1 200 0 3 7\n";
     #[test]
     fn an_answer_from_another_node_crossed_the_overlay() {
         let check = |answers: &[&str]| HttpCheck {
+            url: "http://192.0.2.200/".into(),
             delivered_to: "node2".into(),
             delivered_index: 1,
             answers: answers.iter().map(|a| (a.to_string(), 1)).collect(),
@@ -893,13 +911,18 @@ Tcp: RtoAlgorithm RtoMin InErrs OutRsts InCsumErrors\nTcp: 1 200 0 3 7\n";
 
     #[test]
     fn the_web_slice_names_the_pods_nodes_and_port() {
-        let yaml = web_endpoint_slice(&[
-            ("203.0.113.2".into(), "node1".into()),
-            ("203.0.113.66".into(), "node2".into()),
-        ]);
+        let yaml = web_endpoint_slice(
+            "IPv4",
+            &[
+                ("203.0.113.2".into(), "node1".into()),
+                ("203.0.113.66".into(), "node2".into()),
+            ],
+        );
         let v: serde_json::Value =
             serde_saphyr::from_str(yaml.trim_start_matches("---\n")).unwrap();
         assert_eq!(v["metadata"]["namespace"], "demo");
+        assert_eq!(v["metadata"]["name"], "web-ipv4");
+        assert_eq!(v["addressType"], "IPv4");
         assert_eq!(v["metadata"]["labels"]["kubernetes.io/service-name"], "web");
         assert_eq!(v["ports"][0]["port"], 80);
         assert_eq!(v["endpoints"][1]["addresses"][0], "203.0.113.66");

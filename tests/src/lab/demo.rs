@@ -93,6 +93,9 @@ impl DemoSite {
         let remote = lab.host("remote")?;
         attach(lab, &remote, &uplink, "eth0", REMOTE_V4, REMOTE_V6)?;
         default_via(&remote, ROUTER_UPLINK_V4, ROUTER_UPLINK_V6)?;
+        // IPv6 ECMP hashes the flow label too: with none, all the remote client's connections
+        // take one path, as its IPv4 ones do (the demo shows which node they reach).
+        remote.sysctl("net.ipv6.auto_flowlabels", "0")?;
 
         Ok(DemoSite {
             site,
