@@ -80,6 +80,13 @@ pub trait Model: Send {
     /// What the maps hold after a write (or read back after a failed one): ids no longer in
     /// them may be given to new objects.
     fn committed(&mut self, _live: &MapState) {}
+    /// [`Model::committed`] after `diff` was written to maps that held `before`; called
+    /// before the diff is applied to `before`.
+    fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
+        let mut live = before.clone();
+        super::state::apply(&mut live, diff);
+        self.committed(&live);
+    }
 }
 
 /// What the proxy is doing, for the debug endpoints and tests.
@@ -349,8 +356,8 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                 Ok(()) => {
                     report.written = diff.len();
                     let removed = removed_backends(&self.current, &diff);
+                    self.model.committed_diff(&self.current, &diff);
                     super::state::apply(&mut self.current, &diff);
-                    self.model.committed(&self.current);
                     if !removed.is_empty() {
                         match self.dp.destroy_sockets(&removed) {
                             Ok(n) => tracing::info!(

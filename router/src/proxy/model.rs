@@ -2411,6 +2411,49 @@ mod tests {
             let again = model.full(&inputs(&sb, &eb), &mut ids);
             prop_assert!(again.is_empty(), "{:?}", again);
         }
+
+        #[test]
+        fn ids_after_committed_diff_match_committed((a, b, how) in edit()) {
+            let n = a.len().max(b.len());
+            let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
+            let after: Vec<Option<GenSvc>> = (0..n)
+                .map(|i| match how[i] {
+                    0 => a.get(i).cloned(),
+                    1 => b.get(i).cloned(),
+                    _ => None,
+                })
+                .collect();
+            let changed: BTreeSet<SvcName> = (0..n)
+                .filter(|i| before[*i] != after[*i])
+                .map(|i| ("default".to_string(), format!("s{i}")))
+                .collect();
+            let (sa, ea) = build_opt(&before);
+            let (sb, eb) = build_opt(&after);
+            let mut ids = Ids::default();
+            let mut model = Model::default();
+            let first = model.full(&inputs(&sa, &ea), &mut ids);
+            // From empty maps, the first write by diff as well.
+            let mut full_ids = ids.clone();
+            let mut live = MapState::default();
+            ids.committed_diff(&live, &first);
+            apply(&mut live, &first);
+            full_ids.committed(&live);
+            prop_assert_eq!(ids.fingerprint(), full_ids.fingerprint());
+            // An incremental update, then a full recomputation back to A, then forth to B.
+            for step in 0..3 {
+                let diff = match step {
+                    0 => model.update(&inputs(&sb, &eb), &changed, &mut ids),
+                    1 => model.full(&inputs(&sa, &ea), &mut ids),
+                    _ => model.update(&inputs(&sb, &eb), &changed, &mut ids),
+                };
+                let mut full_ids = ids.clone();
+                ids.committed_diff(&live, &diff);
+                apply(&mut live, &diff);
+                prop_assert_eq!(&live, &model.desired.maps);
+                full_ids.committed(&live);
+                prop_assert_eq!(ids.fingerprint(), full_ids.fingerprint());
+            }
+        }
     }
 
     #[test]
@@ -2584,6 +2627,7 @@ mod tests {
         let full = t.elapsed();
         ids.committed(&model.desired.maps);
         let changed = BTreeSet::from([("default".to_string(), name)]);
+        let mut live = model.desired.maps.clone();
         let t = Clock::now();
         let diff = model.update(&inputs(&svcs, &slices), &changed, &mut ids);
         let one = t.elapsed();
@@ -2592,6 +2636,21 @@ mod tests {
             diff.len()
         );
         assert_eq!(diff.len(), 4);
+        // What the daemon does after the write: ids from the diff, then its copy of the maps.
+        let mut by_state = ids.clone();
+        let t = Clock::now();
+        ids.committed_diff(&live, &diff);
+        let by_diff = t.elapsed();
+        let t = Clock::now();
+        apply(&mut live, &diff);
+        let applied = t.elapsed();
+        let t = Clock::now();
+        by_state.committed(&live);
+        let full_commit = t.elapsed();
+        assert_eq!(ids.fingerprint(), by_state.fingerprint());
+        println!(
+            "Ids::committed_diff {by_diff}; state::apply {applied}; Ids::committed (full state) {full_commit}"
+        );
     }
 }
 
@@ -2668,6 +2727,10 @@ impl super::daemon::Model for ProxyModel {
 
     fn committed(&mut self, live: &MapState) {
         self.ids.committed(live);
+    }
+
+    fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
+        self.ids.committed_diff(before, diff);
     }
 }
 
