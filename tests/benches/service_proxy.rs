@@ -33,8 +33,8 @@
 //!   EndpointSlices, as the informers hand them over): `model::Model::full` for N (the
 //!   first sync), `Model::update` with the one added Service for the add, each followed by
 //!   the map writes of the diff it yields, `Ids::committed_diff` and `state::apply` on the
-//!   copy of the maps the daemon keeps; the split is reported. (The daemon also computes
-//!   `MapDiff::between` its copy and the plan, O(N), not timed here.)
+//!   copy of the maps the daemon keeps; the split is reported. (The daemon takes the same
+//!   diff from its plan; it diffs whole states only after a restart or a failed write.)
 //! - `socket-lb`: the same maps and the socket programs on a cgroup of the run's own (under
 //!   the cgroup2 mount); the client process joins it and connects to the VIP through a node
 //!   with no programs.
