@@ -32,7 +32,9 @@
 //!   daemon does. Programming is timed as the daemon syncs, from the objects (Services and
 //!   EndpointSlices, as the informers hand them over): `model::Model::full` for N (the
 //!   first sync), `Model::update` with the one added Service for the add, each followed by
-//!   the map writes of the diff it yields; the split is reported.
+//!   the map writes of the diff it yields, `Ids::committed_diff` and `state::apply` on the
+//!   copy of the maps the daemon keeps; the split is reported. (The daemon takes the same
+//!   diff from its plan; it diffs whole states only after a restart or a failed write.)
 //! - `socket-lb`: the same maps and the socket programs on a cgroup of the run's own (under
 //!   the cgroup2 mount); the client process joins it and connects to the VIP through a node
 //!   with no programs.
@@ -1116,6 +1118,7 @@ mod metalnet_side {
     use metalnet::model::core::{EndpointSlice, Service};
     use metalnet_router::proxy::dataplane::Dataplane;
     use metalnet_router::proxy::ids::Ids;
+    use metalnet_router::proxy::state::{self, MapState};
     use metalnet_router::proxy::{abi, attach, loader, model, nft};
 
     const NODE_NAME: &str = "bench-node";
@@ -1132,6 +1135,8 @@ mod metalnet_side {
         /// The model kept between syncs, as the daemon keeps it (updates cost in proportion
         /// to the changed Services).
         model: model::Model,
+        /// What the maps hold, as the daemon keeps it.
+        current: MapState,
         /// How the last programming split: model, diff, map writes.
         pub breakdown: Vec<String>,
     }
@@ -1222,6 +1227,7 @@ mod metalnet_side {
                 attachments: Some(attachments),
                 ids: Ids::new(sizes.maglev_rows),
                 model: model::Model::default(),
+                current: MapState::default(),
                 breakdown: Vec::new(),
             })
         }
@@ -1288,7 +1294,9 @@ mod metalnet_side {
                 .apply(&diff)
                 .map_err(|e| format!("writing {} map operations: {e}", diff.len()))?;
             let t2 = Instant::now();
-            self.ids.committed(&self.model.desired.maps);
+            // As the daemon: the ids from the diff, then its copy of the maps.
+            self.ids.committed_diff(&self.current, &diff);
+            state::apply(&mut self.current, &diff);
             let t3 = Instant::now();
             let problems = &self.model.desired.problems;
             if let Some(p) = problems.first() {
@@ -1298,7 +1306,7 @@ mod metalnet_side {
                 ));
             }
             self.breakdown.push(format!(
-                "{} Services ({}): model and diff {}, map writes {} ({} operations), ids {}",
+                "{} Services ({}): model and diff {}, map writes {} ({} operations), ids and bookkeeping {}",
                 svcs.len(),
                 if changed.is_some() { "update" } else { "full" },
                 fmt_dur(t1 - t0),

@@ -60,6 +60,11 @@ pub struct ServiceProblem {
 pub trait Plan: Send + Sync + 'static {
     /// The desired contents of the control-plane maps.
     fn maps(&self) -> &MapState;
+    /// What turns the maps the last plan asked for into [`Plan::maps`], when the model knows
+    /// the maps hold those (the last plan's diff was committed with [`Model::committed_diff`]).
+    fn diff(&self) -> Option<&MapDiff> {
+        None
+    }
     /// healthCheckNodePort servers: port -> the Service and its local endpoints.
     fn health_checks(&self) -> BTreeMap<u16, ServiceHealth>;
     fn problems(&self) -> Vec<ServiceProblem>;
@@ -80,6 +85,13 @@ pub trait Model: Send {
     /// What the maps hold after a write (or read back after a failed one): ids no longer in
     /// them may be given to new objects.
     fn committed(&mut self, _live: &MapState) {}
+    /// [`Model::committed`] after `diff` was written to maps that held `before`; called
+    /// before the diff is applied to `before`.
+    fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
+        let mut live = before.clone();
+        super::state::apply(&mut live, diff);
+        self.committed(&live);
+    }
 }
 
 /// What the proxy is doing, for the debug endpoints and tests.
@@ -341,16 +353,32 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         let started = Instant::now();
         let mut report = PassReport::default();
         let plan = self.model.plan(snap);
-        let diff = MapDiff::between(&self.current, plan.maps());
+        let diff = match plan.diff() {
+            Some(d) => {
+                debug_assert!(
+                    {
+                        let mut next = self.current.clone();
+                        super::state::apply(&mut next, d);
+                        &next == plan.maps()
+                    },
+                    "the plan's diff does not turn the maps into its maps"
+                );
+                d.clone()
+            }
+            None => MapDiff::between(&self.current, plan.maps()),
+        };
         let computed = started.elapsed();
         let mut failing = None;
-        if !diff.is_empty() {
+        if diff.is_empty() {
+            // Nothing to write: the maps are the plan's (ids handed out and unused are free).
+            self.model.committed_diff(&self.current, &diff);
+        } else {
             match self.dp.apply(&diff) {
                 Ok(()) => {
                     report.written = diff.len();
                     let removed = removed_backends(&self.current, &diff);
+                    self.model.committed_diff(&self.current, &diff);
                     super::state::apply(&mut self.current, &diff);
-                    self.model.committed(&self.current);
                     if !removed.is_empty() {
                         match self.dp.destroy_sockets(&removed) {
                             Ok(n) => tracing::info!(

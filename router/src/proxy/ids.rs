@@ -8,11 +8,11 @@
 //! one is reused only once it is gone from the maps ([`Ids::committed`]), so a packet never
 //! finds an old id pointing at a new object.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::abi::{Proto, svc_flags};
-use super::state::MapState;
+use super::state::{MapDiff, MapState};
 
 /// `mn_maglev`'s default size in entries (`MN_MAGLEV_ENTRIES` in `proxy.h`).
 pub const DEFAULT_MAGLEV_ENTRIES: u32 = 1021 * 256;
@@ -39,7 +39,16 @@ struct Space<K> {
     /// Ids the maps held at the last [`Ids::committed`] (or [`Ids::from_state`]).
     live: BTreeSet<u32>,
     /// Keys used since the last [`Ids::begin`].
-    used: std::collections::HashSet<K>,
+    used: HashSet<K>,
+    /// id -> its key (the first one, when a read-back state gave two keys one id).
+    owner: HashMap<u32, K>,
+    /// A read-back state gave two keys one id: [`Space::commit_touched`] sweeps in full.
+    shared: bool,
+    /// How many map entries refer to each id, as of the last commit (for
+    /// [`Ids::committed_diff`]).
+    held: HashMap<u32, u32>,
+    /// Ids put in `live` since the last commit without the maps holding them yet.
+    pending: Vec<u32>,
     /// Every id below this is taken (a search start, so assigning N ids costs O(N)).
     low: u32,
     first: u32,
@@ -54,6 +63,10 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
             taken: BTreeSet::new(),
             live: BTreeSet::new(),
             used: Default::default(),
+            owner: HashMap::new(),
+            shared: false,
+            held: HashMap::new(),
+            pending: Vec::new(),
             low: first,
             first,
             end,
@@ -76,7 +89,9 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         self.taken.insert(id);
         // About to be written: held until the maps are known not to have it.
         self.live.insert(id);
+        self.pending.push(id);
         self.assigned.insert(key, id);
+        self.owner.insert(id, key);
         self.used.insert(key);
         Some(id)
     }
@@ -85,11 +100,14 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
     /// maps may hold it.
     fn release(&mut self, key: &K) {
         self.used.remove(key);
-        if let Some(id) = self.assigned.remove(key)
-            && !self.live.contains(&id)
-        {
-            self.taken.remove(&id);
-            self.low = self.low.min(id);
+        if let Some(id) = self.assigned.remove(key) {
+            if self.owner.get(&id) == Some(key) {
+                self.owner.remove(&id);
+            }
+            if !self.live.contains(&id) {
+                self.taken.remove(&id);
+                self.low = self.low.min(id);
+            }
         }
     }
 
@@ -107,6 +125,9 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
             return;
         }
         self.assigned.insert(key, id);
+        if self.owner.insert(id, key).is_some() {
+            self.shared = true;
+        }
         self.taken.insert(id);
         self.live.insert(id);
     }
@@ -125,11 +146,14 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         self.assigned.retain(|k, id| {
             let keep = used.contains(k) || live.contains(id);
             if !keep {
-                freed.push(*id);
+                freed.push((*k, *id));
             }
             keep
         });
-        for id in freed {
+        for (k, id) in freed {
+            if self.owner.get(&id) == Some(&k) {
+                self.owner.remove(&id);
+            }
             self.taken.remove(&id);
             self.low = self.low.min(id);
         }
@@ -142,6 +166,7 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         for k in &self.used {
             if let Some(id) = self.assigned.get(k) {
                 self.live.insert(*id);
+                self.pending.push(*id);
             }
         }
     }
@@ -163,7 +188,113 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         for id in &self.live {
             self.taken.insert(*id);
         }
+        self.pending.clear();
         self.sweep();
+    }
+
+    /// [`Space::commit`] for the ids whose references changed (`touched`, with `held`
+    /// already updated) and those handed out since the last commit: O(changes).
+    fn commit_touched(&mut self, mut touched: Vec<u32>, also_live: impl Fn(u32) -> bool) {
+        touched.append(&mut self.pending);
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            if self.held.contains_key(&id) || also_live(id) {
+                self.live.insert(id);
+                self.taken.insert(id);
+                continue;
+            }
+            self.live.remove(&id);
+            match self.owner.get(&id) {
+                Some(k) if self.assigned.get(k) == Some(&id) => {
+                    if !self.used.contains(k) {
+                        let k = *k;
+                        self.assigned.remove(&k);
+                        self.owner.remove(&id);
+                        self.taken.remove(&id);
+                        self.low = self.low.min(id);
+                    }
+                }
+                _ => {
+                    if !(self.shared && self.assigned.values().any(|v| *v == id)) {
+                        self.taken.remove(&id);
+                        self.low = self.low.min(id);
+                    }
+                }
+            }
+        }
+        if self.shared {
+            self.sweep();
+        }
+    }
+
+    fn inc(&mut self, id: u32, touched: &mut Vec<u32>) {
+        *self.held.entry(id).or_insert(0) += 1;
+        touched.push(id);
+    }
+
+    fn dec(&mut self, id: u32, touched: &mut Vec<u32>) {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.held.entry(id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        touched.push(id);
+    }
+}
+
+/// What decides a space's future ids: keys and ids, taken, live, the search start.
+#[cfg(test)]
+type Fingerprint<K> = (Vec<(K, u32)>, BTreeSet<u32>, BTreeSet<u32>, u32);
+
+#[cfg(test)]
+impl<K: Copy + Ord> Space<K> {
+    /// What decides future ids, for comparing two assignments.
+    fn fingerprint(&self) -> Fingerprint<K> {
+        let mut a: Vec<(K, u32)> = self.assigned.iter().map(|(k, v)| (*k, *v)).collect();
+        a.sort();
+        (a, self.taken.clone(), self.live.clone(), self.low)
+    }
+}
+
+/// How many map entries refer to each id (see [`Ids::committed`]).
+struct Refs {
+    fe: HashMap<u32, u32>,
+    be: HashMap<u32, u32>,
+    /// Frontends using each Maglev row.
+    row_svc: HashMap<u32, u32>,
+    /// Rows `mn_maglev` holds.
+    row_maglev: HashSet<u32>,
+}
+
+impl Refs {
+    fn of(state: &MapState) -> Refs {
+        let mut fe: HashMap<u32, u32> = HashMap::new();
+        let mut be: HashMap<u32, u32> = HashMap::new();
+        let mut row_svc: HashMap<u32, u32> = HashMap::new();
+        for id in state.rev_nat.keys() {
+            *fe.entry(*id).or_insert(0) += 1;
+        }
+        for v in state.svc.values() {
+            *fe.entry(v.rev_id).or_insert(0) += 1;
+            if v.flags & svc_flags::MAGLEV != 0 {
+                *row_svc.entry(v.maglev_row).or_insert(0) += 1;
+            }
+        }
+        for (k, b) in &state.slot {
+            *fe.entry(k.rev_id).or_insert(0) += 1;
+            *be.entry(*b).or_insert(0) += 1;
+        }
+        for id in state.backend.keys() {
+            *be.entry(*id).or_insert(0) += 1;
+        }
+        Refs {
+            fe,
+            be,
+            row_svc,
+            row_maglev: state.maglev.keys().copied().collect(),
+        }
     }
 }
 
@@ -174,8 +305,13 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
 pub struct Ids {
     frontends: Space<Endpoint>,
     backends: Space<Endpoint>,
-    /// Maglev rows, keyed by the frontend's rev_id; rows count from 0.
+    /// Maglev rows, keyed by the frontend's rev_id; rows count from 0. Its `held` counts
+    /// the frontends using a row.
     rows: Space<u32>,
+    /// Rows `mn_maglev` holds, as of the last commit.
+    row_maglev: HashSet<u32>,
+    /// Rows in `row_maglev` no frontend uses ([`super::state::apply`] drops them next).
+    row_orphans: Vec<u32>,
 }
 
 impl Default for Ids {
@@ -191,7 +327,23 @@ impl Ids {
             frontends: Space::new(1, u32::MAX as u64 + 1),
             backends: Space::new(1, u32::MAX as u64 + 1),
             rows: Space::new(0, maglev_rows as u64),
+            row_maglev: HashSet::new(),
+            row_orphans: Vec::new(),
         }
+    }
+
+    fn set_refs(&mut self, state: &MapState) {
+        let r = Refs::of(state);
+        self.row_orphans = r
+            .row_maglev
+            .iter()
+            .copied()
+            .filter(|row| !r.row_svc.contains_key(row))
+            .collect();
+        self.frontends.held = r.fe;
+        self.backends.held = r.be;
+        self.rows.held = r.row_svc;
+        self.row_maglev = r.row_maglev;
     }
 
     /// The assignment the maps record (after a restart).
@@ -233,6 +385,7 @@ impl Ids {
         for id in state.slot.values() {
             ids.backends.reserve(*id);
         }
+        ids.set_refs(state);
         ids
     }
 
@@ -269,6 +422,102 @@ impl Ids {
         self.frontends.commit(fe);
         self.backends.commit(be);
         self.rows.commit(rows);
+        self.set_refs(state);
+    }
+
+    /// [`Ids::committed`] after `diff` was written to maps that held `before` (call it before
+    /// applying the diff to `before`): O(changes), where [`Ids::committed`] is O(state). It
+    /// needs the counts the last [`Ids::committed`] or [`Ids::from_state`] took, so the maps
+    /// must have been changed by diffs only since then.
+    pub fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
+        let maglev = |v: &super::abi::SvcVal| v.flags & svc_flags::MAGLEV != 0;
+        let (mut fe, mut be, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in &diff.svc_upsert {
+            if let Some(o) = before.svc.get(k) {
+                self.frontends.dec(o.rev_id, &mut fe);
+                if maglev(o) {
+                    self.rows.dec(o.maglev_row, &mut rows);
+                }
+            }
+            self.frontends.inc(v.rev_id, &mut fe);
+            if maglev(v) {
+                self.rows.inc(v.maglev_row, &mut rows);
+            }
+        }
+        for k in &diff.svc_remove {
+            if let Some(o) = before.svc.get(k) {
+                self.frontends.dec(o.rev_id, &mut fe);
+                if maglev(o) {
+                    self.rows.dec(o.maglev_row, &mut rows);
+                }
+            }
+        }
+        for (k, b) in &diff.slot_upsert {
+            match before.slot.get(k) {
+                Some(o) => self.backends.dec(*o, &mut be),
+                None => self.frontends.inc(k.rev_id, &mut fe),
+            }
+            self.backends.inc(*b, &mut be);
+        }
+        for k in &diff.slot_remove {
+            if let Some(o) = before.slot.get(k) {
+                self.frontends.dec(k.rev_id, &mut fe);
+                self.backends.dec(*o, &mut be);
+            }
+        }
+        for (id, _) in &diff.backend_upsert {
+            if !before.backend.contains_key(id) {
+                self.backends.inc(*id, &mut be);
+            }
+        }
+        for id in &diff.backend_remove {
+            if before.backend.contains_key(id) {
+                self.backends.dec(*id, &mut be);
+            }
+        }
+        for (id, _) in &diff.rev_nat_upsert {
+            if !before.rev_nat.contains_key(id) {
+                self.frontends.inc(*id, &mut fe);
+            }
+        }
+        for id in &diff.rev_nat_remove {
+            if before.rev_nat.contains_key(id) {
+                self.frontends.dec(*id, &mut fe);
+            }
+        }
+        for (row, _) in &diff.maglev_write {
+            self.row_maglev.insert(*row);
+            rows.push(*row);
+        }
+        // As `state::apply`: rows no frontend uses leave mn_maglev's bookkeeping.
+        rows.append(&mut self.row_orphans);
+        for row in &rows {
+            if !self.rows.held.contains_key(row) {
+                self.row_maglev.remove(row);
+            }
+        }
+        self.frontends.commit_touched(fe, |_| false);
+        self.backends.commit_touched(be, |_| false);
+        let row_maglev = &self.row_maglev;
+        self.rows
+            .commit_touched(rows, |row| row_maglev.contains(&row));
+    }
+
+    /// What decides future ids (tests compare [`Ids::committed`] with
+    /// [`Ids::committed_diff`] by it).
+    #[cfg(test)]
+    pub(crate) fn fingerprint(
+        &self,
+    ) -> (
+        Fingerprint<Endpoint>,
+        Fingerprint<Endpoint>,
+        Fingerprint<u32>,
+    ) {
+        (
+            self.frontends.fingerprint(),
+            self.backends.fingerprint(),
+            self.rows.fingerprint(),
+        )
     }
 
     /// The frontend's rev_id (`None` only when all 2^32-1 are taken).
@@ -315,7 +564,7 @@ impl Ids {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::abi::{Backend, RevNat, Scope, SvcKey, SvcVal};
+    use crate::proxy::abi::{Backend, RevNat, Scope, SlotKey, SvcKey, SvcVal};
 
     fn ep(a: &str, port: u16) -> Endpoint {
         Endpoint {
@@ -383,6 +632,86 @@ mod tests {
         ids.frontend(ep("10.96.0.3", 80));
         assert_eq!(ids.frontend(ep("10.96.0.4", 80)), Some(1));
         ids.end();
+    }
+
+    /// A read-back state with an orphan Maglev row and a rev NAT entry left over, ids handed
+    /// out and never written: [`Ids::committed_diff`] ends where [`Ids::committed`] does.
+    #[test]
+    fn committed_diff_matches_committed_on_read_back_states() {
+        use crate::proxy::state::apply;
+        let mut st = MapState::default();
+        let key = SvcKey {
+            addr: "10.96.0.9".parse().unwrap(),
+            port: 53,
+            proto: Proto::Udp,
+            scope: Scope::External,
+        };
+        let val = SvcVal {
+            rev_id: 7,
+            count: 1,
+            flags: svc_flags::MAGLEV,
+            affinity_timeout: 0,
+            maglev_row: 3,
+        };
+        st.svc.insert(key, val);
+        let rn = |a: &str| RevNat {
+            addr: a.parse().unwrap(),
+            port: 53,
+        };
+        st.rev_nat.insert(7, rn("10.96.0.9"));
+        st.rev_nat.insert(1, rn("10.96.0.1"));
+        st.maglev.insert(3, vec![5; 7]);
+        st.maglev.insert(6, vec![5; 7]);
+        let be = Backend {
+            addr: "192.0.2.5".parse().unwrap(),
+            port: 53,
+            proto: Proto::Udp,
+            flags: 0,
+        };
+        st.backend.insert(5, be);
+        st.slot.insert(
+            SlotKey {
+                rev_id: 7,
+                slot: 0,
+                scope: Scope::External,
+            },
+            5,
+        );
+        let mut next = st.clone();
+        next.rev_nat.remove(&1);
+        next.svc.remove(&key);
+        next.slot.clear();
+        next.rev_nat.remove(&7);
+        next.svc.insert(
+            SvcKey { port: 54, ..key },
+            SvcVal {
+                rev_id: 2,
+                flags: 0,
+                ..val
+            },
+        );
+        next.rev_nat.insert(2, rn("10.96.0.9"));
+        for (before, after) in [(&st, &next), (&next, &st), (&st, &st)] {
+            let mut ids = Ids::from_state(before, 8);
+            ids.begin();
+            ids.frontend(ep("10.96.0.9", 54));
+            // Handed out, never written.
+            ids.frontend(ep("10.96.0.20", 80));
+            ids.backend(ep("192.0.2.9", 80));
+            ids.end();
+            let diff = MapDiff::between(before, after);
+            let mut full = ids.clone();
+            ids.committed_diff(before, &diff);
+            let mut live = before.clone();
+            apply(&mut live, &diff);
+            full.committed(&live);
+            assert_eq!(ids.fingerprint(), full.fingerprint());
+            // And once more with nothing written.
+            let mut full2 = ids.clone();
+            ids.committed_diff(&live, &MapDiff::default());
+            full2.committed(&live);
+            assert_eq!(ids.fingerprint(), full2.fingerprint());
+        }
     }
 
     #[test]

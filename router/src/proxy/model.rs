@@ -2411,6 +2411,49 @@ mod tests {
             let again = model.full(&inputs(&sb, &eb), &mut ids);
             prop_assert!(again.is_empty(), "{:?}", again);
         }
+
+        #[test]
+        fn ids_after_committed_diff_match_committed((a, b, how) in edit()) {
+            let n = a.len().max(b.len());
+            let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
+            let after: Vec<Option<GenSvc>> = (0..n)
+                .map(|i| match how[i] {
+                    0 => a.get(i).cloned(),
+                    1 => b.get(i).cloned(),
+                    _ => None,
+                })
+                .collect();
+            let changed: BTreeSet<SvcName> = (0..n)
+                .filter(|i| before[*i] != after[*i])
+                .map(|i| ("default".to_string(), format!("s{i}")))
+                .collect();
+            let (sa, ea) = build_opt(&before);
+            let (sb, eb) = build_opt(&after);
+            let mut ids = Ids::default();
+            let mut model = Model::default();
+            let first = model.full(&inputs(&sa, &ea), &mut ids);
+            // From empty maps, the first write by diff as well.
+            let mut full_ids = ids.clone();
+            let mut live = MapState::default();
+            ids.committed_diff(&live, &first);
+            apply(&mut live, &first);
+            full_ids.committed(&live);
+            prop_assert_eq!(ids.fingerprint(), full_ids.fingerprint());
+            // An incremental update, then a full recomputation back to A, then forth to B.
+            for step in 0..3 {
+                let diff = match step {
+                    0 => model.update(&inputs(&sb, &eb), &changed, &mut ids),
+                    1 => model.full(&inputs(&sa, &ea), &mut ids),
+                    _ => model.update(&inputs(&sb, &eb), &changed, &mut ids),
+                };
+                let mut full_ids = ids.clone();
+                ids.committed_diff(&live, &diff);
+                apply(&mut live, &diff);
+                prop_assert_eq!(&live, &model.desired.maps);
+                full_ids.committed(&live);
+                prop_assert_eq!(ids.fingerprint(), full_ids.fingerprint());
+            }
+        }
     }
 
     #[test]
@@ -2584,6 +2627,7 @@ mod tests {
         let full = t.elapsed();
         ids.committed(&model.desired.maps);
         let changed = BTreeSet::from([("default".to_string(), name)]);
+        let mut live = model.desired.maps.clone();
         let t = Clock::now();
         let diff = model.update(&inputs(&svcs, &slices), &changed, &mut ids);
         let one = t.elapsed();
@@ -2592,6 +2636,21 @@ mod tests {
             diff.len()
         );
         assert_eq!(diff.len(), 4);
+        // What the daemon does after the write: ids from the diff, then its copy of the maps.
+        let mut by_state = ids.clone();
+        let t = Clock::now();
+        ids.committed_diff(&live, &diff);
+        let by_diff = t.elapsed();
+        let t = Clock::now();
+        apply(&mut live, &diff);
+        let applied = t.elapsed();
+        let t = Clock::now();
+        by_state.committed(&live);
+        let full_commit = t.elapsed();
+        assert_eq!(ids.fingerprint(), by_state.fingerprint());
+        println!(
+            "Ids::committed_diff {by_diff}; state::apply {applied}; Ids::committed (full state) {full_commit}"
+        );
     }
 }
 
@@ -2610,6 +2669,9 @@ pub struct ProxyModel {
     model: Model,
     ids: Ids,
     last: Option<metalnet::state::Snapshot>,
+    /// The maps hold the last plan's maps (its diff was written and committed): the next
+    /// plan can hand its diff over instead of the daemon diffing whole states.
+    synced: bool,
 }
 
 impl ProxyModel {
@@ -2630,6 +2692,7 @@ impl ProxyModel {
             model: Model::default(),
             ids: Ids::new(maglev_rows),
             last: None,
+            synced: false,
         }
     }
 }
@@ -2641,6 +2704,7 @@ impl super::daemon::Model for ProxyModel {
         self.ids = Ids::from_state(live, self.maglev_rows);
         self.model = Model::default();
         self.last = None;
+        self.synced = false;
     }
 
     fn plan(&mut self, snap: &metalnet::state::Snapshot) -> ProxyPlan {
@@ -2651,29 +2715,38 @@ impl super::daemon::Model for ProxyModel {
             &self.service_proxy_name,
             self.maglev_m,
         );
-        match &self.last {
+        // Until this plan's diff is committed, the maps may not be what it is relative to.
+        let synced = std::mem::take(&mut self.synced);
+        let diff = match &self.last {
             Some(old) => {
                 let changed = changed_services(old, snap);
-                if !changed.is_empty() {
-                    self.model.update(&inputs, &changed, &mut self.ids);
+                if changed.is_empty() {
+                    MapDiff::default()
+                } else {
+                    self.model.update(&inputs, &changed, &mut self.ids)
                 }
             }
-            None => {
-                self.model.full(&inputs, &mut self.ids);
-            }
-        }
+            None => self.model.full(&inputs, &mut self.ids),
+        };
         self.last = Some(snap.clone());
-        ProxyPlan(self.model.desired.clone())
+        ProxyPlan(self.model.desired.clone(), synced.then_some(diff))
     }
 
     fn committed(&mut self, live: &MapState) {
         self.ids.committed(live);
+        self.synced = false;
+    }
+
+    fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
+        self.ids.committed_diff(before, diff);
+        self.synced = true;
     }
 }
 
-/// One pass's [`Desired`], as the daemon shows and writes it.
+/// One pass's [`Desired`], as the daemon shows and writes it, with the diff from the last
+/// plan's maps when those are what the maps hold.
 #[derive(Clone, Debug)]
-pub struct ProxyPlan(pub Desired);
+pub struct ProxyPlan(pub Desired, pub Option<MapDiff>);
 
 impl Problem {
     /// The Event reason (CamelCase) for this kind of problem.
@@ -2698,6 +2771,10 @@ impl Problem {
 }
 
 impl super::daemon::Plan for ProxyPlan {
+    fn diff(&self) -> Option<&MapDiff> {
+        self.1.as_ref()
+    }
+
     fn maps(&self) -> &MapState {
         &self.0.maps
     }
@@ -2855,5 +2932,52 @@ mod daemon_model_tests {
 
     fn inputs_of(s: &metalnet::state::Snapshot) -> Inputs<'_> {
         Inputs::from_snapshot(s, "node-a", &[], "", 251)
+    }
+
+    /// A plan hands its diff over only while the maps hold the last plan's maps.
+    #[test]
+    fn plans_hand_their_diff_over_once_the_last_one_is_committed() {
+        use crate::proxy::state::apply;
+        let one = |n: u32| {
+            (
+                service(
+                    "default",
+                    &format!("s{n}"),
+                    json!({"clusterIP": format!("10.96.0.{n}"), "ports": [{"name": "http", "port": 80}]}),
+                ),
+                slice(
+                    "default",
+                    &format!("s{n}-1"),
+                    &format!("s{n}"),
+                    "IPv4",
+                    ("http", "TCP", 8080),
+                    vec![ready(&format!("192.0.2.{n}"), "node-a")],
+                ),
+            )
+        };
+        let snap_of = |ns: &[u32]| {
+            let (a, b): (Vec<_>, Vec<_>) = ns.iter().map(|n| one(*n)).unzip();
+            snap(a, b)
+        };
+        let mut m = ProxyModel::new("node-a", &[], "", 251, 4);
+        m.restore(&MapState::default());
+        let p1 = m.plan(&snap_of(&[1, 2]));
+        assert!(p1.diff().is_none(), "the first plan after a restore");
+        let mut live = MapState::default();
+        let d1 = MapDiff::between(&live, p1.maps());
+        m.committed_diff(&live, &d1);
+        apply(&mut live, &d1);
+        for ns in [&[1, 2, 3][..], &[2, 3], &[2, 3]] {
+            let p = m.plan(&snap_of(ns));
+            let d = p.diff().expect("the last plan was committed").clone();
+            m.committed_diff(&live, &d);
+            apply(&mut live, &d);
+            assert_eq!(&live, p.maps());
+        }
+        // Read back after a failed write: the next plan is diffed by the daemon.
+        m.committed(&live);
+        assert!(m.plan(&snap_of(&[3])).diff().is_none());
+        // A plan whose diff was never committed hands nothing over either.
+        assert!(m.plan(&snap_of(&[4])).diff().is_none());
     }
 }
