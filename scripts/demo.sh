@@ -8,4 +8,4 @@ bash scripts/setup.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 cargo build --release --workspace --bins
 state_dir=${METALNET_DEMO_DIR:-$(mktemp -d /tmp/metalnet-demo.XXXXXX)}
-exec ./target/release/metalnet-lab demo --state-dir "$state_dir" --bin-dir ./target/release "$@"
+exec ./target/release/metalnet-lab demo --state-dir "$state_dir" --bin-dir "$PWD/target/release" "$@"
