@@ -18,7 +18,7 @@ use metalnet::bgp::fsm::State;
 use metalnet::bgp::{Listener, Password, PeerConfig, RouteAttrs, Session, SessionHandle};
 use metalnet_lab::lab::{
     BgpNeighbor, BgpRouter, Bird, BirdConfig, Community, Frr, FrrConfig, Gobgp, GobgpConfig, Host,
-    Lab, LargeCommunity, Route, StaticRoute,
+    Lab, LargeCommunity, Route, StaticRoute, can_run,
 };
 
 const SPEAKER_V4: &str = "192.0.2.1";
@@ -38,24 +38,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
-}
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn can_run(tools: &[&str]) -> bool {
-    let root = metalnet::testing::is_root();
-    let missing: Vec<_> = tools.iter().filter(|t| !have(t)).collect();
-    if !root || !missing.is_empty() {
-        eprintln!("skipping: root={root}, missing tools {missing:?}");
-        return false;
-    }
-    true
 }
 
 /// A lab with the speaker and the router wired together.

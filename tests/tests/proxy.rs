@@ -72,23 +72,7 @@ fn svc(name: &str, n: u8) -> Svc {
 }
 
 fn can_run() -> bool {
-    let tools = ["ethtool", "curl", "python3", "nsenter", "ip"];
-    let root = metalnet::testing::is_root();
-    let missing: Vec<_> = tools
-        .iter()
-        .filter(|t| {
-            !std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if !root || !missing.is_empty() {
-        eprintln!("skipping: root={root}, missing tools {missing:?}");
-        return false;
-    }
-    true
+    metalnet_lab::lab::can_run(&["ethtool", "curl", "python3", "nsenter", "ip"])
 }
 
 /// A cluster with these pods per node and every proxy running (with `extra` flags).

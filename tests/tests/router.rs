@@ -14,32 +14,13 @@ use metalnet_lab::lab::router::{
     BIRD_ASN, BIRD_V4, BIRD_V6, CLUSTER_ASN, ClusterOptions, FRR_ASN, FRR_V4, FRR_V6, METRICS_ADDR,
     RouterCluster, bird_protocol_since, frr_peer_uptimes, router_binary, routes_with_proto,
 };
-use metalnet_lab::lab::{BgpRouter, Community, StaticRoute, base64, wait_for};
+use metalnet_lab::lab::{BgpRouter, Community, StaticRoute, base64, can_run, wait_for};
 
 /// Convergence of a small cluster.
 const CONVERGE: Duration = Duration::from_secs(30);
 /// A single step (a ping, a route appearing).
 const STEP: Duration = Duration::from_secs(15);
 const PASSWORD: &str = "lab-md5-secret";
-
-fn can_run(tools: &[&str]) -> bool {
-    let root = metalnet::testing::is_root();
-    let missing: Vec<_> = tools
-        .iter()
-        .filter(|t| {
-            !std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if !root || !missing.is_empty() {
-        eprintln!("skipping: root={root}, missing tools {missing:?}");
-        return false;
-    }
-    true
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("a prefix literal")

@@ -27,7 +27,7 @@ use metalnet_lab::apiserver::{ApiServer, RequestRecord};
 use metalnet_lab::lab::router::{
     BIRD_ASN, BIRD_V4, BIRD_V6, ClusterOptions, RouterCluster, pin_neighbours,
 };
-use metalnet_lab::lab::{BgpRouter, wait_for};
+use metalnet_lab::lab::{BgpRouter, can_run, wait_for};
 use serde_json::Value;
 
 /// Convergence of the cluster.
@@ -46,25 +46,6 @@ const API_HOST: &str = "api";
 const API_V4: &str = "192.0.2.5";
 const API_V6: &str = "2001:db8::5";
 const API_PORT: u16 = 6443;
-
-fn can_run(tools: &[&str]) -> bool {
-    let root = metalnet::testing::is_root();
-    let missing: Vec<_> = tools
-        .iter()
-        .filter(|t| {
-            !std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if !root || !missing.is_empty() {
-        eprintln!("skipping: root={root}, missing tools {missing:?}");
-        return false;
-    }
-    true
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("a prefix literal")

@@ -120,6 +120,27 @@ pub fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Whether a lab test can run here: as root, with these commands on the PATH. When not, it
+/// says why on stderr (the test then returns early, as a skip).
+pub fn can_run(tools: &[&str]) -> bool {
+    let root = metalnet::testing::is_root();
+    let missing: Vec<_> = tools.iter().filter(|t| !have_command(t)).collect();
+    if !root || !missing.is_empty() {
+        eprintln!("skipping: root={root}, missing tools {missing:?}");
+        return false;
+    }
+    true
+}
+
+/// Whether `command -v TOOL` finds it.
+pub fn have_command(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` (scaled by the patience factor,
 /// [`PATIENCE_VAR`]) passes.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
