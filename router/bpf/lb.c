@@ -320,6 +320,44 @@ static __always_inline int mn_eth_reply(struct __sk_buff *skb, struct ethhdr *et
 	return 0;
 }
 
+/* The IPv4 header of a reply from the frontend back to the client, carrying len bytes of
+ * proto, with its checksum. */
+static __always_inline void mn_ip4_reply(struct iphdr *ip, const struct mn_pkt *p, __u8 proto, __u16 len)
+{
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tot_len = bpf_htons(sizeof(*ip) + len);
+	ip->ttl = 64;
+	ip->protocol = proto;
+	ip->saddr = mn_word(p->daddr, 3);
+	ip->daddr = mn_word(p->saddr, 3);
+	ip->check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)ip, sizeof(*ip), 0));
+}
+
+/* The IPv6 header of such a reply; returns the sum of its pseudo-header, which the L4
+ * checksum starts from. */
+static __always_inline __s64 mn_ip6_reply(struct ipv6hdr *ip6, const struct mn_pkt *p, __u8 nexthdr, __u16 len)
+{
+	struct {
+		__u8 saddr[MN_ADDR_LEN];
+		__u8 daddr[MN_ADDR_LEN];
+		__be32 len;
+		__be32 proto;
+	} ph;
+
+	ip6->version = 6;
+	ip6->payload_len = bpf_htons(len);
+	ip6->nexthdr = nexthdr;
+	ip6->hop_limit = 64;
+	__builtin_memcpy(&ip6->saddr, p->daddr, MN_ADDR_LEN);
+	__builtin_memcpy(&ip6->daddr, p->saddr, MN_ADDR_LEN);
+	__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
+	__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
+	ph.len = bpf_htonl(len);
+	ph.proto = bpf_htonl(nexthdr);
+	return bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+}
+
 /* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
  * (REJECT with tcp-reset: the client sees ECONNREFUSED at once); a segment of a connection
  * whose backend is gone gets a RST at its acknowledgment number, which the client accepts
@@ -356,14 +394,7 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 			__be16 len;
 		} ph;
 
-		ip.version = 4;
-		ip.ihl = 5;
-		ip.tot_len = bpf_htons(sizeof(ip) + sizeof(th));
-		ip.ttl = 64;
-		ip.protocol = IPPROTO_TCP;
-		ip.saddr = mn_word(p->daddr, 3);
-		ip.daddr = mn_word(p->saddr, 3);
-		ip.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+		mn_ip4_reply(&ip, p, IPPROTO_TCP, sizeof(th));
 		ph.saddr = ip.saddr;
 		ph.daddr = ip.daddr;
 		ph.zero = 0;
@@ -378,24 +409,8 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 			return TC_ACT_SHOT;
 	} else {
 		struct ipv6hdr ip6 = {};
-		struct {
-			__u8 saddr[MN_ADDR_LEN];
-			__u8 daddr[MN_ADDR_LEN];
-			__be32 len;
-			__be32 proto;
-		} ph;
 
-		ip6.version = 6;
-		ip6.payload_len = bpf_htons(sizeof(th));
-		ip6.nexthdr = IPPROTO_TCP;
-		ip6.hop_limit = 64;
-		__builtin_memcpy(&ip6.saddr, p->daddr, MN_ADDR_LEN);
-		__builtin_memcpy(&ip6.daddr, p->saddr, MN_ADDR_LEN);
-		__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
-		__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
-		ph.len = bpf_htonl(sizeof(th));
-		ph.proto = bpf_htonl(IPPROTO_TCP);
-		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		sum = mn_ip6_reply(&ip6, p, IPPROTO_TCP, sizeof(th));
 		th.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&th, sizeof(th), sum));
 		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(th), 0))
 			return TC_ACT_SHOT;
@@ -441,14 +456,7 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 		ic.type = MN_ICMP_DEST_UNREACH;
 		ic.code = MN_ICMP_PORT_UNREACH;
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), 0));
-		ip.version = 4;
-		ip.ihl = 5;
-		ip.tot_len = bpf_htons(sizeof(ip) + sizeof(ic));
-		ip.ttl = 64;
-		ip.protocol = IPPROTO_ICMP;
-		ip.saddr = mn_word(p->daddr, 3);
-		ip.daddr = mn_word(p->saddr, 3);
-		ip.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+		mn_ip4_reply(&ip, p, IPPROTO_ICMP, sizeof(ic));
 		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic), 0))
 			return TC_ACT_SHOT;
 		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
@@ -456,12 +464,6 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 			return TC_ACT_SHOT;
 	} else {
 		struct ipv6hdr ip6 = {};
-		struct {
-			__u8 saddr[MN_ADDR_LEN];
-			__u8 daddr[MN_ADDR_LEN];
-			__be32 len;
-			__be32 proto;
-		} ph;
 		struct {
 			__u8 type;
 			__u8 code;
@@ -474,17 +476,7 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 			return TC_ACT_SHOT;
 		ic.type = MN_ICMP6_DEST_UNREACH;
 		ic.code = MN_ICMP6_PORT_UNREACH;
-		ip6.version = 6;
-		ip6.payload_len = bpf_htons(sizeof(ic));
-		ip6.nexthdr = MN_IPPROTO_ICMPV6;
-		ip6.hop_limit = 64;
-		__builtin_memcpy(&ip6.saddr, p->daddr, MN_ADDR_LEN);
-		__builtin_memcpy(&ip6.daddr, p->saddr, MN_ADDR_LEN);
-		__builtin_memcpy(ph.saddr, p->daddr, MN_ADDR_LEN);
-		__builtin_memcpy(ph.daddr, p->saddr, MN_ADDR_LEN);
-		ph.len = bpf_htonl(sizeof(ic));
-		ph.proto = bpf_htonl(MN_IPPROTO_ICMPV6);
-		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+		sum = mn_ip6_reply(&ip6, p, MN_IPPROTO_ICMPV6, sizeof(ic));
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), sum));
 		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(ic), 0))
 			return TC_ACT_SHOT;
