@@ -5,6 +5,14 @@
  * tuple -> the backend) and the reply one (the backend's reply tuple -> the frontend). Egress:
  * a packet matching a reply entry gets the frontend back as its source.
  *
+ * Masquerade (an outside client to a backend on another node, or hairpin) is done here too, so
+ * the node needs no netfilter NAT (and no netfilter conntrack): at ingress the packet also gets
+ * the node's address toward the backend and a source port allocated from mn_config's range as
+ * its source, and is sent straight to the backend's next hop (the stack would take a packet
+ * arriving with a local source address for a martian). A third conntrack entry (dir 2) keyed by
+ * the backend's reply to that address and port gives the client back as destination at ingress,
+ * where netfilter would un-masquerade; the reply entry then restores the frontend at egress.
+ *
  * Handles Ethernet and L3 devices, IPv4 (options allowed) and IPv6 (the fragment header is the
  * only extension header understood), fragments (the first one's ports recorded in mn_frag for
  * the others), TCP, UDP and SCTP (SCTP only when the backend port equals the frontend port, since
@@ -575,6 +583,211 @@ static __noinline __u32 mn_flow_hash(const struct mn_pkt *p, int with_sport)
 #define MN_NO_ENTRY (-1)
 #define MN_REJECT   (-2)
 
+/* What a new connection's conntrack entries carry besides the tuple and the backend. */
+struct mn_new {
+	__u8 snat_addr[MN_ADDR_LEN]; /* masqueraded: the node's address toward the backend */
+	__be16 snat_port;            /* masqueraded: the source port allocated; 0 otherwise */
+	__u16 flags;                 /* MN_CT_F_* */
+	__u32 ifindex;               /* masqueraded: the interface toward the backend */
+	__u32 rev_id;
+	__u32 backend_id;
+	__u32 now;
+};
+
+/* The node's route to dst for a masqueraded packet of p: the interface and the source address
+ * (the route's preferred source, else the interface's). A lookup as if forwarding from the
+ * interface the packet came in on: an output lookup would be pinned to that interface (its
+ * ifindex is the output interface then), and the backend is usually behind another one.
+ * A packet too big for the route still gets it: the device drops it, as forwarding would
+ * (without the ICMP the stack would send). */
+static __noinline int mn_snat_route(struct __sk_buff *skb, const struct mn_pkt *p, const __u8 *dst, __u8 *src,
+				    __u32 *ifindex)
+{
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	if (!p->v6) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_src = mn_word(p->saddr, 3);
+		fib.ipv4_dst = mn_word(dst, 3);
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, p->saddr, MN_ADDR_LEN);
+		__builtin_memcpy(fib.ipv6_dst, dst, MN_ADDR_LEN);
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return -1;
+	if (!p->v6) {
+		if (!fib.ipv4_src)
+			return -1;
+		mn_addr_set_v4(src, fib.ipv4_src);
+	} else {
+		__builtin_memcpy(src, fib.ipv6_src, MN_ADDR_LEN);
+	}
+	*ifindex = fib.ifindex;
+	return 0;
+}
+
+/* The masqueraded source on a packet already DNATed to backend, then the packet straight to
+ * the backend's next hop. */
+static __noinline int mn_snat_out(struct __sk_buff *skb, const struct mn_pkt *p, const __u8 *saddr, __be16 sport,
+				  const __u8 *backend)
+{
+	__u8 src[MN_ADDR_LEN];
+	__u32 ifindex = 0;
+	int r;
+
+	r = mn_nat(skb, p, 0, saddr, sport);
+	if (r != TC_ACT_OK)
+		return r;
+	if (mn_snat_route(skb, p, backend, src, &ifindex)) {
+		mn_count(MN_CNT_SNAT_NO_ROUTE);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
+
+static __always_inline void mn_snat_range(const struct mn_config *cfg, __u32 *lo, __u32 *hi)
+{
+	*lo = cfg->snat_port_min;
+	*hi = cfg->snat_port_max;
+	if (!*lo) {
+		*lo = MN_SNAT_PORT_MIN;
+		*hi = MN_SNAT_PORT_MAX;
+	}
+	if (*hi < *lo)
+		*hi = *lo;
+}
+
+/* Is port (network order) one masquerade allocates? Only those are looked up as dir 2 (and
+ * SCTP's, whose ports masquerade keeps). */
+static __always_inline int mn_snat_port(__be16 port)
+{
+	__u32 zero = 0, lo, hi, h = bpf_ntohs(port);
+	struct mn_config *cfg = bpf_map_lookup_elem(&mn_config, &zero);
+
+	if (!cfg)
+		return 0;
+	mn_snat_range(cfg, &lo, &hi);
+	return h >= lo && h <= hi;
+}
+
+/* Is the connection holding the dir 2 entry rk (value r) over: its forward entry gone, moved
+ * to another port, expired (closing ones after MN_CT_CLOSING_TIMEOUT, the peers' last ACKs),
+ * or being replaced by the new one (nv: a client reusing its source port on a new SYN)? Only
+ * then may another take the port. */
+static __always_inline int mn_snat_over(const struct mn_ct_key *rk, const struct mn_ct_val *r,
+					const struct mn_ct_val *nv, const struct mn_config *cfg, __u32 now)
+{
+	struct mn_ct_key fk = {};
+	struct mn_ct_val *f;
+
+	if (r->nat_port == nv->nat_port && r->snat_port == nv->snat_port && mn_addr_eq(r->nat_addr, nv->nat_addr) &&
+	    mn_addr_eq(r->snat_addr, nv->snat_addr))
+		return 1;
+
+	__builtin_memcpy(fk.saddr, r->nat_addr, MN_ADDR_LEN);
+	__builtin_memcpy(fk.daddr, r->snat_addr, MN_ADDR_LEN);
+	fk.sport = r->nat_port;
+	fk.dport = r->snat_port;
+	fk.proto = rk->proto;
+	fk.dir = MN_CT_DIR_FORWARD;
+	f = bpf_map_lookup_elem(&mn_ct, &fk);
+	if (!f)
+		return 1;
+	if (f->snat_port != rk->dport || !mn_addr_eq(f->snat_addr, rk->daddr) || f->nat_port != rk->sport ||
+	    !mn_addr_eq(f->nat_addr, rk->saddr))
+		return 1;
+	return !mn_ct_alive(f, rk->proto, cfg, now);
+}
+
+#define MN_SNAT_TRIES 16
+
+/* Masquerade for a new connection of p to backend be: the source address (the node's toward
+ * the backend), then a source port whose dir 2 entry this connection can own: first the one
+ * the flow's hash names, then random ones, each claimed with a BPF_NOEXIST insert (so two
+ * CPUs never share one), an entry in the way taken over only when its connection is over.
+ * Fills n's snat_addr, snat_port and ifindex; -1 when no route or no free port. */
+static __noinline int mn_snat_new(struct __sk_buff *skb, const struct mn_pkt *p, const struct mn_backend *be,
+				  struct mn_new *n)
+{
+	struct mn_config *cfg;
+	struct mn_ct_key rk = {};
+	struct mn_ct_val rv = {};
+	struct mn_ct_val *v;
+	__u32 lo, hi, range, off, i, tries = MN_SNAT_TRIES, zero = 0;
+
+	if (mn_snat_route(skb, p, be->addr, n->snat_addr, &n->ifindex)) {
+		mn_count(MN_CNT_SNAT_NO_ROUTE);
+		return -1;
+	}
+	/* An array's only element: always there. */
+	cfg = bpf_map_lookup_elem(&mn_config, &zero);
+	if (!cfg)
+		return -1;
+	mn_snat_range(cfg, &lo, &hi);
+	/* SCTP's CRC32c cannot follow a port change (it covers no addresses): the client's port
+	 * is kept, or the connection dropped. */
+	if (p->proto == IPPROTO_SCTP) {
+		lo = hi = bpf_ntohs(p->sport);
+		tries = 1;
+	}
+	range = hi - lo + 1;
+
+	__builtin_memcpy(rk.saddr, be->addr, MN_ADDR_LEN);
+	__builtin_memcpy(rk.daddr, n->snat_addr, MN_ADDR_LEN);
+	rk.sport = be->port;
+	rk.proto = p->proto;
+	rk.dir = MN_CT_DIR_SNAT;
+	__builtin_memcpy(rv.nat_addr, p->saddr, MN_ADDR_LEN);
+	rv.nat_port = p->sport;
+	__builtin_memcpy(rv.snat_addr, p->daddr, MN_ADDR_LEN);
+	rv.snat_port = p->dport;
+	rv.flags = n->flags;
+	rv.rev_id = n->rev_id;
+	rv.backend_id = n->backend_id;
+	rv.last_seen = n->now;
+
+	off = mn_flow_hash(p, 1) % range;
+	for (i = 0; i < MN_SNAT_TRIES && i < tries; i++) {
+		rk.dport = bpf_htons((__u16)(lo + off));
+		if (!bpf_map_update_elem(&mn_ct, &rk, &rv, BPF_NOEXIST)) {
+			n->snat_port = rk.dport;
+			return 0;
+		}
+		v = bpf_map_lookup_elem(&mn_ct, &rk);
+		if (v && mn_snat_over(&rk, v, &rv, cfg, n->now) &&
+		    !bpf_map_update_elem(&mn_ct, &rk, &rv, BPF_EXIST)) {
+			n->snat_port = rk.dport;
+			return 0;
+		}
+		off = bpf_get_prandom_u32() % range;
+	}
+	mn_count(MN_CNT_SNAT_NO_PORT);
+	return -1;
+}
+
+/* A packet from a backend to a masqueraded connection's source: the client back as its
+ * destination (the stack then forwards it to the client, and the reply entry gives it the
+ * frontend as source at egress). MN_NO_ENTRY when it is not one. */
+static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32 now)
+{
+	struct mn_ct_key k;
+	struct mn_ct_val *v, c;
+
+	mn_ct_key_of(&k, p, MN_CT_DIR_SNAT);
+	v = bpf_map_lookup_elem(&mn_ct, &k);
+	if (!v)
+		return MN_NO_ENTRY;
+	c = *v;
+	mn_ct_touch(v, &c, p, now);
+	mn_count(MN_CNT_REV_NAT);
+	return mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+}
+
 /* An established connection: MN_NO_ENTRY when there is no live entry for the packet's tuple
  * (or its backend is gone), else the verdict after DNAT. */
 static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u32 now)
@@ -582,6 +795,7 @@ static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u
 	struct mn_config cfg;
 	struct mn_ct_key fk;
 	struct mn_ct_val *v, c;
+	int r;
 
 	mn_ct_key_of(&fk, p, 0);
 	v = bpf_map_lookup_elem(&mn_ct, &fk);
@@ -592,16 +806,17 @@ static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u
 	if (!mn_ct_alive(&c, p->proto, &cfg, now) || !bpf_map_lookup_elem(&mn_backend, &c.backend_id))
 		return MN_NO_ENTRY;
 	mn_ct_touch(v, &c, p, now);
-	if (c.flags & MN_CT_F_MASQ)
-		skb->mark |= cfg.masq_mark;
-	return mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+	r = mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+	if (r != TC_ACT_OK || !c.snat_port)
+		return r;
+	return mn_snat_out(skb, p, c.snat_addr, c.snat_port, c.nat_addr);
 }
 
-/* Conntrack for a new connection: the forward entry (the client's tuple -> the backend) and
- * the reply entry (the backend's reply -> the address and port the client used: a node
- * address for NodePort, not the wildcard). */
-static __always_inline void mn_ct_create(const struct mn_pkt *p, const struct mn_backend *be, __u32 backend_id,
-					 __u32 rev_id, __u16 flags, __u32 now)
+/* Conntrack for a new connection: the forward entry (the client's tuple -> the backend, and
+ * the masqueraded source if any) and the reply entry (the backend's reply -> the address and
+ * port the client used: a node address for NodePort, not the wildcard). The dir 2 entry of a
+ * masqueraded connection is made by mn_snat_new. */
+static __noinline void mn_ct_create(const struct mn_pkt *p, const struct mn_backend *be, const struct mn_new *n)
 {
 	struct mn_ct_key k;
 	struct mn_ct_val v = {};
@@ -610,10 +825,14 @@ static __always_inline void mn_ct_create(const struct mn_pkt *p, const struct mn
 	mn_ct_key_of(&k, p, 0);
 	__builtin_memcpy(v.nat_addr, be->addr, MN_ADDR_LEN);
 	v.nat_port = be->port;
-	v.flags = flags;
-	v.rev_id = rev_id;
-	v.backend_id = backend_id;
-	v.last_seen = now;
+	v.flags = n->flags;
+	v.rev_id = n->rev_id;
+	v.backend_id = n->backend_id;
+	v.last_seen = n->now;
+	if (n->snat_port) {
+		__builtin_memcpy(v.snat_addr, n->snat_addr, MN_ADDR_LEN);
+		v.snat_port = n->snat_port;
+	}
 	err = bpf_map_update_elem(&mn_ct, &k, &v, BPF_ANY);
 
 	__builtin_memcpy(k.saddr, be->addr, MN_ADDR_LEN);
@@ -623,6 +842,8 @@ static __always_inline void mn_ct_create(const struct mn_pkt *p, const struct mn
 	k.dir = 1;
 	__builtin_memcpy(v.nat_addr, p->daddr, MN_ADDR_LEN);
 	v.nat_port = p->dport;
+	__builtin_memset(v.snat_addr, 0, MN_ADDR_LEN);
+	v.snat_port = 0;
 	err |= bpf_map_update_elem(&mn_ct, &k, &v, BPF_ANY);
 	if (err)
 		mn_count(MN_CNT_CT_FULL);
@@ -666,18 +887,28 @@ static __noinline void mn_forget_stale_reply(struct mn_pkt *p, __u32 now)
 	bpf_map_delete_elem(&mn_ct, &k);
 }
 
+#define MN_MASQ (-3)
+
+/* A new connection to masquerade, as mn_lb_new chose it. */
+struct mn_lb {
+	struct mn_backend be;
+	struct mn_new n;
+};
+
 /* A packet without a live conntrack entry: TC_ACT_OK when it is not for a frontend, the
- * verdict after DNAT, TC_ACT_SHOT for a drop, or MN_REJECT. */
-static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn, __u32 now)
+ * verdict after DNAT, TC_ACT_SHOT for a drop, MN_REJECT, or MN_MASQ when the connection
+ * chosen (in *lb) is to be masqueraded: mn_lb_masq's to finish, in a frame of its own (the
+ * call chain's stack is bounded). */
+static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn, __u32 now, struct mn_lb *lb)
 {
 	struct mn_svc_key sk = {};
 	struct mn_svc_val svc;
 	struct mn_affinity_key ak = {};
-	struct mn_backend be;
-	__u32 backend_id = 0, maglev_m = 0, masq_mark = 0, zero = 0;
+	struct mn_backend *be = &lb->be;
+	struct mn_new *n = &lb->n;
+	__u32 backend_id = 0, maglev_m = 0, zero = 0;
 	struct mn_config *cfg;
 	int in_cluster, masq;
-	__u16 flags;
 
 	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
 	sk.port = p->dport;
@@ -712,30 +943,51 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	}
 
 	cfg = bpf_map_lookup_elem(&mn_config, &zero);
-	if (cfg) {
+	if (cfg)
 		maglev_m = cfg->maglev_m;
-		masq_mark = cfg->masq_mark;
-	}
 	__builtin_memcpy(ak.client, p->saddr, MN_ADDR_LEN);
 	ak.rev_id = svc.rev_id;
 	ak.kind = 0;
 	/* The slots and the backends may disagree while an update is in flight: as no backend. */
 	if (!mn_select(&svc, sk.scope, &ak, !in_cluster, mn_flow_hash(p, !(svc.flags & MN_SVC_F_AFFINITY)),
-		       maglev_m, now, &backend_id, &be))
+		       maglev_m, now, &backend_id, be))
 		return MN_REJECT;
 
 	/* Masquerade when replies would not come back through this node (an external client
 	 * and a backend elsewhere, unless the frontend is Local) or a pod reaches itself. */
-	masq = mn_addr_eq(be.addr, p->saddr) ||
-	       (!in_cluster && !(be.flags & MN_BE_F_LOCAL) && !(svc.flags & MN_SVC_F_LOCAL));
-	flags = masq ? MN_CT_F_MASQ : 0;
+	masq = mn_addr_eq(be->addr, p->saddr) ||
+	       (!in_cluster && !(be->flags & MN_BE_F_LOCAL) && !(svc.flags & MN_SVC_F_LOCAL));
+	__builtin_memset(n, 0, sizeof(*n));
+	n->flags = masq ? MN_CT_F_MASQ : 0;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_FIN | MN_TH_RST)))
-		flags |= MN_CT_F_CLOSING;
-	mn_ct_create(p, &be, backend_id, svc.rev_id, flags, now);
-	mn_count(MN_CNT_LB_NEW);
+		n->flags |= MN_CT_F_CLOSING;
+	n->rev_id = svc.rev_id;
+	n->backend_id = backend_id;
+	n->now = now;
 	if (masq)
-		skb->mark |= masq_mark;
-	return mn_nat(skb, p, 1, be.addr, be.port);
+		return MN_MASQ;
+	mn_ct_create(p, be, n);
+	mn_count(MN_CNT_LB_NEW);
+	return mn_nat(skb, p, 1, be->addr, be->port);
+}
+
+/* A new connection to masquerade: its source port, conntrack, DNAT and SNAT, and the packet
+ * straight to the backend's next hop. */
+static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct mn_lb *lb)
+{
+	int r;
+
+	if (mn_snat_new(skb, p, &lb->be, &lb->n))
+		return TC_ACT_SHOT;
+	mn_ct_create(p, &lb->be, &lb->n);
+	mn_count(MN_CNT_LB_NEW);
+	r = mn_nat(skb, p, 1, lb->be.addr, lb->be.port);
+	if (r != TC_ACT_OK)
+		return r;
+	r = mn_nat(skb, p, 0, lb->n.snat_addr, lb->n.snat_port);
+	if (r != TC_ACT_OK)
+		return r;
+	return bpf_redirect_neigh(lb->n.ifindex, NULL, 0, 0);
 }
 
 /* A reply to one of this host's own connections that mn_egress_lb balanced: the frontend back
@@ -758,14 +1010,109 @@ static __noinline int mn_ct_reply_to_host(struct __sk_buff *skb, struct mn_pkt *
 	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
 }
 
+/* An ICMP error about a masqueraded connection, sent to its masqueraded source (by the backend
+ * or a router on the way: port unreachable, fragmentation needed, packet too big): the client
+ * back as the outer destination and as the quoted packet's source, as for the connection's own
+ * packets; at egress mn_icmp_rev then shows the frontend. */
+static __noinline int mn_icmp_snat_rev(struct __sk_buff *skb, struct mn_pkt *p)
+{
+	struct mn_ct_key rk = {};
+	struct mn_ct_val *v, c;
+	__u8 type = p->tcp_flags, iproto;
+	__u32 in = p->l4off + 8, inl4, icsum = p->l4off + 2;
+	__be16 ports[2];
+
+	if (!p->v6) {
+		struct iphdr ih;
+
+		/* Destination unreachable, time exceeded, parameter problem. */
+		if (type != 3 && type != 11 && type != 12)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)) || ih.ihl != 5)
+			return TC_ACT_OK;
+		iproto = ih.protocol;
+		mn_addr_set_v4(rk.saddr, ih.daddr);
+		mn_addr_set_v4(rk.daddr, ih.saddr);
+		inl4 = in + sizeof(ih);
+	} else {
+		struct ipv6hdr ih;
+
+		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
+		if (type < 1 || type > 4)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)))
+			return TC_ACT_OK;
+		iproto = ih.nexthdr;
+		__builtin_memcpy(rk.saddr, &ih.daddr, MN_ADDR_LEN);
+		__builtin_memcpy(rk.daddr, &ih.saddr, MN_ADDR_LEN);
+		inl4 = in + sizeof(ih);
+	}
+	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, inl4, ports, sizeof(ports)))
+		return TC_ACT_OK;
+	/* The error is about our packet to the backend, so it is addressed to its source. */
+	if ((iproto != IPPROTO_SCTP && !mn_snat_port(ports[0])) || !mn_addr_eq(rk.daddr, p->daddr))
+		return TC_ACT_OK;
+	rk.sport = ports[1];
+	rk.dport = ports[0];
+	rk.proto = iproto;
+	rk.dir = MN_CT_DIR_SNAT;
+	v = bpf_map_lookup_elem(&mn_ct, &rk);
+	if (!v)
+		return TC_ACT_OK;
+	c = *v;
+
+	if (!p->v6) {
+		__be32 o = mn_word(rk.daddr, 3), n = mn_word(c.nat_addr, 3);
+
+		if (!mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		/* The quoted header stays valid (its checksum follows), so the ICMP checksum, which
+		 * covers it, does not change; the outer header is not in it. */
+		if (bpf_l3_csum_replace(skb, in + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+		    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &n, sizeof(n), 0) ||
+		    bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), o, n, sizeof(n)) ||
+		    bpf_skb_store_bytes(skb, p->l3off + offsetof(struct iphdr, daddr), &n, sizeof(n), 0))
+			return TC_ACT_SHOT;
+	} else {
+		__u8 o[MN_ADDR_LEN], n[MN_ADDR_LEN];
+		__s64 d;
+
+		if (mn_is_v4mapped(c.nat_addr))
+			return TC_ACT_SHOT;
+		__builtin_memcpy(o, rk.daddr, MN_ADDR_LEN);
+		__builtin_memcpy(n, c.nat_addr, MN_ADDR_LEN);
+		d = bpf_csum_diff((__be32 *)o, MN_ADDR_LEN, (__be32 *)n, MN_ADDR_LEN, 0);
+		/* ICMPv6's checksum covers the quoted header, and the outer addresses through its
+		 * pseudo-header. */
+		if (bpf_l4_csum_replace(skb, icsum, 0, d, 0) ||
+		    bpf_skb_store_bytes(skb, in + offsetof(struct ipv6hdr, saddr), n, MN_ADDR_LEN, 0) ||
+		    bpf_l4_csum_replace(skb, icsum, 0, d, BPF_F_PSEUDO_HDR) ||
+		    bpf_skb_store_bytes(skb, p->l3off + offsetof(struct ipv6hdr, daddr), n, MN_ADDR_LEN, 0))
+			return TC_ACT_SHOT;
+	}
+	if (rk.dport != c.nat_port) {
+		if (bpf_l4_csum_replace(skb, icsum, rk.dport, c.nat_port, sizeof(c.nat_port)) ||
+		    bpf_skb_store_bytes(skb, inl4, &c.nat_port, sizeof(c.nat_port), 0))
+			return TC_ACT_SHOT;
+	}
+	mn_count(MN_CNT_REV_NAT);
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int mn_tc_ingress(struct __sk_buff *skb)
 {
 	struct mn_pkt p = {};
+	struct mn_lb lb;
 	__u32 now;
 	int syn, r;
 
-	if (mn_parse(skb, &p) != 0)
+	r = mn_parse(skb, &p);
+	if (r == MN_PARSE_ICMP)
+		return mn_icmp_snat_rev(skb, &p);
+	if (r)
 		return TC_ACT_OK;
 	syn = p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN;
 	now = mn_now();
@@ -775,6 +1122,13 @@ int mn_tc_ingress(struct __sk_buff *skb)
 		r = mn_ct_forward(skb, &p, now);
 		if (r != MN_NO_ENTRY)
 			return r;
+		/* A backend's packet to a masqueraded connection (only ports masquerade hands
+		 * out are looked up). */
+		if (p.proto == IPPROTO_SCTP || mn_snat_port(p.dport)) {
+			r = mn_snat_rev(skb, &p, now);
+			if (r != MN_NO_ENTRY)
+				return r;
+		}
 		r = mn_ct_reply_to_host(skb, &p);
 		if (r != MN_NO_ENTRY)
 			return r;
@@ -782,9 +1136,11 @@ int mn_tc_ingress(struct __sk_buff *skb)
 	/* A later fragment follows its first one; it cannot start a connection. */
 	if (p.frag == MN_FRAG_LATER)
 		return TC_ACT_OK;
-	r = mn_lb_new(skb, &p, syn, now);
+	r = mn_lb_new(skb, &p, syn, now, &lb);
 	if (r == MN_REJECT)
 		return mn_reject(skb, &p, 0);
+	if (r == MN_MASQ)
+		return mn_lb_masq(skb, &p, &lb);
 	return r;
 }
 
@@ -835,6 +1191,7 @@ static __noinline int mn_egress_lb(struct __sk_buff *skb, struct mn_pkt *p)
 	struct mn_svc_val *v, svc;
 	struct mn_affinity_key ak = {};
 	struct mn_backend be;
+	struct mn_new n = {};
 	__u32 id = 0, now;
 	int r;
 
@@ -863,7 +1220,10 @@ static __noinline int mn_egress_lb(struct __sk_buff *skb, struct mn_pkt *p)
 	ak.rev_id = svc.rev_id;
 	if (!mn_select(&svc, sk.scope, &ak, 0, 0, 0, now, &id, &be))
 		return MN_REJECT;
-	mn_ct_create(p, &be, id, svc.rev_id, 0, now);
+	n.rev_id = svc.rev_id;
+	n.backend_id = id;
+	n.now = now;
+	mn_ct_create(p, &be, &n);
 	r = mn_nat(skb, p, 1, be.addr, be.port);
 	if (r != TC_ACT_OK)
 		return r;

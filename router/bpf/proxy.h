@@ -93,14 +93,19 @@ struct mn_affinity_match_key {
 
 /* --- per-connection state ------------------------------------------------------------ */
 
-/* Conntrack for the per-packet path. Two entries per connection:
+/* Conntrack for the per-packet path. Two entries per connection, three when masqueraded:
  * dir 0 (forward): key = the client's packet as received (client -> VIP),
- *                  val = the backend (nat_addr/nat_port);
+ *                  val = the backend (nat_addr/nat_port) and, when masqueraded, the source
+ *                  the node gives the connection (snat_addr/snat_port);
  * dir 1 (reply):   key = the backend's reply as seen at our egress (backend -> client),
  *                  or at ingress for this host's own connections balanced at egress,
- *                  val = the frontend to restore as source (nat_addr/nat_port).
+ *                  val = the frontend to restore as source (nat_addr/nat_port);
+ * dir 2 (snat):    key = the backend's reply to the masqueraded source as received
+ *                  (backend -> snat_addr:snat_port), val = the client to restore as
+ *                  destination (nat_addr/nat_port) and the frontend the client used
+ *                  (snat_addr/snat_port), which names the forward entry that owns the port.
  * A TCP SYN without ACK always re-selects and rewrites both (a client reusing its source port
- * must be balanced afresh). */
+ * must be balanced afresh; the old dir 2 entry is then free to be taken over). */
 struct mn_ct_key {
 	__u8 saddr[MN_ADDR_LEN];
 	__u8 daddr[MN_ADDR_LEN];
@@ -110,6 +115,10 @@ struct mn_ct_key {
 	__u8 dir;
 	__u16 pad;
 };                              /* 40 bytes */
+
+#define MN_CT_DIR_FORWARD 0
+#define MN_CT_DIR_REPLY   1
+#define MN_CT_DIR_SNAT    2
 
 #define MN_CT_F_MASQ    (1 << 0) /* the connection is masqueraded (remote backend, eTP=Cluster, or hairpin) */
 #define MN_CT_F_CLOSING (1 << 1) /* FIN or RST seen */
@@ -121,7 +130,10 @@ struct mn_ct_val {
 	__u32 rev_id;
 	__u32 backend_id;
 	__u32 last_seen;        /* seconds, bpf_ktime_get_coarse_ns() / 1e9 */
-};                              /* 32 bytes */
+	__u8 snat_addr[MN_ADDR_LEN];
+	__be16 snat_port;       /* 0: not masqueraded */
+	__u16 pad;
+};                              /* 52 bytes */
 
 /* Socket-LB: what getpeername/recvmsg must show for a socket translated at connect/sendmsg.
  * Keyed by the backend too, as an unconnected UDP socket picks a backend per datagram. */
@@ -188,10 +200,11 @@ struct mn_config {
 	__u64 host_netns_cookie; /* --socket-lb=host-only: only sockets of this netns are translated */
 	__u32 socket_lb;         /* 0 off, 1 all, 2 host-only */
 	__u32 maglev_m;          /* Maglev table size (prime); rows of mn_maglev are this long */
-	__u32 masq_mark;         /* the skb mark bit the nftables masquerade rule matches */
+	__u32 masq_mark;         /* unused: masquerading is done here, not by a netfilter rule */
 	__u32 ct_timeout_tcp;    /* seconds an idle TCP entry is kept (LRU evicts earlier when full) */
 	__u32 ct_timeout_other;  /* seconds for UDP and SCTP */
-	__u32 pad;
+	__u16 snat_port_min;     /* source ports of masqueraded connections, host order; */
+	__u16 snat_port_max;     /* 0/0: MN_SNAT_PORT_MIN..MN_SNAT_PORT_MAX */
 };                               /* 32 bytes, mn_config[0] */
 
 /* Counters, one u64 per index, per CPU. */
@@ -203,7 +216,14 @@ struct mn_config {
 #define MN_CNT_CT_FULL         5  /* conntrack insert failed */
 #define MN_CNT_AFFINITY_HIT    6
 #define MN_CNT_REV_NAT         7  /* replies translated back */
+#define MN_CNT_SNAT_NO_PORT    8  /* dropped: masquerade found no free source port */
+#define MN_CNT_SNAT_NO_ROUTE   9  /* dropped: masquerade found no route (or source) to the backend */
 #define MN_CNT_MAX             16
+
+/* Masquerade's default source ports: above Linux's default ephemeral range (32768-60999),
+ * so the node's own connections do not compete for them. */
+#define MN_SNAT_PORT_MIN 61000
+#define MN_SNAT_PORT_MAX 65535
 
 /* --- sizes (the loader may override max_entries; these are the defaults) ------------- */
 #ifndef MN_MAX_SERVICES

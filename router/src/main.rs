@@ -289,8 +289,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 /// The service proxy on the BPF data path.
 type ProxyDaemon = proxy::daemon::Daemon<proxy::loader::Loader, proxy::model::ProxyModel>;
 
-/// Opens the data path (maps pinned under --bpf-dir, reused from the last run), the
-/// masquerade rule and the daemon, then attaches the programs (socket-LB on the cgroup, TCX
+/// Opens the data path (maps pinned under --bpf-dir, reused from the last run) and the
+/// daemon, then attaches the programs (socket-LB on the cgroup, TCX
 /// on every interface, watched). The maps are read and `mn_config` written before anything
 /// is attached, so a fresh node never runs the programs on an empty configuration.
 fn start_proxy(
@@ -322,7 +322,13 @@ fn start_proxy(
     let programs = loader
         .take_programs()
         .context("the BPF programs were already taken")?;
-    proxy::nft::ensure(opts.masquerade_mark).context("the masquerade rule (nftables)")?;
+    // The programs masquerade by themselves. An older version's masquerade table would keep
+    // netfilter conntrack on in the node for nothing (nothing marks packets for it any more).
+    match proxy::nft::remove_if_present() {
+        Ok(true) => tracing::info!("removed the masquerade table an older version installed"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove an older version's nftables table"),
+    }
     let cookie =
         proxy::attach::host_netns_cookie().context("the node's network namespace cookie")?;
     let model = proxy::model::ProxyModel::new(
@@ -361,7 +367,8 @@ fn start_proxy(
 }
 
 /// `--cleanup-config`: removes the proxy's programs (their pinned links), maps, pins, the
-/// bpffs mount it made and the nftables table, as kube-router's flag does.
+/// bpffs mount it made and the nftables table older versions installed, as kube-router's
+/// flag does.
 fn proxy_cleanup(opts: &proxy::options::ProxyOptions) -> anyhow::Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup_root = proxy::options::cgroup_root(opts, &mountinfo).ok();

@@ -2,7 +2,10 @@
 //! network: each test mounts a private bpffs on a temporary directory (unmounted on drop,
 //! also when the test fails), loads `lb.o` with its maps pinned there, fills the maps through
 //! the `abi` codecs and checks the rewritten addresses, ports, marks and checksums (computed
-//! here from scratch). Root only: skipped with a message otherwise.
+//! here from scratch). The programs run from a thread inside a network namespace of the
+//! test's own (deleted on drop), whose routes give masquerade its source address:
+//! [`SNAT4`] and [`SNAT6`] on a veth, default routes through it. Root only: skipped
+//! with a message otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -24,6 +27,9 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const MASQ: u32 = 0x4000;
+/// The node's address toward every backend in the test namespace: masquerade's source.
+const SNAT4: &str = "100.64.0.1";
+const SNAT6: &str = "2001:db8:ff::1";
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -91,8 +97,47 @@ impl Drop for Bpffs {
 /// lb.o loaded against a private bpffs, with map writers in the abi encodings.
 struct Dp {
     ebpf: Ebpf,
+    /// Where the programs run (their FIB lookups see its routes).
+    ns_file: std::fs::File,
+    _ns: metalnet::testing::Netns,
     // Dropped after `ebpf` (fields drop in order): the maps close before the unmount.
     _fs: Bpffs,
+}
+
+/// A namespace whose routes give masquerade a source: a veth with [`SNAT4`] and [`SNAT6`],
+/// default routes through it, forwarding on.
+fn snat_netns() -> Option<(metalnet::testing::Netns, std::fs::File)> {
+    let ns = metalnet::testing::Netns::new("bpfdp")?;
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+    ns.ip(&["addr", "add", &format!("{SNAT4}/24"), "dev", "d0"]);
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{SNAT6}/64"),
+        "dev",
+        "d0",
+        "nodad",
+    ]);
+    ns.ip(&["route", "add", "default", "via", "100.64.0.254"]);
+    ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:ff::fe"]);
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+        .status()
+        .expect("running sysctl");
+    assert!(st.success(), "forwarding on in {}", ns.name());
+    let f = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("the namespace");
+    Some((ns, f))
 }
 
 impl Dp {
@@ -114,7 +159,13 @@ impl Dp {
                 .expect("a classifier");
             load_retrying(name, || prog.load());
         }
-        let mut dp = Dp { ebpf, _fs: fs };
+        let (ns, ns_file) = snat_netns()?;
+        let mut dp = Dp {
+            ebpf,
+            ns_file,
+            _ns: ns,
+            _fs: fs,
+        };
         dp.config(Config {
             masq_mark: MASQ,
             maglev_m: 7,
@@ -237,7 +288,7 @@ impl Dp {
     }
 
     fn set_ct(&mut self, k: CtKey, v: CtVal) {
-        self.hash::<40, 32>(names::CT)
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
             .insert(k.to_bytes(), v.to_bytes(), 0)
             .unwrap();
     }
@@ -287,7 +338,7 @@ impl Dp {
     }
 
     fn ct(&mut self, k: CtKey) -> Option<CtVal> {
-        self.hash::<40, 32>(names::CT)
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
             .get(&k.to_bytes(), 0)
             .ok()
             .map(|b| CtVal::from_bytes(&b))
@@ -312,15 +363,22 @@ impl Dp {
         let mut ctx_in = [0u8; 192];
         ctx_in[40..44].copy_from_slice(&ifindex.to_le_bytes());
         let mut ctx_out = [0u8; 192];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                ..TestRunOptions::default()
+        let ns_file = &self.ns_file;
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                metalnet::sys::netns::enter(ns_file).expect("entering the test namespace");
+                p.test_run(TestRunOptions {
+                    data_in: Some(pkt),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx_in),
+                    ctx_out: Some(&mut ctx_out),
+                    ..TestRunOptions::default()
+                })
             })
-            .unwrap_or_else(|e| panic!("test run of {prog}: {e:?}"));
+            .join()
+            .expect("the test run thread")
+        })
+        .unwrap_or_else(|e| panic!("test run of {prog}: {e:?}"));
         out.truncate(r.data_size_out as usize);
         Run {
             verdict: r.return_value,
@@ -652,12 +710,16 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
         svc_flags::CLUSTER_IP,
         &[(11, "198.51.100.10", 8080, 0)],
     );
+    // External client, remote backend: masqueraded here, with the node's address toward
+    // the backend and a port of the default range, and sent to the backend's next hop.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
-    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
     assert_eq!(p.dst, sa("198.51.100.10:8080"));
-    assert_eq!(p.src, sa("203.0.113.5:40000"));
-    assert_eq!(r.mark, MASQ, "external client, remote backend: masquerade");
+    assert_eq!(p.src.ip(), SNAT4.parse::<IpAddr>().unwrap());
+    let port = p.src.port();
+    assert!((61000..=65535).contains(&port), "{port}");
+    assert_eq!(r.mark, 0, "no mark: no netfilter rule to act on it");
 
     let fwd = dp
         .ct(ct_key("203.0.113.5:40000", "10.96.0.10:80", TCP, 0))
@@ -665,18 +727,49 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     assert_eq!(fwd.nat_addr, "198.51.100.10".parse::<IpAddr>().unwrap());
     assert_eq!((fwd.nat_port, fwd.backend_id, fwd.rev_id), (8080, 11, 1));
     assert_eq!(fwd.flags, ct_flags::MASQ);
+    assert_eq!(
+        (fwd.snat_addr, fwd.snat_port),
+        (SNAT4.parse().unwrap(), port)
+    );
     let rev = dp
         .ct(ct_key("198.51.100.10:8080", "203.0.113.5:40000", TCP, 1))
         .expect("reply entry");
     assert_eq!(rev.nat_addr, "10.96.0.10".parse::<IpAddr>().unwrap());
     assert_eq!(rev.nat_port, 80);
+    let snat_key = ct_key(
+        "198.51.100.10:8080",
+        &format!("{SNAT4}:{port}"),
+        TCP,
+        abi::ct_dir::SNAT,
+    );
+    let back = dp.ct(snat_key).expect("the masquerade's entry");
+    assert_eq!(
+        (back.nat_addr, back.nat_port),
+        ("203.0.113.5".parse().unwrap(), 40000)
+    );
+    assert_eq!(
+        (back.snat_addr, back.snat_port),
+        ("10.96.0.10".parse().unwrap(), 80)
+    );
 
-    // The connection's next packets follow conntrack, and keep the mark.
+    // The connection's next packets follow conntrack: the same translation.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.parsed().dst, sa("198.51.100.10:8080"));
-    assert_eq!(r.mark, MASQ);
+    assert_eq!(r.parsed().src, sa(&format!("{SNAT4}:{port}")));
 
-    let r = dp.egress(&tcp("198.51.100.10:8080", "203.0.113.5:40000", SYN | ACK));
+    // The backend's answer: the client back as destination at ingress (then forwarded by
+    // the stack), the frontend as source at egress.
+    let r = dp.ingress(&tcp(
+        "198.51.100.10:8080",
+        &format!("{SNAT4}:{port}"),
+        SYN | ACK,
+    ));
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(p.src, sa("198.51.100.10:8080"));
+    assert_eq!(p.dst, sa("203.0.113.5:40000"));
+    let r = dp.egress(&r.pkt);
     assert_eq!(r.verdict, TC_ACT_OK);
     let p = r.parsed();
     assert_eq!(p.src, sa("10.96.0.10:80"));
@@ -690,7 +783,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     assert_eq!((r.verdict, &r.pkt), (TC_ACT_OK, &other));
 
     assert_eq!(dp.counter(0), 1, "lb_new");
-    assert_eq!(dp.counter(7), 1, "rev_nat");
+    assert_eq!(dp.counter(7), 2, "rev_nat: at ingress, then at egress");
 }
 
 #[test]
@@ -748,13 +841,14 @@ fn clusterip_v4_udp_and_v6_tcp() {
     assert_eq!(r.parsed().src, sa("10.96.0.53:53"));
 
     let r = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
-    assert_eq!(r.parsed().dst, sa("[2001:db8:2::80]:8080"));
-    assert_eq!(r.mark, MASQ);
-    let r = dp.egress(&tcp(
-        "[2001:db8:2::80]:8080",
-        "[2001:db8:9::1]:41000",
-        SYN | ACK,
-    ));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!(p.dst, sa("[2001:db8:2::80]:8080"));
+    assert_eq!(p.src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    let snat = p.src;
+    let r = dp.ingress(&tcp("[2001:db8:2::80]:8080", &snat.to_string(), SYN | ACK));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:9::1]:41000"));
+    let r = dp.egress(&r.pkt);
     assert_eq!(r.parsed().src, sa("[fd00:96::80]:80"));
 }
 
@@ -811,12 +905,11 @@ fn nodeport_wildcard_on_node_addresses_only() {
 
     let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[2001:db8::1]:30080", SYN));
     assert_eq!(r.parsed().dst, sa("[2001:db8:5::20]:8080"));
-    assert_eq!(r.mark, MASQ);
-    let r = dp.egress(&tcp(
-        "[2001:db8:5::20]:8080",
-        "[2001:db8:9::5]:40000",
-        SYN | ACK,
-    ));
+    assert_eq!(r.parsed().src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    let snat = r.parsed().src;
+    let r = dp.ingress(&tcp("[2001:db8:5::20]:8080", &snat.to_string(), SYN | ACK));
+    assert_eq!(r.parsed().dst, sa("[2001:db8:9::5]:40000"));
+    let r = dp.egress(&r.pkt);
     assert_eq!(r.parsed().src, sa("[2001:db8::1]:30080"));
 
     // A reply to one of the node's own (or masqueraded) connections whose port happens to
@@ -1002,7 +1095,7 @@ fn local_without_local_backends_drops() {
 }
 
 #[test]
-fn masquerade_mark_for_remote_backends_from_outside_and_hairpin() {
+fn masquerade_for_remote_backends_from_outside_and_hairpin() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
     dp.service(
@@ -1024,17 +1117,180 @@ fn masquerade_mark_for_remote_backends_from_outside_and_hairpin() {
         &[(21, "10.244.2.5", 8080, 0)],
     );
     // Hairpin: the pod reaches itself through its Service.
+    let snat4 = SNAT4.parse::<IpAddr>().unwrap();
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.1.5:8080"));
-    assert_eq!(r.mark, MASQ, "hairpin");
-    // Another pod, remote backend: no mark (the reply comes back through the pod's node).
+    assert_eq!(r.parsed().src.ip(), snat4, "hairpin");
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    // Another pod, remote backend: kept (the reply comes back through the pod's node).
     let r = dp.ingress(&tcp("10.244.1.6:40000", "10.96.0.11:80", SYN));
-    assert_eq!(r.mark, 0);
-    // Outside client, local backend: no mark; remote backend: mark.
+    assert_eq!(
+        (r.verdict, r.parsed().src),
+        (TC_ACT_OK, sa("10.244.1.6:40000"))
+    );
+    // Outside client, local backend: kept; remote backend: masqueraded.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
-    assert_eq!(r.mark, 0);
+    assert_eq!(
+        (r.verdict, r.parsed().src),
+        (TC_ACT_OK, sa("203.0.113.5:40000"))
+    );
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.11:80", SYN));
-    assert_eq!(r.mark, MASQ);
+    assert_eq!(r.parsed().src.ip(), snat4);
+    assert_eq!(r.mark, 0);
+}
+
+#[test]
+fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.config(Config {
+        masq_mark: MASQ,
+        maglev_m: 7,
+        snat_port_min: 62000,
+        snat_port_max: 62001,
+        ..Config::default()
+    });
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, 0)],
+    );
+    let vip = "10.96.0.10:80";
+    let mut ports = Vec::new();
+    for client in ["203.0.113.5:40000", "203.0.113.6:40000"] {
+        let r = dp.ingress(&tcp(client, vip, SYN));
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "{client}");
+        ports.push(r.parsed().src.port());
+    }
+    let mut sorted = ports.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [62000, 62001],
+        "the configured range, one port each"
+    );
+
+    // Both ports held by live connections: the third is counted and dropped, with no entry.
+    let third = "203.0.113.7:40000";
+    let r = dp.ingress(&tcp(third, vip, SYN));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(8), 1, "snat_no_port");
+    assert!(dp.ct(ct_key(third, vip, TCP, 0)).is_none());
+
+    // The first closes: still in the way while the peers' last segments may come...
+    let fk = ct_key("203.0.113.5:40000", vip, TCP, 0);
+    dp.ingress(&tcp("203.0.113.5:40000", vip, FIN | ACK));
+    let closing = dp.ct(fk).unwrap();
+    assert_ne!(closing.flags & ct_flags::CLOSING, 0);
+    assert_eq!(dp.ingress(&tcp(third, vip, SYN)).verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(8), 2);
+    // ...then over: its port goes to the next connection, whose replies it now carries.
+    dp.set_ct(
+        fk,
+        CtVal {
+            last_seen: closing.last_seen - 11,
+            ..closing
+        },
+    );
+    let r = dp.ingress(&tcp(third, vip, SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().src, sa(&format!("{SNAT4}:{}", ports[0])));
+    let r = dp.ingress(&tcp(
+        "198.51.100.10:8080",
+        &format!("{SNAT4}:{}", ports[0]),
+        SYN | ACK,
+    ));
+    assert_eq!(r.parsed().dst, sa(third));
+    // The live second connection kept its port.
+    let r = dp.ingress(&tcp("203.0.113.6:40000", vip, ACK));
+    assert_eq!(r.parsed().src, sa(&format!("{SNAT4}:{}", ports[1])));
+
+    // A client reusing its source port on a new SYN is balanced afresh: the port its old
+    // connection held is free for the new one.
+    let r = dp.ingress(&tcp("203.0.113.6:40000", vip, SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.counter(8), 2, "no port shortage");
+}
+
+#[test]
+fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.53",
+        53,
+        Proto::Udp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 5353, 0)],
+    );
+    dp.service(
+        "fd00:96::80",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::80", 8080, 0)],
+    );
+    // The backend has nothing on the port: its port unreachable, sent to the masqueraded
+    // source, gets the client back at ingress, then the frontend at egress.
+    let sent = dp.ingress(&udp("203.0.113.5:5000", "10.96.0.53:53"));
+    assert_eq!(sent.verdict, TC_ACT_REDIRECT);
+    let err = icmp_error("198.51.100.10", SNAT4, 3, 3, &sent.pkt);
+    let r = dp.ingress(&err);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let p = r.parsed();
+    assert_eq!(
+        (p.src.ip(), p.dst.ip()),
+        (sa("198.51.100.10:0").ip(), sa("203.0.113.5:0").ip())
+    );
+    let inner = &r.pkt[42..];
+    assert_eq!(
+        fold(sum16(&inner[..20], 0)),
+        0,
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(
+        &inner[12..16],
+        &[203, 0, 113, 5],
+        "quoted source: the client"
+    );
+    assert_eq!(&inner[20..22], &5000u16.to_be_bytes(), "quoted source port");
+    let r = dp.egress(&r.pkt);
+    let p = r.parsed();
+    assert_eq!(p.src.ip(), sa("10.96.0.53:0").ip());
+    let inner = &r.pkt[42..];
+    assert_eq!(&inner[16..20], &[10, 96, 0, 53]);
+    assert_eq!(&inner[22..24], &53u16.to_be_bytes());
+
+    // Packet too big from a router on the way, about a masqueraded IPv6 connection.
+    let sent = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
+    assert_eq!(sent.verdict, TC_ACT_REDIRECT);
+    let err = icmp_error("2001:db8:ff::fe", SNAT6, 2, 0, &sent.pkt);
+    let r = dp.ingress(&err);
+    let p = r.parsed();
+    assert_eq!(p.dst.ip(), sa("[2001:db8:9::1]:0").ip());
+    let inner = &r.pkt[62..];
+    let client: std::net::Ipv6Addr = "2001:db8:9::1".parse().unwrap();
+    assert_eq!(&inner[8..24], &client.octets());
+    assert_eq!(&inner[40..42], &41000u16.to_be_bytes());
+    let r = dp.egress(&r.pkt);
+    let inner = &r.pkt[62..];
+    let vip6: std::net::Ipv6Addr = "fd00:96::80".parse().unwrap();
+    assert_eq!(&inner[24..40], &vip6.octets());
+    assert_eq!(&inner[42..44], &80u16.to_be_bytes());
+
+    // An error to the masqueraded address about another port is left alone.
+    let held = sent.parsed().src.port();
+    let mut other = sent.pkt.clone();
+    let unused = if held == 65535 { 65534u16 } else { held + 1 };
+    other[54..56].copy_from_slice(&unused.to_be_bytes());
+    let err = icmp_error("2001:db8:ff::fe", SNAT6, 2, 0, &other);
+    assert_eq!(dp.ingress(&err).pkt, err);
 }
 
 #[test]
@@ -1992,6 +2248,8 @@ fn sctp(src: &str, dst: &str) -> Vec<u8> {
 #[test]
 fn sctp_rewrites_addresses_when_the_port_is_kept() {
     let Some(mut dp) = Dp::new() else { return };
+    // In-cluster clients: not masqueraded.
+    dp.cluster_cidr("10.244.0.0/16");
     dp.service(
         "10.96.0.10",
         3868,
@@ -2705,6 +2963,9 @@ fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8>
 #[test]
 fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let Some(mut dp) = Dp::new() else { return };
+    // In-cluster clients: not masqueraded.
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.cluster_cidr("2001:db8:1::/64");
     dp.service(
         "10.96.0.53",
         53,
@@ -2864,6 +3125,9 @@ fn reassemble(frags: &[Vec<u8>; 2]) -> Vec<u8> {
 #[test]
 fn fragmented_datagrams_follow_their_first_fragment() {
     let Some(mut dp) = Dp::new() else { return };
+    // In-cluster clients: not masqueraded.
+    dp.cluster_cidr("10.244.0.0/16");
+    dp.cluster_cidr("2001:db8:1::/64");
     dp.service(
         "10.96.0.53",
         53,

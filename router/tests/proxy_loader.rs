@@ -928,7 +928,7 @@ fn fill_levels_count_the_conntrack_entries() {
     let l = Loader::open(&dir.path, &sizes).unwrap();
     let n: u32 = 100_000;
     let mut keys = Vec::with_capacity(n as usize * 40);
-    let mut vals = Vec::with_capacity(n as usize * 32);
+    let mut vals = Vec::with_capacity(n as usize * abi::CT_VAL_LEN);
     for i in 0..n {
         let k = abi::CtKey {
             saddr: IpAddr::from([192, 0, 2, (i % 250) as u8]),
@@ -939,11 +939,11 @@ fn fill_levels_count_the_conntrack_entries() {
             dir: 0,
         };
         keys.extend_from_slice(&k.to_bytes());
-        vals.extend_from_slice(&[0u8; 32]);
+        vals.extend_from_slice(&[0u8; abi::CT_VAL_LEN]);
     }
     let ct = metalnet::sys::bpf::obj_get(&dir.path.join("maps").join(abi::names::CT)).unwrap();
     use std::os::fd::AsFd;
-    metalnet::sys::bpf::map_update_batch(ct.as_fd(), &keys, 40, &vals, 32).unwrap();
+    metalnet::sys::bpf::map_update_batch(ct.as_fd(), &keys, 40, &vals, abi::CT_VAL_LEN).unwrap();
     let t = Instant::now();
     let fill = l.fill().unwrap();
     eprintln!("fill of {n} conntrack entries in {:?}", t.elapsed());

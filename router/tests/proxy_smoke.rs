@@ -66,7 +66,7 @@ impl Drop for Cgroup {
 struct BpfDir {
     path: PathBuf,
     cgroup: PathBuf,
-    /// The node's namespace, where the nftables table lives.
+    /// The node's namespace.
     netns: String,
 }
 
@@ -358,9 +358,15 @@ fn proxy_smoke() {
     drop(server);
     let nft = || output(in_ns(&node, &["nft", "list", "tables"]));
     assert!(
-        String::from_utf8_lossy(&nft().stdout).contains("metalnet-proxy"),
-        "the masquerade table is in place"
+        !String::from_utf8_lossy(&nft().stdout).contains("metalnet-proxy"),
+        "the proxy masquerades in BPF: no nftables table"
     );
+    // A table an older version left: --cleanup-config removes it.
+    let out = output(in_ns(
+        &node,
+        &["nft", "add", "table", "inet", "metalnet-proxy"],
+    ));
+    assert!(out.status.success(), "nft add table: {out:?}");
     let mut cleanup = in_ns(&node, &[BIN, "--cleanup-config"]);
     cleanup
         .arg("--bpf-dir")

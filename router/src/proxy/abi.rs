@@ -150,8 +150,22 @@ pub mod ct_flags {
     pub const CLOSING: u16 = 1 << 1;
 }
 
+/// `MN_CT_DIR_*`: which entry of a connection a conntrack key is.
+pub mod ct_dir {
+    /// The client's tuple -> the backend (and the masqueraded source).
+    pub const FORWARD: u8 = 0;
+    /// The backend's reply to the client -> the frontend.
+    pub const REPLY: u8 = 1;
+    /// The backend's reply to a masqueraded source -> the client.
+    pub const SNAT: u8 = 2;
+}
+
+/// Masquerade's default source ports (`MN_SNAT_PORT_MIN`..`MN_SNAT_PORT_MAX`), above Linux's
+/// default ephemeral range (32768-60999).
+pub const SNAT_PORTS_DEFAULT: (u16, u16) = (61000, 65535);
+
 /// `MN_CNT_*`: the per-CPU counters' indexes and their metric names.
-pub const COUNTERS: [(u32, &str); 8] = [
+pub const COUNTERS: [(u32, &str); 10] = [
     (0, "lb_new"),
     (1, "sock_lb"),
     (2, "reject"),
@@ -160,6 +174,8 @@ pub const COUNTERS: [(u32, &str); 8] = [
     (5, "ct_full"),
     (6, "affinity_hit"),
     (7, "rev_nat"),
+    (8, "snat_no_port"),
+    (9, "snat_no_route"),
 ];
 pub const COUNTERS_LEN: u32 = 16;
 
@@ -228,7 +244,8 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// 0 forward (client -> frontend), 1 reply (backend -> client).
+    /// [`ct_dir`]: 0 forward (client -> frontend), 1 reply (backend -> client), 2 the
+    /// backend's reply to a masqueraded source.
     pub dir: u8,
 }
 
@@ -241,7 +258,14 @@ pub struct CtVal {
     pub rev_id: u32,
     pub backend_id: u32,
     pub last_seen: u32,
+    /// Forward entry of a masqueraded connection: the source the node gives it; dir 2
+    /// entry: the frontend the client used. Unspecified (`::`) and 0 otherwise.
+    pub snat_addr: IpAddr,
+    pub snat_port: u16,
 }
+
+/// The size of `struct mn_ct_val`.
+pub const CT_VAL_LEN: usize = 52;
 
 /// `struct mn_config`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -250,9 +274,13 @@ pub struct Config {
     /// 0 off, 1 all, 2 host-only.
     pub socket_lb: u32,
     pub maglev_m: u32,
+    /// Unused by the data path (it masquerades itself); kept so the layout stays.
     pub masq_mark: u32,
     pub ct_timeout_tcp: u32,
     pub ct_timeout_other: u32,
+    /// Masquerade's source ports, inclusive; 0/0: [`SNAT_PORTS_DEFAULT`].
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 // --- byte codecs ------------------------------------------------------------------------
@@ -457,17 +485,19 @@ impl CtKey {
 }
 
 impl CtVal {
-    pub fn to_bytes(&self) -> [u8; 32] {
-        let mut b = [0; 32];
+    pub fn to_bytes(&self) -> [u8; CT_VAL_LEN] {
+        let mut b = [0; CT_VAL_LEN];
         put(&mut b, 0, &addr_bytes(self.nat_addr));
         put(&mut b, 16, &self.nat_port.to_be_bytes());
         put(&mut b, 18, &self.flags.to_le_bytes());
         put(&mut b, 20, &self.rev_id.to_le_bytes());
         put(&mut b, 24, &self.backend_id.to_le_bytes());
         put(&mut b, 28, &self.last_seen.to_le_bytes());
+        put(&mut b, 32, &addr_bytes(self.snat_addr));
+        put(&mut b, 48, &self.snat_port.to_be_bytes());
         b
     }
-    pub fn from_bytes(b: &[u8; 32]) -> Self {
+    pub fn from_bytes(b: &[u8; CT_VAL_LEN]) -> Self {
         CtVal {
             nat_addr: addr_from(get16(b, 0)),
             nat_port: u16_ne(b, 16),
@@ -475,8 +505,12 @@ impl CtVal {
             rev_id: u32_he(b, 20),
             backend_id: u32_he(b, 24),
             last_seen: u32_he(b, 28),
+            snat_addr: addr_from(get16(b, 32)),
+            snat_port: u16_ne(b, 48),
         }
     }
+    /// `snat_addr` of an entry without masquerade: all zeros, as the C side leaves it.
+    pub const NO_SNAT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 }
 
 /// `struct mn_frag_key`: the identity shared by a datagram's fragments (value: [`FragVal`]).
@@ -551,6 +585,8 @@ impl Config {
         put(&mut b, 16, &self.masq_mark.to_le_bytes());
         put(&mut b, 20, &self.ct_timeout_tcp.to_le_bytes());
         put(&mut b, 24, &self.ct_timeout_other.to_le_bytes());
+        put(&mut b, 28, &self.snat_port_min.to_le_bytes());
+        put(&mut b, 30, &self.snat_port_max.to_le_bytes());
         b
     }
 }
@@ -625,7 +661,20 @@ mod tests {
             rev_id: 3,
             backend_id: 9,
             last_seen: 12345,
+            snat_addr: "192.0.2.1".parse().unwrap(),
+            snat_port: 61000,
         };
-        assert_eq!(CtVal::from_bytes(&v.to_bytes()), v);
+        let b = v.to_bytes();
+        assert_eq!(&b[16..20], &[0x1f, 0x90, 1, 0]);
+        assert_eq!(&b[44..48], &[192, 0, 2, 1]);
+        assert_eq!(&b[48..52], &[0xee, 0x48, 0, 0]);
+        assert_eq!(CtVal::from_bytes(&b), v);
+        let plain = CtVal {
+            snat_addr: CtVal::NO_SNAT,
+            snat_port: 0,
+            ..v
+        };
+        assert_eq!(&plain.to_bytes()[32..], &[0; 20]);
+        assert_eq!(CtVal::from_bytes(&plain.to_bytes()), plain);
     }
 }

@@ -886,9 +886,9 @@ pub enum DataPathError {
 }
 
 /// Everything `--run-service-proxy` needs from the kernel, in the order that never exposes a
-/// half-configured data path: load (maps pinned or reused), `mn_config` written, the
-/// masquerade rule in place, then the programs attached (or swapped into the links a previous
-/// run pinned). Call it from a thread in the node's network namespace. The daemon then
+/// half-configured data path: load (maps pinned or reused), `mn_config` written, then the
+/// programs attached (or swapped into the links a previous run pinned). No netfilter rule:
+/// the programs masquerade by themselves. Call it from a thread in the node's network namespace. The daemon then
 /// applies its diffs to the returned [`super::loader::Loader`] (on a restart the maps
 /// already hold the last run's state: read them first).
 pub fn open_data_path(
@@ -899,7 +899,6 @@ pub fn open_data_path(
     use super::dataplane::Dataplane;
     let mut loader = super::loader::Loader::open(&opts.bpf_dir, sizes)?;
     loader.set_config(config)?;
-    super::nft::ensure(config.masq_mark)?;
     let programs = loader
         .take_programs()
         .ok_or_else(|| AttachError::Watch("the programs were taken already".into()))?;
@@ -907,7 +906,8 @@ pub fn open_data_path(
     Ok((loader, attachments))
 }
 
-/// `--cleanup-config`: the pins, links, maps and mount ([`cleanup`]) and the nftables table.
+/// `--cleanup-config`: the pins, links, maps and mount ([`cleanup`]) and the nftables table
+/// an older version installed.
 pub fn cleanup_all(bpf_dir: &Path, cgroup_root: Option<&Path>) -> Result<(), DataPathError> {
     cleanup(bpf_dir, cgroup_root)?;
     super::nft::remove()?;

@@ -218,7 +218,7 @@ pub const LAYOUTS: [(&str, u32, u32); 14] = [
     (names::BACKEND, 4, 20),
     (names::REV_NAT, 4, 20),
     (names::AFFINITY_MATCH, 8, 1),
-    (names::CT, 40, 32),
+    (names::CT, 40, abi::CT_VAL_LEN as u32),
     (names::SOCK_REV, 32, 20),
     (names::AFFINITY, 24, 8),
     (names::SRC_RANGE, 24, 1),
@@ -274,7 +274,7 @@ pub struct Maps {
     pub backend: HashMap<MapData, u32, [u8; 20]>,
     pub rev_nat: HashMap<MapData, u32, [u8; 20]>,
     pub affinity_match: HashMap<MapData, [u8; 8], u8>,
-    pub ct: HashMap<MapData, [u8; 40], [u8; 32]>,
+    pub ct: HashMap<MapData, [u8; 40], [u8; abi::CT_VAL_LEN]>,
     pub sock_rev: HashMap<MapData, [u8; 32], [u8; 20]>,
     pub affinity: HashMap<MapData, [u8; 24], [u8; 8]>,
     pub src_range: LpmTrie<MapData, [u8; 20], u8>,
@@ -764,7 +764,7 @@ impl Maps {
         };
         Ok(Fill {
             maps: vec![
-                count(data(&self.ct), names::CT, 40, 32)?,
+                count(data(&self.ct), names::CT, 40, abi::CT_VAL_LEN)?,
                 count(data(&self.sock_rev), names::SOCK_REV, 32, 20)?,
                 count(data(&self.affinity), names::AFFINITY, 24, 8)?,
             ],
@@ -797,6 +797,8 @@ fn config_from_bytes(b: &[u8; 32]) -> abi::Config {
         masq_mark: u32at(16),
         ct_timeout_tcp: u32at(20),
         ct_timeout_other: u32at(24),
+        snat_port_min: u16::from_le_bytes([b[28], b[29]]),
+        snat_port_max: u16::from_le_bytes([b[30], b[31]]),
     }
 }
 

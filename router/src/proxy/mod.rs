@@ -20,7 +20,7 @@
 //!   bpffs directory and reopened on restart; implements [`dataplane::Dataplane`].
 //! - [`attach`]: socket-LB on the cgroup v2 root, TCX (clsact before 6.6) on the node's
 //!   interfaces, found by watching links.
-//! - [`nft`]: the one nftables rule that masquerades what the data path marks.
+//! - [`nft`]: removal of the nftables masquerade table older versions installed.
 //! - [`daemon`]: cluster state -> model -> diff -> data path; healthCheckNodePort servers
 //!   ([`health`]); [`metrics`].
 //! - [`options`]: the proxy's flags.

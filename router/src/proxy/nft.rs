@@ -1,13 +1,10 @@
-//! The one nftables rule the data path needs: masquerade what it marked. The tc program sets
-//! `--masquerade-mark` in `skb->mark` when a connection must leave with the node's address
-//! (an external client to a backend on another node under externalTrafficPolicy=Cluster, or
-//! hairpin: a pod reaching itself through its Service); the postrouting chain of table
-//! `inet metalnet-proxy` clears the bit (so it does not leak into other marks' users) and
-//! masquerades, as kube-proxy's KUBE-POSTROUTING does.
-//!
-//! Hairpin needs no bridge port in hairpin mode: the DNAT happens at the pod veth's tc
-//! ingress, so the packet is routed by the node (and masqueraded on the way out), and it
-//! re-enters a bridge from the host side, not from the pod's own port.
+//! The nftables table older versions of the proxy installed, `inet metalnet-proxy`: one
+//! postrouting nat rule masquerading the packets the tc program had marked with
+//! `--masquerade-mark`, as kube-proxy's KUBE-POSTROUTING does. The tc programs now masquerade
+//! by themselves (see bpf/lb.c), so the node needs no netfilter NAT, whose nat chain turned
+//! netfilter conntrack on for every packet of the node. What is left here: the proxy removes
+//! a table an older version left ([`remove_if_present`] at start, [`remove`] for
+//! `--cleanup-config`); [`ensure`] recreates one, for tests of that removal.
 //!
 //! Written with `nft -f -` in one transaction (the table is declared, deleted and declared
 //! again, so applying is idempotent and atomic); `nft` comes from scripts/setup.sh. Acts in
@@ -104,6 +101,16 @@ pub fn show() -> Result<Option<String>, NftError> {
         Err(NftError::Run { reason, .. }) if reason.contains("No such file") => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Removes the table when an older version left one (a missing `nft` means there is none:
+/// nothing else would have made it). Returns whether there was one.
+pub fn remove_if_present() -> Result<bool, NftError> {
+    if show()?.is_none() {
+        return Ok(false);
+    }
+    remove()?;
+    Ok(true)
 }
 
 /// Removes the table (`--cleanup-config`); absent is fine.

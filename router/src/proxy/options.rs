@@ -49,6 +49,22 @@ impl SocketLb {
     }
 }
 
+/// The fewest source ports masquerade accepts above the node's ephemeral range before it falls
+/// back to [`abi::SNAT_PORTS_DEFAULT`].
+const SNAT_PORTS_MIN_COUNT: u16 = 1024;
+
+/// Masquerade's source ports given the node's `net.ipv4.ip_local_port_range` ("low high"):
+/// the ports above it, so the node's own connections never pick one a masqueraded connection
+/// holds toward the same backend. When fewer than 1024 are left above it (or the range cannot
+/// be read), the default 61000-65535, above Linux's default range 32768-60999.
+pub fn snat_ports(ip_local_port_range: Option<&str>) -> (u16, u16) {
+    let high = ip_local_port_range.and_then(|s| s.split_whitespace().nth(1)?.parse::<u16>().ok());
+    match high {
+        Some(h) if h < u16::MAX - SNAT_PORTS_MIN_COUNT + 1 => (h + 1, u16::MAX),
+        _ => abi::SNAT_PORTS_DEFAULT,
+    }
+}
+
 /// The validated proxy options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyOptions {
@@ -86,8 +102,14 @@ impl Default for ProxyOptions {
 
 impl ProxyOptions {
     /// `mn_config` as these options set it (the host network namespace cookie is the
-    /// loader's to fill in).
+    /// loader's to fill in). Masquerade's source ports are those above the node's ephemeral
+    /// range ([`snat_ports`]), read in the calling thread's network namespace.
     pub fn abi_config(&self) -> abi::Config {
+        let (snat_port_min, snat_port_max) = snat_ports(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .ok()
+                .as_deref(),
+        );
         abi::Config {
             host_netns_cookie: 0,
             socket_lb: self.socket_lb.abi_value(),
@@ -95,6 +117,8 @@ impl ProxyOptions {
             masq_mark: self.masquerade_mark,
             ct_timeout_tcp: CT_TIMEOUT_TCP,
             ct_timeout_other: CT_TIMEOUT_OTHER,
+            snat_port_min,
+            snat_port_max,
         }
     }
 
@@ -176,8 +200,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "PRIME", default_value_t = DEFAULT_MAGLEV_TABLE_SIZE)]
     pub maglev_table_size: u32,
 
-    /// The packet mark bit that makes the node masquerade a connection (kube-proxy's
-    /// --iptables-masquerade-bit 14 = 0x4000); decimal or 0x-hex, exactly one bit.
+    /// Unused, accepted for compatibility: the data path masquerades by itself now, with no
+    /// netfilter rule to mark packets for (was kube-proxy's --iptables-masquerade-bit 14 =
+    /// 0x4000; decimal or 0x-hex, exactly one bit).
     #[arg(long, value_name = "MARK", default_value = "0x4000")]
     pub masquerade_mark: String,
 
@@ -186,8 +211,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BPF_CT_MAX)]
     pub bpf_ct_max: u32,
 
-    /// Remove the proxy's programs, maps, pins and nftables table, then exit (kube-router's
-    /// --cleanup-config).
+    /// Remove the proxy's programs, maps and pins (and the nftables table older versions
+    /// installed), then exit (kube-router's --cleanup-config).
     #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
     pub cleanup_config: bool,
@@ -281,7 +306,7 @@ impl ProxyArgs {
             return Err(err(
                 "masquerade-mark",
                 &self.masquerade_mark,
-                "must be exactly one bit (e.g. 0x4000), as the nftables rule tests and clears it",
+                "must be exactly one bit (e.g. 0x4000)",
             ));
         }
         if !BPF_CT_MAX_RANGE.contains(&self.bpf_ct_max) {
@@ -403,6 +428,18 @@ mod tests {
         assert!(!o.cleanup_config);
         let c = o.abi_config();
         assert_eq!((c.socket_lb, c.maglev_m, c.masq_mark), (1, 1021, 0x4000));
+        assert!(c.snat_port_min >= 1024 && c.snat_port_min <= c.snat_port_max);
+    }
+
+    #[test]
+    fn masquerade_ports_above_the_ephemeral_range() {
+        assert_eq!(snat_ports(Some("32768\t60999\n")), (61000, 65535));
+        assert_eq!(snat_ports(Some("1024 49151")), (49152, 65535));
+        assert_eq!(snat_ports(Some("32768 64511")), (64512, 65535));
+        assert_eq!(snat_ports(Some("32768 64512")), (61000, 65535));
+        assert_eq!(snat_ports(Some("1024 65535")), (61000, 65535));
+        assert_eq!(snat_ports(Some("garbage")), (61000, 65535));
+        assert_eq!(snat_ports(None), (61000, 65535));
     }
 
     #[test]
