@@ -992,7 +992,7 @@ static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct
 
 /* A reply to one of this host's own connections that mn_egress_lb balanced: the frontend back
  * as its source. Only for packets to this node's addresses: forwarded replies are translated
- * at egress, where the reverse NAT of netfilter's masquerade has already happened. */
+ * at egress (a masqueraded connection's after mn_snat_rev gave them the client back). */
 static __noinline int mn_ct_reply_to_host(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_ct_key rk;

@@ -284,7 +284,8 @@ fn cluster_ip_from_pod_node_and_outside() {
 }
 
 /// NodePort answers on every node's addresses from the outside client (TCP and UDP), also
-/// for a backend on another node, and not on 127.0.0.1 (as kube-proxy's nftables mode).
+/// for a backend on another node (masqueraded, with no netfilter NAT or conntrack in the
+/// node), and not on 127.0.0.1 (as kube-proxy's nftables mode).
 #[test]
 fn node_port_on_node_addresses_not_localhost() {
     if !can_run() {
@@ -298,6 +299,11 @@ fn node_port_on_node_addresses_not_localhost() {
             let addr = c.node_ip(node, client_ip(f)).to_string();
             let a = wait_answer(&c, At::Client, &addr, 30080);
             assert_eq!(a.backend(), Some("a1"), "{a:?}");
+            // Through node2 the backend is on another node: masqueraded (by the programs),
+            // so the answer comes back through node2.
+            if node == 1 {
+                assert_ne!(a.source(), Some(client_ip(f)), "not masqueraded: {a:?}");
+            }
             let u = c.udp(At::Client, &addr, 30081, false, 2).unwrap();
             assert!(
                 u.iter().all(|a| a.backend() == Some("a1")),
@@ -307,6 +313,25 @@ fn node_port_on_node_addresses_not_localhost() {
             let a = c.connect(At::Node(node), &addr, 30080);
             assert_eq!(a.backend(), Some("a1"), "node{} -> {addr}: {a:?}", node + 1);
         }
+    }
+    // The programs masquerade by themselves: no nftables table, and netfilter conntrack
+    // never turned on in the nodes (it tracks nothing) while masqueraded traffic works.
+    for (i, node) in c.nodes.iter().enumerate() {
+        let tables = node.host.exec_ok(&["nft", "list", "tables"]).unwrap();
+        assert!(
+            !tables.contains("metalnet-proxy"),
+            "node{}: {tables}",
+            i + 1
+        );
+        let tracked = node
+            .host
+            .exec_ok(&["cat", "/proc/net/nf_conntrack"])
+            .unwrap();
+        assert!(
+            tracked.trim().is_empty(),
+            "node{}: netfilter conntrack entries: {tracked}",
+            i + 1
+        );
     }
     not_answered(
         &c,

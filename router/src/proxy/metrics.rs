@@ -124,7 +124,7 @@ impl Metrics {
         );
         reg.register(
             "metalnet_proxy_datapath",
-            "Data path events (new connections balanced, socket-LB translations, rejects, drops, conntrack full, affinity hits, replies translated)",
+            "Data path events (new connections balanced, socket-LB translations, rejects, drops, conntrack full, affinity hits, replies translated, masquerade without a free port or a route)",
             self.datapath.clone(),
         );
         reg.register(
