@@ -11,7 +11,8 @@
  * its source, and is sent straight to the backend's next hop (the stack would take a packet
  * arriving with a local source address for a martian). A third conntrack entry (dir 2) keyed by
  * the backend's reply to that address and port gives the client back as destination at ingress,
- * where netfilter would un-masquerade; the reply entry then restores the frontend at egress.
+ * where netfilter would un-masquerade, and the frontend as source, and the reply goes straight
+ * to the client's next hop too: nothing of a masqueraded connection goes through netfilter.
  *
  * Handles Ethernet and L3 devices, IPv4 (options allowed) and IPv6 (the fragment header is the
  * only extension header understood), fragments (the first one's ports recorded in mn_frag for
@@ -771,12 +772,20 @@ static __noinline int mn_snat_new(struct __sk_buff *skb, const struct mn_pkt *p,
 }
 
 /* A packet from a backend to a masqueraded connection's source: the client back as its
- * destination (the stack then forwards it to the client, and the reply entry gives it the
- * frontend as source at egress). MN_NO_ENTRY when it is not one. */
+ * destination and the frontend the client used as its source (the dir 2 entry keeps both),
+ * sent straight to the client's next hop, as the connection's packets to the backend went.
+ * Through the stack, netfilter would see the reply as a new flow from a pod to the outside
+ * (another masquerade rule of the node, flannel's say, could take it), and the frontend as a
+ * source is a local address forwarding refuses. Without a route: the client as destination
+ * only, to the stack (the reply entry gives the frontend at egress). MN_NO_ENTRY when the
+ * packet is not one. */
 static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32 now)
 {
 	struct mn_ct_key k;
 	struct mn_ct_val *v, c;
+	__u8 src[MN_ADDR_LEN];
+	__u32 ifindex = 0;
+	int r;
 
 	mn_ct_key_of(&k, p, MN_CT_DIR_SNAT);
 	v = bpf_map_lookup_elem(&mn_ct, &k);
@@ -785,7 +794,13 @@ static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32
 	c = *v;
 	mn_ct_touch(v, &c, p, now);
 	mn_count(MN_CNT_REV_NAT);
-	return mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+	r = mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
+	if (r != TC_ACT_OK || mn_snat_route(skb, p, c.nat_addr, src, &ifindex))
+		return r;
+	r = mn_nat(skb, p, 0, c.snat_addr, c.snat_port);
+	if (r != TC_ACT_OK)
+		return r;
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 /* An established connection: MN_NO_ENTRY when there is no live entry for the packet's tuple
