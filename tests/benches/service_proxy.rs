@@ -27,9 +27,10 @@
 //! - `nft`: kube-proxy's `ip kube-proxy` table loaded with `nft -f`; the add is the
 //!   one-Service transaction.
 //! - `metalnet`: the proxy's own code in-process: `loader::Loader` loads the programs with
-//!   their maps pinned on a bpffs in the lab directory, `attach::Attachments` puts the tc
-//!   programs on the node's interfaces (TCX) and `nft::ensure` its masquerade rule, as the
-//!   daemon does. Programming is timed as the daemon syncs, from the objects (Services and
+//!   their maps pinned on a bpffs in the lab directory and `attach::Attachments` puts the tc
+//!   programs on the node's interfaces (TCX), as the daemon does. The client is outside the
+//!   cluster and the backend on no node, so every connection is masqueraded, by the programs
+//!   themselves (no netfilter rule, no netfilter conntrack in the node). Programming is timed as the daemon syncs, from the objects (Services and
 //!   EndpointSlices, as the informers hand them over): `model::Model::full` for N (the
 //!   first sync), `Model::update` with the one added Service for the add, each followed by
 //!   the map writes of the diff it yields, `Ids::committed_diff` and `state::apply` on the
@@ -61,9 +62,8 @@
 //!
 //! Environment: `BENCH_N`, `BENCH_ROUNDS`, `BENCH_CONNS`, `BENCH_RUN_SECS` (longest run, 3),
 //! `BENCH_MODES` (e.g. `direct,metalnet,socket-lb`), `BENCH_IPT_TIMEOUT`,
-//! `BENCH_NFT_TIMEOUT`, `BENCH_IPT_BACKEND=nft|legacy`, `BENCH_METALNET_MASQ=0` (metalnet
-//! without its masquerade table, i.e. without conntrack in the node), `BENCH_CPU` (the CPU
-//! clients and backends are pinned to, 0; `none`).
+//! `BENCH_NFT_TIMEOUT`, `BENCH_IPT_BACKEND=nft|legacy`, `BENCH_CPU` (the CPU clients and
+//! backends are pinned to, 0; `none`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -1119,7 +1119,7 @@ mod metalnet_side {
     use metalnet_router::proxy::dataplane::Dataplane;
     use metalnet_router::proxy::ids::Ids;
     use metalnet_router::proxy::state::{self, MapState};
-    use metalnet_router::proxy::{abi, attach, loader, model, nft};
+    use metalnet_router::proxy::{abi, attach, loader, model};
 
     const NODE_NAME: &str = "bench-node";
     const MAGLEV_M: u32 = 1021;
@@ -1176,6 +1176,7 @@ mod metalnet_side {
                     masq_mark: 0x4000,
                     ct_timeout_tcp: 7440,
                     ct_timeout_other: 60,
+                    ..abi::Config::default()
                 })
                 .map_err(|e| format!("mn_config: {e}"))?;
             let cgroup = if socket_lb {
@@ -1200,12 +1201,9 @@ mod metalnet_side {
             };
             // TCX attaches in the calling thread's namespace: start from one inside the node.
             let attachments = metalnet::sys::netns::spawn_in(node.netns(), move || {
-                // The masquerade rule for marked packets, as the daemon installs it (its nat
-                // chain turns conntrack on in the node; BENCH_METALNET_MASQ=0 leaves it out to
-                // see what that costs).
-                if std::env::var("BENCH_METALNET_MASQ").as_deref() != Ok("0") {
-                    nft::ensure(0x4000).map_err(|e| e.to_string())?;
-                }
+                // No netfilter rule: the programs masquerade by themselves (the client is
+                // outside the cluster and the backend not on the node, so every connection
+                // is masqueraded), and the node runs without netfilter conntrack.
                 attach::Attachments::start(programs, opts).map_err(|e| e.to_string())
             })
             .map_err(|e| format!("attaching in {}: {e}", node.netns()))?
