@@ -792,7 +792,24 @@ static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32
 	if (!v)
 		return MN_NO_ENTRY;
 	c = *v;
-	mn_ct_touch(v, &c, p, now);
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & MN_TH_RST)) {
+		/* The backend reset the connection: nothing of it follows, so its entries go now
+		 * and its port is free at once (a client closing connections by reset would
+		 * otherwise hold every port for MN_CT_CLOSING_TIMEOUT). */
+		bpf_map_delete_elem(&mn_ct, &k);
+		__builtin_memcpy(k.daddr, c.nat_addr, MN_ADDR_LEN);
+		k.dport = c.nat_port;
+		k.dir = MN_CT_DIR_REPLY;
+		bpf_map_delete_elem(&mn_ct, &k);
+		__builtin_memcpy(k.saddr, c.nat_addr, MN_ADDR_LEN);
+		__builtin_memcpy(k.daddr, c.snat_addr, MN_ADDR_LEN);
+		k.sport = c.nat_port;
+		k.dport = c.snat_port;
+		k.dir = MN_CT_DIR_FORWARD;
+		bpf_map_delete_elem(&mn_ct, &k);
+	} else {
+		mn_ct_touch(v, &c, p, now);
+	}
 	mn_count(MN_CNT_REV_NAT);
 	r = mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
 	if (r != TC_ACT_OK || mn_snat_route(skb, p, c.nat_addr, src, &ifindex))

@@ -1214,6 +1214,50 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
 }
 
 #[test]
+fn a_reset_frees_the_masquerade_port_at_once() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.config(Config {
+        masq_mark: MASQ,
+        maglev_m: 7,
+        snat_port_min: 62000,
+        snat_port_max: 62000,
+        ..Config::default()
+    });
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, 0)],
+    );
+    let vip = "10.96.0.10:80";
+    let snat = format!("{SNAT4}:62000");
+    let r = dp.ingress(&tcp("203.0.113.5:40000", vip, SYN));
+    assert_eq!(r.parsed().src, sa(&snat));
+    assert_eq!(
+        dp.ingress(&tcp("203.0.113.6:40000", vip, SYN)).verdict,
+        TC_ACT_SHOT,
+        "the one port is held"
+    );
+    // The backend resets: translated to the client, and every entry of the connection goes.
+    let r = dp.ingress(&tcp("198.51.100.10:8080", &snat, RST | ACK));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().dst, sa("203.0.113.5:40000"));
+    assert_eq!(r.parsed().src, sa(vip));
+    assert!(dp.ct(ct_key("203.0.113.5:40000", vip, TCP, 0)).is_none());
+    assert!(
+        dp.ct(ct_key("198.51.100.10:8080", "203.0.113.5:40000", TCP, 1))
+            .is_none()
+    );
+    assert!(dp.ct(ct_key("198.51.100.10:8080", &snat, TCP, 2)).is_none());
+    let r = dp.ingress(&tcp("203.0.113.6:40000", vip, SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().src, sa(&snat), "the port again, at once");
+}
+
+#[test]
 fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let Some(mut dp) = Dp::new() else { return };
     dp.service(
