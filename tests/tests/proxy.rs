@@ -1045,6 +1045,10 @@ fn metrics_show_map_fill() {
     c.apply(&svc("counted", 33), &[a1, b1]).unwrap();
     wait_answer(&c, At::Client, &vip(V4, 33), 80);
     all_answered(&c, At::Client, &vip(V4, 33), 80, 10);
+    // Connections closed by a reset leave no entry behind: hold some open.
+    let _held = c
+        .hold(At::Client, &vip(V4, 33), 80, 5, false)
+        .unwrap_or_else(|e| panic!("holding connections: {e}"));
     // The fill levels are read every 10 s.
     let mut text = String::new();
     let ct = r#"metalnet_proxy_map_entries{map="mn_ct"}"#;
@@ -1054,7 +1058,7 @@ fn metrics_show_map_fill() {
     });
     assert!(
         filled.is_ok(),
-        "conntrack entries after 10 connections through node1: {:?}\n{text}",
+        "conntrack entries with 5 connections open through node1: {:?}\n{text}",
         metric(&text, ct)
     );
     let value = |series: &str| metric(&text, series);
