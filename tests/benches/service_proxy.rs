@@ -1197,6 +1197,7 @@ mod metalnet_side {
                 cgroup_root: cgroup.clone(),
                 nodeport_addresses: Vec::new(),
                 node_addrs: true,
+                tc_attach: attach::TcAttach::Auto,
             };
             // TCX attaches in the calling thread's namespace: start from one inside the node.
             let attachments = metalnet::sys::netns::spawn_in(node.netns(), move || {
