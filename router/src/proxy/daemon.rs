@@ -99,8 +99,8 @@ pub trait Model: Send {
 pub struct Status {
     pub node: String,
     pub plan: Option<Arc<dyn Plan>>,
-    /// The maps as written.
-    pub live: MapState,
+    /// The maps as written (shared with the daemon: see [`Daemon::change_current`]).
+    pub live: Arc<MapState>,
     /// Why the last pass did not program the maps (a map write failed).
     pub failing: Option<String>,
     pub passes: u64,
@@ -143,7 +143,7 @@ pub struct Daemon<D: Dataplane, M: Model> {
     dp: D,
     model: M,
     /// What the maps hold (read at start, then kept as written).
-    current: MapState,
+    current: Arc<MapState>,
     health: HealthServers,
     metrics: Metrics,
     readiness: Readiness,
@@ -173,7 +173,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         readiness: Readiness,
         status: SharedStatus,
     ) -> Result<Self, DataplaneError> {
-        let current = dp.read()?;
+        let current = Arc::new(dp.read()?);
         if !current.svc.is_empty() || !current.backend.is_empty() {
             tracing::info!(
                 frontends = current.svc.len(),
@@ -352,12 +352,22 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     pub fn pass_on(&mut self, snap: &Snapshot) -> PassReport {
         let started = Instant::now();
         let mut report = PassReport::default();
-        let plan = self.model.plan(snap);
+        let plan = {
+            // The last plan may share the model's state: let go of it first, so the model
+            // changes its state in place instead of copying it. Under the lock, so the debug
+            // endpoints wait for the new plan rather than find none.
+            let status = self.status.clone();
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.plan = None;
+            let plan: Arc<dyn Plan> = Arc::new(self.model.plan(snap));
+            s.plan = Some(plan.clone());
+            plan
+        };
         let diff = match plan.diff() {
             Some(d) => {
                 debug_assert!(
                     {
-                        let mut next = self.current.clone();
+                        let mut next = MapState::clone(&self.current);
                         super::state::apply(&mut next, d);
                         &next == plan.maps()
                     },
@@ -378,7 +388,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     report.written = diff.len();
                     let removed = removed_backends(&self.current, &diff);
                     self.model.committed_diff(&self.current, &diff);
-                    super::state::apply(&mut self.current, &diff);
+                    self.change_current(|c| super::state::apply(c, &diff));
                     if !removed.is_empty() {
                         match self.dp.destroy_sockets(&removed) {
                             Ok(n) => tracing::info!(
@@ -407,7 +417,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     // Part of the diff may be in: start the next diff from what the maps hold.
                     match self.dp.read() {
                         Ok(live) => {
-                            self.current = live;
+                            self.current = Arc::new(live);
                             self.model.committed(&self.current);
                         }
                         Err(e) => tracing::warn!(error = %e, "reading the maps back"),
@@ -450,7 +460,6 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.node = self.node.clone();
             s.live = self.current.clone();
-            s.plan = Some(Arc::new(plan));
             s.failing = failing.clone();
             s.passes += 1;
             s.health_ports = self.health.bound();
@@ -460,6 +469,16 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         }
         report.error = failing;
         report
+    }
+
+    /// Changes the daemon's record of the maps, which the status shares: the status lets go
+    /// of it meanwhile (under its lock, so no reader sees it half done), so it is changed in
+    /// place, not copied.
+    fn change_current(&mut self, f: impl FnOnce(&mut MapState)) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.live = Arc::default();
+        f(Arc::make_mut(&mut self.current));
+        s.live = self.current.clone();
     }
 
     fn observe_datapath(&mut self) {
@@ -496,15 +515,13 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                 .and_then(|a| a.get(TRIGGER_TIME))
                 .cloned()
         };
-        for (key, slice) in snap.endpoint_slices.iter() {
-            let Some(stamp) = trigger(slice) else {
+        for c in super::model::changed_objects(&self.slices, &snap.endpoint_slices) {
+            let Some(stamp) = c.new.and_then(|s| trigger(s)) else {
                 continue;
             };
             // Each change has its own trigger time: one seen before is not counted again.
-            if self
-                .slices
-                .get(key)
-                .is_some_and(|old| Arc::ptr_eq(old, slice) || trigger(old).as_ref() == Some(&stamp))
+            if c.old
+                .is_some_and(|old| trigger(old).as_ref() == Some(&stamp))
             {
                 continue;
             }

@@ -39,8 +39,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use metalnet::model::ObjectKey;
 use metalnet::model::core::{EndpointSlice, Service};
 
 use super::abi::{
@@ -282,58 +284,176 @@ fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> S
     ns_str(meta).to_string()
 }
 
+/// An object that differs between two versions of one kind: added (`old` is `None`),
+/// removed (`new` is `None`) or replaced.
+pub struct ObjectChange<'a, T> {
+    pub key: &'a ObjectKey,
+    pub old: Option<&'a Arc<T>>,
+    pub new: Option<&'a Arc<T>>,
+}
+
+/// The objects that differ between two versions of one kind. Versions share unchanged
+/// objects and each object sits under one key (the state decodes every object into an `Arc`
+/// of its own), so the walk goes through both in step and compares keys only where the
+/// objects differ: a pointer comparison per object, no lookups.
+pub fn changed_objects<'a, T>(
+    old: &'a metalnet::state::Objects<T>,
+    new: &'a metalnet::state::Objects<T>,
+) -> Vec<ObjectChange<'a, T>> {
+    let mut out = Vec::new();
+    if Arc::ptr_eq(old, new) {
+        return out;
+    }
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let step = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((_, o)), Some((_, n))) if Arc::ptr_eq(o, n) => {
+                a.next();
+                b.next();
+                continue;
+            }
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        let change = match step {
+            std::cmp::Ordering::Less => a.next().map(|(key, o)| ObjectChange {
+                key,
+                old: Some(o),
+                new: None,
+            }),
+            std::cmp::Ordering::Greater => b.next().map(|(key, n)| ObjectChange {
+                key,
+                old: None,
+                new: Some(n),
+            }),
+            std::cmp::Ordering::Equal => {
+                a.next()
+                    .zip(b.next())
+                    .map(|((key, o), (_, n))| ObjectChange {
+                        key,
+                        old: Some(o),
+                        new: Some(n),
+                    })
+            }
+        };
+        out.extend(change);
+    }
+    out
+}
+
+/// The Service a Service object is.
+fn service_name(s: &Service) -> Option<SvcName> {
+    Some((
+        ns_of(&s.metadata),
+        s.metadata.name.clone().unwrap_or_default(),
+    ))
+}
+
+/// The Service an EndpointSlice belongs to, if labelled.
+fn slice_service(s: &EndpointSlice) -> Option<SvcName> {
+    let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some((ns_of(&s.metadata), svc.clone()))
+}
+
 /// The Services to hand [`Model::update`] between two snapshots: those added, changed or
 /// deleted, and those whose EndpointSlices were. Snapshots share unchanged objects, so this
-/// compares pointers.
+/// compares pointers ([`changed_objects`]).
 pub fn changed_services(
     old: &metalnet::state::Snapshot,
     new: &metalnet::state::Snapshot,
 ) -> BTreeSet<SvcName> {
-    use std::sync::Arc;
-    fn walk<T>(
-        old: &metalnet::state::Objects<T>,
-        new: &metalnet::state::Objects<T>,
-        mut key: impl FnMut(&T) -> Option<SvcName>,
-        out: &mut BTreeSet<SvcName>,
-    ) {
-        if Arc::ptr_eq(old, new) {
-            return;
-        }
-        for (k, o) in old.iter() {
-            match new.get(k) {
-                Some(n) if Arc::ptr_eq(o, n) => {}
-                Some(n) => out.extend(key(o).into_iter().chain(key(n))),
-                None => out.extend(key(o)),
-            }
-        }
-        for (k, n) in new.iter() {
-            if !old.contains_key(k) {
-                out.extend(key(n));
-            }
+    let mut index = ObjectIndex::default();
+    index.follow(old, new)
+}
+
+/// The objects of each Service by its (namespace, name): its Service objects (one, unless
+/// the keys disagree with the metadata) and its EndpointSlices, so that an update reads only
+/// the changed Services' objects.
+#[derive(Clone, Debug, Default)]
+struct ObjectIndex {
+    services: HashMap<SvcName, BTreeSet<ObjectKey>>,
+    slices: HashMap<SvcName, BTreeSet<ObjectKey>>,
+}
+
+fn index_add(idx: &mut HashMap<SvcName, BTreeSet<ObjectKey>>, name: SvcName, key: &ObjectKey) {
+    idx.entry(name).or_default().insert(key.clone());
+}
+
+fn index_remove(idx: &mut HashMap<SvcName, BTreeSet<ObjectKey>>, name: &SvcName, key: &ObjectKey) {
+    if let Some(keys) = idx.get_mut(name) {
+        keys.remove(key);
+        if keys.is_empty() {
+            idx.remove(name);
         }
     }
-    let mut out = BTreeSet::new();
-    walk(
-        &old.services,
-        &new.services,
-        |s: &Service| {
-            Some((
-                ns_of(&s.metadata),
-                s.metadata.name.clone().unwrap_or_default(),
-            ))
-        },
-        &mut out,
-    );
-    walk(
-        &old.endpoint_slices,
-        &new.endpoint_slices,
-        |s: &EndpointSlice| {
-            let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-            Some((ns_of(&s.metadata), svc.clone()))
-        },
-        &mut out,
-    );
-    out
+}
+
+impl ObjectIndex {
+    fn of(snap: &metalnet::state::Snapshot) -> ObjectIndex {
+        let mut idx = ObjectIndex::default();
+        for (k, s) in snap.services.iter() {
+            if let Some(name) = service_name(s) {
+                index_add(&mut idx.services, name, k);
+            }
+        }
+        for (k, s) in snap.endpoint_slices.iter() {
+            if let Some(name) = slice_service(s) {
+                index_add(&mut idx.slices, name, k);
+            }
+        }
+        idx
+    }
+
+    /// Follows the objects from `old` to `new` (the index must be `old`'s, or empty to only
+    /// list); returns the Services whose objects changed.
+    fn follow(
+        &mut self,
+        old: &metalnet::state::Snapshot,
+        new: &metalnet::state::Snapshot,
+    ) -> BTreeSet<SvcName> {
+        let mut out = BTreeSet::new();
+        for c in changed_objects(&old.services, &new.services) {
+            if let Some(name) = c.old.and_then(|o| service_name(o)) {
+                index_remove(&mut self.services, &name, c.key);
+                out.insert(name);
+            }
+            if let Some(name) = c.new.and_then(|n| service_name(n)) {
+                index_add(&mut self.services, name.clone(), c.key);
+                out.insert(name);
+            }
+        }
+        for c in changed_objects(&old.endpoint_slices, &new.endpoint_slices) {
+            if let Some(name) = c.old.and_then(|o| slice_service(o)) {
+                index_remove(&mut self.slices, &name, c.key);
+                out.insert(name);
+            }
+            if let Some(name) = c.new.and_then(|n| slice_service(n)) {
+                index_add(&mut self.slices, name.clone(), c.key);
+                out.insert(name);
+            }
+        }
+        out
+    }
+
+    /// The objects of the named Services in `snap` (whose objects the index must follow).
+    fn inputs_of<'a>(
+        &self,
+        snap: &'a metalnet::state::Snapshot,
+        names: &BTreeSet<SvcName>,
+    ) -> (Vec<&'a Service>, Vec<&'a EndpointSlice>) {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for name in names {
+            for k in self.services.get(name).into_iter().flatten() {
+                services.extend(snap.services.get(k).map(|s| &**s));
+            }
+            for k in self.slices.get(name).into_iter().flatten() {
+                slices.extend(snap.endpoint_slices.get(k).map(|s| &**s));
+            }
+        }
+        (services, slices)
+    }
 }
 
 /// Slices by (namespace, service name), each list sorted by slice name.
@@ -489,7 +609,7 @@ fn skip_reason(svc: &Service, proxy_name: &str) -> Option<String> {
 pub fn desired(inputs: &Inputs, ids: &mut Ids) -> Desired {
     let mut m = Model::default();
     m.full(inputs, ids);
-    m.desired
+    Arc::unwrap_or_clone(m.desired)
 }
 
 type SvcName = (String, String);
@@ -518,8 +638,9 @@ fn merge_backend(old: &mut Backend, flags: u8) {
 /// them, not to every Service ([`Model::update`]). [`desired`] is the one-shot form.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    /// The result so far.
-    pub desired: Desired,
+    /// The result so far. Shared with the plans handed out: changed in place once they are
+    /// gone, copied while one is held.
+    pub desired: Arc<Desired>,
     shares: HashMap<SvcName, Share>,
     /// The Services with problems or a health check, so listing them does not walk all.
     noted: BTreeSet<SvcName>,
@@ -566,7 +687,9 @@ impl Model {
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             self.add_share(&key, &share);
-            self.desired.services.insert(key.clone(), view);
+            Arc::make_mut(&mut self.desired)
+                .services
+                .insert(key.clone(), view);
             self.conflicts += share.conflict as usize;
             self.insert_share(key, share);
         }
@@ -584,8 +707,23 @@ impl Model {
         changed: &BTreeSet<SvcName>,
         ids: &mut Ids,
     ) -> MapDiff {
+        match self.try_update(inputs, changed, ids) {
+            Some(diff) => diff,
+            None => self.full(inputs, ids),
+        }
+    }
+
+    /// [`Model::update`], reading only the named Services and their EndpointSlices in
+    /// `inputs` (it may hold just those). `None` when every Service must be recomputed:
+    /// [`Model::full`] must follow, with every object.
+    pub fn try_update(
+        &mut self,
+        inputs: &Inputs,
+        changed: &BTreeSet<SvcName>,
+        ids: &mut Ids,
+    ) -> Option<MapDiff> {
         if self.conflicts > 0 {
-            return self.full(inputs, ids);
+            return None;
         }
         // This walks every object: no allocation per object, and for the usual handful of
         // changes a scan beats hashing every name.
@@ -636,7 +774,7 @@ impl Model {
                 }
                 old.insert(key.clone(), share);
             }
-            self.desired.services.remove(key);
+            Arc::make_mut(&mut self.desired).services.remove(key);
         }
         let mut new: BTreeMap<SvcName, Share> = BTreeMap::new();
         for (key, svc) in services {
@@ -651,9 +789,11 @@ impl Model {
                 for (k, s) in old {
                     self.shares.insert(k, s);
                 }
-                return self.full(inputs, ids);
+                return None;
             }
-            self.desired.services.insert(key.clone(), view);
+            Arc::make_mut(&mut self.desired)
+                .services
+                .insert(key.clone(), view);
             new.insert(key, share);
         }
 
@@ -666,7 +806,7 @@ impl Model {
                 new.get(key).unwrap_or(&empty),
             );
             let d = MapDiff::between(&o.maps, &n.maps);
-            let m = &mut self.desired.maps;
+            let m = &mut Arc::make_mut(&mut self.desired).maps;
             for (k, v) in &d.svc_upsert {
                 m.svc.insert(*k, *v);
             }
@@ -768,14 +908,14 @@ impl Model {
             match after {
                 Some(b) => {
                     if before != Some(b) {
-                        self.desired.maps.backend.insert(id, b);
+                        Arc::make_mut(&mut self.desired).maps.backend.insert(id, b);
                         diff.backend_upsert.push((id, b));
                     }
                 }
                 None => {
                     self.users.remove(&id);
                     if let Some(b) = before {
-                        self.desired.maps.backend.remove(&id);
+                        Arc::make_mut(&mut self.desired).maps.backend.remove(&id);
                         diff.backend_remove.push(id);
                         ids.release_backend(&Endpoint {
                             addr: b.addr,
@@ -790,11 +930,11 @@ impl Model {
             self.insert_share(key, share);
         }
         self.rebuild_lists();
-        diff
+        Some(diff)
     }
 
     fn add_share(&mut self, key: &SvcName, share: &Share) {
-        let m = &mut self.desired.maps;
+        let m = &mut Arc::make_mut(&mut self.desired).maps;
         m.svc.extend(share.maps.svc.iter().map(|(k, v)| (*k, *v)));
         m.slot.extend(share.maps.slot.iter().map(|(k, v)| (*k, *v)));
         m.rev_nat
@@ -823,11 +963,14 @@ impl Model {
             .iter()
             .filter_map(|k| self.shares.get(k))
             .collect();
-        self.desired.problems = shares
+        let problems = shares
             .iter()
             .flat_map(|s| s.problems.iter().cloned())
             .collect();
-        self.desired.health_checks = shares.iter().filter_map(|s| s.health.clone()).collect();
+        let health_checks = shares.iter().filter_map(|s| s.health.clone()).collect();
+        let d = Arc::make_mut(&mut self.desired);
+        d.problems = problems;
+        d.health_checks = health_checks;
     }
 
     fn insert_share(&mut self, key: SvcName, share: Share) {
@@ -2456,6 +2599,132 @@ mod tests {
         }
     }
 
+    /// A snapshot of `gs` that shares with `prev` the objects equal to its own (as the state
+    /// does), except where `fresh` says to decode them anew.
+    fn snapshot_of(
+        gs: &[Option<GenSvc>],
+        prev: Option<&metalnet::state::Snapshot>,
+        fresh: &[bool],
+    ) -> metalnet::state::Snapshot {
+        use metalnet::state::Objects;
+        fn share<T: PartialEq>(
+            objs: Vec<(ObjectKey, T)>,
+            prev: Option<&Objects<T>>,
+            fresh: &[bool],
+        ) -> Objects<T> {
+            Arc::new(
+                objs.into_iter()
+                    .enumerate()
+                    .map(|(i, (k, o))| {
+                        let old = prev
+                            .and_then(|p| p.get(&k))
+                            .filter(|p| ***p == o && !fresh.get(i).copied().unwrap_or(false));
+                        let o = old.cloned().unwrap_or_else(|| Arc::new(o));
+                        (k, o)
+                    })
+                    .collect(),
+            )
+        }
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
+            namespace: m.namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+        };
+        let (svcs, slices) = build_opt(gs);
+        metalnet::state::Snapshot {
+            services: share(
+                svcs.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                prev.map(|p| &p.services),
+                fresh,
+            ),
+            endpoint_slices: share(
+                slices.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                prev.map(|p| &p.endpoint_slices),
+                fresh,
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn snap_edit() -> impl Strategy<Value = Vec<(Vec<Option<GenSvc>>, Vec<bool>)>> {
+        prop::collection::vec(
+            (
+                prop::collection::vec(prop::option::weighted(0.8, gen_svc()), 0..6),
+                prop::collection::vec(prop::bool::weighted(0.1), 24),
+            ),
+            1..5,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The daemon's model, which reads only the objects of the Services that changed
+        /// between snapshots, gives what a full recomputation gives, and diffs that turn the
+        /// maps of one pass into the next.
+        #[test]
+        fn plans_on_snapshots_match_a_full_recomputation(steps in snap_edit()) {
+            use crate::proxy::daemon::{Model as _, Plan as _};
+            let mut m = ProxyModel::new("node-a", &[], "", 251, 64);
+            m.restore(&MapState::default());
+            let mut live = MapState::default();
+            let mut prev: Option<metalnet::state::Snapshot> = None;
+            for (gs, fresh) in steps {
+                let snap = snapshot_of(&gs, prev.as_ref(), &fresh);
+                let plan = m.plan(&snap);
+                let diff = match plan.diff() {
+                    Some(d) => d.clone(),
+                    None => MapDiff::between(&live, plan.maps()),
+                };
+                m.committed_diff(&live, &diff);
+                apply(&mut live, &diff);
+                prop_assert_eq!(&live, plan.maps());
+                check_consistent(&plan.0)?;
+                let fresh_d = desired(
+                    &Inputs::from_snapshot(&snap, "node-a", &[], "", 251),
+                    &mut Ids::default(),
+                );
+                prop_assert_eq!(resolve(plan.maps()), resolve(&fresh_d.maps));
+                prop_assert_eq!(&plan.0.problems, &fresh_d.problems);
+                prop_assert_eq!(&plan.0.health_checks, &fresh_d.health_checks);
+                prop_assert!(plan.0.services.keys().eq(fresh_d.services.keys()));
+                prev = Some(snap);
+            }
+        }
+
+        /// The walk in step finds what looking every key up finds.
+        #[test]
+        fn changed_objects_match_lookups(
+            old in prop::collection::btree_map(0u8..40, 0u8..4, 0..30),
+            edits in prop::collection::vec((0u8..40, prop::option::of(0u8..4)), 0..12),
+        ) {
+            let k = |n: u8| ObjectKey { namespace: Some("default".into()), name: format!("o{n:02}") };
+            let a: metalnet::state::Objects<u8> =
+                Arc::new(old.iter().map(|(n, v)| (k(*n), Arc::new(*v))).collect());
+            let mut b = (*a).clone();
+            for (n, v) in edits {
+                match v {
+                    Some(v) => { b.insert(k(n), Arc::new(v)); }
+                    None => { b.remove(&k(n)); }
+                }
+            }
+            let b = Arc::new(b);
+            let got: Vec<(ObjectKey, Option<u8>, Option<u8>)> = changed_objects(&a, &b)
+                .into_iter()
+                .map(|c| (c.key.clone(), c.old.map(|o| **o), c.new.map(|n| **n)))
+                .collect();
+            let mut want = Vec::new();
+            let keys: BTreeSet<&ObjectKey> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let (o, n) = (a.get(key), b.get(key));
+                let same = matches!((o, n), (Some(o), Some(n)) if Arc::ptr_eq(o, n));
+                if !same {
+                    want.push((key.clone(), o.map(|o| **o), n.map(|n| **n)));
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn changed_services_between_snapshots() {
         use metalnet::model::ObjectKey;
@@ -2669,6 +2938,8 @@ pub struct ProxyModel {
     model: Model,
     ids: Ids,
     last: Option<metalnet::state::Snapshot>,
+    /// The objects of each Service in `last`.
+    index: ObjectIndex,
     /// The maps hold the last plan's maps (its diff was written and committed): the next
     /// plan can hand its diff over instead of the daemon diffing whole states.
     synced: bool,
@@ -2692,7 +2963,48 @@ impl ProxyModel {
             model: Model::default(),
             ids: Ids::new(maglev_rows),
             last: None,
+            index: ObjectIndex::default(),
             synced: false,
+        }
+    }
+}
+
+impl ProxyModel {
+    fn plan_full(&mut self, snap: &metalnet::state::Snapshot) -> MapDiff {
+        self.index = ObjectIndex::of(snap);
+        let inputs = Inputs::from_snapshot(
+            snap,
+            &self.node,
+            &self.cluster_cidrs,
+            &self.service_proxy_name,
+            self.maglev_m,
+        );
+        self.model.full(&inputs, &mut self.ids)
+    }
+
+    /// Only the Services whose objects changed since `old` (the last snapshot), reading only
+    /// their objects.
+    fn plan_changes(
+        &mut self,
+        old: &metalnet::state::Snapshot,
+        snap: &metalnet::state::Snapshot,
+    ) -> MapDiff {
+        let changed = self.index.follow(old, snap);
+        if changed.is_empty() {
+            return MapDiff::default();
+        }
+        let (services, endpoint_slices) = self.index.inputs_of(snap, &changed);
+        let inputs = Inputs {
+            node_name: &self.node,
+            cluster_cidrs: &self.cluster_cidrs,
+            service_proxy_name: &self.service_proxy_name,
+            maglev_m: self.maglev_m,
+            services,
+            endpoint_slices,
+        };
+        match self.model.try_update(&inputs, &changed, &mut self.ids) {
+            Some(diff) => diff,
+            None => self.plan_full(snap),
         }
     }
 }
@@ -2708,25 +3020,11 @@ impl super::daemon::Model for ProxyModel {
     }
 
     fn plan(&mut self, snap: &metalnet::state::Snapshot) -> ProxyPlan {
-        let inputs = Inputs::from_snapshot(
-            snap,
-            &self.node,
-            &self.cluster_cidrs,
-            &self.service_proxy_name,
-            self.maglev_m,
-        );
         // Until this plan's diff is committed, the maps may not be what it is relative to.
         let synced = std::mem::take(&mut self.synced);
-        let diff = match &self.last {
-            Some(old) => {
-                let changed = changed_services(old, snap);
-                if changed.is_empty() {
-                    MapDiff::default()
-                } else {
-                    self.model.update(&inputs, &changed, &mut self.ids)
-                }
-            }
-            None => self.model.full(&inputs, &mut self.ids),
+        let diff = match self.last.take() {
+            Some(old) => self.plan_changes(&old, snap),
+            None => self.plan_full(snap),
         };
         self.last = Some(snap.clone());
         ProxyPlan(self.model.desired.clone(), synced.then_some(diff))
@@ -2746,7 +3044,7 @@ impl super::daemon::Model for ProxyModel {
 /// One pass's [`Desired`], as the daemon shows and writes it, with the diff from the last
 /// plan's maps when those are what the maps hold.
 #[derive(Clone, Debug)]
-pub struct ProxyPlan(pub Desired, pub Option<MapDiff>);
+pub struct ProxyPlan(pub Arc<Desired>, pub Option<MapDiff>);
 
 impl Problem {
     /// The Event reason (CamelCase) for this kind of problem.
@@ -2836,9 +3134,7 @@ mod daemon_model_tests {
     use super::fixtures::*;
     use super::*;
     use crate::proxy::daemon::{Model as _, Plan as _};
-    use metalnet::model::ObjectKey;
     use serde_json::json;
-    use std::sync::Arc;
 
     fn snap(svcs: Vec<Service>, slices: Vec<EndpointSlice>) -> metalnet::state::Snapshot {
         let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
@@ -2979,5 +3275,114 @@ mod daemon_model_tests {
         assert!(m.plan(&snap_of(&[3])).diff().is_none());
         // A plan whose diff was never committed hands nothing over either.
         assert!(m.plan(&snap_of(&[4])).diff().is_none());
+    }
+}
+
+#[cfg(test)]
+mod daemon_timing {
+    use super::fixtures::*;
+    use super::*;
+    use crate::proxy::daemon::{Config, Daemon, SharedStatus};
+    use crate::proxy::dataplane::Recorder;
+    use crate::proxy::metrics::Metrics;
+    use serde_json::json;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// This thread's CPU time (from /proc/thread-self/schedstat): on a shared machine the
+    /// figure to read.
+    fn cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: Some(ns.into()),
+            name: name.into(),
+        }
+    }
+
+    /// One whole daemon pass (model, diff, write, bookkeeping, status) on the in-memory data
+    /// path, with one Service added to 10,000.
+    /// `cargo test --release -p metalnet-router --lib proxy:: -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn timing_daemon_pass_one_added_at_ten_thousand() {
+        let one = |n: u32| {
+            let name = format!("s{n}");
+            let vip = std::net::Ipv4Addr::from(0x0a60_0000 + n + 1).to_string();
+            let be = std::net::Ipv4Addr::from(0x0a01_0000 + n + 1).to_string();
+            (
+                service(
+                    "default",
+                    &name,
+                    json!({"clusterIP": vip, "ports": [{"name": "http", "port": 80}]}),
+                ),
+                slice(
+                    "default",
+                    &format!("{name}-x"),
+                    &name,
+                    "IPv4",
+                    ("http", "TCP", 8080),
+                    vec![ready(&be, "node-b")],
+                ),
+            )
+        };
+        let mut snap = metalnet::state::Snapshot::default();
+        let (mut svcs, mut slices) = (BTreeMap::new(), BTreeMap::new());
+        for n in 0..10_000 {
+            let (s, sl) = one(n);
+            svcs.insert(key("default", &format!("s{n}")), Arc::new(s));
+            slices.insert(key("default", &format!("s{n}-x")), Arc::new(sl));
+        }
+        snap.services = Arc::new(svcs);
+        snap.endpoint_slices = Arc::new(slices);
+        let status: SharedStatus = Arc::new(Mutex::new(Default::default()));
+        let mut d = Daemon::new(
+            Config {
+                node: "node-a".into(),
+                ..Config::default()
+            },
+            Recorder::default(),
+            ProxyModel::new("node-a", &[], "", 1021, 16),
+            None,
+            Metrics::default(),
+            metalnet::daemon::Health::default().condition("proxy"),
+            status,
+        )
+        .unwrap();
+        let (t, c) = (Instant::now(), cpu_ns());
+        let r = d.pass_on(&snap);
+        assert!(r.error.is_none());
+        println!(
+            "daemon pass, 10000 Services from nothing: {:?} (cpu {:?}), {} ops",
+            t.elapsed(),
+            Duration::from_nanos(cpu_ns() - c),
+            r.written
+        );
+        let mut times = Vec::new();
+        for n in 10_000..10_010 {
+            let (s, sl) = one(n);
+            Arc::make_mut(&mut snap.services).insert(key("default", &format!("s{n}")), Arc::new(s));
+            Arc::make_mut(&mut snap.endpoint_slices)
+                .insert(key("default", &format!("s{n}-x")), Arc::new(sl));
+            let (t, c) = (Instant::now(), cpu_ns());
+            let r = d.pass_on(&snap);
+            times.push((t.elapsed(), Duration::from_nanos(cpu_ns() - c)));
+            assert!(r.error.is_none());
+            assert_eq!(r.written, 4, "one frontend, slot, backend and reverse NAT");
+        }
+        times.sort();
+        println!(
+            "daemon pass, one Service added at 10000: median {:?} (cpu {:?}), min {:?}, max {:?}",
+            times[times.len() / 2].0,
+            times[times.len() / 2].1,
+            times[0].0,
+            times[times.len() - 1].0
+        );
+        assert_eq!(d.current(), &d.dataplane().state);
     }
 }
