@@ -178,7 +178,11 @@ pub fn apply(state: &mut MapState, d: &MapDiff) {
     for k in &d.backend_remove {
         state.backend.remove(k);
     }
-    // Rows no frontend uses any more are dropped from the bookkeeping, not written.
+    // Rows no frontend uses any more are dropped from the bookkeeping, not written. (With
+    // no row, there is nothing to look through the frontends for.)
+    if state.maglev.is_empty() {
+        return;
+    }
     let used: BTreeSet<u32> = state
         .svc
         .values()
