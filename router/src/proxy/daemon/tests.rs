@@ -48,7 +48,7 @@ impl Model for Toy {
             self.be.insert((b.addr, b.port), *id);
         }
     }
-    fn plan(&mut self, snap: &Snapshot) -> ToyPlan {
+    fn plan(&mut self, snap: &Snapshot, _: Option<&BTreeSet<ObjectRef>>) -> ToyPlan {
         let mut p = ToyPlan {
             maps: MapState::default(),
             health: BTreeMap::new(),
