@@ -368,21 +368,31 @@ pub fn changed_services(
     index.follow(old, new)
 }
 
-/// One kind's objects by the Service they belong to, and the other way round (to know
-/// whom an object belonged to once it changed or is gone).
+/// The Service a Service object under `key` is, from the key (the state keys objects by
+/// their metadata).
+fn key_service(key: &ObjectKey) -> SvcName {
+    (
+        key.namespace.as_deref().unwrap_or("default").to_string(),
+        key.name.clone(),
+    )
+}
+
+/// EndpointSlices by the Service they belong to, and the other way round (to know whom a
+/// slice belonged to once it changed or is gone). Services need none: their keys name them.
 #[derive(Clone, Debug, Default)]
-struct KindIndex {
-    by_service: HashMap<SvcName, BTreeSet<ObjectKey>>,
+struct SliceIndex {
+    /// A few slices per Service: a Vec, not a set per Service.
+    by_service: HashMap<SvcName, Vec<ObjectKey>>,
     owner: HashMap<ObjectKey, SvcName>,
 }
 
-impl KindIndex {
-    /// The object under `key` now belongs to `name` (`None`: to no Service, or gone); the
+impl SliceIndex {
+    /// The slice under `key` now belongs to `name` (`None`: to no Service, or gone); the
     /// Services it left and joined go to `out`.
     fn set(&mut self, key: &ObjectKey, name: Option<SvcName>, out: &mut BTreeSet<SvcName>) {
         if let Some(old) = self.owner.remove(key) {
             if let Some(keys) = self.by_service.get_mut(&old) {
-                keys.remove(key);
+                keys.retain(|k| k != key);
                 if keys.is_empty() {
                     self.by_service.remove(&old);
                 }
@@ -390,48 +400,38 @@ impl KindIndex {
             out.insert(old);
         }
         if let Some(name) = name {
-            self.by_service
-                .entry(name.clone())
-                .or_default()
-                .insert(key.clone());
-            self.owner.insert(key.clone(), name.clone());
-            out.insert(name);
+            out.insert(name.clone());
+            self.add(key, name);
         }
     }
 
-    fn follow<T>(
-        &mut self,
-        old: &metalnet::state::Objects<T>,
-        new: &metalnet::state::Objects<T>,
-        name_of: impl Fn(&T) -> Option<SvcName>,
-        out: &mut BTreeSet<SvcName>,
-    ) {
-        for c in changed_objects(old, new) {
-            // The old object's Service too, should the index not know it.
-            out.extend(c.old.and_then(|o| name_of(o)));
-            self.set(c.key, c.new.and_then(|n| name_of(n)), out);
-        }
+    /// A slice not in the index yet.
+    fn add(&mut self, key: &ObjectKey, name: SvcName) {
+        self.owner.insert(key.clone(), name.clone());
+        self.by_service.entry(name).or_default().push(key.clone());
     }
 }
 
-/// The objects of each Service by its (namespace, name): its Service objects (one, unless
-/// the keys disagree with the metadata) and its EndpointSlices, so that an update reads only
-/// the changed Services' objects.
+/// What an update needs to read only the changed Services' objects: their EndpointSlices by
+/// Service (their Service objects are found by key).
 #[derive(Clone, Debug, Default)]
 struct ObjectIndex {
-    services: KindIndex,
-    slices: KindIndex,
+    slices: SliceIndex,
 }
 
 impl ObjectIndex {
     fn of(snap: &metalnet::state::Snapshot) -> ObjectIndex {
-        let mut idx = ObjectIndex::default();
-        let mut out = BTreeSet::new();
-        for (k, s) in snap.services.iter() {
-            idx.services.set(k, service_name(s), &mut out);
-        }
+        let n = snap.endpoint_slices.len();
+        let mut idx = ObjectIndex {
+            slices: SliceIndex {
+                by_service: HashMap::with_capacity(n),
+                owner: HashMap::with_capacity(n),
+            },
+        };
         for (k, s) in snap.endpoint_slices.iter() {
-            idx.slices.set(k, slice_service(s), &mut out);
+            if let Some(name) = slice_service(s) {
+                idx.slices.add(k, name);
+            }
         }
         idx
     }
@@ -444,14 +444,16 @@ impl ObjectIndex {
         new: &metalnet::state::Snapshot,
     ) -> BTreeSet<SvcName> {
         let mut out = BTreeSet::new();
-        self.services
-            .follow(&old.services, &new.services, service_name, &mut out);
-        self.slices.follow(
-            &old.endpoint_slices,
-            &new.endpoint_slices,
-            slice_service,
-            &mut out,
-        );
+        for c in changed_objects(&old.services, &new.services) {
+            out.extend(c.old.and_then(|o| service_name(o)));
+            out.extend(c.new.and_then(|n| service_name(n)));
+        }
+        for c in changed_objects(&old.endpoint_slices, &new.endpoint_slices) {
+            // The old slice's Service too, should the index not know it.
+            out.extend(c.old.and_then(|o| slice_service(o)));
+            self.slices
+                .set(c.key, c.new.and_then(|n| slice_service(n)), &mut out);
+        }
         out
     }
 
@@ -467,8 +469,8 @@ impl ObjectIndex {
             match r.kind {
                 Kind::Service => {
                     let key = r.key();
-                    let name = new.services.get(&key).and_then(|s| service_name(s));
-                    self.services.set(&key, name, &mut out);
+                    out.extend(new.services.get(&key).and_then(|s| service_name(s)));
+                    out.insert(key_service(&key));
                 }
                 Kind::EndpointSlice => {
                     let key = r.key();
@@ -481,7 +483,7 @@ impl ObjectIndex {
         out
     }
 
-    /// The objects of the named Services in `snap` (whose objects the index must follow).
+    /// The objects of the named Services in `snap` (whose slices the index must follow).
     fn inputs_of<'a>(
         &self,
         snap: &'a metalnet::state::Snapshot,
@@ -489,8 +491,21 @@ impl ObjectIndex {
     ) -> (Vec<&'a Service>, Vec<&'a EndpointSlice>) {
         let (mut services, mut slices) = (Vec::new(), Vec::new());
         for name in names {
-            for k in self.services.by_service.get(name).into_iter().flatten() {
-                services.extend(snap.services.get(k).map(|s| &**s));
+            // Under its namespace, or none for "default" (as `ns_of` reads a missing one).
+            let keys = [Some(name.0.clone()), None]
+                .into_iter()
+                .take(if name.0 == "default" { 2 } else { 1 })
+                .map(|namespace| ObjectKey {
+                    namespace,
+                    name: name.1.clone(),
+                });
+            for k in keys {
+                services.extend(
+                    snap.services
+                        .get(&k)
+                        .map(|s| &**s)
+                        .filter(|s| service_name(s).as_ref() == Some(name)),
+                );
             }
             for k in self.slices.by_service.get(name).into_iter().flatten() {
                 slices.extend(snap.endpoint_slices.get(k).map(|s| &**s));
@@ -720,6 +735,13 @@ fn sorted_services<'a>(inputs: &Inputs<'a>) -> Vec<(SvcName, &'a Service)> {
 impl Model {
     /// Recomputes every Service; returns what changed in the maps since the last result.
     pub fn full(&mut self, inputs: &Inputs, ids: &mut Ids) -> MapDiff {
+        let old = self.recompute(inputs, ids);
+        MapDiff::between(&old.maps, &self.desired.maps)
+    }
+
+    /// [`Model::full`] without the diff (for a caller that diffs against the maps itself);
+    /// returns the last result.
+    pub fn recompute(&mut self, inputs: &Inputs, ids: &mut Ids) -> Arc<Desired> {
         let slices = index_slices(&inputs.endpoint_slices);
         let old = std::mem::take(self);
         ids.begin();
@@ -739,7 +761,7 @@ impl Model {
         }
         ids.end();
         self.rebuild_lists();
-        MapDiff::between(&old.desired.maps, &self.desired.maps)
+        old.desired
     }
 
     /// Recomputes the named Services only (added, changed or deleted ones, and those whose
@@ -3040,7 +3062,9 @@ impl ProxyModel {
 }
 
 impl ProxyModel {
-    fn plan_full(&mut self, snap: &metalnet::state::Snapshot) -> MapDiff {
+    /// Every Service; the diff from the last plan only if `diff` (it is handed over only
+    /// when the maps hold that plan's maps).
+    fn plan_full(&mut self, snap: &metalnet::state::Snapshot, diff: bool) -> MapDiff {
         self.index = ObjectIndex::of(snap);
         let inputs = Inputs::from_snapshot(
             snap,
@@ -3049,7 +3073,12 @@ impl ProxyModel {
             &self.service_proxy_name,
             self.maglev_m,
         );
-        self.model.full(&inputs, &mut self.ids)
+        if diff {
+            self.model.full(&inputs, &mut self.ids)
+        } else {
+            self.model.recompute(&inputs, &mut self.ids);
+            MapDiff::default()
+        }
     }
 
     /// Only the named Services, reading only their objects.
@@ -3057,6 +3086,7 @@ impl ProxyModel {
         &mut self,
         changed: BTreeSet<SvcName>,
         snap: &metalnet::state::Snapshot,
+        want_diff: bool,
     ) -> MapDiff {
         if changed.is_empty() {
             return MapDiff::default();
@@ -3072,7 +3102,7 @@ impl ProxyModel {
         };
         match self.model.try_update(&inputs, &changed, &mut self.ids) {
             Some(diff) => diff,
-            None => self.plan_full(snap),
+            None => self.plan_full(snap, want_diff),
         }
     }
 }
@@ -3097,14 +3127,14 @@ impl super::daemon::Model for ProxyModel {
         let synced = std::mem::take(&mut self.synced);
         let last = self.last.take();
         let diff = match (self.planned, changed, &last) {
-            (false, _, _) | (true, None, None) => self.plan_full(snap),
+            (false, _, _) | (true, None, None) => self.plan_full(snap, synced),
             (true, Some(refs), _) => {
                 let names = self.index.follow_refs(refs, snap);
-                self.plan_changes(names, snap)
+                self.plan_changes(names, snap, synced)
             }
             (true, None, Some(old)) => {
                 let names = self.index.follow(old, snap);
-                self.plan_changes(names, snap)
+                self.plan_changes(names, snap, synced)
             }
         };
         self.planned = true;
