@@ -168,6 +168,9 @@ pub struct Daemon<D: Dataplane, M: Model> {
     /// The trigger time last counted for each EndpointSlice (see
     /// [`Daemon::observe_programming`]).
     stamps: HashMap<ObjectKey, String>,
+    /// EndpointSlices named as changed in passes that failed: counted once the maps are
+    /// programmed.
+    unprogrammed: BTreeSet<ObjectKey>,
 }
 
 impl<D: Dataplane, M: Model> Daemon<D, M> {
@@ -227,6 +230,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             hints: None,
             slices: None,
             stamps: HashMap::new(),
+            unprogrammed: BTreeSet::new(),
         })
     }
 
@@ -461,6 +465,12 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         // Slices changed without a map change count as programmed too (nothing to do).
         if failing.is_none() {
             self.observe_programming(snap, changed);
+        } else if let Some(refs) = changed {
+            self.unprogrammed.extend(
+                refs.iter()
+                    .filter(|r| r.kind == Kind::EndpointSlice)
+                    .map(|r| r.key()),
+            );
         }
         // Health servers answer 503 while the maps are not what the cluster asks for.
         self.health.set_proxy_healthy(failing.is_none());
@@ -541,20 +551,22 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// last-change-trigger-time to now.
     fn observe_programming(&mut self, snap: &Snapshot, changed: Option<&BTreeSet<ObjectRef>>) {
         let now = SystemTime::now();
-        let keys: Vec<ObjectKey> = match changed {
-            Some(refs) => refs
-                .iter()
-                .filter(|r| r.kind == Kind::EndpointSlice)
-                .map(|r| r.key())
-                .collect(),
+        let mut keys = std::mem::take(&mut self.unprogrammed);
+        match changed {
+            Some(refs) => keys.extend(
+                refs.iter()
+                    .filter(|r| r.kind == Kind::EndpointSlice)
+                    .map(|r| r.key()),
+            ),
             None => {
                 let old = self.slices.take().unwrap_or_default();
-                super::model::changed_objects(&old, &snap.endpoint_slices)
-                    .into_iter()
-                    .map(|c| c.key.clone())
-                    .collect()
+                keys.extend(
+                    super::model::changed_objects(&old, &snap.endpoint_slices)
+                        .into_iter()
+                        .map(|c| c.key.clone()),
+                );
             }
-        };
+        }
         // Kept only to compare with the next snapshot: a snapshot kept makes the state copy
         // its map on the next change instead of changing it in place.
         self.slices = changed.is_none().then(|| snap.endpoint_slices.clone());
