@@ -837,7 +837,27 @@ static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u
 	mn_config_get(&cfg);
 	if (!mn_ct_alive(&c, p->proto, &cfg, now) || !bpf_map_lookup_elem(&mn_backend, &c.backend_id))
 		return MN_NO_ENTRY;
-	mn_ct_touch(v, &c, p, now);
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & MN_TH_RST)) {
+		/* A reset ends the connection: nothing of it is translated after this packet, so
+		 * its entries go now rather than linger until LRU eviction (which makes every new
+		 * connection's inserts scan for victims once the map is full), and a masqueraded
+		 * one's port is free at once. */
+		bpf_map_delete_elem(&mn_ct, &fk);
+		mn_ct_key_of(&fk, p, 1);
+		__builtin_memcpy(fk.saddr, c.nat_addr, MN_ADDR_LEN);
+		__builtin_memcpy(fk.daddr, p->saddr, MN_ADDR_LEN);
+		fk.sport = c.nat_port;
+		fk.dport = p->sport;
+		bpf_map_delete_elem(&mn_ct, &fk);
+		if (c.snat_port) {
+			__builtin_memcpy(fk.daddr, c.snat_addr, MN_ADDR_LEN);
+			fk.dport = c.snat_port;
+			fk.dir = MN_CT_DIR_SNAT;
+			bpf_map_delete_elem(&mn_ct, &fk);
+		}
+	} else {
+		mn_ct_touch(v, &c, p, now);
+	}
 	r = mn_nat(skb, p, 1, c.nat_addr, c.nat_port);
 	if (r != TC_ACT_OK || !c.snat_port)
 		return r;
@@ -1022,20 +1042,23 @@ static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct
 	return bpf_redirect_neigh(lb->n.ifindex, NULL, 0, 0);
 }
 
-/* A reply to one of this host's own connections that mn_egress_lb balanced: the frontend back
- * as its source. Only for packets to this node's addresses: forwarded replies are translated
- * at egress (a masqueraded connection's after mn_snat_rev gave them the client back). */
-static __noinline int mn_ct_reply_to_host(struct __sk_buff *skb, struct mn_pkt *p)
+/* A reply of a balanced connection (its reply entry), MN_NO_ENTRY when there is none. A reply
+ * to one of this host's own connections that mn_egress_lb balanced gets the frontend back as its
+ * source here, as it goes to this node's own address. Forwarded replies are translated at
+ * egress (a masqueraded connection's at ingress already, by mn_snat_rev); they leave here at
+ * once, without the frontend lookups a new flow costs. The reply entry is looked up first, not
+ * the node's addresses: replies are the traffic that has one. */
+static __noinline int mn_ct_reply(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_ct_key rk;
 	struct mn_ct_val *v, c;
 
-	if (!mn_is_node_addr(p->daddr))
-		return MN_NO_ENTRY;
 	mn_ct_key_of(&rk, p, 1);
 	v = bpf_map_lookup_elem(&mn_ct, &rk);
 	if (!v)
 		return MN_NO_ENTRY;
+	if (!mn_is_node_addr(p->daddr))
+		return TC_ACT_OK;
 	c = *v;
 	mn_ct_touch(v, &c, p, mn_now());
 	mn_count(MN_CNT_REV_NAT);
@@ -1161,7 +1184,7 @@ int mn_tc_ingress(struct __sk_buff *skb)
 			if (r != MN_NO_ENTRY)
 				return r;
 		}
-		r = mn_ct_reply_to_host(skb, &p);
+		r = mn_ct_reply(skb, &p);
 		if (r != MN_NO_ENTRY)
 			return r;
 	}
@@ -1215,7 +1238,7 @@ static __noinline int mn_reroute(struct __sk_buff *skb, struct mn_pkt *p)
  * frontend has no backend (rejected here, as kube-proxy does in OUTPUT, by sending the answer
  * back into the host) or because socket-LB is off (balanced here: DNAT, conntrack, and the
  * packet re-routed to the backend, since the stack routed it for the frontend's address; the
- * replies are translated at ingress, see mn_ct_reply_to_host). Only for new flows (a TCP SYN,
+ * replies are translated at ingress, see mn_ct_reply). Only for new flows (a TCP SYN,
  * a UDP datagram) so other egress traffic costs no lookup. */
 static __noinline int mn_egress_lb(struct __sk_buff *skb, struct mn_pkt *p)
 {
@@ -1372,8 +1395,20 @@ static __noinline int mn_egress_reply(struct __sk_buff *skb, struct mn_pkt *p)
 		return MN_NO_ENTRY;
 	c = *v;
 	/* No expiry check here: the forward direction decides when a connection is over (it
-	 * re-balances and rewrites this entry); a reply entry only leaves through LRU eviction. */
-	mn_ct_touch(v, &c, p, mn_now());
+	 * re-balances and rewrites this entry); a reply entry leaves through a reset or LRU
+	 * eviction. */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & MN_TH_RST)) {
+		/* The backend reset the connection: both entries go (see mn_ct_forward). */
+		bpf_map_delete_elem(&mn_ct, &rk);
+		mn_ct_key_of(&rk, p, 0);
+		__builtin_memcpy(rk.saddr, p->daddr, MN_ADDR_LEN);
+		__builtin_memcpy(rk.daddr, c.nat_addr, MN_ADDR_LEN);
+		rk.sport = p->dport;
+		rk.dport = c.nat_port;
+		bpf_map_delete_elem(&mn_ct, &rk);
+	} else {
+		mn_ct_touch(v, &c, p, mn_now());
+	}
 	mn_count(MN_CNT_REV_NAT);
 	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
 }
@@ -1392,6 +1427,11 @@ int mn_tc_egress(struct __sk_buff *skb)
 	r = mn_egress_reply(skb, &p);
 	if (r != MN_NO_ENTRY)
 		return r;
+	/* Forwarded packets were balanced at ingress, where they entered this node: what follows
+	 * is for this host's own packets only (ingress_ifindex 0), so forwarded ones cost no more
+	 * lookups here. */
+	if (skb->ingress_ifindex)
+		return TC_ACT_OK;
 	/* This host's own connections balanced here (socket-LB off): the next packets. */
 	if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & (MN_TH_SYN | MN_TH_ACK)) == MN_TH_SYN)) {
 		r = mn_ct_forward(skb, &p, mn_now());

@@ -345,6 +345,7 @@ fn start_proxy(
         // The watcher sees address changes at once; the daemon only reads them for the
         // healthCheckNodePort servers.
         node_addrs: true,
+        tc_attach: opts.tc_attach,
     };
     let daemon = proxy::daemon::Daemon::new(
         proxy::daemon::Config {

@@ -1255,6 +1255,13 @@ fn a_reset_frees_the_masquerade_port_at_once() {
     let r = dp.ingress(&tcp("203.0.113.6:40000", vip, SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.parsed().src, sa(&snat), "the port again, at once");
+    // The client resets: the same.
+    let r = dp.ingress(&tcp("203.0.113.6:40000", vip, RST | ACK));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().src, sa(&snat));
+    assert!(dp.ct(ct_key("198.51.100.10:8080", &snat, TCP, 2)).is_none());
+    let r = dp.ingress(&tcp("203.0.113.7:40000", vip, SYN));
+    assert_eq!(r.parsed().src, sa(&snat));
 }
 
 #[test]
@@ -1404,7 +1411,7 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
 }
 
 #[test]
-fn fin_marks_the_connection_closing() {
+fn fin_marks_the_connection_closing_and_a_reset_ends_it() {
     let Some(mut dp) = Dp::new() else { return };
     dp.service(
         "10.96.0.10",
@@ -1422,8 +1429,22 @@ fn fin_marks_the_connection_closing() {
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     assert_ne!(dp.ct(k).unwrap().flags & ct_flags::CLOSING, 0);
     let rk = ct_key("10.244.2.10:8080", "10.244.1.5:40000", TCP, 1);
-    dp.egress(&tcp("10.244.2.10:8080", "10.244.1.5:40000", RST));
-    assert_ne!(dp.ct(rk).unwrap().flags & ct_flags::CLOSING, 0);
+    assert!(dp.ct(rk).is_some());
+    // A reset from the backend is translated, then both entries go.
+    let r = dp.egress(&tcp("10.244.2.10:8080", "10.244.1.5:40000", RST));
+    assert_eq!(r.parsed().src, sa("10.96.0.10:80"));
+    assert!(dp.ct(rk).is_none());
+    assert!(dp.ct(k).is_none());
+
+    // A reset from the client: translated, then both entries go.
+    dp.ingress(&tcp("10.244.1.5:40001", "10.96.0.10:80", SYN));
+    let k = ct_key("10.244.1.5:40001", "10.96.0.10:80", TCP, 0);
+    let rk = ct_key("10.244.2.10:8080", "10.244.1.5:40001", TCP, 1);
+    assert!(dp.ct(k).is_some() && dp.ct(rk).is_some());
+    let r = dp.ingress(&tcp("10.244.1.5:40001", "10.96.0.10:80", RST | ACK));
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    assert!(dp.ct(k).is_none());
+    assert!(dp.ct(rk).is_none());
 }
 
 #[test]

@@ -522,6 +522,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         cgroup_root: Some(cg.0.clone()),
         nodeport_addresses: vec![],
         node_addrs: true,
+        tc_attach: attach::TcAttach::Auto,
     };
     let cfg = abi::Config {
         socket_lb: 1,
@@ -889,6 +890,7 @@ fn hairpin_through_the_vip_is_masqueraded() {
         cgroup_root: None,
         nodeport_addresses: vec![],
         node_addrs: false,
+        tc_attach: attach::TcAttach::Auto,
     };
     let (mut l1, a) = in_ns(&node, move || attach::open_data_path(&small(), &cfg, opts)).unwrap();
     assert_eq!(l1.maps().config().unwrap(), cfg);
@@ -974,6 +976,7 @@ fn a_burst_of_interfaces_is_attached_and_forgotten() {
             cgroup_root: None,
             nodeport_addresses: vec![],
             node_addrs: false,
+            tc_attach: attach::TcAttach::Auto,
         },
     );
     assert!(a.status().interfaces.is_empty(), "{:?}", a.status());
@@ -1044,4 +1047,122 @@ fn a_map_pinned_with_another_layout_is_refused_by_name() {
     assert!(e.contains("map mn_svc"), "{e}");
     assert!(e.contains("keys of 4 and values of 4 bytes"), "{e}");
     assert!(e.contains("--cleanup-config"), "{e}");
+}
+
+/// `--tc-attach=clsact`: the programs go on as clsact filters of a priority of ours and
+/// balance; a restart replaces them in place (one filter per direction, the connection kept);
+/// a start the TCX way removes them, a start the clsact way removes the TCX links, and
+/// cleanup removes the filters.
+#[test]
+fn clsact_filters_balance_are_replaced_on_restart_and_cleaned_up() {
+    if !is_root() {
+        return;
+    }
+    let dir = BpfDir::new();
+    let sizes = Sizes::default();
+    let (client, server) = topology();
+    echo_server(&server);
+    let clsact = AttachOptions {
+        bpf_dir: dir.path.clone(),
+        cgroup_root: None,
+        nodeport_addresses: vec![],
+        node_addrs: true,
+        tc_attach: attach::TcAttach::Clsact,
+    };
+    let tcx = AttachOptions {
+        tc_attach: attach::TcAttach::Auto,
+        ..clsact.clone()
+    };
+    let cfg = abi::Config {
+        maglev_m: 1021,
+        masq_mark: 0x4000,
+        ct_timeout_tcp: 3600,
+        ct_timeout_other: 60,
+        ..Default::default()
+    };
+    let server_ns = server.name().to_string();
+    let filters = move |hook: &str| -> Vec<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &server_ns, "tc", "filter", "show", "dev", "s0", hook,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("mn_tc_"))
+            .map(str::to_string)
+            .collect()
+    };
+    let ours = |hook: &str, prog: &str| {
+        let f = filters(hook);
+        assert!(
+            f.len() == 1
+                && f[0].contains(prog)
+                && f[0].contains(&format!("pref {}", attach::CLSACT_PRIORITY)),
+            "one filter of ours on s0 {hook}: {f:?}"
+        );
+    };
+    let tcx_pins = |d: &Path| -> usize {
+        pins(&d.join(attach::LINKS_DIR))
+            .iter()
+            .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("tcx-")))
+            .count()
+    };
+
+    let mut l1 = Loader::open(&dir.path, &sizes).unwrap();
+    l1.set_config(&cfg).unwrap();
+    l1.apply(&MapDiff::between(&MapState::default(), &one_service()))
+        .unwrap();
+    let a1 = start(&server, l1.take_programs().unwrap(), clsact.clone());
+    assert_eq!(
+        a1.status().interfaces.values().collect::<Vec<_>>(),
+        vec!["s0"]
+    );
+    ours("ingress", attach::TC_INGRESS);
+    ours("egress", attach::TC_EGRESS);
+    assert_eq!(tcx_pins(&dir.path), 0);
+    let mut kept = connect_vip(&client).unwrap();
+    assert_eq!(echo(&mut kept, "clsact"), "clsact");
+    assert!(l1.counters().unwrap()[0] >= 1, "balanced per packet");
+
+    // A restart: the same filters get the new programs; nothing is added, nothing dropped.
+    drop(a1);
+    drop(l1);
+    let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
+    let a2 = start(&server, l2.take_programs().unwrap(), clsact.clone());
+    ours("ingress", attach::TC_INGRESS);
+    ours("egress", attach::TC_EGRESS);
+    assert_eq!(echo(&mut kept, "restarted"), "restarted");
+    let mut fresh = connect_vip(&client).unwrap();
+    assert_eq!(echo(&mut fresh, "fresh"), "fresh");
+
+    // The TCX way next: links pinned, our filters gone (else the programs ran twice).
+    drop(a2);
+    drop(l2);
+    let mut l3 = Loader::open(&dir.path, &sizes).unwrap();
+    let a3 = start(&server, l3.take_programs().unwrap(), tcx);
+    assert_eq!(tcx_pins(&dir.path), 2);
+    assert!(filters("ingress").is_empty() && filters("egress").is_empty());
+    assert_eq!(echo(&mut kept, "tcx"), "tcx");
+
+    // And back: the TCX links go.
+    drop(a3);
+    drop(l3);
+    let mut l4 = Loader::open(&dir.path, &sizes).unwrap();
+    let a4 = start(&server, l4.take_programs().unwrap(), clsact);
+    assert_eq!(tcx_pins(&dir.path), 0);
+    ours("ingress", attach::TC_INGRESS);
+    assert_eq!(echo(&mut kept, "back"), "back");
+    assert_eq!(csum_errors(&client), 0);
+    assert_eq!(csum_errors(&server), 0);
+
+    drop(a4);
+    drop(l4);
+    let d = dir.path.clone();
+    in_ns(&server, move || attach::cleanup(&d, None)).unwrap();
+    assert!(
+        filters("ingress").is_empty() && filters("egress").is_empty(),
+        "cleanup removes the filters"
+    );
 }

@@ -1070,6 +1070,10 @@ fn metrics_show_map_fill() {
     c.apply(&svc("counted", 33), &[a1, b1]).unwrap();
     wait_answer(&c, At::Client, &vip(V4, 33), 80);
     all_answered(&c, At::Client, &vip(V4, 33), 80, 10);
+    // Connections closed by a reset leave no entry behind: hold some open.
+    let _held = c
+        .hold(At::Client, &vip(V4, 33), 80, 5, false)
+        .unwrap_or_else(|e| panic!("holding connections: {e}"));
     // The fill levels are read every 10 s.
     let mut text = String::new();
     let ct = r#"metalnet_proxy_map_entries{map="mn_ct"}"#;
@@ -1079,7 +1083,7 @@ fn metrics_show_map_fill() {
     });
     assert!(
         filled.is_ok(),
-        "conntrack entries after 10 connections through node1: {:?}\n{text}",
+        "conntrack entries with 5 connections open through node1: {:?}\n{text}",
         metric(&text, ct)
     );
     let value = |series: &str| metric(&text, series);
@@ -1206,4 +1210,72 @@ fn socket_lb_host_only() {
         );
     }
     assert_checksums(&c);
+}
+
+/// Our tc filters on node 1 (`--tc-attach=clsact`), over every interface and both hooks.
+fn clsact_filters(c: &ProxyCluster) -> usize {
+    let out = c
+        .node(0)
+        .host
+        .exec_ok(&[
+            "sh",
+            "-c",
+            "for d in $(ls /sys/class/net); do tc filter show dev $d ingress; tc filter show dev $d egress; done",
+        ])
+        .unwrap_or_else(|e| panic!("tc filter show: {e}"));
+    out.matches("mn_tc_").count()
+}
+
+/// `--tc-attach=clsact`, the way of kernels before TCX: the per-packet path serves the outside
+/// client, a restart keeps held connections and leaves one filter per hook, and
+/// `--cleanup-config` removes the filters.
+#[test]
+fn clsact_attachment() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_clsact", &[1, 1], &["--tc-attach=clsact"]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("filtered", 37).node_port(30137), &[a1, b1])
+        .unwrap();
+    for f in FAMILIES {
+        wait_answer(&c, At::Client, &vip(f, 37), 80);
+        let node = c.node_ip(0, client_ip(f)).to_string();
+        wait_answer(&c, At::Client, &node, 30137);
+    }
+    let filters = clsact_filters(&c);
+    assert!(
+        filters >= 4,
+        "both hooks of the node's interfaces: {filters}"
+    );
+    assert!(
+        pins(&c.node(0).bpf_dir)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("tcx-")),
+        "no TCX links"
+    );
+    let long = Duration::from_secs(30);
+    let mut held = c.hold(At::Client, &vip(V4, 37), 80, 50, false).unwrap();
+    assert_eq!(held.opened(long).unwrap().ok, 50);
+    c.stop_proxy(0);
+    c.start_proxy(0, &["--tc-attach=clsact"]).unwrap();
+    let r = held.exchange(long).unwrap();
+    assert_eq!(r.ok, 50, "after the restart: {r:?}\n{}", c.logs());
+    assert_eq!(clsact_filters(&c), filters, "replaced, not added");
+    all_answered(&c, At::Client, &vip(V6, 37), 80, 5);
+    assert_checksums(&c);
+    drop(held);
+
+    c.stop_proxy(0);
+    let out = c.run_proxy_once(0, &["--cleanup-config"]).unwrap();
+    assert!(
+        out.status.success(),
+        "--cleanup-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        clsact_filters(&c),
+        0,
+        "--cleanup-config removes the filters"
+    );
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aya::programs::links::FdLink;
-use aya::programs::tc::TcAttachOptions;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
@@ -44,6 +44,24 @@ pub const LINKS_DIR: &str = "links";
 /// The tc programs of `lb.c`.
 pub const TC_INGRESS: &str = "mn_tc_ingress";
 pub const TC_EGRESS: &str = "mn_tc_egress";
+
+/// How the tc programs are put on the interfaces (`--tc-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// TCX links (Linux 6.6 and later), pinned, so a restart swaps the programs in place; a
+    /// clsact filter on kernels without TCX.
+    #[default]
+    Auto,
+    /// Always a clsact qdisc with a direct-action filter, the way before TCX (for kernels
+    /// whose TCX misbehaves, and to test that way on a kernel that has TCX).
+    Clsact,
+}
+
+/// The priority and handle of our clsact filters: fixed, so a restart replaces its own
+/// filter in one netlink request (no moment without a program) instead of adding a second
+/// one, and cleanup finds it. A priority of our own, away from the 1 most tools use.
+pub const CLSACT_PRIORITY: u16 = 0x6d6e;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// An attachment failed; names the program, the target and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +102,8 @@ pub struct AttachOptions {
     /// Keep `mn_node_addr` equal to the node's (filtered) addresses. Off when the daemon sets
     /// them itself through [`super::dataplane::Dataplane::set_node_addrs`].
     pub node_addrs: bool,
+    /// TCX (falling back to clsact) or clsact.
+    pub tc_attach: TcAttach,
 }
 
 /// What the watcher has done so far (for logs, metrics and tests).
@@ -431,7 +451,8 @@ impl Attacher {
     }
 
     /// The old way, for kernels without TCX (before 6.6): a clsact qdisc and a netlink
-    /// filter, which outlives the process by itself (it cannot be pinned).
+    /// filter, which outlives the process by itself (it cannot be pinned). A filter of ours
+    /// already there (a restart) gets the new program in place.
     fn attach_clsact(&mut self, name: &str, egress: bool) -> Result<(), AttachError> {
         let (prog_name, t) = if egress {
             (TC_EGRESS, TcAttachType::Egress)
@@ -445,13 +466,35 @@ impl Attacher {
             .ok_or_else(|| attach_err(prog_name, name, "not in lb.o"))?
             .try_into()
             .map_err(|e| attach_err(prog_name, name, e))?;
+        // The interface may have the qdisc already (ours or another tool's).
         let _ = aya::programs::tc::qdisc_add_clsact(name);
-        let id = prog
-            .attach_with_options(name, t, TcAttachOptions::Netlink(Default::default()))
-            .map_err(|e| attach_err(prog_name, name, format!("clsact: {e}")))?;
+        let replaced = SchedClassifierLink::attached(name, t, CLSACT_PRIORITY, CLSACT_HANDLE, None)
+            .map_err(|e| e.to_string())
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        let id = match replaced {
+            Ok(id) => id,
+            Err(replace) => prog
+                .attach_with_options(
+                    name,
+                    t,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: CLSACT_PRIORITY,
+                        handle: CLSACT_HANDLE,
+                        classid: None,
+                    }),
+                )
+                .map_err(|e| {
+                    attach_err(
+                        prog_name,
+                        name,
+                        format!("clsact: {e} (replacing: {replace})"),
+                    )
+                })?,
+        };
         let link = prog
             .take_link(id)
             .map_err(|e| attach_err(prog_name, name, e))?;
+        // Dropping the link would detach it: the filter must outlive this process.
         std::mem::forget(link);
         Ok(())
     }
@@ -472,6 +515,19 @@ impl Attacher {
     /// interfaces costs a few grace periods instead of two per interface. Returns the result
     /// per interface.
     fn attach_tc_many(&mut self, links: &[(u32, String)]) -> Vec<Result<(), AttachError>> {
+        if self.opts.tc_attach == TcAttach::Clsact {
+            return links
+                .iter()
+                .map(|(index, name)| {
+                    // TCX links a run in the other mode pinned would run the programs twice.
+                    for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+                        let _ = std::fs::remove_file(tc_pin(&self.links_dir, *index, t));
+                    }
+                    self.attach_clsact(name, false)?;
+                    self.attach_clsact(name, true)
+                })
+                .collect();
+        }
         let fds = match (self.tc_fd(TC_INGRESS), self.tc_fd(TC_EGRESS)) {
             (Ok(i), Ok(e)) => [i, e],
             (Err(e), _) | (_, Err(e)) => {
@@ -545,6 +601,14 @@ impl Attacher {
         let t = Instant::now();
         let results = self.attach_tc_many(&new);
         let took = t.elapsed();
+        if strict && self.opts.tc_attach == TcAttach::Auto {
+            // Filters a run with --tc-attach=clsact left would run the programs twice.
+            for (_, name) in &new {
+                if let Ok(true) = detach_clsact(name) {
+                    info!(interface = %name, "removed the clsact filters of an earlier run");
+                }
+            }
+        }
         for ((index, name), r) in new.into_iter().zip(results) {
             match r {
                 Ok(()) => {
@@ -719,6 +783,24 @@ async fn watch(
     // Dropping the programs closes their descriptors; the pinned links keep them running.
 }
 
+/// Removes our clsact filters (both directions) from an interface; whether there were any.
+pub fn detach_clsact(name: &str) -> Result<bool, TcError> {
+    let mut removed = false;
+    for (t, prog) in [
+        (TcAttachType::Ingress, TC_INGRESS),
+        (TcAttachType::Egress, TC_EGRESS),
+    ] {
+        match aya::programs::tc::qdisc_detach_program(name, t, prog) {
+            Ok(()) => removed = true,
+            Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            // No clsact qdisc on the interface: no filter either.
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes what the proxy left in the kernel: the pinned links (which detaches the programs
 /// from the cgroup and the interfaces), the pinned maps, the directory, and the bpffs mount
 /// if the loader made it. `cgroup_root` is only logged: socket-LB links are pinned like the
@@ -750,6 +832,14 @@ pub fn cleanup(bpf_dir: &Path, cgroup_root: Option<&Path>) -> Result<(), AttachE
         }
     }
     info!(dir = %bpf_dir.display(), pins = removed, cgroup = ?cgroup_root, "removed the proxy's pins");
+    // Filters of --tc-attach=clsact (or of a kernel without TCX) are not pinned.
+    for (_, name) in metalnet::sys::packet::interface_names().unwrap_or_default() {
+        match detach_clsact(&name) {
+            Ok(true) => info!(interface = %name, "removed the proxy's clsact filters"),
+            Ok(false) => {}
+            Err(e) => warn!(interface = %name, error = %e, "removing the clsact filters failed"),
+        }
+    }
     // The mount: ours when the marker is in the directory or the bpffs root above it.
     let mut root = bpf_dir.to_path_buf();
     while let Some(p) = root.parent() {

@@ -7,12 +7,13 @@
 //! tests) and over the model ([`Model`]: Services to maps), so the loop is tested without
 //! BPF.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use metalnet::daemon::{Readiness, Shutdown};
+use metalnet::model::ObjectKey;
 use metalnet::netlink::Netlink;
 use metalnet::state::{ClusterState, EventRecord, EventType, Kind, ObjectRef, Snapshot};
 
@@ -81,7 +82,9 @@ pub trait Model: Send {
     type Plan: Plan;
     /// Takes the ids the maps hold (what the last run left) as the starting assignment.
     fn restore(&mut self, live: &MapState);
-    fn plan(&mut self, snap: &Snapshot) -> Self::Plan;
+    /// The plan for `snap`. `changed`: the objects changed since the last plan's snapshot
+    /// (more is harmless), when known; `None`: the model compares snapshots itself.
+    fn plan(&mut self, snap: &Snapshot, changed: Option<&BTreeSet<ObjectRef>>) -> Self::Plan;
     /// What the maps hold after a write (or read back after a failed one): ids no longer in
     /// them may be given to new objects.
     fn committed(&mut self, _live: &MapState) {}
@@ -99,8 +102,8 @@ pub trait Model: Send {
 pub struct Status {
     pub node: String,
     pub plan: Option<Arc<dyn Plan>>,
-    /// The maps as written.
-    pub live: MapState,
+    /// The maps as written (shared with the daemon: see [`Daemon::change_current`]).
+    pub live: Arc<MapState>,
     /// Why the last pass did not program the maps (a map write failed).
     pub failing: Option<String>,
     pub passes: u64,
@@ -143,7 +146,7 @@ pub struct Daemon<D: Dataplane, M: Model> {
     dp: D,
     model: M,
     /// What the maps hold (read at start, then kept as written).
-    current: MapState,
+    current: Arc<MapState>,
     health: HealthServers,
     metrics: Metrics,
     readiness: Readiness,
@@ -157,8 +160,17 @@ pub struct Daemon<D: Dataplane, M: Model> {
     /// The interval before the next fill walk (see [`FILL_COST_FACTOR`]).
     fill_every: Duration,
     retry_at: Option<Instant>,
-    /// The EndpointSlices of the last pass, to time network programming of the changed ones.
-    slices: metalnet::state::Objects<metalnet::model::core::EndpointSlice>,
+    /// The objects changed since the last pass, from the state's subscription (`None`
+    /// until it names every change: passes then compare snapshots).
+    hints: Option<BTreeSet<ObjectRef>>,
+    /// The EndpointSlices of the last pass, while passes compare snapshots.
+    slices: Option<metalnet::state::Objects<metalnet::model::core::EndpointSlice>>,
+    /// The trigger time last counted for each EndpointSlice (see
+    /// [`Daemon::observe_programming`]).
+    stamps: HashMap<ObjectKey, String>,
+    /// EndpointSlices named as changed in passes that failed: counted once the maps are
+    /// programmed.
+    unprogrammed: BTreeSet<ObjectKey>,
 }
 
 impl<D: Dataplane, M: Model> Daemon<D, M> {
@@ -173,7 +185,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         readiness: Readiness,
         status: SharedStatus,
     ) -> Result<Self, DataplaneError> {
-        let current = dp.read()?;
+        let current = Arc::new(dp.read()?);
         if !current.svc.is_empty() || !current.backend.is_empty() {
             tracing::info!(
                 frontends = current.svc.len(),
@@ -215,7 +227,10 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             fill_at: long_ago,
             fill_every: FILL_MIN,
             retry_at: None,
-            slices: Default::default(),
+            hints: None,
+            slices: None,
+            stamps: HashMap::new(),
+            unprogrammed: BTreeSet::new(),
         })
     }
 
@@ -233,12 +248,20 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// without dropping a connection (as kube-proxy leaves its rules).
     pub async fn run(mut self, state: &ClusterState, shutdown: &Shutdown) {
         let mut sub = state.subscribe();
+        // The first update names every object present, not those gone since a pass before
+        // it: the first pass compares snapshots, later ones read the changed objects only.
+        self.hints = None;
         let mut first = true;
         loop {
             let wait = self.next_timer();
             let woke = tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = sub.next() => true,
+                u = sub.next() => {
+                    if let Some(h) = &mut self.hints {
+                        h.extend(u.changed);
+                    }
+                    true
+                }
                 _ = tokio::time::sleep_until(wait.into()) => false,
             };
             if woke && !first {
@@ -249,6 +272,8 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             let due = self.retry_at.is_some_and(|r| r <= Instant::now());
             if woke || first || due || self.refresh_node_addrs().await {
                 self.pass(state).await;
+                // Every change after this pass's snapshot comes in a later update.
+                self.hints.get_or_insert_default();
             } else if self.fill_at.elapsed() >= self.fill_every {
                 self.observe_datapath();
             }
@@ -277,7 +302,8 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     pub async fn pass(&mut self, state: &ClusterState) -> PassReport {
         self.refresh_node_addrs().await;
         let snap = state.snapshot();
-        let report = self.pass_on(&snap);
+        let changed = self.hints.as_mut().map(std::mem::take);
+        let report = self.pass_with(&snap, changed.as_ref());
         for p in &report.new_problems {
             let obj = ObjectRef::new(p.kind, Some(&p.namespace), &p.name);
             let event = EventRecord {
@@ -350,14 +376,34 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     /// One pass on a snapshot: model, diff, write, sockets of removed backends, health
     /// servers, metrics, status. Events are the caller's (see [`Daemon::pass`]).
     pub fn pass_on(&mut self, snap: &Snapshot) -> PassReport {
+        self.pass_with(snap, None)
+    }
+
+    /// [`Daemon::pass_on`], told which objects changed since the last pass's snapshot (all
+    /// of them, more is harmless), or `None` to compare snapshots.
+    pub fn pass_with(
+        &mut self,
+        snap: &Snapshot,
+        changed: Option<&BTreeSet<ObjectRef>>,
+    ) -> PassReport {
         let started = Instant::now();
         let mut report = PassReport::default();
-        let plan = self.model.plan(snap);
+        let plan = {
+            // The last plan may share the model's state: let go of it first, so the model
+            // changes its state in place instead of copying it. Under the lock, so the debug
+            // endpoints wait for the new plan rather than find none.
+            let status = self.status.clone();
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.plan = None;
+            let plan: Arc<dyn Plan> = Arc::new(self.model.plan(snap, changed));
+            s.plan = Some(plan.clone());
+            plan
+        };
         let diff = match plan.diff() {
             Some(d) => {
                 debug_assert!(
                     {
-                        let mut next = self.current.clone();
+                        let mut next = MapState::clone(&self.current);
                         super::state::apply(&mut next, d);
                         &next == plan.maps()
                     },
@@ -378,7 +424,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     report.written = diff.len();
                     let removed = removed_backends(&self.current, &diff);
                     self.model.committed_diff(&self.current, &diff);
-                    super::state::apply(&mut self.current, &diff);
+                    self.change_current(|c| super::state::apply(c, &diff));
                     if !removed.is_empty() {
                         match self.dp.destroy_sockets(&removed) {
                             Ok(n) => tracing::info!(
@@ -407,7 +453,7 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
                     // Part of the diff may be in: start the next diff from what the maps hold.
                     match self.dp.read() {
                         Ok(live) => {
-                            self.current = live;
+                            self.current = Arc::new(live);
                             self.model.committed(&self.current);
                         }
                         Err(e) => tracing::warn!(error = %e, "reading the maps back"),
@@ -418,7 +464,13 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         }
         // Slices changed without a map change count as programmed too (nothing to do).
         if failing.is_none() {
-            self.observe_programming(snap);
+            self.observe_programming(snap, changed);
+        } else if let Some(refs) = changed {
+            self.unprogrammed.extend(
+                refs.iter()
+                    .filter(|r| r.kind == Kind::EndpointSlice)
+                    .map(|r| r.key()),
+            );
         }
         // Health servers answer 503 while the maps are not what the cluster asks for.
         self.health.set_proxy_healthy(failing.is_none());
@@ -450,7 +502,6 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.node = self.node.clone();
             s.live = self.current.clone();
-            s.plan = Some(Arc::new(plan));
             s.failing = failing.clone();
             s.passes += 1;
             s.health_ports = self.health.bound();
@@ -460,6 +511,16 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
         }
         report.error = failing;
         report
+    }
+
+    /// Changes the daemon's record of the maps, which the status shares: the status lets go
+    /// of it meanwhile (under its lock, so no reader sees it half done), so it is changed in
+    /// place, not copied.
+    fn change_current(&mut self, f: impl FnOnce(&mut MapState)) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.live = Arc::default();
+        f(Arc::make_mut(&mut self.current));
+        s.live = self.current.clone();
     }
 
     fn observe_datapath(&mut self) {
@@ -486,36 +547,52 @@ impl<D: Dataplane, M: Model> Daemon<D, M> {
     }
 
     /// kube-proxy's network programming latency: for each EndpointSlice changed since the
-    /// last pass, from its last-change-trigger-time to now.
-    fn observe_programming(&mut self, snap: &Snapshot) {
+    /// last pass (`changed`, else found by comparing snapshots), from its
+    /// last-change-trigger-time to now.
+    fn observe_programming(&mut self, snap: &Snapshot, changed: Option<&BTreeSet<ObjectRef>>) {
         let now = SystemTime::now();
-        let trigger = |s: &metalnet::model::core::EndpointSlice| {
-            s.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME))
-                .cloned()
-        };
-        for (key, slice) in snap.endpoint_slices.iter() {
-            let Some(stamp) = trigger(slice) else {
+        let mut keys = std::mem::take(&mut self.unprogrammed);
+        match changed {
+            Some(refs) => keys.extend(
+                refs.iter()
+                    .filter(|r| r.kind == Kind::EndpointSlice)
+                    .map(|r| r.key()),
+            ),
+            None => {
+                let old = self.slices.take().unwrap_or_default();
+                keys.extend(
+                    super::model::changed_objects(&old, &snap.endpoint_slices)
+                        .into_iter()
+                        .map(|c| c.key.clone()),
+                );
+            }
+        }
+        // Kept only to compare with the next snapshot: a snapshot kept makes the state copy
+        // its map on the next change instead of changing it in place.
+        self.slices = changed.is_none().then(|| snap.endpoint_slices.clone());
+        for key in keys {
+            let stamp = snap.endpoint_slices.get(&key).and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(TRIGGER_TIME))
+                    .cloned()
+            });
+            let Some(stamp) = stamp else {
+                self.stamps.remove(&key);
                 continue;
             };
             // Each change has its own trigger time: one seen before is not counted again.
-            if self
-                .slices
-                .get(key)
-                .is_some_and(|old| Arc::ptr_eq(old, slice) || trigger(old).as_ref() == Some(&stamp))
-            {
+            if self.stamps.get(&key) == Some(&stamp) {
                 continue;
             }
-            let Some(t) = parse_rfc3339(&stamp) else {
-                continue;
-            };
-            if let Ok(d) = now.duration_since(t) {
+            if let Some(t) = parse_rfc3339(&stamp)
+                && let Ok(d) = now.duration_since(t)
+            {
                 self.metrics.network_programming.observe(d.as_secs_f64());
             }
+            self.stamps.insert(key, stamp);
         }
-        self.slices = snap.endpoint_slices.clone();
     }
 }
 

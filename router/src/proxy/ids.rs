@@ -310,8 +310,6 @@ pub struct Ids {
     rows: Space<u32>,
     /// Rows `mn_maglev` holds, as of the last commit.
     row_maglev: HashSet<u32>,
-    /// Rows in `row_maglev` no frontend uses ([`super::state::apply`] drops them next).
-    row_orphans: Vec<u32>,
 }
 
 impl Default for Ids {
@@ -328,18 +326,11 @@ impl Ids {
             backends: Space::new(1, u32::MAX as u64 + 1),
             rows: Space::new(0, maglev_rows as u64),
             row_maglev: HashSet::new(),
-            row_orphans: Vec::new(),
         }
     }
 
     fn set_refs(&mut self, state: &MapState) {
         let r = Refs::of(state);
-        self.row_orphans = r
-            .row_maglev
-            .iter()
-            .copied()
-            .filter(|row| !r.row_svc.contains_key(row))
-            .collect();
         self.frontends.held = r.fe;
         self.backends.held = r.be;
         self.rows.held = r.row_svc;
@@ -489,8 +480,8 @@ impl Ids {
             self.row_maglev.insert(*row);
             rows.push(*row);
         }
-        // As `state::apply`: rows no frontend uses leave mn_maglev's bookkeeping.
-        rows.append(&mut self.row_orphans);
+        // As `state::apply`: rows written or left by frontends that no frontend uses leave
+        // mn_maglev's bookkeeping.
         for row in &rows {
             if !self.rows.held.contains_key(row) {
                 self.row_maglev.remove(row);

@@ -39,9 +39,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use metalnet::model::core::{EndpointSlice, Service};
+use metalnet::model::{Kind, ObjectKey, ObjectRef};
 
 use super::abi::{
     AffinityMatch, Backend, Proto, RevNat, Scope, SlotKey, SrcRange, SvcKey, SvcVal, backend_flags,
@@ -282,58 +284,235 @@ fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> S
     ns_str(meta).to_string()
 }
 
+/// An object that differs between two versions of one kind: added (`old` is `None`),
+/// removed (`new` is `None`) or replaced.
+pub struct ObjectChange<'a, T> {
+    pub key: &'a ObjectKey,
+    pub old: Option<&'a Arc<T>>,
+    pub new: Option<&'a Arc<T>>,
+}
+
+/// The objects that differ between two versions of one kind. Versions share unchanged
+/// objects and each object sits under one key (the state decodes every object into an `Arc`
+/// of its own), so the walk goes through both in step and compares keys only where the
+/// objects differ: a pointer comparison per object, no lookups.
+pub fn changed_objects<'a, T>(
+    old: &'a metalnet::state::Objects<T>,
+    new: &'a metalnet::state::Objects<T>,
+) -> Vec<ObjectChange<'a, T>> {
+    let mut out = Vec::new();
+    if Arc::ptr_eq(old, new) {
+        return out;
+    }
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let step = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((_, o)), Some((_, n))) if Arc::ptr_eq(o, n) => {
+                a.next();
+                b.next();
+                continue;
+            }
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        let change = match step {
+            std::cmp::Ordering::Less => a.next().map(|(key, o)| ObjectChange {
+                key,
+                old: Some(o),
+                new: None,
+            }),
+            std::cmp::Ordering::Greater => b.next().map(|(key, n)| ObjectChange {
+                key,
+                old: None,
+                new: Some(n),
+            }),
+            std::cmp::Ordering::Equal => {
+                a.next()
+                    .zip(b.next())
+                    .map(|((key, o), (_, n))| ObjectChange {
+                        key,
+                        old: Some(o),
+                        new: Some(n),
+                    })
+            }
+        };
+        out.extend(change);
+    }
+    out
+}
+
+/// The Service a Service object is.
+fn service_name(s: &Service) -> Option<SvcName> {
+    Some((
+        ns_of(&s.metadata),
+        s.metadata.name.clone().unwrap_or_default(),
+    ))
+}
+
+/// The Service an EndpointSlice belongs to, if labelled.
+fn slice_service(s: &EndpointSlice) -> Option<SvcName> {
+    let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some((ns_of(&s.metadata), svc.clone()))
+}
+
 /// The Services to hand [`Model::update`] between two snapshots: those added, changed or
 /// deleted, and those whose EndpointSlices were. Snapshots share unchanged objects, so this
-/// compares pointers.
+/// compares pointers ([`changed_objects`]).
 pub fn changed_services(
     old: &metalnet::state::Snapshot,
     new: &metalnet::state::Snapshot,
 ) -> BTreeSet<SvcName> {
-    use std::sync::Arc;
-    fn walk<T>(
-        old: &metalnet::state::Objects<T>,
-        new: &metalnet::state::Objects<T>,
-        mut key: impl FnMut(&T) -> Option<SvcName>,
-        out: &mut BTreeSet<SvcName>,
-    ) {
-        if Arc::ptr_eq(old, new) {
-            return;
-        }
-        for (k, o) in old.iter() {
-            match new.get(k) {
-                Some(n) if Arc::ptr_eq(o, n) => {}
-                Some(n) => out.extend(key(o).into_iter().chain(key(n))),
-                None => out.extend(key(o)),
+    let mut index = ObjectIndex::default();
+    index.follow(old, new)
+}
+
+/// The Service a Service object under `key` is, from the key (the state keys objects by
+/// their metadata).
+fn key_service(key: &ObjectKey) -> SvcName {
+    (
+        key.namespace.as_deref().unwrap_or("default").to_string(),
+        key.name.clone(),
+    )
+}
+
+/// EndpointSlices by the Service they belong to, and the other way round (to know whom a
+/// slice belonged to once it changed or is gone). Services need none: their keys name them.
+#[derive(Clone, Debug, Default)]
+struct SliceIndex {
+    /// A few slices per Service: a Vec, not a set per Service.
+    by_service: HashMap<SvcName, Vec<ObjectKey>>,
+    owner: HashMap<ObjectKey, SvcName>,
+}
+
+impl SliceIndex {
+    /// The slice under `key` now belongs to `name` (`None`: to no Service, or gone); the
+    /// Services it left and joined go to `out`.
+    fn set(&mut self, key: &ObjectKey, name: Option<SvcName>, out: &mut BTreeSet<SvcName>) {
+        if let Some(old) = self.owner.remove(key) {
+            if let Some(keys) = self.by_service.get_mut(&old) {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    self.by_service.remove(&old);
+                }
             }
+            out.insert(old);
         }
-        for (k, n) in new.iter() {
-            if !old.contains_key(k) {
-                out.extend(key(n));
-            }
+        if let Some(name) = name {
+            out.insert(name.clone());
+            self.add(key, name);
         }
     }
-    let mut out = BTreeSet::new();
-    walk(
-        &old.services,
-        &new.services,
-        |s: &Service| {
-            Some((
-                ns_of(&s.metadata),
-                s.metadata.name.clone().unwrap_or_default(),
-            ))
-        },
-        &mut out,
-    );
-    walk(
-        &old.endpoint_slices,
-        &new.endpoint_slices,
-        |s: &EndpointSlice| {
-            let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-            Some((ns_of(&s.metadata), svc.clone()))
-        },
-        &mut out,
-    );
-    out
+
+    /// A slice not in the index yet.
+    fn add(&mut self, key: &ObjectKey, name: SvcName) {
+        self.owner.insert(key.clone(), name.clone());
+        self.by_service.entry(name).or_default().push(key.clone());
+    }
+}
+
+/// What an update needs to read only the changed Services' objects: their EndpointSlices by
+/// Service (their Service objects are found by key).
+#[derive(Clone, Debug, Default)]
+struct ObjectIndex {
+    slices: SliceIndex,
+}
+
+impl ObjectIndex {
+    fn of(snap: &metalnet::state::Snapshot) -> ObjectIndex {
+        let n = snap.endpoint_slices.len();
+        let mut idx = ObjectIndex {
+            slices: SliceIndex {
+                by_service: HashMap::with_capacity(n),
+                owner: HashMap::with_capacity(n),
+            },
+        };
+        for (k, s) in snap.endpoint_slices.iter() {
+            if let Some(name) = slice_service(s) {
+                idx.slices.add(k, name);
+            }
+        }
+        idx
+    }
+
+    /// Follows the objects from `old` to `new` (the index must be `old`'s, or empty to only
+    /// list); returns the Services whose objects changed.
+    fn follow(
+        &mut self,
+        old: &metalnet::state::Snapshot,
+        new: &metalnet::state::Snapshot,
+    ) -> BTreeSet<SvcName> {
+        let mut out = BTreeSet::new();
+        for c in changed_objects(&old.services, &new.services) {
+            out.extend(c.old.and_then(|o| service_name(o)));
+            out.extend(c.new.and_then(|n| service_name(n)));
+        }
+        for c in changed_objects(&old.endpoint_slices, &new.endpoint_slices) {
+            // The old slice's Service too, should the index not know it.
+            out.extend(c.old.and_then(|o| slice_service(o)));
+            self.slices
+                .set(c.key, c.new.and_then(|n| slice_service(n)), &mut out);
+        }
+        out
+    }
+
+    /// Follows the named objects to `new` (the others must be as the index has them);
+    /// returns the Services whose objects changed.
+    fn follow_refs(
+        &mut self,
+        changed: &BTreeSet<ObjectRef>,
+        new: &metalnet::state::Snapshot,
+    ) -> BTreeSet<SvcName> {
+        let mut out = BTreeSet::new();
+        for r in changed {
+            match r.kind {
+                Kind::Service => {
+                    let key = r.key();
+                    out.extend(new.services.get(&key).and_then(|s| service_name(s)));
+                    out.insert(key_service(&key));
+                }
+                Kind::EndpointSlice => {
+                    let key = r.key();
+                    let name = new.endpoint_slices.get(&key).and_then(|s| slice_service(s));
+                    self.slices.set(&key, name, &mut out);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The objects of the named Services in `snap` (whose slices the index must follow).
+    fn inputs_of<'a>(
+        &self,
+        snap: &'a metalnet::state::Snapshot,
+        names: &BTreeSet<SvcName>,
+    ) -> (Vec<&'a Service>, Vec<&'a EndpointSlice>) {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for name in names {
+            // Under its namespace, or none for "default" (as `ns_of` reads a missing one).
+            let keys = [Some(name.0.clone()), None]
+                .into_iter()
+                .take(if name.0 == "default" { 2 } else { 1 })
+                .map(|namespace| ObjectKey {
+                    namespace,
+                    name: name.1.clone(),
+                });
+            for k in keys {
+                services.extend(
+                    snap.services
+                        .get(&k)
+                        .map(|s| &**s)
+                        .filter(|s| service_name(s).as_ref() == Some(name)),
+                );
+            }
+            for k in self.slices.by_service.get(name).into_iter().flatten() {
+                slices.extend(snap.endpoint_slices.get(k).map(|s| &**s));
+            }
+        }
+        (services, slices)
+    }
 }
 
 /// Slices by (namespace, service name), each list sorted by slice name.
@@ -489,7 +668,7 @@ fn skip_reason(svc: &Service, proxy_name: &str) -> Option<String> {
 pub fn desired(inputs: &Inputs, ids: &mut Ids) -> Desired {
     let mut m = Model::default();
     m.full(inputs, ids);
-    m.desired
+    Arc::unwrap_or_clone(m.desired)
 }
 
 type SvcName = (String, String);
@@ -518,8 +697,9 @@ fn merge_backend(old: &mut Backend, flags: u8) {
 /// them, not to every Service ([`Model::update`]). [`desired`] is the one-shot form.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    /// The result so far.
-    pub desired: Desired,
+    /// The result so far. Shared with the plans handed out: changed in place once they are
+    /// gone, copied while one is held.
+    pub desired: Arc<Desired>,
     shares: HashMap<SvcName, Share>,
     /// The Services with problems or a health check, so listing them does not walk all.
     noted: BTreeSet<SvcName>,
@@ -555,6 +735,13 @@ fn sorted_services<'a>(inputs: &Inputs<'a>) -> Vec<(SvcName, &'a Service)> {
 impl Model {
     /// Recomputes every Service; returns what changed in the maps since the last result.
     pub fn full(&mut self, inputs: &Inputs, ids: &mut Ids) -> MapDiff {
+        let old = self.recompute(inputs, ids);
+        MapDiff::between(&old.maps, &self.desired.maps)
+    }
+
+    /// [`Model::full`] without the diff (for a caller that diffs against the maps itself);
+    /// returns the last result.
+    pub fn recompute(&mut self, inputs: &Inputs, ids: &mut Ids) -> Arc<Desired> {
         let slices = index_slices(&inputs.endpoint_slices);
         let old = std::mem::take(self);
         ids.begin();
@@ -566,13 +753,15 @@ impl Model {
             let (view, share) =
                 one_service(svc, &key.0, &key.1, sl, inputs, ids, &mut self.claimed);
             self.add_share(&key, &share);
-            self.desired.services.insert(key.clone(), view);
+            Arc::make_mut(&mut self.desired)
+                .services
+                .insert(key.clone(), view);
             self.conflicts += share.conflict as usize;
             self.insert_share(key, share);
         }
         ids.end();
         self.rebuild_lists();
-        MapDiff::between(&old.desired.maps, &self.desired.maps)
+        old.desired
     }
 
     /// Recomputes the named Services only (added, changed or deleted ones, and those whose
@@ -584,8 +773,23 @@ impl Model {
         changed: &BTreeSet<SvcName>,
         ids: &mut Ids,
     ) -> MapDiff {
+        match self.try_update(inputs, changed, ids) {
+            Some(diff) => diff,
+            None => self.full(inputs, ids),
+        }
+    }
+
+    /// [`Model::update`], reading only the named Services and their EndpointSlices in
+    /// `inputs` (it may hold just those). `None` when every Service must be recomputed:
+    /// [`Model::full`] must follow, with every object.
+    pub fn try_update(
+        &mut self,
+        inputs: &Inputs,
+        changed: &BTreeSet<SvcName>,
+        ids: &mut Ids,
+    ) -> Option<MapDiff> {
         if self.conflicts > 0 {
-            return self.full(inputs, ids);
+            return None;
         }
         // This walks every object: no allocation per object, and for the usual handful of
         // changes a scan beats hashing every name.
@@ -636,7 +840,7 @@ impl Model {
                 }
                 old.insert(key.clone(), share);
             }
-            self.desired.services.remove(key);
+            Arc::make_mut(&mut self.desired).services.remove(key);
         }
         let mut new: BTreeMap<SvcName, Share> = BTreeMap::new();
         for (key, svc) in services {
@@ -651,9 +855,11 @@ impl Model {
                 for (k, s) in old {
                     self.shares.insert(k, s);
                 }
-                return self.full(inputs, ids);
+                return None;
             }
-            self.desired.services.insert(key.clone(), view);
+            Arc::make_mut(&mut self.desired)
+                .services
+                .insert(key.clone(), view);
             new.insert(key, share);
         }
 
@@ -666,7 +872,7 @@ impl Model {
                 new.get(key).unwrap_or(&empty),
             );
             let d = MapDiff::between(&o.maps, &n.maps);
-            let m = &mut self.desired.maps;
+            let m = &mut Arc::make_mut(&mut self.desired).maps;
             for (k, v) in &d.svc_upsert {
                 m.svc.insert(*k, *v);
             }
@@ -768,14 +974,14 @@ impl Model {
             match after {
                 Some(b) => {
                     if before != Some(b) {
-                        self.desired.maps.backend.insert(id, b);
+                        Arc::make_mut(&mut self.desired).maps.backend.insert(id, b);
                         diff.backend_upsert.push((id, b));
                     }
                 }
                 None => {
                     self.users.remove(&id);
                     if let Some(b) = before {
-                        self.desired.maps.backend.remove(&id);
+                        Arc::make_mut(&mut self.desired).maps.backend.remove(&id);
                         diff.backend_remove.push(id);
                         ids.release_backend(&Endpoint {
                             addr: b.addr,
@@ -790,11 +996,11 @@ impl Model {
             self.insert_share(key, share);
         }
         self.rebuild_lists();
-        diff
+        Some(diff)
     }
 
     fn add_share(&mut self, key: &SvcName, share: &Share) {
-        let m = &mut self.desired.maps;
+        let m = &mut Arc::make_mut(&mut self.desired).maps;
         m.svc.extend(share.maps.svc.iter().map(|(k, v)| (*k, *v)));
         m.slot.extend(share.maps.slot.iter().map(|(k, v)| (*k, *v)));
         m.rev_nat
@@ -823,11 +1029,14 @@ impl Model {
             .iter()
             .filter_map(|k| self.shares.get(k))
             .collect();
-        self.desired.problems = shares
+        let problems = shares
             .iter()
             .flat_map(|s| s.problems.iter().cloned())
             .collect();
-        self.desired.health_checks = shares.iter().filter_map(|s| s.health.clone()).collect();
+        let health_checks = shares.iter().filter_map(|s| s.health.clone()).collect();
+        let d = Arc::make_mut(&mut self.desired);
+        d.problems = problems;
+        d.health_checks = health_checks;
     }
 
     fn insert_share(&mut self, key: SvcName, share: Share) {
@@ -2456,6 +2665,152 @@ mod tests {
         }
     }
 
+    /// A snapshot of `gs` that shares with `prev` the objects equal to its own (as the state
+    /// does), except where `fresh` says to decode them anew.
+    fn snapshot_of(
+        gs: &[Option<GenSvc>],
+        prev: Option<&metalnet::state::Snapshot>,
+        fresh: &[bool],
+    ) -> metalnet::state::Snapshot {
+        use metalnet::state::Objects;
+        fn share<T: PartialEq>(
+            objs: Vec<(ObjectKey, T)>,
+            prev: Option<&Objects<T>>,
+            fresh: &[bool],
+        ) -> Objects<T> {
+            Arc::new(
+                objs.into_iter()
+                    .enumerate()
+                    .map(|(i, (k, o))| {
+                        let old = prev
+                            .and_then(|p| p.get(&k))
+                            .filter(|p| ***p == o && !fresh.get(i).copied().unwrap_or(false));
+                        let o = old.cloned().unwrap_or_else(|| Arc::new(o));
+                        (k, o)
+                    })
+                    .collect(),
+            )
+        }
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
+            namespace: m.namespace.clone(),
+            name: m.name.clone().unwrap_or_default(),
+        };
+        let (svcs, slices) = build_opt(gs);
+        metalnet::state::Snapshot {
+            services: share(
+                svcs.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                prev.map(|p| &p.services),
+                fresh,
+            ),
+            endpoint_slices: share(
+                slices.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                prev.map(|p| &p.endpoint_slices),
+                fresh,
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn snap_edit() -> impl Strategy<Value = Vec<(Vec<Option<GenSvc>>, Vec<bool>)>> {
+        prop::collection::vec(
+            (
+                prop::collection::vec(prop::option::weighted(0.8, gen_svc()), 0..6),
+                prop::collection::vec(prop::bool::weighted(0.1), 24),
+            ),
+            1..5,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The daemon's model, which reads only the objects of the Services that changed
+        /// between snapshots, gives what a full recomputation gives, and diffs that turn the
+        /// maps of one pass into the next.
+        #[test]
+        fn plans_on_snapshots_match_a_full_recomputation(
+            steps in snap_edit(),
+            told in any::<bool>(),
+            extra in prop::collection::vec(0u8..8, 0..3),
+        ) {
+            use crate::proxy::daemon::{Model as _, Plan as _};
+            let mut m = ProxyModel::new("node-a", &[], "", 251, 64);
+            m.restore(&MapState::default());
+            let mut live = MapState::default();
+            let mut prev: Option<metalnet::state::Snapshot> = None;
+            for (gs, fresh) in steps {
+                let snap = snapshot_of(&gs, prev.as_ref(), &fresh);
+                // Told what changed (with a few unchanged objects too), or not.
+                let refs = prev.as_ref().filter(|_| told).map(|p| {
+                    let r = |kind, k: &ObjectKey| ObjectRef::new(kind, k.namespace.as_deref(), &k.name);
+                    let mut refs: BTreeSet<ObjectRef> = BTreeSet::new();
+                    for c in changed_objects(&p.services, &snap.services) {
+                        refs.insert(r(Kind::Service, c.key));
+                    }
+                    for c in changed_objects(&p.endpoint_slices, &snap.endpoint_slices) {
+                        refs.insert(r(Kind::EndpointSlice, c.key));
+                    }
+                    for i in &extra {
+                        let k = ObjectKey { namespace: Some("default".into()), name: format!("s{i}") };
+                        refs.insert(r(Kind::Service, &k));
+                    }
+                    refs
+                });
+                let plan = m.plan(&snap, refs.as_ref());
+                let diff = match plan.diff() {
+                    Some(d) => d.clone(),
+                    None => MapDiff::between(&live, plan.maps()),
+                };
+                m.committed_diff(&live, &diff);
+                apply(&mut live, &diff);
+                prop_assert_eq!(&live, plan.maps());
+                check_consistent(&plan.0)?;
+                let fresh_d = desired(
+                    &Inputs::from_snapshot(&snap, "node-a", &[], "", 251),
+                    &mut Ids::default(),
+                );
+                prop_assert_eq!(resolve(plan.maps()), resolve(&fresh_d.maps));
+                prop_assert_eq!(&plan.0.problems, &fresh_d.problems);
+                prop_assert_eq!(&plan.0.health_checks, &fresh_d.health_checks);
+                prop_assert!(plan.0.services.keys().eq(fresh_d.services.keys()));
+                prev = Some(snap);
+            }
+        }
+
+        /// The walk in step finds what looking every key up finds.
+        #[test]
+        fn changed_objects_match_lookups(
+            old in prop::collection::btree_map(0u8..40, 0u8..4, 0..30),
+            edits in prop::collection::vec((0u8..40, prop::option::of(0u8..4)), 0..12),
+        ) {
+            let k = |n: u8| ObjectKey { namespace: Some("default".into()), name: format!("o{n:02}") };
+            let a: metalnet::state::Objects<u8> =
+                Arc::new(old.iter().map(|(n, v)| (k(*n), Arc::new(*v))).collect());
+            let mut b = (*a).clone();
+            for (n, v) in edits {
+                match v {
+                    Some(v) => { b.insert(k(n), Arc::new(v)); }
+                    None => { b.remove(&k(n)); }
+                }
+            }
+            let b = Arc::new(b);
+            let got: Vec<(ObjectKey, Option<u8>, Option<u8>)> = changed_objects(&a, &b)
+                .into_iter()
+                .map(|c| (c.key.clone(), c.old.map(|o| **o), c.new.map(|n| **n)))
+                .collect();
+            let mut want = Vec::new();
+            let keys: BTreeSet<&ObjectKey> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let (o, n) = (a.get(key), b.get(key));
+                let same = matches!((o, n), (Some(o), Some(n)) if Arc::ptr_eq(o, n));
+                if !same {
+                    want.push((key.clone(), o.map(|o| **o), n.map(|n| **n)));
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn changed_services_between_snapshots() {
         use metalnet::model::ObjectKey;
@@ -2658,7 +3013,8 @@ mod tests {
 
 /// [`Model`] and [`Ids`] behind the daemon's [`super::daemon::Model`]: the first pass after
 /// [`super::daemon::Model::restore`] recomputes everything, later ones only the Services
-/// that changed between snapshots ([`changed_services`]).
+/// whose objects changed (named by the daemon, else found by comparing snapshots), reading
+/// only their objects.
 #[derive(Debug)]
 pub struct ProxyModel {
     node: String,
@@ -2668,7 +3024,13 @@ pub struct ProxyModel {
     maglev_rows: u32,
     model: Model,
     ids: Ids,
+    /// The last snapshot, while plans are not told what changed (kept, it would make the
+    /// state copy its maps on the next change instead of changing them in place).
     last: Option<metalnet::state::Snapshot>,
+    /// Whether a plan was made since the restore.
+    planned: bool,
+    /// The objects of each Service in the last snapshot.
+    index: ObjectIndex,
     /// The maps hold the last plan's maps (its diff was written and committed): the next
     /// plan can hand its diff over instead of the daemon diffing whole states.
     synced: bool,
@@ -2692,7 +3054,55 @@ impl ProxyModel {
             model: Model::default(),
             ids: Ids::new(maglev_rows),
             last: None,
+            planned: false,
+            index: ObjectIndex::default(),
             synced: false,
+        }
+    }
+}
+
+impl ProxyModel {
+    /// Every Service; the diff from the last plan only if `diff` (it is handed over only
+    /// when the maps hold that plan's maps).
+    fn plan_full(&mut self, snap: &metalnet::state::Snapshot, diff: bool) -> MapDiff {
+        self.index = ObjectIndex::of(snap);
+        let inputs = Inputs::from_snapshot(
+            snap,
+            &self.node,
+            &self.cluster_cidrs,
+            &self.service_proxy_name,
+            self.maglev_m,
+        );
+        if diff {
+            self.model.full(&inputs, &mut self.ids)
+        } else {
+            self.model.recompute(&inputs, &mut self.ids);
+            MapDiff::default()
+        }
+    }
+
+    /// Only the named Services, reading only their objects.
+    fn plan_changes(
+        &mut self,
+        changed: BTreeSet<SvcName>,
+        snap: &metalnet::state::Snapshot,
+        want_diff: bool,
+    ) -> MapDiff {
+        if changed.is_empty() {
+            return MapDiff::default();
+        }
+        let (services, endpoint_slices) = self.index.inputs_of(snap, &changed);
+        let inputs = Inputs {
+            node_name: &self.node,
+            cluster_cidrs: &self.cluster_cidrs,
+            service_proxy_name: &self.service_proxy_name,
+            maglev_m: self.maglev_m,
+            services,
+            endpoint_slices,
+        };
+        match self.model.try_update(&inputs, &changed, &mut self.ids) {
+            Some(diff) => diff,
+            None => self.plan_full(snap, want_diff),
         }
     }
 }
@@ -2704,31 +3114,31 @@ impl super::daemon::Model for ProxyModel {
         self.ids = Ids::from_state(live, self.maglev_rows);
         self.model = Model::default();
         self.last = None;
+        self.planned = false;
         self.synced = false;
     }
 
-    fn plan(&mut self, snap: &metalnet::state::Snapshot) -> ProxyPlan {
-        let inputs = Inputs::from_snapshot(
-            snap,
-            &self.node,
-            &self.cluster_cidrs,
-            &self.service_proxy_name,
-            self.maglev_m,
-        );
+    fn plan(
+        &mut self,
+        snap: &metalnet::state::Snapshot,
+        changed: Option<&BTreeSet<ObjectRef>>,
+    ) -> ProxyPlan {
         // Until this plan's diff is committed, the maps may not be what it is relative to.
         let synced = std::mem::take(&mut self.synced);
-        let diff = match &self.last {
-            Some(old) => {
-                let changed = changed_services(old, snap);
-                if changed.is_empty() {
-                    MapDiff::default()
-                } else {
-                    self.model.update(&inputs, &changed, &mut self.ids)
-                }
+        let last = self.last.take();
+        let diff = match (self.planned, changed, &last) {
+            (false, _, _) | (true, None, None) => self.plan_full(snap, synced),
+            (true, Some(refs), _) => {
+                let names = self.index.follow_refs(refs, snap);
+                self.plan_changes(names, snap, synced)
             }
-            None => self.model.full(&inputs, &mut self.ids),
+            (true, None, Some(old)) => {
+                let names = self.index.follow(old, snap);
+                self.plan_changes(names, snap, synced)
+            }
         };
-        self.last = Some(snap.clone());
+        self.planned = true;
+        self.last = changed.is_none().then(|| snap.clone());
         ProxyPlan(self.model.desired.clone(), synced.then_some(diff))
     }
 
@@ -2746,7 +3156,7 @@ impl super::daemon::Model for ProxyModel {
 /// One pass's [`Desired`], as the daemon shows and writes it, with the diff from the last
 /// plan's maps when those are what the maps hold.
 #[derive(Clone, Debug)]
-pub struct ProxyPlan(pub Desired, pub Option<MapDiff>);
+pub struct ProxyPlan(pub Arc<Desired>, pub Option<MapDiff>);
 
 impl Problem {
     /// The Event reason (CamelCase) for this kind of problem.
@@ -2836,9 +3246,7 @@ mod daemon_model_tests {
     use super::fixtures::*;
     use super::*;
     use crate::proxy::daemon::{Model as _, Plan as _};
-    use metalnet::model::ObjectKey;
     use serde_json::json;
-    use std::sync::Arc;
 
     fn snap(svcs: Vec<Service>, slices: Vec<EndpointSlice>) -> metalnet::state::Snapshot {
         let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
@@ -2879,7 +3287,7 @@ mod daemon_model_tests {
         let s1 = snap(vec![web.clone()], vec![sl.clone()]);
         let mut m = ProxyModel::new("node-a", &[], "", 251, 4);
         m.restore(&MapState::default());
-        let p1 = m.plan(&s1);
+        let p1 = m.plan(&s1, None);
         assert_eq!(p1.maps().svc.len(), 1);
         let probs = p1.problems();
         assert_eq!(probs.len(), 1);
@@ -2900,7 +3308,7 @@ mod daemon_model_tests {
         // A restarted proxy keeps the ids the maps hold.
         let mut again = ProxyModel::new("node-a", &[], "", 251, 4);
         again.restore(&p1.0.maps);
-        let p1b = again.plan(&s1);
+        let p1b = again.plan(&s1, None);
         assert_eq!(p1b.maps(), p1.maps());
 
         // A second Service: only it is recomputed; the first keeps its entries.
@@ -2919,7 +3327,7 @@ mod daemon_model_tests {
             Arc::new(dns),
         );
         s2.services = Arc::new(svcs);
-        let p2 = m.plan(&s2);
+        let p2 = m.plan(&s2, None);
         assert_eq!(p2.maps().svc.len(), 2);
         // The untouched Service's problem is still reported.
         assert_eq!(p2.problems(), probs);
@@ -2961,14 +3369,14 @@ mod daemon_model_tests {
         };
         let mut m = ProxyModel::new("node-a", &[], "", 251, 4);
         m.restore(&MapState::default());
-        let p1 = m.plan(&snap_of(&[1, 2]));
+        let p1 = m.plan(&snap_of(&[1, 2]), None);
         assert!(p1.diff().is_none(), "the first plan after a restore");
         let mut live = MapState::default();
         let d1 = MapDiff::between(&live, p1.maps());
         m.committed_diff(&live, &d1);
         apply(&mut live, &d1);
         for ns in [&[1, 2, 3][..], &[2, 3], &[2, 3]] {
-            let p = m.plan(&snap_of(ns));
+            let p = m.plan(&snap_of(ns), None);
             let d = p.diff().expect("the last plan was committed").clone();
             m.committed_diff(&live, &d);
             apply(&mut live, &d);
@@ -2976,8 +3384,261 @@ mod daemon_model_tests {
         }
         // Read back after a failed write: the next plan is diffed by the daemon.
         m.committed(&live);
-        assert!(m.plan(&snap_of(&[3])).diff().is_none());
+        assert!(m.plan(&snap_of(&[3]), None).diff().is_none());
         // A plan whose diff was never committed hands nothing over either.
-        assert!(m.plan(&snap_of(&[4])).diff().is_none());
+        assert!(m.plan(&snap_of(&[4]), None).diff().is_none());
+    }
+}
+
+#[cfg(test)]
+mod daemon_timing {
+    use super::fixtures::*;
+    use super::*;
+    use crate::proxy::daemon::{Config, Daemon, SharedStatus};
+    use crate::proxy::dataplane::Recorder;
+    use crate::proxy::metrics::Metrics;
+    use serde_json::json;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// This thread's CPU time (from /proc/thread-self/schedstat): on a shared machine the
+    /// figure to read for the longer passes.
+    fn cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: Some(ns.into()),
+            name: name.into(),
+        }
+    }
+
+    /// One whole daemon pass (model, diff, write, bookkeeping, status) on the in-memory data
+    /// path, with one Service added to 10,000: told what changed, as the state's subscription
+    /// tells the daemon, and comparing snapshots (what tests and the first pass do).
+    /// `cargo test --release -p metalnet-router --lib proxy:: -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn timing_daemon_pass_one_added_at_ten_thousand() {
+        let one = |n: u32| {
+            let name = format!("s{n}");
+            let vip = std::net::Ipv4Addr::from(0x0a60_0000 + n + 1).to_string();
+            let be = std::net::Ipv4Addr::from(0x0a01_0000 + n + 1).to_string();
+            (
+                service(
+                    "default",
+                    &name,
+                    json!({"clusterIP": vip, "ports": [{"name": "http", "port": 80}]}),
+                ),
+                slice(
+                    "default",
+                    &format!("{name}-x"),
+                    &name,
+                    "IPv4",
+                    ("http", "TCP", 8080),
+                    vec![ready(&be, "node-b")],
+                ),
+            )
+        };
+        let mut snap = metalnet::state::Snapshot::default();
+        let (mut svcs, mut slices) = (BTreeMap::new(), BTreeMap::new());
+        for n in 0..10_000 {
+            let (s, sl) = one(n);
+            svcs.insert(key("default", &format!("s{n}")), Arc::new(s));
+            slices.insert(key("default", &format!("s{n}-x")), Arc::new(sl));
+        }
+        snap.services = Arc::new(svcs);
+        snap.endpoint_slices = Arc::new(slices);
+        let status: SharedStatus = Arc::new(Mutex::new(Default::default()));
+        let mut d = Daemon::new(
+            Config {
+                node: "node-a".into(),
+                ..Config::default()
+            },
+            Recorder::default(),
+            ProxyModel::new("node-a", &[], "", 1021, 16),
+            None,
+            Metrics::default(),
+            metalnet::daemon::Health::default().condition("proxy"),
+            status,
+        )
+        .unwrap();
+        let (t, c) = (Instant::now(), cpu_ns());
+        let r = d.pass_on(&snap);
+        assert!(r.error.is_none());
+        println!(
+            "daemon pass, 10000 Services from nothing: {:?} (cpu {:?}), {} ops",
+            t.elapsed(),
+            Duration::from_nanos(cpu_ns() - c),
+            r.written
+        );
+        let mut times = Vec::new();
+        for n in 10_000..10_050 {
+            let (s, sl) = one(n);
+            Arc::make_mut(&mut snap.services).insert(key("default", &format!("s{n}")), Arc::new(s));
+            Arc::make_mut(&mut snap.endpoint_slices)
+                .insert(key("default", &format!("s{n}-x")), Arc::new(sl));
+            // As the state's subscription names them.
+            let changed = BTreeSet::from([
+                ObjectRef::new(Kind::Service, Some("default"), &format!("s{n}")),
+                ObjectRef::new(Kind::EndpointSlice, Some("default"), &format!("s{n}-x")),
+            ]);
+            let t = Instant::now();
+            let r = d.pass_with(&snap, Some(&changed));
+            times.push(t.elapsed());
+            assert!(r.error.is_none());
+            assert_eq!(r.written, 4, "one frontend, slot, backend and reverse NAT");
+        }
+        times.sort();
+        let mut compared = Vec::new();
+        for n in 10_050..10_060 {
+            let (s, sl) = one(n);
+            Arc::make_mut(&mut snap.services).insert(key("default", &format!("s{n}")), Arc::new(s));
+            Arc::make_mut(&mut snap.endpoint_slices)
+                .insert(key("default", &format!("s{n}-x")), Arc::new(sl));
+            let t = Instant::now();
+            let r = d.pass_on(&snap);
+            compared.push(t.elapsed());
+            assert_eq!(r.written, 4);
+        }
+        compared.sort();
+        // Wall time only: the CPU time the kernel reports moves in steps too coarse for this.
+        println!(
+            "daemon pass, one Service added at 10000 (50 times): median {:?}, min {:?}, max {:?}",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+        // The first of these takes over from the passes told what changed: a full pass.
+        println!(
+            "  comparing snapshots instead (10 times): median {:?}, min {:?}",
+            compared[compared.len() / 2],
+            compared[1],
+        );
+        assert_eq!(d.current(), &d.dataplane().state);
+    }
+}
+
+#[cfg(test)]
+mod daemon_run_tests {
+    use super::*;
+    use crate::proxy::daemon::{Config, Daemon, KINDS, SharedStatus};
+    use crate::proxy::dataplane::Recorder;
+    use crate::proxy::metrics::Metrics;
+    use serde_json::json;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    fn write(dir: &std::path::Path, n: u32, backend: &str) {
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": format!("s{n}")},
+            "spec": {"clusterIP": format!("10.96.0.{}", n + 1), "ports": [{"name": "http", "port": 80}]}});
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": format!("s{n}-x"),
+                         "labels": {LABEL_SERVICE_NAME: format!("s{n}")}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [backend], "conditions": {"ready": true}, "nodeName": "node-b"}]});
+        for (file, v) in [(format!("s{n}.yaml"), svc), (format!("s{n}-x.yaml"), slice)] {
+            std::fs::write(dir.join(file), metalnet::testing::manifests::to_yaml(&v)).unwrap();
+        }
+    }
+
+    /// Frontend address -> its backends' addresses, from the maps.
+    fn routes(m: &MapState) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
+        m.svc
+            .iter()
+            .map(|(k, v)| {
+                let bs = (0..v.count)
+                    .filter_map(|slot| {
+                        let id = m.slot.get(&SlotKey {
+                            rev_id: v.rev_id,
+                            slot: slot + 1,
+                            scope: k.scope,
+                        })?;
+                        Some(m.backend.get(id)?.addr)
+                    })
+                    .collect();
+                (k.addr, bs)
+            })
+            .collect()
+    }
+
+    /// The daemon told what changed by the state's subscription follows every change (added,
+    /// changed, removed), as a full recomputation on the last snapshot has it.
+    #[tokio::test]
+    async fn run_follows_the_state_by_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0..3 {
+            write(dir.path(), n, &format!("192.0.2.{}", n + 1));
+        }
+        let state = metalnet::state::ClusterState::start(
+            metalnet::state::Source::Dir(dir.path().into()),
+            KINDS,
+        )
+        .await
+        .unwrap();
+        let status: SharedStatus = Arc::new(Mutex::new(Default::default()));
+        let d = Daemon::new(
+            Config {
+                node: "node-a".into(),
+                ..Config::default()
+            },
+            Recorder::default(),
+            ProxyModel::new("node-a", &[], "", 1021, 16),
+            None,
+            Metrics::default(),
+            metalnet::daemon::Health::default().condition("proxy"),
+            status.clone(),
+        )
+        .unwrap();
+        let shutdown = metalnet::daemon::Shutdown::new();
+        let want = |snap: &metalnet::state::Snapshot| {
+            let d = desired(
+                &Inputs::from_snapshot(snap, "node-a", &[], "", 1021),
+                &mut Ids::default(),
+            );
+            routes(&d.maps)
+        };
+        let body = async {
+            // Until the maps are what a full recomputation on the state gives, with `n`
+            // frontends.
+            let (status, state, want) = (&status, &state, &want);
+            let settle = |n: usize| async move {
+                let t = Instant::now();
+                loop {
+                    let live = status.lock().unwrap().live.clone();
+                    let w = want(&state.snapshot());
+                    if routes(&live) == w && w.len() == n {
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(20),
+                        "maps {:?}, want {w:?}",
+                        routes(&live)
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            settle(3).await;
+            write(dir.path(), 3, "192.0.2.4");
+            settle(4).await;
+            // A changed endpoint, a Service gone.
+            write(dir.path(), 1, "192.0.2.99");
+            std::fs::remove_file(dir.path().join("s0.yaml")).unwrap();
+            std::fs::remove_file(dir.path().join("s0-x.yaml")).unwrap();
+            settle(3).await;
+            let live = status.lock().unwrap().live.clone();
+            let s1 = "10.96.0.2".parse().unwrap();
+            assert_eq!(
+                routes(&live)[&s1],
+                BTreeSet::from(["192.0.2.99".parse().unwrap()])
+            );
+            shutdown.request("test done");
+        };
+        let ((), ()) = tokio::join!(d.run(&state, &shutdown), body);
     }
 }

@@ -80,6 +80,7 @@ pub struct ProxyOptions {
     pub maglev_table_size: u32,
     pub masquerade_mark: u32,
     pub bpf_ct_max: u32,
+    pub tc_attach: super::attach::TcAttach,
     pub cleanup_config: bool,
 }
 
@@ -95,6 +96,7 @@ impl Default for ProxyOptions {
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             masquerade_mark: DEFAULT_MASQUERADE_MARK,
             bpf_ct_max: DEFAULT_BPF_CT_MAX,
+            tc_attach: super::attach::TcAttach::Auto,
             cleanup_config: false,
         }
     }
@@ -210,6 +212,12 @@ pub struct ProxyArgs {
     /// 1024 to 16777216); the least recently used are evicted when full.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BPF_CT_MAX)]
     pub bpf_ct_max: u32,
+
+    /// How the per-packet programs go on the node's interfaces: `auto` (TCX links, pinned and
+    /// swapped in place on a restart; a clsact qdisc and filter on kernels before 6.6, which
+    /// have no TCX) or `clsact` (always the clsact way).
+    #[arg(long, value_name = "auto|clsact", value_enum, default_value = "auto")]
+    pub tc_attach: super::attach::TcAttach,
 
     /// Remove the proxy's programs, maps and pins (and the nftables table older versions
     /// installed), then exit (kube-router's --cleanup-config).
@@ -338,6 +346,7 @@ impl ProxyArgs {
             maglev_table_size: size,
             masquerade_mark: mark,
             bpf_ct_max: self.bpf_ct_max,
+            tc_attach: self.tc_attach,
             cleanup_config: self.cleanup_config,
         })
     }

@@ -141,6 +141,15 @@ impl MapDiff {
 /// Applies a diff to a state in memory, as a writer applies it to the maps (for tests and for
 /// the writer's own bookkeeping).
 pub fn apply(state: &mut MapState, d: &MapDiff) {
+    use super::abi::svc_flags::MAGLEV;
+    // Rows that may be left unused: those written and those of the frontends changed or
+    // removed. Only they are checked, not every row.
+    let mut maybe_unused: BTreeSet<u32> = d.maglev_write.iter().map(|(row, _)| *row).collect();
+    for k in d.svc_upsert.iter().map(|(k, _)| k).chain(&d.svc_remove) {
+        if let Some(v) = state.svc.get(k).filter(|v| v.flags & MAGLEV != 0) {
+            maybe_unused.insert(v.maglev_row);
+        }
+    }
     for (k, v) in &d.backend_upsert {
         state.backend.insert(*k, *v);
     }
@@ -178,12 +187,84 @@ pub fn apply(state: &mut MapState, d: &MapDiff) {
     for k in &d.backend_remove {
         state.backend.remove(k);
     }
-    // Rows no frontend uses any more are dropped from the bookkeeping, not written.
-    let used: BTreeSet<u32> = state
-        .svc
-        .values()
-        .filter(|v| v.flags & super::abi::svc_flags::MAGLEV != 0)
-        .map(|v| v.maglev_row)
-        .collect();
-    state.maglev.retain(|row, _| used.contains(row));
+    // Rows no frontend uses any more are dropped from the bookkeeping, not written. The
+    // frontends written use theirs; only for the other rows are all frontends looked
+    // through (no allocation), and only when there are such rows.
+    for (_, v) in &d.svc_upsert {
+        if v.flags & MAGLEV != 0 {
+            maybe_unused.remove(&v.maglev_row);
+        }
+    }
+    if !maybe_unused.is_empty() {
+        for v in state.svc.values() {
+            if v.flags & MAGLEV != 0 {
+                maybe_unused.remove(&v.maglev_row);
+            }
+        }
+    }
+    for row in maybe_unused {
+        state.maglev.remove(&row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::abi::{Proto, Scope, svc_flags};
+
+    fn fe(n: u8) -> SvcKey {
+        SvcKey {
+            addr: format!("198.51.100.{n}").parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+            scope: Scope::External,
+        }
+    }
+
+    fn maglev(row: u32) -> SvcVal {
+        SvcVal {
+            rev_id: row + 1,
+            count: 1,
+            flags: svc_flags::MAGLEV,
+            affinity_timeout: 0,
+            maglev_row: row,
+        }
+    }
+
+    /// Rows are dropped when the diff leaves them unused, whichever way, and only then.
+    #[test]
+    fn rows_left_unused_by_a_diff_are_dropped() {
+        let mut st = MapState::default();
+        for n in 1..=3u8 {
+            st.svc.insert(fe(n), maglev(u32::from(n)));
+            st.maglev.insert(u32::from(n), vec![7; 3]);
+        }
+        // A row rewritten for a frontend that keeps it.
+        let mut d = MapDiff::default();
+        d.maglev_write.push((2, vec![8; 3]));
+        apply(&mut st, &d);
+        assert_eq!(st.maglev.get(&2), Some(&vec![8; 3]));
+        // A frontend gone, another moved to a new row, a row written that nothing uses.
+        let d = MapDiff {
+            svc_remove: vec![fe(1)],
+            svc_upsert: vec![(fe(3), maglev(4))],
+            maglev_write: vec![(4, vec![9; 3]), (5, vec![9; 3])],
+            ..MapDiff::default()
+        };
+        apply(&mut st, &d);
+        assert_eq!(st.maglev.keys().copied().collect::<Vec<_>>(), vec![2, 4]);
+        // Maglev off for a frontend: its row goes.
+        let d = MapDiff {
+            svc_upsert: vec![(
+                fe(2),
+                SvcVal {
+                    flags: 0,
+                    ..maglev(2)
+                },
+            )],
+            ..MapDiff::default()
+        };
+        apply(&mut st, &d);
+        assert_eq!(st.maglev.keys().copied().collect::<Vec<_>>(), vec![4]);
+    }
 }

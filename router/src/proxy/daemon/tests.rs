@@ -48,7 +48,7 @@ impl Model for Toy {
             self.be.insert((b.addr, b.port), *id);
         }
     }
-    fn plan(&mut self, snap: &Snapshot) -> ToyPlan {
+    fn plan(&mut self, snap: &Snapshot, _: Option<&BTreeSet<ObjectRef>>) -> ToyPlan {
         let mut p = ToyPlan {
             maps: MapState::default(),
             health: BTreeMap::new(),
@@ -898,4 +898,54 @@ fn a_dual_stack_pod_counts_once_as_kube_proxy_per_family() {
     ];
     assert_eq!(local_ready_per_family(&more), 2);
     assert_eq!(local_ready_per_family(&[]), 0);
+}
+
+/// Told what changed, a pass that fails to write still counts the changed slices' latency
+/// once the maps are programmed, and only once.
+#[test]
+fn programming_latency_waits_for_a_failed_pass_to_succeed() {
+    let mut d = Daemon::new(
+        Config {
+            node: "n1".into(),
+            ..Config::default()
+        },
+        Flaky {
+            fail: true,
+            ..Flaky::default()
+        },
+        Toy {
+            node: "n1".into(),
+            ..Toy::default()
+        },
+        None,
+        Metrics::default(),
+        Health::default().condition("proxy"),
+        Arc::default(),
+    )
+    .unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    d.metrics.register(&mut reg);
+    let count = |reg: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, reg).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
+            .map(str::to_string)
+    };
+    let mut s = slice("web", &[("10.244.1.5", "n2")]);
+    s["metadata"]["annotations"] = json!({TRIGGER_TIME: "2020-01-01T00:00:00Z"});
+    let snap = snapshot([svc("web", "10.96.0.10"), s]);
+    let slice_ref = ObjectRef::new(Kind::EndpointSlice, Some("default"), "web-1");
+    let changed = BTreeSet::from([
+        ObjectRef::new(Kind::Service, Some("default"), "web"),
+        slice_ref.clone(),
+    ]);
+    assert!(d.pass_with(&snap, Some(&changed)).error.is_some());
+    assert_eq!(count(&reg).as_deref(), Some("0"));
+    d.dp.fail = false;
+    assert!(d.pass_with(&snap, Some(&BTreeSet::new())).error.is_none());
+    assert_eq!(count(&reg).as_deref(), Some("1"));
+    // Named again with the same trigger time: not counted twice.
+    d.pass_with(&snap, Some(&BTreeSet::from([slice_ref])));
+    assert_eq!(count(&reg).as_deref(), Some("1"));
 }
