@@ -632,8 +632,27 @@ static __noinline int mn_snat_route(struct __sk_buff *skb, const struct mn_pkt *
 	return 0;
 }
 
+/* Whether a packet of p fits the MTU toward ifindex, or may be fragmented on the way (IPv4
+ * without DF). When not, the stack must have it: it drops it with the ICMP fragmentation
+ * needed / packet too big the client's path MTU discovery needs (the quoted packet shows the
+ * frontend once mn_icmp_rev is through with it at egress), where a redirect would drop it
+ * silently. */
+static __always_inline int mn_snat_fits(struct __sk_buff *skb, const struct mn_pkt *p, __u32 ifindex)
+{
+	__u32 mtu = 0;
+	__be16 frag_off;
+
+	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_FRAG_NEEDED)
+		return 1;
+	if (p->v6)
+		return 0;
+	if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct iphdr, frag_off), &frag_off, sizeof(frag_off)))
+		return 0;
+	return !(frag_off & bpf_htons(0x4000));
+}
+
 /* The masqueraded source on a packet already DNATed to backend, then the packet straight to
- * the backend's next hop. */
+ * the backend's next hop (or, too big for it, to the stack: see mn_snat_fits). */
 static __noinline int mn_snat_out(struct __sk_buff *skb, const struct mn_pkt *p, const __u8 *saddr, __be16 sport,
 				  const __u8 *backend)
 {
@@ -641,13 +660,15 @@ static __noinline int mn_snat_out(struct __sk_buff *skb, const struct mn_pkt *p,
 	__u32 ifindex = 0;
 	int r;
 
-	r = mn_nat(skb, p, 0, saddr, sport);
-	if (r != TC_ACT_OK)
-		return r;
 	if (mn_snat_route(skb, p, backend, src, &ifindex)) {
 		mn_count(MN_CNT_SNAT_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
+	if (!mn_snat_fits(skb, p, ifindex))
+		return TC_ACT_OK;
+	r = mn_nat(skb, p, 0, saddr, sport);
+	if (r != TC_ACT_OK)
+		return r;
 	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
@@ -1036,6 +1057,8 @@ static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct
 	r = mn_nat(skb, p, 1, lb->be.addr, lb->be.port);
 	if (r != TC_ACT_OK)
 		return r;
+	if (!mn_snat_fits(skb, p, lb->n.ifindex))
+		return TC_ACT_OK;
 	r = mn_nat(skb, p, 0, lb->n.snat_addr, lb->n.snat_port);
 	if (r != TC_ACT_OK)
 		return r;

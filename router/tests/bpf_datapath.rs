@@ -99,7 +99,7 @@ struct Dp {
     ebpf: Ebpf,
     /// Where the programs run (their FIB lookups see its routes).
     ns_file: std::fs::File,
-    _ns: metalnet::testing::Netns,
+    ns: metalnet::testing::Netns,
     // Dropped after `ebpf` (fields drop in order): the maps close before the unmount.
     _fs: Bpffs,
 }
@@ -163,7 +163,7 @@ impl Dp {
         let mut dp = Dp {
             ebpf,
             ns_file,
-            _ns: ns,
+            ns,
             _fs: fs,
         };
         dp.config(Config {
@@ -1262,6 +1262,53 @@ fn a_reset_frees_the_masquerade_port_at_once() {
     assert!(dp.ct(ct_key("198.51.100.10:8080", &snat, TCP, 2)).is_none());
     let r = dp.ingress(&tcp("203.0.113.7:40000", vip, SYN));
     assert_eq!(r.parsed().src, sa(&snat));
+}
+
+#[test]
+fn a_masqueraded_packet_too_big_for_the_route_goes_to_the_stack_for_its_icmp() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.service(
+        "10.96.0.10",
+        80,
+        Proto::Tcp,
+        EXT,
+        1,
+        svc_flags::CLUSTER_IP,
+        &[(11, "198.51.100.10", 8080, 0)],
+    );
+    dp.service(
+        "fd00:96::80",
+        80,
+        Proto::Tcp,
+        EXT,
+        2,
+        svc_flags::CLUSTER_IP,
+        &[(21, "2001:db8:2::80", 8080, 0)],
+    );
+    for (client, vip, backend) in [
+        ("203.0.113.5:40000", "10.96.0.10:80", "198.51.100.10:8080"),
+        (
+            "[2001:db8:9::1]:41000",
+            "[fd00:96::80]:80",
+            "[2001:db8:2::80]:8080",
+        ),
+    ] {
+        let r = dp.ingress(&tcp(client, vip, SYN));
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "{client}");
+        let masq = r.parsed().src;
+        dp.ns.ip(&["link", "set", "d0", "mtu", "1280"]);
+        // DF (IPv4) or IPv6: DNATed only and handed to the stack, which answers with the ICMP
+        // path MTU discovery needs and drops it.
+        let big = packet(sa(client), sa(vip), TCP, ACK, &[7u8; 1300]);
+        let r = dp.ingress(&big);
+        assert_eq!(r.verdict, TC_ACT_OK, "{client}");
+        assert_eq!((r.parsed().src, r.parsed().dst), (sa(client), sa(backend)));
+        // What fits still goes masqueraded.
+        let r = dp.ingress(&tcp(client, vip, ACK));
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "{client}");
+        assert_eq!(r.parsed().src, masq);
+        dp.ns.ip(&["link", "set", "d0", "mtu", "1500"]);
+    }
 }
 
 #[test]
