@@ -697,10 +697,14 @@ static __always_inline int mn_snat_port(__be16 port)
 	return h >= lo && h <= hi;
 }
 
+#define MN_SNAT_LIVE    0
+#define MN_SNAT_OVER    1
+#define MN_SNAT_CLOSING 2
+
 /* Is the connection holding the dir 2 entry rk (value r) over: its forward entry gone, moved
  * to another port, expired (closing ones after MN_CT_CLOSING_TIMEOUT, the peers' last ACKs),
- * or being replaced by the new one (nv: a client reusing its source port on a new SYN)? Only
- * then may another take the port. */
+ * or being replaced by the new one (nv: a client reusing its source port on a new SYN)? Then
+ * another may take the port. MN_SNAT_CLOSING: a FIN or RST was seen less than that ago. */
 static __always_inline int mn_snat_over(const struct mn_ct_key *rk, const struct mn_ct_val *r,
 					const struct mn_ct_val *nv, const struct mn_config *cfg, __u32 now)
 {
@@ -709,7 +713,7 @@ static __always_inline int mn_snat_over(const struct mn_ct_key *rk, const struct
 
 	if (r->nat_port == nv->nat_port && r->snat_port == nv->snat_port && mn_addr_eq(r->nat_addr, nv->nat_addr) &&
 	    mn_addr_eq(r->snat_addr, nv->snat_addr))
-		return 1;
+		return MN_SNAT_OVER;
 
 	__builtin_memcpy(fk.saddr, r->nat_addr, MN_ADDR_LEN);
 	__builtin_memcpy(fk.daddr, r->snat_addr, MN_ADDR_LEN);
@@ -719,11 +723,13 @@ static __always_inline int mn_snat_over(const struct mn_ct_key *rk, const struct
 	fk.dir = MN_CT_DIR_FORWARD;
 	f = bpf_map_lookup_elem(&mn_ct, &fk);
 	if (!f)
-		return 1;
+		return MN_SNAT_OVER;
 	if (f->snat_port != rk->dport || !mn_addr_eq(f->snat_addr, rk->daddr) || f->nat_port != rk->sport ||
 	    !mn_addr_eq(f->nat_addr, rk->saddr))
-		return 1;
-	return !mn_ct_alive(f, rk->proto, cfg, now);
+		return MN_SNAT_OVER;
+	if (!mn_ct_alive(f, rk->proto, cfg, now))
+		return MN_SNAT_OVER;
+	return (f->flags & MN_CT_F_CLOSING) ? MN_SNAT_CLOSING : MN_SNAT_LIVE;
 }
 
 #define MN_SNAT_TRIES 16
@@ -741,6 +747,8 @@ static __noinline int mn_snat_new(struct __sk_buff *skb, const struct mn_pkt *p,
 	struct mn_ct_val rv = {};
 	struct mn_ct_val *v;
 	__u32 lo, hi, range, off, i, tries = MN_SNAT_TRIES, zero = 0;
+	__be16 closing = 0;
+	int state;
 
 	if (mn_snat_route(skb, p, be->addr, n->snat_addr, &n->ifindex)) {
 		mn_count(MN_CNT_SNAT_NO_ROUTE);
@@ -781,12 +789,25 @@ static __noinline int mn_snat_new(struct __sk_buff *skb, const struct mn_pkt *p,
 			return 0;
 		}
 		v = bpf_map_lookup_elem(&mn_ct, &rk);
-		if (v && mn_snat_over(&rk, v, &rv, cfg, n->now) &&
-		    !bpf_map_update_elem(&mn_ct, &rk, &rv, BPF_EXIST)) {
+		state = v ? mn_snat_over(&rk, v, &rv, cfg, n->now) : MN_SNAT_LIVE;
+		if (state == MN_SNAT_OVER && !bpf_map_update_elem(&mn_ct, &rk, &rv, BPF_EXIST)) {
 			n->snat_port = rk.dport;
 			return 0;
 		}
+		if (state == MN_SNAT_CLOSING && !closing)
+			closing = rk.dport;
 		off = bpf_get_prandom_u32() % range;
+	}
+	/* No free port among the tries, as when closed connections (FIN seen, their last ACKs may
+	 * still come) hold the range at a high rate of new ones: a closing connection's port is
+	 * taken rather than the new one dropped, as netfilter reuses the tuples of connections in
+	 * TIME_WAIT when it runs short. A live connection's port never is. */
+	if (closing) {
+		rk.dport = closing;
+		if (!bpf_map_update_elem(&mn_ct, &rk, &rv, BPF_EXIST)) {
+			n->snat_port = rk.dport;
+			return 0;
+		}
 	}
 	mn_count(MN_CNT_SNAT_NO_PORT);
 	return -1;
