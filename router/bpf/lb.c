@@ -842,7 +842,8 @@ static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32
 		__builtin_memcpy(k.daddr, c.nat_addr, MN_ADDR_LEN);
 		k.dport = c.nat_port;
 		k.dir = MN_CT_DIR_REPLY;
-		bpf_map_delete_elem(&mn_ct, &k);
+		if (!(c.flags & MN_CT_F_SHARED_REPLY))
+			bpf_map_delete_elem(&mn_ct, &k);
 		__builtin_memcpy(k.saddr, c.nat_addr, MN_ADDR_LEN);
 		__builtin_memcpy(k.daddr, c.snat_addr, MN_ADDR_LEN);
 		k.sport = c.nat_port;
@@ -890,7 +891,8 @@ static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u
 		__builtin_memcpy(fk.daddr, p->saddr, MN_ADDR_LEN);
 		fk.sport = c.nat_port;
 		fk.dport = p->sport;
-		bpf_map_delete_elem(&mn_ct, &fk);
+		if (!(c.flags & MN_CT_F_SHARED_REPLY))
+			bpf_map_delete_elem(&mn_ct, &fk);
 		if (c.snat_port) {
 			__builtin_memcpy(fk.daddr, c.snat_addr, MN_ADDR_LEN);
 			fk.dport = c.snat_port;
@@ -928,6 +930,13 @@ static __noinline void mn_ct_create(const struct mn_pkt *p, const struct mn_back
 		v.snat_port = n->snat_port;
 	}
 	err = bpf_map_update_elem(&mn_ct, &k, &v, BPF_ANY);
+	/* The reply tuple is another live connection's: its replies come through the dir 2
+	 * entry only. */
+	if (n->flags & MN_CT_F_SHARED_REPLY) {
+		if (err)
+			mn_count(MN_CNT_CT_FULL);
+		return;
+	}
 
 	__builtin_memcpy(k.saddr, be->addr, MN_ADDR_LEN);
 	__builtin_memcpy(k.daddr, p->saddr, MN_ADDR_LEN);
@@ -993,6 +1002,39 @@ struct mn_lb {
  * verdict after DNAT, TC_ACT_SHOT for a drop, MN_REJECT, or MN_MASQ when the connection
  * chosen (in *lb) is to be masqueraded: mn_lb_masq's to finish, in a frame of its own (the
  * call chain's stack is bounded). */
+/* Does another live connection of this client's address and port hold the reply tuple a
+ * connection to backend be would get (the client reusing one source port for two Services that
+ * share the backend)? Its replies would be translated as the other's: this one is masqueraded
+ * instead, so its replies come to a port of its own (netfilter remaps the source port then). */
+static __noinline int mn_reply_taken(const struct mn_pkt *p, const struct mn_backend *be, __u32 now)
+{
+	struct mn_config cfg;
+	struct mn_ct_key k;
+	struct mn_ct_val *v, r;
+
+	mn_ct_key_of(&k, p, MN_CT_DIR_REPLY);
+	__builtin_memcpy(k.saddr, be->addr, MN_ADDR_LEN);
+	__builtin_memcpy(k.daddr, p->saddr, MN_ADDR_LEN);
+	k.sport = be->port;
+	k.dport = p->sport;
+	v = bpf_map_lookup_elem(&mn_ct, &k);
+	if (!v)
+		return 0;
+	r = *v;
+	if (r.nat_port == p->dport && mn_addr_eq(r.nat_addr, p->daddr))
+		return 0;
+	/* The forward entry it belongs to: live, not closing, and still to this backend. */
+	mn_ct_key_of(&k, p, MN_CT_DIR_FORWARD);
+	__builtin_memcpy(k.daddr, r.nat_addr, MN_ADDR_LEN);
+	k.dport = r.nat_port;
+	v = bpf_map_lookup_elem(&mn_ct, &k);
+	if (!v || (v->flags & MN_CT_F_CLOSING) || v->snat_port || v->nat_port != be->port ||
+	    !mn_addr_eq(v->nat_addr, be->addr))
+		return 0;
+	mn_config_get(&cfg);
+	return mn_ct_alive(v, p->proto, &cfg, now);
+}
+
 static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn, __u32 now, struct mn_lb *lb)
 {
 	struct mn_svc_key sk = {};
@@ -1002,7 +1044,7 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	struct mn_new *n = &lb->n;
 	__u32 backend_id = 0, maglev_m = 0, zero = 0;
 	struct mn_config *cfg;
-	int in_cluster, masq;
+	int in_cluster, masq, shared;
 
 	__builtin_memcpy(sk.addr, p->daddr, MN_ADDR_LEN);
 	sk.port = p->dport;
@@ -1051,8 +1093,13 @@ static __noinline int mn_lb_new(struct __sk_buff *skb, struct mn_pkt *p, int syn
 	 * and a backend elsewhere, unless the frontend is Local) or a pod reaches itself. */
 	masq = mn_addr_eq(be->addr, p->saddr) ||
 	       (!in_cluster && !(be->flags & MN_BE_F_LOCAL) && !(svc.flags & MN_SVC_F_LOCAL));
+	shared = !masq && mn_reply_taken(p, be, now);
 	__builtin_memset(n, 0, sizeof(*n));
-	n->flags = masq ? MN_CT_F_MASQ : 0;
+	n->flags = masq || shared ? MN_CT_F_MASQ : 0;
+	if (shared) {
+		n->flags |= MN_CT_F_SHARED_REPLY;
+		masq = 1;
+	}
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (MN_TH_FIN | MN_TH_RST)))
 		n->flags |= MN_CT_F_CLOSING;
 	n->rev_id = svc.rev_id;

@@ -122,6 +122,7 @@ struct mn_ct_key {
 
 #define MN_CT_F_MASQ    (1 << 0) /* the connection is masqueraded (remote backend, eTP=Cluster, or hairpin) */
 #define MN_CT_F_CLOSING (1 << 1) /* FIN or RST seen */
+#define MN_CT_F_SHARED_REPLY (1 << 2) /* masqueraded because another connection holds its reply tuple: no reply entry of its own */
 
 struct mn_ct_val {
 	__u8 nat_addr[MN_ADDR_LEN];

@@ -3293,3 +3293,49 @@ fn fragmented_datagrams_follow_their_first_fragment() {
         assert_eq!(dp.ingress(&frags[1]).pkt, frags[1]);
     }
 }
+
+/// A client reusing one source port for two Services that share a backend: both connections
+/// would have the same reply tuple, so the second is masqueraded and each gets its replies.
+#[test]
+fn one_client_port_to_two_services_sharing_a_backend() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.config(Config {
+        masq_mark: MASQ,
+        maglev_m: 7,
+        ..Config::default()
+    });
+    dp.cluster_cidr("10.244.0.0/16");
+    for (vip, rev) in [("10.96.0.10", 1), ("10.96.0.11", 2)] {
+        dp.service(
+            vip,
+            80,
+            Proto::Tcp,
+            EXT,
+            rev,
+            svc_flags::CLUSTER_IP,
+            &[(11, "10.244.2.10", 8080, 0)],
+        );
+    }
+    let client = "10.244.1.5:40000";
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().src, sa(client), "in-cluster: not masqueraded");
+    // Its retransmitted SYN is the same connection.
+    let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
+    assert_eq!(r.parsed().src, sa(client));
+    let r = dp.ingress(&tcp(client, "10.96.0.11:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let second = r.parsed().src;
+    assert_eq!(second.ip().to_string(), SNAT4, "the second is masqueraded");
+    assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
+    // The first's replies still show the first Service, the second's the second.
+    let r = dp.egress(&tcp("10.244.2.10:8080", client, SYN | ACK));
+    assert_eq!(r.parsed().src, sa("10.96.0.10:80"));
+    let r = dp.ingress(&tcp("10.244.2.10:8080", &second.to_string(), SYN | ACK));
+    assert_eq!(r.parsed().dst, sa(client));
+    assert_eq!(r.parsed().src, sa("10.96.0.11:80"));
+    // Once the first is over, the port is the client's own again.
+    dp.ingress(&tcp(client, "10.96.0.10:80", RST | ACK));
+    dp.ingress(&tcp(client, "10.96.0.11:80", RST | ACK));
+    let r = dp.ingress(&tcp(client, "10.96.0.11:80", SYN));
+    assert_eq!(r.parsed().src, sa(client));
+}

@@ -148,6 +148,9 @@ pub mod backend_flags {
 pub mod ct_flags {
     pub const MASQ: u16 = 1 << 0;
     pub const CLOSING: u16 = 1 << 1;
+    /// Masqueraded because another connection holds its reply tuple: no reply entry of its
+    /// own.
+    pub const SHARED_REPLY: u16 = 1 << 2;
 }
 
 /// `MN_CT_DIR_*`: which entry of a connection a conntrack key is.
