@@ -1156,6 +1156,51 @@ static __noinline int mn_ct_reply(struct __sk_buff *skb, struct mn_pkt *p)
 	return mn_nat(skb, p, 0, c.nat_addr, c.nat_port);
 }
 
+/* The packet an ICMP error quotes, when the message is an error about TCP, UDP or SCTP: its
+ * reply tuple in *rk (the quoted destination as source; dir and pad left to the caller), where
+ * the quoted IP header (*in) and its L4 header (*inl4) start. -1 for any other message. */
+static __always_inline int mn_icmp_quote(struct __sk_buff *skb, const struct mn_pkt *p, struct mn_ct_key *rk,
+					 __u32 *in, __u32 *inl4)
+{
+	__u8 type = p->tcp_flags, iproto;
+	__be16 ports[2];
+
+	*in = p->l4off + 8;
+	if (!p->v6) {
+		struct iphdr ih;
+
+		/* Destination unreachable, time exceeded, parameter problem. */
+		if (type != 3 && type != 11 && type != 12)
+			return -1;
+		if (bpf_skb_load_bytes(skb, *in, &ih, sizeof(ih)) || ih.ihl != 5)
+			return -1;
+		iproto = ih.protocol;
+		mn_addr_set_v4(rk->saddr, ih.daddr);
+		mn_addr_set_v4(rk->daddr, ih.saddr);
+		*inl4 = *in + sizeof(ih);
+	} else {
+		struct ipv6hdr ih;
+
+		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
+		if (type < 1 || type > 4)
+			return -1;
+		if (bpf_skb_load_bytes(skb, *in, &ih, sizeof(ih)))
+			return -1;
+		iproto = ih.nexthdr;
+		__builtin_memcpy(rk->saddr, &ih.daddr, MN_ADDR_LEN);
+		__builtin_memcpy(rk->daddr, &ih.saddr, MN_ADDR_LEN);
+		*inl4 = *in + sizeof(ih);
+	}
+	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
+		return -1;
+	if (bpf_skb_load_bytes(skb, *inl4, ports, sizeof(ports)))
+		return -1;
+	rk->sport = ports[1];
+	rk->dport = ports[0];
+	rk->proto = iproto;
+	return 0;
+}
+
 /* An ICMP error about a masqueraded connection, sent to its masqueraded source (by the backend
  * or a router on the way: port unreachable, fragmentation needed, packet too big): the client
  * back as the outer destination and as the quoted packet's source, as for the connection's own
@@ -1164,45 +1209,13 @@ static __noinline int mn_icmp_snat_rev(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_ct_key rk = {};
 	struct mn_ct_val *v, c;
-	__u8 type = p->tcp_flags, iproto;
-	__u32 in = p->l4off + 8, inl4, icsum = p->l4off + 2;
-	__be16 ports[2];
+	__u32 in, inl4, icsum = p->l4off + 2;
 
-	if (!p->v6) {
-		struct iphdr ih;
-
-		/* Destination unreachable, time exceeded, parameter problem. */
-		if (type != 3 && type != 11 && type != 12)
-			return TC_ACT_OK;
-		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)) || ih.ihl != 5)
-			return TC_ACT_OK;
-		iproto = ih.protocol;
-		mn_addr_set_v4(rk.saddr, ih.daddr);
-		mn_addr_set_v4(rk.daddr, ih.saddr);
-		inl4 = in + sizeof(ih);
-	} else {
-		struct ipv6hdr ih;
-
-		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
-		if (type < 1 || type > 4)
-			return TC_ACT_OK;
-		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)))
-			return TC_ACT_OK;
-		iproto = ih.nexthdr;
-		__builtin_memcpy(rk.saddr, &ih.daddr, MN_ADDR_LEN);
-		__builtin_memcpy(rk.daddr, &ih.saddr, MN_ADDR_LEN);
-		inl4 = in + sizeof(ih);
-	}
-	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
-		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, inl4, ports, sizeof(ports)))
+	if (mn_icmp_quote(skb, p, &rk, &in, &inl4))
 		return TC_ACT_OK;
 	/* The error is about our packet to the backend, so it is addressed to its source. */
-	if ((iproto != IPPROTO_SCTP && !mn_snat_port(ports[0])) || !mn_addr_eq(rk.daddr, p->daddr))
+	if ((rk.proto != IPPROTO_SCTP && !mn_snat_port(rk.dport)) || !mn_addr_eq(rk.daddr, p->daddr))
 		return TC_ACT_OK;
-	rk.sport = ports[1];
-	rk.dport = ports[0];
-	rk.proto = iproto;
 	rk.dir = MN_CT_DIR_SNAT;
 	v = bpf_map_lookup_elem(&mn_ct, &rk);
 	if (!v)
@@ -1386,42 +1399,10 @@ static __noinline int mn_icmp_rev(struct __sk_buff *skb, struct mn_pkt *p)
 {
 	struct mn_ct_key rk = {};
 	struct mn_ct_val *v, c;
-	__u8 type = p->tcp_flags, iproto;
-	__u32 in = p->l4off + 8, inl4, icsum = p->l4off + 2;
-	__be16 ports[2];
+	__u32 in, inl4, icsum = p->l4off + 2;
 
-	if (!p->v6) {
-		struct iphdr ih;
-
-		/* Destination unreachable, time exceeded, parameter problem. */
-		if (type != 3 && type != 11 && type != 12)
-			return TC_ACT_OK;
-		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)) || ih.ihl != 5)
-			return TC_ACT_OK;
-		iproto = ih.protocol;
-		mn_addr_set_v4(rk.saddr, ih.daddr);
-		mn_addr_set_v4(rk.daddr, ih.saddr);
-		inl4 = in + sizeof(ih);
-	} else {
-		struct ipv6hdr ih;
-
-		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
-		if (type < 1 || type > 4)
-			return TC_ACT_OK;
-		if (bpf_skb_load_bytes(skb, in, &ih, sizeof(ih)))
-			return TC_ACT_OK;
-		iproto = ih.nexthdr;
-		__builtin_memcpy(rk.saddr, &ih.daddr, MN_ADDR_LEN);
-		__builtin_memcpy(rk.daddr, &ih.saddr, MN_ADDR_LEN);
-		inl4 = in + sizeof(ih);
-	}
-	if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP && iproto != IPPROTO_SCTP)
+	if (mn_icmp_quote(skb, p, &rk, &in, &inl4))
 		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, inl4, ports, sizeof(ports)))
-		return TC_ACT_OK;
-	rk.sport = ports[1];
-	rk.dport = ports[0];
-	rk.proto = iproto;
 	rk.dir = 1;
 	v = bpf_map_lookup_elem(&mn_ct, &rk);
 	if (!v)
