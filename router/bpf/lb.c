@@ -651,6 +651,41 @@ static __always_inline int mn_snat_fits(struct __sk_buff *skb, const struct mn_p
 	return !(frag_off & bpf_htons(0x4000));
 }
 
+/* A packet this node forwards past its stack, to ifindex's next hop: its TTL (hop limit)
+ * decremented first, as forwarding would. One whose TTL runs out is dropped and counted (the
+ * stack would answer it with an ICMP time exceeded; past it there is none). */
+static __noinline int mn_redirect_forward(struct __sk_buff *skb, const struct mn_pkt *p, __u32 ifindex)
+{
+	__u8 ttl;
+
+	if (!p->v6) {
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct iphdr, ttl), &ttl, 1))
+			return TC_ACT_SHOT;
+		if (ttl <= 1) {
+			mn_count(MN_CNT_TTL_EXCEEDED);
+			return TC_ACT_SHOT;
+		}
+		/* The TTL is the high byte of the header checksum's word at offset 8. */
+		if (bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), bpf_htons((__u16)ttl << 8),
+					bpf_htons((__u16)(ttl - 1) << 8), sizeof(__u16)))
+			return TC_ACT_SHOT;
+		ttl--;
+		if (bpf_skb_store_bytes(skb, p->l3off + offsetof(struct iphdr, ttl), &ttl, 1, 0))
+			return TC_ACT_SHOT;
+	} else {
+		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct ipv6hdr, hop_limit), &ttl, 1))
+			return TC_ACT_SHOT;
+		if (ttl <= 1) {
+			mn_count(MN_CNT_TTL_EXCEEDED);
+			return TC_ACT_SHOT;
+		}
+		ttl--;
+		if (bpf_skb_store_bytes(skb, p->l3off + offsetof(struct ipv6hdr, hop_limit), &ttl, 1, 0))
+			return TC_ACT_SHOT;
+	}
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
+
 /* The masqueraded source on a packet already DNATed to backend, then the packet straight to
  * the backend's next hop (or, too big for it, to the stack: see mn_snat_fits). */
 static __noinline int mn_snat_out(struct __sk_buff *skb, const struct mn_pkt *p, const __u8 *saddr, __be16 sport,
@@ -669,7 +704,7 @@ static __noinline int mn_snat_out(struct __sk_buff *skb, const struct mn_pkt *p,
 	r = mn_nat(skb, p, 0, saddr, sport);
 	if (r != TC_ACT_OK)
 		return r;
-	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	return mn_redirect_forward(skb, p, ifindex);
 }
 
 static __always_inline void mn_snat_range(const struct mn_config *cfg, __u32 *lo, __u32 *hi)
@@ -860,7 +895,7 @@ static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32
 	r = mn_nat(skb, p, 0, c.snat_addr, c.snat_port);
 	if (r != TC_ACT_OK)
 		return r;
-	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+	return mn_redirect_forward(skb, p, ifindex);
 }
 
 /* An established connection: MN_NO_ENTRY when there is no live entry for the packet's tuple
@@ -1130,7 +1165,7 @@ static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct
 	r = mn_nat(skb, p, 0, lb->n.snat_addr, lb->n.snat_port);
 	if (r != TC_ACT_OK)
 		return r;
-	return bpf_redirect_neigh(lb->n.ifindex, NULL, 0, 0);
+	return mn_redirect_forward(skb, p, lb->n.ifindex);
 }
 
 /* A reply of a balanced connection (its reply entry), MN_NO_ENTRY when there is none. A reply

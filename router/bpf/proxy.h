@@ -219,6 +219,7 @@ struct mn_config {
 #define MN_CNT_REV_NAT         7  /* replies translated back */
 #define MN_CNT_SNAT_NO_PORT    8  /* dropped: masquerade found no free source port */
 #define MN_CNT_SNAT_NO_ROUTE   9  /* dropped: masquerade found no route (or source) to the backend */
+#define MN_CNT_TTL_EXCEEDED   10  /* dropped: forwarded past the stack with its TTL (hop limit) run out */
 #define MN_CNT_MAX             16
 
 /* Masquerade's default source ports: above Linux's default ephemeral range (32768-60999),

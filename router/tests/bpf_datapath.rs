@@ -3339,3 +3339,50 @@ fn one_client_port_to_two_services_sharing_a_backend() {
     let r = dp.ingress(&tcp(client, "10.96.0.11:80", SYN));
     assert_eq!(r.parsed().src, sa(client));
 }
+
+/// Packets forwarded past the stack (masqueraded ones, both ways) get their TTL or hop limit
+/// decremented, with the IPv4 header checksum following; one that runs out is dropped and
+/// counted.
+#[test]
+fn forwarded_past_the_stack_decrements_the_ttl() {
+    let Some(mut dp) = Dp::new() else { return };
+    for (vip, rev, backend) in [
+        ("10.96.0.11", 2, "198.51.100.10"),
+        ("fd00:96::11", 3, "2001:db8:2::10"),
+    ] {
+        dp.service(
+            vip,
+            80,
+            Proto::Tcp,
+            EXT,
+            rev,
+            svc_flags::CLUSTER_IP,
+            &[(rev * 10, backend, 8080, 0)],
+        );
+    }
+    // IPv4: TTL at byte 22 (Ethernet 14 + 8); parsed() checks the header checksum.
+    let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.11:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().src.ip().to_string(), SNAT4);
+    assert_eq!(r.pkt[22], 63, "TTL 64 - 1");
+    let back = format!("{}", r.parsed().src);
+    let reply = dp.ingress(&tcp("198.51.100.10:8080", &back, SYN | ACK));
+    assert_eq!(reply.verdict, TC_ACT_REDIRECT);
+    assert_eq!(reply.parsed().dst, sa("203.0.113.5:40000"));
+    assert_eq!(reply.pkt[22], 63);
+    let mut last_hop = tcp("203.0.113.5:40001", "10.96.0.11:80", SYN);
+    // TTL 1, and the header checksum fixed up by hand (+1 in the TTL's word is -0x3f00).
+    last_hop[22] = 1;
+    last_hop[24] = 0;
+    last_hop[25] = 0;
+    let sum = fold(sum16(&last_hop[14..34], 0));
+    last_hop[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(dp.ingress(&last_hop).verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(10), 1, "ttl_exceeded");
+
+    // IPv6: hop limit at byte 21 (Ethernet 14 + 7).
+    let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[fd00:96::11]:80", SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().src.ip().to_string(), SNAT6);
+    assert_eq!(r.pkt[21], 63, "hop limit 64 - 1");
+}

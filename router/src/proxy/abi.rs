@@ -168,7 +168,7 @@ pub mod ct_dir {
 pub const SNAT_PORTS_DEFAULT: (u16, u16) = (61000, 65535);
 
 /// `MN_CNT_*`: the per-CPU counters' indexes and their metric names.
-pub const COUNTERS: [(u32, &str); 10] = [
+pub const COUNTERS: [(u32, &str); 11] = [
     (0, "lb_new"),
     (1, "sock_lb"),
     (2, "reject"),
@@ -179,6 +179,7 @@ pub const COUNTERS: [(u32, &str); 10] = [
     (7, "rev_nat"),
     (8, "snat_no_port"),
     (9, "snat_no_route"),
+    (10, "ttl_exceeded"),
 ];
 pub const COUNTERS_LEN: u32 = 16;
 
