@@ -408,11 +408,11 @@ impl Dataplane for Flaky {
     }
 }
 
-#[test]
-fn a_failed_write_is_retried_from_what_the_maps_hold() {
+/// A daemon on the toy model whose map writes fail until `dp.fail` is cleared.
+fn flaky_daemon() -> (Daemon<Flaky, Toy>, Fixture) {
     let health = Health::default();
     let status: SharedStatus = Arc::default();
-    let mut d = Daemon::new(
+    let d = Daemon::new(
         Config {
             node: "n1".into(),
             ..Config::default()
@@ -431,6 +431,12 @@ fn a_failed_write_is_retried_from_what_the_maps_hold() {
         status.clone(),
     )
     .unwrap();
+    (d, Fixture { status, health })
+}
+
+#[test]
+fn a_failed_write_is_retried_from_what_the_maps_hold() {
+    let (mut d, Fixture { status, health }) = flaky_daemon();
     let snap = snapshot([
         svc("web", "10.96.0.10"),
         slice("web", &[("10.244.1.5", "n2")]),
@@ -904,25 +910,7 @@ fn a_dual_stack_pod_counts_once_as_kube_proxy_per_family() {
 /// once the maps are programmed, and only once.
 #[test]
 fn programming_latency_waits_for_a_failed_pass_to_succeed() {
-    let mut d = Daemon::new(
-        Config {
-            node: "n1".into(),
-            ..Config::default()
-        },
-        Flaky {
-            fail: true,
-            ..Flaky::default()
-        },
-        Toy {
-            node: "n1".into(),
-            ..Toy::default()
-        },
-        None,
-        Metrics::default(),
-        Health::default().condition("proxy"),
-        Arc::default(),
-    )
-    .unwrap();
+    let (mut d, _fixture) = flaky_daemon();
     let mut reg = prometheus_client::registry::Registry::default();
     d.metrics.register(&mut reg);
     let count = |reg: &prometheus_client::registry::Registry| {
