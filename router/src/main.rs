@@ -373,9 +373,8 @@ fn start_proxy(
 fn proxy_cleanup(opts: &proxy::options::ProxyOptions) -> anyhow::Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup_root = proxy::options::cgroup_root(opts, &mountinfo).ok();
-    proxy::attach::cleanup(&opts.bpf_dir, cgroup_root.as_deref())
+    proxy::attach::cleanup_all(&opts.bpf_dir, cgroup_root.as_deref())
         .with_context(|| format!("--cleanup-config: {}", opts.bpf_dir.display()))?;
-    proxy::nft::remove().context("--cleanup-config: the nftables table")?;
     tracing::info!(bpf_dir = %opts.bpf_dir.display(), "service proxy removed");
     Ok(())
 }
