@@ -2571,6 +2571,29 @@ mod tests {
         (out, m.backend.values().copied().collect())
     }
 
+    /// The Services before and after an edit, and the names it changed. Per index `how` says:
+    /// 0 keep A's, 1 take B's (add, change or remove), 2 remove.
+    fn edited(
+        a: &[GenSvc],
+        b: &[GenSvc],
+        how: &[u8],
+    ) -> (Vec<Option<GenSvc>>, Vec<Option<GenSvc>>, BTreeSet<SvcName>) {
+        let n = a.len().max(b.len());
+        let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
+        let after: Vec<Option<GenSvc>> = (0..n)
+            .map(|i| match how[i] {
+                0 => a.get(i).cloned(),
+                1 => b.get(i).cloned(),
+                _ => None,
+            })
+            .collect();
+        let changed: BTreeSet<SvcName> = (0..n)
+            .filter(|i| before[*i] != after[*i])
+            .map(|i| ("default".to_string(), format!("s{i}")))
+            .collect();
+        (before, after, changed)
+    }
+
     fn edit() -> impl Strategy<Value = (Vec<GenSvc>, Vec<GenSvc>, Vec<u8>)> {
         (
             prop::collection::vec(gen_svc(), 0..7),
@@ -2584,20 +2607,7 @@ mod tests {
 
         #[test]
         fn incremental_updates_match_a_full_recomputation((a, b, how) in edit()) {
-            // Per index: 0 keep A's, 1 take B's (add, change or remove), 2 remove.
-            let n = a.len().max(b.len());
-            let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
-            let after: Vec<Option<GenSvc>> = (0..n)
-                .map(|i| match how[i] {
-                    0 => a.get(i).cloned(),
-                    1 => b.get(i).cloned(),
-                    _ => None,
-                })
-                .collect();
-            let changed: BTreeSet<SvcName> = (0..n)
-                .filter(|i| before[*i] != after[*i])
-                .map(|i| ("default".to_string(), format!("s{i}")))
-                .collect();
+            let (before, after, changed) = edited(&a, &b, &how);
             let (sa, ea) = build_opt(&before);
             let (sb, eb) = build_opt(&after);
             let mut ids = Ids::default();
@@ -2623,19 +2633,7 @@ mod tests {
 
         #[test]
         fn ids_after_committed_diff_match_committed((a, b, how) in edit()) {
-            let n = a.len().max(b.len());
-            let before: Vec<Option<GenSvc>> = (0..n).map(|i| a.get(i).cloned()).collect();
-            let after: Vec<Option<GenSvc>> = (0..n)
-                .map(|i| match how[i] {
-                    0 => a.get(i).cloned(),
-                    1 => b.get(i).cloned(),
-                    _ => None,
-                })
-                .collect();
-            let changed: BTreeSet<SvcName> = (0..n)
-                .filter(|i| before[*i] != after[*i])
-                .map(|i| ("default".to_string(), format!("s{i}")))
-                .collect();
+            let (before, after, changed) = edited(&a, &b, &how);
             let (sa, ea) = build_opt(&before);
             let (sb, eb) = build_opt(&after);
             let mut ids = Ids::default();
