@@ -428,26 +428,23 @@ async fn an_invalid_pool_is_reported_and_the_others_kept() {
     assert!(why.contains("sequence") || why.contains("5"), "{why}");
 }
 
+/// A deleted object's patch (its status) goes with it, as the API server's does, once the
+/// object has stayed gone for a second: a Service created again under that name is a new
+/// Service and claims no address. Within that second it applies again (a file moved away
+/// and back). So is a patch left while no process ran, a second after a process starts.
 #[tokio::test]
-async fn a_patch_without_its_object_is_ignored_and_kept() {
+async fn a_patch_without_its_object_is_removed_once_the_object_stays_gone() {
     let dir = tempfile::tempdir().unwrap();
     let patch = dir.path().join("status/patches/Service/default/gone.yaml");
     std::fs::create_dir_all(patch.parent().unwrap()).unwrap();
-    std::fs::write(
-        &patch,
-        "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.9}]\n",
-    )
-    .unwrap();
-    let state = start(dir.path()).await;
-    assert!(state.snapshot().services.is_empty());
-    assert!(state.snapshot().invalid.is_empty());
-
-    // The object comes back: the patch applies again.
-    write_atomic(
-        &dir.path().join("gone.yaml"),
-        &SERVICE_WEB.replace("name: web", "name: gone"),
-    );
-    wait_for(&state, "the returning service", |s| {
+    let write_patch = || {
+        std::fs::write(
+            &patch,
+            "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.9}]\n",
+        )
+        .unwrap()
+    };
+    let has_status = |s: &Snapshot| {
         s.services.get(&key("gone", "default")).is_some_and(|svc| {
             svc.status
                 .as_ref()
@@ -455,11 +452,48 @@ async fn a_patch_without_its_object_is_ignored_and_kept() {
                 .and_then(|lb| lb.ingress.as_ref())
                 .is_some_and(|i| i[0].ip.as_deref() == Some("192.0.2.9"))
         })
+    };
+    let manifest = dir.path().join("gone.yaml");
+    let service = SERVICE_WEB.replace("name: web", "name: gone");
+
+    // Left behind while no process ran: removed a second after the start.
+    write_patch();
+    let state = start(dir.path()).await;
+    assert!(
+        patch.exists(),
+        "not at once: the object may be on its way back"
+    );
+    state.remove_deleted_objects_status().await.unwrap();
+    assert!(!patch.exists(), "a patch left while no process ran");
+    drop(state);
+
+    // Gone for a moment: back within the second, its patch applies again.
+    write_patch();
+    write_atomic(&manifest, &service);
+    let state = start(dir.path()).await;
+    assert!(has_status(&state.snapshot()));
+    std::fs::remove_file(&manifest).unwrap();
+    wait_for(&state, "the service to go", |s| s.services.is_empty()).await;
+    write_atomic(&manifest, &service);
+    wait_for(&state, "the returning service", has_status).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(patch.is_file(), "the object is back: its patch stays");
+
+    // Deleted for good: the patch goes after a second, and a Service of that name created
+    // again has no status.
+    std::fs::remove_file(&manifest).unwrap();
+    wait_for(&state, "the service to go", |s| s.services.is_empty()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while patch.exists() {
+        assert!(std::time::Instant::now() < deadline, "the patch stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_atomic(&manifest, &service);
+    wait_for(&state, "the new service", |s| {
+        s.services.contains_key(&key("gone", "default"))
     })
     .await;
-    std::fs::remove_file(dir.path().join("gone.yaml")).unwrap();
-    wait_for(&state, "the service to go", |s| s.services.is_empty()).await;
-    assert!(patch.is_file());
+    assert!(!has_status(&state.snapshot()));
 }
 
 #[tokio::test]

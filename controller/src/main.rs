@@ -149,6 +149,12 @@ async fn controller(common: &CommonArgs, opts: &Options, once: bool) -> anyhow::
         let _lock = state
             .lock(LOCK)
             .context("another controller is running on this state directory")?;
+        // A Service deleted before this run and created again during it must not come back
+        // with its old status at the next run: no process stays to remove it later.
+        state
+            .remove_deleted_objects_status()
+            .await
+            .context("removing the status of deleted objects")?;
         run::reconcile_once(&state, opts, &shutdown).await?;
         return Ok(());
     }

@@ -9,13 +9,13 @@
 //!   back together: a file readable again, a directory copied back) every address already in
 //!   the status of a Service that holds nothing here is adopted when still valid, and only
 //!   then is anything assigned, so one conflict cannot renumber the Services after it.
-//!   Two claims on one address (a deleted Service's status outlives it in a state directory
-//!   and returns with a Service of that name): a status written for another `metadata.uid`
-//!   is not adopted; else the later allocation (`metalnet.io/ip-allocated-at`, written with
-//!   every new address) wins, as it is the current holder; then most addresses first.
-//!   The controller does not delete a deleted Service's status itself (a state directory
-//!   keeps it; the backend owns that file): a stale status can only bring back an address
-//!   nobody holds.
+//!   Two claims on one address (a state directory removes a deleted Service's status only
+//!   once it has stayed gone for a second, so a Service of that name created again within
+//!   it returns with the old status): a status written for another `metadata.uid` is not
+//!   adopted; else the later allocation (`metalnet.io/ip-allocated-at`, written with every
+//!   new address) wins, as it is the current holder; then most addresses first.
+//!   The controller does not delete a deleted Service's status itself (the backend owns
+//!   that file): a stale status can only bring back an address nobody holds.
 //! - **Each Service**: its request is built ([`ServiceRequest::from_service`]) and assigned;
 //!   the status and the `metallb.io/ip-allocated-from-pool` annotation are written when they
 //!   differ from what it holds. Events: `IPAllocated` (new addresses), `ClearAssignment`
@@ -52,8 +52,8 @@ pub const REPORTER: &str = "metalnet-controller";
 
 /// When the addresses in a Service's status were allocated (RFC 3339, written with them).
 /// After a restart, two Services may claim one address in their status: a deleted Service's
-/// status can outlive it in a state directory and come back when a Service of that name is
-/// created again. The later allocation is the current holder and wins.
+/// status outlives it in a state directory for a second, and comes back with a Service of
+/// that name created again within it. The later allocation is the current holder and wins.
 pub const ANNOTATION_IP_ALLOCATED_AT: &str = "metalnet.io/ip-allocated-at";
 
 /// The `metadata.uid` of the Service the addresses were allocated for, when it had one: a

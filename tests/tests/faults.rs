@@ -750,3 +750,42 @@ fn a_recreated_service_does_not_take_its_old_address_from_the_current_holder() {
         "b keeps its address; a waits"
     );
 }
+
+/// The smallest reproduction of what the random run above found next: `a`, created again
+/// while its old status was still on disk, took its old address back at a controller start;
+/// at the next start `b`, created again too, claimed the same address with a later
+/// allocation time in its own old status, and won it from `a`. A deleted Service's status now
+/// goes with it, so neither comes back with a claim.
+#[test]
+fn a_service_created_again_never_takes_an_address_with_its_old_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let once = |what: &str| controller_once(dir.path(), what);
+    let ingress = |name: &str| service_ingress(dir.path(), "default", name);
+    std::fs::write(
+        dir.path().join("pool.yaml"),
+        metalnet::testing::pool("p", ["192.0.2.200/32"]).document(),
+    )
+    .unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    write_atomic(&a, &service("a").document());
+    once("a alone");
+    assert_eq!(ingress("a"), ["192.0.2.200"]);
+
+    std::fs::remove_file(&a).unwrap();
+    write_atomic(&b, &service("b").document());
+    once("a deleted, b created");
+    assert_eq!(ingress("b"), ["192.0.2.200"], "b takes the freed address");
+
+    std::fs::remove_file(&b).unwrap();
+    write_atomic(&a, &service("a").document());
+    once("b deleted, a created again");
+    assert_eq!(ingress("a"), ["192.0.2.200"], "a takes the freed address");
+
+    write_atomic(&b, &service("b").document());
+    once("b created again");
+    assert_eq!(
+        (ingress("a"), ingress("b")),
+        (vec!["192.0.2.200".to_string()], vec![]),
+        "a keeps its address; b waits"
+    );
+}

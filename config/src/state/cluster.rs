@@ -243,6 +243,17 @@ impl ClusterState {
         }
     }
 
+    /// Waits until what the suite wrote onto objects found deleted is removed, as the API
+    /// server removes an object's status with it. Only a state directory waits (a second at
+    /// most, only when such objects were found): its removal waits until an object has stayed
+    /// gone for a second, which a process that reads once and exits would not see.
+    pub async fn remove_deleted_objects_status(&self) -> Result<(), StateError> {
+        match &self.backend {
+            Backend::Dir(b) => b.remove_deleted_objects_status().await,
+            Backend::Kube(_) => Ok(()),
+        }
+    }
+
     /// Whether the backend currently sees its source: `false` while the state directory is
     /// missing or replaced and not watched yet (the last state stays in force meanwhile), so a
     /// daemon never reports ready while blind. Always `true` on Kubernetes.

@@ -29,6 +29,9 @@ pub(super) struct Files {
     pub(super) owned: BTreeMap<ObjectRef, BTreeSet<PathBuf>>,
     /// Manifests no longer listed, since when (deleted after a grace period).
     pub(super) missing: HashMap<PathBuf, Instant>,
+    /// Objects with a patch and no definition, since when this process has seen them so
+    /// (their patch is removed after [`super::ORPHAN_GRACE`]).
+    pub(super) orphans: HashMap<ObjectRef, Instant>,
     /// Manifests held back because they lost every object at once, with since when.
     pub(super) suspects: HashMap<PathBuf, Suspect>,
     /// Problems (duplicates) last logged about each object, to log each once.

@@ -26,8 +26,10 @@
 //!   rewrites your files: edit them freely, the change is picked up within a few tens of ms.
 //! - **`status/patches/<Kind>/<namespace or _cluster>/<name>.yaml`**: what the suite changed on
 //!   one of your objects (its `status`, labels, annotations), as a JSON merge patch (RFC 7386)
-//!   applied on top of your file whenever it is read. A patch whose object is gone is ignored
-//!   and kept (it applies again if the object comes back); delete it by hand to reset.
+//!   applied on top of your file whenever it is read. A patch whose object is gone is removed
+//!   once the object has stayed gone for 1 s (also when it went while no daemon ran), as the
+//!   API server removes an object's status with it: a Service deleted and created again is a
+//!   new Service, and never brings back an address another Service may hold by then.
 //! - **`status/objects/<Kind>/<namespace or _cluster>/<name>.yaml`**: whole objects the suite
 //!   creates and deletes (ServiceL2Status, ServiceBGPStatus, Events).
 //!   Events are `status/objects/Event/<namespace>/<object name>.<hash>.yaml`, one per
@@ -140,6 +142,11 @@ const SHRINK_GRACE: Duration = Duration::from_secs(1);
 /// How long a manifest must stay gone before its objects are deleted: `rm -rf DIR` and a
 /// directory being replaced remove files one by one before the directory itself goes.
 const DELETE_GRACE: Duration = Duration::from_millis(300);
+
+/// How long an object must stay gone (as seen by this process, after [`DELETE_GRACE`] at
+/// run time, or from the start) before its patch is removed: a directory being replaced at a
+/// process's start looks empty for a moment.
+const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the watch loop checks that the directory it watches is still the one at the path
 /// (it may have been deleted, or replaced by another one renamed into place).
@@ -298,6 +305,33 @@ impl DirBackend {
         tracing::info!(dir = %inner.root.display(), "state directory loaded");
         let task = tokio::spawn(watch_loop(inner.clone(), watcher, tx, rx));
         Ok(DirBackend { inner, task })
+    }
+
+    /// Waits until the patches of objects found gone so far (at the start, or since) have
+    /// stayed without their objects for the grace, and removes them (see
+    /// [`Inner::remove_orphan_patches`]). For a process that reads once and exits (`--once`):
+    /// it would otherwise leave them for the next one, and an object created again meanwhile
+    /// would come back with its old status.
+    pub async fn remove_deleted_objects_status(&self) -> Result<(), StateError> {
+        let last_due = {
+            let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+            files
+                .orphans
+                .values()
+                .max()
+                .map(|since| *since + ORPHAN_GRACE)
+        };
+        let Some(due) = last_due else {
+            return Ok(());
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.reload())
+            .await
+            .map_err(|e| StateError::Io {
+                path: self.inner.root.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Takes the lock `name` (`status/locks/NAME.lock`) if it is free.
@@ -676,10 +710,13 @@ impl Inner {
             // Gone or replaced while listed: the watch loop re-attaches and reads it again.
             return Ok(());
         }
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let mut affected = BTreeSet::new();
-        self.merge_listing(&mut files, listing, &mut affected);
-        self.deliver(&mut files, affected);
+        {
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut affected = BTreeSet::new();
+            self.merge_listing(&mut files, listing, &mut affected);
+            self.deliver(&mut files, affected);
+        }
+        self.remove_orphan_patches();
         Ok(())
     }
 
@@ -1134,6 +1171,7 @@ impl Inner {
     fn deliver(&self, files: &mut Files, affected: BTreeSet<ObjectRef>) {
         let mut deltas = Vec::new();
         for obj in affected {
+            self.note_orphan(files, &obj);
             let problems = self.problems(files, &obj);
             let logged = files.warned.remove(&obj).unwrap_or_default();
             for p in problems.difference(&logged) {
@@ -1155,6 +1193,63 @@ impl Inner {
         }
         if !deltas.is_empty() {
             self.core.apply(deltas);
+        }
+    }
+
+    /// Starts or stops the clock on `obj`'s patch when it has no object (see
+    /// [`Inner::remove_orphan_patches`]).
+    fn note_orphan(&self, files: &mut Files, obj: &ObjectRef) {
+        let orphan =
+            files.patches.get(obj).is_some_and(|p| !p.is_empty()) && !files.user.contains_key(obj);
+        if !orphan {
+            files.orphans.remove(obj);
+        } else if !files.orphans.contains_key(obj) {
+            let now = Instant::now();
+            files.orphans.insert(obj.clone(), now);
+            self.recheck_at(now + ORPHAN_GRACE);
+        }
+    }
+
+    /// Removes the patches of objects gone for [`ORPHAN_GRACE`]. Without this a deleted
+    /// Service's status would come back with a Service of that name, claiming an address
+    /// that another Service may have been given meanwhile (and, after a controller restart,
+    /// winning it). Under the status lock the tree is listed again first, so an object that
+    /// came back since the last refresh keeps its patch.
+    fn remove_orphan_patches(&self) {
+        let due: Vec<ObjectRef> = {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            files
+                .orphans
+                .iter()
+                .filter(|(_, since)| since.elapsed() >= ORPHAN_GRACE)
+                .map(|(obj, _)| obj.clone())
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let result = self.write_op(|files, affected| {
+            let listing = self.list()?;
+            self.merge_listing(files, listing, affected);
+            for obj in &due {
+                // Tried once: a failure is not retried until the object changes again.
+                if files.orphans.remove(obj).is_none() || files.user.contains_key(obj) {
+                    continue;
+                }
+                for path in files.patches.get(obj).cloned().unwrap_or_default() {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(&path)(e)),
+                    }
+                    files.set(&path, None, affected);
+                    tracing::info!(object = %obj, file = %path.display(), "removed the status of a deleted object");
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot remove the status of a deleted object");
         }
     }
 
