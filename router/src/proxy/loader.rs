@@ -212,7 +212,7 @@ fn load_object(
 }
 
 /// Every map's key and value size (`proxy.h`; LPM keys include their prefix length).
-pub const LAYOUTS: [(&str, u32, u32); 14] = [
+pub const LAYOUTS: [(&str, u32, u32); 15] = [
     (names::SVC, 20, 16),
     (names::SLOT, 8, 4),
     (names::BACKEND, 4, 20),
@@ -227,36 +227,56 @@ pub const LAYOUTS: [(&str, u32, u32); 14] = [
     (names::CLUSTER_CIDR, 20, 1),
     (names::CONFIG, 4, 32),
     (names::COUNTERS, 4, 8),
+    (names::FRAG, 40, 4),
 ];
 
-/// Refuses maps pinned with another layout before anything is loaded against them (the
-/// verifier would fail the programs with a far less helpful message, or, worse, accept them).
-fn check_pinned_layouts(maps_dir: &Path) -> Result<(), LoaderError> {
+/// A map pinned by another version of the proxy with another layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignLayout {
+    pub map: &'static str,
+    /// The pinned map's key and value sizes.
+    pub pinned: (u32, u32),
+    /// This version's.
+    pub ours: (u32, u32),
+}
+
+/// The first map pinned with another layout than this version's, if any. Found before
+/// anything is loaded against it: the verifier would fail the programs with a far less
+/// helpful message, or, worse, accept them.
+fn foreign_pinned_layout(maps_dir: &Path) -> Result<Option<ForeignLayout>, LoaderError> {
     for (name, key, value) in LAYOUTS {
         let path = maps_dir.join(name);
         if !path.exists() {
             continue;
         }
-        let map = names_static(name);
-        let err = |reason: String| LoaderError::Map {
-            map,
-            path: path.clone(),
-            reason,
-        };
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
-            .map_err(|e| err(format!("opening the pin: {e}")))?;
+            .map_err(|e| LoaderError::Map {
+                map: names_static(name),
+                path: path.clone(),
+                reason: format!("opening the pin: {e}"),
+            })?;
         if (info.key_size(), info.value_size()) != (key, value) {
-            return Err(err(format!(
-                "layout: keys of {} and values of {} bytes, this version uses {key} and {value} \
-                 (pinned by another version of the proxy; --cleanup-config removes it, and \
-                 with it the connections it tracks)",
-                info.key_size(),
-                info.value_size()
-            )));
+            return Ok(Some(ForeignLayout {
+                map: names_static(name),
+                pinned: (info.key_size(), info.value_size()),
+                ours: (key, value),
+            }));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Unpins every map under `maps_dir`, so the next load creates them afresh. Programs still
+/// attached keep the old maps alive until they are replaced.
+fn unpin_maps(maps_dir: &Path) -> Result<usize, LoaderError> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(maps_dir).map_err(|e| bpffs_err(maps_dir, e))? {
+        let path = e.map_err(|e| bpffs_err(maps_dir, e))?.path();
+        std::fs::remove_file(&path).map_err(|e| bpffs_err(&path, e))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 fn names_static(name: &str) -> &'static str {
@@ -301,8 +321,8 @@ where
     // older layout is refused here rather than misread.
     M::try_from(map).map_err(|e| {
         err(format!(
-            "layout: {e} (pinned by another version of the proxy; --cleanup-config removes \
-             it, and with it the connections it tracks)"
+            "layout: {e} (pinned by another version of the proxy; the proxy of this version \
+             makes every map afresh when it starts)"
         ))
     })
 }
@@ -838,8 +858,25 @@ impl Loader {
         ensure_bpffs(bpf_dir)?;
         let maps_dir = bpf_dir.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).map_err(|e| bpffs_err(&maps_dir, e))?;
+        if let Some(foreign) = foreign_pinned_layout(&maps_dir)? {
+            // An upgrade (or downgrade) that changed a layout: as Cilium does, every map is
+            // made afresh rather than the node left without a proxy until someone runs
+            // --cleanup-config. All of them, as ids in one map point into the others; the
+            // daemon programs them again from the cluster state.
+            let unpinned = unpin_maps(&maps_dir)?;
+            warn!(
+                map = foreign.map,
+                pinned_key_bytes = foreign.pinned.0,
+                pinned_value_bytes = foreign.pinned.1,
+                key_bytes = foreign.ours.0,
+                value_bytes = foreign.ours.1,
+                unpinned,
+                "a map was pinned by another version of the proxy with another layout: every \
+                 map is created afresh (connections tracked by the per-packet path are reset; \
+                 socket-LB connections are not affected)"
+            );
+        }
         let reused = maps_dir.join(names::SVC).exists();
-        check_pinned_layouts(&maps_dir)?;
         let lb = load_object("lb", LB_OBJECT, &maps_dir, sizes)?;
         let sock = load_object("sock", SOCK_OBJECT, &maps_dir, sizes)?;
         let maps = Maps::open(bpf_dir)?;
