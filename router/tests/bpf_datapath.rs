@@ -467,12 +467,17 @@ impl Run {
     }
 }
 
-// --- packets -------------------------------------------------------------------------------
+// --- packets: typed headers that emit frames, and a parser that checks them -----------------
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The Internet checksum's one's complement sum (RFC 1071) of `data`, added to `acc`.
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for c in data.chunks(2) {
         let w = if c.len() == 2 {
@@ -492,6 +497,7 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The sum of the pseudo-header the TCP, UDP and ICMPv6 checksums cover.
 fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     let mut acc = 0;
     match (src, dst) {
@@ -508,70 +514,254 @@ fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     acc + proto as u32 + len as u32
 }
 
-/// Ethernet + IPv4/IPv6 + TCP (seq 1000, the given flags) or UDP, checksums correct.
-fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+/// Writes the checksum of the IPv4 header behind the Ethernet header of `frame`, as after a
+/// field of it was set by hand.
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&frame[14..34], 0));
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Writes the checksum at `at` of an L4 header (TCP, UDP, ICMPv6) over `l4` and its
+/// pseudo-header.
+fn fix_l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &mut [u8], at: usize) {
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(l4, pseudo(src, dst, proto, l4.len())));
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+const IPV4_DF: u16 = 0x4000;
+const IPV4_MF: u16 = 0x2000;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const IPV6_FRAGMENT: u8 = 44;
+const SCTP: u8 = 132;
+
+/// An IPv4 or IPv6 header (the family of the addresses) with an Ethernet header in front.
+#[derive(Clone, Copy)]
+struct IpHdr {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The next header: the L4 protocol, or IPv6's fragment header.
+    proto: u8,
+    /// TTL or hop limit.
+    ttl: u8,
+    /// IPv4 only: the identification, and the flags with the fragment offset.
+    id: u16,
+    frag: u16,
+}
+
+impl IpHdr {
+    /// TTL 64; IPv4: identification 1, don't fragment.
+    fn new(src: IpAddr, dst: IpAddr, proto: u8) -> IpHdr {
+        IpHdr {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            id: 1,
+            frag: IPV4_DF,
+        }
+    }
+
+    /// The frame carrying `payload`: lengths and the IPv4 header checksum filled in.
+    fn emit(&self, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                p.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+                p.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+                p.extend_from_slice(&self.id.to_be_bytes());
+                p.extend_from_slice(&self.frag.to_be_bytes());
+                p.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
+                p.extend_from_slice(&s.octets());
+                p.extend_from_slice(&d.octets());
+                fix_ipv4_checksum(&mut p);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+                p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                p.extend_from_slice(&[self.proto, self.ttl]);
+                p.extend_from_slice(&s.octets());
+                p.extend_from_slice(&d.octets());
+            }
+            _ => panic!("mixed families"),
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+}
+
+/// A TCP segment: sequence number 1000, acknowledgment 77 when ACK is set, window 0xffff.
+struct TcpSeg<'a> {
+    src: SocketAddr,
+    dst: SocketAddr,
+    flags: u8,
+    /// Part of the header (a multiple of 4 bytes), not data.
+    options: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl TcpSeg<'_> {
+    /// The segment with its checksum.
+    fn emit(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.src.port().to_be_bytes());
+        l4.extend_from_slice(&self.dst.port().to_be_bytes());
+        l4.extend_from_slice(&1000u32.to_be_bytes());
+        let ack = if self.flags & ACK != 0 { 77u32 } else { 0 };
+        l4.extend_from_slice(&ack.to_be_bytes());
+        let words = 5 + self.options.len() as u8 / 4;
+        l4.extend_from_slice(&[words << 4, self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(self.options);
+        l4.extend_from_slice(self.payload);
+        fix_l4_checksum(self.src.ip(), self.dst.ip(), TCP, &mut l4, 16);
+        l4
+    }
+}
+
+/// A UDP datagram with its checksum.
+fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.port().to_be_bytes());
     l4.extend_from_slice(&dst.port().to_be_bytes());
-    let csum_at = if proto == TCP {
-        l4.extend_from_slice(&1000u32.to_be_bytes());
-        l4.extend_from_slice(&(if flags & ACK != 0 { 77u32 } else { 0 }).to_be_bytes());
-        l4.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        16
-    } else {
-        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-        6
-    };
+    l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
     l4.extend_from_slice(payload);
-    let c = fold(sum16(&l4, pseudo(src.ip(), dst.ip(), proto, l4.len())));
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    fix_l4_checksum(src.ip(), dst.ip(), UDP, &mut l4, 6);
+    l4
+}
 
-    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&[0x08, 0x00]);
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = fold(sum16(&ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(&ip);
+/// Ethernet + IPv4/IPv6 + TCP (seq 1000, the given flags) or UDP, checksums correct.
+fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let l4 = if proto == TCP {
+        TcpSeg {
+            src,
+            dst,
+            flags,
+            options: &[],
+            payload,
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x86, 0xdd]);
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[proto, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&l4);
-    p
+        .emit()
+    } else {
+        udp_datagram(src, dst, payload)
+    };
+    IpHdr::new(src.ip(), dst.ip(), proto).emit(&l4)
 }
 
 fn tcp(src: &str, dst: &str, flags: u8) -> Vec<u8> {
     packet(sa(src), sa(dst), TCP, flags, &[])
 }
+
 /// A SYN with 12 bytes of options (MSS, SACK permitted, window scale): not payload.
 fn syn_with_options(src: &str, dst: &str) -> Vec<u8> {
-    let opts = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1];
-    let mut p = packet(sa(src), sa(dst), TCP, SYN, &opts);
-    let l4 = if p[12] == 0x08 { 34 } else { 54 };
-    p[l4 + 12] = 8 << 4;
-    p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-    let (s, d) = (sa(src), sa(dst));
-    let c = fold(sum16(&p[l4..], pseudo(s.ip(), d.ip(), TCP, p.len() - l4)));
-    p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
-    p
+    let (src, dst) = (sa(src), sa(dst));
+    let seg = TcpSeg {
+        src,
+        dst,
+        flags: SYN,
+        options: &[2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1],
+        payload: &[],
+    };
+    IpHdr::new(src.ip(), dst.ip(), TCP).emit(&seg.emit())
 }
 
 fn udp(src: &str, dst: &str) -> Vec<u8> {
     packet(sa(src), sa(dst), UDP, 0, b"query")
+}
+
+/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
+/// covers no address.
+fn sctp(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d) = (sa(src), sa(dst));
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.port().to_be_bytes());
+    l4.extend_from_slice(&d.port().to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[1, 0, 0, 4]);
+    IpHdr::new(s.ip(), d.ip(), SCTP).emit(&l4)
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
+/// from [`packet`]): its IP header and 8 bytes.
+fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (s, d) = (ip(src), ip(dst));
+    let v6 = s.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
+    let proto = if v6 {
+        fix_l4_checksum(s, d, ICMPV6, &mut icmp, 2);
+        ICMPV6
+    } else {
+        let c = fold(sum16(&icmp, 0));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ICMP
+    };
+    IpHdr {
+        frag: 0,
+        ..IpHdr::new(s, d, proto)
+    }
+    .emit(&icmp)
+}
+
+/// A UDP datagram with `payload` in two fragments, the first carrying the UDP header and
+/// `first` bytes of payload (a multiple of 8 minus the header). IPv6 uses a fragment header.
+fn udp_fragments(src: &str, dst: &str, id: u32, payload: &[u8], first: usize) -> [Vec<u8>; 2] {
+    let (s, d) = (sa(src), sa(dst));
+    let l4 = udp_datagram(s, d, payload);
+    let (head, tail) = l4.split_at(8 + first);
+    [(0, true, head), (8 + first, false, tail)].map(|(offset, more, part)| {
+        if s.is_ipv6() {
+            let mut p = vec![UDP, 0];
+            p.extend_from_slice(&((offset as u16) | more as u16).to_be_bytes());
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(part);
+            IpHdr::new(s.ip(), d.ip(), IPV6_FRAGMENT).emit(&p)
+        } else {
+            let frag = (offset / 8) as u16 | if more { IPV4_MF } else { 0 };
+            IpHdr {
+                id: id as u16,
+                frag,
+                ..IpHdr::new(s.ip(), d.ip(), UDP)
+            }
+            .emit(part)
+        }
+    })
+}
+
+/// Reassembles two fragments made by [`udp_fragments`] (after the programs): checks each
+/// IPv4 header checksum and that both carry the same addresses, and returns the datagram as
+/// one unfragmented frame for [`parse`].
+fn reassemble(frags: &[Vec<u8>; 2]) -> Vec<u8> {
+    let v6 = frags[0][12] == 0x86;
+    let (ip_len, hdr) = if v6 { (40, 48) } else { (20, 20) };
+    let addrs = |f: &Vec<u8>| f[14 + ip_len - 32 + if v6 { 0 } else { 24 }..14 + ip_len].to_vec();
+    assert_eq!(
+        addrs(&frags[0]),
+        addrs(&frags[1]),
+        "both fragments rewritten alike"
+    );
+    let mut l4 = frags[0][14 + hdr..].to_vec();
+    l4.extend_from_slice(&frags[1][14 + hdr..]);
+    let mut p = frags[0][..14 + ip_len].to_vec();
+    if v6 {
+        p[18..20].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+        p[20] = UDP;
+    } else {
+        for f in frags {
+            assert_eq!(
+                fold(sum16(&f[14..34], 0)),
+                0,
+                "fragment IPv4 header checksum"
+            );
+        }
+        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        p[20..22].copy_from_slice(&[0, 0]);
+        fix_ipv4_checksum(&mut p);
+    }
+    p.extend_from_slice(&l4);
+    p
 }
 
 #[derive(Debug, PartialEq)]
@@ -606,11 +796,10 @@ fn parse(p: &[u8]) -> Pkt {
         }
         t => panic!("ethertype {t:#x}"),
     };
-    let pseudo_proto = proto;
-    let acc = if proto == 1 {
+    let acc = if proto == ICMP {
         0
     } else {
-        pseudo(src, dst, pseudo_proto, l4.len())
+        pseudo(src, dst, proto, l4.len())
     };
     assert_eq!(
         fold(sum16(l4, acc)),
@@ -647,6 +836,38 @@ fn parse(p: &[u8]) -> Pkt {
             ack: 0,
             len: l4.len() - 8,
         },
+    }
+}
+
+/// What an ICMP error frame quotes of the packet it is about: the quoted IP header and the
+/// addresses and ports in it.
+struct Quote {
+    ip_header: Vec<u8>,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+/// The quote of an ICMP (IPv4) or ICMPv6 error frame, as [`icmp_error`] builds them.
+fn quoted(frame: &[u8]) -> Quote {
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    if frame[12] == 0x86 {
+        let q = &frame[62..];
+        let s: [u8; 16] = q[8..24].try_into().unwrap();
+        let d: [u8; 16] = q[24..40].try_into().unwrap();
+        Quote {
+            ip_header: q[..40].to_vec(),
+            src: SocketAddr::new(s.into(), port(&q[40..])),
+            dst: SocketAddr::new(d.into(), port(&q[42..])),
+        }
+    } else {
+        let q = &frame[42..];
+        let s: [u8; 4] = q[12..16].try_into().unwrap();
+        let d: [u8; 4] = q[16..20].try_into().unwrap();
+        Quote {
+            ip_header: q[..20].to_vec(),
+            src: SocketAddr::new(s.into(), port(&q[20..])),
+            dst: SocketAddr::new(d.into(), port(&q[22..])),
+        }
     }
 }
 
@@ -716,7 +937,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
     assert_eq!(p.dst, sa("198.51.100.10:8080"));
-    assert_eq!(p.src.ip(), SNAT4.parse::<IpAddr>().unwrap());
+    assert_eq!(p.src.ip(), ip(SNAT4));
     let port = p.src.port();
     assert!((61000..=65535).contains(&port), "{port}");
     assert_eq!(r.mark, 0, "no mark: no netfilter rule to act on it");
@@ -724,7 +945,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let fwd = dp
         .ct(ct_key("203.0.113.5:40000", "10.96.0.10:80", TCP, 0))
         .expect("forward entry");
-    assert_eq!(fwd.nat_addr, "198.51.100.10".parse::<IpAddr>().unwrap());
+    assert_eq!(fwd.nat_addr, ip("198.51.100.10"));
     assert_eq!((fwd.nat_port, fwd.backend_id, fwd.rev_id), (8080, 11, 1));
     assert_eq!(fwd.flags, ct_flags::MASQ);
     assert_eq!(
@@ -734,7 +955,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let rev = dp
         .ct(ct_key("198.51.100.10:8080", "203.0.113.5:40000", TCP, 1))
         .expect("reply entry");
-    assert_eq!(rev.nat_addr, "10.96.0.10".parse::<IpAddr>().unwrap());
+    assert_eq!(rev.nat_addr, ip("10.96.0.10"));
     assert_eq!(rev.nat_port, 80);
     let snat_key = ct_key(
         "198.51.100.10:8080",
@@ -743,14 +964,8 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
         abi::ct_dir::SNAT,
     );
     let back = dp.ct(snat_key).expect("the masquerade's entry");
-    assert_eq!(
-        (back.nat_addr, back.nat_port),
-        ("203.0.113.5".parse().unwrap(), 40000)
-    );
-    assert_eq!(
-        (back.snat_addr, back.snat_port),
-        ("10.96.0.10".parse().unwrap(), 80)
-    );
+    assert_eq!((back.nat_addr, back.nat_port), (ip("203.0.113.5"), 40000));
+    assert_eq!((back.snat_addr, back.snat_port), (ip("10.96.0.10"), 80));
 
     // The connection's next packets follow conntrack: the same translation.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
@@ -842,7 +1057,7 @@ fn clusterip_v4_udp_and_v6_tcp() {
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
     assert_eq!(p.dst, sa("[2001:db8:2::80]:8080"));
-    assert_eq!(p.src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    assert_eq!(p.src.ip(), ip(SNAT6));
     let snat = p.src;
     let r = dp.ingress(&tcp("[2001:db8:2::80]:8080", &snat.to_string(), SYN | ACK));
     assert_eq!(r.parsed().dst, sa("[2001:db8:9::1]:41000"));
@@ -903,7 +1118,7 @@ fn nodeport_wildcard_on_node_addresses_only() {
 
     let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[2001:db8::1]:30080", SYN));
     assert_eq!(r.parsed().dst, sa("[2001:db8:5::20]:8080"));
-    assert_eq!(r.parsed().src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    assert_eq!(r.parsed().src.ip(), ip(SNAT6));
     let snat = r.parsed().src;
     let r = dp.ingress(&tcp("[2001:db8:5::20]:8080", &snat.to_string(), SYN | ACK));
     assert_eq!(r.parsed().dst, sa("[2001:db8:9::5]:40000"));
@@ -1115,7 +1330,7 @@ fn masquerade_for_remote_backends_from_outside_and_hairpin() {
         &[(21, "10.244.2.5", 8080, 0)],
     );
     // Hairpin: the pod reaches itself through its Service.
-    let snat4 = SNAT4.parse::<IpAddr>().unwrap();
+    let snat4 = ip(SNAT4);
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.1.5:8080"));
     assert_eq!(r.parsed().src.ip(), snat4, "hairpin");
@@ -1351,26 +1566,22 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let p = r.parsed();
     assert_eq!(
         (p.src.ip(), p.dst.ip()),
-        (sa("198.51.100.10:0").ip(), sa("203.0.113.5:0").ip())
+        (ip("198.51.100.10"), ip("203.0.113.5"))
     );
-    let inner = &r.pkt[42..];
+    let q = quoted(&r.pkt);
     assert_eq!(
-        fold(sum16(&inner[..20], 0)),
+        fold(sum16(&q.ip_header, 0)),
         0,
         "quoted IPv4 header checksum"
     );
-    assert_eq!(
-        &inner[12..16],
-        &[203, 0, 113, 5],
-        "quoted source: the client"
-    );
-    assert_eq!(&inner[20..22], &5000u16.to_be_bytes(), "quoted source port");
+    assert_eq!(q.src.ip(), ip("203.0.113.5"), "quoted source: the client");
+    assert_eq!(q.src.port(), 5000, "quoted source port");
     let r = dp.egress(&r.pkt);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("10.96.0.53:0").ip());
-    let inner = &r.pkt[42..];
-    assert_eq!(&inner[16..20], &[10, 96, 0, 53]);
-    assert_eq!(&inner[22..24], &53u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("10.96.0.53"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("10.96.0.53"));
+    assert_eq!(q.dst.port(), 53);
 
     // Packet too big from a router on the way, about a masqueraded IPv6 connection.
     let sent = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
@@ -1378,16 +1589,14 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let err = icmp_error("2001:db8:ff::fe", SNAT6, 2, 0, &sent.pkt);
     let r = dp.ingress(&err);
     let p = r.parsed();
-    assert_eq!(p.dst.ip(), sa("[2001:db8:9::1]:0").ip());
-    let inner = &r.pkt[62..];
-    let client: std::net::Ipv6Addr = "2001:db8:9::1".parse().unwrap();
-    assert_eq!(&inner[8..24], &client.octets());
-    assert_eq!(&inner[40..42], &41000u16.to_be_bytes());
+    assert_eq!(p.dst.ip(), ip("2001:db8:9::1"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.src.ip(), ip("2001:db8:9::1"));
+    assert_eq!(q.src.port(), 41000);
     let r = dp.egress(&r.pkt);
-    let inner = &r.pkt[62..];
-    let vip6: std::net::Ipv6Addr = "fd00:96::80".parse().unwrap();
-    assert_eq!(&inner[24..40], &vip6.octets());
-    assert_eq!(&inner[42..44], &80u16.to_be_bytes());
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("fd00:96::80"));
+    assert_eq!(q.dst.port(), 80);
 
     // An error to the masqueraded address about another port is left alone.
     let held = sent.parsed().src.port();
@@ -1537,7 +1746,7 @@ fn no_backend_udp_gets_port_unreachable() {
     );
     assert_eq!(
         (p.src.ip(), p.dst.ip()),
-        (sa("10.96.0.53:0").ip(), sa("203.0.113.5:0").ip())
+        (ip("10.96.0.53"), ip("203.0.113.5"))
     );
     assert_eq!(
         &r.pkt[42..70],
@@ -1555,7 +1764,7 @@ fn no_backend_udp_gets_port_unreachable() {
         (1, 4),
         "ICMPv6 destination unreachable, port"
     );
-    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
+    assert_eq!(p.src.ip(), ip("fd00:96::53"));
     assert_eq!(&r.pkt[62..110], &dgram[14..62]);
     assert_eq!(dp.counter(2), 2, "reject");
 }
@@ -2343,27 +2552,6 @@ impl SockMaps {
     }
 }
 
-/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
-/// covers no address.
-fn sctp(src: &str, dst: &str) -> Vec<u8> {
-    let (s, d) = (sa(src), sa(dst));
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&s.port().to_be_bytes());
-    l4.extend_from_slice(&d.port().to_be_bytes());
-    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
-    l4.extend_from_slice(&[1, 0, 0, 4]);
-    let mut p = packet(s, d, UDP, 0, &[]);
-    p.truncate(14 + 20);
-    p[14 + 9] = 132;
-    let total = (20 + l4.len()) as u16;
-    p[16..18].copy_from_slice(&total.to_be_bytes());
-    p[24..26].copy_from_slice(&[0, 0]);
-    let c = fold(sum16(&p[14..34], 0));
-    p[24..26].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&l4);
-    p
-}
-
 #[test]
 fn sctp_rewrites_addresses_when_the_port_is_kept() {
     let Some(mut dp) = Dp::new() else { return };
@@ -3042,43 +3230,6 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     assert_eq!(csum_errors(ns.name()), 0);
 }
 
-/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
-/// from [`packet`]): its IP header and 8 bytes.
-fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
-    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let v6 = s.is_ipv6();
-    let ip_len = if v6 { 40 } else { 20 };
-    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
-    let acc = if v6 { pseudo(s, d, 58, icmp.len()) } else { 0 };
-    let c = fold(sum16(&icmp, acc));
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    match (s, d) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&[0x08, 0x00]);
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = fold(sum16(&ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(&ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[58, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&icmp);
-    p
-}
-
 #[test]
 fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let Some(mut dp) = Dp::new() else { return };
@@ -3122,21 +3273,17 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let p = r.parsed();
     assert_eq!(
         (p.src.ip(), p.dst.ip()),
-        (sa("10.96.0.53:0").ip(), sa("10.244.1.5:0").ip())
+        (ip("10.96.0.53"), ip("10.244.1.5"))
     );
-    let inner = &r.pkt[42..];
+    let q = quoted(&r.pkt);
     assert_eq!(
-        fold(sum16(&inner[..20], 0)),
+        fold(sum16(&q.ip_header, 0)),
         0,
         "quoted IPv4 header checksum"
     );
-    assert_eq!(&inner[16..20], &[10, 96, 0, 53], "quoted destination");
-    assert_eq!(
-        &inner[22..24],
-        &53u16.to_be_bytes(),
-        "quoted destination port"
-    );
-    assert_eq!(&inner[12..16], &[10, 244, 1, 5]);
+    assert_eq!(q.dst.ip(), ip("10.96.0.53"), "quoted destination");
+    assert_eq!(q.dst.port(), 53, "quoted destination port");
+    assert_eq!(q.src.ip(), ip("10.244.1.5"));
 
     // Fragmentation needed from a router on the way (this node): only the quote changes.
     let sent = dp
@@ -3145,10 +3292,10 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let err = icmp_error("192.0.2.1", "10.244.1.5", 3, 4, &sent);
     let r = dp.egress(&err);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("192.0.2.1:0").ip());
-    let inner = &r.pkt[42..];
-    assert_eq!(&inner[16..20], &[10, 96, 0, 80]);
-    assert_eq!(&inner[22..24], &80u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("192.0.2.1"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("10.96.0.80"));
+    assert_eq!(q.dst.port(), 80);
 
     let sent = dp
         .ingress(&udp("[2001:db8:1::5]:5000", "[fd00:96::53]:53"))
@@ -3156,11 +3303,10 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let err = icmp_error("2001:db8:2::10", "2001:db8:1::5", 1, 4, &sent);
     let r = dp.egress(&err);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
-    let inner = &r.pkt[62..];
-    let vip6: std::net::Ipv6Addr = "fd00:96::53".parse().unwrap();
-    assert_eq!(&inner[24..40], &vip6.octets());
-    assert_eq!(&inner[42..44], &53u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("fd00:96::53"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("fd00:96::53"));
+    assert_eq!(q.dst.port(), 53);
 
     // An error about another flow is left alone.
     let other = udp("10.244.1.5:5001", "10.244.9.9:53");
@@ -3169,76 +3315,6 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     // Ingress leaves ICMP alone.
     let err = icmp_error("10.244.2.10", "10.244.1.5", 3, 3, &sent);
     assert_eq!(dp.ingress(&err).pkt, err);
-}
-
-/// A UDP datagram with `payload` in two fragments, the first carrying the UDP header and
-/// `first` bytes of payload (a multiple of 8 minus the header). IPv6 uses a fragment header.
-fn udp_fragments(src: &str, dst: &str, id: u32, payload: &[u8], first: usize) -> [Vec<u8>; 2] {
-    let whole = packet(sa(src), sa(dst), UDP, 0, payload);
-    let v6 = sa(src).is_ipv6();
-    let ip_len = if v6 { 40 } else { 20 };
-    let l4 = &whole[14 + ip_len..];
-    let parts = [&l4[..8 + first], &l4[8 + first..]];
-    let mut out = [Vec::new(), Vec::new()];
-    for (i, part) in parts.iter().enumerate() {
-        let offset = if i == 0 { 0 } else { 8 + first };
-        let more = i == 0;
-        let mut p = whole[..14 + ip_len].to_vec();
-        if v6 {
-            p[18..20].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
-            p[20] = 44;
-            p.extend_from_slice(&[UDP, 0]);
-            p.extend_from_slice(&((offset as u16) | more as u16).to_be_bytes());
-            p.extend_from_slice(&id.to_be_bytes());
-        } else {
-            p[16..18].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
-            p[18..20].copy_from_slice(&(id as u16).to_be_bytes());
-            let fo = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
-            p[20..22].copy_from_slice(&fo.to_be_bytes());
-            p[24..26].copy_from_slice(&[0, 0]);
-            let c = fold(sum16(&p[14..34], 0));
-            p[24..26].copy_from_slice(&c.to_be_bytes());
-        }
-        p.extend_from_slice(part);
-        out[i] = p;
-    }
-    out
-}
-
-/// Reassembles two fragments made by [`udp_fragments`] (after the programs): checks each
-/// IPv4 header checksum and that both carry the same addresses, and returns the datagram as
-/// one unfragmented frame for [`parse`].
-fn reassemble(frags: &[Vec<u8>; 2]) -> Vec<u8> {
-    let v6 = frags[0][12] == 0x86;
-    let (ip_len, hdr) = if v6 { (40, 48) } else { (20, 20) };
-    let addrs = |f: &Vec<u8>| f[14 + ip_len - 32 + if v6 { 0 } else { 24 }..14 + ip_len].to_vec();
-    assert_eq!(
-        addrs(&frags[0]),
-        addrs(&frags[1]),
-        "both fragments rewritten alike"
-    );
-    let mut l4 = frags[0][14 + hdr..].to_vec();
-    l4.extend_from_slice(&frags[1][14 + hdr..]);
-    let mut p = frags[0][..14 + ip_len].to_vec();
-    if v6 {
-        p[18..20].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-        p[20] = UDP;
-    } else {
-        for f in frags {
-            assert_eq!(
-                fold(sum16(&f[14..34], 0)),
-                0,
-                "fragment IPv4 header checksum"
-            );
-        }
-        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        p[20..22].copy_from_slice(&[0, 0]);
-        p[24..26].copy_from_slice(&[0, 0]);
-        let c = fold(sum16(&p[14..34], 0));
-        p[24..26].copy_from_slice(&c.to_be_bytes());
-    }
-    p.extend_from_slice(&l4);
-    p
 }
 
 #[test]
@@ -3370,13 +3446,21 @@ fn forwarded_past_the_stack_decrements_the_ttl() {
     assert_eq!(reply.verdict, TC_ACT_REDIRECT);
     assert_eq!(reply.parsed().dst, sa("203.0.113.5:40000"));
     assert_eq!(reply.pkt[22], 63);
-    let mut last_hop = tcp("203.0.113.5:40001", "10.96.0.11:80", SYN);
-    // TTL 1, and the header checksum fixed up by hand (+1 in the TTL's word is -0x3f00).
-    last_hop[22] = 1;
-    last_hop[24] = 0;
-    last_hop[25] = 0;
-    let sum = fold(sum16(&last_hop[14..34], 0));
-    last_hop[24..26].copy_from_slice(&sum.to_be_bytes());
+    let (client, vip) = (sa("203.0.113.5:40001"), sa("10.96.0.11:80"));
+    let last_hop = IpHdr {
+        ttl: 1,
+        ..IpHdr::new(client.ip(), vip.ip(), TCP)
+    }
+    .emit(
+        &TcpSeg {
+            src: client,
+            dst: vip,
+            flags: SYN,
+            options: &[],
+            payload: &[],
+        }
+        .emit(),
+    );
     assert_eq!(dp.ingress(&last_hop).verdict, TC_ACT_SHOT);
     assert_eq!(dp.counter(10), 1, "ttl_exceeded");
 
