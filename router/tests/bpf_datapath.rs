@@ -19,6 +19,8 @@ use metalnet_router::proxy::abi::{
     self, AffinityMatch, Backend, Config, CtKey, CtVal, Proto, RevNat, Scope, SlotKey, SrcRange,
     SvcKey, SvcVal, backend_flags, ct_flags, names, svc_flags,
 };
+// Map keys name the protocol by these; packets by the numbers below (TCP, UDP).
+use metalnet_router::proxy::abi::Proto::{Sctp, Tcp, Udp};
 
 static LB_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 static SOCK_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
@@ -174,182 +176,6 @@ impl Dp {
         Some(dp)
     }
 
-    fn hash<const K: usize, const V: usize>(
-        &mut self,
-        map: &str,
-    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
-        HashMap::try_from(self.ebpf.map_mut(map).expect("map exists")).expect("hash map")
-    }
-
-    fn config(&mut self, c: Config) {
-        let mut m: Array<_, [u8; 32]> =
-            Array::try_from(self.ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
-        m.set(0, c.to_bytes(), 0).unwrap();
-    }
-
-    fn svc(&mut self, addr: &str, port: u16, proto: Proto, scope: Scope, val: SvcVal) {
-        let k = SvcKey {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            scope,
-        };
-        self.hash::<20, 16>(names::SVC)
-            .insert(k.to_bytes(), val.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn slot(&mut self, rev_id: u32, scope: Scope, slot: u16, backend_id: u32) {
-        let k = SlotKey {
-            rev_id,
-            slot,
-            scope,
-        };
-        self.hash::<8, 4>(names::SLOT)
-            .insert(k.to_bytes(), backend_id.to_le_bytes(), 0)
-            .unwrap();
-    }
-
-    fn backend(&mut self, id: u32, addr: &str, port: u16, proto: Proto, flags: u8) {
-        let b = Backend {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            flags,
-        };
-        self.hash::<4, 20>(names::BACKEND)
-            .insert(id.to_le_bytes(), b.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn remove_backend(&mut self, id: u32) {
-        self.hash::<4, 20>(names::BACKEND)
-            .remove(&id.to_le_bytes())
-            .unwrap();
-    }
-
-    fn rev_nat(&mut self, rev_id: u32, addr: &str, port: u16) {
-        let r = RevNat {
-            addr: addr.parse().unwrap(),
-            port,
-        };
-        self.hash::<4, 20>(names::REV_NAT)
-            .insert(rev_id.to_le_bytes(), r.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn affinity_match(&mut self, backend_id: u32, rev_id: u32) {
-        let k = AffinityMatch { backend_id, rev_id };
-        self.hash::<8, 1>(names::AFFINITY_MATCH)
-            .insert(k.to_bytes(), [1], 0)
-            .unwrap();
-    }
-
-    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
-        let k = AffinityMatch { backend_id, rev_id };
-        self.hash::<8, 1>(names::AFFINITY_MATCH)
-            .remove(&k.to_bytes())
-            .unwrap();
-    }
-
-    /// `struct mn_affinity_key` for a client address (kind 0).
-    fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
-        let mut k = [0; 24];
-        k[..16].copy_from_slice(&abi::addr_bytes(client.parse().unwrap()));
-        k[16..20].copy_from_slice(&rev_id.to_le_bytes());
-        k
-    }
-
-    /// The affinity entry of a client: (backend id, last used).
-    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
-        let v = self
-            .hash::<24, 8>(names::AFFINITY)
-            .get(&Self::affinity_key(client, rev_id), 0)
-            .ok()?;
-        Some((
-            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
-        ))
-    }
-
-    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
-        let mut v = [0; 8];
-        v[..4].copy_from_slice(&backend_id.to_le_bytes());
-        v[4..].copy_from_slice(&last_used.to_le_bytes());
-        self.hash::<24, 8>(names::AFFINITY)
-            .insert(Self::affinity_key(client, rev_id), v, 0)
-            .unwrap();
-    }
-
-    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
-        let _ = self
-            .hash::<24, 8>(names::AFFINITY)
-            .remove(&Self::affinity_key(client, rev_id));
-    }
-
-    fn set_ct(&mut self, k: CtKey, v: CtVal) {
-        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
-            .insert(k.to_bytes(), v.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn node_addr(&mut self, ip: &str) {
-        self.hash::<16, 4>(names::NODE_ADDR)
-            .insert(abi::addr_bytes(ip.parse().unwrap()), [0; 4], 0)
-            .unwrap();
-    }
-
-    fn cluster_cidr(&mut self, net: &str) {
-        let b = abi::cidr_key(net.parse().unwrap());
-        let mut m: LpmTrie<_, [u8; 16], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::CLUSTER_CIDR).unwrap()).unwrap();
-        let mut data = [0; 16];
-        data.copy_from_slice(&b[4..]);
-        m.insert(
-            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
-            1,
-            0,
-        )
-        .unwrap();
-    }
-
-    fn src_range(&mut self, rev_id: u32, net: &str) {
-        let b = SrcRange {
-            rev_id,
-            net: net.parse().unwrap(),
-        }
-        .to_bytes();
-        let mut m: LpmTrie<_, [u8; 20], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::SRC_RANGE).unwrap()).unwrap();
-        let mut data = [0; 20];
-        data.copy_from_slice(&b[4..]);
-        m.insert(
-            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
-            1,
-            0,
-        )
-        .unwrap();
-    }
-
-    fn maglev(&mut self, index: u32, backend_id: u32) {
-        let mut m: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(names::MAGLEV).unwrap()).unwrap();
-        m.set(index, backend_id, 0).unwrap();
-    }
-
-    fn ct(&mut self, k: CtKey) -> Option<CtVal> {
-        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
-            .get(&k.to_bytes(), 0)
-            .ok()
-            .map(|b| CtVal::from_bytes(&b))
-    }
-
-    fn counter(&mut self, idx: u32) -> u64 {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&idx, 0).unwrap().iter().sum()
-    }
-
     /// Runs a program on one packet: its verdict, the packet after it, and skb->mark.
     fn run(&mut self, prog: &str, pkt: &[u8]) -> Run {
         self.run_on(prog, pkt, 0)
@@ -393,65 +219,234 @@ impl Dp {
     fn egress(&mut self, pkt: &[u8]) -> Run {
         self.run("mn_tc_egress", pkt)
     }
+}
 
-    /// A frontend with its backends in slots 1..: (id, address, port, flags) each.
-    #[allow(clippy::too_many_arguments)]
-    fn service_with(
+/// The proxy's maps, written and read in the abi encodings, on any object that has them
+/// (lb.o and sock.o share their definitions).
+trait ProxyMaps {
+    fn object(&mut self) -> &mut Ebpf;
+
+    fn hash<const K: usize, const V: usize>(
         &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        scope: Scope,
-        val: SvcVal,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        self.svc(
-            addr,
-            port,
-            proto,
-            scope,
-            SvcVal {
-                count: backends.len() as u16,
-                ..val
-            },
-        );
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            self.backend(*id, a, *p, proto, *f);
-            self.slot(val.rev_id, scope, i as u16 + 1, *id);
-            self.affinity_match(*id, val.rev_id);
-        }
-        self.rev_nat(val.rev_id, addr, port);
+        map: &str,
+    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
+        HashMap::try_from(self.object().map_mut(map).expect("map exists")).expect("hash map")
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn service(
-        &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        scope: Scope,
-        rev_id: u32,
-        flags: u16,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        self.svc(
-            addr,
-            port,
+    fn config(&mut self, c: Config) {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(self.object().map_mut(names::CONFIG).unwrap()).unwrap();
+        m.set(0, c.to_bytes(), 0).unwrap();
+    }
+
+    fn svc(&mut self, frontend: SocketAddr, proto: Proto, scope: Scope, val: SvcVal) {
+        let k = SvcKey {
+            addr: frontend.ip(),
+            port: frontend.port(),
             proto,
             scope,
-            SvcVal {
-                rev_id,
-                count: backends.len() as u16,
-                flags,
-                ..SvcVal::default()
-            },
-        );
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            self.backend(*id, a, *p, proto, *f);
-            self.slot(rev_id, scope, i as u16 + 1, *id);
-            self.affinity_match(*id, rev_id);
+        };
+        self.hash::<20, 16>(names::SVC)
+            .insert(k.to_bytes(), val.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn slot(&mut self, rev_id: u32, scope: Scope, slot: u16, backend_id: u32) {
+        let k = SlotKey {
+            rev_id,
+            slot,
+            scope,
+        };
+        self.hash::<8, 4>(names::SLOT)
+            .insert(k.to_bytes(), backend_id.to_le_bytes(), 0)
+            .unwrap();
+    }
+
+    /// Backend `id` at "address:port".
+    fn backend(&mut self, id: u32, addr: &str, proto: Proto, flags: u8) {
+        let a = sa(addr);
+        let b = Backend {
+            addr: a.ip(),
+            port: a.port(),
+            proto,
+            flags,
+        };
+        self.hash::<4, 20>(names::BACKEND)
+            .insert(id.to_le_bytes(), b.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn remove_backend(&mut self, id: u32) {
+        self.hash::<4, 20>(names::BACKEND)
+            .remove(&id.to_le_bytes())
+            .unwrap();
+    }
+
+    fn rev_nat(&mut self, rev_id: u32, frontend: SocketAddr) {
+        let r = RevNat {
+            addr: frontend.ip(),
+            port: frontend.port(),
+        };
+        self.hash::<4, 20>(names::REV_NAT)
+            .insert(rev_id.to_le_bytes(), r.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .insert(k.to_bytes(), [1], 0)
+            .unwrap();
+    }
+
+    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .remove(&k.to_bytes())
+            .unwrap();
+    }
+
+    /// The affinity entry of a client: (backend id, last used).
+    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
+        let v = self
+            .hash::<24, 8>(names::AFFINITY)
+            .get(&affinity_key(client, rev_id), 0)
+            .ok()?;
+        Some((
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
+        ))
+    }
+
+    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
+        let mut v = [0; 8];
+        v[..4].copy_from_slice(&backend_id.to_le_bytes());
+        v[4..].copy_from_slice(&last_used.to_le_bytes());
+        self.hash::<24, 8>(names::AFFINITY)
+            .insert(affinity_key(client, rev_id), v, 0)
+            .unwrap();
+    }
+
+    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
+        let _ = self
+            .hash::<24, 8>(names::AFFINITY)
+            .remove(&affinity_key(client, rev_id));
+    }
+
+    fn set_ct(&mut self, k: CtKey, v: CtVal) {
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
+            .insert(k.to_bytes(), v.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn ct(&mut self, k: CtKey) -> Option<CtVal> {
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
+            .get(&k.to_bytes(), 0)
+            .ok()
+            .map(|b| CtVal::from_bytes(&b))
+    }
+
+    fn node_addr(&mut self, addr: &str) {
+        self.hash::<16, 4>(names::NODE_ADDR)
+            .insert(abi::addr_bytes(ip(addr)), [0; 4], 0)
+            .unwrap();
+    }
+
+    /// Inserts an LPM trie entry whose key is `key` (prefix length first, little endian).
+    fn lpm_insert<const N: usize>(&mut self, map: &str, key: &[u8]) {
+        let mut m: LpmTrie<_, [u8; N], u8> =
+            LpmTrie::try_from(self.object().map_mut(map).unwrap()).unwrap();
+        let data: [u8; N] = key[4..].try_into().unwrap();
+        let prefix_len = u32::from_le_bytes([key[0], key[1], key[2], key[3]]);
+        m.insert(&Key::new(prefix_len, data), 1, 0).unwrap();
+    }
+
+    fn cluster_cidr(&mut self, net: &str) {
+        self.lpm_insert::<16>(names::CLUSTER_CIDR, &abi::cidr_key(net.parse().unwrap()));
+    }
+
+    fn src_range(&mut self, rev_id: u32, net: &str) {
+        let net = net.parse().unwrap();
+        self.lpm_insert::<20>(names::SRC_RANGE, &SrcRange { rev_id, net }.to_bytes());
+    }
+
+    fn maglev(&mut self, index: u32, backend_id: u32) {
+        let mut m: Array<_, u32> =
+            Array::try_from(self.object().map_mut(names::MAGLEV).unwrap()).unwrap();
+        m.set(index, backend_id, 0).unwrap();
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.object().map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+
+    /// A frontend ("address:port") as the control plane writes it: the Service entry, its
+    /// backends in slots 1.. ((id, "address:port", flags) each) with their affinity matches,
+    /// and the reverse NAT entry.
+    fn service_with(
+        &mut self,
+        scope: Scope,
+        frontend: &str,
+        proto: Proto,
+        val: SvcVal,
+        backends: &[(u32, &str, u8)],
+    ) {
+        let frontend = sa(frontend);
+        let count = backends.len() as u16;
+        self.svc(frontend, proto, scope, SvcVal { count, ..val });
+        for (slot, &(id, addr, flags)) in (1..).zip(backends) {
+            self.backend(id, addr, proto, flags);
+            self.slot(val.rev_id, scope, slot, id);
+            self.affinity_match(id, val.rev_id);
         }
-        self.rev_nat(rev_id, addr, port);
+        self.rev_nat(val.rev_id, frontend);
+    }
+
+    /// [`ProxyMaps::service_with`] a frontend of `rev_id` and `flags`, nothing else set.
+    fn service(
+        &mut self,
+        scope: Scope,
+        frontend: &str,
+        proto: Proto,
+        rev_id: u32,
+        flags: u16,
+        backends: &[(u32, &str, u8)],
+    ) {
+        let val = SvcVal {
+            rev_id,
+            flags,
+            ..SvcVal::default()
+        };
+        self.service_with(scope, frontend, proto, val, backends);
+    }
+
+    /// The common case: an external ClusterIP frontend and backends without flags.
+    fn cluster_ip(&mut self, frontend: &str, proto: Proto, rev_id: u32, backends: &[(u32, &str)]) {
+        let backends: Vec<_> = backends.iter().map(|&(id, addr)| (id, addr, 0)).collect();
+        let flags = svc_flags::CLUSTER_IP;
+        self.service(EXT, frontend, proto, rev_id, flags, &backends);
+    }
+}
+
+/// `struct mn_affinity_key` for a client address (kind 0).
+fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
+    let mut k = [0; 24];
+    k[..16].copy_from_slice(&abi::addr_bytes(ip(client)));
+    k[16..20].copy_from_slice(&rev_id.to_le_bytes());
+    k
+}
+
+impl ProxyMaps for Ebpf {
+    fn object(&mut self) -> &mut Ebpf {
+        self
+    }
+}
+
+impl ProxyMaps for Dp {
+    fn object(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }
 
@@ -922,15 +917,7 @@ fn sock_programs_load() {
 #[test]
 fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     // External client, remote backend: masqueraded here, with the node's address toward
     // the backend and a port of the default range, and sent to the backend's next hop.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
@@ -1003,15 +990,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
 fn clusterip_v6_udp_in_cluster_no_masq_and_reply() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "fd00:96::10",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
+    dp.cluster_ip("[fd00:96::10]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
     let r = dp.ingress(&udp("[2001:db8:1::5]:33000", "[fd00:96::10]:53"));
     assert_eq!(r.verdict, TC_ACT_OK);
     let p = r.parsed();
@@ -1030,24 +1009,8 @@ fn clusterip_v6_udp_in_cluster_no_masq_and_reply() {
 fn clusterip_v4_udp_and_v6_tcp() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.7", 53, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(41, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "10.244.2.7:53")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 4, &[(41, "[2001:db8:2::80]:8080")]);
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53"));
     assert_eq!(r.parsed().dst, sa("10.244.2.7:53"));
     let r = dp.egress(&udp("10.244.2.7:53", "10.244.1.5:5000"));
@@ -1068,15 +1031,7 @@ fn clusterip_v4_udp_and_v6_tcp() {
 #[test]
 fn udp_without_checksum_keeps_none() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.7", 5353, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "10.244.2.7:5353")]);
     let mut pkt = udp("10.244.1.5:5000", "10.96.0.53:53");
     pkt[40] = 0;
     pkt[41] = 0;
@@ -1092,22 +1047,20 @@ fn nodeport_wildcard_on_node_addresses_only() {
     dp.node_addr("192.0.2.1");
     dp.node_addr("2001:db8::1");
     dp.service(
-        "0.0.0.0",
-        30080,
-        Proto::Tcp,
         EXT,
+        "0.0.0.0:30080",
+        Tcp,
         5,
         svc_flags::NODEPORT,
-        &[(51, "198.51.100.20", 8080, backend_flags::LOCAL)],
+        &[(51, "198.51.100.20:8080", backend_flags::LOCAL)],
     );
     dp.service(
-        "::",
-        30080,
-        Proto::Tcp,
         EXT,
+        "[::]:30080",
+        Tcp,
         6,
         svc_flags::NODEPORT,
-        &[(61, "2001:db8:5::20", 8080, 0)],
+        &[(61, "[2001:db8:5::20]:8080", 0)],
     );
     let r = dp.ingress(&tcp("203.0.113.5:40000", "192.0.2.1:30080", SYN));
     assert_eq!(r.parsed().dst, sa("198.51.100.20:8080"));
@@ -1141,21 +1094,13 @@ fn nodeport_wildcard_on_node_addresses_only() {
 fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     let client = "10.244.1.5:40000";
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
 
     // The backend set changes: established packets stay, a new SYN on the same tuple moves.
-    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.backend(12, "10.244.3.10:8080", Tcp, 0);
     dp.slot(1, EXT, 1, 12);
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
@@ -1179,13 +1124,12 @@ fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
         EXT,
+        "10.96.0.10:80",
+        Tcp,
         1,
         svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
+        &[(11, "10.244.1.5:8080", backend_flags::LOCAL)],
     );
     // A pod reaches itself: its veth's ingress balances, then the bridge's ingress sees the
     // DNATed SYN, a SYN to no frontend.
@@ -1207,19 +1151,11 @@ fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
 #[test]
 fn a_deleted_backend_rebalances_its_connections() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Udp, 1, &[(11, "10.244.2.10:8080")]);
     let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     dp.remove_backend(11);
-    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
+    dp.backend(12, "10.244.3.10:8080", Udp, 0);
     dp.slot(1, EXT, 1, 12);
     let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
@@ -1228,20 +1164,12 @@ fn a_deleted_backend_rebalances_its_connections() {
 #[test]
 fn a_tcp_connection_whose_backend_is_deleted_is_reset() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     dp.remove_backend(11);
-    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.backend(12, "10.244.3.10:8080", Tcp, 0);
     dp.slot(1, EXT, 1, 12);
     // Not moved mid-stream to another backend (which would reset it less helpfully): reset.
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
@@ -1260,22 +1188,20 @@ fn internal_entry_for_in_cluster_sources_external_for_the_rest() {
     dp.node_addr("192.0.2.1");
     let flags = svc_flags::LOADBALANCER | svc_flags::LOCAL | svc_flags::HAS_INTERNAL;
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         flags,
-        &[(71, "10.244.1.10", 8443, backend_flags::LOCAL)],
+        &[(71, "10.244.1.10:8443", backend_flags::LOCAL)],
     );
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         INT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         svc_flags::LOADBALANCER,
-        &[(72, "10.244.9.10", 8443, 0)],
+        &[(72, "10.244.9.10:8443", 0)],
     );
     // Outside: the EXTERNAL (Local) entry, client address kept.
     let r = dp.ingress(&tcp("198.51.100.77:5000", "203.0.113.100:443", SYN));
@@ -1293,10 +1219,9 @@ fn internal_entry_for_in_cluster_sources_external_for_the_rest() {
 fn local_without_local_backends_drops() {
     let Some(mut dp) = Dp::new() else { return };
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         svc_flags::LOADBALANCER | svc_flags::LOCAL,
         &[],
@@ -1312,23 +1237,14 @@ fn masquerade_for_remote_backends_from_outside_and_hairpin() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
         EXT,
+        "10.96.0.10:80",
+        Tcp,
         1,
         svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
+        &[(11, "10.244.1.5:8080", backend_flags::LOCAL)],
     );
-    dp.service(
-        "10.96.0.11",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.5", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(21, "10.244.2.5:8080")]);
     // Hairpin: the pod reaches itself through its Service.
     let snat4 = ip(SNAT4);
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
@@ -1362,15 +1278,7 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
         snat_port_max: 62001,
         ..Config::default()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
     let mut ports = Vec::new();
     for client in ["203.0.113.5:40000", "203.0.113.6:40000"] {
@@ -1447,15 +1355,7 @@ fn a_reset_frees_the_masquerade_port_at_once() {
         snat_port_max: 62000,
         ..Config::default()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
     let snat = format!("{SNAT4}:62000");
     let r = dp.ingress(&tcp("203.0.113.5:40000", vip, SYN));
@@ -1491,24 +1391,8 @@ fn a_reset_frees_the_masquerade_port_at_once() {
 #[test]
 fn a_masqueraded_packet_too_big_for_the_route_goes_to_the_stack_for_its_icmp() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 2, &[(21, "[2001:db8:2::80]:8080")]);
     for (client, vip, backend) in [
         ("203.0.113.5:40000", "10.96.0.10:80", "198.51.100.10:8080"),
         (
@@ -1538,24 +1422,8 @@ fn a_masqueraded_packet_too_big_for_the_route_goes_to_the_stack_for_its_icmp() {
 #[test]
 fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "198.51.100.10:5353")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 2, &[(21, "[2001:db8:2::80]:8080")]);
     // The backend has nothing on the port: its port unreachable, sent to the masqueraded
     // source, gets the client back at ingress, then the frontend at egress.
     let sent = dp.ingress(&udp("203.0.113.5:5000", "10.96.0.53:53"));
@@ -1610,24 +1478,8 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
 #[test]
 fn no_backend_tcp_syn_gets_a_reset_back() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[]);
+    dp.cluster_ip("[fd00:96::10]:80", Tcp, 2, &[]);
     let syn = tcp("203.0.113.5:40000", "10.96.0.10:80", SYN);
     let r = dp.ingress(&syn);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
@@ -1678,15 +1530,7 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
 #[test]
 fn fin_marks_the_connection_closing_and_a_reset_ends_it() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     let k = ct_key("10.244.1.5:40000", "10.96.0.10:80", TCP, 0);
     assert_eq!(dp.ct(k).unwrap().flags & ct_flags::CLOSING, 0);
@@ -1715,24 +1559,8 @@ fn fin_marks_the_connection_closing_and_a_reset_ends_it() {
 #[test]
 fn no_backend_udp_gets_port_unreachable() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[]);
 
     let dgram = udp("203.0.113.5:5000", "10.96.0.53:53");
     let r = dp.ingress(&dgram);
@@ -1774,42 +1602,17 @@ fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
     // (Host connections to a frontend with backends are balanced at egress when socket-LB
     // did not translate them: see tcx_traffic_through_a_node_checksums_verified.)
     let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[]);
+    dp.cluster_ip("10.96.0.53:53", Udp, 2, &[]);
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
         EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.11",
-        80,
-        Proto::Tcp,
-        EXT,
+        "10.96.0.11:80",
+        Tcp,
         3,
         svc_flags::CLUSTER_IP | svc_flags::LOCAL,
         &[],
     );
-    dp.service(
-        "10.96.0.12",
-        80,
-        Proto::Tcp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(41, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.12:80", Tcp, 4, &[(41, "10.244.2.10:8080")]);
     let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
@@ -1836,22 +1639,20 @@ fn source_ranges_filter_external_clients_only() {
     dp.cluster_cidr("10.244.0.0/16");
     let flags = svc_flags::LOADBALANCER | svc_flags::SRC_RANGE;
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         9,
         flags,
-        &[(91, "10.244.1.10", 8443, backend_flags::LOCAL)],
+        &[(91, "10.244.1.10:8443", backend_flags::LOCAL)],
     );
     dp.service(
-        "2001:db8:100::1",
-        443,
-        Proto::Tcp,
         EXT,
+        "[2001:db8:100::1]:443",
+        Tcp,
         10,
         flags,
-        &[(101, "2001:db8:244::10", 8443, backend_flags::LOCAL)],
+        &[(101, "[2001:db8:244::10]:8443", backend_flags::LOCAL)],
     );
     dp.src_range(9, "198.51.100.0/24");
     dp.src_range(10, "2001:db8:77::/48");
@@ -1891,13 +1692,13 @@ fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
         ..SvcVal::default()
     };
     let backends: Vec<(u32, String)> = (0..8)
-        .map(|i| (10 + i, format!("10.244.2.{}", 10 + i)))
+        .map(|i| (10 + i, format!("10.244.2.{}:8080", 10 + i)))
         .collect();
-    let list: Vec<(u32, &str, u16, u8)> = backends
+    let list: Vec<(u32, &str, u8)> = backends
         .iter()
-        .map(|(id, a)| (*id, a.as_str(), 8080, 0))
+        .map(|(id, a)| (*id, a.as_str(), 0))
         .collect();
-    dp.service_with("10.96.0.10", 80, Proto::Tcp, EXT, val, &list);
+    dp.service_with(EXT, "10.96.0.10:80", Tcp, val, &list);
 
     let first = dp
         .ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN))
@@ -1909,11 +1710,7 @@ fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
     }
     assert_eq!(dp.counter(6), 20, "affinity_hit");
     let (id, now) = dp.affinity("10.244.1.5", 1).expect("an affinity entry");
-    let chosen = list
-        .iter()
-        .find(|b| sa(&format!("{}:8080", b.1)) == first)
-        .unwrap()
-        .0;
+    let chosen = list.iter().find(|b| sa(b.1) == first).unwrap().0;
     assert_eq!(id, chosen);
 
     // Expired: chosen afresh (all slots now name one other backend, so the choice shows).
@@ -1957,16 +1754,15 @@ fn maglev_dp(affinity: bool) -> Option<Dp> {
     };
     // In-cluster clients use the slots: one backend only, 200.
     dp.service_with(
-        "203.0.113.50",
-        80,
-        Proto::Tcp,
         EXT,
+        "203.0.113.50:80",
+        Tcp,
         val,
-        &[(200, "10.244.200.1", 8080, 0)],
+        &[(200, "10.244.200.1:8080", 0)],
     );
     for i in 0..7 {
         let id = 100 + i;
-        dp.backend(id, &format!("10.244.100.{i}"), 8080, Proto::Tcp, 0);
+        dp.backend(id, &format!("10.244.100.{i}:8080"), Tcp, 0);
         dp.affinity_match(id, 5);
         dp.maglev(14 + i, id);
     }
@@ -2026,26 +1822,10 @@ fn conntrack_entries_expire_by_protocol_and_state() {
         ct_timeout_other: 30,
         ..Config::default()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.20", 8080, 0)],
-    );
-    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
-    dp.backend(22, "10.244.3.20", 8080, Proto::Tcp, 0);
+    dp.cluster_ip("10.96.0.10:80", Udp, 1, &[(11, "10.244.2.10:8080")]);
+    dp.cluster_ip("10.96.0.10:80", Tcp, 2, &[(21, "10.244.2.20:8080")]);
+    dp.backend(12, "10.244.3.10:8080", Udp, 0);
+    dp.backend(22, "10.244.3.20:8080", Tcp, 0);
 
     let uk = ct_key("10.244.1.5:5000", "10.96.0.10:80", UDP, 0);
     dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
@@ -2345,93 +2125,53 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         prog.attach(&cg_dir, CgroupAttachMode::Single)
             .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
     }
-    // The map writers of Dp, on this object's maps.
-    let mut dp = SockMaps(ebpf);
-    let set_config = |dp: &mut SockMaps, socket_lb: u32, cookie: u64| {
-        let mut m: Array<_, [u8; 32]> =
-            Array::try_from(dp.0.map_mut(names::CONFIG).unwrap()).unwrap();
-        let c = Config {
-            socket_lb,
-            host_netns_cookie: cookie,
-            ..Config::default()
-        };
-        m.set(0, c.to_bytes(), 0).unwrap();
+    let mut maps = ebpf;
+    let socket_lb = |socket_lb: u32, host_netns_cookie: u64| Config {
+        socket_lb,
+        host_netns_cookie,
+        ..Config::default()
     };
-    set_config(&mut dp, 1, 0);
-    let four: Vec<(u32, String)> = (1..=4)
-        .map(|i| (10 + i, "198.51.100.10".to_string()))
-        .collect();
-    let b4: Vec<(u32, &str, u16, u8)> = four
-        .iter()
-        .enumerate()
-        .map(|(i, (id, a))| (*id, a.as_str(), 8081 + i as u16, 0))
-        .collect();
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 1,
-            ..SvcVal::default()
-        },
-        &b4,
+    maps.config(socket_lb(1, 0));
+    let b4 = [
+        (11, "198.51.100.10:8081", 0),
+        (12, "198.51.100.10:8082", 0),
+        (13, "198.51.100.10:8083", 0),
+        (14, "198.51.100.10:8084", 0),
+    ];
+    maps.service(EXT, "10.96.0.10:80", Tcp, 1, 0, &b4);
+    let affinity = SvcVal {
+        rev_id: 2,
+        flags: svc_flags::AFFINITY,
+        affinity_timeout: 60,
+        ..SvcVal::default()
+    };
+    let b4a = b4.map(|(id, a, f)| (id + 10, a, f));
+    maps.service_with(EXT, "10.96.0.20:80", Tcp, affinity, &b4a);
+    maps.service(
+        EXT,
+        "10.96.0.53:53",
+        Udp,
+        3,
+        0,
+        &[(31, "198.51.100.10:5353", 0)],
     );
-    let b4a: Vec<(u32, &str, u16, u8)> = b4
-        .iter()
-        .map(|(id, a, p, f)| (id + 10, *a, *p, *f))
-        .collect();
-    dp.service(
-        "10.96.0.20",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 2,
-            flags: svc_flags::AFFINITY,
-            affinity_timeout: 60,
-            ..SvcVal::default()
-        },
-        &b4a,
+    maps.service(
+        EXT,
+        "[fd00:96::10]:80",
+        Tcp,
+        4,
+        0,
+        &[(41, "[2001:db8::10]:8081", 0)],
     );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        SvcVal {
-            rev_id: 3,
-            ..SvcVal::default()
-        },
-        &[(31, "198.51.100.10", 5353, 0)],
+    maps.service(
+        EXT,
+        "[fd00:96::53]:53",
+        Udp,
+        5,
+        0,
+        &[(51, "[2001:db8::10]:5353", 0)],
     );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 4,
-            ..SvcVal::default()
-        },
-        &[(41, "2001:db8::10", 8081, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        SvcVal {
-            rev_id: 5,
-            ..SvcVal::default()
-        },
-        &[(51, "2001:db8::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.99",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 6,
-            ..SvcVal::default()
-        },
-        &[],
-    );
+    maps.service(EXT, "10.96.0.99:80", Tcp, 6, 0, &[]);
 
     let v = run_client(&cg, ns.name());
     let tcp4 = v["tcp4"].as_array().unwrap();
@@ -2474,82 +2214,23 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     );
     // No backend: left untranslated (no route to the VIP in this namespace).
     assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
-    assert!(dp.counter(1) >= 28, "sock_lb");
+    assert!(maps.counter(1) >= 28, "sock_lb");
 
     // host-only: another namespace's sockets are left alone...
     let cookie = v["cookie"].as_u64().unwrap();
-    set_config(&mut dp, 2, cookie + 1);
+    maps.config(socket_lb(2, cookie + 1));
     let v = run_client(&cg, ns.name());
     assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
     // ...and the host's (here: the test namespace named as the host) translated.
-    set_config(&mut dp, 2, cookie);
+    maps.config(socket_lb(2, cookie));
     let v = run_client(&cg, ns.name());
     assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
     // off: nothing translated.
-    set_config(&mut dp, 0, 0);
+    maps.config(socket_lb(0, 0));
     let v = run_client(&cg, ns.name());
     assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
-    drop(dp);
+    drop(maps);
     drop(fs);
-}
-
-struct SockMaps(Ebpf);
-
-impl SockMaps {
-    fn service(
-        &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        val: SvcVal,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        let k = SvcKey {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            scope: EXT,
-        };
-        let v = SvcVal {
-            count: backends.len() as u16,
-            ..val
-        };
-        let mut m: HashMap<_, [u8; 20], [u8; 16]> =
-            HashMap::try_from(self.0.map_mut(names::SVC).unwrap()).unwrap();
-        m.insert(k.to_bytes(), v.to_bytes(), 0).unwrap();
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            let b = Backend {
-                addr: a.parse().unwrap(),
-                port: *p,
-                proto,
-                flags: *f,
-            };
-            let mut m: HashMap<_, [u8; 4], [u8; 20]> =
-                HashMap::try_from(self.0.map_mut(names::BACKEND).unwrap()).unwrap();
-            m.insert(id.to_le_bytes(), b.to_bytes(), 0).unwrap();
-            let sk = SlotKey {
-                rev_id: val.rev_id,
-                slot: i as u16 + 1,
-                scope: EXT,
-            };
-            let mut m: HashMap<_, [u8; 8], [u8; 4]> =
-                HashMap::try_from(self.0.map_mut(names::SLOT).unwrap()).unwrap();
-            m.insert(sk.to_bytes(), id.to_le_bytes(), 0).unwrap();
-            let mk = AffinityMatch {
-                backend_id: *id,
-                rev_id: val.rev_id,
-            };
-            let mut m: HashMap<_, [u8; 8], [u8; 1]> =
-                HashMap::try_from(self.0.map_mut(names::AFFINITY_MATCH).unwrap()).unwrap();
-            m.insert(mk.to_bytes(), [1], 0).unwrap();
-        }
-    }
-
-    fn counter(&mut self, idx: u32) -> u64 {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.0.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&idx, 0).unwrap().iter().sum()
-    }
 }
 
 #[test]
@@ -2557,24 +2238,8 @@ fn sctp_rewrites_addresses_when_the_port_is_kept() {
     let Some(mut dp) = Dp::new() else { return };
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        3868,
-        Proto::Sctp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 3868, 0)],
-    );
-    dp.service(
-        "10.96.0.11",
-        3868,
-        Proto::Sctp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.11", 3869, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:3868", Sctp, 1, &[(11, "10.244.2.10:3868")]);
+    dp.cluster_ip("10.96.0.11:3868", Sctp, 2, &[(21, "10.244.2.11:3869")]);
     let pkt = sctp("10.244.1.5:5000", "10.96.0.10:3868");
     let r = dp.ingress(&pkt);
     assert_eq!(r.verdict, TC_ACT_OK);
@@ -2594,14 +2259,11 @@ fn sctp_rewrites_addresses_when_the_port_is_kept() {
 fn run_time_per_packet() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
+    dp.cluster_ip(
+        "10.96.0.10:80",
+        Tcp,
         1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0), (12, "10.244.2.11", 8080, 0)],
+        &[(11, "10.244.2.10:8080"), (12, "10.244.2.11:8080")],
     );
     let syn = tcp("10.244.1.5:40000", "10.96.0.10:80", SYN);
     let ack = tcp("10.244.1.5:40000", "10.96.0.10:80", ACK);
@@ -2875,102 +2537,23 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     ] {
         dp.node_addr(a);
     }
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8081, 0)],
-    );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 8081, 0)],
-    );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.54",
-        53,
-        Proto::Udp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(31, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        5,
-        svc_flags::CLUSTER_IP,
-        &[(51, "2001:db8:2::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.99",
-        80,
-        Proto::Tcp,
-        EXT,
-        6,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::99",
-        80,
-        Proto::Tcp,
-        EXT,
-        7,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.99",
-        53,
-        Proto::Udp,
-        EXT,
-        8,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::99",
-        53,
-        Proto::Udp,
-        EXT,
-        9,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8081")]);
+    dp.cluster_ip("[fd00:96::10]:80", Tcp, 2, &[(21, "[2001:db8:2::10]:8081")]);
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "198.51.100.10:5353")]);
+    dp.cluster_ip("10.96.0.54:53", Udp, 4, &[(31, "198.51.100.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 5, &[(51, "[2001:db8:2::10]:5353")]);
+    dp.cluster_ip("10.96.0.99:80", Tcp, 6, &[]);
+    dp.cluster_ip("[fd00:96::99]:80", Tcp, 7, &[]);
+    dp.cluster_ip("10.96.0.99:53", Udp, 8, &[]);
+    dp.cluster_ip("[fd00:96::99]:53", Udp, 9, &[]);
 
-    for (vip, be, id) in [
-        ("10.96.0.55", "198.51.100.10", 61),
-        ("fd00:96::55", "2001:db8:2::10", 62),
-    ] {
-        dp.service(
-            vip,
-            53,
-            Proto::Udp,
-            EXT,
-            id,
-            svc_flags::CLUSTER_IP,
-            &[(id, be, 5999, 0)],
-        );
-    }
+    dp.cluster_ip("10.96.0.55:53", Udp, 61, &[(61, "198.51.100.10:5999")]);
+    dp.cluster_ip(
+        "[fd00:96::55]:53",
+        Udp,
+        62,
+        &[(62, "[2001:db8:2::10]:5999")],
+    );
 
     // Attach from a thread inside the node namespace only (interface names resolve there).
     let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
@@ -3159,13 +2742,12 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
     ns.ip(&["route", "add", "203.0.113.0/24", "dev", "tun0"]);
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
         EXT,
+        "10.96.0.10:80",
+        Udp,
         1,
         svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, backend_flags::LOCAL)],
+        &[(11, "198.51.100.10:8080", backend_flags::LOCAL)],
     );
     let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
     std::thread::scope(|s| {
@@ -3236,33 +2818,9 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.80",
-        80,
-        Proto::Tcp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.20", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "10.244.2.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
+    dp.cluster_ip("10.96.0.80:80", Tcp, 3, &[(31, "10.244.2.20:8080")]);
 
     // The backend has nothing on the port: its port unreachable reaches the client as if
     // the frontend had sent it.
@@ -3323,24 +2881,8 @@ fn fragmented_datagrams_follow_their_first_fragment() {
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "10.244.2.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
     let payload: Vec<u8> = (0..100u8).collect();
     for (client, vip, backend) in [
         ("10.244.1.5:5000", "10.96.0.53:53", "10.244.2.10:5353"),
@@ -3381,17 +2923,8 @@ fn one_client_port_to_two_services_sharing_a_backend() {
         ..Config::default()
     });
     dp.cluster_cidr("10.244.0.0/16");
-    for (vip, rev) in [("10.96.0.10", 1), ("10.96.0.11", 2)] {
-        dp.service(
-            vip,
-            80,
-            Proto::Tcp,
-            EXT,
-            rev,
-            svc_flags::CLUSTER_IP,
-            &[(11, "10.244.2.10", 8080, 0)],
-        );
-    }
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(11, "10.244.2.10:8080")]);
     let client = "10.244.1.5:40000";
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().src, sa(client), "in-cluster: not masqueraded");
@@ -3422,20 +2955,8 @@ fn one_client_port_to_two_services_sharing_a_backend() {
 #[test]
 fn forwarded_past_the_stack_decrements_the_ttl() {
     let Some(mut dp) = Dp::new() else { return };
-    for (vip, rev, backend) in [
-        ("10.96.0.11", 2, "198.51.100.10"),
-        ("fd00:96::11", 3, "2001:db8:2::10"),
-    ] {
-        dp.service(
-            vip,
-            80,
-            Proto::Tcp,
-            EXT,
-            rev,
-            svc_flags::CLUSTER_IP,
-            &[(rev * 10, backend, 8080, 0)],
-        );
-    }
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(20, "198.51.100.10:8080")]);
+    dp.cluster_ip("[fd00:96::11]:80", Tcp, 3, &[(30, "[2001:db8:2::10]:8080")]);
     // IPv4: TTL at byte 22 (Ethernet 14 + 8); parsed() checks the header checksum.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.11:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
