@@ -62,6 +62,34 @@ fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs:
     }
 }
 
+const SOCK_PROGRAMS: [&str; 8] = [
+    "mn_sock_connect4",
+    "mn_sock_connect6",
+    "mn_sock_sendmsg4",
+    "mn_sock_sendmsg6",
+    "mn_sock_recvmsg4",
+    "mn_sock_recvmsg6",
+    "mn_sock_getpeername4",
+    "mn_sock_getpeername6",
+];
+
+/// sock.o with its programs loaded (not attached) and its maps pinned in `fs`.
+fn load_sock(fs: &Bpffs) -> Ebpf {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    for name in SOCK_PROGRAMS {
+        let prog: &mut aya::programs::CgroupSockAddr = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("sock.o has {name}"))
+            .try_into()
+            .expect("a sock_addr program");
+        load_retrying(name, || prog.load());
+    }
+    ebpf
+}
+
 /// A bpffs mounted on a temporary directory; unmounted (lazily, so open pins do not block
 /// it) and removed on drop.
 struct Bpffs {
@@ -125,21 +153,27 @@ fn snat_netns() -> Option<(metalnet::testing::Netns, std::fs::File)> {
     ]);
     ns.ip(&["route", "add", "default", "via", "100.64.0.254"]);
     ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:ff::fe"]);
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ])
-        .status()
-        .expect("running sysctl");
-    assert!(st.success(), "forwarding on in {}", ns.name());
+    forwarding_on(ns.name());
     let f = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("the namespace");
     Some((ns, f))
+}
+
+fn forwarding_on(ns: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .args(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+        .status()
+        .expect("running sysctl");
+    assert!(st.success(), "forwarding on in {ns}");
+}
+
+/// What [`Dp::new`] configures: the masquerade mark, and a Maglev table of 7 entries a row.
+fn lb_config() -> Config {
+    Config {
+        masq_mark: MASQ,
+        maglev_m: 7,
+        ..Config::default()
+    }
 }
 
 impl Dp {
@@ -168,11 +202,7 @@ impl Dp {
             ns,
             _fs: fs,
         };
-        dp.config(Config {
-            masq_mark: MASQ,
-            maglev_m: 7,
-            ..Config::default()
-        });
+        dp.config(lb_config());
         Some(dp)
     }
 
@@ -211,6 +241,31 @@ impl Dp {
             mark: u32::from_le_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]),
             pkt: out,
         }
+    }
+
+    /// Attaches both programs to the devices `devs` of the namespace `ns`, from a thread
+    /// inside that namespace only (interface names resolve there).
+    fn attach(&mut self, ns: &str, devs: &[&str]) {
+        use aya::programs::TcAttachType;
+        let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                metalnet::sys::netns::enter(&ns_file).unwrap();
+                for (prog, kind) in [
+                    ("mn_tc_ingress", TcAttachType::Ingress),
+                    ("mn_tc_egress", TcAttachType::Egress),
+                ] {
+                    let p: &mut SchedClassifier =
+                        self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                    for dev in devs {
+                        p.attach(dev, kind)
+                            .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
+                    }
+                }
+            })
+            .join()
+            .unwrap();
+        });
     }
 
     fn ingress(&mut self, pkt: &[u8]) -> Run {
@@ -890,28 +945,7 @@ fn sock_programs_load() {
         return;
     }
     let fs = Bpffs::mount();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(fs.path())
-        .load(SOCK_O)
-        .expect("sock.o loads");
-    for name in [
-        "mn_sock_connect4",
-        "mn_sock_connect6",
-        "mn_sock_sendmsg4",
-        "mn_sock_sendmsg6",
-        "mn_sock_recvmsg4",
-        "mn_sock_recvmsg6",
-        "mn_sock_getpeername4",
-        "mn_sock_getpeername6",
-    ] {
-        let prog: &mut aya::programs::CgroupSockAddr = ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("sock.o has {name}"))
-            .try_into()
-            .expect("a sock_addr program");
-        load_retrying(name, || prog.load());
-    }
-    drop(ebpf);
+    drop(load_sock(&fs));
 }
 
 #[test]
@@ -1272,11 +1306,9 @@ fn masquerade_for_remote_backends_from_outside_and_hairpin() {
 fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
     let Some(mut dp) = Dp::new() else { return };
     dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
         snat_port_min: 62000,
         snat_port_max: 62001,
-        ..Config::default()
+        ..lb_config()
     });
     dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
@@ -1349,11 +1381,9 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
 fn a_reset_frees_the_masquerade_port_at_once() {
     let Some(mut dp) = Dp::new() else { return };
     dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
         snat_port_min: 62000,
         snat_port_max: 62000,
-        ..Config::default()
+        ..lb_config()
     });
     dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
@@ -1994,7 +2024,11 @@ impl Drop for Servers {
     }
 }
 
-const CLIENT: &str = r#"
+/// Python clients of the tests' Services: each returns [the peer's address and port as the
+/// socket shows them, what the server answered], or ["error", errno, ""].
+macro_rules! py_clients {
+    () => {
+        r#"
 import socket, json
 def tcp(host, port, fam=socket.AF_INET):
     try:
@@ -2027,6 +2061,13 @@ def udp_connected(host, port, fam=socket.AF_INET):
         return [peer[0], peer[1], d.decode()]
     except OSError as e:
         return ["error", e.errno, ""]
+"#
+    };
+}
+
+const CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 cookie = int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), "little")
 print(json.dumps({
     "cookie": cookie,
@@ -2038,7 +2079,8 @@ print(json.dumps({
     "udp6": udp("fd00:96::53", 53, socket.AF_INET6),
     "none": tcp("10.96.0.99", 80),
 }))
-"#;
+"#
+);
 
 fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
     let out = Command::new("sh")
@@ -2061,6 +2103,15 @@ fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Runs a Python script in the network namespace `ns`, killed after `timeout` seconds.
+fn run_python(ns: &str, timeout: u32, script: &str) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", &timeout.to_string()])
+        .args(["python3", "-c", script])
+        .output()
+        .unwrap()
 }
 
 fn have_python() -> bool {
@@ -2105,23 +2156,10 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     );
     let cg = Cgroup::new("bpfsock");
     let fs = Bpffs::mount();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(fs.path())
-        .load(SOCK_O)
-        .expect("sock.o loads");
+    let mut ebpf = load_sock(&fs);
     let cg_dir = std::fs::File::open(&cg.path).unwrap();
-    for name in [
-        "mn_sock_connect4",
-        "mn_sock_connect6",
-        "mn_sock_sendmsg4",
-        "mn_sock_sendmsg6",
-        "mn_sock_recvmsg4",
-        "mn_sock_recvmsg6",
-        "mn_sock_getpeername4",
-        "mn_sock_getpeername6",
-    ] {
+    for name in SOCK_PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
-        load_retrying(name, || prog.load());
         prog.attach(&cg_dir, CgroupAttachMode::Single)
             .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
     }
@@ -2300,29 +2338,9 @@ fn run_time_per_packet() {
 
 // --- lb.o on real traffic: TCX on a node namespace between a client and a backend ---------
 
-const TRAFFIC_CLIENT: &str = r#"
-import socket, json
-def tcp(host, port, fam=socket.AF_INET):
-    try:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect((host, port))
-        peer = s.getpeername()[:2]
-        data = s.recv(16).decode()
-        s.close()
-        return [peer[0], peer[1], data]
-    except OSError as e:
-        return ["error", e.errno, ""]
-def udp_connected(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        return [host, port, d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
+const TRAFFIC_CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 def udp_from(port, host, dport, fam=socket.AF_INET):
     u = socket.socket(fam, socket.SOCK_DGRAM)
     u.settimeout(5)
@@ -2348,41 +2366,23 @@ print(json.dumps({
     "backend_refused_udp6": udp_connected("fd00:96::55", 53, socket.AF_INET6),
     "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
 }))
-"#;
+"#
+);
 
 /// The node's own connections when socket-LB is off: balanced at egress, replies translated
 /// at ingress.
-const NODE_CLIENT: &str = r#"
-import socket, json
+const NODE_CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 N = 30
-def tcp(host, port, fam=socket.AF_INET):
-    try:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect((host, port))
-        peer = s.getpeername()[:2]
-        data = s.recv(16).decode()
-        s.close()
-        return [peer[0], peer[1], data]
-    except OSError as e:
-        return ["error", e.errno, ""]
-def udp(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        return [host, port, d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
 print(json.dumps({
     "tcp4": sorted(set(tuple(tcp("10.96.0.10", 80)) for _ in range(N))),
     "tcp6": sorted(set(tuple(tcp("fd00:96::10", 80, socket.AF_INET6)) for _ in range(N))),
-    "udp4": udp("10.96.0.53", 53),
+    "udp4": udp_connected("10.96.0.53", 53),
     "refused_tcp4": tcp("10.96.0.99", 80),
 }))
-"#;
+"#
+);
 
 /// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
 fn csum_errors(ns: &str) -> u64 {
@@ -2420,7 +2420,6 @@ fn csum_errors(ns: &str) -> u64 {
 
 #[test]
 fn tcx_traffic_through_a_node_checksums_verified() {
-    use aya::programs::TcAttachType;
     use metalnet::testing::Netns;
     if !is_root() || !have_python() {
         eprintln!("skipped: needs root and python3");
@@ -2509,19 +2508,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
             .unwrap();
         assert!(st.status.success(), "ethtool on {dev}");
     }
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    forwarding_on(node.name());
     let _servers = Servers::start(
         backend.name(),
         &["198.51.100.10:8081", "[2001:db8:2::10]:8081"],
@@ -2555,40 +2542,9 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         &[(62, "[2001:db8:2::10]:5999")],
     );
 
-    // Attach from a thread inside the node namespace only (interface names resolve there).
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            metalnet::sys::netns::enter(&ns_file).unwrap();
-            for (prog, kind) in [
-                ("mn_tc_ingress", TcAttachType::Ingress),
-                ("mn_tc_egress", TcAttachType::Egress),
-            ] {
-                let p: &mut SchedClassifier =
-                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-                for dev in ["n0", "n1"] {
-                    p.attach(dev, kind)
-                        .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
-                }
-            }
-        })
-        .join()
-        .unwrap();
-    });
+    dp.attach(node.name(), &["n0", "n1"]);
 
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client.name(),
-            "timeout",
-            "60",
-            "python3",
-            "-c",
-            TRAFFIC_CLIENT,
-        ])
-        .output()
-        .unwrap();
+    let out = run_python(client.name(), 60, TRAFFIC_CLIENT);
     assert!(
         out.status.success(),
         "client: {}",
@@ -2632,19 +2588,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         "via",
         "2001:db8:1::2",
     ]);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.name(),
-            "timeout",
-            "60",
-            "python3",
-            "-c",
-            NODE_CLIENT,
-        ])
-        .output()
-        .unwrap();
+    let out = run_python(node.name(), 60, NODE_CLIENT);
     assert!(
         out.status.success(),
         "node client: {} {}; lb_new {} rev_nat {}",
@@ -2727,7 +2671,6 @@ print(json.dumps(out))
 
 #[test]
 fn l3_devices_are_parsed_without_an_ethernet_header() {
-    use aya::programs::TcAttachType;
     use metalnet::testing::Netns;
     if !is_root() || !have_python() {
         eprintln!("skipped: needs root and python3");
@@ -2749,36 +2692,8 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
         svc_flags::CLUSTER_IP,
         &[(11, "198.51.100.10:8080", backend_flags::LOCAL)],
     );
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            metalnet::sys::netns::enter(&ns_file).unwrap();
-            for (prog, kind) in [
-                ("mn_tc_ingress", TcAttachType::Ingress),
-                ("mn_tc_egress", TcAttachType::Egress),
-            ] {
-                let p: &mut SchedClassifier =
-                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-                p.attach("tun0", kind)
-                    .unwrap_or_else(|e| panic!("attaching {prog} to tun0: {e:?}"));
-            }
-        })
-        .join()
-        .unwrap();
-    });
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "timeout",
-            "20",
-            "python3",
-            "-c",
-            TUN_SCRIPT,
-        ])
-        .output()
-        .unwrap();
+    dp.attach(ns.name(), &["tun0"]);
+    let out = run_python(ns.name(), 20, TUN_SCRIPT);
     assert!(
         out.status.success(),
         "tun client: {}",
@@ -2917,11 +2832,6 @@ fn fragmented_datagrams_follow_their_first_fragment() {
 #[test]
 fn one_client_port_to_two_services_sharing_a_backend() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
-        ..Config::default()
-    });
     dp.cluster_cidr("10.244.0.0/16");
     dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(11, "10.244.2.10:8080")]);
