@@ -7,6 +7,8 @@
 //! [`SNAT4`] and [`SNAT6`] on a veth, default routes through it. Root only: skipped
 //! with a message otherwise.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -20,6 +22,7 @@ use metalnet_router::proxy::abi::{
     SvcKey, SvcVal, backend_flags, ct_flags, names, svc_flags,
 };
 // Map keys name the protocol by these; packets by the numbers below (TCP, UDP).
+use metalnet::testing::netns::is_root;
 use metalnet_router::proxy::abi::Proto::{Sctp, Tcp, Udp};
 
 static LB_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
@@ -39,15 +42,6 @@ const RST: u8 = 0x04;
 const FIN: u8 = 0x01;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Loads a program, again when the verifier gave up with EAGAIN: it does when a signal is
 /// pending, and other tests' child processes exiting send SIGCHLD (libbpf retries likewise).
@@ -1915,42 +1909,6 @@ fn conntrack_entries_expire_by_protocol_and_state() {
 
 // --- socket-LB (sock.c) on a cgroup and a network namespace of the test's own ------------
 
-/// A cgroup v2 directory of our own under the cgroup2 mount, removed on drop.
-struct Cgroup {
-    path: std::path::PathBuf,
-}
-
-impl Cgroup {
-    fn new(tag: &str) -> Cgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                (post.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))
-                    .flatten()
-            })
-            .expect("a cgroup2 mount in /proc/self/mountinfo");
-        let path = Path::new(&root).join(format!("mnl-{tag}-{}", std::process::id()));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Cgroup { path }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The client processes have exited, but the cgroup may take a moment to empty.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!("leftover cgroup {}", self.path.display());
-    }
-}
-
 /// Backends in the namespace: TCP on 198.51.100.10:8081..8084 and [2001:db8::10]:8081, UDP
 /// on 198.51.100.10:5353 and [2001:db8::10]:5353; each answers with its own port.
 struct Servers {
@@ -2082,7 +2040,7 @@ print(json.dumps({
 "#
 );
 
-fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
+fn run_client(cg: &common::Cgroup, ns: &str) -> serde_json::Value {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -2154,7 +2112,7 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         ],
         &["198.51.100.10:5353", "[2001:db8::10]:5353"],
     );
-    let cg = Cgroup::new("bpfsock");
+    let cg = common::Cgroup::new("bpfsock");
     let fs = Bpffs::mount();
     let mut ebpf = load_sock(&fs);
     let cg_dir = std::fs::File::open(&cg.path).unwrap();
@@ -2384,40 +2342,6 @@ print(json.dumps({
 "#
 );
 
-/// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
-fn csum_errors(ns: &str) -> u64 {
-    let read = |f: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "cat", f])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let snmp = read("/proc/net/snmp");
-    let mut total = 0;
-    let lines: Vec<&str> = snmp.lines().collect();
-    for pair in lines.chunks(2) {
-        if let [head, vals] = pair
-            && (head.starts_with("Tcp:") || head.starts_with("Udp:"))
-        {
-            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
-                if h == "InCsumErrors" {
-                    total += v.parse::<u64>().unwrap_or(0);
-                }
-            }
-        }
-    }
-    for l in read("/proc/net/snmp6").lines() {
-        if let Some(("Udp6InCsumErrors", v)) = l
-            .split_once(char::is_whitespace)
-            .map(|(a, b)| (a, b.trim()))
-        {
-            total += v.parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
-}
-
 #[test]
 fn tcx_traffic_through_a_node_checksums_verified() {
     use metalnet::testing::Netns;
@@ -2490,23 +2414,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
             ns.ip(&["route", "add", "default", "via", g4]);
             ns.ip(&["-6", "route", "add", "default", "via", g6]);
         }
-        // Without this veth never verifies L4 checksums and a wrong rewrite would pass.
-        let st = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                "ethtool",
-                "-K",
-                dev,
-                "tx",
-                "off",
-                "rx",
-                "off",
-            ])
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "ethtool on {dev}");
+        common::checksum_offloads_off(ns.name(), dev);
     }
     forwarding_on(node.name());
     let _servers = Servers::start(
@@ -2569,7 +2477,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     assert_eq!(v["same_port_two_services"], json!(["5353", "5353"]), "{v}");
     for ns in [&client, &backend] {
         assert_eq!(
-            csum_errors(ns.name()),
+            common::csum_errors(ns.name()),
             0,
             "checksum errors in {}",
             ns.name()
@@ -2611,7 +2519,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     assert_eq!(v["refused_tcp4"], json!(["error", 111, ""]), "{diag}");
     for ns in [&node, &backend] {
         assert_eq!(
-            csum_errors(ns.name()),
+            common::csum_errors(ns.name()),
             0,
             "checksum errors in {}",
             ns.name()
@@ -2724,7 +2632,7 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     let p = parse(&framed);
     assert_eq!(p.src, sa("10.96.0.10:80"));
     assert_eq!(p.dst, sa("203.0.113.5:40000"));
-    assert_eq!(csum_errors(ns.name()), 0);
+    assert_eq!(common::csum_errors(ns.name()), 0);
 }
 
 #[test]
