@@ -13,6 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 
+use serde_json::json;
+
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -1145,18 +1147,21 @@ fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
     assert_eq!(r.pkt, reply, "no stale reverse NAT on a direct connection");
 }
 
+/// The Service 10.96.0.10:80 with one backend, a pod of this node: 10.244.1.5:8080, in the
+/// cluster range 10.244.0.0/16.
+fn pod_behind_its_service() -> Option<Dp> {
+    let mut dp = Dp::new()?;
+    dp.cluster_cidr("10.244.0.0/16");
+    let pod = [(11, "10.244.1.5:8080", backend_flags::LOCAL)];
+    dp.service(EXT, "10.96.0.10:80", Tcp, 1, svc_flags::CLUSTER_IP, &pod);
+    Some(dp)
+}
+
 #[test]
 fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
-    let Some(mut dp) = Dp::new() else { return };
-    dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        EXT,
-        "10.96.0.10:80",
-        Tcp,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5:8080", backend_flags::LOCAL)],
-    );
+    let Some(mut dp) = pod_behind_its_service() else {
+        return;
+    };
     // A pod reaches itself: its veth's ingress balances, then the bridge's ingress sees the
     // DNATed SYN, a SYN to no frontend.
     let hop1 = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
@@ -1260,16 +1265,9 @@ fn local_without_local_backends_drops() {
 
 #[test]
 fn masquerade_for_remote_backends_from_outside_and_hairpin() {
-    let Some(mut dp) = Dp::new() else { return };
-    dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        EXT,
-        "10.96.0.10:80",
-        Tcp,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5:8080", backend_flags::LOCAL)],
-    );
+    let Some(mut dp) = pod_behind_its_service() else {
+        return;
+    };
     dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(21, "10.244.2.5:8080")]);
     // Hairpin: the pod reaches itself through its Service.
     let snat4 = ip(SNAT4);
@@ -1983,26 +1981,23 @@ def tcp(host, port, fam=socket.AF_INET):
         return [peer[0], peer[1], data]
     except OSError as e:
         return ["error", e.errno, ""]
-def udp(host, port, fam=socket.AF_INET):
+def udp(host, port, fam=socket.AF_INET, connected=False):
     try:
         u = socket.socket(fam, socket.SOCK_DGRAM)
         u.settimeout(5)
-        u.sendto(b"q", (host, port))
-        d, a = u.recvfrom(16)
+        if connected:
+            u.connect((host, port))
+            u.send(b"q")
+            d = u.recv(16)
+            a = u.getpeername()
+        else:
+            u.sendto(b"q", (host, port))
+            d, a = u.recvfrom(16)
         return [a[0], a[1], d.decode()]
     except OSError as e:
         return ["error", e.errno, ""]
 def udp_connected(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        peer = u.getpeername()[:2]
-        return [peer[0], peer[1], d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
+    return udp(host, port, fam, connected=True)
 "#
     };
 }
@@ -2056,20 +2051,23 @@ fn run_python(ns: &str, timeout: u32, script: &str) -> std::process::Output {
         .unwrap()
 }
 
-fn have_python() -> bool {
-    Command::new("python3")
-        .arg("-c")
-        .arg("pass")
+/// Whether the lab tests can run: as root, with python3 for their clients.
+fn root_with_python() -> bool {
+    let python = Command::new("python3")
+        .args(["-c", "pass"])
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !is_root() || !python {
+        eprintln!("skipped: needs root and python3");
+    }
+    is_root() && python
 }
 
 #[test]
 fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     use aya::programs::CgroupSockAddr;
     use aya::programs::links::CgroupAttachMode;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let Some(ns) = metalnet::testing::Netns::new("bpfsock") else {
@@ -2157,11 +2155,7 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     let tcp4 = v["tcp4"].as_array().unwrap();
     let mut ports = std::collections::BTreeSet::new();
     for c in tcp4 {
-        assert_eq!(
-            (&c[0], &c[1]),
-            (&serde_json::json!("10.96.0.10"), &serde_json::json!(80)),
-            "{v}"
-        );
+        assert_eq!((&c[0], &c[1]), (&json!("10.96.0.10"), &json!(80)), "{v}");
         ports.insert(c[2].as_str().unwrap().to_string());
     }
     assert!(ports.len() >= 2, "random choice over 4 backends: {ports:?}");
@@ -2172,43 +2166,27 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         .map(|c| c[2].as_str().unwrap().to_string())
         .collect();
     assert_eq!(aff.len(), 1, "affinity by network namespace: {v}");
-    assert_eq!(
-        v["udp4"],
-        serde_json::json!(["10.96.0.53", 53, "5353"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["udp4c"],
-        serde_json::json!(["10.96.0.53", 53, "5353"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["tcp6"],
-        serde_json::json!(["fd00:96::10", 80, "8081"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["udp6"],
-        serde_json::json!(["fd00:96::53", 53, "5353"]),
-        "{v}"
-    );
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["udp4c"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["tcp6"], json!(["fd00:96::10", 80, "8081"]), "{v}");
+    assert_eq!(v["udp6"], json!(["fd00:96::53", 53, "5353"]), "{v}");
     // No backend: left untranslated (no route to the VIP in this namespace).
-    assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
+    assert_eq!(v["none"][0], json!("error"), "{v}");
     assert!(maps.counter(1) >= 28, "sock_lb");
 
     // host-only: another namespace's sockets are left alone...
     let cookie = v["cookie"].as_u64().unwrap();
     maps.config(socket_lb(2, cookie + 1));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
+    assert_eq!(v["tcp4"][0][0], json!("error"), "{v}");
     // ...and the host's (here: the test namespace named as the host) translated.
     maps.config(socket_lb(2, cookie));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
+    assert_eq!(v["tcp4"][0][0], json!("10.96.0.10"), "{v}");
     // off: nothing translated.
     maps.config(socket_lb(0, 0));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
+    assert_eq!(v["udp4"][0], json!("error"), "{v}");
     drop(maps);
     drop(fs);
 }
@@ -2329,8 +2307,7 @@ print(json.dumps({
 #[test]
 fn tcx_traffic_through_a_node_checksums_verified() {
     use metalnet::testing::Netns;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let (Some(node), Some(client), Some(backend)) = (
@@ -2443,7 +2420,6 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    use serde_json::json;
     assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{v}");
     assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{v}");
     assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
@@ -2564,8 +2540,7 @@ print(json.dumps(out))
 #[test]
 fn l3_devices_are_parsed_without_an_ethernet_header() {
     use metalnet::testing::Netns;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let Some(mut dp) = Dp::new() else { return };
@@ -2592,11 +2567,7 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        v["ingress"],
-        serde_json::json!(["203.0.113.5", 40000, "hello"]),
-        "{v}"
-    );
+    assert_eq!(v["ingress"], json!(["203.0.113.5", 40000, "hello"]), "{v}");
     let hex = v["egress"].as_str().unwrap();
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
