@@ -2020,26 +2020,8 @@ print(json.dumps({
 );
 
 fn run_client(cg: &common::Cgroup, ns: &str) -> serde_json::Value {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec timeout 30 nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
-            cg.path.display()
-        ))
-        .arg(CLIENT)
-        .output()
-        .expect("running the client");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "client output {:?}: {e}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let out = cg.run_python(ns, 30, CLIENT);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("client output {out:?}: {e}"))
 }
 
 /// Runs a Python script in the network namespace `ns`, killed after `timeout` seconds.

@@ -406,30 +406,16 @@ fn start(server: &Netns, programs: Programs, opts: AttachOptions) -> Attachments
 
 /// socket-LB: a process of the test cgroup, in the client namespace, connects to the VIP;
 /// prints what getpeername shows and the echo.
-fn socket_lb_client(client: &Netns, cg: &Path) -> String {
+fn socket_lb_client(client: &Netns, cg: &common::Cgroup) -> String {
     let script = format!(
         "import socket; s=socket.create_connection(('{VIP}',80),timeout=3); \
          p=s.getpeername(); s.sendall(b'sock'); print(p[0], p[1], s.recv(16).decode())"
     );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} timeout 10 python3 -c \"{script}\"",
-            cg.display(),
-            client.name()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "socket-LB client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    cg.run_python(client.name(), 10, &script).trim().to_string()
 }
 
 /// [`socket_lb_client`], checking that socket-LB (not the per-packet path) translated it.
-fn socket_lb_through(l: &Loader, client: &Netns, cg: &Path) {
+fn socket_lb_through(l: &Loader, client: &Netns, cg: &common::Cgroup) {
     let before = l.counters().unwrap()[1];
     assert_eq!(socket_lb_client(client, cg), format!("{VIP} 80 sock"));
     let after = l.counters().unwrap()[1];
@@ -499,7 +485,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
     assert_eq!(echo(&mut kept, "before"), "before");
     let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
-    socket_lb_through(&l1, &client, &cg.path);
+    socket_lb_through(&l1, &client, &cg);
     let counters = l1.counters().unwrap();
     assert!(
         counters[0] >= 1 && counters[1] >= 1,
@@ -572,7 +558,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(many);
     let mut fresh = connect_vip(&client).unwrap();
     assert_eq!(echo(&mut fresh, "fresh"), "fresh");
-    socket_lb_through(&l2, &client, &cg.path);
+    socket_lb_through(&l2, &client, &cg);
 
     // An interface created later gets the programs at once; its address becomes a node
     // address.
@@ -639,7 +625,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     let moved = pins(&dir.path.join(attach::LINKS_DIR));
     assert_eq!(moved.len(), links.len(), "{moved:?}");
     assert_ne!(moved, links, "new cgroup, new pins");
-    socket_lb_through(&l2, &client, &other.path);
+    socket_lb_through(&l2, &client, &other);
 
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);

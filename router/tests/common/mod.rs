@@ -24,6 +24,27 @@ impl Cgroup {
             .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         Cgroup { path }
     }
+
+    /// Runs a Python script as a process of this cgroup in the network namespace `ns`, killed
+    /// after `timeout` seconds; asserts it succeeded and returns what it printed.
+    pub fn run_python(&self, ns: &str, timeout: u32, script: &str) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec timeout {timeout} nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
+                self.path.display()
+            ))
+            .arg(script)
+            .output()
+            .expect("running the client");
+        assert!(
+            out.status.success(),
+            "client in {}: {}",
+            self.path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Cgroup {
