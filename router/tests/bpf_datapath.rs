@@ -13,19 +13,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::json;
-
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
+use metalnet::testing::netns::is_root;
 use metalnet_router::proxy::abi::{
     self, AffinityMatch, Backend, Config, CtKey, CtVal, Proto, RevNat, Scope, SlotKey, SrcRange,
     SvcKey, SvcVal, backend_flags, ct_flags, names, svc_flags,
 };
 // Map keys name the protocol by these; packets by the numbers below (TCP, UDP).
-use metalnet::testing::netns::is_root;
 use metalnet_router::proxy::abi::Proto::{Sctp, Tcp, Udp};
+use serde_json::json;
 
 static LB_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 static SOCK_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
@@ -120,7 +119,7 @@ impl Drop for Bpffs {
     }
 }
 
-/// lb.o loaded against a private bpffs, with map writers in the abi encodings.
+/// lb.o loaded against a private bpffs; its maps are written through [`ProxyMaps`].
 struct Dp {
     ebpf: Ebpf,
     /// Where the programs run (their FIB lookups see its routes).
@@ -927,6 +926,11 @@ fn ct_key(src: &str, dst: &str, proto: u8, dir: u8) -> CtKey {
     }
 }
 
+/// A conntrack entry as if its connection was last seen at `last_seen`.
+fn seen_at(entry: CtVal, last_seen: u32) -> CtVal {
+    CtVal { last_seen, ..entry }
+}
+
 const EXT: Scope = Scope::External;
 const INT: Scope = Scope::Internal;
 
@@ -1346,13 +1350,7 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
     // An expired connection's port is taken like a free one.
     let tk = ct_key(third, vip, TCP, 0);
     let held = dp.ct(tk).unwrap();
-    dp.set_ct(
-        tk,
-        CtVal {
-            last_seen: held.last_seen.wrapping_sub(7 * 3600),
-            ..held
-        },
-    );
+    dp.set_ct(tk, seen_at(held, held.last_seen.wrapping_sub(7 * 3600)));
     let r = dp.ingress(&tcp(fourth, vip, SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.parsed().src, sa(&format!("{SNAT4}:{}", ports[0])));
@@ -1839,24 +1837,12 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     let now = entry.last_seen;
     dp.slot(1, EXT, 1, 12);
     // Idle 20 s of 30: kept.
-    dp.set_ct(
-        uk,
-        CtVal {
-            last_seen: now - 20,
-            ..entry
-        },
-    );
+    dp.set_ct(uk, seen_at(entry, now - 20));
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     assert_eq!(dp.ct(uk).unwrap().last_seen, now, "refreshed");
     // Idle 31 s: over, balanced afresh.
-    dp.set_ct(
-        uk,
-        CtVal {
-            last_seen: now - 31,
-            ..entry
-        },
-    );
+    dp.set_ct(uk, seen_at(entry, now - 31));
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
 
@@ -1865,13 +1851,7 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     let entry = dp.ct(tk).expect("a TCP entry");
     dp.slot(2, EXT, 1, 22);
     // Established, idle 1000 s of 3600: kept.
-    dp.set_ct(
-        tk,
-        CtVal {
-            last_seen: now - 1000,
-            ..entry
-        },
-    );
+    dp.set_ct(tk, seen_at(entry, now - 1000));
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.20:8080"));
     // Closing, idle 11 s: over; the next segment starts nothing, a new SYN is balanced.
@@ -2107,31 +2087,29 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     };
     let b4a = b4.map(|(id, a, f)| (id + 10, a, f));
     maps.service_with(EXT, "10.96.0.20:80", Tcp, affinity, &b4a);
-    maps.service(
-        EXT,
-        "10.96.0.53:53",
-        Udp,
-        3,
-        0,
-        &[(31, "198.51.100.10:5353", 0)],
-    );
-    maps.service(
-        EXT,
-        "[fd00:96::10]:80",
-        Tcp,
-        4,
-        0,
-        &[(41, "[2001:db8::10]:8081", 0)],
-    );
-    maps.service(
-        EXT,
-        "[fd00:96::53]:53",
-        Udp,
-        5,
-        0,
-        &[(51, "[2001:db8::10]:5353", 0)],
-    );
-    maps.service(EXT, "10.96.0.99:80", Tcp, 6, 0, &[]);
+    for (frontend, proto, rev_id, backends) in [
+        (
+            "10.96.0.53:53",
+            Udp,
+            3,
+            &[(31, "198.51.100.10:5353", 0)][..],
+        ),
+        (
+            "[fd00:96::10]:80",
+            Tcp,
+            4,
+            &[(41, "[2001:db8::10]:8081", 0)],
+        ),
+        (
+            "[fd00:96::53]:53",
+            Udp,
+            5,
+            &[(51, "[2001:db8::10]:5353", 0)],
+        ),
+        ("10.96.0.99:80", Tcp, 6, &[]),
+    ] {
+        maps.service(EXT, frontend, proto, rev_id, 0, backends);
+    }
 
     let v = run_client(&cg, ns.name());
     let tcp4 = v["tcp4"].as_array().unwrap();
