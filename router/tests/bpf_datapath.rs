@@ -7,6 +7,8 @@
 //! [`SNAT4`] and [`SNAT6`] on a veth, default routes through it. Root only: skipped
 //! with a message otherwise.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -15,10 +17,14 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
+use metalnet::testing::netns::is_root;
 use metalnet_router::proxy::abi::{
     self, AffinityMatch, Backend, Config, CtKey, CtVal, Proto, RevNat, Scope, SlotKey, SrcRange,
     SvcKey, SvcVal, backend_flags, ct_flags, names, svc_flags,
 };
+// Map keys name the protocol by these; packets by the numbers below (TCP, UDP).
+use metalnet_router::proxy::abi::Proto::{Sctp, Tcp, Udp};
+use serde_json::json;
 
 static LB_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 static SOCK_O: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
@@ -38,15 +44,6 @@ const FIN: u8 = 0x01;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Loads a program, again when the verifier gave up with EAGAIN: it does when a signal is
 /// pending, and other tests' child processes exiting send SIGCHLD (libbpf retries likewise).
 fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) {
@@ -58,6 +55,34 @@ fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs:
             Err(e) => panic!("{name} passes the verifier: {e:?}"),
         }
     }
+}
+
+const SOCK_PROGRAMS: [&str; 8] = [
+    "mn_sock_connect4",
+    "mn_sock_connect6",
+    "mn_sock_sendmsg4",
+    "mn_sock_sendmsg6",
+    "mn_sock_recvmsg4",
+    "mn_sock_recvmsg6",
+    "mn_sock_getpeername4",
+    "mn_sock_getpeername6",
+];
+
+/// sock.o with its programs loaded (not attached) and its maps pinned in `fs`.
+fn load_sock(fs: &Bpffs) -> Ebpf {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(fs.path())
+        .load(SOCK_O)
+        .expect("sock.o loads");
+    for name in SOCK_PROGRAMS {
+        let prog: &mut aya::programs::CgroupSockAddr = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("sock.o has {name}"))
+            .try_into()
+            .expect("a sock_addr program");
+        load_retrying(name, || prog.load());
+    }
+    ebpf
 }
 
 /// A bpffs mounted on a temporary directory; unmounted (lazily, so open pins do not block
@@ -94,7 +119,7 @@ impl Drop for Bpffs {
     }
 }
 
-/// lb.o loaded against a private bpffs, with map writers in the abi encodings.
+/// lb.o loaded against a private bpffs; its maps are written through [`ProxyMaps`].
 struct Dp {
     ebpf: Ebpf,
     /// Where the programs run (their FIB lookups see its routes).
@@ -123,21 +148,27 @@ fn snat_netns() -> Option<(metalnet::testing::Netns, std::fs::File)> {
     ]);
     ns.ip(&["route", "add", "default", "via", "100.64.0.254"]);
     ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:ff::fe"]);
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ])
-        .status()
-        .expect("running sysctl");
-    assert!(st.success(), "forwarding on in {}", ns.name());
+    forwarding_on(ns.name());
     let f = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("the namespace");
     Some((ns, f))
+}
+
+fn forwarding_on(ns: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .args(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+        .status()
+        .expect("running sysctl");
+    assert!(st.success(), "forwarding on in {ns}");
+}
+
+/// What [`Dp::new`] configures: the masquerade mark, and a Maglev table of 7 entries a row.
+fn lb_config() -> Config {
+    Config {
+        masq_mark: MASQ,
+        maglev_m: 7,
+        ..Config::default()
+    }
 }
 
 impl Dp {
@@ -166,188 +197,8 @@ impl Dp {
             ns,
             _fs: fs,
         };
-        dp.config(Config {
-            masq_mark: MASQ,
-            maglev_m: 7,
-            ..Config::default()
-        });
+        dp.config(lb_config());
         Some(dp)
-    }
-
-    fn hash<const K: usize, const V: usize>(
-        &mut self,
-        map: &str,
-    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
-        HashMap::try_from(self.ebpf.map_mut(map).expect("map exists")).expect("hash map")
-    }
-
-    fn config(&mut self, c: Config) {
-        let mut m: Array<_, [u8; 32]> =
-            Array::try_from(self.ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
-        m.set(0, c.to_bytes(), 0).unwrap();
-    }
-
-    fn svc(&mut self, addr: &str, port: u16, proto: Proto, scope: Scope, val: SvcVal) {
-        let k = SvcKey {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            scope,
-        };
-        self.hash::<20, 16>(names::SVC)
-            .insert(k.to_bytes(), val.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn slot(&mut self, rev_id: u32, scope: Scope, slot: u16, backend_id: u32) {
-        let k = SlotKey {
-            rev_id,
-            slot,
-            scope,
-        };
-        self.hash::<8, 4>(names::SLOT)
-            .insert(k.to_bytes(), backend_id.to_le_bytes(), 0)
-            .unwrap();
-    }
-
-    fn backend(&mut self, id: u32, addr: &str, port: u16, proto: Proto, flags: u8) {
-        let b = Backend {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            flags,
-        };
-        self.hash::<4, 20>(names::BACKEND)
-            .insert(id.to_le_bytes(), b.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn remove_backend(&mut self, id: u32) {
-        self.hash::<4, 20>(names::BACKEND)
-            .remove(&id.to_le_bytes())
-            .unwrap();
-    }
-
-    fn rev_nat(&mut self, rev_id: u32, addr: &str, port: u16) {
-        let r = RevNat {
-            addr: addr.parse().unwrap(),
-            port,
-        };
-        self.hash::<4, 20>(names::REV_NAT)
-            .insert(rev_id.to_le_bytes(), r.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn affinity_match(&mut self, backend_id: u32, rev_id: u32) {
-        let k = AffinityMatch { backend_id, rev_id };
-        self.hash::<8, 1>(names::AFFINITY_MATCH)
-            .insert(k.to_bytes(), [1], 0)
-            .unwrap();
-    }
-
-    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
-        let k = AffinityMatch { backend_id, rev_id };
-        self.hash::<8, 1>(names::AFFINITY_MATCH)
-            .remove(&k.to_bytes())
-            .unwrap();
-    }
-
-    /// `struct mn_affinity_key` for a client address (kind 0).
-    fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
-        let mut k = [0; 24];
-        k[..16].copy_from_slice(&abi::addr_bytes(client.parse().unwrap()));
-        k[16..20].copy_from_slice(&rev_id.to_le_bytes());
-        k
-    }
-
-    /// The affinity entry of a client: (backend id, last used).
-    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
-        let v = self
-            .hash::<24, 8>(names::AFFINITY)
-            .get(&Self::affinity_key(client, rev_id), 0)
-            .ok()?;
-        Some((
-            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
-        ))
-    }
-
-    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
-        let mut v = [0; 8];
-        v[..4].copy_from_slice(&backend_id.to_le_bytes());
-        v[4..].copy_from_slice(&last_used.to_le_bytes());
-        self.hash::<24, 8>(names::AFFINITY)
-            .insert(Self::affinity_key(client, rev_id), v, 0)
-            .unwrap();
-    }
-
-    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
-        let _ = self
-            .hash::<24, 8>(names::AFFINITY)
-            .remove(&Self::affinity_key(client, rev_id));
-    }
-
-    fn set_ct(&mut self, k: CtKey, v: CtVal) {
-        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
-            .insert(k.to_bytes(), v.to_bytes(), 0)
-            .unwrap();
-    }
-
-    fn node_addr(&mut self, ip: &str) {
-        self.hash::<16, 4>(names::NODE_ADDR)
-            .insert(abi::addr_bytes(ip.parse().unwrap()), [0; 4], 0)
-            .unwrap();
-    }
-
-    fn cluster_cidr(&mut self, net: &str) {
-        let b = abi::cidr_key(net.parse().unwrap());
-        let mut m: LpmTrie<_, [u8; 16], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::CLUSTER_CIDR).unwrap()).unwrap();
-        let mut data = [0; 16];
-        data.copy_from_slice(&b[4..]);
-        m.insert(
-            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
-            1,
-            0,
-        )
-        .unwrap();
-    }
-
-    fn src_range(&mut self, rev_id: u32, net: &str) {
-        let b = SrcRange {
-            rev_id,
-            net: net.parse().unwrap(),
-        }
-        .to_bytes();
-        let mut m: LpmTrie<_, [u8; 20], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(names::SRC_RANGE).unwrap()).unwrap();
-        let mut data = [0; 20];
-        data.copy_from_slice(&b[4..]);
-        m.insert(
-            &Key::new(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), data),
-            1,
-            0,
-        )
-        .unwrap();
-    }
-
-    fn maglev(&mut self, index: u32, backend_id: u32) {
-        let mut m: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(names::MAGLEV).unwrap()).unwrap();
-        m.set(index, backend_id, 0).unwrap();
-    }
-
-    fn ct(&mut self, k: CtKey) -> Option<CtVal> {
-        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
-            .get(&k.to_bytes(), 0)
-            .ok()
-            .map(|b| CtVal::from_bytes(&b))
-    }
-
-    fn counter(&mut self, idx: u32) -> u64 {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&idx, 0).unwrap().iter().sum()
     }
 
     /// Runs a program on one packet: its verdict, the packet after it, and skb->mark.
@@ -387,71 +238,265 @@ impl Dp {
         }
     }
 
+    /// Attaches both programs to the devices `devs` of the namespace `ns`, from a thread
+    /// inside that namespace only (interface names resolve there).
+    fn attach(&mut self, ns: &str, devs: &[&str]) {
+        use aya::programs::TcAttachType;
+        let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                metalnet::sys::netns::enter(&ns_file).unwrap();
+                for (prog, kind) in [
+                    ("mn_tc_ingress", TcAttachType::Ingress),
+                    ("mn_tc_egress", TcAttachType::Egress),
+                ] {
+                    let p: &mut SchedClassifier =
+                        self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                    for dev in devs {
+                        p.attach(dev, kind)
+                            .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
+                    }
+                }
+            })
+            .join()
+            .unwrap();
+        });
+    }
+
     fn ingress(&mut self, pkt: &[u8]) -> Run {
         self.run("mn_tc_ingress", pkt)
     }
     fn egress(&mut self, pkt: &[u8]) -> Run {
         self.run("mn_tc_egress", pkt)
     }
+}
 
-    /// A frontend with its backends in slots 1..: (id, address, port, flags) each.
-    #[allow(clippy::too_many_arguments)]
-    fn service_with(
+/// The proxy's maps, written and read in the abi encodings, on any object that has them
+/// (lb.o and sock.o share their definitions).
+trait ProxyMaps {
+    fn object(&mut self) -> &mut Ebpf;
+
+    fn hash<const K: usize, const V: usize>(
         &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        scope: Scope,
-        val: SvcVal,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        self.svc(
-            addr,
-            port,
-            proto,
-            scope,
-            SvcVal {
-                count: backends.len() as u16,
-                ..val
-            },
-        );
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            self.backend(*id, a, *p, proto, *f);
-            self.slot(val.rev_id, scope, i as u16 + 1, *id);
-            self.affinity_match(*id, val.rev_id);
-        }
-        self.rev_nat(val.rev_id, addr, port);
+        map: &str,
+    ) -> HashMap<&mut MapData, [u8; K], [u8; V]> {
+        HashMap::try_from(self.object().map_mut(map).expect("map exists")).expect("hash map")
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn service(
-        &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        scope: Scope,
-        rev_id: u32,
-        flags: u16,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        self.svc(
-            addr,
-            port,
+    fn config(&mut self, c: Config) {
+        let mut m: Array<_, [u8; 32]> =
+            Array::try_from(self.object().map_mut(names::CONFIG).unwrap()).unwrap();
+        m.set(0, c.to_bytes(), 0).unwrap();
+    }
+
+    fn svc(&mut self, frontend: SocketAddr, proto: Proto, scope: Scope, val: SvcVal) {
+        let k = SvcKey {
+            addr: frontend.ip(),
+            port: frontend.port(),
             proto,
             scope,
-            SvcVal {
-                rev_id,
-                count: backends.len() as u16,
-                flags,
-                ..SvcVal::default()
-            },
-        );
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            self.backend(*id, a, *p, proto, *f);
-            self.slot(rev_id, scope, i as u16 + 1, *id);
-            self.affinity_match(*id, rev_id);
+        };
+        self.hash::<20, 16>(names::SVC)
+            .insert(k.to_bytes(), val.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn slot(&mut self, rev_id: u32, scope: Scope, slot: u16, backend_id: u32) {
+        let k = SlotKey {
+            rev_id,
+            slot,
+            scope,
+        };
+        self.hash::<8, 4>(names::SLOT)
+            .insert(k.to_bytes(), backend_id.to_le_bytes(), 0)
+            .unwrap();
+    }
+
+    /// Backend `id` at "address:port".
+    fn backend(&mut self, id: u32, addr: &str, proto: Proto, flags: u8) {
+        let a = sa(addr);
+        let b = Backend {
+            addr: a.ip(),
+            port: a.port(),
+            proto,
+            flags,
+        };
+        self.hash::<4, 20>(names::BACKEND)
+            .insert(id.to_le_bytes(), b.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn remove_backend(&mut self, id: u32) {
+        self.hash::<4, 20>(names::BACKEND)
+            .remove(&id.to_le_bytes())
+            .unwrap();
+    }
+
+    fn rev_nat(&mut self, rev_id: u32, frontend: SocketAddr) {
+        let r = RevNat {
+            addr: frontend.ip(),
+            port: frontend.port(),
+        };
+        self.hash::<4, 20>(names::REV_NAT)
+            .insert(rev_id.to_le_bytes(), r.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .insert(k.to_bytes(), [1], 0)
+            .unwrap();
+    }
+
+    fn remove_affinity_match(&mut self, backend_id: u32, rev_id: u32) {
+        let k = AffinityMatch { backend_id, rev_id };
+        self.hash::<8, 1>(names::AFFINITY_MATCH)
+            .remove(&k.to_bytes())
+            .unwrap();
+    }
+
+    /// The affinity entry of a client: (backend id, last used).
+    fn affinity(&mut self, client: &str, rev_id: u32) -> Option<(u32, u32)> {
+        let v = self
+            .hash::<24, 8>(names::AFFINITY)
+            .get(&affinity_key(client, rev_id), 0)
+            .ok()?;
+        Some((
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            u32::from_le_bytes([v[4], v[5], v[6], v[7]]),
+        ))
+    }
+
+    fn set_affinity(&mut self, client: &str, rev_id: u32, backend_id: u32, last_used: u32) {
+        let mut v = [0; 8];
+        v[..4].copy_from_slice(&backend_id.to_le_bytes());
+        v[4..].copy_from_slice(&last_used.to_le_bytes());
+        self.hash::<24, 8>(names::AFFINITY)
+            .insert(affinity_key(client, rev_id), v, 0)
+            .unwrap();
+    }
+
+    fn clear_affinity(&mut self, client: &str, rev_id: u32) {
+        let _ = self
+            .hash::<24, 8>(names::AFFINITY)
+            .remove(&affinity_key(client, rev_id));
+    }
+
+    fn set_ct(&mut self, k: CtKey, v: CtVal) {
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
+            .insert(k.to_bytes(), v.to_bytes(), 0)
+            .unwrap();
+    }
+
+    fn ct(&mut self, k: CtKey) -> Option<CtVal> {
+        self.hash::<40, { abi::CT_VAL_LEN }>(names::CT)
+            .get(&k.to_bytes(), 0)
+            .ok()
+            .map(|b| CtVal::from_bytes(&b))
+    }
+
+    fn node_addr(&mut self, addr: &str) {
+        self.hash::<16, 4>(names::NODE_ADDR)
+            .insert(abi::addr_bytes(ip(addr)), [0; 4], 0)
+            .unwrap();
+    }
+
+    /// Inserts an LPM trie entry whose key is `key` (prefix length first, little endian).
+    fn lpm_insert<const N: usize>(&mut self, map: &str, key: &[u8]) {
+        let mut m: LpmTrie<_, [u8; N], u8> =
+            LpmTrie::try_from(self.object().map_mut(map).unwrap()).unwrap();
+        let data: [u8; N] = key[4..].try_into().unwrap();
+        let prefix_len = u32::from_le_bytes([key[0], key[1], key[2], key[3]]);
+        m.insert(&Key::new(prefix_len, data), 1, 0).unwrap();
+    }
+
+    fn cluster_cidr(&mut self, net: &str) {
+        self.lpm_insert::<16>(names::CLUSTER_CIDR, &abi::cidr_key(net.parse().unwrap()));
+    }
+
+    fn src_range(&mut self, rev_id: u32, net: &str) {
+        let net = net.parse().unwrap();
+        self.lpm_insert::<20>(names::SRC_RANGE, &SrcRange { rev_id, net }.to_bytes());
+    }
+
+    fn maglev(&mut self, index: u32, backend_id: u32) {
+        let mut m: Array<_, u32> =
+            Array::try_from(self.object().map_mut(names::MAGLEV).unwrap()).unwrap();
+        m.set(index, backend_id, 0).unwrap();
+    }
+
+    fn counter(&mut self, idx: u32) -> u64 {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.object().map_mut(names::COUNTERS).unwrap()).unwrap();
+        m.get(&idx, 0).unwrap().iter().sum()
+    }
+
+    /// A frontend ("address:port") as the control plane writes it: the Service entry, its
+    /// backends in slots 1.. ((id, "address:port", flags) each) with their affinity matches,
+    /// and the reverse NAT entry.
+    fn service_with(
+        &mut self,
+        scope: Scope,
+        frontend: &str,
+        proto: Proto,
+        val: SvcVal,
+        backends: &[(u32, &str, u8)],
+    ) {
+        let frontend = sa(frontend);
+        let count = backends.len() as u16;
+        self.svc(frontend, proto, scope, SvcVal { count, ..val });
+        for (slot, &(id, addr, flags)) in (1..).zip(backends) {
+            self.backend(id, addr, proto, flags);
+            self.slot(val.rev_id, scope, slot, id);
+            self.affinity_match(id, val.rev_id);
         }
-        self.rev_nat(rev_id, addr, port);
+        self.rev_nat(val.rev_id, frontend);
+    }
+
+    /// [`ProxyMaps::service_with`] a frontend of `rev_id` and `flags`, nothing else set.
+    fn service(
+        &mut self,
+        scope: Scope,
+        frontend: &str,
+        proto: Proto,
+        rev_id: u32,
+        flags: u16,
+        backends: &[(u32, &str, u8)],
+    ) {
+        let val = SvcVal {
+            rev_id,
+            flags,
+            ..SvcVal::default()
+        };
+        self.service_with(scope, frontend, proto, val, backends);
+    }
+
+    /// The common case: an external ClusterIP frontend and backends without flags.
+    fn cluster_ip(&mut self, frontend: &str, proto: Proto, rev_id: u32, backends: &[(u32, &str)]) {
+        let backends: Vec<_> = backends.iter().map(|&(id, addr)| (id, addr, 0)).collect();
+        let flags = svc_flags::CLUSTER_IP;
+        self.service(EXT, frontend, proto, rev_id, flags, &backends);
+    }
+}
+
+/// `struct mn_affinity_key` for a client address (kind 0).
+fn affinity_key(client: &str, rev_id: u32) -> [u8; 24] {
+    let mut k = [0; 24];
+    k[..16].copy_from_slice(&abi::addr_bytes(ip(client)));
+    k[16..20].copy_from_slice(&rev_id.to_le_bytes());
+    k
+}
+
+impl ProxyMaps for Ebpf {
+    fn object(&mut self) -> &mut Ebpf {
+        self
+    }
+}
+
+impl ProxyMaps for Dp {
+    fn object(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }
 
@@ -467,12 +512,17 @@ impl Run {
     }
 }
 
-// --- packets -------------------------------------------------------------------------------
+// --- packets: typed headers that emit frames, and a parser that checks them -----------------
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The Internet checksum's one's complement sum (RFC 1071) of `data`, added to `acc`.
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for c in data.chunks(2) {
         let w = if c.len() == 2 {
@@ -492,6 +542,7 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The sum of the pseudo-header the TCP, UDP and ICMPv6 checksums cover.
 fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     let mut acc = 0;
     match (src, dst) {
@@ -508,70 +559,254 @@ fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     acc + proto as u32 + len as u32
 }
 
-/// Ethernet + IPv4/IPv6 + TCP (seq 1000, the given flags) or UDP, checksums correct.
-fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+/// Writes the checksum of the IPv4 header behind the Ethernet header of `frame`, as after a
+/// field of it was set by hand.
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&frame[14..34], 0));
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Writes the checksum at `at` of an L4 header (TCP, UDP, ICMPv6) over `l4` and its
+/// pseudo-header.
+fn fix_l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &mut [u8], at: usize) {
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(l4, pseudo(src, dst, proto, l4.len())));
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+const IPV4_DF: u16 = 0x4000;
+const IPV4_MF: u16 = 0x2000;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const IPV6_FRAGMENT: u8 = 44;
+const SCTP: u8 = 132;
+
+/// An IPv4 or IPv6 header (the family of the addresses) with an Ethernet header in front.
+#[derive(Clone, Copy)]
+struct IpHdr {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The next header: the L4 protocol, or IPv6's fragment header.
+    proto: u8,
+    /// TTL or hop limit.
+    ttl: u8,
+    /// IPv4 only: the identification, and the flags with the fragment offset.
+    id: u16,
+    frag: u16,
+}
+
+impl IpHdr {
+    /// TTL 64; IPv4: identification 1, don't fragment.
+    fn new(src: IpAddr, dst: IpAddr, proto: u8) -> IpHdr {
+        IpHdr {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            id: 1,
+            frag: IPV4_DF,
+        }
+    }
+
+    /// The frame carrying `payload`: lengths and the IPv4 header checksum filled in.
+    fn emit(&self, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                p.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+                p.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+                p.extend_from_slice(&self.id.to_be_bytes());
+                p.extend_from_slice(&self.frag.to_be_bytes());
+                p.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
+                p.extend_from_slice(&s.octets());
+                p.extend_from_slice(&d.octets());
+                fix_ipv4_checksum(&mut p);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+                p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                p.extend_from_slice(&[self.proto, self.ttl]);
+                p.extend_from_slice(&s.octets());
+                p.extend_from_slice(&d.octets());
+            }
+            _ => panic!("mixed families"),
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+}
+
+/// A TCP segment: sequence number 1000, acknowledgment 77 when ACK is set, window 0xffff.
+struct TcpSeg<'a> {
+    src: SocketAddr,
+    dst: SocketAddr,
+    flags: u8,
+    /// Part of the header (a multiple of 4 bytes), not data.
+    options: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl TcpSeg<'_> {
+    /// The segment with its checksum.
+    fn emit(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.src.port().to_be_bytes());
+        l4.extend_from_slice(&self.dst.port().to_be_bytes());
+        l4.extend_from_slice(&1000u32.to_be_bytes());
+        let ack = if self.flags & ACK != 0 { 77u32 } else { 0 };
+        l4.extend_from_slice(&ack.to_be_bytes());
+        let words = 5 + self.options.len() as u8 / 4;
+        l4.extend_from_slice(&[words << 4, self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(self.options);
+        l4.extend_from_slice(self.payload);
+        fix_l4_checksum(self.src.ip(), self.dst.ip(), TCP, &mut l4, 16);
+        l4
+    }
+}
+
+/// A UDP datagram with its checksum.
+fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.port().to_be_bytes());
     l4.extend_from_slice(&dst.port().to_be_bytes());
-    let csum_at = if proto == TCP {
-        l4.extend_from_slice(&1000u32.to_be_bytes());
-        l4.extend_from_slice(&(if flags & ACK != 0 { 77u32 } else { 0 }).to_be_bytes());
-        l4.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        16
-    } else {
-        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-        6
-    };
+    l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
     l4.extend_from_slice(payload);
-    let c = fold(sum16(&l4, pseudo(src.ip(), dst.ip(), proto, l4.len())));
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    fix_l4_checksum(src.ip(), dst.ip(), UDP, &mut l4, 6);
+    l4
+}
 
-    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&[0x08, 0x00]);
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = fold(sum16(&ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(&ip);
+/// Ethernet + IPv4/IPv6 + TCP (seq 1000, the given flags) or UDP, checksums correct.
+fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let l4 = if proto == TCP {
+        TcpSeg {
+            src,
+            dst,
+            flags,
+            options: &[],
+            payload,
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x86, 0xdd]);
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[proto, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&l4);
-    p
+        .emit()
+    } else {
+        udp_datagram(src, dst, payload)
+    };
+    IpHdr::new(src.ip(), dst.ip(), proto).emit(&l4)
 }
 
 fn tcp(src: &str, dst: &str, flags: u8) -> Vec<u8> {
     packet(sa(src), sa(dst), TCP, flags, &[])
 }
+
 /// A SYN with 12 bytes of options (MSS, SACK permitted, window scale): not payload.
 fn syn_with_options(src: &str, dst: &str) -> Vec<u8> {
-    let opts = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1];
-    let mut p = packet(sa(src), sa(dst), TCP, SYN, &opts);
-    let l4 = if p[12] == 0x08 { 34 } else { 54 };
-    p[l4 + 12] = 8 << 4;
-    p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-    let (s, d) = (sa(src), sa(dst));
-    let c = fold(sum16(&p[l4..], pseudo(s.ip(), d.ip(), TCP, p.len() - l4)));
-    p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
-    p
+    let (src, dst) = (sa(src), sa(dst));
+    let seg = TcpSeg {
+        src,
+        dst,
+        flags: SYN,
+        options: &[2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1],
+        payload: &[],
+    };
+    IpHdr::new(src.ip(), dst.ip(), TCP).emit(&seg.emit())
 }
 
 fn udp(src: &str, dst: &str) -> Vec<u8> {
     packet(sa(src), sa(dst), UDP, 0, b"query")
+}
+
+/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
+/// covers no address.
+fn sctp(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d) = (sa(src), sa(dst));
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&s.port().to_be_bytes());
+    l4.extend_from_slice(&d.port().to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[1, 0, 0, 4]);
+    IpHdr::new(s.ip(), d.ip(), SCTP).emit(&l4)
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
+/// from [`packet`]): its IP header and 8 bytes.
+fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (s, d) = (ip(src), ip(dst));
+    let v6 = s.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
+    let proto = if v6 {
+        fix_l4_checksum(s, d, ICMPV6, &mut icmp, 2);
+        ICMPV6
+    } else {
+        let c = fold(sum16(&icmp, 0));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ICMP
+    };
+    IpHdr {
+        frag: 0,
+        ..IpHdr::new(s, d, proto)
+    }
+    .emit(&icmp)
+}
+
+/// A UDP datagram with `payload` in two fragments, the first carrying the UDP header and
+/// `first` bytes of payload (a multiple of 8 minus the header). IPv6 uses a fragment header.
+fn udp_fragments(src: &str, dst: &str, id: u32, payload: &[u8], first: usize) -> [Vec<u8>; 2] {
+    let (s, d) = (sa(src), sa(dst));
+    let l4 = udp_datagram(s, d, payload);
+    let (head, tail) = l4.split_at(8 + first);
+    [(0, true, head), (8 + first, false, tail)].map(|(offset, more, part)| {
+        if s.is_ipv6() {
+            let mut p = vec![UDP, 0];
+            p.extend_from_slice(&((offset as u16) | more as u16).to_be_bytes());
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(part);
+            IpHdr::new(s.ip(), d.ip(), IPV6_FRAGMENT).emit(&p)
+        } else {
+            let frag = (offset / 8) as u16 | if more { IPV4_MF } else { 0 };
+            IpHdr {
+                id: id as u16,
+                frag,
+                ..IpHdr::new(s.ip(), d.ip(), UDP)
+            }
+            .emit(part)
+        }
+    })
+}
+
+/// Reassembles two fragments made by [`udp_fragments`] (after the programs): checks each
+/// IPv4 header checksum and that both carry the same addresses, and returns the datagram as
+/// one unfragmented frame for [`parse`].
+fn reassemble(frags: &[Vec<u8>; 2]) -> Vec<u8> {
+    let v6 = frags[0][12] == 0x86;
+    let (ip_len, hdr) = if v6 { (40, 48) } else { (20, 20) };
+    let addrs = |f: &Vec<u8>| f[14 + ip_len - 32 + if v6 { 0 } else { 24 }..14 + ip_len].to_vec();
+    assert_eq!(
+        addrs(&frags[0]),
+        addrs(&frags[1]),
+        "both fragments rewritten alike"
+    );
+    let mut l4 = frags[0][14 + hdr..].to_vec();
+    l4.extend_from_slice(&frags[1][14 + hdr..]);
+    let mut p = frags[0][..14 + ip_len].to_vec();
+    if v6 {
+        p[18..20].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+        p[20] = UDP;
+    } else {
+        for f in frags {
+            assert_eq!(
+                fold(sum16(&f[14..34], 0)),
+                0,
+                "fragment IPv4 header checksum"
+            );
+        }
+        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        p[20..22].copy_from_slice(&[0, 0]);
+        fix_ipv4_checksum(&mut p);
+    }
+    p.extend_from_slice(&l4);
+    p
 }
 
 #[derive(Debug, PartialEq)]
@@ -606,11 +841,10 @@ fn parse(p: &[u8]) -> Pkt {
         }
         t => panic!("ethertype {t:#x}"),
     };
-    let pseudo_proto = proto;
-    let acc = if proto == 1 {
+    let acc = if proto == ICMP {
         0
     } else {
-        pseudo(src, dst, pseudo_proto, l4.len())
+        pseudo(src, dst, proto, l4.len())
     };
     assert_eq!(
         fold(sum16(l4, acc)),
@@ -650,6 +884,36 @@ fn parse(p: &[u8]) -> Pkt {
     }
 }
 
+/// What an ICMP error frame quotes of the packet it is about: the addresses and ports.
+struct Quote {
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+/// The quote of an ICMP (IPv4) or ICMPv6 error frame, as [`icmp_error`] builds them; asserts
+/// a quoted IPv4 header's checksum verifies.
+fn quoted(frame: &[u8]) -> Quote {
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    if frame[12] == 0x86 {
+        let q = &frame[62..];
+        let s: [u8; 16] = q[8..24].try_into().unwrap();
+        let d: [u8; 16] = q[24..40].try_into().unwrap();
+        Quote {
+            src: SocketAddr::new(s.into(), port(&q[40..])),
+            dst: SocketAddr::new(d.into(), port(&q[42..])),
+        }
+    } else {
+        let q = &frame[42..];
+        assert_eq!(fold(sum16(&q[..20], 0)), 0, "quoted IPv4 header checksum");
+        let s: [u8; 4] = q[12..16].try_into().unwrap();
+        let d: [u8; 4] = q[16..20].try_into().unwrap();
+        Quote {
+            src: SocketAddr::new(s.into(), port(&q[20..])),
+            dst: SocketAddr::new(d.into(), port(&q[22..])),
+        }
+    }
+}
+
 fn ct_key(src: &str, dst: &str, proto: u8, dir: u8) -> CtKey {
     let (s, d) = (sa(src), sa(dst));
     CtKey {
@@ -660,6 +924,11 @@ fn ct_key(src: &str, dst: &str, proto: u8, dir: u8) -> CtKey {
         proto,
         dir,
     }
+}
+
+/// A conntrack entry as if its connection was last seen at `last_seen`.
+fn seen_at(entry: CtVal, last_seen: u32) -> CtVal {
+    CtVal { last_seen, ..entry }
 }
 
 const EXT: Scope = Scope::External;
@@ -674,49 +943,20 @@ fn sock_programs_load() {
         return;
     }
     let fs = Bpffs::mount();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(fs.path())
-        .load(SOCK_O)
-        .expect("sock.o loads");
-    for name in [
-        "mn_sock_connect4",
-        "mn_sock_connect6",
-        "mn_sock_sendmsg4",
-        "mn_sock_sendmsg6",
-        "mn_sock_recvmsg4",
-        "mn_sock_recvmsg6",
-        "mn_sock_getpeername4",
-        "mn_sock_getpeername6",
-    ] {
-        let prog: &mut aya::programs::CgroupSockAddr = ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("sock.o has {name}"))
-            .try_into()
-            .expect("a sock_addr program");
-        load_retrying(name, || prog.load());
-    }
-    drop(ebpf);
+    drop(load_sock(&fs));
 }
 
 #[test]
 fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     // External client, remote backend: masqueraded here, with the node's address toward
     // the backend and a port of the default range, and sent to the backend's next hop.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
     assert_eq!(p.dst, sa("198.51.100.10:8080"));
-    assert_eq!(p.src.ip(), SNAT4.parse::<IpAddr>().unwrap());
+    assert_eq!(p.src.ip(), ip(SNAT4));
     let port = p.src.port();
     assert!((61000..=65535).contains(&port), "{port}");
     assert_eq!(r.mark, 0, "no mark: no netfilter rule to act on it");
@@ -724,7 +964,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let fwd = dp
         .ct(ct_key("203.0.113.5:40000", "10.96.0.10:80", TCP, 0))
         .expect("forward entry");
-    assert_eq!(fwd.nat_addr, "198.51.100.10".parse::<IpAddr>().unwrap());
+    assert_eq!(fwd.nat_addr, ip("198.51.100.10"));
     assert_eq!((fwd.nat_port, fwd.backend_id, fwd.rev_id), (8080, 11, 1));
     assert_eq!(fwd.flags, ct_flags::MASQ);
     assert_eq!(
@@ -734,7 +974,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
     let rev = dp
         .ct(ct_key("198.51.100.10:8080", "203.0.113.5:40000", TCP, 1))
         .expect("reply entry");
-    assert_eq!(rev.nat_addr, "10.96.0.10".parse::<IpAddr>().unwrap());
+    assert_eq!(rev.nat_addr, ip("10.96.0.10"));
     assert_eq!(rev.nat_port, 80);
     let snat_key = ct_key(
         "198.51.100.10:8080",
@@ -743,14 +983,8 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
         abi::ct_dir::SNAT,
     );
     let back = dp.ct(snat_key).expect("the masquerade's entry");
-    assert_eq!(
-        (back.nat_addr, back.nat_port),
-        ("203.0.113.5".parse().unwrap(), 40000)
-    );
-    assert_eq!(
-        (back.snat_addr, back.snat_port),
-        ("10.96.0.10".parse().unwrap(), 80)
-    );
+    assert_eq!((back.nat_addr, back.nat_port), (ip("203.0.113.5"), 40000));
+    assert_eq!((back.snat_addr, back.snat_port), (ip("10.96.0.10"), 80));
 
     // The connection's next packets follow conntrack: the same translation.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.10:80", ACK));
@@ -788,15 +1022,7 @@ fn clusterip_v4_tcp_from_outside_dnat_masq_and_reply() {
 fn clusterip_v6_udp_in_cluster_no_masq_and_reply() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "fd00:96::10",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
+    dp.cluster_ip("[fd00:96::10]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
     let r = dp.ingress(&udp("[2001:db8:1::5]:33000", "[fd00:96::10]:53"));
     assert_eq!(r.verdict, TC_ACT_OK);
     let p = r.parsed();
@@ -815,24 +1041,8 @@ fn clusterip_v6_udp_in_cluster_no_masq_and_reply() {
 fn clusterip_v4_udp_and_v6_tcp() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.7", 53, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(41, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "10.244.2.7:53")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 4, &[(41, "[2001:db8:2::80]:8080")]);
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.53:53"));
     assert_eq!(r.parsed().dst, sa("10.244.2.7:53"));
     let r = dp.egress(&udp("10.244.2.7:53", "10.244.1.5:5000"));
@@ -842,7 +1052,7 @@ fn clusterip_v4_udp_and_v6_tcp() {
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
     assert_eq!(p.dst, sa("[2001:db8:2::80]:8080"));
-    assert_eq!(p.src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    assert_eq!(p.src.ip(), ip(SNAT6));
     let snat = p.src;
     let r = dp.ingress(&tcp("[2001:db8:2::80]:8080", &snat.to_string(), SYN | ACK));
     assert_eq!(r.parsed().dst, sa("[2001:db8:9::1]:41000"));
@@ -853,15 +1063,7 @@ fn clusterip_v4_udp_and_v6_tcp() {
 #[test]
 fn udp_without_checksum_keeps_none() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.7", 5353, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "10.244.2.7:5353")]);
     let mut pkt = udp("10.244.1.5:5000", "10.96.0.53:53");
     pkt[40] = 0;
     pkt[41] = 0;
@@ -877,22 +1079,20 @@ fn nodeport_wildcard_on_node_addresses_only() {
     dp.node_addr("192.0.2.1");
     dp.node_addr("2001:db8::1");
     dp.service(
-        "0.0.0.0",
-        30080,
-        Proto::Tcp,
         EXT,
+        "0.0.0.0:30080",
+        Tcp,
         5,
         svc_flags::NODEPORT,
-        &[(51, "198.51.100.20", 8080, backend_flags::LOCAL)],
+        &[(51, "198.51.100.20:8080", backend_flags::LOCAL)],
     );
     dp.service(
-        "::",
-        30080,
-        Proto::Tcp,
         EXT,
+        "[::]:30080",
+        Tcp,
         6,
         svc_flags::NODEPORT,
-        &[(61, "2001:db8:5::20", 8080, 0)],
+        &[(61, "[2001:db8:5::20]:8080", 0)],
     );
     let r = dp.ingress(&tcp("203.0.113.5:40000", "192.0.2.1:30080", SYN));
     assert_eq!(r.parsed().dst, sa("198.51.100.20:8080"));
@@ -903,7 +1103,7 @@ fn nodeport_wildcard_on_node_addresses_only() {
 
     let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[2001:db8::1]:30080", SYN));
     assert_eq!(r.parsed().dst, sa("[2001:db8:5::20]:8080"));
-    assert_eq!(r.parsed().src.ip(), SNAT6.parse::<IpAddr>().unwrap());
+    assert_eq!(r.parsed().src.ip(), ip(SNAT6));
     let snat = r.parsed().src;
     let r = dp.ingress(&tcp("[2001:db8:5::20]:8080", &snat.to_string(), SYN | ACK));
     assert_eq!(r.parsed().dst, sa("[2001:db8:9::5]:40000"));
@@ -926,21 +1126,13 @@ fn nodeport_wildcard_on_node_addresses_only() {
 fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     let client = "10.244.1.5:40000";
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
 
     // The backend set changes: established packets stay, a new SYN on the same tuple moves.
-    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.backend(12, "10.244.3.10:8080", Tcp, 0);
     dp.slot(1, EXT, 1, 12);
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
@@ -959,19 +1151,21 @@ fn a_new_syn_on_a_reused_port_is_balanced_afresh() {
     assert_eq!(r.pkt, reply, "no stale reverse NAT on a direct connection");
 }
 
+/// The Service 10.96.0.10:80 with one backend, a pod of this node: 10.244.1.5:8080, in the
+/// cluster range 10.244.0.0/16.
+fn pod_behind_its_service() -> Option<Dp> {
+    let mut dp = Dp::new()?;
+    dp.cluster_cidr("10.244.0.0/16");
+    let pod = [(11, "10.244.1.5:8080", backend_flags::LOCAL)];
+    dp.service(EXT, "10.96.0.10:80", Tcp, 1, svc_flags::CLUSTER_IP, &pod);
+    Some(dp)
+}
+
 #[test]
 fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
-    let Some(mut dp) = Dp::new() else { return };
-    dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
-    );
+    let Some(mut dp) = pod_behind_its_service() else {
+        return;
+    };
     // A pod reaches itself: its veth's ingress balances, then the bridge's ingress sees the
     // DNATed SYN, a SYN to no frontend.
     let hop1 = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
@@ -992,19 +1186,11 @@ fn a_balanced_syn_seen_again_at_a_second_interface_keeps_its_reply_entry() {
 #[test]
 fn a_deleted_backend_rebalances_its_connections() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Udp, 1, &[(11, "10.244.2.10:8080")]);
     let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     dp.remove_backend(11);
-    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
+    dp.backend(12, "10.244.3.10:8080", Udp, 0);
     dp.slot(1, EXT, 1, 12);
     let r = dp.ingress(&udp("10.244.1.5:40000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
@@ -1013,20 +1199,12 @@ fn a_deleted_backend_rebalances_its_connections() {
 #[test]
 fn a_tcp_connection_whose_backend_is_deleted_is_reset() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     dp.remove_backend(11);
-    dp.backend(12, "10.244.3.10", 8080, Proto::Tcp, 0);
+    dp.backend(12, "10.244.3.10:8080", Tcp, 0);
     dp.slot(1, EXT, 1, 12);
     // Not moved mid-stream to another backend (which would reset it less helpfully): reset.
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
@@ -1045,22 +1223,20 @@ fn internal_entry_for_in_cluster_sources_external_for_the_rest() {
     dp.node_addr("192.0.2.1");
     let flags = svc_flags::LOADBALANCER | svc_flags::LOCAL | svc_flags::HAS_INTERNAL;
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         flags,
-        &[(71, "10.244.1.10", 8443, backend_flags::LOCAL)],
+        &[(71, "10.244.1.10:8443", backend_flags::LOCAL)],
     );
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         INT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         svc_flags::LOADBALANCER,
-        &[(72, "10.244.9.10", 8443, 0)],
+        &[(72, "10.244.9.10:8443", 0)],
     );
     // Outside: the EXTERNAL (Local) entry, client address kept.
     let r = dp.ingress(&tcp("198.51.100.77:5000", "203.0.113.100:443", SYN));
@@ -1078,10 +1254,9 @@ fn internal_entry_for_in_cluster_sources_external_for_the_rest() {
 fn local_without_local_backends_drops() {
     let Some(mut dp) = Dp::new() else { return };
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         7,
         svc_flags::LOADBALANCER | svc_flags::LOCAL,
         &[],
@@ -1094,28 +1269,12 @@ fn local_without_local_backends_drops() {
 
 #[test]
 fn masquerade_for_remote_backends_from_outside_and_hairpin() {
-    let Some(mut dp) = Dp::new() else { return };
-    dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.1.5", 8080, backend_flags::LOCAL)],
-    );
-    dp.service(
-        "10.96.0.11",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.5", 8080, 0)],
-    );
+    let Some(mut dp) = pod_behind_its_service() else {
+        return;
+    };
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(21, "10.244.2.5:8080")]);
     // Hairpin: the pod reaches itself through its Service.
-    let snat4 = SNAT4.parse::<IpAddr>().unwrap();
+    let snat4 = ip(SNAT4);
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().dst, sa("10.244.1.5:8080"));
     assert_eq!(r.parsed().src.ip(), snat4, "hairpin");
@@ -1141,21 +1300,11 @@ fn masquerade_for_remote_backends_from_outside_and_hairpin() {
 fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
     let Some(mut dp) = Dp::new() else { return };
     dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
         snat_port_min: 62000,
         snat_port_max: 62001,
-        ..Config::default()
+        ..lb_config()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
     let mut ports = Vec::new();
     for client in ["203.0.113.5:40000", "203.0.113.6:40000"] {
@@ -1201,13 +1350,7 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
     // An expired connection's port is taken like a free one.
     let tk = ct_key(third, vip, TCP, 0);
     let held = dp.ct(tk).unwrap();
-    dp.set_ct(
-        tk,
-        CtVal {
-            last_seen: held.last_seen.wrapping_sub(7 * 3600),
-            ..held
-        },
-    );
+    dp.set_ct(tk, seen_at(held, held.last_seen.wrapping_sub(7 * 3600)));
     let r = dp.ingress(&tcp(fourth, vip, SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.parsed().src, sa(&format!("{SNAT4}:{}", ports[0])));
@@ -1226,21 +1369,11 @@ fn masquerade_ports_run_out_and_closed_ones_are_taken_over() {
 fn a_reset_frees_the_masquerade_port_at_once() {
     let Some(mut dp) = Dp::new() else { return };
     dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
         snat_port_min: 62000,
         snat_port_max: 62000,
-        ..Config::default()
+        ..lb_config()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
     let vip = "10.96.0.10:80";
     let snat = format!("{SNAT4}:62000");
     let r = dp.ingress(&tcp("203.0.113.5:40000", vip, SYN));
@@ -1276,24 +1409,8 @@ fn a_reset_frees_the_masquerade_port_at_once() {
 #[test]
 fn a_masqueraded_packet_too_big_for_the_route_goes_to_the_stack_for_its_icmp() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8080")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 2, &[(21, "[2001:db8:2::80]:8080")]);
     for (client, vip, backend) in [
         ("203.0.113.5:40000", "10.96.0.10:80", "198.51.100.10:8080"),
         (
@@ -1323,24 +1440,8 @@ fn a_masqueraded_packet_too_big_for_the_route_goes_to_the_stack_for_its_icmp() {
 #[test]
 fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::80",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::80", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "198.51.100.10:5353")]);
+    dp.cluster_ip("[fd00:96::80]:80", Tcp, 2, &[(21, "[2001:db8:2::80]:8080")]);
     // The backend has nothing on the port: its port unreachable, sent to the masqueraded
     // source, gets the client back at ingress, then the frontend at egress.
     let sent = dp.ingress(&udp("203.0.113.5:5000", "10.96.0.53:53"));
@@ -1351,26 +1452,17 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let p = r.parsed();
     assert_eq!(
         (p.src.ip(), p.dst.ip()),
-        (sa("198.51.100.10:0").ip(), sa("203.0.113.5:0").ip())
+        (ip("198.51.100.10"), ip("203.0.113.5"))
     );
-    let inner = &r.pkt[42..];
-    assert_eq!(
-        fold(sum16(&inner[..20], 0)),
-        0,
-        "quoted IPv4 header checksum"
-    );
-    assert_eq!(
-        &inner[12..16],
-        &[203, 0, 113, 5],
-        "quoted source: the client"
-    );
-    assert_eq!(&inner[20..22], &5000u16.to_be_bytes(), "quoted source port");
+    let q = quoted(&r.pkt);
+    assert_eq!(q.src.ip(), ip("203.0.113.5"), "quoted source: the client");
+    assert_eq!(q.src.port(), 5000, "quoted source port");
     let r = dp.egress(&r.pkt);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("10.96.0.53:0").ip());
-    let inner = &r.pkt[42..];
-    assert_eq!(&inner[16..20], &[10, 96, 0, 53]);
-    assert_eq!(&inner[22..24], &53u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("10.96.0.53"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("10.96.0.53"));
+    assert_eq!(q.dst.port(), 53);
 
     // Packet too big from a router on the way, about a masqueraded IPv6 connection.
     let sent = dp.ingress(&tcp("[2001:db8:9::1]:41000", "[fd00:96::80]:80", SYN));
@@ -1378,16 +1470,14 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
     let err = icmp_error("2001:db8:ff::fe", SNAT6, 2, 0, &sent.pkt);
     let r = dp.ingress(&err);
     let p = r.parsed();
-    assert_eq!(p.dst.ip(), sa("[2001:db8:9::1]:0").ip());
-    let inner = &r.pkt[62..];
-    let client: std::net::Ipv6Addr = "2001:db8:9::1".parse().unwrap();
-    assert_eq!(&inner[8..24], &client.octets());
-    assert_eq!(&inner[40..42], &41000u16.to_be_bytes());
+    assert_eq!(p.dst.ip(), ip("2001:db8:9::1"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.src.ip(), ip("2001:db8:9::1"));
+    assert_eq!(q.src.port(), 41000);
     let r = dp.egress(&r.pkt);
-    let inner = &r.pkt[62..];
-    let vip6: std::net::Ipv6Addr = "fd00:96::80".parse().unwrap();
-    assert_eq!(&inner[24..40], &vip6.octets());
-    assert_eq!(&inner[42..44], &80u16.to_be_bytes());
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("fd00:96::80"));
+    assert_eq!(q.dst.port(), 80);
 
     // An error to the masqueraded address about another port is left alone.
     let held = sent.parsed().src.port();
@@ -1401,45 +1491,22 @@ fn icmp_errors_to_the_masqueraded_source_reach_the_client() {
 #[test]
 fn no_backend_tcp_syn_gets_a_reset_back() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    let syn = tcp("203.0.113.5:40000", "10.96.0.10:80", SYN);
-    let r = dp.ingress(&syn);
-    assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let p = r.parsed();
-    assert_eq!(
-        (p.src, p.dst),
-        (sa("10.96.0.10:80"), sa("203.0.113.5:40000"))
-    );
-    assert_eq!(p.flags, RST | ACK);
-    assert_eq!((p.seq, p.ack, p.len), (0, 1001, 0));
-    assert_eq!(&r.pkt[0..6], &syn[6..12], "back to the sender's MAC");
-    assert_eq!(&r.pkt[6..12], &syn[0..6]);
-
-    let r = dp.ingress(&tcp("[2001:db8:9::1]:40000", "[fd00:96::10]:80", SYN));
-    assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let p = r.parsed();
-    assert_eq!(
-        (p.src, p.dst),
-        (sa("[fd00:96::10]:80"), sa("[2001:db8:9::1]:40000"))
-    );
-    assert_eq!((p.flags, p.ack), (RST | ACK, 1001));
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[]);
+    dp.cluster_ip("[fd00:96::10]:80", Tcp, 2, &[]);
+    for (client, vip) in [
+        ("203.0.113.5:40000", "10.96.0.10:80"),
+        ("[2001:db8:9::1]:40000", "[fd00:96::10]:80"),
+    ] {
+        let syn = tcp(client, vip, SYN);
+        let r = dp.ingress(&syn);
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "{client}");
+        let p = r.parsed();
+        assert_eq!((p.src, p.dst), (sa(vip), sa(client)));
+        assert_eq!(p.flags, RST | ACK);
+        assert_eq!((p.seq, p.ack, p.len), (0, 1001, 0));
+        assert_eq!(&r.pkt[0..6], &syn[6..12], "back to the sender's MAC");
+        assert_eq!(&r.pkt[6..12], &syn[0..6]);
+    }
 
     // A SYN's options are not data: the RST acknowledges the SYN alone.
     let r = dp.ingress(&syn_with_options("203.0.113.5:40002", "10.96.0.10:80"));
@@ -1469,15 +1536,7 @@ fn no_backend_tcp_syn_gets_a_reset_back() {
 #[test]
 fn fin_marks_the_connection_closing_and_a_reset_ends_it() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
     dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN));
     let k = ct_key("10.244.1.5:40000", "10.96.0.10:80", TCP, 0);
     assert_eq!(dp.ct(k).unwrap().flags & ct_flags::CLOSING, 0);
@@ -1506,57 +1565,39 @@ fn fin_marks_the_connection_closing_and_a_reset_ends_it() {
 #[test]
 fn no_backend_udp_gets_port_unreachable() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[]);
 
-    let dgram = udp("203.0.113.5:5000", "10.96.0.53:53");
-    let r = dp.ingress(&dgram);
-    assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let p = r.parsed();
-    assert_eq!(p.proto, 1);
-    assert_eq!(
-        (p.flags, p.seq),
-        (3, 3),
-        "ICMP destination unreachable, port"
-    );
-    assert_eq!(
-        (p.src.ip(), p.dst.ip()),
-        (sa("10.96.0.53:0").ip(), sa("203.0.113.5:0").ip())
-    );
-    assert_eq!(
-        &r.pkt[42..70],
-        &dgram[14..42],
-        "the datagram's IP header and 8 bytes quoted"
-    );
-
-    let dgram = udp("[2001:db8:9::1]:5000", "[fd00:96::53]:53");
-    let r = dp.ingress(&dgram);
-    assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let p = r.parsed();
-    assert_eq!(p.proto, 58);
-    assert_eq!(
-        (p.flags, p.seq),
-        (1, 4),
-        "ICMPv6 destination unreachable, port"
-    );
-    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
-    assert_eq!(&r.pkt[62..110], &dgram[14..62]);
+    // (client, frontend, ICMP protocol, destination unreachable: port, IP header length)
+    for (client, vip, icmp, unreachable, ip_len) in [
+        ("203.0.113.5:5000", "10.96.0.53:53", ICMP, (3, 3), 20),
+        (
+            "[2001:db8:9::1]:5000",
+            "[fd00:96::53]:53",
+            ICMPV6,
+            (1, 4),
+            40,
+        ),
+    ] {
+        let dgram = udp(client, vip);
+        let r = dp.ingress(&dgram);
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "{client}");
+        let p = r.parsed();
+        assert_eq!(p.proto, icmp);
+        assert_eq!(
+            (p.flags, p.seq),
+            unreachable,
+            "destination unreachable, port"
+        );
+        assert_eq!((p.src.ip(), p.dst.ip()), (sa(vip).ip(), sa(client).ip()));
+        // Behind Ethernet, the IP header and 8 bytes of ICMP.
+        let at = 14 + ip_len + 8;
+        assert_eq!(
+            &r.pkt[at..at + ip_len + 8],
+            &dgram[14..14 + ip_len + 8],
+            "the datagram's IP header and 8 bytes quoted"
+        );
+    }
     assert_eq!(dp.counter(2), 2, "reject");
 }
 
@@ -1565,42 +1606,17 @@ fn host_connections_to_a_frontend_without_backends_are_rejected_at_egress() {
     // (Host connections to a frontend with backends are balanced at egress when socket-LB
     // did not translate them: see tcx_traffic_through_a_node_checksums_verified.)
     let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[]);
+    dp.cluster_ip("10.96.0.53:53", Udp, 2, &[]);
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
         EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.11",
-        80,
-        Proto::Tcp,
-        EXT,
+        "10.96.0.11:80",
+        Tcp,
         3,
         svc_flags::CLUSTER_IP | svc_flags::LOCAL,
         &[],
     );
-    dp.service(
-        "10.96.0.12",
-        80,
-        Proto::Tcp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(41, "10.244.2.10", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.12:80", Tcp, 4, &[(41, "10.244.2.10:8080")]);
     let r = dp.egress(&tcp("192.0.2.1:40000", "10.96.0.10:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     let p = r.parsed();
@@ -1627,22 +1643,20 @@ fn source_ranges_filter_external_clients_only() {
     dp.cluster_cidr("10.244.0.0/16");
     let flags = svc_flags::LOADBALANCER | svc_flags::SRC_RANGE;
     dp.service(
-        "203.0.113.100",
-        443,
-        Proto::Tcp,
         EXT,
+        "203.0.113.100:443",
+        Tcp,
         9,
         flags,
-        &[(91, "10.244.1.10", 8443, backend_flags::LOCAL)],
+        &[(91, "10.244.1.10:8443", backend_flags::LOCAL)],
     );
     dp.service(
-        "2001:db8:100::1",
-        443,
-        Proto::Tcp,
         EXT,
+        "[2001:db8:100::1]:443",
+        Tcp,
         10,
         flags,
-        &[(101, "2001:db8:244::10", 8443, backend_flags::LOCAL)],
+        &[(101, "[2001:db8:244::10]:8443", backend_flags::LOCAL)],
     );
     dp.src_range(9, "198.51.100.0/24");
     dp.src_range(10, "2001:db8:77::/48");
@@ -1682,13 +1696,13 @@ fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
         ..SvcVal::default()
     };
     let backends: Vec<(u32, String)> = (0..8)
-        .map(|i| (10 + i, format!("10.244.2.{}", 10 + i)))
+        .map(|i| (10 + i, format!("10.244.2.{}:8080", 10 + i)))
         .collect();
-    let list: Vec<(u32, &str, u16, u8)> = backends
+    let list: Vec<(u32, &str, u8)> = backends
         .iter()
-        .map(|(id, a)| (*id, a.as_str(), 8080, 0))
+        .map(|(id, a)| (*id, a.as_str(), 0))
         .collect();
-    dp.service_with("10.96.0.10", 80, Proto::Tcp, EXT, val, &list);
+    dp.service_with(EXT, "10.96.0.10:80", Tcp, val, &list);
 
     let first = dp
         .ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", SYN))
@@ -1700,11 +1714,7 @@ fn session_affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
     }
     assert_eq!(dp.counter(6), 20, "affinity_hit");
     let (id, now) = dp.affinity("10.244.1.5", 1).expect("an affinity entry");
-    let chosen = list
-        .iter()
-        .find(|b| sa(&format!("{}:8080", b.1)) == first)
-        .unwrap()
-        .0;
+    let chosen = list.iter().find(|b| sa(b.1) == first).unwrap().0;
     assert_eq!(id, chosen);
 
     // Expired: chosen afresh (all slots now name one other backend, so the choice shows).
@@ -1748,16 +1758,15 @@ fn maglev_dp(affinity: bool) -> Option<Dp> {
     };
     // In-cluster clients use the slots: one backend only, 200.
     dp.service_with(
-        "203.0.113.50",
-        80,
-        Proto::Tcp,
         EXT,
+        "203.0.113.50:80",
+        Tcp,
         val,
-        &[(200, "10.244.200.1", 8080, 0)],
+        &[(200, "10.244.200.1:8080", 0)],
     );
     for i in 0..7 {
         let id = 100 + i;
-        dp.backend(id, &format!("10.244.100.{i}"), 8080, Proto::Tcp, 0);
+        dp.backend(id, &format!("10.244.100.{i}:8080"), Tcp, 0);
         dp.affinity_match(id, 5);
         dp.maglev(14 + i, id);
     }
@@ -1817,26 +1826,10 @@ fn conntrack_entries_expire_by_protocol_and_state() {
         ct_timeout_other: 30,
         ..Config::default()
     });
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0)],
-    );
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.20", 8080, 0)],
-    );
-    dp.backend(12, "10.244.3.10", 8080, Proto::Udp, 0);
-    dp.backend(22, "10.244.3.20", 8080, Proto::Tcp, 0);
+    dp.cluster_ip("10.96.0.10:80", Udp, 1, &[(11, "10.244.2.10:8080")]);
+    dp.cluster_ip("10.96.0.10:80", Tcp, 2, &[(21, "10.244.2.20:8080")]);
+    dp.backend(12, "10.244.3.10:8080", Udp, 0);
+    dp.backend(22, "10.244.3.20:8080", Tcp, 0);
 
     let uk = ct_key("10.244.1.5:5000", "10.96.0.10:80", UDP, 0);
     dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
@@ -1844,24 +1837,12 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     let now = entry.last_seen;
     dp.slot(1, EXT, 1, 12);
     // Idle 20 s of 30: kept.
-    dp.set_ct(
-        uk,
-        CtVal {
-            last_seen: now - 20,
-            ..entry
-        },
-    );
+    dp.set_ct(uk, seen_at(entry, now - 20));
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.2.10:8080"));
     assert_eq!(dp.ct(uk).unwrap().last_seen, now, "refreshed");
     // Idle 31 s: over, balanced afresh.
-    dp.set_ct(
-        uk,
-        CtVal {
-            last_seen: now - 31,
-            ..entry
-        },
-    );
+    dp.set_ct(uk, seen_at(entry, now - 31));
     let r = dp.ingress(&udp("10.244.1.5:5000", "10.96.0.10:80"));
     assert_eq!(r.parsed().dst, sa("10.244.3.10:8080"));
 
@@ -1870,13 +1851,7 @@ fn conntrack_entries_expire_by_protocol_and_state() {
     let entry = dp.ct(tk).expect("a TCP entry");
     dp.slot(2, EXT, 1, 22);
     // Established, idle 1000 s of 3600: kept.
-    dp.set_ct(
-        tk,
-        CtVal {
-            last_seen: now - 1000,
-            ..entry
-        },
-    );
+    dp.set_ct(tk, seen_at(entry, now - 1000));
     let r = dp.ingress(&tcp("10.244.1.5:40000", "10.96.0.10:80", ACK));
     assert_eq!(r.parsed().dst, sa("10.244.2.20:8080"));
     // Closing, idle 11 s: over; the next segment starts nothing, a new SYN is balanced.
@@ -1895,42 +1870,6 @@ fn conntrack_entries_expire_by_protocol_and_state() {
 }
 
 // --- socket-LB (sock.c) on a cgroup and a network namespace of the test's own ------------
-
-/// A cgroup v2 directory of our own under the cgroup2 mount, removed on drop.
-struct Cgroup {
-    path: std::path::PathBuf,
-}
-
-impl Cgroup {
-    fn new(tag: &str) -> Cgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                (post.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))
-                    .flatten()
-            })
-            .expect("a cgroup2 mount in /proc/self/mountinfo");
-        let path = Path::new(&root).join(format!("mnl-{tag}-{}", std::process::id()));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Cgroup { path }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The client processes have exited, but the cgroup may take a moment to empty.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!("leftover cgroup {}", self.path.display());
-    }
-}
 
 /// Backends in the namespace: TCP on 198.51.100.10:8081..8084 and [2001:db8::10]:8081, UDP
 /// on 198.51.100.10:5353 and [2001:db8::10]:5353; each answers with its own port.
@@ -2005,7 +1944,11 @@ impl Drop for Servers {
     }
 }
 
-const CLIENT: &str = r#"
+/// Python clients of the tests' Services: each returns [the peer's address and port as the
+/// socket shows them, what the server answered], or ["error", errno, ""].
+macro_rules! py_clients {
+    () => {
+        r#"
 import socket, json
 def tcp(host, port, fam=socket.AF_INET):
     try:
@@ -2018,26 +1961,30 @@ def tcp(host, port, fam=socket.AF_INET):
         return [peer[0], peer[1], data]
     except OSError as e:
         return ["error", e.errno, ""]
-def udp(host, port, fam=socket.AF_INET):
+def udp(host, port, fam=socket.AF_INET, connected=False):
     try:
         u = socket.socket(fam, socket.SOCK_DGRAM)
         u.settimeout(5)
-        u.sendto(b"q", (host, port))
-        d, a = u.recvfrom(16)
+        if connected:
+            u.connect((host, port))
+            u.send(b"q")
+            d = u.recv(16)
+            a = u.getpeername()
+        else:
+            u.sendto(b"q", (host, port))
+            d, a = u.recvfrom(16)
         return [a[0], a[1], d.decode()]
     except OSError as e:
         return ["error", e.errno, ""]
 def udp_connected(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        peer = u.getpeername()[:2]
-        return [peer[0], peer[1], d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
+    return udp(host, port, fam, connected=True)
+"#
+    };
+}
+
+const CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 cookie = int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), "little")
 print(json.dumps({
     "cookie": cookie,
@@ -2049,45 +1996,40 @@ print(json.dumps({
     "udp6": udp("fd00:96::53", 53, socket.AF_INET6),
     "none": tcp("10.96.0.99", 80),
 }))
-"#;
+"#
+);
 
-fn run_client(cg: &Cgroup, ns: &str) -> serde_json::Value {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec timeout 30 nsenter --net=/run/netns/{ns} python3 -c \"$0\"",
-            cg.path.display()
-        ))
-        .arg(CLIENT)
-        .output()
-        .expect("running the client");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "client output {:?}: {e}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+fn run_client(cg: &common::Cgroup, ns: &str) -> serde_json::Value {
+    let out = cg.run_python(ns, 30, CLIENT);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("client output {out:?}: {e}"))
 }
 
-fn have_python() -> bool {
-    Command::new("python3")
-        .arg("-c")
-        .arg("pass")
+/// Runs a Python script in the network namespace `ns`, killed after `timeout` seconds.
+fn run_python(ns: &str, timeout: u32, script: &str) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", &timeout.to_string()])
+        .args(["python3", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// Whether the lab tests can run: as root, with python3 for their clients.
+fn root_with_python() -> bool {
+    let python = Command::new("python3")
+        .args(["-c", "pass"])
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !is_root() || !python {
+        eprintln!("skipped: needs root and python3");
+    }
+    is_root() && python
 }
 
 #[test]
 fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
     use aya::programs::CgroupSockAddr;
     use aya::programs::links::CgroupAttachMode;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let Some(ns) = metalnet::testing::Netns::new("bpfsock") else {
@@ -2114,125 +2056,66 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         ],
         &["198.51.100.10:5353", "[2001:db8::10]:5353"],
     );
-    let cg = Cgroup::new("bpfsock");
+    let cg = common::Cgroup::new("bpfsock");
     let fs = Bpffs::mount();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(fs.path())
-        .load(SOCK_O)
-        .expect("sock.o loads");
+    let mut ebpf = load_sock(&fs);
     let cg_dir = std::fs::File::open(&cg.path).unwrap();
-    for name in [
-        "mn_sock_connect4",
-        "mn_sock_connect6",
-        "mn_sock_sendmsg4",
-        "mn_sock_sendmsg6",
-        "mn_sock_recvmsg4",
-        "mn_sock_recvmsg6",
-        "mn_sock_getpeername4",
-        "mn_sock_getpeername6",
-    ] {
+    for name in SOCK_PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
-        load_retrying(name, || prog.load());
         prog.attach(&cg_dir, CgroupAttachMode::Single)
             .unwrap_or_else(|e| panic!("attaching {name}: {e:?}"));
     }
-    // The map writers of Dp, on this object's maps.
-    let mut dp = SockMaps(ebpf);
-    let set_config = |dp: &mut SockMaps, socket_lb: u32, cookie: u64| {
-        let mut m: Array<_, [u8; 32]> =
-            Array::try_from(dp.0.map_mut(names::CONFIG).unwrap()).unwrap();
-        let c = Config {
-            socket_lb,
-            host_netns_cookie: cookie,
-            ..Config::default()
-        };
-        m.set(0, c.to_bytes(), 0).unwrap();
+    let mut maps = ebpf;
+    let socket_lb = |socket_lb: u32, host_netns_cookie: u64| Config {
+        socket_lb,
+        host_netns_cookie,
+        ..Config::default()
     };
-    set_config(&mut dp, 1, 0);
-    let four: Vec<(u32, String)> = (1..=4)
-        .map(|i| (10 + i, "198.51.100.10".to_string()))
-        .collect();
-    let b4: Vec<(u32, &str, u16, u8)> = four
-        .iter()
-        .enumerate()
-        .map(|(i, (id, a))| (*id, a.as_str(), 8081 + i as u16, 0))
-        .collect();
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 1,
-            ..SvcVal::default()
-        },
-        &b4,
-    );
-    let b4a: Vec<(u32, &str, u16, u8)> = b4
-        .iter()
-        .map(|(id, a, p, f)| (id + 10, *a, *p, *f))
-        .collect();
-    dp.service(
-        "10.96.0.20",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 2,
-            flags: svc_flags::AFFINITY,
-            affinity_timeout: 60,
-            ..SvcVal::default()
-        },
-        &b4a,
-    );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        SvcVal {
-            rev_id: 3,
-            ..SvcVal::default()
-        },
-        &[(31, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 4,
-            ..SvcVal::default()
-        },
-        &[(41, "2001:db8::10", 8081, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        SvcVal {
-            rev_id: 5,
-            ..SvcVal::default()
-        },
-        &[(51, "2001:db8::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.99",
-        80,
-        Proto::Tcp,
-        SvcVal {
-            rev_id: 6,
-            ..SvcVal::default()
-        },
-        &[],
-    );
+    maps.config(socket_lb(1, 0));
+    let b4 = [
+        (11, "198.51.100.10:8081", 0),
+        (12, "198.51.100.10:8082", 0),
+        (13, "198.51.100.10:8083", 0),
+        (14, "198.51.100.10:8084", 0),
+    ];
+    maps.service(EXT, "10.96.0.10:80", Tcp, 1, 0, &b4);
+    let affinity = SvcVal {
+        rev_id: 2,
+        flags: svc_flags::AFFINITY,
+        affinity_timeout: 60,
+        ..SvcVal::default()
+    };
+    let b4a = b4.map(|(id, a, f)| (id + 10, a, f));
+    maps.service_with(EXT, "10.96.0.20:80", Tcp, affinity, &b4a);
+    for (frontend, proto, rev_id, backends) in [
+        (
+            "10.96.0.53:53",
+            Udp,
+            3,
+            &[(31, "198.51.100.10:5353", 0)][..],
+        ),
+        (
+            "[fd00:96::10]:80",
+            Tcp,
+            4,
+            &[(41, "[2001:db8::10]:8081", 0)],
+        ),
+        (
+            "[fd00:96::53]:53",
+            Udp,
+            5,
+            &[(51, "[2001:db8::10]:5353", 0)],
+        ),
+        ("10.96.0.99:80", Tcp, 6, &[]),
+    ] {
+        maps.service(EXT, frontend, proto, rev_id, 0, backends);
+    }
 
     let v = run_client(&cg, ns.name());
     let tcp4 = v["tcp4"].as_array().unwrap();
     let mut ports = std::collections::BTreeSet::new();
     for c in tcp4 {
-        assert_eq!(
-            (&c[0], &c[1]),
-            (&serde_json::json!("10.96.0.10"), &serde_json::json!(80)),
-            "{v}"
-        );
+        assert_eq!((&c[0], &c[1]), (&json!("10.96.0.10"), &json!(80)), "{v}");
         ports.insert(c[2].as_str().unwrap().to_string());
     }
     assert!(ports.len() >= 2, "random choice over 4 backends: {ports:?}");
@@ -2243,125 +2126,29 @@ fn socket_lb_translates_connect_sendmsg_and_shows_the_frontend() {
         .map(|c| c[2].as_str().unwrap().to_string())
         .collect();
     assert_eq!(aff.len(), 1, "affinity by network namespace: {v}");
-    assert_eq!(
-        v["udp4"],
-        serde_json::json!(["10.96.0.53", 53, "5353"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["udp4c"],
-        serde_json::json!(["10.96.0.53", 53, "5353"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["tcp6"],
-        serde_json::json!(["fd00:96::10", 80, "8081"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["udp6"],
-        serde_json::json!(["fd00:96::53", 53, "5353"]),
-        "{v}"
-    );
+    assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["udp4c"], json!(["10.96.0.53", 53, "5353"]), "{v}");
+    assert_eq!(v["tcp6"], json!(["fd00:96::10", 80, "8081"]), "{v}");
+    assert_eq!(v["udp6"], json!(["fd00:96::53", 53, "5353"]), "{v}");
     // No backend: left untranslated (no route to the VIP in this namespace).
-    assert_eq!(v["none"][0], serde_json::json!("error"), "{v}");
-    assert!(dp.counter(1) >= 28, "sock_lb");
+    assert_eq!(v["none"][0], json!("error"), "{v}");
+    assert!(maps.counter(1) >= 28, "sock_lb");
 
     // host-only: another namespace's sockets are left alone...
     let cookie = v["cookie"].as_u64().unwrap();
-    set_config(&mut dp, 2, cookie + 1);
+    maps.config(socket_lb(2, cookie + 1));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["tcp4"][0][0], serde_json::json!("error"), "{v}");
+    assert_eq!(v["tcp4"][0][0], json!("error"), "{v}");
     // ...and the host's (here: the test namespace named as the host) translated.
-    set_config(&mut dp, 2, cookie);
+    maps.config(socket_lb(2, cookie));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["tcp4"][0][0], serde_json::json!("10.96.0.10"), "{v}");
+    assert_eq!(v["tcp4"][0][0], json!("10.96.0.10"), "{v}");
     // off: nothing translated.
-    set_config(&mut dp, 0, 0);
+    maps.config(socket_lb(0, 0));
     let v = run_client(&cg, ns.name());
-    assert_eq!(v["udp4"][0], serde_json::json!("error"), "{v}");
-    drop(dp);
+    assert_eq!(v["udp4"][0], json!("error"), "{v}");
+    drop(maps);
     drop(fs);
-}
-
-struct SockMaps(Ebpf);
-
-impl SockMaps {
-    fn service(
-        &mut self,
-        addr: &str,
-        port: u16,
-        proto: Proto,
-        val: SvcVal,
-        backends: &[(u32, &str, u16, u8)],
-    ) {
-        let k = SvcKey {
-            addr: addr.parse().unwrap(),
-            port,
-            proto,
-            scope: EXT,
-        };
-        let v = SvcVal {
-            count: backends.len() as u16,
-            ..val
-        };
-        let mut m: HashMap<_, [u8; 20], [u8; 16]> =
-            HashMap::try_from(self.0.map_mut(names::SVC).unwrap()).unwrap();
-        m.insert(k.to_bytes(), v.to_bytes(), 0).unwrap();
-        for (i, (id, a, p, f)) in backends.iter().enumerate() {
-            let b = Backend {
-                addr: a.parse().unwrap(),
-                port: *p,
-                proto,
-                flags: *f,
-            };
-            let mut m: HashMap<_, [u8; 4], [u8; 20]> =
-                HashMap::try_from(self.0.map_mut(names::BACKEND).unwrap()).unwrap();
-            m.insert(id.to_le_bytes(), b.to_bytes(), 0).unwrap();
-            let sk = SlotKey {
-                rev_id: val.rev_id,
-                slot: i as u16 + 1,
-                scope: EXT,
-            };
-            let mut m: HashMap<_, [u8; 8], [u8; 4]> =
-                HashMap::try_from(self.0.map_mut(names::SLOT).unwrap()).unwrap();
-            m.insert(sk.to_bytes(), id.to_le_bytes(), 0).unwrap();
-            let mk = AffinityMatch {
-                backend_id: *id,
-                rev_id: val.rev_id,
-            };
-            let mut m: HashMap<_, [u8; 8], [u8; 1]> =
-                HashMap::try_from(self.0.map_mut(names::AFFINITY_MATCH).unwrap()).unwrap();
-            m.insert(mk.to_bytes(), [1], 0).unwrap();
-        }
-    }
-
-    fn counter(&mut self, idx: u32) -> u64 {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.0.map_mut(names::COUNTERS).unwrap()).unwrap();
-        m.get(&idx, 0).unwrap().iter().sum()
-    }
-}
-
-/// An SCTP INIT (common header + an empty chunk) over IPv4; its CRC32c is left as is since it
-/// covers no address.
-fn sctp(src: &str, dst: &str) -> Vec<u8> {
-    let (s, d) = (sa(src), sa(dst));
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&s.port().to_be_bytes());
-    l4.extend_from_slice(&d.port().to_be_bytes());
-    l4.extend_from_slice(&[0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
-    l4.extend_from_slice(&[1, 0, 0, 4]);
-    let mut p = packet(s, d, UDP, 0, &[]);
-    p.truncate(14 + 20);
-    p[14 + 9] = 132;
-    let total = (20 + l4.len()) as u16;
-    p[16..18].copy_from_slice(&total.to_be_bytes());
-    p[24..26].copy_from_slice(&[0, 0]);
-    let c = fold(sum16(&p[14..34], 0));
-    p[24..26].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&l4);
-    p
 }
 
 #[test]
@@ -2369,24 +2156,8 @@ fn sctp_rewrites_addresses_when_the_port_is_kept() {
     let Some(mut dp) = Dp::new() else { return };
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        3868,
-        Proto::Sctp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 3868, 0)],
-    );
-    dp.service(
-        "10.96.0.11",
-        3868,
-        Proto::Sctp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "10.244.2.11", 3869, 0)],
-    );
+    dp.cluster_ip("10.96.0.10:3868", Sctp, 1, &[(11, "10.244.2.10:3868")]);
+    dp.cluster_ip("10.96.0.11:3868", Sctp, 2, &[(21, "10.244.2.11:3869")]);
     let pkt = sctp("10.244.1.5:5000", "10.96.0.10:3868");
     let r = dp.ingress(&pkt);
     assert_eq!(r.verdict, TC_ACT_OK);
@@ -2406,14 +2177,11 @@ fn sctp_rewrites_addresses_when_the_port_is_kept() {
 fn run_time_per_packet() {
     let Some(mut dp) = Dp::new() else { return };
     dp.cluster_cidr("10.244.0.0/16");
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
+    dp.cluster_ip(
+        "10.96.0.10:80",
+        Tcp,
         1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 8080, 0), (12, "10.244.2.11", 8080, 0)],
+        &[(11, "10.244.2.10:8080"), (12, "10.244.2.11:8080")],
     );
     let syn = tcp("10.244.1.5:40000", "10.96.0.10:80", SYN);
     let ack = tcp("10.244.1.5:40000", "10.96.0.10:80", ACK);
@@ -2450,29 +2218,9 @@ fn run_time_per_packet() {
 
 // --- lb.o on real traffic: TCX on a node namespace between a client and a backend ---------
 
-const TRAFFIC_CLIENT: &str = r#"
-import socket, json
-def tcp(host, port, fam=socket.AF_INET):
-    try:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect((host, port))
-        peer = s.getpeername()[:2]
-        data = s.recv(16).decode()
-        s.close()
-        return [peer[0], peer[1], data]
-    except OSError as e:
-        return ["error", e.errno, ""]
-def udp_connected(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        return [host, port, d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
+const TRAFFIC_CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 def udp_from(port, host, dport, fam=socket.AF_INET):
     u = socket.socket(fam, socket.SOCK_DGRAM)
     u.settimeout(5)
@@ -2498,82 +2246,28 @@ print(json.dumps({
     "backend_refused_udp6": udp_connected("fd00:96::55", 53, socket.AF_INET6),
     "same_port_two_services": [udp_from(41000, "10.96.0.53", 53), udp_from(41000, "10.96.0.54", 53)],
 }))
-"#;
+"#
+);
 
 /// The node's own connections when socket-LB is off: balanced at egress, replies translated
 /// at ingress.
-const NODE_CLIENT: &str = r#"
-import socket, json
+const NODE_CLIENT: &str = concat!(
+    py_clients!(),
+    r#"
 N = 30
-def tcp(host, port, fam=socket.AF_INET):
-    try:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect((host, port))
-        peer = s.getpeername()[:2]
-        data = s.recv(16).decode()
-        s.close()
-        return [peer[0], peer[1], data]
-    except OSError as e:
-        return ["error", e.errno, ""]
-def udp(host, port, fam=socket.AF_INET):
-    try:
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.settimeout(5)
-        u.connect((host, port))
-        u.send(b"q")
-        d = u.recv(16)
-        return [host, port, d.decode()]
-    except OSError as e:
-        return ["error", e.errno, ""]
 print(json.dumps({
     "tcp4": sorted(set(tuple(tcp("10.96.0.10", 80)) for _ in range(N))),
     "tcp6": sorted(set(tuple(tcp("fd00:96::10", 80, socket.AF_INET6)) for _ in range(N))),
-    "udp4": udp("10.96.0.53", 53),
+    "udp4": udp_connected("10.96.0.53", 53),
     "refused_tcp4": tcp("10.96.0.99", 80),
 }))
-"#;
-
-/// TCP and UDP checksum errors counted in a namespace (/proc/net/snmp and snmp6).
-fn csum_errors(ns: &str) -> u64 {
-    let read = |f: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "cat", f])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let snmp = read("/proc/net/snmp");
-    let mut total = 0;
-    let lines: Vec<&str> = snmp.lines().collect();
-    for pair in lines.chunks(2) {
-        if let [head, vals] = pair
-            && (head.starts_with("Tcp:") || head.starts_with("Udp:"))
-        {
-            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
-                if h == "InCsumErrors" {
-                    total += v.parse::<u64>().unwrap_or(0);
-                }
-            }
-        }
-    }
-    for l in read("/proc/net/snmp6").lines() {
-        if let Some(("Udp6InCsumErrors", v)) = l
-            .split_once(char::is_whitespace)
-            .map(|(a, b)| (a, b.trim()))
-        {
-            total += v.parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
-}
+"#
+);
 
 #[test]
 fn tcx_traffic_through_a_node_checksums_verified() {
-    use aya::programs::TcAttachType;
     use metalnet::testing::Netns;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let (Some(node), Some(client), Some(backend)) = (
@@ -2641,37 +2335,9 @@ fn tcx_traffic_through_a_node_checksums_verified() {
             ns.ip(&["route", "add", "default", "via", g4]);
             ns.ip(&["-6", "route", "add", "default", "via", g6]);
         }
-        // Without this veth never verifies L4 checksums and a wrong rewrite would pass.
-        let st = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                "ethtool",
-                "-K",
-                dev,
-                "tx",
-                "off",
-                "rx",
-                "off",
-            ])
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "ethtool on {dev}");
+        common::checksum_offloads_off(ns.name(), dev);
     }
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    forwarding_on(node.name());
     let _servers = Servers::start(
         backend.name(),
         &["198.51.100.10:8081", "[2001:db8:2::10]:8081"],
@@ -2687,144 +2353,33 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     ] {
         dp.node_addr(a);
     }
-    dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Tcp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8081, 0)],
-    );
-    dp.service(
-        "fd00:96::10",
-        80,
-        Proto::Tcp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 8081, 0)],
-    );
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.54",
-        53,
-        Proto::Udp,
-        EXT,
-        4,
-        svc_flags::CLUSTER_IP,
-        &[(31, "198.51.100.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        5,
-        svc_flags::CLUSTER_IP,
-        &[(51, "2001:db8:2::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.99",
-        80,
-        Proto::Tcp,
-        EXT,
-        6,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::99",
-        80,
-        Proto::Tcp,
-        EXT,
-        7,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "10.96.0.99",
-        53,
-        Proto::Udp,
-        EXT,
-        8,
-        svc_flags::CLUSTER_IP,
-        &[],
-    );
-    dp.service(
-        "fd00:96::99",
-        53,
-        Proto::Udp,
-        EXT,
-        9,
-        svc_flags::CLUSTER_IP,
-        &[],
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "198.51.100.10:8081")]);
+    dp.cluster_ip("[fd00:96::10]:80", Tcp, 2, &[(21, "[2001:db8:2::10]:8081")]);
+    dp.cluster_ip("10.96.0.53:53", Udp, 3, &[(31, "198.51.100.10:5353")]);
+    dp.cluster_ip("10.96.0.54:53", Udp, 4, &[(31, "198.51.100.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 5, &[(51, "[2001:db8:2::10]:5353")]);
+    dp.cluster_ip("10.96.0.99:80", Tcp, 6, &[]);
+    dp.cluster_ip("[fd00:96::99]:80", Tcp, 7, &[]);
+    dp.cluster_ip("10.96.0.99:53", Udp, 8, &[]);
+    dp.cluster_ip("[fd00:96::99]:53", Udp, 9, &[]);
+
+    dp.cluster_ip("10.96.0.55:53", Udp, 61, &[(61, "198.51.100.10:5999")]);
+    dp.cluster_ip(
+        "[fd00:96::55]:53",
+        Udp,
+        62,
+        &[(62, "[2001:db8:2::10]:5999")],
     );
 
-    for (vip, be, id) in [
-        ("10.96.0.55", "198.51.100.10", 61),
-        ("fd00:96::55", "2001:db8:2::10", 62),
-    ] {
-        dp.service(
-            vip,
-            53,
-            Proto::Udp,
-            EXT,
-            id,
-            svc_flags::CLUSTER_IP,
-            &[(id, be, 5999, 0)],
-        );
-    }
+    dp.attach(node.name(), &["n0", "n1"]);
 
-    // Attach from a thread inside the node namespace only (interface names resolve there).
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", node.name())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            metalnet::sys::netns::enter(&ns_file).unwrap();
-            for (prog, kind) in [
-                ("mn_tc_ingress", TcAttachType::Ingress),
-                ("mn_tc_egress", TcAttachType::Egress),
-            ] {
-                let p: &mut SchedClassifier =
-                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-                for dev in ["n0", "n1"] {
-                    p.attach(dev, kind)
-                        .unwrap_or_else(|e| panic!("attaching {prog} to {dev}: {e:?}"));
-                }
-            }
-        })
-        .join()
-        .unwrap();
-    });
-
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client.name(),
-            "timeout",
-            "60",
-            "python3",
-            "-c",
-            TRAFFIC_CLIENT,
-        ])
-        .output()
-        .unwrap();
+    let out = run_python(client.name(), 60, TRAFFIC_CLIENT);
     assert!(
         out.status.success(),
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    use serde_json::json;
     assert_eq!(v["tcp4"], json!([["10.96.0.10", 80, "8081"]]), "{v}");
     assert_eq!(v["tcp6"], json!([["fd00:96::10", 80, "8081"]]), "{v}");
     assert_eq!(v["udp4"], json!(["10.96.0.53", 53, "5353"]), "{v}");
@@ -2842,7 +2397,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     assert_eq!(v["same_port_two_services"], json!(["5353", "5353"]), "{v}");
     for ns in [&client, &backend] {
         assert_eq!(
-            csum_errors(ns.name()),
+            common::csum_errors(ns.name()),
             0,
             "checksum errors in {}",
             ns.name()
@@ -2861,19 +2416,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
         "via",
         "2001:db8:1::2",
     ]);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.name(),
-            "timeout",
-            "60",
-            "python3",
-            "-c",
-            NODE_CLIENT,
-        ])
-        .output()
-        .unwrap();
+    let out = run_python(node.name(), 60, NODE_CLIENT);
     assert!(
         out.status.success(),
         "node client: {} {}; lb_new {} rev_nat {}",
@@ -2896,7 +2439,7 @@ fn tcx_traffic_through_a_node_checksums_verified() {
     assert_eq!(v["refused_tcp4"], json!(["error", 111, ""]), "{diag}");
     for ns in [&node, &backend] {
         assert_eq!(
-            csum_errors(ns.name()),
+            common::csum_errors(ns.name()),
             0,
             "checksum errors in {}",
             ns.name()
@@ -2956,10 +2499,8 @@ print(json.dumps(out))
 
 #[test]
 fn l3_devices_are_parsed_without_an_ethernet_header() {
-    use aya::programs::TcAttachType;
     use metalnet::testing::Netns;
-    if !is_root() || !have_python() {
-        eprintln!("skipped: needs root and python3");
+    if !root_with_python() {
         return;
     }
     let Some(mut dp) = Dp::new() else { return };
@@ -2971,55 +2512,22 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"]);
     ns.ip(&["route", "add", "203.0.113.0/24", "dev", "tun0"]);
     dp.service(
-        "10.96.0.10",
-        80,
-        Proto::Udp,
         EXT,
+        "10.96.0.10:80",
+        Udp,
         1,
         svc_flags::CLUSTER_IP,
-        &[(11, "198.51.100.10", 8080, backend_flags::LOCAL)],
+        &[(11, "198.51.100.10:8080", backend_flags::LOCAL)],
     );
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            metalnet::sys::netns::enter(&ns_file).unwrap();
-            for (prog, kind) in [
-                ("mn_tc_ingress", TcAttachType::Ingress),
-                ("mn_tc_egress", TcAttachType::Egress),
-            ] {
-                let p: &mut SchedClassifier =
-                    dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-                p.attach("tun0", kind)
-                    .unwrap_or_else(|e| panic!("attaching {prog} to tun0: {e:?}"));
-            }
-        })
-        .join()
-        .unwrap();
-    });
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "timeout",
-            "20",
-            "python3",
-            "-c",
-            TUN_SCRIPT,
-        ])
-        .output()
-        .unwrap();
+    dp.attach(ns.name(), &["tun0"]);
+    let out = run_python(ns.name(), 20, TUN_SCRIPT);
     assert!(
         out.status.success(),
         "tun client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        v["ingress"],
-        serde_json::json!(["203.0.113.5", 40000, "hello"]),
-        "{v}"
-    );
+    assert_eq!(v["ingress"], json!(["203.0.113.5", 40000, "hello"]), "{v}");
     let hex = v["egress"].as_str().unwrap();
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
@@ -3039,44 +2547,7 @@ fn l3_devices_are_parsed_without_an_ethernet_header() {
     let p = parse(&framed);
     assert_eq!(p.src, sa("10.96.0.10:80"));
     assert_eq!(p.dst, sa("203.0.113.5:40000"));
-    assert_eq!(csum_errors(ns.name()), 0);
-}
-
-/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` quoting the start of `quoted` (a frame
-/// from [`packet`]): its IP header and 8 bytes.
-fn icmp_error(src: &str, dst: &str, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
-    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let v6 = s.is_ipv6();
-    let ip_len = if v6 { 40 } else { 20 };
-    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&quoted[14..14 + ip_len + 8]);
-    let acc = if v6 { pseudo(s, d, 58, icmp.len()) } else { 0 };
-    let c = fold(sum16(&icmp, acc));
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    match (s, d) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&[0x08, 0x00]);
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = fold(sum16(&ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(&ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[58, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&icmp);
-    p
+    assert_eq!(common::csum_errors(ns.name()), 0);
 }
 
 #[test]
@@ -3085,33 +2556,9 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
-    dp.service(
-        "10.96.0.80",
-        80,
-        Proto::Tcp,
-        EXT,
-        3,
-        svc_flags::CLUSTER_IP,
-        &[(31, "10.244.2.20", 8080, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "10.244.2.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
+    dp.cluster_ip("10.96.0.80:80", Tcp, 3, &[(31, "10.244.2.20:8080")]);
 
     // The backend has nothing on the port: its port unreachable reaches the client as if
     // the frontend had sent it.
@@ -3122,21 +2569,12 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let p = r.parsed();
     assert_eq!(
         (p.src.ip(), p.dst.ip()),
-        (sa("10.96.0.53:0").ip(), sa("10.244.1.5:0").ip())
+        (ip("10.96.0.53"), ip("10.244.1.5"))
     );
-    let inner = &r.pkt[42..];
-    assert_eq!(
-        fold(sum16(&inner[..20], 0)),
-        0,
-        "quoted IPv4 header checksum"
-    );
-    assert_eq!(&inner[16..20], &[10, 96, 0, 53], "quoted destination");
-    assert_eq!(
-        &inner[22..24],
-        &53u16.to_be_bytes(),
-        "quoted destination port"
-    );
-    assert_eq!(&inner[12..16], &[10, 244, 1, 5]);
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("10.96.0.53"), "quoted destination");
+    assert_eq!(q.dst.port(), 53, "quoted destination port");
+    assert_eq!(q.src.ip(), ip("10.244.1.5"));
 
     // Fragmentation needed from a router on the way (this node): only the quote changes.
     let sent = dp
@@ -3145,10 +2583,10 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let err = icmp_error("192.0.2.1", "10.244.1.5", 3, 4, &sent);
     let r = dp.egress(&err);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("192.0.2.1:0").ip());
-    let inner = &r.pkt[42..];
-    assert_eq!(&inner[16..20], &[10, 96, 0, 80]);
-    assert_eq!(&inner[22..24], &80u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("192.0.2.1"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("10.96.0.80"));
+    assert_eq!(q.dst.port(), 80);
 
     let sent = dp
         .ingress(&udp("[2001:db8:1::5]:5000", "[fd00:96::53]:53"))
@@ -3156,11 +2594,10 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     let err = icmp_error("2001:db8:2::10", "2001:db8:1::5", 1, 4, &sent);
     let r = dp.egress(&err);
     let p = r.parsed();
-    assert_eq!(p.src.ip(), sa("[fd00:96::53]:0").ip());
-    let inner = &r.pkt[62..];
-    let vip6: std::net::Ipv6Addr = "fd00:96::53".parse().unwrap();
-    assert_eq!(&inner[24..40], &vip6.octets());
-    assert_eq!(&inner[42..44], &53u16.to_be_bytes());
+    assert_eq!(p.src.ip(), ip("fd00:96::53"));
+    let q = quoted(&r.pkt);
+    assert_eq!(q.dst.ip(), ip("fd00:96::53"));
+    assert_eq!(q.dst.port(), 53);
 
     // An error about another flow is left alone.
     let other = udp("10.244.1.5:5001", "10.244.9.9:53");
@@ -3171,100 +2608,14 @@ fn icmp_errors_about_balanced_flows_show_the_frontend() {
     assert_eq!(dp.ingress(&err).pkt, err);
 }
 
-/// A UDP datagram with `payload` in two fragments, the first carrying the UDP header and
-/// `first` bytes of payload (a multiple of 8 minus the header). IPv6 uses a fragment header.
-fn udp_fragments(src: &str, dst: &str, id: u32, payload: &[u8], first: usize) -> [Vec<u8>; 2] {
-    let whole = packet(sa(src), sa(dst), UDP, 0, payload);
-    let v6 = sa(src).is_ipv6();
-    let ip_len = if v6 { 40 } else { 20 };
-    let l4 = &whole[14 + ip_len..];
-    let parts = [&l4[..8 + first], &l4[8 + first..]];
-    let mut out = [Vec::new(), Vec::new()];
-    for (i, part) in parts.iter().enumerate() {
-        let offset = if i == 0 { 0 } else { 8 + first };
-        let more = i == 0;
-        let mut p = whole[..14 + ip_len].to_vec();
-        if v6 {
-            p[18..20].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
-            p[20] = 44;
-            p.extend_from_slice(&[UDP, 0]);
-            p.extend_from_slice(&((offset as u16) | more as u16).to_be_bytes());
-            p.extend_from_slice(&id.to_be_bytes());
-        } else {
-            p[16..18].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
-            p[18..20].copy_from_slice(&(id as u16).to_be_bytes());
-            let fo = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
-            p[20..22].copy_from_slice(&fo.to_be_bytes());
-            p[24..26].copy_from_slice(&[0, 0]);
-            let c = fold(sum16(&p[14..34], 0));
-            p[24..26].copy_from_slice(&c.to_be_bytes());
-        }
-        p.extend_from_slice(part);
-        out[i] = p;
-    }
-    out
-}
-
-/// Reassembles two fragments made by [`udp_fragments`] (after the programs): checks each
-/// IPv4 header checksum and that both carry the same addresses, and returns the datagram as
-/// one unfragmented frame for [`parse`].
-fn reassemble(frags: &[Vec<u8>; 2]) -> Vec<u8> {
-    let v6 = frags[0][12] == 0x86;
-    let (ip_len, hdr) = if v6 { (40, 48) } else { (20, 20) };
-    let addrs = |f: &Vec<u8>| f[14 + ip_len - 32 + if v6 { 0 } else { 24 }..14 + ip_len].to_vec();
-    assert_eq!(
-        addrs(&frags[0]),
-        addrs(&frags[1]),
-        "both fragments rewritten alike"
-    );
-    let mut l4 = frags[0][14 + hdr..].to_vec();
-    l4.extend_from_slice(&frags[1][14 + hdr..]);
-    let mut p = frags[0][..14 + ip_len].to_vec();
-    if v6 {
-        p[18..20].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-        p[20] = UDP;
-    } else {
-        for f in frags {
-            assert_eq!(
-                fold(sum16(&f[14..34], 0)),
-                0,
-                "fragment IPv4 header checksum"
-            );
-        }
-        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        p[20..22].copy_from_slice(&[0, 0]);
-        p[24..26].copy_from_slice(&[0, 0]);
-        let c = fold(sum16(&p[14..34], 0));
-        p[24..26].copy_from_slice(&c.to_be_bytes());
-    }
-    p.extend_from_slice(&l4);
-    p
-}
-
 #[test]
 fn fragmented_datagrams_follow_their_first_fragment() {
     let Some(mut dp) = Dp::new() else { return };
     // In-cluster clients: not masqueraded.
     dp.cluster_cidr("10.244.0.0/16");
     dp.cluster_cidr("2001:db8:1::/64");
-    dp.service(
-        "10.96.0.53",
-        53,
-        Proto::Udp,
-        EXT,
-        1,
-        svc_flags::CLUSTER_IP,
-        &[(11, "10.244.2.10", 5353, 0)],
-    );
-    dp.service(
-        "fd00:96::53",
-        53,
-        Proto::Udp,
-        EXT,
-        2,
-        svc_flags::CLUSTER_IP,
-        &[(21, "2001:db8:2::10", 5353, 0)],
-    );
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "10.244.2.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
     let payload: Vec<u8> = (0..100u8).collect();
     for (client, vip, backend) in [
         ("10.244.1.5:5000", "10.96.0.53:53", "10.244.2.10:5353"),
@@ -3299,23 +2650,9 @@ fn fragmented_datagrams_follow_their_first_fragment() {
 #[test]
 fn one_client_port_to_two_services_sharing_a_backend() {
     let Some(mut dp) = Dp::new() else { return };
-    dp.config(Config {
-        masq_mark: MASQ,
-        maglev_m: 7,
-        ..Config::default()
-    });
     dp.cluster_cidr("10.244.0.0/16");
-    for (vip, rev) in [("10.96.0.10", 1), ("10.96.0.11", 2)] {
-        dp.service(
-            vip,
-            80,
-            Proto::Tcp,
-            EXT,
-            rev,
-            svc_flags::CLUSTER_IP,
-            &[(11, "10.244.2.10", 8080, 0)],
-        );
-    }
+    dp.cluster_ip("10.96.0.10:80", Tcp, 1, &[(11, "10.244.2.10:8080")]);
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(11, "10.244.2.10:8080")]);
     let client = "10.244.1.5:40000";
     let r = dp.ingress(&tcp(client, "10.96.0.10:80", SYN));
     assert_eq!(r.parsed().src, sa(client), "in-cluster: not masqueraded");
@@ -3346,20 +2683,8 @@ fn one_client_port_to_two_services_sharing_a_backend() {
 #[test]
 fn forwarded_past_the_stack_decrements_the_ttl() {
     let Some(mut dp) = Dp::new() else { return };
-    for (vip, rev, backend) in [
-        ("10.96.0.11", 2, "198.51.100.10"),
-        ("fd00:96::11", 3, "2001:db8:2::10"),
-    ] {
-        dp.service(
-            vip,
-            80,
-            Proto::Tcp,
-            EXT,
-            rev,
-            svc_flags::CLUSTER_IP,
-            &[(rev * 10, backend, 8080, 0)],
-        );
-    }
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(20, "198.51.100.10:8080")]);
+    dp.cluster_ip("[fd00:96::11]:80", Tcp, 3, &[(30, "[2001:db8:2::10]:8080")]);
     // IPv4: TTL at byte 22 (Ethernet 14 + 8); parsed() checks the header checksum.
     let r = dp.ingress(&tcp("203.0.113.5:40000", "10.96.0.11:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
@@ -3370,13 +2695,21 @@ fn forwarded_past_the_stack_decrements_the_ttl() {
     assert_eq!(reply.verdict, TC_ACT_REDIRECT);
     assert_eq!(reply.parsed().dst, sa("203.0.113.5:40000"));
     assert_eq!(reply.pkt[22], 63);
-    let mut last_hop = tcp("203.0.113.5:40001", "10.96.0.11:80", SYN);
-    // TTL 1, and the header checksum fixed up by hand (+1 in the TTL's word is -0x3f00).
-    last_hop[22] = 1;
-    last_hop[24] = 0;
-    last_hop[25] = 0;
-    let sum = fold(sum16(&last_hop[14..34], 0));
-    last_hop[24..26].copy_from_slice(&sum.to_be_bytes());
+    let (client, vip) = (sa("203.0.113.5:40001"), sa("10.96.0.11:80"));
+    let last_hop = IpHdr {
+        ttl: 1,
+        ..IpHdr::new(client.ip(), vip.ip(), TCP)
+    }
+    .emit(
+        &TcpSeg {
+            src: client,
+            dst: vip,
+            flags: SYN,
+            options: &[],
+            payload: &[],
+        }
+        .emit(),
+    );
     assert_eq!(dp.ingress(&last_hop).verdict, TC_ACT_SHOT);
     assert_eq!(dp.counter(10), 1, "ttl_exceeded");
 

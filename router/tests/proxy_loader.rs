@@ -2,6 +2,8 @@
 //! with maps pinned on a private bpffs and reused by a second load, applying diffs, reading
 //! them back, and cleanup leaving nothing behind.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -275,33 +277,6 @@ const VIP: &str = "10.96.0.10";
 const CLIENT: &str = "192.0.2.1";
 const SERVER: &str = "192.0.2.2";
 
-/// A cgroup of the test's own under the cgroup2 mount, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> TestCgroup {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mount = info
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))
-                    .flatten()
-            })
-            .expect("a cgroup2 mount");
-        let p = mount.join(format!("mnl-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// client --veth c0|s0-- server (the node: the proxy attaches here; the backend listens here).
 fn topology() -> (Netns, Netns) {
     let client = Netns::new("pxc").unwrap();
@@ -323,29 +298,8 @@ fn topology() -> (Netns, Netns) {
     client.ip(&["link", "set", "c0", "up"]);
     server.ip(&["link", "set", "s0", "up"]);
     client.ip(&["route", "add", "10.96.0.0/12", "via", SERVER]);
-    // veth verifies no L4 checksum unless offloads are off: a wrong rewrite must show.
-    for (ns, dev) in [(&client, "c0"), (&server, "s0")] {
-        let st = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                "ethtool",
-                "-K",
-                dev,
-                "tx",
-                "off",
-                "rx",
-                "off",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "ethtool: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    }
+    common::checksum_offloads_off(client.name(), "c0");
+    common::checksum_offloads_off(server.name(), "s0");
     (client, server)
 }
 
@@ -402,17 +356,6 @@ fn echo(s: &mut TcpStream, msg: &str) -> String {
     String::from_utf8(buf).unwrap()
 }
 
-fn csum_errors(ns: &Netns) -> u64 {
-    in_ns(ns, || {
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-        let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
-        let names: Vec<&str> = tcp[0].split_whitespace().collect();
-        let vals: Vec<&str> = tcp[1].split_whitespace().collect();
-        let i = names.iter().position(|n| *n == "InCsumErrors").unwrap();
-        vals[i].parse().unwrap()
-    })
-}
-
 fn one_service() -> MapState {
     let mut st = MapState::default();
     let vip: IpAddr = VIP.parse().unwrap();
@@ -463,30 +406,16 @@ fn start(server: &Netns, programs: Programs, opts: AttachOptions) -> Attachments
 
 /// socket-LB: a process of the test cgroup, in the client namespace, connects to the VIP;
 /// prints what getpeername shows and the echo.
-fn socket_lb_client(client: &Netns, cg: &Path) -> String {
+fn socket_lb_client(client: &Netns, cg: &common::Cgroup) -> String {
     let script = format!(
         "import socket; s=socket.create_connection(('{VIP}',80),timeout=3); \
          p=s.getpeername(); s.sendall(b'sock'); print(p[0], p[1], s.recv(16).decode())"
     );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} timeout 10 python3 -c \"{script}\"",
-            cg.display(),
-            client.name()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "socket-LB client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    cg.run_python(client.name(), 10, &script).trim().to_string()
 }
 
 /// [`socket_lb_client`], checking that socket-LB (not the per-packet path) translated it.
-fn socket_lb_through(l: &Loader, client: &Netns, cg: &Path) {
+fn socket_lb_through(l: &Loader, client: &Netns, cg: &common::Cgroup) {
     let before = l.counters().unwrap()[1];
     assert_eq!(socket_lb_client(client, cg), format!("{VIP} 80 sock"));
     let after = l.counters().unwrap()[1];
@@ -514,12 +443,12 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         return;
     }
     drop(probe);
-    let cg = TestCgroup::new("pxl");
+    let cg = common::Cgroup::new("pxl");
     let (client, server) = topology();
     echo_server(&server);
     let opts = AttachOptions {
         bpf_dir: dir.path.clone(),
-        cgroup_root: Some(cg.0.clone()),
+        cgroup_root: Some(cg.path.clone()),
         nodeport_addresses: vec![],
         node_addrs: true,
         tc_attach: attach::TcAttach::Auto,
@@ -556,7 +485,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     assert_eq!(kept.peer_addr().unwrap().ip().to_string(), VIP);
     assert_eq!(echo(&mut kept, "before"), "before");
     let mut many: Vec<TcpStream> = (0..200).map(|_| connect_vip(&client).unwrap()).collect();
-    socket_lb_through(&l1, &client, &cg.0);
+    socket_lb_through(&l1, &client, &cg);
     let counters = l1.counters().unwrap();
     assert!(
         counters[0] >= 1 && counters[1] >= 1,
@@ -629,7 +558,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(many);
     let mut fresh = connect_vip(&client).unwrap();
     assert_eq!(echo(&mut fresh, "fresh"), "fresh");
-    socket_lb_through(&l2, &client, &cg.0);
+    socket_lb_through(&l2, &client, &cg);
 
     // An interface created later gets the programs at once; its address becomes a node
     // address.
@@ -677,26 +606,26 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         "the gone one's pins went"
     );
 
-    assert_eq!(csum_errors(&client), 0);
-    assert_eq!(csum_errors(&server), 0);
+    assert_eq!(common::csum_errors(client.name()), 0);
+    assert_eq!(common::csum_errors(server.name()), 0);
 
     // Another --cgroup-root on the next start: the programs move there.
     drop(a2);
     drop(l2);
-    let other = TestCgroup::new("pxo");
+    let other = common::Cgroup::new("pxo");
     let mut l2 = Loader::open(&dir.path, &sizes).unwrap();
     let a2 = start(
         &server,
         l2.take_programs().unwrap(),
         AttachOptions {
-            cgroup_root: Some(other.0.clone()),
+            cgroup_root: Some(other.path.clone()),
             ..opts.clone()
         },
     );
     let moved = pins(&dir.path.join(attach::LINKS_DIR));
     assert_eq!(moved.len(), links.len(), "{moved:?}");
     assert_ne!(moved, links, "new cgroup, new pins");
-    socket_lb_through(&l2, &client, &other.0);
+    socket_lb_through(&l2, &client, &other);
 
     // --socket-lb=off on the next start: the socket programs leave the cgroup.
     drop(a2);
@@ -721,7 +650,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
     drop(l2);
     drop(kept);
     drop(fresh);
-    attach::cleanup(&dir.path, Some(&cg.0)).unwrap();
+    attach::cleanup(&dir.path, Some(&cg.path)).unwrap();
     assert!(pins(&dir.path).is_empty(), "{:?}", pins(&dir.path));
     assert!(!metalnet::sys::bpf::is_bpffs(&dir.path).unwrap_or(false));
     // The kernel frees unpinned links after an RCU grace period: give it a moment.
@@ -733,7 +662,7 @@ fn attached_programs_balance_survive_a_restart_and_cleanup_removes_them() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let procs = std::fs::read_to_string(cg.0.join("cgroup.procs")).unwrap();
+    let procs = std::fs::read_to_string(cg.path.join("cgroup.procs")).unwrap();
     assert!(procs.trim().is_empty(), "{procs}");
 }
 
@@ -911,7 +840,7 @@ fn hairpin_through_the_vip_is_masqueraded() {
     let mut seen = String::new();
     s.read_to_string(&mut seen).unwrap();
     assert_eq!(seen, SERVER, "the pod sees the node's address");
-    assert_eq!(csum_errors(&pod), 0);
+    assert_eq!(common::csum_errors(pod.name()), 0);
     drop(a);
     drop(l1);
 }
@@ -1167,8 +1096,8 @@ fn clsact_filters_balance_are_replaced_on_restart_and_cleaned_up() {
     assert_eq!(tcx_pins(&dir.path), 0);
     ours("ingress", attach::TC_INGRESS);
     assert_eq!(echo(&mut kept, "back"), "back");
-    assert_eq!(csum_errors(&client), 0);
-    assert_eq!(csum_errors(&server), 0);
+    assert_eq!(common::csum_errors(client.name()), 0);
+    assert_eq!(common::csum_errors(server.name()), 0);
 
     drop(a4);
     drop(l4);
