@@ -974,6 +974,44 @@ fn restart_keeps_1000_connections() {
     assert_checksums(&c);
 }
 
+/// An upgrade that changed a map's layout: the proxy of the new version, starting over the
+/// maps an older one pinned, makes every map afresh (with a WARN) and serves again, rather
+/// than refusing to start until someone runs --cleanup-config.
+#[test]
+fn a_start_over_maps_of_another_layout_makes_them_afresh() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("proxy_layout", &[1, 1], &[]);
+    let (a1, b1) = (c.pod("a1"), c.pod("b1"));
+    c.apply(&svc("upgraded", 38), &[a1, b1]).unwrap();
+    for f in FAMILIES {
+        wait_answer(&c, At::Client, &vip(f, 38), 80);
+    }
+    let via = c.client_via();
+    c.stop_proxy(via);
+    // What an older version left: its conntrack map, with values of another size.
+    let ct = c.nodes[via]
+        .bpf_dir
+        .join("maps")
+        .join(metalnet_router::proxy::abi::names::CT);
+    std::fs::remove_file(&ct).unwrap();
+    let old = aya::maps::HashMap::<aya::maps::MapData, [u8; 40], [u8; 48]>::create(64, 0)
+        .expect("creating a map");
+    old.pin(&ct).expect("pinning it");
+    c.start_proxy(via, &[]).unwrap();
+    let logs = c.logs();
+    assert!(logs.contains("another layout"), "{logs}");
+    let pod_here = (0..c.pods.len())
+        .find(|&p| c.pods[p].node == via)
+        .expect("a pod on the node");
+    for f in FAMILIES {
+        all_answered(&c, At::Client, &vip(f, 38), 80, 10);
+        all_answered(&c, At::Pod(pod_here), &vip(f, 38), 80, 10);
+    }
+    assert_checksums(&c);
+}
+
 /// SCTP through the VIP when the kernel has it (skipped with a message otherwise).
 #[test]
 fn sctp_when_the_kernel_has_it() {
