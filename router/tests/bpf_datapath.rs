@@ -2645,6 +2645,60 @@ fn fragmented_datagrams_follow_their_first_fragment() {
     }
 }
 
+/// Fragments of a masqueraded flow: a later fragment, which has no ports, takes its first
+/// fragment's translation, the client's datagram to the remote backend and the backend's
+/// fragmented reply back to the client alike.
+#[test]
+fn masqueraded_fragments_follow_their_first_fragment() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_ip("10.96.0.53:53", Udp, 1, &[(11, "198.51.100.10:5353")]);
+    dp.cluster_ip("[fd00:96::53]:53", Udp, 2, &[(21, "[2001:db8:2::10]:5353")]);
+    let payload: Vec<u8> = (0..100u8).collect();
+    for (client, vip, backend, snat) in [
+        (
+            "203.0.113.5:5000",
+            "10.96.0.53:53",
+            "198.51.100.10:5353",
+            SNAT4,
+        ),
+        (
+            "[2001:db8:9::1]:5000",
+            "[fd00:96::53]:53",
+            "[2001:db8:2::10]:5353",
+            SNAT6,
+        ),
+    ] {
+        let frags = udp_fragments(client, vip, 0x4545, &payload, 32);
+        let out = [dp.ingress(&frags[0]), dp.ingress(&frags[1])];
+        assert_eq!(
+            (out[0].verdict, out[1].verdict),
+            (TC_ACT_REDIRECT, TC_ACT_REDIRECT),
+            "{client}: both fragments forwarded alike"
+        );
+        let p = parse(&reassemble(&[out[0].pkt.clone(), out[1].pkt.clone()]));
+        assert_eq!(
+            (p.src.ip(), p.dst, p.len),
+            (ip(snat), sa(backend), 100),
+            "{client}"
+        );
+        let masqueraded = p.src.to_string();
+
+        // The backend's reply, fragmented: from the frontend to the client at ingress, and
+        // left so at egress.
+        let frags = udp_fragments(backend, &masqueraded, 0x4646, &payload, 48);
+        let back = [dp.ingress(&frags[0]).pkt, dp.ingress(&frags[1]).pkt];
+        let p = parse(&reassemble(&back));
+        assert_eq!(
+            (p.src, p.dst, p.len),
+            (sa(vip), sa(client), 100),
+            "{client} reply"
+        );
+        for f in &back {
+            assert_eq!(&dp.egress(f).pkt, f, "{client} reply at egress");
+        }
+    }
+}
+
 /// A client reusing one source port for two Services that share a backend: both connections
 /// would have the same reply tuple, so the second is masqueraded and each gets its replies.
 #[test]
