@@ -8,7 +8,7 @@
 //! one is reused only once it is gone from the maps ([`Ids::committed`]), so a packet never
 //! finds an old id pointing at a new object.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::abi::{Proto, svc_flags};
@@ -233,6 +233,14 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
         touched.push(id);
     }
 
+    fn count(&mut self, id: u32, up: bool, touched: &mut Vec<u32>) {
+        if up {
+            self.inc(id, touched);
+        } else {
+            self.dec(id, touched);
+        }
+    }
+
     fn dec(&mut self, id: u32, touched: &mut Vec<u32>) {
         if let std::collections::hash_map::Entry::Occupied(mut e) = self.held.entry(id) {
             *e.get_mut() -= 1;
@@ -241,6 +249,27 @@ impl<K: Copy + Eq + std::hash::Hash> Space<K> {
             }
         }
         touched.push(id);
+    }
+}
+
+/// Counts the ids of a map keyed by id after a diff: `upserted` keys new to `before` hold
+/// their id once more, `removed` keys `before` had once less.
+fn count_keys<'a, K: Copy + Eq + std::hash::Hash, V>(
+    space: &mut Space<K>,
+    before: &BTreeMap<u32, V>,
+    upserted: impl Iterator<Item = &'a u32>,
+    removed: &[u32],
+    touched: &mut Vec<u32>,
+) {
+    for id in upserted {
+        if !before.contains_key(id) {
+            space.inc(*id, touched);
+        }
+    }
+    for id in removed {
+        if before.contains_key(id) {
+            space.dec(*id, touched);
+        }
     }
 }
 
@@ -421,26 +450,24 @@ impl Ids {
     /// needs the counts the last [`Ids::committed`] or [`Ids::from_state`] took, so the maps
     /// must have been changed by diffs only since then.
     pub fn committed_diff(&mut self, before: &MapState, diff: &MapDiff) {
-        let maglev = |v: &super::abi::SvcVal| v.flags & svc_flags::MAGLEV != 0;
         let (mut fe, mut be, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        // An mn_svc value holds its frontend's id and, under Maglev, its row.
+        let mut count_svc = |ids: &mut Ids, v: &super::abi::SvcVal, up: bool| {
+            let maglev = v.flags & svc_flags::MAGLEV != 0;
+            ids.frontends.count(v.rev_id, up, &mut fe);
+            if maglev {
+                ids.rows.count(v.maglev_row, up, &mut rows);
+            }
+        };
         for (k, v) in &diff.svc_upsert {
             if let Some(o) = before.svc.get(k) {
-                self.frontends.dec(o.rev_id, &mut fe);
-                if maglev(o) {
-                    self.rows.dec(o.maglev_row, &mut rows);
-                }
+                count_svc(self, o, false);
             }
-            self.frontends.inc(v.rev_id, &mut fe);
-            if maglev(v) {
-                self.rows.inc(v.maglev_row, &mut rows);
-            }
+            count_svc(self, v, true);
         }
         for k in &diff.svc_remove {
             if let Some(o) = before.svc.get(k) {
-                self.frontends.dec(o.rev_id, &mut fe);
-                if maglev(o) {
-                    self.rows.dec(o.maglev_row, &mut rows);
-                }
+                count_svc(self, o, false);
             }
         }
         for (k, b) in &diff.slot_upsert {
@@ -456,26 +483,24 @@ impl Ids {
                 self.backends.dec(*o, &mut be);
             }
         }
-        for (id, _) in &diff.backend_upsert {
-            if !before.backend.contains_key(id) {
-                self.backends.inc(*id, &mut be);
-            }
-        }
-        for id in &diff.backend_remove {
-            if before.backend.contains_key(id) {
-                self.backends.dec(*id, &mut be);
-            }
-        }
-        for (id, _) in &diff.rev_nat_upsert {
-            if !before.rev_nat.contains_key(id) {
-                self.frontends.inc(*id, &mut fe);
-            }
-        }
-        for id in &diff.rev_nat_remove {
-            if before.rev_nat.contains_key(id) {
-                self.frontends.dec(*id, &mut fe);
-            }
-        }
+        // mn_backend and mn_rev_nat are keyed by the id: a new key holds it once more, a
+        // removed one once less.
+        let upserted = diff.backend_upsert.iter().map(|(id, _)| id);
+        count_keys(
+            &mut self.backends,
+            &before.backend,
+            upserted,
+            &diff.backend_remove,
+            &mut be,
+        );
+        let upserted = diff.rev_nat_upsert.iter().map(|(id, _)| id);
+        count_keys(
+            &mut self.frontends,
+            &before.rev_nat,
+            upserted,
+            &diff.rev_nat_remove,
+            &mut fe,
+        );
         for (row, _) in &diff.maglev_write {
             self.row_maglev.insert(*row);
             rows.push(*row);
