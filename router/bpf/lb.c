@@ -367,11 +367,26 @@ static __always_inline __s64 mn_ip6_reply(struct ipv6hdr *ip6, const struct mn_p
 	return bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
 }
 
+/* Replaces the packet with eth, l3 and l4 and sends it back where it came from: redirect_flags
+ * 0 at ingress (out the interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+static __always_inline int mn_send_back(struct __sk_buff *skb, const struct ethhdr *eth,
+					const void *l3, __u32 l3len, const void *l4, __u32 l4len,
+					__u64 redirect_flags)
+{
+	if (bpf_skb_change_tail(skb, ETH_HLEN + l3len + l4len, 0))
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, l3, l3len, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + l3len, l4, l4len, 0) ||
+	    bpf_skb_store_bytes(skb, 0, eth, sizeof(*eth), 0))
+		return TC_ACT_SHOT;
+	skb->mark = 0;
+	return bpf_redirect(skb->ifindex, redirect_flags);
+}
+
 /* No backend: a TCP SYN gets a RST|ACK built in place and sent back where it came from
  * (REJECT with tcp-reset: the client sees ECONNREFUSED at once); a segment of a connection
  * whose backend is gone gets a RST at its acknowledgment number, which the client accepts
- * (RFC 793), instead of retransmitting into the void. redirect_flags: 0 at ingress (out the
- * interface it came in on), BPF_F_INGRESS at egress (back into this host). */
+ * (RFC 793), instead of retransmitting into the void. */
 static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
 {
 	struct ethhdr eth;
@@ -411,26 +426,14 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 		ph.len = bpf_htons(sizeof(th));
 		sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
 		th.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&th, sizeof(th), sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(th), 0))
-			return TC_ACT_SHOT;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &th, sizeof(th), 0))
-			return TC_ACT_SHOT;
+		return mn_send_back(skb, &eth, &ip, sizeof(ip), &th, sizeof(th), redirect_flags);
 	} else {
 		struct ipv6hdr ip6 = {};
 
 		sum = mn_ip6_reply(&ip6, p, IPPROTO_TCP, sizeof(th));
 		th.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&th, sizeof(th), sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(th), 0))
-			return TC_ACT_SHOT;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip6), &th, sizeof(th), 0))
-			return TC_ACT_SHOT;
+		return mn_send_back(skb, &eth, &ip6, sizeof(ip6), &th, sizeof(th), redirect_flags);
 	}
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
-		return TC_ACT_SHOT;
-	skb->mark = 0;
-	return bpf_redirect(skb->ifindex, redirect_flags);
 }
 
 #define MN_ICMP_DEST_UNREACH  3
@@ -466,11 +469,7 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 		ic.code = MN_ICMP_PORT_UNREACH;
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), 0));
 		mn_ip4_reply(&ip, p, IPPROTO_ICMP, sizeof(ic));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic), 0))
-			return TC_ACT_SHOT;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip), &ic, sizeof(ic), 0))
-			return TC_ACT_SHOT;
+		return mn_send_back(skb, &eth, &ip, sizeof(ip), &ic, sizeof(ic), redirect_flags);
 	} else {
 		struct ipv6hdr ip6 = {};
 		struct {
@@ -487,16 +486,8 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 		ic.code = MN_ICMP6_PORT_UNREACH;
 		sum = mn_ip6_reply(&ip6, p, MN_IPPROTO_ICMPV6, sizeof(ic));
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), sum));
-		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(ic), 0))
-			return TC_ACT_SHOT;
-		if (bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) ||
-		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(ip6), &ic, sizeof(ic), 0))
-			return TC_ACT_SHOT;
+		return mn_send_back(skb, &eth, &ip6, sizeof(ip6), &ic, sizeof(ic), redirect_flags);
 	}
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
-		return TC_ACT_SHOT;
-	skb->mark = 0;
-	return bpf_redirect(skb->ifindex, redirect_flags);
 }
 
 /* A frontend without backends: RST for a TCP SYN, ICMP port unreachable for UDP, a drop for
