@@ -228,10 +228,11 @@ fn diffs_shrink_and_remove_and_node_addrs_follow() {
     assert_eq!(l.maps().node_addrs().unwrap(), one);
 }
 
-/// Programming 10,000 Services (~40,000 map writes) and adding one more; the targets (100 ms
-/// and 1 ms) are for release builds: `cargo test --release --test proxy_loader -- --nocapture`.
+/// Programming 10,000 Services (~40,000 map writes) and adding one more, read back whole. The
+/// times are printed, not asserted: the service-proxy bench measures them against kube-proxy's
+/// rule sets (`cargo bench -p metalnet-lab --bench service_proxy`).
 #[test]
-fn ten_thousand_services_are_programmed_fast() {
+fn ten_thousand_services_are_programmed_and_one_added() {
     if !is_root() {
         return;
     }
@@ -252,14 +253,7 @@ fn ten_thousand_services_are_programmed_fast() {
         "programmed {n} Services ({} map writes) in {full:?}; one more in {one:?}",
         diff.len()
     );
-    assert_eq!(l.read().unwrap().svc.len(), n as usize + 1);
-    let (full_max, one_max) = if cfg!(debug_assertions) {
-        (1000, 20)
-    } else {
-        (100, 1)
-    };
-    assert!(full.as_millis() <= full_max, "full load took {full:?}");
-    assert!(one.as_millis() <= one_max, "one Service took {one:?}");
+    assert_eq!(l.read().unwrap(), more);
 }
 
 // --- attach, restart and cleanup with the real programs ------------------------------------
