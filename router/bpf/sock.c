@@ -125,50 +125,20 @@ static __always_inline int mn_sock_back(struct bpf_sock_addr *ctx, int v6)
 	return 1;
 }
 
-SEC("cgroup/connect4")
-int mn_sock_connect4(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_fwd(ctx, 0);
-}
+/* One program per attach type, named mn_sock_<hook>: the way in (connect, sendmsg) translates
+ * a frontend to a backend, the way back (recvmsg, getpeername) shows the frontend again. */
+#define MN_SOCK_HOOK(hook, way, v6)                                  \
+	SEC("cgroup/" #hook)                                          \
+	int mn_sock_##hook(struct bpf_sock_addr *ctx)                 \
+	{                                                             \
+		return way(ctx, v6);                                  \
+	}
 
-SEC("cgroup/connect6")
-int mn_sock_connect6(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_fwd(ctx, 1);
-}
-
-SEC("cgroup/sendmsg4")
-int mn_sock_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_fwd(ctx, 0);
-}
-
-SEC("cgroup/sendmsg6")
-int mn_sock_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_fwd(ctx, 1);
-}
-
-SEC("cgroup/recvmsg4")
-int mn_sock_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_back(ctx, 0);
-}
-
-SEC("cgroup/recvmsg6")
-int mn_sock_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_back(ctx, 1);
-}
-
-SEC("cgroup/getpeername4")
-int mn_sock_getpeername4(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_back(ctx, 0);
-}
-
-SEC("cgroup/getpeername6")
-int mn_sock_getpeername6(struct bpf_sock_addr *ctx)
-{
-	return mn_sock_back(ctx, 1);
-}
+MN_SOCK_HOOK(connect4, mn_sock_fwd, 0)
+MN_SOCK_HOOK(connect6, mn_sock_fwd, 1)
+MN_SOCK_HOOK(sendmsg4, mn_sock_fwd, 0)
+MN_SOCK_HOOK(sendmsg6, mn_sock_fwd, 1)
+MN_SOCK_HOOK(recvmsg4, mn_sock_back, 0)
+MN_SOCK_HOOK(recvmsg6, mn_sock_back, 1)
+MN_SOCK_HOOK(getpeername4, mn_sock_back, 0)
+MN_SOCK_HOOK(getpeername6, mn_sock_back, 1)
