@@ -42,6 +42,8 @@ struct Cli {
 
     /// Reconcile the current state once, write the results (status, annotations, events)
     /// and exit: for CI, scripts and state directories. Exit status 1 if a write failed.
+    /// On a state directory, the status of objects deleted since the last run is removed
+    /// first (which waits a second when there are such objects).
     #[arg(long)]
     once: bool,
 
