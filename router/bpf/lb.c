@@ -438,12 +438,20 @@ static __noinline int mn_reject_tcp(struct __sk_buff *skb, const struct mn_pkt *
 
 #define MN_ICMP_DEST_UNREACH  3
 #define MN_ICMP_PORT_UNREACH  3
+#define MN_ICMP_TIME_EXCEEDED 11
 #define MN_ICMP6_DEST_UNREACH 1
 #define MN_ICMP6_PORT_UNREACH 4
+#define MN_ICMP6_TIME_EXCEED  3
 
-/* No backend for a UDP datagram: an ICMP (ICMPv6) port unreachable from the frontend,
- * quoting the datagram's IP header and first 8 bytes, as kube-proxy's REJECT does. */
-static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *p, __u64 redirect_flags)
+/* The ICMP errors this program sends itself. */
+#define MN_ERR_PORT_UNREACH  0 /* no backend for a UDP datagram */
+#define MN_ERR_TIME_EXCEEDED 1 /* TTL ran out on a packet forwarded past the stack */
+
+/* An ICMP (ICMPv6) error about the packet as received, from its destination (the frontend,
+ * or the masquerade address of a reply), quoting its IP header and first 8 bytes: port
+ * unreachable as kube-proxy's REJECT sends, time exceeded as forwarding sends. The code of
+ * both is 0 but for IPv4's port unreachable. */
+static __noinline int mn_icmp_back(struct __sk_buff *skb, const struct mn_pkt *p, int err, __u64 redirect_flags)
 {
 	struct ethhdr eth;
 	__s64 sum;
@@ -465,8 +473,8 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 			return TC_ACT_SHOT;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
 			return TC_ACT_SHOT;
-		ic.type = MN_ICMP_DEST_UNREACH;
-		ic.code = MN_ICMP_PORT_UNREACH;
+		ic.type = err == MN_ERR_TIME_EXCEEDED ? MN_ICMP_TIME_EXCEEDED : MN_ICMP_DEST_UNREACH;
+		ic.code = err == MN_ERR_TIME_EXCEEDED ? 0 : MN_ICMP_PORT_UNREACH;
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), 0));
 		mn_ip4_reply(&ip, p, IPPROTO_ICMP, sizeof(ic));
 		return mn_send_back(skb, &eth, &ip, sizeof(ip), &ic, sizeof(ic), redirect_flags);
@@ -482,8 +490,8 @@ static __noinline int mn_reject_udp(struct __sk_buff *skb, const struct mn_pkt *
 
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, ic.quote, sizeof(ic.quote)))
 			return TC_ACT_SHOT;
-		ic.type = MN_ICMP6_DEST_UNREACH;
-		ic.code = MN_ICMP6_PORT_UNREACH;
+		ic.type = err == MN_ERR_TIME_EXCEEDED ? MN_ICMP6_TIME_EXCEED : MN_ICMP6_DEST_UNREACH;
+		ic.code = err == MN_ERR_TIME_EXCEEDED ? 0 : MN_ICMP6_PORT_UNREACH;
 		sum = mn_ip6_reply(&ip6, p, MN_IPPROTO_ICMPV6, sizeof(ic));
 		ic.check = mn_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ic, sizeof(ic), sum));
 		return mn_send_back(skb, &eth, &ip6, sizeof(ip6), &ic, sizeof(ic), redirect_flags);
@@ -503,7 +511,7 @@ static __always_inline int mn_reject(struct __sk_buff *skb, const struct mn_pkt 
 	    (p->tcp_flags & (MN_TH_SYN | MN_TH_ACK)) != (MN_TH_SYN | MN_TH_ACK))
 		return mn_reject_tcp(skb, p, redirect_flags);
 	if (p->proto == IPPROTO_UDP)
-		return mn_reject_udp(skb, p, redirect_flags);
+		return mn_icmp_back(skb, p, MN_ERR_PORT_UNREACH, redirect_flags);
 	return TC_ACT_SHOT;
 }
 
@@ -642,9 +650,32 @@ static __always_inline int mn_snat_fits(struct __sk_buff *skb, const struct mn_p
 	return !(frag_off & bpf_htons(0x4000));
 }
 
+/* Whether a packet about to be forwarded past the stack has no hop left: forwarding would
+ * drop it and answer with an ICMP time exceeded, so the caller answers before translating
+ * (the error quotes the packet as the sender sent it, so traceroute recognises it). */
+static __always_inline int mn_ttl_expiring(struct __sk_buff *skb, const struct mn_pkt *p)
+{
+	__u8 ttl;
+	__u32 off = p->v6 ? offsetof(struct ipv6hdr, hop_limit) : offsetof(struct iphdr, ttl);
+
+	if (bpf_skb_load_bytes(skb, p->l3off + off, &ttl, 1))
+		return 0;
+	return ttl <= 1;
+}
+
+/* The ICMP time exceeded for a packet mn_ttl_expiring found, sent back where it came from
+ * (these packets all arrive at ingress). Counted; without an Ethernet header, only dropped. */
+static __always_inline int mn_time_exceeded(struct __sk_buff *skb, const struct mn_pkt *p)
+{
+	mn_count(MN_CNT_TTL_EXCEEDED);
+	if (p->l3off != ETH_HLEN)
+		return TC_ACT_SHOT;
+	return mn_icmp_back(skb, p, MN_ERR_TIME_EXCEEDED, 0);
+}
+
 /* A packet this node forwards past its stack, to ifindex's next hop: its TTL (hop limit)
- * decremented first, as forwarding would. One whose TTL runs out is dropped and counted (the
- * stack would answer it with an ICMP time exceeded; past it there is none). */
+ * decremented first, as forwarding would. The callers answered a packet whose TTL runs out
+ * (mn_ttl_expiring) before translating it; one that still gets here is dropped and counted. */
 static __noinline int mn_redirect_forward(struct __sk_buff *skb, const struct mn_pkt *p, __u32 ifindex)
 {
 	__u8 ttl;
@@ -860,6 +891,8 @@ static __noinline int mn_snat_rev(struct __sk_buff *skb, struct mn_pkt *p, __u32
 	if (!v)
 		return MN_NO_ENTRY;
 	c = *v;
+	if (mn_ttl_expiring(skb, p))
+		return mn_time_exceeded(skb, p);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & MN_TH_RST)) {
 		/* The backend reset the connection: nothing of it follows, so its entries go now
 		 * and its port is free at once (a client closing connections by reset would
@@ -906,6 +939,9 @@ static __noinline int mn_ct_forward(struct __sk_buff *skb, struct mn_pkt *p, __u
 	mn_config_get(&cfg);
 	if (!mn_ct_alive(&c, p->proto, &cfg, now) || !bpf_map_lookup_elem(&mn_backend, &c.backend_id))
 		return MN_NO_ENTRY;
+	/* Masqueraded connections are forwarded past the stack (this host's own never are). */
+	if (c.snat_port && mn_ttl_expiring(skb, p))
+		return mn_time_exceeded(skb, p);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & MN_TH_RST)) {
 		/* A reset ends the connection: nothing of it is translated after this packet, so
 		 * its entries go now rather than linger until LRU eviction (which makes every new
@@ -1144,6 +1180,8 @@ static __noinline int mn_lb_masq(struct __sk_buff *skb, struct mn_pkt *p, struct
 {
 	int r;
 
+	if (mn_ttl_expiring(skb, p))
+		return mn_time_exceeded(skb, p);
 	if (mn_snat_new(skb, p, &lb->be, &lb->n))
 		return TC_ACT_SHOT;
 	mn_ct_create(p, &lb->be, &lb->n);

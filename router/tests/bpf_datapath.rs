@@ -2733,8 +2733,7 @@ fn one_client_port_to_two_services_sharing_a_backend() {
 }
 
 /// Packets forwarded past the stack (masqueraded ones, both ways) get their TTL or hop limit
-/// decremented, with the IPv4 header checksum following; one that runs out is dropped and
-/// counted.
+/// decremented, with the IPv4 header checksum following.
 #[test]
 fn forwarded_past_the_stack_decrements_the_ttl() {
     let Some(mut dp) = Dp::new() else { return };
@@ -2750,27 +2749,100 @@ fn forwarded_past_the_stack_decrements_the_ttl() {
     assert_eq!(reply.verdict, TC_ACT_REDIRECT);
     assert_eq!(reply.parsed().dst, sa("203.0.113.5:40000"));
     assert_eq!(reply.pkt[22], 63);
-    let (client, vip) = (sa("203.0.113.5:40001"), sa("10.96.0.11:80"));
-    let last_hop = IpHdr {
-        ttl: 1,
-        ..IpHdr::new(client.ip(), vip.ip(), TCP)
-    }
-    .emit(
-        &TcpSeg {
-            src: client,
-            dst: vip,
-            flags: SYN,
-            options: &[],
-            payload: &[],
-        }
-        .emit(),
-    );
-    assert_eq!(dp.ingress(&last_hop).verdict, TC_ACT_SHOT);
-    assert_eq!(dp.counter(10), 1, "ttl_exceeded");
 
     // IPv6: hop limit at byte 21 (Ethernet 14 + 7).
     let r = dp.ingress(&tcp("[2001:db8:9::5]:40000", "[fd00:96::11]:80", SYN));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.parsed().src.ip().to_string(), SNAT6);
     assert_eq!(r.pkt[21], 63, "hop limit 64 - 1");
+}
+
+/// A packet the node would forward past its stack with no hop left is answered as forwarding
+/// answers it (a traceroute through a NodePort shows the node): an ICMP time exceeded from the
+/// address it was sent to, back where it came from, quoting it as it was sent. So are a new
+/// connection's first packet, a later one, and a backend's reply to the masquerade address.
+#[test]
+fn a_forwarded_packet_with_no_hop_left_gets_time_exceeded() {
+    let Some(mut dp) = Dp::new() else { return };
+    dp.cluster_ip("10.96.0.11:80", Tcp, 2, &[(20, "198.51.100.10:8080")]);
+    dp.cluster_ip("[fd00:96::11]:80", Tcp, 3, &[(30, "[2001:db8:2::10]:8080")]);
+    let last_hop = |src: &str, dst: &str, flags: u8| {
+        let (src, dst) = (sa(src), sa(dst));
+        IpHdr {
+            ttl: 1,
+            ..IpHdr::new(src.ip(), dst.ip(), TCP)
+        }
+        .emit(
+            &TcpSeg {
+                src,
+                dst,
+                flags,
+                options: &[],
+                payload: &[],
+            }
+            .emit(),
+        )
+    };
+    // (client, frontend, backend, ICMP protocol, time exceeded (type, code), IP header length)
+    let cases = [
+        (
+            "203.0.113.5:40001",
+            "10.96.0.11:80",
+            "198.51.100.10:8080",
+            ICMP,
+            (11, 0),
+            20,
+        ),
+        (
+            "[2001:db8:9::5]:40001",
+            "[fd00:96::11]:80",
+            "[2001:db8:2::10]:8080",
+            ICMPV6,
+            (3, 0),
+            40,
+        ),
+    ];
+    let mut answered = 0;
+    for (client, vip, backend, icmp, exceeded, ip_len) in cases {
+        let check = |r: &Run, sent: &[u8], from: &str, to: &str, what: &str| {
+            assert_eq!(r.verdict, TC_ACT_REDIRECT, "{what}: sent back");
+            let p = r.parsed();
+            assert_eq!(
+                (p.proto, p.flags, p.seq),
+                (icmp, exceeded.0, exceeded.1),
+                "{what}: time exceeded"
+            );
+            assert_eq!(
+                (p.src.ip(), p.dst.ip()),
+                (sa(from).ip(), sa(to).ip()),
+                "{what}"
+            );
+            let at = 14 + ip_len + 8;
+            assert_eq!(
+                &r.pkt[at..at + ip_len + 8],
+                &sent[14..14 + ip_len + 8],
+                "{what}: its IP header and 8 bytes quoted as sent"
+            );
+        };
+        // A new connection.s first packet.
+        let syn = last_hop(client, vip, SYN);
+        check(&dp.ingress(&syn), &syn, vip, client, "a new connection");
+        // Its next SYN, with hops to spare, is masqueraded as usual.
+        let r = dp.ingress(&tcp(client, vip, SYN));
+        assert_eq!(r.parsed().dst, sa(backend), "{client}");
+        let masq = r.parsed().src.to_string();
+        // A later packet of the connection, and the backend's reply.
+        let ack = last_hop(client, vip, ACK);
+        check(
+            &dp.ingress(&ack),
+            &ack,
+            vip,
+            client,
+            "an established connection",
+        );
+        let reply = last_hop(backend, &masq, SYN | ACK);
+        check(&dp.ingress(&reply), &reply, &masq, backend, "a reply");
+        answered += 3;
+    }
+    assert_eq!(dp.counter(10), answered, "ttl_exceeded");
 }

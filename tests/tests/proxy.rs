@@ -974,6 +974,71 @@ fn restart_keeps_1000_connections() {
     assert_checksums(&c);
 }
 
+/// Sends one UDP datagram with a TTL (hop limit) of 1 on a connected socket and prints what
+/// the kernel queued for it: `ORIGIN TYPE CODE OFFENDER`, as traceroute reads it. The kernel
+/// queues an ICMP error only when its quote matches the socket.
+const HOP_LIMITED_PROBE: &str = r#"
+import socket, struct, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+v6 = ':' in addr
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+# Linux's IPV6_UNICAST_HOPS 16, IPV6_RECVERR 25, IP_TTL 2, IP_RECVERR 11, MSG_ERRQUEUE 0x2000.
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, 16, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, 25, 1)
+else:
+    s.setsockopt(socket.IPPROTO_IP, 2, 1)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)
+s.connect((addr, port))
+s.send(b'hop')
+end = time.time() + 3
+while time.time() < end:
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, 0x2000 | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        time.sleep(0.02)
+        continue
+    for _, _, data in anc:
+        _, origin, typ, code = struct.unpack('=IBBB', data[:7])
+        off = data[16:]
+        fam = struct.unpack('=H', off[:2])[0]
+        who = socket.inet_ntop(fam, off[8:24] if fam == socket.AF_INET6 else off[4:8])
+        print(origin, typ, code, who)
+    sys.exit(0)
+print('none')
+"#;
+
+/// A hop-limited datagram from outside to a Service whose backend is on another node (so the
+/// node masquerades it and forwards it past its stack) gets an ICMP time exceeded from the
+/// Service's address, which the client's kernel matches to the socket, as traceroute needs.
+#[test]
+fn a_hop_limited_datagram_through_the_proxy_gets_time_exceeded() {
+    if !can_run() {
+        return;
+    }
+    let c = cluster("proxy_ttl", &[1, 1], &[]);
+    let via = c.client_via();
+    let remote = (0..c.pods.len())
+        .find(|&p| c.pods[p].node != via)
+        .expect("a pod on another node");
+    c.apply(&svc("traced", 39), &[remote]).unwrap();
+    for f in FAMILIES {
+        let v = vip(f, 39);
+        wait_answer(&c, At::Client, &v, 80);
+        let out = c
+            .client
+            .exec_ok(&["python3", "-c", HOP_LIMITED_PROBE, &v, "80"])
+            .unwrap();
+        // SO_EE_ORIGIN_ICMP 2 with type 11, or SO_EE_ORIGIN_ICMP6 3 with type 3; code 0.
+        let want = match f {
+            V4 => format!("2 11 0 {v}"),
+            V6 => format!("3 3 0 {v}"),
+        };
+        assert_eq!(out.trim(), want, "{f:?}\n{}", c.logs());
+    }
+    assert_checksums(&c);
+}
+
 /// An upgrade that changed a map's layout: the proxy of the new version, starting over the
 /// maps an older one pinned, makes every map afresh (with a WARN) and serves again, rather
 /// than refusing to start until someone runs --cleanup-config.
