@@ -686,67 +686,95 @@ fn controller_once(dir: &Path, what: &str) {
     );
 }
 
+/// A state directory with a pool of one address for the `--once` reproductions below: a
+/// Service is a file `NAME.yaml`, and each step runs `metalnet-controller --once`.
+struct OneAddress(tempfile::TempDir);
+
+impl OneAddress {
+    const IP: &str = "192.0.2.200";
+
+    fn new() -> OneAddress {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pool.yaml"),
+            metalnet::testing::pool("p", [format!("{}/32", Self::IP)]).document(),
+        )
+        .unwrap();
+        OneAddress(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.path().join(format!("{name}.yaml"))
+    }
+
+    fn create(&self, name: &str) {
+        write_atomic(&self.file(name), &service(name).document());
+    }
+
+    fn delete(&self, name: &str) {
+        std::fs::remove_file(self.file(name)).unwrap();
+    }
+
+    fn once(&self, what: &str) {
+        controller_once(self.0.path(), what);
+    }
+
+    /// Whether each of `names` holds the address (and nothing else).
+    fn holding(&self, names: &[&str]) -> Vec<bool> {
+        names
+            .iter()
+            .map(|n| {
+                let ips = service_ingress(self.0.path(), "default", n);
+                assert!(ips.is_empty() || ips == [Self::IP], "{n}: {ips:?}");
+                !ips.is_empty()
+            })
+            .collect()
+    }
+}
+
 /// The smallest reproduction of what the random run above once found: a controller that
 /// starts while the file holding a Service is being rewritten (empty for a moment) gave that
 /// Service's address to a Service waiting for one, so the address moved when the file was
 /// back. It now reads the manifest's last good version kept under `status/last-good/`.
 #[test]
 fn a_controller_starting_while_a_manifest_is_empty_keeps_its_services_addresses() {
-    let dir = tempfile::tempdir().unwrap();
-    let once = |what: &str| controller_once(dir.path(), what);
-    let ingress = |name: &str| service_ingress(dir.path(), "default", name);
-    let a = dir.path().join("a.yaml");
-    std::fs::write(
-        dir.path().join("pool.yaml"),
-        metalnet::testing::pool("p", ["192.0.2.200/32"]).document(),
-    )
-    .unwrap();
-    write_atomic(&a, &service("a").document());
-    once("a alone");
-    assert_eq!(ingress("a"), ["192.0.2.200"]);
+    let site = OneAddress::new();
+    site.create("a");
+    site.once("a alone");
+    assert_eq!(site.holding(&["a"]), [true]);
 
     // b waits for an address; a's file is truncated, as a shell `>` redirect does, when the
     // controller starts.
-    write_atomic(&dir.path().join("b.yaml"), &service("b").document());
-    std::fs::File::create(&a).unwrap();
-    once("a's file empty");
-    write_atomic(&a, &service("a").document());
-    once("a's file back");
+    site.create("b");
+    std::fs::File::create(site.file("a")).unwrap();
+    site.once("a's file empty");
+    site.create("a");
+    site.once("a's file back");
     assert_eq!(
-        (ingress("a"), ingress("b")),
-        (vec!["192.0.2.200".to_string()], vec![]),
+        site.holding(&["a", "b"]),
+        [true, false],
         "a keeps its address; b waits"
     );
 }
 
-/// A Service deleted while no controller runs leaves its status on disk; its address goes to
-/// another Service, and a Service of the first name created again waits: the current holder
-/// keeps the address.
+/// A Service deleted while no controller runs: its address goes to another Service, and a
+/// Service of the first name created again waits, the current holder keeping the address.
 #[test]
 fn a_recreated_service_does_not_take_its_old_address_from_the_current_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let once = |what: &str| controller_once(dir.path(), what);
-    let ingress = |name: &str| service_ingress(dir.path(), "default", name);
-    std::fs::write(
-        dir.path().join("pool.yaml"),
-        metalnet::testing::pool("p", ["192.0.2.200/32"]).document(),
-    )
-    .unwrap();
-    let a = dir.path().join("a.yaml");
-    write_atomic(&a, &service("a").document());
-    once("a alone");
-    assert_eq!(ingress("a"), ["192.0.2.200"]);
-    // a is deleted while no controller runs: its status stays behind.
-    std::fs::remove_file(&a).unwrap();
-    write_atomic(&dir.path().join("b.yaml"), &service("b").document());
-    once("b created");
-    assert_eq!(ingress("b"), ["192.0.2.200"], "b takes the freed address");
+    let site = OneAddress::new();
+    site.create("a");
+    site.once("a alone");
+    assert_eq!(site.holding(&["a"]), [true]);
+    site.delete("a");
+    site.create("b");
+    site.once("b created");
+    assert_eq!(site.holding(&["b"]), [true], "b takes the freed address");
 
-    write_atomic(&a, &service("a").document());
-    once("a created again");
+    site.create("a");
+    site.once("a created again");
     assert_eq!(
-        (ingress("a"), ingress("b")),
-        (vec![], vec!["192.0.2.200".to_string()]),
+        site.holding(&["a", "b"]),
+        [false, true],
         "b keeps its address; a waits"
     );
 }
@@ -758,34 +786,26 @@ fn a_recreated_service_does_not_take_its_old_address_from_the_current_holder() {
 /// goes with it, so neither comes back with a claim.
 #[test]
 fn a_service_created_again_never_takes_an_address_with_its_old_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let once = |what: &str| controller_once(dir.path(), what);
-    let ingress = |name: &str| service_ingress(dir.path(), "default", name);
-    std::fs::write(
-        dir.path().join("pool.yaml"),
-        metalnet::testing::pool("p", ["192.0.2.200/32"]).document(),
-    )
-    .unwrap();
-    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
-    write_atomic(&a, &service("a").document());
-    once("a alone");
-    assert_eq!(ingress("a"), ["192.0.2.200"]);
+    let site = OneAddress::new();
+    site.create("a");
+    site.once("a alone");
+    assert_eq!(site.holding(&["a"]), [true]);
 
-    std::fs::remove_file(&a).unwrap();
-    write_atomic(&b, &service("b").document());
-    once("a deleted, b created");
-    assert_eq!(ingress("b"), ["192.0.2.200"], "b takes the freed address");
+    site.delete("a");
+    site.create("b");
+    site.once("a deleted, b created");
+    assert_eq!(site.holding(&["b"]), [true], "b takes the freed address");
 
-    std::fs::remove_file(&b).unwrap();
-    write_atomic(&a, &service("a").document());
-    once("b deleted, a created again");
-    assert_eq!(ingress("a"), ["192.0.2.200"], "a takes the freed address");
+    site.delete("b");
+    site.create("a");
+    site.once("b deleted, a created again");
+    assert_eq!(site.holding(&["a"]), [true], "a takes the freed address");
 
-    write_atomic(&b, &service("b").document());
-    once("b created again");
+    site.create("b");
+    site.once("b created again");
     assert_eq!(
-        (ingress("a"), ingress("b")),
-        (vec!["192.0.2.200".to_string()], vec![]),
+        site.holding(&["a", "b"]),
+        [true, false],
         "a keeps its address; b waits"
     );
 }
