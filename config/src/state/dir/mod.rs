@@ -325,13 +325,7 @@ impl DirBackend {
             return Ok(());
         };
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.reload())
-            .await
-            .map_err(|e| StateError::Io {
-                path: self.inner.root.clone(),
-                source: std::io::Error::other(e),
-            })?
+        self.blocking(Inner::reload).await
     }
 
     /// Takes the lock `name` (`status/locks/NAME.lock`) if it is free.
