@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::abi;
 use super::dataplane::DataplaneError;
-use super::loader::{MAPS_DIR, MOUNT_MARKER, Maps, Programs};
+use super::loader::{MAPS_DIR, MOUNT_MARKER, Maps, Programs, remove_pins};
 
 /// Where links are pinned, under the bpffs directory.
 pub const LINKS_DIR: &str = "links";
@@ -819,11 +819,8 @@ pub fn cleanup(bpf_dir: &Path, cgroup_root: Option<&Path>) -> Result<(), AttachE
     let mut removed = 0usize;
     for sub in [LINKS_DIR, MAPS_DIR] {
         let d = bpf_dir.join(sub);
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            std::fs::remove_file(e.path())
-                .map_err(io_err(format!("removing {}", e.path().display())))?;
-            removed += 1;
-        }
+        removed +=
+            remove_pins(&d).map_err(io_err(format!("removing the pins in {}", d.display())))?;
         match std::fs::remove_dir(&d) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err(format!("removing {}", d.display()))(e));

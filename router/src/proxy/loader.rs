@@ -232,12 +232,12 @@ pub const LAYOUTS: [(&str, u32, u32); 15] = [
 
 /// A map pinned by another version of the proxy with another layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForeignLayout {
-    pub map: &'static str,
+struct ForeignLayout {
+    map: &'static str,
     /// The pinned map's key and value sizes.
-    pub pinned: (u32, u32),
+    pinned: (u32, u32),
     /// This version's.
-    pub ours: (u32, u32),
+    ours: (u32, u32),
 }
 
 /// The first map pinned with another layout than this version's, if any. Found before
@@ -267,13 +267,17 @@ fn foreign_pinned_layout(maps_dir: &Path) -> Result<Option<ForeignLayout>, Loade
     Ok(None)
 }
 
-/// Unpins every map under `maps_dir`, so the next load creates them afresh. Programs still
-/// attached keep the old maps alive until they are replaced.
-fn unpin_maps(maps_dir: &Path) -> Result<usize, LoaderError> {
+/// Removes every pin in `dir` (a missing directory has none); returns how many. A pinned map
+/// or link lives on while something else (an attached program, a process) holds it.
+pub(crate) fn remove_pins(dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mut removed = 0;
-    for e in std::fs::read_dir(maps_dir).map_err(|e| bpffs_err(maps_dir, e))? {
-        let path = e.map_err(|e| bpffs_err(maps_dir, e))?.path();
-        std::fs::remove_file(&path).map_err(|e| bpffs_err(&path, e))?;
+    for e in entries {
+        std::fs::remove_file(e?.path())?;
         removed += 1;
     }
     Ok(removed)
@@ -863,7 +867,7 @@ impl Loader {
             // made afresh rather than the node left without a proxy until someone runs
             // --cleanup-config. All of them, as ids in one map point into the others; the
             // daemon programs them again from the cluster state.
-            let unpinned = unpin_maps(&maps_dir)?;
+            let unpinned = remove_pins(&maps_dir).map_err(|e| bpffs_err(&maps_dir, e))?;
             warn!(
                 map = foreign.map,
                 pinned_key_bytes = foreign.pinned.0,
