@@ -674,8 +674,8 @@ static __always_inline int mn_time_exceeded(struct __sk_buff *skb, const struct 
 }
 
 /* A packet this node forwards past its stack, to ifindex's next hop: its TTL (hop limit)
- * decremented first, as forwarding would. The callers answered a packet whose TTL runs out
- * (mn_ttl_expiring) before translating it; one that still gets here is dropped and counted. */
+ * decremented first, as forwarding would. The callers answered a packet with no hop left
+ * (mn_ttl_expiring) before translating it, so every packet here has one to spare. */
 static __noinline int mn_redirect_forward(struct __sk_buff *skb, const struct mn_pkt *p, __u32 ifindex)
 {
 	__u8 ttl;
@@ -683,10 +683,6 @@ static __noinline int mn_redirect_forward(struct __sk_buff *skb, const struct mn
 	if (!p->v6) {
 		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct iphdr, ttl), &ttl, 1))
 			return TC_ACT_SHOT;
-		if (ttl <= 1) {
-			mn_count(MN_CNT_TTL_EXCEEDED);
-			return TC_ACT_SHOT;
-		}
 		/* The TTL is the high byte of the header checksum's word at offset 8. */
 		if (bpf_l3_csum_replace(skb, p->l3off + offsetof(struct iphdr, check), bpf_htons((__u16)ttl << 8),
 					bpf_htons((__u16)(ttl - 1) << 8), sizeof(__u16)))
@@ -697,10 +693,6 @@ static __noinline int mn_redirect_forward(struct __sk_buff *skb, const struct mn
 	} else {
 		if (bpf_skb_load_bytes(skb, p->l3off + offsetof(struct ipv6hdr, hop_limit), &ttl, 1))
 			return TC_ACT_SHOT;
-		if (ttl <= 1) {
-			mn_count(MN_CNT_TTL_EXCEEDED);
-			return TC_ACT_SHOT;
-		}
 		ttl--;
 		if (bpf_skb_store_bytes(skb, p->l3off + offsetof(struct ipv6hdr, hop_limit), &ttl, 1, 0))
 			return TC_ACT_SHOT;
